@@ -1,0 +1,1 @@
+"""bench: the harness around the reference and the backends (``vae-bench`` command line)."""

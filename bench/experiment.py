@@ -1,0 +1,338 @@
+"""The report's experiment: the VAE at several latent sizes and the AE, trained on one dataset,
+with the ELBO table, the per-epoch curves and the figures written to a results directory.
+
+Each finished model is saved (``models/<name>.json`` and ``.npz``) as soon as it finishes, so
+an interrupted run keeps what it finished, and a re-run skips it unless ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vae_ref import (
+    AE,
+    VAE,
+    VAEConfig,
+    build_model,
+    export_params,
+    import_params,
+    importance_weighted_log_likelihood,
+    load_params,
+    save_params,
+    train,
+)
+from vae_ref.atomic import atomic_write_text
+from vae_ref.data import Dataset
+from vae_ref.train import fixed_test_set
+
+from . import figures, provenance
+
+TABLE_COLUMNS = (
+    "model",
+    "latent_dim",
+    "beta",
+    "final_train_elbo",
+    "average_train_elbo",
+    "final_test_elbo",
+    "test_iwae",
+    "iwae_k",
+    "epochs",
+    "train_seconds",
+    "seconds_per_epoch",
+    "dataset",
+    "seed",
+)
+CURVE_COLUMNS = (
+    "name",
+    "model",
+    "latent_dim",
+    "epoch",
+    "train_elbo",
+    "train_reconstruction",
+    "train_kl",
+    "test_elbo",
+    "test_reconstruction",
+    "test_kl",
+    "seconds",
+)
+
+
+class ExperimentError(RuntimeError):
+    """The experiment cannot proceed as asked (e.g. the results directory holds other work)."""
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """What to train; every model of the experiment shares all but its latent size."""
+
+    dataset: str  # name of the dataset (recorded in every output)
+    latents: tuple[int, ...] = (2, 10, 20, 50)  # latent sizes of the VAEs
+    ae_latents: tuple[int, ...] = (20,)  # latent sizes of the vanilla AEs (may be empty)
+    epochs: int = 50
+    beta: float = 1.0  # KL weight of the VAEs (beta-VAE when != 1)
+    binarize: bool = False  # dynamic binarization of training images; test set binarized once
+    batch_size: int = 128
+    lr: float = 3e-4
+    seed: int = 0
+    iwae_k: int = 100  # importance samples for the test log-likelihood; 0 skips it
+
+    def __post_init__(self) -> None:
+        if not self.latents and not self.ae_latents:
+            raise ExperimentError("nothing to train: give at least one VAE or AE latent size")
+        for z in (*self.latents, *self.ae_latents):
+            if z < 1:
+                raise ExperimentError(f"latent sizes must be positive integers, got {z}")
+        if self.iwae_k < 0:
+            raise ExperimentError(f"--iwae-k must be >= 0 (0 skips it), got {self.iwae_k}")
+
+    def configs(self) -> list[VAEConfig]:
+        common = dict(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                      seed=self.seed, binarize=self.binarize)
+        vaes = [VAEConfig(latent_dim=z, beta=self.beta, **common) for z in self.latents]
+        aes = [VAEConfig(latent_dim=z, model="ae", **common) for z in self.ae_latents]
+        return vaes + aes
+
+
+def default_out_dir(spec: ExperimentSpec, root: Path = Path("results")) -> Path:
+    name = f"experiment-{spec.dataset}-{spec.epochs}ep"
+    if spec.binarize:
+        name += "-binarized"
+    if spec.beta != 1.0:
+        name += f"-beta{spec.beta:g}"
+    return root / name
+
+
+@dataclass
+class FinishedModel:
+    config: VAEConfig
+    summary: dict  # one row of the table
+    history: list[dict]  # per-epoch records
+    model: VAE | AE
+
+
+def _record_paths(out: Path, config: VAEConfig) -> tuple[Path, Path]:
+    return out / "models" / f"{config.name}.json", out / "models" / f"{config.name}.npz"
+
+
+def _load_finished(out: Path, config: VAEConfig, data: Dataset) -> FinishedModel | None:
+    """The saved result for ``config`` if the directory holds one trained exactly so."""
+    record_path, params_path = _record_paths(out, config)
+    if not (record_path.exists() and params_path.exists()):
+        return None
+    record = json.loads(record_path.read_text())
+    if record.get("config") != config.to_dict() or record.get("dataset") != data.name:
+        raise ExperimentError(
+            f"{record_path} holds {config.name} trained with different settings "
+            f"(dataset {record.get('dataset')!r}, config {record.get('config')}); "
+            "use another --out directory, or --force to retrain and overwrite it"
+        )
+    model = build_model(config)
+    import_params(model, load_params(params_path))
+    model.eval()
+    return FinishedModel(config, record["summary"], record["history"], model)
+
+
+def _train_one(
+    config: VAEConfig, spec: ExperimentSpec, data: Dataset, out: Path, progress: bool, log
+) -> FinishedModel:
+    def report(r) -> None:
+        log(f"  {config.name} epoch {r.epoch:3d}/{config.epochs}: train ELBO {r.train_elbo:9.2f}"
+            f"  test ELBO {r.test_elbo:9.2f}  ({r.seconds:.2f} s)")
+
+    result = train(config, data.train_x, data.test_x, progress=progress, on_epoch=report)
+    model = result.model.eval()
+    iwae = math.nan
+    if config.model == "vae" and spec.iwae_k > 0:
+        started = time.perf_counter()
+        iwae = importance_weighted_log_likelihood(
+            model, fixed_test_set(config, data.test_x), k=spec.iwae_k, seed=config.seed
+        )
+        log(f"  {config.name}: test log p(x) >= {iwae:.2f} (IWAE, k={spec.iwae_k}, "
+            f"{time.perf_counter() - started:.1f} s)")
+    summary = {
+        "model": config.model,
+        "latent_dim": config.latent_dim,
+        "beta": config.beta if config.model == "vae" else math.nan,
+        "final_train_elbo": result.final.train_elbo,
+        "average_train_elbo": result.average_train_elbo,
+        "final_test_elbo": result.final.test_elbo,
+        "test_iwae": iwae,
+        "iwae_k": spec.iwae_k if config.model == "vae" and spec.iwae_k > 0 else 0,
+        "epochs": config.epochs,
+        "train_seconds": result.train_seconds,
+        "seconds_per_epoch": statistics.median(r.seconds for r in result.history),
+        "dataset": data.name,
+        "seed": config.seed,
+    }
+    history = [r.to_dict() for r in result.history]
+    record_path, params_path = _record_paths(out, config)
+    save_params(params_path, export_params(model))
+    # The JSON is written last: its presence marks the model finished.
+    atomic_write_text(record_path, json.dumps({
+        "config": config.to_dict(), "dataset": data.name, "summary": summary,
+        "history": history, "provenance": provenance.collect(dataset=data.describe()),
+    }, indent=1, allow_nan=True))
+    return FinishedModel(config, summary, history, model)
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    data: Dataset,
+    out: Path,
+    *,
+    force: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
+    """Train (or reuse) every model of ``spec``; write tables and figures into ``out``."""
+    if data.name != spec.dataset:
+        raise ExperimentError(f"spec names dataset {spec.dataset!r} but got {data.name!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"dataset: {data.describe()}")
+    log(f"results: {out}")
+    finished: list[FinishedModel] = []
+    for config in spec.configs():
+        done = None if force else _load_finished(out, config, data)
+        if done is not None:
+            log(f"{config.name}: already finished in {out} (use --force to retrain), skipping")
+        else:
+            log(f"{config.name}: training {config.epochs} epochs on {data.name}")
+            done = _train_one(config, spec, data, out, progress, log)
+        finished.append(done)
+        # Rewrite the tables after every model: an interruption keeps every finished row.
+        table = write_tables(finished, spec, data, out)
+    write_figures(finished, data, out, log)
+    return table
+
+
+def write_tables(finished: list[FinishedModel], spec: ExperimentSpec, data: Dataset,
+                 out: Path) -> pd.DataFrame:
+    table = pd.DataFrame([f.summary for f in finished], columns=list(TABLE_COLUMNS))
+    curves = pd.DataFrame(
+        [{"name": f.config.name, "model": f.config.model, "latent_dim": f.config.latent_dim, **h}
+         for f in finished for h in f.history],
+        columns=list(CURVE_COLUMNS),
+    )
+    record = provenance.collect(dataset=data.describe(), seed=spec.seed, spec=asdict(spec))
+    atomic_write_text(out / "table.csv", table.to_csv(index=False))
+    atomic_write_text(out / "curves.csv", curves.to_csv(index=False))
+    atomic_write_text(out / "provenance.json", json.dumps(record, indent=1))
+    atomic_write_text(out / "table.md", markdown_table(table, spec, data, record))
+    return table
+
+
+def markdown_table(table: pd.DataFrame, spec: ExperimentSpec, data: Dataset,
+                   record: dict) -> str:
+    def nats(v: float) -> str:
+        return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+    lines = [
+        f"# ELBO by latent size — {data.name}",
+        "",
+        f"Dataset: {data.describe()}. {spec.epochs} epochs, batch {spec.batch_size}, "
+        f"Adam lr {spec.lr:g}, seed {spec.seed}"
+        + (f", beta {spec.beta:g}" if spec.beta != 1 else "")
+        + (", dynamically binarized" if spec.binarize else "") + ".",
+        "All values in nats per image (higher is better). ELBO = -(BCE + KL); for the AE the "
+        "columns hold -BCE, a reconstruction score and not a bound on log p(x). "
+        "'test log p(x)' is the importance-weighted bound (Burda et al.) with k samples.",
+        "",
+        "| model | z | final train ELBO | average train ELBO | final test ELBO "
+        "| test log p(x) (k) | epochs | time (s) | s/epoch |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in table.itertuples():
+        iwae = f"{nats(row.test_iwae)} ({row.iwae_k})" if row.iwae_k else "—"
+        lines.append(
+            f"| {row.model.upper()} | {row.latent_dim} | {nats(row.final_train_elbo)} "
+            f"| {nats(row.average_train_elbo)} | {nats(row.final_test_elbo)} | {iwae} "
+            f"| {row.epochs} | {row.train_seconds:.1f} | {row.seconds_per_epoch:.2f} |"
+        )
+    lines += ["", "## Provenance", "", provenance.as_markdown(record), ""]
+    return "\n".join(lines)
+
+
+# ---- figures -------------------------------------------------------------------------------
+
+
+def _images(model: VAE | AE, x: np.ndarray) -> np.ndarray:
+    """Deterministic reconstructions: decode the posterior mean (the AE's code)."""
+    with torch.no_grad():
+        mu, _ = model.encode(torch.from_numpy(x))
+        return torch.sigmoid(model.decode(mu)).numpy()
+
+
+def _decode(model: VAE | AE, z: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return torch.sigmoid(model.decode(torch.from_numpy(z.astype(np.float32)))).numpy()
+
+
+def _codes(model: VAE | AE, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model.encode(torch.from_numpy(x))[0].numpy()
+
+
+def showcase_indices(labels: np.ndarray, per_class: int = 10) -> np.ndarray:
+    """The first ``per_class`` test images of each class, class by class (a 10 x 10 grid)."""
+    return np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
+
+
+def write_figures(finished: list[FinishedModel], data: Dataset, out: Path, log) -> None:
+    test_x, test_y = data.test_x, data.test_y
+    shown = test_x[showcase_indices(test_y)]
+    prior = np.random.default_rng(0)
+
+    curves = pd.read_csv(out / "curves.csv")
+    figures.elbo_curves(curves, out / "elbo_curves.png", data.name)
+    for f in finished:
+        name = f.config.name
+        figures.reconstructions(shown, _images(f.model, shown), out / f"reconstructions_{name}.png",
+                                f"{name} on {data.name}: reconstructions (decoded at z = mu)")
+        if f.config.model == "vae":
+            z = prior.standard_normal((100, f.config.latent_dim))
+            figures.samples(_decode(f.model, z), out / f"prior_samples_{name}.png",
+                            f"{name}: decodings of z ~ N(0, I)")
+        if f.config.model == "vae" and f.config.latent_dim == 2:
+            figures.latent_scatter(_codes(f.model, test_x), test_y, data.class_names,
+                                   out / f"latent_scatter_{name}.png",
+                                   f"{name}: test-set posterior means on {data.name}")
+            # Grid through the prior's quantiles, as in Kingma & Welling's Fig. 4.
+            n = 20
+            q = [statistics.NormalDist().inv_cdf(p) for p in np.linspace(0.03, 0.97, n)]
+            grid = np.array([[a, b] for b in q[::-1] for a in q])
+            figures.manifold(_decode(f.model, grid), n, out / f"manifold_{name}.png",
+                             f"{name}: decoded latent grid (prior quantiles 3%..97%)")
+
+    # The merge figure: two test images of different classes, per AE/VAE pair of equal z.
+    a = int(np.flatnonzero(test_y == 3)[0])
+    b = int(np.flatnonzero(test_y == 8)[0])
+    pair = test_x[[a, b]]
+    for f in finished:
+        if f.config.model != "ae":
+            continue
+        vae = next((v for v in finished if v.config.model == "vae"
+                    and v.config.latent_dim == f.config.latent_dim), None)
+        if vae is None:
+            log(f"merge figure for z={f.config.latent_dim} skipped: no VAE with that latent size")
+            continue
+        rows = []
+        random_code = np.random.default_rng(1).standard_normal((1, f.config.latent_dim))
+        for label, m in (("AE", f.model), ("VAE", vae.model)):
+            codes = _codes(m, pair)
+            mixed = _decode(m, codes.mean(axis=0, keepdims=True))
+            rows.append((label, [pair[0], pair[1], *_images(m, pair), mixed[0],
+                                 _decode(m, random_code)[0]]))
+        figures.merge(rows, out / f"merge_z{f.config.latent_dim}.png",
+                      f"{data.name}, z = {f.config.latent_dim}: test digits "
+                      f"{data.class_names[3]!r} and {data.class_names[8]!r}")
+    log(f"figures written to {out}")

@@ -1,0 +1,97 @@
+"""The experiment command end to end on a tiny setting, as a user runs it."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.experiment import CURVE_COLUMNS, TABLE_COLUMNS
+
+
+def run(*args):
+    return main(["experiment", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp")
+    code = run("--latents", 2, 3, "--ae-latents", 3, "--epochs", 2, "--iwae-k", 5,
+               "--out", out, "--quiet")
+    return code, out
+
+
+def test_experiment_writes_every_promised_file(finished_run):
+    code, out = finished_run
+    assert code == 0
+    expected = {
+        "table.csv", "table.md", "curves.csv", "provenance.json", "elbo_curves.png",
+        "reconstructions_vae-z2.png", "reconstructions_vae-z3.png", "reconstructions_ae-z3.png",
+        "prior_samples_vae-z2.png", "prior_samples_vae-z3.png", "merge_z3.png",
+        "latent_scatter_vae-z2.png", "manifold_vae-z2.png",
+    }
+    present = {p.name for p in out.iterdir() if p.is_file()}
+    assert expected <= present, expected - present
+    assert not [p for p in out.rglob("*.tmp")]
+    for name in expected:
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_and_curves_have_the_promised_columns_and_rows(finished_run):
+    _, out = finished_run
+    table = pd.read_csv(out / "table.csv")
+    assert tuple(table.columns) == TABLE_COLUMNS
+    assert list(zip(table.model, table.latent_dim)) == [("vae", 2), ("vae", 3), ("ae", 3)]
+    assert set(table.dataset) == {"mnist-5k"} and set(table.epochs) == {2}
+    vae = table[table.model == "vae"]
+    assert vae.test_iwae.notna().all() and (vae.iwae_k == 5).all()
+    assert (vae.test_iwae >= vae.final_test_elbo - 1.0).all()  # a tighter bound, up to noise
+    assert table[table.model == "ae"].test_iwae.isna().all()
+    curves = pd.read_csv(out / "curves.csv")
+    assert tuple(curves.columns) == CURVE_COLUMNS
+    assert len(curves) == 3 * 2
+    md = (out / "table.md").read_text()
+    assert "mnist-5k" in md and "| VAE | 2 |" in md and "git_commit" in md
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["dataset"].startswith("mnist-5k") and prov["seed"] == 0
+
+
+def test_rerun_skips_finished_models_and_refuses_other_settings(finished_run, capsys):
+    _, out = finished_run
+    before = (out / "table.csv").read_text()
+    assert run("--latents", 2, 3, "--ae-latents", 3, "--epochs", 2, "--iwae-k", 5,
+               "--out", out) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("already finished") == 3
+    assert (out / "table.csv").read_text() == before
+    assert run("--latents", 2, "--ae-latents", "--epochs", 3, "--out", out, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "vae-z2 trained with different settings" in err and "--force" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--latents", "0"], "expected a positive integer, got 0"),
+        (["--epochs", "two"], "expected a positive integer, got 'two'"),
+        (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+        (["--lr", "-1"], "expected a number > 0"),
+    ],
+)
+def test_bad_flags_get_a_clear_usage_error(args, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        run(*args)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_dataset_is_a_clear_error_not_a_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VAE_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("VAE_BENCH_MNIST_DIR", raising=False)
+    code = run("--dataset", "mnist", "--data-dir", tmp_path / "nowhere", "--no-download",
+               "--out", tmp_path / "out", "--quiet")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vae-bench: error:") and "Traceback" not in err
+    assert "nowhere" in err

@@ -1,0 +1,65 @@
+"""The experiment's hyper-parameters, in one frozen dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+ModelKind = Literal["vae", "ae"]
+Reconstruction = Literal["bce", "mse"]
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Everything that defines one training run of the reference model.
+
+    Defaults are the report's setting (Kingma & Welling's MLP VAE on MNIST).
+    """
+
+    input_dim: int = 784  # pixels per image: 28 x 28, flattened
+    hidden_dim: int = 512  # width of the single hidden layer in encoder and decoder
+    latent_dim: int = 20  # z: size of the code (the experiment sweeps 2, 10, 20, 50, ...)
+    model: ModelKind = "vae"  # "vae": Gaussian q(z|x) + KL; "ae": deterministic code, no KL
+    beta: float = 1.0  # weight on the KL term (beta-VAE); 1 gives the ELBO proper
+    reconstruction: Reconstruction = "bce"  # "bce": Bernoulli decoder; "mse" only for the AE
+    activation: Literal["relu"] = "relu"  # hidden activation (the report's choice, the only one)
+    batch_size: int = 128  # images per Adam step
+    lr: float = 3e-4  # Adam learning rate (betas 0.9/0.999, eps 1e-8: PyTorch defaults)
+    epochs: int = 50  # passes over the training set
+    seed: int = 0  # seeds weight init, shuffling and the reparameterization noise
+    binarize: bool = False  # dynamic binarization: each pixel ~ Bernoulli(intensity) per step
+
+    def __post_init__(self) -> None:
+        for name in ("input_dim", "hidden_dim", "latent_dim", "batch_size", "epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"VAEConfig.{name} must be a positive integer, got {value!r}")
+        if self.model not in ("vae", "ae"):
+            raise ValueError(f"VAEConfig.model must be 'vae' or 'ae', got {self.model!r}")
+        if self.reconstruction not in ("bce", "mse"):
+            raise ValueError(
+                f"VAEConfig.reconstruction must be 'bce' or 'mse', got {self.reconstruction!r}"
+            )
+        if self.model == "vae" and self.reconstruction != "bce":
+            # The VAE's likelihood is Bernoulli; an MSE "ELBO" would not be a bound on log p(x).
+            raise ValueError("the VAE uses a Bernoulli decoder: reconstruction must be 'bce'")
+        if self.activation != "relu":
+            raise ValueError(f"VAEConfig.activation must be 'relu', got {self.activation!r}")
+        if not (self.lr > 0):
+            raise ValueError(f"VAEConfig.lr must be > 0, got {self.lr!r}")
+        if not (self.beta >= 0):
+            raise ValueError(f"VAEConfig.beta must be >= 0, got {self.beta!r}")
+
+    @property
+    def name(self) -> str:
+        """Short stable name of the model, used for files and table rows: 'vae-z20', 'ae-z20'."""
+        suffix = "" if self.model == "ae" or self.beta == 1.0 else f"-beta{self.beta:g}"
+        return f"{self.model}-z{self.latent_dim}{suffix}"
+
+    def replace(self, **changes) -> VAEConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
