@@ -53,6 +53,7 @@ TABLE_COLUMNS = (
     "seed",
 )
 CURVE_COLUMNS = (
+    "dataset",
     "name",
     "model",
     "latent_dim",
@@ -219,8 +220,8 @@ def write_tables(finished: list[FinishedModel], spec: ExperimentSpec, data: Data
                  out: Path) -> pd.DataFrame:
     table = pd.DataFrame([f.summary for f in finished], columns=list(TABLE_COLUMNS))
     curves = pd.DataFrame(
-        [{"name": f.config.name, "model": f.config.model, "latent_dim": f.config.latent_dim, **h}
-         for f in finished for h in f.history],
+        [{"dataset": data.name, "name": f.config.name, "model": f.config.model,
+          "latent_dim": f.config.latent_dim, **h} for f in finished for h in f.history],
         columns=list(CURVE_COLUMNS),
     )
     record = provenance.collect(dataset=data.describe(), seed=spec.seed, spec=asdict(spec))
@@ -301,7 +302,7 @@ def write_figures(finished: list[FinishedModel], data: Dataset, out: Path, log) 
         if f.config.model == "vae":
             z = prior.standard_normal((100, f.config.latent_dim))
             figures.samples(_decode(f.model, z), out / f"prior_samples_{name}.png",
-                            f"{name}: decodings of z ~ N(0, I)")
+                            f"{name} on {data.name}: decodings of z ~ N(0, I)")
         if f.config.model == "vae" and f.config.latent_dim == 2:
             figures.latent_scatter(_codes(f.model, test_x), test_y, data.class_names,
                                    out / f"latent_scatter_{name}.png",
@@ -311,7 +312,8 @@ def write_figures(finished: list[FinishedModel], data: Dataset, out: Path, log) 
             q = [statistics.NormalDist().inv_cdf(p) for p in np.linspace(0.03, 0.97, n)]
             grid = np.array([[a, b] for b in q[::-1] for a in q])
             figures.manifold(_decode(f.model, grid), n, out / f"manifold_{name}.png",
-                             f"{name}: decoded latent grid (prior quantiles 3%..97%)")
+                             f"{name} on {data.name}: decoded latent grid\n"
+                             "(prior quantiles 3%..97%)")
 
     # The merge figure: two test images of different classes, per AE/VAE pair of equal z.
     a = int(np.flatnonzero(test_y == 3)[0])
@@ -333,6 +335,6 @@ def write_figures(finished: list[FinishedModel], data: Dataset, out: Path, log) 
             rows.append((label, [pair[0], pair[1], *_images(m, pair), mixed[0],
                                  _decode(m, random_code)[0]]))
         figures.merge(rows, out / f"merge_z{f.config.latent_dim}.png",
-                      f"{data.name}, z = {f.config.latent_dim}: test digits "
+                      f"{data.name}, z = {f.config.latent_dim}: test images "
                       f"{data.class_names[3]!r} and {data.class_names[8]!r}")
     log(f"figures written to {out}")

@@ -84,7 +84,7 @@ def samples(images: np.ndarray, path: Path, title: str) -> None:
     _save(fig, path)
 
 
-MERGE_COLUMNS = ("digit A", "digit B", "recon A", "recon B", "decode\n(code A + code B)/2",
+MERGE_COLUMNS = ("image A", "image B", "recon A", "recon B", "decode\n(code A + code B)/2",
                  "decode\nrandom code")
 
 

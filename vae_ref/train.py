@@ -8,6 +8,7 @@ generator, and weight init is seeded by ``build_model``.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -117,6 +118,8 @@ def train(
         unit="step",
         disable=not progress,
         leave=False,
+        # Redrawn often on a terminal; rarely when logged to a file (nox, CI), to keep logs short.
+        mininterval=0.1 if sys.stderr.isatty() else 15.0,
     )
     try:
         for epoch in range(1, config.epochs + 1):
