@@ -119,6 +119,7 @@ class FinishedModel:
     summary: dict  # one row of the table
     history: list[dict]  # per-epoch records
     model: VAE | AE
+    trained: dict  # provenance of the training run (commit, host, time): models may be reused
 
 
 def _record_paths(out: Path, config: VAEConfig) -> tuple[Path, Path]:
@@ -140,7 +141,8 @@ def _load_finished(out: Path, config: VAEConfig, data: Dataset) -> FinishedModel
     model = build_model(config)
     import_params(model, load_params(params_path))
     model.eval()
-    return FinishedModel(config, record["summary"], record["history"], model)
+    return FinishedModel(config, record["summary"], record["history"], model,
+                         record["provenance"])
 
 
 def _train_one(
@@ -176,14 +178,15 @@ def _train_one(
         "seed": config.seed,
     }
     history = [r.to_dict() for r in result.history]
+    trained = provenance.collect(dataset=data.describe())
     record_path, params_path = _record_paths(out, config)
     save_params(params_path, export_params(model))
     # The JSON is written last: its presence marks the model finished.
     atomic_write_text(record_path, json.dumps({
         "config": config.to_dict(), "dataset": data.name, "summary": summary,
-        "history": history, "provenance": provenance.collect(dataset=data.describe()),
+        "history": history, "provenance": trained,
     }, indent=1, allow_nan=True))
-    return FinishedModel(config, summary, history, model)
+    return FinishedModel(config, summary, history, model, trained)
 
 
 def run_experiment(
@@ -225,6 +228,12 @@ def write_tables(finished: list[FinishedModel], spec: ExperimentSpec, data: Data
         columns=list(CURVE_COLUMNS),
     )
     record = provenance.collect(dataset=data.describe(), seed=spec.seed, spec=asdict(spec))
+    # Reused models were trained by an earlier invocation: say by which.
+    record["models_trained"] = {
+        f.config.name: f"{f.trained['timestamp']} on {f.trained['host']}, "
+        f"commit {f.trained['git_commit']}, {f.trained['torch_threads']} threads"
+        for f in finished
+    }
     atomic_write_text(out / "table.csv", table.to_csv(index=False))
     atomic_write_text(out / "curves.csv", curves.to_csv(index=False))
     atomic_write_text(out / "provenance.json", json.dumps(record, indent=1))
