@@ -74,7 +74,11 @@ def as_markdown(record: dict) -> str:
     """The provenance block under a results table."""
     lines = []
     for key, value in record.items():
-        if isinstance(value, dict):
-            value = ", ".join(f"{k} {v}" for k, v in value.items())
-        lines.append(f"- **{key}**: {value}")
+        if isinstance(value, dict) and key == "versions":
+            lines.append(f"- **{key}**: " + ", ".join(f"{k} {v}" for k, v in value.items()))
+        elif isinstance(value, dict):
+            lines.append(f"- **{key}**:")
+            lines += [f"  - {k}: {v}" for k, v in value.items()]
+        else:
+            lines.append(f"- **{key}**: {value}")
     return "\n".join(lines)
