@@ -97,6 +97,39 @@ def build_parser() -> argparse.ArgumentParser:
                         help="retrain models already finished in the results directory")
     output.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     exp.set_defaults(handler=cmd_experiment)
+
+    from kernels import BACKENDS
+
+    chk = commands.add_parser(
+        "check",
+        help="the agreement gate: compare a backend with the float64 reference, tensor by tensor",
+        description="Runs the reference in float64 (the truth) and float32 (the calibration) and "
+        "the backend on the same parameters, real batch and noise; compares every intermediate, "
+        "loss term and gradient, then K Adam steps. Exit status 1 if any tensor fails.",
+    )
+    chk.add_argument("--backend", required=True, metavar="NAME",
+                     help=f"one of: {', '.join(BACKENDS)}")
+    chk.add_argument("--latents", type=_positive_int, nargs="+", default=[2, 10, 20, 50],
+                     metavar="Z", help="latent sizes to check (default 2 10 20 50)")
+    chk.add_argument("--steps", type=_non_negative_int, default=50, metavar="K",
+                     help="Adam steps compared (default 50; 0 skips)")
+    chk.add_argument("--fixture", type=Path,
+                     help="check against this fixture file instead of running the oracle")
+    chk.add_argument("--threads", type=_positive_int, help="backend threads (recorded)")
+    chk.add_argument("--quiet", action="store_true", help="print failures and the verdict only")
+    chk.set_defaults(handler=cmd_check)
+
+    fix = commands.add_parser(
+        "fixture", help="write the reference's versioned agreement fixture (.npz)",
+        description="Writes inputs, noise, parameters, the float64 oracle's intermediates, "
+        "gradients and K-step losses/parameters, and float32 PyTorch's error on each, so tests "
+        "can check a backend without re-deriving expectations.")
+    fix.add_argument("--out", type=Path, required=True)
+    fix.add_argument("--latents", type=_positive_int, nargs="+", default=[20], metavar="Z")
+    fix.add_argument("--cases", nargs="+", default=["batch", "adam-steps"],
+                     choices=["batch", "partial-batch", "extreme-logits", "beta4", "adam-steps"])
+    fix.add_argument("--steps", type=_positive_int, default=50, metavar="K")
+    fix.set_defaults(handler=cmd_fixture)
     return parser
 
 
@@ -132,18 +165,75 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0 if len(table) else EXIT_FAILED
 
 
+def _gate_images():
+    """Real images for the gate: the first 1,024 training digits of mnist-5k."""
+    from vae_ref.data import load_dataset
+
+    return load_dataset("mnist-5k").train_x[:1024]
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from kernels import create_backend
+
+    from .agreement import build_cases, check, expectation, read_fixture
+    from .comparison import HEADER
+
+    backend = create_backend(args.backend, threads=args.threads)
+    status = backend.availability()
+    if not status.available:
+        print(f"vae-bench: backend {args.backend!r} is unavailable here: {status.reason}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if args.fixture:
+        pairs = read_fixture(args.fixture)
+        source = f"fixture {args.fixture}"
+    else:
+        images = _gate_images()
+        cases = [c for z in args.latents for c in build_cases(images, z, steps=args.steps)]
+        pairs = [(c, expectation(c)) for c in cases]
+        source = "float64 oracle (mnist-5k images)"
+    print(f"agreement gate: backend {args.backend} ({backend.description}) vs {source}")
+    print(HEADER)
+    failures, worst = 0, 0.0
+    for case, expected in pairs:
+        for result in check(backend, case, expected):
+            failures += not result.passed
+            worst = max(worst, result.fraction)
+            if not args.quiet or not result.passed:
+                print(result.line())
+    settings = ", ".join(f"{k} {v}" for k, v in backend.settings().items())
+    verdict = "PASS" if failures == 0 else f"FAIL ({failures} tensors)"
+    print(f"{verdict}: {args.backend}, worst tensor at {worst:.1%} of its tolerance [{settings}]")
+    return 0 if failures == 0 else EXIT_FAILED
+
+
+def cmd_fixture(args: argparse.Namespace) -> int:
+    from .agreement import build_cases, expectation, write_fixture
+
+    images = _gate_images()
+    cases = [c for z in args.latents for c in build_cases(images, z, steps=args.steps)
+             if c.name.split("/", 1)[1] in args.cases]
+    write_fixture(args.out, cases, [expectation(c) for c in cases], dataset="mnist-5k[:1024]")
+    print(f"wrote {args.out}: {', '.join(c.name for c in cases)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from vae_ref.data import DatasetError
     from vae_ref.idx import IDXFormatError
     from vae_ref.train import NonFiniteLossError
 
+    from kernels import BackendUnavailable, UnknownBackendError
+
+    from .agreement import FixtureError
     from .experiment import ExperimentError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (DatasetError, IDXFormatError, ExperimentError) as error:
+    except (DatasetError, IDXFormatError, ExperimentError, FixtureError, UnknownBackendError,
+            BackendUnavailable) as error:
         print(f"vae-bench: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except NonFiniteLossError as error:

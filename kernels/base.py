@@ -1,0 +1,86 @@
+"""The one small interface every backend implements, and the records it returns.
+
+The harness and the agreement gate only ever talk to a ``Backend``: they never ask which one
+they hold. Everything crosses the interface as float32 numpy arrays under the reference's
+canonical names (``vae_ref.params``), so any two backends can be compared tensor by tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from vae_ref import VAEConfig
+from vae_ref.evaluate import EvalResult
+from vae_ref.params import Params
+
+# The intermediates of one forward pass, in order (see vae_ref.model.ForwardPass).
+INTERMEDIATES = ("h", "mu", "logvar", "z", "dec_h", "logits")
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run on this machine; the message says why."""
+
+
+@dataclass(frozen=True)
+class Availability:
+    available: bool
+    reason: str = ""  # why not, when not (e.g. "numba is not installed")
+
+
+@dataclass
+class StepOutputs:
+    """Forward + loss + backward of one batch, without an update."""
+
+    reconstruction: np.ndarray  # (B,) BCE per image, nats
+    kl: np.ndarray  # (B,) KL per image, nats
+    loss: float  # mean over the batch of reconstruction + beta * KL
+    intermediates: dict[str, np.ndarray] = field(default_factory=dict)  # INTERMEDIATES
+    grads: dict[str, np.ndarray] = field(default_factory=dict)  # d loss / d param, canonical names
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A VAE implementation that can be checked against the reference and timed."""
+
+    name: str  # registry name, e.g. "numba"
+    description: str  # one line for tables and --help
+
+    def availability(self) -> Availability:
+        """Whether this backend can run here, and if not, why. Cheap; never raises."""
+
+    def load(self, config: VAEConfig, params: Params) -> None:
+        """Take the model shape from ``config`` and these weights; reset optimizer state."""
+
+    def params(self) -> Params:
+        """The current weights, as float32 copies under canonical names."""
+
+    def forward_backward(self, x: np.ndarray, eps: np.ndarray) -> StepOutputs:
+        """Loss terms, intermediates and gradients for batch ``x`` with noise ``eps``;
+        parameters are not changed."""
+
+    def train_step(
+        self, data: np.ndarray, indices: np.ndarray, eps: np.ndarray | None = None
+    ) -> float:
+        """One Adam step on the batch ``data[indices]``; returns its loss (before the step).
+
+        ``eps`` (len(indices), latent) is the reparameterization noise; None draws it from the
+        backend's own generator, seeded by ``load`` from ``config.seed``. Taking the whole data
+        set and the indices lets a backend gather the batch inside its compiled step."""
+
+    def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
+        """Mean ELBO terms per image over ``x`` (one noise sample each, seeded)."""
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """Pixel logits for codes ``z``."""
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The posterior's (mu, logvar) for images ``x``."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op on the CPU), so timings are honest."""
+
+    def settings(self) -> dict:
+        """What a results table must record about this backend (threads, options...)."""

@@ -1,0 +1,118 @@
+"""The fused elementwise kernels of the Numba backend: each makes one pass over its memory.
+
+All work on float32 (B, n) row-major arrays in place or into given outputs, and run on the
+calling thread: the step partitions rows (or columns) across threads itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .fastmath import exp_nonpositive, log1p_unit
+
+f32 = np.float32
+_ZERO, _ONE, _HALF = f32(0.0), f32(1.0), f32(0.5)
+
+# Allow FMA contraction and reassociation of sums (what vectorizes a reduction); keep NaN and
+# inf semantics (no 'nnan'/'ninf') so a NaN is still seen and reported.
+FASTMATH = {"contract", "reassoc", "nsz"}
+# Every kernel is compiled with error_model="numpy": Python's model checks each division for
+# zero and raises, and that branch alone stops LLVM from vectorizing the loop (measured 8x).
+JIT = dict(fastmath=FASTMATH, error_model="numpy", inline="always")
+
+
+@njit(**JIT)
+def bias_relu(a, bias, r0, r1):
+    """a[r] = max(a[r] + bias, 0) for rows r0..r1: the epilogue of a hidden-layer GEMM."""
+    n = a.shape[1]
+    for r in range(r0, r1):
+        row = a[r]
+        for j in range(n):
+            row[j] = max(row[j] + bias[j], _ZERO)
+
+
+@njit(**JIT)
+def bias_add(a, bias, r0, r1):
+    n = a.shape[1]
+    for r in range(r0, r1):
+        row = a[r]
+        for j in range(n):
+            row[j] += bias[j]
+
+
+@njit(**JIT)
+def sigmoid_bce(logits, x, inv_batch, bce, dlogits, r0, r1):
+    """Per image: bce[r] = sum_j BCE-with-logits(l, x), and dlogits = the gradient of the
+    batch-mean loss, (sigmoid(l) - x) / B, in the same pass. Stable for any |l|:
+    BCE = max(l, 0) - l x + log1p(e), sigmoid = 1 / (1 + e) or e / (1 + e), e = exp(-|l|)."""
+    n = logits.shape[1]
+    for r in range(r0, r1):
+        lrow, xrow, grow = logits[r], x[r], dlogits[r]
+        total = _ZERO
+        for j in range(n):
+            l, t = lrow[j], xrow[j]
+            e = exp_nonpositive(-abs(l))
+            inv = _ONE / (_ONE + e)
+            total += max(l, _ZERO) - l * t + log1p_unit(e)
+            s = inv if l >= _ZERO else e * inv
+            grow[j] = (s - t) * inv_batch
+        bce[r] = total
+
+
+@njit(**JIT)
+def column_sum(a, out):
+    """out = sum over rows of a (a bias gradient); rows outer so the inner loop vectorizes."""
+    out[:] = _ZERO
+    for r in range(a.shape[0]):
+        row = a[r]
+        for j in range(a.shape[1]):
+            out[j] += row[j]
+
+
+@njit(**JIT)
+def relu_backward_column_sum(grad, act, bias_grad, c0, c1):
+    """For columns c0..c1: grad *= (act > 0) (ReLU's derivative, from its output) and
+    bias_grad = column sums of the result, in the same pass."""
+    bias_grad[c0:c1] = _ZERO
+    for r in range(grad.shape[0]):
+        g, a = grad[r], act[r]
+        for j in range(c0, c1):
+            v = g[j] if a[j] > _ZERO else _ZERO
+            g[j] = v
+            bias_grad[j] += v
+
+
+@njit(**JIT)
+def reparameterize_kl(heads, eps, z, std, kl):
+    """heads = [mu | logvar] (B, 2Z). z = mu + exp(logvar / 2) eps; std kept for backward;
+    kl[r] = -1/2 sum(1 + logvar - mu^2 - exp(logvar))."""
+    latent = eps.shape[1]
+    for r in range(heads.shape[0]):
+        total = _ZERO
+        for j in range(latent):
+            mu, lv = heads[r, j], heads[r, latent + j]
+            s = np.exp(_HALF * lv)
+            std[r, j] = s
+            z[r, j] = mu + s * eps[r, j]
+            total += _ONE + lv - mu * mu - s * s
+        kl[r] = -_HALF * total
+
+
+@njit(**JIT)
+def reparameterize_kl_backward(heads, eps, std, dz, beta_over_batch, dheads):
+    """d loss / d [mu | logvar] from the decoder's dz and the KL term, in one pass:
+    dmu = dz + beta/B mu;  dlogvar = dz eps std / 2 + beta/B (exp(logvar) - 1) / 2."""
+    latent = eps.shape[1]
+    for r in range(heads.shape[0]):
+        for j in range(latent):
+            mu, s = heads[r, j], std[r, j]
+            dheads[r, j] = dz[r, j] + beta_over_batch * mu
+            dheads[r, latent + j] = _HALF * (dz[r, j] * eps[r, j] * s
+                                             + beta_over_batch * (s * s - _ONE))
+
+
+@njit(**JIT)
+def gather_rows(data, indices, out):
+    for r in range(indices.shape[0]):
+        out[r, :] = data[indices[r]]

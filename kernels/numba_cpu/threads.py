@@ -1,0 +1,26 @@
+"""Control of the two thread pools this backend touches: Numba's and the BLAS behind np.dot.
+
+Two pools busy-waiting on two cores oversubscribe (measured: ~10x slower), so exactly one pool
+owns the cores at a time and the count is recorded with every result.
+"""
+
+from __future__ import annotations
+
+import os
+
+from threadpoolctl import threadpool_limits
+
+_limits = None  # keeps the threadpoolctl limit alive for the process
+
+
+def configure_threads(threads: int | None) -> int:
+    """Use ``threads`` (default: all CPUs) for BLAS GEMMs; returns the count in force."""
+    global _limits
+    import numba
+
+    n = threads or os.cpu_count() or 1
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    _limits = threadpool_limits(limits=n, user_api="blas")
+    return n

@@ -1,0 +1,135 @@
+"""The PyTorch reference as a backend: what users would pick instead of a fused kernel.
+
+Three configurations: eager with Adam's default implementation ("torch"), eager with
+``Adam(fused=True)`` ("torch-fused-adam"), and ``torch.compile`` of the same model and loss with
+the fused Adam ("torch-compile").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vae_ref import VAEConfig, build_model, import_params, loss_terms
+from vae_ref.evaluate import EvalResult, evaluate_elbo
+from vae_ref.params import Params, export_params
+
+from ..base import Availability, StepOutputs
+
+
+class TorchBackend:
+    """The reference model run by PyTorch itself (float32 by default, any dtype for oracles)."""
+
+    def __init__(self, *, fused_adam: bool = False, compile: bool = False,
+                 dtype: torch.dtype = torch.float32, name: str | None = None):
+        self.fused_adam = fused_adam or compile
+        self.compile = compile
+        self.dtype = dtype
+        self.name = name or ("torch-compile" if compile else
+                             "torch-fused-adam" if fused_adam else "torch")
+        self.description = (
+            "PyTorch torch.compile, Adam(fused=True)" if compile else
+            "PyTorch eager, Adam(fused=True)" if fused_adam else
+            "PyTorch eager, default Adam (the reference)")
+        self.model = None
+
+    def availability(self) -> Availability:
+        if self.compile:
+            try:
+                import torch._inductor  # noqa: F401  (needs a C++ compiler at run time)
+            except Exception as error:  # pragma: no cover - depends on the install
+                return Availability(False, f"torch.compile unavailable: {error}")
+        return Availability(True)
+
+    def load(self, config: VAEConfig, params: Params) -> None:
+        self.config = config
+        self.model = build_model(config, dtype=self.dtype)
+        import_params(self.model, params)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr,
+                                          fused=self.fused_adam or None)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self._step = self._compiled_step() if self.compile else self._eager_step
+
+    def params(self) -> Params:
+        return export_params(self.model)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.dtype)
+
+    def forward_backward(self, x: np.ndarray, eps: np.ndarray) -> StepOutputs:
+        x_t, eps_t = self._tensor(x), self._tensor(eps)
+        self.model.zero_grad(set_to_none=True)
+        out = self.model(x_t, eps_t)
+        for t in (out.h, out.mu, out.z, out.dec_h, out.logits):
+            t.retain_grad()
+        terms = loss_terms(out, x_t, self.config)
+        terms.loss.backward()
+        intermediates = {"h": out.h, "mu": out.mu, "logvar": out.logvar, "z": out.z,
+                         "dec_h": out.dec_h, "logits": out.logits}
+        return StepOutputs(
+            reconstruction=terms.reconstruction.detach().numpy(),
+            kl=terms.kl.detach().numpy(),
+            loss=terms.loss.item(),
+            intermediates={k: v.detach().numpy() for k, v in intermediates.items()
+                           if v is not None},
+            grads={n: p.grad.detach().numpy().copy() for n, p in self.model.named_parameters()},
+        )
+
+    def _eager_step(self, x_t: torch.Tensor, eps_t: torch.Tensor) -> torch.Tensor:
+        terms = loss_terms(self.model(x_t, eps_t), x_t, self.config)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        self.optimizer.step()
+        return terms.loss.detach()
+
+    def _compiled_step(self):
+        model, config = self.model, self.config
+
+        @torch.compile(dynamic=False)
+        def loss_of(x_t, eps_t):
+            return loss_terms(model(x_t, eps_t), x_t, config).loss
+
+        @torch.compile(dynamic=False)
+        def adam_step():
+            self.optimizer.step()
+
+        def step(x_t, eps_t):
+            loss = loss_of(x_t, eps_t)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            adam_step()
+            return loss.detach()
+
+        return step
+
+    def train_step(self, data: np.ndarray, indices: np.ndarray,
+                   eps: np.ndarray | None = None) -> float:
+        x_t = self._tensor(data[indices])
+        if eps is None:
+            eps_t = torch.randn((len(indices), self.config.latent_dim), generator=self.generator,
+                                dtype=self.dtype)
+        else:
+            eps_t = self._tensor(eps)
+        return float(self._step(x_t, eps_t))
+
+    def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
+        self.model.eval()
+        return evaluate_elbo(self.model, x.astype(np.float32, copy=False), seed=seed,
+                             batch_size=batch_size)
+
+    @torch.no_grad()
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu, logvar = self.model.encode(self._tensor(x))
+        return mu.numpy(), (None if logvar is None else logvar.numpy())
+
+    @torch.no_grad()
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        return self.model.decode(self._tensor(z)).numpy()
+
+    def synchronize(self) -> None:
+        """CPU work is done when the call returns."""
+
+    def settings(self) -> dict:
+        return {"torch_threads": torch.get_num_threads(), "dtype": str(self.dtype),
+                "fused_adam": self.fused_adam, "compile": self.compile,
+                "torch": torch.__version__}

@@ -1,0 +1,153 @@
+"""The agreement gate: the Numba backend against the committed fixture and the live oracle,
+and the gate's ability to fail (a perturbed gradient, a NaN, a missing tensor)."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.agreement import (
+    SCHEMA_VERSION,
+    FixtureError,
+    build_cases,
+    check,
+    expectation,
+    read_fixture,
+    write_fixture,
+)
+from bench.cli import main
+from kernels import UnknownBackendError, create_backend
+from kernels.base import Backend
+
+FIXTURE = Path(__file__).parent / "fixtures" / "reference_z20.npz"
+
+
+def failures(results):
+    return [r for r in results if not r.passed]
+
+
+@pytest.fixture(scope="module")
+def images(mnist5k):
+    return mnist5k.train_x[:1024]
+
+
+@pytest.fixture(scope="module")
+def numba_backend():
+    backend = create_backend("numba")
+    if not backend.availability().available:
+        pytest.skip(backend.availability().reason)
+    return backend
+
+
+def test_numba_matches_the_committed_fixture(numba_backend):
+    pairs = read_fixture(FIXTURE)
+    assert {case.name for case, _ in pairs} == {"z20/batch", "z20/adam-steps"}
+    for case, expected in pairs:
+        results = check(numba_backend, case, expected)
+        assert len(results) == len(expected.truth)
+        assert not failures(results), [r.line() for r in failures(results)]
+
+
+@pytest.mark.parametrize("latent", [2, 50])
+def test_numba_matches_the_live_oracle_on_every_case(numba_backend, images, latent):
+    cases = build_cases(images, latent, steps=8)
+    assert [c.name.split("/")[1] for c in cases] == [
+        "batch", "partial-batch", "extreme-logits", "beta4", "adam-steps"]
+    for case in cases:
+        results = check(numba_backend, case, expectation(case))
+        assert not failures(results), [r.line() for r in failures(results)]
+
+
+class Perturbed:
+    """Wraps a backend and damages one output, to prove the gate notices."""
+
+    def __init__(self, inner: Backend, damage):
+        self.inner, self.damage = inner, damage
+        self.name, self.description = "perturbed", "test double"
+
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+    def forward_backward(self, x, eps):
+        out = self.inner.forward_backward(x, eps)
+        self.damage(out)
+        return out
+
+
+@pytest.fixture(scope="module")
+def batch_case(images):
+    case = build_cases(images, 10, steps=0)[0]
+    return case, expectation(case)
+
+
+def test_gate_fails_a_gradient_off_by_one_part_in_ten_thousand(numba_backend, batch_case):
+    def damage(out):
+        out.grads["dec.fc1.weight"] = out.grads["dec.fc1.weight"] * np.float32(1.0001)
+
+    results = check(Perturbed(numba_backend, damage), *batch_case)
+    assert [r.tensor for r in failures(results)] == ["grad.dec.fc1.weight"]
+    assert failures(results)[0].fraction > 1
+
+
+def test_gate_reports_nan_as_nan_with_its_place(numba_backend, batch_case):
+    def damage(out):
+        out.intermediates["z"][3, 1] = np.nan
+
+    [bad] = failures(check(Perturbed(numba_backend, damage), *batch_case))
+    assert bad.tensor == "z" and "1 non-finite values" in bad.problem and "(3, 1)" in bad.problem
+    assert "FAIL" in bad.line()
+
+
+def test_gate_reports_missing_and_misshapen_tensors(numba_backend, batch_case):
+    def damage(out):
+        del out.grads["enc.mu.bias"]
+        out.intermediates["h"] = out.intermediates["h"][:, :-1]
+
+    bad = {r.tensor: r.problem for r in failures(check(Perturbed(numba_backend, damage),
+                                                       *batch_case))}
+    assert bad == {"h": "shape (128, 511), expected (128, 512)",
+                   "grad.enc.mu.bias": "missing from the backend's outputs"}
+
+
+def test_fixture_round_trip_and_schema_check(tmp_path, images):
+    case = replace(build_cases(images, 2, steps=3)[-1])
+    path = tmp_path / "f.npz"
+    write_fixture(path, [case], [expectation(case)], dataset="test")
+    [(back, expected)] = read_fixture(path)
+    assert back.name == case.name and back.steps == 3 and back.config == case.config
+    assert all(np.array_equal(back.params[n], case.params[n]) for n in case.params)
+    # The stored data rows, re-indexed, give the same batches.
+    for k in range(3):
+        np.testing.assert_array_equal(back.data[back.step_indices[k]],
+                                      case.data[case.step_indices[k]])
+    assert set(expected.truth) >= {"steps.loss", "steps.enc.fc1.weight"}
+
+    import json
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    meta = json.loads(arrays["meta"].tobytes())
+    meta["schema_version"] = SCHEMA_VERSION + 1
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(tmp_path / "future.npz", **arrays)
+    with pytest.raises(FixtureError, match="regenerate it with `vae-bench fixture`"):
+        read_fixture(tmp_path / "future.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(FixtureError, match="not a readable fixture"):
+        read_fixture(tmp_path / "junk.npz")
+    with pytest.raises(FixtureError, match="no such fixture"):
+        read_fixture(tmp_path / "absent.npz")
+
+
+def test_check_command_passes_and_fails_with_exit_status(capsys):
+    assert main(["check", "--backend", "numba", "--fixture", str(FIXTURE), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS: numba" in out and "threads" in out
+
+
+def test_unknown_backend_lists_the_known_ones(capsys):
+    with pytest.raises(UnknownBackendError, match="available: torch, torch-fused-adam"):
+        create_backend("cuda-magic")
+    assert main(["check", "--backend", "cuda-magic"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown backend 'cuda-magic'" in err and "numba" in err
