@@ -98,7 +98,7 @@ def outputs(backend: Backend, case: Case) -> dict[str, np.ndarray]:
     """Every tensor the gate compares, under the gate's names, for one backend and case."""
     backend.load(case.config, case.params)
     if case.steps:
-        losses = [backend.train_step(case.data, case.step_indices[k], case.step_eps[k])
+        losses = [backend.train_step(case.data, case.step_indices[k], case.step_eps[k]).loss
                   for k in range(case.steps)]
         record = {"steps.loss": np.array(losses)}
         record |= {f"steps.{name}": p for name, p in backend.params().items()}

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--beta", type=_non_negative_float, default=1.0,
                         help="KL weight (beta-VAE); the ELBO is reported at beta = 1 regardless")
     training = exp.add_argument_group("training")
+    training.add_argument("--backend", default="torch", metavar="NAME",
+                          help="who trains the VAEs: torch (the reference, default) or any "
+                          "backend of `vae-bench check`; the AE is always the reference's")
     training.add_argument("--epochs", type=_positive_int, default=50, help="default 50 (the report's)")
     training.add_argument("--batch-size", type=_positive_int, default=128)
     training.add_argument("--lr", type=_positive_float, default=3e-4, help="Adam learning rate")
@@ -154,7 +157,15 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         iwae_k=args.iwae_k,
+        backend=args.backend,
     )
+    from kernels import create_backend
+
+    status = create_backend(args.backend).availability()
+    if not status.available:
+        print(f"vae-bench: backend {args.backend!r} is unavailable here: {status.reason}",
+              file=sys.stderr)
+        return EXIT_USAGE
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download)
     out = args.out or default_out_dir(spec)
     # tqdm.write keeps log lines from tearing an active progress bar.

@@ -35,10 +35,14 @@ from vae_ref.atomic import atomic_write_text
 from vae_ref.data import Dataset
 from vae_ref.train import fixed_test_set
 
+from kernels import create_backend
+
 from . import figures, provenance
+from .training import train_backend
 
 TABLE_COLUMNS = (
     "model",
+    "backend",
     "latent_dim",
     "beta",
     "final_train_elbo",
@@ -86,6 +90,7 @@ class ExperimentSpec:
     lr: float = 3e-4
     seed: int = 0
     iwae_k: int = 100  # importance samples for the test log-likelihood; 0 skips it
+    backend: str = "torch"  # who trains the VAEs ("torch" = the reference's own loop)
 
     def __post_init__(self) -> None:
         if not self.latents and not self.ae_latents:
@@ -106,6 +111,8 @@ class ExperimentSpec:
 
 def default_out_dir(spec: ExperimentSpec, root: Path = Path("results")) -> Path:
     name = f"experiment-{spec.dataset}-{spec.epochs}ep"
+    if spec.backend != "torch":
+        name += f"-{spec.backend}"
     if spec.binarize:
         name += "-binarized"
     if spec.beta != 1.0:
@@ -126,16 +133,21 @@ def _record_paths(out: Path, config: VAEConfig) -> tuple[Path, Path]:
     return out / "models" / f"{config.name}.json", out / "models" / f"{config.name}.npz"
 
 
-def _load_finished(out: Path, config: VAEConfig, data: Dataset) -> FinishedModel | None:
+def _load_finished(out: Path, config: VAEConfig, data: Dataset,
+                   backend: str) -> FinishedModel | None:
     """The saved result for ``config`` if the directory holds one trained exactly so."""
     record_path, params_path = _record_paths(out, config)
     if not (record_path.exists() and params_path.exists()):
         return None
     record = json.loads(record_path.read_text())
-    if record.get("config") != config.to_dict() or record.get("dataset") != data.name:
+    record["summary"].setdefault("backend", "torch")  # records written before backends existed
+    trained_by = record.get("summary", {}).get("backend", "torch")
+    if (record.get("config") != config.to_dict() or record.get("dataset") != data.name
+            or (config.model == "vae" and trained_by != backend)):
         raise ExperimentError(
             f"{record_path} holds {config.name} trained with different settings "
-            f"(dataset {record.get('dataset')!r}, config {record.get('config')}); "
+            f"(backend {trained_by}, dataset {record.get('dataset')!r}, "
+            f"config {record.get('config')}); "
             "use another --out directory, or --force to retrain and overwrite it"
         )
     model = build_model(config)
@@ -152,7 +164,14 @@ def _train_one(
         log(f"  {config.name} epoch {r.epoch:3d}/{config.epochs}: train ELBO {r.train_elbo:9.2f}"
             f"  test ELBO {r.test_elbo:9.2f}  ({r.seconds:.2f} s)")
 
-    result = train(config, data.train_x, data.test_x, progress=progress, on_epoch=report)
+    # The AE exists only in the reference; other backends implement the VAE.
+    backend_name = spec.backend if config.model == "vae" else "torch"
+    if backend_name == "torch":
+        result = train(config, data.train_x, data.test_x, progress=progress, on_epoch=report)
+    else:
+        backend = create_backend(backend_name)
+        result = train_backend(backend, config, data.train_x, data.test_x, progress=progress,
+                               on_epoch=report)
     model = result.model.eval()
     iwae = math.nan
     if config.model == "vae" and spec.iwae_k > 0:
@@ -164,6 +183,7 @@ def _train_one(
             f"{time.perf_counter() - started:.1f} s)")
     summary = {
         "model": config.model,
+        "backend": backend_name,
         "latent_dim": config.latent_dim,
         "beta": config.beta if config.model == "vae" else math.nan,
         "final_train_elbo": result.final.train_elbo,
@@ -206,7 +226,7 @@ def run_experiment(
     log(f"results: {out}")
     finished: list[FinishedModel] = []
     for config in spec.configs():
-        done = None if force else _load_finished(out, config, data)
+        done = None if force else _load_finished(out, config, data, spec.backend)
         if done is not None:
             log(f"{config.name}: already finished in {out} (use --force to retrain), skipping")
         else:
@@ -257,14 +277,15 @@ def markdown_table(table: pd.DataFrame, spec: ExperimentSpec, data: Dataset,
         "columns hold -BCE, a reconstruction score and not a bound on log p(x). "
         "'test log p(x)' is the importance-weighted bound (Burda et al.) with k samples.",
         "",
-        "| model | z | final train ELBO | average train ELBO | final test ELBO "
+        "| model | backend | z | final train ELBO | average train ELBO | final test ELBO "
         "| test log p(x) (k) | epochs | time (s) | s/epoch |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in table.itertuples():
         iwae = f"{nats(row.test_iwae)} ({row.iwae_k})" if row.iwae_k else "—"
         lines.append(
-            f"| {row.model.upper()} | {row.latent_dim} | {nats(row.final_train_elbo)} "
+            f"| {row.model.upper()} | {row.backend} | {row.latent_dim} "
+            f"| {nats(row.final_train_elbo)} "
             f"| {nats(row.average_train_elbo)} | {nats(row.final_test_elbo)} | {iwae} "
             f"| {row.epochs} | {row.train_seconds:.1f} | {row.seconds_per_epoch:.2f} |"
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .base import Availability, Backend, BackendUnavailable, StepOutputs
+from .base import Availability, Backend, BackendUnavailable, BatchLoss, StepOutputs
 
 
 class UnknownBackendError(ValueError):
@@ -63,6 +63,7 @@ __all__ = [
     "Availability",
     "Backend",
     "BackendUnavailable",
+    "BatchLoss",
     "StepOutputs",
     "UnknownBackendError",
     "create_backend",

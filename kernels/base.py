@@ -8,7 +8,7 @@ canonical names (``vae_ref.params``), so any two backends can be compared tensor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -28,6 +28,14 @@ class BackendUnavailable(RuntimeError):
 class Availability:
     available: bool
     reason: str = ""  # why not, when not (e.g. "numba is not installed")
+
+
+class BatchLoss(NamedTuple):
+    """Means over one batch, in nats per image."""
+
+    reconstruction: float
+    kl: float
+    loss: float  # reconstruction + beta * kl: what the step minimised
 
 
 @dataclass
@@ -63,7 +71,7 @@ class Backend(Protocol):
 
     def train_step(
         self, data: np.ndarray, indices: np.ndarray, eps: np.ndarray | None = None
-    ) -> float:
+    ) -> BatchLoss:
         """One Adam step on the batch ``data[indices]``; returns its loss (before the step).
 
         ``eps`` (len(indices), latent) is the reparameterization noise; None draws it from the

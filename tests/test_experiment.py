@@ -52,7 +52,7 @@ def test_table_and_curves_have_the_promised_columns_and_rows(finished_run):
     assert tuple(curves.columns) == CURVE_COLUMNS
     assert len(curves) == 3 * 2
     md = (out / "table.md").read_text()
-    assert "mnist-5k" in md and "| VAE | 2 |" in md and "git_commit" in md
+    assert "mnist-5k" in md and "| VAE | torch | 2 |" in md and "git_commit" in md
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["dataset"].startswith("mnist-5k") and prov["seed"] == 0
 

@@ -15,7 +15,7 @@ from vae_ref import VAEConfig
 from vae_ref.evaluate import EvalResult
 from vae_ref.params import Params
 
-from ..base import Availability, BackendUnavailable, StepOutputs
+from ..base import Availability, BackendUnavailable, BatchLoss, StepOutputs
 
 ADAM_BETAS = (0.9, 0.999)  # PyTorch's defaults, as in the reference
 ADAM_EPS = 1e-8
@@ -93,12 +93,23 @@ class NumbaBackend:
     # -- computation -----------------------------------------------------------------------
 
     def _noise(self, batch: int, eps: np.ndarray | None) -> np.ndarray:
+        shape = (batch, self.config.latent_dim)
         if eps is None:
-            return self.rng.standard_normal((batch, self.config.latent_dim), dtype=np.float32)
+            return self.rng.standard_normal(shape, dtype=np.float32)
+        if np.shape(eps) != shape:
+            raise ValueError(f"eps must have shape {shape}, got {np.shape(eps)}")
         return np.ascontiguousarray(eps, dtype=np.float32)
 
+    def _images(self, x: np.ndarray) -> np.ndarray:
+        # Compiled code does not check shapes or bounds: everything is checked here first.
+        if np.ndim(x) != 2 or np.shape(x)[1] != self.config.input_dim or len(x) == 0:
+            raise ValueError(
+                f"images must be a non-empty (N, {self.config.input_dim}) array, got "
+                f"{np.shape(x)}")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
     def forward_backward(self, x: np.ndarray, eps: np.ndarray) -> StepOutputs:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = self._images(x)
         eps = self._noise(len(x), eps)
         ws = self._workspace(len(x))
         ws.xb[...] = x
@@ -119,22 +130,27 @@ class NumbaBackend:
         )
 
     def train_step(self, data: np.ndarray, indices: np.ndarray,
-                   eps: np.ndarray | None = None) -> float:
+                   eps: np.ndarray | None = None) -> BatchLoss:
+        data = self._images(data)
         indices = np.ascontiguousarray(indices, dtype=np.int64)
+        if indices.ndim != 1 or len(indices) == 0:
+            raise ValueError(f"indices must be a non-empty 1-D array, got shape {indices.shape}")
+        if indices.min() < 0 or indices.max() >= len(data):
+            raise IndexError(f"batch indices must lie in [0, {len(data)}), got "
+                             f"[{indices.min()}, {indices.max()}]")
         eps = self._noise(len(indices), eps)
         self.steps_taken += 1
         c = self.config
-        return self._step.train_step(
+        return BatchLoss(*self._step.train_step(
             data, indices, eps, self.flat, self.grads, self.m, self.v,
             self.layout.slot_offsets, float(c.beta), float(c.lr), ADAM_BETAS[0], ADAM_BETAS[1],
-            ADAM_EPS, float(self.steps_taken), self._workspace(len(indices)))
+            ADAM_EPS, float(self.steps_taken), self._workspace(len(indices))))
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = self.forward_backward(x, np.zeros((len(x), self.config.latent_dim), np.float32))
         return out.intermediates["mu"], out.intermediates["logvar"]
 
     def decode(self, z: np.ndarray) -> np.ndarray:
-        c = self.config
         p = self.params()
         dec_h = np.maximum(z.astype(np.float32) @ p["dec.fc1.weight"].T + p["dec.fc1.bias"], 0)
         return dec_h @ p["dec.out.weight"].T + p["dec.out.bias"]
@@ -142,8 +158,9 @@ class NumbaBackend:
     def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
         rng = np.random.default_rng(seed)
         totals = np.zeros(2)
+        x = self._images(x)
         for start in range(0, len(x), batch_size):
-            xb = np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)
+            xb = x[start : start + batch_size]
             eps = rng.standard_normal((len(xb), self.config.latent_dim), dtype=np.float32)
             ws = self._workspace(len(xb))
             ws.xb[...] = xb
@@ -151,6 +168,37 @@ class NumbaBackend:
             totals += [ws.bce.sum(dtype=np.float64), ws.kl.sum(dtype=np.float64)]
         reconstruction, kl = (float(t) for t in totals / len(x))
         return EvalResult(elbo=-(reconstruction + kl), reconstruction=reconstruction, kl=kl)
+
+    def stage_times(self, data: np.ndarray, batch: int, repeats: int = 50) -> dict[str, float]:
+        """Median seconds per step of each part of the compiled step, measured one part at a
+        time on the same buffers: GEMMs alone, the fused kernels (forward + backward minus the
+        GEMMs), Adam, and the gather. Parameters are restored afterwards."""
+        c, off = self.config, self.layout.slot_offsets
+        ws = self._workspace(batch)
+        indices = np.arange(batch) % len(data)
+        eps = self._noise(batch, None)
+        saved = (self.flat.copy(), self.m.copy(), self.v.copy())
+        s = self._step
+
+        def median_time(fn) -> float:
+            fn()
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            return float(np.median(times))
+
+        gather = median_time(lambda: s.gather_rows(data, indices, ws.xb))
+        forward = median_time(lambda: s.forward(self.flat, off, ws.xb, eps, ws))
+        backward = median_time(
+            lambda: s.backward(self.flat, self.grads, off, ws.xb, eps, float(c.beta), ws))
+        gemms = median_time(lambda: s.gemms_only(self.flat, self.grads, off, eps, ws))
+        adam = median_time(lambda: s.adam(self.flat, self.grads, self.m, self.v, float(c.lr),
+                                          ADAM_BETAS[0], ADAM_BETAS[1], ADAM_EPS, 10.0))
+        self.flat[:], self.m[:], self.v[:] = saved
+        return {"gemms": gemms, "fused kernels": max(forward + backward - gemms, 0.0),
+                "adam": adam, "gather": gather}
 
     def synchronize(self) -> None:
         """CPU work is done when the call returns."""

@@ -132,18 +132,42 @@ def adam(params, grads, m, v, lr, beta1, beta2, eps, step):
 
 @njit(**STEP_JIT)
 def batch_loss(bce, kl, beta):
-    total = 0.0
+    """Batch means of (reconstruction, KL, reconstruction + beta KL), summed in float64."""
+    reconstruction, divergence = 0.0, 0.0
     for i in range(bce.shape[0]):
-        total += np.float64(bce[i]) + beta * np.float64(kl[i])
-    return total / bce.shape[0]
+        reconstruction += np.float64(bce[i])
+        divergence += np.float64(kl[i])
+    n = bce.shape[0]
+    return reconstruction / n, divergence / n, (reconstruction + beta * divergence) / n
 
 
 @njit(**STEP_JIT)
 def train_step(data, indices, eps, params, grads, m, v, off, beta, lr, beta1, beta2,
                adam_eps, step, ws):
-    """One whole step; returns the batch loss before the update."""
+    """One whole step; returns the batch's (reconstruction, KL, loss) before the update."""
     gather_rows(data, indices, ws.xb)
     forward(params, off, ws.xb, eps, ws)
     backward(params, grads, off, ws.xb, eps, beta, ws)
     adam(params, grads, m, v, lr, beta1, beta2, adam_eps, step)
     return batch_loss(ws.bce, ws.kl, beta)
+
+
+@njit(**STEP_JIT)
+def gemms_only(params, grads, off, eps, ws):
+    """The step's 11 GEMMs alone, same shapes and buffers: the floor the fused kernels and
+    Adam are measured against (a profiling aid; the values it leaves are meaningless)."""
+    batch, input_dim = ws.xb.shape
+    hidden, latent = ws.h.shape[1], eps.shape[1]
+    w1, _, w_heads, _, w_dec, _, w_out, _ = tensors(params, off, input_dim, hidden, latent)
+    g_w1, _, g_heads, _, g_wdec, _, g_wout, _ = tensors(grads, off, input_dim, hidden, latent)
+    np.dot(ws.xb, w1.T, ws.h)
+    np.dot(ws.h, w_heads.T, ws.heads)
+    np.dot(ws.z, w_dec.T, ws.dech)
+    np.dot(ws.dech, w_out.T, ws.logits)
+    np.dot(ws.dlogits.T, ws.dech, g_wout)
+    np.dot(ws.dlogits, w_out, ws.d_dech)
+    np.dot(ws.d_dech.T, ws.z, g_wdec)
+    np.dot(ws.d_dech, w_dec, ws.dz)
+    np.dot(ws.dheads.T, ws.h, g_heads)
+    np.dot(ws.dheads, w_heads, ws.dh)
+    np.dot(ws.dh.T, ws.xb, g_w1)

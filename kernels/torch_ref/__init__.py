@@ -14,7 +14,7 @@ from vae_ref import VAEConfig, build_model, import_params, loss_terms
 from vae_ref.evaluate import EvalResult, evaluate_elbo
 from vae_ref.params import Params, export_params
 
-from ..base import Availability, StepOutputs
+from ..base import Availability, BatchLoss, StepOutputs
 
 
 class TorchBackend:
@@ -80,37 +80,38 @@ class TorchBackend:
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
         self.optimizer.step()
-        return terms.loss.detach()
+        return torch.stack([terms.reconstruction.mean(), terms.kl.mean(), terms.loss]).detach()
 
     def _compiled_step(self):
         model, config = self.model, self.config
 
         @torch.compile(dynamic=False)
         def loss_of(x_t, eps_t):
-            return loss_terms(model(x_t, eps_t), x_t, config).loss
+            terms = loss_terms(model(x_t, eps_t), x_t, config)
+            return terms.loss, terms.reconstruction.mean(), terms.kl.mean()
 
         @torch.compile(dynamic=False)
         def adam_step():
             self.optimizer.step()
 
         def step(x_t, eps_t):
-            loss = loss_of(x_t, eps_t)
+            loss, reconstruction, kl = loss_of(x_t, eps_t)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             adam_step()
-            return loss.detach()
+            return torch.stack([reconstruction, kl, loss]).detach()
 
         return step
 
     def train_step(self, data: np.ndarray, indices: np.ndarray,
-                   eps: np.ndarray | None = None) -> float:
+                   eps: np.ndarray | None = None) -> BatchLoss:
         x_t = self._tensor(data[indices])
         if eps is None:
             eps_t = torch.randn((len(indices), self.config.latent_dim), generator=self.generator,
                                 dtype=self.dtype)
         else:
             eps_t = self._tensor(eps)
-        return float(self._step(x_t, eps_t))
+        return BatchLoss(*self._step(x_t, eps_t).tolist())
 
     def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
         self.model.eval()

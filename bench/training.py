@@ -1,0 +1,78 @@
+"""Training any backend the way the reference trains (vae_ref.train), through the Backend
+interface: same initial weights, same shuffling and binarization streams, same per-epoch
+records, so an experiment's table can put a backend's ELBO beside the reference's.
+
+The reparameterization noise is each backend's own (seeded by config.seed), so runs match the
+reference's within the noise of seeds, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kernels.base import Backend
+from vae_ref import VAEConfig, build_model, export_params, import_params
+from vae_ref.data import binarize
+from vae_ref.train import EpochRecord, NonFiniteLossError, TrainResult, fixed_test_set
+
+
+def train_backend(
+    backend: Backend,
+    config: VAEConfig,
+    train_x: np.ndarray,
+    test_x: np.ndarray,
+    *,
+    progress: bool = True,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> TrainResult:
+    """Train ``config`` on ``backend``; the result holds a reference model with the trained
+    weights (for figures and the importance-weighted bound)."""
+    backend.load(config, export_params(build_model(config)))
+    train_x = np.ascontiguousarray(train_x, dtype=np.float32)
+    test_x = fixed_test_set(config, np.ascontiguousarray(test_x, dtype=np.float32))
+    shuffle_rng = np.random.default_rng([config.seed, 1])
+    binarize_rng = np.random.default_rng([config.seed, 2])
+    n = len(train_x)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    history = []
+    bar = tqdm(total=config.epochs * steps_per_epoch, desc=f"{config.name} [{backend.name}]",
+               unit="step", disable=not progress, leave=False,
+               mininterval=0.1 if sys.stderr.isatty() else 15.0)
+    try:
+        for epoch in range(1, config.epochs + 1):
+            order = shuffle_rng.permutation(n)
+            sums = np.zeros(2)
+            started = time.perf_counter()
+            for step in range(steps_per_epoch):
+                indices = order[step * config.batch_size : (step + 1) * config.batch_size]
+                if config.binarize:
+                    batch = binarize(train_x[indices], binarize_rng)
+                    result = backend.train_step(batch, np.arange(len(batch)))
+                else:
+                    result = backend.train_step(train_x, indices)
+                if not math.isfinite(result.loss):
+                    raise NonFiniteLossError(epoch, step, result.reconstruction, result.kl)
+                sums += [result.reconstruction * len(indices), result.kl * len(indices)]
+                bar.update()
+            backend.synchronize()
+            seconds = time.perf_counter() - started
+            test = backend.evaluate(test_x, seed=config.seed)
+            reconstruction, kl = (float(v) for v in sums / n)
+            record = EpochRecord(epoch, -(reconstruction + kl), reconstruction, kl, test.elbo,
+                                 test.reconstruction, test.kl, seconds)
+            history.append(record)
+            bar.set_postfix(epoch=epoch, train=f"{record.train_elbo:.1f}",
+                            test=f"{test.elbo:.1f}")
+            if on_epoch is not None:
+                on_epoch(record)
+    finally:
+        bar.close()
+    model = build_model(config)
+    import_params(model, backend.params())
+    return TrainResult(config=config, model=model.eval(), history=history)
