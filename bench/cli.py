@@ -122,6 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--quiet", action="store_true", help="print failures and the verdict only")
     chk.set_defaults(handler=cmd_check)
 
+    prof = commands.add_parser(
+        "profile", help="training throughput of backends, interleaved, with a breakdown",
+        description="Steady-state samples/s per backend (warm-up and compile timed apart, "
+        "windows interleaved A B C A B C...), effective GFLOP/s against this machine's GEMM "
+        "peak measured in the same run, and where each backend's step time goes.")
+    prof.add_argument("--backends", nargs="+", default=list(BACKENDS), metavar="NAME")
+    prof.add_argument("--latent", type=_positive_int, default=20)
+    prof.add_argument("--batch-size", type=_positive_int, default=128)
+    prof.add_argument("--repeats", type=_positive_int, default=7, help="windows per backend")
+    prof.add_argument("--steps", type=_positive_int, default=50, help="steps per window")
+    prof.add_argument("--threads", type=_positive_int,
+                      help="threads for every backend (default: all cores)")
+    prof.set_defaults(handler=cmd_profile)
+
     fix = commands.add_parser(
         "fixture", help="write the reference's versioned agreement fixture (.npz)",
         description="Writes inputs, noise, parameters, the float64 oracle's intermediates, "
@@ -216,6 +230,40 @@ def cmd_check(args: argparse.Namespace) -> int:
     verdict = "PASS" if failures == 0 else f"FAIL ({failures} tensors)"
     print(f"{verdict}: {args.backend}, worst tensor at {worst:.1%} of its tolerance [{settings}]")
     return 0 if failures == 0 else EXIT_FAILED
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    import torch
+
+    from kernels import create_backend
+    from vae_ref import VAEConfig
+    from vae_ref.data import load_dataset
+
+    from .throughput import gemm_peak, measure, report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backends = []
+    for name in args.backends:
+        backend = create_backend(name, threads=args.threads)
+        status = backend.availability()
+        if status.available:
+            backends.append(backend)
+        else:
+            print(f"{name}: unavailable here: {status.reason}")
+    if not backends:
+        print("vae-bench: no backend to profile", file=sys.stderr)
+        return EXIT_USAGE
+    data = load_dataset("mnist-5k")
+    config = VAEConfig(latent_dim=args.latent, batch_size=args.batch_size)
+    print(f"profiling on {data.name} ({len(data.train_x)} images), torch threads "
+          f"{torch.get_num_threads()}; warming up {', '.join(b.name for b in backends)} ...",
+          flush=True)
+    results = measure(backends, config, data.train_x, batch=args.batch_size,
+                      repeats=args.repeats, steps=args.steps)
+    peak, source = gemm_peak()
+    print(report(results, config, args.batch_size, peak, source))
+    return 0
 
 
 def cmd_fixture(args: argparse.Namespace) -> int:

@@ -7,6 +7,8 @@ the fused Adam ("torch-compile").
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -112,6 +114,41 @@ class TorchBackend:
         else:
             eps_t = self._tensor(eps)
         return BatchLoss(*self._step(x_t, eps_t).tolist())
+
+    def stage_times(self, data: np.ndarray, batch: int, repeats: int = 50) -> dict[str, float]:
+        """Median seconds per step of forward + backward and of the optimizer step, measured
+        apart on the same batch. Parameters are restored afterwards. Eager only: a compiled
+        step's parts are not separable, so torch-compile reports none."""
+        if self.compile:
+            return {}
+        x_t = self._tensor(data[np.arange(batch) % len(data)])
+        eps_t = torch.randn((batch, self.config.latent_dim), generator=self.generator,
+                            dtype=self.dtype)
+        saved_params = [p.detach().clone() for p in self.model.parameters()]
+        saved_state = {k: {n: (t.clone() if torch.is_tensor(t) else t) for n, t in v.items()}
+                       for k, v in self.optimizer.state.items()}
+
+        def forward_backward():
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_terms(self.model(x_t, eps_t), x_t, self.config).loss.backward()
+
+        def median_time(fn) -> float:
+            fn()
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            return float(np.median(times))
+
+        result = {"forward+backward": median_time(forward_backward),
+                  "adam": median_time(self.optimizer.step)}
+        with torch.no_grad():
+            for p, saved in zip(self.model.parameters(), saved_params):
+                p.copy_(saved)
+        self.optimizer.state.clear()
+        self.optimizer.state.update(saved_state)
+        return result
 
     def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
         self.model.eval()

@@ -1,0 +1,122 @@
+"""Steady-state training throughput, measured the way the harness promises: every backend
+warmed up first (compile time reported apart), timed windows interleaved across backends
+(A B C A B C ...) so machine drift hits all alike, medians with min-max, and the effective
+GFLOP/s as a fraction of this machine's GEMM peak measured in the same process.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kernels.base import Backend
+from vae_ref import VAEConfig, build_model, export_params
+
+
+def step_flops(config: VAEConfig, batch: int) -> int:
+    """FLOPs of one training step's 11 GEMMs (everything else is O(B (D + H)))."""
+    d, h, z = config.input_dim, config.hidden_dim, config.latent_dim
+    # forward: x W1^T, heads, decoder fc1, output: 2DH + 3ZH multiply-adds per image;
+    # backward: dW_out, d dec_h, dW_dec, dz, dW_heads, dh, dW1: 3DH + 6ZH.
+    return 2 * batch * (5 * d * h + 9 * z * h)
+
+
+def gemm_peak(size: int = 2048, repeats: int = 5) -> tuple[float, str]:
+    """Best GFLOP/s of a large float32 GEMM on this CPU, over numpy's BLAS and PyTorch's."""
+    import torch
+
+    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    out = np.empty_like(a)
+    ta, tout = torch.from_numpy(a), torch.from_numpy(out)
+    best = {}
+    for name, fn in (("numpy BLAS", lambda: np.dot(a, a, out)),
+                     ("torch", lambda: torch.mm(ta, ta, out=tout))):
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        best[name] = 2 * size**3 / min(times) / 1e9
+    name = max(best, key=best.get)
+    return best[name], f"{size}x{size} float32 GEMM via {name}"
+
+
+@dataclass
+class Measurement:
+    backend: str
+    description: str
+    warmup_seconds: float  # load + first steps: JIT / torch.compile / cache load
+    ms_per_step: list[float] = field(default_factory=list)  # one per timed window
+    settings: dict = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)  # ms per step, if the backend tells
+
+    @property
+    def median_ms(self) -> float:
+        return float(np.median(self.ms_per_step))
+
+
+def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, batch: int,
+            repeats: int = 7, steps: int = 50, warmup_steps: int = 20,
+            seed: int = 0) -> list[Measurement]:
+    """Time ``steps`` training steps per window, ``repeats`` windows per backend, interleaved."""
+    rng = np.random.default_rng(seed)
+    params = export_params(build_model(config))
+    results = []
+    for backend in backends:
+        start = time.perf_counter()
+        backend.load(config, params)
+        for _ in range(warmup_steps):
+            backend.train_step(data, rng.integers(0, len(data), batch),
+                               rng.standard_normal((batch, config.latent_dim), dtype=np.float32))
+        backend.synchronize()
+        results.append(Measurement(backend.name, backend.description,
+                                   time.perf_counter() - start, settings=backend.settings()))
+    for _ in range(repeats):
+        for backend, result in zip(backends, results):
+            # Inputs are drawn before the clock starts: the window times the steps alone.
+            windows = [(rng.integers(0, len(data), batch),
+                        rng.standard_normal((batch, config.latent_dim), dtype=np.float32))
+                       for _ in range(steps)]
+            start = time.perf_counter()
+            for indices, eps in windows:
+                backend.train_step(data, indices, eps)
+            backend.synchronize()
+            result.ms_per_step.append((time.perf_counter() - start) / steps * 1e3)
+    for backend, result in zip(backends, results):
+        stage_times = getattr(backend, "stage_times", None)
+        if stage_times is not None:
+            result.stages = {k: v * 1e3 for k, v in stage_times(data, batch).items()}
+    return results
+
+
+def report(results: list[Measurement], config: VAEConfig, batch: int, peak: float,
+           peak_source: str) -> str:
+    """The throughput table and per-backend breakdowns, as text."""
+    flops = step_flops(config, batch)
+    baseline = next((r.median_ms for r in results if r.backend == "torch"), None)
+    lines = [
+        f"step: batch {batch}, z {config.latent_dim}: {flops / 1e6:.0f} MFLOP in 11 GEMMs; "
+        f"GEMM peak {peak:.0f} GFLOP/s ({peak_source})",
+        f"{'backend':<18} {'warm-up s':>9} {'ms/step':>8} {'min-max':>13} {'samples/s':>10} "
+        f"{'GFLOP/s':>8} {'% peak':>7} {'vs torch':>8}",
+    ]
+    for r in results:
+        ms = r.median_ms
+        gflops = flops / (ms / 1e3) / 1e9
+        speedup = f"{baseline / ms:7.2f}x" if baseline else "       -"
+        lines.append(
+            f"{r.backend:<18} {r.warmup_seconds:9.2f} {ms:8.3f} "
+            f"{min(r.ms_per_step):6.2f}-{max(r.ms_per_step):<6.2f} {batch / ms * 1e3:10.0f} "
+            f"{gflops:8.1f} {gflops / peak:7.1%} {speedup}")
+    for r in results:
+        if r.stages:
+            parts = ", ".join(f"{k} {v:.3f} ms" for k, v in r.stages.items())
+            lines.append(f"{r.backend} breakdown: {parts}")
+            if "gemms" in r.stages:
+                lines.append(f"{r.backend}: step at {r.stages['gemms'] / r.median_ms:.0%} of "
+                             f"its GEMM-only time ({r.stages['gemms']:.3f} ms) ... i.e. the "
+                             f"rest costs {r.median_ms - r.stages['gemms']:.3f} ms")
+    return "\n".join(lines)
