@@ -170,35 +170,41 @@ class NumbaBackend:
         return EvalResult(elbo=-(reconstruction + kl), reconstruction=reconstruction, kl=kl)
 
     def stage_times(self, data: np.ndarray, batch: int, repeats: int = 50) -> dict[str, float]:
-        """Median seconds per step of each part of the compiled step, measured one part at a
-        time on the same buffers: GEMMs alone, the fused kernels (forward + backward minus the
-        GEMMs), Adam, and the gather. Parameters are restored afterwards."""
+        """Median seconds of each part of the compiled step, measured interleaved (one call of
+        each part per round, so drift hits all alike): the whole step, its GEMMs alone (same
+        shapes and buffers), the fused kernels (forward + backward minus the GEMMs), Adam and
+        the gather. Parameters and optimizer state are restored afterwards."""
         c, off = self.config, self.layout.slot_offsets
+        data = self._images(data)
         ws = self._workspace(batch)
         indices = np.arange(batch) % len(data)
         eps = self._noise(batch, None)
         saved = (self.flat.copy(), self.m.copy(), self.v.copy())
         s = self._step
-
-        def median_time(fn) -> float:
-            fn()
-            times = []
-            for _ in range(repeats):
+        beta, lr = float(c.beta), float(c.lr)
+        parts = {
+            "step": lambda: s.train_step(data, indices, eps, self.flat, self.grads, self.m,
+                                         self.v, off, beta, lr, ADAM_BETAS[0], ADAM_BETAS[1],
+                                         ADAM_EPS, 10.0, ws),
+            "forward+backward": lambda: (s.forward(self.flat, off, ws.xb, eps, ws),
+                                         s.backward(self.flat, self.grads, off, ws.xb, eps,
+                                                    beta, ws)),
+            "gemms": lambda: s.gemms_only(self.flat, self.grads, off, eps, ws),
+            "adam": lambda: s.adam(self.flat, self.grads, self.m, self.v, lr, ADAM_BETAS[0],
+                                   ADAM_BETAS[1], ADAM_EPS, 10.0),
+            "gather": lambda: s.gather_rows(data, indices, ws.xb),
+        }
+        times = {name: [] for name in parts}
+        for _ in range(repeats + 1):  # the first round warms caches and is dropped
+            for name, fn in parts.items():
                 start = time.perf_counter()
                 fn()
-                times.append(time.perf_counter() - start)
-            return float(np.median(times))
-
-        gather = median_time(lambda: s.gather_rows(data, indices, ws.xb))
-        forward = median_time(lambda: s.forward(self.flat, off, ws.xb, eps, ws))
-        backward = median_time(
-            lambda: s.backward(self.flat, self.grads, off, ws.xb, eps, float(c.beta), ws))
-        gemms = median_time(lambda: s.gemms_only(self.flat, self.grads, off, eps, ws))
-        adam = median_time(lambda: s.adam(self.flat, self.grads, self.m, self.v, float(c.lr),
-                                          ADAM_BETAS[0], ADAM_BETAS[1], ADAM_EPS, 10.0))
+                times[name].append(time.perf_counter() - start)
         self.flat[:], self.m[:], self.v[:] = saved
-        return {"gemms": gemms, "fused kernels": max(forward + backward - gemms, 0.0),
-                "adam": adam, "gather": gather}
+        median = {name: float(np.median(t[1:])) for name, t in times.items()}
+        return {"step": median["step"], "gemms": median["gemms"],
+                "fused kernels": max(median["forward+backward"] - median["gemms"], 0.0),
+                "adam": median["adam"], "gather": median["gather"]}
 
     def synchronize(self) -> None:
         """CPU work is done when the call returns."""
