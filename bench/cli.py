@@ -263,6 +263,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
                       repeats=args.repeats, steps=args.steps)
     peak, source = gemm_peak()
     print(report(results, config, args.batch_size, peak, source))
+    from .provenance import collect
+
+    record = collect(dataset=data.describe())
+    versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
+    print(f"provenance: {record['cpu']}, {record['logical_cpus']} CPUs, {versions}, "
+          f"commit {record['git_commit']}, {record['timestamp']}, host {record['host']}")
     return 0
 
 
