@@ -59,12 +59,12 @@ class Measurement:
 
 
 def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, batch: int,
-            repeats: int = 7, steps: int = 50, warmup_steps: int = 20, settle_steps: int = 5,
-            seed: int = 0) -> list[Measurement]:
+            repeats: int = 7, steps: int = 50, warmup_steps: int = 20,
+            settle_seconds: float = 0.3, seed: int = 0) -> list[Measurement]:
     """Time ``steps`` training steps per window, ``repeats`` windows per backend, interleaved.
 
-    Each window starts with ``settle_steps`` untimed steps: the previous backend's thread pool
-    (OpenBLAS's and OpenMP's workers busy-wait for a while after their last job) must go
+    Each window starts with ``settle_seconds`` of untimed steps: the previous backend's thread
+    pool (OpenBLAS's and OpenMP's workers busy-wait for a while after their last job) must go
     idle before the clock starts, or each backend is charged for its predecessor's spin."""
     rng = np.random.default_rng(seed)
     params = export_params(build_model(config))
@@ -83,12 +83,13 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
             # Inputs are drawn before the clock starts: the window times the steps alone.
             windows = [(rng.integers(0, len(data), batch),
                         rng.standard_normal((batch, config.latent_dim), dtype=np.float32))
-                       for _ in range(steps + settle_steps)]
-            for indices, eps in windows[:settle_steps]:
-                backend.train_step(data, indices, eps)
+                       for _ in range(steps)]
+            settle_until = time.perf_counter() + settle_seconds
+            while time.perf_counter() < settle_until:
+                backend.train_step(data, *windows[0])
             backend.synchronize()
             start = time.perf_counter()
-            for indices, eps in windows[settle_steps:]:
+            for indices, eps in windows:
                 backend.train_step(data, indices, eps)
             backend.synchronize()
             result.ms_per_step.append((time.perf_counter() - start) / steps * 1e3)
