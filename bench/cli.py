@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="importance samples for the test log-likelihood (default 100; "
                           "the literature uses 5000; 0 skips it)")
     training.add_argument("--threads", type=_positive_int,
-                          help="PyTorch intra-op threads (default: PyTorch's choice); recorded")
+                          help="threads for PyTorch and the backend (default: all cores); "
+                          "recorded")
     output = exp.add_argument_group("output")
     output.add_argument("--out", type=Path,
                         help="results directory (default results/experiment-<dataset>-<epochs>ep)")
@@ -172,6 +173,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         seed=args.seed,
         iwae_k=args.iwae_k,
         backend=args.backend,
+        threads=args.threads,
     )
     from kernels import create_backend
 

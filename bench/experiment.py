@@ -91,6 +91,7 @@ class ExperimentSpec:
     seed: int = 0
     iwae_k: int = 100  # importance samples for the test log-likelihood; 0 skips it
     backend: str = "torch"  # who trains the VAEs ("torch" = the reference's own loop)
+    threads: int | None = None  # backend threads (None: all cores); recorded in provenance
 
     def __post_init__(self) -> None:
         if not self.latents and not self.ae_latents:
@@ -169,7 +170,7 @@ def _train_one(
     if backend_name == "torch":
         result = train(config, data.train_x, data.test_x, progress=progress, on_epoch=report)
     else:
-        backend = create_backend(backend_name)
+        backend = create_backend(backend_name, threads=spec.threads)
         result = train_backend(backend, config, data.train_x, data.test_x, progress=progress,
                                on_epoch=report)
     model = result.model.eval()

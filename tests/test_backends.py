@@ -76,3 +76,17 @@ def test_numba_training_matches_the_reference_within_seed_noise(mnist5k):
         reference.append(train(config, x, t, progress=False).final.test_elbo)
     spread = max(np.ptp(ours), np.ptp(reference))
     assert abs(np.mean(ours) - np.mean(reference)) < spread + 1.0, (ours, reference)
+
+
+def test_an_unavailable_backend_says_why_and_the_cli_exits_2(monkeypatch, capsys):
+    import importlib.util
+
+    from bench.cli import main
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "numba" else real_find_spec(name, *a))
+    status = create_backend("numba").availability()
+    assert not status.available and "numba is not installed (pip install numba)" in status.reason
+    assert main(["check", "--backend", "numba", "--latents", "2"]) == 2
+    assert "backend 'numba' is unavailable here: numba is not installed" in capsys.readouterr().err
