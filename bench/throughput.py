@@ -120,6 +120,10 @@ def report(results: list[Measurement], config: VAEConfig, batch: int, peak: floa
             f"{min(r.ms_per_step):6.2f}-{max(r.ms_per_step):<6.2f} {batch / ms * 1e3:10.0f} "
             f"{gflops:8.1f} {gflops / peak:7.1%} {speedup}")
     for r in results:
+        if r.settings.get("compile_seconds") is not None:
+            lines.append(f"{r.backend}: JIT compile or on-disk cache load "
+                         f"{r.settings['compile_seconds']:.2f} s (inside its warm-up)")
+    for r in results:
         if r.stages:
             parts = ", ".join(f"{k} {v:.3f} ms" for k, v in r.stages.items())
             lines.append(f"{r.backend} breakdown: {parts}")
