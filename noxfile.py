@@ -39,3 +39,11 @@ def bench(session: nox.Session) -> None:
     """
     install_project(session)
     session.run("vae-bench", "experiment", *session.posargs)
+
+
+@nox.session
+def benchmarks(session: nox.Session) -> None:
+    """The pytest-benchmark suites (per fused kernel, per training step), timed, saved as JSON
+    under .benchmarks/ (compare two saves: ``pytest-benchmark compare 0001 0002``)."""
+    install_project(session, "[test]")
+    session.run("pytest", "--benchmark-only", "--benchmark-autosave", *session.posargs)

@@ -5,6 +5,17 @@ import pytest
 import torch
 
 
+def pytest_configure(config):
+    # A plain `pytest` runs each benchmark once, untimed, as a correctness check (fast);
+    # `pytest --benchmark-only` (or --benchmark-enable) times them. Done here rather than
+    # with --benchmark-disable in addopts, which pytest-benchmark refuses beside
+    # --benchmark-only.
+    if hasattr(config.option, "benchmark_disable"):
+        wanted = config.option.benchmark_only or config.option.benchmark_enable
+        if not wanted:
+            config.option.benchmark_disable = True
+
+
 def pytest_report_header(config):
     from bench.provenance import cpu_model, package_versions
 
