@@ -32,13 +32,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The main job: the report's latent-size experiment on the embedded mnist-5k digits.
-
-    Writes the ELBO table, curves and figures under results/. Extra arguments go to
-    ``vae-bench experiment``, e.g. ``nox -s bench -- --dataset fashion-mnist --epochs 20``.
+    """The main job: the harness on the embedded mnist-5k digits (``vae-bench run --profile
+    quick``): agreement gate, interleaved throughput and ELBO per backend and latent size,
+    results under results/<time>-<host>/ and the summary printed. Extra arguments go to
+    ``vae-bench run``, e.g. ``nox -s bench -- --profile full --backends numba torch``.
     """
     install_project(session)
-    session.run("vae-bench", "experiment", *session.posargs)
+    session.run("vae-bench", "run", "--profile", "quick", *session.posargs)
 
 
 @nox.session
@@ -47,3 +47,12 @@ def benchmarks(session: nox.Session) -> None:
     under .benchmarks/ (compare two saves: ``pytest-benchmark compare 0001 0002``)."""
     install_project(session, "[test]")
     session.run("pytest", "--benchmark-only", "--benchmark-autosave", *session.posargs)
+
+
+@nox.session
+def experiment(session: nox.Session) -> None:
+    """The report's latent-size experiment (``vae-bench experiment``: ELBO table, curves and
+    figures) on the embedded mnist-5k digits; extra arguments go to it, e.g.
+    ``nox -s experiment -- --dataset fashion-mnist --epochs 20``."""
+    install_project(session)
+    session.run("vae-bench", "experiment", *session.posargs)

@@ -137,6 +137,58 @@ def build_parser() -> argparse.ArgumentParser:
                       help="threads for every backend (default: all cores)")
     prof.set_defaults(handler=cmd_profile)
 
+    runp = commands.add_parser(
+        "run", help="the harness: agreement gate, throughput and ELBO per backend and latent size",
+        description="For each backend and latent size: availability, the agreement gate "
+        "(failed backends are not timed unless --force), interleaved throughput per batch "
+        "size, and the ELBO after training. Writes results.csv, curves.csv, env.json, "
+        "summary.md and plots to a run directory; --resume continues an interrupted run.")
+    runp.add_argument("--profile", choices=["quick", "full"], default="quick",
+                      help="quick: mnist-5k, 5 epochs (minutes); full: the report's 50 epochs "
+                      "on full Fashion-MNIST")
+    runp.add_argument("--backends", nargs="+", default=list(BACKENDS), metavar="NAME")
+    runp.add_argument("--latents", type=_positive_int, nargs="+", default=[2, 10, 20, 50],
+                      metavar="Z")
+    runp.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[128],
+                      metavar="B", help="throughput batch sizes; the first also trains")
+    runp.add_argument("--dataset", choices=DATASETS, help="override the profile's dataset")
+    runp.add_argument("--data-dir", type=Path)
+    runp.add_argument("--epochs", type=_positive_int, help="override the profile's epochs")
+    runp.add_argument("--repeats", type=_positive_int, help="timed windows per backend")
+    runp.add_argument("--steps", type=_positive_int, help="steps per timed window")
+    runp.add_argument("--iwae-k", type=_non_negative_int, metavar="K")
+    runp.add_argument("--seed", type=int, default=0)
+    runp.add_argument("--threads", type=_positive_int)
+    runp.add_argument("--force", action="store_true",
+                      help="time and train backends that fail the agreement gate")
+    runp.add_argument("--out", type=Path, help="run directory (default results/<time>-<host>)")
+    runp.add_argument("--resume", action="store_true", help="continue a run in --out")
+    runp.add_argument("--shard", metavar="I/N",
+                      help="run only the I-th of N disjoint parts (latent sizes) of the sweep")
+    runp.add_argument("--quiet", action="store_true")
+    runp.set_defaults(handler=cmd_run)
+
+    mrg = commands.add_parser("merge", help="join shard run directories into one")
+    mrg.add_argument("parts", nargs="+", type=Path, metavar="DIR")
+    mrg.add_argument("--out", type=Path, required=True)
+    mrg.add_argument("--force", action="store_true",
+                     help="merge parts whose environment or settings differ")
+    mrg.set_defaults(handler=cmd_merge)
+
+    cmp_ = commands.add_parser(
+        "compare", help="compare two runs; exit 1 on a regression beyond the gate",
+        description="Row by row (backend, latent size, batch size): throughput ratio, test "
+        "ELBO change, agreement change, sorted worst first. Exit 1 on a regression beyond "
+        "the gate, 0 otherwise, 2 on unusable input.")
+    cmp_.add_argument("old", type=Path, help="run directory or results.csv")
+    cmp_.add_argument("new", type=Path, help="run directory or results.csv")
+    cmp_.add_argument("--fail-throughput", default="25%",
+                      help="fail when samples/s drops by more than this (default 25%%)")
+    cmp_.add_argument("--fail-elbo", type=_non_negative_float, default=1.0,
+                      help="fail when the test ELBO drops by more than this many nats "
+                      "(default 1)")
+    cmp_.set_defaults(handler=cmd_compare)
+
     fix = commands.add_parser(
         "fixture", help="write the reference's versioned agreement fixture (.npz)",
         description="Writes inputs, noise, parameters, the float64 oracle's intermediates, "
@@ -274,6 +326,62 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from vae_ref.data import load_dataset
+
+    from .run import PROFILES, RunSpec, default_out_dir, parse_shard, run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = dict(PROFILES[args.profile])
+    for name in ("dataset", "epochs", "repeats", "steps", "iwae_k"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    spec = RunSpec(backends=tuple(args.backends), latents=tuple(args.latents),
+                   batch_sizes=tuple(args.batch_sizes), seed=args.seed, threads=args.threads,
+                   force=args.force, **settings)
+    from kernels import create_backend
+
+    for name in spec.backends:
+        create_backend(name)  # an unknown name fails here, before any work
+    shard = parse_shard(args.shard) if args.shard else None
+    data = load_dataset(spec.dataset, data_dir=args.data_dir)
+    out = args.out or default_out_dir()
+    log = (lambda _msg: None) if args.quiet else tqdm.write
+    run(spec, data, out, shard=shard, resume=args.resume, progress=not args.quiet, log=log)
+    if not args.quiet:
+        print((out / "summary.md").read_text().split("\n## Environment")[0])
+    print(f"results: {out}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .run import merge
+
+    table = merge(args.parts, args.out, force=args.force)
+    print(f"merged {len(args.parts)} parts into {args.out}: {len(table)} rows")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare, format_table, load_results, parse_fraction
+
+    result = compare(load_results(args.old), load_results(args.new),
+                     fail_throughput=parse_fraction(args.fail_throughput),
+                     fail_elbo=args.fail_elbo)
+    print(format_table(result))
+    if result.regressions:
+        print(f"\nREGRESSION ({len(result.regressions)}):")
+        for line in result.regressions:
+            print(f"  {line}")
+        return EXIT_FAILED
+    print("\nno regression beyond the gate")
+    return 0
+
+
 def cmd_fixture(args: argparse.Namespace) -> int:
     from .agreement import build_cases, expectation, write_fixture
 
@@ -293,14 +401,16 @@ def main(argv: list[str] | None = None) -> int:
     from kernels import BackendUnavailable, UnknownBackendError
 
     from .agreement import FixtureError
+    from .compare import CompareError
     from .experiment import ExperimentError
+    from .run import RunError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
     except (DatasetError, IDXFormatError, ExperimentError, FixtureError, UnknownBackendError,
-            BackendUnavailable) as error:
+            BackendUnavailable, RunError, CompareError) as error:
         print(f"vae-bench: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except NonFiniteLossError as error:

@@ -31,7 +31,7 @@ def image_grid(images: np.ndarray, rows: int, cols: int, gap: int = 1) -> np.nda
     return grid
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
@@ -64,7 +64,7 @@ def elbo_curves(curves: pd.DataFrame, path: Path, dataset: str) -> None:
         ax.set_ylim(lo - pad, hi + pad)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    _save(fig, path)
+    save(fig, path)
 
 
 def reconstructions(originals: np.ndarray, recon: np.ndarray, path: Path, title: str) -> None:
@@ -74,14 +74,14 @@ def reconstructions(originals: np.ndarray, recon: np.ndarray, path: Path, title:
     _show_grid(left, image_grid(originals, 10, 10), "test originals")
     _show_grid(right, image_grid(recon, 10, 10), "reconstructions")
     fig.suptitle(title)
-    _save(fig, path)
+    save(fig, path)
 
 
 def samples(images: np.ndarray, path: Path, title: str) -> None:
     """A 10 x 10 grid of images decoded from prior samples."""
     fig = Figure(figsize=(4.8, 5.0))
     _show_grid(fig.add_subplot(), image_grid(images, 10, 10), title)
-    _save(fig, path)
+    save(fig, path)
 
 
 MERGE_COLUMNS = ("image A", "image B", "recon A", "recon B", "decode\n(code A + code B)/2",
@@ -103,7 +103,7 @@ def merge(rows: Sequence[tuple[str, np.ndarray]], path: Path, title: str) -> Non
             if c == 0:
                 ax.set_ylabel(label, fontsize=10)
     fig.suptitle(title)
-    _save(fig, path)
+    save(fig, path)
 
 
 def latent_scatter(
@@ -119,11 +119,11 @@ def latent_scatter(
     ax.set_ylabel("z[1]")
     ax.set_title(title)
     ax.legend(markerscale=4, fontsize=8, loc="best")
-    _save(fig, path)
+    save(fig, path)
 
 
 def manifold(images: np.ndarray, n: int, path: Path, title: str) -> None:
     """An n x n grid of decodings of a 2-D latent grid (Kingma & Welling's Fig. 4)."""
     fig = Figure(figsize=(6, 6.2))
     _show_grid(fig.add_subplot(), image_grid(images, n, n, gap=0), title)
-    _save(fig, path)
+    save(fig, path)

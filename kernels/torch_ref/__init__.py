@@ -85,6 +85,12 @@ class TorchBackend:
         return torch.stack([terms.reconstruction.mean(), terms.kl.mean(), terms.loss]).detach()
 
     def _compiled_step(self):
+        import torch._inductor.config as inductor_config
+
+        # Compile in this process: inductor's default pool of compile workers keeps burning
+        # CPU for seconds after the first steps (measured: the next backend's steps ran 2x
+        # slower for over 1.5 s), which would be charged to whoever is timed next.
+        inductor_config.compile_threads = 1
         model, config = self.model, self.config
 
         @torch.compile(dynamic=False)

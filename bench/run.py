@@ -1,0 +1,274 @@
+"""The harness: ``vae-bench run``. For each latent size (the unit of work, of resuming and of
+sharding), every backend is checked against the reference (the agreement gate), timed at each
+batch size (interleaved across backends), and trained for the ELBO. Each finished latent size
+is written at once (``cells/z<latent>.json``) and the tables are rebuilt from all cells, so an
+interrupted run loses nothing and resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kernels import create_backend
+from vae_ref import VAEConfig, importance_weighted_log_likelihood
+from vae_ref.atomic import atomic_write_text
+from vae_ref.data import Dataset
+from vae_ref.train import fixed_test_set
+
+from . import provenance
+from .agreement import build_cases, check, expectation
+from .throughput import gemm_peak, measure, step_flops
+from .training import train_backend
+
+RESULTS_SCHEMA = 1
+RESULT_COLUMNS = (
+    "backend", "latent_dim", "batch_size", "agreement", "worst_fraction", "samples_per_s",
+    "samples_per_s_min", "samples_per_s_max", "ms_per_step", "gflops", "pct_peak",
+    "warmup_s", "final_train_elbo", "average_train_elbo", "final_test_elbo", "test_iwae",
+    "iwae_k", "epochs", "dataset", "seed", "note",
+)
+
+
+class RunError(RuntimeError):
+    """The run cannot proceed as asked; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One sweep. Everything that changes the numbers is here (and must match to resume or
+    to merge shards)."""
+
+    dataset: str
+    backends: tuple[str, ...]
+    latents: tuple[int, ...] = (2, 10, 20, 50)
+    batch_sizes: tuple[int, ...] = (128,)  # throughput rows; the first also trains the ELBO
+    epochs: int = 5
+    repeats: int = 5  # timed windows per backend and batch size
+    steps: int = 30  # training steps per timed window
+    gate_steps: int = 10  # Adam steps compared by the agreement gate
+    iwae_k: int = 100
+    seed: int = 0
+    threads: int | None = None
+    force: bool = False  # time and train backends that failed the gate anyway
+
+    def __post_init__(self) -> None:
+        if not self.backends or not self.latents or not self.batch_sizes:
+            raise RunError("nothing to run: give at least one backend, latent size and batch size")
+
+
+PROFILES = {
+    # The default of `nox -s bench`: the embedded digits, a few epochs, minutes on 2 cores.
+    "quick": dict(dataset="mnist-5k", epochs=5, repeats=5, steps=30, gate_steps=10, iwae_k=100),
+    # The report's setting: 50 epochs on the full dataset, the literature's k where affordable.
+    "full": dict(dataset="fashion-mnist", epochs=50, repeats=9, steps=50, gate_steps=50,
+                 iwae_k=1000),
+}
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' (1-based) -> (i, n), with a clear error."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise RunError(f"--shard takes i/n (e.g. 2/4), got {text!r}") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise RunError(f"--shard i/n needs 1 <= i <= n, got {text!r}")
+    return i, n
+
+
+def shard_latents(latents: tuple[int, ...], shard: tuple[int, int] | None) -> tuple[int, ...]:
+    """The i-th of n disjoint parts of the sweep (latent sizes dealt round-robin)."""
+    if shard is None:
+        return latents
+    i, n = shard
+    return latents[i - 1 :: n]
+
+
+def default_out_dir(root: Path = Path("results")) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return root / f"{stamp}-{socket.gethostname()}"
+
+
+def environment(data: Dataset, spec: RunSpec) -> dict:
+    """env.json: what the numbers depend on besides the code (compared when merging)."""
+    peak, source = gemm_peak()
+    record = provenance.collect(dataset=data.describe())
+    record |= {"gemm_peak_gflops": peak, "gemm_peak_source": source,
+               "spec": asdict(spec), "results_schema": RESULTS_SCHEMA}
+    return record
+
+
+def run_latent(spec: RunSpec, data: Dataset, latent: int, peak: float,
+               log: Callable[[str], None], progress: bool) -> dict:
+    """Everything for one latent size: gate, throughput per batch size, ELBO. Returns the
+    cell record: its rows (one per backend x batch size) and its per-epoch curves."""
+    backends = [create_backend(name, threads=spec.threads) for name in spec.backends]
+    base = {b.name: dict(backend=b.name, latent_dim=latent, dataset=data.name,
+                         seed=spec.seed, note="") for b in backends}
+
+    # 1. Availability and 2. the agreement gate (the oracle is computed once, shared).
+    cases = build_cases(data.train_x[:1024], latent, seed=spec.seed, steps=spec.gate_steps)
+    log(f"z={latent}: float64 oracle for {len(cases)} gate cases")
+    expected = [expectation(c) for c in cases]
+    timed = []
+    for backend in backends:
+        row = base[backend.name]
+        status = backend.availability()
+        if not status.available:
+            row |= {"agreement": "unavailable", "note": status.reason}
+            log(f"z={latent}: {backend.name} unavailable: {status.reason}")
+            continue
+        results = [r for c, e in zip(cases, expected) for r in check(backend, c, e)]
+        worst = max(r.fraction for r in results)
+        failed = [r for r in results if not r.passed]
+        row |= {"agreement": "fail" if failed else "pass", "worst_fraction": worst}
+        if failed:
+            row["note"] = f"{len(failed)} tensors failed, first {failed[0].case} {failed[0].tensor}"
+        log(f"z={latent}: {backend.name} agreement {row['agreement']} "
+            f"(worst {worst:.1%} of tolerance)")
+        if not failed or spec.force:
+            timed.append(backend)
+
+    # 3. Throughput, interleaved across backends, per batch size.
+    rows = []
+    curves = []
+    flops_config = VAEConfig(latent_dim=latent)
+    for batch in spec.batch_sizes:
+        measured = {}
+        if timed:
+            log(f"z={latent}, batch {batch}: timing {', '.join(b.name for b in timed)}")
+            for m in measure(timed, replace(flops_config, batch_size=batch), data.train_x,
+                             batch=batch, repeats=spec.repeats, steps=spec.steps,
+                             seed=spec.seed):
+                measured[m.backend] = m
+        for backend in backends:
+            row = dict(base[backend.name], batch_size=batch)
+            m = measured.get(backend.name)
+            if m is not None:
+                ms = m.median_ms
+                gflops = step_flops(flops_config, batch) / (ms / 1e3) / 1e9
+                row |= {"samples_per_s": batch / ms * 1e3,
+                        "samples_per_s_min": batch / max(m.ms_per_step) * 1e3,
+                        "samples_per_s_max": batch / min(m.ms_per_step) * 1e3,
+                        "ms_per_step": ms, "gflops": gflops, "pct_peak": 100 * gflops / peak,
+                        "warmup_s": m.warmup_seconds}
+            rows.append(row)
+
+    # 4. ELBO: train each timed backend at the first batch size.
+    train_batch = spec.batch_sizes[0]
+    for backend in timed:
+        config = VAEConfig(latent_dim=latent, epochs=spec.epochs, seed=spec.seed,
+                           batch_size=train_batch)
+        log(f"z={latent}: training {backend.name} for {spec.epochs} epochs on {data.name}")
+        result = train_backend(backend, config, data.train_x, data.test_x, progress=progress)
+        iwae = importance_weighted_log_likelihood(
+            result.model, fixed_test_set(config, data.test_x), k=spec.iwae_k, seed=spec.seed
+        ) if spec.iwae_k else math.nan
+        for row in rows:
+            if row["backend"] == backend.name and row["batch_size"] == train_batch:
+                row |= {"final_train_elbo": result.final.train_elbo,
+                        "average_train_elbo": result.average_train_elbo,
+                        "final_test_elbo": result.final.test_elbo, "test_iwae": iwae,
+                        "iwae_k": spec.iwae_k, "epochs": spec.epochs}
+        curves += [dict(backend=backend.name, latent_dim=latent, **r.to_dict())
+                   for r in result.history]
+    return {"latent": latent, "rows": rows, "curves": curves}
+
+
+def _cell_path(out: Path, latent: int) -> Path:
+    return out / "cells" / f"z{latent}.json"
+
+
+def run(spec: RunSpec, data: Dataset, out: Path, *, shard: tuple[int, int] | None = None,
+        resume: bool = False, progress: bool = True,
+        log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run (this shard of) the sweep into ``out``; returns the results table."""
+    if data.name != spec.dataset:
+        raise RunError(f"spec names dataset {spec.dataset!r} but got {data.name!r}")
+    env_path = out / "env.json"
+    if env_path.exists():
+        stored = json.loads(env_path.read_text())
+        if not resume:
+            raise RunError(f"{out} already holds a run; pass --resume to continue it, or "
+                           "choose another --out")
+        if stored.get("spec") != json.loads(json.dumps(asdict(spec))):
+            raise RunError(f"{out} holds a run with other settings ({stored.get('spec')}); "
+                           "--resume needs the same flags, or choose another --out")
+        env = stored
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        env = environment(data, spec)
+        env["shard"] = list(shard) if shard else None
+        atomic_write_text(env_path, json.dumps(env, indent=1))
+    log(f"dataset: {data.describe()}")
+    log(f"device: CPU {env['cpu']}, GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s; "
+        f"results: {out}")
+    for latent in shard_latents(spec.latents, shard):
+        path = _cell_path(out, latent)
+        if path.exists():
+            log(f"z={latent}: already done in {out}, skipping")
+            continue
+        cell = run_latent(spec, data, latent, env["gemm_peak_gflops"], log, progress)
+        atomic_write_text(path, json.dumps(cell, indent=1, allow_nan=True))
+        write_outputs(out)  # after every cell: an interruption keeps every finished row
+    return write_outputs(out)
+
+
+def load_cells(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("z*.json"))]
+
+
+def write_outputs(out: Path) -> pd.DataFrame:
+    """results.csv, curves.csv, summary.md and the plots, rebuilt from every finished cell."""
+    from .summary import write_plots, write_summary
+
+    cells = sorted(load_cells(out), key=lambda c: c["latent"])
+    env = json.loads((out / "env.json").read_text())
+    table = pd.DataFrame([r for c in cells for r in c["rows"]], columns=list(RESULT_COLUMNS))
+    curves = pd.DataFrame([r for c in cells for r in c["curves"]])
+    atomic_write_text(out / "results.csv", table.to_csv(index=False))
+    atomic_write_text(out / "curves.csv", curves.to_csv(index=False))
+    write_summary(out, table, env)
+    write_plots(out, table, curves)
+    return table
+
+
+def merge(parts: list[Path], out: Path, *, force: bool = False) -> pd.DataFrame:
+    """Join shard directories into one run directory. Parts whose environment (CPU, versions,
+    threads) or settings differ are refused unless ``force``."""
+    envs = []
+    for part in parts:
+        env_path = part / "env.json"
+        if not env_path.exists():
+            raise RunError(f"{part} is not a run directory (no env.json)")
+        envs.append(json.loads(env_path.read_text()))
+    keys = ("cpu", "logical_cpus", "torch_threads", "versions", "spec", "results_schema")
+    first = envs[0]
+    for part, env in zip(parts[1:], envs[1:]):
+        differing = [k for k in keys if env.get(k) != first.get(k)]
+        if differing and not force:
+            raise RunError(f"{part} differs from {parts[0]} in {', '.join(differing)}; "
+                           "refusing to merge (pass --force to merge anyway)")
+    seen: dict[int, Path] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        for cell in load_cells(part):
+            if cell["latent"] in seen:
+                raise RunError(f"latent size {cell['latent']} appears in both "
+                               f"{seen[cell['latent']]} and {part}: shards must be disjoint")
+            seen[cell["latent"]] = part
+            atomic_write_text(_cell_path(out, cell["latent"]),
+                              json.dumps(cell, indent=1, allow_nan=True))
+    merged = dict(first, shard=None, merged_from=[str(p) for p in parts])
+    atomic_write_text(out / "env.json", json.dumps(merged, indent=1))
+    return write_outputs(out)

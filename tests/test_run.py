@@ -1,0 +1,140 @@
+"""The harness end to end on a tiny sweep: outputs, resume, shard + merge, and compare's
+exit status on identical runs, injected regressions and malformed input."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.run import RESULT_COLUMNS, RunError, RunSpec, merge, parse_shard, run, shard_latents
+
+KEY = ["backend", "latent_dim", "batch_size"]
+
+
+def tiny_spec(**changes):
+    spec = dict(dataset="mnist-5k", backends=("torch", "numba"), latents=(2, 3),
+                batch_sizes=(64,), epochs=1, repeats=2, steps=2, gate_steps=2, iwae_k=4)
+    return RunSpec(**(spec | changes))
+
+
+def quiet(_msg):
+    pass
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, mnist5k):
+    out = tmp_path_factory.mktemp("run") / "all"
+    table = run(tiny_spec(), mnist5k, out, progress=False, log=quiet)
+    return out, table
+
+
+def test_run_writes_every_promised_output(full_run):
+    out, table = full_run
+    for name in ("results.csv", "curves.csv", "env.json", "summary.md", "throughput.png",
+                 "speedup.png", "elbo_curves.png"):
+        assert (out / name).exists(), name
+    written = pd.read_csv(out / "results.csv")
+    assert tuple(written.columns) == RESULT_COLUMNS
+    assert sorted(map(tuple, written[KEY].values.tolist())) == [
+        ("numba", 2, 64), ("numba", 3, 64), ("torch", 2, 64), ("torch", 3, 64)]
+    assert set(written.agreement) == {"pass"}
+    assert (written.samples_per_s > 0).all() and written.final_test_elbo.notna().all()
+    env = json.loads((out / "env.json").read_text())
+    assert env["gemm_peak_gflops"] > 0 and env["spec"]["latents"] == [2, 3]
+    summary = (out / "summary.md").read_text()
+    assert "speed-up vs torch" in summary and "| numba | 2 | pass |" in summary
+
+
+def test_rerun_needs_resume_and_then_skips_finished_cells(full_run, mnist5k):
+    out, table = full_run
+    with pytest.raises(RunError, match="pass --resume"):
+        run(tiny_spec(), mnist5k, out, progress=False, log=quiet)
+    with pytest.raises(RunError, match="other settings"):
+        run(tiny_spec(epochs=2), mnist5k, out, resume=True, progress=False, log=quiet)
+    said = []
+    again = run(tiny_spec(), mnist5k, out, resume=True, progress=False, log=said.append)
+    assert sum("already done" in s for s in said) == 2
+    pd.testing.assert_frame_equal(again, table)
+
+
+def test_two_shards_merged_equal_the_unsharded_rows(full_run, tmp_path, mnist5k):
+    out, table = full_run
+    assert parse_shard("2/2") == (2, 2) and shard_latents((2, 3, 4), (1, 2)) == (2, 4)
+    for bad in ("0/2", "3/2", "x"):
+        with pytest.raises(RunError, match="--shard"):
+            parse_shard(bad)
+    parts = []
+    for i in (1, 2):
+        part = tmp_path / f"part{i}"
+        run(tiny_spec(), mnist5k, part, shard=(i, 2), progress=False, log=quiet)
+        parts.append(part)
+    merged = merge(parts, tmp_path / "merged")
+    assert sorted(map(tuple, merged[KEY].values.tolist())) == sorted(
+        map(tuple, table[KEY].values.tolist()))
+    # Parts from different settings are refused unless forced; overlapping parts always.
+    env = json.loads((parts[1] / "env.json").read_text())
+    env["spec"]["epochs"] = 9
+    (parts[1] / "env.json").write_text(json.dumps(env))
+    with pytest.raises(RunError, match="differs .* in spec"):
+        merge(parts, tmp_path / "refused")
+    merge(parts, tmp_path / "forced", force=True)
+    with pytest.raises(RunError, match="must be disjoint"):
+        merge([parts[0], parts[0]], tmp_path / "overlap")
+
+
+def test_unavailable_backend_is_listed_with_its_reason(tmp_path, mnist5k, monkeypatch):
+    import kernels
+    from kernels.base import Availability
+
+    class Absent:
+        name, description = "absent", "a backend this machine lacks"
+
+        def availability(self):
+            return Availability(False, "no such device here")
+
+    monkeypatch.setitem(kernels.BACKENDS, "absent", lambda **_: Absent())
+    table = run(tiny_spec(backends=("absent",), latents=(2,)), mnist5k, tmp_path / "r",
+                progress=False, log=quiet)
+    [row] = table.to_dict("records")
+    assert row["agreement"] == "unavailable" and row["note"] == "no such device here"
+
+
+def test_compare_exit_status(full_run, tmp_path, capsys):
+    out, _ = full_run
+    assert main(["compare", str(out), str(out)]) == 0
+    assert "no regression" in capsys.readouterr().out
+
+    slower = pd.read_csv(out / "results.csv")
+    slower.loc[slower.backend == "numba", "samples_per_s"] *= 0.5
+    slower.to_csv(tmp_path / "slower.csv", index=False)
+    assert main(["compare", str(out), str(tmp_path / "slower.csv")]) == 1
+    printed = capsys.readouterr().out
+    assert "REGRESSION" in printed and "numba z=2 batch=64: throughput 0.50x" in printed
+    # Within a looser gate the same change passes.
+    assert main(["compare", str(out), str(tmp_path / "slower.csv"),
+                 "--fail-throughput", "60%"]) == 0
+
+    worse = pd.read_csv(out / "results.csv")
+    worse.loc[worse.backend == "torch", "final_test_elbo"] -= 2.0
+    worse.loc[worse.backend == "numba", "agreement"] = "fail"
+    worse.to_csv(tmp_path / "worse.csv", index=False)
+    assert main(["compare", str(out), str(tmp_path / "worse.csv"), "--fail-elbo", "0.5"]) == 1
+    printed = capsys.readouterr().out
+    assert "test ELBO -2.00 nats" in printed and "agreement pass -> fail" in printed
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such results file"),
+    ("backend,latent_dim\nnumba,2\n", "not a results table of this schema"),
+    ("\x00\x01garbage", "not a results table"),
+])
+def test_compare_refuses_unusable_input_with_status_2(full_run, tmp_path, capsys, content,
+                                                      message):
+    out, _ = full_run
+    bad = tmp_path / "bad.csv"
+    if content is not None:
+        bad.write_text(content)
+    assert main(["compare", str(out), str(bad)]) == 2
+    assert message in capsys.readouterr().err
