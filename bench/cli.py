@@ -183,7 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("old", type=Path, help="run directory or results.csv")
     cmp_.add_argument("new", type=Path, help="run directory or results.csv")
     cmp_.add_argument("--fail-throughput", default="25%",
-                      help="fail when samples/s drops by more than this (default 25%%)")
+                      help="fail when a backend's speed-up over the same run's torch eager "
+                      "drops by more than this (default 25%%)")
+    cmp_.add_argument("--absolute", action="store_true",
+                      help="gate raw samples/s instead (only across quiet, identical machines)")
     cmp_.add_argument("--fail-elbo", type=_non_negative_float, default=1.0,
                       help="fail when the test ELBO drops by more than this many nats "
                       "(default 1)")
@@ -371,7 +374,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     result = compare(load_results(args.old), load_results(args.new),
                      fail_throughput=parse_fraction(args.fail_throughput),
-                     fail_elbo=args.fail_elbo)
+                     fail_elbo=args.fail_elbo, absolute=args.absolute)
     print(format_table(result))
     if result.regressions:
         print(f"\nREGRESSION ({len(result.regressions)}):")

@@ -2,11 +2,13 @@
 agreeing with the reference? Exit status 1 on a regression beyond the gate, 0 otherwise,
 2 on unusable input.
 
-Default gates, from what this 2-core VM does between runs of the same code: medians of
-interleaved windows drifted by up to 25% for PyTorch eager and 7% for Numba between runs an
-hour apart, so a throughput drop must exceed 25% to fail; the same seed reproduces the ELBO
-exactly on one machine and seeds differ by up to 1.6 nats (SD, z = 2), so an ELBO drop must
-exceed 1 nat. Tighten both (--fail-throughput 10%, --fail-elbo 0.5) on quiet machines.
+Throughput is compared as each backend's speed-up over PyTorch eager *measured in the same
+run* (the ratio the harness's interleaving makes trustworthy), not as raw samples/s: two runs
+of the same code minutes apart on this 2-core VM moved raw medians by up to 26% (every backend
+at one latent size at once), while same-run speed-ups moved far less. The torch rows, the
+yardstick, are therefore not gated unless --absolute. Default gates: a 25% drop in speed-up;
+an ELBO drop of more than 1 nat (the same seed reproduces the ELBO exactly on one machine,
+and seeds differ by up to 1.6 nats SD at z = 2). Tighten both on quiet machines.
 """
 
 from __future__ import annotations
@@ -64,11 +66,24 @@ class Comparison:
     regressions: list[str]
 
 
+def _speedup(table: pd.DataFrame) -> pd.Series:
+    """samples/s over the same run's torch eager at the same latent size and batch size."""
+    base = table[table.backend == "torch"].set_index(["latent_dim", "batch_size"]).samples_per_s
+    keys = pd.MultiIndex.from_frame(table[["latent_dim", "batch_size"]])
+    return pd.Series(table.samples_per_s.values / base.reindex(keys).values, index=table.index)
+
+
 def compare(old: pd.DataFrame, new: pd.DataFrame, *, fail_throughput: float,
-            fail_elbo: float) -> Comparison:
+            fail_elbo: float, absolute: bool = False) -> Comparison:
+    old = old.assign(speedup=_speedup(old))
+    new = new.assign(speedup=_speedup(new))
     merged = old.merge(new, on=KEYS, how="outer", suffixes=("_old", "_new"),
                        indicator="presence")
-    merged["throughput_ratio"] = merged.samples_per_s_new / merged.samples_per_s_old
+    merged["raw_ratio"] = merged.samples_per_s_new / merged.samples_per_s_old
+    relative = merged.speedup_new / merged.speedup_old
+    # Gate on the same-run speed-up where both runs have the torch yardstick.
+    merged["throughput_ratio"] = merged.raw_ratio if absolute else relative.where(
+        relative.notna() & (merged.backend != "torch"))
     merged["elbo_change"] = merged.final_test_elbo_new - merged.final_test_elbo_old
     regressions = []
     for r in merged.itertuples():
@@ -76,7 +91,8 @@ def compare(old: pd.DataFrame, new: pd.DataFrame, *, fail_throughput: float,
         if r.presence != "both":
             continue
         if not math.isnan(r.throughput_ratio) and r.throughput_ratio < 1 - fail_throughput:
-            regressions.append(f"{key}: throughput {r.throughput_ratio:.2f}x of before "
+            what = "samples/s" if absolute else "speed-up over torch eager"
+            regressions.append(f"{key}: {what} {r.throughput_ratio:.2f}x of before "
                                f"(gate: {1 - fail_throughput:.2f}x)")
         if not math.isnan(r.elbo_change) and r.elbo_change < -fail_elbo:
             regressions.append(f"{key}: test ELBO {r.elbo_change:+.2f} nats (gate: "
@@ -91,7 +107,8 @@ def compare(old: pd.DataFrame, new: pd.DataFrame, *, fail_throughput: float,
 
 def format_table(result: Comparison) -> str:
     lines = [f"{'backend':<18} {'z':>3} {'batch':>5} {'samples/s old':>13} {'new':>10} "
-             f"{'ratio':>6} {'test ELBO old':>13} {'new':>9} {'change':>7} {'agreement':>16}"]
+             f"{'raw':>5} {'speed-up old':>12} {'new':>6} {'gated':>6} "
+             f"{'test ELBO old':>13} {'new':>9} {'change':>7} {'agreement':>16}"]
     for r in result.table.itertuples():
         def num(v, spec):
             return "—" if v != v else format(v, spec)
@@ -100,7 +117,9 @@ def format_table(result: Comparison) -> str:
         lines.append(
             f"{r.backend:<18} {r.latent_dim:>3} {r.batch_size:>5} "
             f"{num(r.samples_per_s_old, ',.0f'):>13} {num(r.samples_per_s_new, ',.0f'):>10} "
-            f"{num(r.throughput_ratio, '.2f'):>6} {num(r.final_test_elbo_old, '.2f'):>13} "
+            f"{num(r.raw_ratio, '.2f'):>5} {num(r.speedup_old, '.2f'):>12} "
+            f"{num(r.speedup_new, '.2f'):>6} {num(r.throughput_ratio, '.2f'):>6} "
+            f"{num(r.final_test_elbo_old, '.2f'):>13} "
             f"{num(r.final_test_elbo_new, '.2f'):>9} {num(r.elbo_change, '+.2f'):>7} "
             f"{agreement:>16}")
     return "\n".join(lines)

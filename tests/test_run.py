@@ -111,10 +111,19 @@ def test_compare_exit_status(full_run, tmp_path, capsys):
     slower.to_csv(tmp_path / "slower.csv", index=False)
     assert main(["compare", str(out), str(tmp_path / "slower.csv")]) == 1
     printed = capsys.readouterr().out
-    assert "REGRESSION" in printed and "numba z=2 batch=64: throughput 0.50x" in printed
+    assert "REGRESSION" in printed
+    assert "numba z=2 batch=64: speed-up over torch eager 0.50x" in printed
     # Within a looser gate the same change passes.
     assert main(["compare", str(out), str(tmp_path / "slower.csv"),
                  "--fail-throughput", "60%"]) == 0
+
+    # The yardstick itself is gated only with --absolute: runs drift as a whole.
+    drift = pd.read_csv(out / "results.csv")
+    drift["samples_per_s"] *= 0.6
+    drift.to_csv(tmp_path / "drift.csv", index=False)
+    assert main(["compare", str(out), str(tmp_path / "drift.csv")]) == 0
+    assert main(["compare", str(out), str(tmp_path / "drift.csv"), "--absolute"]) == 1
+    assert "torch z=2 batch=64: samples/s 0.60x" in capsys.readouterr().out
 
     worse = pd.read_csv(out / "results.csv")
     worse.loc[worse.backend == "torch", "final_test_elbo"] -= 2.0
