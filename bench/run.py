@@ -11,12 +11,10 @@ import datetime as _dt
 import json
 import math
 import socket
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from kernels import create_backend

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kernels.base import Backend
+from kernels.timing import interleaved_times
 from vae_ref import VAEConfig, build_model, export_params
 
 
@@ -30,16 +31,9 @@ def gemm_peak(size: int = 2048, repeats: int = 5) -> tuple[float, str]:
     a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
     out = np.empty_like(a)
     ta, tout = torch.from_numpy(a), torch.from_numpy(out)
-    best = {}
-    for name, fn in (("numpy BLAS", lambda: np.dot(a, a, out)),
-                     ("torch", lambda: torch.mm(ta, ta, out=tout))):
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        best[name] = 2 * size**3 / min(times) / 1e9
+    times = interleaved_times({"numpy BLAS": lambda: np.dot(a, a, out),
+                               "torch": lambda: torch.mm(ta, ta, out=tout)}, repeats)
+    best = {name: 2 * size**3 / min(t) / 1e9 for name, t in times.items()}
     name = max(best, key=best.get)
     return best[name], f"{size}x{size} float32 GEMM via {name}"
 

@@ -2,7 +2,6 @@
 exit status on identical runs, injected regressions and malformed input."""
 
 import json
-import shutil
 
 import pandas as pd
 import pytest

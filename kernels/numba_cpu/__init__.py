@@ -16,6 +16,7 @@ from vae_ref.evaluate import EvalResult
 from vae_ref.params import Params
 
 from ..base import Availability, BackendUnavailable, BatchLoss, StepOutputs
+from ..timing import interleaved_times
 
 ADAM_BETAS = (0.9, 0.999)  # PyTorch's defaults, as in the reference
 ADAM_EPS = 1e-8
@@ -147,8 +148,13 @@ class NumbaBackend:
             ADAM_EPS, float(self.steps_taken), self._workspace(len(indices))))
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.forward_backward(x, np.zeros((len(x), self.config.latent_dim), np.float32))
-        return out.intermediates["mu"], out.intermediates["logvar"]
+        x = self._images(x)
+        ws = self._workspace(len(x))
+        ws.xb[...] = x
+        eps = np.zeros((len(x), self.config.latent_dim), np.float32)
+        self._step.forward(self.flat, self.layout.slot_offsets, ws.xb, eps, ws)  # no backward
+        z = self.config.latent_dim
+        return ws.heads[:, :z].copy(), ws.heads[:, z:].copy()
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         p = self.params()
@@ -194,14 +200,9 @@ class NumbaBackend:
                                    ADAM_BETAS[1], ADAM_EPS, 10.0),
             "gather": lambda: s.gather_rows(data, indices, ws.xb),
         }
-        times = {name: [] for name in parts}
-        for _ in range(repeats + 1):  # the first round warms caches and is dropped
-            for name, fn in parts.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
+        times = interleaved_times(parts, repeats)
         self.flat[:], self.m[:], self.v[:] = saved
-        median = {name: float(np.median(t[1:])) for name, t in times.items()}
+        median = {name: float(np.median(t)) for name, t in times.items()}
         return {"step": median["step"], "gemms": median["gemms"],
                 "fused kernels": max(median["forward+backward"] - median["gemms"], 0.0),
                 "adam": median["adam"], "gather": median["gather"]}

@@ -7,8 +7,6 @@ the fused Adam ("torch-compile").
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
@@ -17,6 +15,7 @@ from vae_ref.evaluate import EvalResult, evaluate_elbo
 from vae_ref.params import Params, export_params
 
 from ..base import Availability, BatchLoss, StepOutputs
+from ..timing import interleaved_times
 
 
 class TorchBackend:
@@ -123,7 +122,7 @@ class TorchBackend:
 
     def stage_times(self, data: np.ndarray, batch: int, repeats: int = 50) -> dict[str, float]:
         """Median seconds per step of forward + backward and of the optimizer step, measured
-        apart on the same batch. Parameters are restored afterwards. Eager only: a compiled
+        interleaved on the same batch. Parameters are restored afterwards. Eager only: a compiled
         step's parts are not separable, so torch-compile reports none."""
         if self.compile:
             return {}
@@ -138,17 +137,9 @@ class TorchBackend:
             self.optimizer.zero_grad(set_to_none=True)
             loss_terms(self.model(x_t, eps_t), x_t, self.config).loss.backward()
 
-        def median_time(fn) -> float:
-            fn()
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-            return float(np.median(times))
-
-        result = {"forward+backward": median_time(forward_backward),
-                  "adam": median_time(self.optimizer.step)}
+        times = interleaved_times(
+            {"forward+backward": forward_backward, "adam": self.optimizer.step}, repeats)
+        result = {name: float(np.median(t)) for name, t in times.items()}
         with torch.no_grad():
             for p, saved in zip(self.model.parameters(), saved_params):
                 p.copy_(saved)
