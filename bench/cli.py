@@ -230,13 +230,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         backend=args.backend,
         threads=args.threads,
     )
-    from kernels import create_backend
-
-    status = create_backend(args.backend).availability()
-    if not status.available:
-        print(f"vae-bench: backend {args.backend!r} is unavailable here: {status.reason}",
-              file=sys.stderr)
-        return EXIT_USAGE
+    _available_backend(args.backend, threads=args.threads)
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download)
     out = args.out or default_out_dir(spec)
     # tqdm.write keeps log lines from tearing an active progress bar.
@@ -247,6 +241,17 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0 if len(table) else EXIT_FAILED
 
 
+def _available_backend(name: str, **options):
+    """The named backend, or BackendUnavailable (exit status 2) saying why it cannot run."""
+    from kernels import BackendUnavailable, create_backend
+
+    backend = create_backend(name, **options)
+    status = backend.availability()
+    if not status.available:
+        raise BackendUnavailable(f"backend {name!r} is unavailable here: {status.reason}")
+    return backend
+
+
 def _gate_images():
     """Real images for the gate: the first 1,024 training digits of mnist-5k."""
     from vae_ref.data import load_dataset
@@ -255,17 +260,11 @@ def _gate_images():
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from kernels import create_backend
 
     from .agreement import build_cases, check, expectation, read_fixture
     from .comparison import HEADER
 
-    backend = create_backend(args.backend, threads=args.threads)
-    status = backend.availability()
-    if not status.available:
-        print(f"vae-bench: backend {args.backend!r} is unavailable here: {status.reason}",
-              file=sys.stderr)
-        return EXIT_USAGE
+    backend = _available_backend(args.backend, threads=args.threads)
     if args.fixture:
         pairs = read_fixture(args.fixture)
         source = f"fixture {args.fixture}"
