@@ -260,7 +260,6 @@ def _gate_images():
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-
     from .agreement import build_cases, check, expectation, read_fixture
     from .comparison import HEADER
 
