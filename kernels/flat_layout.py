@@ -2,7 +2,9 @@
 gradients and Adam's two moments), so Adam is a single loop over memory.
 
 Tensors are views into it. The mu and logvar heads sit back to back (weights, then biases),
-so the two heads are one (2Z, H) GEMM. Each group starts on a 64-byte boundary.
+so the two heads are one (2Z, H) GEMM. Each group starts on an aligned boundary: 64 bytes
+for the CPU (a cache line, one AVX-512 register), 256 bytes for the GPU (cuBLAS's preferred
+alignment). Both fused backends share this layout.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 from vae_ref import VAEConfig
 from vae_ref.params import Params, check_params, parameter_shapes
 
-ALIGN = 16  # floats: 64 bytes, one cache line / one AVX-512 register
+ALIGN = 16  # floats: 64 bytes, one cache line / one AVX-512 register (the default)
 
 # Groups of tensors stored back to back; groups are aligned. The order is the slot order the
 # compiled step reads offsets in (see SLOTS).
@@ -55,16 +57,17 @@ class Layout:
         return {name: self.view(flat, name).copy() for name in self.shapes}
 
 
-def make_layout(config: VAEConfig) -> Layout:
+def make_layout(config: VAEConfig, align: int = ALIGN) -> Layout:
+    """The layout for ``config``, each group starting on a multiple of ``align`` floats."""
     if config.model != "vae":
-        raise ValueError("the Numba backend implements the VAE (model='vae'), not the AE")
+        raise ValueError("the fused backends implement the VAE (model='vae'), not the AE")
     shapes = parameter_shapes(config)
     offsets, cursor = {}, 0
     for group in GROUPS:
-        cursor = -(-cursor // ALIGN) * ALIGN
+        cursor = -(-cursor // align) * align
         for name in group:
             offsets[name] = cursor
             cursor += int(np.prod(shapes[name]))
-    size = -(-cursor // ALIGN) * ALIGN
+    size = -(-cursor // align) * align
     slots = np.array([offsets[name] for name in SLOTS], dtype=np.int64)
     return Layout(offsets=offsets, shapes=shapes, size=size, slot_offsets=slots)
