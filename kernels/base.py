@@ -55,6 +55,7 @@ class Backend(Protocol):
 
     name: str  # registry name, e.g. "numba"
     description: str  # one line for tables and --help
+    device: str  # where it computes: "cpu" or "cuda" (picks the yardstick and the peak)
 
     def availability(self) -> Availability:
         """Whether this backend can run here, and if not, why. Cheap; never raises."""
@@ -70,13 +71,18 @@ class Backend(Protocol):
         parameters are not changed."""
 
     def train_step(
-        self, data: np.ndarray, indices: np.ndarray, eps: np.ndarray | None = None
-    ) -> BatchLoss:
+        self, data: np.ndarray, indices: np.ndarray, eps: np.ndarray | None = None, *,
+        want_loss: bool = True,
+    ) -> BatchLoss | None:
         """One Adam step on the batch ``data[indices]``; returns its loss (before the step).
 
         ``eps`` (len(indices), latent) is the reparameterization noise; None draws it from the
         backend's own generator, seeded by ``load`` from ``config.seed``. Taking the whole data
-        set and the indices lets a backend gather the batch inside its compiled step."""
+        set and the indices lets a backend gather the batch inside its compiled step (a GPU
+        backend keeps ``data`` resident on the device across calls; pass the same array, and
+        do not modify it in between). ``want_loss=False`` says the caller will not look at
+        this step's loss: a device backend may then return None instead of waiting for the
+        device (timed windows); CPU backends return the loss anyway."""
 
     def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
         """Mean ELBO terms per image over ``x`` (one noise sample each, seeded)."""

@@ -25,6 +25,7 @@ ADAM_EPS = 1e-8
 class NumbaBackend:
     name = "numba"
     description = "Numba JIT, fused float32 kernels, BLAS GEMMs, flat-buffer Adam"
+    device = "cpu"
 
     def __init__(self, threads: int | None = None):
         self.threads = threads
@@ -48,7 +49,7 @@ class NumbaBackend:
 
     def load(self, config: VAEConfig, params: Params) -> None:
         step = self._require()
-        from .layout import make_layout
+        from ..flat_layout import make_layout
         from .threads import configure_threads
 
         self.threads_in_use = configure_threads(self.threads)
@@ -131,7 +132,7 @@ class NumbaBackend:
         )
 
     def train_step(self, data: np.ndarray, indices: np.ndarray,
-                   eps: np.ndarray | None = None) -> BatchLoss:
+                   eps: np.ndarray | None = None, *, want_loss: bool = True) -> BatchLoss:
         data = self._images(data)
         indices = np.ascontiguousarray(indices, dtype=np.int64)
         if indices.ndim != 1 or len(indices) == 0:

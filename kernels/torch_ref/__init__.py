@@ -2,10 +2,13 @@
 
 Three configurations: eager with Adam's default implementation ("torch"), eager with
 ``Adam(fused=True)`` ("torch-fused-adam"), and ``torch.compile`` of the same model and loss with
-the fused Adam ("torch-compile").
+the fused Adam ("torch-compile"). With ``device="cuda"`` the same run on a GPU ("torch-cuda",
+"torch-cuda-compile"): the baselines a GPU backend is timed against.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import numpy as np
 import torch
@@ -14,48 +17,107 @@ from vae_ref import VAEConfig, build_model, import_params, loss_terms
 from vae_ref.evaluate import EvalResult, evaluate_elbo
 from vae_ref.params import Params, export_params
 
-from ..base import Availability, BatchLoss, StepOutputs
+from ..base import Availability, BackendUnavailable, BatchLoss, StepOutputs
 from ..timing import interleaved_times
+
+
+def _names(device: str, compile: bool, fused_adam: bool) -> tuple[str, str]:
+    """The registry name and one-line description of a configuration."""
+    if device == "cuda":
+        if compile:
+            return ("torch-cuda-compile",
+                    "torch.compile(mode='reduce-overhead') on CUDA, Adam(fused=True)")
+        if fused_adam:
+            return "torch-cuda-fused-adam", "PyTorch eager on CUDA, Adam(fused=True)"
+        return "torch-cuda", "PyTorch eager on CUDA, default Adam"
+    if compile:
+        return "torch-compile", "PyTorch torch.compile, Adam(fused=True)"
+    if fused_adam:
+        return "torch-fused-adam", "PyTorch eager, Adam(fused=True)"
+    return "torch", "PyTorch eager, default Adam (the reference)"
+
+
+def _cuda_unavailable_reason() -> str | None:
+    """Why this process cannot use CUDA through torch, or None if it can."""
+    try:
+        if torch.version.cuda is None:
+            return ("this torch build has no CUDA (torch.version.cuda is None); "
+                    "install a CUDA build of torch")
+        if not torch.cuda.is_available():
+            return "no CUDA device visible (torch.cuda.is_available() is False)"
+    except Exception as error:  # noqa: BLE001  availability never raises
+        return f"CUDA unusable: {error}"
+    return None
 
 
 class TorchBackend:
     """The reference model run by PyTorch itself (float32 by default, any dtype for oracles)."""
 
     def __init__(self, *, fused_adam: bool = False, compile: bool = False,
-                 dtype: torch.dtype = torch.float32, name: str | None = None):
+                 dtype: torch.dtype = torch.float32, name: str | None = None,
+                 device: str = "cpu"):
         self.fused_adam = fused_adam or compile
         self.compile = compile
         self.dtype = dtype
-        self.name = name or ("torch-compile" if compile else
-                             "torch-fused-adam" if fused_adam else "torch")
-        self.description = (
-            "PyTorch torch.compile, Adam(fused=True)" if compile else
-            "PyTorch eager, Adam(fused=True)" if fused_adam else
-            "PyTorch eager, default Adam (the reference)")
+        # A plain string ("cpu", "cuda"), as the harness reads it to group backends by device.
+        self.device = str(torch.device(device))
+        device_type = torch.device(device).type
+        default_name, self.description = _names(device_type, compile, fused_adam)
+        self.name = name or default_name
+        self._cuda = device_type == "cuda"
+        # Off the CPU the data set stays on the device, indices and noise go there each step,
+        # and a step whose loss nobody wants returns without waiting for the device. The CPU
+        # keeps the original path. (A flag, not a device test, so tests can drive this path on
+        # a CPU.)
+        self._resident = device_type != "cpu"
+        self._data_host: np.ndarray | None = None  # the array whose copy is _data_device
+        self._data_device: torch.Tensor | None = None
+        self._data_dtype: np.dtype | None = None
         self.model = None
 
     def availability(self) -> Availability:
+        if self._cuda:
+            reason = _cuda_unavailable_reason()
+            if reason is not None:
+                return Availability(False, reason)
         if self.compile:
             try:
                 import torch._inductor  # noqa: F401  (needs a C++ compiler at run time)
-            except Exception as error:  # pragma: no cover - depends on the install
+            except Exception as error:  # noqa: BLE001  availability never raises
                 return Availability(False, f"torch.compile unavailable: {error}")
+            if self._cuda and importlib.util.find_spec("triton") is None:
+                return Availability(False, "torch.compile on CUDA needs triton "
+                                           "(pip install triton)")
         return Availability(True)
 
     def load(self, config: VAEConfig, params: Params) -> None:
+        if self._cuda:
+            status = self.availability()
+            if not status.available:
+                raise BackendUnavailable(f"{self.name}: {status.reason}")
+            # The agreement gate compares with a float64 oracle at float32 tolerances: TF32
+            # matmuls (10-bit mantissa) would fail it, and are not what the CPU computes.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         self.config = config
         self.model = build_model(config, dtype=self.dtype)
         import_params(self.model, params)
+        self.model.to(self.device)  # before the optimizer, so its state lives there too
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr,
                                           fused=self.fused_adam or None)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self._step = self._compiled_step() if self.compile else self._eager_step
 
     def params(self) -> Params:
-        return export_params(self.model)
+        return export_params(self.model)  # copies to the host
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(self.dtype)
+    def _tensor(self, array: np.ndarray, non_blocking: bool = False) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(
+            device=self.device, dtype=self.dtype, non_blocking=non_blocking)
+
+    @staticmethod
+    def _numpy(t: torch.Tensor) -> np.ndarray:
+        return t.detach().cpu().numpy()
 
     def forward_backward(self, x: np.ndarray, eps: np.ndarray) -> StepOutputs:
         x_t, eps_t = self._tensor(x), self._tensor(eps)
@@ -68,12 +130,12 @@ class TorchBackend:
         intermediates = {"h": out.h, "mu": out.mu, "logvar": out.logvar, "z": out.z,
                          "dec_h": out.dec_h, "logits": out.logits}
         return StepOutputs(
-            reconstruction=terms.reconstruction.detach().numpy(),
-            kl=terms.kl.detach().numpy(),
+            reconstruction=self._numpy(terms.reconstruction),
+            kl=self._numpy(terms.kl),
             loss=terms.loss.item(),
-            intermediates={k: v.detach().numpy() for k, v in intermediates.items()
+            intermediates={k: self._numpy(v) for k, v in intermediates.items()
                            if v is not None},
-            grads={n: p.grad.detach().numpy().copy() for n, p in self.model.named_parameters()},
+            grads={n: self._numpy(p.grad).copy() for n, p in self.model.named_parameters()},
         )
 
     def _eager_step(self, x_t: torch.Tensor, eps_t: torch.Tensor) -> torch.Tensor:
@@ -91,8 +153,11 @@ class TorchBackend:
         # slower for over 1.5 s), which would be charged to whoever is timed next.
         inductor_config.compile_threads = 1
         model, config = self.model, self.config
+        # On CUDA, CUDA graphs: a step is a few dozen small kernels whose launch cost would
+        # otherwise dominate. Inputs are copied into the graph's static buffers on each call.
+        mode = "reduce-overhead" if self._cuda else None
 
-        @torch.compile(dynamic=False)
+        @torch.compile(dynamic=False, mode=mode)
         def loss_of(x_t, eps_t):
             terms = loss_terms(model(x_t, eps_t), x_t, config)
             return terms.loss, terms.reconstruction.mean(), terms.kl.mean()
@@ -102,23 +167,56 @@ class TorchBackend:
             self.optimizer.step()
 
         def step(x_t, eps_t):
-            loss, reconstruction, kl = loss_of(x_t, eps_t)
+            # Gradients are dropped before the forward: under CUDA graphs the last step's
+            # .grad may live in graph memory that the next replay overwrites.
             self.optimizer.zero_grad(set_to_none=True)
+            loss, reconstruction, kl = loss_of(x_t, eps_t)
+            # stack copies the losses out of the graph's outputs, which the next replay
+            # overwrites.
+            losses = torch.stack([reconstruction, kl, loss]).detach()
             loss.backward()
             adam_step()
-            return torch.stack([reconstruction, kl, loss]).detach()
+            return losses
 
         return step
 
+    def _device_batch(self, data: np.ndarray, indices: np.ndarray) -> torch.Tensor:
+        """data[indices] gathered on the device, from a copy of ``data`` uploaded once for as
+        long as the same array is passed."""
+        if not (data is self._data_host and self._data_device is not None
+                and tuple(self._data_device.shape) == data.shape
+                and self._data_dtype == data.dtype):
+            self._data_host, self._data_dtype = data, data.dtype
+            self._data_device = None  # free the old copy before making the new one
+            self._data_device = self._tensor(data)
+        indices = np.asarray(indices, dtype=np.int64)
+        # Checked on the host: an index out of range on the GPU is a device-side assert,
+        # which leaves the CUDA context unusable for the rest of the process.
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(data)):
+            raise IndexError(f"batch indices must lie in [0, {len(data)})")
+        # non_blocking: a blocking host-to-device copy waits for the stream, i.e. for the
+        # previous step to finish. From pageable memory the bytes are staged before the call
+        # returns, so the caller may reuse its array at once.
+        index_t = torch.from_numpy(np.ascontiguousarray(indices)).to(self.device,
+                                                                      non_blocking=True)
+        return self._data_device.index_select(0, index_t)
+
     def train_step(self, data: np.ndarray, indices: np.ndarray,
-                   eps: np.ndarray | None = None) -> BatchLoss:
-        x_t = self._tensor(data[indices])
+                   eps: np.ndarray | None = None, *,
+                   want_loss: bool = True) -> BatchLoss | None:
+        if not self._resident:
+            x_t = self._tensor(data[indices])
+        else:
+            x_t = self._device_batch(data, indices)
         if eps is None:
             eps_t = torch.randn((len(indices), self.config.latent_dim), generator=self.generator,
-                                dtype=self.dtype)
+                                dtype=self.dtype, device=self.device)
         else:
-            eps_t = self._tensor(eps)
-        return BatchLoss(*self._step(x_t, eps_t).tolist())
+            eps_t = self._tensor(eps, non_blocking=self._resident)
+        losses = self._step(x_t, eps_t)
+        if self._resident and not want_loss:
+            return None  # reading the losses would wait for the device
+        return BatchLoss(*losses.tolist())
 
     def stage_times(self, data: np.ndarray, batch: int, repeats: int = 50) -> dict[str, float]:
         """Median seconds per step of forward + backward and of the optimizer step, measured
@@ -128,7 +226,7 @@ class TorchBackend:
             return {}
         x_t = self._tensor(data[np.arange(batch) % len(data)])
         eps_t = torch.randn((batch, self.config.latent_dim), generator=self.generator,
-                            dtype=self.dtype)
+                            dtype=self.dtype, device=self.device)
         saved_params = [p.detach().clone() for p in self.model.parameters()]
         saved_state = {k: {n: (t.clone() if torch.is_tensor(t) else t) for n, t in v.items()}
                        for k, v in self.optimizer.state.items()}
@@ -137,8 +235,15 @@ class TorchBackend:
             self.optimizer.zero_grad(set_to_none=True)
             loss_terms(self.model(x_t, eps_t), x_t, self.config).loss.backward()
 
-        times = interleaved_times(
-            {"forward+backward": forward_backward, "adam": self.optimizer.step}, repeats)
+        def timed(fn):
+            # Each part waits for its own device work, so the clock sees the GPU's time.
+            def run():
+                fn()
+                self.synchronize()
+            return run
+
+        times = interleaved_times({"forward+backward": timed(forward_backward),
+                                   "adam": timed(self.optimizer.step)}, repeats)
         result = {name: float(np.median(t)) for name, t in times.items()}
         with torch.no_grad():
             for p, saved in zip(self.model.parameters(), saved_params):
@@ -149,22 +254,51 @@ class TorchBackend:
 
     def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
         self.model.eval()
-        return evaluate_elbo(self.model, x.astype(np.float32, copy=False), seed=seed,
-                             batch_size=batch_size)
+        x = x.astype(np.float32, copy=False)
+        if not self._resident:
+            return evaluate_elbo(self.model, x, seed=seed, batch_size=batch_size)
+        return self._evaluate_on_device(x, seed, batch_size)
+
+    @torch.no_grad()
+    def _evaluate_on_device(self, x: np.ndarray, seed: int, batch_size: int) -> EvalResult:
+        """evaluate_elbo (which works on CPU tensors) with the batches on the device. The noise
+        is drawn from the same seeded CPU generator, so it is the reference's very noise."""
+        generator = torch.Generator().manual_seed(seed)
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for start in range(0, len(x), batch_size):
+            xb = self._tensor(x[start : start + batch_size])
+            eps = None  # the AE draws none
+            if self.config.model == "vae":
+                eps = torch.randn((len(xb), self.config.latent_dim), generator=generator,
+                                  dtype=self.dtype).to(self.device)
+            terms = loss_terms(self.model(xb, eps), xb, self.config)
+            totals += torch.stack([terms.reconstruction.sum(), terms.kl.sum()]).double()
+        reconstruction, kl = (totals / len(x)).tolist()
+        return EvalResult(elbo=-(reconstruction + kl), reconstruction=reconstruction, kl=kl)
 
     @torch.no_grad()
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mu, logvar = self.model.encode(self._tensor(x))
-        return mu.numpy(), (None if logvar is None else logvar.numpy())
+        return self._numpy(mu), (None if logvar is None else self._numpy(logvar))
 
     @torch.no_grad()
     def decode(self, z: np.ndarray) -> np.ndarray:
-        return self.model.decode(self._tensor(z)).numpy()
+        return self._numpy(self.model.decode(self._tensor(z)))
 
     def synchronize(self) -> None:
-        """CPU work is done when the call returns."""
+        """Wait for queued CUDA work; CPU work is done when the call returns."""
+        if self._cuda:
+            torch.cuda.synchronize(self.device)
 
     def settings(self) -> dict:
-        return {"torch_threads": torch.get_num_threads(), "dtype": str(self.dtype),
-                "fused_adam": self.fused_adam, "compile": self.compile,
-                "torch": torch.__version__}
+        result = {"torch_threads": torch.get_num_threads(), "dtype": str(self.dtype),
+                  "fused_adam": self.fused_adam, "compile": self.compile,
+                  "device": self.device, "torch": torch.__version__}
+        if self._cuda:
+            result |= {"compile_mode": "reduce-overhead" if self.compile else None,
+                       "cuda": torch.version.cuda,
+                       "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                       "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32}
+            if _cuda_unavailable_reason() is None:
+                result["gpu"] = torch.cuda.get_device_name(self.device)
+        return result
