@@ -40,12 +40,48 @@ def _numba(threads: int | None = None, **options) -> Backend:
     return NumbaBackend(threads=threads)
 
 
+def _torch_cuda(**options) -> Backend:
+    from .torch_ref import TorchBackend
+
+    return TorchBackend(device="cuda")
+
+
+def _torch_cuda_compile(**options) -> Backend:
+    from .torch_ref import TorchBackend
+
+    return TorchBackend(device="cuda", compile=True)
+
+
+def _cupy(**options) -> Backend:
+    from .cupy_gpu import CupyBackend
+
+    return CupyBackend(graph=True)
+
+
+def _cupy_nograph(**options) -> Backend:
+    from .cupy_gpu import CupyBackend
+
+    return CupyBackend(graph=False)
+
+
+def _cupy_tf32(**options) -> Backend:
+    from .cupy_gpu import CupyBackend
+
+    return CupyBackend(graph=True, tf32=True)
+
+
 # name -> factory(**options). Options a backend does not use are ignored.
 BACKENDS: dict[str, Callable[..., Backend]] = {
     "torch": _torch,
     "torch-fused-adam": _torch_fused,
     "torch-compile": _torch_compile,
     "numba": _numba,
+    # GPU: unavailable (with the reason) on machines without CUDA, listed all the same.
+    "torch-cuda": _torch_cuda,
+    "torch-cuda-compile": _torch_cuda_compile,
+    "cupy": _cupy,
+    "cupy-nograph": _cupy_nograph,
+    "cupy-tf32": _cupy_tf32,
 }
 
 

@@ -1,0 +1,282 @@
+"""The CuPy GPU backend: the reference VAE as fused CUDA kernels + cuBLAS GEMMs, trained
+entirely on the device, each step replayed from one captured CUDA Graph.
+
+State lives on the device: parameters, gradients and Adam's moments in four flat buffers
+(``flat_layout``, 256-byte aligned groups; tensors are views), the data set (uploaded once per
+array passed in), per-batch-size workspaces and the step counter. A training step copies
+only the batch's indices (and noise, when given) to the device; noise drawn by the backend is
+generated inside the step by Philox. Everything a step does is one program (``program.py``)
+that an executor runs: CUDA (``executors.CudaExecutor``), or NumPy twins of the kernels
+(``executors.NumpyExecutor``: how the wiring is checked on machines without a GPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+
+from vae_ref import VAEConfig
+from vae_ref.evaluate import EvalResult
+from vae_ref.params import Params
+
+from ..base import Availability, BackendUnavailable, BatchLoss, StepOutputs
+from ..flat_layout import make_layout
+from . import program
+
+GPU_ALIGN = 64  # floats: 256 bytes, cuBLAS's preferred operand alignment
+
+
+def cuda_availability() -> Availability:
+    """Whether CuPy and a CUDA device are usable here, and if not, why. Never raises."""
+    if importlib.util.find_spec("cupy") is None:
+        return Availability(False, "CuPy is not installed (pip install cupy-cuda12x or "
+                                   "cupy-cuda13x, matching the CUDA driver)")
+    try:
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # CuPy raises its own error types for each driver problem
+        return Availability(False, f"no usable CUDA device ({type(error).__name__}: "
+                                   f"{str(error).strip() or 'no detail'})")
+    if count == 0:
+        return Availability(False, "no CUDA device visible")
+    return Availability(True)
+
+
+class CupyBackend:
+    def __init__(self, *, graph: bool = True, tf32: bool = False, executor: str = "cuda"):
+        if executor not in ("cuda", "numpy"):
+            raise ValueError(f"executor must be 'cuda' or 'numpy', got {executor!r}")
+        self.graph = graph
+        self.tf32 = tf32
+        self.executor_kind = executor
+        self.device = "cuda" if executor == "cuda" else "cpu"
+        suffix = "-tf32" if tf32 else "" if graph else "-nograph"
+        self.name = "cupy" + suffix + ("-emulated" if executor == "numpy" else "")
+        self.description = (
+            "CuPy: fused CUDA kernels + cuBLAS, "
+            + ("step replayed as one CUDA Graph" if graph else "kernels launched one by one")
+            + (", TF32 GEMMs" if tf32 else ", float32 GEMMs (TF32 off)")
+            + (" [NumPy twins: a CPU check]" if executor == "numpy" else ""))
+        self.executor = None
+        self.compile_seconds: float | None = None
+
+    def availability(self) -> Availability:
+        if self.executor_kind == "numpy":
+            return Availability(True)
+        return cuda_availability()
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _make_executor(self):
+        status = self.availability()
+        if not status.available:
+            raise BackendUnavailable(f"{self.name} backend unavailable: {status.reason}")
+        from .executors import CudaExecutor, NumpyExecutor
+
+        return (CudaExecutor if self.executor_kind == "cuda" else NumpyExecutor)(tf32=self.tf32)
+
+    def load(self, config: VAEConfig, params: Params) -> None:
+        if self.executor is None:
+            self.executor = self._make_executor()
+            self.compile_seconds = self.executor.compile_seconds
+        ex = self.executor
+        self.config = config
+        self.layout = make_layout(config, align=GPU_ALIGN)
+        self.flat = {"params": ex.upload(self.layout.pack(params, config)),
+                     "grads": ex.zeros(self.layout.size), "m": ex.zeros(self.layout.size),
+                     "v": ex.zeros(self.layout.size), "step": ex.zeros(1, np.uint32)}
+        self._views = {}
+        for name, (offset, shape) in program.tensor_views(self.layout).items():
+            size = int(np.prod(shape))
+            self._views[f"p:{name}"] = self.flat["params"][offset : offset + size].reshape(shape)
+            self._views[f"g:{name}"] = self.flat["grads"][offset : offset + size].reshape(shape)
+        self._workspaces: dict[int, dict] = {}
+        self._graphs: dict[tuple[int, bool], object] = {}
+        self._data_host: np.ndarray | None = None  # the array whose copy is resident
+        self._data = None
+        self._programs: dict[tuple, list] = {}
+
+    def _buffers(self, batch: int) -> dict:
+        ws = self._workspaces.get(batch)
+        if ws is None:
+            shapes = program.workspace_shapes(self.config, batch)
+            ws = {name: self.executor.zeros(shape, dtype)
+                  for name, (shape, dtype) in shapes.items()}
+            self._workspaces[batch] = ws
+        buffers = {**ws, **self._views, **self.flat}
+        if self._data is not None:
+            buffers["data"] = self._data
+        return buffers
+
+    def _program(self, kind: str, batch: int, generate_noise: bool = False) -> list:
+        key = (kind, batch, generate_noise)
+        ops = self._programs.get(key)
+        if ops is None:
+            c, lay = self.config, self.layout
+            ops = {"train": lambda: program.train_step_ops(c, lay, batch,
+                                                           generate_noise=generate_noise),
+                   "forward": lambda: program.forward_ops(c, lay, batch),
+                   "forward_backward": lambda: (program.forward_ops(c, lay, batch)
+                                                + program.backward_ops(c, lay, batch)),
+                   }[kind]()
+            self._programs[key] = ops
+        return ops
+
+    def params(self) -> Params:
+        return self.layout.unpack(self.executor.download(self.flat["params"]))
+
+    # -- input checks (compiled kernels check nothing) ------------------------------------
+
+    def _images(self, x: np.ndarray) -> np.ndarray:
+        if np.ndim(x) != 2 or np.shape(x)[1] != self.config.input_dim or len(x) == 0:
+            raise ValueError(f"images must be a non-empty (N, {self.config.input_dim}) array, "
+                             f"got {np.shape(x)}")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _noise(self, batch: int, eps: np.ndarray) -> np.ndarray:
+        shape = (batch, self.config.latent_dim)
+        if np.shape(eps) != shape:
+            raise ValueError(f"eps must have shape {shape}, got {np.shape(eps)}")
+        return np.ascontiguousarray(eps, dtype=np.float32)
+
+    def _resident(self, data: np.ndarray) -> None:
+        """Keep ``data`` on the device: uploaded when a different array is passed. Graphs
+        hold the old copy's address, so they are dropped with it."""
+        if data is self._data_host:
+            return
+        checked = self._images(data)
+        if self._data is not None and self._data.shape == checked.shape:
+            # Same shape (e.g. a freshly binarized batch each step): overwrite in place, so
+            # the captured graphs, which hold this buffer's address, stay valid.
+            self.executor.copy_in(self._data, checked)
+        else:
+            self._data = self.executor.upload(checked)
+            self._graphs.clear()
+        self._data_host = data
+
+    # -- computation -----------------------------------------------------------------------
+
+    def forward_backward(self, x: np.ndarray, eps: np.ndarray) -> StepOutputs:
+        x = self._images(x)
+        eps = self._noise(len(x), eps)
+        b = len(x)
+        buffers = self._buffers(b)
+        ex = self.executor
+        ex.copy_in(buffers["xb"], x)
+        ex.copy_in(buffers["eps"], eps)
+        ex.run(self._program("forward_backward", b), buffers)
+        host = {name: ex.download(buffers[name])
+                for name in ("bce", "kl", "h", "heads", "z", "dech", "logits")}
+        z, beta = self.config.latent_dim, self.config.beta
+        loss = float(np.mean(host["bce"].astype(np.float64) + beta * host["kl"].astype(np.float64)))
+        return StepOutputs(
+            reconstruction=host["bce"], kl=host["kl"], loss=loss,
+            intermediates={"h": host["h"], "mu": host["heads"][:, :z].copy(),
+                           "logvar": host["heads"][:, z:].copy(), "z": host["z"],
+                           "dec_h": host["dech"], "logits": host["logits"]},
+            grads=self.layout.unpack(ex.download(self.flat["grads"])))
+
+    def train_step(self, data: np.ndarray, indices: np.ndarray,
+                   eps: np.ndarray | None = None, *, want_loss: bool = True) -> BatchLoss | None:
+        self._resident(data)
+        indices = np.asarray(indices)
+        if indices.ndim != 1 or len(indices) == 0 or not np.issubdtype(indices.dtype, np.integer):
+            raise ValueError(f"indices must be a non-empty 1-D integer array, got "
+                             f"{indices.dtype} of shape {indices.shape}")
+        if indices.min() < 0 or indices.max() >= len(data):
+            raise IndexError(f"batch indices must lie in [0, {len(data)}), got "
+                             f"[{indices.min()}, {indices.max()}]")
+        b = len(indices)
+        buffers = self._buffers(b)
+        ex = self.executor
+        ex.copy_in(buffers["indices"], indices.astype(np.int64, copy=False))
+        generate = eps is None
+        if not generate:
+            ex.copy_in(buffers["eps"], self._noise(b, eps))
+        ops = self._program("train", b, generate)
+        if self.graph:
+            ex.replay(self._graph(b, generate, ops, buffers))
+        else:
+            ex.run(ops, buffers)
+        if not want_loss:
+            return None
+        return BatchLoss(*(float(v) for v in ex.download(buffers["loss"])))
+
+    def _graph(self, batch: int, generate: bool, ops: list, buffers: dict):
+        """The captured step for this batch size and noise mode, captured on first use after
+        one plain run of the same ops on a copy of the state (that run loads every kernel and
+        lets cuBLAS settle its choices outside the capture); the state is then restored."""
+        key = (batch, generate)
+        graph = self._graphs.get(key)
+        if graph is None:
+            ex = self.executor
+            saved = {name: ex.xp.array(self.flat[name], copy=True) for name in self.flat}
+            ex.run(ops, buffers)
+            for name, array in saved.items():
+                self.flat[name][...] = array
+            graph = ex.capture(ops, buffers)
+            self._graphs[key] = graph
+        return graph
+
+    def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
+        rng = np.random.default_rng(seed)  # the same noise stream as the Numba backend's
+        x = self._images(x)
+        totals = np.zeros(2)
+        for start in range(0, len(x), batch_size):
+            xb = x[start : start + batch_size]
+            eps = rng.standard_normal((len(xb), self.config.latent_dim), dtype=np.float32)
+            buffers = self._buffers(len(xb))
+            self.executor.copy_in(buffers["xb"], xb)
+            self.executor.copy_in(buffers["eps"], eps)
+            self.executor.run(self._program("forward", len(xb)), buffers)
+            totals += [self.executor.download(buffers["bce"]).sum(dtype=np.float64),
+                       self.executor.download(buffers["kl"]).sum(dtype=np.float64)]
+        reconstruction, kl = (float(t) for t in totals / len(x))
+        return EvalResult(elbo=-(reconstruction + kl), reconstruction=reconstruction, kl=kl)
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = self._images(x)
+        buffers = self._buffers(len(x))
+        self.executor.copy_in(buffers["xb"], x)
+        self.executor.copy_in(buffers["eps"], np.zeros((len(x), self.config.latent_dim),
+                                                       np.float32))
+        self.executor.run(self._program("forward", len(x)), buffers)
+        heads = self.executor.download(buffers["heads"])
+        z = self.config.latent_dim
+        return heads[:, :z].copy(), heads[:, z:].copy()
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        # For figures only (a few hundred codes): on the host, from the current weights.
+        p = self.params()
+        dec_h = np.maximum(np.asarray(z, np.float32) @ p["dec.fc1.weight"].T
+                           + p["dec.fc1.bias"], 0)
+        return dec_h @ p["dec.out.weight"].T + p["dec.out.bias"]
+
+    # -- timing aids ---------------------------------------------------------------------------
+
+    def kernels_per_step(self, batch: int) -> dict[str, int]:
+        """Launches in one training step: fused kernels and GEMMs (a GEMM may be more than one
+        kernel inside cuBLAS, so this is a lower bound on graph nodes)."""
+        ops = program.train_step_ops(self.config, self.layout, batch, generate_noise=True)
+        return {"fused kernels": len(program.launches(ops)), "gemms": len(program.gemm_calls(ops))}
+
+    def launch_floor(self, batch: int) -> dict[str, float]:
+        """The step's floor set by launch latency: kernels per step times the measured cost of
+        one empty graph node (CUDA only; seconds)."""
+        if self.executor_kind != "cuda":
+            return {}
+        counts = self.kernels_per_step(batch)
+        per_node = self.executor.seconds_per_graph_node()
+        nodes = sum(counts.values())
+        return {"nodes": nodes, "seconds_per_node": per_node, "floor_seconds": nodes * per_node}
+
+    def synchronize(self) -> None:
+        if self.executor is not None:
+            self.executor.synchronize()
+
+    def settings(self) -> dict:
+        described = self.executor.describe() if self.executor is not None else {}
+        return {"graph": self.graph, "tf32": self.tf32, "compile_seconds": self.compile_seconds,
+                **described}

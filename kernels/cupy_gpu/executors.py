@@ -1,0 +1,240 @@
+"""Who runs a step program (``program.py``): CUDA through CuPy, or NumPy through the kernels'
+twins. Both take the same ops over the same named buffers; the backend never asks which.
+
+The CUDA executor launches each fused kernel from ``vae_kernels.cu`` (compiled once by NVRTC)
+and each GEMM as one cublasGemmEx on its own stream and cuBLAS handle; ``capture`` records a
+program into a CUDA Graph (nothing runs until ``replay``). The NumPy executor records the ops
+instead, so the backend's graph bookkeeping is exercised on the CPU too.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .gemm import GemmCall, emulate
+from .launch import COMPILE_OPTIONS, KERNEL_SOURCE, SOURCE_DIR
+from .program import Buf, Gemm, Null, Op, Scalar
+from .twins import KERNELS
+
+# The kernels a step may launch: the twins define the set, and a test checks the .cu file
+# defines the same names with the same parameters.
+KERNEL_NAMES = tuple(KERNELS)
+
+
+def kernel_source() -> str:
+    """vae_kernels.cu with device_math.cuh pasted in place of its #include: CuPy's on-disk
+    kernel cache is keyed by the source text, so a change to the header must change it."""
+    header = (SOURCE_DIR / "device_math.cuh").read_text()
+    source = KERNEL_SOURCE.read_text()
+    include = '#include "device_math.cuh"'
+    if include not in source:
+        raise RuntimeError(f"{KERNEL_SOURCE.name} no longer includes device_math.cuh")
+    return source.replace(include, header)
+
+
+def _resolve(arg, buffers: dict, null):
+    if isinstance(arg, Buf):
+        try:
+            return buffers[arg.name]
+        except KeyError:
+            raise KeyError(f"the program names buffer {arg.name!r}, which was not given") from None
+    if isinstance(arg, Null):
+        return null
+    if isinstance(arg, Scalar):
+        return arg.numpy()
+    raise TypeError(f"not a kernel argument: {arg!r}")
+
+
+class NumpyExecutor:
+    """Runs programs on the CPU with the twins; ``capture`` records, ``replay`` reruns."""
+
+    name = "numpy"
+    xp = np
+
+    def __init__(self, tf32: bool = False):
+        if tf32:
+            raise ValueError("TF32 exists on NVIDIA GPUs only; the NumPy executor is float32")
+        self.captures = 0  # how many graphs were recorded (tests count recaptures)
+        self.compile_seconds = 0.0
+
+    def zeros(self, shape, dtype=np.float32) -> np.ndarray:
+        return np.zeros(shape, dtype)
+
+    def upload(self, host: np.ndarray) -> np.ndarray:
+        return np.array(host, copy=True)
+
+    def copy_in(self, device: np.ndarray, host: np.ndarray) -> None:
+        device[...] = host
+
+    def download(self, device: np.ndarray) -> np.ndarray:
+        return np.array(device, copy=True)
+
+    def run(self, ops: list[Op], buffers: dict) -> None:
+        for op in ops:
+            if isinstance(op, Gemm):
+                c = op.call
+                emulate(c, buffers[c.a], buffers[c.b], buffers[c.c])
+            else:
+                args = [_resolve(a, buffers, None) for a in op.args]
+                args = [a.reshape(-1) if isinstance(a, np.ndarray) else a for a in args]
+                KERNELS[op.kernel](op.geometry, *args)
+
+    def capture(self, ops: list[Op], buffers: dict):
+        self.captures += 1
+        return (list(ops), dict(buffers))
+
+    def replay(self, graph) -> None:
+        self.run(*graph)
+
+    def synchronize(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"executor": "numpy twins of the CUDA kernels (a CPU check, not a benchmark)"}
+
+
+class CudaExecutor:
+    """Runs programs on the current CUDA device through CuPy."""
+
+    name = "cuda"
+    PINNED_SLOTS = 4  # host staging buffers in flight (indices, noise) before the host waits
+    LARGE_COPY = 4 << 20  # bytes; larger copies (data sets) go synchronously, unstaged
+
+    def __init__(self, tf32: bool = False):
+        import cupy
+        import cupyx
+        from cupy_backends.cuda.libs import cublas
+
+        self.cp, self.cupyx, self.cublas = cupy, cupyx, cublas
+        self.xp = cupy
+        self.tf32 = tf32
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        started = time.perf_counter()
+        module = cupy.RawModule(code=kernel_source(), options=COMPILE_OPTIONS)
+        self.kernels = {name: module.get_function(name) for name in KERNEL_NAMES}
+        self.compile_seconds = time.perf_counter() - started  # NVRTC, or CuPy's disk cache
+        # Our own handle on our own stream: cuBLAS calls are then captured with the kernels.
+        self.handle = cublas.create()
+        cublas.setStream(self.handle, self.stream.ptr)
+        cublas.setPointerMode(self.handle, cublas.CUBLAS_POINTER_MODE_HOST)
+        # TF32 off unless asked: float32 products, so the agreement gate's tolerances hold.
+        self.compute_type = (cublas.CUBLAS_COMPUTE_32F_FAST_TF32 if tf32
+                             else cublas.CUBLAS_COMPUTE_32F)
+        self._alpha = np.ones(1, np.float32)  # host scalars: read by cuBLAS at call (capture) time
+        self._beta = np.zeros(1, np.float32)
+        self._slots: list[tuple[np.ndarray, object]] = []
+        self._next_slot = 0
+
+    def zeros(self, shape, dtype=np.float32):
+        with self.stream:
+            return self.cp.zeros(shape, dtype)
+
+    def upload(self, host: np.ndarray):
+        with self.stream:
+            device = self.cp.asarray(host)
+        self.stream.synchronize()
+        return device
+
+    def copy_in(self, device, host: np.ndarray) -> None:
+        """Asynchronous host-to-device copy through a pinned staging slot: the caller may
+        reuse ``host`` at once, and the copy is ordered before later work on the stream."""
+        host = np.ascontiguousarray(host, dtype=device.dtype)
+        if host.nbytes != device.nbytes:
+            raise ValueError(f"copy of {host.nbytes} bytes into a buffer of {device.nbytes}")
+        if host.nbytes > self.LARGE_COPY:
+            device.set(host, stream=self.stream)  # a data set: staged by CuPy, then waited on
+            self.stream.synchronize()
+            return
+        pinned, done = self._slot(host.nbytes)
+        done.synchronize()  # the copy that last used this slot has finished
+        pinned[: host.nbytes] = host.view(np.uint8).reshape(-1)
+        runtime = self.cp.cuda.runtime
+        runtime.memcpyAsync(device.data.ptr, pinned.ctypes.data, host.nbytes,
+                            runtime.memcpyHostToDevice, self.stream.ptr)
+        done.record(self.stream)
+
+    def _slot(self, nbytes: int):
+        if not self._slots:
+            self._slots = [(None, self.cp.cuda.Event(disable_timing=True))
+                           for _ in range(self.PINNED_SLOTS)]
+        i = self._next_slot
+        self._next_slot = (i + 1) % self.PINNED_SLOTS
+        pinned, done = self._slots[i]
+        if pinned is None or pinned.nbytes < nbytes:
+            done.synchronize()
+            pinned = self.cupyx.empty_pinned(max(nbytes, 1 << 16), np.uint8)
+            self._slots[i] = (pinned, done)
+        return pinned, done
+
+    def download(self, device) -> np.ndarray:
+        self.stream.synchronize()
+        return device.get(stream=self.stream)
+
+    def _gemm(self, call: GemmCall, buffers: dict) -> None:
+        a, b, c = buffers[call.a], buffers[call.b], buffers[call.c]
+        r32 = self.cp.cuda.runtime.CUDA_R_32F
+        self.cublas.gemmEx(
+            self.handle, call.transa, call.transb, call.m, call.n, call.k,
+            self._alpha.ctypes.data, a.data.ptr, r32, call.lda, b.data.ptr, r32, call.ldb,
+            self._beta.ctypes.data, c.data.ptr, r32, call.ldc, self.compute_type,
+            self.cublas.CUBLAS_GEMM_DEFAULT)
+
+    def run(self, ops: list[Op], buffers: dict) -> None:
+        null = np.uint64(0)  # a null pointer argument: eight zero bytes
+        with self.stream:
+            for op in ops:
+                if isinstance(op, Gemm):
+                    self._gemm(op.call, buffers)
+                else:
+                    args = tuple(_resolve(a, buffers, null) for a in op.args)
+                    self.kernels[op.kernel](op.geometry.grid, op.geometry.block, args)
+
+    def capture(self, ops: list[Op], buffers: dict):
+        """Record ``ops`` as a CUDA Graph (nothing executes). The graph holds the buffers'
+        addresses: the caller must keep them alive and unchanged while it replays."""
+        with self.stream:
+            self.stream.begin_capture()
+            try:
+                self.run(ops, buffers)
+            finally:
+                graph = self.stream.end_capture()
+        return graph
+
+    def replay(self, graph) -> None:
+        graph.launch(self.stream)
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def seconds_per_graph_node(self, nodes: int = 200, repeats: int = 20) -> float:
+        """The replay cost of one empty kernel node in a graph of ``nodes``: the floor under a
+        replayed step of N kernels is N times this."""
+        empty = self.kernels["empty_kernel"]
+        with self.stream:
+            self.stream.begin_capture()
+            try:
+                for _ in range(nodes):
+                    empty((1, 1, 1), (1, 1, 1), ())
+            finally:
+                graph = self.stream.end_capture()
+        graph.launch(self.stream)
+        self.stream.synchronize()
+        start, stop = self.cp.cuda.Event(), self.cp.cuda.Event()
+        start.record(self.stream)
+        for _ in range(repeats):
+            graph.launch(self.stream)
+        stop.record(self.stream)
+        stop.synchronize()
+        return self.cp.cuda.get_elapsed_time(start, stop) / 1e3 / (repeats * nodes)
+
+    def describe(self) -> dict:
+        cp = self.cp
+        device = cp.cuda.Device()
+        props = cp.cuda.runtime.getDeviceProperties(device.id)
+        name = props["name"]
+        return {"executor": "cuda", "gpu": name.decode() if isinstance(name, bytes) else name,
+                "compute_capability": device.compute_capability, "cupy": cp.__version__,
+                "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
+                "cuda_driver": cp.cuda.runtime.driverGetVersion(), "tf32": self.tf32}

@@ -1,0 +1,92 @@
+"""Launch geometry of the fused kernels in ``vae_kernels.cu``, and the compile-time constants
+they are built with. Pure Python (no CuPy), so every grid is unit-tested on the CPU.
+
+The block sizes below are passed to the compiler as ``-D`` options (``COMPILE_DEFINES``): the
+kernels' shared-memory arrays and reduction loops are sized by the same numbers the launcher
+uses, and a kernel compiled without them refuses to build.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SOURCE_DIR = Path(__file__).resolve().parent
+KERNEL_SOURCE = SOURCE_DIR / "vae_kernels.cu"
+
+ROW_THREADS = 256  # sigmoid_bce: threads per image row; a power of two (tree reduction)
+COL_TILE = 32  # column sums: columns per block, one warp wide (coalesced row reads)
+ROW_GROUPS = 32  # column sums: rows summed in parallel per column (blockDim.y)
+LOSS_THREADS = 256  # batch_loss: threads of its single block; a power of two
+ELEMENTWISE_THREADS = 256  # grid-stride kernels
+ROW_KERNEL_THREADS = 128  # one-thread-per-row kernels (reparameterize_kl)
+MAX_ELEMENTWISE_BLOCKS = 132 * 16  # enough to fill an H100 (132 SMs); loops stride beyond
+
+COMPILE_DEFINES = {
+    "ROW_THREADS": ROW_THREADS,
+    "COL_TILE": COL_TILE,
+    "ROW_GROUPS": ROW_GROUPS,
+    "LOSS_THREADS": LOSS_THREADS,
+}
+# NVRTC (CuPy's RawModule) and nvcc (CI's compile check) get the same options.
+COMPILE_OPTIONS = ("-std=c++17", f"-I{SOURCE_DIR}",
+                   *(f"-D{name}={value}" for name, value in COMPILE_DEFINES.items()))
+
+Dim3 = tuple[int, int, int]
+
+
+class Geometry(tuple):
+    """(grid, block), each a 3-tuple, as RawKernel takes them."""
+
+    def __new__(cls, grid: Dim3, block: Dim3):
+        return super().__new__(cls, (grid, block))
+
+    @property
+    def grid(self) -> Dim3:
+        return self[0]
+
+    @property
+    def block(self) -> Dim3:
+        return self[1]
+
+    @property
+    def threads(self) -> int:
+        g, b = self
+        return g[0] * g[1] * g[2] * b[0] * b[1] * b[2]
+
+
+def _positive(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if int(value) != value or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def elementwise(n: int) -> Geometry:
+    """Grid-stride kernels over ``n`` elements: one thread per element up to a cap of blocks
+    (beyond it each thread loops), never an empty grid."""
+    _positive(n=n)
+    blocks = min(-(-n // ELEMENTWISE_THREADS), MAX_ELEMENTWISE_BLOCKS)
+    return Geometry((blocks, 1, 1), (ELEMENTWISE_THREADS, 1, 1))
+
+
+def one_thread_per_row(rows: int) -> Geometry:
+    _positive(rows=rows)
+    return Geometry((-(-rows // ROW_KERNEL_THREADS), 1, 1), (ROW_KERNEL_THREADS, 1, 1))
+
+
+def one_block_per_row(rows: int) -> Geometry:
+    """sigmoid_bce: block r reduces row r; the kernel assumes exactly ROW_THREADS threads."""
+    _positive(rows=rows)
+    if rows > 2**31 - 1:
+        raise ValueError(f"too many rows for one grid dimension: {rows}")
+    return Geometry((rows, 1, 1), (ROW_THREADS, 1, 1))
+
+
+def column_tiles(cols: int) -> Geometry:
+    """Column sums: one block per COL_TILE columns, (COL_TILE, ROW_GROUPS) threads each."""
+    _positive(cols=cols)
+    return Geometry((-(-cols // COL_TILE), 1, 1), (COL_TILE, ROW_GROUPS, 1))
+
+
+def single_block() -> Geometry:
+    """batch_loss: one block of LOSS_THREADS sums the whole batch in a fixed order."""
+    return Geometry((1, 1, 1), (LOSS_THREADS, 1, 1))

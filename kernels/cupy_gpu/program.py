@@ -1,0 +1,228 @@
+"""The training step as data: a list of GEMMs and kernel launches over named buffers.
+
+One list is built per (batch size, step kind) and handed to an executor: the CUDA executor
+launches it (or captures it once as a CUDA Graph and replays it); the NumPy executor runs the
+same list through NumPy twins of each kernel (``twins.py``), which is how the wiring — which
+buffer goes to which argument, every GEMM's transposes and leading dimensions, every grid —
+is tested on a machine without a GPU. Nothing here imports CuPy.
+
+Buffer names: workspace arrays by their role (``h``, ``heads``, ...); ``p:<tensor>`` and
+``g:<tensor>`` are views of one parameter / gradient tensor inside the flat buffers
+(``p:heads.weight`` is the packed (2Z, H) mu + logvar weight); ``step`` is the device-side step
+counter (uint32), ``loss`` the batch's (reconstruction, KL, loss) in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vae_ref import VAEConfig
+
+from ..flat_layout import Layout
+from . import launch
+from .gemm import GemmCall, plan_gemm
+
+ADAM_BETAS = (0.9, 0.999)  # PyTorch's defaults, as in the reference
+ADAM_EPS = 1e-8
+
+
+# -- kernel arguments: typed, because a RawKernel passes a Python float as a C double ----------
+
+@dataclass(frozen=True)
+class Buf:
+    name: str  # a pointer to this buffer's first element
+
+
+@dataclass(frozen=True)
+class Null:
+    """A null pointer (e.g. no step counter to advance)."""
+
+
+@dataclass(frozen=True)
+class Scalar:
+    value: int | float
+    ctype: str  # "int", "float", "double" or "unsigned long long"
+
+    DTYPES = {"int": np.int32, "float": np.float32, "double": np.float64,
+              "unsigned long long": np.uint64}
+
+    def numpy(self):
+        return self.DTYPES[self.ctype](self.value)
+
+
+def i32(value: int) -> Scalar:
+    return Scalar(int(value), "int")
+
+
+def f32(value: float) -> Scalar:
+    return Scalar(float(value), "float")
+
+
+def f64(value: float) -> Scalar:
+    return Scalar(float(value), "double")
+
+
+def u64(value: int) -> Scalar:
+    return Scalar(int(value), "unsigned long long")
+
+
+Arg = Buf | Null | Scalar
+
+
+@dataclass(frozen=True)
+class Gemm:
+    call: GemmCall
+
+
+@dataclass(frozen=True)
+class Launch:
+    kernel: str
+    geometry: launch.Geometry
+    args: tuple[Arg, ...]
+
+
+Op = Gemm | Launch
+
+
+# -- buffers ---------------------------------------------------------------------------------
+
+# Tensors addressed as one: the packed heads (see flat_layout.GROUPS).
+PACKED = {"heads.weight": ("enc.mu.weight", "enc.logvar.weight"),
+          "heads.bias": ("enc.mu.bias", "enc.logvar.bias")}
+
+
+def tensor_views(layout: Layout) -> dict[str, tuple[int, tuple[int, ...]]]:
+    """Every tensor the step addresses: name -> (offset in the flat buffer, shape)."""
+    views = {name: (layout.offsets[name], layout.shapes[name]) for name in layout.shapes}
+    for packed, (first, second) in PACKED.items():
+        rows = layout.shapes[first][0] + layout.shapes[second][0]
+        if layout.offsets[second] != layout.offsets[first] + int(np.prod(layout.shapes[first])):
+            raise AssertionError(f"{first} and {second} are not adjacent in the layout")
+        views[packed] = (layout.offsets[first], (rows, *layout.shapes[first][1:]))
+    return views
+
+
+def workspace_shapes(config: VAEConfig, batch: int) -> dict[str, tuple[tuple[int, ...], type]]:
+    """Per-batch-size scratch buffers: name -> (shape, dtype)."""
+    d, h, z, b = config.input_dim, config.hidden_dim, config.latent_dim, batch
+    f = np.float32
+    return {
+        "indices": ((b,), np.int64), "xb": ((b, d), f), "h": ((b, h), f),
+        "heads": ((b, 2 * z), f), "eps": ((b, z), f), "std": ((b, z), f), "z": ((b, z), f),
+        "dech": ((b, h), f), "logits": ((b, d), f), "dlogits": ((b, d), f),
+        "d_dech": ((b, h), f), "dz": ((b, z), f), "dheads": ((b, 2 * z), f),
+        "dh": ((b, h), f), "bce": ((b,), f), "kl": ((b,), f), "loss": ((3,), np.float64),
+    }
+
+
+def buffer_shapes(config: VAEConfig, layout: Layout, batch: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of every buffer a program of this batch size may name."""
+    shapes = {name: shape for name, (shape, _) in workspace_shapes(config, batch).items()}
+    for name, (_, shape) in tensor_views(layout).items():
+        shapes[f"p:{name}"] = shape
+        shapes[f"g:{name}"] = shape
+    return shapes
+
+
+# -- programs --------------------------------------------------------------------------------
+
+class _Builder:
+    def __init__(self, config: VAEConfig, layout: Layout, batch: int):
+        self.config, self.layout, self.batch = config, layout, batch
+        self.shapes = buffer_shapes(config, layout, batch)
+        self.ops: list[Op] = []
+
+    def gemm(self, out: str, a: str, b: str, *, trans_a=False, trans_b=False) -> None:
+        self.ops.append(Gemm(plan_gemm(out, a, b, self.shapes, trans_a=trans_a,
+                                       trans_b=trans_b)))
+
+    def launch(self, kernel: str, geometry: launch.Geometry, *args: Arg) -> None:
+        self.ops.append(Launch(kernel, geometry, tuple(args)))
+
+
+def forward_ops(config: VAEConfig, layout: Layout, batch: int, *,
+                generate_noise: bool = False) -> list[Op]:
+    """Encoder, reparameterization + KL, decoder, and the fused sigmoid-BCE (which also leaves
+    d loss / d logits in ``dlogits``), from the images in ``xb``. With ``generate_noise`` the
+    noise is drawn on the device (Philox keyed by the seed and the device step counter) and
+    written to ``eps``; otherwise ``eps`` must hold it."""
+    q = _Builder(config, layout, batch)
+    b, d, h, z = batch, config.input_dim, config.hidden_dim, config.latent_dim
+    q.gemm("h", "xb", "p:enc.fc1.weight", trans_b=True)
+    q.launch("bias_relu", launch.elementwise(b * h), Buf("h"), Buf("p:enc.fc1.bias"), i32(b),
+             i32(h))
+    q.gemm("heads", "h", "p:heads.weight", trans_b=True)
+    q.launch("reparameterize_kl", launch.one_thread_per_row(b), Buf("heads"),
+             Buf("p:heads.bias"), Buf("eps"), i32(1 if generate_noise else 0),
+             u64(config.seed), Buf("step") if generate_noise else Null(), Buf("z"), Buf("std"),
+             Buf("kl"), i32(b), i32(z))
+    q.gemm("dech", "z", "p:dec.fc1.weight", trans_b=True)
+    q.launch("bias_relu", launch.elementwise(b * h), Buf("dech"), Buf("p:dec.fc1.bias"), i32(b),
+             i32(h))
+    q.gemm("logits", "dech", "p:dec.out.weight", trans_b=True)
+    q.launch("sigmoid_bce", launch.one_block_per_row(b), Buf("logits"), Buf("p:dec.out.bias"),
+             Buf("xb"), f32(1.0 / b), Buf("dlogits"), Buf("bce"), i32(d))
+    return q.ops
+
+
+def backward_ops(config: VAEConfig, layout: Layout, batch: int) -> list[Op]:
+    """Every parameter gradient of the batch-mean loss into the flat gradient buffer, after
+    ``forward_ops`` (it reads the forward's intermediates and ``dlogits``)."""
+    q = _Builder(config, layout, batch)
+    b, d, h, z = batch, config.input_dim, config.hidden_dim, config.latent_dim
+    q.gemm("g:dec.out.weight", "dlogits", "dech", trans_a=True)
+    q.launch("column_sum", launch.column_tiles(d), Buf("dlogits"), Buf("g:dec.out.bias"), i32(b),
+             i32(d))
+    q.gemm("d_dech", "dlogits", "p:dec.out.weight")
+    q.launch("relu_backward_bias_grad", launch.column_tiles(h), Buf("d_dech"), Buf("dech"),
+             Buf("g:dec.fc1.bias"), i32(b), i32(h))
+    q.gemm("g:dec.fc1.weight", "d_dech", "z", trans_a=True)
+    q.gemm("dz", "d_dech", "p:dec.fc1.weight")
+    q.launch("reparameterize_kl_backward", launch.elementwise(b * z), Buf("heads"), Buf("eps"),
+             Buf("std"), Buf("dz"), f32(config.beta / b), Buf("dheads"), i32(b), i32(z))
+    q.gemm("g:heads.weight", "dheads", "h", trans_a=True)
+    q.launch("column_sum", launch.column_tiles(2 * z), Buf("dheads"), Buf("g:heads.bias"),
+             i32(b), i32(2 * z))
+    q.gemm("dh", "dheads", "p:heads.weight")
+    q.launch("relu_backward_bias_grad", launch.column_tiles(h), Buf("dh"), Buf("h"),
+             Buf("g:enc.fc1.bias"), i32(b), i32(h))
+    q.gemm("g:enc.fc1.weight", "dh", "xb", trans_a=True)
+    return q.ops
+
+
+def adam_op(config: VAEConfig, layout: Layout) -> Launch:
+    """Adam over the whole flat buffer (padding included: its gradient is always zero)."""
+    return Launch("adam", launch.elementwise(layout.size),
+                  (Buf("params"), Buf("grads"), Buf("m"), Buf("v"), i32(layout.size),
+                   f64(config.lr), f64(ADAM_BETAS[0]), f64(ADAM_BETAS[1]), f32(ADAM_EPS),
+                   Buf("step")))
+
+
+def batch_loss_op(config: VAEConfig, batch: int) -> Launch:
+    return Launch("batch_loss", launch.single_block(),
+                  (Buf("bce"), Buf("kl"), i32(batch), f64(config.beta), Buf("loss")))
+
+
+def train_step_ops(config: VAEConfig, layout: Layout, batch: int, *,
+                   generate_noise: bool) -> list[Op]:
+    """The whole step: gather the batch (advancing the step counter), forward, backward, Adam,
+    and the batch's mean loss terms into ``loss``. Everything that changes from step to step
+    (indices, the step number, noise) is read from device memory, so one capture replays."""
+    d = config.input_dim
+    gather = Launch("gather_rows", launch.elementwise(batch * d),
+                    (Buf("data"), Buf("indices"), Buf("xb"), i32(batch), i32(d), Buf("step")))
+    return [gather,
+            *forward_ops(config, layout, batch, generate_noise=generate_noise),
+            *backward_ops(config, layout, batch),
+            adam_op(config, layout),
+            batch_loss_op(config, batch)]
+
+
+def gemm_calls(ops: list[Op]) -> list[GemmCall]:
+    return [op.call for op in ops if isinstance(op, Gemm)]
+
+
+def launches(ops: list[Op]) -> list[Launch]:
+    return [op for op in ops if isinstance(op, Launch)]

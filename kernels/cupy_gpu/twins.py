@@ -1,0 +1,149 @@
+"""NumPy twins of the CUDA kernels in ``vae_kernels.cu``: same names, same parameters in the
+same order, same meaning, pointers as flat arrays. They let a step program (``program.py``)
+run on the CPU, where three things the GPU would not tell us are checked on every launch:
+that each pointer's buffer is large enough for the sizes passed beside it (CUDA would read
+out of bounds silently), that the launch geometry covers the problem the kernel was written
+for, and that the buffer has the element type the kernel's C signature expects.
+
+Reductions here run in NumPy's order, not the kernels' fixed tree order: the twins define what
+is computed, the float32 tolerances of the agreement gate absorb how it is summed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import launch
+from .launch import Geometry
+
+
+class LaunchError(AssertionError):
+    """A launch that would be wrong on the GPU: a buffer too small, a grid too small, a wrong
+    element type."""
+
+
+def _need(name: str, buffer: np.ndarray | None, size: int, dtype=np.float32) -> np.ndarray:
+    if buffer is None:
+        raise LaunchError(f"{name}: null pointer where {size} elements are read or written")
+    if buffer.dtype != dtype:
+        raise LaunchError(f"{name}: buffer of {buffer.dtype}, the kernel expects {np.dtype(dtype)}")
+    if buffer.size < size:
+        raise LaunchError(f"{name}: buffer of {buffer.size} elements, the launch touches {size}")
+    return buffer[:size]
+
+
+def _covers(geometry: Geometry, count: int, what: str) -> None:
+    if geometry.threads < count:
+        raise LaunchError(f"{geometry} launches {geometry.threads} threads for {count} {what}")
+
+
+def gather_rows(g: Geometry, data, indices, out, rows, cols, step):
+    idx = _need("indices", indices, rows, np.int64)
+    if idx.min() < 0 or (idx.max() + 1) * cols > data.size:
+        raise LaunchError(f"gather index out of range: [{idx.min()}, {idx.max()}] for "
+                          f"{data.size // cols} rows")
+    _need("out", out, rows * cols).reshape(rows, cols)[...] = data.reshape(-1, cols)[idx]
+    if step is not None:
+        _need("step", step, 1, np.uint32)[0] += 1
+
+
+def bias_relu(g: Geometry, a, bias, rows, cols):
+    view = _need("a", a, rows * cols).reshape(rows, cols)
+    view += _need("bias", bias, cols)
+    np.maximum(view, 0, out=view, where=~np.isnan(view))  # NaN stays NaN, as in the kernel
+
+
+def reparameterize_kl(g: Geometry, heads, head_bias, eps, generate, seed, step, z, stdev, kl,
+                      rows, latent):
+    _covers(g, rows, "rows")
+    hv = _need("heads", heads, rows * 2 * latent).reshape(rows, 2 * latent)
+    hv += _need("head_bias", head_bias, 2 * latent)
+    noise = _need("eps", eps, rows * latent).reshape(rows, latent)
+    if generate:
+        from .philox import normal_noise
+
+        step_now = int(_need("step", step, 1, np.uint32)[0])
+        noise[...] = normal_noise(int(seed), step_now, rows, latent)
+    mu, logvar = hv[:, :latent], hv[:, latent:]
+    s = np.exp(np.float32(0.5) * logvar)
+    _need("stdev", stdev, rows * latent).reshape(rows, latent)[...] = s
+    _need("z", z, rows * latent).reshape(rows, latent)[...] = mu + s * noise
+    _need("kl", kl, rows)[...] = np.float32(-0.5) * np.sum(1 + logvar - mu * mu - s * s, axis=1,
+                                                           dtype=np.float32)
+
+
+def sigmoid_bce(g: Geometry, logits, out_bias, x, inv_batch, dlogits, bce, cols):
+    if g.block != (launch.ROW_THREADS, 1, 1):
+        raise LaunchError(f"sigmoid_bce needs blocks of exactly {launch.ROW_THREADS} threads")
+    rows = g.grid[0]  # one block per row: the grid *is* the batch size
+    lv = _need("logits", logits, rows * cols).reshape(rows, cols)
+    lv += _need("out_bias", out_bias, cols)
+    t = _need("x", x, rows * cols).reshape(rows, cols)
+    e = np.exp(-np.abs(lv))
+    sig = np.where(lv >= 0, 1 / (1 + e), e / (1 + e))
+    _need("dlogits", dlogits, rows * cols).reshape(rows, cols)[...] = (sig - t) * inv_batch
+    per_pixel = np.maximum(lv, 0) - lv * t + np.log1p(e)
+    _need("bce", bce, rows)[...] = per_pixel.sum(axis=1, dtype=np.float32)
+
+
+def _column_geometry(g: Geometry, cols: int) -> None:
+    if g.block != (launch.COL_TILE, launch.ROW_GROUPS, 1):
+        raise LaunchError(f"column sums need blocks of ({launch.COL_TILE}, {launch.ROW_GROUPS})")
+    _covers(Geometry(g.grid, (launch.COL_TILE, 1, 1)), cols, "columns")
+
+
+def relu_backward_bias_grad(g: Geometry, grad, act, bias_grad, rows, cols):
+    _column_geometry(g, cols)
+    gv = _need("grad", grad, rows * cols).reshape(rows, cols)
+    gv *= _need("act", act, rows * cols).reshape(rows, cols) > 0
+    _need("bias_grad", bias_grad, cols)[...] = gv.sum(axis=0, dtype=np.float32)
+
+
+def column_sum(g: Geometry, a, out, rows, cols):
+    _column_geometry(g, cols)
+    _need("out", out, cols)[...] = _need("a", a, rows * cols).reshape(rows, cols).sum(
+        axis=0, dtype=np.float32)
+
+
+def reparameterize_kl_backward(g: Geometry, heads, eps, stdev, dz, beta_over_batch, dheads,
+                               rows, latent):
+    hv = _need("heads", heads, rows * 2 * latent).reshape(rows, 2 * latent)
+    s = _need("stdev", stdev, rows * latent).reshape(rows, latent)
+    dzv = _need("dz", dz, rows * latent).reshape(rows, latent)
+    e = _need("eps", eps, rows * latent).reshape(rows, latent)
+    out = _need("dheads", dheads, rows * 2 * latent).reshape(rows, 2 * latent)
+    out[:, :latent] = dzv + beta_over_batch * hv[:, :latent]
+    out[:, latent:] = np.float32(0.5) * (dzv * e * s + beta_over_batch * (s * s - 1))
+
+
+_TINY = np.float32(1.17549435e-38)
+
+
+def adam(g: Geometry, params, grads, m, v, n, lr, beta1, beta2, eps, step):
+    t = float(_need("step", step, 1, np.uint32)[0])
+    neg_step_size = np.float32(-lr / (1.0 - beta1**t))
+    c2 = np.float32(np.sqrt(1.0 - beta2**t))
+    p, gr = _need("params", params, n), _need("grads", grads, n)
+    mv, vv = _need("m", m, n), _need("v", v, n)
+    mv += np.float32(1.0 - beta1) * (gr - mv)
+    vv[...] = np.float32(beta2) * vv + np.float32(1.0 - beta2) * gr * gr
+    mv[np.abs(mv) < _TINY] = 0
+    vv[vv < _TINY] = 0
+    p += neg_step_size * (mv / (np.sqrt(vv) / c2 + eps))
+
+
+def batch_loss(g: Geometry, bce, kl, rows, beta, out):
+    if g.grid != (1, 1, 1):
+        raise LaunchError("batch_loss sums the batch in one block")
+    r = _need("bce", bce, rows).sum(dtype=np.float64)
+    k = _need("kl", kl, rows).sum(dtype=np.float64)
+    _need("out", out, 3, np.float64)[...] = (r / rows, k / rows, (r + beta * k) / rows)
+
+
+def empty_kernel(g: Geometry):
+    pass
+
+
+KERNELS = {f.__name__: f for f in (
+    gather_rows, bias_relu, reparameterize_kl, sigmoid_bce, relu_backward_bias_grad,
+    column_sum, reparameterize_kl_backward, adam, batch_loss, empty_kernel)}

@@ -1,0 +1,232 @@
+// The fused kernels of the CuPy backend: everything in a VAE training step except the GEMMs
+// (cuBLAS does those). Each kernel is one pass over its memory; each reduction runs in a fixed
+// order (no floating-point atomics), so the same seed gives bitwise-identical losses run to run.
+//
+// Matrices are row-major float32; "rows" is the batch. Block sizes are compile-time constants
+// set by the launcher (kernels/cupy_gpu/launch.py passes them as -D options), so the launcher
+// and the kernels cannot disagree about them. Launch geometry per kernel is documented there.
+#include "device_math.cuh"
+
+#if !defined(ROW_THREADS) || !defined(COL_TILE) || !defined(ROW_GROUPS) || !defined(LOSS_THREADS)
+#error "compile with the launcher's -D options (kernels/cupy_gpu/launch.py: COMPILE_DEFINES)"
+#endif
+
+#define GRID_STRIDE(i, n)                                                                  \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);          \
+         i += (long long)gridDim.x * blockDim.x)
+
+// The step's first kernel: copies the batch's images out of the device-resident data set and
+// advances the device-side step counter that Adam's bias correction and the noise generator
+// read later in the step (folded in here to save a launch in a latency-bound graph). A null
+// step pointer leaves the counter alone (gathers outside training).
+extern "C" __global__ void gather_rows(const float* __restrict__ data,
+                                       const long long* __restrict__ indices,
+                                       float* __restrict__ out, int rows, int cols,
+                                       unsigned int* __restrict__ step) {
+    if (step != 0 && blockIdx.x == 0 && threadIdx.x == 0) *step += 1u;
+    GRID_STRIDE(i, (long long)rows * cols) {
+        long long r = i / cols, c = i - r * cols;
+        out[i] = data[indices[r] * cols + c];
+    }
+}
+
+// a = relu(a + bias) in place: the epilogue of a hidden layer's GEMM. NaN stays NaN (a
+// comparison, not fmaxf, which would turn it into 0 and hide it from the NaN check).
+extern "C" __global__ void bias_relu(float* __restrict__ a, const float* __restrict__ bias,
+                                     int rows, int cols) {
+    GRID_STRIDE(i, (long long)rows * cols) {
+        float v = a[i] + bias[i % cols];
+        a[i] = v < 0.0f ? 0.0f : v;
+    }
+}
+
+// heads = [mu | logvar] (rows, 2 latent) from the packed heads GEMM; adds the heads' bias in
+// place, then per row: z = mu + exp(logvar / 2) eps, std kept for backward, and
+// kl = -1/2 sum(1 + logvar - mu^2 - exp(logvar)). One thread per row (latent <= a few
+// hundred), so the row's KL is summed in column order. With generate != 0 the noise is
+// drawn here by Philox from (seed, *step, row, column) and written to eps for backward;
+// otherwise eps is read (given noise: the agreement gate).
+extern "C" __global__ void reparameterize_kl(float* __restrict__ heads,
+                                             const float* __restrict__ head_bias,
+                                             float* __restrict__ eps, int generate,
+                                             unsigned long long seed,
+                                             const unsigned int* __restrict__ step,
+                                             float* __restrict__ z, float* __restrict__ stdev,
+                                             float* __restrict__ kl, int rows, int latent) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows) return;
+    float* mu = heads + (long long)r * 2 * latent;
+    float* logvar = mu + latent;
+    long long base = (long long)r * latent;
+    unsigned int step_now = generate ? *step : 0u;
+    float total = 0.0f;
+    for (int j0 = 0; j0 < latent; j0 += 4) {
+        float noise[4];
+        if (generate) normal4(seed, step_now, (unsigned int)r, (unsigned int)(j0 / 4), noise);
+        for (int k = 0; k < 4 && j0 + k < latent; ++k) {
+            int j = j0 + k;
+            float m = mu[j] + head_bias[j];
+            float lv = logvar[j] + head_bias[latent + j];
+            mu[j] = m;
+            logvar[j] = lv;
+            float e;
+            if (generate) {
+                e = noise[k];
+                eps[base + j] = e;
+            } else {
+                e = eps[base + j];
+            }
+            float s = expf(0.5f * lv);
+            stdev[base + j] = s;
+            z[base + j] = m + s * e;
+            total += 1.0f + lv - m * m - s * s;
+        }
+    }
+    kl[r] = -0.5f * total;
+}
+
+// Per image (one block per row): adds the output bias to the logits in place, then the
+// sigmoid + BCE-with-logits of every pixel, d loss / d logits = (sigmoid - x) / batch, and the
+// image's summed BCE, reduced in shared memory in a fixed tree order.
+extern "C" __global__ void sigmoid_bce(float* __restrict__ logits,
+                                       const float* __restrict__ out_bias,
+                                       const float* __restrict__ x, float inv_batch,
+                                       float* __restrict__ dlogits, float* __restrict__ bce,
+                                       int cols) {
+    __shared__ float partial[ROW_THREADS];
+    long long row = (long long)blockIdx.x * cols;
+    float total = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += ROW_THREADS) {
+        float l = logits[row + c] + out_bias[c];
+        logits[row + c] = l;
+        float grad;
+        total += bce_with_logits(l, x[row + c], &grad);
+        dlogits[row + c] = grad * inv_batch;
+    }
+    partial[threadIdx.x] = total;
+    __syncthreads();
+    for (int half = ROW_THREADS / 2; half > 0; half >>= 1) {
+        if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) bce[blockIdx.x] = partial[0];
+}
+
+// Column sums over the batch (a bias gradient), optionally fused with ReLU's backward:
+// grad *= (act > 0) in place, from the layer's output. Block (COL_TILE, ROW_GROUPS): thread
+// (x, y) sums rows y, y + ROW_GROUPS, ... of column x in order, then row y = 0 adds the
+// ROW_GROUPS partial sums in order: a fixed summation order for any launch.
+template <bool RELU>
+__device__ __forceinline__ void column_sum_rows(float* __restrict__ grad,
+                                                const float* __restrict__ act,
+                                                float* __restrict__ out, int rows, int cols) {
+    __shared__ float partial[ROW_GROUPS][COL_TILE + 1];  // +1: no shared-memory bank conflicts
+    int c = blockIdx.x * COL_TILE + threadIdx.x;
+    float total = 0.0f;
+    if (c < cols) {
+        for (int r = threadIdx.y; r < rows; r += ROW_GROUPS) {
+            long long i = (long long)r * cols + c;
+            float g = grad[i];
+            if (RELU) {
+                g = act[i] > 0.0f ? g : 0.0f;
+                grad[i] = g;
+            }
+            total += g;
+        }
+    }
+    partial[threadIdx.y][threadIdx.x] = total;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < cols) {
+        float sum = 0.0f;
+        for (int k = 0; k < ROW_GROUPS; ++k) sum += partial[k][threadIdx.x];
+        out[c] = sum;
+    }
+}
+
+extern "C" __global__ void relu_backward_bias_grad(float* __restrict__ grad,
+                                                   const float* __restrict__ act,
+                                                   float* __restrict__ bias_grad, int rows,
+                                                   int cols) {
+    column_sum_rows<true>(grad, act, bias_grad, rows, cols);
+}
+
+extern "C" __global__ void column_sum(const float* __restrict__ a, float* __restrict__ out,
+                                      int rows, int cols) {
+    // RELU=false never writes through the pointer: the cast only shares the template.
+    column_sum_rows<false>(const_cast<float*>(a), 0, out, rows, cols);
+}
+
+// d loss / d [mu | logvar] from the decoder's dz and the KL term, one pass over (rows, latent):
+//   dmu = dz + beta/B mu,  dlogvar = dz eps std / 2 + beta/B (exp(logvar) - 1) / 2.
+extern "C" __global__ void reparameterize_kl_backward(const float* __restrict__ heads,
+                                                      const float* __restrict__ eps,
+                                                      const float* __restrict__ stdev,
+                                                      const float* __restrict__ dz,
+                                                      float beta_over_batch,
+                                                      float* __restrict__ dheads, int rows,
+                                                      int latent) {
+    GRID_STRIDE(i, (long long)rows * latent) {
+        long long r = i / latent, j = i - r * latent;
+        long long head = r * 2 * latent + j;
+        float s = stdev[i];
+        dheads[head] = dz[i] + beta_over_batch * heads[head];
+        dheads[head + latent] = 0.5f * (dz[i] * eps[i] * s + beta_over_batch * (s * s - 1.0f));
+    }
+}
+
+// PyTorch's Adam (default single-tensor form) over the whole flat parameter buffer in one
+// launch. The step number is read from device memory, so a captured graph stays correct when
+// replayed. Moments below the smallest normal float are flushed to zero, as in the Numba
+// backend (a dead unit's moment otherwise decays through denormals).
+extern "C" __global__ void adam(float* __restrict__ params, const float* __restrict__ grads,
+                                float* __restrict__ m, float* __restrict__ v, int n, double lr,
+                                double beta1, double beta2, float eps,
+                                const unsigned int* __restrict__ step) {
+    const float tiny = 1.17549435e-38f;
+    double t = (double)*step;
+    float neg_step_size = (float)(-lr / (1.0 - pow(beta1, t)));
+    float bias_correction2_sqrt = (float)sqrt(1.0 - pow(beta2, t));
+    float one_minus_b1 = (float)(1.0 - beta1), b2 = (float)beta2, one_minus_b2 = (float)(1.0 - beta2);
+    GRID_STRIDE(i, (long long)n) {
+        float g = grads[i];
+        float mi = m[i] + one_minus_b1 * (g - m[i]);  // torch's lerp(m, g, 1 - beta1)
+        float vi = b2 * v[i] + one_minus_b2 * g * g;
+        mi = fabsf(mi) >= tiny ? mi : 0.0f;
+        vi = vi >= tiny ? vi : 0.0f;
+        m[i] = mi;
+        v[i] = vi;
+        params[i] += neg_step_size * (mi / (sqrtf(vi) / bias_correction2_sqrt + eps));
+    }
+}
+
+// The batch's mean reconstruction, KL and loss (reconstruction + beta KL), summed in double
+// in a fixed order by one block: out = {reconstruction, kl, loss}.
+extern "C" __global__ void batch_loss(const float* __restrict__ bce, const float* __restrict__ kl,
+                                      int rows, double beta, double* __restrict__ out) {
+    __shared__ double rec[LOSS_THREADS];
+    __shared__ double div[LOSS_THREADS];
+    double r_sum = 0.0, k_sum = 0.0;
+    for (int i = threadIdx.x; i < rows; i += LOSS_THREADS) {
+        r_sum += (double)bce[i];
+        k_sum += (double)kl[i];
+    }
+    rec[threadIdx.x] = r_sum;
+    div[threadIdx.x] = k_sum;
+    __syncthreads();
+    for (int half = LOSS_THREADS / 2; half > 0; half >>= 1) {
+        if (threadIdx.x < half) {
+            rec[threadIdx.x] += rec[threadIdx.x + half];
+            div[threadIdx.x] += div[threadIdx.x + half];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        out[0] = rec[0] / rows;
+        out[1] = div[0] / rows;
+        out[2] = (rec[0] + beta * div[0]) / rows;
+    }
+}
+
+// Nothing at all: a graph of these measures what one graph node costs, the floor under a
+// replayed step of N kernels (the harness reports it beside the step time).
+extern "C" __global__ void empty_kernel() {}

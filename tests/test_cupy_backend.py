@@ -1,0 +1,358 @@
+"""The CuPy GPU backend, checked on the CPU: the launcher's contract with the CUDA source
+(kernel names, parameters, argument types), the GEMM translation to cuBLAS's column-major
+calls, launch geometry, the graph bookkeeping, and the whole step program run by the NumPy
+twins of the kernels through the same agreement gate as every backend. The tests marked
+``gpu`` run the real thing and skip, with the reason, where CuPy or a CUDA device is missing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.agreement import build_cases, check, expectation, read_fixture
+from kernels import create_backend
+from kernels.cupy_gpu import CupyBackend, cuda_availability, launch, program, twins
+from kernels.cupy_gpu.executors import KERNEL_NAMES, kernel_source
+from kernels.cupy_gpu.gemm import GemmShapeError, emulate, plan_gemm
+from kernels.cupy_gpu.philox import normal_noise
+from kernels.flat_layout import make_layout
+from vae_ref import VAEConfig, build_model, export_params
+
+FIXTURE = Path(__file__).parent / "fixtures" / "reference_z20.npz"
+CUDA = cuda_availability()
+gpu = pytest.mark.gpu
+needs_gpu = pytest.mark.skipif(not CUDA.available, reason=CUDA.reason or "")
+
+
+def emulated(**options) -> CupyBackend:
+    return CupyBackend(executor="numpy", **options)
+
+
+def loaded(config: VAEConfig, **options) -> CupyBackend:
+    backend = emulated(**options)
+    backend.load(config, export_params(build_model(config)))
+    return backend
+
+
+# -- the launcher's contract with vae_kernels.cu ------------------------------------------------
+
+C_SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
+POINTER_DTYPES = {"float": np.float32, "long long": np.int64, "unsigned int": np.uint32,
+                  "double": np.float64}
+
+
+def c_kernels() -> dict[str, list[tuple[str, str, bool]]]:
+    """name -> [(C type without const/restrict, parameter name, is pointer)]"""
+    kernels = {}
+    for name, params in C_SIGNATURE.findall(kernel_source()):
+        parsed = []
+        for param in filter(None, (p.strip() for p in params.split(","))):
+            words = param.replace("*", " * ").replace("const", " ").replace("__restrict__", " ")
+            *type_words, pname = words.split()
+            pointer = "*" in type_words
+            parsed.append((" ".join(w for w in type_words if w != "*"), pname, pointer))
+        kernels[name] = parsed
+    return kernels
+
+
+def test_the_source_defines_exactly_the_kernels_the_launcher_knows():
+    assert sorted(c_kernels()) == sorted(KERNEL_NAMES)
+
+
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_each_twin_takes_the_kernels_parameters_in_order(name):
+    twin_params = list(inspect.signature(twins.KERNELS[name]).parameters)[1:]  # after geometry
+    assert twin_params == [pname for _, pname, _ in c_kernels()[name]]
+
+
+def all_programs(config: VAEConfig, batch: int):
+    layout = make_layout(config, align=64)
+    return {
+        "train (noise drawn)": program.train_step_ops(config, layout, batch, generate_noise=True),
+        "train (noise given)": program.train_step_ops(config, layout, batch, generate_noise=False),
+        "forward+backward": program.forward_ops(config, layout, batch)
+        + program.backward_ops(config, layout, batch),
+    }
+
+
+@pytest.mark.parametrize("latent", [2, 20, 50])
+def test_every_launch_passes_arguments_of_the_declared_c_types(latent):
+    """A RawKernel passes a Python float as a C double and an int64 as 8 bytes: an argument of
+    the wrong type shifts every later one. Every launch is checked against the C signature,
+    pointers against the element type of the buffer they name."""
+    config = VAEConfig(latent_dim=latent)
+    backend = loaded(config)
+    batch = 48
+    buffers = backend._buffers(batch)
+    buffers["data"] = np.zeros((10, 784), np.float32)
+    signatures = c_kernels()
+    for label, ops in all_programs(config, batch).items():
+        for op in program.launches(ops):
+            declared = signatures[op.kernel]
+            assert len(op.args) == len(declared), (label, op.kernel)
+            for arg, (ctype, pname, pointer) in zip(op.args, declared):
+                where = f"{label}: {op.kernel}({pname})"
+                if pointer:
+                    assert isinstance(arg, program.Buf | program.Null), where
+                    if isinstance(arg, program.Buf):
+                        assert buffers[arg.name].dtype == POINTER_DTYPES[ctype], where
+                else:
+                    assert isinstance(arg, program.Scalar) and arg.ctype == ctype, where
+
+
+def test_a_step_is_23_launches_of_which_11_are_gemms():
+    backend = loaded(VAEConfig(latent_dim=20))
+    assert backend.kernels_per_step(128) == {"fused kernels": 12, "gemms": 11}
+
+
+# -- GEMMs: row-major products as column-major cuBLAS calls -------------------------------------
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_planned_gemm_computes_the_row_major_product(trans_a, trans_b, rng):
+    m, k, n = 5, 7, 3
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    c = np.zeros((m, n), np.float32)
+    call = plan_gemm("c", "a", "b", {"a": a.shape, "b": b.shape, "c": c.shape},
+                     trans_a=trans_a, trans_b=trans_b)
+    emulate(call, {"a": a, "b": b}[call.a], {"a": a, "b": b}[call.b], c)
+    expected = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    np.testing.assert_allclose(c, expected, rtol=1e-5, atol=1e-6)
+    assert call.flops == 2 * m * n * k
+
+
+def test_gemm_shape_mismatch_names_the_operands():
+    with pytest.raises(GemmShapeError, match=r"h \(4, 6\) = x \(4, 5\) @ w\^T \(6, 4\)"):
+        plan_gemm("h", "x", "w", {"x": (4, 5), "w": (6, 4), "h": (4, 6)}, trans_b=True)
+
+
+def test_the_steps_gemms_do_the_models_flops():
+    from bench.throughput import step_flops
+
+    config = VAEConfig(latent_dim=20)
+    ops = all_programs(config, 128)["train (noise drawn)"]
+    assert sum(call.flops for call in program.gemm_calls(ops)) == step_flops(config, 128)
+
+
+# -- launch geometry ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 128 * 784, 4096 * 784, 10**8])
+def test_elementwise_grids_are_never_empty_and_capped(n):
+    g = launch.elementwise(n)
+    assert 1 <= g.grid[0] <= launch.MAX_ELEMENTWISE_BLOCKS
+    assert g.threads >= min(n, launch.MAX_ELEMENTWISE_BLOCKS * launch.ELEMENTWISE_THREADS)
+
+
+@pytest.mark.parametrize("cols", [1, 31, 32, 33, 512, 784])
+def test_column_tiles_cover_every_column(cols):
+    g = launch.column_tiles(cols)
+    assert g.grid[0] * launch.COL_TILE >= cols > (g.grid[0] - 1) * launch.COL_TILE
+    assert g.block == (launch.COL_TILE, launch.ROW_GROUPS, 1)
+
+
+def test_geometry_rejects_nonsense_sizes():
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="positive integer"):
+            launch.elementwise(bad)
+
+
+def test_block_sizes_reach_the_compiler_as_defines():
+    for name, value in launch.COMPILE_DEFINES.items():
+        assert f"-D{name}={value}" in launch.COMPILE_OPTIONS
+    assert launch.ROW_THREADS & (launch.ROW_THREADS - 1) == 0  # tree reductions
+    assert launch.LOSS_THREADS & (launch.LOSS_THREADS - 1) == 0
+
+
+def test_twins_catch_launches_that_would_be_wrong_on_the_gpu():
+    f = np.zeros(10, np.float32)
+    with pytest.raises(twins.LaunchError, match="launch touches 12"):
+        twins.bias_relu(launch.elementwise(12), f, np.zeros(4, np.float32), 3, 4)
+    with pytest.raises(twins.LaunchError, match="launches 128 threads for 200 rows"):
+        twins.reparameterize_kl(launch.one_thread_per_row(100), *[None] * 9, 200, 2)
+    with pytest.raises(twins.LaunchError, match="expects int64"):
+        twins.gather_rows(launch.elementwise(4), f, np.zeros(2, np.int32), f, 2, 2, None)
+
+
+# -- the whole program, run by the twins, through the agreement gate ----------------------------
+
+@pytest.mark.parametrize("graph", [True, False])
+def test_emulated_step_matches_the_committed_fixture(graph):
+    backend = emulated(graph=graph)
+    for case, expected in read_fixture(FIXTURE):
+        results = check(backend, case, expected)
+        failed = [r.line() for r in results if not r.passed]
+        assert not failed
+
+
+def test_emulated_step_passes_every_gate_case_at_latent_2(mnist5k):
+    backend = emulated()
+    for case in build_cases(mnist5k.train_x[:256], 2, steps=4):
+        failed = [r.line() for r in check(backend, case, expectation(case)) if not r.passed]
+        assert not failed, case.name
+
+
+def test_graph_and_plain_paths_are_bitwise_identical(mnist5k):
+    config = VAEConfig(latent_dim=8)
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 1000, 64) for _ in range(3)]
+    losses, params = [], []
+    for graph in (True, False):
+        backend = loaded(config, graph=graph)
+        losses.append([backend.train_step(mnist5k.train_x[:1000], i) for i in batches])
+        params.append(backend.params())
+    assert losses[0] == losses[1]
+    for name in params[0]:
+        np.testing.assert_array_equal(params[0][name], params[1][name])
+
+
+def test_drawn_noise_is_philox_keyed_by_seed_and_device_step(mnist5k):
+    config = VAEConfig(latent_dim=6, seed=7)
+    backend = loaded(config)
+    data = mnist5k.train_x[:500]
+    for step in (1, 2, 3):
+        backend.train_step(data, np.arange(32))
+        eps = backend.executor.download(backend._buffers(32)["eps"])
+        np.testing.assert_array_equal(eps, normal_noise(7, step, 32, 6))
+    assert int(backend.executor.download(backend.flat["step"])[0]) == 3
+
+
+def test_one_capture_per_batch_size_and_noise_mode(mnist5k):
+    backend = loaded(VAEConfig(latent_dim=4))
+    data = mnist5k.train_x[:300]
+    for _ in range(3):
+        backend.train_step(data, np.arange(16))
+        backend.train_step(data, np.arange(16), np.zeros((16, 4), np.float32))
+        backend.train_step(data, np.arange(8))
+    assert backend.executor.captures == 3
+    # A new array of the same shape is copied into the resident buffer: graphs stay valid.
+    backend.train_step(data.copy(), np.arange(16))
+    assert backend.executor.captures == 3
+    # Another shape is a new device buffer at a new address: the graphs are captured again.
+    backend.train_step(data[:200], np.arange(16))
+    assert backend.executor.captures == 4
+
+
+def test_capturing_does_not_advance_the_state(mnist5k):
+    """The first step of each graph runs once plainly (outside the capture) on the real state
+    and restores it; the step counter and the parameters must show exactly one step."""
+    config = VAEConfig(latent_dim=4)
+    a, b = loaded(config, graph=True), loaded(config, graph=False)
+    for backend in (a, b):
+        backend.train_step(mnist5k.train_x[:100], np.arange(10))
+    assert int(a.executor.download(a.flat["step"])[0]) == 1
+    pa, pb = a.params(), b.params()
+    for name in pa:
+        np.testing.assert_array_equal(pa[name], pb[name])
+
+
+def test_want_loss_false_may_skip_the_loss(mnist5k):
+    backend = loaded(VAEConfig(latent_dim=4))
+    assert backend.train_step(mnist5k.train_x[:100], np.arange(10), want_loss=False) is None
+
+
+def test_evaluate_matches_the_reference(mnist5k):
+    import torch
+
+    from vae_ref.evaluate import evaluate_elbo
+
+    config = VAEConfig(latent_dim=5)
+    model = build_model(config)
+    backend = emulated()
+    backend.load(config, export_params(model))
+    x = mnist5k.test_x[:300]
+    ours = backend.evaluate(x, seed=3, batch_size=128)
+    with torch.no_grad():
+        ref = evaluate_elbo(model.eval(), x, seed=3, batch_size=128)
+    assert abs(ours.reconstruction - ref.reconstruction) < 1e-3 * abs(ref.reconstruction)
+    mu, logvar = backend.encode(x[:10])
+    assert mu.shape == logvar.shape == (10, 5)
+    assert backend.decode(mu).shape == (10, 784)
+
+
+def test_bad_input_is_refused_before_any_kernel_runs(mnist5k):
+    backend = loaded(VAEConfig(latent_dim=4))
+    data = mnist5k.train_x[:50]
+    with pytest.raises(IndexError, match=r"lie in \[0, 50\)"):
+        backend.train_step(data, np.array([0, 50]))
+    with pytest.raises(ValueError, match="1-D integer"):
+        backend.train_step(data, np.array([0.5, 1.0]))
+    with pytest.raises(ValueError, match=r"eps must have shape \(2, 4\)"):
+        backend.train_step(data, np.array([0, 1]), np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match=r"\(N, 784\)"):
+        backend.forward_backward(np.zeros((3, 10), np.float32), np.zeros((3, 4), np.float32))
+
+
+def test_the_emulator_has_no_tf32():
+    with pytest.raises(ValueError, match="TF32"):
+        loaded(VAEConfig(latent_dim=4), tf32=True)
+
+
+# -- without a GPU: listed, unavailable, with the reason ---------------------------------------
+
+@pytest.mark.parametrize("name", ["cupy", "cupy-nograph", "cupy-tf32"])
+def test_cupy_backends_say_why_they_are_unavailable(name):
+    backend = create_backend(name)
+    status = backend.availability()
+    if CUDA.available:
+        assert status.available
+    else:
+        assert not status.available and ("CuPy" in status.reason or "CUDA" in status.reason)
+        from kernels.base import BackendUnavailable
+
+        with pytest.raises(BackendUnavailable, match=name):
+            config = VAEConfig(latent_dim=4)
+            backend.load(config, export_params(build_model(config)))
+
+
+# -- on a GPU --------------------------------------------------------------------------------
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("name", ["cupy", "cupy-nograph"])
+def test_gpu_step_matches_the_committed_fixture(name):
+    backend = create_backend(name)
+    for case, expected in read_fixture(FIXTURE):
+        failed = [r.line() for r in check(backend, case, expected) if not r.passed]
+        assert not failed
+
+
+@gpu
+@needs_gpu
+def test_gpu_losses_are_bitwise_reproducible_and_graph_equals_plain(mnist5k):
+    config = VAEConfig(latent_dim=20)
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 1000, 128) for _ in range(20)]
+    runs = []
+    for name in ("cupy", "cupy", "cupy-nograph"):
+        backend = create_backend(name)
+        backend.load(config, export_params(build_model(config)))
+        runs.append([backend.train_step(mnist5k.train_x[:1000], i) for i in batches])
+    assert runs[0] == runs[1] == runs[2]
+
+
+@gpu
+@needs_gpu
+def test_gpu_tf32_runs_and_stays_close(mnist5k):
+    config = VAEConfig(latent_dim=20)
+    params = export_params(build_model(config))
+    losses = []
+    for name in ("cupy", "cupy-tf32"):
+        backend = create_backend(name)
+        backend.load(config, params)
+        losses.append(backend.train_step(mnist5k.train_x[:1000], np.arange(128)).loss)
+    assert abs(losses[0] - losses[1]) < 1e-2 * abs(losses[0])
+
+
+@gpu
+@needs_gpu
+def test_gpu_launch_floor_is_measured():
+    backend = create_backend("cupy")
+    backend.load(VAEConfig(latent_dim=20), export_params(build_model(VAEConfig(latent_dim=20))))
+    floor = backend.launch_floor(128)
+    assert floor["nodes"] == 23 and 0 < floor["seconds_per_node"] < 1e-4
