@@ -25,8 +25,14 @@ def install_project(session: nox.Session, extras: str = "") -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Correctness tests on the CPU (what CI runs). Extra arguments go to pytest."""
+    """Correctness tests on the CPU (what CI runs), after nvcc compile-checks every CUDA
+    source (``python -m kernels.cupy_gpu.nvcc_check``; skipped with a note where nvcc is
+    missing). Extra arguments go to pytest."""
     install_project(session, "[test]")
+    # No GPU here, so no test runs the kernels: compiling them is what catches a broken .cu.
+    # Run on its own (not only inside pytest) so the compiler's warnings and per-kernel
+    # register and shared-memory use show in the CI log.
+    session.run("python", "-m", "kernels.cupy_gpu.nvcc_check", "--allow-missing")
     session.run("pytest", *session.posargs)
 
 

@@ -1,0 +1,90 @@
+"""The CUDA compile check (kernels/cupy_gpu/nvcc_check.py): its command line, and, where nvcc
+is installed, that the kernels compile for sm_80 and sm_90 and that a broken kernel fails."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kernels.cupy_gpu.launch import COMPILE_OPTIONS, KERNEL_SOURCE, SOURCE_DIR
+from kernels.cupy_gpu.nvcc_check import REPO_ROOT, check, find_sources, main, nvcc_command
+
+ARCHS = ("sm_80", "sm_90")
+NVCC = shutil.which("nvcc")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not installed (CUDA toolkit)")
+
+
+def declared_kernels(source: Path) -> list[str]:
+    return re.findall(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(', source.read_text())
+
+
+def test_command_has_both_gencodes_the_launch_options_and_werror(tmp_path):
+    command = nvcc_command(KERNEL_SOURCE, ARCHS, tmp_path / "k.o")
+    joined = " ".join(command)
+    assert "-gencode arch=compute_80,code=sm_80" in joined
+    assert "-gencode arch=compute_90,code=sm_90" in joined
+    for option in COMPILE_OPTIONS:
+        assert option in command
+    assert any(option.startswith("-D") for option in COMPILE_OPTIONS)
+    assert "-Werror all-warnings" in joined
+    assert "--resource-usage" in command
+    assert command[-4:] == ["-c", "-o", str(tmp_path / "k.o"), str(KERNEL_SOURCE)]
+
+
+def test_command_rejects_a_malformed_architecture():
+    with pytest.raises(ValueError, match="sm_80"):
+        nvcc_command(KERNEL_SOURCE, ("80",))
+
+
+def test_find_sources_finds_the_cupy_kernels():
+    sources = find_sources(REPO_ROOT)
+    assert KERNEL_SOURCE in sources
+    assert sources == sorted(sources)
+    assert all(source.suffix == ".cu" for source in sources)
+
+
+def test_missing_nvcc_is_an_error_unless_allowed(capsys):
+    assert main(["--nvcc", "/nonexistent/nvcc"]) == 2
+    assert main(["--nvcc", "/nonexistent/nvcc", "--allow-missing"]) == 0
+    assert "nvcc not found" in capsys.readouterr().out
+
+
+@needs_nvcc
+def test_every_source_compiles_and_ptxas_reports_every_kernel():
+    sources = find_sources(REPO_ROOT)
+    for result in check(sources, NVCC, ARCHS):
+        assert result.returncode == 0, result.output
+        expected = declared_kernels(result.source)
+        assert expected, f"no extern \"C\" __global__ kernels parsed in {result.source}"
+        reported = result.kernels()
+        for arch in ARCHS:
+            missing = set(expected) - set(reported.get(arch, {}))
+            assert not missing, f"{arch}: ptxas did not compile {sorted(missing)}"
+
+
+@needs_nvcc
+def test_a_type_error_in_a_kernel_fails_the_check(tmp_path, capsys):
+    broken = tmp_path / KERNEL_SOURCE.name
+    shutil.copy(SOURCE_DIR / "device_math.cuh", tmp_path)
+    broken.write_text(KERNEL_SOURCE.read_text()
+                      + '\nextern "C" __global__ void broken(float* out) { int* p = out; }\n')
+
+    [result] = check([broken], NVCC, ARCHS)
+    assert result.returncode != 0
+    assert "error" in result.output
+    assert 'a value of type "float *" cannot be used to initialize' in result.output
+
+    assert main(["--nvcc", NVCC, str(broken)]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+@needs_nvcc
+def test_compiling_without_the_launch_defines_hits_the_error_directive(tmp_path):
+    # The check's own command minus the -D options: the source must refuse to build.
+    command = [option for option in nvcc_command(KERNEL_SOURCE, ARCHS, tmp_path / "k.o", NVCC)
+               if not option.startswith("-D")]
+    done = subprocess.run(command, check=False, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "compile with the launcher's -D options" in done.stdout + done.stderr
