@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--steps", type=_positive_int, default=50, help="steps per window")
     prof.add_argument("--threads", type=_positive_int,
                       help="threads for every backend (default: all cores)")
+    prof.add_argument("--backend-noise", action="store_true",
+                      help="each backend draws its own noise (on a GPU: inside the step) "
+                      "instead of receiving it from the host")
     prof.set_defaults(handler=cmd_profile)
 
     runp = commands.add_parser(
@@ -143,14 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(failed backends are not timed unless --force), interleaved throughput per batch "
         "size, and the ELBO after training. Writes results.csv, curves.csv, env.json, "
         "summary.md and plots to a run directory; --resume continues an interrupted run.")
-    runp.add_argument("--profile", choices=["quick", "full"], default="quick",
+    runp.add_argument("--profile", choices=["quick", "full", "gpu"], default="quick",
                       help="quick: mnist-5k, 5 epochs (minutes); full: the report's 50 epochs "
-                      "on full Fashion-MNIST")
-    runp.add_argument("--backends", nargs="+", default=list(BACKENDS), metavar="NAME")
+                      "on full Fashion-MNIST; gpu: the CUDA backends, batch 128 to 4096")
+    runp.add_argument("--backends", nargs="+", metavar="NAME",
+                      help="default: the profile's, or every registered backend")
     runp.add_argument("--latents", type=_positive_int, nargs="+", default=[2, 10, 20, 50],
                       metavar="Z")
-    runp.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[128],
-                      metavar="B", help="throughput batch sizes; the first also trains")
+    runp.add_argument("--batch-sizes", type=_positive_int, nargs="+", metavar="B",
+                      help="throughput batch sizes; the first also trains (default: the "
+                      "profile's, or 128)")
     runp.add_argument("--dataset", choices=DATASETS, help="override the profile's dataset")
     runp.add_argument("--data-dir", type=Path)
     runp.add_argument("--epochs", type=_positive_int, help="override the profile's epochs")
@@ -294,7 +299,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from vae_ref import VAEConfig
     from vae_ref.data import load_dataset
 
-    from .throughput import gemm_peak, measure, report
+    from .throughput import device_peaks, measure, report
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -315,9 +320,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
           f"{torch.get_num_threads()}; warming up {', '.join(b.name for b in backends)} ...",
           flush=True)
     results = measure(backends, config, data.train_x, batch=args.batch_size,
-                      repeats=args.repeats, steps=args.steps)
-    peak, source = gemm_peak()
-    print(report(results, config, args.batch_size, peak, source))
+                      repeats=args.repeats, steps=args.steps, backend_noise=args.backend_noise)
+    peaks = device_peaks({b.device for b in backends})
+    print(report(results, config, args.batch_size, peaks))
     from .provenance import collect
 
     record = collect(dataset=data.describe())
@@ -337,14 +342,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = dict(PROFILES[args.profile])
-    for name in ("dataset", "epochs", "repeats", "steps", "iwae_k"):
+    from kernels import BACKENDS, create_backend
+
+    settings = {"backends": tuple(BACKENDS), "batch_sizes": (128,), **PROFILES[args.profile]}
+    for name in ("dataset", "epochs", "repeats", "steps", "iwae_k", "backends", "batch_sizes"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
-    spec = RunSpec(backends=tuple(args.backends), latents=tuple(args.latents),
-                   batch_sizes=tuple(args.batch_sizes), seed=args.seed, threads=args.threads,
+    settings["backends"] = tuple(settings["backends"])
+    settings["batch_sizes"] = tuple(settings["batch_sizes"])
+    spec = RunSpec(latents=tuple(args.latents), seed=args.seed, threads=args.threads,
                    force=args.force, **settings)
-    from kernels import create_backend
 
     for name in spec.backends:
         create_backend(name)  # an unknown name fails here, before any work

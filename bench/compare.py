@@ -3,10 +3,11 @@ agreeing with the reference? Exit status 1 on a regression beyond the gate, 0 ot
 2 on unusable input.
 
 Throughput is compared as each backend's speed-up over PyTorch eager *measured in the same
-run* (the ratio the harness's interleaving makes trustworthy), not as raw samples/s: two runs
-of the same code minutes apart on this 2-core VM moved raw medians by up to 26% (every backend
-at one latent size at once), while same-run speed-ups moved far less. The torch rows, the
-yardstick, are therefore not gated unless --absolute. Default gates: a 25% drop in speed-up;
+run* on the same device (``bench.baselines``: torch on the CPU, torch-cuda on a GPU), the
+ratio the harness's interleaving makes trustworthy, not as raw samples/s: two runs of the same
+code minutes apart on this 2-core VM moved raw medians by up to 26% (every backend at one
+latent size at once), while same-run speed-ups moved far less. The yardstick rows are
+therefore not gated unless --absolute. Default gates: a 25% drop in speed-up;
 an ELBO drop of more than 1 nat (the same seed reproduces the ELBO exactly on one machine,
 and seeds differ by up to 1.6 nats SD at z = 2). Tighten both on quiet machines.
 """
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .run import RESULT_COLUMNS
+from . import baselines
+from .run import ADDED_COLUMNS, RESULT_COLUMNS
 
 KEYS = ["backend", "latent_dim", "batch_size"]
 DEFAULT_FAIL_THROUGHPUT = 0.25
@@ -51,6 +53,10 @@ def load_results(path: Path) -> pd.DataFrame:
         table = pd.read_csv(csv)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise CompareError(f"{csv}: not a readable results table ({error})") from None
+    absent = [c for c in ADDED_COLUMNS if c not in table]
+    if absent and set(table.columns) | set(absent) == set(RESULT_COLUMNS):
+        # A table written before these columns existed: fill in what it implies.
+        table = table.assign(**{c: ADDED_COLUMNS[c] for c in absent})[list(RESULT_COLUMNS)]
     if tuple(table.columns) != RESULT_COLUMNS:
         missing = [c for c in RESULT_COLUMNS if c not in table.columns]
         extra = [c for c in table.columns if c not in RESULT_COLUMNS]
@@ -66,24 +72,17 @@ class Comparison:
     regressions: list[str]
 
 
-def _speedup(table: pd.DataFrame) -> pd.Series:
-    """samples/s over the same run's torch eager at the same latent size and batch size."""
-    base = table[table.backend == "torch"].set_index(["latent_dim", "batch_size"]).samples_per_s
-    keys = pd.MultiIndex.from_frame(table[["latent_dim", "batch_size"]])
-    return pd.Series(table.samples_per_s.values / base.reindex(keys).values, index=table.index)
-
-
 def compare(old: pd.DataFrame, new: pd.DataFrame, *, fail_throughput: float,
             fail_elbo: float, absolute: bool = False) -> Comparison:
-    old = old.assign(speedup=_speedup(old))
-    new = new.assign(speedup=_speedup(new))
+    old = old.assign(speedup=baselines.speedup(old))
+    new = new.assign(speedup=baselines.speedup(new))
     merged = old.merge(new, on=KEYS, how="outer", suffixes=("_old", "_new"),
                        indicator="presence")
     merged["raw_ratio"] = merged.samples_per_s_new / merged.samples_per_s_old
     relative = merged.speedup_new / merged.speedup_old
-    # Gate on the same-run speed-up where both runs have the torch yardstick.
+    # Gate on the same-run speed-up where both runs have the eager PyTorch yardstick.
     merged["throughput_ratio"] = merged.raw_ratio if absolute else relative.where(
-        relative.notna() & (merged.backend != "torch"))
+        relative.notna() & ~baselines.is_baseline(merged))
     merged["elbo_change"] = merged.final_test_elbo_new - merged.final_test_elbo_old
     regressions = []
     for r in merged.itertuples():
@@ -91,7 +90,7 @@ def compare(old: pd.DataFrame, new: pd.DataFrame, *, fail_throughput: float,
         if r.presence != "both":
             continue
         if not math.isnan(r.throughput_ratio) and r.throughput_ratio < 1 - fail_throughput:
-            what = "samples/s" if absolute else "speed-up over torch eager"
+            what = "samples/s" if absolute else "speed-up over PyTorch eager"
             regressions.append(f"{key}: {what} {r.throughput_ratio:.2f}x of before "
                                f"(gate: {1 - fail_throughput:.2f}x)")
         if not math.isnan(r.elbo_change) and r.elbo_change < -fail_elbo:

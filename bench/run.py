@@ -25,16 +25,21 @@ from vae_ref.train import fixed_test_set
 
 from . import provenance
 from .agreement import build_cases, check, expectation
-from .throughput import gemm_peak, measure, step_flops
+from .throughput import device_peaks, measure, step_flops
 from .training import train_backend
 
 RESULTS_SCHEMA = 1
 RESULT_COLUMNS = (
-    "backend", "latent_dim", "batch_size", "agreement", "worst_fraction", "samples_per_s",
-    "samples_per_s_min", "samples_per_s_max", "ms_per_step", "gflops", "pct_peak",
-    "warmup_s", "final_train_elbo", "average_train_elbo", "final_test_elbo", "test_iwae",
+    "backend", "device", "latent_dim", "batch_size", "agreement", "worst_fraction",
+    "samples_per_s", "samples_per_s_min", "samples_per_s_max", "ms_per_step", "gflops",
+    "pct_peak", "launch_floor_ms", "warmup_s", "final_train_elbo", "average_train_elbo",
+    "final_test_elbo", "test_iwae",
     "iwae_k", "epochs", "dataset", "seed", "note",
 )
+
+
+# Columns added after tables were first committed, with the value older tables imply.
+ADDED_COLUMNS = {"device": "cpu", "launch_floor_ms": math.nan}
 
 
 class RunError(RuntimeError):
@@ -58,6 +63,7 @@ class RunSpec:
     seed: int = 0
     threads: int | None = None
     force: bool = False  # time and train backends that failed the gate anyway
+    backend_noise: bool = False  # timed steps draw their own noise (on a GPU: in the step)
 
     def __post_init__(self) -> None:
         if not self.backends or not self.latents or not self.batch_sizes:
@@ -70,6 +76,14 @@ PROFILES = {
     # The report's setting: 50 epochs on the full dataset, the literature's k where affordable.
     "full": dict(dataset="fashion-mnist", epochs=50, repeats=9, steps=50, gate_steps=50,
                  iwae_k=1000),
+    # A GPU machine: the fused CUDA backend beside PyTorch on CUDA, batch 128 to 4096. Noise
+    # is drawn on the device (no host-to-device copy of it per step), windows are long
+    # enough for sub-millisecond steps, and the data set is the embedded digits (it travels).
+    "gpu": dict(dataset="mnist-5k", epochs=20, repeats=9, steps=200, gate_steps=50,
+                iwae_k=100, backend_noise=True,
+                backends=("torch-cuda", "torch-cuda-compile", "cupy", "cupy-nograph",
+                          "cupy-tf32"),
+                batch_sizes=(128, 256, 512, 1024, 2048, 4096)),
 }
 
 
@@ -99,20 +113,46 @@ def default_out_dir(root: Path = Path("results")) -> Path:
 
 def environment(data: Dataset, spec: RunSpec) -> dict:
     """env.json: what the numbers depend on besides the code (compared when merging)."""
-    peak, source = gemm_peak()
+    backends = [create_backend(name) for name in spec.backends]
+    peaks = device_peaks({"cpu"} | {b.device for b in backends if b.availability().available})
     record = provenance.collect(dataset=data.describe())
-    record |= {"gemm_peak_gflops": peak, "gemm_peak_source": source,
-               "spec": asdict(spec), "results_schema": RESULTS_SCHEMA}
+    peak, source = peaks["cpu"]
+    record |= {"gemm_peak_gflops": peak, "gemm_peak_source": source}
+    if "cuda" in peaks:
+        record |= {"gpu_gemm_peak_gflops": peaks["cuda"][0],
+                   "gpu_gemm_peak_source": peaks["cuda"][1], "gpu": _gpu_name()}
+    record |= {"spec": asdict(spec), "results_schema": RESULTS_SCHEMA}
     return record
 
 
-def run_latent(spec: RunSpec, data: Dataset, latent: int, peak: float,
+def _gpu_name() -> str:
+    try:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:  # no CuPy: ask torch
+        import torch
+
+        return torch.cuda.get_device_name()
+
+
+def peaks_of(env: dict) -> dict[str, float]:
+    """GFLOP/s peak per device recorded in env.json."""
+    peaks = {"cpu": env["gemm_peak_gflops"]}
+    if "gpu_gemm_peak_gflops" in env:
+        peaks["cuda"] = env["gpu_gemm_peak_gflops"]
+    return peaks
+
+
+def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float],
                log: Callable[[str], None], progress: bool) -> dict:
     """Everything for one latent size: gate, throughput per batch size, ELBO. Returns the
     cell record: its rows (one per backend x batch size) and its per-epoch curves."""
     backends = [create_backend(name, threads=spec.threads) for name in spec.backends]
-    base = {b.name: dict(backend=b.name, latent_dim=latent, dataset=data.name,
-                         seed=spec.seed, note="") for b in backends}
+    base = {b.name: dict(backend=b.name, device=b.device, latent_dim=latent,
+                         dataset=data.name, seed=spec.seed, note="") for b in backends}
 
     # 1. Availability and 2. the agreement gate (the oracle is computed once, shared).
     cases = build_cases(data.train_x[:1024], latent, seed=spec.seed, steps=spec.gate_steps)
@@ -147,7 +187,7 @@ def run_latent(spec: RunSpec, data: Dataset, latent: int, peak: float,
             log(f"z={latent}, batch {batch}: timing {', '.join(b.name for b in timed)}")
             for m in measure(timed, replace(flops_config, batch_size=batch), data.train_x,
                              batch=batch, repeats=spec.repeats, steps=spec.steps,
-                             seed=spec.seed):
+                             seed=spec.seed, backend_noise=spec.backend_noise):
                 measured[m.backend] = m
         for backend in backends:
             row = dict(base[backend.name], batch_size=batch)
@@ -158,8 +198,9 @@ def run_latent(spec: RunSpec, data: Dataset, latent: int, peak: float,
                 row |= {"samples_per_s": batch / ms * 1e3,
                         "samples_per_s_min": batch / max(m.ms_per_step) * 1e3,
                         "samples_per_s_max": batch / min(m.ms_per_step) * 1e3,
-                        "ms_per_step": ms, "gflops": gflops, "pct_peak": 100 * gflops / peak,
-                        "warmup_s": m.warmup_seconds}
+                        "ms_per_step": ms, "gflops": gflops,
+                        "pct_peak": 100 * gflops / peaks.get(m.device, math.nan),
+                        "launch_floor_ms": m.floor_ms, "warmup_s": m.warmup_seconds}
             rows.append(row)
 
     # 4. ELBO: train each timed backend at the first batch size.
@@ -209,14 +250,16 @@ def run(spec: RunSpec, data: Dataset, out: Path, *, shard: tuple[int, int] | Non
         env["shard"] = list(shard) if shard else None
         atomic_write_text(env_path, json.dumps(env, indent=1))
     log(f"dataset: {data.describe()}")
-    log(f"device: CPU {env['cpu']}, GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s; "
+    gpu = (f"; GPU {env['gpu']}, GEMM peak {env['gpu_gemm_peak_gflops']:.0f} GFLOP/s"
+           if "gpu" in env else "")
+    log(f"device: CPU {env['cpu']}, GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s{gpu}; "
         f"results: {out}")
     for latent in shard_latents(spec.latents, shard):
         path = _cell_path(out, latent)
         if path.exists():
             log(f"z={latent}: already done in {out}, skipping")
             continue
-        cell = run_latent(spec, data, latent, env["gemm_peak_gflops"], log, progress)
+        cell = run_latent(spec, data, latent, peaks_of(env), log, progress)
         atomic_write_text(path, json.dumps(cell, indent=1, allow_nan=True))
         write_outputs(out)  # after every cell: an interruption keeps every finished row
     return write_outputs(out)
@@ -250,7 +293,8 @@ def merge(parts: list[Path], out: Path, *, force: bool = False) -> pd.DataFrame:
         if not env_path.exists():
             raise RunError(f"{part} is not a run directory (no env.json)")
         envs.append(json.loads(env_path.read_text()))
-    keys = ("cpu", "logical_cpus", "torch_threads", "versions", "spec", "results_schema")
+    keys = ("cpu", "gpu", "logical_cpus", "torch_threads", "versions", "spec",
+            "results_schema")
     first = envs[0]
     for part, env in zip(parts[1:], envs[1:]):
         differing = [k for k in keys if env.get(k) != first.get(k)]

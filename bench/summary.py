@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from vae_ref.atomic import atomic_write_text
 
-from . import figures
+from . import baselines, figures
 from .provenance import as_markdown
 
 
@@ -26,8 +26,11 @@ def write_summary(out: Path, table: pd.DataFrame, env: dict) -> None:
         f"# vae-bench run — {spec['dataset']}",
         "",
         f"Dataset: {env['dataset']}. Device: CPU {env['cpu']} ({env['logical_cpus']} logical "
-        f"CPUs), GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s ({env['gemm_peak_source']}). "
-        f"{spec['epochs']} epochs, seed {spec['seed']}.",
+        f"CPUs), GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s ({env['gemm_peak_source']})"
+        + (f"; GPU {env['gpu']}, GEMM peak {env['gpu_gemm_peak_gflops']:,.0f} GFLOP/s "
+           f"({env['gpu_gemm_peak_source']})" if "gpu" in env else "")
+        + f". {spec['epochs']} epochs, seed {spec['seed']}."
+        + (" Timed steps draw their own noise." if spec.get("backend_noise") else ""),
         "",
         "## Agreement with the float64 reference",
         "",
@@ -40,20 +43,26 @@ def write_summary(out: Path, table: pd.DataFrame, env: dict) -> None:
         lines.append(f"| {r.backend} | {r.latent_dim} | {r.agreement} | "
                      f"{_fmt(r.worst_fraction, '.1%')} | {r.note if isinstance(r.note, str) else ''} |")
     lines += ["", "## Throughput (training samples/s, median of interleaved windows)", "",
-              "| backend | z | batch | samples/s | min–max | ms/step | GFLOP/s | % peak "
-              "| speed-up vs torch | warm-up s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in table.itertuples():
+              "Speed-up is over PyTorch eager on the same device in this run (torch on the CPU, "
+              "torch-cuda on a GPU); % peak is of that device's float32 GEMM peak; the launch "
+              "floor is kernels per step times the replay cost of one empty CUDA Graph node.",
+              "", "| backend | device | z | batch | samples/s | min–max | ms/step | GFLOP/s "
+              "| % peak | speed-up vs eager | launch floor ms (x) | warm-up s |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    speedups = baselines.speedup(table)
+    devices = baselines.devices(table)
+    for r, speedup, device in zip(table.itertuples(), speedups, devices):
         if not isinstance(r.samples_per_s, float) or math.isnan(r.samples_per_s):
             continue
-        base = table[(table.backend == "torch") & (table.latent_dim == r.latent_dim)
-                     & (table.batch_size == r.batch_size)].samples_per_s
-        speedup = (f"{r.samples_per_s / base.iloc[0]:.2f}x"
-                   if len(base) and base.iloc[0] > 0 else "—")
+        floor = getattr(r, "launch_floor_ms", math.nan)
+        floor_text = (f"{floor:.3f} ({r.ms_per_step / floor:.1f}x)"
+                      if isinstance(floor, float) and floor == floor else "—")
         lines.append(
-            f"| {r.backend} | {r.latent_dim} | {r.batch_size} | {r.samples_per_s:,.0f} | "
-            f"{r.samples_per_s_min:,.0f}–{r.samples_per_s_max:,.0f} | {r.ms_per_step:.3f} | "
-            f"{r.gflops:.1f} | {r.pct_peak:.1f}% | {speedup} | {r.warmup_s:.2f} |")
+            f"| {r.backend} | {device} | {r.latent_dim} | {r.batch_size} | "
+            f"{r.samples_per_s:,.0f} | {r.samples_per_s_min:,.0f}–{r.samples_per_s_max:,.0f} | "
+            f"{r.ms_per_step:.3f} | {r.gflops:.1f} | {r.pct_peak:.1f}% | "
+            f"{_fmt(speedup, '.2f')}{'x' if speedup == speedup else ''} | {floor_text} | "
+            f"{r.warmup_s:.2f} |")
     lines += ["", f"## ELBO by latent size and backend (batch {first_batch}; nats per image)",
               "", "| backend | z | final train ELBO | average train ELBO | final test ELBO "
               "| test log p(x) (k) |", "|---|---:|---:|---:|---:|---:|"]
@@ -84,18 +93,16 @@ def write_plots(out: Path, table: pd.DataFrame, curves: pd.DataFrame) -> None:
         ax.legend()
         figures.save(fig, out / "throughput.png")
 
-        base = timed[timed.backend == "torch"].set_index(["latent_dim", "batch_size"])
-        if len(base):
+        timed = timed.assign(speedup=baselines.speedup(timed))
+        if timed.speedup.notna().any():
             fig = Figure(figsize=(7.5, 4.5))
             ax = fig.add_subplot()
             for i, (backend, rows) in enumerate(timed.groupby("backend", sort=False)):
-                rows = rows.set_index(["latent_dim", "batch_size"])
-                ratio = (rows.samples_per_s / base.samples_per_s).dropna()
-                ratio = ratio.groupby(level="latent_dim").median()
+                ratio = rows.dropna(subset=["speedup"]).groupby("latent_dim").speedup.median()
                 ax.plot(ratio.index, ratio.values, marker="o", label=backend, color=f"C{i}")
             ax.axhline(1.0, color="grey", linewidth=0.8)
             ax.set_xlabel("latent size z")
-            ax.set_ylabel("speed-up over PyTorch eager")
+            ax.set_ylabel("speed-up over PyTorch eager (same device)")
             ax.set_title("Speed-up by latent size")
             ax.grid(alpha=0.3)
             ax.legend()

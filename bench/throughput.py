@@ -38,85 +38,170 @@ def gemm_peak(size: int = 2048, repeats: int = 5) -> tuple[float, str]:
     return best[name], f"{size}x{size} float32 GEMM via {name}"
 
 
+def gpu_gemm_peak(size: int = 8192, repeats: int = 10) -> tuple[float, str] | None:
+    """Best GFLOP/s of a large float32 GEMM on the current CUDA device (TF32 off, as the
+    backends' default), timed with CUDA events; None where no GPU can be used."""
+    from kernels.cupy_gpu import cuda_availability
+
+    if cuda_availability().available:
+        import cupy
+
+        a = cupy.random.default_rng(0).standard_normal((size, size), dtype=cupy.float32)
+        out = cupy.empty_like(a)
+
+        def run():
+            cupy.matmul(a, a, out=out)
+
+        def sync():
+            cupy.cuda.get_current_stream().synchronize()
+
+        source = "CuPy (cuBLAS)"
+    else:
+        try:
+            import torch
+        except ImportError:  # pragma: no cover
+            return None
+        if not torch.cuda.is_available():
+            return None
+        torch.backends.cuda.matmul.allow_tf32 = False
+        a = torch.randn(size, size, device="cuda")
+        out = torch.empty_like(a)
+
+        def run():
+            torch.mm(a, a, out=out)
+
+        sync = torch.cuda.synchronize
+        source = "torch (cuBLAS)"
+    run()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9, f"{size}x{size} float32 GEMM via {source}, TF32 off"
+
+
+def device_peaks(devices) -> dict[str, tuple[float, str]]:
+    """The GEMM peak of each device in ``devices`` ("cpu", "cuda") that can be measured here."""
+    peaks = {}
+    if "cpu" in devices:
+        peaks["cpu"] = gemm_peak()
+    if "cuda" in devices:
+        gpu = gpu_gemm_peak()
+        if gpu is not None:
+            peaks["cuda"] = gpu
+    return peaks
+
+
 @dataclass
 class Measurement:
     backend: str
     description: str
     warmup_seconds: float  # load + first steps: JIT / torch.compile / cache load
+    device: str = "cpu"
     ms_per_step: list[float] = field(default_factory=list)  # one per timed window
     settings: dict = field(default_factory=dict)
     stages: dict[str, float] = field(default_factory=dict)  # ms per step, if the backend tells
+    launch_floor: dict[str, float] = field(default_factory=dict)  # GPU: nodes x node cost
 
     @property
     def median_ms(self) -> float:
         return float(np.median(self.ms_per_step))
 
+    @property
+    def floor_ms(self) -> float:
+        return self.launch_floor.get("floor_seconds", float("nan")) * 1e3
+
 
 def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, batch: int,
             repeats: int = 7, steps: int = 50, warmup_steps: int = 20,
-            settle_seconds: float = 0.3, seed: int = 0) -> list[Measurement]:
+            settle_seconds: float = 0.3, seed: int = 0,
+            backend_noise: bool = False) -> list[Measurement]:
     """Time ``steps`` training steps per window, ``repeats`` windows per backend, interleaved.
 
     Each window starts with ``settle_seconds`` of untimed steps: the previous backend's thread
     pool (OpenBLAS's and OpenMP's workers busy-wait for a while after their last job) must go
-    idle before the clock starts, or each backend is charged for its predecessor's spin."""
+    idle before the clock starts, or each backend is charged for its predecessor's spin. A
+    window ends when the backend's device has finished (``synchronize``); steps inside it do
+    not wait for their losses. With ``backend_noise`` each backend draws its own noise (on
+    the GPU: inside the step) instead of receiving it from the host."""
     rng = np.random.default_rng(seed)
     params = export_params(build_model(config))
+
+    def noise():
+        return None if backend_noise else rng.standard_normal((batch, config.latent_dim),
+                                                             dtype=np.float32)
+
     results = []
     for backend in backends:
         start = time.perf_counter()
         backend.load(config, params)
         for _ in range(warmup_steps):
-            backend.train_step(data, rng.integers(0, len(data), batch),
-                               rng.standard_normal((batch, config.latent_dim), dtype=np.float32))
+            backend.train_step(data, rng.integers(0, len(data), batch), noise())
         backend.synchronize()
         results.append(Measurement(backend.name, backend.description,
-                                   time.perf_counter() - start, settings=backend.settings()))
+                                   time.perf_counter() - start, device=backend.device,
+                                   settings=backend.settings()))
     for _ in range(repeats):
         for backend, result in zip(backends, results):
             # Inputs are drawn before the clock starts: the window times the steps alone.
-            windows = [(rng.integers(0, len(data), batch),
-                        rng.standard_normal((batch, config.latent_dim), dtype=np.float32))
-                       for _ in range(steps)]
+            windows = [(rng.integers(0, len(data), batch), noise()) for _ in range(steps)]
             settle_until = time.perf_counter() + settle_seconds
             while time.perf_counter() < settle_until:
-                backend.train_step(data, *windows[0])
+                backend.train_step(data, *windows[0], want_loss=False)
             backend.synchronize()
             start = time.perf_counter()
             for indices, eps in windows:
-                backend.train_step(data, indices, eps)
+                backend.train_step(data, indices, eps, want_loss=False)
             backend.synchronize()
             result.ms_per_step.append((time.perf_counter() - start) / steps * 1e3)
     for backend, result in zip(backends, results):
         stage_times = getattr(backend, "stage_times", None)
         if stage_times is not None:
             result.stages = {k: v * 1e3 for k, v in stage_times(data, batch).items()}
+        launch_floor = getattr(backend, "launch_floor", None)
+        if launch_floor is not None:
+            result.launch_floor = launch_floor(batch)
     return results
 
 
-def report(results: list[Measurement], config: VAEConfig, batch: int, peak: float,
-           peak_source: str) -> str:
-    """The throughput table and per-backend breakdowns, as text."""
+def report(results: list[Measurement], config: VAEConfig, batch: int,
+           peaks: dict[str, tuple[float, str]]) -> str:
+    """The throughput table and per-backend breakdowns, as text. ``peaks`` maps a device to
+    its GEMM peak (GFLOP/s, how measured); speed-ups are over PyTorch eager on the same
+    device (``bench.baselines``)."""
+    from .baselines import BASELINE
+
     flops = step_flops(config, batch)
-    baseline = next((r.median_ms for r in results if r.backend == "torch"), None)
-    lines = [
-        f"step: batch {batch}, z {config.latent_dim}: {flops / 1e6:.0f} MFLOP in 11 GEMMs; "
-        f"GEMM peak {peak:.0f} GFLOP/s ({peak_source})",
-        f"{'backend':<18} {'warm-up s':>9} {'ms/step':>8} {'min-max':>13} {'samples/s':>10} "
-        f"{'GFLOP/s':>8} {'% peak':>7} {'vs torch':>8}",
-    ]
+    lines = [f"step: batch {batch}, z {config.latent_dim}: {flops / 1e6:.0f} MFLOP in 11 GEMMs"]
+    lines += [f"{device} GEMM peak {peak:.0f} GFLOP/s ({source})"
+              for device, (peak, source) in peaks.items()]
+    lines.append(f"{'backend':<18} {'device':>6} {'warm-up s':>9} {'ms/step':>8} {'min-max':>13} "
+                 f"{'samples/s':>10} {'GFLOP/s':>8} {'% peak':>7} {'vs eager':>8}")
     for r in results:
         ms = r.median_ms
         gflops = flops / (ms / 1e3) / 1e9
+        baseline = next((b.median_ms for b in results
+                         if b.backend == BASELINE.get(r.device) and b.device == r.device), None)
         speedup = f"{baseline / ms:7.2f}x" if baseline else "       -"
+        peak = peaks.get(r.device, (float("nan"), ""))[0]
         lines.append(
-            f"{r.backend:<18} {r.warmup_seconds:9.2f} {ms:8.3f} "
+            f"{r.backend:<18} {r.device:>6} {r.warmup_seconds:9.2f} {ms:8.3f} "
             f"{min(r.ms_per_step):6.2f}-{max(r.ms_per_step):<6.2f} {batch / ms * 1e3:10.0f} "
             f"{gflops:8.1f} {gflops / peak:7.1%} {speedup}")
     for r in results:
         if r.settings.get("compile_seconds") is not None:
             lines.append(f"{r.backend}: JIT compile or on-disk cache load "
                          f"{r.settings['compile_seconds']:.2f} s (inside its warm-up)")
+    for r in results:
+        if r.launch_floor:
+            f = r.launch_floor
+            lines.append(
+                f"{r.backend}: launch-latency floor {r.floor_ms:.3f} ms = {int(f['nodes'])} "
+                f"kernels x {f['seconds_per_node'] * 1e6:.2f} us per empty graph node; its step "
+                f"is {r.median_ms / r.floor_ms:.2f}x the floor")
     for r in results:
         if r.stages:
             parts = ", ".join(f"{k} {v:.3f} ms" for k, v in r.stages.items())

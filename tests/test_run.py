@@ -2,7 +2,9 @@
 exit status on identical runs, injected regressions and malformed input."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -43,7 +45,7 @@ def test_run_writes_every_promised_output(full_run):
     env = json.loads((out / "env.json").read_text())
     assert env["gemm_peak_gflops"] > 0 and env["spec"]["latents"] == [2, 3]
     summary = (out / "summary.md").read_text()
-    assert "speed-up vs torch" in summary and "| numba | 2 | pass |" in summary
+    assert "speed-up vs eager" in summary and "| numba | 2 | pass |" in summary
 
 
 def test_rerun_needs_resume_and_then_skips_finished_cells(full_run, mnist5k):
@@ -88,7 +90,7 @@ def test_unavailable_backend_is_listed_with_its_reason(tmp_path, mnist5k, monkey
     from kernels.base import Availability
 
     class Absent:
-        name, description = "absent", "a backend this machine lacks"
+        name, description, device = "absent", "a backend this machine lacks", "cpu"
 
         def availability(self):
             return Availability(False, "no such device here")
@@ -111,7 +113,7 @@ def test_compare_exit_status(full_run, tmp_path, capsys):
     assert main(["compare", str(out), str(tmp_path / "slower.csv")]) == 1
     printed = capsys.readouterr().out
     assert "REGRESSION" in printed
-    assert "numba z=2 batch=64: speed-up over torch eager 0.50x" in printed
+    assert "numba z=2 batch=64: speed-up over PyTorch eager 0.50x" in printed
     # Within a looser gate the same change passes.
     assert main(["compare", str(out), str(tmp_path / "slower.csv"),
                  "--fail-throughput", "60%"]) == 0
@@ -146,3 +148,23 @@ def test_compare_refuses_unusable_input_with_status_2(full_run, tmp_path, capsys
         bad.write_text(content)
     assert main(["compare", str(out), str(bad)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_speedups_are_over_eager_pytorch_on_the_same_device():
+    from bench import baselines
+
+    table = pd.DataFrame({
+        "backend": ["torch", "numba", "torch-cuda", "cupy", "cupy"],
+        "device": ["cpu", "cpu", "cuda", "cuda", "cuda"],
+        "latent_dim": [20, 20, 20, 20, 50], "batch_size": [128] * 5,
+        "samples_per_s": [1000.0, 1700.0, 20000.0, 200000.0, 1.0]})
+    speedup = baselines.speedup(table).tolist()
+    assert speedup[:4] == [1.0, 1.7, 1.0, 10.0] and np.isnan(speedup[4])  # no z=50 yardstick
+    # Tables written before the device column are CPU runs.
+    assert baselines.speedup(table.drop(columns="device")).tolist()[:2] == [1.0, 1.7]
+
+
+def test_compare_reads_tables_written_before_the_gpu_columns(capsys):
+    committed = Path(__file__).parents[1] / "results" / "run-full-mnist-5k"
+    assert main(["compare", str(committed), str(committed)]) == 0
+    assert "no regression" in capsys.readouterr().out

@@ -24,8 +24,8 @@ def test_measure_interleaves_windows_and_reports_every_backend(mnist5k):
         assert r.warmup_seconds > 0
     numba = results[1]
     assert set(numba.stages) == {"step", "gemms", "fused kernels", "adam", "gather"}
-    text = report(results, VAEConfig(latent_dim=4), 32, peak=100.0, peak_source="test")
-    assert "vs torch" in text and "numba breakdown" in text and "1.00x" in text
+    text = report(results, VAEConfig(latent_dim=4), 32, {"cpu": (100.0, "test")})
+    assert "vs eager" in text and "numba breakdown" in text and "1.00x" in text
 
 
 def test_profile_command_lists_an_unknown_backend_error(capsys):
@@ -37,7 +37,7 @@ def test_profile_command_lists_an_unknown_backend_error(capsys):
 
 @pytest.mark.parametrize("batch", [1, 37])
 def test_numba_handles_tiny_and_odd_batches(mnist5k, batch):
-    from bench.agreement import expectation, check, Case
+    from bench.agreement import Case, check, expectation
     from vae_ref import build_model, export_params
 
     config = VAEConfig(latent_dim=3, batch_size=batch)
@@ -48,3 +48,17 @@ def test_numba_handles_tiny_and_odd_batches(mnist5k, batch):
     bad = [r.line() for r in check(create_backend("numba"), case, expectation(case))
            if not r.passed]
     assert not bad, bad
+
+
+def test_measure_lets_backends_draw_their_own_noise(mnist5k):
+    """backend_noise: each backend draws its noise (a GPU backend inside its step); the GPU
+    backend's step program runs here through its NumPy twins."""
+    from kernels.cupy_gpu import CupyBackend
+
+    backends = [create_backend("numba"), CupyBackend(executor="numpy")]
+    results = measure(backends, VAEConfig(latent_dim=4), mnist5k.train_x[:256], batch=16,
+                      repeats=2, steps=2, warmup_steps=1, settle_seconds=0.0,
+                      backend_noise=True)
+    assert [r.device for r in results] == ["cpu", "cpu"]
+    assert all(len(r.ms_per_step) == 2 for r in results)
+    assert int(backends[1].executor.download(backends[1].flat["step"])[0]) > 3
