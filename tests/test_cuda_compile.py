@@ -88,3 +88,37 @@ def test_compiling_without_the_launch_defines_hits_the_error_directive(tmp_path)
     done = subprocess.run(command, check=False, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode != 0
     assert "compile with the launcher's -D options" in done.stdout + done.stderr
+
+
+# -- NVRTC: the runtime compile, without a GPU ---------------------------------------------
+
+def _nvrtc_or_skip():
+    from kernels.cupy_gpu.nvrtc_check import find_nvrtc
+
+    library = find_nvrtc()
+    if library is None:
+        pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc, or a CUDA toolkit)")
+    return library
+
+
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+def test_nvrtc_compiles_the_runtime_source_cleanly(arch):
+    """The exact text and options CuPy's RawModule compiles on a GPU machine: no error, no
+    warning, and a PTX entry for every kernel the launcher knows."""
+    from kernels.cupy_gpu.executors import KERNEL_NAMES
+    from kernels.cupy_gpu.nvrtc_check import compile_with_nvrtc
+
+    result = compile_with_nvrtc(_nvrtc_or_skip(), arch)
+    assert result.ok, result.log
+    assert result.log == "", result.log
+    entries = set(re.findall(r"\.entry\s+(\w+)", result.ptx))
+    assert entries == set(KERNEL_NAMES)
+
+
+def test_nvrtc_reports_an_error_in_the_source():
+    from kernels.cupy_gpu.executors import kernel_source
+    from kernels.cupy_gpu.nvrtc_check import compile_with_nvrtc
+
+    broken = kernel_source().replace("float v = a[i] + bias[i % cols];", "float v = a[i] + ;")
+    result = compile_with_nvrtc(_nvrtc_or_skip(), "compute_80", broken)
+    assert not result.ok and "expected an expression" in result.log

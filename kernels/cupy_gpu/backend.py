@@ -212,10 +212,10 @@ class CupyBackend:
         graph = self._graphs.get(key)
         if graph is None:
             ex = self.executor
-            saved = {name: ex.xp.array(self.flat[name], copy=True) for name in self.flat}
+            saved = {name: ex.copy(array) for name, array in self.flat.items()}
             ex.run(ops, buffers)
             for name, array in saved.items():
-                self.flat[name][...] = array
+                ex.assign(self.flat[name], array)
             graph = ex.capture(ops, buffers)
             self._graphs[key] = graph
         return graph

@@ -31,7 +31,8 @@ def kernel_source() -> str:
     include = '#include "device_math.cuh"'
     if include not in source:
         raise RuntimeError(f"{KERNEL_SOURCE.name} no longer includes device_math.cuh")
-    return source.replace(include, header)
+    # '#pragma once' is for files that are included; pasted, it would be a warning.
+    return source.replace(include, header.replace("#pragma once", ""))
 
 
 def _resolve(arg, buffers: dict, null):
@@ -51,7 +52,6 @@ class NumpyExecutor:
     """Runs programs on the CPU with the twins; ``capture`` records, ``replay`` reruns."""
 
     name = "numpy"
-    xp = np
 
     def __init__(self, tf32: bool = False):
         if tf32:
@@ -70,6 +70,12 @@ class NumpyExecutor:
 
     def download(self, device: np.ndarray) -> np.ndarray:
         return np.array(device, copy=True)
+
+    def copy(self, device: np.ndarray) -> np.ndarray:
+        return device.copy()
+
+    def assign(self, device: np.ndarray, source: np.ndarray) -> None:
+        device[...] = source
 
     def run(self, ops: list[Op], buffers: dict) -> None:
         for op in ops:
@@ -108,7 +114,6 @@ class CudaExecutor:
         from cupy_backends.cuda.libs import cublas
 
         self.cp, self.cupyx, self.cublas = cupy, cupyx, cublas
-        self.xp = cupy
         self.tf32 = tf32
         self.stream = cupy.cuda.Stream(non_blocking=True)
         started = time.perf_counter()
@@ -172,6 +177,16 @@ class CudaExecutor:
         self.stream.synchronize()
         return device.get(stream=self.stream)
 
+    # Device-to-device work goes on the executor's stream too: it is non-blocking, so work on
+    # CuPy's default stream would not be ordered with the steps queued on it.
+    def copy(self, device):
+        with self.stream:
+            return device.copy()
+
+    def assign(self, device, source) -> None:
+        with self.stream:
+            device[...] = source
+
     def _gemm(self, call: GemmCall, buffers: dict) -> None:
         a, b, c = buffers[call.a], buffers[call.b], buffers[call.c]
         r32 = self.cp.cuda.runtime.CUDA_R_32F
@@ -203,7 +218,7 @@ class CudaExecutor:
         return graph
 
     def replay(self, graph) -> None:
-        graph.launch(self.stream)
+        graph.launch(stream=self.stream)
 
     def synchronize(self) -> None:
         self.stream.synchronize()
@@ -219,12 +234,12 @@ class CudaExecutor:
                     empty((1, 1, 1), (1, 1, 1), ())
             finally:
                 graph = self.stream.end_capture()
-        graph.launch(self.stream)
+        graph.launch(stream=self.stream)
         self.stream.synchronize()
         start, stop = self.cp.cuda.Event(), self.cp.cuda.Event()
         start.record(self.stream)
         for _ in range(repeats):
-            graph.launch(self.stream)
+            graph.launch(stream=self.stream)
         stop.record(self.stream)
         stop.synchronize()
         return self.cp.cuda.get_elapsed_time(start, stop) / 1e3 / (repeats * nodes)
