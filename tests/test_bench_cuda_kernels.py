@@ -1,0 +1,102 @@
+"""pytest-benchmark suite: each fused CUDA kernel of the CuPy backend, alone, on the buffers of
+a real training step (batch 128, z = 20), checked against its NumPy twin before it is timed.
+
+For launch k of the step program, every buffer is set to the state the twins leave after
+launches 0 .. k-1 (GEMMs included), then launch k runs on the device and in the twin, and
+every buffer is compared. That makes each benchmark also a kernel-level agreement test: on a
+first GPU, a wrong kernel is named here, not somewhere in a whole step. Without a GPU the same
+checks run with the twins on both sides (the harness checking itself), and nothing is timed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels.cupy_gpu import CupyBackend, cuda_availability, program
+from kernels.flat_layout import make_layout
+from vae_ref import VAEConfig, build_model, export_params
+
+CUDA = cuda_availability()
+CONFIG = VAEConfig(latent_dim=20)
+BATCH = 128
+OPS = program.train_step_ops(CONFIG, make_layout(CONFIG, align=64), BATCH, generate_noise=True)
+LAUNCHES = [i for i, op in enumerate(OPS) if isinstance(op, program.Launch)]
+
+
+def _loaded(executor: str) -> CupyBackend:
+    backend = CupyBackend(executor=executor)
+    backend.load(CONFIG, export_params(build_model(CONFIG)))
+    return backend
+
+
+@pytest.fixture(scope="module")
+def pair(mnist5k):
+    """(the backend under test, its NumPy twin), both loaded with the same weights and data,
+    the twin's Adam moments made non-trivial by a few steps."""
+    twin = _loaded("numpy")
+    device = _loaded("cuda") if CUDA.available else _loaded("numpy")
+    data = mnist5k.train_x[:1000]
+    rng = np.random.default_rng(0)
+    for backend in (twin, device):
+        backend._resident(data)
+    for _ in range(3):
+        twin.train_step(data, rng.integers(0, len(data), BATCH))
+    twin.executor.copy_in(twin._buffers(BATCH)["indices"],
+                          rng.integers(0, len(data), BATCH).astype(np.int64))
+    return device, twin
+
+
+def _state_before(twin: CupyBackend, index: int) -> dict[str, np.ndarray]:
+    """Host copies of every buffer after the twins ran OPS[:index] from the twin's state."""
+    buffers = twin._buffers(BATCH)
+    saved = {name: array.copy() for name, array in buffers.items()}
+    twin.executor.run(OPS[:index], buffers)
+    state = {name: array.copy() for name, array in buffers.items()}
+    for name, array in saved.items():  # leave the twin as it was for the next case
+        buffers[name][...] = array
+    return state
+
+
+def _owners(buffers: dict) -> dict[str, object]:
+    """Buffers that are not views of another (the flat buffers, workspaces, data): setting
+    these sets every view."""
+    return {name: array for name, array in buffers.items() if not name.startswith(("p:", "g:"))}
+
+
+@pytest.mark.parametrize("index", LAUNCHES, ids=[f"{i:02d}-{OPS[i].kernel}" for i in LAUNCHES])
+def test_fused_kernel(benchmark, pair, index):
+    device, twin = pair
+    op = OPS[index]
+    benchmark.group = f"cuda-kernel-{op.kernel}"
+    before = _state_before(twin, index)
+    device_buffers = device._buffers(BATCH)
+    for name, array in _owners(device_buffers).items():
+        device.executor.copy_in(array, before[name])
+    device.executor.run([op], device_buffers)
+    expected = {name: array.copy() for name, array in _owners(before).items()}
+    twin_buffers = {**expected, **_views(twin, expected)}
+    twin.executor.run([op], twin_buffers)
+    for name, want in expected.items():
+        got = device.executor.download(device_buffers[name])
+        scale = max(float(np.max(np.abs(want))), 1.0) if want.size else 1.0
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale,
+                                   err_msg=f"{op.kernel}: buffer {name}")
+
+    def launch():
+        device.executor.run([op], device_buffers)
+        device.synchronize()
+
+    if not CUDA.available:
+        pytest.skip(f"checked against its twin; not timed without a GPU ({CUDA.reason})")
+    benchmark(launch)
+
+
+def _views(twin: CupyBackend, owners: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The p:/g: tensor views into these copies of the flat buffers."""
+    views = {}
+    for name, (offset, shape) in program.tensor_views(twin.layout).items():
+        size = int(np.prod(shape))
+        views[f"p:{name}"] = owners["params"][offset : offset + size].reshape(shape)
+        views[f"g:{name}"] = owners["grads"][offset : offset + size].reshape(shape)
+    return views
