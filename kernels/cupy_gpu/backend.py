@@ -99,13 +99,15 @@ class CupyBackend:
         self._programs: dict[tuple, list] = {}
 
     def _buffers(self, batch: int) -> dict:
-        ws = self._workspaces.get(batch)
-        if ws is None:
+        """Every buffer a program of this batch size names. Built once per batch size (and
+        again after a new data set): a step's host overhead counts at small batch sizes."""
+        buffers = self._workspaces.get(batch)
+        if buffers is None:
             shapes = program.workspace_shapes(self.config, batch)
-            ws = {name: self.executor.zeros(shape, dtype)
-                  for name, (shape, dtype) in shapes.items()}
-            self._workspaces[batch] = ws
-        buffers = {**ws, **self._views, **self.flat}
+            buffers = {name: self.executor.zeros(shape, dtype)
+                       for name, (shape, dtype) in shapes.items()}
+            buffers |= {**self._views, **self.flat}
+            self._workspaces[batch] = buffers
         if self._data is not None:
             buffers["data"] = self._data
         return buffers
