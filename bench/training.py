@@ -3,7 +3,9 @@ interface: same initial weights, same shuffling and binarization streams, same p
 records, so an experiment's table can put a backend's ELBO beside the reference's.
 
 The reparameterization noise is each backend's own (seeded by config.seed), so runs match the
-reference's within the noise of seeds, not bit for bit.
+reference's within the noise of seeds, not bit for bit. A backend that can run a whole epoch
+itself (``train_epoch(data, order, batch_size)``: a GPU backend replaying its step from a
+device-side permutation) is given the epoch's order at once; the batches are the same.
 """
 
 from __future__ import annotations
@@ -44,22 +46,29 @@ def train_backend(
     bar = tqdm(total=config.epochs * steps_per_epoch, desc=f"{config.name} [{backend.name}]",
                unit="step", disable=not progress, leave=False,
                mininterval=0.1 if sys.stderr.isatty() else 15.0)
+    train_epoch = getattr(backend, "train_epoch", None)
+    if config.binarize:  # each batch is binarized afresh on the host
+        train_epoch = None
     try:
         for epoch in range(1, config.epochs + 1):
             order = shuffle_rng.permutation(n)
             sums = np.zeros(2)
             started = time.perf_counter()
-            for step in range(steps_per_epoch):
-                indices = order[step * config.batch_size : (step + 1) * config.batch_size]
-                if config.binarize:
-                    batch = binarize(train_x[indices], binarize_rng)
-                    result = backend.train_step(batch, np.arange(len(batch)))
-                else:
-                    result = backend.train_step(train_x, indices)
-                if not math.isfinite(result.loss):
-                    raise NonFiniteLossError(epoch, step, result.reconstruction, result.kl)
-                sums += [result.reconstruction * len(indices), result.kl * len(indices)]
-                bar.update()
+            if train_epoch is not None:
+                sums += _whole_epoch(train_epoch, train_x, order, config.batch_size, epoch)
+                bar.update(steps_per_epoch)
+            else:
+                for step in range(steps_per_epoch):
+                    indices = order[step * config.batch_size : (step + 1) * config.batch_size]
+                    if config.binarize:
+                        batch = binarize(train_x[indices], binarize_rng)
+                        result = backend.train_step(batch, np.arange(len(batch)))
+                    else:
+                        result = backend.train_step(train_x, indices)
+                    if not math.isfinite(result.loss):
+                        raise NonFiniteLossError(epoch, step, result.reconstruction, result.kl)
+                    sums += [result.reconstruction * len(indices), result.kl * len(indices)]
+                    bar.update()
             backend.synchronize()
             seconds = time.perf_counter() - started
             test = backend.evaluate(test_x, seed=config.seed)
@@ -76,3 +85,16 @@ def train_backend(
     model = build_model(config)
     import_params(model, backend.params())
     return TrainResult(config=config, model=model.eval(), history=history)
+
+
+def _whole_epoch(train_epoch, train_x: np.ndarray, order: np.ndarray, batch_size: int,
+                 epoch: int) -> np.ndarray:
+    """(reconstruction, KL) summed over the epoch's images, from a backend's own epoch loop;
+    a non-finite loss is reported at the step where it first appeared."""
+    losses = np.asarray(train_epoch(train_x, order, batch_size), dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(losses[:, 2]))
+    if bad.size:
+        step = int(bad[0])
+        raise NonFiniteLossError(epoch, step, float(losses[step, 0]), float(losses[step, 1]))
+    sizes = np.minimum(batch_size, len(order) - batch_size * np.arange(len(losses)))
+    return (losses[:, :2] * sizes[:, None]).sum(axis=0)

@@ -176,7 +176,7 @@ def test_twins_catch_launches_that_would_be_wrong_on_the_gpu():
     with pytest.raises(twins.LaunchError, match="launches 128 threads for 200 rows"):
         twins.reparameterize_kl(launch.one_thread_per_row(100), *[None] * 9, 200, 2)
     with pytest.raises(twins.LaunchError, match="expects int64"):
-        twins.gather_rows(launch.elementwise(4), f, np.zeros(2, np.int32), f, 2, 2, None)
+        twins.gather_rows(launch.elementwise(4), f, np.zeros(2, np.int32), None, 0, f, 2, 2, None)
 
 
 # -- the whole program, run by the twins, through the agreement gate ----------------------------
@@ -356,3 +356,64 @@ def test_gpu_launch_floor_is_measured():
     backend.load(VAEConfig(latent_dim=20), export_params(build_model(VAEConfig(latent_dim=20))))
     floor = backend.launch_floor(128)
     assert floor["nodes"] == 23 and 0 < floor["seconds_per_node"] < 1e-4
+
+
+# -- a whole epoch from a device-side permutation ------------------------------------------------
+
+@pytest.mark.parametrize("graph", [True, False])
+def test_an_epoch_on_the_device_equals_its_steps_one_by_one(mnist5k, graph):
+    """train_epoch (permutation uploaded once, a device batch cursor, one graph replayed) takes
+    the same batches, draws the same noise and reaches the same weights, bit for bit, as
+    train_step called per batch; the last, shorter batch included."""
+    config = VAEConfig(latent_dim=6)
+    data = mnist5k.train_x[:300]
+    order = np.random.default_rng(0).permutation(len(data))
+    by_epoch, by_step = loaded(config, graph=graph), loaded(config, graph=graph)
+    history = by_epoch.train_epoch(data, order, 64)
+    steps = [by_step.train_step(data, order[k : k + 64]) for k in range(0, len(order), 64)]
+    assert history.shape == (5, 3)  # 300 = 4 x 64 + 44
+    np.testing.assert_array_equal(history, np.array(steps))
+    for name, value in by_epoch.params().items():
+        np.testing.assert_array_equal(value, by_step.params()[name])
+    # A second epoch reuses the graphs and restarts the cursor.
+    captures = by_epoch.executor.captures
+    again = by_epoch.train_epoch(data, order[::-1].copy(), 64)
+    assert again.shape == (5, 3) and np.isfinite(again).all()
+    assert by_epoch.executor.captures == captures
+
+
+def test_epoch_input_is_checked(mnist5k):
+    backend = loaded(VAEConfig(latent_dim=4))
+    data = mnist5k.train_x[:50]
+    with pytest.raises(IndexError, match=r"order must index \[0, 50\)"):
+        backend.train_epoch(data, np.array([0, 50]), 8)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        backend.train_epoch(data, np.arange(10), 0)
+
+
+def test_training_through_the_harness_uses_the_device_epoch(mnist5k):
+    from bench.training import train_backend
+
+    config = VAEConfig(latent_dim=4, epochs=2, batch_size=100)
+    backend = emulated()
+    calls = []
+    original = backend.train_epoch
+    backend.train_epoch = lambda *a: calls.append(a[2]) or original(*a)
+    result = train_backend(backend, config, mnist5k.train_x[:250], mnist5k.test_x[:100],
+                           progress=False)
+    assert calls == [100, 100] and len(result.history) == 2
+    assert result.history[-1].train_elbo > result.history[0].train_elbo - 50
+
+
+@gpu
+@needs_gpu
+def test_gpu_epoch_equals_its_steps(mnist5k):
+    config = VAEConfig(latent_dim=20)
+    data = mnist5k.train_x[:1000]
+    order = np.random.default_rng(0).permutation(len(data))
+    by_epoch, by_step = create_backend("cupy"), create_backend("cupy")
+    for backend in (by_epoch, by_step):
+        backend.load(config, export_params(build_model(config)))
+    history = by_epoch.train_epoch(data, order, 128)
+    steps = [by_step.train_step(data, order[k : k + 128]) for k in range(0, len(order), 128)]
+    np.testing.assert_array_equal(history, np.array(steps))

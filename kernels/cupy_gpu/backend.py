@@ -93,7 +93,8 @@ class CupyBackend:
             self._views[f"p:{name}"] = self.flat["params"][offset : offset + size].reshape(shape)
             self._views[f"g:{name}"] = self.flat["grads"][offset : offset + size].reshape(shape)
         self._workspaces: dict[int, dict] = {}
-        self._graphs: dict[tuple[int, bool], object] = {}
+        self._epoch: dict[str, object] = {}  # order, cursor, history: train_epoch's buffers
+        self._graphs: dict[tuple, object] = {}
         self._data_host: np.ndarray | None = None  # the array whose copy is resident
         self._data = None
         self._programs: dict[tuple, list] = {}
@@ -110,15 +111,18 @@ class CupyBackend:
             self._workspaces[batch] = buffers
         if self._data is not None:
             buffers["data"] = self._data
+        buffers |= self._epoch
         return buffers
 
-    def _program(self, kind: str, batch: int, generate_noise: bool = False) -> list:
-        key = (kind, batch, generate_noise)
+    def _program(self, kind: str, batch: int, generate_noise: bool = False,
+                 epoch_stride: int | None = None) -> list:
+        key = (kind, batch, generate_noise, epoch_stride)
         ops = self._programs.get(key)
         if ops is None:
             c, lay = self.config, self.layout
             ops = {"train": lambda: program.train_step_ops(c, lay, batch,
-                                                           generate_noise=generate_noise),
+                                                           generate_noise=generate_noise,
+                                                           epoch_stride=epoch_stride),
                    "forward": lambda: program.forward_ops(c, lay, batch),
                    "forward_backward": lambda: (program.forward_ops(c, lay, batch)
                                                 + program.backward_ops(c, lay, batch)),
@@ -197,27 +201,73 @@ class CupyBackend:
         generate = eps is None
         if not generate:
             ex.copy_in(buffers["eps"], self._noise(b, eps))
-        ops = self._program("train", b, generate)
-        if self.graph:
-            ex.replay(self._graph(b, generate, ops, buffers))
-        else:
-            ex.run(ops, buffers)
+        self._step(b, generate, None)
         if not want_loss:
             return None
         return BatchLoss(*(float(v) for v in ex.download(buffers["loss"])))
 
-    def _graph(self, batch: int, generate: bool, ops: list, buffers: dict):
-        """The captured step for this batch size and noise mode, captured on first use after
-        one plain run of the same ops on a copy of the state (that run loads every kernel and
-        lets cuBLAS settle its choices outside the capture); the state is then restored."""
-        key = (batch, generate)
+    def train_epoch(self, data: np.ndarray, order: np.ndarray, batch_size: int) -> np.ndarray:
+        """One epoch: the batches order[0:B], order[B:2B], ... (the last may be shorter), each
+        one Adam step drawing its own noise. The permutation goes to the device once and every
+        step gathers its batch there (a device-side batch cursor), so the epoch is the same
+        graph replayed with no copy and no wait between steps. Returns each step's
+        (reconstruction, KL, loss), read once at the end."""
+        self._resident(data)
+        order = np.asarray(order)
+        if order.ndim != 1 or len(order) == 0 or not np.issubdtype(order.dtype, np.integer):
+            raise ValueError(f"order must be a non-empty 1-D integer array, got {order.dtype} "
+                             f"of shape {order.shape}")
+        if order.min() < 0 or order.max() >= len(data):
+            raise IndexError(f"order must index [0, {len(data)}), got "
+                             f"[{order.min()}, {order.max()}]")
+        if int(batch_size) != batch_size or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        full, rest = divmod(len(order), batch_size)
+        steps = full + (rest > 0)
+        self._epoch_buffers(len(order), steps)
+        ex = self.executor
+        ex.copy_in(self._epoch["order"], order.astype(np.int64, copy=False))
+        ex.copy_in(self._epoch["cursor"], np.zeros(1, np.uint32))
+        for _ in range(full):
+            self._step(batch_size, True, batch_size)
+        if rest:
+            self._step(rest, True, batch_size)
+        return ex.download(self._epoch["history"])
+
+    def _epoch_buffers(self, n: int, steps: int) -> None:
+        """The permutation, batch cursor and loss history on the device; new ones (so new
+        graphs, which hold their addresses) only when the epoch's shape changes."""
+        current = self._epoch.get("order")
+        if current is not None and current.shape == (n,) and \
+                self._epoch["history"].shape == (steps, 3):
+            return
+        ex = self.executor
+        self._epoch = {"order": ex.zeros(n, np.int64), "cursor": ex.zeros(1, np.uint32),
+                       "history": ex.zeros((steps, 3), np.float64)}
+        self._graphs.clear()
+
+    def _step(self, batch: int, generate: bool, epoch_stride: int | None) -> None:
+        """Run one training step program: replay its graph, or launch it op by op."""
+        ops = self._program("train", batch, generate, epoch_stride)
+        buffers = self._buffers(batch)
+        if self.graph:
+            self.executor.replay(self._graph((batch, generate, epoch_stride), ops, buffers))
+        else:
+            self.executor.run(ops, buffers)
+
+    def _graph(self, key: tuple, ops: list, buffers: dict):
+        """The captured step for this key (batch size, noise mode, epoch stride), captured on
+        first use after one plain run of the same ops on a copy of the state (that run loads
+        every kernel and lets cuBLAS settle its choices outside the capture); the state is
+        then restored."""
         graph = self._graphs.get(key)
         if graph is None:
             ex = self.executor
-            saved = {name: ex.copy(array) for name, array in self.flat.items()}
+            state = {**self.flat, **self._epoch}  # everything a step writes that persists
+            saved = {name: ex.copy(array) for name, array in state.items()}
             ex.run(ops, buffers)
             for name, array in saved.items():
-                ex.assign(self.flat[name], array)
+                ex.assign(state[name], array)
             graph = ex.capture(ops, buffers)
             self._graphs[key] = graph
         return graph

@@ -200,24 +200,33 @@ def adam_op(config: VAEConfig, layout: Layout) -> Launch:
                    Buf("step")))
 
 
-def batch_loss_op(config: VAEConfig, batch: int) -> Launch:
-    return Launch("batch_loss", launch.single_block(),
-                  (Buf("bce"), Buf("kl"), i32(batch), f64(config.beta), Buf("loss")))
-
-
 def train_step_ops(config: VAEConfig, layout: Layout, batch: int, *,
-                   generate_noise: bool) -> list[Op]:
+                   generate_noise: bool, epoch_stride: int | None = None) -> list[Op]:
     """The whole step: gather the batch (advancing the step counter), forward, backward, Adam,
-    and the batch's mean loss terms into ``loss``. Everything that changes from step to step
-    (indices, the step number, noise) is read from device memory, so one capture replays."""
+    and the batch's mean loss terms. Everything that changes from step to step (indices, the
+    step number, noise) is read from device memory, so one capture replays.
+
+    By default the batch's indices are ``indices`` and the losses go to ``loss``. With
+    ``epoch_stride`` (the epoch's full batch size) the step takes batch ``*cursor`` of the
+    device-side permutation ``order`` and writes its losses to row ``*cursor`` of ``history``,
+    then advances ``cursor``: a whole epoch is the same graph replayed, with no copy between
+    steps."""
     d = config.input_dim
+    if epoch_stride is None:
+        indices, cursor, stride, losses = Buf("indices"), Null(), 0, Buf("loss")
+    else:
+        indices, cursor, stride, losses = Buf("order"), Buf("cursor"), epoch_stride, Buf("history")
     gather = Launch("gather_rows", launch.elementwise(batch * d),
-                    (Buf("data"), Buf("indices"), Buf("xb"), i32(batch), i32(d), Buf("step")))
+                    (Buf("data"), indices, cursor, i32(stride), Buf("xb"), i32(batch), i32(d),
+                     Buf("step")))
+    batch_loss = Launch("batch_loss", launch.single_block(),
+                        (Buf("bce"), Buf("kl"), i32(batch), f64(config.beta), losses,
+                         Buf("cursor") if epoch_stride is not None else Null()))
     return [gather,
             *forward_ops(config, layout, batch, generate_noise=generate_noise),
             *backward_ops(config, layout, batch),
             adam_op(config, layout),
-            batch_loss_op(config, batch)]
+            batch_loss]
 
 
 def gemm_calls(ops: list[Op]) -> list[GemmCall]:

@@ -37,8 +37,9 @@ def _covers(geometry: Geometry, count: int, what: str) -> None:
         raise LaunchError(f"{geometry} launches {geometry.threads} threads for {count} {what}")
 
 
-def gather_rows(g: Geometry, data, indices, out, rows, cols, step):
-    idx = _need("indices", indices, rows, np.int64)
+def gather_rows(g: Geometry, data, indices, cursor, stride, out, rows, cols, step):
+    offset = 0 if cursor is None else int(_need("cursor", cursor, 1, np.uint32)[0]) * stride
+    idx = _need("indices", indices, offset + rows, np.int64)[offset:]
     if idx.min() < 0 or (idx.max() + 1) * cols > data.size:
         raise LaunchError(f"gather index out of range: [{idx.min()}, {idx.max()}] for "
                           f"{data.size // cols} rows")
@@ -132,12 +133,16 @@ def adam(g: Geometry, params, grads, m, v, n, lr, beta1, beta2, eps, step):
     p += neg_step_size * (mv / (np.sqrt(vv) / c2 + eps))
 
 
-def batch_loss(g: Geometry, bce, kl, rows, beta, out):
+def batch_loss(g: Geometry, bce, kl, rows, beta, out, cursor):
     if g.grid != (1, 1, 1):
         raise LaunchError("batch_loss sums the batch in one block")
     r = _need("bce", bce, rows).sum(dtype=np.float64)
     k = _need("kl", kl, rows).sum(dtype=np.float64)
-    _need("out", out, 3, np.float64)[...] = (r / rows, k / rows, (r + beta * k) / rows)
+    row = 0 if cursor is None else int(_need("cursor", cursor, 1, np.uint32)[0])
+    _need("out", out, 3 * (row + 1), np.float64)[3 * row : 3 * row + 3] = (
+        r / rows, k / rows, (r + beta * k) / rows)
+    if cursor is not None:
+        cursor[0] += 1
 
 
 def empty_kernel(g: Geometry):

@@ -19,14 +19,18 @@
 // advances the device-side step counter that Adam's bias correction and the noise generator
 // read later in the step (folded in here to save a launch in a latency-bound graph). A null
 // step pointer leaves the counter alone (gathers outside training).
+// The batch's indices are indices[0 .. rows), or, with a batch cursor (a whole epoch replayed
+// from a device-side permutation), indices[*cursor * stride ..]: batch_loss advances the cursor.
 extern "C" __global__ void gather_rows(const float* __restrict__ data,
                                        const long long* __restrict__ indices,
+                                       const unsigned int* __restrict__ cursor, int stride,
                                        float* __restrict__ out, int rows, int cols,
                                        unsigned int* __restrict__ step) {
     if (step != 0 && blockIdx.x == 0 && threadIdx.x == 0) *step += 1u;
+    const long long* batch = indices + (cursor != 0 ? (long long)*cursor * stride : 0);
     GRID_STRIDE(i, (long long)rows * cols) {
         long long r = i / cols, c = i - r * cols;
-        out[i] = data[indices[r] * cols + c];
+        out[i] = data[batch[r] * cols + c];
     }
 }
 
@@ -200,9 +204,12 @@ extern "C" __global__ void adam(float* __restrict__ params, const float* __restr
 }
 
 // The batch's mean reconstruction, KL and loss (reconstruction + beta KL), summed in double
-// in a fixed order by one block: out = {reconstruction, kl, loss}.
+// in a fixed order by one block: out = {reconstruction, kl, loss}. With a batch cursor (an
+// epoch replayed on the device) they go to row *cursor of out, and the cursor advances: the
+// step's last kernel, so the next step's gather reads the next batch.
 extern "C" __global__ void batch_loss(const float* __restrict__ bce, const float* __restrict__ kl,
-                                      int rows, double beta, double* __restrict__ out) {
+                                      int rows, double beta, double* __restrict__ out,
+                                      unsigned int* __restrict__ cursor) {
     __shared__ double rec[LOSS_THREADS];
     __shared__ double div[LOSS_THREADS];
     double r_sum = 0.0, k_sum = 0.0;
@@ -221,9 +228,11 @@ extern "C" __global__ void batch_loss(const float* __restrict__ bce, const float
         __syncthreads();
     }
     if (threadIdx.x == 0) {
-        out[0] = rec[0] / rows;
-        out[1] = div[0] / rows;
-        out[2] = (rec[0] + beta * div[0]) / rows;
+        double* row = out + (cursor != 0 ? 3 * (long long)*cursor : 0);
+        row[0] = rec[0] / rows;
+        row[1] = div[0] / rows;
+        row[2] = (rec[0] + beta * div[0]) / rows;
+        if (cursor != 0) *cursor += 1u;
     }
 }
 
