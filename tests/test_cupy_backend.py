@@ -385,7 +385,7 @@ def test_an_epoch_on_the_device_equals_its_steps_one_by_one(mnist5k, graph):
 def test_epoch_input_is_checked(mnist5k):
     backend = loaded(VAEConfig(latent_dim=4))
     data = mnist5k.train_x[:50]
-    with pytest.raises(IndexError, match=r"order must index \[0, 50\)"):
+    with pytest.raises(IndexError, match=r"order must lie in \[0, 50\)"):
         backend.train_epoch(data, np.array([0, 50]), 8)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         backend.train_epoch(data, np.arange(10), 0)

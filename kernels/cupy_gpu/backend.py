@@ -187,17 +187,11 @@ class CupyBackend:
     def train_step(self, data: np.ndarray, indices: np.ndarray,
                    eps: np.ndarray | None = None, *, want_loss: bool = True) -> BatchLoss | None:
         self._resident(data)
-        indices = np.asarray(indices)
-        if indices.ndim != 1 or len(indices) == 0 or not np.issubdtype(indices.dtype, np.integer):
-            raise ValueError(f"indices must be a non-empty 1-D integer array, got "
-                             f"{indices.dtype} of shape {indices.shape}")
-        if indices.min() < 0 or indices.max() >= len(data):
-            raise IndexError(f"batch indices must lie in [0, {len(data)}), got "
-                             f"[{indices.min()}, {indices.max()}]")
+        indices = _row_indices(indices, len(data), "batch indices")
         b = len(indices)
         buffers = self._buffers(b)
         ex = self.executor
-        ex.copy_in(buffers["indices"], indices.astype(np.int64, copy=False))
+        ex.copy_in(buffers["indices"], indices)
         generate = eps is None
         if not generate:
             ex.copy_in(buffers["eps"], self._noise(b, eps))
@@ -213,20 +207,14 @@ class CupyBackend:
         graph replayed with no copy and no wait between steps. Returns each step's
         (reconstruction, KL, loss), read once at the end."""
         self._resident(data)
-        order = np.asarray(order)
-        if order.ndim != 1 or len(order) == 0 or not np.issubdtype(order.dtype, np.integer):
-            raise ValueError(f"order must be a non-empty 1-D integer array, got {order.dtype} "
-                             f"of shape {order.shape}")
-        if order.min() < 0 or order.max() >= len(data):
-            raise IndexError(f"order must index [0, {len(data)}), got "
-                             f"[{order.min()}, {order.max()}]")
+        order = _row_indices(order, len(data), "order")
         if int(batch_size) != batch_size or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         full, rest = divmod(len(order), batch_size)
         steps = full + (rest > 0)
         self._epoch_buffers(len(order), steps)
         ex = self.executor
-        ex.copy_in(self._epoch["order"], order.astype(np.int64, copy=False))
+        ex.copy_in(self._epoch["order"], order)
         ex.copy_in(self._epoch["cursor"], np.zeros(1, np.uint32))
         for _ in range(full):
             self._step(batch_size, True, batch_size)
@@ -332,3 +320,15 @@ class CupyBackend:
         described = self.executor.describe() if self.executor is not None else {}
         return {"graph": self.graph, "tf32": self.tf32, "compile_seconds": self.compile_seconds,
                 **described}
+
+
+def _row_indices(values, rows: int, what: str) -> np.ndarray:
+    """``values`` as int64 row numbers of a data set of ``rows`` images, or a clear error: the
+    gather kernel reads whatever address an index gives it."""
+    values = np.asarray(values)
+    if values.ndim != 1 or len(values) == 0 or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"{what} must be a non-empty 1-D integer array, got {values.dtype} "
+                         f"of shape {values.shape}")
+    if values.min() < 0 or values.max() >= rows:
+        raise IndexError(f"{what} must lie in [0, {rows}), got [{values.min()}, {values.max()}]")
+    return values.astype(np.int64, copy=False)
