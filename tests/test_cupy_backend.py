@@ -356,6 +356,9 @@ def test_gpu_launch_floor_is_measured():
     backend.load(VAEConfig(latent_dim=20), export_params(build_model(VAEConfig(latent_dim=20))))
     floor = backend.launch_floor(128)
     assert floor["nodes"] == 23 and 0 < floor["seconds_per_node"] < 1e-4
+    stages = backend.stage_times(np.zeros((1000, 784), np.float32), 128, repeats=3)
+    assert set(stages) == {"step", "gemms", "fused kernels", "adam"}
+    assert all(t > 0 for t in stages.values())
 
 
 # -- a whole epoch from a device-side permutation ------------------------------------------------
@@ -417,3 +420,19 @@ def test_gpu_epoch_equals_its_steps(mnist5k):
     history = by_epoch.train_epoch(data, order, 128)
     steps = [by_step.train_step(data, order[k : k + 128]) for k in range(0, len(order), 128)]
     np.testing.assert_array_equal(history, np.array(steps))
+
+
+def test_stage_breakdown_times_each_part_and_restores_the_state(mnist5k):
+    """The GPU breakdown's bookkeeping, run by the twins with tiny counts (their times mean
+    nothing; on the CPU the public stage_times returns none)."""
+    backend = loaded(VAEConfig(latent_dim=4))
+    data = mnist5k.train_x[:100]
+    backend.train_step(data, np.arange(16))
+    before = backend.params()
+    assert backend.stage_times(data, 16) == {}
+    times = backend._stage_times(data, 16, repeats=2, replays=2)
+    assert set(times) == {"step", "gemms", "fused kernels", "adam"}
+    assert all(t > 0 for t in times.values())
+    for name, value in backend.params().items():
+        np.testing.assert_array_equal(value, before[name])
+    assert int(backend.executor.download(backend.flat["step"])[0]) == 1

@@ -302,6 +302,54 @@ class CupyBackend:
         ops = program.train_step_ops(self.config, self.layout, batch, generate_noise=True)
         return {"fused kernels": len(program.launches(ops)), "gemms": len(program.gemm_calls(ops))}
 
+    def stage_times(self, data: np.ndarray, batch: int, repeats: int = 20,
+                    replays: int = 20) -> dict[str, float]:
+        """Median seconds per step of the whole step and of its parts (the GEMMs, the fused
+        kernels, Adam), each part captured as its own graph (launched op by op for
+        ``cupy-nograph``) and run ``replays`` times between synchronizations, parts
+        interleaved. CUDA only (the twins' times say nothing about a GPU); the state is
+        restored afterwards."""
+        if self.executor_kind != "cuda":
+            return {}
+        return self._stage_times(data, batch, repeats, replays)
+
+    def _stage_times(self, data: np.ndarray, batch: int, repeats: int,
+                     replays: int) -> dict[str, float]:
+        from ..timing import interleaved_times
+
+        self._resident(data)
+        ex = self.executor
+        buffers = self._buffers(batch)
+        ex.copy_in(buffers["indices"], np.arange(batch, dtype=np.int64) % len(data))
+        ops = self._program("train", batch, True)
+        fused = program.launches(ops)
+        parts = {"step": ops, "gemms": [op for op in ops if isinstance(op, program.Gemm)],
+                 "fused kernels": [op for op in fused if op.kernel != "adam"],
+                 "adam": [op for op in fused if op.kernel == "adam"]}
+        state = {**self.flat, **self._epoch}
+        saved = {name: ex.copy(array) for name, array in state.items()}
+
+        def runner(part):
+            if not self.graph:
+                def run_plain():
+                    for _ in range(replays):
+                        ex.run(part, buffers)
+                    ex.synchronize()
+                return run_plain
+            ex.run(part, buffers)  # outside the capture: every kernel loaded
+            graph = ex.capture(part, buffers)
+
+            def replay():
+                for _ in range(replays):
+                    ex.replay(graph)
+                ex.synchronize()
+            return replay
+
+        times = interleaved_times({name: runner(part) for name, part in parts.items()}, repeats)
+        for name, array in saved.items():
+            ex.assign(state[name], array)
+        return {name: float(np.median(t)) / replays for name, t in times.items()}
+
     def launch_floor(self, batch: int) -> dict[str, float]:
         """The step's floor set by launch latency: kernels per step times the measured cost of
         one empty graph node (CUDA only; seconds)."""
