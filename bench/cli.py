@@ -402,11 +402,10 @@ def cmd_fixture(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kernels import BackendUnavailable, UnknownBackendError
     from vae_ref.data import DatasetError
     from vae_ref.idx import IDXFormatError
     from vae_ref.train import NonFiniteLossError
-
-    from kernels import BackendUnavailable, UnknownBackendError
 
     from .agreement import FixtureError
     from .compare import CompareError

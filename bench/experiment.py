@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from kernels import create_backend
 from vae_ref import (
     AE,
     VAE,
@@ -34,8 +35,6 @@ from vae_ref import (
 from vae_ref.atomic import atomic_write_text
 from vae_ref.data import Dataset
 from vae_ref.train import fixed_test_set
-
-from kernels import create_backend
 
 from . import figures, provenance
 from .training import train_backend

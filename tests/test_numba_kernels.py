@@ -6,8 +6,8 @@ import torch
 
 numba = pytest.importorskip("numba")
 
-from kernels.numba_cpu.fastmath import exp_nonpositive, log1p_unit  # noqa: E402
 from kernels.flat_layout import ALIGN, make_layout  # noqa: E402
+from kernels.numba_cpu.fastmath import exp_nonpositive, log1p_unit  # noqa: E402
 from vae_ref import VAEConfig, build_model, export_params  # noqa: E402
 
 
