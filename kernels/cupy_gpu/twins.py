@@ -43,7 +43,8 @@ def gather_rows(g: Geometry, data, indices, cursor, stride, out, rows, cols, ste
     if idx.min() < 0 or (idx.max() + 1) * cols > data.size:
         raise LaunchError(f"gather index out of range: [{idx.min()}, {idx.max()}] for "
                           f"{data.size // cols} rows")
-    _need("out", out, rows * cols).reshape(rows, cols)[...] = data.reshape(-1, cols)[idx]
+    images = data[: data.size // cols * cols].reshape(-1, cols)  # a pointer has no length
+    _need("out", out, rows * cols).reshape(rows, cols)[...] = images[idx]
     if step is not None:
         _need("step", step, 1, np.uint32)[0] += 1
 
