@@ -135,14 +135,17 @@ _SCALAR = {"int": np.int32, "float": np.float32, "double": np.float64,
            "unsigned long long": np.uint64}
 
 
-def _signatures(code: str) -> dict[str, list[tuple[str, bool]]]:
+def kernel_signatures(code: str) -> dict[str, list[tuple[str, str, bool]]]:
+    """name -> [(C type without const/__restrict__, parameter name, is a pointer)] of every
+    extern "C" kernel in ``code``."""
     kernels = {}
     for name, params in _SIGNATURE.findall(code):
         parsed = []
         for param in filter(None, (p.strip() for p in params.split(","))):
             words = param.replace("*", " * ").replace("const", " ").replace("__restrict__", " ")
-            *type_words, _ = words.split()
-            parsed.append((" ".join(w for w in type_words if w != "*"), "*" in type_words))
+            *type_words, pname = words.split()
+            parsed.append((" ".join(w for w in type_words if w != "*"), pname,
+                           "*" in type_words))
         kernels[name] = parsed
     return kernels
 
@@ -150,7 +153,7 @@ def _signatures(code: str) -> dict[str, list[tuple[str, bool]]]:
 class RawModule:
     def __init__(self, code=None, *, options=(), **_):
         assert "#pragma once" not in code
-        self.signatures = _signatures(code)
+        self.signatures = kernel_signatures(code)
 
     def get_function(self, name):
         return _RawKernel(name, self.signatures[name])
@@ -163,7 +166,7 @@ class _RawKernel:
     def __call__(self, grid, block, args, *, shared_mem=0):
         assert len(args) == len(self.signature), f"{self.name}: {len(args)} arguments"
         converted = []
-        for arg, (ctype, pointer) in zip(args, self.signature):
+        for arg, (ctype, _, pointer) in zip(args, self.signature):
             if pointer:
                 # CuPy packs a NumPy scalar by its own size: a null pointer must be 8 bytes.
                 null = type(arg) is np.uint64 and int(arg) == 0

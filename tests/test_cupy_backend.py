@@ -8,7 +8,6 @@ twins of the kernels through the same agreement gate as every backend. The tests
 from __future__ import annotations
 
 import inspect
-import re
 from pathlib import Path
 
 import numpy as np
@@ -41,23 +40,15 @@ def loaded(config: VAEConfig, **options) -> CupyBackend:
 
 # -- the launcher's contract with vae_kernels.cu ------------------------------------------------
 
-C_SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
 POINTER_DTYPES = {"float": np.float32, "long long": np.int64, "unsigned int": np.uint32,
                   "double": np.float64}
 
 
 def c_kernels() -> dict[str, list[tuple[str, str, bool]]]:
     """name -> [(C type without const/restrict, parameter name, is pointer)]"""
-    kernels = {}
-    for name, params in C_SIGNATURE.findall(kernel_source()):
-        parsed = []
-        for param in filter(None, (p.strip() for p in params.split(","))):
-            words = param.replace("*", " * ").replace("const", " ").replace("__restrict__", " ")
-            *type_words, pname = words.split()
-            pointer = "*" in type_words
-            parsed.append((" ".join(w for w in type_words if w != "*"), pname, pointer))
-        kernels[name] = parsed
-    return kernels
+    from fake_cupy import kernel_signatures
+
+    return kernel_signatures(kernel_source())
 
 
 def test_the_source_defines_exactly_the_kernels_the_launcher_knows():
