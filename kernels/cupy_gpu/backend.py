@@ -22,6 +22,7 @@ from vae_ref.params import Params
 
 from ..base import Availability, BackendUnavailable, BatchLoss, StepOutputs
 from ..flat_layout import make_layout
+from ..inputs import checked_images, checked_noise, decode_on_host
 from . import program
 
 GPU_ALIGN = 64  # floats: 256 bytes, cuBLAS's preferred operand alignment
@@ -136,16 +137,10 @@ class CupyBackend:
     # -- input checks (compiled kernels check nothing) ------------------------------------
 
     def _images(self, x: np.ndarray) -> np.ndarray:
-        if np.ndim(x) != 2 or np.shape(x)[1] != self.config.input_dim or len(x) == 0:
-            raise ValueError(f"images must be a non-empty (N, {self.config.input_dim}) array, "
-                             f"got {np.shape(x)}")
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return checked_images(x, self.config.input_dim)
 
     def _noise(self, batch: int, eps: np.ndarray) -> np.ndarray:
-        shape = (batch, self.config.latent_dim)
-        if np.shape(eps) != shape:
-            raise ValueError(f"eps must have shape {shape}, got {np.shape(eps)}")
-        return np.ascontiguousarray(eps, dtype=np.float32)
+        return checked_noise(eps, batch, self.config.latent_dim)
 
     def _resident(self, data: np.ndarray) -> None:
         """Keep ``data`` on the device: uploaded when a different array is passed. Graphs
@@ -288,11 +283,7 @@ class CupyBackend:
         return heads[:, :z].copy(), heads[:, z:].copy()
 
     def decode(self, z: np.ndarray) -> np.ndarray:
-        # For figures only (a few hundred codes): on the host, from the current weights.
-        p = self.params()
-        dec_h = np.maximum(np.asarray(z, np.float32) @ p["dec.fc1.weight"].T
-                           + p["dec.fc1.bias"], 0)
-        return dec_h @ p["dec.out.weight"].T + p["dec.out.bias"]
+        return decode_on_host(self.params(), z)
 
     # -- timing aids ---------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from vae_ref.evaluate import EvalResult
 from vae_ref.params import Params
 
 from ..base import Availability, BackendUnavailable, BatchLoss, StepOutputs
+from ..inputs import checked_images, checked_noise, decode_on_host
 from ..timing import interleaved_times
 
 ADAM_BETAS = (0.9, 0.999)  # PyTorch's defaults, as in the reference
@@ -95,20 +96,13 @@ class NumbaBackend:
     # -- computation -----------------------------------------------------------------------
 
     def _noise(self, batch: int, eps: np.ndarray | None) -> np.ndarray:
-        shape = (batch, self.config.latent_dim)
         if eps is None:
-            return self.rng.standard_normal(shape, dtype=np.float32)
-        if np.shape(eps) != shape:
-            raise ValueError(f"eps must have shape {shape}, got {np.shape(eps)}")
-        return np.ascontiguousarray(eps, dtype=np.float32)
+            return self.rng.standard_normal((batch, self.config.latent_dim), dtype=np.float32)
+        return checked_noise(eps, batch, self.config.latent_dim)
 
     def _images(self, x: np.ndarray) -> np.ndarray:
         # Compiled code does not check shapes or bounds: everything is checked here first.
-        if np.ndim(x) != 2 or np.shape(x)[1] != self.config.input_dim or len(x) == 0:
-            raise ValueError(
-                f"images must be a non-empty (N, {self.config.input_dim}) array, got "
-                f"{np.shape(x)}")
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return checked_images(x, self.config.input_dim)
 
     def forward_backward(self, x: np.ndarray, eps: np.ndarray) -> StepOutputs:
         x = self._images(x)
@@ -158,9 +152,7 @@ class NumbaBackend:
         return ws.heads[:, :z].copy(), ws.heads[:, z:].copy()
 
     def decode(self, z: np.ndarray) -> np.ndarray:
-        p = self.params()
-        dec_h = np.maximum(z.astype(np.float32) @ p["dec.fc1.weight"].T + p["dec.fc1.bias"], 0)
-        return dec_h @ p["dec.out.weight"].T + p["dec.out.bias"]
+        return decode_on_host(self.params(), z)
 
     def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
         rng = np.random.default_rng(seed)
