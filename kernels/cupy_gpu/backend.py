@@ -13,6 +13,7 @@ that an executor runs: CUDA (``executors.CudaExecutor``), or NumPy twins of the 
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -245,15 +246,33 @@ class CupyBackend:
         then restored."""
         graph = self._graphs.get(key)
         if graph is None:
-            ex = self.executor
-            state = {**self.flat, **self._epoch}  # everything a step writes that persists
-            saved = {name: ex.copy(array) for name, array in state.items()}
-            ex.run(ops, buffers)
-            for name, array in saved.items():
-                ex.assign(state[name], array)
-            graph = ex.capture(ops, buffers)
+            with self._state_restored():
+                self.executor.run(ops, buffers)
+            graph = self.executor.capture(ops, buffers)
             self._graphs[key] = graph
         return graph
+
+    @contextmanager
+    def _state_restored(self):
+        """Whatever runs inside leaves no trace in the state that persists between steps
+        (weights, gradients, moments, step counter, batch cursor and loss history)."""
+        ex = self.executor
+        state = {**self.flat, **self._epoch}
+        saved = {name: ex.copy(array) for name, array in state.items()}
+        try:
+            yield
+        finally:
+            for name, array in saved.items():
+                ex.assign(state[name], array)
+
+    def _forward(self, x: np.ndarray, eps: np.ndarray) -> dict:
+        """The forward pass alone (no backward, no update) on checked images and noise; its
+        buffers, holding the results."""
+        buffers = self._buffers(len(x))
+        self.executor.copy_in(buffers["xb"], x)
+        self.executor.copy_in(buffers["eps"], eps)
+        self.executor.run(self._program("forward", len(x)), buffers)
+        return buffers
 
     def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
         rng = np.random.default_rng(seed)  # the same noise stream as the Numba backend's
@@ -262,10 +281,7 @@ class CupyBackend:
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size]
             eps = rng.standard_normal((len(xb), self.config.latent_dim), dtype=np.float32)
-            buffers = self._buffers(len(xb))
-            self.executor.copy_in(buffers["xb"], xb)
-            self.executor.copy_in(buffers["eps"], eps)
-            self.executor.run(self._program("forward", len(xb)), buffers)
+            buffers = self._forward(xb, eps)
             totals += [self.executor.download(buffers["bce"]).sum(dtype=np.float64),
                        self.executor.download(buffers["kl"]).sum(dtype=np.float64)]
         reconstruction, kl = (float(t) for t in totals / len(x))
@@ -273,11 +289,7 @@ class CupyBackend:
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = self._images(x)
-        buffers = self._buffers(len(x))
-        self.executor.copy_in(buffers["xb"], x)
-        self.executor.copy_in(buffers["eps"], np.zeros((len(x), self.config.latent_dim),
-                                                       np.float32))
-        self.executor.run(self._program("forward", len(x)), buffers)
+        buffers = self._forward(x, np.zeros((len(x), self.config.latent_dim), np.float32))
         heads = self.executor.download(buffers["heads"])
         z = self.config.latent_dim
         return heads[:, :z].copy(), heads[:, z:].copy()
@@ -290,7 +302,7 @@ class CupyBackend:
     def kernels_per_step(self, batch: int) -> dict[str, int]:
         """Launches in one training step: fused kernels and GEMMs (a GEMM may be more than one
         kernel inside cuBLAS, so this is a lower bound on graph nodes)."""
-        ops = program.train_step_ops(self.config, self.layout, batch, generate_noise=True)
+        ops = self._program("train", batch, True)
         return {"fused kernels": len(program.launches(ops)), "gemms": len(program.gemm_calls(ops))}
 
     def stage_times(self, data: np.ndarray, batch: int, repeats: int = 20,
@@ -317,8 +329,6 @@ class CupyBackend:
         parts = {"step": ops, "gemms": [op for op in ops if isinstance(op, program.Gemm)],
                  "fused kernels": [op for op in fused if op.kernel != "adam"],
                  "adam": [op for op in fused if op.kernel == "adam"]}
-        state = {**self.flat, **self._epoch}
-        saved = {name: ex.copy(array) for name, array in state.items()}
 
         def runner(part):
             if not self.graph:
@@ -336,9 +346,9 @@ class CupyBackend:
                 ex.synchronize()
             return replay
 
-        times = interleaved_times({name: runner(part) for name, part in parts.items()}, repeats)
-        for name, array in saved.items():
-            ex.assign(state[name], array)
+        with self._state_restored():
+            times = interleaved_times({name: runner(part) for name, part in parts.items()},
+                                      repeats)
         return {name: float(np.median(t)) / replays for name, t in times.items()}
 
     def launch_floor(self, batch: int) -> dict[str, float]:
