@@ -188,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("old", type=Path, help="run directory or results.csv")
     cmp_.add_argument("new", type=Path, help="run directory or results.csv")
     cmp_.add_argument("--fail-throughput", default="25%",
-                      help="fail when a backend's speed-up over the same run's torch eager "
-                      "drops by more than this (default 25%%)")
+                      help="fail when a backend's speed-up over the same run's PyTorch eager "
+                      "on its device drops by more than this (default 25%%)")
     cmp_.add_argument("--absolute", action="store_true",
                       help="gate raw samples/s instead (only across quiet, identical machines)")
     cmp_.add_argument("--fail-elbo", type=_non_negative_float, default=1.0,

@@ -126,16 +126,16 @@ def environment(data: Dataset, spec: RunSpec) -> dict:
 
 
 def _gpu_name() -> str:
-    try:
-        import cupy
+    """Through CuPy where it can use the GPU (as the GEMM peak is measured), else torch."""
+    from kernels.cupy_gpu import cuda_availability
 
-        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-        name = props["name"]
-        return name.decode() if isinstance(name, bytes) else str(name)
-    except Exception:  # no CuPy: ask torch
-        import torch
+    if cuda_availability().available:
+        from kernels.cupy_gpu.executors import gpu_name
 
-        return torch.cuda.get_device_name()
+        return gpu_name()
+    import torch
+
+    return torch.cuda.get_device_name()
 
 
 def peaks_of(env: dict) -> dict[str, float]:

@@ -54,7 +54,7 @@ def write_summary(out: Path, table: pd.DataFrame, env: dict) -> None:
     for r, speedup, device in zip(table.itertuples(), speedups, devices):
         if not isinstance(r.samples_per_s, float) or math.isnan(r.samples_per_s):
             continue
-        floor = getattr(r, "launch_floor_ms", math.nan)
+        floor = r.launch_floor_ms
         floor_text = (f"{floor:.3f} ({r.ms_per_step / floor:.1f}x)"
                       if isinstance(floor, float) and floor == floor else "—")
         lines.append(

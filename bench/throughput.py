@@ -40,7 +40,8 @@ def gemm_peak(size: int = 2048, repeats: int = 5) -> tuple[float, str]:
 
 def gpu_gemm_peak(size: int = 8192, repeats: int = 10) -> tuple[float, str] | None:
     """Best GFLOP/s of a large float32 GEMM on the current CUDA device (TF32 off, as the
-    backends' default), timed with CUDA events; None where no GPU can be used."""
+    backends' default), each product timed to a synchronization; None where no GPU can be
+    used."""
     from kernels.cupy_gpu import cuda_availability
 
     if cuda_availability().available:

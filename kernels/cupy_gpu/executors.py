@@ -35,6 +35,14 @@ def kernel_source() -> str:
     return source.replace(include, header.replace("#pragma once", ""))
 
 
+def gpu_name() -> str:
+    """The current CUDA device's name, through CuPy."""
+    import cupy
+
+    name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def _resolve(arg, buffers: dict, null):
     if isinstance(arg, Buf):
         try:
@@ -246,10 +254,8 @@ class CudaExecutor:
 
     def describe(self) -> dict:
         cp = self.cp
-        device = cp.cuda.Device()
-        props = cp.cuda.runtime.getDeviceProperties(device.id)
-        name = props["name"]
-        return {"executor": "cuda", "gpu": name.decode() if isinstance(name, bytes) else name,
-                "compute_capability": device.compute_capability, "cupy": cp.__version__,
+        return {"executor": "cuda", "gpu": gpu_name(),
+                "compute_capability": cp.cuda.Device().compute_capability,
+                "cupy": cp.__version__,
                 "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
                 "cuda_driver": cp.cuda.runtime.driverGetVersion(), "tf32": self.tf32}
