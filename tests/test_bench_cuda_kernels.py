@@ -75,7 +75,8 @@ def test_fused_kernel(benchmark, pair, index):
         device.executor.copy_in(array, before[name])
     device.executor.run([op], device_buffers)
     expected = {name: array.copy() for name, array in _owners(before).items()}
-    twin_buffers = {**expected, **_views(twin, expected)}
+    twin_buffers = {**expected, **program.parameter_buffers(twin.layout, expected["params"],
+                                                            expected["grads"])}
     twin.executor.run([op], twin_buffers)
     for name, want in expected.items():
         got = device.executor.download(device_buffers[name])
@@ -91,12 +92,3 @@ def test_fused_kernel(benchmark, pair, index):
         pytest.skip(f"checked against its twin; not timed without a GPU ({CUDA.reason})")
     benchmark(launch)
 
-
-def _views(twin: CupyBackend, owners: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The p:/g: tensor views into these copies of the flat buffers."""
-    views = {}
-    for name, (offset, shape) in program.tensor_views(twin.layout).items():
-        size = int(np.prod(shape))
-        views[f"p:{name}"] = owners["params"][offset : offset + size].reshape(shape)
-        views[f"g:{name}"] = owners["grads"][offset : offset + size].reshape(shape)
-    return views

@@ -89,11 +89,8 @@ class CupyBackend:
         self.flat = {"params": ex.upload(self.layout.pack(params, config)),
                      "grads": ex.zeros(self.layout.size), "m": ex.zeros(self.layout.size),
                      "v": ex.zeros(self.layout.size), "step": ex.zeros(1, np.uint32)}
-        self._views = {}
-        for name, (offset, shape) in program.tensor_views(self.layout).items():
-            size = int(np.prod(shape))
-            self._views[f"p:{name}"] = self.flat["params"][offset : offset + size].reshape(shape)
-            self._views[f"g:{name}"] = self.flat["grads"][offset : offset + size].reshape(shape)
+        self._views = program.parameter_buffers(self.layout, self.flat["params"],
+                                                self.flat["grads"])
         self._workspaces: dict[int, dict] = {}
         self._epoch: dict[str, object] = {}  # order, cursor, history: train_epoch's buffers
         self._graphs: dict[tuple, object] = {}

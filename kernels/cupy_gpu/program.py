@@ -104,6 +104,17 @@ def tensor_views(layout: Layout) -> dict[str, tuple[int, tuple[int, ...]]]:
     return views
 
 
+def parameter_buffers(layout: Layout, params, grads) -> dict:
+    """The ``p:`` and ``g:`` buffers: views of each tensor in the flat parameter and gradient
+    buffers (NumPy or CuPy arrays alike)."""
+    views = {}
+    for name, (offset, shape) in tensor_views(layout).items():
+        size = int(np.prod(shape))
+        views[f"p:{name}"] = params[offset : offset + size].reshape(shape)
+        views[f"g:{name}"] = grads[offset : offset + size].reshape(shape)
+    return views
+
+
 def workspace_shapes(config: VAEConfig, batch: int) -> dict[str, tuple[tuple[int, ...], type]]:
     """Per-batch-size scratch buffers: name -> (shape, dtype)."""
     d, h, z, b = config.input_dim, config.hidden_dim, config.latent_dim, batch
