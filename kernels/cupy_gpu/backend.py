@@ -52,8 +52,7 @@ class CupyBackend:
             raise ValueError(f"executor must be 'cuda' or 'numpy', got {executor!r}")
         self.graph = graph
         self.tf32 = tf32
-        self.executor_kind = executor
-        self.device = "cuda" if executor == "cuda" else "cpu"
+        self.device = "cuda" if executor == "cuda" else "cpu"  # the NumPy twins run on the CPU
         suffix = "-tf32" if tf32 else "" if graph else "-nograph"
         self.name = "cupy" + suffix + ("-emulated" if executor == "numpy" else "")
         self.description = (
@@ -65,7 +64,7 @@ class CupyBackend:
         self.compile_seconds: float | None = None
 
     def availability(self) -> Availability:
-        if self.executor_kind == "numpy":
+        if self.device == "cpu":
             return Availability(True)
         return cuda_availability()
 
@@ -77,7 +76,7 @@ class CupyBackend:
             raise BackendUnavailable(f"{self.name} backend unavailable: {status.reason}")
         from .executors import CudaExecutor, NumpyExecutor
 
-        return (CudaExecutor if self.executor_kind == "cuda" else NumpyExecutor)(tf32=self.tf32)
+        return (CudaExecutor if self.device == "cuda" else NumpyExecutor)(tf32=self.tf32)
 
     def load(self, config: VAEConfig, params: Params) -> None:
         if self.executor is None:
@@ -309,7 +308,7 @@ class CupyBackend:
         ``cupy-nograph``) and run ``replays`` times between synchronizations, parts
         interleaved. CUDA only (the twins' times say nothing about a GPU); the state is
         restored afterwards."""
-        if self.executor_kind != "cuda":
+        if self.device != "cuda":
             return {}
         return self._stage_times(data, batch, repeats, replays)
 
@@ -351,7 +350,7 @@ class CupyBackend:
     def launch_floor(self, batch: int) -> dict[str, float]:
         """The step's floor set by launch latency: kernels per step times the measured cost of
         one empty graph node (CUDA only; seconds)."""
-        if self.executor_kind != "cuda":
+        if self.device != "cuda":
             return {}
         counts = self.kernels_per_step(batch)
         per_node = self.executor.seconds_per_graph_node()

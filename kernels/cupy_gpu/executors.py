@@ -59,8 +59,6 @@ def _resolve(arg, buffers: dict, null):
 class NumpyExecutor:
     """Runs programs on the CPU with the twins; ``capture`` records, ``replay`` reruns."""
 
-    name = "numpy"
-
     def __init__(self, tf32: bool = False):
         if tf32:
             raise ValueError("TF32 exists on NVIDIA GPUs only; the NumPy executor is float32")
@@ -112,7 +110,6 @@ class NumpyExecutor:
 class CudaExecutor:
     """Runs programs on the current CUDA device through CuPy."""
 
-    name = "cuda"
     PINNED_SLOTS = 4  # host staging buffers in flight (indices, noise) before the host waits
     LARGE_COPY = 4 << 20  # bytes; larger copies (data sets) go synchronously, unstaged
 
