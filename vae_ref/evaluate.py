@@ -31,14 +31,19 @@ def evaluate_elbo(
     model: VAE | AE, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000
 ) -> EvalResult:
     """Single-sample ELBO averaged over ``x``, with noise from a generator seeded by ``seed``
-    (so the same model and seed give the same number)."""
+    (so the same model and seed give the same number). The noise is drawn on the CPU, so a
+    model on a GPU is scored with the very same noise."""
     config: VAEConfig = model.config
-    dtype = next(model.parameters()).dtype
+    dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     totals = np.zeros(2)
     for start in range(0, len(x), batch_size):
-        xb = torch.from_numpy(x[start : start + batch_size]).to(dtype)
-        terms = loss_terms(model(xb, generator=generator), xb, config)
+        xb = torch.from_numpy(x[start : start + batch_size]).to(device=device, dtype=dtype)
+        eps = None  # the AE draws none
+        if config.model == "vae":
+            eps = torch.randn((len(xb), config.latent_dim), generator=generator,
+                              dtype=dtype).to(device)
+        terms = loss_terms(model(xb, eps), xb, config)
         totals += [terms.reconstruction.sum().item(), terms.kl.sum().item()]
     reconstruction, kl = (float(v) for v in totals / len(x))
     return EvalResult(elbo=-(reconstruction + kl), reconstruction=reconstruction, kl=kl)

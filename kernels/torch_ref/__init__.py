@@ -254,27 +254,8 @@ class TorchBackend:
 
     def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
         self.model.eval()
-        x = x.astype(np.float32, copy=False)
-        if not self._resident:
-            return evaluate_elbo(self.model, x, seed=seed, batch_size=batch_size)
-        return self._evaluate_on_device(x, seed, batch_size)
-
-    @torch.no_grad()
-    def _evaluate_on_device(self, x: np.ndarray, seed: int, batch_size: int) -> EvalResult:
-        """evaluate_elbo (which works on CPU tensors) with the batches on the device. The noise
-        is drawn from the same seeded CPU generator, so it is the reference's very noise."""
-        generator = torch.Generator().manual_seed(seed)
-        totals = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for start in range(0, len(x), batch_size):
-            xb = self._tensor(x[start : start + batch_size])
-            eps = None  # the AE draws none
-            if self.config.model == "vae":
-                eps = torch.randn((len(xb), self.config.latent_dim), generator=generator,
-                                  dtype=self.dtype).to(self.device)
-            terms = loss_terms(self.model(xb, eps), xb, self.config)
-            totals += torch.stack([terms.reconstruction.sum(), terms.kl.sum()]).double()
-        reconstruction, kl = (totals / len(x)).tolist()
-        return EvalResult(elbo=-(reconstruction + kl), reconstruction=reconstruction, kl=kl)
+        return evaluate_elbo(self.model, x.astype(np.float32, copy=False), seed=seed,
+                             batch_size=batch_size)
 
     @torch.no_grad()
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
