@@ -91,6 +91,7 @@ class CupyBackend:
         self._views = program.parameter_buffers(self.layout, self.flat["params"],
                                                 self.flat["grads"])
         self._workspaces: dict[int, dict] = {}
+        self._shared: dict[str, object] = {}  # data and the epoch's buffers, by name
         self._epoch: dict[str, object] = {}  # order, cursor, history: train_epoch's buffers
         self._graphs: dict[tuple, object] = {}
         self._data_host: np.ndarray | None = None  # the array whose copy is resident
@@ -98,19 +99,23 @@ class CupyBackend:
         self._programs: dict[tuple, list] = {}
 
     def _buffers(self, batch: int) -> dict:
-        """Every buffer a program of this batch size names. Built once per batch size (and
-        again after a new data set): a step's host overhead counts at small batch sizes."""
+        """Every buffer a program of this batch size names. Built once per batch size; a new
+        data set or epoch buffer is written into every map when it is made (``_shared``), so
+        a step only looks its map up: host overhead counts at small batch sizes."""
         buffers = self._workspaces.get(batch)
         if buffers is None:
             shapes = program.workspace_shapes(self.config, batch)
             buffers = {name: self.executor.zeros(shape, dtype)
                        for name, (shape, dtype) in shapes.items()}
-            buffers |= {**self._views, **self.flat}
+            buffers |= {**self._views, **self.flat, **self._shared}
             self._workspaces[batch] = buffers
-        if self._data is not None:
-            buffers["data"] = self._data
-        buffers |= self._epoch
         return buffers
+
+    def _share(self, **buffers) -> None:
+        """Buffers every program may name (the data set, the epoch's), in every map."""
+        self._shared |= buffers
+        for existing in self._workspaces.values():
+            existing |= buffers
 
     def _program(self, kind: str, batch: int, generate_noise: bool = False,
                  epoch_stride: int | None = None) -> list:
@@ -151,6 +156,7 @@ class CupyBackend:
             self.executor.copy_in(self._data, checked)
         else:
             self._data = self.executor.upload(checked)
+            self._share(data=self._data)
             self._graphs.clear()
         self._data_host = data
 
@@ -187,7 +193,7 @@ class CupyBackend:
         generate = eps is None
         if not generate:
             ex.copy_in(buffers["eps"], self._noise(b, eps))
-        self._step(b, generate, None)
+        self._step(buffers, b, generate, None)
         if not want_loss:
             return None
         return BatchLoss(*(float(v) for v in ex.download(buffers["loss"])))
@@ -208,10 +214,11 @@ class CupyBackend:
         ex = self.executor
         ex.copy_in(self._epoch["order"], order)
         ex.copy_in(self._epoch["cursor"], np.zeros(1, np.uint32))
+        buffers = self._buffers(batch_size)
         for _ in range(full):
-            self._step(batch_size, True, batch_size)
+            self._step(buffers, batch_size, True, batch_size)
         if rest:
-            self._step(rest, True, batch_size)
+            self._step(self._buffers(rest), rest, True, batch_size)
         return ex.download(self._epoch["history"])
 
     def _epoch_buffers(self, n: int, steps: int) -> None:
@@ -224,12 +231,14 @@ class CupyBackend:
         ex = self.executor
         self._epoch = {"order": ex.zeros(n, np.int64), "cursor": ex.zeros(1, np.uint32),
                        "history": ex.zeros((steps, 3), np.float64)}
+        self._share(**self._epoch)
         self._graphs.clear()
 
-    def _step(self, batch: int, generate: bool, epoch_stride: int | None) -> None:
-        """Run one training step program: replay its graph, or launch it op by op."""
+    def _step(self, buffers: dict, batch: int, generate: bool,
+              epoch_stride: int | None) -> None:
+        """Run one training step program on ``buffers`` (this batch size's): replay its
+        graph, or launch it op by op."""
         ops = self._program("train", batch, generate, epoch_stride)
-        buffers = self._buffers(batch)
         if self.graph:
             self.executor.replay(self._graph((batch, generate, epoch_stride), ops, buffers))
         else:
