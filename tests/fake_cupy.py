@@ -4,7 +4,9 @@ staging, events, stream capture and replay — runs on a CPU.
 
 Device memory is host memory here: every allocation is registered by address, and a raw
 pointer (what a RawKernel or cublasGemmEx receives) is turned back into an array of the element
-type the kernel's C signature declares. Kernels run as their NumPy twins; GEMMs as cuBLAS
+type the kernel's C signature declares. Kernels run as their NumPy twins, or (``install(...,
+kernels="source")``) as the CUDA source itself built for the host (``cuda_on_host.py``), each
+launch then checked against its twin and against a reverse-order run; GEMMs as cuBLAS
 defines them (column-major, via ``gemm.emulate``), reading alpha and beta from the host
 pointers given. A stream in capture records instead of running, and a graph replays the record.
 Only what the executor calls exists; anything else fails loudly.
@@ -14,16 +16,17 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
-import re
 import sys
 import types
 
 import numpy as np
+from cuda_on_host import HostModule, kernel_signatures
 
 from kernels.cupy_gpu import twins
 from kernels.cupy_gpu.gemm import GemmCall, emulate
 
 _ALLOCATIONS: dict[int, np.ndarray] = {}  # base address -> the owning byte array
+_SIZES: dict[int, int] = {}  # base address -> bytes asked for (the guard follows)
 
 
 class MemoryPointer:
@@ -45,25 +48,44 @@ class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
         _run(lambda: np.copyto(self, np.asarray(arr).reshape(self.shape)))
 
 
+GUARD_BYTES = 4096  # after every allocation, all bits set: NaN as float, -1 as an index
+
+
 def _allocate(shape, dtype) -> ndarray:
+    """Zeroed, 256-byte aligned as cudaMalloc's, and followed by a guard: a kernel that reads
+    past the end gets NaN (or index -1), one that writes there changes the guard, and either
+    shows when its buffers are compared with its twin's (which never go past the end)."""
     dtype = np.dtype(dtype)
     size = int(np.prod(shape)) * dtype.itemsize
-    raw = np.zeros(max(size, 1) + 256, np.uint8)
-    start = (-raw.ctypes.data) % 256  # 256-byte aligned, as cudaMalloc is
+    raw = np.full(size + 256 + GUARD_BYTES, 0xFF, np.uint8)
+    start = (-raw.ctypes.data) % 256
     base = raw[start : start + size]
+    base[...] = 0
     _ALLOCATIONS[base.ctypes.data] = raw
+    _SIZES[base.ctypes.data] = size
     return base.view(dtype).reshape(shape).view(ndarray)
+
+
+def _allocation_of(ptr: int) -> int:
+    """The base address of the allocation that holds ``ptr``."""
+    for base, raw in _ALLOCATIONS.items():
+        if base <= ptr < raw.ctypes.data + raw.size:
+            return base
+    raise AssertionError(f"pointer {ptr:#x} is not in any device allocation")
+
+
+def _guard_intact(base: int) -> bool:
+    raw = _ALLOCATIONS[base]
+    start = base - raw.ctypes.data + _SIZES[base]
+    return bool((raw[start : start + GUARD_BYTES] == 0xFF).all())
 
 
 def _array_at(ptr: int, dtype) -> np.ndarray:
     """Every element from ``ptr`` to the end of its allocation, as ``dtype``."""
-    for base, raw in _ALLOCATIONS.items():
-        end = raw.ctypes.data + raw.size
-        if base <= ptr < end:
-            count = (end - ptr) // np.dtype(dtype).itemsize
-            buffer = (ctypes.c_char * (count * np.dtype(dtype).itemsize)).from_address(ptr)
-            return np.frombuffer(buffer, dtype=dtype)
-    raise AssertionError(f"pointer {ptr:#x} is not in any device allocation")
+    raw = _ALLOCATIONS[_allocation_of(ptr)]
+    count = (raw.ctypes.data + raw.size - ptr) // np.dtype(dtype).itemsize
+    buffer = (ctypes.c_char * (count * np.dtype(dtype).itemsize)).from_address(ptr)
+    return np.frombuffer(buffer, dtype=dtype)
 
 
 # -- streams, capture, events --------------------------------------------------------------
@@ -126,42 +148,36 @@ class Event:
         pass
 
 
-# -- kernels: RawModule -> twins, arguments typed by the C signature -----------------------
+# -- kernels: RawModule -> twins, or the CUDA source built for the host ------------------
+# Arguments are typed by the C signature, as CuPy packs them.
 
-_SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
 _POINTEE = {"float": np.float32, "long long": np.int64, "unsigned int": np.uint32,
             "double": np.float64}
 _SCALAR = {"int": np.int32, "float": np.float32, "double": np.float64,
            "unsigned long long": np.uint64}
 
-
-def kernel_signatures(code: str) -> dict[str, list[tuple[str, str, bool]]]:
-    """name -> [(C type without const/__restrict__, parameter name, is a pointer)] of every
-    extern "C" kernel in ``code``."""
-    kernels = {}
-    for name, params in _SIGNATURE.findall(code):
-        parsed = []
-        for param in filter(None, (p.strip() for p in params.split(","))):
-            words = param.replace("*", " * ").replace("const", " ").replace("__restrict__", " ")
-            *type_words, pname = words.split()
-            parsed.append((" ".join(w for w in type_words if w != "*"), pname,
-                           "*" in type_words))
-        kernels[name] = parsed
-    return kernels
+KERNELS = "twins"  # install(kernels=...) sets it: "twins", or "source" (tests/cuda_on_host.py)
+_HOST_MODULES: dict[tuple, HostModule] = {}
 
 
 class RawModule:
     def __init__(self, code=None, *, options=(), **_):
         assert "#pragma once" not in code
         self.signatures = kernel_signatures(code)
+        self.host = None
+        if KERNELS == "source":
+            key = (code, tuple(options))
+            if key not in _HOST_MODULES:
+                _HOST_MODULES[key] = HostModule(code, options)
+            self.host = _HOST_MODULES[key]
 
     def get_function(self, name):
-        return _RawKernel(name, self.signatures[name])
+        return _RawKernel(name, self.signatures[name], self.host)
 
 
 class _RawKernel:
-    def __init__(self, name, signature):
-        self.name, self.signature = name, signature
+    def __init__(self, name, signature, host):
+        self.name, self.signature, self.host = name, signature, host
 
     def __call__(self, grid, block, args, *, shared_mem=0):
         assert len(args) == len(self.signature), f"{self.name}: {len(args)} arguments"
@@ -179,10 +195,74 @@ class _RawKernel:
         geometry = twins.Geometry(tuple(grid), tuple(block))
 
         def launch():
-            values = [_array_at(*a) if isinstance(a, tuple) else a for a in converted]
-            twins.KERNELS[self.name](geometry, *values)
+            if self.host is None:
+                values = [_array_at(*a) if isinstance(a, tuple) else a for a in converted]
+                twins.KERNELS[self.name](geometry, *values)
+            else:
+                _checked_source_launch(self.host, self.name, geometry, converted)
 
         _run(launch)
+
+
+def _checked_source_launch(host: HostModule, name: str, geometry, converted: list) -> None:
+    """Runs the kernel's source on device memory, and checks the launch two ways on copies
+    of the buffers it is given: its twin must compute the same (to float rounding), and the
+    source run with threads and blocks in reverse order must give identical bits (otherwise
+    the result depends on scheduling: a race)."""
+    owners = [_allocation_of(a[0]) for a in converted if isinstance(a, tuple)]
+    assert len(set(owners)) == len(owners), (
+        f"{name}: two pointer arguments in one allocation; copies would not alias")
+
+    def copies():
+        return [np.array(_array_at(*a)) if isinstance(a, tuple) else a for a in converted]
+
+    def addresses(args):
+        return [0 if a is None else a.ctypes.data if isinstance(a, np.ndarray)
+                else a[0] if isinstance(a, tuple) else a for a in args]
+
+    twin, backwards = copies(), copies()
+    twins.KERNELS[name](geometry, *twin)
+    host.launch(name, geometry.grid, geometry.block, addresses(backwards), reverse=True)
+    host.launch(name, geometry.grid, geometry.block, addresses(converted))
+    params = [p[1] for p in host.signatures[name]]
+    for arg, param, expected, reordered in zip(converted, params, twin, backwards):
+        if not isinstance(arg, tuple):
+            continue
+        if not _guard_intact(_allocation_of(arg[0])):
+            raise AssertionError(f"{name}: wrote past the end of the buffer {param} points into")
+        source = _array_at(*arg)
+        if not np.array_equal(source, reordered, equal_nan=source.dtype.kind == "f"):
+            raise AssertionError(f"{name}: {param} differs when threads and blocks run in "
+                                 f"reverse order (a race: the result depends on scheduling)")
+        mismatch = twin_mismatch(source, expected)
+        if mismatch:
+            raise AssertionError(f"{name}: {param} differs from the twin: {mismatch}")
+
+
+# Source vs twin: both float32, summed in different orders (the kernels' fixed trees, NumPy's
+# pairwise sums) with different exp/log implementations. Seen: up to 2.4e-6 (the KL's per-row
+# sum, which cancels) on the gate's fixture; an indexing bug is off by O(1).
+TWIN_RTOL = 1e-4
+
+
+def twin_mismatch(source: np.ndarray, twin: np.ndarray) -> str | None:
+    """Why ``source`` and ``twin`` disagree, or None: integers exactly; floats to TWIN_RTOL
+    of each element plus of the array's largest magnitude (sums that cancel); NaN where NaN."""
+    if source.dtype.kind != "f":
+        bad = np.flatnonzero(source != twin)
+        return None if bad.size == 0 else f"{bad.size} elements differ, first at {bad[0]}"
+    if not np.array_equal(np.isnan(source), np.isnan(twin)):
+        return ("NaN in different places (every buffer is followed by NaN: a read past its "
+                "end shows so)")
+    s, t = np.nan_to_num(source).astype(np.float64), np.nan_to_num(twin).astype(np.float64)
+    scale = float(np.abs(t).max(initial=0.0))
+    error = np.abs(s - t)
+    bad = np.flatnonzero(error > TWIN_RTOL * (np.abs(t) + scale))
+    if bad.size == 0:
+        return None
+    worst = int(np.argmax(error))
+    return (f"{bad.size} elements beyond tolerance; worst at {worst}: {s[worst]!r} vs "
+            f"{t[worst]!r} (largest magnitude {scale:.3g})")
 
 
 # -- runtime, cuBLAS, cupyx ---------------------------------------------------------------
@@ -225,8 +305,11 @@ class _Device:
     compute_capability = "90"
 
 
-def install(monkeypatch) -> None:
-    """Make ``import cupy`` (and cupyx, cupy_backends' cuBLAS) give this module's stand-ins."""
+def install(monkeypatch, kernels: str = "twins") -> None:
+    """Make ``import cupy`` (and cupyx, cupy_backends' cuBLAS) give this module's stand-ins,
+    whose kernels are the twins or (``kernels="source"``) the CUDA source run on the host."""
+    assert kernels in ("twins", "source"), kernels
+    monkeypatch.setattr(sys.modules[__name__], "KERNELS", kernels)
     cupy = types.ModuleType("cupy")
     cupy.__version__ = "simulated"
     cupy.RawModule = RawModule

@@ -17,7 +17,7 @@ needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not installed (CUDA t
 
 
 def declared_kernels(source: Path) -> list[str]:
-    from fake_cupy import kernel_signatures
+    from cuda_on_host import kernel_signatures
 
     return list(kernel_signatures(source.read_text()))
 

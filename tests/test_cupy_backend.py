@@ -46,7 +46,7 @@ POINTER_DTYPES = {"float": np.float32, "long long": np.int64, "unsigned int": np
 
 def c_kernels() -> dict[str, list[tuple[str, str, bool]]]:
     """name -> [(C type without const/restrict, parameter name, is pointer)]"""
-    from fake_cupy import kernel_signatures
+    from cuda_on_host import kernel_signatures
 
     return kernel_signatures(kernel_source())
 

@@ -1,0 +1,143 @@
+"""The CUDA kernel source built for the host and launched from Python: the text and ``-D``
+options the backend hands CuPy's RawModule, compiled by the host C++ compiler with
+``cuda_on_host.h`` (CUDA's execution model as fibers, one block at a time) force-included.
+
+So the CPU tests run the kernels' own indexing, reductions and barriers — what a GPU would
+run — not only their NumPy twins. What this cannot show: timing, float rounding identical to
+the GPU's (NVRTC contracts a*b+c into FMAs; the host build does not), or anything about the
+hardware's memory model beyond the order of barriers. A launch may run its threads and
+blocks in reverse order: a kernel whose answer depends on that order has a race.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HEADER = Path(__file__).with_name("cuda_on_host.h")
+# -U_FORTIFY_SOURCE: the fortified longjmp refuses to jump between stacks, which fibers do.
+CXXFLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-fno-fast-math", "-U_FORTIFY_SOURCE")
+
+_SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
+# C parameter types (const and __restrict__ dropped) -> how ctypes passes them.
+_CTYPES = {"int": ctypes.c_int, "unsigned int": ctypes.c_uint, "float": ctypes.c_float,
+           "double": ctypes.c_double, "long long": ctypes.c_longlong,
+           "unsigned long long": ctypes.c_ulonglong}
+
+
+def kernel_signatures(code: str) -> dict[str, list[tuple[str, str, bool]]]:
+    """name -> [(C type without const/__restrict__, parameter name, is a pointer)] of every
+    extern "C" kernel in ``code``."""
+    kernels = {}
+    for name, params in _SIGNATURE.findall(code):
+        parsed = []
+        for param in filter(None, (p.strip() for p in params.split(","))):
+            words = param.replace("*", " * ").replace("const", " ").replace("__restrict__", " ")
+            *type_words, pname = words.split()
+            parsed.append((" ".join(w for w in type_words if w != "*"), pname,
+                           "*" in type_words))
+        kernels[name] = parsed
+    return kernels
+
+
+def unavailable_reason() -> str | None:
+    """Why the kernel source cannot be built and run here, or None."""
+    if not sys.platform.startswith("linux"):
+        return "the host emulation of CUDA runs threads as ucontext fibers: Linux only"
+    if compiler() is None:
+        return "no C++ compiler (g++ or c++) on PATH for the host build of the kernels"
+    return None
+
+
+def compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+
+
+def _wrappers(code: str) -> str:
+    """One C entry point per kernel: host_<name>(dims[6], reverse, <the kernel's parameters>)
+    launches it over the grid in dims."""
+    lines = []
+    for name, params in _SIGNATURE.findall(code):
+        names = [p[1] for p in kernel_signatures(f'extern "C" __global__ void {name}({params})')
+                 [name]]
+        lead = "const unsigned int* dims, int reverse" + (", " if params.strip() else "")
+        lines.append(f'extern "C" int host_{name}({lead}{params}) {{\n'
+                     f"    return cuda_on_host::launch(dims, reverse, [&] {{ "
+                     f"{name}({', '.join(names)}); }});\n}}")
+    lines.append('extern "C" const char* host_last_error() {\n'
+                 "    return cuda_on_host::last_error.c_str();\n}")
+    return "\n\n".join(lines) + "\n"
+
+
+def _options(options) -> list[str]:
+    """The RawModule options the host compiler understands the same way: -D, -I, -std."""
+    kept = []
+    for option in options:
+        if not option.startswith(("-D", "-I", "-std=")):
+            raise ValueError(f"no host equivalent for the NVRTC option {option!r}")
+        kept.append(option)
+    return kept
+
+
+class LaunchFailed(AssertionError):
+    """A launch the host emulation refused: what a GPU would hang on, or reject."""
+
+
+class HostModule:
+    """``code`` compiled for the host; ``launch`` runs one kernel over a grid."""
+
+    def __init__(self, code: str, options=(), cache_dir: Path | None = None):
+        reason = unavailable_reason()
+        if reason:
+            raise RuntimeError(reason)
+        cxx = compiler()
+        self.signatures = kernel_signatures(code)
+        source = code + "\n" + _wrappers(code)
+        flags = [*CXXFLAGS, *_options(options), "-include", str(HEADER)]
+        key = hashlib.sha256("\0".join([source, HEADER.read_text(), cxx, *flags]).encode())
+        cache = cache_dir or Path(tempfile.gettempdir()) / f"vae-kernel-bench-{os.getuid()}"
+        cache.mkdir(parents=True, exist_ok=True)
+        library = cache / f"host-kernels-{key.hexdigest()[:20]}.so"
+        if not library.exists():
+            built = cache / f"{library.stem}.{os.getpid()}.tmp.so"
+            cpp = built.with_suffix(".cpp")
+            cpp.write_text(source)
+            result = subprocess.run([cxx, *flags, "-x", "c++", str(cpp), "-o", str(built)],
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"the host build of the kernel source failed:\n"
+                                   f"{result.stderr}")
+            os.replace(built, library)  # atomic: a concurrent build never sees half a file
+            cpp.unlink()
+        self.library = ctypes.CDLL(str(library))
+        self.library.host_last_error.restype = ctypes.c_char_p
+        self._entry = {}
+        for name, params in self.signatures.items():
+            entry = getattr(self.library, f"host_{name}")
+            entry.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.c_int] + [
+                ctypes.c_void_p if pointer else _CTYPES[ctype] for ctype, _, pointer in params]
+            entry.restype = ctypes.c_int
+            self._entry[name] = entry
+
+    def launch(self, name: str, grid, block, args, reverse: bool = False) -> None:
+        """``args``: an address (int, 0 for null) per pointer, a number per scalar."""
+        params = self.signatures[name]
+        if len(args) != len(params):
+            raise TypeError(f"{name} takes {len(params)} arguments, got {len(args)}")
+        values = []
+        for arg, (ctype, pname, pointer) in zip(args, params):
+            if pointer:
+                values.append(int(arg) or None)
+            else:
+                values.append(float(arg) if ctype in ("float", "double") else int(arg))
+        dims = (ctypes.c_uint * 6)(*grid, *block)
+        if self._entry[name](dims, int(reverse), *values) != 0:
+            raise LaunchFailed(f"{name} {tuple(grid)}x{tuple(block)}: "
+                               f"{self.library.host_last_error().decode()}")
