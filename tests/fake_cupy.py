@@ -22,7 +22,7 @@ import types
 import numpy as np
 from cuda_on_host import HostModule, kernel_signatures
 
-from kernels.cupy_gpu import twins
+from kernels.cupy_gpu import blas, twins
 from kernels.cupy_gpu.gemm import GemmCall, emulate
 
 _ALLOCATIONS: dict[int, np.ndarray] = {}  # base address -> the owning byte array
@@ -278,26 +278,73 @@ def _device_properties(device_id):
 
 
 runtime = types.SimpleNamespace(
-    getDeviceCount=lambda: 1, memcpyHostToDevice=1, CUDA_R_32F=0, memcpyAsync=_memcpy_async,
+    getDeviceCount=lambda: 1, memcpyHostToDevice=1, memcpyAsync=_memcpy_async,
     getDeviceProperties=_device_properties, runtimeGetVersion=lambda: 13000,
     driverGetVersion=lambda: 13000)
 
 
-def _gemm_ex(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C,
-             Ctype, ldc, compute_type, algo):
-    assert Atype == Btype == Ctype == runtime.CUDA_R_32F
-    scale = ctypes.c_float.from_address(alpha).value
-    keep = ctypes.c_float.from_address(beta).value
-    assert (scale, keep) == (1.0, 0.0), "the step's GEMMs overwrite: alpha 1, beta 0"
-    call = GemmCall(transa, transb, m, n, k, "A", lda, "B", ldb, "C", ldc)
-    _run(lambda: emulate(call, _array_at(A, np.float32), _array_at(B, np.float32),
-                         _array_at(C, np.float32)))
+class _CFunction:
+    """A library function as ctypes gives it: argtypes and restype may be set, and a call
+    must then pass one argument per declared type."""
+
+    def __init__(self, body):
+        self.body, self.argtypes, self.restype = body, None, None
+
+    def __call__(self, *args):
+        assert self.argtypes is not None and len(args) == len(self.argtypes), (
+            f"{self.body.__name__}: {len(args)} arguments, {self.argtypes} declared")
+        return self.body(*args)
 
 
-cublas = types.SimpleNamespace(
-    create=lambda: 1, setStream=lambda handle, stream: None,
-    setPointerMode=lambda handle, mode: None, gemmEx=_gemm_ex, CUBLAS_POINTER_MODE_HOST=0,
-    CUBLAS_COMPUTE_32F=68, CUBLAS_COMPUTE_32F_FAST_TF32=77, CUBLAS_GEMM_DEFAULT=-1)
+class CublasLibrary:
+    """cuBLAS as ctypes reaches it (kernels/cupy_gpu/blas.py): the library's C functions."""
+
+    def __init__(self):
+        self.handles = 0
+        self.streams: dict[int, int] = {}  # handle -> stream
+        self.pointer_modes: dict[int, int] = {}
+        for name in ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetPointerMode_v2",
+                     "cublasGemmEx"):
+            setattr(self, name, _CFunction(getattr(self, "_" + name)))
+
+    def _cublasCreate_v2(self, handle_ref):  # noqa: N802 - the C names
+        self.handles += 1
+        handle_ref._obj.value = self.handles
+        return 0
+
+    def _cublasSetStream_v2(self, handle, stream):  # noqa: N802
+        assert _CAPTURE is None, "the handle's stream is set outside any capture"
+        self.streams[handle.value] = stream
+        return 0
+
+    def _cublasSetPointerMode_v2(self, handle, mode):  # noqa: N802
+        self.pointer_modes[handle.value] = mode
+        return 0
+
+    def _cublasGemmEx(self, handle, transa, transb, m, n, k, alpha, A, Atype, lda, B,  # noqa: N802,N803
+                      Btype, ldb, beta, C, Ctype, ldc, compute_type, algo):
+        assert handle.value in self.streams, "cublasGemmEx on a handle with no stream set"
+        assert self.pointer_modes[handle.value] == blas.CUBLAS_POINTER_MODE_HOST
+        assert Atype == Btype == Ctype == blas.CUDA_R_32F
+        scale = ctypes.c_float.from_address(alpha).value  # host mode: read at call time
+        keep = ctypes.c_float.from_address(beta).value
+        assert (scale, keep) == (1.0, 0.0), "the step's GEMMs overwrite: alpha 1, beta 0"
+        call = GemmCall(transa, transb, m, n, k, "A", lda, "B", ldb, "C", ldc)
+        _run(lambda: emulate(call, _array_at(A, np.float32), _array_at(B, np.float32),
+                             _array_at(C, np.float32)))
+        return 0
+
+
+def _refused_in_capture(*_):
+    """CuPy's own cuBLAS binding (CuPy 13): every call first sets the handle's stream, and that
+    raises while a stream is captured. The executor must not use it."""
+    if _CAPTURE is not None:
+        raise NotImplementedError("calling cuBLAS API during stream capture is currently "
+                                  "unsupported")
+
+
+cublas = types.SimpleNamespace(create=lambda: 1, setStream=_refused_in_capture,
+                               gemmEx=_refused_in_capture)
 
 
 class _Device:
@@ -333,3 +380,4 @@ def install(monkeypatch, kernels: str = "twins") -> None:
     for name, module in modules.items():
         module.__spec__ = importlib.machinery.ModuleSpec(name, None)  # find_spec asks
         monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(blas, "open_cublas", CublasLibrary)

@@ -2,7 +2,8 @@
 twins. Both take the same ops over the same named buffers; the backend never asks which.
 
 The CUDA executor launches each fused kernel from ``vae_kernels.cu`` (compiled once by NVRTC)
-and each GEMM as one cublasGemmEx on its own stream and cuBLAS handle; ``capture`` records a
+and each GEMM as one cublasGemmEx on its own stream and cuBLAS handle (``blas.py``: through
+ctypes, since CuPy's binding refuses cuBLAS calls during capture); ``capture`` records a
 program into a CUDA Graph (nothing runs until ``replay``). The NumPy executor records the ops
 instead, so the backend's graph bookkeeping is exercised on the CPU too.
 """
@@ -116,22 +117,21 @@ class CudaExecutor:
     def __init__(self, tf32: bool = False):
         import cupy
         import cupyx
-        from cupy_backends.cuda.libs import cublas
 
-        self.cp, self.cupyx, self.cublas = cupy, cupyx, cublas
+        from .blas import CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32, Cublas
+
+        self.cp, self.cupyx = cupy, cupyx
         self.tf32 = tf32
         self.stream = cupy.cuda.Stream(non_blocking=True)
         started = time.perf_counter()
         module = cupy.RawModule(code=kernel_source(), options=COMPILE_OPTIONS)
         self.kernels = {name: module.get_function(name) for name in KERNEL_NAMES}
         self.compile_seconds = time.perf_counter() - started  # NVRTC, or CuPy's disk cache
-        # Our own handle on our own stream: cuBLAS calls are then captured with the kernels.
-        self.handle = cublas.create()
-        cublas.setStream(self.handle, self.stream.ptr)
-        cublas.setPointerMode(self.handle, cublas.CUBLAS_POINTER_MODE_HOST)
+        # Our own cuBLAS handle on our own stream, called through ctypes (blas.py: CuPy's
+        # binding refuses calls during capture), so the GEMMs are captured with the kernels.
+        self.blas = Cublas(self.stream.ptr)
         # TF32 off unless asked: float32 products, so the agreement gate's tolerances hold.
-        self.compute_type = (cublas.CUBLAS_COMPUTE_32F_FAST_TF32 if tf32
-                             else cublas.CUBLAS_COMPUTE_32F)
+        self.compute_type = CUBLAS_COMPUTE_32F_FAST_TF32 if tf32 else CUBLAS_COMPUTE_32F
         self._alpha = np.ones(1, np.float32)  # host scalars: read by cuBLAS at call (capture) time
         self._beta = np.zeros(1, np.float32)
         self._slots: list[tuple[np.ndarray, object]] = []
@@ -194,12 +194,8 @@ class CudaExecutor:
 
     def _gemm(self, call: GemmCall, buffers: dict) -> None:
         a, b, c = buffers[call.a], buffers[call.b], buffers[call.c]
-        r32 = self.cp.cuda.runtime.CUDA_R_32F
-        self.cublas.gemmEx(
-            self.handle, call.transa, call.transb, call.m, call.n, call.k,
-            self._alpha.ctypes.data, a.data.ptr, r32, call.lda, b.data.ptr, r32, call.ldb,
-            self._beta.ctypes.data, c.data.ptr, r32, call.ldc, self.compute_type,
-            self.cublas.CUBLAS_GEMM_DEFAULT)
+        self.blas.gemm(call, a.data.ptr, b.data.ptr, c.data.ptr, self._alpha.ctypes.data,
+                       self._beta.ctypes.data, self.compute_type)
 
     def run(self, ops: list[Op], buffers: dict) -> None:
         null = np.uint64(0)  # a null pointer argument: eight zero bytes
