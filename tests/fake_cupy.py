@@ -303,8 +303,9 @@ class CublasLibrary:
         self.handles = 0
         self.streams: dict[int, int] = {}  # handle -> stream
         self.pointer_modes: dict[int, int] = {}
-        for name in ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetPointerMode_v2",
-                     "cublasGemmEx"):
+        self.workspaces: dict[int, tuple[int, int]] = {}  # handle -> (pointer, bytes)
+        for name in ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2",
+                     "cublasSetPointerMode_v2", "cublasGemmEx"):
             setattr(self, name, _CFunction(getattr(self, "_" + name)))
 
     def _cublasCreate_v2(self, handle_ref):  # noqa: N802 - the C names
@@ -315,6 +316,13 @@ class CublasLibrary:
     def _cublasSetStream_v2(self, handle, stream):  # noqa: N802
         assert _CAPTURE is None, "the handle's stream is set outside any capture"
         self.streams[handle.value] = stream
+        self.workspaces.pop(handle.value, None)  # as cuBLAS: back to its own workspace
+        return 0
+
+    def _cublasSetWorkspace_v2(self, handle, pointer, size):  # noqa: N802
+        base = _allocation_of(pointer)
+        assert _SIZES[base] - (pointer - base) >= size, "a workspace larger than its buffer"
+        self.workspaces[handle.value] = (pointer, size)
         return 0
 
     def _cublasSetPointerMode_v2(self, handle, mode):  # noqa: N802
@@ -324,6 +332,8 @@ class CublasLibrary:
     def _cublasGemmEx(self, handle, transa, transb, m, n, k, alpha, A, Atype, lda, B,  # noqa: N802,N803
                       Btype, ldb, beta, C, Ctype, ldc, compute_type, algo):
         assert handle.value in self.streams, "cublasGemmEx on a handle with no stream set"
+        # Without a workspace of ours, cuBLAS would allocate one while a step is captured.
+        assert handle.value in self.workspaces, "cublasGemmEx with cuBLAS's own workspace"
         assert self.pointer_modes[handle.value] == blas.CUBLAS_POINTER_MODE_HOST
         assert Atype == Btype == Ctype == blas.CUDA_R_32F
         scale = ctypes.c_float.from_address(alpha).value  # host mode: read at call time
@@ -361,6 +371,7 @@ def install(monkeypatch, kernels: str = "twins") -> None:
     cupy.__version__ = "simulated"
     cupy.RawModule = RawModule
     cupy.zeros = lambda shape, dtype=np.float32: _allocate(shape, dtype)
+    cupy.empty = cupy.zeros
 
     def asarray(host):
         array = _allocate(np.shape(host), np.asarray(host).dtype)

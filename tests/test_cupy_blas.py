@@ -30,12 +30,13 @@ class FailingLibrary:
     ("cublasCreate_v2", 1, "cublasCreate failed with cublasStatus_t 1 "
                            r"\(CUBLAS_STATUS_NOT_INITIALIZED\)"),
     ("cublasSetStream_v2", 14, r"cublasSetStream failed .*\(CUBLAS_STATUS_INTERNAL_ERROR\)"),
+    ("cublasSetWorkspace_v2", 7, r"cublasSetWorkspace failed .*\(CUBLAS_STATUS_INVALID_VALUE\)"),
     ("cublasGemmEx", 7, r"cublasGemmEx \(m=3, n=2, k=4\) failed .*\(CUBLAS_STATUS_INVALID_VALUE\)"),
     ("cublasGemmEx", 99, "cublasGemmEx .* 99 .*unknown status"),
 ])
 def test_a_failing_cublas_call_raises_naming_the_call_and_status(failing, status, named):
     with pytest.raises(blas.CublasError, match=named):
-        handle = blas.Cublas(stream_ptr=0, library=FailingLibrary(status, failing))
+        handle = blas.Cublas(0, 0, 0, library=FailingLibrary(status, failing))
         call = plan_gemm("c", "a", "b", {"a": (2, 4), "b": (4, 3), "c": (2, 3)})
         handle.gemm(call, 1, 2, 3, 4, 5, blas.CUBLAS_COMPUTE_32F)
 

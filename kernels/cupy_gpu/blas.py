@@ -5,7 +5,9 @@ CuPy's own cuBLAS binding refuses every call while a stream is being captured: i
 during stream capture is currently unsupported", CuPy 13), although cuBLAS supports capture
 (cuBLAS documentation, "CUDA Graphs Support"; with host pointer mode, alpha and beta are
 captured by value). So the executor calls the library CuPy has loaded directly: one handle,
-its stream and pointer mode set once, outside any capture, and nothing else in between.
+its stream, workspace and pointer mode set once, outside any capture. The workspace is ours
+(cublasSetWorkspace) so that cuBLAS never allocates while a step is captured: no memory
+nodes in the graph, no growth when it is captured again.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ CUBLAS_COMPUTE_32F = 68
 CUBLAS_COMPUTE_32F_FAST_TF32 = 77
 CUBLAS_GEMM_DEFAULT = -1
 CUBLAS_POINTER_MODE_HOST = 0
+WORKSPACE_BYTES = 32 << 20  # NVIDIA's recommendation for Hopper (4 MiB before it): ample
 
 _HANDLE = ctypes.c_void_p
 _SIGNATURES = {
     "cublasCreate_v2": [ctypes.POINTER(_HANDLE)],
     "cublasSetStream_v2": [_HANDLE, ctypes.c_void_p],
+    "cublasSetWorkspace_v2": [_HANDLE, ctypes.c_void_p, ctypes.c_size_t],
     "cublasSetPointerMode_v2": [_HANDLE, ctypes.c_int],
     "cublasGemmEx": [_HANDLE, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                      ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
@@ -64,9 +68,11 @@ def open_cublas() -> ctypes.CDLL:
 
 
 class Cublas:
-    """One cuBLAS handle on one stream, host pointer mode: float32 GEMMs a graph may capture."""
+    """One cuBLAS handle on one stream with its own workspace (device memory the caller keeps
+    alive, WORKSPACE_BYTES or more), host pointer mode: GEMMs a graph may capture."""
 
-    def __init__(self, stream_ptr: int, library=None):
+    def __init__(self, stream_ptr: int, workspace_ptr: int, workspace_bytes: int,
+                 library=None):
         self.lib = library if library is not None else open_cublas()
         for name, argtypes in _SIGNATURES.items():
             function = getattr(self.lib, name)
@@ -75,6 +81,9 @@ class Cublas:
         self.handle = _HANDLE()
         self._check(self.lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
         self._check(self.lib.cublasSetStream_v2(self.handle, stream_ptr), "cublasSetStream")
+        # After the stream: setting a stream resets the handle to cuBLAS's own workspace.
+        self._check(self.lib.cublasSetWorkspace_v2(self.handle, workspace_ptr, workspace_bytes),
+                    "cublasSetWorkspace")
         self._check(self.lib.cublasSetPointerMode_v2(self.handle, CUBLAS_POINTER_MODE_HOST),
                     "cublasSetPointerMode")
 

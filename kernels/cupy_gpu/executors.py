@@ -118,7 +118,7 @@ class CudaExecutor:
         import cupy
         import cupyx
 
-        from .blas import CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32, Cublas
+        from .blas import CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32, WORKSPACE_BYTES, Cublas
 
         self.cp, self.cupyx = cupy, cupyx
         self.tf32 = tf32
@@ -129,7 +129,9 @@ class CudaExecutor:
         self.compile_seconds = time.perf_counter() - started  # NVRTC, or CuPy's disk cache
         # Our own cuBLAS handle on our own stream, called through ctypes (blas.py: CuPy's
         # binding refuses calls during capture), so the GEMMs are captured with the kernels.
-        self.blas = Cublas(self.stream.ptr)
+        with self.stream:
+            self._blas_workspace = cupy.empty(WORKSPACE_BYTES, np.uint8)
+        self.blas = Cublas(self.stream.ptr, self._blas_workspace.data.ptr, WORKSPACE_BYTES)
         # TF32 off unless asked: float32 products, so the agreement gate's tolerances hold.
         self.compute_type = CUBLAS_COMPUTE_32F_FAST_TF32 if tf32 else CUBLAS_COMPUTE_32F
         self._alpha = np.ones(1, np.float32)  # host scalars: read by cuBLAS at call (capture) time
