@@ -372,6 +372,23 @@ def install(monkeypatch, kernels: str = "twins") -> None:
     cupy.RawModule = RawModule
     cupy.zeros = lambda shape, dtype=np.float32: _allocate(shape, dtype)
     cupy.empty = cupy.zeros
+    cupy.float32 = np.float32
+    cupy.empty_like = lambda a: _allocate(a.shape, a.dtype)
+
+    def matmul(a, b, out):  # the harness's GEMM-peak probe
+        _run(lambda: np.matmul(a, b, out=out))
+        return out
+
+    def default_rng(seed):
+        host = np.random.default_rng(seed)
+
+        def standard_normal(size, dtype=np.float64):
+            return asarray(host.standard_normal(size, dtype=dtype))
+
+        return types.SimpleNamespace(standard_normal=standard_normal)
+
+    cupy.matmul = matmul
+    cupy.random = types.SimpleNamespace(default_rng=default_rng)
 
     def asarray(host):
         array = _allocate(np.shape(host), np.asarray(host).dtype)
@@ -380,7 +397,8 @@ def install(monkeypatch, kernels: str = "twins") -> None:
 
     cupy.asarray = asarray
     cupy.cuda = types.SimpleNamespace(Stream=Stream, Event=Event, runtime=runtime,
-                                      Device=_Device, get_elapsed_time=lambda a, b: 1.0)
+                                      Device=_Device, get_elapsed_time=lambda a, b: 1.0,
+                                      get_current_stream=Stream)
     cupyx = types.ModuleType("cupyx")
     cupyx.empty_pinned = lambda shape, dtype=np.float32: np.zeros(shape, dtype)
     libs = types.ModuleType("cupy_backends.cuda.libs")

@@ -468,3 +468,30 @@ def test_cuda_executor_epoch_and_timing_aids_on_a_simulated_cupy(simulated_cuda,
     assert cuda.launch_floor(64)["nodes"] == 23
     assert set(cuda.stage_times(data, 64, repeats=1, replays=1)) == {
         "step", "gemms", "fused kernels", "adam"}
+
+
+def test_the_harness_runs_the_gpu_profile_on_a_simulated_cupy(simulated_cuda, monkeypatch,
+                                                               tmp_path, capsys):
+    """The harness's GPU paths — the GPU's GEMM peak through CuPy, the device and launch-floor
+    columns, the GPU lines of the summary, compare on a GPU table — before any GPU runs them."""
+    import pandas as pd
+
+    from bench import throughput
+    from bench.cli import main
+
+    peak, stages = throughput.gpu_gemm_peak, CupyBackend.stage_times
+    monkeypatch.setattr(throughput, "gpu_gemm_peak", lambda: peak(size=64, repeats=1))
+    monkeypatch.setattr(CupyBackend, "stage_times",  # the simulation's times mean nothing
+                        lambda self, data, batch: stages(self, data, batch, 1, 1))
+    out = tmp_path / "run"
+    assert main(["run", "--profile", "gpu", "--backends", "cupy", "--latents", "2",
+                 "--batch-sizes", "64", "--epochs", "1", "--repeats", "1", "--steps", "2",
+                 "--iwae-k", "2", "--out", str(out)]) == 0
+    rows = pd.read_csv(out / "results.csv")
+    row = rows[rows.backend == "cupy"].iloc[0]
+    assert row.device == "cuda" and row.agreement == "pass"
+    assert row.launch_floor_ms > 0 and np.isfinite(row.final_test_elbo)
+    summary = (out / "summary.md").read_text()
+    assert "GPU Simulated GPU" in summary and "CuPy (cuBLAS), TF32 off" in summary
+    capsys.readouterr()
+    assert main(["compare", str(out), str(out)]) == 0
