@@ -45,7 +45,8 @@ def write_summary(out: Path, table: pd.DataFrame, env: dict) -> None:
     lines += ["", "## Throughput (training samples/s, median of interleaved windows)", "",
               "Speed-up is over PyTorch eager on the same device in this run (torch on the CPU, "
               "torch-cuda on a GPU); % peak is of that device's float32 GEMM peak; the launch "
-              "floor is kernels per step times the replay cost of one empty CUDA Graph node.",
+              "floor is the step graph's nodes times the replay cost of one empty CUDA Graph "
+              "node.",
               "", "| backend | device | z | batch | samples/s | min–max | ms/step | GFLOP/s "
               "| % peak | speed-up vs eager | launch floor ms (x) | warm-up s |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

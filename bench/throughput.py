@@ -199,10 +199,13 @@ def report(results: list[Measurement], config: VAEConfig, batch: int,
     for r in results:
         if r.launch_floor:
             f = r.launch_floor
+            launches = int(f.get("launches", f["nodes"]))
+            counted = f"{int(f['nodes'])} graph nodes" + (
+                f" ({launches} launches)" if launches != int(f["nodes"]) else "")
             lines.append(
-                f"{r.backend}: launch-latency floor {r.floor_ms:.3f} ms = {int(f['nodes'])} "
-                f"kernels x {f['seconds_per_node'] * 1e6:.2f} us per empty graph node; its step "
-                f"is {r.median_ms / r.floor_ms:.2f}x the floor")
+                f"{r.backend}: launch-latency floor {r.floor_ms:.3f} ms = {counted} x "
+                f"{f['seconds_per_node'] * 1e6:.2f} us per empty graph node; its step is "
+                f"{r.median_ms / r.floor_ms:.2f}x the floor")
     for r in results:
         if r.stages:
             parts = ", ".join(f"{k} {v:.3f} ms" for k, v in r.stages.items())

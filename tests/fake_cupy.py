@@ -22,7 +22,7 @@ import types
 import numpy as np
 from cuda_on_host import HostModule, kernel_signatures
 
-from kernels.cupy_gpu import blas, twins
+from kernels.cupy_gpu import blas, driver, twins
 from kernels.cupy_gpu.gemm import GemmCall, emulate
 
 _ALLOCATIONS: dict[int, np.ndarray] = {}  # base address -> the owning byte array
@@ -100,9 +100,14 @@ def _run(action) -> None:
         action()
 
 
+_GRAPHS: dict[int, "Graph"] = {}  # handle -> graph, for the driver's node count
+
+
 class Graph:
     def __init__(self, actions):
-        self.actions = actions
+        self.actions = actions  # one per launch or GEMM: the nodes of a real graph
+        self.graph = id(self)  # the cudaGraph_t handle CuPy exposes
+        _GRAPHS[self.graph] = self
 
     def launch(self, stream=None):
         _run(self._replay)
@@ -345,6 +350,18 @@ class CublasLibrary:
         return 0
 
 
+class DriverLibrary:
+    """The CUDA driver as ctypes reaches it (kernels/cupy_gpu/driver.py)."""
+
+    def __init__(self):
+        self.cuGraphGetNodes = _CFunction(self._cuGraphGetNodes)
+
+    def _cuGraphGetNodes(self, graph, nodes, count_ref):  # noqa: N802 - the C name
+        assert nodes is None, "only the count is asked for"
+        count_ref._obj.value = len(_GRAPHS[graph].actions)
+        return 0
+
+
 def _refused_in_capture(*_):
     """CuPy's own cuBLAS binding (CuPy 13): every call first sets the handle's stream, and that
     raises while a stream is captured. The executor must not use it."""
@@ -410,3 +427,4 @@ def install(monkeypatch, kernels: str = "twins") -> None:
         module.__spec__ = importlib.machinery.ModuleSpec(name, None)  # find_spec asks
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(blas, "open_cublas", CublasLibrary)
+    monkeypatch.setattr(driver, "open_driver", DriverLibrary)

@@ -1,6 +1,6 @@
-"""cuBLAS through ctypes (kernels/cupy_gpu/blas.py): its error reporting, how it finds the
-library CuPy loaded, and, wherever cuBLAS's header is installed, that the C prototypes and
-enum values it declares by hand are the header's."""
+"""cuBLAS and the CUDA driver through ctypes (kernels/cupy_gpu/blas.py, driver.py): their
+error reporting, how the library CuPy loaded is found, and, wherever cuBLAS's header is
+installed, that the C prototypes and enum values declared by hand are the header's."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import ctypes
 import glob
 import os
 import re
+import types
 from pathlib import Path
 
 import pytest
 
-from kernels.cupy_gpu import blas
+from kernels.cupy_gpu import blas, driver
 from kernels.cupy_gpu.gemm import plan_gemm
 
 
@@ -84,3 +85,17 @@ def test_prototypes_and_enum_values_match_cublas_api_h():
         assert value and int(value.group(1)) == getattr(blas, constant), constant
     value = re.search(r"\bCUDA_R_32F\s*=\s*(\d+)", LIBRARY_TYPES.read_text())
     assert value and int(value.group(1)) == blas.CUDA_R_32F
+
+
+def test_a_graph_node_count_reads_the_drivers_answer_or_names_its_error():
+    def driver_library(status: int, nodes: int):
+        def get_nodes(graph, array, count):  # cuGraphGetNodes; a function takes argtypes
+            assert graph == 1234 and array is None
+            count._obj.value = nodes
+            return status
+
+        return types.SimpleNamespace(cuGraphGetNodes=get_nodes)
+
+    assert driver.graph_node_count(1234, library=driver_library(0, 27)) == 27
+    with pytest.raises(driver.DriverError, match="cuGraphGetNodes failed with CUresult 400"):
+        driver.graph_node_count(1234, library=driver_library(400, 0))

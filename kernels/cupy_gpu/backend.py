@@ -357,14 +357,17 @@ class CupyBackend:
         return {name: float(np.median(t)) / replays for name, t in times.items()}
 
     def launch_floor(self, batch: int) -> dict[str, float]:
-        """The step's floor set by launch latency: kernels per step times the measured cost of
-        one empty graph node (CUDA only; seconds)."""
+        """The step's floor set by launch latency: the nodes of its captured graph (the
+        program's launches where none is captured yet, or for ``cupy-nograph``) times the
+        measured cost of one empty graph node (CUDA only; seconds)."""
         if self.device != "cuda":
             return {}
-        counts = self.kernels_per_step(batch)
+        launches = sum(self.kernels_per_step(batch).values())
+        captured = [graph for key, graph in self._graphs.items() if key[0] == batch]
+        nodes = self.executor.graph_nodes(captured[0]) if captured else launches
         per_node = self.executor.seconds_per_graph_node()
-        nodes = sum(counts.values())
-        return {"nodes": nodes, "seconds_per_node": per_node, "floor_seconds": nodes * per_node}
+        return {"nodes": nodes, "launches": launches, "seconds_per_node": per_node,
+                "floor_seconds": nodes * per_node}
 
     def synchronize(self) -> None:
         if self.executor is not None:

@@ -101,6 +101,9 @@ class NumpyExecutor:
     def replay(self, graph) -> None:
         self.run(*graph)
 
+    def graph_nodes(self, graph) -> int:
+        return len(graph[0])
+
     def synchronize(self) -> None:
         pass
 
@@ -222,6 +225,12 @@ class CudaExecutor:
 
     def replay(self, graph) -> None:
         graph.launch(stream=self.stream)
+
+    def graph_nodes(self, graph) -> int:
+        """Nodes in a captured graph, as the driver counts them."""
+        from .driver import graph_node_count
+
+        return graph_node_count(graph.graph)
 
     def synchronize(self) -> None:
         self.stream.synchronize()
