@@ -402,7 +402,7 @@ def cmd_fixture(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kernels import BackendUnavailable, UnknownBackendError
+    from kernels import BackendFailed, BackendUnavailable, UnknownBackendError
     from vae_ref.data import DatasetError
     from vae_ref.idx import IDXFormatError
     from vae_ref.train import NonFiniteLossError
@@ -422,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except NonFiniteLossError as error:
         print(f"vae-bench: training failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except BackendFailed as error:
+        print(f"vae-bench: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("vae-bench: interrupted; finished models are kept, re-run to resume",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .base import Availability, Backend, BackendUnavailable, BatchLoss, StepOutputs
+from .base import Availability, Backend, BackendFailed, BackendUnavailable, BatchLoss, StepOutputs
 
 
 class UnknownBackendError(ValueError):
@@ -98,6 +98,7 @@ __all__ = [
     "BACKENDS",
     "Availability",
     "Backend",
+    "BackendFailed",
     "BackendUnavailable",
     "BatchLoss",
     "StepOutputs",

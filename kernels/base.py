@@ -24,6 +24,11 @@ class BackendUnavailable(RuntimeError):
     """The backend cannot run on this machine; the message says why."""
 
 
+class BackendFailed(RuntimeError):
+    """The backend could not go on with a run it had started; the message says why and what to
+    do (rather than let it carry on measuring something else)."""
+
+
 @dataclass(frozen=True)
 class Availability:
     available: bool

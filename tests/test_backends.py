@@ -90,3 +90,30 @@ def test_an_unavailable_backend_says_why_and_the_cli_exits_2(monkeypatch, capsys
     assert not status.available and "numba is not installed (pip install numba)" in status.reason
     assert main(["check", "--backend", "numba", "--latents", "2"]) == 2
     assert "backend 'numba' is unavailable here: numba is not installed" in capsys.readouterr().err
+
+
+def test_torch_compile_fails_loudly_at_its_variant_limit_instead_of_running_eagerly(monkeypatch):
+    """Past dynamo's limit of compiled variants a function silently runs eagerly, which would
+    time eager PyTorch under the name torch-compile. The limit is raised, and hitting it is an
+    error naming the setting."""
+    import torch._dynamo
+    import torch._dynamo.config as dynamo
+
+    from kernels import BackendFailed, torch_ref
+
+    torch._dynamo.reset()  # variants other tests compiled count toward the limit too
+    limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
+    flags = [n for n in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit")
+             if hasattr(dynamo, n)]
+    monkeypatch.setattr(torch_ref, "RECOMPILE_LIMIT", 2)
+    data = np.random.default_rng(0).random((64, 784), dtype=np.float32)
+    config = VAEConfig(latent_dim=3)
+    # dynamo's own patch restores its settings afterwards (loading sets the flags).
+    with dynamo.patch(**{limit: 2}, **{name: getattr(dynamo, name) for name in flags}):
+        backend = create_backend("torch-compile")
+        backend.load(config, export_params(build_model(config)))
+        backend.train_step(data, np.arange(8))
+        backend.train_step(data, np.arange(16))
+        with pytest.raises(BackendFailed,
+                           match="limit of compiled variants .* RECOMPILE_LIMIT = 2"):
+            backend.train_step(data, np.arange(24))

@@ -17,7 +17,7 @@ from vae_ref import VAEConfig, build_model, import_params, loss_terms
 from vae_ref.evaluate import EvalResult, evaluate_elbo
 from vae_ref.params import Params, export_params
 
-from ..base import Availability, BackendUnavailable, BatchLoss, StepOutputs
+from ..base import Availability, BackendFailed, BackendUnavailable, BatchLoss, StepOutputs
 from ..timing import interleaved_times
 
 
@@ -48,6 +48,28 @@ def _cuda_unavailable_reason() -> str | None:
     except Exception as error:  # noqa: BLE001  availability never raises
         return f"CUDA unusable: {error}"
     return None
+
+
+# torch.compile keeps one compiled variant per input shape (dynamic=False: every batch size
+# its own kernels, torch.compile's best case), shared by every model of those shapes in the
+# process (parameters are graph inputs), so a run needs one per (latent size, batch shape):
+# the gate's, each timed batch size, an epoch's last, shorter batch. Dynamo's default of 8
+# per function is soon reached, and past it dynamo silently runs the function eagerly: a
+# torch-compile row would time eager PyTorch. Hence a limit above any sweep here (7 latent
+# sizes x 6 batch sizes and the rest), and an error instead of the fallback. Many variants
+# cost a steady loop nothing: dynamo moves the variant that matched to the front.
+RECOMPILE_LIMIT = 256
+
+
+def _set_dynamo_limits() -> None:
+    import torch._dynamo.config as dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):  # one setting, renamed in torch 2.6
+        if hasattr(dynamo, name):
+            setattr(dynamo, name, max(getattr(dynamo, name), RECOMPILE_LIMIT))
+    for name in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit"):
+        if hasattr(dynamo, name):
+            setattr(dynamo, name, True)
 
 
 class TorchBackend:
@@ -156,21 +178,30 @@ class TorchBackend:
         # On CUDA, CUDA graphs: a step is a few dozen small kernels whose launch cost would
         # otherwise dominate. Inputs are copied into the graph's static buffers on each call.
         mode = "reduce-overhead" if self._cuda else None
+        _set_dynamo_limits()
 
-        @torch.compile(dynamic=False, mode=mode)
         def loss_of(x_t, eps_t):
             terms = loss_terms(model(x_t, eps_t), x_t, config)
             return terms.loss, terms.reconstruction.mean(), terms.kl.mean()
 
-        @torch.compile(dynamic=False)
         def adam_step():
             self.optimizer.step()
+
+        loss_of = torch.compile(loss_of, dynamic=False, mode=mode)
+        adam_step = torch.compile(adam_step, dynamic=False)
+        from torch._dynamo.exc import FailOnRecompileLimitHit
 
         def step(x_t, eps_t):
             # Gradients are dropped before the forward: under CUDA graphs the last step's
             # .grad may live in graph memory that the next replay overwrites.
             self.optimizer.zero_grad(set_to_none=True)
-            loss, reconstruction, kl = loss_of(x_t, eps_t)
+            try:
+                loss, reconstruction, kl = loss_of(x_t, eps_t)
+            except FailOnRecompileLimitHit as error:
+                raise BackendFailed(
+                    f"{self.name}: torch.compile reached its limit of compiled variants (one "
+                    f"per batch size; RECOMPILE_LIMIT = {RECOMPILE_LIMIT} in "
+                    f"kernels/torch_ref): time fewer batch sizes per run, or raise it") from error
             # stack copies the losses out of the graph's outputs, which the next replay
             # overwrites.
             losses = torch.stack([reconstruction, kl, loss]).detach()
