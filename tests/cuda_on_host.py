@@ -6,7 +6,10 @@ So the CPU tests run the kernels' own indexing, reductions and barriers — what
 run — not only their NumPy twins. What this cannot show: timing, float rounding identical to
 the GPU's (NVRTC contracts a*b+c into FMAs; the host build does not), or anything about the
 hardware's memory model beyond the order of barriers. A launch may run its threads and
-blocks in reverse order: a kernel whose answer depends on that order has a race.
+blocks in reverse order: a kernel whose answer depends on that order has a race. The build
+has UndefinedBehaviorSanitizer in it where the compiler offers it: an index past a
+__shared__ array, a signed overflow in index arithmetic, a misaligned or null access fails
+the launch that made it.
 """
 
 from __future__ import annotations
@@ -19,11 +22,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 HEADER = Path(__file__).with_name("cuda_on_host.h")
 # -U_FORTIFY_SOURCE: the fortified longjmp refuses to jump between stacks, which fibers do.
 CXXFLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-fno-fast-math", "-U_FORTIFY_SOURCE")
+SANITIZE = ("-fsanitize=undefined", "-fno-sanitize=vptr")  # reports, and carries on
+
+# UBSan reports on standard error (where its runtime sends them unless the process started with
+# UBSAN_OPTIONS saying otherwise), so each launch runs with fd 2 sent to a file of ours: what
+# lands there is the launch's report.
+_REPORTS = tempfile.TemporaryFile()
+
 
 _SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
 # C parameter types (const and __restrict__ dropped) -> how ctypes passes them.
@@ -101,21 +112,14 @@ class HostModule:
         self.signatures = kernel_signatures(code)
         source = code + "\n" + _wrappers(code)
         flags = [*CXXFLAGS, *_options(options), "-include", str(HEADER)]
-        key = hashlib.sha256("\0".join([source, HEADER.read_text(), cxx, *flags]).encode())
         cache = cache_dir or Path(tempfile.gettempdir()) / f"vae-kernel-bench-{os.getuid()}"
         cache.mkdir(parents=True, exist_ok=True)
-        library = cache / f"host-kernels-{key.hexdigest()[:20]}.so"
-        if not library.exists():
-            built = cache / f"{library.stem}.{os.getpid()}.tmp.so"
-            cpp = built.with_suffix(".cpp")
-            cpp.write_text(source)
-            result = subprocess.run([cxx, *flags, "-x", "c++", str(cpp), "-o", str(built)],
-                                    capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"the host build of the kernel source failed:\n"
-                                   f"{result.stderr}")
-            os.replace(built, library)  # atomic: a concurrent build never sees half a file
-            cpp.unlink()
+        try:
+            library = _build(cxx, [*flags, *SANITIZE], source, cache)
+            self.sanitized = True
+        except RuntimeError:  # no sanitizer runtime with this compiler: build plainly
+            library = _build(cxx, flags, source, cache)
+            self.sanitized = False
         self.library = ctypes.CDLL(str(library))
         self.library.host_last_error.restype = ctypes.c_char_p
         self._entry = {}
@@ -138,6 +142,45 @@ class HostModule:
             else:
                 values.append(float(arg) if ctype in ("float", "double") else int(arg))
         dims = (ctypes.c_uint * 6)(*grid, *block)
-        if self._entry[name](dims, int(reverse), *values) != 0:
-            raise LaunchFailed(f"{name} {tuple(grid)}x{tuple(block)}: "
-                               f"{self.library.host_last_error().decode()}")
+        with _standard_error_to(_REPORTS):
+            failed = self._entry[name](dims, int(reverse), *values) != 0
+        where = f"{name} {tuple(grid)}x{tuple(block)}"
+        if failed:
+            raise LaunchFailed(f"{where}: {self.library.host_last_error().decode()}")
+        _REPORTS.seek(0)
+        report = _REPORTS.read().decode(errors="replace").strip()
+        if report:
+            raise LaunchFailed(f"{where}: undefined behaviour (UBSan):\n{report}")
+
+
+def _build(cxx: str, flags: list[str], source: str, cache: Path) -> Path:
+    """The shared library of ``source`` built with ``flags``, from the cache when built
+    before (keyed by everything that goes into it)."""
+    key = hashlib.sha256("\0".join([source, HEADER.read_text(), cxx, *flags]).encode())
+    library = cache / f"host-kernels-{key.hexdigest()[:20]}.so"
+    if not library.exists():
+        built = cache / f"{library.stem}.{os.getpid()}.tmp.so"
+        cpp = built.with_suffix(".cpp")
+        cpp.write_text(source)
+        result = subprocess.run([cxx, *flags, "-x", "c++", str(cpp), "-o", str(built)],
+                                capture_output=True, text=True)
+        cpp.unlink()
+        if result.returncode != 0:
+            raise RuntimeError(f"the host build of the kernel source failed:\n{result.stderr}")
+        os.replace(built, library)  # atomic: a concurrent build never sees half a file
+    return library
+
+
+@contextmanager
+def _standard_error_to(sink):
+    """File descriptor 2 goes to ``sink`` (emptied first) until the block ends."""
+    sys.stderr.flush()
+    sink.seek(0)
+    sink.truncate()
+    saved = os.dup(2)
+    os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

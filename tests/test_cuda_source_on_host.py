@@ -39,6 +39,13 @@ extern "C" __global__ void block_sum_no_barrier(const float* __restrict__ x,
     partial[threadIdx.x] = x[blockIdx.x * 4 + threadIdx.x];
     if (threadIdx.x == 0) out[blockIdx.x] = partial[0] + partial[1] + partial[2] + partial[3];
 }
+extern "C" __global__ void shared_overflow(const float* __restrict__ x,
+                                           float* __restrict__ out) {
+    __shared__ float partial[4];
+    partial[threadIdx.x + 1] = x[threadIdx.x];  // thread 3 writes partial[4]
+    __syncthreads();
+    if (threadIdx.x == 0) out[0] = partial[1];
+}
 extern "C" __global__ void divergent_barrier(float* __restrict__ out) {
     if (threadIdx.x < 2) __syncthreads();
     out[threadIdx.x] = 1.0f;
@@ -76,6 +83,15 @@ def test_a_barrier_only_some_threads_reach_is_refused(block_sums, reverse):
     with pytest.raises(LaunchFailed, match="__syncthreads"):
         block_sums.launch("divergent_barrier", (1, 1, 1), (4, 1, 1), [out.ctypes.data],
                           reverse=reverse)
+
+
+def test_an_index_past_a_shared_array_is_refused(block_sums):
+    if not block_sums.sanitized:
+        pytest.skip("this C++ compiler has no UndefinedBehaviorSanitizer runtime")
+    x, out = np.ones(4, np.float32), np.zeros(1, np.float32)
+    with pytest.raises(LaunchFailed, match=r"(?s)undefined behaviour .*out of bounds"):
+        block_sums.launch("shared_overflow", (1, 1, 1), (4, 1, 1), [x.ctypes.data,
+                                                                     out.ctypes.data])
 
 
 def test_an_empty_launch_is_refused(block_sums):
@@ -150,6 +166,10 @@ BROKEN_KERNELS = {
         "r_sum += (double)bce[i];",
         "r_sum += (double)bce[i + 1];",
         "batch_loss: out differs from the twin: NaN in different places"),
+    "an index past a shared array": (
+        "for (int half = ROW_THREADS / 2; half > 0; half >>= 1) {",
+        "for (int half = ROW_THREADS; half > 0; half >>= 1) {",
+        r"(?s)sigmoid_bce .* undefined behaviour .*out of bounds"),
     "a wrong index": (
         "for (int k = 0; k < ROW_GROUPS; ++k) sum += partial[k][threadIdx.x];",
         "for (int k = 1; k < ROW_GROUPS; ++k) sum += partial[k][threadIdx.x];",
