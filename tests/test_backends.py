@@ -19,7 +19,14 @@ def test_every_backend_implements_the_protocol_and_reports_availability(name):
     assert status.available or status.reason
 
 
-@pytest.mark.parametrize("name", ["torch", "torch-fused-adam"])
+CUDA = create_backend("torch-cuda").availability()
+ON_A_GPU = [pytest.mark.gpu,
+            pytest.mark.skipif(not CUDA.available, reason=CUDA.reason or "CUDA unavailable")]
+
+
+@pytest.mark.parametrize("name", ["torch", "torch-fused-adam",
+                                  *(pytest.param(name, marks=ON_A_GPU)
+                                    for name in ("torch-cuda", "torch-cuda-compile"))])
 def test_torch_backends_pass_the_gate(mnist5k, name):
     case = build_cases(mnist5k.train_x[:1024], 10, steps=5)
     backend = create_backend(name)
