@@ -25,6 +25,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 HEADER = Path(__file__).with_name("cuda_on_host.h")
 # -U_FORTIFY_SOURCE: the fortified longjmp refuses to jump between stacks, which fibers do.
 CXXFLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-fno-fast-math", "-U_FORTIFY_SOURCE")
@@ -36,6 +38,9 @@ SANITIZE = ("-fsanitize=undefined", "-fno-sanitize=vptr")  # reports, and carrie
 _REPORTS = tempfile.TemporaryFile()
 
 
+# C types (const and __restrict__ dropped) -> their NumPy element types.
+C_DTYPES = {"int": np.int32, "unsigned int": np.uint32, "float": np.float32,
+            "double": np.float64, "long long": np.int64, "unsigned long long": np.uint64}
 _SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
 # C parameter types (const and __restrict__ dropped) -> how ctypes passes them.
 _CTYPES = {"int": ctypes.c_int, "unsigned int": ctypes.c_uint, "float": ctypes.c_float,
@@ -71,13 +76,12 @@ def compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
 
 
-def _wrappers(code: str) -> str:
+def _wrappers(code: str, signatures: dict) -> str:
     """One C entry point per kernel: host_<name>(dims[6], reverse, <the kernel's parameters>)
     launches it over the grid in dims."""
     lines = []
-    for name, params in _SIGNATURE.findall(code):
-        names = [p[1] for p in kernel_signatures(f'extern "C" __global__ void {name}({params})')
-                 [name]]
+    for name, params in _SIGNATURE.findall(code):  # the parameters as written, qualifiers kept
+        names = [pname for _, pname, _ in signatures[name]]
         lead = "const unsigned int* dims, int reverse" + (", " if params.strip() else "")
         lines.append(f'extern "C" int host_{name}({lead}{params}) {{\n'
                      f"    return cuda_on_host::launch(dims, reverse, [&] {{ "
@@ -110,7 +114,7 @@ class HostModule:
             raise RuntimeError(reason)
         cxx = compiler()
         self.signatures = kernel_signatures(code)
-        source = code + "\n" + _wrappers(code)
+        source = code + "\n" + _wrappers(code, self.signatures)
         flags = [*CXXFLAGS, *_options(options), "-include", str(HEADER)]
         cache = cache_dir or Path(tempfile.gettempdir()) / f"vae-kernel-bench-{os.getuid()}"
         cache.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import sys
 import types
 
 import numpy as np
-from cuda_on_host import HostModule, kernel_signatures
+from cuda_on_host import C_DTYPES, HostModule, kernel_signatures
 
 from kernels.cupy_gpu import blas, driver, twins
 from kernels.cupy_gpu.gemm import GemmCall, emulate
@@ -156,11 +156,6 @@ class Event:
 # -- kernels: RawModule -> twins, or the CUDA source built for the host ------------------
 # Arguments are typed by the C signature, as CuPy packs them.
 
-_POINTEE = {"float": np.float32, "long long": np.int64, "unsigned int": np.uint32,
-            "double": np.float64}
-_SCALAR = {"int": np.int32, "float": np.float32, "double": np.float64,
-           "unsigned long long": np.uint64}
-
 KERNELS = "twins"  # install(kernels=...) sets it: "twins", or "source" (tests/cuda_on_host.py)
 _HOST_MODULES: dict[tuple, HostModule] = {}
 
@@ -192,9 +187,9 @@ class _RawKernel:
                 # CuPy packs a NumPy scalar by its own size: a null pointer must be 8 bytes.
                 null = type(arg) is np.uint64 and int(arg) == 0
                 assert isinstance(arg, ndarray) or null, f"{self.name}: bad pointer {arg!r}"
-                converted.append(None if null else (arg.data.ptr, _POINTEE[ctype]))
+                converted.append(None if null else (arg.data.ptr, C_DTYPES[ctype]))
             else:
-                assert type(arg) is _SCALAR[ctype], (
+                assert type(arg) is C_DTYPES[ctype], (
                     f"{self.name}: {type(arg).__name__} passed for a C {ctype}")
                 converted.append(arg)
         geometry = twins.Geometry(tuple(grid), tuple(block))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cuda_on_host import C_DTYPES, kernel_signatures
 
 from bench.agreement import build_cases, check, expectation, read_fixture
 from kernels import create_backend
@@ -41,14 +42,8 @@ def loaded(config: VAEConfig, **options) -> CupyBackend:
 
 # -- the launcher's contract with vae_kernels.cu ------------------------------------------------
 
-POINTER_DTYPES = {"float": np.float32, "long long": np.int64, "unsigned int": np.uint32,
-                  "double": np.float64}
-
-
 def c_kernels() -> dict[str, list[tuple[str, str, bool]]]:
     """name -> [(C type without const/restrict, parameter name, is pointer)]"""
-    from cuda_on_host import kernel_signatures
-
     return kernel_signatures(kernel_source())
 
 
@@ -92,7 +87,7 @@ def test_every_launch_passes_arguments_of_the_declared_c_types(latent):
                 if pointer:
                     assert isinstance(arg, program.Buf | program.Null), where
                     if isinstance(arg, program.Buf):
-                        assert buffers[arg.name].dtype == POINTER_DTYPES[ctype], where
+                        assert buffers[arg.name].dtype == C_DTYPES[ctype], where
                 else:
                     assert isinstance(arg, program.Scalar) and arg.ctype == ctype, where
 

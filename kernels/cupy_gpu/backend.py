@@ -363,8 +363,8 @@ class CupyBackend:
         if self.device != "cuda":
             return {}
         launches = sum(self.kernels_per_step(batch).values())
-        captured = [graph for key, graph in self._graphs.items() if key[0] == batch]
-        nodes = self.executor.graph_nodes(captured[0]) if captured else launches
+        captured = next((graph for key, graph in self._graphs.items() if key[0] == batch), None)
+        nodes = launches if captured is None else self.executor.graph_nodes(captured)
         per_node = self.executor.seconds_per_graph_node()
         return {"nodes": nodes, "launches": launches, "seconds_per_node": per_node,
                 "floor_seconds": nodes * per_node}
