@@ -72,6 +72,15 @@ def _set_dynamo_limits() -> None:
             setattr(dynamo, name, True)
 
 
+def _limit_errors() -> tuple[type[BaseException], ...]:
+    """What dynamo raises at the limit once told to fail there (named by torch version; none
+    in versions without the setting)."""
+    import torch._dynamo.exc as dynamo_exc
+
+    names = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")
+    return tuple(getattr(dynamo_exc, n) for n in names if hasattr(dynamo_exc, n))
+
+
 class TorchBackend:
     """The reference model run by PyTorch itself (float32 by default, any dtype for oracles)."""
 
@@ -189,7 +198,7 @@ class TorchBackend:
 
         loss_of = torch.compile(loss_of, dynamic=False, mode=mode)
         adam_step = torch.compile(adam_step, dynamic=False)
-        from torch._dynamo.exc import FailOnRecompileLimitHit
+        limit_errors = _limit_errors()
 
         def step(x_t, eps_t):
             # Gradients are dropped before the forward: under CUDA graphs the last step's
@@ -197,16 +206,16 @@ class TorchBackend:
             self.optimizer.zero_grad(set_to_none=True)
             try:
                 loss, reconstruction, kl = loss_of(x_t, eps_t)
-            except FailOnRecompileLimitHit as error:
+                # stack copies the losses out of the graph's outputs, which the next replay
+                # overwrites.
+                losses = torch.stack([reconstruction, kl, loss]).detach()
+                loss.backward()
+                adam_step()  # a variant per optimizer: it reaches the limit too
+            except limit_errors as error:
                 raise BackendFailed(
                     f"{self.name}: torch.compile reached its limit of compiled variants (one "
                     f"per batch size; RECOMPILE_LIMIT = {RECOMPILE_LIMIT} in "
                     f"kernels/torch_ref): time fewer batch sizes per run, or raise it") from error
-            # stack copies the losses out of the graph's outputs, which the next replay
-            # overwrites.
-            losses = torch.stack([reconstruction, kl, loss]).detach()
-            loss.backward()
-            adam_step()
             return losses
 
         return step
