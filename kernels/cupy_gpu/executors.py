@@ -15,8 +15,8 @@ import time
 import numpy as np
 
 from .gemm import GemmCall, emulate
-from .launch import COMPILE_OPTIONS, KERNEL_SOURCE, SOURCE_DIR
-from .program import Buf, Gemm, Null, Op, Scalar
+from .launch import COMPILE_OPTIONS, KERNEL_SOURCE, SOURCE_DIR, Geometry
+from .program import Buf, Gemm, Launch, Null, Op, Scalar
 from .twins import KERNELS
 
 # The kernels a step may launch: the twins define the set, and a test checks the .cu file
@@ -238,20 +238,14 @@ class CudaExecutor:
     def seconds_per_graph_node(self, nodes: int = 200, repeats: int = 20) -> float:
         """The replay cost of one empty kernel node in a graph of ``nodes``: the floor under a
         replayed step of N kernels is N times this."""
-        empty = self.kernels["empty_kernel"]
-        with self.stream:
-            self.stream.begin_capture()
-            try:
-                for _ in range(nodes):
-                    empty((1, 1, 1), (1, 1, 1), ())
-            finally:
-                graph = self.stream.end_capture()
-        graph.launch(stream=self.stream)
+        empty = Launch("empty_kernel", Geometry((1, 1, 1), (1, 1, 1)), ())
+        graph = self.capture([empty] * nodes, {})
+        self.replay(graph)
         self.stream.synchronize()
         start, stop = self.cp.cuda.Event(), self.cp.cuda.Event()
         start.record(self.stream)
         for _ in range(repeats):
-            graph.launch(stream=self.stream)
+            self.replay(graph)
         stop.record(self.stream)
         stop.synchronize()
         return self.cp.cuda.get_elapsed_time(start, stop) / 1e3 / (repeats * nodes)
