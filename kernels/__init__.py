@@ -2,12 +2,17 @@
 
 Backends exchange weights with the reference in its canonical form (``vae_ref.params``), so
 each can start from exactly the reference's parameters and be checked against it. The
-registry below is the only place that knows which backends exist.
+registry below is the only place that knows which backends exist: the built-in ones, and any
+that an installed distribution registers under the ``vae_kernel_bench.backends`` entry-point
+group (``name = "package.module:factory"``, the factory taking the harness's options, e.g.
+``threads``, and returning a ``Backend``; ``tests/example_plugin/`` is a complete example).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .base import Availability, Backend, BackendFailed, BackendUnavailable, BatchLoss, StepOutputs
 
@@ -85,12 +90,78 @@ BACKENDS: dict[str, Callable[..., Backend]] = {
 }
 
 
+ENTRY_POINT_GROUP = "vae_kernel_bench.backends"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One registered backend: its name, where it comes from, and how to make it."""
+
+    name: str
+    origin: str  # "built-in", or the distribution whose entry point registered it
+    entry_point: importlib.metadata.EntryPoint | None = None  # None for the built-ins
+
+    def factory(self) -> Callable[..., Backend]:
+        if self.entry_point is None:
+            return BACKENDS[self.name]
+        try:
+            return self.entry_point.load()
+        except Exception as error:  # noqa: BLE001  a broken plugin must not stop the harness
+            raise BackendUnavailable(
+                f"backend {self.name!r} from {self.origin} failed to load "
+                f"({self.entry_point.value}): {type(error).__name__}: {error}") from None
+
+
+class UnloadableBackend:
+    """Stands in for a registered backend whose package fails to import (a plugin with a
+    missing dependency, say): it is listed, and reported unavailable with the import error,
+    like any backend that cannot run here, and refuses to do anything else."""
+
+    device = "cpu"
+
+    def __init__(self, name: str, reason: str):
+        self.name, self.reason = name, reason
+        self.description = "failed to load"
+
+    def availability(self) -> Availability:
+        return Availability(False, self.reason)
+
+    def _refuse(self, *args, **kwargs):
+        raise BackendUnavailable(f"backend {self.name!r} is unavailable: {self.reason}")
+
+    load = params = forward_backward = train_step = evaluate = _refuse
+    decode = encode = synchronize = settings = _refuse
+
+
+def registrations() -> dict[str, Registration]:
+    """Every backend this installation knows, built-in first, then plugins by name. A plugin
+    cannot replace a built-in backend: a name already taken keeps its first registration."""
+    found = {name: Registration(name, "built-in") for name in BACKENDS}
+    plugins = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
+                     key=lambda ep: ep.name)
+    for ep in plugins:
+        origin = f"plugin {ep.dist.name}" if ep.dist is not None else "plugin"
+        found.setdefault(ep.name, Registration(ep.name, origin, ep))
+    return found
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(registrations())
+
+
 def create_backend(name: str, **options) -> Backend:
-    try:
-        factory = BACKENDS[name]
-    except KeyError:
+    """The backend registered as ``name``, made with the options it takes (e.g. ``threads``;
+    built-in factories ignore options they do not use). Unknown names raise
+    UnknownBackendError listing the known ones; a plugin that fails to import comes back as
+    an UnloadableBackend, unavailable with the reason."""
+    known = registrations()
+    if name not in known:
         raise UnknownBackendError(
-            f"unknown backend {name!r}; available: {', '.join(BACKENDS)}") from None
+            f"unknown backend {name!r}; available: {', '.join(known)}")
+    try:
+        factory = known[name].factory()
+    except BackendUnavailable as error:
+        return UnloadableBackend(name, str(error))
     return factory(**options)
 
 
@@ -102,6 +173,11 @@ __all__ = [
     "BackendUnavailable",
     "BatchLoss",
     "StepOutputs",
+    "ENTRY_POINT_GROUP",
+    "Registration",
     "UnknownBackendError",
+    "UnloadableBackend",
+    "backend_names",
     "create_backend",
+    "registrations",
 ]
