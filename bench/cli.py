@@ -102,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     exp.set_defaults(handler=cmd_experiment)
 
-    from kernels import BACKENDS
+    from kernels import backend_names
 
+    known = backend_names()
     chk = commands.add_parser(
         "check",
         help="the agreement gate: compare a backend with the float64 reference, tensor by tensor",
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "loss term and gradient, then K Adam steps. Exit status 1 if any tensor fails.",
     )
     chk.add_argument("--backend", required=True, metavar="NAME",
-                     help=f"one of: {', '.join(BACKENDS)}")
+                     help=f"one of: {', '.join(known)}")
     chk.add_argument("--latents", type=_positive_int, nargs="+", default=[2, 10, 20, 50],
                      metavar="Z", help="latent sizes to check (default 2 10 20 50)")
     chk.add_argument("--steps", type=_non_negative_int, default=50, metavar="K",
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Steady-state samples/s per backend (warm-up and compile timed apart, "
         "windows interleaved A B C A B C...), effective GFLOP/s against this machine's GEMM "
         "peak measured in the same run, and where each backend's step time goes.")
-    prof.add_argument("--backends", nargs="+", default=list(BACKENDS), metavar="NAME")
+    prof.add_argument("--backends", nargs="+", default=list(known), metavar="NAME")
     prof.add_argument("--latent", type=_positive_int, default=20)
     prof.add_argument("--batch-size", type=_positive_int, default=128)
     prof.add_argument("--repeats", type=_positive_int, default=7, help="windows per backend")
@@ -208,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
                      choices=["batch", "partial-batch", "extreme-logits", "beta4", "adam-steps"])
     fix.add_argument("--steps", type=_positive_int, default=50, metavar="K")
     fix.set_defaults(handler=cmd_fixture)
+
+    lst = commands.add_parser(
+        "backends", help="list every backend (built-in and plugins) and whether it can run here",
+        description="Every registered backend: built-in ones and those installed packages "
+        "register under the vae_kernel_bench.backends entry-point group, each with where it "
+        "comes from and, when it cannot run here, why.")
+    lst.set_defaults(handler=cmd_backends)
     return parser
 
 
@@ -342,9 +350,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from kernels import BACKENDS, create_backend
+    from kernels import backend_names, create_backend
 
-    settings = {"backends": tuple(BACKENDS), "batch_sizes": (128,), **PROFILES[args.profile]}
+    settings = {"backends": backend_names(), "batch_sizes": (128,), **PROFILES[args.profile]}
     for name in ("dataset", "epochs", "repeats", "steps", "iwae_k", "backends", "batch_sizes"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
@@ -398,6 +406,23 @@ def cmd_fixture(args: argparse.Namespace) -> int:
              if c.name.split("/", 1)[1] in args.cases]
     write_fixture(args.out, cases, [expectation(c) for c in cases], dataset="mnist-5k[:1024]")
     print(f"wrote {args.out}: {', '.join(c.name for c in cases)}")
+    return 0
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    from kernels import create_backend, registrations
+
+    rows = []
+    for name, registration in registrations().items():
+        backend = create_backend(name)
+        status = backend.availability()
+        state = "available" if status.available else f"unavailable: {status.reason}"
+        rows.append((name, registration.origin, state, backend.description))
+    width = max(len(r[0]) for r in rows)
+    origin_width = max(len(r[1]) for r in rows)
+    for name, origin, state, description in rows:
+        print(f"{name:<{width}}  {origin:<{origin_width}}  {state}"
+              + (f"  ({description})" if state == "available" else ""))
     return 0
 
 
