@@ -48,6 +48,7 @@ _non_negative_float = _float_at_least(0.0, strict=False)
 
 def build_parser() -> argparse.ArgumentParser:
     from vae_ref.data import DATASETS, DEFAULT_DATASET
+    from vae_ref.fixture import CASE_KINDS
 
     parser = argparse.ArgumentParser(
         prog="vae-bench",
@@ -206,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     fix.add_argument("--out", type=Path, required=True)
     fix.add_argument("--latents", type=_positive_int, nargs="+", default=[20], metavar="Z")
     fix.add_argument("--cases", nargs="+", default=["batch", "adam-steps"],
-                     choices=["batch", "partial-batch", "extreme-logits", "beta4", "adam-steps"])
+                     choices=CASE_KINDS)
     fix.add_argument("--steps", type=_positive_int, default=50, metavar="K")
     fix.set_defaults(handler=cmd_fixture)
 
@@ -265,15 +266,11 @@ def _available_backend(name: str, **options):
     return backend
 
 
-def _gate_images():
-    """Real images for the gate: the first 1,024 training digits of mnist-5k."""
-    from vae_ref.data import load_dataset
-
-    return load_dataset("mnist-5k").train_x[:1024]
-
-
 def cmd_check(args: argparse.Namespace) -> int:
-    from .agreement import build_cases, check, expectation, read_fixture
+    from vae_ref.fixture import gate_images, read_fixture
+    from vae_ref.oracle import build_cases, expectation
+
+    from .agreement import check
     from .comparison import HEADER
 
     backend = _available_backend(args.backend, threads=args.threads)
@@ -281,7 +278,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         pairs = read_fixture(args.fixture)
         source = f"fixture {args.fixture}"
     else:
-        images = _gate_images()
+        images = gate_images()
         cases = [c for z in args.latents for c in build_cases(images, z, steps=args.steps)]
         pairs = [(c, expectation(c)) for c in cases]
         source = "float64 oracle (mnist-5k images)"
@@ -399,12 +396,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_fixture(args: argparse.Namespace) -> int:
-    from .agreement import build_cases, expectation, write_fixture
+    from vae_ref.fixture import make_fixture
 
-    images = _gate_images()
-    cases = [c for z in args.latents for c in build_cases(images, z, steps=args.steps)
-             if c.name.split("/", 1)[1] in args.cases]
-    write_fixture(args.out, cases, [expectation(c) for c in cases], dataset="mnist-5k[:1024]")
+    cases = make_fixture(args.out, args.latents, args.cases, args.steps)
     print(f"wrote {args.out}: {', '.join(c.name for c in cases)}")
     return 0
 
@@ -429,10 +423,10 @@ def cmd_backends(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from kernels import BackendFailed, BackendUnavailable, UnknownBackendError
     from vae_ref.data import DatasetError
+    from vae_ref.fixture import FixtureError
     from vae_ref.idx import IDXFormatError
     from vae_ref.train import NonFiniteLossError
 
-    from .agreement import FixtureError
     from .compare import CompareError
     from .experiment import ExperimentError
     from .run import RunError

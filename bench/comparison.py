@@ -67,10 +67,3 @@ def compare(case: str, tensor: str, got: np.ndarray, oracle: np.ndarray,
     return Comparison(case, tensor, max_abs, max_abs / scale if scale else 0.0,
                       reference_error, tolerance)
 
-
-def max_error(got: np.ndarray, oracle: np.ndarray) -> float:
-    """The calibration measure: max |got - oracle| (inf if got has non-finite values)."""
-    got = np.asarray(got, dtype=np.float64)
-    if not np.all(np.isfinite(got)):
-        return math.inf
-    return float(np.max(np.abs(got - np.asarray(oracle, dtype=np.float64)))) if got.size else 0.0

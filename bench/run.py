@@ -21,10 +21,11 @@ from kernels import create_backend
 from vae_ref import VAEConfig, importance_weighted_log_likelihood
 from vae_ref.atomic import atomic_write_text
 from vae_ref.data import Dataset
+from vae_ref.oracle import build_cases, expectation
 from vae_ref.train import fixed_test_set
 
 from . import provenance
-from .agreement import build_cases, check, expectation
+from .agreement import check
 from .throughput import device_peaks, measure, step_flops
 from .training import train_backend
 

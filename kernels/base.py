@@ -16,9 +16,6 @@ from vae_ref import VAEConfig
 from vae_ref.evaluate import EvalResult
 from vae_ref.params import Params
 
-# The intermediates of one forward pass, in order (see vae_ref.model.ForwardPass).
-INTERMEDIATES = ("h", "mu", "logvar", "z", "dec_h", "logits")
-
 
 class BackendUnavailable(RuntimeError):
     """The backend cannot run on this machine; the message says why."""
@@ -50,7 +47,7 @@ class StepOutputs:
     reconstruction: np.ndarray  # (B,) BCE per image, nats
     kl: np.ndarray  # (B,) KL per image, nats
     loss: float  # mean over the batch of reconstruction + beta * KL
-    intermediates: dict[str, np.ndarray] = field(default_factory=dict)  # INTERMEDIATES
+    intermediates: dict[str, np.ndarray] = field(default_factory=dict)  # vae_ref.oracle.INTERMEDIATES
     grads: dict[str, np.ndarray] = field(default_factory=dict)  # d loss / d param, canonical names
 
 

@@ -7,18 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.agreement import (
-    SCHEMA_VERSION,
-    FixtureError,
-    build_cases,
-    check,
-    expectation,
-    read_fixture,
-    write_fixture,
-)
+from bench.agreement import check
 from bench.cli import main
 from kernels import UnknownBackendError, create_backend
 from kernels.base import Backend
+from vae_ref.fixture import SCHEMA_VERSION, FixtureError, read_fixture, write_fixture
+from vae_ref.oracle import build_cases, expectation
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reference_z20.npz"
 

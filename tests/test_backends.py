@@ -4,10 +4,11 @@ gate; bad input is refused with a clear message; training through the interface 
 import numpy as np
 import pytest
 
-from bench.agreement import build_cases, check, expectation
+from bench.agreement import check
 from bench.training import train_backend
 from kernels import BACKENDS, Backend, create_backend
 from vae_ref import VAEConfig, build_model, export_params
+from vae_ref.oracle import build_cases, expectation
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))

@@ -6,9 +6,9 @@ oracle (the gate's tolerance), then times steps. Timed with `pytest --benchmark-
 import numpy as np
 import pytest
 
-from bench.agreement import build_cases, expectation
 from bench.comparison import compare
 from kernels import create_backend
+from vae_ref.oracle import build_cases, expectation
 
 LATENTS = (2, 10, 20, 50)
 PROVIDERS = ("torch", "torch-fused-adam", "torch-compile", "numba",

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from cuda_on_host import HostModule, LaunchFailed, unavailable_reason
 
-from bench.agreement import check, read_fixture
+from bench.agreement import check
 from kernels import create_backend
 from kernels.cupy_gpu import CupyBackend
 from kernels.cupy_gpu.executors import KERNEL_NAMES, kernel_source
 from kernels.cupy_gpu.launch import COMPILE_OPTIONS
 from vae_ref import VAEConfig, build_model, export_params
+from vae_ref.fixture import read_fixture
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reference_z20.npz"
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from cuda_on_host import C_DTYPES, kernel_signatures
 
-from bench.agreement import build_cases, check, expectation, read_fixture
+from bench.agreement import check
 from kernels import create_backend
 from kernels.cupy_gpu import CupyBackend, cuda_availability, launch, program, twins
 from kernels.cupy_gpu.executors import KERNEL_NAMES, kernel_source
@@ -23,6 +23,8 @@ from kernels.cupy_gpu.gemm import GemmShapeError, emulate, plan_gemm
 from kernels.cupy_gpu.philox import normal_noise
 from kernels.flat_layout import make_layout
 from vae_ref import VAEConfig, build_model, export_params
+from vae_ref.fixture import read_fixture
+from vae_ref.oracle import build_cases, expectation
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reference_z20.npz"
 CUDA = cuda_availability()

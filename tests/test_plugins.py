@@ -83,8 +83,9 @@ def test_plugin_is_timed_and_trained_by_run(plugin_site, tmp_path):
 
 def test_the_gate_catches_a_broken_plugin(monkeypatch):
     """The example is really checked: a wrong Adam beta in it fails the gate."""
-    from bench.agreement import build_cases, check, expectation
+    from bench.agreement import check
     from vae_ref.data import load_dataset
+    from vae_ref.oracle import build_cases, expectation
 
     spec = importlib.util.spec_from_file_location(
         "vae_bench_numpy_example", PLUGIN_SOURCE / "vae_bench_numpy_example" / "__init__.py")

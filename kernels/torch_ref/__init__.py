@@ -15,6 +15,7 @@ import torch
 
 from vae_ref import VAEConfig, build_model, import_params, loss_terms
 from vae_ref.evaluate import EvalResult, evaluate_elbo
+from vae_ref.oracle import INTERMEDIATES, forward_backward
 from vae_ref.params import Params, export_params
 
 from ..base import Availability, BackendFailed, BackendUnavailable, BatchLoss, StepOutputs
@@ -151,23 +152,14 @@ class TorchBackend:
         return t.detach().cpu().numpy()
 
     def forward_backward(self, x: np.ndarray, eps: np.ndarray) -> StepOutputs:
-        x_t, eps_t = self._tensor(x), self._tensor(eps)
-        self.model.zero_grad(set_to_none=True)
-        out = self.model(x_t, eps_t)
-        for t in (out.h, out.mu, out.z, out.dec_h, out.logits):
-            t.retain_grad()
-        terms = loss_terms(out, x_t, self.config)
-        terms.loss.backward()
-        intermediates = {"h": out.h, "mu": out.mu, "logvar": out.logvar, "z": out.z,
-                         "dec_h": out.dec_h, "logits": out.logits}
+        # The reference's own forward/backward (the oracle's, at this backend's dtype).
+        record = forward_backward(self.model, self._tensor(x), self._tensor(eps), self.config)
         return StepOutputs(
-            reconstruction=self._numpy(terms.reconstruction),
-            kl=self._numpy(terms.kl),
-            loss=terms.loss.item(),
-            intermediates={k: self._numpy(v) for k, v in intermediates.items()
-                           if v is not None},
-            grads={n: self._numpy(p.grad).copy() for n, p in self.model.named_parameters()},
-        )
+            reconstruction=record["loss.reconstruction"], kl=record["loss.kl"],
+            loss=float(record["loss"]),
+            intermediates={k: record[k] for k in INTERMEDIATES if k in record},
+            grads={k.removeprefix("grad."): v for k, v in record.items()
+                   if k.startswith("grad.")})
 
     def _eager_step(self, x_t: torch.Tensor, eps_t: torch.Tensor) -> torch.Tensor:
         terms = loss_terms(self.model(x_t, eps_t), x_t, self.config)
