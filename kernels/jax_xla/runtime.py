@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from ..base import Availability
@@ -39,12 +40,13 @@ def _find(module: str) -> bool:
 
 
 def initialized() -> bool:
-    """Whether JAX has created its clients (after which the pool size is fixed)."""
-    if jax_missing() is not None:
+    """Whether JAX has created its clients (after which the pool size is fixed). Never imports
+    JAX: not yet imported, it has not started."""
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    if bridge is None:
         return False
-    from jax._src import xla_bridge
-
-    return xla_bridge.backends_are_initialized()
+    started = getattr(bridge, "backends_are_initialized", None)
+    return True if started is None else bool(started())  # unknown (a renamed API): assume so
 
 
 def prepare(threads: int | None) -> str | None:
@@ -75,7 +77,7 @@ def pool_threads() -> int | None:
             count += (task / "comm").read_text().strip() == POOL_THREAD_NAME
         except OSError:  # the thread ended meanwhile
             continue
-    return count
+    return count or None
 
 
 def cuda_missing() -> str | None:
