@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--fail-elbo", type=_non_negative_float, default=1.0,
                       help="fail when the test ELBO drops by more than this many nats "
                       "(default 1)")
+    cmp_.add_argument("--allow-removed", action="store_true",
+                      help="rows of OLD missing from NEW are intended, not a regression")
     cmp_.set_defaults(handler=cmd_compare)
 
     fix = commands.add_parser(
@@ -387,7 +389,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     result = compare(load_results(args.old), load_results(args.new),
                      fail_throughput=parse_fraction(args.fail_throughput),
-                     fail_elbo=args.fail_elbo, absolute=args.absolute)
+                     fail_elbo=args.fail_elbo, absolute=args.absolute,
+                     allow_removed=args.allow_removed)
     print(format_table(result))
     if result.regressions:
         print(f"\nREGRESSION ({len(result.regressions)}):")
