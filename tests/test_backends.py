@@ -94,6 +94,18 @@ def test_numba_refuses_bad_batches_before_compiled_code():
         backend.forward_backward(np.zeros((3, 783), np.float32), np.zeros((3, 4), np.float32))
 
 
+def test_numba_records_the_threads_it_runs_not_those_asked_for():
+    numba = pytest.importorskip("numba")
+    config = VAEConfig(latent_dim=4)
+    backend = create_backend("numba", threads=10_000)
+    try:
+        backend.load(config, export_params(build_model(config)))
+        assert backend.settings()["threads"] == numba.get_num_threads()
+        assert backend.settings()["threads"] <= numba.config.NUMBA_NUM_THREADS
+    finally:
+        create_backend("numba").load(config, export_params(build_model(config)))
+
+
 @pytest.mark.parametrize("name", ["numba", "torch-fused-adam", "jax"])
 def test_training_through_the_interface_learns_and_is_reproducible(mnist5k, name):
     config = VAEConfig(latent_dim=8, epochs=2, seed=3)
