@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -190,11 +191,15 @@ def read_fixture(path: Path) -> list[tuple[Case, Expectation]]:
     if not path.exists():
         raise FixtureError(f"{path}: no such fixture; write one with `vae-bench fixture`")
     try:
-        with np.load(path) as archive:
+        loaded = np.load(path)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy holds one bare array
+            raise TypeError(f"a single {type(loaded).__name__}, not an .npz archive")
+        with loaded as archive:
             arrays = {k: archive[k] for k in archive.files}
         meta = json.loads(arrays.pop("meta").tobytes().decode())
-    except (OSError, ValueError, KeyError) as error:
-        raise FixtureError(f"{path}: not a readable fixture ({error})") from None
+    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise FixtureError(f"{path}: not a readable fixture ({error}); write one with "
+                           "`vae-bench fixture`") from None
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise FixtureError(
             f"{path}: fixture schema {meta.get('schema_version')}, this code reads schema "
