@@ -28,7 +28,8 @@ def tests(session: nox.Session) -> None:
     """Correctness tests on the CPU (what CI runs), after nvcc compile-checks every CUDA
     source (``python -m kernels.cupy_gpu.nvcc_check``; skipped with a note where nvcc is
     missing). Extra arguments go to pytest."""
-    install_project(session, "[test]")
+    # [jax]: the JAX backend's agreement gate runs in CI too (the CPU build: no CUDA pulled).
+    install_project(session, "[test,jax]")
     # No GPU here, so no test runs the kernels: compiling them is what catches a broken .cu.
     # Run on its own (not only inside pytest) so the compiler's warnings and per-kernel
     # register and shared-memory use show in the CI log.

@@ -7,6 +7,10 @@ directory holding other work) ends with one clear line on stderr and a non-zero 
 from __future__ import annotations
 
 import argparse
+import errno
+import math
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -28,12 +32,27 @@ def _non_negative_int(text: str) -> int:
     return 0 if text.strip() == "0" else _positive_int(text)
 
 
+SEED_MAX = 2**32 - 1  # every backend's generator takes seeds of 32 bits (NumPy, torch, curand)
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected a seed in 0..{SEED_MAX}, got {value}")
+    return value
+
+
 def _float_at_least(minimum: float, strict: bool):
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
         if not (value > minimum if strict else value >= minimum):
             raise argparse.ArgumentTypeError(
                 f"expected a number {'>' if strict else '>='} {minimum:g}, got {text}")
@@ -88,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--epochs", type=_positive_int, default=50, help="default 50 (the report's)")
     training.add_argument("--batch-size", type=_positive_int, default=128)
     training.add_argument("--lr", type=_positive_float, default=3e-4, help="Adam learning rate")
-    training.add_argument("--seed", type=int, default=0)
+    training.add_argument("--seed", type=_seed, default=0)
     training.add_argument("--iwae-k", type=_non_negative_int, default=100, metavar="K",
                           help="importance samples for the test log-likelihood (default 100; "
                           "the literature uses 5000; 0 skips it)")
@@ -164,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     runp.add_argument("--repeats", type=_positive_int, help="timed windows per backend")
     runp.add_argument("--steps", type=_positive_int, help="steps per timed window")
     runp.add_argument("--iwae-k", type=_non_negative_int, metavar="K")
-    runp.add_argument("--seed", type=int, default=0)
+    runp.add_argument("--seed", type=_seed, default=0)
     runp.add_argument("--threads", type=_positive_int)
     runp.add_argument("--force", action="store_true",
                       help="time and train backends that fail the agreement gate")
@@ -197,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--fail-elbo", type=_non_negative_float, default=1.0,
                       help="fail when the test ELBO drops by more than this many nats "
                       "(default 1)")
+    cmp_.add_argument("--allow-removed", action="store_true",
+                      help="rows of OLD missing from NEW are intended, not a regression")
     cmp_.set_defaults(handler=cmd_compare)
 
     fix = commands.add_parser(
@@ -220,6 +241,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(kind: str, message: str) -> None:
+    print(f"vae-bench: {kind}: {message}", file=sys.stderr)
+
+
+def _cap_threads(args: argparse.Namespace) -> None:
+    """--threads no more than this machine's logical CPUs (with a warning): no backend runs
+    more (Numba clamps to them), and the count recorded must be the count that ran."""
+    cpus = os.cpu_count() or 1
+    if args.threads is not None and args.threads > cpus:
+        _say("warning", f"--threads {args.threads} is more than the {cpus} logical CPUs here; "
+             f"using {cpus}")
+        args.threads = cpus
+
+
+def _without_repeats(args: argparse.Namespace) -> None:
+    """A value given twice to a list flag is run once (and the user told)."""
+    for name in ("latents", "ae_latents", "backends", "batch_sizes"):
+        values = getattr(args, name, None)
+        if values and len(set(values)) != len(values):
+            unique = list(dict.fromkeys(values))
+            flag = "--" + name.replace("_", "-")
+            _say("note", f"{flag} repeats a value; using {' '.join(map(str, unique))}")
+            setattr(args, name, unique)
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
@@ -228,6 +274,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     from .experiment import ExperimentSpec, default_out_dir, run_experiment
 
+    _cap_threads(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = ExperimentSpec(
@@ -246,7 +293,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     )
     _available_backend(args.backend, threads=args.threads)
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download)
-    out = args.out or default_out_dir(spec)
+    out = args.out = args.out or default_out_dir(spec)
     # tqdm.write keeps log lines from tearing an active progress bar.
     log = (lambda _msg: None) if args.quiet else tqdm.write
     table = run_experiment(spec, data, out, force=args.force, progress=not args.quiet, log=log)
@@ -273,6 +320,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .agreement import check
     from .comparison import HEADER
 
+    _cap_threads(args)
     backend = _available_backend(args.backend, threads=args.threads)
     if args.fixture:
         pairs = read_fixture(args.fixture)
@@ -306,6 +354,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     from .throughput import device_peaks, measure, report
 
+    _cap_threads(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     backends = []
@@ -330,7 +379,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(report(results, config, args.batch_size, peaks))
     from .provenance import collect
 
-    record = collect(dataset=data.describe())
+    record = collect(data=data)
     versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
     print(f"provenance: {record['cpu']}, {record['logical_cpus']} CPUs, {versions}, "
           f"commit {record['git_commit']}, {record['timestamp']}, host {record['host']}")
@@ -345,6 +394,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .run import PROFILES, RunSpec, default_out_dir, parse_shard, run
 
+    _cap_threads(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     from kernels import backend_names, create_backend
@@ -362,7 +412,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         create_backend(name)  # an unknown name fails here, before any work
     shard = parse_shard(args.shard) if args.shard else None
     data = load_dataset(spec.dataset, data_dir=args.data_dir)
-    out = args.out or default_out_dir()
+    out = args.out = args.out or default_out_dir()
     log = (lambda _msg: None) if args.quiet else tqdm.write
     run(spec, data, out, shard=shard, resume=args.resume, progress=not args.quiet, log=log)
     if not args.quiet:
@@ -384,7 +434,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     result = compare(load_results(args.old), load_results(args.new),
                      fail_throughput=parse_fraction(args.fail_throughput),
-                     fail_elbo=args.fail_elbo, absolute=args.absolute)
+                     fail_elbo=args.fail_elbo, absolute=args.absolute,
+                     allow_removed=args.allow_removed)
     print(format_table(result))
     if result.regressions:
         print(f"\nREGRESSION ({len(result.regressions)}):")
@@ -398,7 +449,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_fixture(args: argparse.Namespace) -> int:
     from vae_ref.fixture import make_fixture
 
-    cases = make_fixture(args.out, args.latents, args.cases, args.steps)
+    from .results_dir import claim_file
+
+    with claim_file(args.out):  # before the oracle's work: a refusal comes at once
+        cases = make_fixture(args.out, args.latents, args.cases, args.steps)
     print(f"wrote {args.out}: {', '.join(c.name for c in cases)}")
     return 0
 
@@ -420,34 +474,63 @@ def cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume_hint(args: argparse.Namespace, argv: list[str]) -> str | None:
+    """After a writer stopped part-way: what is kept, and for run and experiment the exact
+    command that continues (None for a command that writes nothing)."""
+    out = getattr(args, "out", None)
+    if out is None:
+        return None
+    if args.command not in ("run", "experiment"):
+        return f"{out} is left as it was"  # merge: all or nothing; fixture: one atomic file
+    words = list(argv)
+    if args.command == "run" and "--resume" not in words:
+        words.append("--resume")
+    if not any(w == "--out" or w.startswith("--out=") for w in words):
+        words += ["--out", str(out)]
+    kept = "latent sizes" if args.command == "run" else "models"
+    return (f"finished {kept} in {out} are kept; continue with: "
+            f"{shlex.join(['vae-bench', *words])}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from kernels import BackendFailed, BackendUnavailable, UnknownBackendError
     from vae_ref.data import DatasetError
     from vae_ref.fixture import FixtureError
     from vae_ref.idx import IDXFormatError
-    from vae_ref.train import NonFiniteLossError
+    from vae_ref.train import TrainingDiverged
 
     from .compare import CompareError
     from .experiment import ExperimentError
+    from .results_dir import ResultsDirError
     from .run import RunError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    _without_repeats(args)
     try:
         return args.handler(args)
     except (DatasetError, IDXFormatError, ExperimentError, FixtureError, UnknownBackendError,
-            BackendUnavailable, RunError, CompareError) as error:
-        print(f"vae-bench: error: {error}", file=sys.stderr)
+            BackendUnavailable, RunError, CompareError, ResultsDirError) as error:
+        _say("error", str(error))
         return EXIT_USAGE
-    except NonFiniteLossError as error:
-        print(f"vae-bench: training failed: {error}", file=sys.stderr)
+    except TrainingDiverged as error:
+        _say("training failed", str(error))
         return EXIT_FAILED
     except BackendFailed as error:
         print(f"vae-bench: {error}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as error:  # the machine's part: a full disk, an I/O error
+        where = f"{error.filename}: " if error.filename else ""
+        message = f"{where}{error.strerror or error}"
+        hint = _resume_hint(args, argv)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT) and hint:
+            message += f"; {hint} (free some space first)"
+        _say("error", message)
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        print("vae-bench: interrupted; finished models are kept, re-run to resume",
-              file=sys.stderr)
+        hint = _resume_hint(args, argv)
+        print(f"vae-bench: interrupted{': ' + hint if hint else ''}", file=sys.stderr)
         return 130
 
 

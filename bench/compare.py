@@ -10,10 +10,19 @@ latent size at once), while same-run speed-ups moved far less. The yardstick row
 therefore not gated unless --absolute. Default gates: a 25% drop in speed-up;
 an ELBO drop of more than 1 nat (the same seed reproduces the ELBO exactly on one machine,
 and seeds differ by up to 1.6 nats SD at z = 2). Tighten both on quiet machines.
+
+The gate fails closed: what it cannot compare is a regression, not a pass. A row of OLD
+missing from NEW (unless --allow-removed), a table cut short mid-row, a number in OLD that is
+NaN, infinite or (samples/s) zero in NEW, a speed-up NEW cannot compute because its yardstick
+row is missing or untimed (gate raw samples/s with --absolute instead), and two runs with no
+row in common. Input that is not a results table at all (unreadable, a directory, a cell that
+is not a number, a key twice) is refused with exit status 2.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +33,8 @@ from . import baselines
 from .run import ADDED_COLUMNS, RESULT_COLUMNS
 
 KEYS = ["backend", "latent_dim", "batch_size"]
+TEXT_COLUMNS = ("backend", "device", "agreement", "dataset", "note")  # the rest are numbers
+GATED = (("samples_per_s", "samples/s"), ("final_test_elbo", "test ELBO"))
 DEFAULT_FAIL_THROUGHPUT = 0.25
 DEFAULT_FAIL_ELBO = 1.0
 
@@ -43,16 +54,48 @@ def parse_fraction(text: str) -> float:
     return value
 
 
-def load_results(path: Path) -> pd.DataFrame:
-    path = Path(path)
-    csv = path / "results.csv" if path.is_dir() else path
-    if not csv.exists():
-        raise CompareError(f"{csv}: no such results file (give a run directory or its "
+@dataclass(frozen=True)
+class Results:
+    """One run's results table as read for comparison."""
+
+    source: Path  # the results.csv read
+    table: pd.DataFrame  # its complete rows
+    cut_short: str | None = None  # where the file ends mid-row, if it does
+
+
+def _read_text(csv_path: Path) -> str:
+    if not csv_path.exists():
+        raise CompareError(f"{csv_path}: no such results file (give a run directory or its "
                            "results.csv)")
+    if csv_path.is_dir():
+        raise CompareError(f"{csv_path}: a directory, not a results table")
     try:
-        table = pd.read_csv(csv)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise CompareError(f"{csv}: not a readable results table ({error})") from None
+        return csv_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CompareError(f"{csv_path}: not a readable results table ({error})") from None
+
+
+def _cut_short(text: str) -> tuple[str, str | None]:
+    """The text without a last row cut off mid-row, and where it was cut (None if not)."""
+    lines = text.splitlines(keepends=True)
+    if len(lines) < 2 or text.endswith("\n"):
+        return text, None
+    header = next(csv.reader([lines[0]]))
+    last = next(csv.reader([lines[-1]]), [])
+    if len(last) >= len(header):
+        return text, None
+    return "".join(lines[:-1]), (f"cut short: line {len(lines)} ends after {len(last)} of "
+                                 f"{len(header)} fields")
+
+
+def load_results(path: Path) -> Results:
+    path = Path(path)
+    csv_path = path / "results.csv" if path.is_dir() else path
+    text, cut = _cut_short(_read_text(csv_path))
+    try:
+        table = pd.read_csv(io.StringIO(text), dtype={c: str for c in TEXT_COLUMNS})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise CompareError(f"{csv_path}: not a readable results table ({error})") from None
     absent = [c for c in ADDED_COLUMNS if c not in table]
     if absent and set(table.columns) | set(absent) == set(RESULT_COLUMNS):
         # A table written before these columns existed: fill in what it implies.
@@ -60,10 +103,39 @@ def load_results(path: Path) -> pd.DataFrame:
     if tuple(table.columns) != RESULT_COLUMNS:
         missing = [c for c in RESULT_COLUMNS if c not in table.columns]
         extra = [c for c in table.columns if c not in RESULT_COLUMNS]
-        raise CompareError(f"{csv}: not a results table of this schema (missing columns: "
+        raise CompareError(f"{csv_path}: not a results table of this schema (missing columns: "
                            f"{', '.join(missing) or 'none'}; unexpected: "
                            f"{', '.join(extra) or 'none'})")
-    return table
+    for column in RESULT_COLUMNS:
+        if column in TEXT_COLUMNS:
+            continue
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = values.isna() & table[column].notna()
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            raise CompareError(f"{csv_path}: line {row + 2}: {column} is "
+                               f"{table[column].iloc[row]!r}, not a number")
+        table[column] = values.astype(float)
+    for column in KEYS:
+        if table[column].isna().any():
+            row = int(table[column].isna().to_numpy().argmax())
+            raise CompareError(f"{csv_path}: line {row + 2}: no {column}")
+    twice = table[table.duplicated(KEYS, keep=False)]
+    if len(twice):
+        r = twice.iloc[0]
+        raise CompareError(f"{csv_path}: {_key(r)} appears {len(twice[_same_key(twice, r)])} "
+                           "times; a results table has one row per (backend, latent size, "
+                           "batch size)")
+    table = table.astype({"latent_dim": int, "batch_size": int})
+    return Results(csv_path, table, cut)
+
+
+def _key(row) -> str:
+    return f"{row.backend} z={int(row.latent_dim)} batch={int(row.batch_size)}"
+
+
+def _same_key(table: pd.DataFrame, row) -> pd.Series:
+    return (table[KEYS] == [row[k] for k in KEYS]).all(axis=1)
 
 
 @dataclass
@@ -72,32 +144,60 @@ class Comparison:
     regressions: list[str]
 
 
-def compare(old: pd.DataFrame, new: pd.DataFrame, *, fail_throughput: float,
-            fail_elbo: float, absolute: bool = False) -> Comparison:
-    old = old.assign(speedup=baselines.speedup(old))
-    new = new.assign(speedup=baselines.speedup(new))
-    merged = old.merge(new, on=KEYS, how="outer", suffixes=("_old", "_new"),
-                       indicator="presence")
+def _finite(value: float) -> bool:
+    return isinstance(value, float | int) and math.isfinite(value)
+
+
+def compare(old: Results, new: Results, *, fail_throughput: float, fail_elbo: float,
+            absolute: bool = False, allow_removed: bool = False) -> Comparison:
+    regressions = [f"{side} {r.source}: {r.cut_short}; the rows after it are missing"
+                   for side, r in (("OLD", old), ("NEW", new)) if r.cut_short]
+    old_table = old.table.assign(speedup=baselines.speedup(old.table))
+    new_table = new.table.assign(speedup=baselines.speedup(new.table))
+    merged = old_table.merge(new_table, on=KEYS, how="outer", suffixes=("_old", "_new"),
+                             indicator="presence")
     merged["raw_ratio"] = merged.samples_per_s_new / merged.samples_per_s_old
     relative = merged.speedup_new / merged.speedup_old
     # Gate on the same-run speed-up where both runs have the eager PyTorch yardstick.
+    gated_speedup = ~baselines.is_baseline(merged)
     merged["throughput_ratio"] = merged.raw_ratio if absolute else relative.where(
-        relative.notna() & ~baselines.is_baseline(merged))
+        relative.notna() & gated_speedup)
     merged["elbo_change"] = merged.final_test_elbo_new - merged.final_test_elbo_old
-    regressions = []
-    for r in merged.itertuples():
-        key = f"{r.backend} z={r.latent_dim} batch={r.batch_size}"
+    for r, speedup_gated in zip(merged.itertuples(), gated_speedup):
+        key = _key(r)
+        if r.presence == "left_only":
+            if not allow_removed:
+                regressions.append(f"{key}: in OLD, missing from NEW (pass --allow-removed if "
+                                   "that is intended)")
+            continue
         if r.presence != "both":
             continue
-        if not math.isnan(r.throughput_ratio) and r.throughput_ratio < 1 - fail_throughput:
+        for column, label in GATED:
+            was, now = getattr(r, f"{column}_old"), getattr(r, f"{column}_new")
+            if _finite(was) and not _finite(now):
+                regressions.append(f"{key}: {label} {now} in NEW (was {was:.2f})")
+        if _finite(r.samples_per_s_old) and r.samples_per_s_new == 0:
+            regressions.append(f"{key}: samples/s 0 in NEW (was {r.samples_per_s_old:,.0f})")
+        if (not absolute and speedup_gated and _finite(r.speedup_old)
+                and not _finite(r.speedup_new) and _finite(r.samples_per_s_new)
+                and r.samples_per_s_new > 0):
+            yardstick = baselines.BASELINE.get(r.device_new, "the eager PyTorch")
+            regressions.append(
+                f"{key}: no speed-up in NEW: its {yardstick} row at z={r.latent_dim} "
+                f"batch={r.batch_size} (the yardstick) is missing or untimed; keep it in the "
+                "run, or gate raw samples/s with --absolute")
+        if _finite(r.throughput_ratio) and r.throughput_ratio < 1 - fail_throughput:
             what = "samples/s" if absolute else "speed-up over PyTorch eager"
             regressions.append(f"{key}: {what} {r.throughput_ratio:.2f}x of before "
                                f"(gate: {1 - fail_throughput:.2f}x)")
-        if not math.isnan(r.elbo_change) and r.elbo_change < -fail_elbo:
+        if _finite(r.elbo_change) and r.elbo_change < -fail_elbo:
             regressions.append(f"{key}: test ELBO {r.elbo_change:+.2f} nats (gate: "
                                f"-{fail_elbo:g})")
         if r.agreement_old == "pass" and r.agreement_new != "pass":
             regressions.append(f"{key}: agreement {r.agreement_old} -> {r.agreement_new}")
+    if not (merged.presence == "both").any():
+        regressions.append(f"nothing compared: {old.source} and {new.source} have no row "
+                           "(backend, latent size, batch size) in common")
     merged["change"] = merged["presence"].astype(str).map(
         {"both": "", "left_only": "removed", "right_only": "added"})
     merged = merged.sort_values(["throughput_ratio", "elbo_change"], na_position="last")

@@ -11,6 +11,7 @@ import json
 import math
 import statistics
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from vae_ref.data import Dataset
 from vae_ref.train import fixed_test_set
 
 from . import figures, provenance
+from .results_dir import claim
 from .training import train_backend
 
 TABLE_COLUMNS = (
@@ -100,6 +102,11 @@ class ExperimentSpec:
                 raise ExperimentError(f"latent sizes must be positive integers, got {z}")
         if self.iwae_k < 0:
             raise ExperimentError(f"--iwae-k must be >= 0 (0 skips it), got {self.iwae_k}")
+        for name, values in (("latents", self.latents), ("ae_latents", self.ae_latents)):
+            if len(set(values)) != len(values):
+                raise ExperimentError(f"{name} repeat: {values} (each would be trained twice)")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ExperimentError(f"the learning rate must be a finite number > 0, got {self.lr}")
 
     def configs(self) -> list[VAEConfig]:
         common = dict(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
@@ -133,15 +140,29 @@ def _record_paths(out: Path, config: VAEConfig) -> tuple[Path, Path]:
     return out / "models" / f"{config.name}.json", out / "models" / f"{config.name}.npz"
 
 
+# The first line of a Git LFS pointer file (https://git-lfs.com/spec/v1), found in place of
+# the weights when a clone has not fetched the LFS objects.
+_LFS_POINTER = b"version https://git-lfs"
+
+
 def _load_finished(out: Path, config: VAEConfig, data: Dataset,
                    backend: str) -> FinishedModel | None:
-    """The saved result for ``config`` if the directory holds one trained exactly so."""
+    """The saved result for ``config`` if the directory holds one trained exactly so: the same
+    settings, backend and data (by content). Anything else there is refused, with what to do."""
     record_path, params_path = _record_paths(out, config)
     if not (record_path.exists() and params_path.exists()):
         return None
-    record = json.loads(record_path.read_text())
-    record["summary"].setdefault("backend", "torch")  # records written before backends existed
-    trained_by = record.get("summary", {}).get("backend", "torch")
+    retrain = "delete it to retrain that model, or pass --force to retrain every model"
+    try:
+        record = json.loads(record_path.read_text())
+        summary, history, trained = record["summary"], record["history"], record["provenance"]
+        if not isinstance(summary, dict):
+            raise TypeError("summary is not an object")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise ExperimentError(f"{record_path} is damaged ({type(error).__name__}: {error}); "
+                              f"{retrain}") from None
+    summary.setdefault("backend", "torch")  # records written before backends existed
+    trained_by = summary["backend"]
     if (record.get("config") != config.to_dict() or record.get("dataset") != data.name
             or (config.model == "vae" and trained_by != backend)):
         raise ExperimentError(
@@ -150,11 +171,24 @@ def _load_finished(out: Path, config: VAEConfig, data: Dataset,
             f"config {record.get('config')}); "
             "use another --out directory, or --force to retrain and overwrite it"
         )
+    if record.get("data_sha256") != data.fingerprint:
+        raise ExperimentError(
+            f"{record_path} holds {config.name} trained on other data than {data.describe()} "
+            f"(data sha256 {record.get('data_sha256') or 'not recorded'}, now "
+            f"{data.fingerprint}); use another --out directory, or --force to retrain it")
+    with open(params_path, "rb") as f:
+        head = f.read(len(_LFS_POINTER))
+    if head == _LFS_POINTER:
+        raise ExperimentError(f"{params_path} is a Git LFS pointer, not the weights: fetch "
+                              f"them with `git lfs pull`, or {retrain}")
     model = build_model(config)
-    import_params(model, load_params(params_path))
+    try:
+        import_params(model, load_params(params_path))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        raise ExperimentError(f"{params_path} is damaged ({type(error).__name__}: {error}); "
+                              f"{retrain}") from None
     model.eval()
-    return FinishedModel(config, record["summary"], record["history"], model,
-                         record["provenance"])
+    return FinishedModel(config, summary, history, model, trained)
 
 
 def _train_one(
@@ -198,13 +232,13 @@ def _train_one(
         "seed": config.seed,
     }
     history = [r.to_dict() for r in result.history]
-    trained = provenance.collect(dataset=data.describe())
+    trained = provenance.collect(data=data)
     record_path, params_path = _record_paths(out, config)
     save_params(params_path, export_params(model))
     # The JSON is written last: its presence marks the model finished.
     atomic_write_text(record_path, json.dumps({
-        "config": config.to_dict(), "dataset": data.name, "summary": summary,
-        "history": history, "provenance": trained,
+        "config": config.to_dict(), "dataset": data.name, "data_sha256": data.fingerprint,
+        "summary": summary, "history": history, "provenance": trained,
     }, indent=1, allow_nan=True))
     return FinishedModel(config, summary, history, model, trained)
 
@@ -218,25 +252,31 @@ def run_experiment(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
-    """Train (or reuse) every model of ``spec``; write tables and figures into ``out``."""
+    """Train (or reuse) every model of ``spec``; write tables and figures into ``out``, held
+    as its one writer (``bench.results_dir``)."""
     if data.name != spec.dataset:
         raise ExperimentError(f"spec names dataset {spec.dataset!r} but got {data.name!r}")
-    out.mkdir(parents=True, exist_ok=True)
-    log(f"dataset: {data.describe()}")
-    log(f"results: {out}")
-    finished: list[FinishedModel] = []
-    for config in spec.configs():
-        done = None if force else _load_finished(out, config, data, spec.backend)
-        if done is not None:
-            log(f"{config.name}: already finished in {out} (use --force to retrain), skipping")
-        else:
-            log(f"{config.name}: training {config.epochs} epochs on {data.name}")
-            done = _train_one(config, spec, data, out, progress, log)
-        finished.append(done)
-        # Rewrite the tables after every model: an interruption keeps every finished row.
-        table = write_tables(finished, spec, data, out)
-    write_figures(finished, data, out, log)
-    return table
+    if spec.batch_size > len(data.train_x):
+        raise ExperimentError(f"batch size {spec.batch_size} exceeds the {len(data.train_x)} "
+                              f"training images of {data.name}; give --batch-size up to "
+                              f"{len(data.train_x)}")
+    with claim(out, "experiment"):
+        log(f"dataset: {data.describe()}")
+        log(f"results: {out}")
+        finished: list[FinishedModel] = []
+        for config in spec.configs():
+            done = None if force else _load_finished(out, config, data, spec.backend)
+            if done is not None:
+                log(f"{config.name}: already finished in {out} (use --force to retrain), "
+                    "skipping")
+            else:
+                log(f"{config.name}: training {config.epochs} epochs on {data.name}")
+                done = _train_one(config, spec, data, out, progress, log)
+            finished.append(done)
+            # Rewrite the tables after every model: an interruption keeps every finished row.
+            table = write_tables(finished, spec, data, out)
+        write_figures(finished, data, out, log)
+        return table
 
 
 def write_tables(finished: list[FinishedModel], spec: ExperimentSpec, data: Dataset,
@@ -247,7 +287,7 @@ def write_tables(finished: list[FinishedModel], spec: ExperimentSpec, data: Data
           "latent_dim": f.config.latent_dim, **h} for f in finished for h in f.history],
         columns=list(CURVE_COLUMNS),
     )
-    record = provenance.collect(dataset=data.describe(), seed=spec.seed, spec=asdict(spec))
+    record = provenance.collect(data=data, seed=spec.seed, spec=asdict(spec))
     # Reused models were trained by an earlier invocation: say by which.
     record["models_trained"] = {
         f.config.name: f"{f.trained['timestamp']} on {f.trained['host']}, "
@@ -263,8 +303,11 @@ def write_tables(finished: list[FinishedModel], spec: ExperimentSpec, data: Data
 
 def markdown_table(table: pd.DataFrame, spec: ExperimentSpec, data: Dataset,
                    record: dict) -> str:
-    def nats(v: float) -> str:
-        return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+    def nats(v: float | None) -> str:
+        # "—" marks a value not computed; a computed NaN is shown as what it is.
+        if v is None:
+            return "—"
+        return "NaN" if math.isnan(v) else f"{v:.2f}"
 
     lines = [
         f"# ELBO by latent size — {data.name}",

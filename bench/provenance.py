@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -54,8 +52,18 @@ def package_versions(names=("torch", "numpy", "numba", "scipy", "pandas", "matpl
     return versions
 
 
-def collect(**extra) -> dict:
-    """A provenance record (JSON-ready). ``extra`` adds run-specific fields (dataset, seed...)."""
+def command_line() -> str:
+    """The command this process runs, as typed (``vae-bench run --out R ...``)."""
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def collect(*, data=None, **extra) -> dict:
+    """A provenance record (JSON-ready). ``data`` (a ``vae_ref.data.Dataset``) adds what the
+    data is, by content as well as by name; ``extra`` adds run-specific fields (seed...)."""
+    import torch  # here, not at import: the results-directory lock reads command_line only
+
+    if data is not None:
+        extra = {"dataset": data.describe(), "data_sha256": data.fingerprint, **extra}
     return {
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
@@ -65,7 +73,7 @@ def collect(**extra) -> dict:
         "torch_threads": torch.get_num_threads(),
         "versions": package_versions(),
         "git_commit": git_commit(),
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command_line(),
         **extra,
     }
 

@@ -26,6 +26,7 @@ from vae_ref.train import fixed_test_set
 
 from . import provenance
 from .agreement import check
+from .results_dir import claim
 from .throughput import device_peaks, measure, step_flops
 from .training import train_backend
 
@@ -69,6 +70,10 @@ class RunSpec:
     def __post_init__(self) -> None:
         if not self.backends or not self.latents or not self.batch_sizes:
             raise RunError("nothing to run: give at least one backend, latent size and batch size")
+        for name, values in (("backends", self.backends), ("latents", self.latents),
+                             ("batch sizes", self.batch_sizes)):
+            if len(set(values)) != len(values):
+                raise RunError(f"{name} repeat: {values} (each would be run twice)")
 
 
 PROFILES = {
@@ -116,7 +121,7 @@ def environment(data: Dataset, spec: RunSpec) -> dict:
     """env.json: what the numbers depend on besides the code (compared when merging)."""
     backends = [create_backend(name) for name in spec.backends]
     peaks = device_peaks({"cpu"} | {b.device for b in backends if b.availability().available})
-    record = provenance.collect(dataset=data.describe())
+    record = provenance.collect(data=data)
     peak, source = peaks["cpu"]
     record |= {"gemm_peak_gflops": peak, "gemm_peak_source": source}
     if "cuda" in peaks:
@@ -229,45 +234,117 @@ def _cell_path(out: Path, latent: int) -> Path:
     return out / "cells" / f"z{latent}.json"
 
 
+def _read_json(path: Path, what: str) -> dict:
+    """A JSON object from ``path``, or RunError saying the file is damaged."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise RunError(f"{path}: cannot read this {what} ({error}); {_REPAIR[what]}") from None
+    if not isinstance(record, dict):
+        raise RunError(f"{path}: not a {what} (a JSON {type(record).__name__}); {_REPAIR[what]}")
+    return record
+
+
+_REPAIR = {
+    "cell": "delete it, then `vae-bench run --resume` with the same flags recomputes that "
+            "latent size",
+    "run environment": "the run directory is damaged: run again into a new --out",
+}
+
+
+def read_env(out: Path) -> dict:
+    """The run's env.json (RunError if it is missing or damaged)."""
+    if not (out / "env.json").exists():
+        raise RunError(f"{out} is not a run directory (no env.json)")
+    env = _read_json(out / "env.json", "run environment")
+    if "spec" not in env or "gemm_peak_gflops" not in env:
+        raise RunError(f"{out / 'env.json'}: not a run environment (no spec or GEMM peak); "
+                       f"{_REPAIR['run environment']}")
+    return env
+
+
+def _check_runnable(spec: RunSpec, data: Dataset, latents: tuple[int, ...],
+                    shard: tuple[int, int] | None) -> None:
+    """Refuse, before anything is written, a run that has nothing to do or cannot work."""
+    if data.name != spec.dataset:
+        raise RunError(f"spec names dataset {spec.dataset!r} but got {data.name!r}")
+    if not latents:
+        raise RunError(f"nothing to run: shard {shard[0]}/{shard[1]} of the "
+                       f"{len(spec.latents)} latent sizes {spec.latents} is empty; use at most "
+                       f"{len(spec.latents)} shards")
+    # The first batch size also trains; timed batches draw images with replacement, so only
+    # it is bounded by the data set.
+    if spec.batch_sizes[0] > len(data.train_x):
+        raise RunError(f"batch size {spec.batch_sizes[0]} (the first, which trains) exceeds "
+                       f"the {len(data.train_x)} training images of {data.name}; put a batch "
+                       f"size up to {len(data.train_x)} first")
+    statuses = {name: create_backend(name).availability() for name in spec.backends}
+    if not any(status.available for status in statuses.values()):
+        reasons = "; ".join(f"{name}: {status.reason}" for name, status in statuses.items())
+        raise RunError(f"nothing to run: no backend of this run is available here ({reasons})")
+
+
 def run(spec: RunSpec, data: Dataset, out: Path, *, shard: tuple[int, int] | None = None,
         resume: bool = False, progress: bool = True,
         log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run (this shard of) the sweep into ``out``; returns the results table."""
-    if data.name != spec.dataset:
-        raise RunError(f"spec names dataset {spec.dataset!r} but got {data.name!r}")
-    env_path = out / "env.json"
-    if env_path.exists():
-        stored = json.loads(env_path.read_text())
-        if not resume:
-            raise RunError(f"{out} already holds a run; pass --resume to continue it, or "
-                           "choose another --out")
-        if stored.get("spec") != json.loads(json.dumps(asdict(spec))):
-            raise RunError(f"{out} holds a run with other settings ({stored.get('spec')}); "
-                           "--resume needs the same flags, or choose another --out")
-        env = stored
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        env = environment(data, spec)
-        env["shard"] = list(shard) if shard else None
-        atomic_write_text(env_path, json.dumps(env, indent=1))
-    log(f"dataset: {data.describe()}")
-    gpu = (f"; GPU {env['gpu']}, GEMM peak {env['gpu_gemm_peak_gflops']:.0f} GFLOP/s"
-           if "gpu" in env else "")
-    log(f"device: CPU {env['cpu']}, GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s{gpu}; "
-        f"results: {out}")
-    for latent in shard_latents(spec.latents, shard):
-        path = _cell_path(out, latent)
-        if path.exists():
-            log(f"z={latent}: already done in {out}, skipping")
-            continue
-        cell = run_latent(spec, data, latent, peaks_of(env), log, progress)
-        atomic_write_text(path, json.dumps(cell, indent=1, allow_nan=True))
-        write_outputs(out)  # after every cell: an interruption keeps every finished row
-    return write_outputs(out)
+    """Run (this shard of) the sweep into ``out``; returns the results table.
+
+    ``out`` is held as its one writer (``bench.results_dir``). It counts as holding a run
+    once a latent size has finished: a run that fails before that leaves it as it was. To
+    continue a run (``resume``) the settings and the data (by content) must be the same."""
+    latents = shard_latents(spec.latents, shard)
+    _check_runnable(spec, data, latents, shard)
+    with claim(out, "run"):
+        env_path = out / "env.json"
+        done = {cell["latent"] for cell in load_cells(out)}
+        if done:
+            stored = read_env(out)
+            if not resume:
+                raise RunError(f"{out} already holds a run; pass --resume to continue it, or "
+                               "choose another --out")
+            if stored.get("spec") != json.loads(json.dumps(asdict(spec))):
+                raise RunError(f"{out} holds a run with other settings ({stored.get('spec')}); "
+                               "--resume needs the same flags, or choose another --out")
+            if stored.get("data_sha256") != data.fingerprint:
+                raise RunError(
+                    f"{out} holds a run on other data ({stored.get('dataset')}, sha256 "
+                    f"{stored.get('data_sha256') or 'not recorded'}; now {data.describe()}, "
+                    f"sha256 {data.fingerprint}); --resume needs the same data, or choose "
+                    "another --out")
+            env = stored
+        else:
+            # No finished latent size: nothing to resume, whatever an earlier start left.
+            env = environment(data, spec)
+            env["shard"] = list(shard) if shard else None
+        log(f"dataset: {data.describe()}")
+        gpu = (f"; GPU {env['gpu']}, GEMM peak {env['gpu_gemm_peak_gflops']:.0f} GFLOP/s"
+               if "gpu" in env else "")
+        log(f"device: CPU {env['cpu']}, GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s{gpu}; "
+            f"results: {out}")
+        for latent in latents:
+            if latent in done:
+                log(f"z={latent}: already done in {out}, skipping")
+                continue
+            cell = run_latent(spec, data, latent, peaks_of(env), log, progress)
+            if not done:  # env.json goes in with the first result, not before
+                atomic_write_text(env_path, json.dumps(env, indent=1))
+            atomic_write_text(_cell_path(out, latent), json.dumps(cell, indent=1, allow_nan=True))
+            done.add(latent)
+            write_outputs(out)  # after every cell: an interruption keeps every finished row
+        return write_outputs(out)
 
 
 def load_cells(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("z*.json"))]
+    """Every finished latent size's record in ``out`` (RunError naming a damaged one)."""
+    cells = []
+    for path in sorted((out / "cells").glob("z*.json")):
+        cell = _read_json(path, "cell")
+        if not (isinstance(cell.get("latent"), int) and isinstance(cell.get("rows"), list)
+                and isinstance(cell.get("curves"), list)):
+            raise RunError(f"{path}: not a cell (needs latent, rows and curves); "
+                           f"{_REPAIR['cell']}")
+        cells.append(cell)
+    return cells
 
 
 def write_outputs(out: Path) -> pd.DataFrame:
@@ -275,7 +352,7 @@ def write_outputs(out: Path) -> pd.DataFrame:
     from .summary import write_plots, write_summary
 
     cells = sorted(load_cells(out), key=lambda c: c["latent"])
-    env = json.loads((out / "env.json").read_text())
+    env = read_env(out)
     table = pd.DataFrame([r for c in cells for r in c["rows"]], columns=list(RESULT_COLUMNS))
     curves = pd.DataFrame([r for c in cells for r in c["curves"]])
     atomic_write_text(out / "results.csv", table.to_csv(index=False))
@@ -286,16 +363,13 @@ def write_outputs(out: Path) -> pd.DataFrame:
 
 
 def merge(parts: list[Path], out: Path, *, force: bool = False) -> pd.DataFrame:
-    """Join shard directories into one run directory. Parts whose environment (CPU, versions,
-    threads) or settings differ are refused unless ``force``."""
-    envs = []
-    for part in parts:
-        env_path = part / "env.json"
-        if not env_path.exists():
-            raise RunError(f"{part} is not a run directory (no env.json)")
-        envs.append(json.loads(env_path.read_text()))
+    """Join shard directories into one new run directory. Parts whose environment (CPU,
+    versions, threads), settings or data differ are refused unless ``force``; overlapping or
+    damaged parts always. Everything is read and checked before anything is written, ``out``
+    must be new or empty, and a merge that fails leaves nothing there."""
+    envs = [read_env(part) for part in parts]
     keys = ("cpu", "gpu", "logical_cpus", "torch_threads", "versions", "spec",
-            "results_schema")
+            "results_schema", "data_sha256")
     first = envs[0]
     for part, env in zip(parts[1:], envs[1:]):
         differing = [k for k in keys if env.get(k) != first.get(k)]
@@ -303,15 +377,18 @@ def merge(parts: list[Path], out: Path, *, force: bool = False) -> pd.DataFrame:
             raise RunError(f"{part} differs from {parts[0]} in {', '.join(differing)}; "
                            "refusing to merge (pass --force to merge anyway)")
     seen: dict[int, Path] = {}
-    out.mkdir(parents=True, exist_ok=True)
+    cells = []
     for part in parts:
         for cell in load_cells(part):
             if cell["latent"] in seen:
                 raise RunError(f"latent size {cell['latent']} appears in both "
                                f"{seen[cell['latent']]} and {part}: shards must be disjoint")
             seen[cell["latent"]] = part
+            cells.append(cell)
+    with claim(out, "run", empty=True, all_or_nothing=True):
+        for cell in cells:
             atomic_write_text(_cell_path(out, cell["latent"]),
                               json.dumps(cell, indent=1, allow_nan=True))
-    merged = dict(first, shard=None, merged_from=[str(p) for p in parts])
-    atomic_write_text(out / "env.json", json.dumps(merged, indent=1))
-    return write_outputs(out)
+        merged = dict(first, shard=None, merged_from=[str(p) for p in parts])
+        atomic_write_text(out / "env.json", json.dumps(merged, indent=1))
+        return write_outputs(out)

@@ -21,7 +21,13 @@ from tqdm.auto import tqdm
 from kernels.base import Backend
 from vae_ref import VAEConfig, build_model, export_params, import_params
 from vae_ref.data import binarize
-from vae_ref.train import EpochRecord, NonFiniteLossError, TrainResult, fixed_test_set
+from vae_ref.train import (
+    EpochRecord,
+    NonFiniteLossError,
+    TrainResult,
+    check_finite_model,
+    fixed_test_set,
+)
 
 
 def train_backend(
@@ -72,6 +78,7 @@ def train_backend(
             backend.synchronize()
             seconds = time.perf_counter() - started
             test = backend.evaluate(test_x, seed=config.seed)
+            check_finite_model(backend.params(), test, epoch, steps_per_epoch - 1)
             reconstruction, kl = (float(v) for v in sums / n)
             record = EpochRecord(epoch, -(reconstruction + kl), reconstruction, kl, test.elbo,
                                  test.reconstruction, test.kl, seconds)

@@ -45,6 +45,18 @@ def _numba(threads: int | None = None, **options) -> Backend:
     return NumbaBackend(threads=threads)
 
 
+def _jax(threads: int | None = None, **options) -> Backend:
+    from .jax_xla import JaxBackend
+
+    return JaxBackend(platform="cpu", threads=threads)
+
+
+def _jax_cuda(threads: int | None = None, **options) -> Backend:
+    from .jax_xla import JaxBackend
+
+    return JaxBackend(platform="cuda", threads=threads)
+
+
 def _torch_cuda(**options) -> Backend:
     from .torch_ref import TorchBackend
 
@@ -81,12 +93,14 @@ BACKENDS: dict[str, Callable[..., Backend]] = {
     "torch-fused-adam": _torch_fused,
     "torch-compile": _torch_compile,
     "numba": _numba,
+    "jax": _jax,  # needs the [jax] extra; unavailable, with the reason, without it
     # GPU: unavailable (with the reason) on machines without CUDA, listed all the same.
     "torch-cuda": _torch_cuda,
     "torch-cuda-compile": _torch_cuda_compile,
     "cupy": _cupy,
     "cupy-nograph": _cupy_nograph,
     "cupy-tf32": _cupy_tf32,
+    "jax-cuda": _jax_cuda,
 }
 
 

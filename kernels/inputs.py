@@ -1,12 +1,15 @@
-"""What every compiled backend checks before its kernels run, and the one thing they all do on
-the host. Compiled code (Numba, CUDA) checks no shapes or bounds: a wrong array must fail
+"""What every compiled backend checks before its kernels run, and the things they all do on
+the host. Compiled code (Numba, CUDA, XLA) checks no shapes or bounds: a wrong array must fail
 here, with a message that says what was expected.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
+from vae_ref.evaluate import EvalResult
 from vae_ref.params import Params
 
 
@@ -32,3 +35,20 @@ def decode_on_host(params: Params, z: np.ndarray) -> np.ndarray:
     dec_h = np.maximum(np.asarray(z, np.float32) @ params["dec.fc1.weight"].T
                        + params["dec.fc1.bias"], 0)
     return dec_h @ params["dec.out.weight"].T + params["dec.out.bias"]
+
+
+def evaluate_in_batches(terms: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+                        x: np.ndarray, latent: int, *, seed: int,
+                        batch_size: int) -> EvalResult:
+    """Mean ELBO terms per image over ``x``: ``terms(batch, eps)`` gives a batch's per-image
+    (reconstruction, KL), with noise drawn batch by batch from ``np.random.default_rng(seed)``,
+    the one noise stream every compiled backend evaluates with. Sums are in float64."""
+    rng = np.random.default_rng(seed)
+    totals = np.zeros(2)
+    for start in range(0, len(x), batch_size):
+        xb = x[start : start + batch_size]
+        eps = rng.standard_normal((len(xb), latent), dtype=np.float32)
+        reconstruction, kl = terms(xb, eps)
+        totals += [np.sum(reconstruction, dtype=np.float64), np.sum(kl, dtype=np.float64)]
+    reconstruction, kl = (float(t) for t in totals / len(x))
+    return EvalResult(elbo=-(reconstruction + kl), reconstruction=reconstruction, kl=kl)

@@ -34,3 +34,72 @@ def mnist5k():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+# ---- results directories, as the commands that write them leave them -------------------------
+
+# The smallest experiment the CLI runs: one epoch of 4 steps; latent sizes other than 2 skip
+# the z = 2 figures. Add --latents.
+TINY_EXPERIMENT = ("experiment", "--ae-latents", "--epochs", "1", "--iwae-k", "0",
+                   "--batch-size", "1000", "--quiet")
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment():
+    """The CLI words of the smallest experiment; add --latents and --out."""
+    return list(TINY_EXPERIMENT)
+
+
+@pytest.fixture(scope="session")
+def finished_experiment(tmp_path_factory):
+    """A finished tiny experiment, written through the CLI (copy it before changing it),
+    and what the CLI said on stderr. It repeats a latent size and asks for more threads than
+    the machine has, so tests can check what the CLI made of that."""
+    import contextlib
+    import io
+    import os
+
+    from bench.cli import main
+
+    out = tmp_path_factory.mktemp("experiment") / "out"
+    threads = torch.get_num_threads()
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            code = main([*TINY_EXPERIMENT, "--latents", "3", "3",
+                         "--threads", str((os.cpu_count() or 1) + 7), "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err.getvalue()
+    return out, err.getvalue()
+
+
+@pytest.fixture
+def fast_gemm_peak(monkeypatch):
+    """Skip measuring the machine's GEMM peak (seconds on a busy 2-core VM) where a test is
+    about something else: a run records this stand-in instead."""
+    import bench.throughput
+
+    monkeypatch.setattr(bench.throughput, "gemm_peak", lambda *a, **k: (1.0, "stand-in"))
+
+
+
+@pytest.fixture
+def committed_shards(tmp_path):
+    """Two shard directories cut from the committed mnist-5k run (z = 2, 20 and z = 10, 50),
+    as `vae-bench run --shard i/2` writes them."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    committed = Path(__file__).parents[1] / "results" / "run-full-mnist-5k"
+    env = json.loads((committed / "env.json").read_text())
+    parts = []
+    for i, latents in ((1, (2, 20)), (2, (10, 50))):
+        part = tmp_path / f"shard{i}"
+        (part / "cells").mkdir(parents=True)
+        (part / "env.json").write_text(json.dumps(dict(env, shard=[i, 2])))
+        for z in latents:
+            shutil.copy(committed / "cells" / f"z{z}.json", part / "cells")
+        parts.append(part)
+    return parts

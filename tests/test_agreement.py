@@ -1,6 +1,8 @@
-"""The agreement gate: the Numba backend against the committed fixture and the live oracle,
-and the gate's ability to fail (a perturbed gradient, a NaN, a missing tensor)."""
+"""The agreement gate: the compiled CPU backends (Numba, JAX) against the committed fixture and
+the live oracle, and the gate's ability to fail (a perturbed gradient, a NaN, a missing
+tensor)."""
 
+import functools
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,30 +28,48 @@ def images(mnist5k):
     return mnist5k.train_x[:1024]
 
 
-@pytest.fixture(scope="module")
-def numba_backend():
-    backend = create_backend("numba")
+def available(name: str) -> Backend:
+    backend = create_backend(name)
     if not backend.availability().available:
         pytest.skip(backend.availability().reason)
     return backend
 
 
-def test_numba_matches_the_committed_fixture(numba_backend):
+@pytest.fixture(scope="module")
+def numba_backend():
+    return available("numba")
+
+
+# One backend per module and name: JAX compiles its programs once per shape.
+@pytest.fixture(scope="module", params=["numba", "jax"])
+def compiled_backend(request):
+    return available(request.param)
+
+
+def test_compiled_backends_match_the_committed_fixture(compiled_backend):
     pairs = read_fixture(FIXTURE)
     assert {case.name for case, _ in pairs} == {"z20/batch", "z20/adam-steps"}
     for case, expected in pairs:
-        results = check(numba_backend, case, expected)
+        results = check(compiled_backend, case, expected)
         assert len(results) == len(expected.truth)
         assert not failures(results), [r.line() for r in failures(results)]
 
 
-@pytest.mark.parametrize("latent", [2, 50])
-def test_numba_matches_the_live_oracle_on_every_case(numba_backend, images, latent):
-    cases = build_cases(images, latent, steps=8)
-    assert [c.name.split("/")[1] for c in cases] == [
+@pytest.fixture(scope="module")
+def live_cases(images):
+    """latent -> every gate case at that size with its oracle, computed once for all backends."""
+    return functools.cache(lambda latent: [(case, expectation(case))
+                                           for case in build_cases(images, latent, steps=8)])
+
+
+@pytest.mark.parametrize("latent", [2, 10, 20, 50])
+def test_compiled_backends_match_the_live_oracle_on_every_case(compiled_backend, live_cases,
+                                                               latent):
+    pairs = live_cases(latent)
+    assert [c.name.split("/")[1] for c, _ in pairs] == [
         "batch", "partial-batch", "extreme-logits", "beta4", "adam-steps"]
-    for case in cases:
-        results = check(numba_backend, case, expectation(case))
+    for case, expected in pairs:
+        results = check(compiled_backend, case, expected)
         assert not failures(results), [r.line() for r in failures(results)]
 
 
@@ -133,10 +153,12 @@ def test_fixture_round_trip_and_schema_check(tmp_path, images):
         read_fixture(tmp_path / "absent.npz")
 
 
-def test_check_command_passes_and_fails_with_exit_status(capsys):
-    assert main(["check", "--backend", "numba", "--fixture", str(FIXTURE), "--quiet"]) == 0
+@pytest.mark.parametrize("name", ["numba", "jax"])
+def test_check_command_passes_and_fails_with_exit_status(capsys, name):
+    available(name)
+    assert main(["check", "--backend", name, "--fixture", str(FIXTURE), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "PASS: numba" in out and "threads" in out
+    assert f"PASS: {name}" in out and "threads" in out
 
 
 def test_unknown_backend_lists_the_known_ones(capsys):

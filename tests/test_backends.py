@@ -36,15 +36,50 @@ def test_torch_backends_pass_the_gate(mnist5k, name):
         assert not bad, bad
 
 
-def test_params_round_trip_through_every_available_backend():
+def available(name: str) -> Backend:
+    backend = create_backend(name)
+    if not backend.availability().available:
+        pytest.skip(backend.availability().reason)
+    return backend
+
+
+@pytest.mark.parametrize("name", ["torch", "numba", "jax"])
+def test_params_round_trip_through_every_available_backend(name):
     config = VAEConfig(latent_dim=6)
     params = export_params(build_model(config))
-    for name in ("torch", "numba"):
-        backend = create_backend(name)
-        backend.load(config, params)
-        back = backend.params()
-        assert set(back) == set(params)
-        assert all(np.array_equal(back[n], params[n]) for n in params)
+    backend = available(name)
+    backend.load(config, params)
+    back = backend.params()
+    assert set(back) == set(params)
+    assert all(np.array_equal(back[n], params[n]) for n in params)
+
+
+@pytest.mark.parametrize("name", ["numba", "jax"])
+def test_compiled_backends_evaluate_the_reference_terms_on_the_shared_noise(mnist5k, name):
+    """evaluate: per-image terms averaged over batches (the last one short), with noise drawn
+    batch by batch from default_rng(seed); the reference's own terms on that noise agree."""
+    import torch
+
+    from vae_ref import loss_terms
+
+    config = VAEConfig(latent_dim=5)
+    model = build_model(config).eval()
+    backend = available(name)
+    backend.load(config, export_params(model))
+    x = mnist5k.test_x[:250]
+    ours = backend.evaluate(x, seed=3, batch_size=100)
+    rng, totals = np.random.default_rng(3), np.zeros(2)
+    for start in (0, 100, 200):
+        xb = torch.from_numpy(x[start : start + 100])
+        eps = torch.from_numpy(rng.standard_normal((len(xb), 5), dtype=np.float32))
+        with torch.no_grad():
+            terms = loss_terms(model(xb, eps), xb, config)
+        totals += [terms.reconstruction.double().sum().item(), terms.kl.double().sum().item()]
+    reconstruction, kl = totals / len(x)
+    assert ours.reconstruction == pytest.approx(reconstruction, rel=1e-5)
+    assert ours.kl == pytest.approx(kl, rel=1e-4)
+    assert ours.elbo == pytest.approx(-(ours.reconstruction + ours.kl))
+    assert backend.evaluate(x, seed=4, batch_size=100).reconstruction != ours.reconstruction
 
 
 def test_numba_refuses_bad_batches_before_compiled_code():
@@ -60,11 +95,23 @@ def test_numba_refuses_bad_batches_before_compiled_code():
         backend.forward_backward(np.zeros((3, 783), np.float32), np.zeros((3, 4), np.float32))
 
 
-@pytest.mark.parametrize("name", ["numba", "torch-fused-adam"])
+def test_numba_records_the_threads_it_runs_not_those_asked_for():
+    numba = pytest.importorskip("numba")
+    config = VAEConfig(latent_dim=4)
+    backend = create_backend("numba", threads=10_000)
+    try:
+        backend.load(config, export_params(build_model(config)))
+        assert backend.settings()["threads"] == numba.get_num_threads()
+        assert backend.settings()["threads"] <= numba.config.NUMBA_NUM_THREADS
+    finally:
+        create_backend("numba").load(config, export_params(build_model(config)))
+
+
+@pytest.mark.parametrize("name", ["numba", "torch-fused-adam", "jax"])
 def test_training_through_the_interface_learns_and_is_reproducible(mnist5k, name):
     config = VAEConfig(latent_dim=8, epochs=2, seed=3)
     x, t = mnist5k.train_x[:2000], mnist5k.test_x[:300]
-    first = train_backend(create_backend(name), config, x, t, progress=False)
+    first = train_backend(available(name), config, x, t, progress=False)
     again = train_backend(create_backend(name), config, x, t, progress=False)
     assert first.history[1].test_elbo > first.history[0].test_elbo > -450  # untrained: ~ -543
     assert [r.test_elbo for r in first.history] == [r.test_elbo for r in again.history]

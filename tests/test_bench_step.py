@@ -12,8 +12,9 @@ from vae_ref.oracle import build_cases, expectation
 
 LATENTS = (2, 10, 20, 50)
 PROVIDERS = ("torch", "torch-fused-adam", "torch-compile", "numba",
+             "jax",  # skips, with the reason, where JAX is not installed
              # GPU providers skip, with the reason, where CUDA is not available.
-             "torch-cuda", "torch-cuda-compile", "cupy", "cupy-nograph")
+             "torch-cuda", "torch-cuda-compile", "cupy", "cupy-nograph", "jax-cuda")
 COMPILED = ("torch-compile", "torch-cuda-compile")
 
 

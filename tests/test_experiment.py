@@ -1,12 +1,23 @@
 """The experiment command end to end on a tiny setting, as a user runs it."""
 
 import json
+import math
+import os
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.experiment import CURVE_COLUMNS, TABLE_COLUMNS
+from bench.experiment import (
+    CURVE_COLUMNS,
+    TABLE_COLUMNS,
+    ExperimentError,
+    ExperimentSpec,
+    markdown_table,
+    run_experiment,
+)
+from vae_ref.data import Dataset
 
 
 def run(*args):
@@ -77,6 +88,8 @@ def test_rerun_skips_finished_models_and_refuses_other_settings(finished_run, ca
         (["--epochs", "two"], "expected a positive integer, got 'two'"),
         (["--dataset", "cifar"], "invalid choice: 'cifar'"),
         (["--lr", "-1"], "expected a number > 0"),
+        (["--lr", "inf"], "expected a finite number, got inf"),
+        (["--lr", "nan"], "expected a finite number, got nan"),
     ],
 )
 def test_bad_flags_get_a_clear_usage_error(args, message, capsys):
@@ -95,3 +108,57 @@ def test_missing_dataset_is_a_clear_error_not_a_traceback(tmp_path, capsys, monk
     err = capsys.readouterr().err
     assert err.startswith("vae-bench: error:") and "Traceback" not in err
     assert "nowhere" in err
+
+
+def test_finished_models_are_not_reused_on_other_data(tmp_path, mnist5k):
+    # Two data sets of one name: an all-white one, then the real digits.
+    def named_mnist(train_x, test_x):
+        return Dataset("mnist", train_x, mnist5k.train_y[:1000], test_x, mnist5k.test_y[:200],
+                       "test arrays", mnist5k.class_names)
+
+    white = named_mnist(np.ones((1000, 784), np.float32), np.ones((200, 784), np.float32))
+    digits = named_mnist(mnist5k.train_x[:1000], mnist5k.test_x[:200])
+    spec = ExperimentSpec(dataset="mnist", latents=(3,), ae_latents=(), epochs=1,
+                          batch_size=500, iwae_k=0)
+    run_experiment(spec, white, tmp_path, progress=False, log=lambda _: None)
+    with pytest.raises(ExperimentError, match="vae-z3 trained on other data"):
+        run_experiment(spec, digits, tmp_path, progress=False, log=lambda _: None)
+    assert json.loads((tmp_path / "provenance.json").read_text())["data_sha256"] == (
+        white.fingerprint)
+
+
+def test_divergence_on_the_last_step_fails_and_saves_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    # One step in all (the batch is the whole training set), to weights past float range.
+    assert run("--latents", 2, "--ae-latents", "--epochs", 1, "--iwae-k", 0, "--lr", "1e30",
+               "--batch-size", 4000, "--out", out, "--quiet") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vae-bench: training failed: ") and err.count("\n") == 1
+    assert "non-finite at epoch 1, step 0" in err
+    assert not out.exists()
+
+
+def test_nan_is_shown_as_nan_not_as_not_computed(mnist5k):
+    spec = ExperimentSpec(dataset="mnist-5k", latents=(3,), ae_latents=(20,), iwae_k=5)
+    common = {"backend": "torch", "epochs": 1, "train_seconds": 1.0, "seconds_per_epoch": 1.0,
+              "dataset": "mnist-5k", "seed": 0}
+    rows = [{"model": "vae", "latent_dim": 3, "beta": 1.0, "final_train_elbo": -150.0,
+             "average_train_elbo": -160.0, "final_test_elbo": math.nan, "test_iwae": math.nan,
+             "iwae_k": 5, **common},
+            {"model": "ae", "latent_dim": 20, "beta": math.nan, "final_train_elbo": -90.0,
+             "average_train_elbo": -95.0, "final_test_elbo": -91.0, "test_iwae": math.nan,
+             "iwae_k": 0, **common}]
+    md = markdown_table(pd.DataFrame(rows, columns=list(TABLE_COLUMNS)), spec, mnist5k, {})
+    assert "| VAE | torch | 3 | -150.00 | -160.00 | NaN | NaN (5) |" in md
+    assert "| AE | torch | 20 | -90.00 | -95.00 | -91.00 | — |" in md  # not computed for the AE
+
+
+def test_repeated_latents_and_too_many_threads(finished_experiment):
+    out, err = finished_experiment
+    cpus = os.cpu_count()
+    assert "vae-bench: note: --latents repeats a value; using 3" in err
+    assert list(pd.read_csv(out / "table.csv").latent_dim) == [3]
+    assert (f"vae-bench: warning: --threads {cpus + 7} is more than the {cpus} logical CPUs "
+            f"here; using {cpus}") in err
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["torch_threads"] == cpus and provenance["spec"]["threads"] == cpus

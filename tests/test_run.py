@@ -60,6 +60,22 @@ def test_rerun_needs_resume_and_then_skips_finished_cells(full_run, mnist5k):
     pd.testing.assert_frame_equal(again, table)
 
 
+def test_resume_needs_the_same_data_not_only_its_name(full_run, mnist5k):
+    out, _ = full_run
+    from vae_ref.data import Dataset
+
+    other = Dataset(mnist5k.name, mnist5k.train_x[::-1].copy(), mnist5k.train_y[::-1].copy(),
+                    mnist5k.test_x, mnist5k.test_y, mnist5k.source, mnist5k.class_names)
+    with pytest.raises(RunError, match="holds a run on other data"):
+        run(tiny_spec(), other, out, resume=True, progress=False, log=quiet)
+
+
+def test_a_spec_repeating_a_backend_or_latent_size_is_refused():
+    for repeated in ({"backends": ("torch", "torch")}, {"latents": (2, 3, 2)}):
+        with pytest.raises(RunError, match="repeat"):
+            tiny_spec(**repeated)
+
+
 def test_two_shards_merged_equal_the_unsharded_rows(full_run, tmp_path, mnist5k):
     out, table = full_run
     assert parse_shard("2/2") == (2, 2) and shard_latents((2, 3, 4), (1, 2)) == (2, 4)
@@ -85,7 +101,8 @@ def test_two_shards_merged_equal_the_unsharded_rows(full_run, tmp_path, mnist5k)
         merge([parts[0], parts[0]], tmp_path / "overlap")
 
 
-def test_unavailable_backend_is_listed_with_its_reason(tmp_path, mnist5k, monkeypatch):
+def test_unavailable_backend_is_listed_with_its_reason(tmp_path, mnist5k, monkeypatch,
+                                                       fast_gemm_peak):
     import kernels
     from kernels.base import Availability
 
@@ -96,10 +113,17 @@ def test_unavailable_backend_is_listed_with_its_reason(tmp_path, mnist5k, monkey
             return Availability(False, "no such device here")
 
     monkeypatch.setitem(kernels.BACKENDS, "absent", lambda **_: Absent())
-    table = run(tiny_spec(backends=("absent",), latents=(2,)), mnist5k, tmp_path / "r",
-                progress=False, log=quiet)
-    [row] = table.to_dict("records")
+    # Beside one backend that runs (the cheapest settings: no Adam-steps gate case, 8 steps).
+    table = run(tiny_spec(backends=("torch", "absent"), latents=(2,), batch_sizes=(500,),
+                          repeats=1, gate_steps=0, iwae_k=0),
+                mnist5k, tmp_path / "r", progress=False, log=quiet)
+    [row] = table[table.backend == "absent"].to_dict("records")
     assert row["agreement"] == "unavailable" and row["note"] == "no such device here"
+    # With no backend available there is nothing to run: refused, nothing written.
+    with pytest.raises(RunError, match="nothing to run: .*absent: no such device here"):
+        run(tiny_spec(backends=("absent",), latents=(2,)), mnist5k, tmp_path / "none",
+            progress=False, log=quiet)
+    assert not (tmp_path / "none").exists()
 
 
 def test_compare_exit_status(full_run, tmp_path, capsys):

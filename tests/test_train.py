@@ -57,3 +57,20 @@ def test_wrong_shaped_data_is_refused():
     with pytest.raises(ValueError, match=r"train_x must be a non-empty \(N, 784\) array"):
         train(VAEConfig(epochs=1), np.zeros((10, 28, 28), np.float32),
               np.zeros((2, 784), np.float32), progress=False)
+
+
+@pytest.mark.parametrize("loop", ["reference", "backend"])
+def test_divergence_on_an_epochs_last_step_stops_training(mnist5k, loop):
+    # One step per epoch, and a step so large that the weights leave the float range: no
+    # later step's loss is there to notice, so the check after the epoch must.
+    from bench.training import train_backend
+    from kernels import create_backend
+
+    x, t = mnist5k.train_x[:500], mnist5k.test_x[:100]
+    config = VAEConfig(latent_dim=2, epochs=2, batch_size=500, lr=1e30)
+    # FloatingPointError: what vae_ref.TrainingDiverged, the CLI's "training failed", is.
+    with pytest.raises(FloatingPointError, match="non-finite at epoch 1, step 0 .*not saved"):
+        if loop == "reference":
+            train(config, x, t, progress=False)
+        else:
+            train_backend(create_backend("torch"), config, x, t, progress=False)

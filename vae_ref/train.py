@@ -19,12 +19,18 @@ from tqdm.auto import tqdm
 
 from .config import VAEConfig
 from .data import binarize
-from .evaluate import evaluate_elbo
+from .evaluate import EvalResult, evaluate_elbo
 from .losses import loss_terms
 from .model import AE, VAE, build_model
+from .params import Params, export_params
 
 
-class NonFiniteLossError(FloatingPointError):
+class TrainingDiverged(FloatingPointError):
+    """Training produced NaN or infinite numbers; the message says where. Nothing of such a
+    run is a result: callers save no model from it."""
+
+
+class NonFiniteLossError(TrainingDiverged):
     """Training produced a NaN or infinite loss; says where, so the run can be diagnosed."""
 
     def __init__(self, epoch: int, step: int, reconstruction: float, kl: float):
@@ -34,6 +40,34 @@ class NonFiniteLossError(FloatingPointError):
             f"(reconstruction {reconstruction}, KL {kl}); training stopped. "
             "Lower the learning rate, or check the input data for NaN/inf values."
         )
+
+
+class NonFiniteModelError(TrainingDiverged):
+    """The parameters or the test evaluation became non-finite after an epoch."""
+
+    def __init__(self, epoch: int, step: int, what: str):
+        self.epoch, self.step = epoch, step
+        super().__init__(
+            f"{what} became non-finite at epoch {epoch}, step {step} (its last step); "
+            "training stopped and the model is not saved. Lower the learning rate, or check "
+            "the input data for NaN/inf values."
+        )
+
+
+def check_finite_model(params: Params, test: EvalResult, epoch: int, step: int) -> None:
+    """Raise NonFiniteModelError unless the parameters and the test ELBO are finite.
+
+    Run after each epoch, with ``step`` the epoch's last: an update that makes a parameter
+    non-finite at any earlier step makes the next step's loss non-finite, which the loop
+    catches there; only the last step's update reaches this check."""
+    broken = [name for name, p in params.items() if not np.isfinite(p).all()]
+    if broken:
+        raise NonFiniteModelError(epoch, step, f"parameters ({', '.join(broken)})")
+    values = (test.elbo, test.reconstruction, test.kl)
+    if not all(math.isfinite(v) for v in values):
+        raise NonFiniteModelError(
+            epoch, step, f"the test evaluation (ELBO {test.elbo}, reconstruction "
+            f"{test.reconstruction}, KL {test.kl})")
 
 
 @dataclass(frozen=True)
@@ -93,7 +127,8 @@ def train(
     """Train a fresh model for ``config.epochs`` epochs with Adam; evaluate after each.
 
     ``train_x``/``test_x``: float32 arrays (N, input_dim) in [0, 1].
-    Raises NonFiniteLossError as soon as a batch loss is NaN/inf.
+    Raises NonFiniteLossError as soon as a batch loss is NaN/inf, NonFiniteModelError if
+    the parameters or the test ELBO are after an epoch.
     """
     for name, array in (("train_x", train_x), ("test_x", test_x)):
         if array.ndim != 2 or array.shape[1] != config.input_dim or len(array) == 0:
@@ -149,6 +184,7 @@ def train(
 
             model.eval()
             test = evaluate_elbo(model, test_x, seed=config.seed)
+            check_finite_model(export_params(model), test, epoch, steps_per_epoch - 1)
             reconstruction, kl = (float(v) for v in sums / n)
             record = EpochRecord(
                 epoch=epoch,

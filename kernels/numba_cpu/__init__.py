@@ -16,7 +16,7 @@ from vae_ref.evaluate import EvalResult
 from vae_ref.params import Params
 
 from ..base import Availability, BackendUnavailable, BatchLoss, StepOutputs
-from ..inputs import checked_images, checked_noise, decode_on_host
+from ..inputs import checked_images, checked_noise, decode_on_host, evaluate_in_batches
 from ..timing import interleaved_times
 
 ADAM_BETAS = (0.9, 0.999)  # PyTorch's defaults, as in the reference
@@ -155,18 +155,14 @@ class NumbaBackend:
         return decode_on_host(self.params(), z)
 
     def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
-        rng = np.random.default_rng(seed)
-        totals = np.zeros(2)
-        x = self._images(x)
-        for start in range(0, len(x), batch_size):
-            xb = x[start : start + batch_size]
-            eps = rng.standard_normal((len(xb), self.config.latent_dim), dtype=np.float32)
+        def terms(xb: np.ndarray, eps: np.ndarray):
             ws = self._workspace(len(xb))
             ws.xb[...] = xb
             self._step.forward(self.flat, self.layout.slot_offsets, ws.xb, eps, ws)
-            totals += [ws.bce.sum(dtype=np.float64), ws.kl.sum(dtype=np.float64)]
-        reconstruction, kl = (float(t) for t in totals / len(x))
-        return EvalResult(elbo=-(reconstruction + kl), reconstruction=reconstruction, kl=kl)
+            return ws.bce, ws.kl
+
+        return evaluate_in_batches(terms, self._images(x), self.config.latent_dim, seed=seed,
+                                   batch_size=batch_size)
 
     def stage_times(self, data: np.ndarray, batch: int, repeats: int = 50) -> dict[str, float]:
         """Median seconds of each part of the compiled step, measured interleaved (one call of

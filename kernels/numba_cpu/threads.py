@@ -14,13 +14,15 @@ _limits = None  # keeps the threadpoolctl limit alive for the process
 
 
 def configure_threads(threads: int | None) -> int:
-    """Use ``threads`` (default: all CPUs) for BLAS GEMMs; returns the count in force."""
+    """Use ``threads`` (default: all CPUs) for BLAS GEMMs; returns the count in force (no
+    more than Numba's pool holds: a larger count asked for is not what runs)."""
     global _limits
     import numba
 
     n = threads or os.cpu_count() or 1
     if n < 1:
         raise ValueError(f"threads must be >= 1, got {n}")
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    n = min(n, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
     _limits = threadpool_limits(limits=n, user_api="blas")
     return n

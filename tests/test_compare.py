@@ -1,0 +1,118 @@
+"""``vae-bench compare`` fails closed: a broken or incomparable NEW run is a regression (exit 1)
+unless a flag says the change is intended, and input that is not a results table is refused
+with one line (exit 2). OLD is the committed mnist-5k run; NEW is a damaged copy of it."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.cli import main
+
+COMMITTED = Path(__file__).parents[1] / "results" / "run-full-mnist-5k"
+
+
+@pytest.fixture
+def table():
+    return pd.read_csv(COMMITTED / "results.csv")
+
+
+def compare(capsys, old, new, *flags):
+    code = main(["compare", str(old), str(new), *flags])
+    printed = capsys.readouterr()
+    return code, printed.out, printed.err
+
+
+def saved(tmp_path, table, name="new.csv"):
+    path = tmp_path / name
+    table.to_csv(path, index=False)
+    return path
+
+
+def test_a_header_only_table_is_a_regression(tmp_path, capsys, table):
+    code, out, _ = compare(capsys, COMMITTED, saved(tmp_path, table.iloc[:0]))
+    assert code == 1
+    assert "numba z=2 batch=128: in OLD, missing from NEW" in out
+    assert "nothing compared" in out
+
+
+def test_removed_rows_pass_only_when_allowed(tmp_path, capsys, table):
+    fewer = saved(tmp_path, table[table.backend != "torch-compile"])
+    code, out, _ = compare(capsys, COMMITTED, fewer)
+    assert code == 1 and "torch-compile z=50 batch=128: in OLD, missing from NEW" in out
+    assert compare(capsys, COMMITTED, fewer, "--allow-removed")[0] == 0
+
+
+def test_a_table_cut_mid_row_is_a_regression(tmp_path, capsys):
+    cut = tmp_path / "cut.csv"
+    cut.write_bytes((COMMITTED / "results.csv").read_bytes()[:900])
+    code, out, _ = compare(capsys, COMMITTED, cut)
+    assert code == 1
+    assert f"NEW {cut}: cut short: line 4 ends after" in out
+    assert "torch z=10 batch=128: in OLD, missing from NEW" in out
+
+
+def test_a_new_run_without_the_yardstick_is_a_regression(tmp_path, capsys, table):
+    # Without torch rows no speed-up can be computed: the throughput gate would be off.
+    no_torch = saved(tmp_path, table[table.backend != "torch"])
+    assert compare(capsys, COMMITTED, no_torch)[0] == 1
+    # Removing the torch rows on purpose still leaves the speed-ups uncomputable.
+    code, out, _ = compare(capsys, COMMITTED, no_torch, "--allow-removed")
+    assert code == 1
+    assert ("numba z=20 batch=128: no speed-up in NEW: its torch row at z=20 batch=128 (the "
+            "yardstick) is missing or untimed") in out
+    # Gating raw samples/s needs no yardstick.
+    assert compare(capsys, COMMITTED, no_torch, "--allow-removed", "--absolute")[0] == 0
+
+
+def test_a_nan_test_elbo_is_a_regression(tmp_path, capsys, table):
+    table.loc[(table.backend == "numba") & (table.latent_dim == 2), "final_test_elbo"] = np.nan
+    code, out, _ = compare(capsys, COMMITTED, saved(tmp_path, table))
+    assert code == 1 and "numba z=2 batch=128: test ELBO nan in NEW (was" in out
+
+
+def test_zero_samples_per_second_is_a_regression(tmp_path, capsys, table):
+    # Zero for the yardstick made every speed-up infinite, which passed the gate.
+    table.loc[(table.backend == "torch") & (table.latent_dim == 10), "samples_per_s"] = 0.0
+    code, out, _ = compare(capsys, COMMITTED, saved(tmp_path, table))
+    assert code == 1
+    assert "torch z=10 batch=128: samples/s 0 in NEW" in out
+    assert "numba z=10 batch=128: no speed-up in NEW" in out
+
+
+def test_two_runs_with_nothing_in_common_are_a_regression(tmp_path, capsys, table):
+    small = saved(tmp_path, table[table.latent_dim <= 10], "small.csv")
+    large = saved(tmp_path, table[table.latent_dim > 10], "large.csv")
+    code, out, _ = compare(capsys, small, large)
+    assert code == 1 and "nothing compared" in out
+    # No flag makes a comparison of nothing a pass.
+    assert compare(capsys, small, large, "--allow-removed")[0] == 1
+
+
+def _non_numeric(tmp_path, table):
+    table["samples_per_s"] = table["samples_per_s"].astype(object)
+    table.loc[3, "samples_per_s"] = "fast"
+    return saved(tmp_path, table)
+
+
+def _duplicate_key(tmp_path, table):
+    return saved(tmp_path, pd.concat([table, table.iloc[[2]]]))
+
+
+def _directory(tmp_path, table):
+    (tmp_path / "run" / "results.csv").mkdir(parents=True)
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("make, message", [
+    (_non_numeric, "line 5: samples_per_s is 'fast', not a number"),
+    (_duplicate_key, "numba z=2 batch=128 appears 2 times"),
+    (_directory, "results.csv: a directory, not a results table"),
+])
+def test_input_that_is_not_a_results_table_is_one_line_and_status_2(tmp_path, capsys, table,
+                                                                    make, message):
+    code, _, err = compare(capsys, COMMITTED, make(tmp_path, table))
+    assert code == 2
+    assert err.startswith("vae-bench: error: ") and err.count("\n") == 1
+    assert message in err
