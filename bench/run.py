@@ -201,6 +201,8 @@ def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float
                         "ms_per_step": ms, "gflops": gflops,
                         "pct_peak": 100 * gflops / peaks.get(m.device, math.nan),
                         "launch_floor_ms": m.floor_ms, "warmup_s": m.warmup_seconds}
+                failed = [f"{name} failed: {why}" for name, why in m.diagnostic_errors.items()]
+                row["note"] = "; ".join(filter(None, [row["note"], *failed]))
             rows.append(row)
 
     # 4. ELBO: train each timed backend at the first batch size.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.machinery
+import itertools
 import sys
 import types
 
@@ -88,9 +89,21 @@ def _array_at(ptr: int, dtype) -> np.ndarray:
     return np.frombuffer(buffer, dtype=dtype)
 
 
-# -- streams, capture, events --------------------------------------------------------------
+# -- streams, capture, graphs, events -----------------------------------------------------
+# CUDA's rules for stream capture, as the executor meets them through CuPy's runtime
+# bindings (cupy_backends/cuda/api/runtime.pyx, the same functions in CuPy 13.6 and 14.2).
 
+VERSION = "14.2.0"  # install(version=...) sets it: the graph handle's fate depends on it
 _CAPTURE: list | None = None  # the record of the stream being captured, if any
+_CAPTURE_INVALID: str | None = None  # why the capture in progress is invalidated, if it is
+_HANDLES = itertools.count(0x1000)  # cudaGraph_t / cudaGraphExec_t values, never 0
+_GRAPHS: dict[int, list] = {}  # live cudaGraph_t -> its nodes (one action per launch or GEMM)
+_EXECS: dict[int, list] = {}  # live cudaGraphExec_t -> its nodes
+
+
+class CUDARuntimeError(RuntimeError):
+    """cupy_backends/cuda/api/runtime.pyx, CUDARuntimeError: raised by check_status with the
+    error's name and description."""
 
 
 def _run(action) -> None:
@@ -100,21 +113,97 @@ def _run(action) -> None:
         action()
 
 
-_GRAPHS: dict[int, "Graph"] = {}  # handle -> graph, for the driver's node count
+def _invalidate(name: str, description: str):
+    """A call CUDA refuses while a stream is captured: it fails, and the capture sequence is
+    invalidated, so ending it fails too (CUDA C++ Programming Guide, "Stream Capture":
+    "Prohibited and Unhandled Operations", "Invalidation")."""
+    global _CAPTURE_INVALID
+    _CAPTURE_INVALID = _CAPTURE_INVALID or name
+    return CUDARuntimeError(f"{name}: {description}")
+
+
+def _stream_begin_capture(stream, mode=2):
+    """runtime.pyx streamBeginCapture(intptr_t stream, int mode=streamCaptureModeRelaxed)."""
+    global _CAPTURE, _CAPTURE_INVALID
+    if _CAPTURE is not None:  # cudaStreamBeginCapture on a stream already capturing
+        raise CUDARuntimeError("cudaErrorIllegalState: operation not permitted when stream is "
+                               "capturing")
+    _CAPTURE, _CAPTURE_INVALID = [], None
+
+
+def _stream_end_capture(stream):
+    """runtime.pyx streamEndCapture(intptr_t stream) -> the cudaGraph_t. An invalidated
+    capture ends, and cudaStreamEndCapture returns cudaErrorStreamCaptureInvalidated and no
+    graph (CUDA Runtime API, cudaStreamEndCapture)."""
+    global _CAPTURE, _CAPTURE_INVALID
+    if _CAPTURE is None:
+        raise CUDARuntimeError("cudaErrorIllegalState: the stream is not capturing")
+    actions, invalid, _CAPTURE, _CAPTURE_INVALID = _CAPTURE, _CAPTURE_INVALID, None, None
+    if invalid is not None:
+        raise CUDARuntimeError("cudaErrorStreamCaptureInvalidated: operation failed due to a "
+                               "previous error during capture")
+    handle = next(_HANDLES)
+    _GRAPHS[handle] = actions
+    return handle
+
+
+def _graph_instantiate(graph):
+    """runtime.pyx graphInstantiate(intptr_t graph) -> a cudaGraphExec_t: a copy of the
+    graph's nodes, independent of the graph afterwards (cudaGraphInstantiate)."""
+    handle = next(_HANDLES)
+    _EXECS[handle] = list(_GRAPHS[graph])
+    return handle
+
+
+def _graph_destroy(graph):
+    """runtime.pyx graphDestroy (cudaGraphDestroy)."""
+    assert graph in _GRAPHS, f"cudaGraphDestroy of {graph:#x}, not a live graph"
+    del _GRAPHS[graph]
+
+
+def _graph_exec_destroy(graph_exec):
+    """runtime.pyx graphExecDestroy (cudaGraphExecDestroy)."""
+    assert graph_exec in _EXECS, f"cudaGraphExecDestroy of {graph_exec:#x}, not a live graph"
+    del _EXECS[graph_exec]
+
+
+def _graph_launch(graph_exec, stream):
+    """runtime.pyx graphLaunch(intptr_t graphExec, intptr_t stream): the nodes, in order."""
+    actions = _EXECS[graph_exec]  # a destroyed executable graph: a KeyError, not a result
+
+    def replay():
+        for action in actions:
+            action()
+
+    _run(replay)
+
+
+def live_graphs() -> int:
+    """Graphs and executable graphs created and not yet destroyed (a leak shows here)."""
+    return len(_GRAPHS) + len(_EXECS)
 
 
 class Graph:
-    def __init__(self, actions):
-        self.actions = actions  # one per launch or GEMM: the nodes of a real graph
-        self.graph = id(self)  # the cudaGraph_t handle CuPy exposes
-        _GRAPHS[self.graph] = self
+    """cupy/cuda/graph.pyx: what CuPy's own Stream.end_capture returns (Graph.from_stream).
+    Graph._init in CuPy 13 destroys the cudaGraph_t as soon as the executable graph exists and
+    keeps ``graph = 0``; CuPy 14 keeps the handle. __dealloc__ destroys what is left. The
+    executor no longer captures through this; it stays so that a return to it would meet
+    CuPy 13's null handle here, as on a GPU."""
+
+    def __init__(self, graph, host_funcargs=None):
+        self.graphExec = _graph_instantiate(graph)
+        if int(VERSION.split(".")[0]) < 14:
+            _graph_destroy(graph)
+            graph = 0
+        self.graph = graph
 
     def launch(self, stream=None):
-        _run(self._replay)
+        _graph_launch(self.graphExec, stream.ptr if stream is not None else 0)
 
-    def _replay(self):
-        for action in self.actions:
-            action()
+    def __del__(self):
+        if self.graph:
+            _graph_destroy(self.graph)
+        _graph_exec_destroy(self.graphExec)
 
 
 class Stream:
@@ -128,17 +217,20 @@ class Stream:
         return False
 
     def synchronize(self):
-        pass
+        """cudaStreamSynchronize on a capturing stream is prohibited: it fails with
+        cudaErrorStreamCaptureUnsupported and invalidates the capture."""
+        if _CAPTURE is not None:
+            raise _invalidate("cudaErrorStreamCaptureUnsupported",
+                              "operation not permitted when stream is capturing")
 
     def begin_capture(self, mode=None):
-        global _CAPTURE
-        assert _CAPTURE is None, "a capture is already in progress"
-        _CAPTURE = []
+        """cupy/cuda/stream.pyx _BaseStream.begin_capture: mode None means relaxed."""
+        _stream_begin_capture(self.ptr, runtime.streamCaptureModeRelaxed if mode is None
+                              else mode)
 
     def end_capture(self):
-        global _CAPTURE
-        actions, _CAPTURE = _CAPTURE, None
-        return Graph(actions)
+        """cupy/cuda/stream.pyx _BaseStream.end_capture: Graph.from_stream of the graph."""
+        return Graph(_stream_end_capture(self.ptr))
 
 
 class Event:
@@ -277,10 +369,16 @@ def _device_properties(device_id):
     return {"name": b"Simulated GPU (tests/fake_cupy.py)"}
 
 
+# Constants as cupy_backends/cuda/api/runtime.pxd declares them (memcpyHostToDevice = 1,
+# streamCaptureModeRelaxed = 2: CUDA's enum values).
 runtime = types.SimpleNamespace(
     getDeviceCount=lambda: 1, memcpyHostToDevice=1, memcpyAsync=_memcpy_async,
     getDeviceProperties=_device_properties, runtimeGetVersion=lambda: 13000,
-    driverGetVersion=lambda: 13000)
+    driverGetVersion=lambda: 13000, CUDARuntimeError=CUDARuntimeError,
+    streamCaptureModeRelaxed=2, streamBeginCapture=_stream_begin_capture,
+    streamEndCapture=_stream_end_capture, graphInstantiate=_graph_instantiate,
+    graphDestroy=_graph_destroy, graphExecDestroy=_graph_exec_destroy,
+    graphLaunch=_graph_launch)
 
 
 class _CFunction:
@@ -352,8 +450,13 @@ class DriverLibrary:
         self.cuGraphGetNodes = _CFunction(self._cuGraphGetNodes)
 
     def _cuGraphGetNodes(self, graph, nodes, count_ref):  # noqa: N802 - the C name
+        """CUresult cuGraphGetNodes(CUgraph, CUgraphNode*, size_t*): with a null array, the
+        count. A null graph is CUDA_ERROR_INVALID_VALUE (1); a destroyed one, undefined."""
         assert nodes is None, "only the count is asked for"
-        count_ref._obj.value = len(_GRAPHS[graph].actions)
+        if not graph:
+            return 1
+        assert graph in _GRAPHS, f"cuGraphGetNodes on {graph:#x}, a destroyed graph"
+        count_ref._obj.value = len(_GRAPHS[graph])
         return 0
 
 
@@ -374,13 +477,22 @@ class _Device:
     compute_capability = "90"
 
 
-def install(monkeypatch, kernels: str = "twins") -> None:
+SIMULATED_VERSIONS = ("13.6.0", "14.2.0")  # the CuPy releases whose sources this mirrors
+
+
+def install(monkeypatch, kernels: str = "twins", version: str = "14.2.0") -> None:
     """Make ``import cupy`` (and cupyx, cupy_backends' cuBLAS) give this module's stand-ins,
-    whose kernels are the twins or (``kernels="source"``) the CUDA source run on the host."""
+    whose kernels are the twins or (``kernels="source"``) the CUDA source run on the host, and
+    whose graphs behave as CuPy ``version``'s (13.6.0 or 14.2.0)."""
     assert kernels in ("twins", "source"), kernels
-    monkeypatch.setattr(sys.modules[__name__], "KERNELS", kernels)
+    assert version in SIMULATED_VERSIONS, version
+    this = sys.modules[__name__]
+    monkeypatch.setattr(this, "KERNELS", kernels)
+    monkeypatch.setattr(this, "VERSION", version)
+    monkeypatch.setattr(this, "_CAPTURE", None)
+    monkeypatch.setattr(this, "_CAPTURE_INVALID", None)
     cupy = types.ModuleType("cupy")
-    cupy.__version__ = "simulated"
+    cupy.__version__ = version
     cupy.RawModule = RawModule
     cupy.zeros = lambda shape, dtype=np.float32: _allocate(shape, dtype)
     cupy.empty = cupy.zeros

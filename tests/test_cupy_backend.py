@@ -432,11 +432,15 @@ def test_stage_breakdown_times_each_part_and_restores_the_state(mnist5k):
 # -- the CUDA executor's own code, on a simulated CuPy (tests/fake_cupy.py) ---------------------
 
 @pytest.fixture
-def simulated_cuda(monkeypatch):
+def simulated_cuda(monkeypatch, request):
+    """The simulated CuPy, as CuPy 14.2 (the GPU machines'), or the version parametrized."""
     import fake_cupy
 
-    fake_cupy.install(monkeypatch)
+    fake_cupy.install(monkeypatch, version=getattr(request, "param", "14.2.0"))
     return fake_cupy
+
+
+BOTH_CUPYS = pytest.mark.parametrize("simulated_cuda", ["13.6.0", "14.2.0"], indirect=True)
 
 
 @pytest.mark.parametrize("name", ["cupy", "cupy-nograph"])
@@ -452,6 +456,7 @@ def test_cuda_executor_passes_the_gate_on_a_simulated_cupy(simulated_cuda, name)
     assert backend.settings()["gpu"].startswith("Simulated GPU")
 
 
+@BOTH_CUPYS
 def test_cuda_executor_epoch_and_timing_aids_on_a_simulated_cupy(simulated_cuda, mnist5k):
     config = VAEConfig(latent_dim=6)
     params = export_params(build_model(config))
@@ -471,10 +476,14 @@ def test_cuda_executor_epoch_and_timing_aids_on_a_simulated_cupy(simulated_cuda,
         "step", "gemms", "fused kernels", "adam"}
 
 
+@BOTH_CUPYS
 def test_the_harness_runs_the_gpu_profile_on_a_simulated_cupy(simulated_cuda, monkeypatch,
                                                                tmp_path, capsys):
     """The harness's GPU paths — the GPU's GEMM peak through CuPy, the device and launch-floor
-    columns, the GPU lines of the summary, compare on a GPU table — before any GPU runs them."""
+    columns, the GPU lines of the summary, compare on a GPU table — before any GPU runs them.
+    On CuPy 13 as on 14: CuPy 13's own Graph has dropped its cudaGraph_t by the time it is
+    returned, so counting the launch floor's nodes through it failed, and took the run with
+    it."""
     import pandas as pd
 
     from bench import throughput
@@ -496,6 +505,56 @@ def test_the_harness_runs_the_gpu_profile_on_a_simulated_cupy(simulated_cuda, mo
     assert "GPU Simulated GPU" in summary and "CuPy (cuBLAS), TF32 off" in summary
     capsys.readouterr()
     assert main(["compare", str(out), str(out)]) == 0
+
+
+@BOTH_CUPYS
+def test_captured_graphs_are_destroyed_when_dropped(simulated_cuda, mnist5k):
+    """The executor owns its graphs: each cudaGraph_t is destroyed once instantiated (its
+    nodes counted first), each executable graph when the graph object goes."""
+    import gc
+
+    gc.collect()
+    before = simulated_cuda.live_graphs()
+    backend = create_backend("cupy")
+    config = VAEConfig(latent_dim=4)
+    backend.load(config, export_params(build_model(config)))
+    data = mnist5k.train_x[:100]
+    backend.train_step(data, np.arange(16))
+    backend.train_step(data, np.arange(8))
+    assert simulated_cuda.live_graphs() == before + 2  # two executable graphs, no cudaGraph_t
+    assert backend.launch_floor(16)["nodes"] == 23
+    assert simulated_cuda.live_graphs() == before + 2  # the probe's graph is gone too
+    del backend
+    gc.collect()
+    assert simulated_cuda.live_graphs() == before
+
+
+@BOTH_CUPYS
+def test_an_error_while_capturing_is_the_error_raised(simulated_cuda, monkeypatch, mnist5k):
+    """A call CUDA refuses during capture fails and invalidates the capture, so ending the
+    capture fails as well; the first error must be the one reported (the second is a note),
+    and the stream must be usable afterwards."""
+    from kernels.cupy_gpu.executors import CudaExecutor
+
+    backend = create_backend("cupy")
+    config = VAEConfig(latent_dim=4)
+    backend.load(config, export_params(build_model(config)))
+    plain_run = CudaExecutor.run
+
+    def run_then_wait(self, ops, buffers):  # a synchronization slipped into the program
+        plain_run(self, ops, buffers)
+        self.stream.synchronize()
+
+    monkeypatch.setattr(CudaExecutor, "run", run_then_wait)
+    ops = backend._program("forward", 16)
+    with pytest.raises(simulated_cuda.CUDARuntimeError,
+                       match="cudaErrorStreamCaptureUnsupported") as caught:
+        backend.executor.capture(ops, backend._buffers(16))
+    assert any("cudaErrorStreamCaptureInvalidated" in note
+               for note in getattr(caught.value, "__notes__", caught.value.args))
+    monkeypatch.setattr(CudaExecutor, "run", plain_run)
+    graph = backend.executor.capture(ops, backend._buffers(16))  # no capture left open
+    assert backend.executor.graph_nodes(graph) == len(ops)
 
 
 def _parameter_names(function) -> list[str]:
