@@ -25,6 +25,7 @@ from cuda_on_host import C_DTYPES, HostModule, kernel_signatures
 
 from kernels.cupy_gpu import blas, driver, twins
 from kernels.cupy_gpu.gemm import GemmCall, emulate
+from kernels.cupy_gpu.launch import CUPY_NVRTC_OPTIONS
 
 _ALLOCATIONS: dict[int, np.ndarray] = {}  # base address -> the owning byte array
 _SIZES: dict[int, int] = {}  # base address -> bytes asked for (the guard follows)
@@ -253,14 +254,22 @@ _HOST_MODULES: dict[tuple, HostModule] = {}
 
 
 class RawModule:
+    """cupy/_core/raw.pyx RawModule(*, code=None, path=None, tuple options=(), ...): the
+    options must be a tuple (a Cython-typed parameter: a list raises TypeError). Compiling,
+    CuPy adds its own options (cupy/cuda/compiler.py, _compile_with_cache_cuda and the NVRTC
+    step: launch.CUPY_NVRTC_OPTIONS), so the host build gets them too."""
+
     def __init__(self, code=None, *, options=(), **_):
+        if not isinstance(options, tuple):
+            raise TypeError(f"Argument 'options' has incorrect type (expected tuple, got "
+                            f"{type(options).__name__})")
         assert "#pragma once" not in code
         self.signatures = kernel_signatures(code)
         self.host = None
         if KERNELS == "source":
-            key = (code, tuple(options))
+            key = (code, options + CUPY_NVRTC_OPTIONS)
             if key not in _HOST_MODULES:
-                _HOST_MODULES[key] = HostModule(code, options)
+                _HOST_MODULES[key] = HostModule(*key)
             self.host = _HOST_MODULES[key]
 
     def get_function(self, name):

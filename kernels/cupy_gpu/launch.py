@@ -27,9 +27,26 @@ COMPILE_DEFINES = {
     "ROW_GROUPS": ROW_GROUPS,
     "LOSS_THREADS": LOSS_THREADS,
 }
-# NVRTC (CuPy's RawModule) and nvcc (CI's compile check) get the same options.
+# What the backend hands CuPy's RawModule.
 COMPILE_OPTIONS = ("-std=c++17", f"-I{SOURCE_DIR}",
                    *(f"-D{name}={value}" for name, value in COMPILE_DEFINES.items()))
+
+# What CuPy adds to every RawModule compile besides include paths and the target architecture,
+# in 13.6 and 14.2 alike (tests/test_cupy_drift.py checks it against the installed CuPy):
+#   -ftz=true      cupy/cuda/compiler.py, _compile_with_cache_cuda. Single-precision denormal
+#                  inputs and results are flushed to zero (nvcc --help: "--ftz=true flushes
+#                  denormal values to zero"; it does not touch double). vae_kernels.cu says
+#                  where that matters.
+#   --device-as-default-execution-space
+#                  compiler.py, the NVRTC step (compile_using_nvrtc in 13,
+#                  _compile_using_nvrtc_no_warning in 14): an unannotated function is
+#                  __device__. NVRTC only; ours are all annotated.
+FLUSH_DENORMALS = "-ftz=true"
+CUPY_NVRTC_OPTIONS = (FLUSH_DENORMALS, "--device-as-default-execution-space")
+# What NVRTC compiles on a GPU, and so what the offline checks compile (nvcc_check.py,
+# nvrtc_check.py): nvcc takes the flush, and has no execution-space option.
+NVRTC_OPTIONS = (*COMPILE_OPTIONS, *CUPY_NVRTC_OPTIONS)
+NVCC_OPTIONS = (*COMPILE_OPTIONS, FLUSH_DENORMALS)
 
 Dim3 = tuple[int, int, int]
 

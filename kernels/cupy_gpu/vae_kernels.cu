@@ -5,6 +5,19 @@
 // Matrices are row-major float32; "rows" is the batch. Block sizes are compile-time constants
 // set by the launcher (kernels/cupy_gpu/launch.py passes them as -D options), so the launcher
 // and the kernels cannot disagree about them. Launch geometry per kernel is documented there.
+//
+// Denormals: CuPy compiles every kernel with -ftz=true (launch.py, CUPY_NVRTC_OPTIONS), so on
+// the device a float32 denormal, as an input or a result, is zero; doubles are untouched. The
+// host build of this file (tests/cuda_on_host.py) and the NumPy twins keep denormals. Where it
+// matters:
+//   - adam: a dead unit's second moment decays through the denormals, step after step. The
+//     device flushes it; the explicit flush there makes the host build, the twins and the
+//     Numba backend do the same, so all agree bit for bit on the moments. On the device it is
+//     redundant.
+//   - bce_with_logits, reparameterize_kl: expf underflows into the denormals (|logit| > 87,
+//     log-variance < -175) and the device then gives 0 where the host gives < 1.2e-38: a
+//     difference below every tolerance, and one that does not build up.
+//   - batch_loss sums in double: no flush.
 #include "device_math.cuh"
 
 #if !defined(ROW_THREADS) || !defined(COL_TILE) || !defined(ROW_GROUPS) || !defined(LOSS_THREADS)
@@ -181,7 +194,9 @@ extern "C" __global__ void reparameterize_kl_backward(const float* __restrict__ 
 // PyTorch's Adam (default single-tensor form) over the whole flat parameter buffer in one
 // launch. The step number is read from device memory, so a captured graph stays correct when
 // replayed. Moments below the smallest normal float are flushed to zero, as in the Numba
-// backend (a dead unit's moment otherwise decays through denormals).
+// backend (a dead unit's moment otherwise decays through denormals): redundant on the device,
+// where -ftz=true flushes them already (see the top of this file), and what makes the host
+// build and the twins agree with it.
 extern "C" __global__ void adam(float* __restrict__ params, const float* __restrict__ grads,
                                 float* __restrict__ m, float* __restrict__ v, int n, double lr,
                                 double beta1, double beta2, float eps,
