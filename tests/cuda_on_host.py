@@ -31,7 +31,10 @@ import numpy as np
 
 HEADER = Path(__file__).with_name("cuda_on_host.h")
 # -U_FORTIFY_SOURCE: the fortified longjmp refuses to jump between stacks, which fibers do.
-CXXFLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-fno-fast-math", "-U_FORTIFY_SOURCE")
+# -fno-strict-aliasing: kernels read float buffers as float4, as CUDA code does; C++'s aliasing
+# rules would let the optimizer assume the two views are of different memory.
+CXXFLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-fno-fast-math", "-U_FORTIFY_SOURCE",
+            "-fno-strict-aliasing")
 SANITIZE = ("-fsanitize=undefined", "-fno-sanitize=vptr")  # reports, and carries on
 
 # UBSan reports on standard error (where its runtime sends them unless the process started with

@@ -375,7 +375,9 @@ def _memcpy_async(dst, src, size, kind, stream):
 
 
 def _device_properties(device_id):
-    return {"name": b"Simulated GPU (tests/fake_cupy.py)"}
+    """runtime.pyx getDeviceProperties: a dict; the name as bytes (props.name, a char[]). An
+    H100 SXM's multiprocessor count."""
+    return {"name": b"Simulated GPU (tests/fake_cupy.py)", "multiProcessorCount": 132}
 
 
 # Constants as cupy_backends/cuda/api/runtime.pxd declares them (memcpyHostToDevice = 1,

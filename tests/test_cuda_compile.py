@@ -128,6 +128,19 @@ def test_the_runtime_compile_flushes_denormals_as_cupys_does():
     assert flushing and not plain, f"{len(flushing)} flushing, {len(plain)} plain f32 ops"
 
 
+def test_adams_update_does_no_double_precision_work():
+    """The bias corrections are computed once per step by adam_bias_corrections; the update,
+    one thread per four parameters, must not compute them again in double."""
+    from kernels.cupy_gpu.nvrtc_check import compile_with_nvrtc
+
+    ptx = compile_with_nvrtc(_nvrtc_or_skip(), "compute_90").ptx
+    bodies = dict(re.findall(r"\.entry\s+(\w+)\((.*?)(?=\.entry|\Z)", ptx, re.DOTALL))
+    double = re.compile(r"\.f64\b")  # a double type or instruction (not register %f64)
+    assert not double.search(bodies["adam"])
+    assert "ld.global.v4.f32" in bodies["adam"]  # the 16-byte loads
+    assert double.search(bodies["adam_bias_corrections"])  # the corrections, in double
+
+
 def test_nvrtc_reports_an_error_in_the_source():
     from kernels.cupy_gpu.executors import kernel_source
     from kernels.cupy_gpu.nvrtc_check import compile_with_nvrtc

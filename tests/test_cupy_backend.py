@@ -60,8 +60,10 @@ def test_each_twin_takes_the_kernels_parameters_in_order(name):
 def all_programs(config: VAEConfig, batch: int):
     layout = make_layout(config, align=64)
     return {
-        "train (noise drawn)": program.train_step_ops(config, layout, batch, generate_noise=True),
-        "train (noise given)": program.train_step_ops(config, layout, batch, generate_noise=False),
+        "train (noise drawn)": program.train_step_ops(config, layout, batch, generate_noise=True,
+                                                      multiprocessors=132),
+        "train (noise given)": program.train_step_ops(config, layout, batch, generate_noise=False,
+                                                      multiprocessors=132),
         "forward+backward": program.forward_ops(config, layout, batch)
         + program.backward_ops(config, layout, batch),
     }
@@ -92,9 +94,9 @@ def test_every_launch_passes_arguments_of_the_declared_c_types(latent):
                     assert isinstance(arg, program.Scalar) and arg.ctype == ctype, where
 
 
-def test_a_step_is_23_launches_of_which_11_are_gemms():
+def test_a_step_is_24_launches_of_which_11_are_gemms():
     backend = loaded(VAEConfig(latent_dim=20))
-    assert backend.kernels_per_step(128) == {"fused kernels": 12, "gemms": 11}
+    assert backend.kernels_per_step(128) == {"fused kernels": 13, "gemms": 11}
 
 
 # -- GEMMs: row-major products as column-major cuBLAS calls -------------------------------------
@@ -134,6 +136,28 @@ def test_elementwise_grids_are_never_empty_and_capped(n):
     g = launch.elementwise(n)
     assert 1 <= g.grid[0] <= launch.MAX_ELEMENTWISE_BLOCKS
     assert g.threads >= min(n, launch.MAX_ELEMENTWISE_BLOCKS * launch.ELEMENTWISE_THREADS)
+
+
+@pytest.mark.parametrize("items", [1, 1000, 208_960, 10**7])
+@pytest.mark.parametrize("multiprocessors", [4, 108, 132])
+def test_grids_sized_to_the_device_are_whole_waves_of_it(items, multiprocessors):
+    g = launch.across_the_device(items, multiprocessors)
+    blocks = g.grid[0]
+    assert blocks % multiprocessors == 0  # the same number of blocks on each
+    assert blocks <= multiprocessors * launch.BLOCKS_PER_MULTIPROCESSOR  # one wave at most
+    full = multiprocessors * launch.BLOCKS_PER_MULTIPROCESSOR
+    assert g.threads >= items or blocks == full  # every item, or the device full
+    assert blocks - multiprocessors < -(-items // launch.ELEMENTWISE_THREADS)  # no spare row
+
+
+def test_adams_grid_follows_the_device_and_its_bias_corrections_one_thread():
+    config = VAEConfig(latent_dim=20)
+    layout = make_layout(config, align=64)
+    for multiprocessors in (4, 132):
+        corrections, update = program.adam_ops(config, layout, multiprocessors)
+        assert corrections.geometry.threads == 1
+        assert update.geometry == launch.across_the_device(-(-layout.size // 4), multiprocessors)
+    assert loaded(config).executor.multiprocessors == 4  # the twins' small device
 
 
 @pytest.mark.parametrize("cols", [1, 31, 32, 33, 512, 784])
@@ -342,11 +366,11 @@ def test_gpu_launch_floor_is_measured():
     backend = create_backend("cupy")
     backend.load(VAEConfig(latent_dim=20), export_params(build_model(VAEConfig(latent_dim=20))))
     floor = backend.launch_floor(128)
-    assert floor["nodes"] == floor["launches"] == 23  # nothing captured yet: the program's
+    assert floor["nodes"] == floor["launches"] == 24  # nothing captured yet: the program's
     assert 0 < floor["seconds_per_node"] < 1e-4
     backend.train_step(np.zeros((1000, 784), np.float32), np.arange(128), want_loss=False)
     captured = backend.launch_floor(128)  # the graph's own nodes: cuBLAS may add kernels
-    assert captured["nodes"] >= 23 and captured["launches"] == 23
+    assert captured["nodes"] >= 24 and captured["launches"] == 24
     stages = backend.stage_times(np.zeros((1000, 784), np.float32), 128, repeats=3)
     assert set(stages) == {"step", "gemms", "fused kernels", "adam"}
     assert all(t > 0 for t in stages.values())
@@ -469,9 +493,9 @@ def test_cuda_executor_epoch_and_timing_aids_on_a_simulated_cupy(simulated_cuda,
     np.testing.assert_array_equal(cuda.train_epoch(data, order, 64),
                                   twin.train_epoch(data, order, 64))
     assert cuda.train_step(data, order[:64], want_loss=False) is None
-    assert cuda.kernels_per_step(64) == {"fused kernels": 12, "gemms": 11}
-    assert cuda.launch_floor(64)["nodes"] == 23  # counted in the captured graph
-    assert cuda.executor.graph_nodes(next(iter(cuda._graphs.values()))) == 23
+    assert cuda.kernels_per_step(64) == {"fused kernels": 13, "gemms": 11}
+    assert cuda.launch_floor(64)["nodes"] == 24  # counted in the captured graph
+    assert cuda.executor.graph_nodes(next(iter(cuda._graphs.values()))) == 24
     assert set(cuda.stage_times(data, 64, repeats=1, replays=1)) == {
         "step", "gemms", "fused kernels", "adam"}
 
@@ -522,7 +546,7 @@ def test_captured_graphs_are_destroyed_when_dropped(simulated_cuda, mnist5k):
     backend.train_step(data, np.arange(16))
     backend.train_step(data, np.arange(8))
     assert simulated_cuda.live_graphs() == before + 2  # two executable graphs, no cudaGraph_t
-    assert backend.launch_floor(16)["nodes"] == 23
+    assert backend.launch_floor(16)["nodes"] == 24
     assert simulated_cuda.live_graphs() == before + 2  # the probe's graph is gone too
     del backend
     gc.collect()

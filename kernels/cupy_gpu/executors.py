@@ -38,11 +38,16 @@ def kernel_source() -> str:
     return source.replace(include, header.replace("#pragma once", ""))
 
 
-def gpu_name() -> str:
-    """The current CUDA device's name, through CuPy."""
+def _device_property(name: str):
+    """A property of the current CUDA device (runtime.getDeviceProperties, CuPy 13 and 14)."""
     import cupy
 
-    name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+    return cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)[name]
+
+
+def gpu_name() -> str:
+    """The current CUDA device's name, through CuPy."""
+    name = _device_property("name")
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
@@ -61,6 +66,10 @@ def _resolve(arg, buffers: dict, null):
 
 class NumpyExecutor:
     """Runs programs on the CPU with the twins; ``capture`` records, ``replay`` reruns."""
+
+    # Kernels sized to the device get the grid of one this small, so that the programs run
+    # here make their threads stride over more than one pass.
+    multiprocessors = 4
 
     def __init__(self, tf32: bool = False):
         if tf32:
@@ -172,6 +181,7 @@ class CudaExecutor:
 
         self.cp, self.cupyx = cupy, cupyx
         self.tf32 = tf32
+        self.multiprocessors = int(_device_property("multiProcessorCount"))  # sizes Adam's grid
         self.stream = cupy.cuda.Stream(non_blocking=True)
         started = time.perf_counter()
         module = cupy.RawModule(code=kernel_source(), options=COMPILE_OPTIONS)
@@ -339,4 +349,5 @@ class CudaExecutor:
                 "compute_capability": cp.cuda.Device().compute_capability,
                 "cupy": cp.__version__,
                 "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
-                "cuda_driver": cp.cuda.runtime.driverGetVersion(), "tf32": self.tf32}
+                "cuda_driver": cp.cuda.runtime.driverGetVersion(), "tf32": self.tf32,
+                "multiprocessors": self.multiprocessors}
