@@ -9,7 +9,14 @@ kernels="source")``) as the CUDA source itself built for the host (``cuda_on_hos
 launch then checked against its twin and against a reverse-order run; GEMMs as cuBLAS
 defines them (column-major, via ``gemm.emulate``), reading alpha and beta from the host
 pointers given. A stream in capture records instead of running, and a graph replays the record.
-Only what the executor calls exists; anything else fails loudly.
+Only what the executor calls exists (and CuPy's own Stream capture, see Graph); anything else
+fails loudly.
+
+A simulation is a set of beliefs about the real library. Each behaviour below names the file
+and function of CuPy (read in the sources of v13.6.0 and v14.2.0, which agree unless said),
+or of CUDA's documentation, that it mirrors. tests/test_cupy_drift.py checks them against
+the installed CuPy (``nox -s drift`` installs 13.6 and 14.2 in turn); what only a GPU could
+check is listed as unverified in kernels/cupy_gpu/README.md.
 """
 
 from __future__ import annotations
@@ -32,12 +39,16 @@ _SIZES: dict[int, int] = {}  # base address -> bytes asked for (the guard follow
 
 
 class MemoryPointer:
+    """cupy/cuda/memory.pyx MemoryPointer: ``ptr`` is the device address."""
+
     def __init__(self, ptr: int):
         self.ptr = ptr
 
 
 class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
-    """A NumPy array that answers ``.data.ptr`` like a CuPy array."""
+    """A NumPy array that answers ``.data.ptr`` like a CuPy array; get and set as
+    cupy/_core/core.pyx _ndarray_base.get(stream=None, order='C', out=None, blocking=True)
+    and set(arr, stream=None)."""
 
     @property
     def data(self):  # type: ignore[override]
@@ -54,7 +65,9 @@ GUARD_BYTES = 4096  # after every allocation, all bits set: NaN as float, -1 as 
 
 
 def _allocate(shape, dtype) -> ndarray:
-    """Zeroed, 256-byte aligned as cudaMalloc's, and followed by a guard: a kernel that reads
+    """Zeroed (cupy.zeros), 256-byte aligned (cudaMalloc's alignment, CUDA C++ Programming
+    Guide, "Device Memory Accesses"; CuPy's pool hands out multiples of 512 bytes,
+    cupy/cuda/memory.pyx ALLOCATION_UNIT_SIZE), and followed by a guard: a kernel that reads
     past the end gets NaN (or index -1), one that writes there changes the guard, and either
     shows when its buffers are compared with its twin's (which never go past the end)."""
     dtype = np.dtype(dtype)
@@ -162,15 +175,15 @@ def _graph_destroy(graph):
     del _GRAPHS[graph]
 
 
-def _graph_exec_destroy(graph_exec):
-    """runtime.pyx graphExecDestroy (cudaGraphExecDestroy)."""
-    assert graph_exec in _EXECS, f"cudaGraphExecDestroy of {graph_exec:#x}, not a live graph"
-    del _EXECS[graph_exec]
+def _graph_exec_destroy(graphExec):  # CuPy's parameter name
+    """runtime.pyx graphExecDestroy(intptr_t graphExec) (cudaGraphExecDestroy)."""
+    assert graphExec in _EXECS, f"cudaGraphExecDestroy of {graphExec:#x}, not a live graph"
+    del _EXECS[graphExec]
 
 
-def _graph_launch(graph_exec, stream):
+def _graph_launch(graphExec, stream):  # CuPy's parameter name
     """runtime.pyx graphLaunch(intptr_t graphExec, intptr_t stream): the nodes, in order."""
-    actions = _EXECS[graph_exec]  # a destroyed executable graph: a KeyError, not a result
+    actions = _EXECS[graphExec]  # a destroyed executable graph: a KeyError, not a result
 
     def replay():
         for action in actions:
@@ -208,6 +221,9 @@ class Graph:
 
 
 class Stream:
+    """cupy/cuda/stream.pyx Stream(null=False, non_blocking=False, ptds=False; 14 adds
+    priority=None): ``ptr`` is the cudaStream_t; ``with stream:`` makes it current."""
+
     def __init__(self, null=False, non_blocking=False, ptds=False):
         self.ptr = id(self)
 
@@ -235,6 +251,10 @@ class Stream:
 
 
 class Event:
+    """cupy/cuda/stream.pyx Event(block=False, disable_timing=False, interprocess=False).
+    Recording one during a capture is legal in CUDA (an event-record node); the executor
+    records only outside captures, and this simulation holds it to that."""
+
     def __init__(self, block=False, disable_timing=False, interprocess=False):
         self.recorded = False
 
@@ -277,6 +297,12 @@ class RawModule:
 
 
 class _RawKernel:
+    """cupy/_core/raw.pyx RawKernel.__call__(grid, block, args, *, shared_mem=0). Each
+    argument is packed by cupy/cuda/function.pyx _pointer: an ndarray as its pointer, a NumPy
+    scalar by its own size (13: by itemsize; 14: _scalar.CScalar by its dtype), a Python float
+    as a double, a Python int as 8 bytes; None is a NULL argument pointer in 13 (CPointer())
+    and 8 zero bytes in 14 (CIntptr(0)), so a null pointer must be passed as np.uint64(0)."""
+
     def __init__(self, name, signature, host):
         self.name, self.signature, self.host = name, signature, host
 
@@ -369,12 +395,14 @@ def twin_mismatch(source: np.ndarray, twin: np.ndarray) -> str | None:
 # -- runtime, cuBLAS, cupyx ---------------------------------------------------------------
 
 def _memcpy_async(dst, src, size, kind, stream):
+    """runtime.pyx memcpyAsync(intptr_t dst, intptr_t src, size_t size, int kind,
+    intptr_t stream)."""
     assert kind == runtime.memcpyHostToDevice
     payload = ctypes.string_at(src, size)  # read now: the caller's staging slot is pinned
     _run(lambda: ctypes.memmove(dst, payload, size))
 
 
-def _device_properties(device_id):
+def _device_properties(device):
     """runtime.pyx getDeviceProperties: a dict; the name as bytes (props.name, a char[]). An
     H100 SXM's multiprocessor count."""
     return {"name": b"Simulated GPU (tests/fake_cupy.py)", "multiProcessorCount": 132}
@@ -406,7 +434,11 @@ class _CFunction:
 
 
 class CublasLibrary:
-    """cuBLAS as ctypes reaches it (kernels/cupy_gpu/blas.py): the library's C functions."""
+    """cuBLAS as ctypes reaches it (kernels/cupy_gpu/blas.py): the library's C functions, as
+    the cuBLAS documentation describes them: cublasSetStream resets the handle to cuBLAS's
+    own workspace ("cublasSetStream"), which it would allocate during a capture, so a
+    capturable GEMM needs cublasSetWorkspace after the stream ("CUDA Graphs Support"); in host
+    pointer mode alpha and beta are read when the call is made (captured by value)."""
 
     def __init__(self):
         self.handles = 0
@@ -455,7 +487,8 @@ class CublasLibrary:
 
 
 class DriverLibrary:
-    """The CUDA driver as ctypes reaches it (kernels/cupy_gpu/driver.py)."""
+    """The CUDA driver as ctypes reaches it (kernels/cupy_gpu/driver.py): CUDA Driver API,
+    cuGraphGetNodes."""
 
     def __init__(self):
         self.cuGraphGetNodes = _CFunction(self._cuGraphGetNodes)
@@ -472,8 +505,9 @@ class DriverLibrary:
 
 
 def _refused_in_capture(*_):
-    """CuPy's own cuBLAS binding (CuPy 13): every call first sets the handle's stream, and that
-    raises while a stream is captured. The executor must not use it."""
+    """CuPy's own cuBLAS binding (cupy_backends/cuda/libs/cublas.pyx, 13.6 and 14.2): every
+    call (gemmEx ...) first runs _setStream, whose setStream raises NotImplementedError while
+    the stream is captured (runtime.streamIsCapturing). The executor must not use it."""
     if _CAPTURE is not None:
         raise NotImplementedError("calling cuBLAS API during stream capture is currently "
                                   "unsupported")
@@ -484,6 +518,8 @@ cublas = types.SimpleNamespace(create=lambda: 1, setStream=_refused_in_capture,
 
 
 class _Device:
+    """cupy/cuda/device.pyx Device: ``compute_capability`` is a string, '90' for 9.0."""
+
     id = 0
     compute_capability = "90"
 
@@ -531,10 +567,12 @@ def install(monkeypatch, kernels: str = "twins", version: str = "14.2.0") -> Non
         return array
 
     cupy.asarray = asarray
+    # stream.pyx get_elapsed_time(start_event, end_event): milliseconds (1 here: no clock).
     cupy.cuda = types.SimpleNamespace(Stream=Stream, Event=Event, runtime=runtime,
                                       Device=_Device, get_elapsed_time=lambda a, b: 1.0,
                                       get_current_stream=Stream)
     cupyx = types.ModuleType("cupyx")
+    # cupyx/_pinned_array.py empty_pinned(shape, dtype=float, order='C'): a NumPy array.
     cupyx.empty_pinned = lambda shape, dtype=np.float32: np.zeros(shape, dtype)
     libs = types.ModuleType("cupy_backends.cuda.libs")
     libs.cublas = cublas
