@@ -21,6 +21,7 @@ check is listed as unverified in kernels/cupy_gpu/README.md.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import importlib.machinery
 import itertools
@@ -36,6 +37,7 @@ from kernels.cupy_gpu.launch import CUPY_NVRTC_OPTIONS
 
 _ALLOCATIONS: dict[int, np.ndarray] = {}  # base address -> the owning byte array
 _SIZES: dict[int, int] = {}  # base address -> bytes asked for (the guard follows)
+_BASES: list[int] = []  # the base addresses, sorted: a pointer's allocation by bisection
 
 
 class MemoryPointer:
@@ -78,13 +80,17 @@ def _allocate(shape, dtype) -> ndarray:
     base[...] = 0
     _ALLOCATIONS[base.ctypes.data] = raw
     _SIZES[base.ctypes.data] = size
+    bisect.insort(_BASES, base.ctypes.data)  # kept alive here: no address is used twice
     return base.view(dtype).reshape(shape).view(ndarray)
 
 
 def _allocation_of(ptr: int) -> int:
     """The base address of the allocation that holds ``ptr``."""
-    for base, raw in _ALLOCATIONS.items():
-        if base <= ptr < raw.ctypes.data + raw.size:
+    index = bisect.bisect_right(_BASES, ptr) - 1
+    if index >= 0:
+        base = _BASES[index]
+        raw = _ALLOCATIONS[base]
+        if ptr < raw.ctypes.data + raw.size:
             return base
     raise AssertionError(f"pointer {ptr:#x} is not in any device allocation")
 

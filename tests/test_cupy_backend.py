@@ -334,7 +334,7 @@ def test_gpu_step_matches_the_committed_fixture(name):
 
 @gpu
 @needs_gpu
-def test_gpu_losses_are_bitwise_reproducible_and_graph_equals_plain(mnist5k):
+def test_gpu_losses_are_bitwise_reproducible_and_graph_equals_plain(gate_digits):
     config = VAEConfig(latent_dim=20)
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, 1000, 128) for _ in range(20)]
@@ -342,20 +342,20 @@ def test_gpu_losses_are_bitwise_reproducible_and_graph_equals_plain(mnist5k):
     for name in ("cupy", "cupy", "cupy-nograph"):
         backend = create_backend(name)
         backend.load(config, export_params(build_model(config)))
-        runs.append([backend.train_step(mnist5k.train_x[:1000], i) for i in batches])
+        runs.append([backend.train_step(gate_digits[:1000], i) for i in batches])
     assert runs[0] == runs[1] == runs[2]
 
 
 @gpu
 @needs_gpu
-def test_gpu_tf32_runs_and_stays_close(mnist5k):
+def test_gpu_tf32_runs_and_stays_close(gate_digits):
     config = VAEConfig(latent_dim=20)
     params = export_params(build_model(config))
     losses = []
     for name in ("cupy", "cupy-tf32"):
         backend = create_backend(name)
         backend.load(config, params)
-        losses.append(backend.train_step(mnist5k.train_x[:1000], np.arange(128)).loss)
+        losses.append(backend.train_step(gate_digits[:1000], np.arange(128)).loss)
     assert abs(losses[0] - losses[1]) < 1e-2 * abs(losses[0])
 
 
@@ -424,9 +424,9 @@ def test_training_through_the_harness_uses_the_device_epoch(mnist5k):
 
 @gpu
 @needs_gpu
-def test_gpu_epoch_equals_its_steps(mnist5k):
+def test_gpu_epoch_equals_its_steps(gate_digits):
     config = VAEConfig(latent_dim=20)
-    data = mnist5k.train_x[:1000]
+    data = gate_digits[:1000]
     order = np.random.default_rng(0).permutation(len(data))
     by_epoch, by_step = create_backend("cupy"), create_backend("cupy")
     for backend in (by_epoch, by_step):
