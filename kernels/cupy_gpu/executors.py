@@ -12,6 +12,7 @@ the CPU too.
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -145,7 +146,8 @@ class CapturedGraph:
             self._runtime.graphExecDestroy(executable)
 
     def __del__(self):
-        self.release()
+        if not sys.is_finalizing():  # at exit the CUDA context may be gone before us
+            self.release()
 
 
 def _count_nodes(graph: int) -> tuple[int | None, str | None]:
