@@ -1,4 +1,5 @@
-"""nox sessions: ``nox -s bench`` (the main job) and ``nox -s tests``.
+"""nox sessions: ``nox -s bench`` (the main job) and ``nox -s tests`` (CI: the tests, then the
+simulated CuPy checked against CuPy 13 and 14, ``drift``).
 
 Which torch to install is chosen by the environment variable VAE_BENCH_TORCH (a pip
 requirement). The default, ``torch==2.13.0``, is the CPU build on our machines (pip finds it
@@ -23,18 +24,39 @@ def install_project(session: nox.Session, extras: str = "") -> None:
     session.install("-e", f".{extras}")
 
 
+# The CuPy releases the simulated CuPy (tests/fake_cupy.py) is held to, by major version:
+# the wheels our `gpu` extra allows (13 for CUDA 12) and our GPU machines run (14, CUDA 13).
+CUPY_WHEELS = {"13": "cupy-cuda12x==13.6.0", "14": "cupy-cuda13x==14.2.0"}
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Correctness tests on the CPU (what CI runs), after nvcc compile-checks every CUDA
     source (``python -m kernels.cupy_gpu.nvcc_check``; skipped with a note where nvcc is
-    missing). Extra arguments go to pytest."""
+    missing); then the ``drift`` sessions, one per CuPy version. Extra arguments go to
+    pytest."""
     # [jax]: the JAX backend's agreement gate runs in CI too (the CPU build: no CUDA pulled).
     install_project(session, "[test,jax]")
     # No GPU here, so no test runs the kernels: compiling them is what catches a broken .cu.
     # Run on its own (not only inside pytest) so the compiler's warnings and per-kernel
     # register and shared-memory use show in the CI log.
     session.run("python", "-m", "kernels.cupy_gpu.nvcc_check", "--allow-missing")
-    session.run("pytest", *session.posargs)
+    # The drift tests need CuPy, which this session does not install: they run in `drift`.
+    session.run("pytest", "-m", "not drift", *session.posargs)
+    for version in CUPY_WHEELS:
+        session.notify(f"drift(cupy='{version}')")
+
+
+@nox.session
+@nox.parametrize("cupy", list(CUPY_WHEELS))
+def drift(session: nox.Session, cupy: str) -> None:
+    """The simulated CuPy checked against the real CuPy ``cupy`` (13: cupy-cuda12x 13.6,
+    14: cupy-cuda13x 14.2; the wheel imports without a GPU): the drift tests only, and none
+    may skip. Extra arguments go to pytest."""
+    install_project(session, "[test]")
+    session.install(CUPY_WHEELS[cupy])
+    session.run("pytest", "-m", "drift", "tests/test_cupy_drift.py", *session.posargs,
+                env={"VAE_BENCH_REQUIRE_CUPY": "1"})
 
 
 @nox.session

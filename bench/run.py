@@ -66,6 +66,10 @@ class RunSpec:
     threads: int | None = None
     force: bool = False  # time and train backends that failed the gate anyway
     backend_noise: bool = False  # timed steps draw their own noise (on a GPU: in the step)
+    # Latent sizes (of ``latents``) where only the gate runs, for these backends (all when
+    # empty): the GPU check gates the fused kernels at every size and times one.
+    gate_only_latents: tuple[int, ...] = ()
+    gate_only_backends: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.backends or not self.latents or not self.batch_sizes:
@@ -153,17 +157,22 @@ def peaks_of(env: dict) -> dict[str, float]:
 
 
 def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float],
-               log: Callable[[str], None], progress: bool) -> dict:
-    """Everything for one latent size: gate, throughput per batch size, ELBO. Returns the
-    cell record: its rows (one per backend x batch size) and its per-epoch curves."""
-    backends = [create_backend(name, threads=spec.threads) for name in spec.backends]
+               log: Callable[[str], None], progress: bool,
+               save: Callable[[dict], None] | None = None) -> dict:
+    """Everything for one latent size: gate, throughput per batch size, ELBO (only the gate
+    at ``spec.gate_only_latents``). Returns the cell record: its rows (one per backend x batch
+    size) and its per-epoch curves; ``save`` is given the cell as it stands after each stage."""
+    gate_only = latent in spec.gate_only_latents
+    names = spec.gate_only_backends if gate_only and spec.gate_only_backends else spec.backends
+    batch_sizes = spec.batch_sizes[:1] if gate_only else spec.batch_sizes
+    backends = [create_backend(name, threads=spec.threads) for name in names]
     base = {b.name: dict(backend=b.name, device=b.device, latent_dim=latent,
                          dataset=data.name, seed=spec.seed, note="") for b in backends}
 
-    # 1. Availability and 2. the agreement gate (the oracle is computed once, shared).
+    # 1. Availability and 2. the agreement gate (the oracle is computed once, shared, when
+    # a backend is there to check).
     cases = build_cases(data.train_x[:1024], latent, seed=spec.seed, steps=spec.gate_steps)
-    log(f"z={latent}: float64 oracle for {len(cases)} gate cases")
-    expected = [expectation(c) for c in cases]
+    expected = None
     timed = []
     for backend in backends:
         row = base[backend.name]
@@ -172,6 +181,9 @@ def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float
             row |= {"agreement": "unavailable", "note": status.reason}
             log(f"z={latent}: {backend.name} unavailable: {status.reason}")
             continue
+        if expected is None:
+            log(f"z={latent}: float64 oracle for {len(cases)} gate cases")
+            expected = [expectation(c) for c in cases]
         results = [r for c, e in zip(cases, expected) for r in check(backend, c, e)]
         worst = max(r.fraction for r in results)
         failed = [r for r in results if not r.passed]
@@ -180,14 +192,21 @@ def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float
             row["note"] = f"{len(failed)} tensors failed, first {failed[0].case} {failed[0].tensor}"
         log(f"z={latent}: {backend.name} agreement {row['agreement']} "
             f"(worst {worst:.1%} of tolerance)")
-        if not failed or spec.force:
+        if (not failed or spec.force) and not gate_only:
             timed.append(backend)
 
-    # 3. Throughput, interleaved across backends, per batch size.
     rows = []
     curves = []
+
+    def checkpoint(done: list[dict]) -> None:
+        if save is not None:
+            save({"latent": latent, "rows": done, "curves": curves})
+
+    checkpoint([dict(base[b.name], batch_size=batch_sizes[0]) for b in backends])
+
+    # 3. Throughput, interleaved across backends, per batch size.
     flops_config = VAEConfig(latent_dim=latent)
-    for batch in spec.batch_sizes:
+    for batch in batch_sizes:
         measured = {}
         if timed:
             log(f"z={latent}, batch {batch}: timing {', '.join(b.name for b in timed)}")
@@ -207,7 +226,10 @@ def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float
                         "ms_per_step": ms, "gflops": gflops,
                         "pct_peak": 100 * gflops / peaks.get(m.device, math.nan),
                         "launch_floor_ms": m.floor_ms, "warmup_s": m.warmup_seconds}
+                failed = [f"{name} failed: {why}" for name, why in m.diagnostic_errors.items()]
+                row["note"] = "; ".join(filter(None, [row["note"], *failed]))
             rows.append(row)
+        checkpoint(rows)
 
     # 4. ELBO: train each timed backend at the first batch size.
     train_batch = spec.batch_sizes[0]
@@ -227,11 +249,14 @@ def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float
                         "iwae_k": spec.iwae_k, "epochs": spec.epochs}
         curves += [dict(backend=backend.name, latent_dim=latent, **r.to_dict())
                    for r in result.history]
+        checkpoint(rows)
     return {"latent": latent, "rows": rows, "curves": curves}
 
 
-def _cell_path(out: Path, latent: int) -> Path:
-    return out / "cells" / f"z{latent}.json"
+def _cell_path(out: Path, latent: int, partial: bool = False) -> Path:
+    """A finished latent size's cell; with ``partial``, the one being worked on, rewritten
+    after each stage so that an interrupted run keeps what finished (and redoes the rest)."""
+    return out / "cells" / ("partial" if partial else "") / f"z{latent}.json"
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -290,14 +315,17 @@ def run(spec: RunSpec, data: Dataset, out: Path, *, shard: tuple[int, int] | Non
     """Run (this shard of) the sweep into ``out``; returns the results table.
 
     ``out`` is held as its one writer (``bench.results_dir``). It counts as holding a run
-    once a latent size has finished: a run that fails before that leaves it as it was. To
-    continue a run (``resume``) the settings and the data (by content) must be the same."""
+    once a stage of a latent size has finished (its rows are written at once, under
+    ``cells/partial/`` until the whole latent size is done): a run that fails before that
+    leaves it as it was. To continue a run (``resume``) the settings and the data (by
+    content) must be the same; an unfinished latent size is redone."""
     latents = shard_latents(spec.latents, shard)
     _check_runnable(spec, data, latents, shard)
     with claim(out, "run"):
         env_path = out / "env.json"
         done = {cell["latent"] for cell in load_cells(out)}
-        if done:
+        held = bool(load_cells(out, partial=True))
+        if held:
             stored = read_env(out)
             if not resume:
                 raise RunError(f"{out} already holds a run; pass --resume to continue it, or "
@@ -313,37 +341,58 @@ def run(spec: RunSpec, data: Dataset, out: Path, *, shard: tuple[int, int] | Non
                     "another --out")
             env = stored
         else:
-            # No finished latent size: nothing to resume, whatever an earlier start left.
+            # Nothing finished: nothing to resume, whatever an earlier start left.
             env = environment(data, spec)
             env["shard"] = list(shard) if shard else None
+            # env.json goes in with the first result (write_cell), not before.
         log(f"dataset: {data.describe()}")
         gpu = (f"; GPU {env['gpu']}, GEMM peak {env['gpu_gemm_peak_gflops']:.0f} GFLOP/s"
                if "gpu" in env else "")
         log(f"device: CPU {env['cpu']}, GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s{gpu}; "
             f"results: {out}")
+
+        def write_cell(path: Path, cell: dict) -> None:
+            nonlocal held
+            if not held:
+                atomic_write_text(env_path, json.dumps(env, indent=1))
+                held = True
+            atomic_write_text(path, json.dumps(cell, indent=1, allow_nan=True))
+
         for latent in latents:
             if latent in done:
                 log(f"z={latent}: already done in {out}, skipping")
                 continue
-            cell = run_latent(spec, data, latent, peaks_of(env), log, progress)
-            if not done:  # env.json goes in with the first result, not before
-                atomic_write_text(env_path, json.dumps(env, indent=1))
-            atomic_write_text(_cell_path(out, latent), json.dumps(cell, indent=1, allow_nan=True))
+            partial = _cell_path(out, latent, partial=True)
+
+            def save(cell: dict, partial: Path = partial) -> None:
+                write_cell(partial, cell)
+                write_outputs(out)
+
+            cell = run_latent(spec, data, latent, peaks_of(env), log, progress, save)
+            write_cell(_cell_path(out, latent), cell)
+            partial.unlink(missing_ok=True)
             done.add(latent)
             write_outputs(out)  # after every cell: an interruption keeps every finished row
         return write_outputs(out)
 
 
-def load_cells(out: Path) -> list[dict]:
-    """Every finished latent size's record in ``out`` (RunError naming a damaged one)."""
-    cells = []
-    for path in sorted((out / "cells").glob("z*.json")):
-        cell = _read_json(path, "cell")
-        if not (isinstance(cell.get("latent"), int) and isinstance(cell.get("rows"), list)
-                and isinstance(cell.get("curves"), list)):
-            raise RunError(f"{path}: not a cell (needs latent, rows and curves); "
-                           f"{_REPAIR['cell']}")
-        cells.append(cell)
+def _read_cell(path: Path) -> dict:
+    cell = _read_json(path, "cell")
+    if not (isinstance(cell.get("latent"), int) and isinstance(cell.get("rows"), list)
+            and isinstance(cell.get("curves"), list)):
+        raise RunError(f"{path}: not a cell (needs latent, rows and curves); "
+                       f"{_REPAIR['cell']}")
+    return cell
+
+
+def load_cells(out: Path, partial: bool = False) -> list[dict]:
+    """Every finished latent size's record in ``out`` (RunError naming a damaged one); with
+    ``partial``, also the rows so far of unfinished ones."""
+    cells = [_read_cell(path) for path in sorted((out / "cells").glob("z*.json"))]
+    if partial:
+        done = {cell["latent"] for cell in cells}
+        cells += [cell for path in sorted((out / "cells" / "partial").glob("z*.json"))
+                  if (cell := _read_cell(path))["latent"] not in done]
     return cells
 
 
@@ -351,7 +400,7 @@ def write_outputs(out: Path) -> pd.DataFrame:
     """results.csv, curves.csv, summary.md and the plots, rebuilt from every finished cell."""
     from .summary import write_plots, write_summary
 
-    cells = sorted(load_cells(out), key=lambda c: c["latent"])
+    cells = sorted(load_cells(out, partial=True), key=lambda c: c["latent"])
     env = read_env(out)
     table = pd.DataFrame([r for c in cells for r in c["rows"]], columns=list(RESULT_COLUMNS))
     curves = pd.DataFrame([r for c in cells for r in c["curves"]])

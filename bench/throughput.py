@@ -106,6 +106,9 @@ class Measurement:
     settings: dict = field(default_factory=dict)
     stages: dict[str, float] = field(default_factory=dict)  # ms per step, if the backend tells
     launch_floor: dict[str, float] = field(default_factory=dict)  # GPU: nodes x node cost
+    # Diagnostics (stage breakdown, launch floor) that failed: name -> why. They never cost
+    # the timing itself.
+    diagnostic_errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def median_ms(self) -> float:
@@ -161,11 +164,23 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
     for backend, result in zip(backends, results):
         stage_times = getattr(backend, "stage_times", None)
         if stage_times is not None:
-            result.stages = {k: v * 1e3 for k, v in stage_times(data, batch).items()}
+            stages = _diagnostic(result, "stage breakdown", stage_times, data, batch)
+            result.stages = {k: v * 1e3 for k, v in stages.items()}
         launch_floor = getattr(backend, "launch_floor", None)
         if launch_floor is not None:
-            result.launch_floor = launch_floor(batch)
+            result.launch_floor = _diagnostic(result, "launch floor", launch_floor, batch)
     return results
+
+
+def _diagnostic(result: Measurement, name: str, compute, *args) -> dict:
+    """``compute(*args)``, or {} with the reason kept in ``result.diagnostic_errors``: a
+    diagnostic that fails (a driver call the device refuses, say) is reported, and the
+    measurement it comes after is kept."""
+    try:
+        return compute(*args)
+    except Exception as error:  # noqa: BLE001 - whatever the device raised, keep the timing
+        result.diagnostic_errors[name] = f"{type(error).__name__}: {error}"
+        return {}
 
 
 def report(results: list[Measurement], config: VAEConfig, batch: int,
@@ -206,6 +221,9 @@ def report(results: list[Measurement], config: VAEConfig, batch: int,
                 f"{r.backend}: launch-latency floor {r.floor_ms:.3f} ms = {counted} x "
                 f"{f['seconds_per_node'] * 1e6:.2f} us per empty graph node; its step is "
                 f"{r.median_ms / r.floor_ms:.2f}x the floor")
+    for r in results:
+        for name, reason in r.diagnostic_errors.items():
+            lines.append(f"{r.backend}: {name} failed: {reason}")
     for r in results:
         if r.stages:
             parts = ", ".join(f"{k} {v:.3f} ms" for k, v in r.stages.items())

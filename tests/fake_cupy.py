@@ -9,13 +9,22 @@ kernels="source")``) as the CUDA source itself built for the host (``cuda_on_hos
 launch then checked against its twin and against a reverse-order run; GEMMs as cuBLAS
 defines them (column-major, via ``gemm.emulate``), reading alpha and beta from the host
 pointers given. A stream in capture records instead of running, and a graph replays the record.
-Only what the executor calls exists; anything else fails loudly.
+Only what the executor calls exists (and CuPy's own Stream capture, see Graph); anything else
+fails loudly.
+
+A simulation is a set of beliefs about the real library. Each behaviour below names the file
+and function of CuPy (read in the sources of v13.6.0 and v14.2.0, which agree unless said),
+or of CUDA's documentation, that it mirrors. tests/test_cupy_drift.py checks them against
+the installed CuPy (``nox -s drift`` installs 13.6 and 14.2 in turn); what only a GPU could
+check is listed as unverified in kernels/cupy_gpu/README.md.
 """
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import importlib.machinery
+import itertools
 import sys
 import types
 
@@ -24,18 +33,24 @@ from cuda_on_host import C_DTYPES, HostModule, kernel_signatures
 
 from kernels.cupy_gpu import blas, driver, twins
 from kernels.cupy_gpu.gemm import GemmCall, emulate
+from kernels.cupy_gpu.launch import CUPY_NVRTC_OPTIONS
 
 _ALLOCATIONS: dict[int, np.ndarray] = {}  # base address -> the owning byte array
 _SIZES: dict[int, int] = {}  # base address -> bytes asked for (the guard follows)
+_BASES: list[int] = []  # the base addresses, sorted: a pointer's allocation by bisection
 
 
 class MemoryPointer:
+    """cupy/cuda/memory.pyx MemoryPointer: ``ptr`` is the device address."""
+
     def __init__(self, ptr: int):
         self.ptr = ptr
 
 
 class ndarray(np.ndarray):  # noqa: N801 - CuPy's name
-    """A NumPy array that answers ``.data.ptr`` like a CuPy array."""
+    """A NumPy array that answers ``.data.ptr`` like a CuPy array; get and set as
+    cupy/_core/core.pyx _ndarray_base.get(stream=None, order='C', out=None, blocking=True)
+    and set(arr, stream=None)."""
 
     @property
     def data(self):  # type: ignore[override]
@@ -52,7 +67,9 @@ GUARD_BYTES = 4096  # after every allocation, all bits set: NaN as float, -1 as 
 
 
 def _allocate(shape, dtype) -> ndarray:
-    """Zeroed, 256-byte aligned as cudaMalloc's, and followed by a guard: a kernel that reads
+    """Zeroed (cupy.zeros), 256-byte aligned (cudaMalloc's alignment, CUDA C++ Programming
+    Guide, "Device Memory Accesses"; CuPy's pool hands out multiples of 512 bytes,
+    cupy/cuda/memory.pyx ALLOCATION_UNIT_SIZE), and followed by a guard: a kernel that reads
     past the end gets NaN (or index -1), one that writes there changes the guard, and either
     shows when its buffers are compared with its twin's (which never go past the end)."""
     dtype = np.dtype(dtype)
@@ -63,13 +80,17 @@ def _allocate(shape, dtype) -> ndarray:
     base[...] = 0
     _ALLOCATIONS[base.ctypes.data] = raw
     _SIZES[base.ctypes.data] = size
+    bisect.insort(_BASES, base.ctypes.data)  # kept alive here: no address is used twice
     return base.view(dtype).reshape(shape).view(ndarray)
 
 
 def _allocation_of(ptr: int) -> int:
     """The base address of the allocation that holds ``ptr``."""
-    for base, raw in _ALLOCATIONS.items():
-        if base <= ptr < raw.ctypes.data + raw.size:
+    index = bisect.bisect_right(_BASES, ptr) - 1
+    if index >= 0:
+        base = _BASES[index]
+        raw = _ALLOCATIONS[base]
+        if ptr < raw.ctypes.data + raw.size:
             return base
     raise AssertionError(f"pointer {ptr:#x} is not in any device allocation")
 
@@ -88,9 +109,21 @@ def _array_at(ptr: int, dtype) -> np.ndarray:
     return np.frombuffer(buffer, dtype=dtype)
 
 
-# -- streams, capture, events --------------------------------------------------------------
+# -- streams, capture, graphs, events -----------------------------------------------------
+# CUDA's rules for stream capture, as the executor meets them through CuPy's runtime
+# bindings (cupy_backends/cuda/api/runtime.pyx, the same functions in CuPy 13.6 and 14.2).
 
+VERSION = "14.2.0"  # install(version=...) sets it: the graph handle's fate depends on it
 _CAPTURE: list | None = None  # the record of the stream being captured, if any
+_CAPTURE_INVALID: str | None = None  # why the capture in progress is invalidated, if it is
+_HANDLES = itertools.count(0x1000)  # cudaGraph_t / cudaGraphExec_t values, never 0
+_GRAPHS: dict[int, list] = {}  # live cudaGraph_t -> its nodes (one action per launch or GEMM)
+_EXECS: dict[int, list] = {}  # live cudaGraphExec_t -> its nodes
+
+
+class CUDARuntimeError(RuntimeError):
+    """cupy_backends/cuda/api/runtime.pyx, CUDARuntimeError: raised by check_status with the
+    error's name and description."""
 
 
 def _run(action) -> None:
@@ -100,24 +133,103 @@ def _run(action) -> None:
         action()
 
 
-_GRAPHS: dict[int, "Graph"] = {}  # handle -> graph, for the driver's node count
+def _invalidate(name: str, description: str):
+    """A call CUDA refuses while a stream is captured: it fails, and the capture sequence is
+    invalidated, so ending it fails too (CUDA C++ Programming Guide, "Stream Capture":
+    "Prohibited and Unhandled Operations", "Invalidation")."""
+    global _CAPTURE_INVALID
+    _CAPTURE_INVALID = _CAPTURE_INVALID or name
+    return CUDARuntimeError(f"{name}: {description}")
+
+
+def _stream_begin_capture(stream, mode=2):
+    """runtime.pyx streamBeginCapture(intptr_t stream, int mode=streamCaptureModeRelaxed)."""
+    global _CAPTURE, _CAPTURE_INVALID
+    if _CAPTURE is not None:  # cudaStreamBeginCapture on a stream already capturing
+        raise CUDARuntimeError("cudaErrorIllegalState: operation not permitted when stream is "
+                               "capturing")
+    _CAPTURE, _CAPTURE_INVALID = [], None
+
+
+def _stream_end_capture(stream):
+    """runtime.pyx streamEndCapture(intptr_t stream) -> the cudaGraph_t. An invalidated
+    capture ends, and cudaStreamEndCapture returns cudaErrorStreamCaptureInvalidated and no
+    graph (CUDA Runtime API, cudaStreamEndCapture)."""
+    global _CAPTURE, _CAPTURE_INVALID
+    if _CAPTURE is None:
+        raise CUDARuntimeError("cudaErrorIllegalState: the stream is not capturing")
+    actions, invalid, _CAPTURE, _CAPTURE_INVALID = _CAPTURE, _CAPTURE_INVALID, None, None
+    if invalid is not None:
+        raise CUDARuntimeError("cudaErrorStreamCaptureInvalidated: operation failed due to a "
+                               "previous error during capture")
+    handle = next(_HANDLES)
+    _GRAPHS[handle] = actions
+    return handle
+
+
+def _graph_instantiate(graph):
+    """runtime.pyx graphInstantiate(intptr_t graph) -> a cudaGraphExec_t: a copy of the
+    graph's nodes, independent of the graph afterwards (cudaGraphInstantiate)."""
+    handle = next(_HANDLES)
+    _EXECS[handle] = list(_GRAPHS[graph])
+    return handle
+
+
+def _graph_destroy(graph):
+    """runtime.pyx graphDestroy (cudaGraphDestroy)."""
+    assert graph in _GRAPHS, f"cudaGraphDestroy of {graph:#x}, not a live graph"
+    del _GRAPHS[graph]
+
+
+def _graph_exec_destroy(graphExec):  # CuPy's parameter name
+    """runtime.pyx graphExecDestroy(intptr_t graphExec) (cudaGraphExecDestroy)."""
+    assert graphExec in _EXECS, f"cudaGraphExecDestroy of {graphExec:#x}, not a live graph"
+    del _EXECS[graphExec]
+
+
+def _graph_launch(graphExec, stream):  # CuPy's parameter name
+    """runtime.pyx graphLaunch(intptr_t graphExec, intptr_t stream): the nodes, in order."""
+    actions = _EXECS[graphExec]  # a destroyed executable graph: a KeyError, not a result
+
+    def replay():
+        for action in actions:
+            action()
+
+    _run(replay)
+
+
+def live_graphs() -> int:
+    """Graphs and executable graphs created and not yet destroyed (a leak shows here)."""
+    return len(_GRAPHS) + len(_EXECS)
 
 
 class Graph:
-    def __init__(self, actions):
-        self.actions = actions  # one per launch or GEMM: the nodes of a real graph
-        self.graph = id(self)  # the cudaGraph_t handle CuPy exposes
-        _GRAPHS[self.graph] = self
+    """cupy/cuda/graph.pyx: what CuPy's own Stream.end_capture returns (Graph.from_stream).
+    Graph._init in CuPy 13 destroys the cudaGraph_t as soon as the executable graph exists and
+    keeps ``graph = 0``; CuPy 14 keeps the handle. __dealloc__ destroys what is left. The
+    executor no longer captures through this; it stays so that a return to it would meet
+    CuPy 13's null handle here, as on a GPU."""
+
+    def __init__(self, graph, host_funcargs=None):
+        self.graphExec = _graph_instantiate(graph)
+        if int(VERSION.split(".")[0]) < 14:
+            _graph_destroy(graph)
+            graph = 0
+        self.graph = graph
 
     def launch(self, stream=None):
-        _run(self._replay)
+        _graph_launch(self.graphExec, stream.ptr if stream is not None else 0)
 
-    def _replay(self):
-        for action in self.actions:
-            action()
+    def __del__(self):
+        if self.graph:
+            _graph_destroy(self.graph)
+        _graph_exec_destroy(self.graphExec)
 
 
 class Stream:
+    """cupy/cuda/stream.pyx Stream(null=False, non_blocking=False, ptds=False; 14 adds
+    priority=None): ``ptr`` is the cudaStream_t; ``with stream:`` makes it current."""
+
     def __init__(self, null=False, non_blocking=False, ptds=False):
         self.ptr = id(self)
 
@@ -128,20 +240,27 @@ class Stream:
         return False
 
     def synchronize(self):
-        pass
+        """cudaStreamSynchronize on a capturing stream is prohibited: it fails with
+        cudaErrorStreamCaptureUnsupported and invalidates the capture."""
+        if _CAPTURE is not None:
+            raise _invalidate("cudaErrorStreamCaptureUnsupported",
+                              "operation not permitted when stream is capturing")
 
     def begin_capture(self, mode=None):
-        global _CAPTURE
-        assert _CAPTURE is None, "a capture is already in progress"
-        _CAPTURE = []
+        """cupy/cuda/stream.pyx _BaseStream.begin_capture: mode None means relaxed."""
+        _stream_begin_capture(self.ptr, runtime.streamCaptureModeRelaxed if mode is None
+                              else mode)
 
     def end_capture(self):
-        global _CAPTURE
-        actions, _CAPTURE = _CAPTURE, None
-        return Graph(actions)
+        """cupy/cuda/stream.pyx _BaseStream.end_capture: Graph.from_stream of the graph."""
+        return Graph(_stream_end_capture(self.ptr))
 
 
 class Event:
+    """cupy/cuda/stream.pyx Event(block=False, disable_timing=False, interprocess=False).
+    Recording one during a capture is legal in CUDA (an event-record node); the executor
+    records only outside captures, and this simulation holds it to that."""
+
     def __init__(self, block=False, disable_timing=False, interprocess=False):
         self.recorded = False
 
@@ -161,14 +280,22 @@ _HOST_MODULES: dict[tuple, HostModule] = {}
 
 
 class RawModule:
+    """cupy/_core/raw.pyx RawModule(*, code=None, path=None, tuple options=(), ...): the
+    options must be a tuple (a Cython-typed parameter: a list raises TypeError). Compiling,
+    CuPy adds its own options (cupy/cuda/compiler.py, _compile_with_cache_cuda and the NVRTC
+    step: launch.CUPY_NVRTC_OPTIONS), so the host build gets them too."""
+
     def __init__(self, code=None, *, options=(), **_):
+        if not isinstance(options, tuple):
+            raise TypeError(f"Argument 'options' has incorrect type (expected tuple, got "
+                            f"{type(options).__name__})")
         assert "#pragma once" not in code
         self.signatures = kernel_signatures(code)
         self.host = None
         if KERNELS == "source":
-            key = (code, tuple(options))
+            key = (code, options + CUPY_NVRTC_OPTIONS)
             if key not in _HOST_MODULES:
-                _HOST_MODULES[key] = HostModule(code, options)
+                _HOST_MODULES[key] = HostModule(*key)
             self.host = _HOST_MODULES[key]
 
     def get_function(self, name):
@@ -176,6 +303,12 @@ class RawModule:
 
 
 class _RawKernel:
+    """cupy/_core/raw.pyx RawKernel.__call__(grid, block, args, *, shared_mem=0). Each
+    argument is packed by cupy/cuda/function.pyx _pointer: an ndarray as its pointer, a NumPy
+    scalar by its own size (13: by itemsize; 14: _scalar.CScalar by its dtype), a Python float
+    as a double, a Python int as 8 bytes; None is a NULL argument pointer in 13 (CPointer())
+    and 8 zero bytes in 14 (CIntptr(0)), so a null pointer must be passed as np.uint64(0)."""
+
     def __init__(self, name, signature, host):
         self.name, self.signature, self.host = name, signature, host
 
@@ -268,19 +401,29 @@ def twin_mismatch(source: np.ndarray, twin: np.ndarray) -> str | None:
 # -- runtime, cuBLAS, cupyx ---------------------------------------------------------------
 
 def _memcpy_async(dst, src, size, kind, stream):
+    """runtime.pyx memcpyAsync(intptr_t dst, intptr_t src, size_t size, int kind,
+    intptr_t stream)."""
     assert kind == runtime.memcpyHostToDevice
     payload = ctypes.string_at(src, size)  # read now: the caller's staging slot is pinned
     _run(lambda: ctypes.memmove(dst, payload, size))
 
 
-def _device_properties(device_id):
-    return {"name": b"Simulated GPU (tests/fake_cupy.py)"}
+def _device_properties(device):
+    """runtime.pyx getDeviceProperties: a dict; the name as bytes (props.name, a char[]). An
+    H100 SXM's multiprocessor count."""
+    return {"name": b"Simulated GPU (tests/fake_cupy.py)", "multiProcessorCount": 132}
 
 
+# Constants as cupy_backends/cuda/api/runtime.pxd declares them (memcpyHostToDevice = 1,
+# streamCaptureModeRelaxed = 2: CUDA's enum values).
 runtime = types.SimpleNamespace(
     getDeviceCount=lambda: 1, memcpyHostToDevice=1, memcpyAsync=_memcpy_async,
     getDeviceProperties=_device_properties, runtimeGetVersion=lambda: 13000,
-    driverGetVersion=lambda: 13000)
+    driverGetVersion=lambda: 13000, CUDARuntimeError=CUDARuntimeError,
+    streamCaptureModeRelaxed=2, streamBeginCapture=_stream_begin_capture,
+    streamEndCapture=_stream_end_capture, graphInstantiate=_graph_instantiate,
+    graphDestroy=_graph_destroy, graphExecDestroy=_graph_exec_destroy,
+    graphLaunch=_graph_launch)
 
 
 class _CFunction:
@@ -297,7 +440,11 @@ class _CFunction:
 
 
 class CublasLibrary:
-    """cuBLAS as ctypes reaches it (kernels/cupy_gpu/blas.py): the library's C functions."""
+    """cuBLAS as ctypes reaches it (kernels/cupy_gpu/blas.py): the library's C functions, as
+    the cuBLAS documentation describes them: cublasSetStream resets the handle to cuBLAS's
+    own workspace ("cublasSetStream"), which it would allocate during a capture, so a
+    capturable GEMM needs cublasSetWorkspace after the stream ("CUDA Graphs Support"); in host
+    pointer mode alpha and beta are read when the call is made (captured by value)."""
 
     def __init__(self):
         self.handles = 0
@@ -346,20 +493,27 @@ class CublasLibrary:
 
 
 class DriverLibrary:
-    """The CUDA driver as ctypes reaches it (kernels/cupy_gpu/driver.py)."""
+    """The CUDA driver as ctypes reaches it (kernels/cupy_gpu/driver.py): CUDA Driver API,
+    cuGraphGetNodes."""
 
     def __init__(self):
         self.cuGraphGetNodes = _CFunction(self._cuGraphGetNodes)
 
     def _cuGraphGetNodes(self, graph, nodes, count_ref):  # noqa: N802 - the C name
+        """CUresult cuGraphGetNodes(CUgraph, CUgraphNode*, size_t*): with a null array, the
+        count. A null graph is CUDA_ERROR_INVALID_VALUE (1); a destroyed one, undefined."""
         assert nodes is None, "only the count is asked for"
-        count_ref._obj.value = len(_GRAPHS[graph].actions)
+        if not graph:
+            return 1
+        assert graph in _GRAPHS, f"cuGraphGetNodes on {graph:#x}, a destroyed graph"
+        count_ref._obj.value = len(_GRAPHS[graph])
         return 0
 
 
 def _refused_in_capture(*_):
-    """CuPy's own cuBLAS binding (CuPy 13): every call first sets the handle's stream, and that
-    raises while a stream is captured. The executor must not use it."""
+    """CuPy's own cuBLAS binding (cupy_backends/cuda/libs/cublas.pyx, 13.6 and 14.2): every
+    call (gemmEx ...) first runs _setStream, whose setStream raises NotImplementedError while
+    the stream is captured (runtime.streamIsCapturing). The executor must not use it."""
     if _CAPTURE is not None:
         raise NotImplementedError("calling cuBLAS API during stream capture is currently "
                                   "unsupported")
@@ -370,17 +524,28 @@ cublas = types.SimpleNamespace(create=lambda: 1, setStream=_refused_in_capture,
 
 
 class _Device:
+    """cupy/cuda/device.pyx Device: ``compute_capability`` is a string, '90' for 9.0."""
+
     id = 0
     compute_capability = "90"
 
 
-def install(monkeypatch, kernels: str = "twins") -> None:
+SIMULATED_VERSIONS = ("13.6.0", "14.2.0")  # the CuPy releases whose sources this mirrors
+
+
+def install(monkeypatch, kernels: str = "twins", version: str = "14.2.0") -> None:
     """Make ``import cupy`` (and cupyx, cupy_backends' cuBLAS) give this module's stand-ins,
-    whose kernels are the twins or (``kernels="source"``) the CUDA source run on the host."""
+    whose kernels are the twins or (``kernels="source"``) the CUDA source run on the host, and
+    whose graphs behave as CuPy ``version``'s (13.6.0 or 14.2.0)."""
     assert kernels in ("twins", "source"), kernels
-    monkeypatch.setattr(sys.modules[__name__], "KERNELS", kernels)
+    assert version in SIMULATED_VERSIONS, version
+    this = sys.modules[__name__]
+    monkeypatch.setattr(this, "KERNELS", kernels)
+    monkeypatch.setattr(this, "VERSION", version)
+    monkeypatch.setattr(this, "_CAPTURE", None)
+    monkeypatch.setattr(this, "_CAPTURE_INVALID", None)
     cupy = types.ModuleType("cupy")
-    cupy.__version__ = "simulated"
+    cupy.__version__ = version
     cupy.RawModule = RawModule
     cupy.zeros = lambda shape, dtype=np.float32: _allocate(shape, dtype)
     cupy.empty = cupy.zeros
@@ -408,10 +573,12 @@ def install(monkeypatch, kernels: str = "twins") -> None:
         return array
 
     cupy.asarray = asarray
+    # stream.pyx get_elapsed_time(start_event, end_event): milliseconds (1 here: no clock).
     cupy.cuda = types.SimpleNamespace(Stream=Stream, Event=Event, runtime=runtime,
                                       Device=_Device, get_elapsed_time=lambda a, b: 1.0,
                                       get_current_stream=Stream)
     cupyx = types.ModuleType("cupyx")
+    # cupyx/_pinned_array.py empty_pinned(shape, dtype=float, order='C'): a NumPy array.
     cupyx.empty_pinned = lambda shape, dtype=np.float32: np.zeros(shape, dtype)
     libs = types.ModuleType("cupy_backends.cuda.libs")
     libs.cublas = cublas

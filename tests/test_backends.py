@@ -28,8 +28,8 @@ ON_A_GPU = [pytest.mark.gpu,
 @pytest.mark.parametrize("name", ["torch", "torch-fused-adam",
                                   *(pytest.param(name, marks=ON_A_GPU)
                                     for name in ("torch-cuda", "torch-cuda-compile"))])
-def test_torch_backends_pass_the_gate(mnist5k, name):
-    case = build_cases(mnist5k.train_x[:1024], 10, steps=5)
+def test_torch_backends_pass_the_gate(gate_digits, name):
+    case = build_cases(gate_digits, 10, steps=5)
     backend = create_backend(name)
     for c in (case[0], case[-1]):
         bad = [r.line() for r in check(backend, c, expectation(c)) if not r.passed]

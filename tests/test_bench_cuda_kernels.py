@@ -14,13 +14,17 @@ import numpy as np
 import pytest
 
 from kernels.cupy_gpu import CupyBackend, cuda_availability, program
+from kernels.cupy_gpu.executors import NumpyExecutor
 from kernels.flat_layout import make_layout
 from vae_ref import VAEConfig, build_model, export_params
 
 CUDA = cuda_availability()
 CONFIG = VAEConfig(latent_dim=20)
 BATCH = 128
-OPS = program.train_step_ops(CONFIG, make_layout(CONFIG, align=64), BATCH, generate_noise=True)
+# The step's ops as the twins run them; each test launches the device's own op (the same
+# kernel and arguments, its grid sized to that device).
+OPS = program.train_step_ops(CONFIG, make_layout(CONFIG, align=64), BATCH, generate_noise=True,
+                             multiprocessors=NumpyExecutor.multiprocessors)
 LAUNCHES = [i for i, op in enumerate(OPS) if isinstance(op, program.Launch)]
 
 
@@ -67,7 +71,8 @@ def _owners(buffers: dict) -> dict[str, object]:
 @pytest.mark.parametrize("index", LAUNCHES, ids=[f"{i:02d}-{OPS[i].kernel}" for i in LAUNCHES])
 def test_fused_kernel(benchmark, pair, index):
     device, twin = pair
-    op = OPS[index]
+    op = device._program("train", BATCH, True)[index]
+    assert op.kernel == OPS[index].kernel
     benchmark.group = f"cuda-kernel-{op.kernel}"
     before = _state_before(twin, index)
     device_buffers = device._buffers(BATCH)

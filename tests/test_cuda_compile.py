@@ -30,6 +30,7 @@ def test_command_has_both_gencodes_the_launch_options_and_werror(tmp_path):
     for option in COMPILE_OPTIONS:
         assert option in command
     assert any(option.startswith("-D") for option in COMPILE_OPTIONS)
+    assert "-ftz=true" in command  # what CuPy adds: the check compiles what runs
     assert "-Werror all-warnings" in joined
     assert "--resource-usage" in command
     assert command[-4:] == ["-c", "-o", str(tmp_path / "k.o"), str(KERNEL_SOURCE)]
@@ -115,6 +116,29 @@ def test_nvrtc_compiles_the_runtime_source_cleanly(arch):
     assert result.log == "", result.log
     entries = set(re.findall(r"\.entry\s+(\w+)", result.ptx))
     assert entries == set(KERNEL_NAMES)
+
+
+def test_the_runtime_compile_flushes_denormals_as_cupys_does():
+    """CuPy compiles every kernel with -ftz=true: float32 arithmetic in the PTX is .ftz."""
+    from kernels.cupy_gpu.nvrtc_check import compile_with_nvrtc
+
+    ptx = compile_with_nvrtc(_nvrtc_or_skip(), "compute_90").ptx
+    flushing = re.findall(r"\b(?:add|sub|mul|fma\.rn|div\.rn|sqrt\.rn)\.ftz\.f32\b", ptx)
+    plain = re.findall(r"\b(?:add|sub|mul|fma\.rn|div\.rn|sqrt\.rn)\.f32\b", ptx)
+    assert flushing and not plain, f"{len(flushing)} flushing, {len(plain)} plain f32 ops"
+
+
+def test_adams_update_does_no_double_precision_work():
+    """The bias corrections are computed once per step by adam_bias_corrections; the update,
+    one thread per four parameters, must not compute them again in double."""
+    from kernels.cupy_gpu.nvrtc_check import compile_with_nvrtc
+
+    ptx = compile_with_nvrtc(_nvrtc_or_skip(), "compute_90").ptx
+    bodies = dict(re.findall(r"\.entry\s+(\w+)\((.*?)(?=\.entry|\Z)", ptx, re.DOTALL))
+    double = re.compile(r"\.f64\b")  # a double type or instruction (not register %f64)
+    assert not double.search(bodies["adam"])
+    assert "ld.global.v4.f32" in bodies["adam"]  # the 16-byte loads
+    assert double.search(bodies["adam_bias_corrections"])  # the corrections, in double
 
 
 def test_nvrtc_reports_an_error_in_the_source():

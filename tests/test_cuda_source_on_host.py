@@ -14,9 +14,9 @@ from cuda_on_host import HostModule, LaunchFailed, unavailable_reason
 
 from bench.agreement import check
 from kernels import create_backend
-from kernels.cupy_gpu import CupyBackend
+from kernels.cupy_gpu import CupyBackend, launch, program, twins
 from kernels.cupy_gpu.executors import KERNEL_NAMES, kernel_source
-from kernels.cupy_gpu.launch import COMPILE_OPTIONS
+from kernels.cupy_gpu.launch import NVRTC_OPTIONS
 from vae_ref import VAEConfig, build_model, export_params
 from vae_ref.fixture import read_fixture
 
@@ -101,11 +101,85 @@ def test_an_empty_launch_is_refused(block_sums):
         block_sums.launch("divergent_barrier", (0, 1, 1), (4, 1, 1), [out.ctypes.data])
 
 
-def test_the_kernel_source_builds_for_the_host_with_the_backends_options():
-    module = HostModule(kernel_source(), COMPILE_OPTIONS)
+def test_the_kernel_source_builds_for_the_host_with_the_options_nvrtc_gets():
+    module = HostModule(kernel_source(), NVRTC_OPTIONS)  # CuPy's -ftz=true among them
     assert set(module.signatures) == set(KERNEL_NAMES)
     with pytest.raises(ValueError, match="no host equivalent"):
-        HostModule(kernel_source(), (*COMPILE_OPTIONS, "--use_fast_math"))
+        HostModule(kernel_source(), (*NVRTC_OPTIONS, "--use_fast_math"))
+
+
+# -- Adam, alone -----------------------------------------------------------------------------
+
+def _aligned_zeros(n: int) -> np.ndarray:
+    raw = np.zeros(n + 64, np.float32)
+    start = (-raw.ctypes.data // 4) % 64  # 256 bytes, as cudaMalloc
+    return raw[start : start + n]
+
+
+@pytest.mark.parametrize("n, geometry", [
+    (1, launch.Geometry((1, 1, 1), (32, 1, 1))),
+    (7, launch.Geometry((1, 1, 1), (32, 1, 1))),  # one float4 and a tail of three
+    (4 * 1000 + 3, launch.Geometry((2, 1, 1), (32, 1, 1))),  # each thread strides 15 times
+    (4 * 1000 + 3, launch.across_the_device(1001, 132)),
+])
+def test_adam_updates_every_parameter_on_any_grid(n, geometry):
+    """Four parameters per thread per pass, the last n % 4 one per thread, any grid: the
+    kernel must touch each parameter once, as its twin does."""
+    from fake_cupy import twin_mismatch
+
+    module = HostModule(kernel_source(), NVRTC_OPTIONS)
+    rng = np.random.default_rng(n)
+    state = {name: _aligned_zeros(n) for name in ("params", "grads", "m", "v")}
+    for array in state.values():
+        array[...] = rng.standard_normal(n).astype(np.float32) * 1e-3
+    state["v"][...] = np.abs(state["v"])  # a second moment is not negative
+    corrections = np.zeros(2, np.float32)
+    step = np.array([3], np.uint32)
+    module.launch("adam_bias_corrections", (1, 1, 1), (1, 1, 1),
+                  [step.ctypes.data, 3e-4, 0.9, 0.999, corrections.ctypes.data])
+    twin = {name: _aligned_zeros(n) for name in state}
+    for name, array in state.items():
+        twin[name][...] = array
+    twin_corrections = np.zeros(2, np.float32)
+    twins.adam_bias_corrections(launch.single_thread(), step, 3e-4, 0.9, 0.999,
+                                twin_corrections)
+    np.testing.assert_array_equal(corrections, twin_corrections)
+    scalars = [np.float32(1 - 0.9), np.float32(0.999), np.float32(1 - 0.999), np.float32(1e-8)]
+    before = state["params"].copy()
+    module.launch("adam", geometry.grid, geometry.block,
+                  [state["params"].ctypes.data, state["grads"].ctypes.data,
+                   state["m"].ctypes.data, state["v"].ctypes.data, n, *scalars,
+                   corrections.ctypes.data])
+    twins.adam(geometry, twin["params"], twin["grads"], twin["m"], twin["v"], n, *scalars,
+               twin_corrections)
+    for name, array in state.items():
+        assert twin_mismatch(array, twin[name]) is None, name
+    assert (state["params"] != before).all()  # every parameter was updated
+
+
+@pytest.mark.parametrize("kernels", ["twins", "source"])
+def test_adam_before_any_step_takes_the_first_step(monkeypatch, kernels):
+    """Adam timed alone on a fresh state (the stage breakdown's "adam" part may run before any
+    step has advanced the device's step counter): 1 - beta^0 = 0 would make the step infinite
+    and the weights NaN. It must be Adam's first step: each weight moves by about lr."""
+    import fake_cupy
+
+    fake_cupy.install(monkeypatch, kernels=kernels)
+    config = VAEConfig(latent_dim=4)
+    backend = create_backend("cupy")
+    backend.load(config, export_params(build_model(config)))
+    grads = np.random.default_rng(0).standard_normal(backend.layout.size).astype(np.float32)
+    backend.executor.copy_in(backend.flat["grads"], grads)
+    adam = [op for op in backend._program("train", 8, True)
+            if isinstance(op, program.Launch) and op.kernel in program.ADAM_KERNELS]
+    before = backend.executor.download(backend.flat["params"])
+    backend.executor.run(adam, backend._buffers(8))
+    moved = backend.executor.download(backend.flat["params"]) - before
+    assert np.isfinite(moved).all()
+    # Step 1: m-hat = g, v-hat = g^2, so each weight moves by -lr g / (|g| + eps): about lr.
+    # (Tolerance: float32 rounding of the weights, ~1e-8 at their size.)
+    g = grads.astype(np.float64)
+    np.testing.assert_allclose(moved, -config.lr * g / (np.abs(g) + 1e-8), rtol=1e-4, atol=3e-8)
 
 
 # -- the step, with the source's kernels, through the real executor ------------------------

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytest.importorskip("hypothesis")  # the test extra's; a GPU machine may not have it
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_ref.fixture import gate_images, read_fixture
+from vae_ref.digits import gate_images
+from vae_ref.fixture import read_fixture
 from vae_ref.oracle import build_cases, expectation
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reference_z20.npz"
@@ -12,7 +13,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "reference_z20.npz"
 
 def test_oracle_reproduces_the_committed_fixture():
     stored = {case.name: (case, expected) for case, expected in read_fixture(FIXTURE)}
-    live = {c.name: c for c in build_cases(gate_images(), 20, steps=50)}
+    live = {c.name: c for c in build_cases(gate_images()[0], 20, steps=50)}
     for name, (case, expected) in stored.items():
         now = live[name]
         np.testing.assert_array_equal(now.x, case.x)

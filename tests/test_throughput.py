@@ -63,3 +63,37 @@ def test_measure_lets_backends_draw_their_own_noise(mnist5k):
     assert [r.device for r in results] == ["cpu", "cpu"]
     assert all(len(r.ms_per_step) == 2 for r in results)
     assert int(backends[1].executor.download(backends[1].flat["step"])[0]) > 3
+
+
+def test_a_failing_diagnostic_is_reported_and_costs_no_timing(mnist5k, monkeypatch):
+    """The stage breakdown and the launch floor run after every timed window; one that fails
+    (a driver call the device refuses) is named with its reason, the timing kept."""
+    from kernels.cupy_gpu import CupyBackend
+    from kernels.cupy_gpu.driver import DriverError
+
+    class RefusingDriver(CupyBackend):
+        def launch_floor(self, batch):
+            raise DriverError("cuGraphGetNodes failed with CUresult 1")
+
+    backend = RefusingDriver(executor="numpy")
+    [result] = measure([backend], VAEConfig(latent_dim=4), mnist5k.train_x[:256], batch=16,
+                       repeats=2, steps=2, warmup_steps=1, settle_seconds=0.0)
+    assert len(result.ms_per_step) == 2 and result.launch_floor == {}
+    assert result.diagnostic_errors == {
+        "launch floor": "DriverError: cuGraphGetNodes failed with CUresult 1"}
+    text = report([result], VAEConfig(latent_dim=4), 16, {"cpu": (100.0, "test")})
+    assert "launch floor failed: DriverError: cuGraphGetNodes failed" in text
+
+    # In a run, the row keeps its timing and says why its launch floor is missing.
+    import types
+
+    from bench import run
+
+    monkeypatch.setattr(run, "create_backend", lambda name, **_: RefusingDriver(executor="numpy"))
+    spec = run.RunSpec(dataset="digits", backends=("cupy",), latents=(4,), batch_sizes=(16,),
+                       epochs=1, repeats=1, steps=1, gate_steps=1, iwae_k=0)
+    data = types.SimpleNamespace(name="digits", train_x=mnist5k.train_x[:300],
+                                 test_x=mnist5k.test_x[:50])
+    [row] = run.run_latent(spec, data, 4, {"cpu": 100.0}, lambda _: None, False)["rows"]
+    assert row["agreement"] == "pass" and row["samples_per_s"] > 0
+    assert row["note"] == "launch floor failed: DriverError: cuGraphGetNodes failed with CUresult 1"

@@ -23,7 +23,6 @@ from .oracle import Case, Expectation, build_cases, expectation
 
 SCHEMA_VERSION = 1
 CASE_KINDS = ("batch", "partial-batch", "extreme-logits", "beta4", "adam-steps")
-GATE_IMAGES = 1024  # the gate's real images: the first GATE_IMAGES training digits of mnist-5k
 
 
 class FixtureError(ValueError):
@@ -98,17 +97,13 @@ def read_fixture(path: Path) -> list[tuple[Case, Expectation]]:
     return result
 
 
-def gate_images() -> np.ndarray:
-    """The gate's real images: the first GATE_IMAGES training digits of mnist-5k."""
-    from .data import load_dataset
-
-    return load_dataset("mnist-5k").train_x[:GATE_IMAGES]
-
-
 def make_fixture(path: Path, latents=(20,), kinds=("batch", "adam-steps"), steps: int = 50,
                  hidden: int = 512) -> list[Case]:
     """Build the named cases on the gate's images, run the oracle on each, write the file."""
-    cases = [c for z in latents for c in build_cases(gate_images(), z, steps=steps, hidden=hidden)
+    from .digits import GATE_IMAGES, gate_images
+
+    images, _ = gate_images()
+    cases = [c for z in latents for c in build_cases(images, z, steps=steps, hidden=hidden)
              if c.name.split("/", 1)[1] in kinds]
     write_fixture(path, cases, [expectation(c) for c in cases],
                   dataset=f"mnist-5k[:{GATE_IMAGES}]")

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .config import VAEConfig
 from .data import binarize
@@ -23,6 +22,7 @@ from .evaluate import EvalResult, evaluate_elbo
 from .losses import loss_terms
 from .model import AE, VAE, build_model
 from .params import Params, export_params
+from .progress import progress_bar
 
 
 class TrainingDiverged(FloatingPointError):
@@ -147,7 +147,7 @@ def train(
 
     n = len(train_x)
     steps_per_epoch = math.ceil(n / config.batch_size)
-    bar = tqdm(
+    bar = progress_bar(
         total=config.epochs * steps_per_epoch,
         desc=description or config.name,
         unit="step",

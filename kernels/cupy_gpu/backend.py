@@ -123,9 +123,9 @@ class CupyBackend:
         ops = self._programs.get(key)
         if ops is None:
             c, lay = self.config, self.layout
-            ops = {"train": lambda: program.train_step_ops(c, lay, batch,
-                                                           generate_noise=generate_noise,
-                                                           epoch_stride=epoch_stride),
+            ops = {"train": lambda: program.train_step_ops(
+                       c, lay, batch, generate_noise=generate_noise,
+                       multiprocessors=self.executor.multiprocessors, epoch_stride=epoch_stride),
                    "forward": lambda: program.forward_ops(c, lay, batch),
                    "forward_backward": lambda: (program.forward_ops(c, lay, batch)
                                                 + program.backward_ops(c, lay, batch)),
@@ -331,9 +331,10 @@ class CupyBackend:
         ex.copy_in(buffers["indices"], np.arange(batch, dtype=np.int64) % len(data))
         ops = self._program("train", batch, True)
         fused = program.launches(ops)
+        adam = program.ADAM_KERNELS
         parts = {"step": ops, "gemms": [op for op in ops if isinstance(op, program.Gemm)],
-                 "fused kernels": [op for op in fused if op.kernel != "adam"],
-                 "adam": [op for op in fused if op.kernel == "adam"]}
+                 "fused kernels": [op for op in fused if op.kernel not in adam],
+                 "adam": [op for op in fused if op.kernel in adam]}
 
         def runner(part):
             if not self.graph:

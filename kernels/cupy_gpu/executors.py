@@ -4,12 +4,15 @@ twins. Both take the same ops over the same named buffers; the backend never ask
 The CUDA executor launches each fused kernel from ``vae_kernels.cu`` (compiled once by NVRTC)
 and each GEMM as one cublasGemmEx on its own stream and cuBLAS handle (``blas.py``: through
 ctypes, since CuPy's binding refuses cuBLAS calls during capture); ``capture`` records a
-program into a CUDA Graph (nothing runs until ``replay``). The NumPy executor records the ops
-instead, so the backend's graph bookkeeping is exercised on the CPU too.
+program into a CUDA Graph (nothing runs until ``replay``) through CUDA's runtime calls as CuPy
+exposes them, not through CuPy's ``Stream.begin_capture``/``end_capture`` (see ``capture``).
+The NumPy executor records the ops instead, so the backend's graph bookkeeping is exercised on
+the CPU too.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -36,11 +39,16 @@ def kernel_source() -> str:
     return source.replace(include, header.replace("#pragma once", ""))
 
 
-def gpu_name() -> str:
-    """The current CUDA device's name, through CuPy."""
+def _device_property(name: str):
+    """A property of the current CUDA device (runtime.getDeviceProperties, CuPy 13 and 14)."""
     import cupy
 
-    name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+    return cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)[name]
+
+
+def gpu_name() -> str:
+    """The current CUDA device's name, through CuPy."""
+    name = _device_property("name")
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
@@ -59,6 +67,10 @@ def _resolve(arg, buffers: dict, null):
 
 class NumpyExecutor:
     """Runs programs on the CPU with the twins; ``capture`` records, ``replay`` reruns."""
+
+    # Kernels sized to the device get the grid of one this small, so that the programs run
+    # here make their threads stride over more than one pass.
+    multiprocessors = 4
 
     def __init__(self, tf32: bool = False):
         if tf32:
@@ -111,6 +123,52 @@ class NumpyExecutor:
         return {"executor": "numpy twins of the CUDA kernels (a CPU check, not a benchmark)"}
 
 
+class CapturedGraph:
+    """A captured program, instantiated (cudaGraphExec_t): what a replay launches, and how many
+    nodes the captured graph held (None, with the reason, where the driver could not say).
+    The executable graph is destroyed when this object is released or collected; CUDA frees
+    it only once any launch of it still in flight has finished (cudaGraphExecDestroy)."""
+
+    def __init__(self, runtime, executable: int, nodes: int | None, nodes_error: str | None):
+        self._runtime = runtime
+        self.executable = executable
+        self.nodes = nodes
+        self.nodes_error = nodes_error
+
+    def launch(self, stream: int) -> None:
+        if not self.executable:
+            raise RuntimeError("launch of a released CUDA graph")
+        self._runtime.graphLaunch(self.executable, stream)
+
+    def release(self) -> None:
+        executable, self.executable = self.executable, 0
+        if executable:
+            self._runtime.graphExecDestroy(executable)
+
+    def __del__(self):
+        if not sys.is_finalizing():  # at exit the CUDA context may be gone before us
+            self.release()
+
+
+def _count_nodes(graph: int) -> tuple[int | None, str | None]:
+    """(nodes in the cudaGraph_t ``graph``, None), or (None, why not): a count is a
+    diagnostic, and a driver that cannot give it must not cost the graph."""
+    from .driver import DriverError, graph_node_count
+
+    try:
+        return graph_node_count(graph), None
+    except DriverError as error:
+        return None, str(error)
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    """``note`` shown under ``error``'s message (Python 3.11+; before, in its arguments)."""
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:  # pragma: no cover - Python 3.10
+        error.args = (*error.args, note)
+
+
 class CudaExecutor:
     """Runs programs on the current CUDA device through CuPy."""
 
@@ -125,6 +183,7 @@ class CudaExecutor:
 
         self.cp, self.cupyx = cupy, cupyx
         self.tf32 = tf32
+        self.multiprocessors = int(_device_property("multiProcessorCount"))  # sizes Adam's grid
         self.stream = cupy.cuda.Stream(non_blocking=True)
         started = time.perf_counter()
         module = cupy.RawModule(code=kernel_source(), options=COMPILE_OPTIONS)
@@ -212,25 +271,60 @@ class CudaExecutor:
                     args = tuple(_resolve(a, buffers, null) for a in op.args)
                     self.kernels[op.kernel](op.geometry.grid, op.geometry.block, args)
 
-    def capture(self, ops: list[Op], buffers: dict):
-        """Record ``ops`` as a CUDA Graph (nothing executes). The graph holds the buffers'
-        addresses: the caller must keep them alive and unchanged while it replays."""
-        with self.stream:
-            self.stream.begin_capture()
-            try:
-                self.run(ops, buffers)
-            finally:
-                graph = self.stream.end_capture()
-        return graph
+    def capture(self, ops: list[Op], buffers: dict) -> CapturedGraph:
+        """Record ``ops`` as a CUDA Graph (nothing executes) and instantiate it. The graph holds
+        the buffers' addresses: the caller must keep them alive and unchanged while it replays.
 
-    def replay(self, graph) -> None:
-        graph.launch(stream=self.stream)
+        The capture is ours, through the runtime calls CuPy 13 and 14 both expose
+        (cupy_backends/cuda/api/runtime.pyx: streamBeginCapture, streamEndCapture,
+        graphInstantiate, graphDestroy), rather than CuPy's Stream.end_capture: CuPy 13's Graph
+        (cupy/cuda/graph.pyx, Graph._init) destroys the cudaGraph_t as soon as it is
+        instantiated and keeps 0 in its place, so its nodes can no longer be counted; CuPy 14
+        keeps it. Here the nodes are counted before the graph is destroyed, on both. If the
+        program fails while being captured, that error is the one raised, never the error of
+        ending the broken capture (which is added to it as a note)."""
+        runtime = self.cp.cuda.runtime
+        stream = self.stream.ptr
+        # Relaxed, as CuPy's Stream.begin_capture defaults to (cupy/cuda/stream.pyx): another
+        # thread's cudaMalloc (a memory pool growing) must not invalidate this capture.
+        runtime.streamBeginCapture(stream, runtime.streamCaptureModeRelaxed)
+        try:
+            self.run(ops, buffers)
+        except BaseException as error:
+            self._abandon_capture(stream, error)
+            raise
+        graph = runtime.streamEndCapture(stream)
+        try:
+            nodes, nodes_error = _count_nodes(graph)
+            executable = runtime.graphInstantiate(graph)
+        finally:
+            runtime.graphDestroy(graph)  # the executable graph is all a replay needs
+        return CapturedGraph(runtime, executable, nodes, nodes_error)
 
-    def graph_nodes(self, graph) -> int:
-        """Nodes in a captured graph, as the driver counts them."""
-        from .driver import graph_node_count
+    def _abandon_capture(self, stream: int, error: BaseException) -> None:
+        """End the capture that ``error`` interrupted, so the stream can be used again, and
+        destroy any graph it left. ``error`` stays the error raised: CUDA fails the end of a
+        capture that an error invalidated (cudaErrorStreamCaptureInvalidated), and that second
+        error says nothing about the first."""
+        runtime = self.cp.cuda.runtime
+        try:
+            graph = runtime.streamEndCapture(stream)
+            if graph:
+                runtime.graphDestroy(graph)
+        except Exception as ending:  # noqa: BLE001 - any failure here is secondary
+            _add_note(error, f"ending the interrupted capture also failed: "
+                             f"{type(ending).__name__}: {ending}")
 
-        return graph_node_count(graph.graph)
+    def replay(self, graph: CapturedGraph) -> None:
+        graph.launch(self.stream.ptr)
+
+    def graph_nodes(self, graph: CapturedGraph) -> int:
+        """Nodes in a captured graph, as the driver counted them when it was captured."""
+        from .driver import DriverError
+
+        if graph.nodes is None:
+            raise DriverError(f"the graph's nodes could not be counted: {graph.nodes_error}")
+        return graph.nodes
 
     def synchronize(self) -> None:
         self.stream.synchronize()
@@ -248,6 +342,7 @@ class CudaExecutor:
             self.replay(graph)
         stop.record(self.stream)
         stop.synchronize()
+        graph.release()
         return self.cp.cuda.get_elapsed_time(start, stop) / 1e3 / (repeats * nodes)
 
     def describe(self) -> dict:
@@ -256,4 +351,5 @@ class CudaExecutor:
                 "compute_capability": cp.cuda.Device().compute_capability,
                 "cupy": cp.__version__,
                 "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
-                "cuda_driver": cp.cuda.runtime.driverGetVersion(), "tf32": self.tf32}
+                "cuda_driver": cp.cuda.runtime.driverGetVersion(), "tf32": self.tf32,
+                "multiprocessors": self.multiprocessors}

@@ -20,6 +20,11 @@ LOSS_THREADS = 256  # batch_loss: threads of its single block; a power of two
 ELEMENTWISE_THREADS = 256  # grid-stride kernels
 ROW_KERNEL_THREADS = 128  # one-thread-per-row kernels (reparameterize_kl)
 MAX_ELEMENTWISE_BLOCKS = 132 * 16  # enough to fill an H100 (132 SMs); loops stride beyond
+# Blocks per multiprocessor for kernels sized to the device (Adam). ptxas gives Adam 48
+# registers a thread (nvcc_check, sm_90): 5 blocks of 256 fit an SM's 64K registers, so 4 are
+# one wave with room; 1,024 threads an SM, each with four 16-byte loads in flight, should keep
+# HBM busy (an estimate: the first GPU run measures it).
+BLOCKS_PER_MULTIPROCESSOR = 4
 
 COMPILE_DEFINES = {
     "ROW_THREADS": ROW_THREADS,
@@ -27,9 +32,26 @@ COMPILE_DEFINES = {
     "ROW_GROUPS": ROW_GROUPS,
     "LOSS_THREADS": LOSS_THREADS,
 }
-# NVRTC (CuPy's RawModule) and nvcc (CI's compile check) get the same options.
+# What the backend hands CuPy's RawModule.
 COMPILE_OPTIONS = ("-std=c++17", f"-I{SOURCE_DIR}",
                    *(f"-D{name}={value}" for name, value in COMPILE_DEFINES.items()))
+
+# What CuPy adds to every RawModule compile besides include paths and the target architecture,
+# in 13.6 and 14.2 alike (tests/test_cupy_drift.py checks it against the installed CuPy):
+#   -ftz=true      cupy/cuda/compiler.py, _compile_with_cache_cuda. Single-precision denormal
+#                  inputs and results are flushed to zero (nvcc --help: "--ftz=true flushes
+#                  denormal values to zero"; it does not touch double). vae_kernels.cu says
+#                  where that matters.
+#   --device-as-default-execution-space
+#                  compiler.py, the NVRTC step (compile_using_nvrtc in 13,
+#                  _compile_using_nvrtc_no_warning in 14): an unannotated function is
+#                  __device__. NVRTC only; ours are all annotated.
+FLUSH_DENORMALS = "-ftz=true"
+CUPY_NVRTC_OPTIONS = (FLUSH_DENORMALS, "--device-as-default-execution-space")
+# What NVRTC compiles on a GPU, and so what the offline checks compile (nvcc_check.py,
+# nvrtc_check.py): nvcc takes the flush, and has no execution-space option.
+NVRTC_OPTIONS = (*COMPILE_OPTIONS, *CUPY_NVRTC_OPTIONS)
+NVCC_OPTIONS = (*COMPILE_OPTIONS, FLUSH_DENORMALS)
 
 Dim3 = tuple[int, int, int]
 
@@ -66,6 +88,22 @@ def elementwise(n: int) -> Geometry:
     _positive(n=n)
     blocks = min(-(-n // ELEMENTWISE_THREADS), MAX_ELEMENTWISE_BLOCKS)
     return Geometry((blocks, 1, 1), (ELEMENTWISE_THREADS, 1, 1))
+
+
+def across_the_device(items: int, multiprocessors: int) -> Geometry:
+    """Grid-stride kernels sized to the device, not to the problem: the same number of blocks
+    on every multiprocessor, as many as ``items`` need (one per ELEMENTWISE_THREADS items) up
+    to one wave of resident blocks (BLOCKS_PER_MULTIPROCESSOR each); beyond that each thread
+    loops. The few blocks past the last item exit at once."""
+    _positive(items=items, multiprocessors=multiprocessors)
+    needed = -(-items // ELEMENTWISE_THREADS)
+    per_multiprocessor = min(-(-needed // multiprocessors), BLOCKS_PER_MULTIPROCESSOR)
+    return Geometry((multiprocessors * per_multiprocessor, 1, 1), (ELEMENTWISE_THREADS, 1, 1))
+
+
+def single_thread() -> Geometry:
+    """A kernel whose work is one value (adam_bias_corrections)."""
+    return Geometry((1, 1, 1), (1, 1, 1))
 
 
 def one_thread_per_row(rows: int) -> Geometry:

@@ -4,9 +4,9 @@ that no test can run without a GPU.
     python -m kernels.cupy_gpu.nvcc_check [--nvcc PATH] [--arch sm_80 --arch sm_90]
                                           [--allow-missing] [SOURCE ...]
 
-Each source is compiled for every architecture with the launcher's options (``COMPILE_OPTIONS``
-in launch.py, the same ones NVRTC gets at run time), warnings as errors, and ptxas's resource
-report (registers, shared memory per kernel) printed. Objects go to a temporary directory.
+Each source is compiled for every architecture with the options NVRTC gets at run time
+(``NVCC_OPTIONS`` in launch.py: the launcher's, and CuPy's -ftz=true), warnings as errors, and
+ptxas's resource report (registers, shared memory per kernel) printed. Objects go to a temporary directory.
 Exit status: 0 all compiled, 1 a source failed (or none found), 2 nvcc not found (0 with
 ``--allow-missing``).
 """
@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .launch import COMPILE_OPTIONS
+from .launch import NVCC_OPTIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ARCHS = ("sm_80", "sm_90")  # A100, H100
@@ -59,7 +59,7 @@ def nvcc_command(source: Path | str, arch_list=DEFAULT_ARCHS, output: Path | str
     for arch in arch_list:
         number = _checked_arch(arch).removeprefix("sm_")
         command += ["-gencode", f"arch=compute_{number},code=sm_{number}"]
-    command += [*COMPILE_OPTIONS, "-Werror", "all-warnings", "--resource-usage"]
+    command += [*NVCC_OPTIONS, "-Werror", "all-warnings", "--resource-usage"]
     # An object, not -cubin: nvcc refuses -cubin with more than one -gencode.
     command += ["-c", "-o", str(output if output is not None else "/dev/null"), str(source)]
     return command

@@ -1,5 +1,6 @@
 """Compile the kernels exactly as the backend does at run time — the same source text (the
-header pasted in), the same options, NVRTC — on a machine without a GPU. NVRTC needs no
+header pasted in), the same options with those CuPy adds (``NVRTC_OPTIONS``), NVRTC — on a
+machine without a GPU. NVRTC needs no
 device: its library alone (the ``nvidia-cuda-nvrtc`` wheel, or a CUDA toolkit's) compiles to
 PTX, so the test suite checks what nvcc's compile of the files on disk cannot: that the
 runtime source is self-contained and NVRTC accepts it without a warning.
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .executors import kernel_source
-from .launch import COMPILE_OPTIONS
+from .launch import NVRTC_OPTIONS
 
 
 def find_nvrtc() -> Path | None:
@@ -52,7 +53,8 @@ class NvrtcResult:
 
 def compile_with_nvrtc(library: Path, arch: str, source: str | None = None) -> NvrtcResult:
     """Compile ``source`` (default: the runtime kernel source) to PTX for ``arch``
-    ("compute_80") with the backend's options."""
+    ("compute_80") with the options it gets on a GPU. (CuPy asks for a cubin of the device's
+    sm_XX; PTX of compute_XX lists every entry, and the options are the same.)"""
     lib = ctypes.CDLL(str(library))
     text = (source if source is not None else kernel_source()).encode()
     program = ctypes.c_void_p()
@@ -61,7 +63,7 @@ def compile_with_nvrtc(library: Path, arch: str, source: str | None = None) -> N
     if status != 0:
         return NvrtcResult(arch, status, "nvrtcCreateProgram failed", "")
     try:
-        options = [o.encode() for o in COMPILE_OPTIONS] + [f"--gpu-architecture={arch}".encode()]
+        options = [o.encode() for o in NVRTC_OPTIONS] + [f"--gpu-architecture={arch}".encode()]
         status = lib.nvrtcCompileProgram(program, len(options),
                                          (ctypes.c_char_p * len(options))(*options))
         size = ctypes.c_size_t()

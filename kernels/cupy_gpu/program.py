@@ -26,6 +26,7 @@ from .gemm import GemmCall, plan_gemm
 
 ADAM_BETAS = (0.9, 0.999)  # PyTorch's defaults, as in the reference
 ADAM_EPS = 1e-8
+ADAM_KERNELS = ("adam_bias_corrections", "adam")  # Adam's launches, in order
 
 
 # -- kernel arguments: typed, because a RawKernel passes a Python float as a C double ----------
@@ -125,6 +126,7 @@ def workspace_shapes(config: VAEConfig, batch: int) -> dict[str, tuple[tuple[int
         "dech": ((b, h), f), "logits": ((b, d), f), "dlogits": ((b, d), f),
         "d_dech": ((b, h), f), "dz": ((b, z), f), "dheads": ((b, 2 * z), f),
         "dh": ((b, h), f), "bce": ((b,), f), "kl": ((b,), f), "loss": ((3,), np.float64),
+        "adam_corrections": ((2,), f),  # this step's -lr / (1 - beta1^t), sqrt(1 - beta2^t)
     }
 
 
@@ -203,16 +205,24 @@ def backward_ops(config: VAEConfig, layout: Layout, batch: int) -> list[Op]:
     return q.ops
 
 
-def adam_op(config: VAEConfig, layout: Layout) -> Launch:
-    """Adam over the whole flat buffer (padding included: its gradient is always zero)."""
-    return Launch("adam", launch.elementwise(layout.size),
-                  (Buf("params"), Buf("grads"), Buf("m"), Buf("v"), i32(layout.size),
-                   f64(config.lr), f64(ADAM_BETAS[0]), f64(ADAM_BETAS[1]), f32(ADAM_EPS),
-                   Buf("step")))
+def adam_ops(config: VAEConfig, layout: Layout, multiprocessors: int) -> list[Launch]:
+    """Adam over the whole flat buffer (padding included: its gradient is always zero): the
+    step's bias corrections by one thread, then the update on a grid sized to the device
+    (``multiprocessors``), four parameters per iteration."""
+    beta1, beta2 = ADAM_BETAS
+    return [
+        Launch("adam_bias_corrections", launch.single_thread(),
+               (Buf("step"), f64(config.lr), f64(beta1), f64(beta2), Buf("adam_corrections"))),
+        Launch("adam", launch.across_the_device(-(-layout.size // 4), multiprocessors),
+               (Buf("params"), Buf("grads"), Buf("m"), Buf("v"), i32(layout.size),
+                f32(1.0 - beta1), f32(beta2), f32(1.0 - beta2), f32(ADAM_EPS),
+                Buf("adam_corrections"))),
+    ]
 
 
 def train_step_ops(config: VAEConfig, layout: Layout, batch: int, *,
-                   generate_noise: bool, epoch_stride: int | None = None) -> list[Op]:
+                   generate_noise: bool, multiprocessors: int,
+                   epoch_stride: int | None = None) -> list[Op]:
     """The whole step: gather the batch (advancing the step counter), forward, backward, Adam,
     and the batch's mean loss terms. Everything that changes from step to step (indices, the
     step number, noise) is read from device memory, so one capture replays.
@@ -221,7 +231,7 @@ def train_step_ops(config: VAEConfig, layout: Layout, batch: int, *,
     ``epoch_stride`` (the epoch's full batch size) the step takes batch ``*cursor`` of the
     device-side permutation ``order`` and writes its losses to row ``*cursor`` of ``history``,
     then advances ``cursor``: a whole epoch is the same graph replayed, with no copy between
-    steps."""
+    steps. ``multiprocessors`` (the device's) sizes Adam's grid."""
     d = config.input_dim
     if epoch_stride is None:
         indices, cursor, stride, losses = Buf("indices"), Null(), 0, Buf("loss")
@@ -236,7 +246,7 @@ def train_step_ops(config: VAEConfig, layout: Layout, batch: int, *,
     return [gather,
             *forward_ops(config, layout, batch, generate_noise=generate_noise),
             *backward_ops(config, layout, batch),
-            adam_op(config, layout),
+            *adam_ops(config, layout, multiprocessors),
             batch_loss]
 
 

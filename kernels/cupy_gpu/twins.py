@@ -121,14 +121,28 @@ def reparameterize_kl_backward(g: Geometry, heads, eps, stdev, dz, beta_over_bat
 _TINY = np.float32(1.17549435e-38)
 
 
-def adam(g: Geometry, params, grads, m, v, n, lr, beta1, beta2, eps, step):
-    t = float(_need("step", step, 1, np.uint32)[0])
-    neg_step_size = np.float32(-lr / (1.0 - beta1**t))
-    c2 = np.float32(np.sqrt(1.0 - beta2**t))
+def adam_bias_corrections(g: Geometry, step, lr, beta1, beta2, corrections):
+    t = max(int(_need("step", step, 1, np.uint32)[0]), 1)  # as the kernel: never step 0
+    out = _need("corrections", corrections, 2)
+    out[0] = np.float32(-lr / (1.0 - beta1**t))
+    out[1] = np.float32(np.sqrt(1.0 - beta2**t))
+
+
+def _aligned(name: str, buffer: np.ndarray, alignment: int) -> None:
+    if buffer.ctypes.data % alignment:
+        raise LaunchError(f"{name}: address {buffer.ctypes.data:#x} is not {alignment}-byte "
+                          f"aligned; the kernel's vector loads need it")
+
+
+def adam(g: Geometry, params, grads, m, v, n, one_minus_beta1, beta2, one_minus_beta2, eps,
+         corrections):
+    neg_step_size, c2 = _need("corrections", corrections, 2)
     p, gr = _need("params", params, n), _need("grads", grads, n)
     mv, vv = _need("m", m, n), _need("v", v, n)
-    mv += np.float32(1.0 - beta1) * (gr - mv)
-    vv[...] = np.float32(beta2) * vv + np.float32(1.0 - beta2) * gr * gr
+    for name, buffer in (("params", p), ("grads", gr), ("m", mv), ("v", vv)):
+        _aligned(name, buffer, 16)
+    mv += one_minus_beta1 * (gr - mv)
+    vv[...] = beta2 * vv + one_minus_beta2 * gr * gr
     mv[np.abs(mv) < _TINY] = 0
     vv[vv < _TINY] = 0
     p += neg_step_size * (mv / (np.sqrt(vv) / c2 + eps))
@@ -152,4 +166,5 @@ def empty_kernel(g: Geometry):
 
 KERNELS = {f.__name__: f for f in (
     gather_rows, bias_relu, reparameterize_kl, sigmoid_bce, relu_backward_bias_grad,
-    column_sum, reparameterize_kl_backward, adam, batch_loss, empty_kernel)}
+    column_sum, reparameterize_kl_backward, adam_bias_corrections, adam, batch_loss,
+    empty_kernel)}

@@ -5,6 +5,19 @@
 // Matrices are row-major float32; "rows" is the batch. Block sizes are compile-time constants
 // set by the launcher (kernels/cupy_gpu/launch.py passes them as -D options), so the launcher
 // and the kernels cannot disagree about them. Launch geometry per kernel is documented there.
+//
+// Denormals: CuPy compiles every kernel with -ftz=true (launch.py, CUPY_NVRTC_OPTIONS), so on
+// the device a float32 denormal, as an input or a result, is zero; doubles are untouched. The
+// host build of this file (tests/cuda_on_host.py) and the NumPy twins keep denormals. Where it
+// matters:
+//   - adam: a dead unit's second moment decays through the denormals, step after step. The
+//     device flushes it; the explicit flush there makes the host build, the twins and the
+//     Numba backend do the same, so all agree bit for bit on the moments. On the device it is
+//     redundant.
+//   - bce_with_logits, reparameterize_kl: expf underflows into the denormals (|logit| > 87,
+//     log-variance < -175) and the device then gives 0 where the host gives < 1.2e-38: a
+//     difference below every tolerance, and one that does not build up.
+//   - batch_loss sums in double: no flush.
 #include "device_math.cuh"
 
 #if !defined(ROW_THREADS) || !defined(COL_TILE) || !defined(ROW_GROUPS) || !defined(LOSS_THREADS)
@@ -178,29 +191,69 @@ extern "C" __global__ void reparameterize_kl_backward(const float* __restrict__ 
     }
 }
 
-// PyTorch's Adam (default single-tensor form) over the whole flat parameter buffer in one
-// launch. The step number is read from device memory, so a captured graph stays correct when
-// replayed. Moments below the smallest normal float are flushed to zero, as in the Numba
-// backend (a dead unit's moment otherwise decays through denormals).
-extern "C" __global__ void adam(float* __restrict__ params, const float* __restrict__ grads,
-                                float* __restrict__ m, float* __restrict__ v, int n, double lr,
-                                double beta1, double beta2, float eps,
-                                const unsigned int* __restrict__ step) {
+// Adam's bias corrections for the step being taken, computed once per step by one thread
+// (not by each of the Adam kernel's threads): corrections[0] = -lr / (1 - beta1^t) and
+// corrections[1] = sqrt(1 - beta2^t), in double, rounded to float. t is the device step
+// counter (gather_rows advanced it earlier in the step), so a replayed graph stays correct.
+// t is at least 1: before any step (t = 0; Adam timed alone on a fresh state) 1 - beta^0 = 0
+// would make the step infinite and every weight NaN.
+extern "C" __global__ void adam_bias_corrections(const unsigned int* __restrict__ step,
+                                                 double lr, double beta1, double beta2,
+                                                 float* __restrict__ corrections) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    double t = (double)(*step > 1u ? *step : 1u);
+    corrections[0] = (float)(-lr / (1.0 - pow(beta1, t)));
+    corrections[1] = (float)sqrt(1.0 - pow(beta2, t));
+}
+
+struct AdamStep {
+    float one_minus_beta1, beta2, one_minus_beta2, eps;
+    float neg_step_size, bias_correction2_sqrt;  // adam_bias_corrections' output
+};
+
+// One parameter's update, PyTorch's Adam (default single-tensor form). Moments below the
+// smallest normal float are flushed to zero, as in the Numba backend: redundant on the device
+// (-ftz=true), needed for the host build and the twins to agree with it (top of this file).
+__device__ __forceinline__ void adam_update(float g, float& p, float& m, float& v,
+                                            const AdamStep& s) {
     const float tiny = 1.17549435e-38f;
-    double t = (double)*step;
-    float neg_step_size = (float)(-lr / (1.0 - pow(beta1, t)));
-    float bias_correction2_sqrt = (float)sqrt(1.0 - pow(beta2, t));
-    float one_minus_b1 = (float)(1.0 - beta1), b2 = (float)beta2, one_minus_b2 = (float)(1.0 - beta2);
-    GRID_STRIDE(i, (long long)n) {
-        float g = grads[i];
-        float mi = m[i] + one_minus_b1 * (g - m[i]);  // torch's lerp(m, g, 1 - beta1)
-        float vi = b2 * v[i] + one_minus_b2 * g * g;
-        mi = fabsf(mi) >= tiny ? mi : 0.0f;
-        vi = vi >= tiny ? vi : 0.0f;
-        m[i] = mi;
-        v[i] = vi;
-        params[i] += neg_step_size * (mi / (sqrtf(vi) / bias_correction2_sqrt + eps));
+    float mi = m + s.one_minus_beta1 * (g - m);  // torch's lerp(m, g, 1 - beta1)
+    float vi = s.beta2 * v + s.one_minus_beta2 * g * g;
+    mi = fabsf(mi) >= tiny ? mi : 0.0f;
+    vi = vi >= tiny ? vi : 0.0f;
+    m = mi;
+    v = vi;
+    p += s.neg_step_size * (mi / (sqrtf(vi) / s.bias_correction2_sqrt + s.eps));
+}
+
+// Adam over the whole flat parameter buffer in one launch, four parameters per iteration with
+// 16-byte loads and stores (the flat buffers are 256-byte aligned: cudaMalloc's alignment), on
+// a grid sized to the device rather than to the ~835k parameters (launch.across_the_device):
+// each thread strides over the buffer. A memory-bound pass: 16 bytes read and 12 written per
+// parameter. The last n % 4 parameters are done one per thread.
+extern "C" __global__ void adam(float* __restrict__ params, const float* __restrict__ grads,
+                                float* __restrict__ m, float* __restrict__ v, int n,
+                                float one_minus_beta1, float beta2, float one_minus_beta2,
+                                float eps, const float* __restrict__ corrections) {
+    const AdamStep s = {one_minus_beta1, beta2, one_minus_beta2, eps, corrections[0],
+                        corrections[1]};
+    float4* p4 = reinterpret_cast<float4*>(params);
+    const float4* g4 = reinterpret_cast<const float4*>(grads);
+    float4* m4 = reinterpret_cast<float4*>(m);
+    float4* v4 = reinterpret_cast<float4*>(v);
+    const long long quads = n / 4;
+    GRID_STRIDE(i, quads) {
+        float4 p = p4[i], g = g4[i], mi = m4[i], vi = v4[i];
+        adam_update(g.x, p.x, mi.x, vi.x, s);
+        adam_update(g.y, p.y, mi.y, vi.y, s);
+        adam_update(g.z, p.z, mi.z, vi.z, s);
+        adam_update(g.w, p.w, mi.w, vi.w, s);
+        p4[i] = p;
+        m4[i] = mi;
+        v4[i] = vi;
     }
+    long long tail = 4 * quads + (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (tail < n) adam_update(grads[tail], params[tail], m[tail], v[tail], s);
 }
 
 // The batch's mean reconstruction, KL and loss (reconstruction + beta KL), summed in double

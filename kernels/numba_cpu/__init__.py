@@ -33,7 +33,7 @@ class NumbaBackend:
         self.compile_seconds: float | None = None
 
     def availability(self) -> Availability:
-        for module in ("numba", "scipy"):
+        for module in ("numba", "scipy", "threadpoolctl"):
             if importlib.util.find_spec(module) is None:
                 return Availability(False, f"{module} is not installed (pip install {module})")
         return Availability(True)
