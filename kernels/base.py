@@ -100,3 +100,57 @@ class Backend(Protocol):
 
     def settings(self) -> dict:
         """What a results table must record about this backend (threads, options...)."""
+
+
+# ---- optional capabilities --------------------------------------------------------------
+# A backend may offer more than the interface above. Each extra is a protocol of its own, and
+# the harness asks for it by protocol (``isinstance(backend, StageBreakdown)``), never by
+# probing attribute names, so what a backend can do is written down here, in one place.
+
+
+@runtime_checkable
+class EpochRunner(Protocol):
+    """Runs a whole epoch of training steps itself (a GPU backend replays its captured step
+    from a device-side permutation, with no host round trip between steps). The harness's
+    training loop hands it each epoch's order; the batches are the ones step-by-step training
+    would see."""
+
+    def train_epoch(self, data: np.ndarray, order: np.ndarray, batch_size: int) -> np.ndarray:
+        """Adam steps on data[order[0:B]], data[order[B:2B]], ... (the last batch may be
+        shorter), each drawing its own noise; returns each step's (reconstruction, KL, loss)
+        as a (steps, 3) array."""
+
+
+@runtime_checkable
+class StageBreakdown(Protocol):
+    """Says where a training step's time goes, each part timed on its own, interleaved."""
+
+    def stage_times(self, data: np.ndarray, batch: int) -> dict[str, float]:
+        """Median seconds per step of each part ("step", "gemms", "fused kernels", "adam",
+        ... as the backend divides its step); {} where it cannot measure them here. The
+        backend's parameters and optimizer state are as before afterwards."""
+
+
+@runtime_checkable
+class LaunchFloor(Protocol):
+    """A device backend whose step is many small kernels: the floor under its step time set by
+    launch latency alone (a diagnostic: its failure never costs a measurement)."""
+
+    def launch_floor(self, batch: int) -> dict[str, float]:
+        """``nodes`` (kernels in one step), ``seconds_per_node`` (measured cost of one empty
+        node), ``floor_seconds`` (their product), and ``launches`` (the step program's own
+        count, where it differs from the nodes); {} where it cannot measure them here."""
+
+
+@runtime_checkable
+class DeviceInfo(Protocol):
+    """Describes the accelerator a backend computes on (its name, its float32 GEMM peak), so
+    the harness can report a GPU row against that GPU without knowing which library drives
+    it. CPU backends need not offer it: the harness measures the host itself."""
+
+    def device_name(self) -> str:
+        """The device's marketing name, e.g. "NVIDIA H100 80GB HBM3"."""
+
+    def gemm_peak(self) -> tuple[float, str]:
+        """Best GFLOP/s of a large float32 GEMM on the device, exactly as the backend's
+        GEMMs run (TF32 off unless the backend uses it), and how it was measured."""
