@@ -154,3 +154,15 @@ class DeviceInfo(Protocol):
     def gemm_peak(self) -> tuple[float, str]:
         """Best GFLOP/s of a large float32 GEMM on the device, exactly as the backend's
         GEMMs run (TF32 off unless the backend uses it), and how it was measured."""
+
+
+@runtime_checkable
+class MemoryReport(Protocol):
+    """Says how much memory a training step holds at its peak."""
+
+    def peak_memory_bytes(self, data: np.ndarray, batch: int) -> int:
+        """Bytes held at the peak of one training step at ``batch`` on ``data``: parameters,
+        gradients, optimizer state and the step's workspaces (activations kept for the
+        backward, scratch buffers), as the backend measures them (on a GPU, the device
+        allocator's peak over a step). Parameters and optimizer state are as before
+        afterwards."""

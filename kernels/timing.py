@@ -19,3 +19,18 @@ def interleaved_times(parts: dict[str, Callable[[], object]],
             fn()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def best_seconds(run: Callable[[], object], wait: Callable[[], object],
+                 repeats: int) -> float:
+    """The fastest of ``repeats`` calls of ``run``, each timed until ``wait`` returns (a
+    device synchronization), after one untimed call."""
+    run()
+    wait()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        wait()
+        best = min(best, time.perf_counter() - start)
+    return best

@@ -179,6 +179,21 @@ class JaxBackend:
     def decode(self, z: np.ndarray) -> np.ndarray:
         return decode_on_host(self.params(), z)
 
+    def peak_memory_bytes(self, data: np.ndarray, batch: int) -> int:
+        """XLA's own account of the compiled training step (its buffer assignment, read from
+        the executable, not run): arguments plus outputs, less what donation lets them share,
+        plus temporaries; less the resident data set, which every step reads but no step
+        holds for itself."""
+        data_device = self._resident(data)
+        indices = self._indices(np.arange(batch) % len(data), len(data))
+        eps = np.zeros((batch, self.config.latent_dim), np.float32)
+        scalars = self._step.step_scalars(self.config.beta, self.config.lr, 1)
+        stats = self._compiled("train", self._state, data_device, indices, eps,
+                               scalars).memory_analysis()
+        held = (stats.argument_size_in_bytes + stats.output_size_in_bytes
+                - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+        return int(held - data_device.nbytes)
+
     def synchronize(self) -> None:
         """Wait for every dispatched step (each depends on the one before)."""
         self._jax.block_until_ready(self._state)

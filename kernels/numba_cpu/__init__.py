@@ -196,6 +196,13 @@ class NumbaBackend:
                 "fused kernels": max(median["forward+backward"] - median["gemms"], 0.0),
                 "adam": median["adam"], "gather": median["gather"]}
 
+    def peak_memory_bytes(self, data: np.ndarray, batch: int) -> int:
+        """Exactly what a step holds: the four flat buffers (parameters, gradients, Adam's two
+        moments) and the batch's workspace, all made before the first step; the compiled
+        step allocates nothing (a test counts Numba's allocations over a step)."""
+        return sum(a.nbytes for a in (self.flat, self.grads, self.m, self.v,
+                                      *self._workspace(batch)))
+
     def synchronize(self) -> None:
         """CPU work is done when the call returns."""
 

@@ -9,6 +9,14 @@ the fused Adam ("torch-compile"). With ``device="cuda"`` the same run on a GPU (
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import platform
+import sys
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +27,7 @@ from vae_ref.oracle import INTERMEDIATES, forward_backward
 from vae_ref.params import Params, export_params
 
 from ..base import Availability, BackendFailed, BackendUnavailable, BatchLoss, StepOutputs
-from ..timing import interleaved_times
+from ..timing import best_seconds, interleaved_times
 
 
 def _names(device: str, compile: bool, fused_adam: bool) -> tuple[str, str]:
@@ -250,6 +258,22 @@ class TorchBackend:
             return None  # reading the losses would wait for the device
         return BatchLoss(*losses.tolist())
 
+    @contextmanager
+    def _state_kept(self):
+        """Parameters and optimizer state as they were on entry, whatever runs inside (the
+        diagnostics take steps that must not count as training)."""
+        saved_params = [p.detach().clone() for p in self.model.parameters()]
+        saved_state = {k: {n: (t.clone() if torch.is_tensor(t) else t) for n, t in v.items()}
+                       for k, v in self.optimizer.state.items()}
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, saved in zip(self.model.parameters(), saved_params):
+                    p.copy_(saved)
+            self.optimizer.state.clear()
+            self.optimizer.state.update(saved_state)
+
     def stage_times(self, data: np.ndarray, batch: int, repeats: int = 50) -> dict[str, float]:
         """Median seconds per step of forward + backward and of the optimizer step, measured
         interleaved on the same batch. Parameters are restored afterwards. Eager only: a compiled
@@ -259,9 +283,6 @@ class TorchBackend:
         x_t = self._tensor(data[np.arange(batch) % len(data)])
         eps_t = torch.randn((batch, self.config.latent_dim), generator=self.generator,
                             dtype=self.dtype, device=self.device)
-        saved_params = [p.detach().clone() for p in self.model.parameters()]
-        saved_state = {k: {n: (t.clone() if torch.is_tensor(t) else t) for n, t in v.items()}
-                       for k, v in self.optimizer.state.items()}
 
         def forward_backward():
             self.optimizer.zero_grad(set_to_none=True)
@@ -274,15 +295,49 @@ class TorchBackend:
                 self.synchronize()
             return run
 
-        times = interleaved_times({"forward+backward": timed(forward_backward),
-                                   "adam": timed(self.optimizer.step)}, repeats)
-        result = {name: float(np.median(t)) for name, t in times.items()}
-        with torch.no_grad():
-            for p, saved in zip(self.model.parameters(), saved_params):
-                p.copy_(saved)
-        self.optimizer.state.clear()
-        self.optimizer.state.update(saved_state)
-        return result
+        with self._state_kept():
+            times = interleaved_times({"forward+backward": timed(forward_backward),
+                                       "adam": timed(self.optimizer.step)}, repeats)
+        return {name: float(np.median(t)) for name, t in times.items()}
+
+    def peak_memory_bytes(self, data: np.ndarray, batch: int) -> int:
+        """The peak of one training step. On CUDA, the caching allocator's peak over the step,
+        less the resident data set. On the CPU, where PyTorch keeps no allocator statistics,
+        the peak of its profiler's memory timeline (every tensor the step holds: parameters,
+        gradients, optimizer state, the batch, activations, temporaries)."""
+        indices = np.arange(batch) % len(data)
+        with self._state_kept():
+            self.train_step(data, indices)  # the step's own allocations warmed (and compiled)
+            self.synchronize()
+            if self._cuda:
+                torch.cuda.reset_peak_memory_stats(self.device)
+                self.train_step(data, indices)
+                self.synchronize()
+                resident = 0 if self._data_device is None else (
+                    self._data_device.numel() * self._data_device.element_size())
+                return int(torch.cuda.max_memory_allocated(self.device)) - resident
+            # The least of three: the profiler attributes blocks freed across its start to the
+            # step in which they are freed (seen: +2-3 MB on some steps), never fewer bytes.
+            return min(_profiled_peak_bytes(lambda: self.train_step(data, indices))
+                       for _ in range(3))
+
+    def device_name(self) -> str:
+        if self._cuda:
+            return torch.cuda.get_device_name(self.device)
+        return platform.processor() or platform.machine()
+
+    def gemm_peak(self) -> tuple[float, str]:
+        """Best GFLOP/s of a large float32 torch.mm on this backend's device (TF32 off, as
+        load sets it on CUDA)."""
+        size = 8192 if self._cuda else 2048
+        if self._cuda:
+            torch.backends.cuda.matmul.allow_tf32 = False
+        a = torch.randn(size, size, device=self.device)
+        out = torch.empty_like(a)
+        seconds = best_seconds(lambda: torch.mm(a, a, out=out), self.synchronize,
+                               repeats=10 if self._cuda else 5)
+        via = "torch (cuBLAS), TF32 off" if self._cuda else "torch"
+        return 2 * size**3 / seconds / 1e9, f"{size}x{size} float32 GEMM via {via}"
 
     def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
         self.model.eval()
@@ -315,3 +370,37 @@ class TorchBackend:
             if _cuda_unavailable_reason() is None:
                 result["gpu"] = torch.cuda.get_device_name(self.device)
         return result
+
+
+def _profiled_peak_bytes(step) -> int:
+    """Peak bytes held during ``step()`` by PyTorch's CPU tensors, from the profiler's memory
+    timeline (torch.profiler.profile.export_memory_timeline: every allocation, categorised,
+    over time). It is deprecated in favour of CUDA-only tooling, and nothing else sees CPU
+    tensors' lifetimes, so its FutureWarning is silenced here."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                                     record_shapes=True, with_stack=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        path = Path(scratch) / "timeline.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    return int(max(sum(row) for row in sizes)) if sizes else 0
+
+
+@contextmanager
+def _stderr_silenced():
+    """File descriptor 2 sent to /dev/null for the block: the profiler's C++ side (kineto)
+    prints its start and stop to it unconditionally, which would tear the harness's output.
+    Python exceptions still propagate."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
