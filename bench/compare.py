@@ -3,7 +3,7 @@ agreeing with the reference? Exit status 1 on a regression beyond the gate, 0 ot
 2 on unusable input.
 
 Throughput is compared as each backend's speed-up over PyTorch eager *measured in the same
-run* on the same device (``bench.baselines``: torch on the CPU, torch-cuda on a GPU), the
+run* on the same device (``bench.tables``: torch on the CPU, torch-cuda on a GPU), the
 ratio the harness's interleaving makes trustworthy, not as raw samples/s: two runs of the same
 code minutes apart on this 2-core VM moved raw medians by up to 26% (every backend at one
 latent size at once), while same-run speed-ups moved far less. The yardstick rows are
@@ -29,11 +29,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import baselines
-from .run import ADDED_COLUMNS, RESULT_COLUMNS
+from . import tables
+from .tables import ADDED_COLUMNS, KEYS, RESULT_COLUMNS, TEXT_COLUMNS
 
-KEYS = ["backend", "latent_dim", "batch_size"]
-TEXT_COLUMNS = ("backend", "device", "agreement", "dataset", "note")  # the rest are numbers
 GATED = (("samples_per_s", "samples/s"), ("final_test_elbo", "test ELBO"))
 DEFAULT_FAIL_THROUGHPUT = 0.25
 DEFAULT_FAIL_ELBO = 1.0
@@ -139,7 +137,7 @@ def _same_key(table: pd.DataFrame, row) -> pd.Series:
 
 
 @dataclass
-class Comparison:
+class RunComparison:
     table: pd.DataFrame  # one row per key, sorted worst first
     regressions: list[str]
 
@@ -148,18 +146,18 @@ def _finite(value: float) -> bool:
     return isinstance(value, float | int) and math.isfinite(value)
 
 
-def compare(old: Results, new: Results, *, fail_throughput: float, fail_elbo: float,
-            absolute: bool = False, allow_removed: bool = False) -> Comparison:
+def compare_runs(old: Results, new: Results, *, fail_throughput: float, fail_elbo: float,
+            absolute: bool = False, allow_removed: bool = False) -> RunComparison:
     regressions = [f"{side} {r.source}: {r.cut_short}; the rows after it are missing"
                    for side, r in (("OLD", old), ("NEW", new)) if r.cut_short]
-    old_table = old.table.assign(speedup=baselines.speedup(old.table))
-    new_table = new.table.assign(speedup=baselines.speedup(new.table))
+    old_table = old.table.assign(speedup=tables.speedup(old.table))
+    new_table = new.table.assign(speedup=tables.speedup(new.table))
     merged = old_table.merge(new_table, on=KEYS, how="outer", suffixes=("_old", "_new"),
                              indicator="presence")
     merged["raw_ratio"] = merged.samples_per_s_new / merged.samples_per_s_old
     relative = merged.speedup_new / merged.speedup_old
     # Gate on the same-run speed-up where both runs have the eager PyTorch yardstick.
-    gated_speedup = ~baselines.is_baseline(merged)
+    gated_speedup = ~tables.is_yardstick(merged)
     merged["throughput_ratio"] = merged.raw_ratio if absolute else relative.where(
         relative.notna() & gated_speedup)
     merged["elbo_change"] = merged.final_test_elbo_new - merged.final_test_elbo_old
@@ -181,7 +179,7 @@ def compare(old: Results, new: Results, *, fail_throughput: float, fail_elbo: fl
         if (not absolute and speedup_gated and _finite(r.speedup_old)
                 and not _finite(r.speedup_new) and _finite(r.samples_per_s_new)
                 and r.samples_per_s_new > 0):
-            yardstick = baselines.BASELINE.get(r.device_new, "the eager PyTorch")
+            yardstick = tables.YARDSTICK.get(r.device_new, "the eager PyTorch")
             regressions.append(
                 f"{key}: no speed-up in NEW: its {yardstick} row at z={r.latent_dim} "
                 f"batch={r.batch_size} (the yardstick) is missing or untimed; keep it in the "
@@ -201,17 +199,17 @@ def compare(old: Results, new: Results, *, fail_throughput: float, fail_elbo: fl
     merged["change"] = merged["presence"].astype(str).map(
         {"both": "", "left_only": "removed", "right_only": "added"})
     merged = merged.sort_values(["throughput_ratio", "elbo_change"], na_position="last")
-    return Comparison(merged, regressions)
+    return RunComparison(merged, regressions)
 
 
-def format_table(result: Comparison) -> str:
+def format_table(result: RunComparison) -> str:
     lines = [f"{'backend':<18} {'z':>3} {'batch':>5} {'samples/s old':>13} {'new':>10} "
              f"{'raw':>5} {'speed-up old':>12} {'new':>6} {'gated':>6} "
              f"{'test ELBO old':>13} {'new':>9} {'change':>7} {'agreement':>16}"]
-    for r in result.table.itertuples():
-        def num(v, spec):
-            return "—" if v != v else format(v, spec)
+    def num(v, spec):
+        return tables.fmt(v, spec, nan=tables.NOT_COMPUTED)
 
+    for r in result.table.itertuples():
         agreement = f"{r.agreement_old}->{r.agreement_new}" if r.change == "" else r.change
         lines.append(
             f"{r.backend:<18} {r.latent_dim:>3} {r.batch_size:>5} "

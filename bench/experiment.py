@@ -1,8 +1,11 @@
 """The report's experiment: the VAE at several latent sizes and the AE, trained on one dataset,
 with the ELBO table, the per-epoch curves and the figures written to a results directory.
 
-Each finished model is saved (``models/<name>.json`` and ``.npz``) as soon as it finishes, so
-an interrupted run keeps what it finished, and a re-run skips it unless ``force``.
+The stages of ``pipeline.py`` per model (train, evaluate), then the tables and figures. Each
+finished model is a unit of the results store (``store.py``: its record and its weights),
+saved as soon as it finishes, so an interrupted run keeps what it finished; a re-run reuses
+a model made with the same settings and data and refuses one made otherwise, unless
+``force`` retrains it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import json
 import math
 import statistics
 import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,56 +23,16 @@ import pandas as pd
 import torch
 
 from kernels import create_backend
-from vae_ref import (
-    AE,
-    VAE,
-    VAEConfig,
-    build_model,
-    export_params,
-    import_params,
-    importance_weighted_log_likelihood,
-    load_params,
-    save_params,
-    train,
-)
+from vae_ref import AE, VAE, VAEConfig, build_model, export_params, import_params
 from vae_ref.atomic import atomic_write_text
+from vae_ref.config import DEFAULT_LATENTS
 from vae_ref.data import Dataset
-from vae_ref.train import fixed_test_set
 
-from . import figures, provenance
+from . import figures, pipeline, provenance, tables
 from .results_dir import claim
-from .training import train_backend
+from .store import ResultsStore, StoreError
 
-TABLE_COLUMNS = (
-    "model",
-    "backend",
-    "latent_dim",
-    "beta",
-    "final_train_elbo",
-    "average_train_elbo",
-    "final_test_elbo",
-    "test_iwae",
-    "iwae_k",
-    "epochs",
-    "train_seconds",
-    "seconds_per_epoch",
-    "dataset",
-    "seed",
-)
-CURVE_COLUMNS = (
-    "dataset",
-    "name",
-    "model",
-    "latent_dim",
-    "epoch",
-    "train_elbo",
-    "train_reconstruction",
-    "train_kl",
-    "test_elbo",
-    "test_reconstruction",
-    "test_kl",
-    "seconds",
-)
+REFERENCE = "torch"  # the backend that is the reference itself; the AE exists only there
 
 
 class ExperimentError(RuntimeError):
@@ -82,7 +44,7 @@ class ExperimentSpec:
     """What to train; every model of the experiment shares all but its latent size."""
 
     dataset: str  # name of the dataset (recorded in every output)
-    latents: tuple[int, ...] = (2, 10, 20, 50)  # latent sizes of the VAEs
+    latents: tuple[int, ...] = DEFAULT_LATENTS  # latent sizes of the VAEs
     ae_latents: tuple[int, ...] = (20,)  # latent sizes of the vanilla AEs (may be empty)
     epochs: int = 50
     beta: float = 1.0  # KL weight of the VAEs (beta-VAE when != 1)
@@ -91,8 +53,9 @@ class ExperimentSpec:
     lr: float = 3e-4
     seed: int = 0
     iwae_k: int = 100  # importance samples for the test log-likelihood; 0 skips it
-    backend: str = "torch"  # who trains the VAEs ("torch" = the reference's own loop)
+    backend: str = REFERENCE  # who trains the VAEs
     threads: int | None = None  # backend threads (None: all cores); recorded in provenance
+    hidden_dim: int = 512  # width of the hidden layers (the report's 512)
 
     def __post_init__(self) -> None:
         if not self.latents and not self.ae_latents:
@@ -109,17 +72,23 @@ class ExperimentSpec:
             raise ExperimentError(f"the learning rate must be a finite number > 0, got {self.lr}")
 
     def configs(self) -> list[VAEConfig]:
-        common = dict(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                      seed=self.seed, binarize=self.binarize)
+        common = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                  "seed": self.seed, "binarize": self.binarize, "hidden_dim": self.hidden_dim}
         vaes = [VAEConfig(latent_dim=z, beta=self.beta, **common) for z in self.latents]
         aes = [VAEConfig(latent_dim=z, model="ae", **common) for z in self.ae_latents]
         return vaes + aes
 
+    def trainer(self, config: VAEConfig) -> str:
+        """Who trains this model: the chosen backend for the VAEs, the reference for the AE."""
+        return self.backend if config.model == "vae" else REFERENCE
+
 
 def default_out_dir(spec: ExperimentSpec, root: Path = Path("results")) -> Path:
     name = f"experiment-{spec.dataset}-{spec.epochs}ep"
-    if spec.backend != "torch":
+    if spec.backend != REFERENCE:
         name += f"-{spec.backend}"
+    if spec.hidden_dim != 512:
+        name += f"-h{spec.hidden_dim}"
     if spec.binarize:
         name += "-binarized"
     if spec.beta != 1.0:
@@ -136,111 +105,59 @@ class FinishedModel:
     trained: dict  # provenance of the training run (commit, host, time): models may be reused
 
 
-def _record_paths(out: Path, config: VAEConfig) -> tuple[Path, Path]:
-    return out / "models" / f"{config.name}.json", out / "models" / f"{config.name}.npz"
+def _identity(config: VAEConfig, spec: ExperimentSpec, data: Dataset) -> dict:
+    """What a finished model must have been made with to be reused (the store's rule)."""
+    return {"config": config.to_dict(), "backend": spec.trainer(config), "dataset": data.name,
+            "data_sha256": data.fingerprint}
 
 
-# The first line of a Git LFS pointer file (https://git-lfs.com/spec/v1), found in place of
-# the weights when a clone has not fetched the LFS objects.
-_LFS_POINTER = b"version https://git-lfs"
-
-
-def _load_finished(out: Path, config: VAEConfig, data: Dataset,
-                   backend: str) -> FinishedModel | None:
-    """The saved result for ``config`` if the directory holds one trained exactly so: the same
-    settings, backend and data (by content). Anything else there is refused, with what to do."""
-    record_path, params_path = _record_paths(out, config)
-    if not (record_path.exists() and params_path.exists()):
-        return None
-    retrain = "delete it to retrain that model, or pass --force to retrain every model"
+def _load_finished(store: ResultsStore, config: VAEConfig, spec: ExperimentSpec,
+                   data: Dataset) -> FinishedModel | None:
+    """The saved model for ``config`` if the store holds one made exactly so."""
     try:
-        record = json.loads(record_path.read_text())
-        summary, history, trained = record["summary"], record["history"], record["provenance"]
-        if not isinstance(summary, dict):
-            raise TypeError("summary is not an object")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
-        raise ExperimentError(f"{record_path} is damaged ({type(error).__name__}: {error}); "
-                              f"{retrain}") from None
-    summary.setdefault("backend", "torch")  # records written before backends existed
-    trained_by = summary["backend"]
-    if (record.get("config") != config.to_dict() or record.get("dataset") != data.name
-            or (config.model == "vae" and trained_by != backend)):
-        raise ExperimentError(
-            f"{record_path} holds {config.name} trained with different settings "
-            f"(backend {trained_by}, dataset {record.get('dataset')!r}, "
-            f"config {record.get('config')}); "
-            "use another --out directory, or --force to retrain and overwrite it"
-        )
-    if record.get("data_sha256") != data.fingerprint:
-        raise ExperimentError(
-            f"{record_path} holds {config.name} trained on other data than {data.describe()} "
-            f"(data sha256 {record.get('data_sha256') or 'not recorded'}, now "
-            f"{data.fingerprint}); use another --out directory, or --force to retrain it")
-    with open(params_path, "rb") as f:
-        head = f.read(len(_LFS_POINTER))
-    if head == _LFS_POINTER:
-        raise ExperimentError(f"{params_path} is a Git LFS pointer, not the weights: fetch "
-                              f"them with `git lfs pull`, or {retrain}")
-    model = build_model(config)
-    try:
-        import_params(model, load_params(params_path))
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
-        raise ExperimentError(f"{params_path} is damaged ({type(error).__name__}: {error}); "
-                              f"{retrain}") from None
-    model.eval()
-    return FinishedModel(config, summary, history, model, trained)
+        record = store.finished(config.name, _identity(config, spec, data))
+        if record is None:
+            return None
+        model = build_model(config)
+        import_params(model, store.arrays(config.name))
+        return FinishedModel(config, record["summary"], record["history"], model.eval(),
+                             record["provenance"])
+    except StoreError as error:
+        raise ExperimentError(str(error)) from None
+    except (KeyError, TypeError, ValueError) as error:
+        raise ExperimentError(f"{store.out / 'cells' / (config.name + '.json')} is damaged "
+                              f"({type(error).__name__}: {error}); delete it to retrain that "
+                              "model, or pass --force to retrain every model") from None
 
 
-def _train_one(
-    config: VAEConfig, spec: ExperimentSpec, data: Dataset, out: Path, progress: bool, log
-) -> FinishedModel:
+def _train_one(config: VAEConfig, spec: ExperimentSpec, data: Dataset, store: ResultsStore,
+               progress: bool, log) -> FinishedModel:
     def report(r) -> None:
         log(f"  {config.name} epoch {r.epoch:3d}/{config.epochs}: train ELBO {r.train_elbo:9.2f}"
             f"  test ELBO {r.test_elbo:9.2f}  ({r.seconds:.2f} s)")
 
-    # The AE exists only in the reference; other backends implement the VAE.
-    backend_name = spec.backend if config.model == "vae" else "torch"
-    if backend_name == "torch":
-        result = train(config, data.train_x, data.test_x, progress=progress, on_epoch=report)
-    else:
-        backend = create_backend(backend_name, threads=spec.threads)
-        result = train_backend(backend, config, data.train_x, data.test_x, progress=progress,
-                               on_epoch=report)
-    model = result.model.eval()
-    iwae = math.nan
-    if config.model == "vae" and spec.iwae_k > 0:
-        started = time.perf_counter()
-        iwae = importance_weighted_log_likelihood(
-            model, fixed_test_set(config, data.test_x), k=spec.iwae_k, seed=config.seed
-        )
-        log(f"  {config.name}: test log p(x) >= {iwae:.2f} (IWAE, k={spec.iwae_k}, "
-            f"{time.perf_counter() - started:.1f} s)")
+    trainer = spec.trainer(config)
+    backend = create_backend(trainer, threads=spec.threads)
+    result = pipeline.train(backend, config, data, progress=progress, on_epoch=report)
+    started = time.perf_counter()
+    scores = pipeline.evaluate(result, data, iwae_k=spec.iwae_k)
+    if scores.iwae_k:
+        log(f"  {config.name}: test log p(x) >= {scores.test_iwae:.2f} (IWAE, "
+            f"k={scores.iwae_k}, {time.perf_counter() - started:.1f} s)")
     summary = {
-        "model": config.model,
-        "backend": backend_name,
-        "latent_dim": config.latent_dim,
+        "model": config.model, "backend": trainer, "latent_dim": config.latent_dim,
+        "hidden_dim": config.hidden_dim,
         "beta": config.beta if config.model == "vae" else math.nan,
-        "final_train_elbo": result.final.train_elbo,
-        "average_train_elbo": result.average_train_elbo,
-        "final_test_elbo": result.final.test_elbo,
-        "test_iwae": iwae,
-        "iwae_k": spec.iwae_k if config.model == "vae" and spec.iwae_k > 0 else 0,
-        "epochs": config.epochs,
-        "train_seconds": result.train_seconds,
+        **{k: v for k, v in scores.columns().items() if k != "epochs"},
+        "epochs": config.epochs, "train_seconds": result.train_seconds,
         "seconds_per_epoch": statistics.median(r.seconds for r in result.history),
-        "dataset": data.name,
-        "seed": config.seed,
+        "dataset": data.name, "seed": config.seed,
     }
     history = [r.to_dict() for r in result.history]
     trained = provenance.collect(data=data)
-    record_path, params_path = _record_paths(out, config)
-    save_params(params_path, export_params(model))
-    # The JSON is written last: its presence marks the model finished.
-    atomic_write_text(record_path, json.dumps({
-        "config": config.to_dict(), "dataset": data.name, "data_sha256": data.fingerprint,
-        "summary": summary, "history": history, "provenance": trained,
-    }, indent=1, allow_nan=True))
-    return FinishedModel(config, summary, history, model, trained)
+    store.save(config.name, {"summary": summary, "history": history, "provenance": trained},
+               _identity(config, spec, data), arrays=export_params(result.model))
+    return FinishedModel(config, summary, history, result.model, trained)
 
 
 def run_experiment(
@@ -261,17 +178,18 @@ def run_experiment(
                               f"training images of {data.name}; give --batch-size up to "
                               f"{len(data.train_x)}")
     with claim(out, "experiment"):
+        store = ResultsStore(out, redo="--force to retrain it", arrays_are="weights")
         log(f"dataset: {data.describe()}")
         log(f"results: {out}")
         finished: list[FinishedModel] = []
         for config in spec.configs():
-            done = None if force else _load_finished(out, config, data, spec.backend)
+            done = None if force else _load_finished(store, config, spec, data)
             if done is not None:
                 log(f"{config.name}: already finished in {out} (use --force to retrain), "
                     "skipping")
             else:
                 log(f"{config.name}: training {config.epochs} epochs on {data.name}")
-                done = _train_one(config, spec, data, out, progress, log)
+                done = _train_one(config, spec, data, store, progress, log)
             finished.append(done)
             # Rewrite the tables after every model: an interruption keeps every finished row.
             table = write_tables(finished, spec, data, out)
@@ -281,11 +199,11 @@ def run_experiment(
 
 def write_tables(finished: list[FinishedModel], spec: ExperimentSpec, data: Dataset,
                  out: Path) -> pd.DataFrame:
-    table = pd.DataFrame([f.summary for f in finished], columns=list(TABLE_COLUMNS))
+    table = pd.DataFrame([f.summary for f in finished], columns=list(tables.TABLE_COLUMNS))
     curves = pd.DataFrame(
         [{"dataset": data.name, "name": f.config.name, "model": f.config.model,
           "latent_dim": f.config.latent_dim, **h} for f in finished for h in f.history],
-        columns=list(CURVE_COLUMNS),
+        columns=list(tables.CURVE_COLUMNS),
     )
     record = provenance.collect(data=data, seed=spec.seed, spec=asdict(spec))
     # Reused models were trained by an earlier invocation: say by which.
@@ -297,43 +215,9 @@ def write_tables(finished: list[FinishedModel], spec: ExperimentSpec, data: Data
     atomic_write_text(out / "table.csv", table.to_csv(index=False))
     atomic_write_text(out / "curves.csv", curves.to_csv(index=False))
     atomic_write_text(out / "provenance.json", json.dumps(record, indent=1))
-    atomic_write_text(out / "table.md", markdown_table(table, spec, data, record))
+    atomic_write_text(out / "table.md",
+                      tables.experiment_table(table, asdict(spec), data.describe(), record))
     return table
-
-
-def markdown_table(table: pd.DataFrame, spec: ExperimentSpec, data: Dataset,
-                   record: dict) -> str:
-    def nats(v: float | None) -> str:
-        # "—" marks a value not computed; a computed NaN is shown as what it is.
-        if v is None:
-            return "—"
-        return "NaN" if math.isnan(v) else f"{v:.2f}"
-
-    lines = [
-        f"# ELBO by latent size — {data.name}",
-        "",
-        f"Dataset: {data.describe()}. {spec.epochs} epochs, batch {spec.batch_size}, "
-        f"Adam lr {spec.lr:g}, seed {spec.seed}"
-        + (f", beta {spec.beta:g}" if spec.beta != 1 else "")
-        + (", dynamically binarized" if spec.binarize else "") + ".",
-        "All values in nats per image (higher is better). ELBO = -(BCE + KL); for the AE the "
-        "columns hold -BCE, a reconstruction score and not a bound on log p(x). "
-        "'test log p(x)' is the importance-weighted bound (Burda et al.) with k samples.",
-        "",
-        "| model | backend | z | final train ELBO | average train ELBO | final test ELBO "
-        "| test log p(x) (k) | epochs | time (s) | s/epoch |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in table.itertuples():
-        iwae = f"{nats(row.test_iwae)} ({row.iwae_k})" if row.iwae_k else "—"
-        lines.append(
-            f"| {row.model.upper()} | {row.backend} | {row.latent_dim} "
-            f"| {nats(row.final_train_elbo)} "
-            f"| {nats(row.average_train_elbo)} | {nats(row.final_test_elbo)} | {iwae} "
-            f"| {row.epochs} | {row.train_seconds:.1f} | {row.seconds_per_epoch:.2f} |"
-        )
-    lines += ["", "## Provenance", "", provenance.as_markdown(record), ""]
-    return "\n".join(lines)
 
 
 # ---- figures -------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The experiment's figures, drawn with matplotlib's object API (no pyplot global state).
+"""The figures of experiments and runs, drawn with matplotlib's object API (no pyplot global
+state).
 
 Every function takes arrays already computed and a path; files are written atomically.
 """
@@ -15,6 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from vae_ref.atomic import atomic_open
+
+from . import tables
 
 SIDE = 28  # images are 28 x 28
 
@@ -127,3 +130,40 @@ def manifold(images: np.ndarray, n: int, path: Path, title: str) -> None:
     fig = Figure(figsize=(6, 6.2))
     _show_grid(fig.add_subplot(), image_grid(images, n, n, gap=0), title)
     save(fig, path)
+
+
+def run_plots(out: Path, table: pd.DataFrame, curves: pd.DataFrame) -> None:
+    """A run's plots: throughput by batch size, speed-up over eager by latent size, the ELBO
+    curves."""
+    timed = table.dropna(subset=["samples_per_s"])
+    if len(timed):
+        fig = Figure(figsize=(7.5, 4.5))
+        ax = fig.add_subplot()
+        for i, (backend, rows) in enumerate(timed.groupby("backend", sort=False)):
+            by_batch = rows.groupby("batch_size").samples_per_s.median()
+            ax.plot(by_batch.index, by_batch.values, marker="o", label=backend, color=f"C{i}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("training samples/s (median over latent sizes)")
+        ax.set_title("Throughput by backend and batch size")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        save(fig, out / "throughput.png")
+
+        timed = timed.assign(speedup=tables.speedup(timed))
+        if timed.speedup.notna().any():
+            fig = Figure(figsize=(7.5, 4.5))
+            ax = fig.add_subplot()
+            for i, (backend, rows) in enumerate(timed.groupby("backend", sort=False)):
+                ratio = rows.dropna(subset=["speedup"]).groupby("latent_dim").speedup.median()
+                ax.plot(ratio.index, ratio.values, marker="o", label=backend, color=f"C{i}")
+            ax.axhline(1.0, color="grey", linewidth=0.8)
+            ax.set_xlabel("latent size z")
+            ax.set_ylabel("speed-up over PyTorch eager (same device)")
+            ax.set_title("Speed-up by latent size")
+            ax.grid(alpha=0.3)
+            ax.legend()
+            save(fig, out / "speedup.png")
+    if len(curves):
+        curves = curves.assign(name=curves.backend + " z" + curves.latent_dim.astype(str))
+        elbo_curves(curves, out / "elbo_curves.png", "this run")

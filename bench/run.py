@@ -1,8 +1,8 @@
-"""The harness: ``vae-bench run``. For each latent size (the unit of work, of resuming and of
-sharding), every backend is checked against the reference (the agreement gate), timed at each
-batch size (interleaved across backends), and trained for the ELBO. Each finished latent size
-is written at once (``cells/z<latent>.json``) and the tables are rebuilt from all cells, so an
-interrupted run loses nothing and resumes where it stopped.
+"""The harness: ``vae-bench run``, the stages of ``pipeline.py`` per latent size (the unit of
+work, of resuming and of sharding): every backend checked against the reference (the gate),
+timed at each batch size (interleaved across backends), and trained for the ELBO. Each stage's
+rows are written the moment it finishes (``store.py``) and the tables rebuilt from all of
+them, so an interrupted run loses nothing and resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -12,36 +12,23 @@ import json
 import math
 import socket
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from kernels import create_backend
-from vae_ref import VAEConfig, importance_weighted_log_likelihood
+from vae_ref import VAEConfig
 from vae_ref.atomic import atomic_write_text
+from vae_ref.config import DEFAULT_LATENTS
 from vae_ref.data import Dataset
-from vae_ref.oracle import build_cases, expectation
-from vae_ref.train import fixed_test_set
 
-from . import provenance
-from .agreement import check
+from . import figures, pipeline, provenance, tables
 from .results_dir import claim
-from .throughput import device_peaks, measure, step_flops
-from .training import train_backend
+from .store import ResultsStore, StoreError
+from .throughput import device_peaks
 
-RESULTS_SCHEMA = 1
-RESULT_COLUMNS = (
-    "backend", "device", "latent_dim", "batch_size", "agreement", "worst_fraction",
-    "samples_per_s", "samples_per_s_min", "samples_per_s_max", "ms_per_step", "gflops",
-    "pct_peak", "launch_floor_ms", "warmup_s", "final_train_elbo", "average_train_elbo",
-    "final_test_elbo", "test_iwae",
-    "iwae_k", "epochs", "dataset", "seed", "note",
-)
-
-
-# Columns added after tables were first committed, with the value older tables imply.
-ADDED_COLUMNS = {"device": "cpu", "launch_floor_ms": math.nan}
+GATE_IMAGES = 1024  # the gate's real images: the data set's first training images
 
 
 class RunError(RuntimeError):
@@ -55,7 +42,7 @@ class RunSpec:
 
     dataset: str
     backends: tuple[str, ...]
-    latents: tuple[int, ...] = (2, 10, 20, 50)
+    latents: tuple[int, ...] = DEFAULT_LATENTS
     batch_sizes: tuple[int, ...] = (128,)  # throughput rows; the first also trains the ELBO
     epochs: int = 5
     repeats: int = 5  # timed windows per backend and batch size
@@ -70,6 +57,7 @@ class RunSpec:
     # empty): the GPU check gates the fused kernels at every size and times one.
     gate_only_latents: tuple[int, ...] = ()
     gate_only_backends: tuple[str, ...] = ()
+    hidden_dim: int = 512  # width of the hidden layers (the report's 512)
 
     def __post_init__(self) -> None:
         if not self.backends or not self.latents or not self.batch_sizes:
@@ -78,6 +66,10 @@ class RunSpec:
                              ("batch sizes", self.batch_sizes)):
             if len(set(values)) != len(values):
                 raise RunError(f"{name} repeat: {values} (each would be run twice)")
+
+    def config(self, latent: int, batch: int) -> VAEConfig:
+        return VAEConfig(latent_dim=latent, hidden_dim=self.hidden_dim, epochs=self.epochs,
+                         seed=self.seed, batch_size=batch)
 
 
 PROFILES = {
@@ -94,6 +86,12 @@ PROFILES = {
                 backends=("torch-cuda", "torch-cuda-compile", "cupy", "cupy-nograph",
                           "cupy-tf32"),
                 batch_sizes=(128, 256, 512, 1024, 2048, 4096)),
+    # How each CPU backend's cost grows with its work: batch 32 to 4096 at z = 20, every
+    # batch size timed interleaved; the ELBO is trained at the usual batch of 128 (first).
+    "scaling": dict(dataset="fashion-mnist", latents=(20,), epochs=5, repeats=5, steps=20,
+                    gate_steps=10, iwae_k=100,
+                    backends=("torch", "torch-fused-adam", "torch-compile", "jax", "numba"),
+                    batch_sizes=(128, 32, 64, 256, 512, 1024, 2048, 4096)),
 }
 
 
@@ -123,29 +121,16 @@ def default_out_dir(root: Path = Path("results")) -> Path:
 
 def environment(data: Dataset, spec: RunSpec) -> dict:
     """env.json: what the numbers depend on besides the code (compared when merging)."""
-    backends = [create_backend(name) for name in spec.backends]
-    peaks = device_peaks({"cpu"} | {b.device for b in backends if b.availability().available})
+    backends = [create_backend(name, threads=spec.threads) for name in spec.backends]
+    peaks = device_peaks(backends)
     record = provenance.collect(data=data)
-    peak, source = peaks["cpu"]
+    peak, source, _ = peaks["cpu"]
     record |= {"gemm_peak_gflops": peak, "gemm_peak_source": source}
     if "cuda" in peaks:
         record |= {"gpu_gemm_peak_gflops": peaks["cuda"][0],
-                   "gpu_gemm_peak_source": peaks["cuda"][1], "gpu": _gpu_name()}
-    record |= {"spec": asdict(spec), "results_schema": RESULTS_SCHEMA}
+                   "gpu_gemm_peak_source": peaks["cuda"][1], "gpu": peaks["cuda"][2]}
+    record |= {"spec": asdict(spec), "results_schema": tables.RESULTS_SCHEMA}
     return record
-
-
-def _gpu_name() -> str:
-    """Through CuPy where it can use the GPU (as the GEMM peak is measured), else torch."""
-    from kernels.cupy_gpu import cuda_availability
-
-    if cuda_availability().available:
-        from kernels.cupy_gpu.executors import gpu_name
-
-        return gpu_name()
-    import torch
-
-    return torch.cuda.get_device_name()
 
 
 def peaks_of(env: dict) -> dict[str, float]:
@@ -166,125 +151,87 @@ def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float
     names = spec.gate_only_backends if gate_only and spec.gate_only_backends else spec.backends
     batch_sizes = spec.batch_sizes[:1] if gate_only else spec.batch_sizes
     backends = [create_backend(name, threads=spec.threads) for name in names]
-    base = {b.name: dict(backend=b.name, device=b.device, latent_dim=latent,
-                         dataset=data.name, seed=spec.seed, note="") for b in backends}
+    base = {b.name: {"backend": b.name, "device": b.device, "latent_dim": latent,
+                     "dataset": data.name, "seed": spec.seed, "note": ""} for b in backends}
+    rows: list[dict] = []
+    curves: list[dict] = []
 
-    # 1. Availability and 2. the agreement gate (the oracle is computed once, shared, when
-    # a backend is there to check).
-    cases = build_cases(data.train_x[:1024], latent, seed=spec.seed, steps=spec.gate_steps)
-    expected = None
-    timed = []
-    for backend in backends:
-        row = base[backend.name]
-        status = backend.availability()
-        if not status.available:
-            row |= {"agreement": "unavailable", "note": status.reason}
-            log(f"z={latent}: {backend.name} unavailable: {status.reason}")
-            continue
-        if expected is None:
-            log(f"z={latent}: float64 oracle for {len(cases)} gate cases")
-            expected = [expectation(c) for c in cases]
-        results = [r for c, e in zip(cases, expected) for r in check(backend, c, e)]
-        worst = max(r.fraction for r in results)
-        failed = [r for r in results if not r.passed]
-        row |= {"agreement": "fail" if failed else "pass", "worst_fraction": worst}
-        if failed:
-            row["note"] = f"{len(failed)} tensors failed, first {failed[0].case} {failed[0].tensor}"
-        log(f"z={latent}: {backend.name} agreement {row['agreement']} "
-            f"(worst {worst:.1%} of tolerance)")
-        if (not failed or spec.force) and not gate_only:
-            timed.append(backend)
-
-    rows = []
-    curves = []
-
-    def checkpoint(done: list[dict]) -> None:
+    def checkpoint() -> None:
         if save is not None:
-            save({"latent": latent, "rows": done, "curves": curves})
+            save({"latent": latent, "rows": rows, "curves": curves})
 
-    checkpoint([dict(base[b.name], batch_size=batch_sizes[0]) for b in backends])
+    # 1. Availability and the agreement gate.
+    pairs = pipeline.gate_cases(data.train_x[:GATE_IMAGES], latent, seed=spec.seed,
+                                steps=spec.gate_steps, hidden=spec.hidden_dim)
+    verdicts = pipeline.gate(backends, pairs, log=lambda msg: log(f"z={latent}: {msg}"))
+    for backend in backends:
+        v = verdicts[backend.name]
+        base[backend.name] |= {"agreement": v.verdict, "worst_fraction": v.worst_fraction,
+                               "note": v.note}
+    timed = [b for b in backends if not gate_only and (
+        verdicts[b.name].verdict == "pass" or spec.force and verdicts[b.name].verdict == "fail")]
+    rows += [dict(base[b.name], batch_size=batch_sizes[0]) for b in backends]
+    checkpoint()
 
-    # 3. Throughput, interleaved across backends, per batch size.
-    flops_config = VAEConfig(latent_dim=latent)
+    # 2. Throughput, interleaved across backends, per batch size.
+    rows.clear()
     for batch in batch_sizes:
         measured = {}
         if timed:
             log(f"z={latent}, batch {batch}: timing {', '.join(b.name for b in timed)}")
-            for m in measure(timed, replace(flops_config, batch_size=batch), data.train_x,
-                             batch=batch, repeats=spec.repeats, steps=spec.steps,
-                             seed=spec.seed, backend_noise=spec.backend_noise):
-                measured[m.backend] = m
+            measured = {m.backend: m for m in pipeline.time(
+                timed, spec.config(latent, batch), data.train_x, batch=batch,
+                repeats=spec.repeats, steps=spec.steps, seed=spec.seed,
+                backend_noise=spec.backend_noise)}
         for backend in backends:
             row = dict(base[backend.name], batch_size=batch)
             m = measured.get(backend.name)
             if m is not None:
-                ms = m.median_ms
-                gflops = step_flops(flops_config, batch) / (ms / 1e3) / 1e9
-                row |= {"samples_per_s": batch / ms * 1e3,
-                        "samples_per_s_min": batch / max(m.ms_per_step) * 1e3,
-                        "samples_per_s_max": batch / min(m.ms_per_step) * 1e3,
-                        "ms_per_step": ms, "gflops": gflops,
-                        "pct_peak": 100 * gflops / peaks.get(m.device, math.nan),
-                        "launch_floor_ms": m.floor_ms, "warmup_s": m.warmup_seconds}
+                row |= m.columns(spec.config(latent, batch), batch,
+                                 peaks.get(m.device, math.nan))
                 failed = [f"{name} failed: {why}" for name, why in m.diagnostic_errors.items()]
                 row["note"] = "; ".join(filter(None, [row["note"], *failed]))
             rows.append(row)
-        checkpoint(rows)
+        checkpoint()
 
-    # 4. ELBO: train each timed backend at the first batch size.
+    # 3. Train each timed backend at the first batch size, and 4. evaluate it.
     train_batch = spec.batch_sizes[0]
     for backend in timed:
-        config = VAEConfig(latent_dim=latent, epochs=spec.epochs, seed=spec.seed,
-                           batch_size=train_batch)
         log(f"z={latent}: training {backend.name} for {spec.epochs} epochs on {data.name}")
-        result = train_backend(backend, config, data.train_x, data.test_x, progress=progress)
-        iwae = importance_weighted_log_likelihood(
-            result.model, fixed_test_set(config, data.test_x), k=spec.iwae_k, seed=spec.seed
-        ) if spec.iwae_k else math.nan
+        result = pipeline.train(backend, spec.config(latent, train_batch), data,
+                                progress=progress)
+        scores = pipeline.evaluate(result, data, iwae_k=spec.iwae_k)
         for row in rows:
             if row["backend"] == backend.name and row["batch_size"] == train_batch:
-                row |= {"final_train_elbo": result.final.train_elbo,
-                        "average_train_elbo": result.average_train_elbo,
-                        "final_test_elbo": result.final.test_elbo, "test_iwae": iwae,
-                        "iwae_k": spec.iwae_k, "epochs": spec.epochs}
+                row |= scores.columns() | {"iwae_k": spec.iwae_k}
         curves += [dict(backend=backend.name, latent_dim=latent, **r.to_dict())
                    for r in result.history]
-        checkpoint(rows)
+        checkpoint()
     return {"latent": latent, "rows": rows, "curves": curves}
 
 
-def _cell_path(out: Path, latent: int, partial: bool = False) -> Path:
-    """A finished latent size's cell; with ``partial``, the one being worked on, rewritten
-    after each stage so that an interrupted run keeps what finished (and redoes the rest)."""
-    return out / "cells" / ("partial" if partial else "") / f"z{latent}.json"
+def _key(latent: int) -> str:
+    return f"z{latent}"
 
 
-def _read_json(path: Path, what: str) -> dict:
-    """A JSON object from ``path``, or RunError saying the file is damaged."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise RunError(f"{path}: cannot read this {what} ({error}); {_REPAIR[what]}") from None
-    if not isinstance(record, dict):
-        raise RunError(f"{path}: not a {what} (a JSON {type(record).__name__}); {_REPAIR[what]}")
-    return record
-
-
-_REPAIR = {
-    "cell": "delete it, then `vae-bench run --resume` with the same flags recomputes that "
-            "latent size",
-    "run environment": "the run directory is damaged: run again into a new --out",
-}
+_DAMAGED_ENV = "the run directory is damaged: run again into a new --out"
 
 
 def read_env(out: Path) -> dict:
     """The run's env.json (RunError if it is missing or damaged)."""
-    if not (out / "env.json").exists():
+    path = out / "env.json"
+    if not path.exists():
         raise RunError(f"{out} is not a run directory (no env.json)")
-    env = _read_json(out / "env.json", "run environment")
+    try:
+        env = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise RunError(f"{path}: cannot read this run environment ({error}); "
+                       f"{_DAMAGED_ENV}") from None
+    if not isinstance(env, dict):
+        raise RunError(f"{path}: not a run environment (a JSON {type(env).__name__}); "
+                       f"{_DAMAGED_ENV}")
     if "spec" not in env or "gemm_peak_gflops" not in env:
-        raise RunError(f"{out / 'env.json'}: not a run environment (no spec or GEMM peak); "
-                       f"{_REPAIR['run environment']}")
+        raise RunError(f"{path}: not a run environment (no spec or GEMM peak); {_DAMAGED_ENV}")
     return env
 
 
@@ -315,99 +262,89 @@ def run(spec: RunSpec, data: Dataset, out: Path, *, shard: tuple[int, int] | Non
     """Run (this shard of) the sweep into ``out``; returns the results table.
 
     ``out`` is held as its one writer (``bench.results_dir``). It counts as holding a run
-    once a stage of a latent size has finished (its rows are written at once, under
-    ``cells/partial/`` until the whole latent size is done): a run that fails before that
-    leaves it as it was. To continue a run (``resume``) the settings and the data (by
-    content) must be the same; an unfinished latent size is redone."""
+    once a stage of a latent size has finished (its rows are written at once, as a partial
+    unit of the store until the whole latent size is done): a run that fails before that
+    leaves it as it was. A run continues (``resume``) only with the same settings and data
+    (by content): the store's rule; an unfinished latent size is redone."""
     latents = shard_latents(spec.latents, shard)
     _check_runnable(spec, data, latents, shard)
+    identity = {"spec": asdict(spec), "data_sha256": data.fingerprint}
     with claim(out, "run"):
-        env_path = out / "env.json"
-        done = {cell["latent"] for cell in load_cells(out)}
+        store = ResultsStore(out, redo="another --out")
         held = bool(load_cells(out, partial=True))
+        if held and not resume:
+            raise RunError(f"{out} already holds a run; pass --resume to continue it, or "
+                           "choose another --out")
         if held:
-            stored = read_env(out)
-            if not resume:
-                raise RunError(f"{out} already holds a run; pass --resume to continue it, or "
-                               "choose another --out")
-            if stored.get("spec") != json.loads(json.dumps(asdict(spec))):
-                raise RunError(f"{out} holds a run with other settings ({stored.get('spec')}); "
-                               "--resume needs the same flags, or choose another --out")
-            if stored.get("data_sha256") != data.fingerprint:
-                raise RunError(
-                    f"{out} holds a run on other data ({stored.get('dataset')}, sha256 "
-                    f"{stored.get('data_sha256') or 'not recorded'}; now {data.describe()}, "
-                    f"sha256 {data.fingerprint}); --resume needs the same data, or choose "
-                    "another --out")
-            env = stored
-        else:
-            # Nothing finished: nothing to resume, whatever an earlier start left.
-            env = environment(data, spec)
-            env["shard"] = list(shard) if shard else None
-            # env.json goes in with the first result (write_cell), not before.
+            env = read_env(out)
+            _check_resumable(out, env, identity, data)
+        else:  # nothing finished: nothing to resume, whatever an earlier start left
+            env = environment(data, spec) | {"shard": list(shard) if shard else None}
         log(f"dataset: {data.describe()}")
         gpu = (f"; GPU {env['gpu']}, GEMM peak {env['gpu_gemm_peak_gflops']:.0f} GFLOP/s"
                if "gpu" in env else "")
         log(f"device: CPU {env['cpu']}, GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s{gpu}; "
             f"results: {out}")
 
-        def write_cell(path: Path, cell: dict) -> None:
+        def save(cell: dict, *, partial: bool) -> None:
             nonlocal held
-            if not held:
-                atomic_write_text(env_path, json.dumps(env, indent=1))
+            if not held:  # env.json goes in with the first result, not before
+                atomic_write_text(out / "env.json", json.dumps(env, indent=1))
                 held = True
-            atomic_write_text(path, json.dumps(cell, indent=1, allow_nan=True))
+            store.save(_key(cell["latent"]), cell, identity, partial=partial)
+            write_outputs(out)  # after every stage: an interruption keeps every finished row
 
         for latent in latents:
-            if latent in done:
+            if store.finished(_key(latent), identity) is not None:
                 log(f"z={latent}: already done in {out}, skipping")
                 continue
-            partial = _cell_path(out, latent, partial=True)
-
-            def save(cell: dict, partial: Path = partial) -> None:
-                write_cell(partial, cell)
-                write_outputs(out)
-
-            cell = run_latent(spec, data, latent, peaks_of(env), log, progress, save)
-            write_cell(_cell_path(out, latent), cell)
-            partial.unlink(missing_ok=True)
-            done.add(latent)
-            write_outputs(out)  # after every cell: an interruption keeps every finished row
+            cell = run_latent(spec, data, latent, peaks_of(env), log, progress,
+                              lambda cell: save(cell, partial=True))
+            save(cell, partial=False)
         return write_outputs(out)
 
 
-def _read_cell(path: Path) -> dict:
-    cell = _read_json(path, "cell")
-    if not (isinstance(cell.get("latent"), int) and isinstance(cell.get("rows"), list)
-            and isinstance(cell.get("curves"), list)):
-        raise RunError(f"{path}: not a cell (needs latent, rows and curves); "
-                       f"{_REPAIR['cell']}")
-    return cell
+def _check_resumable(out: Path, env: dict, identity: dict, data: Dataset) -> None:
+    """A run directory continues only with the same settings and data (RunError saying
+    which differs, before any work)."""
+    if env.get("spec") != json.loads(json.dumps(identity["spec"])):
+        raise RunError(f"{out} holds a run with other settings ({env.get('spec')}); "
+                       "--resume needs the same flags, or choose another --out")
+    if env.get("data_sha256") != data.fingerprint:
+        raise RunError(
+            f"{out} holds a run on other data ({env.get('dataset')}, sha256 "
+            f"{env.get('data_sha256') or 'not recorded'}; now {data.describe()}, "
+            f"sha256 {data.fingerprint}); --resume needs the same data, or choose "
+            "another --out")
 
 
 def load_cells(out: Path, partial: bool = False) -> list[dict]:
     """Every finished latent size's record in ``out`` (RunError naming a damaged one); with
-    ``partial``, also the rows so far of unfinished ones."""
-    cells = [_read_cell(path) for path in sorted((out / "cells").glob("z*.json"))]
-    if partial:
-        done = {cell["latent"] for cell in cells}
-        cells += [cell for path in sorted((out / "cells" / "partial").glob("z*.json"))
-                  if (cell := _read_cell(path))["latent"] not in done]
-    return cells
+    ``partial``, also the rows so far of unfinished ones. Sorted by latent size."""
+    try:
+        cells = ResultsStore(out).records(partial=partial)
+    except StoreError as error:
+        raise RunError(str(error)) from None
+    for cell in cells:
+        if not (isinstance(cell.get("latent"), int) and isinstance(cell.get("rows"), list)
+                and isinstance(cell.get("curves"), list)):
+            raise RunError(f"{out / 'cells' / (cell['key'] + '.json')}: not a cell (needs "
+                           "latent, rows and curves); delete it, then `vae-bench run "
+                           "--resume` with the same flags recomputes that latent size")
+    return sorted(cells, key=lambda c: c["latent"])
 
 
 def write_outputs(out: Path) -> pd.DataFrame:
-    """results.csv, curves.csv, summary.md and the plots, rebuilt from every finished cell."""
-    from .summary import write_plots, write_summary
-
-    cells = sorted(load_cells(out, partial=True), key=lambda c: c["latent"])
+    """results.csv, curves.csv, summary.md and the plots, rebuilt from every cell so far."""
+    cells = load_cells(out, partial=True)
     env = read_env(out)
-    table = pd.DataFrame([r for c in cells for r in c["rows"]], columns=list(RESULT_COLUMNS))
+    table = pd.DataFrame([r for c in cells for r in c["rows"]],
+                         columns=list(tables.RESULT_COLUMNS))
     curves = pd.DataFrame([r for c in cells for r in c["curves"]])
     atomic_write_text(out / "results.csv", table.to_csv(index=False))
     atomic_write_text(out / "curves.csv", curves.to_csv(index=False))
-    write_summary(out, table, env)
-    write_plots(out, table, curves)
+    atomic_write_text(out / "summary.md", tables.run_summary(table, env))
+    figures.run_plots(out, table, curves)
     return table
 
 
@@ -435,9 +372,10 @@ def merge(parts: list[Path], out: Path, *, force: bool = False) -> pd.DataFrame:
             seen[cell["latent"]] = part
             cells.append(cell)
     with claim(out, "run", empty=True, all_or_nothing=True):
+        store = ResultsStore(out)
         for cell in cells:
-            atomic_write_text(_cell_path(out, cell["latent"]),
-                              json.dumps(cell, indent=1, allow_nan=True))
+            record = {k: v for k, v in cell.items() if k not in ("key", "identity")}
+            store.save(cell["key"], record, cell.get("identity"))
         merged = dict(first, shard=None, merged_from=[str(p) for p in parts])
         atomic_write_text(out / "env.json", json.dumps(merged, indent=1))
         return write_outputs(out)

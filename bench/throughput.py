@@ -6,14 +6,18 @@ GFLOP/s as a fraction of this machine's GEMM peak measured in the same process.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
-from kernels.base import Backend
+from kernels.base import Backend, DeviceInfo, LaunchFloor, MemoryReport, StageBreakdown
 from kernels.timing import interleaved_times
 from vae_ref import VAEConfig, build_model, export_params
+
+from . import tables
 
 
 def step_flops(config: VAEConfig, batch: int) -> int:
@@ -38,61 +42,19 @@ def gemm_peak(size: int = 2048, repeats: int = 5) -> tuple[float, str]:
     return best[name], f"{size}x{size} float32 GEMM via {name}"
 
 
-def gpu_gemm_peak(size: int = 8192, repeats: int = 10) -> tuple[float, str] | None:
-    """Best GFLOP/s of a large float32 GEMM on the current CUDA device (TF32 off, as the
-    backends' default), each product timed to a synchronization; None where no GPU can be
-    used."""
-    from kernels.cupy_gpu import cuda_availability
+def device_peaks(backends: list[Backend]) -> dict[str, tuple[float, str, str]]:
+    """(GFLOP/s, how measured, device name) of each device the available ``backends`` use:
+    the host CPU measured here (``gemm_peak``), an accelerator by the first of its backends
+    that describes it (``DeviceInfo``), so the harness never needs the library behind it."""
+    from .provenance import cpu_model
 
-    if cuda_availability().available:
-        import cupy
-
-        a = cupy.random.default_rng(0).standard_normal((size, size), dtype=cupy.float32)
-        out = cupy.empty_like(a)
-
-        def run():
-            cupy.matmul(a, a, out=out)
-
-        def sync():
-            cupy.cuda.get_current_stream().synchronize()
-
-        source = "CuPy (cuBLAS)"
-    else:
-        try:
-            import torch
-        except ImportError:  # pragma: no cover
-            return None
-        if not torch.cuda.is_available():
-            return None
-        torch.backends.cuda.matmul.allow_tf32 = False
-        a = torch.randn(size, size, device="cuda")
-        out = torch.empty_like(a)
-
-        def run():
-            torch.mm(a, a, out=out)
-
-        sync = torch.cuda.synchronize
-        source = "torch (cuBLAS)"
-    run()
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9, f"{size}x{size} float32 GEMM via {source}, TF32 off"
-
-
-def device_peaks(devices) -> dict[str, tuple[float, str]]:
-    """The GEMM peak of each device in ``devices`` ("cpu", "cuda") that can be measured here."""
-    peaks = {}
-    if "cpu" in devices:
-        peaks["cpu"] = gemm_peak()
-    if "cuda" in devices:
-        gpu = gpu_gemm_peak()
-        if gpu is not None:
-            peaks["cuda"] = gpu
+    peaks = {"cpu": (*gemm_peak(), cpu_model())}
+    for backend in backends:
+        device = backend.device
+        if device in peaks or not isinstance(backend, DeviceInfo):
+            continue
+        if backend.availability().available:
+            peaks[device] = (*backend.gemm_peak(), backend.device_name())
     return peaks
 
 
@@ -106,8 +68,9 @@ class Measurement:
     settings: dict = field(default_factory=dict)
     stages: dict[str, float] = field(default_factory=dict)  # ms per step, if the backend tells
     launch_floor: dict[str, float] = field(default_factory=dict)  # GPU: nodes x node cost
-    # Diagnostics (stage breakdown, launch floor) that failed: name -> why. They never cost
-    # the timing itself.
+    peak_memory_bytes: float = math.nan  # of one step, if the backend tells (MemoryReport)
+    # Diagnostics (stage breakdown, launch floor, memory) that failed: name -> why. They
+    # never cost the timing itself.
     diagnostic_errors: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -116,7 +79,19 @@ class Measurement:
 
     @property
     def floor_ms(self) -> float:
-        return self.launch_floor.get("floor_seconds", float("nan")) * 1e3
+        return self.launch_floor.get("floor_seconds", math.nan) * 1e3
+
+    def columns(self, config: VAEConfig, batch: int, peak_gflops: float) -> dict[str, float]:
+        """This measurement's columns of the results table (``tables.RESULT_COLUMNS``): the
+        one place where samples/s, GFLOP/s and % of peak are worked out."""
+        ms = self.median_ms
+        gflops = step_flops(config, batch) / (ms / 1e3) / 1e9
+        return {"samples_per_s": batch / ms * 1e3,
+                "samples_per_s_min": batch / max(self.ms_per_step) * 1e3,
+                "samples_per_s_max": batch / min(self.ms_per_step) * 1e3,
+                "ms_per_step": ms, "gflops": gflops, "pct_peak": 100 * gflops / peak_gflops,
+                "launch_floor_ms": self.floor_ms, "warmup_s": self.warmup_seconds,
+                "peak_memory_mb": self.peak_memory_bytes / 1e6}
 
 
 def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, batch: int,
@@ -162,51 +137,63 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
             backend.synchronize()
             result.ms_per_step.append((time.perf_counter() - start) / steps * 1e3)
     for backend, result in zip(backends, results):
-        stage_times = getattr(backend, "stage_times", None)
-        if stage_times is not None:
-            stages = _diagnostic(result, "stage breakdown", stage_times, data, batch)
-            result.stages = {k: v * 1e3 for k, v in stages.items()}
-        launch_floor = getattr(backend, "launch_floor", None)
-        if launch_floor is not None:
-            result.launch_floor = _diagnostic(result, "launch floor", launch_floor, batch)
+        if isinstance(backend, StageBreakdown):
+            stages = _diagnostic(result, "stage breakdown", backend.stage_times, data, batch)
+            result.stages = {k: v * 1e3 for k, v in (stages or {}).items()}
+        if isinstance(backend, LaunchFloor):
+            result.launch_floor = _diagnostic(result, "launch floor", backend.launch_floor,
+                                              batch) or {}
+        if isinstance(backend, MemoryReport):
+            memory = _diagnostic(result, "memory", backend.peak_memory_bytes, data, batch)
+            result.peak_memory_bytes = math.nan if memory is None else float(memory)
     return results
 
 
-def _diagnostic(result: Measurement, name: str, compute, *args) -> dict:
-    """``compute(*args)``, or {} with the reason kept in ``result.diagnostic_errors``: a
+def _diagnostic(result: Measurement, name: str, compute, *args):
+    """``compute(*args)``, or None with the reason kept in ``result.diagnostic_errors``: a
     diagnostic that fails (a driver call the device refuses, say) is reported, and the
     measurement it comes after is kept."""
     try:
         return compute(*args)
     except Exception as error:  # noqa: BLE001 - whatever the device raised, keep the timing
         result.diagnostic_errors[name] = f"{type(error).__name__}: {error}"
-        return {}
+        return None
+
+
+def rows(results: list[Measurement], config: VAEConfig, batch: int,
+         peaks: dict[str, tuple[float, str, str]]) -> pd.DataFrame:
+    """The measurements as rows of the results table (keys and timing columns)."""
+    return pd.DataFrame([
+        {"backend": r.backend, "device": r.device, "latent_dim": config.latent_dim,
+         "batch_size": batch, **r.columns(config, batch, peaks.get(r.device, (math.nan,))[0])}
+        for r in results])
 
 
 def report(results: list[Measurement], config: VAEConfig, batch: int,
-           peaks: dict[str, tuple[float, str]]) -> str:
+           peaks: dict[str, tuple[float, str, str]]) -> str:
     """The throughput table and per-backend breakdowns, as text. ``peaks`` maps a device to
-    its GEMM peak (GFLOP/s, how measured); speed-ups are over PyTorch eager on the same
-    device (``bench.baselines``)."""
-    from .baselines import BASELINE
-
+    its GEMM peak (GFLOP/s, how measured, its name); speed-ups are over each peer on the
+    same device in this run (``tables.speedup``)."""
     flops = step_flops(config, batch)
-    lines = [f"step: batch {batch}, z {config.latent_dim}: {flops / 1e6:.0f} MFLOP in 11 GEMMs"]
-    lines += [f"{device} GEMM peak {peak:.0f} GFLOP/s ({source})"
-              for device, (peak, source) in peaks.items()]
+    lines = [f"step: batch {batch}, z {config.latent_dim}, hidden {config.hidden_dim}: "
+             f"{flops / 1e6:.0f} MFLOP in 11 GEMMs"]
+    lines += [f"{device} ({name}) GEMM peak {peak:.0f} GFLOP/s ({source})"
+              for device, (peak, source, name) in peaks.items()]
+    table = rows(results, config, batch, peaks)
+    peers = tables.peers_present(table)
+    ratios = {peer: tables.speedup(table, peer) for peer in peers}
     lines.append(f"{'backend':<18} {'device':>6} {'warm-up s':>9} {'ms/step':>8} {'min-max':>13} "
-                 f"{'samples/s':>10} {'GFLOP/s':>8} {'% peak':>7} {'vs eager':>8}")
-    for r in results:
-        ms = r.median_ms
-        gflops = flops / (ms / 1e3) / 1e9
-        baseline = next((b.median_ms for b in results
-                         if b.backend == BASELINE.get(r.device) and b.device == r.device), None)
-        speedup = f"{baseline / ms:7.2f}x" if baseline else "       -"
-        peak = peaks.get(r.device, (float("nan"), ""))[0]
+                 f"{'samples/s':>10} {'GFLOP/s':>8} {'% peak':>7} {'MB':>7}"
+                 + "".join(f" {'vs ' + peer:>16}" for peer in peers))
+    for i, (r, row) in enumerate(zip(results, table.itertuples())):
+        speedups = "".join(
+            f" {tables.fmt(ratios[peer].iloc[i], '15.2f', nan=' ' * 14 + '-')}"
+            f"{'' if math.isnan(ratios[peer].iloc[i]) else 'x'}" for peer in peers)
         lines.append(
-            f"{r.backend:<18} {r.device:>6} {r.warmup_seconds:9.2f} {ms:8.3f} "
-            f"{min(r.ms_per_step):6.2f}-{max(r.ms_per_step):<6.2f} {batch / ms * 1e3:10.0f} "
-            f"{gflops:8.1f} {gflops / peak:7.1%} {speedup}")
+            f"{r.backend:<18} {r.device:>6} {r.warmup_seconds:9.2f} {row.ms_per_step:8.3f} "
+            f"{min(r.ms_per_step):6.2f}-{max(r.ms_per_step):<6.2f} {row.samples_per_s:10.0f} "
+            f"{row.gflops:8.1f} {row.pct_peak / 100:7.1%} "
+            f"{tables.fmt(row.peak_memory_mb, '7.1f', nan='      -')}{speedups}")
     for r in results:
         if r.settings.get("compile_seconds") is not None:
             lines.append(f"{r.backend}: JIT compile or on-disk cache load "

@@ -1,11 +1,13 @@
-"""Training any backend the way the reference trains (vae_ref.train), through the Backend
-interface: same initial weights, same shuffling and binarization streams, same per-epoch
-records, so an experiment's table can put a backend's ELBO beside the reference's.
+"""The one training loop: any backend, the reference (``torch``) included, trained through the
+Backend interface. Every backend gets the same initial weights (``build_model(config)``), the
+same shuffling and binarization streams and the same per-epoch records, so a table can put a
+backend's ELBO beside the reference's, and ``run`` and ``experiment`` get theirs from here.
 
 The reparameterization noise is each backend's own (seeded by config.seed), so runs match the
-reference's within the noise of seeds, not bit for bit. A backend that can run a whole epoch
-itself (``train_epoch(data, order, batch_size)``: a GPU backend replaying its step from a
-device-side permutation) is given the epoch's order at once; the batches are the same.
+reference's within the noise of seeds, not bit for bit (the torch backend draws it as the
+reference model does, from a torch generator seeded so). A backend that runs a whole epoch
+itself (``kernels.base.EpochRunner``: a GPU backend replaying its step from a device-side
+permutation) is given the epoch's order at once; the batches are the same.
 """
 
 from __future__ import annotations
@@ -17,10 +19,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kernels.base import Backend
+from kernels.base import Backend, EpochRunner
 from vae_ref import VAEConfig, build_model, export_params, import_params
 from vae_ref.data import binarize
-from vae_ref.progress import progress_bar
 from vae_ref.train import (
     EpochRecord,
     NonFiniteLossError,
@@ -28,6 +29,8 @@ from vae_ref.train import (
     check_finite_model,
     fixed_test_set,
 )
+
+from .progress import progress_bar
 
 
 def train_backend(
@@ -40,7 +43,13 @@ def train_backend(
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> TrainResult:
     """Train ``config`` on ``backend``; the result holds a reference model with the trained
-    weights (for figures and the importance-weighted bound)."""
+    weights (for figures and the importance-weighted bound). Raises NonFiniteLossError as
+    soon as a batch loss is NaN/inf, NonFiniteModelError if the parameters or the test ELBO
+    are after an epoch."""
+    for name, array in (("train_x", train_x), ("test_x", test_x)):
+        if np.ndim(array) != 2 or np.shape(array)[1] != config.input_dim or len(array) == 0:
+            raise ValueError(f"{name} must be a non-empty (N, {config.input_dim}) array, got "
+                             f"{np.shape(array)}")
     backend.load(config, export_params(build_model(config)))
     train_x = np.ascontiguousarray(train_x, dtype=np.float32)
     test_x = fixed_test_set(config, np.ascontiguousarray(test_x, dtype=np.float32))
@@ -49,12 +58,14 @@ def train_backend(
     n = len(train_x)
     steps_per_epoch = math.ceil(n / config.batch_size)
     history = []
-    bar = progress_bar(total=config.epochs * steps_per_epoch, desc=f"{config.name} [{backend.name}]",
-               unit="step", disable=not progress, leave=False,
-               mininterval=0.1 if sys.stderr.isatty() else 15.0)
-    train_epoch = getattr(backend, "train_epoch", None)
-    if config.binarize:  # each batch is binarized afresh on the host
-        train_epoch = None
+    bar = progress_bar(total=config.epochs * steps_per_epoch,
+                       desc=f"{config.name} [{backend.name}]", unit="step",
+                       disable=not progress, leave=False,
+                       # Redrawn often on a terminal; rarely in a log file (nox, CI).
+                       mininterval=0.1 if sys.stderr.isatty() else 15.0)
+    # Each batch binarized afresh on the host cannot come from a device-side epoch.
+    train_epoch = (backend.train_epoch if isinstance(backend, EpochRunner)
+                   and not config.binarize else None)
     try:
         for epoch in range(1, config.epochs + 1):
             order = shuffle_rng.permutation(n)

@@ -68,19 +68,19 @@ def test_check_with_a_fixture_that_is_not_one(kind, tmp_path, capsys):
     assert f"{path}: not a readable fixture" in one_line(capsys)
 
 
-def _corrupt_record(models):
-    (models / "vae-z3.json").write_text('{"config": {"latent_dim": 3')
+def _corrupt_record(cells):
+    (cells / "vae-z3.json").write_text('{"config": {"latent_dim": 3')
     return "vae-z3.json is damaged"
 
 
-def _truncated_weights(models):
-    weights = models / "vae-z3.npz"
+def _truncated_weights(cells):
+    weights = cells / "vae-z3.npz"
     weights.write_bytes(weights.read_bytes()[:1000])
     return "vae-z3.npz is damaged"
 
 
-def _lfs_pointer(models):
-    (models / "vae-z3.npz").write_text(
+def _lfs_pointer(cells):
+    (cells / "vae-z3.npz").write_text(
         "version https://git-lfs.github.com/spec/v1\n"
         "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
         "size 1651912\n")
@@ -91,7 +91,7 @@ def _lfs_pointer(models):
 def test_an_experiment_finding_a_damaged_model(damage, tmp_path, capsys, finished_experiment,
                                                tiny_experiment):
     out = shutil.copytree(finished_experiment[0], tmp_path / "out")
-    message = damage(out / "models")
+    message = damage(out / "cells")
     assert main([*tiny_experiment, "--latents", "3", "--out", str(out)]) == 2
     err = one_line(capsys)
     assert message in err and "--force" in err
@@ -99,7 +99,7 @@ def test_an_experiment_finding_a_damaged_model(damage, tmp_path, capsys, finishe
 
 def _corrupt_cell(shard):
     (shard / "cells" / "z2.json").write_text('{"latent": 2, "rows": [')
-    return "z2.json: cannot read this cell"
+    return "z2.json is damaged"
 
 
 def _corrupt_env(shard):
@@ -191,10 +191,10 @@ def test_a_full_disk_names_the_file_and_keeps_finished_results(tmp_path, capsys,
     full_disk_for("vae-z4")
     assert main(words) == 1
     err = one_line(capsys)
-    assert f"{out / 'models' / 'vae-z4.npz'}: No space left on device" in err
+    assert f"{out / 'cells' / 'vae-z4.npz'}: No space left on device" in err
     assert (f"finished models in {out} are kept; continue with: "
             f"{shlex.join(['vae-bench', *words])}") in err
-    assert (out / "models" / "vae-z3.json").exists() and not list(out.rglob("*.tmp"))
+    assert (out / "cells" / "vae-z3.json").exists() and not list(out.rglob("*.tmp"))
     assert list(pd.read_csv(out / "table.csv").latent_dim) == [3]
     monkeypatch.undo()  # space freed: the same command finishes the job
     assert main(words) == 0

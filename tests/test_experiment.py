@@ -3,20 +3,15 @@
 import json
 import math
 import os
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.experiment import (
-    CURVE_COLUMNS,
-    TABLE_COLUMNS,
-    ExperimentError,
-    ExperimentSpec,
-    markdown_table,
-    run_experiment,
-)
+from bench.experiment import ExperimentError, ExperimentSpec, run_experiment
+from bench.tables import CURVE_COLUMNS, TABLE_COLUMNS, experiment_table
 from vae_ref.data import Dataset
 
 
@@ -78,7 +73,7 @@ def test_rerun_skips_finished_models_and_refuses_other_settings(finished_run, ca
     assert (out / "table.csv").read_text() == before
     assert run("--latents", 2, "--ae-latents", "--epochs", 3, "--out", out, "--quiet") == 2
     err = capsys.readouterr().err
-    assert "vae-z2 trained with different settings" in err and "--force" in err
+    assert "vae-z2 made with other settings" in err and "--force" in err
 
 
 @pytest.mark.parametrize(
@@ -121,7 +116,7 @@ def test_finished_models_are_not_reused_on_other_data(tmp_path, mnist5k):
     spec = ExperimentSpec(dataset="mnist", latents=(3,), ae_latents=(), epochs=1,
                           batch_size=500, iwae_k=0)
     run_experiment(spec, white, tmp_path, progress=False, log=lambda _: None)
-    with pytest.raises(ExperimentError, match="vae-z3 trained on other data"):
+    with pytest.raises(ExperimentError, match="vae-z3 made from other data"):
         run_experiment(spec, digits, tmp_path, progress=False, log=lambda _: None)
     assert json.loads((tmp_path / "provenance.json").read_text())["data_sha256"] == (
         white.fingerprint)
@@ -140,15 +135,16 @@ def test_divergence_on_the_last_step_fails_and_saves_nothing(tmp_path, capsys):
 
 def test_nan_is_shown_as_nan_not_as_not_computed(mnist5k):
     spec = ExperimentSpec(dataset="mnist-5k", latents=(3,), ae_latents=(20,), iwae_k=5)
-    common = {"backend": "torch", "epochs": 1, "train_seconds": 1.0, "seconds_per_epoch": 1.0,
-              "dataset": "mnist-5k", "seed": 0}
+    common = {"backend": "torch", "hidden_dim": 512, "epochs": 1, "train_seconds": 1.0,
+              "seconds_per_epoch": 1.0, "dataset": "mnist-5k", "seed": 0}
     rows = [{"model": "vae", "latent_dim": 3, "beta": 1.0, "final_train_elbo": -150.0,
              "average_train_elbo": -160.0, "final_test_elbo": math.nan, "test_iwae": math.nan,
              "iwae_k": 5, **common},
             {"model": "ae", "latent_dim": 20, "beta": math.nan, "final_train_elbo": -90.0,
              "average_train_elbo": -95.0, "final_test_elbo": -91.0, "test_iwae": math.nan,
              "iwae_k": 0, **common}]
-    md = markdown_table(pd.DataFrame(rows, columns=list(TABLE_COLUMNS)), spec, mnist5k, {})
+    md = experiment_table(pd.DataFrame(rows, columns=list(TABLE_COLUMNS)), asdict(spec),
+                          mnist5k.describe(), {})
     assert "| VAE | torch | 3 | -150.00 | -160.00 | NaN | NaN (5) |" in md
     assert "| AE | torch | 20 | -90.00 | -95.00 | -91.00 | — |" in md  # not computed for the AE
 

@@ -168,10 +168,10 @@ def test_a_run_that_fails_before_its_first_result_does_not_block_its_out(
 def test_temp_files_of_a_killed_writer_are_removed_by_the_next(tmp_path, finished_experiment,
                                                              tiny_experiment):
     out = shutil.copytree(finished_experiment[0], tmp_path / "out")
-    leftovers = [out / "models" / ".vae-z3.npz.k3j9x0ab.tmp", out / ".table.csv.a1b2c3d4.tmp"]
+    leftovers = [out / "cells" / ".vae-z3.npz.k3j9x0ab.tmp", out / ".table.csv.a1b2c3d4.tmp"]
     for path in leftovers:
         path.write_bytes(bytes(4096))
-    mine = out / "models" / "notes.tmp"  # not named as a temp file of ours: kept
+    mine = out / "cells" / "notes.tmp"  # not named as a temp file of ours: kept
     mine.write_text("kept")
     assert main([*tiny_experiment, "--latents", "3", "--out", str(out)]) == 0
     assert not [p for p in leftovers if p.exists()] and mine.read_text() == "kept"

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.run import RESULT_COLUMNS, RunError, RunSpec, merge, parse_shard, run, shard_latents
+from bench.run import RunError, RunSpec, merge, parse_shard, run, shard_latents
+from bench.tables import RESULT_COLUMNS
 
 KEY = ["backend", "latent_dim", "batch_size"]
 
@@ -175,17 +176,17 @@ def test_compare_refuses_unusable_input_with_status_2(full_run, tmp_path, capsys
 
 
 def test_speedups_are_over_eager_pytorch_on_the_same_device():
-    from bench import baselines
+    from bench import tables
 
     table = pd.DataFrame({
         "backend": ["torch", "numba", "torch-cuda", "cupy", "cupy"],
         "device": ["cpu", "cpu", "cuda", "cuda", "cuda"],
         "latent_dim": [20, 20, 20, 20, 50], "batch_size": [128] * 5,
         "samples_per_s": [1000.0, 1700.0, 20000.0, 200000.0, 1.0]})
-    speedup = baselines.speedup(table).tolist()
+    speedup = tables.speedup(table).tolist()
     assert speedup[:4] == [1.0, 1.7, 1.0, 10.0] and np.isnan(speedup[4])  # no z=50 yardstick
     # Tables written before the device column are CPU runs.
-    assert baselines.speedup(table.drop(columns="device")).tolist()[:2] == [1.0, 1.7]
+    assert tables.speedup(table.drop(columns="device")).tolist()[:2] == [1.0, 1.7]
 
 
 def test_compare_reads_tables_written_before_the_gpu_columns(capsys):

@@ -24,7 +24,7 @@ def test_measure_interleaves_windows_and_reports_every_backend(mnist5k):
         assert r.warmup_seconds > 0
     numba = results[1]
     assert set(numba.stages) == {"step", "gemms", "fused kernels", "adam", "gather"}
-    text = report(results, VAEConfig(latent_dim=4), 32, {"cpu": (100.0, "test")})
+    text = report(results, VAEConfig(latent_dim=4), 32, {"cpu": (100.0, "test", "a CPU")})
     assert "vs eager" in text and "numba breakdown" in text and "1.00x" in text
 
 
@@ -81,7 +81,7 @@ def test_a_failing_diagnostic_is_reported_and_costs_no_timing(mnist5k, monkeypat
     assert len(result.ms_per_step) == 2 and result.launch_floor == {}
     assert result.diagnostic_errors == {
         "launch floor": "DriverError: cuGraphGetNodes failed with CUresult 1"}
-    text = report([result], VAEConfig(latent_dim=4), 16, {"cpu": (100.0, "test")})
+    text = report([result], VAEConfig(latent_dim=4), 16, {"cpu": (100.0, "test", "a CPU")})
     assert "launch floor failed: DriverError: cuGraphGetNodes failed" in text
 
     # In a run, the row keeps its timing and says why its launch floor is missing.

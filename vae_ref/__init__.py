@@ -5,7 +5,7 @@ from .evaluate import EvalResult, evaluate_elbo, importance_weighted_log_likelih
 from .losses import LossTerms, bce_with_logits, gaussian_kl, loss_terms, squared_error
 from .model import AE, VAE, ForwardPass, build_model
 from .params import Params, export_params, import_params, load_params, parameter_shapes, save_params
-from .train import EpochRecord, NonFiniteLossError, TrainingDiverged, TrainResult, train
+from .train import EpochRecord, NonFiniteLossError, TrainingDiverged, TrainResult
 
 __all__ = [
     "AE",
@@ -31,5 +31,4 @@ __all__ = [
     "parameter_shapes",
     "save_params",
     "squared_error",
-    "train",
 ]

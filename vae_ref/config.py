@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 ModelKind = Literal["vae", "ae"]
+# The report's sweep of latent sizes: every command's default.
+DEFAULT_LATENTS = (2, 10, 20, 50)
 Reconstruction = Literal["bce", "mse"]
 
 

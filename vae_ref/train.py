@@ -1,5 +1,8 @@
-"""The reference training loop, over numpy arrays already in memory.
+"""What a training run produces and how it fails: per-epoch records, the result, the errors of
+a run that diverged, and the fixed test set every epoch is scored on.
 
+The loop itself is the harness's one training loop (``bench.training.train_backend``), which
+trains the reference (the ``torch`` backend) through the same interface as every backend.
 Same config (seed included) and same data give the same numbers on the same machine: the
 shuffle, the reparameterization noise and the binarization each draw from their own seeded
 generator, and weight init is seeded by ``build_model``.
@@ -8,21 +11,15 @@ generator, and weight init is seeded by ``build_model``.
 from __future__ import annotations
 
 import math
-import sys
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
 
 from .config import VAEConfig
 from .data import binarize
-from .evaluate import EvalResult, evaluate_elbo
-from .losses import loss_terms
-from .model import AE, VAE, build_model
-from .params import Params, export_params
-from .progress import progress_bar
+from .evaluate import EvalResult
+from .model import AE, VAE
+from .params import Params
 
 
 class TrainingDiverged(FloatingPointError):
@@ -113,93 +110,3 @@ def fixed_test_set(config: VAEConfig, test_x: np.ndarray) -> np.ndarray:
     if not config.binarize:
         return test_x
     return binarize(test_x, np.random.default_rng([config.seed, 3]))
-
-
-def train(
-    config: VAEConfig,
-    train_x: np.ndarray,
-    test_x: np.ndarray,
-    *,
-    progress: bool = True,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
-    description: str | None = None,
-) -> TrainResult:
-    """Train a fresh model for ``config.epochs`` epochs with Adam; evaluate after each.
-
-    ``train_x``/``test_x``: float32 arrays (N, input_dim) in [0, 1].
-    Raises NonFiniteLossError as soon as a batch loss is NaN/inf, NonFiniteModelError if
-    the parameters or the test ELBO are after an epoch.
-    """
-    for name, array in (("train_x", train_x), ("test_x", test_x)):
-        if array.ndim != 2 or array.shape[1] != config.input_dim or len(array) == 0:
-            raise ValueError(
-                f"{name} must be a non-empty (N, {config.input_dim}) array, got {array.shape}"
-            )
-    train_x = np.ascontiguousarray(train_x, dtype=np.float32)
-    test_x = fixed_test_set(config, np.ascontiguousarray(test_x, dtype=np.float32))
-
-    model = build_model(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    shuffle_rng = np.random.default_rng([config.seed, 1])
-    binarize_rng = np.random.default_rng([config.seed, 2])
-    noise = torch.Generator().manual_seed(config.seed)
-    result = TrainResult(config=config, model=model)
-
-    n = len(train_x)
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    bar = progress_bar(
-        total=config.epochs * steps_per_epoch,
-        desc=description or config.name,
-        unit="step",
-        disable=not progress,
-        leave=False,
-        # Redrawn often on a terminal; rarely when logged to a file (nox, CI), to keep logs short.
-        mininterval=0.1 if sys.stderr.isatty() else 15.0,
-    )
-    try:
-        for epoch in range(1, config.epochs + 1):
-            model.train()
-            order = shuffle_rng.permutation(n)
-            sums = np.zeros(2)  # reconstruction, KL summed over the epoch's images
-            started = time.perf_counter()
-            for step in range(steps_per_epoch):
-                batch = train_x[order[step * config.batch_size : (step + 1) * config.batch_size]]
-                if config.binarize:
-                    batch = binarize(batch, binarize_rng)
-                xb = torch.from_numpy(batch)
-                terms = loss_terms(model(xb, generator=noise), xb, config)
-                if not torch.isfinite(terms.loss):
-                    raise NonFiniteLossError(
-                        epoch,
-                        step,
-                        terms.reconstruction.mean().item(),
-                        terms.kl.mean().item(),
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                terms.loss.backward()
-                optimizer.step()
-                sums += [terms.reconstruction.sum().item(), terms.kl.sum().item()]
-                bar.update()
-            seconds = time.perf_counter() - started
-
-            model.eval()
-            test = evaluate_elbo(model, test_x, seed=config.seed)
-            check_finite_model(export_params(model), test, epoch, steps_per_epoch - 1)
-            reconstruction, kl = (float(v) for v in sums / n)
-            record = EpochRecord(
-                epoch=epoch,
-                train_elbo=-(reconstruction + kl),
-                train_reconstruction=reconstruction,
-                train_kl=kl,
-                test_elbo=test.elbo,
-                test_reconstruction=test.reconstruction,
-                test_kl=test.kl,
-                seconds=seconds,
-            )
-            result.history.append(record)
-            bar.set_postfix(epoch=epoch, train=f"{record.train_elbo:.1f}", test=f"{test.elbo:.1f}")
-            if on_epoch is not None:
-                on_epoch(record)
-    finally:
-        bar.close()
-    return result

@@ -1,0 +1,200 @@
+"""The results' one schema and how it is shown: the columns of every table the harness writes,
+the speed-up of a row over a peer measured in the same run, number formatting, and the
+markdown tables (a run's ``summary.md``, an experiment's ``table.md``).
+
+Speed-ups are over a peer *on the same device, in the same run, at the same latent and batch
+size*: the ratio the harness's interleaving makes trustworthy. A CPU row is compared with
+``torch`` (PyTorch eager, the yardstick), ``torch-compile`` and ``jax`` on the CPU; a GPU row
+with their CUDA twins. Comparing a GPU kernel with CPU PyTorch would say nothing about it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .provenance import as_markdown
+
+RESULTS_SCHEMA = 1
+# A run's results.csv: one row per (backend, latent size, batch size).
+RESULT_COLUMNS = (
+    "backend", "device", "latent_dim", "batch_size", "agreement", "worst_fraction",
+    "samples_per_s", "samples_per_s_min", "samples_per_s_max", "ms_per_step", "gflops",
+    "pct_peak", "launch_floor_ms", "warmup_s", "peak_memory_mb", "final_train_elbo",
+    "average_train_elbo", "final_test_elbo", "test_iwae", "iwae_k", "epochs", "dataset",
+    "seed", "note",
+)
+# Columns added after tables were first committed, with the value older tables imply.
+ADDED_COLUMNS = {"device": "cpu", "launch_floor_ms": math.nan, "peak_memory_mb": math.nan}
+TEXT_COLUMNS = ("backend", "device", "agreement", "dataset", "note")  # the rest are numbers
+KEYS = ["backend", "latent_dim", "batch_size"]  # a list: pandas reads a tuple as one key
+
+# An experiment's table.csv (one row per model) and curves.csv (one row per model and epoch).
+TABLE_COLUMNS = (
+    "model", "backend", "latent_dim", "hidden_dim", "beta", "final_train_elbo",
+    "average_train_elbo", "final_test_elbo", "test_iwae", "iwae_k", "epochs", "train_seconds",
+    "seconds_per_epoch", "dataset", "seed",
+)
+CURVE_COLUMNS = (
+    "dataset", "name", "model", "latent_dim", "epoch", "train_elbo", "train_reconstruction",
+    "train_kl", "test_elbo", "test_reconstruction", "test_kl", "seconds",
+)
+
+# peer -> device -> the backend that is that peer there. "eager" is the yardstick: compare
+# gates on the speed-up over it, and it is the column every table shows.
+PEERS = {
+    "eager": {"cpu": "torch", "cuda": "torch-cuda"},
+    "torch.compile": {"cpu": "torch-compile", "cuda": "torch-cuda-compile"},
+    "jax": {"cpu": "jax", "cuda": "jax-cuda"},
+}
+YARDSTICK = PEERS["eager"]
+
+NOT_COMPUTED = "—"  # a value that was not computed (not timed, not trained, skipped)
+
+
+def fmt(value, spec: str, *, nan: str = "NaN") -> str:
+    """``value`` formatted by ``spec``. None is NOT_COMPUTED; NaN shows as ``nan``: "NaN"
+    where a number was computed and came out NaN (a diverged ELBO must not pass for a blank),
+    NOT_COMPUTED where an empty table cell reads back as NaN."""
+    if value is None:
+        return NOT_COMPUTED
+    if isinstance(value, (float, np.floating)) and math.isnan(value):
+        return nan
+    return format(value, spec)
+
+
+def devices(table: pd.DataFrame) -> pd.Series:
+    """Each row's device; tables written before the column existed were CPU-only."""
+    if "device" not in table:
+        return pd.Series("cpu", index=table.index)
+    return table["device"].astype(object).where(table["device"].notna(), "cpu")
+
+
+def speedup(table: pd.DataFrame, peer: str = "eager") -> pd.Series:
+    """samples/s over the same device's ``peer`` row (same latent and batch size); NaN where
+    that row is missing or was not timed."""
+    device = devices(table)
+    result = pd.Series(math.nan, index=table.index)
+    for dev, name in PEERS[peer].items():
+        base = table[(table.backend == name) & (device == dev)]
+        base = base.set_index(["latent_dim", "batch_size"]).samples_per_s
+        rows = device == dev
+        keys = pd.MultiIndex.from_frame(table.loc[rows, ["latent_dim", "batch_size"]])
+        with np.errstate(divide="ignore", invalid="ignore"):  # a zero yardstick: inf, gated
+            result[rows] = table.loc[rows, "samples_per_s"].values / base.reindex(keys).values
+    return result
+
+
+def is_yardstick(table: pd.DataFrame) -> pd.Series:
+    return table.backend.isin(list(YARDSTICK.values()))
+
+
+def peers_present(table: pd.DataFrame) -> list[str]:
+    """The peers timed in ``table`` (the yardstick first), for the speed-up columns."""
+    timed = set(table.loc[table.samples_per_s.notna(), "backend"])
+    return [peer for peer, names in PEERS.items() if timed & set(names.values())]
+
+
+# ---- markdown -----------------------------------------------------------------------------
+
+
+def run_summary(table: pd.DataFrame, env: dict) -> str:
+    """A run's summary.md: agreement, throughput with the speed-ups, ELBO, environment."""
+    spec = env["spec"]
+    lines = [
+        f"# vae-bench run — {spec['dataset']}",
+        "",
+        f"Dataset: {env['dataset']}. Device: CPU {env['cpu']} ({env['logical_cpus']} logical "
+        f"CPUs), GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s ({env['gemm_peak_source']})"
+        + (f"; GPU {env['gpu']}, GEMM peak {env['gpu_gemm_peak_gflops']:,.0f} GFLOP/s "
+           f"({env['gpu_gemm_peak_source']})" if "gpu" in env else "")
+        + f". {spec['epochs']} epochs, seed {spec['seed']}"
+        + (f", hidden width {spec['hidden_dim']}" if spec.get("hidden_dim", 512) != 512 else "")
+        + "." + (" Timed steps draw their own noise." if spec.get("backend_noise") else ""),
+        "",
+        "## Agreement with the float64 reference",
+        "",
+        "| backend | z | verdict | worst tensor (fraction of tolerance) | note |",
+        "|---|---:|---|---:|---|",
+    ]
+    first_batch = spec["batch_sizes"][0]
+    gate = table[table.batch_size == first_batch]
+    for r in gate.itertuples():
+        note = r.note if isinstance(r.note, str) else ""
+        lines.append(f"| {r.backend} | {r.latent_dim} | {r.agreement} | "
+                     f"{fmt(r.worst_fraction, '.1%', nan=NOT_COMPUTED)} | {note} |")
+    peers = peers_present(table)
+    ratios = {peer: speedup(table, peer) for peer in peers}
+    lines += [
+        "", "## Throughput (training samples/s, median of interleaved windows)", "",
+        "Speed-ups are over a peer on the same device in this run (PyTorch eager, "
+        "torch.compile and JAX on the CPU; their CUDA runs on a GPU); % peak is of that "
+        "device's float32 GEMM peak; memory is the backend's peak for its step (parameters, "
+        "optimizer state, workspaces; on a GPU the allocator's peak); the launch floor is the "
+        "step graph's nodes times the replay cost of one empty CUDA Graph node.", "",
+        "| backend | device | z | batch | samples/s | min–max | ms/step | GFLOP/s | % peak | "
+        + "".join(f"speed-up vs {peer} | " for peer in peers)
+        + "memory MB | launch floor ms (x) | warm-up s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(peers) + "---:|---:|---:|"]
+    for i, (r, device) in enumerate(zip(table.itertuples(), devices(table))):
+        if not isinstance(r.samples_per_s, float) or math.isnan(r.samples_per_s):
+            continue
+        floor = r.launch_floor_ms
+        floor_text = (f"{floor:.3f} ({r.ms_per_step / floor:.1f}x)"
+                      if isinstance(floor, float) and not math.isnan(floor) else NOT_COMPUTED)
+        speedups = "".join(
+            f"{fmt(ratios[peer].iloc[i], '.2f', nan=NOT_COMPUTED)}"
+            f"{'' if math.isnan(ratios[peer].iloc[i]) else 'x'} | " for peer in peers)
+        lines.append(
+            f"| {r.backend} | {device} | {r.latent_dim} | {r.batch_size} | "
+            f"{r.samples_per_s:,.0f} | {r.samples_per_s_min:,.0f}–{r.samples_per_s_max:,.0f} | "
+            f"{r.ms_per_step:.3f} | {r.gflops:.1f} | {r.pct_peak:.1f}% | {speedups}"
+            f"{fmt(r.peak_memory_mb, '.1f', nan=NOT_COMPUTED)} | {floor_text} | "
+            f"{r.warmup_s:.2f} |")
+    lines += ["", f"## ELBO by latent size and backend (batch {first_batch}; nats per image)",
+              "", "| backend | z | final train ELBO | average train ELBO | final test ELBO "
+              "| test log p(x) (k) |", "|---|---:|---:|---:|---:|---:|"]
+    for r in gate.itertuples():
+        if r.epochs == r.epochs and r.epochs:  # trained (NaN epochs: not trained)
+            iwae = (f"{fmt(r.test_iwae, '.2f')} ({int(r.iwae_k)})" if r.iwae_k == r.iwae_k
+                    and r.iwae_k else NOT_COMPUTED)
+            lines.append(
+                f"| {r.backend} | {r.latent_dim} | {fmt(r.final_train_elbo, '.2f')} | "
+                f"{fmt(r.average_train_elbo, '.2f')} | {fmt(r.final_test_elbo, '.2f')} | "
+                f"{iwae} |")
+    record = {k: v for k, v in env.items() if k not in ("spec",)}
+    lines += ["", "## Environment", "", as_markdown(record), ""]
+    return "\n".join(lines)
+
+
+def experiment_table(table: pd.DataFrame, spec: dict, described_data: str,
+                     record: dict) -> str:
+    """An experiment's table.md: one row per model, then the provenance block."""
+    lines = [
+        f"# ELBO by latent size — {spec['dataset']}",
+        "",
+        f"Dataset: {described_data}. {spec['epochs']} epochs, batch {spec['batch_size']}, "
+        f"Adam lr {spec['lr']:g}, seed {spec['seed']}"
+        + (f", hidden width {spec['hidden_dim']}" if spec.get("hidden_dim", 512) != 512 else "")
+        + (f", beta {spec['beta']:g}" if spec["beta"] != 1 else "")
+        + (", dynamically binarized" if spec["binarize"] else "") + ".",
+        "All values in nats per image (higher is better). ELBO = -(BCE + KL); for the AE the "
+        "columns hold -BCE, a reconstruction score and not a bound on log p(x). "
+        "'test log p(x)' is the importance-weighted bound (Burda et al.) with k samples.",
+        "",
+        "| model | backend | z | final train ELBO | average train ELBO | final test ELBO "
+        "| test log p(x) (k) | epochs | time (s) | s/epoch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in table.itertuples():
+        iwae = f"{fmt(row.test_iwae, '.2f')} ({row.iwae_k})" if row.iwae_k else NOT_COMPUTED
+        lines.append(
+            f"| {row.model.upper()} | {row.backend} | {row.latent_dim} "
+            f"| {fmt(row.final_train_elbo, '.2f')} "
+            f"| {fmt(row.average_train_elbo, '.2f')} | {fmt(row.final_test_elbo, '.2f')} "
+            f"| {iwae} | {row.epochs} | {row.train_seconds:.1f} | {row.seconds_per_epoch:.2f} |"
+        )
+    lines += ["", "## Provenance", "", as_markdown(record), ""]
+    return "\n".join(lines)
