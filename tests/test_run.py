@@ -43,10 +43,12 @@ def test_run_writes_every_promised_output(full_run):
         ("numba", 2, 64), ("numba", 3, 64), ("torch", 2, 64), ("torch", 3, 64)]
     assert set(written.agreement) == {"pass"}
     assert (written.samples_per_s > 0).all() and written.final_test_elbo.notna().all()
+    assert (written.peak_memory_mb > 0).all()  # memory in every timed row
     env = json.loads((out / "env.json").read_text())
     assert env["gemm_peak_gflops"] > 0 and env["spec"]["latents"] == [2, 3]
     summary = (out / "summary.md").read_text()
     assert "speed-up vs eager" in summary and "| numba | 2 | pass |" in summary
+    assert "memory MB" in summary
 
 
 def test_rerun_needs_resume_and_then_skips_finished_cells(full_run, mnist5k):
