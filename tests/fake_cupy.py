@@ -29,11 +29,11 @@ import sys
 import types
 
 import numpy as np
-from cuda_on_host import C_DTYPES, HostModule, kernel_signatures
+from cuda_on_host import C_DTYPES, HostModule
 
 from kernels.cupy_gpu import blas, driver, twins
 from kernels.cupy_gpu.gemm import GemmCall, emulate
-from kernels.cupy_gpu.launch import CUPY_NVRTC_OPTIONS
+from kernels.cupy_gpu.launch import CUPY_NVRTC_OPTIONS, kernel_signatures
 
 _ALLOCATIONS: dict[int, np.ndarray] = {}  # base address -> the owning byte array
 _SIZES: dict[int, int] = {}  # base address -> bytes asked for (the guard follows)

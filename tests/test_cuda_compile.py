@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from kernels.cupy_gpu.launch import COMPILE_OPTIONS, KERNEL_SOURCE, SOURCE_DIR
+from kernels.cupy_gpu.launch import (
+    COMPILE_OPTIONS,
+    KERNEL_SOURCE,
+    SOURCE_DIR,
+    kernel_signatures,
+    kernel_source,
+)
 from kernels.cupy_gpu.nvcc_check import REPO_ROOT, check, find_sources, main, nvcc_command
 
 ARCHS = ("sm_80", "sm_90")
@@ -17,8 +23,6 @@ needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not installed (CUDA t
 
 
 def declared_kernels(source: Path) -> list[str]:
-    from cuda_on_host import kernel_signatures
-
     return list(kernel_signatures(source.read_text()))
 
 
@@ -108,14 +112,13 @@ def _nvrtc_or_skip():
 def test_nvrtc_compiles_the_runtime_source_cleanly(arch):
     """The exact text and options CuPy's RawModule compiles on a GPU machine: no error, no
     warning, and a PTX entry for every kernel the launcher knows."""
-    from kernels.cupy_gpu.executors import KERNEL_NAMES
     from kernels.cupy_gpu.nvrtc_check import compile_with_nvrtc
 
     result = compile_with_nvrtc(_nvrtc_or_skip(), arch)
     assert result.ok, result.log
     assert result.log == "", result.log
     entries = set(re.findall(r"\.entry\s+(\w+)", result.ptx))
-    assert entries == set(KERNEL_NAMES)
+    assert entries == set(kernel_signatures(kernel_source()))
 
 
 def test_the_runtime_compile_flushes_denormals_as_cupys_does():
@@ -142,7 +145,6 @@ def test_adams_update_does_no_double_precision_work():
 
 
 def test_nvrtc_reports_an_error_in_the_source():
-    from kernels.cupy_gpu.executors import kernel_source
     from kernels.cupy_gpu.nvrtc_check import compile_with_nvrtc
 
     broken = kernel_source().replace("float v = a[i] + bias[i % cols];", "float v = a[i] + ;")

@@ -15,8 +15,7 @@ from cuda_on_host import HostModule, LaunchFailed, unavailable_reason
 from bench.agreement import check
 from kernels import create_backend
 from kernels.cupy_gpu import CupyBackend, launch, program, twins
-from kernels.cupy_gpu.executors import KERNEL_NAMES, kernel_source
-from kernels.cupy_gpu.launch import NVRTC_OPTIONS
+from kernels.cupy_gpu.launch import NVRTC_OPTIONS, kernel_source
 from vae_ref import VAEConfig, build_model, export_params
 from vae_ref.fixture import read_fixture
 
@@ -103,7 +102,7 @@ def test_an_empty_launch_is_refused(block_sums):
 
 def test_the_kernel_source_builds_for_the_host_with_the_options_nvrtc_gets():
     module = HostModule(kernel_source(), NVRTC_OPTIONS)  # CuPy's -ftz=true among them
-    assert set(module.signatures) == set(KERNEL_NAMES)
+    assert set(module.signatures) == set(twins.KERNELS)
     with pytest.raises(ValueError, match="no host equivalent"):
         HostModule(kernel_source(), (*NVRTC_OPTIONS, "--use_fast_math"))
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cuda_on_host import C_DTYPES, kernel_signatures
+from cuda_on_host import C_DTYPES
 
 from bench.agreement import check
 from kernels import create_backend
 from kernels.cupy_gpu import CupyBackend, cuda_availability, launch, program, twins
-from kernels.cupy_gpu.executors import KERNEL_NAMES, kernel_source
 from kernels.cupy_gpu.gemm import GemmShapeError, emulate, plan_gemm
+from kernels.cupy_gpu.launch import kernel_signatures, kernel_source
 from kernels.cupy_gpu.philox import normal_noise
 from kernels.flat_layout import make_layout
 from vae_ref import VAEConfig, build_model, export_params
@@ -48,14 +48,26 @@ def c_kernels() -> dict[str, list[tuple[str, str, bool]]]:
     return kernel_signatures(kernel_source())
 
 
-def test_the_source_defines_exactly_the_kernels_the_launcher_knows():
-    assert sorted(c_kernels()) == sorted(KERNEL_NAMES)
+def test_the_twins_are_exactly_the_kernels_the_source_defines():
+    assert sorted(twins.KERNELS) == sorted(c_kernels())
 
 
-@pytest.mark.parametrize("name", KERNEL_NAMES)
+@pytest.mark.parametrize("name", sorted(twins.KERNELS))
 def test_each_twin_takes_the_kernels_parameters_in_order(name):
     twin_params = list(inspect.signature(twins.KERNELS[name]).parameters)[1:]  # after geometry
     assert twin_params == [pname for _, pname, _ in c_kernels()[name]]
+
+
+def test_the_signature_parser_reads_types_names_and_pointers():
+    """The runtime's list of kernels (what the CUDA executor loads) is parsed from the .cu."""
+    code = ('extern "C" __global__ void k(const float* __restrict__ a, int n,\n'
+            '                             unsigned long long seed, double*out) {}\n'
+            '__global__ void not_exported(float* a) {}\n'
+            'extern "C" __global__ void empty_kernel() {}')
+    assert kernel_signatures(code) == {
+        "k": [("float", "a", True), ("int", "n", False), ("unsigned long long", "seed", False),
+              ("double", "out", True)],
+        "empty_kernel": []}
 
 
 def all_programs(config: VAEConfig, batch: int):

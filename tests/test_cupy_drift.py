@@ -16,8 +16,12 @@ import zlib
 import fake_cupy
 import pytest
 
-from kernels.cupy_gpu.executors import kernel_source
-from kernels.cupy_gpu.launch import COMPILE_OPTIONS, CUPY_NVRTC_OPTIONS, NVRTC_OPTIONS
+from kernels.cupy_gpu.launch import (
+    COMPILE_OPTIONS,
+    CUPY_NVRTC_OPTIONS,
+    NVRTC_OPTIONS,
+    kernel_source,
+)
 
 pytestmark = pytest.mark.drift
 

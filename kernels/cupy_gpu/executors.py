@@ -18,25 +18,9 @@ import time
 import numpy as np
 
 from .gemm import GemmCall, emulate
-from .launch import COMPILE_OPTIONS, KERNEL_SOURCE, SOURCE_DIR, Geometry
+from .launch import COMPILE_OPTIONS, Geometry, kernel_signatures, kernel_source
 from .program import Buf, Gemm, Launch, Null, Op, Scalar
 from .twins import KERNELS
-
-# The kernels a step may launch: the twins define the set, and a test checks the .cu file
-# defines the same names with the same parameters.
-KERNEL_NAMES = tuple(KERNELS)
-
-
-def kernel_source() -> str:
-    """vae_kernels.cu with device_math.cuh pasted in place of its #include: CuPy's on-disk
-    kernel cache is keyed by the source text, so a change to the header must change it."""
-    header = (SOURCE_DIR / "device_math.cuh").read_text()
-    source = KERNEL_SOURCE.read_text()
-    include = '#include "device_math.cuh"'
-    if include not in source:
-        raise RuntimeError(f"{KERNEL_SOURCE.name} no longer includes device_math.cuh")
-    # '#pragma once' is for files that are included; pasted, it would be a warning.
-    return source.replace(include, header.replace("#pragma once", ""))
 
 
 def _device_property(name: str):
@@ -186,8 +170,10 @@ class CudaExecutor:
         self.multiprocessors = int(_device_property("multiProcessorCount"))  # sizes Adam's grid
         self.stream = cupy.cuda.Stream(non_blocking=True)
         started = time.perf_counter()
-        module = cupy.RawModule(code=kernel_source(), options=COMPILE_OPTIONS)
-        self.kernels = {name: module.get_function(name) for name in KERNEL_NAMES}
+        source = kernel_source()
+        module = cupy.RawModule(code=source, options=COMPILE_OPTIONS)
+        # Every kernel the source defines: the .cu file is the one list of them.
+        self.kernels = {name: module.get_function(name) for name in kernel_signatures(source)}
         self.compile_seconds = time.perf_counter() - started  # NVRTC, or CuPy's disk cache
         # Our own cuBLAS handle on our own stream, called through ctypes (blas.py: CuPy's
         # binding refuses calls during capture), so the GEMMs are captured with the kernels.
