@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from kernels.cupy_gpu import CupyBackend, cuda_availability, program
-from kernels.cupy_gpu.executors import NumpyExecutor
+from kernels.cupy_gpu.executors import CudaExecutor, NumpyExecutor
 from kernels.flat_layout import make_layout
 from vae_ref import VAEConfig, build_model, export_params
 
@@ -28,8 +28,8 @@ OPS = program.train_step_ops(CONFIG, make_layout(CONFIG, align=64), BATCH, gener
 LAUNCHES = [i for i, op in enumerate(OPS) if isinstance(op, program.Launch)]
 
 
-def _loaded(executor: str) -> CupyBackend:
-    backend = CupyBackend(executor=executor)
+def _loaded(executor) -> CupyBackend:
+    backend = CupyBackend(executor)
     backend.load(CONFIG, export_params(build_model(CONFIG)))
     return backend
 
@@ -38,8 +38,8 @@ def _loaded(executor: str) -> CupyBackend:
 def pair(mnist5k):
     """(the backend under test, its NumPy twin), both loaded with the same weights and data,
     the twin's Adam moments made non-trivial by a few steps."""
-    twin = _loaded("numpy")
-    device = _loaded("cuda") if CUDA.available else _loaded("numpy")
+    twin = _loaded(NumpyExecutor)
+    device = _loaded(CudaExecutor) if CUDA.available else _loaded(NumpyExecutor)
     data = mnist5k.train_x[:1000]
     rng = np.random.default_rng(0)
     for backend in (twin, device):

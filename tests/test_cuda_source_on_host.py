@@ -14,7 +14,7 @@ from cuda_on_host import HostModule, LaunchFailed, unavailable_reason
 
 from bench.agreement import check
 from kernels import create_backend
-from kernels.cupy_gpu import CupyBackend, launch, program, twins
+from kernels.cupy_gpu import CudaExecutor, CupyBackend, launch, program, twins
 from kernels.cupy_gpu.launch import NVRTC_OPTIONS, kernel_source
 from vae_ref import VAEConfig, build_model, export_params
 from vae_ref.fixture import read_fixture
@@ -212,7 +212,7 @@ def test_the_kernel_source_at_odd_shapes(cuda_source, mnist5k, latent, batch):
     indices = rng.integers(0, 400, batch)
     runs = []
     for graph in (True, False):
-        backend = CupyBackend(graph=graph)
+        backend = CupyBackend(CudaExecutor, graph=graph)
         backend.load(config, params)
         losses = [backend.train_step(data, indices, noise),
                   backend.train_step(data, np.arange(batch))]
@@ -260,7 +260,7 @@ def test_a_broken_kernel_is_caught_at_its_launch(cuda_source, monkeypatch, mnist
     assert correct in source, "the kernel changed: update this test's mutation"
     monkeypatch.setattr(executors, "kernel_source", lambda: source.replace(correct, broken))
     config = VAEConfig(latent_dim=4)
-    backend = CupyBackend(graph=False)
+    backend = CupyBackend(CudaExecutor, graph=False)
     backend.load(config, export_params(build_model(config)))
     with pytest.raises(AssertionError, match=message):
         backend.train_step(mnist5k.train_x[:100], np.arange(16))

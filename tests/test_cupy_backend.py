@@ -17,6 +17,7 @@ from cuda_on_host import C_DTYPES
 from bench.agreement import check
 from kernels import create_backend
 from kernels.cupy_gpu import CupyBackend, cuda_availability, launch, program, twins
+from kernels.cupy_gpu.executors import NumpyExecutor
 from kernels.cupy_gpu.gemm import GemmShapeError, emulate, plan_gemm
 from kernels.cupy_gpu.launch import kernel_signatures, kernel_source
 from kernels.cupy_gpu.philox import normal_noise
@@ -32,7 +33,7 @@ needs_gpu = pytest.mark.skipif(not CUDA.available, reason=CUDA.reason or "")
 
 
 def emulated(**options) -> CupyBackend:
-    return CupyBackend(executor="numpy", **options)
+    return CupyBackend(NumpyExecutor, **options)
 
 
 def loaded(config: VAEConfig, **options) -> CupyBackend:

@@ -1,26 +1,75 @@
-"""Who runs a step program (``program.py``): CUDA through CuPy, or NumPy through the kernels'
-twins. Both take the same ops over the same named buffers; the backend never asks which.
+"""Who runs a step program (``program.py``): what an executor must do (``Executor``), and the
+one that runs on a GPU (``CudaExecutor``). The backend is given an executor type and never
+asks which it holds; the tests give one that runs the same ops on the CPU.
 
 The CUDA executor launches each fused kernel from ``vae_kernels.cu`` (compiled once by NVRTC)
 and each GEMM as one cublasGemmEx on its own stream and cuBLAS handle (``blas.py``: through
 ctypes, since CuPy's binding refuses cuBLAS calls during capture); ``capture`` records a
 program into a CUDA Graph (nothing runs until ``replay``) through CUDA's runtime calls as CuPy
 exposes them, not through CuPy's ``Stream.begin_capture``/``end_capture`` (see ``capture``).
-The NumPy executor records the ops instead, so the backend's graph bookkeeping is exercised on
-the CPU too.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from ..base import Availability
 from .gemm import GemmCall, emulate
 from .launch import COMPILE_OPTIONS, Geometry, kernel_signatures, kernel_source
-from .program import Buf, Gemm, Launch, Null, Op, Scalar
+from .program import Gemm, Launch, Op, resolve
 from .twins import KERNELS
+
+
+def cuda_availability() -> Availability:
+    """Whether CuPy and a CUDA device are usable here, and if not, why. Never raises."""
+    if importlib.util.find_spec("cupy") is None:
+        return Availability(False, "CuPy is not installed (pip install cupy-cuda12x or "
+                                   "cupy-cuda13x, matching the CUDA driver)")
+    try:
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # CuPy raises its own error types for each driver problem
+        return Availability(False, f"no usable CUDA device ({type(error).__name__}: "
+                                   f"{str(error).strip() or 'no detail'})")
+    if count == 0:
+        return Availability(False, "no CUDA device visible")
+    return Availability(True)
+
+
+class Executor(Protocol):
+    """Runs step programs over named device buffers. The backend holds the type and makes one
+    (``Executor(tf32=...)``) on first need; arrays are whatever the executor allocates."""
+
+    device: ClassVar[str]  # "cuda", or "cpu" for a stand-in that runs on the host
+    kind: ClassVar[str]  # what runs the kernels, in a few words (for descriptions)
+    multiprocessors: int  # sizes the grids of kernels sized to the device (Adam)
+    compile_seconds: float  # making it: NVRTC, or CuPy's disk cache
+
+    @staticmethod
+    def availability() -> Availability:
+        """Whether it can run here, and if not, why. Cheap; never raises."""
+
+    def __init__(self, tf32: bool = False) -> None: ...
+    def zeros(self, shape, dtype=np.float32) -> Any: ...
+    def upload(self, host: np.ndarray) -> Any: ...
+    def copy_in(self, device, host: np.ndarray) -> None: ...  # ordered, may return early
+    def download(self, device) -> np.ndarray: ...  # waits for the queued work
+    def copy(self, device) -> Any: ...
+    def assign(self, device, source) -> None: ...
+    def run(self, ops: list[Op], buffers: dict) -> None: ...
+    def capture(self, ops: list[Op], buffers: dict) -> Any:
+        """The program recorded (nothing runs) for ``replay``; holds the buffers' addresses."""
+    def replay(self, graph) -> None: ...
+    def graph_nodes(self, graph) -> int: ...
+    def seconds_per_graph_node(self) -> float: ...  # device "cuda" only: the launch floor
+    def synchronize(self) -> None: ...
+    def describe(self) -> dict: ...  # what a results table records about it
 
 
 def _device_property(name: str):
@@ -36,21 +85,15 @@ def gpu_name() -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def _resolve(arg, buffers: dict, null):
-    if isinstance(arg, Buf):
-        try:
-            return buffers[arg.name]
-        except KeyError:
-            raise KeyError(f"the program names buffer {arg.name!r}, which was not given") from None
-    if isinstance(arg, Null):
-        return null
-    if isinstance(arg, Scalar):
-        return arg.numpy()
-    raise TypeError(f"not a kernel argument: {arg!r}")
-
-
 class NumpyExecutor:
     """Runs programs on the CPU with the twins; ``capture`` records, ``replay`` reruns."""
+
+    device = "cpu"
+    kind = "NumPy twins of the kernels"
+
+    @staticmethod
+    def availability() -> Availability:
+        return Availability(True)
 
     # Kernels sized to the device get the grid of one this small, so that the programs run
     # here make their threads stride over more than one pass.
@@ -86,7 +129,7 @@ class NumpyExecutor:
                 c = op.call
                 emulate(c, buffers[c.a], buffers[c.b], buffers[c.c])
             else:
-                args = [_resolve(a, buffers, None) for a in op.args]
+                args = [resolve(a, buffers, None) for a in op.args]
                 args = [a.reshape(-1) if isinstance(a, np.ndarray) else a for a in args]
                 KERNELS[op.kernel](op.geometry, *args)
 
@@ -155,6 +198,10 @@ def _add_note(error: BaseException, note: str) -> None:
 
 class CudaExecutor:
     """Runs programs on the current CUDA device through CuPy."""
+
+    device = "cuda"
+    kind = "CUDA through CuPy"
+    availability = staticmethod(cuda_availability)
 
     PINNED_SLOTS = 4  # host staging buffers in flight (indices, noise) before the host waits
     LARGE_COPY = 4 << 20  # bytes; larger copies (data sets) go synchronously, unstaged
@@ -254,7 +301,7 @@ class CudaExecutor:
                 if isinstance(op, Gemm):
                     self._gemm(op.call, buffers)
                 else:
-                    args = tuple(_resolve(a, buffers, null) for a in op.args)
+                    args = tuple(resolve(a, buffers, null) for a in op.args)
                     self.kernels[op.kernel](op.geometry.grid, op.geometry.block, args)
 
     def capture(self, ops: list[Op], buffers: dict) -> CapturedGraph:

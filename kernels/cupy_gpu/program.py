@@ -72,6 +72,21 @@ def u64(value: int) -> Scalar:
 Arg = Buf | Null | Scalar
 
 
+def resolve(arg: Arg, buffers: dict, null):
+    """What an executor passes for ``arg``: the named buffer, its ``null``, or the typed
+    scalar."""
+    if isinstance(arg, Buf):
+        try:
+            return buffers[arg.name]
+        except KeyError:
+            raise KeyError(f"the program names buffer {arg.name!r}, which was not given") from None
+    if isinstance(arg, Null):
+        return null
+    if isinstance(arg, Scalar):
+        return arg.numpy()
+    raise TypeError(f"not a kernel argument: {arg!r}")
+
+
 @dataclass(frozen=True)
 class Gemm:
     call: GemmCall
