@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gpu_verification.numpy_executor import NumpyExecutor
 
 from kernels.cupy_gpu import CupyBackend, cuda_availability, program
-from kernels.cupy_gpu.executors import CudaExecutor, NumpyExecutor
+from kernels.cupy_gpu.executors import CudaExecutor
 from kernels.flat_layout import make_layout
 from vae_ref import VAEConfig, build_model, export_params
 

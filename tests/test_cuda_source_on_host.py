@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cuda_on_host import HostModule, LaunchFailed, unavailable_reason
+from gpu_verification import twins
+from gpu_verification.cuda_on_host import HostModule, LaunchFailed, unavailable_reason
 
 from bench.agreement import check
 from kernels import create_backend
-from kernels.cupy_gpu import CudaExecutor, CupyBackend, launch, program, twins
+from kernels.cupy_gpu import CudaExecutor, CupyBackend, launch, program
 from kernels.cupy_gpu.launch import NVRTC_OPTIONS, kernel_source
 from vae_ref import VAEConfig, build_model, export_params
 from vae_ref.fixture import read_fixture
@@ -124,7 +125,7 @@ def _aligned_zeros(n: int) -> np.ndarray:
 def test_adam_updates_every_parameter_on_any_grid(n, geometry):
     """Four parameters per thread per pass, the last n % 4 one per thread, any grid: the
     kernel must touch each parameter once, as its twin does."""
-    from fake_cupy import twin_mismatch
+    from gpu_verification.fake_cupy import twin_mismatch
 
     module = HostModule(kernel_source(), NVRTC_OPTIONS)
     rng = np.random.default_rng(n)
@@ -161,7 +162,7 @@ def test_adam_before_any_step_takes_the_first_step(monkeypatch, kernels):
     """Adam timed alone on a fresh state (the stage breakdown's "adam" part may run before any
     step has advanced the device's step counter): 1 - beta^0 = 0 would make the step infinite
     and the weights NaN. It must be Adam's first step: each weight moves by about lr."""
-    import fake_cupy
+    from gpu_verification import fake_cupy
 
     fake_cupy.install(monkeypatch, kernels=kernels)
     config = VAEConfig(latent_dim=4)
@@ -185,7 +186,7 @@ def test_adam_before_any_step_takes_the_first_step(monkeypatch, kernels):
 
 @pytest.fixture
 def cuda_source(monkeypatch):
-    import fake_cupy
+    from gpu_verification import fake_cupy
 
     fake_cupy.install(monkeypatch, kernels="source")
     return fake_cupy

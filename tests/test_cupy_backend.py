@@ -12,15 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cuda_on_host import C_DTYPES
+from gpu_verification import twins
+from gpu_verification.cuda_on_host import C_DTYPES
+from gpu_verification.numpy_executor import emulated_backend
+from gpu_verification.philox import normal_noise
 
 from bench.agreement import check
 from kernels import create_backend
-from kernels.cupy_gpu import CupyBackend, cuda_availability, launch, program, twins
-from kernels.cupy_gpu.executors import NumpyExecutor
-from kernels.cupy_gpu.gemm import GemmShapeError, emulate, plan_gemm
+from kernels.cupy_gpu import CupyBackend, cuda_availability, launch, program
+from kernels.cupy_gpu.gemm import GemmShapeError, plan_gemm
 from kernels.cupy_gpu.launch import kernel_signatures, kernel_source
-from kernels.cupy_gpu.philox import normal_noise
 from kernels.flat_layout import make_layout
 from vae_ref import VAEConfig, build_model, export_params
 from vae_ref.fixture import read_fixture
@@ -32,12 +33,8 @@ gpu = pytest.mark.gpu
 needs_gpu = pytest.mark.skipif(not CUDA.available, reason=CUDA.reason or "")
 
 
-def emulated(**options) -> CupyBackend:
-    return CupyBackend(NumpyExecutor, **options)
-
-
 def loaded(config: VAEConfig, **options) -> CupyBackend:
-    backend = emulated(**options)
+    backend = emulated_backend(**options)
     backend.load(config, export_params(build_model(config)))
     return backend
 
@@ -57,6 +54,22 @@ def test_the_twins_are_exactly_the_kernels_the_source_defines():
 def test_each_twin_takes_the_kernels_parameters_in_order(name):
     twin_params = list(inspect.signature(twins.KERNELS[name]).parameters)[1:]  # after geometry
     assert twin_params == [pname for _, pname, _ in c_kernels()[name]]
+
+
+def test_the_runtime_imports_no_verification_code_and_no_cupy():
+    """The backend's modules, all imported, pull in nothing from tests/ (the twins, the NumPy
+    executor, the simulated CuPy) and not CuPy itself (listing backends must work without it)."""
+    import subprocess
+    import sys
+
+    modules = [f"kernels.cupy_gpu.{p.stem}" for p in launch.SOURCE_DIR.glob("*.py")]
+    probe = (f"import sys; import {', '.join(modules)}; "
+             "print('\\n'.join(sorted(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                            text=True, cwd=Path(__file__).parents[1]).stdout.split()
+    assert "kernels.cupy_gpu.backend" in loaded
+    assert not [m for m in loaded if m.split(".")[0] in (
+        "tests", "gpu_verification", "fake_cupy", "cuda_on_host", "cupy", "cupyx")]
 
 
 def test_the_signature_parser_reads_types_names_and_pointers():
@@ -124,7 +137,7 @@ def test_planned_gemm_computes_the_row_major_product(trans_a, trans_b, rng):
     c = np.zeros((m, n), np.float32)
     call = plan_gemm("c", "a", "b", {"a": a.shape, "b": b.shape, "c": c.shape},
                      trans_a=trans_a, trans_b=trans_b)
-    emulate(call, {"a": a, "b": b}[call.a], {"a": a, "b": b}[call.b], c)
+    twins.gemm(call, {"a": a, "b": b}[call.a], {"a": a, "b": b}[call.b], c)
     expected = (a.T if trans_a else a) @ (b.T if trans_b else b)
     np.testing.assert_allclose(c, expected, rtol=1e-5, atol=1e-6)
     assert call.flops == 2 * m * n * k
@@ -208,7 +221,7 @@ def test_twins_catch_launches_that_would_be_wrong_on_the_gpu():
 
 @pytest.mark.parametrize("graph", [True, False])
 def test_emulated_step_matches_the_committed_fixture(graph):
-    backend = emulated(graph=graph)
+    backend = emulated_backend(graph=graph)
     for case, expected in read_fixture(FIXTURE):
         results = check(backend, case, expected)
         failed = [r.line() for r in results if not r.passed]
@@ -216,7 +229,7 @@ def test_emulated_step_matches_the_committed_fixture(graph):
 
 
 def test_emulated_step_passes_every_gate_case_at_latent_2(mnist5k):
-    backend = emulated()
+    backend = emulated_backend()
     for case in build_cases(mnist5k.train_x[:256], 2, steps=4):
         failed = [r.line() for r in check(backend, case, expectation(case)) if not r.passed]
         assert not failed, case.name
@@ -288,7 +301,7 @@ def test_evaluate_matches_the_reference(mnist5k):
 
     config = VAEConfig(latent_dim=5)
     model = build_model(config)
-    backend = emulated()
+    backend = emulated_backend()
     backend.load(config, export_params(model))
     x = mnist5k.test_x[:300]
     ours = backend.evaluate(x, seed=3, batch_size=128)
@@ -427,7 +440,7 @@ def test_training_through_the_harness_uses_the_device_epoch(mnist5k):
     from bench.training import train_backend
 
     config = VAEConfig(latent_dim=4, epochs=2, batch_size=100)
-    backend = emulated()
+    backend = emulated_backend()
     calls = []
     original = backend.train_epoch
     backend.train_epoch = lambda *a: calls.append(a[2]) or original(*a)
@@ -467,12 +480,12 @@ def test_stage_breakdown_times_each_part_and_restores_the_state(mnist5k):
     assert int(backend.executor.download(backend.flat["step"])[0]) == 1
 
 
-# -- the CUDA executor's own code, on a simulated CuPy (tests/fake_cupy.py) ---------------------
+# -- the CUDA executor's own code, on a simulated CuPy (tests/gpu_verification/fake_cupy.py) ---------------------
 
 @pytest.fixture
 def simulated_cuda(monkeypatch, request):
     """The simulated CuPy, as CuPy 14.2 (the GPU machines'), or the version parametrized."""
-    import fake_cupy
+    from gpu_verification import fake_cupy
 
     fake_cupy.install(monkeypatch, version=getattr(request, "param", "14.2.0"))
     return fake_cupy
@@ -502,7 +515,7 @@ def test_cuda_executor_epoch_and_timing_aids_on_a_simulated_cupy(simulated_cuda,
     order = np.random.default_rng(0).permutation(len(data))
     cuda = create_backend("cupy")
     cuda.load(config, params)
-    twin = emulated()
+    twin = emulated_backend()
     twin.load(config, params)
     np.testing.assert_array_equal(cuda.train_epoch(data, order, 64),
                                   twin.train_epoch(data, order, 64))

@@ -1,4 +1,4 @@
-"""The simulated CuPy (tests/fake_cupy.py) held to the real one. Wherever CuPy is installed —
+"""The simulated CuPy (tests/gpu_verification/fake_cupy.py) held to the real one. Wherever CuPy is installed —
 no GPU needed: the wheel imports without one — each belief the simulation states is checked
 against the installed CuPy's own code. CI installs CuPy 13.6 and 14.2 in turn (``nox -s
 drift``) and runs this file with VAE_BENCH_REQUIRE_CUPY=1, so there nothing here may skip.
@@ -13,8 +13,8 @@ import os
 import re
 import zlib
 
-import fake_cupy
 import pytest
+from gpu_verification import fake_cupy
 
 from kernels.cupy_gpu.launch import (
     COMPILE_OPTIONS,

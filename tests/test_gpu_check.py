@@ -36,7 +36,7 @@ def small_check(monkeypatch):
 
 @pytest.fixture
 def simulated_gpu(monkeypatch, small_check):
-    import fake_cupy
+    from gpu_verification import fake_cupy
 
     fake_cupy.install(monkeypatch, version="13.6.0")
 

@@ -54,8 +54,9 @@ def test_numba_handles_tiny_and_odd_batches(mnist5k, batch):
 def test_measure_lets_backends_draw_their_own_noise(mnist5k):
     """backend_noise: each backend draws its noise (a GPU backend inside its step); the GPU
     backend's step program runs here through its NumPy twins."""
+    from gpu_verification.numpy_executor import NumpyExecutor
+
     from kernels.cupy_gpu import CupyBackend
-    from kernels.cupy_gpu.executors import NumpyExecutor
 
     backends = [create_backend("numba"), CupyBackend(NumpyExecutor)]
     results = measure(backends, VAEConfig(latent_dim=4), mnist5k.train_x[:256], batch=16,
@@ -69,9 +70,10 @@ def test_measure_lets_backends_draw_their_own_noise(mnist5k):
 def test_a_failing_diagnostic_is_reported_and_costs_no_timing(mnist5k, monkeypatch):
     """The stage breakdown and the launch floor run after every timed window; one that fails
     (a driver call the device refuses) is named with its reason, the timing kept."""
+    from gpu_verification.numpy_executor import NumpyExecutor
+
     from kernels.cupy_gpu import CupyBackend
     from kernels.cupy_gpu.driver import DriverError
-    from kernels.cupy_gpu.executors import NumpyExecutor
 
     class RefusingDriver(CupyBackend):
         def launch_floor(self, batch):

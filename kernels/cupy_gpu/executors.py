@@ -19,10 +19,9 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from ..base import Availability
-from .gemm import GemmCall, emulate
+from .gemm import GemmCall
 from .launch import COMPILE_OPTIONS, Geometry, kernel_signatures, kernel_source
 from .program import Gemm, Launch, Op, resolve
-from .twins import KERNELS
 
 
 def cuda_availability() -> Availability:
@@ -83,71 +82,6 @@ def gpu_name() -> str:
     """The current CUDA device's name, through CuPy."""
     name = _device_property("name")
     return name.decode() if isinstance(name, bytes) else str(name)
-
-
-class NumpyExecutor:
-    """Runs programs on the CPU with the twins; ``capture`` records, ``replay`` reruns."""
-
-    device = "cpu"
-    kind = "NumPy twins of the kernels"
-
-    @staticmethod
-    def availability() -> Availability:
-        return Availability(True)
-
-    # Kernels sized to the device get the grid of one this small, so that the programs run
-    # here make their threads stride over more than one pass.
-    multiprocessors = 4
-
-    def __init__(self, tf32: bool = False):
-        if tf32:
-            raise ValueError("TF32 exists on NVIDIA GPUs only; the NumPy executor is float32")
-        self.captures = 0  # how many graphs were recorded (tests count recaptures)
-        self.compile_seconds = 0.0
-
-    def zeros(self, shape, dtype=np.float32) -> np.ndarray:
-        return np.zeros(shape, dtype)
-
-    def upload(self, host: np.ndarray) -> np.ndarray:
-        return np.array(host, copy=True)
-
-    def copy_in(self, device: np.ndarray, host: np.ndarray) -> None:
-        device[...] = host
-
-    def download(self, device: np.ndarray) -> np.ndarray:
-        return np.array(device, copy=True)
-
-    def copy(self, device: np.ndarray) -> np.ndarray:
-        return device.copy()
-
-    def assign(self, device: np.ndarray, source: np.ndarray) -> None:
-        device[...] = source
-
-    def run(self, ops: list[Op], buffers: dict) -> None:
-        for op in ops:
-            if isinstance(op, Gemm):
-                c = op.call
-                emulate(c, buffers[c.a], buffers[c.b], buffers[c.c])
-            else:
-                args = [resolve(a, buffers, None) for a in op.args]
-                args = [a.reshape(-1) if isinstance(a, np.ndarray) else a for a in args]
-                KERNELS[op.kernel](op.geometry, *args)
-
-    def capture(self, ops: list[Op], buffers: dict):
-        self.captures += 1
-        return (list(ops), dict(buffers))
-
-    def replay(self, graph) -> None:
-        self.run(*graph)
-
-    def graph_nodes(self, graph) -> int:
-        return len(graph[0])
-
-    def synchronize(self) -> None:
-        pass
-
-    def describe(self) -> dict:
-        return {"executor": "numpy twins of the CUDA kernels (a CPU check, not a benchmark)"}
 
 
 class CapturedGraph:

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .launch import NVRTC_OPTIONS, kernel_source
+from kernels.cupy_gpu.launch import NVRTC_OPTIONS, kernel_source
 
 
 def find_nvrtc() -> Path | None:

@@ -7,7 +7,7 @@ pointer (what a RawKernel or cublasGemmEx receives) is turned back into an array
 type the kernel's C signature declares. Kernels run as their NumPy twins, or (``install(...,
 kernels="source")``) as the CUDA source itself built for the host (``cuda_on_host.py``), each
 launch then checked against its twin and against a reverse-order run; GEMMs as cuBLAS
-defines them (column-major, via ``gemm.emulate``), reading alpha and beta from the host
+defines them (column-major, via ``twins.gemm``), reading alpha and beta from the host
 pointers given. A stream in capture records instead of running, and a graph replays the record.
 Only what the executor calls exists (and CuPy's own Stream capture, see Graph); anything else
 fails loudly.
@@ -29,11 +29,13 @@ import sys
 import types
 
 import numpy as np
-from cuda_on_host import C_DTYPES, HostModule
 
-from kernels.cupy_gpu import blas, driver, twins
-from kernels.cupy_gpu.gemm import GemmCall, emulate
-from kernels.cupy_gpu.launch import CUPY_NVRTC_OPTIONS, kernel_signatures
+from kernels.cupy_gpu import blas, driver
+from kernels.cupy_gpu.gemm import GemmCall
+from kernels.cupy_gpu.launch import CUPY_NVRTC_OPTIONS, Geometry, kernel_signatures
+
+from . import twins
+from .cuda_on_host import C_DTYPES, HostModule
 
 _ALLOCATIONS: dict[int, np.ndarray] = {}  # base address -> the owning byte array
 _SIZES: dict[int, int] = {}  # base address -> bytes asked for (the guard follows)
@@ -275,7 +277,7 @@ class Event:
 # -- kernels: RawModule -> twins, or the CUDA source built for the host ------------------
 # Arguments are typed by the C signature, as CuPy packs them.
 
-KERNELS = "twins"  # install(kernels=...) sets it: "twins", or "source" (tests/cuda_on_host.py)
+KERNELS = "twins"  # install(kernels=...) sets it: "twins", or "source" (tests/gpu_verification/cuda_on_host.py)
 _HOST_MODULES: dict[tuple, HostModule] = {}
 
 
@@ -325,7 +327,7 @@ class _RawKernel:
                 assert type(arg) is C_DTYPES[ctype], (
                     f"{self.name}: {type(arg).__name__} passed for a C {ctype}")
                 converted.append(arg)
-        geometry = twins.Geometry(tuple(grid), tuple(block))
+        geometry = Geometry(tuple(grid), tuple(block))
 
         def launch():
             if self.host is None:
@@ -411,7 +413,8 @@ def _memcpy_async(dst, src, size, kind, stream):
 def _device_properties(device):
     """runtime.pyx getDeviceProperties: a dict; the name as bytes (props.name, a char[]). An
     H100 SXM's multiprocessor count."""
-    return {"name": b"Simulated GPU (tests/fake_cupy.py)", "multiProcessorCount": 132}
+    return {"name": b"Simulated GPU (tests/gpu_verification/fake_cupy.py)",
+            "multiProcessorCount": 132}
 
 
 # Constants as cupy_backends/cuda/api/runtime.pxd declares them (memcpyHostToDevice = 1,
@@ -487,7 +490,7 @@ class CublasLibrary:
         keep = ctypes.c_float.from_address(beta).value
         assert (scale, keep) == (1.0, 0.0), "the step's GEMMs overwrite: alpha 1, beta 0"
         call = GemmCall(transa, transb, m, n, k, "A", lda, "B", ldb, "C", ldc)
-        _run(lambda: emulate(call, _array_at(A, np.float32), _array_at(B, np.float32),
+        _run(lambda: twins.gemm(call, _array_at(A, np.float32), _array_at(B, np.float32),
                              _array_at(C, np.float32)))
         return 0
 
