@@ -346,6 +346,26 @@ def test_cupy_backends_say_why_they_are_unavailable(name):
         with pytest.raises(BackendUnavailable, match=name):
             config = VAEConfig(latent_dim=4)
             backend.load(config, export_params(build_model(config)))
+        with pytest.raises(BackendUnavailable, match=name):
+            backend.device_name()
+
+
+@pytest.mark.parametrize("name", ["cupy", "cupy-nograph", "cupy-tf32"])
+def test_cupy_backends_offer_their_capabilities_by_protocol(name):
+    """What the harness may ask of the CuPy backends, asked as it asks: by protocol."""
+    from kernels.base import Backend, DeviceInfo, EpochRunner, LaunchFloor, StageBreakdown
+
+    backend = create_backend(name)
+    for protocol in (Backend, EpochRunner, StageBreakdown, LaunchFloor, DeviceInfo):
+        assert isinstance(backend, protocol), protocol.__name__
+
+
+def test_the_emulated_backend_describes_its_stand_in_device():
+    backend = emulated_backend()
+    assert backend.device == "cpu" and backend.name == "cupy-emulated"
+    assert backend.device_name() == "the host CPU (NumPy twins of the kernels)"
+    peak, how = backend.gemm_peak(size=32, repeats=2)
+    assert peak > 0 and how == "32x32 float32 GEMM via the twin (NumPy's BLAS)"
 
 
 # -- on a GPU --------------------------------------------------------------------------------
@@ -505,6 +525,24 @@ def test_cuda_executor_passes_the_gate_on_a_simulated_cupy(simulated_cuda, name)
         failed = [r.line() for r in check(backend, case, expected) if not r.passed]
         assert not failed
     assert backend.settings()["gpu"].startswith("Simulated GPU")
+
+
+@BOTH_CUPYS
+@pytest.mark.parametrize("name, compute", [("cupy", "TF32 off"), ("cupy-tf32", "TF32")])
+def test_the_device_is_described_by_the_backend_on_a_simulated_cupy(simulated_cuda, name,
+                                                                    compute):
+    """DeviceInfo before any load (the executor is made on first need, once): the device's
+    name from its properties, and the GEMM peak measured through the backend's own cuBLAS
+    handle with its compute type (the simulation's clock says 1 ms a product)."""
+    backend = create_backend(name)
+    assert backend.device_name() == "Simulated GPU (tests/gpu_verification/fake_cupy.py)"
+    executor = backend.executor
+    peak, how = backend.gemm_peak(size=48, repeats=2)
+    assert how == f"48x48 float32 GEMM via cuBLAS (cublasGemmEx, as the backend calls it), {compute}"
+    assert peak == pytest.approx(2 * 48**3 / 1e-3 / 1e9)
+    config = VAEConfig(latent_dim=4)
+    backend.load(config, export_params(build_model(config)))
+    assert backend.executor is executor  # made once
 
 
 @BOTH_CUPYS

@@ -90,6 +90,8 @@ def test_every_simulated_call_exists_and_takes_the_real_parameters(cupy):
         runtime.graphDestroy: fake_cupy._graph_destroy,
         runtime.graphExecDestroy: fake_cupy._graph_exec_destroy,
         runtime.graphLaunch: fake_cupy._graph_launch,
+        cupy.random.default_rng: fake_cupy.Generator,
+        cupy.random.Generator.standard_normal: fake_cupy.Generator.standard_normal,
         cupy.cuda.get_elapsed_time: lambda start_event, end_event: None,
         cupyx.empty_pinned: lambda shape, dtype: None,
     }

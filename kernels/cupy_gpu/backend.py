@@ -353,6 +353,16 @@ class CupyBackend:
         return {"nodes": nodes, "launches": launches, "seconds_per_node": per_node,
                 "floor_seconds": nodes * per_node}
 
+    # -- the device it computes on (DeviceInfo) ---------------------------------------------
+
+    def device_name(self) -> str:
+        return self._started().device_name()
+
+    def gemm_peak(self, size: int = 8192, repeats: int = 10) -> tuple[float, str]:
+        """Best GFLOP/s of a large float32 GEMM run as this backend runs its GEMMs (its
+        executor's, with TF32 only for ``cupy-tf32``), and how it was measured."""
+        return self._started().gemm_peak(size, repeats)
+
     def synchronize(self) -> None:
         if self.executor is not None:
             self.executor.synchronize()

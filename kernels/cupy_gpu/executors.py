@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from ..base import Availability
-from .gemm import GemmCall
+from .gemm import GemmCall, plan_gemm
 from .launch import COMPILE_OPTIONS, Geometry, kernel_signatures, kernel_source
 from .program import Gemm, Launch, Op, resolve
 
@@ -69,6 +69,8 @@ class Executor(Protocol):
     def seconds_per_graph_node(self) -> float: ...  # device "cuda" only: the launch floor
     def synchronize(self) -> None: ...
     def describe(self) -> dict: ...  # what a results table records about it
+    def device_name(self) -> str: ...  # kernels.base.DeviceInfo, for the backend
+    def gemm_peak(self, size: int, repeats: int) -> tuple[float, str]: ...  # the same
 
 
 def _device_property(name: str):
@@ -311,6 +313,33 @@ class CudaExecutor:
         stop.synchronize()
         graph.release()
         return self.cp.cuda.get_elapsed_time(start, stop) / 1e3 / (repeats * nodes)
+
+    def device_name(self) -> str:
+        return gpu_name()
+
+    def gemm_peak(self, size: int = 8192, repeats: int = 10) -> tuple[float, str]:
+        """Best GFLOP/s of a (size x size) float32 product run as the step's GEMMs run:
+        cublasGemmEx on this executor's handle, stream and workspace, with its compute type
+        (TF32 only when asked for). Each product is timed alone between CUDA events, after
+        one untimed (cuBLAS chooses its kernel)."""
+        cp = self.cp
+        call = plan_gemm("c", "a", "a", {"a": (size, size), "c": (size, size)})
+        with self.stream:
+            buffers = {"a": cp.random.default_rng(0).standard_normal((size, size),
+                                                                     dtype=np.float32),
+                       "c": cp.zeros((size, size), np.float32)}
+        self._gemm(call, buffers)
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        best = float("inf")
+        for _ in range(repeats):
+            start.record(self.stream)
+            self._gemm(call, buffers)
+            stop.record(self.stream)
+            stop.synchronize()
+            best = min(best, cp.cuda.get_elapsed_time(start, stop) / 1e3)
+        return (call.flops / best / 1e9,
+                f"{size}x{size} float32 GEMM via cuBLAS (cublasGemmEx, as the backend calls it), "
+                + ("TF32" if self.tf32 else "TF32 off"))
 
     def describe(self) -> dict:
         cp = self.cp

@@ -526,6 +526,25 @@ cublas = types.SimpleNamespace(create=lambda: 1, setStream=_refused_in_capture,
                                gemmEx=_refused_in_capture)
 
 
+def _asarray(host):
+    """cupy.asarray of a host array: a device copy."""
+    array = _allocate(np.shape(host), np.asarray(host).dtype)
+    np.copyto(array, host)
+    return array
+
+
+class Generator:
+    """cupy.random.default_rng(seed=None) (cupy/random/__init__.py): a Generator
+    (cupy/random/_generator_api.pyx) whose standard_normal(size=None, dtype=numpy.float64,
+    out=None) fills a new device array; here NumPy's generator draws the numbers."""
+
+    def __init__(self, seed=None):
+        self._host = np.random.default_rng(seed)
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        return _asarray(self._host.standard_normal(size, dtype=dtype))
+
+
 class _Device:
     """cupy/cuda/device.pyx Device: ``compute_capability`` is a string, '90' for 9.0."""
 
@@ -555,27 +574,13 @@ def install(monkeypatch, kernels: str = "twins", version: str = "14.2.0") -> Non
     cupy.float32 = np.float32
     cupy.empty_like = lambda a: _allocate(a.shape, a.dtype)
 
-    def matmul(a, b, out):  # the harness's GEMM-peak probe
+    def matmul(a, b, out):  # bench/throughput.py's GEMM-peak probe (not the executor's)
         _run(lambda: np.matmul(a, b, out=out))
         return out
 
-    def default_rng(seed):
-        host = np.random.default_rng(seed)
-
-        def standard_normal(size, dtype=np.float64):
-            return asarray(host.standard_normal(size, dtype=dtype))
-
-        return types.SimpleNamespace(standard_normal=standard_normal)
-
     cupy.matmul = matmul
-    cupy.random = types.SimpleNamespace(default_rng=default_rng)
-
-    def asarray(host):
-        array = _allocate(np.shape(host), np.asarray(host).dtype)
-        np.copyto(array, host)
-        return array
-
-    cupy.asarray = asarray
+    cupy.random = types.SimpleNamespace(default_rng=Generator)
+    cupy.asarray = _asarray
     # stream.pyx get_elapsed_time(start_event, end_event): milliseconds (1 here: no clock).
     cupy.cuda = types.SimpleNamespace(Stream=Stream, Event=Event, runtime=runtime,
                                       Device=_Device, get_elapsed_time=lambda a, b: 1.0,

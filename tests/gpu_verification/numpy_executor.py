@@ -7,10 +7,13 @@ nothing about a GPU.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from kernels.base import Availability
 from kernels.cupy_gpu import CupyBackend
+from kernels.cupy_gpu.gemm import plan_gemm
 from kernels.cupy_gpu.program import Gemm, Op, resolve
 
 from . import twins
@@ -79,6 +82,22 @@ class NumpyExecutor:
 
     def describe(self) -> dict:
         return {"executor": "numpy twins of the CUDA kernels (a CPU check, not a benchmark)"}
+
+    def device_name(self) -> str:
+        return f"the host CPU ({self.kind})"
+
+    def gemm_peak(self, size: int = 8192, repeats: int = 10) -> tuple[float, str]:
+        """Best GFLOP/s of a (size x size) product through the GEMMs' twin, as this executor
+        runs the step's GEMMs."""
+        call = plan_gemm("c", "a", "a", {"a": (size, size), "c": (size, size)})
+        a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+        c = np.zeros_like(a)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            twins.gemm(call, a, a, c)
+            best = min(best, time.perf_counter() - start)
+        return call.flops / best / 1e9, f"{size}x{size} float32 GEMM via the twin (NumPy's BLAS)"
 
 
 def emulated_backend(**options) -> CupyBackend:
