@@ -527,6 +527,21 @@ def test_cuda_executor_passes_the_gate_on_a_simulated_cupy(simulated_cuda, name)
     assert backend.settings()["gpu"].startswith("Simulated GPU")
 
 
+def test_both_executors_do_everything_the_backend_asks_of_an_executor(simulated_cuda):
+    """The stand-in that the CPU tests run the backend on answers to every member of the
+    Executor protocol, as the CUDA executor does."""
+    from gpu_verification.numpy_executor import NumpyExecutor
+
+    from kernels.cupy_gpu.executors import CudaExecutor, Executor
+
+    members = [name for name in (*vars(Executor), *Executor.__annotations__)
+               if not name.startswith("_")]
+    assert {"run", "capture", "replay", "device_name", "multiprocessors"} <= set(members)
+    for executor in (CudaExecutor(), NumpyExecutor()):
+        missing = [name for name in members if not hasattr(executor, name)]
+        assert not missing, (type(executor).__name__, missing)
+
+
 @BOTH_CUPYS
 @pytest.mark.parametrize("name, compute", [("cupy", "TF32 off"), ("cupy-tf32", "TF32")])
 def test_the_device_is_described_by_the_backend_on_a_simulated_cupy(simulated_cuda, name,

@@ -43,7 +43,9 @@ def cuda_availability() -> Availability:
 
 class Executor(Protocol):
     """Runs step programs over named device buffers. The backend holds the type and makes one
-    (``Executor(tf32=...)``) on first need; arrays are whatever the executor allocates."""
+    (``Executor(tf32=...)``) on first need; arrays are whatever the executor allocates. The
+    backend measures its stage breakdown and launch floor only on a "cuda" executor, which
+    also has ``seconds_per_graph_node`` (``CudaExecutor``)."""
 
     device: ClassVar[str]  # "cuda", or "cpu" for a stand-in that runs on the host
     kind: ClassVar[str]  # what runs the kernels, in a few words (for descriptions)
@@ -66,7 +68,6 @@ class Executor(Protocol):
         """The program recorded (nothing runs) for ``replay``; holds the buffers' addresses."""
     def replay(self, graph) -> None: ...
     def graph_nodes(self, graph) -> int: ...
-    def seconds_per_graph_node(self) -> float: ...  # device "cuda" only: the launch floor
     def synchronize(self) -> None: ...
     def describe(self) -> dict: ...  # what a results table records about it
     def device_name(self) -> str: ...  # kernels.base.DeviceInfo, for the backend
