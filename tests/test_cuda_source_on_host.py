@@ -1,4 +1,4 @@
-"""The CUDA kernel source itself, run on the CPU (``cuda_on_host.py``): the real executor
+"""The CUDA kernel source itself, run on the CPU (``gpu_verification/cuda_on_host.py``): the real executor
 (``CudaExecutor`` over a simulated CuPy) launches the kernels of ``vae_kernels.cu`` built for
 the host, and every launch is checked against its NumPy twin and against a run with threads
 and blocks in reverse order (a race check). First, that the emulation itself can fail.
