@@ -24,7 +24,7 @@ def install_project(session: nox.Session, extras: str = "") -> None:
     session.install("-e", f".{extras}")
 
 
-# The CuPy releases the simulated CuPy (tests/fake_cupy.py) is held to, by major version:
+# The CuPy releases the simulated CuPy (tests/gpu_verification/fake_cupy.py) is held to, by major version:
 # the wheels our `gpu` extra allows (13 for CUDA 12) and our GPU machines run (14, CUDA 13).
 CUPY_WHEELS = {"13": "cupy-cuda12x==13.6.0", "14": "cupy-cuda13x==14.2.0"}
 
@@ -32,15 +32,15 @@ CUPY_WHEELS = {"13": "cupy-cuda12x==13.6.0", "14": "cupy-cuda13x==14.2.0"}
 @nox.session
 def tests(session: nox.Session) -> None:
     """Correctness tests on the CPU (what CI runs), after nvcc compile-checks every CUDA
-    source (``python -m kernels.cupy_gpu.nvcc_check``; skipped with a note where nvcc is
-    missing); then the ``drift`` sessions, one per CuPy version. Extra arguments go to
+    source (``python -m tests.gpu_verification.nvcc_check``; skipped with a note where nvcc
+    is missing); then the ``drift`` sessions, one per CuPy version. Extra arguments go to
     pytest."""
     # [jax]: the JAX backend's agreement gate runs in CI too (the CPU build: no CUDA pulled).
     install_project(session, "[test,jax]")
     # No GPU here, so no test runs the kernels: compiling them is what catches a broken .cu.
     # Run on its own (not only inside pytest) so the compiler's warnings and per-kernel
     # register and shared-memory use show in the CI log.
-    session.run("python", "-m", "kernels.cupy_gpu.nvcc_check", "--allow-missing")
+    session.run("python", "-m", "tests.gpu_verification.nvcc_check", "--allow-missing")
     # The drift tests need CuPy, which this session does not install: they run in `drift`.
     session.run("pytest", "-m", "not drift", *session.posargs)
     for version in CUPY_WHEELS:

@@ -70,21 +70,21 @@ def _torch_cuda_compile(**options) -> Backend:
 
 
 def _cupy(**options) -> Backend:
-    from .cupy_gpu import CupyBackend
+    from .cupy_gpu import CudaExecutor, CupyBackend
 
-    return CupyBackend(graph=True)
+    return CupyBackend(CudaExecutor, graph=True)
 
 
 def _cupy_nograph(**options) -> Backend:
-    from .cupy_gpu import CupyBackend
+    from .cupy_gpu import CudaExecutor, CupyBackend
 
-    return CupyBackend(graph=False)
+    return CupyBackend(CudaExecutor, graph=False)
 
 
 def _cupy_tf32(**options) -> Backend:
-    from .cupy_gpu import CupyBackend
+    from .cupy_gpu import CudaExecutor, CupyBackend
 
-    return CupyBackend(graph=True, tf32=True)
+    return CupyBackend(CudaExecutor, graph=True, tf32=True)
 
 
 # name -> factory(**options). Options a backend does not use are ignored.

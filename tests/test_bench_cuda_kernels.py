@@ -2,19 +2,25 @@
 a real training step (batch 128, z = 20), checked against its NumPy twin before it is timed.
 
 For launch k of the step program, every buffer is set to the state the twins leave after
-launches 0 .. k-1 (GEMMs included), then launch k runs on the device and in the twin, and
-every buffer is compared. That makes each benchmark also a kernel-level agreement test: on a
-first GPU, a wrong kernel is named here, not somewhere in a whole step. Without a GPU the same
-checks run with the twins on both sides (the harness checking itself), and nothing is timed.
+launches 0 .. k-1 (GEMMs included), then launch k runs as the kernel source and as its twin,
+and every buffer is compared. That makes each benchmark also a kernel-level agreement test:
+a wrong kernel is named here, not somewhere in a whole step.
+
+What runs the source: on a GPU, NVRTC's build, and it is timed. Without one, the same source
+built for the host (``gpu_verification.cuda_on_host``) behind the real CUDA executor on the
+simulated CuPy: checked, not timed (``--benchmark-only`` skips it, saying so). Where the host
+build is impossible too, the tests skip with the reason: a twin is never checked against
+itself.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from gpu_verification import cuda_on_host, fake_cupy
+from gpu_verification.numpy_executor import NumpyExecutor
 
-from kernels.cupy_gpu import CupyBackend, cuda_availability, program
-from kernels.cupy_gpu.executors import NumpyExecutor
+from kernels.cupy_gpu import CudaExecutor, CupyBackend, cuda_availability, program
 from kernels.flat_layout import make_layout
 from vae_ref import VAEConfig, build_model, export_params
 
@@ -28,18 +34,34 @@ OPS = program.train_step_ops(CONFIG, make_layout(CONFIG, align=64), BATCH, gener
 LAUNCHES = [i for i, op in enumerate(OPS) if isinstance(op, program.Launch)]
 
 
-def _loaded(executor: str) -> CupyBackend:
-    backend = CupyBackend(executor=executor)
+def _loaded(executor) -> CupyBackend:
+    backend = CupyBackend(executor)
     backend.load(CONFIG, export_params(build_model(CONFIG)))
     return backend
 
 
 @pytest.fixture(scope="module")
-def pair(mnist5k):
-    """(the backend under test, its NumPy twin), both loaded with the same weights and data,
-    the twin's Adam moments made non-trivial by a few steps."""
-    twin = _loaded("numpy")
-    device = _loaded("cuda") if CUDA.available else _loaded("numpy")
+def source_executor():
+    """Where the kernel source runs: "gpu", or "host" (its host build, on the simulated CuPy
+    for the rest of this module); the module skips with the reason where neither can."""
+    if CUDA.available:
+        yield "gpu"
+        return
+    reason = cuda_on_host.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no GPU ({CUDA.reason}) and no host build of the kernels ({reason}): "
+                    "nothing to check the twins against")
+    with pytest.MonkeyPatch.context() as patch:
+        fake_cupy.install(patch, kernels="source")
+        yield "host"
+
+
+@pytest.fixture(scope="module")
+def pair(mnist5k, source_executor):
+    """(the backend running the kernel source, its NumPy twin), both loaded with the same
+    weights and data, the twin's Adam moments made non-trivial by a few steps."""
+    twin = _loaded(NumpyExecutor)
+    device = _loaded(CudaExecutor)
     data = mnist5k.train_x[:1000]
     rng = np.random.default_rng(0)
     for backend in (twin, device):
@@ -69,8 +91,10 @@ def _owners(buffers: dict) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("index", LAUNCHES, ids=[f"{i:02d}-{OPS[i].kernel}" for i in LAUNCHES])
-def test_fused_kernel(benchmark, pair, index):
+def test_fused_kernel(benchmark, pair, source_executor, index):
     device, twin = pair
+    assert isinstance(device.executor, CudaExecutor) and not isinstance(
+        twin.executor, CudaExecutor)  # the source on one side, the twin on the other
     op = device._program("train", BATCH, True)[index]
     assert op.kernel == OPS[index].kernel
     benchmark.group = f"cuda-kernel-{op.kernel}"
@@ -93,7 +117,7 @@ def test_fused_kernel(benchmark, pair, index):
         device.executor.run([op], device_buffers)
         device.synchronize()
 
-    if not CUDA.available:
-        pytest.skip(f"checked against its twin; not timed without a GPU ({CUDA.reason})")
-    benchmark(launch)
-
+    if source_executor == "host" and not benchmark.disabled:
+        pytest.skip("checked against its twin on the host build of the source; timed only on "
+                    f"a GPU ({CUDA.reason})")
+    benchmark(launch)  # timed on a GPU; run once, untimed, in a plain pytest

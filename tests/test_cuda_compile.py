@@ -1,4 +1,4 @@
-"""The CUDA compile check (kernels/cupy_gpu/nvcc_check.py): its command line, and, where nvcc
+"""The CUDA compile check (tests/gpu_verification/nvcc_check.py): its command line, and, where nvcc
 is installed, that the kernels compile for sm_80 and sm_90 and that a broken kernel fails."""
 
 import re
@@ -7,9 +7,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from gpu_verification.nvcc_check import REPO_ROOT, check, find_sources, main, nvcc_command
 
-from kernels.cupy_gpu.launch import COMPILE_OPTIONS, KERNEL_SOURCE, SOURCE_DIR
-from kernels.cupy_gpu.nvcc_check import REPO_ROOT, check, find_sources, main, nvcc_command
+from kernels.cupy_gpu.launch import (
+    COMPILE_OPTIONS,
+    KERNEL_SOURCE,
+    SOURCE_DIR,
+    kernel_signatures,
+    kernel_source,
+)
 
 ARCHS = ("sm_80", "sm_90")
 NVCC = shutil.which("nvcc")
@@ -17,8 +23,6 @@ needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not installed (CUDA t
 
 
 def declared_kernels(source: Path) -> list[str]:
-    from cuda_on_host import kernel_signatures
-
     return list(kernel_signatures(source.read_text()))
 
 
@@ -96,7 +100,7 @@ def test_compiling_without_the_launch_defines_hits_the_error_directive(tmp_path)
 # -- NVRTC: the runtime compile, without a GPU ---------------------------------------------
 
 def _nvrtc_or_skip():
-    from kernels.cupy_gpu.nvrtc_check import find_nvrtc
+    from gpu_verification.nvrtc_check import find_nvrtc
 
     library = find_nvrtc()
     if library is None:
@@ -108,19 +112,18 @@ def _nvrtc_or_skip():
 def test_nvrtc_compiles_the_runtime_source_cleanly(arch):
     """The exact text and options CuPy's RawModule compiles on a GPU machine: no error, no
     warning, and a PTX entry for every kernel the launcher knows."""
-    from kernels.cupy_gpu.executors import KERNEL_NAMES
-    from kernels.cupy_gpu.nvrtc_check import compile_with_nvrtc
+    from gpu_verification.nvrtc_check import compile_with_nvrtc
 
     result = compile_with_nvrtc(_nvrtc_or_skip(), arch)
     assert result.ok, result.log
     assert result.log == "", result.log
     entries = set(re.findall(r"\.entry\s+(\w+)", result.ptx))
-    assert entries == set(KERNEL_NAMES)
+    assert entries == set(kernel_signatures(kernel_source()))
 
 
 def test_the_runtime_compile_flushes_denormals_as_cupys_does():
     """CuPy compiles every kernel with -ftz=true: float32 arithmetic in the PTX is .ftz."""
-    from kernels.cupy_gpu.nvrtc_check import compile_with_nvrtc
+    from gpu_verification.nvrtc_check import compile_with_nvrtc
 
     ptx = compile_with_nvrtc(_nvrtc_or_skip(), "compute_90").ptx
     flushing = re.findall(r"\b(?:add|sub|mul|fma\.rn|div\.rn|sqrt\.rn)\.ftz\.f32\b", ptx)
@@ -131,7 +134,7 @@ def test_the_runtime_compile_flushes_denormals_as_cupys_does():
 def test_adams_update_does_no_double_precision_work():
     """The bias corrections are computed once per step by adam_bias_corrections; the update,
     one thread per four parameters, must not compute them again in double."""
-    from kernels.cupy_gpu.nvrtc_check import compile_with_nvrtc
+    from gpu_verification.nvrtc_check import compile_with_nvrtc
 
     ptx = compile_with_nvrtc(_nvrtc_or_skip(), "compute_90").ptx
     bodies = dict(re.findall(r"\.entry\s+(\w+)\((.*?)(?=\.entry|\Z)", ptx, re.DOTALL))
@@ -142,8 +145,7 @@ def test_adams_update_does_no_double_precision_work():
 
 
 def test_nvrtc_reports_an_error_in_the_source():
-    from kernels.cupy_gpu.executors import kernel_source
-    from kernels.cupy_gpu.nvrtc_check import compile_with_nvrtc
+    from gpu_verification.nvrtc_check import compile_with_nvrtc
 
     broken = kernel_source().replace("float v = a[i] + bias[i % cols];", "float v = a[i] + ;")
     result = compile_with_nvrtc(_nvrtc_or_skip(), "compute_80", broken)

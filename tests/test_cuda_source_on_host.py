@@ -1,4 +1,4 @@
-"""The CUDA kernel source itself, run on the CPU (``cuda_on_host.py``): the real executor
+"""The CUDA kernel source itself, run on the CPU (``gpu_verification/cuda_on_host.py``): the real executor
 (``CudaExecutor`` over a simulated CuPy) launches the kernels of ``vae_kernels.cu`` built for
 the host, and every launch is checked against its NumPy twin and against a run with threads
 and blocks in reverse order (a race check). First, that the emulation itself can fail.
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cuda_on_host import HostModule, LaunchFailed, unavailable_reason
+from gpu_verification import twins
+from gpu_verification.cuda_on_host import HostModule, LaunchFailed, unavailable_reason
 
 from bench.agreement import check
 from kernels import create_backend
-from kernels.cupy_gpu import CupyBackend, launch, program, twins
-from kernels.cupy_gpu.executors import KERNEL_NAMES, kernel_source
-from kernels.cupy_gpu.launch import NVRTC_OPTIONS
+from kernels.cupy_gpu import CudaExecutor, CupyBackend, launch, program
+from kernels.cupy_gpu.launch import NVRTC_OPTIONS, kernel_source
 from vae_ref import VAEConfig, build_model, export_params
 from vae_ref.fixture import read_fixture
 
@@ -103,7 +103,7 @@ def test_an_empty_launch_is_refused(block_sums):
 
 def test_the_kernel_source_builds_for_the_host_with_the_options_nvrtc_gets():
     module = HostModule(kernel_source(), NVRTC_OPTIONS)  # CuPy's -ftz=true among them
-    assert set(module.signatures) == set(KERNEL_NAMES)
+    assert set(module.signatures) == set(twins.KERNELS)
     with pytest.raises(ValueError, match="no host equivalent"):
         HostModule(kernel_source(), (*NVRTC_OPTIONS, "--use_fast_math"))
 
@@ -125,7 +125,7 @@ def _aligned_zeros(n: int) -> np.ndarray:
 def test_adam_updates_every_parameter_on_any_grid(n, geometry):
     """Four parameters per thread per pass, the last n % 4 one per thread, any grid: the
     kernel must touch each parameter once, as its twin does."""
-    from fake_cupy import twin_mismatch
+    from gpu_verification.fake_cupy import twin_mismatch
 
     module = HostModule(kernel_source(), NVRTC_OPTIONS)
     rng = np.random.default_rng(n)
@@ -162,7 +162,7 @@ def test_adam_before_any_step_takes_the_first_step(monkeypatch, kernels):
     """Adam timed alone on a fresh state (the stage breakdown's "adam" part may run before any
     step has advanced the device's step counter): 1 - beta^0 = 0 would make the step infinite
     and the weights NaN. It must be Adam's first step: each weight moves by about lr."""
-    import fake_cupy
+    from gpu_verification import fake_cupy
 
     fake_cupy.install(monkeypatch, kernels=kernels)
     config = VAEConfig(latent_dim=4)
@@ -186,7 +186,7 @@ def test_adam_before_any_step_takes_the_first_step(monkeypatch, kernels):
 
 @pytest.fixture
 def cuda_source(monkeypatch):
-    import fake_cupy
+    from gpu_verification import fake_cupy
 
     fake_cupy.install(monkeypatch, kernels="source")
     return fake_cupy
@@ -213,7 +213,7 @@ def test_the_kernel_source_at_odd_shapes(cuda_source, mnist5k, latent, batch):
     indices = rng.integers(0, 400, batch)
     runs = []
     for graph in (True, False):
-        backend = CupyBackend(graph=graph)
+        backend = CupyBackend(CudaExecutor, graph=graph)
         backend.load(config, params)
         losses = [backend.train_step(data, indices, noise),
                   backend.train_step(data, np.arange(batch))]
@@ -261,7 +261,7 @@ def test_a_broken_kernel_is_caught_at_its_launch(cuda_source, monkeypatch, mnist
     assert correct in source, "the kernel changed: update this test's mutation"
     monkeypatch.setattr(executors, "kernel_source", lambda: source.replace(correct, broken))
     config = VAEConfig(latent_dim=4)
-    backend = CupyBackend(graph=False)
+    backend = CupyBackend(CudaExecutor, graph=False)
     backend.load(config, export_params(build_model(config)))
     with pytest.raises(AssertionError, match=message):
         backend.train_step(mnist5k.train_x[:100], np.arange(16))

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cuda_on_host import C_DTYPES, kernel_signatures
+from gpu_verification import twins
+from gpu_verification.cuda_on_host import C_DTYPES
+from gpu_verification.numpy_executor import emulated_backend
+from gpu_verification.philox import normal_noise
 
 from bench.agreement import check
 from kernels import create_backend
-from kernels.cupy_gpu import CupyBackend, cuda_availability, launch, program, twins
-from kernels.cupy_gpu.executors import KERNEL_NAMES, kernel_source
-from kernels.cupy_gpu.gemm import GemmShapeError, emulate, plan_gemm
-from kernels.cupy_gpu.philox import normal_noise
+from kernels.cupy_gpu import CupyBackend, cuda_availability, launch, program
+from kernels.cupy_gpu.gemm import GemmShapeError, plan_gemm
+from kernels.cupy_gpu.launch import kernel_signatures, kernel_source
 from kernels.flat_layout import make_layout
 from vae_ref import VAEConfig, build_model, export_params
 from vae_ref.fixture import read_fixture
@@ -31,12 +33,8 @@ gpu = pytest.mark.gpu
 needs_gpu = pytest.mark.skipif(not CUDA.available, reason=CUDA.reason or "")
 
 
-def emulated(**options) -> CupyBackend:
-    return CupyBackend(executor="numpy", **options)
-
-
 def loaded(config: VAEConfig, **options) -> CupyBackend:
-    backend = emulated(**options)
+    backend = emulated_backend(**options)
     backend.load(config, export_params(build_model(config)))
     return backend
 
@@ -48,14 +46,42 @@ def c_kernels() -> dict[str, list[tuple[str, str, bool]]]:
     return kernel_signatures(kernel_source())
 
 
-def test_the_source_defines_exactly_the_kernels_the_launcher_knows():
-    assert sorted(c_kernels()) == sorted(KERNEL_NAMES)
+def test_the_twins_are_exactly_the_kernels_the_source_defines():
+    assert sorted(twins.KERNELS) == sorted(c_kernels())
 
 
-@pytest.mark.parametrize("name", KERNEL_NAMES)
+@pytest.mark.parametrize("name", sorted(twins.KERNELS))
 def test_each_twin_takes_the_kernels_parameters_in_order(name):
     twin_params = list(inspect.signature(twins.KERNELS[name]).parameters)[1:]  # after geometry
     assert twin_params == [pname for _, pname, _ in c_kernels()[name]]
+
+
+def test_the_runtime_imports_no_verification_code_and_no_cupy():
+    """The backend's modules, all imported, pull in nothing from tests/ (the twins, the NumPy
+    executor, the simulated CuPy) and not CuPy itself (listing backends must work without it)."""
+    import subprocess
+    import sys
+
+    modules = [f"kernels.cupy_gpu.{p.stem}" for p in launch.SOURCE_DIR.glob("*.py")]
+    probe = (f"import sys; import {', '.join(modules)}; "
+             "print('\\n'.join(sorted(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                            text=True, cwd=Path(__file__).parents[1]).stdout.split()
+    assert "kernels.cupy_gpu.backend" in loaded
+    assert not [m for m in loaded if m.split(".")[0] in (
+        "tests", "gpu_verification", "fake_cupy", "cuda_on_host", "cupy", "cupyx")]
+
+
+def test_the_signature_parser_reads_types_names_and_pointers():
+    """The runtime's list of kernels (what the CUDA executor loads) is parsed from the .cu."""
+    code = ('extern "C" __global__ void k(const float* __restrict__ a, int n,\n'
+            '                             unsigned long long seed, double*out) {}\n'
+            '__global__ void not_exported(float* a) {}\n'
+            'extern "C" __global__ void empty_kernel() {}')
+    assert kernel_signatures(code) == {
+        "k": [("float", "a", True), ("int", "n", False), ("unsigned long long", "seed", False),
+              ("double", "out", True)],
+        "empty_kernel": []}
 
 
 def all_programs(config: VAEConfig, batch: int):
@@ -111,7 +137,7 @@ def test_planned_gemm_computes_the_row_major_product(trans_a, trans_b, rng):
     c = np.zeros((m, n), np.float32)
     call = plan_gemm("c", "a", "b", {"a": a.shape, "b": b.shape, "c": c.shape},
                      trans_a=trans_a, trans_b=trans_b)
-    emulate(call, {"a": a, "b": b}[call.a], {"a": a, "b": b}[call.b], c)
+    twins.gemm(call, {"a": a, "b": b}[call.a], {"a": a, "b": b}[call.b], c)
     expected = (a.T if trans_a else a) @ (b.T if trans_b else b)
     np.testing.assert_allclose(c, expected, rtol=1e-5, atol=1e-6)
     assert call.flops == 2 * m * n * k
@@ -195,7 +221,7 @@ def test_twins_catch_launches_that_would_be_wrong_on_the_gpu():
 
 @pytest.mark.parametrize("graph", [True, False])
 def test_emulated_step_matches_the_committed_fixture(graph):
-    backend = emulated(graph=graph)
+    backend = emulated_backend(graph=graph)
     for case, expected in read_fixture(FIXTURE):
         results = check(backend, case, expected)
         failed = [r.line() for r in results if not r.passed]
@@ -203,7 +229,7 @@ def test_emulated_step_matches_the_committed_fixture(graph):
 
 
 def test_emulated_step_passes_every_gate_case_at_latent_2(mnist5k):
-    backend = emulated()
+    backend = emulated_backend()
     for case in build_cases(mnist5k.train_x[:256], 2, steps=4):
         failed = [r.line() for r in check(backend, case, expectation(case)) if not r.passed]
         assert not failed, case.name
@@ -275,7 +301,7 @@ def test_evaluate_matches_the_reference(mnist5k):
 
     config = VAEConfig(latent_dim=5)
     model = build_model(config)
-    backend = emulated()
+    backend = emulated_backend()
     backend.load(config, export_params(model))
     x = mnist5k.test_x[:300]
     ours = backend.evaluate(x, seed=3, batch_size=128)
@@ -320,6 +346,26 @@ def test_cupy_backends_say_why_they_are_unavailable(name):
         with pytest.raises(BackendUnavailable, match=name):
             config = VAEConfig(latent_dim=4)
             backend.load(config, export_params(build_model(config)))
+        with pytest.raises(BackendUnavailable, match=name):
+            backend.device_name()
+
+
+@pytest.mark.parametrize("name", ["cupy", "cupy-nograph", "cupy-tf32"])
+def test_cupy_backends_offer_their_capabilities_by_protocol(name):
+    """What the harness may ask of the CuPy backends, asked as it asks: by protocol."""
+    from kernels.base import Backend, DeviceInfo, EpochRunner, LaunchFloor, StageBreakdown
+
+    backend = create_backend(name)
+    for protocol in (Backend, EpochRunner, StageBreakdown, LaunchFloor, DeviceInfo):
+        assert isinstance(backend, protocol), protocol.__name__
+
+
+def test_the_emulated_backend_describes_its_stand_in_device():
+    backend = emulated_backend()
+    assert backend.device == "cpu" and backend.name == "cupy-emulated"
+    assert backend.device_name() == "the host CPU (NumPy twins of the kernels)"
+    peak, how = backend.gemm_peak(size=32, repeats=2)
+    assert peak > 0 and how == "32x32 float32 GEMM via the twin (NumPy's BLAS)"
 
 
 # -- on a GPU --------------------------------------------------------------------------------
@@ -414,7 +460,7 @@ def test_training_through_the_harness_uses_the_device_epoch(mnist5k):
     from bench.training import train_backend
 
     config = VAEConfig(latent_dim=4, epochs=2, batch_size=100)
-    backend = emulated()
+    backend = emulated_backend()
     calls = []
     original = backend.train_epoch
     backend.train_epoch = lambda *a: calls.append(a[2]) or original(*a)
@@ -454,12 +500,12 @@ def test_stage_breakdown_times_each_part_and_restores_the_state(mnist5k):
     assert int(backend.executor.download(backend.flat["step"])[0]) == 1
 
 
-# -- the CUDA executor's own code, on a simulated CuPy (tests/fake_cupy.py) ---------------------
+# -- the CUDA executor's own code, on a simulated CuPy (tests/gpu_verification/fake_cupy.py) ---------------------
 
 @pytest.fixture
 def simulated_cuda(monkeypatch, request):
     """The simulated CuPy, as CuPy 14.2 (the GPU machines'), or the version parametrized."""
-    import fake_cupy
+    from gpu_verification import fake_cupy
 
     fake_cupy.install(monkeypatch, version=getattr(request, "param", "14.2.0"))
     return fake_cupy
@@ -481,6 +527,39 @@ def test_cuda_executor_passes_the_gate_on_a_simulated_cupy(simulated_cuda, name)
     assert backend.settings()["gpu"].startswith("Simulated GPU")
 
 
+def test_both_executors_do_everything_the_backend_asks_of_an_executor(simulated_cuda):
+    """The stand-in that the CPU tests run the backend on answers to every member of the
+    Executor protocol, as the CUDA executor does."""
+    from gpu_verification.numpy_executor import NumpyExecutor
+
+    from kernels.cupy_gpu.executors import CudaExecutor, Executor
+
+    members = [name for name in (*vars(Executor), *Executor.__annotations__)
+               if not name.startswith("_")]
+    assert {"run", "capture", "replay", "device_name", "multiprocessors"} <= set(members)
+    for executor in (CudaExecutor(), NumpyExecutor()):
+        missing = [name for name in members if not hasattr(executor, name)]
+        assert not missing, (type(executor).__name__, missing)
+
+
+@BOTH_CUPYS
+@pytest.mark.parametrize("name, compute", [("cupy", "TF32 off"), ("cupy-tf32", "TF32")])
+def test_the_device_is_described_by_the_backend_on_a_simulated_cupy(simulated_cuda, name,
+                                                                    compute):
+    """DeviceInfo before any load (the executor is made on first need, once): the device's
+    name from its properties, and the GEMM peak measured through the backend's own cuBLAS
+    handle with its compute type (the simulation's clock says 1 ms a product)."""
+    backend = create_backend(name)
+    assert backend.device_name() == "Simulated GPU (tests/gpu_verification/fake_cupy.py)"
+    executor = backend.executor
+    peak, how = backend.gemm_peak(size=48, repeats=2)
+    assert how == f"48x48 float32 GEMM via cuBLAS (cublasGemmEx, as the backend calls it), {compute}"
+    assert peak == pytest.approx(2 * 48**3 / 1e-3 / 1e9)
+    config = VAEConfig(latent_dim=4)
+    backend.load(config, export_params(build_model(config)))
+    assert backend.executor is executor  # made once
+
+
 @BOTH_CUPYS
 def test_cuda_executor_epoch_and_timing_aids_on_a_simulated_cupy(simulated_cuda, mnist5k):
     config = VAEConfig(latent_dim=6)
@@ -489,7 +568,7 @@ def test_cuda_executor_epoch_and_timing_aids_on_a_simulated_cupy(simulated_cuda,
     order = np.random.default_rng(0).permutation(len(data))
     cuda = create_backend("cupy")
     cuda.load(config, params)
-    twin = emulated()
+    twin = emulated_backend()
     twin.load(config, params)
     np.testing.assert_array_equal(cuda.train_epoch(data, order, 64),
                                   twin.train_epoch(data, order, 64))

@@ -1,17 +1,16 @@
 """device_math.cuh compiled for the host and checked against its NumPy twins
-(kernels/cupy_gpu/philox.py), Philox's published known answers, and a float64 BCE."""
+(tests/gpu_verification/philox.py), Philox's published known answers, and a float64 BCE."""
 
 import ctypes
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
+from gpu_verification.philox import normal4, normal_noise, philox4x32_10, uniform_open
 
-from kernels.cupy_gpu.philox import normal4, normal_noise, philox4x32_10, uniform_open
+from kernels.cupy_gpu.launch import SOURCE_DIR as HEADER_DIR
 
-HEADER_DIR = Path(__file__).resolve().parents[1] / "kernels" / "cupy_gpu"
 EPS32 = float(np.finfo(np.float32).eps)  # 2^-23
 TINY = 1e-38  # below float32's smallest normal: denormal results there lose relative precision
 

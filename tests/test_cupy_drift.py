@@ -1,4 +1,4 @@
-"""The simulated CuPy (tests/fake_cupy.py) held to the real one. Wherever CuPy is installed —
+"""The simulated CuPy (tests/gpu_verification/fake_cupy.py) held to the real one. Wherever CuPy is installed —
 no GPU needed: the wheel imports without one — each belief the simulation states is checked
 against the installed CuPy's own code. CI installs CuPy 13.6 and 14.2 in turn (``nox -s
 drift``) and runs this file with VAE_BENCH_REQUIRE_CUPY=1, so there nothing here may skip.
@@ -13,11 +13,15 @@ import os
 import re
 import zlib
 
-import fake_cupy
 import pytest
+from gpu_verification import fake_cupy
 
-from kernels.cupy_gpu.executors import kernel_source
-from kernels.cupy_gpu.launch import COMPILE_OPTIONS, CUPY_NVRTC_OPTIONS, NVRTC_OPTIONS
+from kernels.cupy_gpu.launch import (
+    COMPILE_OPTIONS,
+    CUPY_NVRTC_OPTIONS,
+    NVRTC_OPTIONS,
+    kernel_source,
+)
 
 pytestmark = pytest.mark.drift
 
@@ -86,6 +90,8 @@ def test_every_simulated_call_exists_and_takes_the_real_parameters(cupy):
         runtime.graphDestroy: fake_cupy._graph_destroy,
         runtime.graphExecDestroy: fake_cupy._graph_exec_destroy,
         runtime.graphLaunch: fake_cupy._graph_launch,
+        cupy.random.default_rng: fake_cupy.Generator,
+        cupy.random.Generator.standard_normal: fake_cupy.Generator.standard_normal,
         cupy.cuda.get_elapsed_time: lambda start_event, end_event: None,
         cupyx.empty_pinned: lambda shape, dtype: None,
     }

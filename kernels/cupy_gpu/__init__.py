@@ -1,6 +1,8 @@
-"""The CuPy GPU backend (see ``backend.py``). Importing this package never imports CuPy: the
-harness lists the backend, and says why it is unavailable, on machines without a GPU."""
+"""The CuPy GPU backend (see ``backend.py``; README.md gives the reading order). Importing
+this package never imports CuPy: the harness lists the backend, and says why it is
+unavailable, on machines without a GPU."""
 
-from .backend import CupyBackend, cuda_availability
+from .backend import CupyBackend
+from .executors import CudaExecutor, cuda_availability
 
-__all__ = ["CupyBackend", "cuda_availability"]
+__all__ = ["CudaExecutor", "CupyBackend", "cuda_availability"]

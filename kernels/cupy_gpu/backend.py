@@ -6,13 +6,12 @@ State lives on the device: parameters, gradients and Adam's moments in four flat
 array passed in), per-batch-size workspaces and the step counter. A training step copies
 only the batch's indices (and noise, when given) to the device; noise drawn by the backend is
 generated inside the step by Philox. Everything a step does is one program (``program.py``)
-that an executor runs: CUDA (``executors.CudaExecutor``), or NumPy twins of the kernels
-(``executors.NumpyExecutor``: how the wiring is checked on machines without a GPU).
+that an executor runs. The executor is given, as a type (``executors.Executor``): the registry
+gives ``CudaExecutor``; the tests give a stand-in that runs the same programs on the CPU.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from contextlib import contextmanager
 
 import numpy as np
@@ -25,64 +24,48 @@ from ..base import Availability, BackendUnavailable, BatchLoss, StepOutputs
 from ..flat_layout import make_layout
 from ..inputs import checked_images, checked_noise, decode_on_host
 from . import program
+from .executors import Executor
 
 GPU_ALIGN = 64  # floats: 256 bytes, cuBLAS's preferred operand alignment
 
 
-def cuda_availability() -> Availability:
-    """Whether CuPy and a CUDA device are usable here, and if not, why. Never raises."""
-    if importlib.util.find_spec("cupy") is None:
-        return Availability(False, "CuPy is not installed (pip install cupy-cuda12x or "
-                                   "cupy-cuda13x, matching the CUDA driver)")
-    try:
-        import cupy
-
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as error:  # CuPy raises its own error types for each driver problem
-        return Availability(False, f"no usable CUDA device ({type(error).__name__}: "
-                                   f"{str(error).strip() or 'no detail'})")
-    if count == 0:
-        return Availability(False, "no CUDA device visible")
-    return Availability(True)
-
-
 class CupyBackend:
-    def __init__(self, *, graph: bool = True, tf32: bool = False, executor: str = "cuda"):
-        if executor not in ("cuda", "numpy"):
-            raise ValueError(f"executor must be 'cuda' or 'numpy', got {executor!r}")
+    """``executor``: the executor type (``CudaExecutor``, or a CPU stand-in), made on first
+    need with ``tf32``; it says where the backend computes and whether it can run here."""
+
+    def __init__(self, executor: type[Executor], *, graph: bool = True, tf32: bool = False):
+        self.executor_type = executor
         self.graph = graph
         self.tf32 = tf32
-        self.device = "cuda" if executor == "cuda" else "cpu"  # the NumPy twins run on the CPU
+        self.device = executor.device
+        stand_in = self.device != "cuda"
         suffix = "-tf32" if tf32 else "" if graph else "-nograph"
-        self.name = "cupy" + suffix + ("-emulated" if executor == "numpy" else "")
+        self.name = "cupy" + suffix + ("-emulated" if stand_in else "")
         self.description = (
             "CuPy: fused CUDA kernels + cuBLAS, "
             + ("step replayed as one CUDA Graph" if graph else "kernels launched one by one")
             + (", TF32 GEMMs" if tf32 else ", float32 GEMMs (TF32 off)")
-            + (" [NumPy twins: a CPU check]" if executor == "numpy" else ""))
+            + (f" [{executor.kind}: a CPU check]" if stand_in else ""))
         self.executor = None
         self.compile_seconds: float | None = None
 
     def availability(self) -> Availability:
-        if self.device == "cpu":
-            return Availability(True)
-        return cuda_availability()
+        return self.executor_type.availability()
 
     # -- setup ---------------------------------------------------------------------------
 
-    def _make_executor(self):
-        status = self.availability()
-        if not status.available:
-            raise BackendUnavailable(f"{self.name} backend unavailable: {status.reason}")
-        from .executors import CudaExecutor, NumpyExecutor
-
-        return (CudaExecutor if self.device == "cuda" else NumpyExecutor)(tf32=self.tf32)
+    def _started(self) -> Executor:
+        """The executor, made (and its kernels compiled) on first need."""
+        if self.executor is None:
+            status = self.availability()
+            if not status.available:
+                raise BackendUnavailable(f"{self.name} backend unavailable: {status.reason}")
+            self.executor = self.executor_type(tf32=self.tf32)
+            self.compile_seconds = self.executor.compile_seconds
+        return self.executor
 
     def load(self, config: VAEConfig, params: Params) -> None:
-        if self.executor is None:
-            self.executor = self._make_executor()
-            self.compile_seconds = self.executor.compile_seconds
-        ex = self.executor
+        ex = self._started()
         self.config = config
         self.layout = make_layout(config, align=GPU_ALIGN)
         self.flat = {"params": ex.upload(self.layout.pack(params, config)),
@@ -369,6 +352,16 @@ class CupyBackend:
         per_node = self.executor.seconds_per_graph_node()
         return {"nodes": nodes, "launches": launches, "seconds_per_node": per_node,
                 "floor_seconds": nodes * per_node}
+
+    # -- the device it computes on (DeviceInfo) ---------------------------------------------
+
+    def device_name(self) -> str:
+        return self._started().device_name()
+
+    def gemm_peak(self, size: int = 8192, repeats: int = 10) -> tuple[float, str]:
+        """Best GFLOP/s of a large float32 GEMM run as this backend runs its GEMMs (its
+        executor's, with TF32 only for ``cupy-tf32``), and how it was measured."""
+        return self._started().gemm_peak(size, repeats)
 
     def synchronize(self) -> None:
         if self.executor is not None:

@@ -1,42 +1,77 @@
-"""Who runs a step program (``program.py``): CUDA through CuPy, or NumPy through the kernels'
-twins. Both take the same ops over the same named buffers; the backend never asks which.
+"""Who runs a step program (``program.py``): what an executor must do (``Executor``), and the
+one that runs on a GPU (``CudaExecutor``). The backend is given an executor type and never
+asks which it holds; the tests give one that runs the same ops on the CPU.
 
 The CUDA executor launches each fused kernel from ``vae_kernels.cu`` (compiled once by NVRTC)
 and each GEMM as one cublasGemmEx on its own stream and cuBLAS handle (``blas.py``: through
 ctypes, since CuPy's binding refuses cuBLAS calls during capture); ``capture`` records a
 program into a CUDA Graph (nothing runs until ``replay``) through CUDA's runtime calls as CuPy
 exposes them, not through CuPy's ``Stream.begin_capture``/``end_capture`` (see ``capture``).
-The NumPy executor records the ops instead, so the backend's graph bookkeeping is exercised on
-the CPU too.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from .gemm import GemmCall, emulate
-from .launch import COMPILE_OPTIONS, KERNEL_SOURCE, SOURCE_DIR, Geometry
-from .program import Buf, Gemm, Launch, Null, Op, Scalar
-from .twins import KERNELS
-
-# The kernels a step may launch: the twins define the set, and a test checks the .cu file
-# defines the same names with the same parameters.
-KERNEL_NAMES = tuple(KERNELS)
+from ..base import Availability
+from .gemm import GemmCall, plan_gemm
+from .launch import COMPILE_OPTIONS, Geometry, kernel_signatures, kernel_source
+from .program import Gemm, Launch, Op, resolve
 
 
-def kernel_source() -> str:
-    """vae_kernels.cu with device_math.cuh pasted in place of its #include: CuPy's on-disk
-    kernel cache is keyed by the source text, so a change to the header must change it."""
-    header = (SOURCE_DIR / "device_math.cuh").read_text()
-    source = KERNEL_SOURCE.read_text()
-    include = '#include "device_math.cuh"'
-    if include not in source:
-        raise RuntimeError(f"{KERNEL_SOURCE.name} no longer includes device_math.cuh")
-    # '#pragma once' is for files that are included; pasted, it would be a warning.
-    return source.replace(include, header.replace("#pragma once", ""))
+def cuda_availability() -> Availability:
+    """Whether CuPy and a CUDA device are usable here, and if not, why. Never raises."""
+    if importlib.util.find_spec("cupy") is None:
+        return Availability(False, "CuPy is not installed (pip install cupy-cuda12x or "
+                                   "cupy-cuda13x, matching the CUDA driver)")
+    try:
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # CuPy raises its own error types for each driver problem
+        return Availability(False, f"no usable CUDA device ({type(error).__name__}: "
+                                   f"{str(error).strip() or 'no detail'})")
+    if count == 0:
+        return Availability(False, "no CUDA device visible")
+    return Availability(True)
+
+
+class Executor(Protocol):
+    """Runs step programs over named device buffers. The backend holds the type and makes one
+    (``Executor(tf32=...)``) on first need; arrays are whatever the executor allocates. The
+    backend measures its stage breakdown and launch floor only on a "cuda" executor, which
+    also has ``seconds_per_graph_node`` (``CudaExecutor``)."""
+
+    device: ClassVar[str]  # "cuda", or "cpu" for a stand-in that runs on the host
+    kind: ClassVar[str]  # what runs the kernels, in a few words (for descriptions)
+    multiprocessors: int  # sizes the grids of kernels sized to the device (Adam)
+    compile_seconds: float  # making it: NVRTC, or CuPy's disk cache
+
+    @staticmethod
+    def availability() -> Availability:
+        """Whether it can run here, and if not, why. Cheap; never raises."""
+
+    def __init__(self, tf32: bool = False) -> None: ...
+    def zeros(self, shape, dtype=np.float32) -> Any: ...
+    def upload(self, host: np.ndarray) -> Any: ...
+    def copy_in(self, device, host: np.ndarray) -> None: ...  # ordered, may return early
+    def download(self, device) -> np.ndarray: ...  # waits for the queued work
+    def copy(self, device) -> Any: ...
+    def assign(self, device, source) -> None: ...
+    def run(self, ops: list[Op], buffers: dict) -> None: ...
+    def capture(self, ops: list[Op], buffers: dict) -> Any:
+        """The program recorded (nothing runs) for ``replay``; holds the buffers' addresses."""
+    def replay(self, graph) -> None: ...
+    def graph_nodes(self, graph) -> int: ...
+    def synchronize(self) -> None: ...
+    def describe(self) -> dict: ...  # what a results table records about it
+    def device_name(self) -> str: ...  # kernels.base.DeviceInfo, for the backend
+    def gemm_peak(self, size: int, repeats: int) -> tuple[float, str]: ...  # the same
 
 
 def _device_property(name: str):
@@ -50,77 +85,6 @@ def gpu_name() -> str:
     """The current CUDA device's name, through CuPy."""
     name = _device_property("name")
     return name.decode() if isinstance(name, bytes) else str(name)
-
-
-def _resolve(arg, buffers: dict, null):
-    if isinstance(arg, Buf):
-        try:
-            return buffers[arg.name]
-        except KeyError:
-            raise KeyError(f"the program names buffer {arg.name!r}, which was not given") from None
-    if isinstance(arg, Null):
-        return null
-    if isinstance(arg, Scalar):
-        return arg.numpy()
-    raise TypeError(f"not a kernel argument: {arg!r}")
-
-
-class NumpyExecutor:
-    """Runs programs on the CPU with the twins; ``capture`` records, ``replay`` reruns."""
-
-    # Kernels sized to the device get the grid of one this small, so that the programs run
-    # here make their threads stride over more than one pass.
-    multiprocessors = 4
-
-    def __init__(self, tf32: bool = False):
-        if tf32:
-            raise ValueError("TF32 exists on NVIDIA GPUs only; the NumPy executor is float32")
-        self.captures = 0  # how many graphs were recorded (tests count recaptures)
-        self.compile_seconds = 0.0
-
-    def zeros(self, shape, dtype=np.float32) -> np.ndarray:
-        return np.zeros(shape, dtype)
-
-    def upload(self, host: np.ndarray) -> np.ndarray:
-        return np.array(host, copy=True)
-
-    def copy_in(self, device: np.ndarray, host: np.ndarray) -> None:
-        device[...] = host
-
-    def download(self, device: np.ndarray) -> np.ndarray:
-        return np.array(device, copy=True)
-
-    def copy(self, device: np.ndarray) -> np.ndarray:
-        return device.copy()
-
-    def assign(self, device: np.ndarray, source: np.ndarray) -> None:
-        device[...] = source
-
-    def run(self, ops: list[Op], buffers: dict) -> None:
-        for op in ops:
-            if isinstance(op, Gemm):
-                c = op.call
-                emulate(c, buffers[c.a], buffers[c.b], buffers[c.c])
-            else:
-                args = [_resolve(a, buffers, None) for a in op.args]
-                args = [a.reshape(-1) if isinstance(a, np.ndarray) else a for a in args]
-                KERNELS[op.kernel](op.geometry, *args)
-
-    def capture(self, ops: list[Op], buffers: dict):
-        self.captures += 1
-        return (list(ops), dict(buffers))
-
-    def replay(self, graph) -> None:
-        self.run(*graph)
-
-    def graph_nodes(self, graph) -> int:
-        return len(graph[0])
-
-    def synchronize(self) -> None:
-        pass
-
-    def describe(self) -> dict:
-        return {"executor": "numpy twins of the CUDA kernels (a CPU check, not a benchmark)"}
 
 
 class CapturedGraph:
@@ -172,6 +136,10 @@ def _add_note(error: BaseException, note: str) -> None:
 class CudaExecutor:
     """Runs programs on the current CUDA device through CuPy."""
 
+    device = "cuda"
+    kind = "CUDA through CuPy"
+    availability = staticmethod(cuda_availability)
+
     PINNED_SLOTS = 4  # host staging buffers in flight (indices, noise) before the host waits
     LARGE_COPY = 4 << 20  # bytes; larger copies (data sets) go synchronously, unstaged
 
@@ -186,8 +154,10 @@ class CudaExecutor:
         self.multiprocessors = int(_device_property("multiProcessorCount"))  # sizes Adam's grid
         self.stream = cupy.cuda.Stream(non_blocking=True)
         started = time.perf_counter()
-        module = cupy.RawModule(code=kernel_source(), options=COMPILE_OPTIONS)
-        self.kernels = {name: module.get_function(name) for name in KERNEL_NAMES}
+        source = kernel_source()
+        module = cupy.RawModule(code=source, options=COMPILE_OPTIONS)
+        # Every kernel the source defines: the .cu file is the one list of them.
+        self.kernels = {name: module.get_function(name) for name in kernel_signatures(source)}
         self.compile_seconds = time.perf_counter() - started  # NVRTC, or CuPy's disk cache
         # Our own cuBLAS handle on our own stream, called through ctypes (blas.py: CuPy's
         # binding refuses calls during capture), so the GEMMs are captured with the kernels.
@@ -268,7 +238,7 @@ class CudaExecutor:
                 if isinstance(op, Gemm):
                     self._gemm(op.call, buffers)
                 else:
-                    args = tuple(_resolve(a, buffers, null) for a in op.args)
+                    args = tuple(resolve(a, buffers, null) for a in op.args)
                     self.kernels[op.kernel](op.geometry.grid, op.geometry.block, args)
 
     def capture(self, ops: list[Op], buffers: dict) -> CapturedGraph:
@@ -344,6 +314,33 @@ class CudaExecutor:
         stop.synchronize()
         graph.release()
         return self.cp.cuda.get_elapsed_time(start, stop) / 1e3 / (repeats * nodes)
+
+    def device_name(self) -> str:
+        return gpu_name()
+
+    def gemm_peak(self, size: int = 8192, repeats: int = 10) -> tuple[float, str]:
+        """Best GFLOP/s of a (size x size) float32 product run as the step's GEMMs run:
+        cublasGemmEx on this executor's handle, stream and workspace, with its compute type
+        (TF32 only when asked for). Each product is timed alone between CUDA events, after
+        one untimed (cuBLAS chooses its kernel)."""
+        cp = self.cp
+        call = plan_gemm("c", "a", "a", {"a": (size, size), "c": (size, size)})
+        with self.stream:
+            buffers = {"a": cp.random.default_rng(0).standard_normal((size, size),
+                                                                     dtype=np.float32),
+                       "c": cp.zeros((size, size), np.float32)}
+        self._gemm(call, buffers)
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        best = float("inf")
+        for _ in range(repeats):
+            start.record(self.stream)
+            self._gemm(call, buffers)
+            stop.record(self.stream)
+            stop.synchronize()
+            best = min(best, cp.cuda.get_elapsed_time(start, stop) / 1e3)
+        return (call.flops / best / 1e9,
+                f"{size}x{size} float32 GEMM via cuBLAS (cublasGemmEx, as the backend calls it), "
+                + ("TF32" if self.tf32 else "TF32 off"))
 
     def describe(self) -> dict:
         cp = self.cp

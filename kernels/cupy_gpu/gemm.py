@@ -3,16 +3,14 @@
 cuBLAS is column-major; our buffers are row-major. A row-major (r, c) matrix with leading
 dimension c *is* the column-major (c, r) matrix, its transpose, so the row-major product
 C = op(A) op(B) is computed as the column-major C^T = op(B)^T op(A)^T: the operands swap and
-the transposes stay as they are. ``plan_gemm`` does that bookkeeping once, on shapes alone;
-``emulate`` runs a planned call with NumPy exactly as cuBLAS defines it (column-major, leading
-dimensions and all), so the translation is tested on the CPU.
+the transposes stay as they are. ``plan_gemm`` does that bookkeeping once, on shapes alone
+(its NumPy twin, ``tests/gpu_verification/twins.gemm``, runs a planned call exactly as cuBLAS
+defines it, so the translation is tested on the CPU).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
 
 OP_N, OP_T = 0, 1  # cublasOperation_t: CUBLAS_OP_N, CUBLAS_OP_T
 
@@ -65,27 +63,3 @@ def _matrix(shapes: dict[str, tuple[int, ...]], name: str) -> tuple[int, int]:
     if len(shape) != 2:
         raise GemmShapeError(f"{name} must be a matrix for a GEMM, has shape {shape}")
     return shape
-
-
-def _column_major(flat: np.ndarray, rows: int, cols: int, ld: int) -> np.ndarray:
-    """The (rows, cols) column-major matrix with leading dimension ld stored in ``flat``."""
-    if ld < rows or flat.size < ld * (cols - 1) + rows:
-        raise GemmShapeError(f"buffer of {flat.size} floats too small for a ({rows}, {cols}) "
-                             f"column-major matrix with leading dimension {ld}")
-    return np.lib.stride_tricks.as_strided(
-        flat, shape=(rows, cols), strides=(flat.itemsize, ld * flat.itemsize))
-
-
-def emulate(call: GemmCall, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
-    """What cublasGemmEx(call) does to the flat buffers a, b, c (alpha 1, beta 0), in float32
-    with float32 accumulation order left to NumPy's BLAS."""
-    if not c.flags.c_contiguous:
-        raise GemmShapeError("the output of an emulated GEMM must be a contiguous buffer")
-    a, b, c = (np.ravel(x) for x in (a, b, c))  # c: a view, written through
-    op_a = (_column_major(a, call.m, call.k, call.lda) if call.transa == OP_N
-            else _column_major(a, call.k, call.m, call.lda).T)
-    op_b = (_column_major(b, call.k, call.n, call.ldb) if call.transb == OP_N
-            else _column_major(b, call.n, call.k, call.ldb).T)
-    result = op_a @ op_b
-    # Writing through a strided view of c: the column-major (m, n) matrix it holds.
-    _column_major(c, call.m, call.n, call.ldc)[...] = result

@@ -1,5 +1,8 @@
-"""Launch geometry of the fused kernels in ``vae_kernels.cu``, and the compile-time constants
-they are built with. Pure Python (no CuPy), so every grid is unit-tested on the CPU.
+"""What the fused kernels are compiled from and with, and how each is launched: the source
+text NVRTC gets (``kernel_source``) and the kernels it defines (``kernel_signatures``, parsed
+from their ``extern "C"`` declarations: the .cu file is the one list of kernels), the
+compile-time constants and options, and the launch geometry. Pure Python (no CuPy), so every
+grid is unit-tested on the CPU.
 
 The block sizes below are passed to the compiler as ``-D`` options (``COMPILE_DEFINES``): the
 kernels' shared-memory arrays and reduction loops are sized by the same numbers the launcher
@@ -8,6 +11,7 @@ uses, and a kernel compiled without them refuses to build.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent
@@ -52,6 +56,39 @@ CUPY_NVRTC_OPTIONS = (FLUSH_DENORMALS, "--device-as-default-execution-space")
 # nvrtc_check.py): nvcc takes the flush, and has no execution-space option.
 NVRTC_OPTIONS = (*COMPILE_OPTIONS, *CUPY_NVRTC_OPTIONS)
 NVCC_OPTIONS = (*COMPILE_OPTIONS, FLUSH_DENORMALS)
+
+
+
+def kernel_source() -> str:
+    """vae_kernels.cu with device_math.cuh pasted in place of its #include: CuPy's on-disk
+    kernel cache is keyed by the source text, so a change to the header must change it."""
+    header = (SOURCE_DIR / "device_math.cuh").read_text()
+    source = KERNEL_SOURCE.read_text()
+    include = '#include "device_math.cuh"'
+    if include not in source:
+        raise RuntimeError(f"{KERNEL_SOURCE.name} no longer includes device_math.cuh")
+    # '#pragma once' is for files that are included; pasted, it would be a warning.
+    return source.replace(include, header.replace("#pragma once", ""))
+
+
+# A kernel's declaration: its name, and its parameters as written.
+KERNEL_DECLARATION = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
+
+
+def kernel_signatures(code: str) -> dict[str, list[tuple[str, str, bool]]]:
+    """name -> [(C type without const/__restrict__, parameter name, is a pointer)] of every
+    extern "C" kernel in ``code``, in the order they are defined."""
+    kernels = {}
+    for name, params in KERNEL_DECLARATION.findall(code):
+        parsed = []
+        for param in filter(None, (p.strip() for p in params.split(","))):
+            words = param.replace("*", " * ").replace("const", " ").replace("__restrict__", " ")
+            *type_words, pname = words.split()
+            parsed.append((" ".join(w for w in type_words if w != "*"), pname,
+                           "*" in type_words))
+        kernels[name] = parsed
+    return kernels
+
 
 Dim3 = tuple[int, int, int]
 

@@ -1,10 +1,10 @@
 """The training step as data: a list of GEMMs and kernel launches over named buffers.
 
 One list is built per (batch size, step kind) and handed to an executor: the CUDA executor
-launches it (or captures it once as a CUDA Graph and replays it); the NumPy executor runs the
-same list through NumPy twins of each kernel (``twins.py``), which is how the wiring — which
-buffer goes to which argument, every GEMM's transposes and leading dimensions, every grid —
-is tested on a machine without a GPU. Nothing here imports CuPy.
+launches it (or captures it once as a CUDA Graph and replays it); the tests' NumPy executor
+runs the same list through NumPy twins of each kernel (``tests/gpu_verification/``), which is
+how the wiring — which buffer goes to which argument, every GEMM's transposes and leading
+dimensions, every grid — is tested on a machine without a GPU. Nothing here imports CuPy.
 
 Buffer names: workspace arrays by their role (``h``, ``heads``, ...); ``p:<tensor>`` and
 ``g:<tensor>`` are views of one parameter / gradient tensor inside the flat buffers
@@ -70,6 +70,21 @@ def u64(value: int) -> Scalar:
 
 
 Arg = Buf | Null | Scalar
+
+
+def resolve(arg: Arg, buffers: dict, null):
+    """What an executor passes for ``arg``: the named buffer, its ``null``, or the typed
+    scalar."""
+    if isinstance(arg, Buf):
+        try:
+            return buffers[arg.name]
+        except KeyError:
+            raise KeyError(f"the program names buffer {arg.name!r}, which was not given") from None
+    if isinstance(arg, Null):
+        return null
+    if isinstance(arg, Scalar):
+        return arg.numpy()
+    raise TypeError(f"not a kernel argument: {arg!r}")
 
 
 @dataclass(frozen=True)

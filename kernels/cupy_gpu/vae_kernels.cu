@@ -8,8 +8,8 @@
 //
 // Denormals: CuPy compiles every kernel with -ftz=true (launch.py, CUPY_NVRTC_OPTIONS), so on
 // the device a float32 denormal, as an input or a result, is zero; doubles are untouched. The
-// host build of this file (tests/cuda_on_host.py) and the NumPy twins keep denormals. Where it
-// matters:
+// host build of this file and the NumPy twins (tests/gpu_verification/) keep denormals. Where
+// it matters:
 //   - adam: a dead unit's second moment decays through the denormals, step after step. The
 //     device flushes it; the explicit flush there makes the host build, the twins and the
 //     Numba backend do the same, so all agree bit for bit on the moments. On the device it is

@@ -15,8 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .executors import kernel_source
-from .launch import NVRTC_OPTIONS
+from kernels.cupy_gpu.launch import NVRTC_OPTIONS, kernel_source
 
 
 def find_nvrtc() -> Path | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from kernels.cupy_gpu.launch import KERNEL_DECLARATION, kernel_signatures
 
 HEADER = Path(__file__).with_name("cuda_on_host.h")
 # -U_FORTIFY_SOURCE: the fortified longjmp refuses to jump between stacks, which fibers do.
@@ -46,26 +47,10 @@ _REPORTS = tempfile.TemporaryFile()
 # C types (const and __restrict__ dropped) -> their NumPy element types.
 C_DTYPES = {"int": np.int32, "unsigned int": np.uint32, "float": np.float32,
             "double": np.float64, "long long": np.int64, "unsigned long long": np.uint64}
-_SIGNATURE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)')
 # C parameter types (const and __restrict__ dropped) -> how ctypes passes them.
 _CTYPES = {"int": ctypes.c_int, "unsigned int": ctypes.c_uint, "float": ctypes.c_float,
            "double": ctypes.c_double, "long long": ctypes.c_longlong,
            "unsigned long long": ctypes.c_ulonglong}
-
-
-def kernel_signatures(code: str) -> dict[str, list[tuple[str, str, bool]]]:
-    """name -> [(C type without const/__restrict__, parameter name, is a pointer)] of every
-    extern "C" kernel in ``code``."""
-    kernels = {}
-    for name, params in _SIGNATURE.findall(code):
-        parsed = []
-        for param in filter(None, (p.strip() for p in params.split(","))):
-            words = param.replace("*", " * ").replace("const", " ").replace("__restrict__", " ")
-            *type_words, pname = words.split()
-            parsed.append((" ".join(w for w in type_words if w != "*"), pname,
-                           "*" in type_words))
-        kernels[name] = parsed
-    return kernels
 
 
 def unavailable_reason() -> str | None:
@@ -85,7 +70,7 @@ def _wrappers(code: str, signatures: dict) -> str:
     """One C entry point per kernel: host_<name>(dims[6], reverse, <the kernel's parameters>)
     launches it over the grid in dims."""
     lines = []
-    for name, params in _SIGNATURE.findall(code):  # the parameters as written, qualifiers kept
+    for name, params in KERNEL_DECLARATION.findall(code):  # the parameters as written, qualifiers kept
         names = [pname for _, pname, _ in signatures[name]]
         lead = "const unsigned int* dims, int reverse" + (", " if params.strip() else "")
         lines.append(f'extern "C" int host_{name}({lead}{params}) {{\n'

@@ -1,7 +1,7 @@
 // The slice of CUDA's execution model that kernels/cupy_gpu/vae_kernels.cu uses, on the host,
 // so the CPU tests run the kernel source itself (the exact text and -D options CuPy gets)
 // rather than only its NumPy twins. Force-included (g++ -include) ahead of that source;
-// tests/cuda_on_host.py builds it and launches kernels from Python.
+// tests/gpu_verification/cuda_on_host.py builds it and launches kernels from Python.
 //
 // A launch runs one block at a time, so a block's __shared__ arrays can be function statics.
 // The threads of a block run as fibers on the calling thread: a thread that calls

@@ -1,6 +1,7 @@
-"""NumPy twins of the CUDA kernels in ``vae_kernels.cu``: same names, same parameters in the
-same order, same meaning, pointers as flat arrays. They let a step program (``program.py``)
-run on the CPU, where three things the GPU would not tell us are checked on every launch:
+"""NumPy twins of the CUDA kernels in ``kernels/cupy_gpu/vae_kernels.cu`` (same names, same
+parameters in the same order, same meaning, pointers as flat arrays) and of the GEMMs as the
+backend calls cuBLAS (``gemm``). They let a step program (``program.py``) run on the CPU,
+where three things the GPU would not tell us are checked on every launch:
 that each pointer's buffer is large enough for the sizes passed beside it (CUDA would read
 out of bounds silently), that the launch geometry covers the problem the kernel was written
 for, and that the buffer has the element type the kernel's C signature expects.
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import launch
-from .launch import Geometry
+from kernels.cupy_gpu import launch
+from kernels.cupy_gpu.gemm import OP_N, GemmCall, GemmShapeError
+from kernels.cupy_gpu.launch import Geometry
 
 
 class LaunchError(AssertionError):
@@ -158,6 +160,31 @@ def batch_loss(g: Geometry, bce, kl, rows, beta, out, cursor):
         r / rows, k / rows, (r + beta * k) / rows)
     if cursor is not None:
         cursor[0] += 1
+
+
+def _column_major(flat: np.ndarray, rows: int, cols: int, ld: int) -> np.ndarray:
+    """The (rows, cols) column-major matrix with leading dimension ld stored in ``flat``."""
+    if ld < rows or flat.size < ld * (cols - 1) + rows:
+        raise GemmShapeError(f"buffer of {flat.size} floats too small for a ({rows}, {cols}) "
+                             f"column-major matrix with leading dimension {ld}")
+    return np.lib.stride_tricks.as_strided(
+        flat, shape=(rows, cols), strides=(flat.itemsize, ld * flat.itemsize))
+
+
+def gemm(call: GemmCall, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+    """The twin of cublasGemmEx: what the planned ``call`` (kernels/cupy_gpu/gemm.py) does to
+    the flat buffers a, b, c (alpha 1, beta 0), column-major as cuBLAS defines it, in float32
+    with the accumulation order left to NumPy's BLAS."""
+    if not c.flags.c_contiguous:
+        raise GemmShapeError("the output of a GEMM twin must be a contiguous buffer")
+    a, b, c = (np.ravel(x) for x in (a, b, c))  # c: a view, written through
+    op_a = (_column_major(a, call.m, call.k, call.lda) if call.transa == OP_N
+            else _column_major(a, call.k, call.m, call.lda).T)
+    op_b = (_column_major(b, call.k, call.n, call.ldb) if call.transb == OP_N
+            else _column_major(b, call.n, call.k, call.ldb).T)
+    result = op_a @ op_b
+    # Writing through a strided view of c: the column-major (m, n) matrix it holds.
+    _column_major(c, call.m, call.n, call.ldc)[...] = result
 
 
 def empty_kernel(g: Geometry):

@@ -7,7 +7,7 @@ pointer (what a RawKernel or cublasGemmEx receives) is turned back into an array
 type the kernel's C signature declares. Kernels run as their NumPy twins, or (``install(...,
 kernels="source")``) as the CUDA source itself built for the host (``cuda_on_host.py``), each
 launch then checked against its twin and against a reverse-order run; GEMMs as cuBLAS
-defines them (column-major, via ``gemm.emulate``), reading alpha and beta from the host
+defines them (column-major, via ``twins.gemm``), reading alpha and beta from the host
 pointers given. A stream in capture records instead of running, and a graph replays the record.
 Only what the executor calls exists (and CuPy's own Stream capture, see Graph); anything else
 fails loudly.
@@ -29,11 +29,13 @@ import sys
 import types
 
 import numpy as np
-from cuda_on_host import C_DTYPES, HostModule, kernel_signatures
 
-from kernels.cupy_gpu import blas, driver, twins
-from kernels.cupy_gpu.gemm import GemmCall, emulate
-from kernels.cupy_gpu.launch import CUPY_NVRTC_OPTIONS
+from kernels.cupy_gpu import blas, driver
+from kernels.cupy_gpu.gemm import GemmCall
+from kernels.cupy_gpu.launch import CUPY_NVRTC_OPTIONS, Geometry, kernel_signatures
+
+from . import twins
+from .cuda_on_host import C_DTYPES, HostModule
 
 _ALLOCATIONS: dict[int, np.ndarray] = {}  # base address -> the owning byte array
 _SIZES: dict[int, int] = {}  # base address -> bytes asked for (the guard follows)
@@ -275,7 +277,7 @@ class Event:
 # -- kernels: RawModule -> twins, or the CUDA source built for the host ------------------
 # Arguments are typed by the C signature, as CuPy packs them.
 
-KERNELS = "twins"  # install(kernels=...) sets it: "twins", or "source" (tests/cuda_on_host.py)
+KERNELS = "twins"  # install(kernels=...) sets it: "twins", or "source" (tests/gpu_verification/cuda_on_host.py)
 _HOST_MODULES: dict[tuple, HostModule] = {}
 
 
@@ -325,7 +327,7 @@ class _RawKernel:
                 assert type(arg) is C_DTYPES[ctype], (
                     f"{self.name}: {type(arg).__name__} passed for a C {ctype}")
                 converted.append(arg)
-        geometry = twins.Geometry(tuple(grid), tuple(block))
+        geometry = Geometry(tuple(grid), tuple(block))
 
         def launch():
             if self.host is None:
@@ -411,7 +413,8 @@ def _memcpy_async(dst, src, size, kind, stream):
 def _device_properties(device):
     """runtime.pyx getDeviceProperties: a dict; the name as bytes (props.name, a char[]). An
     H100 SXM's multiprocessor count."""
-    return {"name": b"Simulated GPU (tests/fake_cupy.py)", "multiProcessorCount": 132}
+    return {"name": b"Simulated GPU (tests/gpu_verification/fake_cupy.py)",
+            "multiProcessorCount": 132}
 
 
 # Constants as cupy_backends/cuda/api/runtime.pxd declares them (memcpyHostToDevice = 1,
@@ -487,7 +490,7 @@ class CublasLibrary:
         keep = ctypes.c_float.from_address(beta).value
         assert (scale, keep) == (1.0, 0.0), "the step's GEMMs overwrite: alpha 1, beta 0"
         call = GemmCall(transa, transb, m, n, k, "A", lda, "B", ldb, "C", ldc)
-        _run(lambda: emulate(call, _array_at(A, np.float32), _array_at(B, np.float32),
+        _run(lambda: twins.gemm(call, _array_at(A, np.float32), _array_at(B, np.float32),
                              _array_at(C, np.float32)))
         return 0
 
@@ -523,6 +526,25 @@ cublas = types.SimpleNamespace(create=lambda: 1, setStream=_refused_in_capture,
                                gemmEx=_refused_in_capture)
 
 
+def _asarray(host):
+    """cupy.asarray of a host array: a device copy."""
+    array = _allocate(np.shape(host), np.asarray(host).dtype)
+    np.copyto(array, host)
+    return array
+
+
+class Generator:
+    """cupy.random.default_rng(seed=None) (cupy/random/__init__.py): a Generator
+    (cupy/random/_generator_api.pyx) whose standard_normal(size=None, dtype=numpy.float64,
+    out=None) fills a new device array; here NumPy's generator draws the numbers."""
+
+    def __init__(self, seed=None):
+        self._host = np.random.default_rng(seed)
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        return _asarray(self._host.standard_normal(size, dtype=dtype))
+
+
 class _Device:
     """cupy/cuda/device.pyx Device: ``compute_capability`` is a string, '90' for 9.0."""
 
@@ -552,27 +574,13 @@ def install(monkeypatch, kernels: str = "twins", version: str = "14.2.0") -> Non
     cupy.float32 = np.float32
     cupy.empty_like = lambda a: _allocate(a.shape, a.dtype)
 
-    def matmul(a, b, out):  # the harness's GEMM-peak probe
+    def matmul(a, b, out):  # bench/throughput.py's GEMM-peak probe (not the executor's)
         _run(lambda: np.matmul(a, b, out=out))
         return out
 
-    def default_rng(seed):
-        host = np.random.default_rng(seed)
-
-        def standard_normal(size, dtype=np.float64):
-            return asarray(host.standard_normal(size, dtype=dtype))
-
-        return types.SimpleNamespace(standard_normal=standard_normal)
-
     cupy.matmul = matmul
-    cupy.random = types.SimpleNamespace(default_rng=default_rng)
-
-    def asarray(host):
-        array = _allocate(np.shape(host), np.asarray(host).dtype)
-        np.copyto(array, host)
-        return array
-
-    cupy.asarray = asarray
+    cupy.random = types.SimpleNamespace(default_rng=Generator)
+    cupy.asarray = _asarray
     # stream.pyx get_elapsed_time(start_event, end_event): milliseconds (1 here: no clock).
     cupy.cuda = types.SimpleNamespace(Stream=Stream, Event=Event, runtime=runtime,
                                       Device=_Device, get_elapsed_time=lambda a, b: 1.0,

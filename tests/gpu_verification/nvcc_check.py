@@ -1,11 +1,14 @@
 """Compile-check every CUDA source with nvcc, so CI catches syntax and type errors in kernels
 that no test can run without a GPU.
 
-    python -m kernels.cupy_gpu.nvcc_check [--nvcc PATH] [--arch sm_80 --arch sm_90]
-                                          [--allow-missing] [SOURCE ...]
+    python -m tests.gpu_verification.nvcc_check [--nvcc PATH] [--arch sm_80 --arch sm_90]
+                                                [--allow-missing] [SOURCE ...]
+
+(from the repository root; ``python tests/gpu_verification/nvcc_check.py`` works too: this
+module imports nothing from its package.)
 
 Each source is compiled for every architecture with the options NVRTC gets at run time
-(``NVCC_OPTIONS`` in launch.py: the launcher's, and CuPy's -ftz=true), warnings as errors, and
+(``NVCC_OPTIONS`` in kernels/cupy_gpu/launch.py: the launcher's, and CuPy's -ftz=true), warnings as errors, and
 ptxas's resource report (registers, shared memory per kernel) printed. Objects go to a temporary directory.
 Exit status: 0 all compiled, 1 a source failed (or none found), 2 nvcc not found (0 with
 ``--allow-missing``).
@@ -24,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .launch import NVCC_OPTIONS
+from kernels.cupy_gpu.launch import NVCC_OPTIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ARCHS = ("sm_80", "sm_90")  # A100, H100
@@ -131,7 +134,7 @@ def check(sources, nvcc: str = "nvcc", arch_list=DEFAULT_ARCHS) -> list[Result]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernels.cupy_gpu.nvcc_check",
+    parser = argparse.ArgumentParser(prog="python -m tests.gpu_verification.nvcc_check",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="*", type=Path,
                         help="files to check (default: every .cu under kernels/)")
