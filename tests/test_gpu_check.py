@@ -12,7 +12,7 @@ import json
 import pandas as pd
 import pytest
 
-from bench import gpu_check, run, throughput
+from bench import gpu_check, pipeline
 from bench.cli import main
 from kernels.cupy_gpu import CupyBackend
 
@@ -29,8 +29,9 @@ def small_check(monkeypatch):
                         lambda name, *a: None if name == "mlxtend" else find_spec(name, *a))
     monkeypatch.setattr(gpu_check, "SETTINGS", SMALL)
     monkeypatch.setattr(gpu_check, "TIMED_LATENT", 4)
-    peak, stages = throughput.gpu_gemm_peak, CupyBackend.stage_times
-    monkeypatch.setattr(throughput, "gpu_gemm_peak", lambda: peak(size=64, repeats=1))
+    peak, stages = CupyBackend.gemm_peak, CupyBackend.stage_times
+    monkeypatch.setattr(CupyBackend, "gemm_peak",  # a small product: the simulation is slow
+                        lambda self: peak(self, size=64, repeats=1))
     monkeypatch.setattr(CupyBackend, "stage_times",  # the simulation's times mean nothing
                         lambda self, data, batch: stages(self, data, batch, 1, 1))
 
@@ -46,12 +47,12 @@ def test_the_gpu_check_runs_end_to_end_and_a_run_cut_short_keeps_what_finished(
         simulated_gpu, monkeypatch, tmp_path, capsys):
     out = tmp_path / "run-gpu-simulated"
     # Cut short while training: the gate and timing rows are in results.csv already.
-    train = run.train_backend
+    train = pipeline.train
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run, "train_backend", interrupted)
+    monkeypatch.setattr(pipeline, "train", interrupted)
     assert main(["gpu-check", "--out", str(out), "--quiet"]) == 130
     table = pd.read_csv(out / "results.csv")
     assert (table[table.backend == "cupy"].samples_per_s > 0).all()
@@ -59,7 +60,7 @@ def test_the_gpu_check_runs_end_to_end_and_a_run_cut_short_keeps_what_finished(
     partial = json.loads((out / "cells" / "partial" / "z4.json").read_text())
     assert partial["latent"] == 4 and not (out / "cells" / "z4.json").exists()
     # Resumed, it redoes that latent size and completes.
-    monkeypatch.setattr(run, "train_backend", train)
+    monkeypatch.setattr(pipeline, "train", train)
     capsys.readouterr()
     assert main(["gpu-check", "--out", str(out), "--resume"]) == 0
     printed = capsys.readouterr().out

@@ -572,19 +572,11 @@ def install(monkeypatch, kernels: str = "twins", version: str = "14.2.0") -> Non
     cupy.zeros = lambda shape, dtype=np.float32: _allocate(shape, dtype)
     cupy.empty = cupy.zeros
     cupy.float32 = np.float32
-    cupy.empty_like = lambda a: _allocate(a.shape, a.dtype)
-
-    def matmul(a, b, out):  # bench/throughput.py's GEMM-peak probe (not the executor's)
-        _run(lambda: np.matmul(a, b, out=out))
-        return out
-
-    cupy.matmul = matmul
     cupy.random = types.SimpleNamespace(default_rng=Generator)
     cupy.asarray = _asarray
     # stream.pyx get_elapsed_time(start_event, end_event): milliseconds (1 here: no clock).
     cupy.cuda = types.SimpleNamespace(Stream=Stream, Event=Event, runtime=runtime,
-                                      Device=_Device, get_elapsed_time=lambda a, b: 1.0,
-                                      get_current_stream=Stream)
+                                      Device=_Device, get_elapsed_time=lambda a, b: 1.0)
     cupyx = types.ModuleType("cupyx")
     # cupyx/_pinned_array.py empty_pinned(shape, dtype=float, order='C'): a NumPy array.
     cupyx.empty_pinned = lambda shape, dtype=np.float32: np.zeros(shape, dtype)
