@@ -25,7 +25,7 @@ from vae_ref.data import Dataset
 
 from . import figures, pipeline, provenance, tables
 from .results_dir import claim
-from .store import ResultsStore, StoreError
+from .store import ResultsStore, StoreError, read_json_object
 from .throughput import device_peaks
 
 GATE_IMAGES = 1024  # the gate's real images: the data set's first training images
@@ -223,13 +223,9 @@ def read_env(out: Path) -> dict:
     if not path.exists():
         raise RunError(f"{out} is not a run directory (no env.json)")
     try:
-        env = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise RunError(f"{path}: cannot read this run environment ({error}); "
-                       f"{_DAMAGED_ENV}") from None
-    if not isinstance(env, dict):
-        raise RunError(f"{path}: not a run environment (a JSON {type(env).__name__}); "
-                       f"{_DAMAGED_ENV}")
+        env = read_json_object(path)
+    except ValueError as error:
+        raise RunError(f"{path}: not a run environment ({error}); {_DAMAGED_ENV}") from None
     if "spec" not in env or "gemm_peak_gflops" not in env:
         raise RunError(f"{path}: not a run environment (no spec or GEMM peak); {_DAMAGED_ENV}")
     return env

@@ -38,6 +38,18 @@ class StoreError(RuntimeError):
     """A unit that cannot be used as asked: made otherwise, or damaged. Says what to do."""
 
 
+def read_json_object(path: Path) -> dict:
+    """The JSON object in ``path``; ValueError saying why it is not one (unreadable, not
+    JSON, another JSON type)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{type(error).__name__}: {error}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"a JSON {type(record).__name__}, not an object")
+    return record
+
+
 class ResultsStore:
     """The units of one results directory. ``redo`` tells how the command redoes a unit (the
     flag to name in refusals, e.g. "--force")."""
@@ -52,13 +64,10 @@ class ResultsStore:
 
     def _read(self, path: Path) -> dict:
         try:
-            record = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as error:
-            raise StoreError(f"{path} is damaged ({type(error).__name__}: {error}); delete it "
-                             f"to redo that part, or pass {self.redo}") from None
-        if not isinstance(record, dict):
-            raise StoreError(f"{path} is damaged (a JSON {type(record).__name__}, not a "
-                             f"record); delete it to redo that part, or pass {self.redo}")
+            record = read_json_object(path)
+        except ValueError as error:
+            raise StoreError(f"{path} is damaged ({error}); delete it to redo that part, or "
+                             f"pass {self.redo}") from None
         record.setdefault("key", path.stem)  # records written before keys were stored
         return record
 
