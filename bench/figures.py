@@ -132,38 +132,73 @@ def manifold(images: np.ndarray, n: int, path: Path, title: str) -> None:
     save(fig, path)
 
 
+def _lines(ax, timed: pd.DataFrame, x: str, y: str) -> None:
+    """One line per backend: the median of ``y`` at each ``x``."""
+    for i, (backend, rows) in enumerate(timed.groupby("backend", sort=False)):
+        values = rows.dropna(subset=[y]).groupby(x)[y].median()
+        ax.plot(values.index, values.values, marker="o", label=backend, color=f"C{i}")
+
+
+def _finish(fig: Figure, ax, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    save(fig, path)
+
+
 def run_plots(out: Path, table: pd.DataFrame, curves: pd.DataFrame) -> None:
-    """A run's plots: throughput by batch size, speed-up over eager by latent size, the ELBO
+    """A run's plots: throughput by batch size, speed-up over eager by latent size, the
+    scaling figure where a latent size was timed at three batch sizes or more, the ELBO
     curves."""
     timed = table.dropna(subset=["samples_per_s"])
     if len(timed):
         fig = Figure(figsize=(7.5, 4.5))
         ax = fig.add_subplot()
-        for i, (backend, rows) in enumerate(timed.groupby("backend", sort=False)):
-            by_batch = rows.groupby("batch_size").samples_per_s.median()
-            ax.plot(by_batch.index, by_batch.values, marker="o", label=backend, color=f"C{i}")
+        _lines(ax, timed, "batch_size", "samples_per_s")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("training samples/s (median over latent sizes)")
-        ax.set_title("Throughput by backend and batch size")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        save(fig, out / "throughput.png")
-
+        _finish(fig, ax, "batch size", "training samples/s (median over latent sizes)",
+                "Throughput by backend and batch size", out / "throughput.png")
         timed = timed.assign(speedup=tables.speedup(timed))
         if timed.speedup.notna().any():
             fig = Figure(figsize=(7.5, 4.5))
             ax = fig.add_subplot()
-            for i, (backend, rows) in enumerate(timed.groupby("backend", sort=False)):
-                ratio = rows.dropna(subset=["speedup"]).groupby("latent_dim").speedup.median()
-                ax.plot(ratio.index, ratio.values, marker="o", label=backend, color=f"C{i}")
+            _lines(ax, timed, "latent_dim", "speedup")
             ax.axhline(1.0, color="grey", linewidth=0.8)
-            ax.set_xlabel("latent size z")
-            ax.set_ylabel("speed-up over PyTorch eager (same device)")
-            ax.set_title("Speed-up by latent size")
-            ax.grid(alpha=0.3)
-            ax.legend()
-            save(fig, out / "speedup.png")
+            _finish(fig, ax, "latent size z", "speed-up over PyTorch eager (same device)",
+                    "Speed-up by latent size", out / "speedup.png")
+        for latent, rows in timed.groupby("latent_dim"):
+            if rows.batch_size.nunique() >= 3:
+                scaling(rows, out / f"scaling_z{latent}.png")
     if len(curves):
         curves = curves.assign(name=curves.backend + " z" + curves.latent_dim.astype(str))
         elbo_curves(curves, out / "elbo_curves.png", "this run")
+
+
+def scaling(rows: pd.DataFrame, path: Path) -> None:
+    """How each backend's rate grows with its work at one latent size: samples/s and the
+    fraction of the device's GEMM peak against the batch size, with the step's GEMMs alone
+    (the ceiling of a CPU step) drawn dashed."""
+    fig = Figure(figsize=(12, 4.5))
+    rate, peak = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    _lines(rate, rows, "batch_size", "samples_per_s")
+    _lines(peak, rows, "batch_size", "pct_peak")
+    measured = rows.dropna(subset=["gemm_only_ms"]).groupby("batch_size").first()
+    if len(measured):
+        # % of peak scales as 1 / time, so the GEMMs' own share follows from any row's.
+        ceiling_pct = measured.pct_peak * measured.ms_per_step / measured.gemm_only_ms
+        rate.plot(measured.index, measured.index / measured.gemm_only_ms * 1e3, "k--",
+                  label="the 11 GEMMs alone")
+        peak.plot(measured.index, ceiling_pct.values, "k--", label="the 11 GEMMs alone")
+    for ax in (rate, peak):
+        ax.set_xscale("log", base=2)
+    z = int(rows.latent_dim.iloc[0])
+    rate.set_yscale("log")
+    rate.set_xlabel("batch size")
+    rate.set_ylabel("training samples/s")
+    rate.set_title(f"Throughput, z = {z}")
+    rate.grid(alpha=0.3, which="both")
+    rate.legend(fontsize="small")
+    _finish(fig, peak, "batch size", "% of the device's float32 GEMM peak",
+            f"Fraction of the GEMM peak, z = {z}", path)

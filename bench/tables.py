@@ -22,12 +22,14 @@ RESULTS_SCHEMA = 1
 RESULT_COLUMNS = (
     "backend", "device", "latent_dim", "batch_size", "agreement", "worst_fraction",
     "samples_per_s", "samples_per_s_min", "samples_per_s_max", "ms_per_step", "gflops",
-    "pct_peak", "launch_floor_ms", "warmup_s", "peak_memory_mb", "final_train_elbo",
+    "pct_peak", "launch_floor_ms", "warmup_s", "peak_memory_mb", "gemm_only_ms",
+    "final_train_elbo",
     "average_train_elbo", "final_test_elbo", "test_iwae", "iwae_k", "epochs", "dataset",
     "seed", "note",
 )
 # Columns added after tables were first committed, with the value older tables imply.
-ADDED_COLUMNS = {"device": "cpu", "launch_floor_ms": math.nan, "peak_memory_mb": math.nan}
+ADDED_COLUMNS = {"device": "cpu", "launch_floor_ms": math.nan, "peak_memory_mb": math.nan,
+                 "gemm_only_ms": math.nan}
 TEXT_COLUMNS = ("backend", "device", "agreement", "dataset", "note")  # the rest are numbers
 KEYS = ["backend", "latent_dim", "batch_size"]  # a list: pandas reads a tuple as one key
 
@@ -153,6 +155,13 @@ def run_summary(table: pd.DataFrame, env: dict) -> str:
             f"{r.ms_per_step:.3f} | {r.gflops:.1f} | {r.pct_peak:.1f}% | {speedups}"
             f"{fmt(r.peak_memory_mb, '.1f', nan=NOT_COMPUTED)} | {floor_text} | "
             f"{r.warmup_s:.2f} |")
+    ceilings = table.dropna(subset=["gemm_only_ms"]).drop_duplicates(["latent_dim", "batch_size"])
+    if len(ceilings):
+        lines += ["", "The ceiling of a CPU step: its 11 GEMMs alone (NumPy's BLAS, the same "
+                  "shapes), timed in the same interleaved windows.", "",
+                  "| z | batch | GEMMs alone ms/step | samples/s |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r.latent_dim} | {r.batch_size} | {r.gemm_only_ms:.3f} | "
+                  f"{r.batch_size / r.gemm_only_ms * 1e3:,.0f} |" for r in ceilings.itertuples()]
     lines += ["", f"## ELBO by latent size and backend (batch {first_batch}; nats per image)",
               "", "| backend | z | final train ELBO | average train ELBO | final test ELBO "
               "| test log p(x) (k) |", "|---|---:|---:|---:|---:|---:|"]

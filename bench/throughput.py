@@ -42,6 +42,34 @@ def gemm_peak(size: int = 2048, repeats: int = 5) -> tuple[float, str]:
     return best[name], f"{size}x{size} float32 GEMM via {name}"
 
 
+def step_gemms(config: VAEConfig, batch: int, seed: int = 0):
+    """A callable running one training step's 11 GEMMs alone (the shapes ``step_flops``
+    counts), with NumPy's BLAS on contiguous float32 operands into preallocated outputs, as
+    a fused CPU step would: the ceiling a CPU backend's step rate can approach."""
+    d, h, z, b = config.input_dim, config.hidden_dim, config.latent_dim, batch
+    rng = np.random.default_rng(seed)
+
+    def a(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    x, w1, w_heads, w_dec, w_out = a(b, d), a(h, d), a(2 * z, h), a(h, z), a(d, h)
+    hid, heads, code, dec, logits = a(b, h), a(b, 2 * z), a(b, z), a(b, h), a(b, d)
+    g_out, g_dec, g_heads, g_w1 = a(d, h), a(h, z), a(2 * z, h), a(h, d)
+    d_dec, d_code, d_hid = a(b, h), a(b, z), a(b, h)
+    products = [  # forward, then backward (output layer first)
+        (x, w1.T, hid), (hid, w_heads.T, heads), (code, w_dec.T, dec), (dec, w_out.T, logits),
+        (logits.T, dec, g_out), (logits, w_out, d_dec), (d_dec.T, code, g_dec),
+        (d_dec, w_dec, d_code), (heads.T, hid, g_heads), (heads, w_heads, d_hid),
+        (d_hid.T, x, g_w1),
+    ]
+
+    def run() -> None:
+        for left, right, out in products:
+            np.dot(left, right, out)
+
+    return run
+
+
 def device_peaks(backends: list[Backend]) -> dict[str, tuple[float, str, str]]:
     """(GFLOP/s, how measured, device name) of each device the available ``backends`` use:
     the host CPU measured here (``gemm_peak``), an accelerator by the first of its backends
@@ -69,6 +97,8 @@ class Measurement:
     stages: dict[str, float] = field(default_factory=dict)  # ms per step, if the backend tells
     launch_floor: dict[str, float] = field(default_factory=dict)  # GPU: nodes x node cost
     peak_memory_bytes: float = math.nan  # of one step, if the backend tells (MemoryReport)
+    # The step's 11 GEMMs alone on this device, timed in the same windows (CPU rows only).
+    gemm_only_ms: float = math.nan
     # Diagnostics (stage breakdown, launch floor, memory) that failed: name -> why. They
     # never cost the timing itself.
     diagnostic_errors: dict[str, str] = field(default_factory=dict)
@@ -91,7 +121,8 @@ class Measurement:
                 "samples_per_s_max": batch / min(self.ms_per_step) * 1e3,
                 "ms_per_step": ms, "gflops": gflops, "pct_peak": 100 * gflops / peak_gflops,
                 "launch_floor_ms": self.floor_ms, "warmup_s": self.warmup_seconds,
-                "peak_memory_mb": self.peak_memory_bytes / 1e6}
+                "peak_memory_mb": self.peak_memory_bytes / 1e6,
+                "gemm_only_ms": self.gemm_only_ms}
 
 
 def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, batch: int,
@@ -123,7 +154,18 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
         results.append(Measurement(backend.name, backend.description,
                                    time.perf_counter() - start, device=backend.device,
                                    settings=backend.settings()))
+    # The GEMMs-alone ceiling takes its turn in the same rotation, for the CPU rows.
+    gemms = step_gemms(config, batch, seed) if any(b.device == "cpu" for b in backends) else None
+    gemm_ms: list[float] = []
     for _ in range(repeats):
+        if gemms is not None:
+            settle_until = time.perf_counter() + settle_seconds
+            while time.perf_counter() < settle_until:
+                gemms()
+            start = time.perf_counter()
+            for _ in range(steps):
+                gemms()
+            gemm_ms.append((time.perf_counter() - start) / steps * 1e3)
         for backend, result in zip(backends, results):
             # Inputs are drawn before the clock starts: the window times the steps alone.
             windows = [(rng.integers(0, len(data), batch), noise()) for _ in range(steps)]
@@ -137,6 +179,8 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
             backend.synchronize()
             result.ms_per_step.append((time.perf_counter() - start) / steps * 1e3)
     for backend, result in zip(backends, results):
+        if backend.device == "cpu" and gemm_ms:
+            result.gemm_only_ms = float(np.median(gemm_ms))
         if isinstance(backend, StageBreakdown):
             stages = _diagnostic(result, "stage breakdown", backend.stage_times, data, batch)
             result.stages = {k: v * 1e3 for k, v in (stages or {}).items()}
@@ -194,6 +238,11 @@ def report(results: list[Measurement], config: VAEConfig, batch: int,
             f"{min(r.ms_per_step):6.2f}-{max(r.ms_per_step):<6.2f} {row.samples_per_s:10.0f} "
             f"{row.gflops:8.1f} {row.pct_peak / 100:7.1%} "
             f"{tables.fmt(row.peak_memory_mb, '7.1f', nan='      -')}{speedups}")
+    ceiling = next((r.gemm_only_ms for r in results if not math.isnan(r.gemm_only_ms)), None)
+    if ceiling is not None:
+        lines.append(f"the step's 11 GEMMs alone (NumPy BLAS, same shapes, same windows): "
+                     f"{ceiling:.3f} ms/step = {batch / ceiling * 1e3:,.0f} samples/s, the "
+                     "ceiling of a CPU step")
     for r in results:
         if r.settings.get("compile_seconds") is not None:
             lines.append(f"{r.backend}: JIT compile or on-disk cache load "
