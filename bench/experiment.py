@@ -5,7 +5,29 @@ The stages of ``pipeline.py`` per model (train, evaluate), then the tables and f
 finished model is a unit of the results store (``store.py``: its record and its weights),
 saved as soon as it finishes, so an interrupted run keeps what it finished; a re-run reuses
 a model made with the same settings and data and refuses one made otherwise, unless
-``force`` retrains it.
+``force`` retrains it. The VAEs are trained by ``spec.backend`` (the reference, ``torch``,
+by default), the AE always by the reference.
+
+What it writes into the results directory (default ``results/experiment-<dataset>-<N>ep``):
+
+- ``table.csv``, ``table.md``: per model its latent size, final and average train ELBO,
+  final test ELBO, the importance-weighted test log-likelihood (k samples), epochs, time;
+  ``table.md`` ends with the provenance (versions, CPU, threads, data and its hash, seed,
+  commit, and when and where each model was trained).
+- ``curves.csv``, ``elbo_curves.png``: per-epoch train and test ELBO (BCE and KL apart).
+- ``reconstructions_<model>.png``: 10 test images per class beside their reconstructions.
+- ``prior_samples_<model>.png``: decodings of z ~ N(0, I).
+- ``merge_z<d>.png``: AE and VAE side by side: two test images, their reconstructions, the
+  decoding of the mean of their codes, and of a random code.
+- ``latent_scatter_vae-z2.png``, ``manifold_vae-z2.png``: at z = 2, the test set's posterior
+  means by class, and the decoded grid through the prior's quantiles.
+- ``provenance.json``; ``cells/<model>.json`` and ``.npz`` (each model's record and weights;
+  the weights are not committed).
+
+Losses are nats per image: BCE-with-logits summed over the 784 pixels plus the analytic KL;
+the training objective is their batch mean with β on the KL; the ELBO reported is
+−(BCE + KL) whatever β (for the AE, −BCE: a reconstruction score, not a bound).
+``--binarize`` samples binary pixels each step and binarizes the test set once.
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ def git_commit() -> str:
         return "unknown"
 
 
-def package_versions(names=("torch", "numpy", "numba", "scipy", "pandas", "matplotlib")) -> dict:
+def package_versions(names=("torch", "numpy", "numba", "scipy", "pandas", "matplotlib", "jax",
+                            "jaxlib")) -> dict:
     versions = {"python": platform.python_version()}
     for name in names:
         try:

@@ -88,7 +88,7 @@ PROFILES = {
                 batch_sizes=(128, 256, 512, 1024, 2048, 4096)),
     # How each CPU backend's cost grows with its work: batch 32 to 4096 at z = 20, every
     # batch size timed interleaved; the ELBO is trained at the usual batch of 128 (first).
-    "scaling": dict(dataset="fashion-mnist", latents=(20,), epochs=5, repeats=5, steps=20,
+    "scaling": dict(dataset="fashion-mnist", latents=(20,), epochs=5, repeats=9, steps=20,
                     gate_steps=10, iwae_k=100,
                     backends=("torch", "torch-fused-adam", "torch-compile", "jax", "numba"),
                     batch_sizes=(128, 32, 64, 256, 512, 1024, 2048, 4096)),
