@@ -353,10 +353,18 @@ def test_cupy_backends_say_why_they_are_unavailable(name):
 @pytest.mark.parametrize("name", ["cupy", "cupy-nograph", "cupy-tf32"])
 def test_cupy_backends_offer_their_capabilities_by_protocol(name):
     """What the harness may ask of the CuPy backends, asked as it asks: by protocol."""
-    from kernels.base import Backend, DeviceInfo, EpochRunner, LaunchFloor, StageBreakdown
+    from kernels.base import (
+        Backend,
+        DeviceInfo,
+        EpochRunner,
+        LaunchFloor,
+        MemoryReport,
+        StageBreakdown,
+    )
 
     backend = create_backend(name)
-    for protocol in (Backend, EpochRunner, StageBreakdown, LaunchFloor, DeviceInfo):
+    for protocol in (Backend, EpochRunner, StageBreakdown, LaunchFloor, DeviceInfo,
+                     MemoryReport):
         assert isinstance(backend, protocol), protocol.__name__
 
 
@@ -580,6 +588,7 @@ def test_cuda_executor_epoch_and_timing_aids_on_a_simulated_cupy(simulated_cuda,
         "step", "gemms", "fused kernels", "adam"}
 
 
+@pytest.mark.slow
 @BOTH_CUPYS
 def test_the_harness_runs_the_gpu_profile_on_a_simulated_cupy(simulated_cuda, monkeypatch,
                                                                tmp_path, capsys):
@@ -659,3 +668,20 @@ def test_an_error_while_capturing_is_the_error_raised(simulated_cuda, monkeypatc
     monkeypatch.setattr(CudaExecutor, "run", plain_run)
     graph = backend.executor.capture(ops, backend._buffers(16))  # no capture left open
     assert backend.executor.graph_nodes(graph) == len(ops)
+
+
+def test_the_step_memory_is_every_device_buffer_it_holds_but_the_data(mnist5k):
+    """The flat buffers, the batch's workspaces (counted once, views excluded), not the
+    resident data set; more with a larger batch; the epoch's buffers once there is one."""
+    backend = emulated_backend()
+    config = VAEConfig(latent_dim=4)
+    backend.load(config, export_params(build_model(config)))
+    data = mnist5k.train_x[:300]
+    flat = 4 * backend.layout.size * 4 + 4  # params, grads, m, v (float32) and the counter
+    small, large = backend.peak_memory_bytes(data, 16), backend.peak_memory_bytes(data, 64)
+    assert flat < small < large
+    # 48 more images: at least their pixels, logits and logits' gradient (3 x 784 floats).
+    assert large - small >= 48 * 3 * 784 * 4
+    assert small < flat + 16 * 8 * 784 * 4 + 4096  # and no data set (300 x 784 floats)
+    backend.train_epoch(data, np.arange(300), 16)
+    assert backend.peak_memory_bytes(data, 16) > small  # the epoch's order and losses

@@ -363,6 +363,20 @@ class CupyBackend:
         executor's, with TF32 only for ``cupy-tf32``), and how it was measured."""
         return self._started().gemm_peak(size, repeats)
 
+    def peak_memory_bytes(self, data: np.ndarray, batch: int) -> int:
+        """Device memory a training step at ``batch`` holds: the flat buffers (parameters,
+        gradients, Adam's moments, the step counter), the batch's workspaces, the epoch's
+        buffers and cuBLAS's workspace. All are allocated before the first step and a
+        captured step allocates nothing (cuBLAS has its own workspace; the graph has no memory
+        nodes), so this is the allocator's peak over the step, less the resident data set,
+        which every step reads and none holds for itself (on a GPU: unverified, see the
+        README)."""
+        self._resident(data)
+        views = {id(v) for v in self._views.values()}  # into the flat buffers: counted there
+        held = {id(b): b for b in self._buffers(batch).values()
+                if id(b) not in views and b is not self._data}
+        return sum(int(b.nbytes) for b in held.values()) + self.executor.workspace_bytes
+
     def synchronize(self) -> None:
         if self.executor is not None:
             self.executor.synchronize()

@@ -51,6 +51,7 @@ class Executor(Protocol):
     kind: ClassVar[str]  # what runs the kernels, in a few words (for descriptions)
     multiprocessors: int  # sizes the grids of kernels sized to the device (Adam)
     compile_seconds: float  # making it: NVRTC, or CuPy's disk cache
+    workspace_bytes: int  # device memory it holds for itself (cuBLAS's workspace)
 
     @staticmethod
     def availability() -> Availability:
@@ -163,6 +164,7 @@ class CudaExecutor:
         # binding refuses calls during capture), so the GEMMs are captured with the kernels.
         with self.stream:
             self._blas_workspace = cupy.empty(WORKSPACE_BYTES, np.uint8)
+        self.workspace_bytes = WORKSPACE_BYTES
         self.blas = Cublas(self.stream.ptr, self._blas_workspace.data.ptr, WORKSPACE_BYTES)
         # TF32 off unless asked: float32 products, so the agreement gate's tolerances hold.
         self.compute_type = CUBLAS_COMPUTE_32F_FAST_TF32 if tf32 else CUBLAS_COMPUTE_32F

@@ -32,6 +32,7 @@ class NumpyExecutor:
     # Kernels sized to the device get the grid of one this small, so that the programs run
     # here make their threads stride over more than one pass.
     multiprocessors = 4
+    workspace_bytes = 0  # the twins' GEMMs need none
 
     def __init__(self, tf32: bool = False):
         if tf32:
