@@ -64,9 +64,10 @@ def bench(session: nox.Session) -> None:
     """The main job: the harness on the embedded mnist-5k digits (``vae-bench run --profile
     quick``): agreement gate, interleaved throughput and ELBO per backend and latent size,
     results under results/<time>-<host>/ and the summary printed. Extra arguments go to
-    ``vae-bench run``, e.g. ``nox -s bench -- --profile full --backends numba torch``.
+    ``vae-bench run``, e.g. ``nox -s bench -- --profile full --backends numba torch``. JAX
+    (the CPU build) is installed so that ``jax`` is timed beside the others.
     """
-    install_project(session)
+    install_project(session, "[jax]")
     session.run("vae-bench", "run", "--profile", "quick", *session.posargs)
 
 
@@ -74,7 +75,7 @@ def bench(session: nox.Session) -> None:
 def benchmarks(session: nox.Session) -> None:
     """The pytest-benchmark suites (per fused kernel, per training step), timed, saved as JSON
     under .benchmarks/ (compare two saves: ``pytest-benchmark compare 0001 0002``)."""
-    install_project(session, "[test]")
+    install_project(session, "[test,jax]")
     session.run("pytest", "--benchmark-only", "--benchmark-autosave", *session.posargs)
 
 
