@@ -192,6 +192,7 @@ def cuda_source(monkeypatch):
     return fake_cupy
 
 
+@pytest.mark.slow
 def test_the_kernel_source_passes_the_gate(cuda_source):
     backend = create_backend("cupy")
     for case, expected in read_fixture(FIXTURE):

@@ -43,6 +43,7 @@ def simulated_gpu(monkeypatch, small_check):
     fake_cupy.install(monkeypatch, version="13.6.0")
 
 
+@pytest.mark.slow
 def test_the_gpu_check_runs_end_to_end_and_a_run_cut_short_keeps_what_finished(
         simulated_gpu, monkeypatch, tmp_path, capsys):
     out = tmp_path / "run-gpu-simulated"

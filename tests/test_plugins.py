@@ -68,6 +68,7 @@ def test_broken_plugin_is_refused_in_one_line(plugin_site, tmp_path):
     assert result.stderr.count("\n") == 1 and "no_such_module_here" in result.stderr
 
 
+@pytest.mark.slow
 def test_plugin_is_timed_and_trained_by_run(plugin_site, tmp_path):
     result = cli(plugin_site, "run", "--backends", "torch", "numpy-example", "--latents", "2",
                  "--epochs", "1", "--repeats", "1", "--steps", "2", "--iwae-k", "0",
@@ -99,6 +100,7 @@ def test_the_gate_catches_a_broken_plugin(monkeypatch):
     assert not all(r.passed for r in check(module.NumpyBackend(), case, expected))
 
 
+@pytest.mark.slow
 def test_run_reports_a_broken_plugin_as_unavailable_and_goes_on(plugin_site, tmp_path):
     result = cli(plugin_site, "run", "--backends", "numba", "broken", "--latents", "2",
                  "--epochs", "1", "--repeats", "1", "--steps", "2", "--iwae-k", "0",

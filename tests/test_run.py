@@ -32,6 +32,7 @@ def full_run(tmp_path_factory, mnist5k):
     return out, table
 
 
+@pytest.mark.slow
 def test_run_writes_every_promised_output(full_run):
     out, table = full_run
     for name in ("results.csv", "curves.csv", "env.json", "summary.md", "throughput.png",
@@ -79,6 +80,7 @@ def test_a_spec_repeating_a_backend_or_latent_size_is_refused():
             tiny_spec(**repeated)
 
 
+@pytest.mark.slow
 def test_two_shards_merged_equal_the_unsharded_rows(full_run, tmp_path, mnist5k):
     out, table = full_run
     assert parse_shard("2/2") == (2, 2) and shard_latents((2, 3, 4), (1, 2)) == (2, 4)
@@ -104,6 +106,7 @@ def test_two_shards_merged_equal_the_unsharded_rows(full_run, tmp_path, mnist5k)
         merge([parts[0], parts[0]], tmp_path / "overlap")
 
 
+@pytest.mark.slow
 def test_unavailable_backend_is_listed_with_its_reason(tmp_path, mnist5k, monkeypatch,
                                                        fast_gemm_peak):
     import kernels
@@ -197,6 +200,7 @@ def test_compare_reads_tables_written_before_the_gpu_columns(capsys):
     assert "no regression" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_batch_size_sweep_draws_the_scaling_figure_with_its_gemm_ceiling(tmp_path, mnist5k):
     spec = tiny_spec(backends=("numba",), latents=(2,), batch_sizes=(32, 16, 64), iwae_k=0)
     table = run(spec, mnist5k, tmp_path / "sweep", progress=False, log=lambda _: None)
