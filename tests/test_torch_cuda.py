@@ -178,3 +178,39 @@ def test_train_step_without_the_loss_returns_none_then_synchronizes(name):
     assert gpu.train_step(data, np.arange(16)) is not None  # noise from the device generator
     gpu.synchronize()
     assert set(gpu.stage_times(data, 16, repeats=2)) <= {"forward+backward", "adam"}
+
+
+def test_the_cuda_memory_is_the_allocators_peak_over_one_warm_step_less_the_data(monkeypatch):
+    """torch-cuda's MemoryReport through the CUDA caching allocator's API, without a GPU: the
+    device path on the CPU, with torch.cuda's statistics replaced by a ledger that counts the
+    steps since the last reset. monkeypatch.setattr refuses a name torch.cuda lacks, so a
+    renamed API fails here too."""
+    config, params = fresh_params()
+    backend = device_path_backend()
+    backend.load(config, params)
+    data, _ = batch(n=40)
+    events, step_bytes = [], 3 << 20
+    real_step = backend.train_step
+
+    def step(*args, **kwargs):
+        events.append("step")
+        return real_step(*args, **kwargs)
+
+    def peak(device=None):
+        events.append("peak")
+        resident = backend._data_device.numel() * backend._data_device.element_size()
+        since_reset = events[events.index("reset"):].count("step") if "reset" in events else 2
+        return resident + since_reset * step_bytes
+
+    monkeypatch.setattr(backend, "train_step", step)
+    monkeypatch.setattr(backend, "_cuda", True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
+                        lambda device=None: events.append("reset"))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", peak)
+    assert backend.peak_memory_bytes(data, 8) == step_bytes  # one step, the data set excluded
+    # Warmed first (compiles and the allocator's first blocks are not the step's peak), the
+    # statistics reset after the device finished, the step measured after it finished too.
+    assert events == ["step", "sync", "reset", "step", "sync", "peak"]
+    after = backend.params()
+    assert all(np.array_equal(after[n], params[n]) for n in params)
