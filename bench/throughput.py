@@ -45,7 +45,9 @@ def gemm_peak(size: int = 2048, repeats: int = 5) -> tuple[float, str]:
 def step_gemms(config: VAEConfig, batch: int, seed: int = 0):
     """A callable running one training step's 11 GEMMs alone (the shapes ``step_flops``
     counts), with NumPy's BLAS on contiguous float32 operands into preallocated outputs, as
-    a fused CPU step would: the ceiling a CPU backend's step rate can approach."""
+    a fused CPU step would: the ceiling a CPU backend's step rate can approach. (Numba's
+    np.dot calls SciPy's OpenBLAS, another build of the same library: a numba row's own GEMMs
+    are in its stage breakdown.)"""
     d, h, z, b = config.input_dim, config.hidden_dim, config.latent_dim, batch
     rng = np.random.default_rng(seed)
 
