@@ -29,6 +29,20 @@ def checked_noise(eps: np.ndarray, batch: int, latent: int) -> np.ndarray:
     return np.ascontiguousarray(eps, dtype=np.float32)
 
 
+def checked_indices(values, rows: int, what: str = "batch indices") -> np.ndarray:
+    """``values`` as contiguous int64 row numbers of a data set of ``rows`` images. Compiled
+    gathers check nothing: Numba and CUDA read whatever address an index gives them, XLA's
+    gather clamps, and on a GPU an index out of range is a device-side assert that leaves the
+    context unusable."""
+    values = np.asarray(values)
+    if values.ndim != 1 or len(values) == 0 or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"{what} must be a non-empty 1-D integer array, got {values.dtype} "
+                         f"of shape {values.shape}")
+    if values.min() < 0 or values.max() >= rows:
+        raise IndexError(f"{what} must lie in [0, {rows}), got [{values.min()}, {values.max()}]")
+    return np.ascontiguousarray(values, dtype=np.int64)
+
+
 def decode_on_host(params: Params, z: np.ndarray) -> np.ndarray:
     """Pixel logits for codes ``z`` from canonical weights, in NumPy: decoding is for figures
     (a few hundred codes), not worth a device round trip or a compiled kernel."""

@@ -82,13 +82,21 @@ def test_compiled_backends_evaluate_the_reference_terms_on_the_shared_noise(mnis
     assert backend.evaluate(x, seed=4, batch_size=100).reconstruction != ours.reconstruction
 
 
-def test_numba_refuses_bad_batches_before_compiled_code():
+@pytest.mark.parametrize("name", ["numba", "jax"])
+def test_compiled_cpu_backends_refuse_bad_batches_before_compiled_code(name):
+    """Numba's gather reads any address and XLA's clamps: each index is checked on the host
+    (kernels/inputs.py), with the data set's bounds in the message."""
+    backend = create_backend(name)
+    if not backend.availability().available:
+        pytest.skip(backend.availability().reason)
     config = VAEConfig(latent_dim=4)
-    backend = create_backend("numba")
     backend.load(config, export_params(build_model(config)))
     data = np.zeros((10, 784), np.float32)
-    with pytest.raises(IndexError, match=r"batch indices must lie in \[0, 10\)"):
-        backend.train_step(data, np.array([0, 10]))
+    for bad in ([0, 10], [-1, 2]):
+        with pytest.raises(IndexError, match=r"batch indices must lie in \[0, 10\)"):
+            backend.train_step(data, np.array(bad))
+    with pytest.raises(ValueError, match="indices must be a non-empty 1-D integer array"):
+        backend.train_step(data, np.array([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"eps must have shape \(2, 4\)"):
         backend.train_step(data, np.array([0, 1]), np.zeros((2, 5), np.float32))
     with pytest.raises(ValueError, match=r"images must be a non-empty \(N, 784\) array"):

@@ -22,7 +22,7 @@ from vae_ref.params import Params
 
 from ..base import Availability, BackendUnavailable, BatchLoss, StepOutputs
 from ..flat_layout import make_layout
-from ..inputs import checked_images, checked_noise, decode_on_host
+from ..inputs import checked_images, checked_indices, checked_noise, decode_on_host
 from . import program
 from .executors import Executor
 
@@ -168,7 +168,7 @@ class CupyBackend:
     def train_step(self, data: np.ndarray, indices: np.ndarray,
                    eps: np.ndarray | None = None, *, want_loss: bool = True) -> BatchLoss | None:
         self._resident(data)
-        indices = _row_indices(indices, len(data), "batch indices")
+        indices = checked_indices(indices, len(data))
         b = len(indices)
         buffers = self._buffers(b)
         ex = self.executor
@@ -188,7 +188,7 @@ class CupyBackend:
         graph replayed with no copy and no wait between steps. Returns each step's
         (reconstruction, KL, loss), read once at the end."""
         self._resident(data)
-        order = _row_indices(order, len(data), "order")
+        order = checked_indices(order, len(data), "order")
         if int(batch_size) != batch_size or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         full, rest = divmod(len(order), batch_size)
@@ -385,15 +385,3 @@ class CupyBackend:
         described = self.executor.describe() if self.executor is not None else {}
         return {"graph": self.graph, "tf32": self.tf32, "compile_seconds": self.compile_seconds,
                 **described}
-
-
-def _row_indices(values, rows: int, what: str) -> np.ndarray:
-    """``values`` as int64 row numbers of a data set of ``rows`` images, or a clear error: the
-    gather kernel reads whatever address an index gives it."""
-    values = np.asarray(values)
-    if values.ndim != 1 or len(values) == 0 or not np.issubdtype(values.dtype, np.integer):
-        raise ValueError(f"{what} must be a non-empty 1-D integer array, got {values.dtype} "
-                         f"of shape {values.shape}")
-    if values.min() < 0 or values.max() >= rows:
-        raise IndexError(f"{what} must lie in [0, {rows}), got [{values.min()}, {values.max()}]")
-    return values.astype(np.int64, copy=False)

@@ -26,7 +26,13 @@ from vae_ref.evaluate import EvalResult
 from vae_ref.params import Params, check_params
 
 from ..base import Availability, BackendUnavailable, BatchLoss, StepOutputs
-from ..inputs import checked_images, checked_noise, decode_on_host, evaluate_in_batches
+from ..inputs import (
+    checked_images,
+    checked_indices,
+    checked_noise,
+    decode_on_host,
+    evaluate_in_batches,
+)
 from . import runtime
 
 
@@ -125,14 +131,7 @@ class JaxBackend:
 
     def _indices(self, indices, rows: int) -> np.ndarray:
         # Checked here: XLA's gather clamps an index out of range instead of failing.
-        indices = np.asarray(indices)
-        if indices.ndim != 1 or len(indices) == 0 or not np.issubdtype(indices.dtype, np.integer):
-            raise ValueError(f"indices must be a non-empty 1-D integer array, got "
-                             f"{indices.dtype} of shape {indices.shape}")
-        if indices.min() < 0 or indices.max() >= rows:
-            raise IndexError(f"batch indices must lie in [0, {rows}), got "
-                             f"[{indices.min()}, {indices.max()}]")
-        return indices.astype(np.int32)
+        return checked_indices(indices, rows).astype(np.int32)
 
     # -- computation -----------------------------------------------------------------------
 

@@ -17,7 +17,13 @@ from vae_ref.evaluate import EvalResult
 from vae_ref.params import Params
 
 from ..base import Availability, BackendUnavailable, BatchLoss, StepOutputs
-from ..inputs import checked_images, checked_noise, decode_on_host, evaluate_in_batches
+from ..inputs import (
+    checked_images,
+    checked_indices,
+    checked_noise,
+    decode_on_host,
+    evaluate_in_batches,
+)
 from ..timing import interleaved_times
 
 ADAM_BETAS = (0.9, 0.999)  # PyTorch's defaults, as in the reference
@@ -129,12 +135,7 @@ class NumbaBackend:
     def train_step(self, data: np.ndarray, indices: np.ndarray,
                    eps: np.ndarray | None = None, *, want_loss: bool = True) -> BatchLoss:
         data = self._images(data)
-        indices = np.ascontiguousarray(indices, dtype=np.int64)
-        if indices.ndim != 1 or len(indices) == 0:
-            raise ValueError(f"indices must be a non-empty 1-D array, got shape {indices.shape}")
-        if indices.min() < 0 or indices.max() >= len(data):
-            raise IndexError(f"batch indices must lie in [0, {len(data)}), got "
-                             f"[{indices.min()}, {indices.max()}]")
+        indices = checked_indices(indices, len(data))
         eps = self._noise(len(indices), eps)
         self.steps_taken += 1
         c = self.config

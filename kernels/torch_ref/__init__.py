@@ -27,6 +27,7 @@ from vae_ref.oracle import INTERMEDIATES, forward_backward
 from vae_ref.params import Params, export_params
 
 from ..base import Availability, BackendFailed, BackendUnavailable, BatchLoss, StepOutputs
+from ..inputs import checked_indices
 from ..timing import best_seconds, interleaved_times
 
 
@@ -229,11 +230,7 @@ class TorchBackend:
             self._data_host, self._data_dtype = data, data.dtype
             self._data_device = None  # free the old copy before making the new one
             self._data_device = self._tensor(data)
-        indices = np.asarray(indices, dtype=np.int64)
-        # Checked on the host: an index out of range on the GPU is a device-side assert,
-        # which leaves the CUDA context unusable for the rest of the process.
-        if len(indices) and (indices.min() < 0 or indices.max() >= len(data)):
-            raise IndexError(f"batch indices must lie in [0, {len(data)})")
+        indices = checked_indices(indices, len(data))  # on the host: kernels/inputs.py says why
         # non_blocking: a blocking host-to-device copy waits for the stream, i.e. for the
         # previous step to finish. From pageable memory the bytes are staged before the call
         # returns, so the caller may reuse its array at once.
