@@ -68,11 +68,16 @@ def test_broken_plugin_is_refused_in_one_line(plugin_site, tmp_path):
     assert result.stderr.count("\n") == 1 and "no_such_module_here" in result.stderr
 
 
+def short_run(plugin_site, tmp_path, *backends):
+    """``vae-bench run`` of ``backends`` at z = 2, as short as it goes, into tmp_path/run."""
+    return cli(plugin_site, "run", "--backends", *backends, "--latents", "2", "--epochs", "1",
+               "--repeats", "1", "--steps", "2", "--iwae-k", "0", "--quiet",
+               "--out", str(tmp_path / "run"), cwd=tmp_path)
+
+
 @pytest.mark.slow
 def test_plugin_is_timed_and_trained_by_run(plugin_site, tmp_path):
-    result = cli(plugin_site, "run", "--backends", "torch", "numpy-example", "--latents", "2",
-                 "--epochs", "1", "--repeats", "1", "--steps", "2", "--iwae-k", "0",
-                 "--quiet", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    result = short_run(plugin_site, tmp_path, "torch", "numpy-example")
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_csv(tmp_path / "run" / "results.csv").set_index("backend")
     row = table.loc["numpy-example"]
@@ -102,9 +107,7 @@ def test_the_gate_catches_a_broken_plugin(monkeypatch):
 
 @pytest.mark.slow
 def test_run_reports_a_broken_plugin_as_unavailable_and_goes_on(plugin_site, tmp_path):
-    result = cli(plugin_site, "run", "--backends", "numba", "broken", "--latents", "2",
-                 "--epochs", "1", "--repeats", "1", "--steps", "2", "--iwae-k", "0",
-                 "--quiet", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    result = short_run(plugin_site, tmp_path, "numba", "broken")
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_csv(tmp_path / "run" / "results.csv").set_index("backend")
     assert table.loc["broken"].agreement == "unavailable"
