@@ -25,9 +25,11 @@ class Tolerance:
     reason: str
     floor_lr: float = 0.0  # or this fraction of the learning rate, if larger (Adam steps)
 
+    def floor(self, scale: float, lr: float = 0.0) -> float:
+        return max(self.floor_ulps * EPS32 * scale, self.floor_lr * lr)
+
     def bound(self, reference_error: float, scale: float, lr: float = 0.0) -> float:
-        floor = max(self.floor_ulps * EPS32 * scale, self.floor_lr * lr)
-        return self.factor * reference_error + floor
+        return self.factor * reference_error + self.floor(scale, lr)
 
 
 TOLERANCES: dict[str, Tolerance] = {
@@ -67,3 +69,31 @@ def kind_of(tensor: str) -> str:
     if tensor.startswith("loss"):
         return "loss"
     return "intermediate"
+
+
+# -- the calibration on another machine ------------------------------------------------------
+#
+# float32 PyTorch's error on a tensor is a measurement of the machine: which GEMM kernels MKL
+# picks (AVX2, AVX-512, AMX; a generic path on AMD CPUs) decides the order of every 784- and
+# 512-term sum. The float64 truth is the same everywhere; the calibration is not, and the gate
+# recalibrates on the machine it runs on (``vae_ref.oracle.expectation``, live), so a backend
+# is never judged by another CPU's rounding. The committed fixture's calibration is held to a
+# band instead of to its bits: tensor by tensor, within
+CALIBRATION_BAND = 2.0  # x of each other for one forward/backward,
+CALIBRATION_BAND_STEPS = 8.0  # and for the K-Adam-step tensors, whose rounding compounds.
+# Measured (AMD EPYC, MKL's default path against MKL_CBWR=COMPATIBLE, the fixture's z = 20
+# cases): every single-step tensor within 0.67-1.17x; over 50 Adam steps all parameters
+# within 0.80-1.15x but enc.fc1.weight at 5.3x, the weight whose rare gradients make its
+# error chaotic (the steps.param reason above). Errors below one float32 rounding of the
+# tensor's largest value are counted as one rounding: the scalar loss is one number whose
+# error is 0 or 1 ulp (0.09x between those two paths), and no ratio of such errors means
+# anything.
+
+
+def calibrations_agree(tensor: str, error: float, other: float, scale: float) -> bool:
+    """Whether two measurements of float32 PyTorch's error on ``tensor`` (largest magnitude
+    ``scale``), from two machines or two kernel paths, agree within the band above."""
+    resolution = EPS32 * scale
+    low, high = sorted((max(error, resolution), max(other, resolution)))
+    band = CALIBRATION_BAND_STEPS if tensor.startswith("steps.") else CALIBRATION_BAND
+    return high <= band * low

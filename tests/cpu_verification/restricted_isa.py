@@ -1,0 +1,85 @@
+"""The gate on a CPU other than this one, as far as one machine can stand in for another.
+
+float32 PyTorch's GEMMs are MKL's, and MKL picks its kernels by the instruction sets it finds
+(AVX-512 and AMX on recent Xeons, AVX2 below; a generic path on AMD CPUs). Held to a lower
+set, it sums in another order: another CPU's float32 rounding, on this one. ``restrictions``
+lists the settings to try, the first that changes float32 PyTorch's bits being the one used
+(on AMD, where MKL ignores MKL_ENABLE_INSTRUCTIONS, only MKL_CBWR's compatible path does).
+The OpenBLAS core-type variables some machines set are left as they are: they keep an old
+OpenBLAS from wrong kernels, and Numba's and NumPy's BLAS is not what the calibration measures.
+
+Run as ``python -m cpu_verification.restricted_isa OUT.json`` (tests/ on the path) in a child
+started with the restriction in its environment: it writes a GEMM's digest, the float32
+calibration of the committed fixture's cases, and every available CPU backend's gate verdict
+on all the gate's cases at z = 20 against the live oracle calibrated there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "reference_z20.npz"
+LATENT = 20
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def restrictions(flags: set[str]) -> list[dict[str, str]]:
+    """Environments that hold MKL below this CPU's instruction set, most specific first."""
+    below = "AVX2" if "avx512f" in flags else "SSE4_2" if "avx2" in flags else None
+    # MKL_ENABLE_INSTRUCTIONS caps the dispatch (oneMKL developer reference, "Instruction Set
+    # Specific Dispatching"); MKL_CBWR=COMPATIBLE selects its SSE2-era path on any x86-64 CPU
+    # ("Conditional Numerical Reproducibility").
+    return ([{"MKL_ENABLE_INSTRUCTIONS": below}] if below else []) + [
+        {"MKL_CBWR": "COMPATIBLE"}]
+
+
+def gemm_digest() -> str:
+    """The bits of one float32 GEMM of the step's shape through torch: what a restriction must
+    change to stand for another CPU."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 784, generator=generator)
+    w = torch.randn(512, 784, generator=generator)
+    return hashlib.sha1(torch.nn.functional.linear(x, w).numpy().tobytes()).hexdigest()
+
+
+def main(out: Path) -> None:
+    from bench.pipeline import gate, gate_cases
+    from kernels import backend_names, create_backend
+    from vae_ref.digits import gate_images
+    from vae_ref.fixture import read_fixture
+
+    # One oracle (the float64 truth and float32 calibration of every z = 20 case) for both
+    # questions: is the calibration within the band, and does every backend pass against it?
+    pairs = gate_cases(gate_images()[0], LATENT, steps=50)
+    stored = {case.name for case, _ in read_fixture(FIXTURE)}
+    calibration = {case.name: expected.reference_errors for case, expected in pairs()
+                   if case.name in stored}
+    backends = [b for b in (create_backend(n) for n in backend_names())
+                if b.device == "cpu" and b.availability().available]
+    records = gate(backends, pairs)
+    verdicts = {name: {"verdict": r.verdict, "worst_fraction": r.worst_fraction,
+                       "failed": [f"{c.case} {c.tensor}" for c in r.comparisons if not c.passed]}
+                for name, r in records.items()}
+    out.write_text(json.dumps({"gemm": gemm_digest(), "calibration": calibration,
+                               "gate": verdicts}))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2 and sys.argv[1] == "--digest":
+        print(gemm_digest())
+    else:
+        main(Path(sys.argv[1]))
