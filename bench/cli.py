@@ -261,6 +261,10 @@ def _add_compare(commands) -> None:
                       f"(default {DEFAULT_FAIL_ELBO:g})")
     cmp_.add_argument("--allow-removed", action="store_true",
                       help="rows of OLD missing from NEW are intended, not a regression")
+    cmp_.add_argument("--allow-machine-change", action="store_true",
+                      help="compare throughput even when OLD and NEW ran on different CPUs "
+                      "(model or instruction sets, from each run's env.json); without it "
+                      "that is refused (exit 1) and only ELBO and agreement are compared")
     cmp_.set_defaults(handler=cmd_compare)
 
 
@@ -505,12 +509,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = compare_runs(load_results(args.old), load_results(args.new),
                      fail_throughput=parse_fraction(args.fail_throughput),
                      fail_elbo=args.fail_elbo, absolute=args.absolute,
-                     allow_removed=args.allow_removed)
+                     allow_removed=args.allow_removed,
+                     allow_machine_change=args.allow_machine_change)
     print(format_table(result))
+    for line in result.notes:
+        print(f"\nnote: {line}")
     if result.regressions:
         print(f"\nREGRESSION ({len(result.regressions)}):")
         for line in result.regressions:
             print(f"  {line}")
+    for line in result.refusals:
+        print(f"\nNOT COMPARED: {line}")
+    if result.regressions:
+        return EXIT_FAILED
+    if result.refusals:  # a refusal, not a pass: what was compared is said to have passed
+        print("\nno ELBO or agreement regression beyond the gate; throughput not compared")
         return EXIT_FAILED
     print("\nno regression beyond the gate")
     return 0

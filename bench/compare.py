@@ -17,6 +17,12 @@ NaN, infinite or (samples/s) zero in NEW, a speed-up NEW cannot compute because 
 row is missing or untimed (gate raw samples/s with --absolute instead), and two runs with no
 row in common. Input that is not a results table at all (unreadable, a directory, a cell that
 is not a number, a key twice) is refused with exit status 2.
+
+Speed-ups over eager are a property of the CPU as well as of the code (the same Numba code:
+1.75x eager on an AMD EPYC, 1.32x on a Xeon with AMX). When the env.json beside each table
+says the runs are from different CPUs (``provenance.cpu_difference``: model or instruction
+sets), the throughput verdict is refused (exit status 1, said apart from the regressions)
+unless --allow-machine-change; ELBO and agreement are compared either way.
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from . import tables
+from . import provenance, tables
+from .store import read_json_object
 from .tables import ADDED_COLUMNS, KEYS, RESULT_COLUMNS, TEXT_COLUMNS
 
 GATED = (("samples_per_s", "samples/s"), ("final_test_elbo", "test ELBO"))
@@ -59,6 +66,7 @@ class Results:
     source: Path  # the results.csv read
     table: pd.DataFrame  # its complete rows
     cut_short: str | None = None  # where the file ends mid-row, if it does
+    env: dict | None = None  # the run's provenance (env.json beside the table); None if none
 
 
 def _read_text(csv_path: Path) -> str:
@@ -125,7 +133,18 @@ def load_results(path: Path) -> Results:
                            "times; a results table has one row per (backend, latent size, "
                            "batch size)")
     table = table.astype({"latent_dim": int, "batch_size": int})
-    return Results(csv_path, table, cut)
+    return Results(csv_path, table, cut, _read_env(csv_path.parent / "env.json"))
+
+
+def _read_env(path: Path) -> dict | None:
+    """The provenance beside a results table: None where there is none (a loose CSV);
+    CompareError where it is damaged."""
+    if not path.exists():
+        return None
+    try:
+        return read_json_object(path)
+    except ValueError as error:
+        raise CompareError(f"{path}: not a run environment ({error})") from None
 
 
 def _key(row) -> str:
@@ -140,6 +159,30 @@ def _same_key(table: pd.DataFrame, row) -> pd.Series:
 class RunComparison:
     table: pd.DataFrame  # one row per key, sorted worst first
     regressions: list[str]
+    notes: list[str] = field(default_factory=list)  # said, and no verdict (machines differ...)
+    refusals: list[str] = field(default_factory=list)  # what was not compared: exit 1 too
+
+
+def _machines(old: Results, new: Results, allow_change: bool) -> tuple[bool, list[str],
+                                                                       list[str]]:
+    """Whether throughput may be compared (same CPU kind, or the change allowed), with the
+    notes and refusals that say why."""
+    missing = [f"{side} ({r.source.parent})" for side, r in (("OLD", old), ("NEW", new))
+               if r.env is None]
+    if missing:
+        return True, [f"cannot tell whether the runs share a CPU: no env.json beside "
+                      f"{' or '.join(missing)}; throughput compared as if they do"], []
+    # Model and instruction sets; a run recorded before env.json had "cpu_isa" (the committed
+    # ones) is judged by its CPU model alone.
+    differs = provenance.cpu_difference(old.env, new.env)
+    if differs is None:
+        return True, [], []
+    if allow_change:
+        return True, [f"the runs are from different CPUs ({differs}); throughput compared "
+                      "anyway (--allow-machine-change)"], []
+    return False, [], [f"the runs are from different CPUs ({differs}): throughput is not "
+                       "compared (speed-ups over eager depend on the CPU) unless "
+                       "--allow-machine-change"]
 
 
 def _finite(value: float) -> bool:
@@ -147,7 +190,9 @@ def _finite(value: float) -> bool:
 
 
 def compare_runs(old: Results, new: Results, *, fail_throughput: float, fail_elbo: float,
-            absolute: bool = False, allow_removed: bool = False) -> RunComparison:
+            absolute: bool = False, allow_removed: bool = False,
+            allow_machine_change: bool = False) -> RunComparison:
+    throughput, notes, refusals = _machines(old, new, allow_machine_change)
     regressions = [f"{side} {r.source}: {r.cut_short}; the rows after it are missing"
                    for side, r in (("OLD", old), ("NEW", new)) if r.cut_short]
     old_table = old.table.assign(speedup=tables.speedup(old.table))
@@ -160,6 +205,8 @@ def compare_runs(old: Results, new: Results, *, fail_throughput: float, fail_elb
     gated_speedup = ~tables.is_yardstick(merged)
     merged["throughput_ratio"] = merged.raw_ratio if absolute else relative.where(
         relative.notna() & gated_speedup)
+    if not throughput:
+        merged["throughput_ratio"] = math.nan
     merged["elbo_change"] = merged.final_test_elbo_new - merged.final_test_elbo_old
     for r, speedup_gated in zip(merged.itertuples(), gated_speedup):
         key = _key(r)
@@ -176,7 +223,7 @@ def compare_runs(old: Results, new: Results, *, fail_throughput: float, fail_elb
                 regressions.append(f"{key}: {label} {now} in NEW (was {was:.2f})")
         if _finite(r.samples_per_s_old) and r.samples_per_s_new == 0:
             regressions.append(f"{key}: samples/s 0 in NEW (was {r.samples_per_s_old:,.0f})")
-        if (not absolute and speedup_gated and _finite(r.speedup_old)
+        if (throughput and not absolute and speedup_gated and _finite(r.speedup_old)
                 and not _finite(r.speedup_new) and _finite(r.samples_per_s_new)
                 and r.samples_per_s_new > 0):
             yardstick = tables.YARDSTICK.get(r.device_new, "the eager PyTorch")
@@ -199,7 +246,7 @@ def compare_runs(old: Results, new: Results, *, fail_throughput: float, fail_elb
     merged["change"] = merged["presence"].astype(str).map(
         {"both": "", "left_only": "removed", "right_only": "added"})
     merged = merged.sort_values(["throughput_ratio", "elbo_change"], na_position="last")
-    return RunComparison(merged, regressions)
+    return RunComparison(merged, regressions, notes, refusals)
 
 
 def format_table(result: RunComparison) -> str:

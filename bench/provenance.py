@@ -1,4 +1,5 @@
-"""Where a number came from: versions, machine, threads, git commit. Every result carries it."""
+"""Where a number came from: versions, machine (CPU model, instruction sets, BLAS, torch's CPU
+code path), threads, git commit. Every result carries it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,91 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# The instruction sets that decide which code paths the CPU kernels take: oneDNN's AVX-512 and
+# AMX (bf16/int8 tiles) kernels, OpenBLAS's and LLVM's (Numba's) choice of vector width, FMA.
+# A flag added here is absent from records made before, so compare would call those runs
+# another CPU: add with care (--allow-machine-change overrides).
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw",
+             "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+             "amx_int8", "asimd", "sve", "sve2")
+
+
+def cpu_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str] | None:
+    """The flags of ``ISA_FLAGS`` this CPU reports (Linux /proc/cpuinfo: x86 'flags', Arm
+    'Features'), in that order; None where the flags cannot be read (another OS)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in ISA_FLAGS if flag in present]
+    return None
+
+
+def cpu_identity(record: dict | None = None) -> dict:
+    """What decides the CPU kernels' speed: {"model": name, "isa": flags or None}. Of this
+    machine, or read from a provenance ``record`` (None for "isa" where the record predates
+    the field)."""
+    if record is None:
+        return {"model": cpu_model(), "isa": cpu_isa()}
+    return {"model": record.get("cpu"), "isa": record.get("cpu_isa")}
+
+
+def cpu_difference(old: dict, new: dict) -> str | None:
+    """How the CPUs of two provenance records differ (None: the same kind of machine).
+    A record without the instruction-set field (runs recorded before it existed) is judged
+    by its CPU model alone."""
+    a, b = cpu_identity(old), cpu_identity(new)
+    if a["model"] != b["model"]:
+        return f"OLD on {a['model']!r}, NEW on {b['model']!r}"
+    if a["isa"] is not None and b["isa"] is not None and set(a["isa"]) != set(b["isa"]):
+        only_old = sorted(set(a["isa"]) - set(b["isa"]))
+        only_new = sorted(set(b["isa"]) - set(a["isa"]))
+        return (f"both on {a['model']!r} but with other instruction sets (only OLD: "
+                f"{', '.join(only_old) or 'none'}; only NEW: {', '.join(only_new) or 'none'})")
+    return None
+
+
+def blas_libraries() -> list[dict]:
+    """Each BLAS library loaded in this process (threadpoolctl): its internal API, version,
+    the core type it chose (OpenBLAS, BLIS), threading layer and threads. NumPy and SciPy are
+    imported first so their BLAS (the one Numba's np.dot calls is SciPy's) is among them."""
+    try:
+        import numpy  # noqa: F401
+        import scipy.linalg  # noqa: F401
+    except ImportError:
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+
+        info = threadpool_info()
+    except Exception:  # provenance never raises: an odd library is recorded as none
+        return []
+    keep = ("internal_api", "version", "architecture", "threading_layer", "num_threads")
+    return [{**{k: lib.get(k) for k in keep}, "library": Path(lib.get("filepath") or "?").name}
+            for lib in info if lib.get("user_api") == "blas"]
+
+
+def torch_cpu() -> dict:
+    """The code path torch's CPU kernels take: its dispatch capability (e.g. AVX2, AVX512)
+    and whether oneDNN (mkldnn) and MKL are built in; None for what this torch cannot say."""
+    import torch
+
+    def ask(what):
+        try:
+            return what()
+        except Exception:  # an older torch without the function, or one that fails
+            return None
+
+    return {
+        "capability": ask(lambda: torch.backends.cpu.get_cpu_capability()),
+        "mkldnn": ask(lambda: torch.backends.mkldnn.is_available()),
+        "mkl": ask(lambda: torch.backends.mkl.is_available()),
+    }
 
 
 def git_commit() -> str:
@@ -70,8 +156,11 @@ def collect(*, data=None, **extra) -> dict:
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "cpu": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "torch_cpu": torch_cpu(),
+        "blas": blas_libraries(),
         "versions": package_versions(),
         "git_commit": git_commit(),
         "command": command_line(),
@@ -79,15 +168,29 @@ def collect(*, data=None, **extra) -> dict:
     }
 
 
+def _blas_line(lib: dict) -> str:
+    """'openblas 0.3.30 (Haswell, pthreads, 2 threads): libscipy_openblas-….so'."""
+    details = [lib[k] for k in ("architecture", "threading_layer") if lib.get(k)]
+    details.append(f"{lib.get('num_threads')} threads")
+    return (f"{lib.get('internal_api')} {lib.get('version')} ({', '.join(details)}): "
+            f"{lib.get('library')}")
+
+
 def as_markdown(record: dict) -> str:
     """The provenance block under a results table."""
     lines = []
     for key, value in record.items():
-        if isinstance(value, dict) and key == "versions":
+        if isinstance(value, dict) and key in ("versions", "torch_cpu"):
             lines.append(f"- **{key}**: " + ", ".join(f"{k} {v}" for k, v in value.items()))
         elif isinstance(value, dict):
             lines.append(f"- **{key}**:")
             lines += [f"  - {k}: {v}" for k, v in value.items()]
+        elif key == "blas" and isinstance(value, list):
+            lines.append(f"- **{key}**:" + ("" if value else " none loaded"))
+            lines += [f"  - {_blas_line(lib)}" for lib in value if isinstance(lib, dict)]
+        elif key == "cpu_isa" and isinstance(value, list):
+            lines.append(f"- **{key}**: " + (", ".join(value) or "none of "
+                                             + ", ".join(ISA_FLAGS)))
         else:
             lines.append(f"- **{key}**: {value}")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 unless a flag says the change is intended, and input that is not a results table is refused
 with one line (exit 2). OLD is the committed mnist-5k run; NEW is a damaged copy of it."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,82 @@ def test_input_that_is_not_a_results_table_is_one_line_and_status_2(tmp_path, ca
     assert code == 2
     assert err.startswith("vae-bench: error: ") and err.count("\n") == 1
     assert message in err
+
+
+# Speed-ups over eager depend on the CPU: runs from different CPUs (each run's env.json) get
+# no throughput verdict unless --allow-machine-change; ELBO and agreement are compared anyway.
+XEON = "Made-up Xeon with AMX"
+
+
+def run_dir(tmp_path, table, name="new", **env_changes):
+    """A run directory: ``table`` as its results.csv, the committed env.json with changes."""
+    out = tmp_path / name
+    out.mkdir()
+    table.to_csv(out / "results.csv", index=False)
+    env = json.loads((COMMITTED / "env.json").read_text()) | env_changes
+    (out / "env.json").write_text(json.dumps(env))
+    return out
+
+
+def _halve_numba(table):
+    table.loc[table.backend == "numba", "samples_per_s"] /= 2
+    return table
+
+
+def test_runs_from_different_cpus_get_no_throughput_verdict(tmp_path, capsys, table):
+    old_cpu = json.loads((COMMITTED / "env.json").read_text())["cpu"]
+    slower = run_dir(tmp_path, _halve_numba(table), cpu=XEON)
+    code, out, _ = compare(capsys, COMMITTED, slower)
+    assert code == 1  # a refusal, not a pass
+    refusal = next(line for line in out.splitlines() if "different CPUs" in line)
+    assert f"OLD on {old_cpu!r}, NEW on {XEON!r}" in refusal
+    assert "throughput is not compared" in refusal and "--allow-machine-change" in refusal
+    assert "speed-up over PyTorch eager" not in out  # the halving is not judged
+    assert "no ELBO or agreement regression beyond the gate" in out
+    numba_z2 = next(line for line in out.splitlines() if line.startswith("numba  ")
+                    and line.split()[1:3] == ["2", "128"])
+    assert "-170.87" in numba_z2 and "+0.00" in numba_z2  # the ELBO columns are shown
+
+
+def test_elbo_is_still_gated_across_cpus(tmp_path, capsys, table):
+    table.loc[(table.backend == "numba") & (table.latent_dim == 2), "final_test_elbo"] -= 5
+    code, out, _ = compare(capsys, COMMITTED, run_dir(tmp_path, table, cpu=XEON))
+    assert code == 1
+    assert "numba z=2 batch=128: test ELBO -5.00 nats" in out
+    assert "different CPUs" in out
+
+
+def test_allow_machine_change_compares_throughput_and_says_the_machines_differ(
+        tmp_path, capsys, table):
+    same = run_dir(tmp_path, table, "same", cpu=XEON)
+    code, out, _ = compare(capsys, COMMITTED, same, "--allow-machine-change")
+    assert code == 0 and "no regression beyond the gate" in out
+    assert "different CPUs" in out and "throughput compared anyway" in out
+    slower = run_dir(tmp_path, _halve_numba(table), cpu=XEON)
+    code, out, _ = compare(capsys, COMMITTED, slower, "--allow-machine-change")
+    assert code == 1 and "numba z=2 batch=128: speed-up over PyTorch eager 0.50x" in out
+
+
+def test_other_instruction_sets_on_the_same_model_are_another_cpu(tmp_path, capsys, table):
+    old = run_dir(tmp_path, table, "old", cpu_isa=["avx", "avx2", "fma"])
+    new = run_dir(tmp_path, table, "new", cpu_isa=["avx", "avx2", "fma", "amx_bf16"])
+    code, out, _ = compare(capsys, old, new)
+    assert code == 1 and "only NEW: amx_bf16" in out and "throughput is not compared" in out
+    # A run recorded before the field existed is judged by its CPU model alone.
+    assert compare(capsys, COMMITTED, new)[0] == 0
+
+
+def test_the_same_cpu_compares_as_before(tmp_path, capsys, table):
+    same = run_dir(tmp_path, table, cpu_isa=["avx", "avx2"])
+    code, out, _ = compare(capsys, COMMITTED, same)
+    assert code == 0 and "different CPUs" not in out and "note:" not in out
+    slower = run_dir(tmp_path, _halve_numba(table), "slower")
+    code, out, _ = compare(capsys, COMMITTED, slower)
+    assert code == 1 and "numba z=2 batch=128: speed-up over PyTorch eager 0.50x" in out
+
+
+def test_a_damaged_env_json_is_refused_with_status_2(tmp_path, capsys, table):
+    new = run_dir(tmp_path, table)
+    (new / "env.json").write_text("{not json")
+    code, _, err = compare(capsys, COMMITTED, new)
+    assert code == 2 and f"{new / 'env.json'}: not a run environment" in err
