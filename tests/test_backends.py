@@ -26,6 +26,7 @@ ON_A_GPU = [pytest.mark.gpu,
 
 
 @pytest.mark.parametrize("name", ["torch", "torch-fused-adam",
+                                  pytest.param("torch-compile", marks=pytest.mark.slow),
                                   *(pytest.param(name, marks=ON_A_GPU)
                                     for name in ("torch-cuda", "torch-cuda-compile"))])
 def test_torch_backends_pass_the_gate(gate_digits, name):

@@ -23,7 +23,7 @@ import torch
 
 from vae_ref import VAEConfig, build_model, import_params, loss_terms
 from vae_ref.evaluate import EvalResult, evaluate_elbo
-from vae_ref.oracle import INTERMEDIATES, forward_backward
+from vae_ref.oracle import INTERMEDIATES
 from vae_ref.params import Params, export_params
 
 from ..base import Availability, BackendFailed, BackendUnavailable, BatchLoss, StepOutputs
@@ -147,6 +147,10 @@ class TorchBackend:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr,
                                           fused=self.fused_adam or None)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        # One forward + loss, eager or compiled, for both the timed step and the gate's
+        # single-step cases: what is gated is what is timed.
+        self._loss_of = self._compiled(self._forward_and_loss) if self.compile \
+            else self._forward_and_loss
         self._step = self._compiled_step() if self.compile else self._eager_step
 
     def params(self) -> Params:
@@ -160,45 +164,58 @@ class TorchBackend:
     def _numpy(t: torch.Tensor) -> np.ndarray:
         return t.detach().cpu().numpy()
 
+    def _forward_and_loss(self, x_t: torch.Tensor, eps_t: torch.Tensor):
+        """The step's forward pass and loss: the batch loss, the per-image terms and the
+        intermediates the gate compares (the model's, not the oracle's: this backend's own
+        autograd graph, compiled for torch-compile)."""
+        out = self.model(x_t, eps_t)
+        terms = loss_terms(out, x_t, self.config)
+        intermediates = {name: getattr(out, name) for name in INTERMEDIATES
+                         if getattr(out, name) is not None}
+        return terms.loss, terms.reconstruction, terms.kl, intermediates
+
     def forward_backward(self, x: np.ndarray, eps: np.ndarray) -> StepOutputs:
-        # The reference's own forward/backward (the oracle's, at this backend's dtype).
-        record = forward_backward(self.model, self._tensor(x), self._tensor(eps), self.config)
-        return StepOutputs(
-            reconstruction=record["loss.reconstruction"], kl=record["loss.kl"],
-            loss=float(record["loss"]),
-            intermediates={k: record[k] for k in INTERMEDIATES if k in record},
-            grads={k.removeprefix("grad."): v for k, v in record.items()
-                   if k.startswith("grad.")})
+        # The timed step's forward, loss and backward (compiled for torch-compile), less Adam.
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, reconstruction, kl, intermediates = self._loss_of(self._tensor(x),
+                                                                self._tensor(eps))
+        # Copied out before the backward: under CUDA graphs the outputs live in graph memory.
+        record = StepOutputs(
+            reconstruction=self._numpy(reconstruction).copy(), kl=self._numpy(kl).copy(),
+            loss=float(loss.item()),
+            intermediates={k: self._numpy(t).copy() for k, t in intermediates.items()})
+        loss.backward()
+        # No gradient (None) is autograd's word for a parameter the loss does not depend on.
+        record.grads = {name: (self._numpy(p.grad).copy() if p.grad is not None
+                               else np.zeros(p.shape, np.float32))
+                        for name, p in self.model.named_parameters()}
+        return record
 
     def _eager_step(self, x_t: torch.Tensor, eps_t: torch.Tensor) -> torch.Tensor:
-        terms = loss_terms(self.model(x_t, eps_t), x_t, self.config)
+        loss, reconstruction, kl, _ = self._loss_of(x_t, eps_t)
         self.optimizer.zero_grad(set_to_none=True)
-        terms.loss.backward()
+        loss.backward()
         self.optimizer.step()
-        return torch.stack([terms.reconstruction.mean(), terms.kl.mean(), terms.loss]).detach()
+        return torch.stack([reconstruction.mean(), kl.mean(), loss]).detach()
 
-    def _compiled_step(self):
+    def _compiled(self, fn):
+        """``fn`` under torch.compile as this backend compiles: one variant per shape, in this
+        process; on CUDA, CUDA graphs (a step is a few dozen small kernels whose launch cost
+        would otherwise dominate; inputs are copied into the graph's static buffers)."""
         import torch._inductor.config as inductor_config
 
         # Compile in this process: inductor's default pool of compile workers keeps burning
         # CPU for seconds after the first steps (measured: the next backend's steps ran 2x
         # slower for over 1.5 s), which would be charged to whoever is timed next.
         inductor_config.compile_threads = 1
-        model, config = self.model, self.config
-        # On CUDA, CUDA graphs: a step is a few dozen small kernels whose launch cost would
-        # otherwise dominate. Inputs are copied into the graph's static buffers on each call.
-        mode = "reduce-overhead" if self._cuda else None
         _set_dynamo_limits()
+        return torch.compile(fn, dynamic=False, mode="reduce-overhead" if self._cuda else None)
 
-        def loss_of(x_t, eps_t):
-            terms = loss_terms(model(x_t, eps_t), x_t, config)
-            return terms.loss, terms.reconstruction.mean(), terms.kl.mean()
-
+    def _compiled_step(self):
         def adam_step():
             self.optimizer.step()
 
-        loss_of = torch.compile(loss_of, dynamic=False, mode=mode)
-        adam_step = torch.compile(adam_step, dynamic=False)
+        adam_step = self._compiled(adam_step)
         limit_errors = _limit_errors()
 
         def step(x_t, eps_t):
@@ -206,10 +223,10 @@ class TorchBackend:
             # .grad may live in graph memory that the next replay overwrites.
             self.optimizer.zero_grad(set_to_none=True)
             try:
-                loss, reconstruction, kl = loss_of(x_t, eps_t)
+                loss, reconstruction, kl, _ = self._loss_of(x_t, eps_t)
                 # stack copies the losses out of the graph's outputs, which the next replay
                 # overwrites.
-                losses = torch.stack([reconstruction, kl, loss]).detach()
+                losses = torch.stack([reconstruction.mean(), kl.mean(), loss]).detach()
                 loss.backward()
                 adam_step()  # a variant per optimizer: it reaches the limit too
             except limit_errors as error:
@@ -283,7 +300,7 @@ class TorchBackend:
 
         def forward_backward():
             self.optimizer.zero_grad(set_to_none=True)
-            loss_terms(self.model(x_t, eps_t), x_t, self.config).loss.backward()
+            self._loss_of(x_t, eps_t)[0].backward()
 
         def timed(fn):
             # Each part waits for its own device work, so the clock sees the GPU's time.
