@@ -285,6 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(commands, known)
     _add_run(commands, DATASETS, tuple(PROFILES))
     _add_compare(commands)
+    seeds = commands.add_parser(
+        "seeds", help="a backend's final ELBO against the reference's, over seeds",
+        description="Reads experiment directories made by the reference (torch) and one other "
+        "backend with the same settings but the seed (3 or more each), and writes runs.csv, "
+        "comparison.csv, summary.md and provenance.json: per latent size the mean test ELBO "
+        "of each, their difference and its standard error. Exit status 1 if any latent size "
+        "differs by more than the noise of seeds (bench/seeds.py says how that is judged).")
+    seeds.add_argument("runs", nargs="+", type=Path, metavar="DIR")
+    seeds.add_argument("--out", type=Path, required=True)
+    seeds.set_defaults(handler=cmd_seeds)
     lst = commands.add_parser(
         "backends", help="list every backend (built-in and plugins) and whether it can run here",
         description="Every registered backend: built-in ones and those installed packages "
@@ -503,6 +513,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seeds(args: argparse.Namespace) -> int:
+    from .seeds import write_seeds
+
+    within = write_seeds(args.runs, args.out)
+    print((args.out / "summary.md").read_text())
+    return 0 if within else EXIT_FAILED
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare_runs, format_table, load_results, parse_fraction
 
@@ -586,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     from .experiment import ExperimentError
     from .results_dir import ResultsDirError
     from .run import RunError
+    from .seeds import SeedsError
     from .store import StoreError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -595,7 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (DatasetError, IDXFormatError, ExperimentError, FixtureError, UnknownBackendError,
-            BackendUnavailable, RunError, CompareError, ResultsDirError, StoreError) as error:
+            BackendUnavailable, RunError, CompareError, ResultsDirError, StoreError,
+            SeedsError) as error:
         _say("error", str(error))
         return EXIT_USAGE
     except TrainingDiverged as error:

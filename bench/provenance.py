@@ -140,8 +140,12 @@ def package_versions(names=("torch", "numpy", "numba", "scipy", "pandas", "matpl
 
 
 def command_line() -> str:
-    """The command this process runs, as typed (``vae-bench run --out R ...``)."""
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    """The command this process runs, as typed (``vae-bench run --out R ...``; ``python -m
+    bench run ...`` when run as a module, whose argv[0] is bench/__main__.py)."""
+    program = Path(sys.argv[0]).name
+    if program == "__main__.py":
+        program = f"python -m {Path(sys.argv[0]).resolve().parent.name}"
+    return " ".join([program, *sys.argv[1:]])
 
 
 def collect(*, data=None, **extra) -> dict:

@@ -1,0 +1,129 @@
+"""A backend against the reference over seeds: do their final ELBOs agree within seed noise?
+
+Input: experiment directories (``vae-bench experiment --seed S``), made by exactly two
+backends, the reference (``torch``) and one other, with the same settings but the seed. Both
+start from the same weights and see the same batches; the reparameterization noise is each
+backend's own, so they can only agree within the noise of seeds, not bit for bit.
+
+The verdict, at every latent size: the difference of the mean test ELBOs is smaller than the
+larger of the two seed SDs, and within 1.5 standard errors of a difference of means
+(SE = sqrt(sd_ref^2/n_ref + sd_other^2/n_other)). With fewer than 3 seeds per backend there
+is no SD to speak of, and no verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .provenance import collect
+from .store import atomic_write_text, read_json_object
+
+REFERENCE = "torch"
+SPEC_IGNORED = ("seed", "backend", "threads")  # may differ between the runs compared
+MIN_SEEDS = 3
+SE_LIMIT = 1.5
+
+
+class SeedsError(ValueError):
+    """Runs that cannot be compared as asked; the message says why and what to do."""
+
+
+def _read_run(path: Path) -> tuple[dict, pd.DataFrame]:
+    try:
+        provenance = read_json_object(path / "provenance.json")
+        table = pd.read_csv(path / "table.csv")
+        spec = provenance["spec"]
+    except (OSError, ValueError, KeyError) as error:
+        raise SeedsError(f"{path}: not a finished experiment directory ({error}); give the "
+                         "--out directories of `vae-bench experiment`") from None
+    return provenance, table.assign(backend=spec["backend"])
+
+
+def compare_seeds(paths: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(every run's rows, the per-latent comparison, the runs' provenance) of ``paths``."""
+    runs = [(p, *_read_run(p)) for p in paths]
+    specs = {json.dumps({k: v for k, v in prov["spec"].items() if k not in SPEC_IGNORED},
+                        sort_keys=True) for _, prov, _ in runs}
+    if len(specs) > 1:
+        raise SeedsError("the runs differ in more than seed and backend: "
+                         + " | ".join(sorted(specs)))
+    rows = pd.concat([t for _, _, t in runs], ignore_index=True)
+    rows = rows[rows.model == "vae"]
+    backends = sorted(set(rows.backend))
+    if REFERENCE not in backends or len(backends) != 2:
+        raise SeedsError(f"need runs by the reference ({REFERENCE}) and one other backend, got "
+                         f"{', '.join(backends) or 'none'}")
+    other = next(b for b in backends if b != REFERENCE)
+    for backend, group in rows.groupby("backend"):
+        seeds = group.groupby("latent_dim").seed.nunique()
+        if (seeds < MIN_SEEDS).any() or group.duplicated(["latent_dim", "seed"]).any():
+            raise SeedsError(f"{backend}: each latent size needs {MIN_SEEDS} or more distinct "
+                             f"seeds, once each; got {dict(seeds)}")
+    table = []
+    for z, group in rows.groupby("latent_dim"):
+        stats = {b: group[group.backend == b] for b in (REFERENCE, other)}
+        mean = {b: s.final_test_elbo.mean() for b, s in stats.items()}
+        sd = {b: s.final_test_elbo.std(ddof=1) for b, s in stats.items()}
+        se = math.sqrt(sum(sd[b] ** 2 / len(stats[b]) for b in stats))
+        difference = mean[other] - mean[REFERENCE]
+        table.append({
+            "latent_dim": z, "seeds": len(stats[other]),
+            f"{REFERENCE}_test_elbo": mean[REFERENCE], f"{REFERENCE}_sd": sd[REFERENCE],
+            f"{other}_test_elbo": mean[other], f"{other}_sd": sd[other],
+            "difference": difference, "difference_se": abs(difference) / se if se else math.inf,
+            f"{REFERENCE}_train_elbo": stats[REFERENCE].final_train_elbo.mean(),
+            f"{other}_train_elbo": stats[other].final_train_elbo.mean(),
+            f"{REFERENCE}_s_per_epoch": stats[REFERENCE].seconds_per_epoch.mean(),
+            f"{other}_s_per_epoch": stats[other].seconds_per_epoch.mean(),
+            "within_noise": abs(difference) < max(sd.values())
+            and abs(difference) <= SE_LIMIT * se})
+    provenance = {p.name: {k: prov.get(k) for k in ("git_commit", "command", "cpu", "seed",
+                                                     "timestamp")} for p, prov, _ in runs}
+    return rows, pd.DataFrame(table), provenance
+
+
+def summary_markdown(table: pd.DataFrame, other: str, runs: dict) -> str:
+    def pm(mean, sd):
+        return f"{mean:.2f} ± {sd:.2f}"
+
+    lines = [f"# {other} against the reference ({REFERENCE}): final ELBO over seeds", "",
+             __doc__.split("\n\n", 1)[1].strip(), "",
+             f"| z | seeds | {REFERENCE} test ELBO | {other} test ELBO | difference | SE of it |"
+             f" {REFERENCE} train ELBO | {other} train ELBO | s/epoch {REFERENCE} |"
+             f" s/epoch {other} |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in table.itertuples():
+        d = r._asdict()
+        lines.append(
+            f"| {r.latent_dim} | {r.seeds} | {pm(d[f'{REFERENCE}_test_elbo'], d[f'{REFERENCE}_sd'])}"
+            f" | {pm(d[f'{other}_test_elbo'], d[f'{other}_sd'])} | {r.difference:+.2f} |"
+            f" {r.difference_se:.1f} | {d[f'{REFERENCE}_train_elbo']:.2f} |"
+            f" {d[f'{other}_train_elbo']:.2f} | {d[f'{REFERENCE}_s_per_epoch']:.2f} |"
+            f" {d[f'{other}_s_per_epoch']:.2f} |")
+    within = bool(table.within_noise.all())
+    lines += ["", f"**Verdict: {'within' if within else 'NOT within'} the noise of seeds** at "
+              + ("every latent size." if within else "z = " + ", ".join(
+                  str(z) for z in table[~table.within_noise].latent_dim) + "."), "",
+              "Epoch times are the training steps' wall time, not an interleaved timing: "
+              "`vae-bench profile` gives that.", "", "Runs:", ""]
+    lines += [f"- `{name}`: `{r['command']}` at {r['git_commit']} on {r['cpu']}"
+              for name, r in runs.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_seeds(paths: list[Path], out: Path) -> bool:
+    """Compare the runs, write runs.csv, comparison.csv, summary.md and provenance.json into
+    ``out``; True when every latent size is within seed noise."""
+    rows, table, runs = compare_seeds(paths)
+    other = next(b for b in sorted(set(rows.backend)) if b != REFERENCE)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "runs.csv", rows.to_csv(index=False))
+    atomic_write_text(out / "comparison.csv", table.to_csv(index=False))
+    atomic_write_text(out / "summary.md", summary_markdown(table, other, runs))
+    atomic_write_text(out / "provenance.json",
+                      json.dumps(collect(runs=runs), indent=2, default=str) + "\n")
+    return bool(table.within_noise.all())

@@ -1,0 +1,63 @@
+"""``vae-bench seeds``: a backend's final ELBO against the reference's over seeds; a backend
+that is off by more than seed noise fails; runs that cannot be compared are refused in a line."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.cli import main
+
+SPEC = {"dataset": "mnist-5k", "latents": [2, 20], "epochs": 50, "batch_size": 128,
+        "lr": 3e-4, "iwae_k": 0, "threads": 2}
+
+
+def experiment_dir(root, backend, seed, shift=0.0, **spec):
+    """A finished experiment directory as `vae-bench experiment` leaves it (table, provenance),
+    with ELBOs drawn around -120 (z = 20) and -170 (z = 2), SD about 0.5."""
+    rng = np.random.default_rng([seed, len(backend)])
+    out = root / f"{backend}-s{seed}"
+    out.mkdir()
+    rows = [{"model": "vae", "latent_dim": z, "final_test_elbo": base + shift + rng.normal(0, .5),
+             "final_train_elbo": base + 3, "seconds_per_epoch": 0.2, "seed": seed}
+            for z, base in ((2, -170.0), (20, -120.0))]
+    pd.DataFrame(rows).to_csv(out / "table.csv", index=False)
+    (out / "provenance.json").write_text(json.dumps({
+        "git_commit": "0" * 40, "command": f"vae-bench experiment --seed {seed}", "cpu": "X",
+        "seed": seed, "spec": {**SPEC, "seed": seed, "backend": backend, **spec}}))
+    return out
+
+
+def runs(root, shift=0.0, seeds=(0, 1, 2), **spec):
+    return [experiment_dir(root, b, s, shift if b == "numba" else 0.0, **spec)
+            for b in ("torch", "numba") for s in seeds]
+
+
+def test_a_backend_within_seed_noise_passes_and_the_summary_is_written(tmp_path, capsys):
+    assert main(["seeds", *map(str, runs(tmp_path)), "--out", str(tmp_path / "out")]) == 0
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "Verdict: within the noise of seeds" in summary
+    assert "| 20 | 3 |" in summary and "vae-bench experiment --seed 2" in summary
+    assert len(pd.read_csv(tmp_path / "out" / "runs.csv")) == 12
+    assert json.loads((tmp_path / "out" / "provenance.json").read_text())["runs"]
+
+
+def test_a_backend_five_nats_off_fails(tmp_path):
+    assert main(["seeds", *map(str, runs(tmp_path, shift=-5.0)),
+                 "--out", str(tmp_path / "out")]) == 1
+    assert "NOT within" in (tmp_path / "out" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: runs(root, seeds=(0, 1)), "3 or more distinct seeds"),
+    (lambda root: runs(root)[:3], "need runs by the reference"),
+    (lambda root: runs(root)[:5] + [experiment_dir(root, "numba", 9, epochs=5)],
+     "differ in more than seed and backend"),
+    (lambda root: [root], "not a finished experiment directory"),
+])
+def test_runs_that_cannot_be_compared_are_refused_in_one_line(tmp_path, capsys, make, message):
+    assert main(["seeds", *map(str, make(tmp_path)), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
