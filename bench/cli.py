@@ -164,9 +164,11 @@ def _add_check(commands, known: tuple[str, ...]) -> None:
 def _add_profile(commands, known: tuple[str, ...]) -> None:
     prof = commands.add_parser(
         "profile", help="training throughput of backends, interleaved, with a breakdown",
-        description="Steady-state samples/s per backend (warm-up and compile timed apart, "
-        "windows interleaved A B C A B C...), effective GFLOP/s against this machine's GEMM "
-        "peak measured in the same run, and where each backend's step time goes.")
+        description="First the agreement gate's single-step cases at --latent for every "
+        "backend (one that fails is not timed unless --force); then steady-state samples/s "
+        "per backend (warm-up and compile timed apart, windows interleaved A B C A B C...), "
+        "effective GFLOP/s against this machine's GEMM peak measured in the same run, and "
+        "where each backend's step time goes.")
     prof.add_argument("--backends", nargs="+", default=list(known), metavar="NAME")
     prof.add_argument("--latent", type=_positive_int, default=20)
     prof.add_argument("--batch-size", type=_positive_int, default=128)
@@ -178,6 +180,12 @@ def _add_profile(commands, known: tuple[str, ...]) -> None:
     prof.add_argument("--backend-noise", action="store_true",
                       help="each backend draws its own noise (on a GPU: inside the step) "
                       "instead of receiving it from the host")
+    prof.add_argument("--force", action="store_true",
+                      help="time backends that fail the agreement gate too (their rows say "
+                      "UNGATED); without it they are not timed and the exit status is 1")
+    prof.add_argument("--out", type=Path, metavar="FILE",
+                      help="also write the report with its provenance into FILE (whole or "
+                      "not at all; an existing FILE only if it is a profile report)")
     prof.set_defaults(handler=cmd_profile)
 
 
@@ -410,46 +418,95 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if failures == 0 else EXIT_FAILED
 
 
+PROFILE_MARKS = ("# vae-bench profile", "$ vae-bench profile")  # a report's first line
+
+
+def _is_profile_report(path: Path) -> bool:
+    """Whether ``path`` holds a profile report (which profile --out may replace)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().startswith(PROFILE_MARKS)
+    except OSError:
+        return False
+
+
+def _profile_words(args: argparse.Namespace) -> list[str]:
+    """The profile's flags as given or defaulted (without --out): the command that repeats
+    it."""
+    words = ["--backends", *args.backends, "--latent", str(args.latent), "--batch-size",
+             str(args.batch_size), "--hidden-dim", str(args.hidden_dim), "--repeats",
+             str(args.repeats), "--steps", str(args.steps)]
+    if args.threads:
+        words += ["--threads", str(args.threads)]
+    return words + [flag for flag, on in (("--backend-noise", args.backend_noise),
+                                          ("--force", args.force)) if on]
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
+    import contextlib
+
     import torch
 
     from kernels import create_backend
     from vae_ref import VAEConfig
+    from vae_ref.atomic import atomic_write_text
     from vae_ref.data import load_dataset
+    from vae_ref.digits import gate_images
 
     from . import pipeline
-    from .provenance import collect
+    from .provenance import as_markdown, collect
+    from .results_dir import claim_file
     from .throughput import device_peaks, report
 
     _cap_threads(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    backends = []
-    for name in args.backends:
-        backend = create_backend(name, threads=args.threads)
-        status = backend.availability()
-        if status.available:
-            backends.append(backend)
-        else:
-            print(f"{name}: unavailable here: {status.reason}")
-    if not backends:
-        _say("error", "no backend to profile: none of those asked for is available here")
-        return EXIT_USAGE
-    data = load_dataset("mnist-5k")
-    config = VAEConfig(latent_dim=args.latent, hidden_dim=args.hidden_dim,
-                       batch_size=args.batch_size)
-    print(f"profiling on {data.name} ({len(data.train_x)} images), torch threads "
-          f"{torch.get_num_threads()}; warming up {', '.join(b.name for b in backends)} ...",
-          flush=True)
-    results = pipeline.time(backends, config, data.train_x, batch=args.batch_size,
-                            repeats=args.repeats, steps=args.steps,
-                            backend_noise=args.backend_noise)
-    print(report(results, config, args.batch_size, device_peaks(backends)))
-    record = collect(data=data)
-    versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
-    print(f"provenance: {record['cpu']}, {record['logical_cpus']} CPUs, {versions}, "
-          f"commit {record['git_commit']}, {record['timestamp']}, host {record['host']}")
-    return 0
+    backends = [create_backend(name, threads=args.threads) for name in args.backends]
+    # --out is claimed before any work: a path that cannot be written is refused at once.
+    holding = claim_file(args.out, ours=_is_profile_report, what="a profile report") \
+        if args.out else contextlib.nullcontext()
+    with holding:
+        images, where = gate_images()
+        print(f"agreement gate at z {args.latent}, single-step cases ({where}): "
+              f"{', '.join(args.backends)} ...", flush=True)
+        pairs = pipeline.gate_cases(images, args.latent, steps=0, hidden=args.hidden_dim)
+        gates = pipeline.gate(backends, pairs)
+        for name, g in gates.items():
+            if g.verdict == "unavailable":
+                print(f"{name}: unavailable here: {g.note}")
+        failed = [b.name for b in backends if gates[b.name].verdict == "fail"]
+        refused = [] if args.force else failed
+        for name in refused:
+            _say("refused", f"{name} failed the agreement gate: {gates[name].summary()}; not "
+                 "timed (--force times it anyway)")
+        timed = [b for b in backends
+                 if gates[b.name].verdict == "pass" or args.force and b.name in failed]
+        if not timed and refused:
+            return EXIT_FAILED  # each refusal has said why
+        if not timed:
+            _say("error", "no backend to profile: none of those asked for is available here")
+            return EXIT_USAGE
+        data = load_dataset("mnist-5k")
+        config = VAEConfig(latent_dim=args.latent, hidden_dim=args.hidden_dim,
+                           batch_size=args.batch_size)
+        print(f"profiling on {data.name} ({len(data.train_x)} images), torch threads "
+              f"{torch.get_num_threads()}; warming up {', '.join(b.name for b in timed)} ...",
+              flush=True)
+        results = pipeline.time(timed, config, data.train_x, batch=args.batch_size,
+                                repeats=args.repeats, steps=args.steps,
+                                backend_noise=args.backend_noise)
+        text = report(results, config, args.batch_size, device_peaks(timed), gates)
+        print(text)
+        record = collect(data=data)
+        versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
+        print(f"provenance: {record['cpu']}, {record['logical_cpus']} CPUs, {versions}, "
+              f"commit {record['git_commit']}, {record['timestamp']}, host {record['host']}")
+        if args.out:
+            command = shlex.join(["vae-bench", "profile", *_profile_words(args)])
+            atomic_write_text(args.out, f"# {command}\n{text}\n\n## Provenance\n\n"
+                              f"{as_markdown(record)}\n")
+            print(f"wrote {args.out}")
+    return EXIT_FAILED if refused else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 is a selection of them:
 
     check       gate
-    profile     time
+    profile     gate (the single-step cases) -> time
     run         gate -> time -> train -> evaluate, per latent size   (bench/run.py)
     experiment  train -> evaluate, per model; then figures             (bench/experiment.py)
     gpu-check   run's selection on a GPU machine, then pytest -m gpu   (bench/gpu_check.py)
@@ -54,6 +54,25 @@ class GateRecord:
     @property
     def failures(self) -> list[Comparison]:
         return [c for c in self.comparisons if not c.passed]
+
+    @property
+    def worst(self) -> Comparison | None:
+        """The tensor that used the largest fraction of its tolerance (None: not checked)."""
+        return max(self.comparisons, key=lambda c: c.fraction, default=None)
+
+    def summary(self) -> str:
+        """The verdict in words: passed or FAILED, with the worst tensor, its case and the
+        fraction of its tolerance it used (or what is wrong with it); unavailable, with why."""
+        worst = self.worst
+        if self.verdict == "unavailable" or worst is None:
+            return f"unavailable: {self.note}" if self.note else self.verdict
+        where = f"{worst.tensor} ({worst.case})"
+        miss = f": {worst.problem}" if worst.problem else \
+            f" at {worst.fraction:.1%} of its tolerance"
+        if self.verdict == "pass":
+            return f"passed, worst tensor {where}{miss}"
+        count = len(self.failures)
+        return f"FAILED ({count} tensor{'s' if count != 1 else ''}), worst {where}{miss}"
 
 
 def gate_cases(images: np.ndarray, latent: int, *, seed: int = 0, steps: int = 50,

@@ -1,5 +1,6 @@
 """Who may write a results directory: one writer at a time, and only into a directory that is
-ours. Every command that writes results (run, experiment, merge, fixture) goes through here.
+ours. Every command that writes results (run, experiment, merge, fixture, profile) goes
+through here.
 
 - **One writer.** A writer holds an exclusive ``flock`` on ``<dir>/.vae-bench.lock`` for as
   long as it writes. The OS drops the lock when the process ends however it ends, so a killed
@@ -24,7 +25,7 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,18 +217,25 @@ def claim(path: Path, kind: str, *, empty: bool = False,
                 _clear(path)
 
 
-@contextmanager
-def claim_file(path: Path) -> Iterator[Path]:
-    """Hold ``path`` (one file written whole: a fixture) as its one writer: the lock is
-    ``.<name>.lock`` beside it; leftover temp files of that name are removed. An existing
-    file that is not a zip archive (as an .npz fixture is) is refused, not overwritten."""
+def _is_zip(path: Path) -> bool:
     import zipfile
 
+    return zipfile.is_zipfile(path)
+
+
+@contextmanager
+def claim_file(path: Path, *, ours: Callable[[Path], bool] = _is_zip,
+               what: str = "a fixture (.npz)") -> Iterator[Path]:
+    """Hold ``path`` (one file written whole: a fixture, a profile report) as its one writer:
+    the lock is ``.<name>.lock`` beside it; leftover temp files of that name are removed. An
+    existing file that is not ``what`` (``ours`` says; by default a zip archive, as an .npz
+    fixture is) is refused, not overwritten. A path that cannot be written is refused here,
+    before any work."""
     path = Path(path)
     if path.is_dir():
         raise ResultsDirError(f"{path} is a directory; give the path of the file to write")
-    if path.exists() and not zipfile.is_zipfile(path):
-        raise ResultsDirError(f"{path} exists and is not a fixture (.npz); refusing to "
+    if path.exists() and not ours(path):
+        raise ResultsDirError(f"{path} exists and is not {what}; refusing to "
                               "overwrite it: choose another --out")
     with _exclusive(path.parent, f".{path.name}.lock", str(path)):
         for leftover in leftover_temp_files(path.parent, path.name, recursive=False):

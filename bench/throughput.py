@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,9 @@ from kernels.timing import interleaved_times
 from vae_ref import VAEConfig, build_model, export_params
 
 from . import tables
+
+if TYPE_CHECKING:  # pipeline imports this module
+    from .pipeline import GateRecord
 
 
 def step_flops(config: VAEConfig, batch: int) -> int:
@@ -88,6 +93,11 @@ def device_peaks(backends: list[Backend]) -> dict[str, tuple[float, str, str]]:
     return peaks
 
 
+# Rounds of a backend's stage breakdown (each round: every part once), spread over its
+# windows: the 50 a breakdown took in one burst before they were spread.
+BREAKDOWN_ROUNDS = 50
+
+
 @dataclass
 class Measurement:
     backend: str
@@ -96,7 +106,8 @@ class Measurement:
     device: str = "cpu"
     ms_per_step: list[float] = field(default_factory=list)  # one per timed window
     settings: dict = field(default_factory=dict)
-    stages: dict[str, float] = field(default_factory=dict)  # ms per step, if the backend tells
+    # ms per step of each part, if the backend tells (StageBreakdown): medians over windows
+    stages: dict[str, float] = field(default_factory=dict)
     launch_floor: dict[str, float] = field(default_factory=dict)  # GPU: nodes x node cost
     peak_memory_bytes: float = math.nan  # of one step, if the backend tells (MemoryReport)
     # The step's 11 GEMMs alone on this device, timed in the same windows (CPU rows only).
@@ -138,7 +149,13 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
     idle before the clock starts, or each backend is charged for its predecessor's spin. A
     window ends when the backend's device has finished (``synchronize``); steps inside it do
     not wait for their losses. With ``backend_noise`` each backend draws its own noise (on
-    the GPU: inside the step) instead of receiving it from the host."""
+    the GPU: inside the step) instead of receiving it from the host.
+
+    A backend's stage breakdown is sampled right after each of its windows (a few rounds of
+    its parts each time, ``BREAKDOWN_ROUNDS`` in all) and its medians taken over the windows,
+    so the breakdown's step and the table's are measured under the same conditions (taken in
+    one burst after the last window, a busy stretch of the machine once put a breakdown's
+    step at 4.507 ms beside the table's 1.839)."""
     rng = np.random.default_rng(seed)
     params = export_params(build_model(config))
 
@@ -159,6 +176,10 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
     # The GEMMs-alone ceiling takes its turn in the same rotation, for the CPU rows.
     gemms = step_gemms(config, batch, seed) if any(b.device == "cpu" for b in backends) else None
     gemm_ms: list[float] = []
+    # Each backend's stage-breakdown samples, one per window, while it gives them.
+    breakdowns: list[list[dict[str, float]]] = [[] for _ in backends]
+    asking = [isinstance(b, StageBreakdown) for b in backends]
+    rounds = -(-BREAKDOWN_ROUNDS // repeats)
     for _ in range(repeats):
         if gemms is not None:
             settle_until = time.perf_counter() + settle_seconds
@@ -168,7 +189,7 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
             for _ in range(steps):
                 gemms()
             gemm_ms.append((time.perf_counter() - start) / steps * 1e3)
-        for backend, result in zip(backends, results):
+        for i, (backend, result) in enumerate(zip(backends, results)):
             # Inputs are drawn before the clock starts: the window times the steps alone.
             windows = [(rng.integers(0, len(data), batch), noise()) for _ in range(steps)]
             settle_until = time.perf_counter() + settle_seconds
@@ -180,12 +201,19 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
                 backend.train_step(data, indices, eps, want_loss=False)
             backend.synchronize()
             result.ms_per_step.append((time.perf_counter() - start) / steps * 1e3)
-    for backend, result in zip(backends, results):
+            if asking[i]:
+                sample = _diagnostic(result, "stage breakdown", backend.stage_times, data,
+                                     batch, repeats=rounds)
+                if sample:
+                    breakdowns[i].append(sample)
+                else:  # failed (the reason kept), or nothing to measure here: ask no more
+                    asking[i] = False
+    for backend, result, samples in zip(backends, results, breakdowns):
         if backend.device == "cpu" and gemm_ms:
             result.gemm_only_ms = float(np.median(gemm_ms))
-        if isinstance(backend, StageBreakdown):
-            stages = _diagnostic(result, "stage breakdown", backend.stage_times, data, batch)
-            result.stages = {k: v * 1e3 for k, v in (stages or {}).items()}
+        if samples:
+            result.stages = {name: float(np.median([s[name] for s in samples])) * 1e3
+                             for name in samples[0]}
         if isinstance(backend, LaunchFloor):
             result.launch_floor = _diagnostic(result, "launch floor", backend.launch_floor,
                                               batch) or {}
@@ -195,12 +223,12 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
     return results
 
 
-def _diagnostic(result: Measurement, name: str, compute, *args):
-    """``compute(*args)``, or None with the reason kept in ``result.diagnostic_errors``: a
-    diagnostic that fails (a driver call the device refuses, say) is reported, and the
-    measurement it comes after is kept."""
+def _diagnostic(result: Measurement, name: str, compute, *args, **kwargs):
+    """``compute(*args, **kwargs)``, or None with the reason kept in
+    ``result.diagnostic_errors``: a diagnostic that fails (a driver call the device refuses,
+    say) is reported, and the measurement it comes after is kept."""
     try:
-        return compute(*args)
+        return compute(*args, **kwargs)
     except Exception as error:  # noqa: BLE001 - whatever the device raised, keep the timing
         result.diagnostic_errors[name] = f"{type(error).__name__}: {error}"
         return None
@@ -215,28 +243,62 @@ def rows(results: list[Measurement], config: VAEConfig, batch: int,
         for r in results])
 
 
+def _gate_lines(gates: Mapping[str, GateRecord], timed: set[str]) -> list[str]:
+    """The gate's verdict on every backend asked for, and what became of it."""
+    cases = list(dict.fromkeys(c.case for g in gates.values() for c in g.comparisons))
+    lines = [f"agreement gate before timing ({', '.join(cases) or 'no case run'}; each tensor "
+             "against the float64 oracle):"]
+    for name, g in gates.items():
+        fate = ""
+        if g.verdict == "fail":
+            fate = ("; timed anyway (--force): its row is UNGATED, its numbers not the "
+                    "reference's computation" if name in timed
+                    else "; not timed (--force times it anyway)")
+        lines.append(f"  {name:<18} {g.summary()}{fate}")
+    return lines
+
+
+def _gate_cell(gate: GateRecord | None) -> str:
+    if gate is None:
+        return "-"
+    return f"pass {gate.worst_fraction:.0%}" if gate.verdict == "pass" else "UNGATED"
+
+
+# How far (as a factor) a backend's breakdown of its step may lie outside its windows'
+# min-max before the report says the two were measured under different conditions: single
+# calls of the parts are timed apart from the windows' back-to-back steps.
+BREAKDOWN_SLACK = 1.25
+
+
 def report(results: list[Measurement], config: VAEConfig, batch: int,
-           peaks: dict[str, tuple[float, str, str]]) -> str:
+           peaks: dict[str, tuple[float, str, str]],
+           gates: Mapping[str, GateRecord] | None = None) -> str:
     """The throughput table and per-backend breakdowns, as text. ``peaks`` maps a device to
     its GEMM peak (GFLOP/s, how measured, its name); speed-ups are over each peer on the
-    same device in this run (``tables.speedup``)."""
+    same device in this run (``tables.speedup``). ``gates``, each backend's verdict of the
+    agreement gate that ran before the timing (``pipeline.gate``), adds it above the table and
+    in each row; a row timed despite a failed gate says UNGATED."""
     flops = step_flops(config, batch)
     lines = [f"step: batch {batch}, z {config.latent_dim}, hidden {config.hidden_dim}: "
              f"{flops / 1e6:.0f} MFLOP in 11 GEMMs"]
+    if gates is not None:
+        lines += _gate_lines(gates, {r.backend for r in results})
     lines += [f"{device} ({name}) GEMM peak {peak:.0f} GFLOP/s ({source})"
               for device, (peak, source, name) in peaks.items()]
     table = rows(results, config, batch, peaks)
     peers = tables.peers_present(table)
     ratios = {peer: tables.speedup(table, peer) for peer in peers}
-    lines.append(f"{'backend':<18} {'device':>6} {'warm-up s':>9} {'ms/step':>8} {'min-max':>13} "
-                 f"{'samples/s':>10} {'GFLOP/s':>8} {'% peak':>7} {'MB':>7}"
+    gate_header = "" if gates is None else f" {'gate':>9}"
+    lines.append(f"{'backend':<18} {'device':>6}{gate_header} {'warm-up s':>9} {'ms/step':>8} "
+                 f"{'min-max':>13} {'samples/s':>10} {'GFLOP/s':>8} {'% peak':>7} {'MB':>7}"
                  + "".join(f" {'vs ' + peer:>16}" for peer in peers))
     for i, (r, row) in enumerate(zip(results, table.itertuples())):
         speedups = "".join(
             f" {tables.fmt(ratios[peer].iloc[i], '15.2f', nan=' ' * 14 + '-')}"
             f"{'' if math.isnan(ratios[peer].iloc[i]) else 'x'}" for peer in peers)
+        gate = "" if gates is None else f" {_gate_cell(gates.get(r.backend)):>9}"
         lines.append(
-            f"{r.backend:<18} {r.device:>6} {r.warmup_seconds:9.2f} {row.ms_per_step:8.3f} "
+            f"{r.backend:<18} {r.device:>6}{gate} {r.warmup_seconds:9.2f} {row.ms_per_step:8.3f} "
             f"{min(r.ms_per_step):6.2f}-{max(r.ms_per_step):<6.2f} {row.samples_per_s:10.0f} "
             f"{row.gflops:8.1f} {row.pct_peak / 100:7.1%} "
             f"{tables.fmt(row.peak_memory_mb, '7.1f', nan='      -')}{speedups}")
@@ -248,7 +310,8 @@ def report(results: list[Measurement], config: VAEConfig, batch: int,
     for r in results:
         if r.settings.get("compile_seconds") is not None:
             lines.append(f"{r.backend}: JIT compile or on-disk cache load "
-                         f"{r.settings['compile_seconds']:.2f} s (inside its warm-up)")
+                         f"{r.settings['compile_seconds']:.2f} s in this process (in its "
+                         "warm-up, or in the gate where the gate ran first)")
     for r in results:
         if r.launch_floor:
             f = r.launch_floor
@@ -270,6 +333,13 @@ def report(results: list[Measurement], config: VAEConfig, batch: int,
                 lines.append(
                     f"{r.backend}: the GEMMs alone take {r.stages['gemms'] / r.stages['step']:.0%} "
                     f"of its step ({r.stages['gemms']:.3f} of {r.stages['step']:.3f} ms, "
-                    "measured interleaved); everything else costs "
+                    "measured interleaved, beside its windows); everything else costs "
                     f"{max(r.stages['step'] - r.stages['gemms'], 0):.3f} ms")
+            step = r.stages.get("step")
+            low, high = min(r.ms_per_step), max(r.ms_per_step)
+            if step is not None and not low / BREAKDOWN_SLACK <= step <= high * BREAKDOWN_SLACK:
+                lines.append(
+                    f"{r.backend}: WARNING: its breakdown's step ({step:.3f} ms) lies outside "
+                    f"its timed windows ({low:.2f}-{high:.2f} ms): the machine changed while "
+                    "they ran; rerun before quoting either")
     return "\n".join(lines)

@@ -125,10 +125,12 @@ class EpochRunner(Protocol):
 class StageBreakdown(Protocol):
     """Says where a training step's time goes, each part timed on its own, interleaved."""
 
-    def stage_times(self, data: np.ndarray, batch: int) -> dict[str, float]:
+    def stage_times(self, data: np.ndarray, batch: int, repeats: int) -> dict[str, float]:
         """Median seconds per step of each part ("step", "gemms", "fused kernels", "adam",
-        ... as the backend divides its step); {} where it cannot measure them here. The
-        backend's parameters and optimizer state are as before afterwards."""
+        ... as the backend divides its step) over ``repeats`` rounds (each part once per
+        round); {} where it cannot measure them here. The harness asks after each timed
+        window, a few rounds at a time, so the parts are timed beside the steps they divide.
+        The backend's parameters and optimizer state are as before afterwards."""
 
 
 @runtime_checkable

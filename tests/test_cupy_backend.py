@@ -605,7 +605,7 @@ def test_the_harness_runs_the_gpu_profile_on_a_simulated_cupy(simulated_cuda, mo
     monkeypatch.setattr(CupyBackend, "gemm_peak",  # a small product: the simulation is slow
                         lambda self: peak(self, size=64, repeats=1))
     monkeypatch.setattr(CupyBackend, "stage_times",  # the simulation's times mean nothing
-                        lambda self, data, batch: stages(self, data, batch, 1, 1))
+                        lambda self, data, batch, repeats=1: stages(self, data, batch, 1, 1))
     out = tmp_path / "run"
     assert main(["run", "--profile", "gpu", "--backends", "cupy", "--latents", "2",
                  "--batch-sizes", "64", "--epochs", "1", "--repeats", "1", "--steps", "2",

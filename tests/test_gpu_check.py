@@ -33,7 +33,7 @@ def small_check(monkeypatch):
     monkeypatch.setattr(CupyBackend, "gemm_peak",  # a small product: the simulation is slow
                         lambda self: peak(self, size=64, repeats=1))
     monkeypatch.setattr(CupyBackend, "stage_times",  # the simulation's times mean nothing
-                        lambda self, data, batch: stages(self, data, batch, 1, 1))
+                        lambda self, data, batch, repeats=1: stages(self, data, batch, 1, 1))
 
 
 @pytest.fixture

@@ -101,3 +101,91 @@ def test_a_failing_diagnostic_is_reported_and_costs_no_timing(mnist5k, monkeypat
     [row] = run.run_latent(spec, data, 4, {"cpu": 100.0}, lambda _: None, False)["rows"]
     assert row["agreement"] == "pass" and row["samples_per_s"] > 0
     assert row["note"] == "launch floor failed: DriverError: cuGraphGetNodes failed with CUresult 1"
+
+
+class Clock:
+    """The time a stand-in backend's work takes: it advances only when the work does."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class SteadyBackend:
+    """A stand-in whose step costs 1 ms of ``clock`` time, until the machine turns busy right
+    after its last timed window (``busy_after`` steps): then every part of its work costs 5x,
+    as the committed batch-32 profile's breakdown did (4.507 ms beside the table's 1.839)."""
+
+    name, description, device = "steady", "a step of 1 ms on a quiet machine", "stand-in"
+
+    def __init__(self, clock: Clock, busy_after: int):
+        self.clock, self.busy_after, self.steps = clock, busy_after, 0
+
+    def _work(self, ms: float) -> None:
+        self.clock.now += ms * (5.0 if self.steps >= self.busy_after else 1.0) / 1e3
+
+    def availability(self):
+        from kernels.base import Availability
+
+        return Availability(True)
+
+    def load(self, config, params):
+        pass
+
+    def train_step(self, data, indices, eps=None, *, want_loss=True):
+        self._work(1.0)
+        self.steps += 1
+
+    def synchronize(self):
+        pass
+
+    def settings(self):
+        return {}
+
+    def stage_times(self, data, batch, repeats=50):
+        from kernels.timing import interleaved_times
+
+        times = interleaved_times({"step": lambda: self._work(1.0),
+                                   "gemms": lambda: self._work(0.75)}, repeats)
+        return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def test_the_breakdown_is_measured_beside_the_windows_not_after_them(monkeypatch):
+    """The breakdown's step and the table's are one step measured twice: a machine that turns
+    busy after the last window must not set them apart. Taken in one burst after the windows
+    (as the committed profile-jax-numba-small-batch.txt was), the breakdown said 5 ms here."""
+    import types
+
+    import bench.throughput
+    import kernels.timing
+
+    clock = Clock()
+    fake_time = types.SimpleNamespace(perf_counter=clock.perf_counter)
+    monkeypatch.setattr(bench.throughput, "time", fake_time)
+    monkeypatch.setattr(kernels.timing, "time", fake_time)
+    repeats, steps, warmup = 5, 4, 2
+    backend = SteadyBackend(clock, busy_after=warmup + repeats * steps)
+    [result] = measure([backend], VAEConfig(latent_dim=2, hidden_dim=8),
+                       np.zeros((64, 784), np.float32), batch=16, repeats=repeats,
+                       steps=steps, warmup_steps=warmup, settle_seconds=0.0)
+    assert result.ms_per_step == pytest.approx([1.0] * repeats)
+    assert result.stages == pytest.approx({"step": 1.0, "gemms": 0.75})
+    text = report([result], VAEConfig(latent_dim=2, hidden_dim=8), 16, {})
+    assert "step 1.000 ms, gemms 0.750 ms" in text and "WARNING" not in text
+
+
+def test_the_report_says_when_a_breakdown_lies_outside_its_windows():
+    from bench.throughput import Measurement
+
+    # The committed batch-32 profile: windows 1.61-2.63 ms, its breakdown's step 4.507 ms.
+    contradicted = Measurement("numba", "", 0.7, ms_per_step=[1.61, 1.839, 2.63],
+                               stages={"step": 4.507, "gemms": 2.176})
+    agreeing = Measurement("numba", "", 0.7, ms_per_step=[1.61, 1.839, 2.63],
+                           stages={"step": 1.9, "gemms": 1.2})
+    config = VAEConfig(latent_dim=20)
+    text = report([contradicted], config, 32, {"cpu": (180.0, "test", "a CPU")})
+    assert ("numba: WARNING: its breakdown's step (4.507 ms) lies outside its timed windows "
+            "(1.61-2.63 ms)") in text
+    assert "WARNING" not in report([agreeing], config, 32, {"cpu": (180.0, "test", "a CPU")})

@@ -1,0 +1,139 @@
+"""``vae-bench profile``: the gate's single-step cases first, then the timing of the backends
+that passed (those that failed only with --force, marked UNGATED); --out writes the report
+with its provenance, whole or not at all."""
+
+import numpy as np
+import pytest
+
+from bench.cli import main
+from kernels.numba_cpu import NumbaBackend
+
+# As small as a profile goes: z = 2, a hidden layer of 16, one window of one step.
+TINY = ["--latent", "2", "--hidden-dim", "16", "--repeats", "1", "--steps", "1"]
+
+
+class WrongNumba(NumbaBackend):
+    """Numba with one gradient 1% off: trains like numba, fails the gate on that tensor."""
+
+    name = "numba-wrong"
+
+    def forward_backward(self, x, eps):
+        out = super().forward_backward(x, eps)
+        out.grads["dec.fc1.weight"] = out.grads["dec.fc1.weight"] * np.float32(1.01)
+        return out
+
+
+def table_rows(out: str) -> dict[str, str]:
+    """The report's table rows (a backend, then its device), by backend."""
+    return {words[0]: line for line in out.splitlines()
+            if len(words := line.split()) > 1 and words[1] == "cpu"}
+
+
+@pytest.fixture
+def wrong_backend(monkeypatch):
+    import kernels
+
+    monkeypatch.setitem(kernels.BACKENDS, "numba-wrong",
+                        lambda threads=None, **_: WrongNumba(threads=threads))
+    return "numba-wrong"
+
+
+def test_a_backend_that_fails_the_gate_is_refused_in_one_line(wrong_backend, capsys):
+    assert main(["profile", "--backends", wrong_backend, *TINY]) == 1
+    out, refusal = capsys.readouterr()
+    assert refusal.count("\n") == 1, refusal
+    assert refusal.startswith("vae-bench: refused: numba-wrong failed the agreement gate: "
+                              "FAILED (")
+    assert "grad.dec.fc1.weight (z2/" in refusal and "of its tolerance" in refusal
+    assert refusal.endswith("not timed (--force times it anyway)\n")
+    assert "profiling on" not in out  # nothing was timed
+
+
+@pytest.mark.slow
+def test_profile_times_only_what_passed_unless_forced_and_writes_its_report(
+        wrong_backend, tmp_path, capsys, fast_gemm_peak):
+    report = tmp_path / "reports" / "profile.txt"
+    words = ["profile", "--backends", "numba", wrong_backend, *TINY, "--out", str(report)]
+
+    # Refused: numba timed, the wrong one not, exit status 1; the report says so.
+    assert main(words) == 1
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "numba-wrong failed the agreement gate" in err
+    rows = table_rows(out)
+    assert "pass " in rows["numba"] and "numba-wrong" not in rows
+    assert "numba-wrong        FAILED (" in out and "not timed (--force times it anyway)" in out
+    text = report.read_text()
+    assert text.startswith("# vae-bench profile --backends numba numba-wrong --latent 2 ")
+    body = out.split("profiling on", 1)[1].split("\n", 1)[1].split("\nprovenance: ")[0]
+    assert body in text  # the report as printed
+    assert "\n## Provenance\n" in text and "- **git_commit**: " in text
+    assert "- **data_sha256**: " in text
+
+    # Forced: both timed, the wrong one's row UNGATED; exit 0; the report replaced whole.
+    assert main([*words, "--force"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    rows = table_rows(out)
+    assert "UNGATED" in rows["numba-wrong"] and "UNGATED" not in rows["numba"]
+    assert "timed anyway (--force): its row is UNGATED" in out
+    text = report.read_text()
+    assert text.count("## Provenance") == 1 and "UNGATED" in text and " --force" in text
+    assert sorted(p.name for p in report.parent.iterdir()) == ["profile.txt"]  # no lock, temp
+
+
+def _a_directory(tmp_path):
+    return tmp_path, "is a directory"
+
+
+def _below_a_file(tmp_path):
+    (tmp_path / "f.txt").write_text("not a directory\n")
+    return tmp_path / "f.txt" / "profile.txt", "a part of that path is a file"
+
+
+def _someone_elses_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    return tmp_path / "notes.txt", "exists and is not a profile report"
+
+
+def _read_only(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only directories")
+    (tmp_path / "ro").mkdir(mode=0o555)
+    return tmp_path / "ro" / "profile.txt", "Permission denied"
+
+
+@pytest.mark.parametrize("place", [_a_directory, _below_a_file, _someone_elses_file,
+                                   _read_only])
+def test_an_out_that_cannot_be_written_is_refused_in_one_line_before_any_work(
+        place, tmp_path, capsys, monkeypatch):
+    from bench import pipeline
+
+    def no_gate(*args, **kwargs):
+        raise AssertionError("the gate ran before --out was refused")
+
+    monkeypatch.setattr(pipeline, "gate", no_gate)
+    out, message = place(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert main(["profile", "--backends", "numba", *TINY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vae-bench: error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_profile_cut_short_leaves_the_old_report_whole(tmp_path, capsys, monkeypatch):
+    from bench import pipeline
+
+    report = tmp_path / "profile.txt"
+    report.write_text("# vae-bench profile --backends numba\nthe old report\n")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "gate", interrupted)
+    assert main(["profile", "--backends", "numba", *TINY, "--out", str(report)]) == 130
+    assert f"{report} is left as it was" in capsys.readouterr().err
+    assert report.read_text() == "# vae-bench profile --backends numba\nthe old report\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["profile.txt"]
