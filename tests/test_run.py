@@ -102,6 +102,12 @@ def test_two_shards_merged_equal_the_unsharded_rows(full_run, tmp_path, mnist5k)
     with pytest.raises(RunError, match="differs .* in spec"):
         merge(parts, tmp_path / "refused")
     merge(parts, tmp_path / "forced", force=True)
+    # So are parts timed on CPUs with other instruction sets: their speeds are not one run's.
+    env["spec"]["epochs"] = json.loads((parts[0] / "env.json").read_text())["spec"]["epochs"]
+    env["cpu_isa"] = [*env["cpu_isa"], "amx_tile"] if "amx_tile" not in env["cpu_isa"] else []
+    (parts[1] / "env.json").write_text(json.dumps(env))
+    with pytest.raises(RunError, match="differs .* in cpu_isa"):
+        merge(parts, tmp_path / "refused-isa")
     with pytest.raises(RunError, match="must be disjoint"):
         merge([parts[0], parts[0]], tmp_path / "overlap")
 
