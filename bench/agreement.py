@@ -44,5 +44,6 @@ def check(backend: Backend, case: Case, expected: Expectation) -> list[Compariso
                                       "missing from the backend's outputs"))
             continue
         results.append(compare(case.name, tensor, got[tensor], truth,
-                               expected.reference_errors[tensor], case.config.lr))
+                               expected.reference_errors[tensor], case.config.lr,
+                               expected.unjudged.get(tensor)))
     return results

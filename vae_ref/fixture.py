@@ -21,7 +21,7 @@ from .atomic import atomic_open
 from .config import VAEConfig
 from .oracle import Case, Expectation, build_cases, expectation
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the K-step case's elements near a ReLU kink (oracle.py), not judged
 CASE_KINDS = ("batch", "partial-batch", "extreme-logits", "beta4", "adam-steps")
 
 
@@ -57,6 +57,8 @@ def write_fixture(path: Path, cases: list[Case], expectations: list[Expectation]
         # inside the 16-ulp floors of every tolerance.
         arrays |= {f"{key}/truth/{n}": np.asarray(t, dtype=np.float32)
                    for n, t in expected.truth.items()}
+        arrays |= {f"{key}/unjudged/{n}": np.asarray(m, dtype=bool)
+                   for n, m in expected.unjudged.items()}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     with atomic_open(path, "wb") as f:
         np.savez_compressed(f, **arrays)
@@ -93,7 +95,8 @@ def read_fixture(path: Path) -> list[tuple[Case, Expectation]]:
                     data=arrays.get(f"{key}/data"),
                     step_indices=arrays.get(f"{key}/step_indices"),
                     step_eps=arrays.get(f"{key}/step_eps"))
-        result.append((case, Expectation(take(f"{key}/truth/"), entry["reference_errors"])))
+        result.append((case, Expectation(take(f"{key}/truth/"), entry["reference_errors"],
+                                         take(f"{key}/unjudged/"))))
     return result
 
 
