@@ -155,7 +155,7 @@ class SteadyBackend:
 def test_the_breakdown_is_measured_beside_the_windows_not_after_them(monkeypatch):
     """The breakdown's step and the table's are one step measured twice: a machine that turns
     busy after the last window must not set them apart. Taken in one burst after the windows
-    (as the committed profile-jax-numba-small-batch.txt was), the breakdown said 5 ms here."""
+    (as the batch-32 profile committed before this fix was), the breakdown said 5 ms here."""
     import types
 
     import bench.throughput
