@@ -26,13 +26,10 @@ LATENT = 20
 
 
 def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    """The instruction sets this CPU reports, as the provenance records them."""
+    from bench.provenance import cpu_isa
+
+    return set(cpu_isa() or ())
 
 
 def restrictions(flags: set[str]) -> list[dict[str, str]]:
