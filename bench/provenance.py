@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kernels.cpu_features import ISA_FLAGS, cpu_isa  # noqa: F401  (recorded by collect)
+
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -24,29 +26,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-# The instruction sets that decide which code paths the CPU kernels take: oneDNN's AVX-512 and
-# AMX (bf16/int8 tiles) kernels, OpenBLAS's and LLVM's (Numba's) choice of vector width, FMA.
-# A flag added here is absent from records made before, so compare would call those runs
-# another CPU: add with care (--allow-machine-change overrides).
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw",
-             "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
-             "amx_int8", "asimd", "sve", "sve2")
-
-
-def cpu_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str] | None:
-    """The flags of ``ISA_FLAGS`` this CPU reports (Linux /proc/cpuinfo: x86 'flags', Arm
-    'Features'), in that order; None where the flags cannot be read (another OS)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            present = set(line.split(":", 1)[1].split())
-            return [flag for flag in ISA_FLAGS if flag in present]
-    return None
 
 
 def cpu_identity(record: dict | None = None) -> dict:

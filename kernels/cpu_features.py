@@ -1,0 +1,54 @@
+"""What the CPU can do: the instruction-set flags the kernels' code paths depend on.
+
+Read here, below both the backends (which refuse a mode the hardware cannot run, such as bf16
+GEMMs without AMX or AVX512_BF16) and the harness's provenance (which records the flags with
+every result), so the two never read /proc/cpuinfo differently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# The instruction sets that decide which code paths the CPU kernels take: oneDNN's AVX-512 and
+# AMX (bf16/int8 tiles) kernels, OpenBLAS's and LLVM's (Numba's) choice of vector width, FMA.
+# A flag added here is absent from records made before, so compare would call those runs
+# another CPU: add with care (--allow-machine-change overrides).
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw",
+             "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+             "amx_int8", "asimd", "sve", "sve2")
+
+# The flags that give a CPU bf16 dot-product hardware: AMX's bf16 tiles (TDPBF16PS) or
+# AVX512_BF16's VDPBF16PS. Without either, a library's bf16 GEMM converts to float32 and runs
+# float32 FMAs (oneMKL's cblas_gemm_bf16bf16f32 does so on AVX2): an emulation, not bf16 speed.
+BF16_DOT_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str] | None:
+    """The flags of ``ISA_FLAGS`` this CPU reports (Linux /proc/cpuinfo: x86 'flags', Arm
+    'Features'), in that order; None where the flags cannot be read (another OS)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in ISA_FLAGS if flag in present]
+    return None
+
+
+def bf16_dot_hardware(flags: list[str] | None = None) -> list[str]:
+    """The bf16 dot-product instruction sets among ``flags`` (default: this CPU's)."""
+    flags = cpu_isa() if flags is None else flags
+    return [flag for flag in BF16_DOT_FLAGS if flag in (flags or ())]
+
+
+def bf16_emulated_reason(flags: list[str] | None = None) -> str | None:
+    """Why a bf16 mode would not run at bf16 speed on this CPU (None: it would): without
+    bf16 dot-product hardware every library converts to float32 and runs float32 FMAs, so such
+    a mode is refused, not timed as if it were the real thing."""
+    if bf16_dot_hardware(flags):
+        return None
+    return (f"this CPU has no bf16 dot-product hardware (none of {', '.join(BF16_DOT_FLAGS)} "
+            "in its flags): bf16 GEMMs would be emulated in float32, slower than float32 "
+            "itself, so they are not timed as if they were the real thing")
