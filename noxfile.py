@@ -8,6 +8,7 @@ index for your CUDA. ``VAE_BENCH_TORCH=none`` installs no torch beyond what the 
 """
 
 import os
+import platform
 
 import nox
 
@@ -36,13 +37,17 @@ def tests(session: nox.Session) -> None:
     is missing); then the ``drift`` sessions, one per CuPy version. Extra arguments go to
     pytest."""
     # [jax]: the JAX backend's agreement gate runs in CI too (the CPU build: no CUDA pulled).
-    install_project(session, "[test,jax]")
+    # [bf16]: oneMKL, so the bf16 step's numbers are checked on every x86-64 CPU (emulated
+    # where the CPU has no bf16 hardware); VAE_BENCH_REQUIRE_BF16 makes its tests fail, not
+    # skip, where it could not be installed.
+    install_project(session, "[test,jax,bf16]")
     # No GPU here, so no test runs the kernels: compiling them is what catches a broken .cu.
     # Run on its own (not only inside pytest) so the compiler's warnings and per-kernel
     # register and shared-memory use show in the CI log.
     session.run("python", "-m", "tests.gpu_verification.nvcc_check", "--allow-missing")
     # The drift tests need CuPy, which this session does not install: they run in `drift`.
-    session.run("pytest", "-m", "not drift", *session.posargs)
+    bf16 = {"VAE_BENCH_REQUIRE_BF16": "1"} if platform.machine() in ("x86_64", "AMD64") else {}
+    session.run("pytest", "-m", "not drift", *session.posargs, env=bf16)
     for version in CUPY_WHEELS:
         session.notify(f"drift(cupy='{version}')")
 
@@ -65,9 +70,10 @@ def bench(session: nox.Session) -> None:
     quick``): agreement gate, interleaved throughput and ELBO per backend and latent size,
     results under results/<time>-<host>/ and the summary printed. Extra arguments go to
     ``vae-bench run``, e.g. ``nox -s bench -- --profile full --backends numba torch``. JAX
-    (the CPU build) is installed so that ``jax`` is timed beside the others.
+    (the CPU build) and oneMKL (``[bf16]``) are installed so that ``jax`` and, on a CPU with
+    bf16 hardware, the bf16 backends are timed beside the others.
     """
-    install_project(session, "[jax]")
+    install_project(session, "[jax,bf16]")
     session.run("vae-bench", "run", "--profile", "quick", *session.posargs)
 
 
@@ -75,7 +81,7 @@ def bench(session: nox.Session) -> None:
 def benchmarks(session: nox.Session) -> None:
     """The pytest-benchmark suites (per fused kernel, per training step), timed, saved as JSON
     under .benchmarks/ (compare two saves: ``pytest-benchmark compare 0001 0002``)."""
-    install_project(session, "[test,jax]")
+    install_project(session, "[test,jax,bf16]")
     session.run("pytest", "--benchmark-only", "--benchmark-autosave", *session.posargs)
 
 

@@ -385,8 +385,9 @@ def _available_backend(name: str, **options):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from kernels.base import gemm_inputs_of
     from vae_ref.digits import gate_images
-    from vae_ref.fixture import read_fixture
+    from vae_ref.fixture import FixtureError, read_fixture
 
     from . import pipeline
     from .comparison import HEADER
@@ -394,6 +395,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     _cap_threads(args)
     backend = _available_backend(args.backend, threads=args.threads)
     if args.fixture:
+        if gemm_inputs_of(backend) != "float32":
+            raise FixtureError(
+                f"the fixture holds float32 calibrations only, and {args.backend} computes its "
+                f"GEMMs on {gemm_inputs_of(backend)} inputs: check it against the live "
+                "oracle (leave out --fixture; needs PyTorch)")
         fixture = read_fixture(args.fixture)
         sources = [(f"fixture {args.fixture}", lambda: fixture)]
     else:

@@ -47,7 +47,7 @@ class Comparison:
                 f"{verdict}{left_out}")
 
 
-HEADER = (f"{'case':<18} {'tensor':<26} {'max abs':>10} {'max rel':>10} {'torch f32':>10} "
+HEADER = (f"{'case':<18} {'tensor':<26} {'max abs':>10} {'max rel':>10} {'ref error':>10} "
           f"{'tolerance':>10} {'used':>7}")
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.base import Backend
+from kernels.base import Backend, gemm_inputs_of
 from vae_ref import VAEConfig, importance_weighted_log_likelihood
 from vae_ref.data import Dataset
 from vae_ref.oracle import Case, Expectation, build_cases, expectation
@@ -76,23 +76,28 @@ class GateRecord:
 
 
 def gate_cases(images: np.ndarray, latent: int, *, seed: int = 0, steps: int = 50,
-               hidden: int = 512) -> Callable[[], list[tuple[Case, Expectation]]]:
+               hidden: int = 512) -> Callable[..., list[tuple[Case, Expectation]]]:
     """The gate's cases at one latent size and their truth, computed when first asked for
-    (the float64 oracle costs seconds: no backend to check, no oracle)."""
-    pairs: list[tuple[Case, Expectation]] = []
+    (the float64 oracle costs seconds: no backend to check, no oracle). The function returned
+    takes the GEMM-input precision to calibrate for ("float32" by default); the float64 truth
+    is computed once and shared by every calibration."""
+    pairs: dict[str, list[tuple[Case, Expectation]]] = {}
 
-    def get() -> list[tuple[Case, Expectation]]:
-        if not pairs:
+    def get(gemm_inputs: str = "float32") -> list[tuple[Case, Expectation]]:
+        if "float32" not in pairs:
             cases = build_cases(images, latent, seed=seed, steps=steps, hidden=hidden)
-            pairs.extend((c, expectation(c)) for c in cases)
-        return pairs
+            pairs["float32"] = [(c, expectation(c)) for c in cases]
+        if gemm_inputs not in pairs:
+            pairs[gemm_inputs] = [(c, expectation(c, gemm_inputs, truth=e))
+                                  for c, e in pairs["float32"]]
+        return pairs[gemm_inputs]
 
     return get
 
 
-def gate(backends: Sequence[Backend], pairs: Callable[[], Pairs],
+def gate(backends: Sequence[Backend], pairs: Callable[..., Pairs],
          log: Callable[[str], None] = lambda _msg: None) -> dict[str, GateRecord]:
-    """Each backend's verdict on the cases ``pairs()`` gives, by backend name."""
+    """Each backend's verdict on the cases ``pairs(precision)`` gives, by backend name."""
     records = {}
     for backend in backends:
         status = backend.availability()
@@ -100,8 +105,10 @@ def gate(backends: Sequence[Backend], pairs: Callable[[], Pairs],
             records[backend.name] = GateRecord(backend.name, "unavailable", note=status.reason)
             log(f"{backend.name} unavailable: {status.reason}")
             continue
-        comparisons = tuple(r for case, expected in pairs() for r in check(backend, case,
-                                                                           expected))
+        mixed = gemm_inputs_of(backend)
+        cases = pairs(mixed) if mixed != "float32" else pairs()
+        comparisons = tuple(r for case, expected in cases for r in check(backend, case,
+                                                                         expected))
         failed = [r for r in comparisons if not r.passed]
         note = f"{len(failed)} tensors failed, first {failed[0].case} {failed[0].tensor}" \
             if failed else ""

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from kernels import create_backend
+from kernels.base import gemm_inputs_of
 from vae_ref import VAEConfig
 from vae_ref.atomic import atomic_write_text
 from vae_ref.config import DEFAULT_LATENTS
@@ -26,7 +27,7 @@ from vae_ref.data import Dataset
 from . import figures, pipeline, provenance, tables
 from .results_dir import claim
 from .store import ResultsStore, StoreError, read_json_object
-from .throughput import device_peaks
+from .throughput import device_peaks, peak_key
 
 GATE_IMAGES = 1024  # the gate's real images: the data set's first training images
 
@@ -129,6 +130,10 @@ def environment(data: Dataset, spec: RunSpec) -> dict:
     if "cuda" in peaks:
         record |= {"gpu_gemm_peak_gflops": peaks["cuda"][0],
                    "gpu_gemm_peak_source": peaks["cuda"][1], "gpu": peaks["cuda"][2]}
+    bf16 = peak_key("cpu", "bf16")
+    if bf16 in peaks:
+        record |= {"bf16_gemm_peak_gflops": peaks[bf16][0],
+                   "bf16_gemm_peak_source": peaks[bf16][1]}
     record |= {"spec": asdict(spec), "results_schema": tables.RESULTS_SCHEMA}
     return record
 
@@ -138,6 +143,8 @@ def peaks_of(env: dict) -> dict[str, float]:
     peaks = {"cpu": env["gemm_peak_gflops"]}
     if "gpu_gemm_peak_gflops" in env:
         peaks["cuda"] = env["gpu_gemm_peak_gflops"]
+    if "bf16_gemm_peak_gflops" in env:
+        peaks[peak_key("cpu", "bf16")] = env["bf16_gemm_peak_gflops"]
     return peaks
 
 
@@ -151,7 +158,8 @@ def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float
     names = spec.gate_only_backends if gate_only and spec.gate_only_backends else spec.backends
     batch_sizes = spec.batch_sizes[:1] if gate_only else spec.batch_sizes
     backends = [create_backend(name, threads=spec.threads) for name in names]
-    base = {b.name: {"backend": b.name, "device": b.device, "latent_dim": latent,
+    base = {b.name: {"backend": b.name, "device": b.device,
+                     "precision": gemm_inputs_of(b), "latent_dim": latent,
                      "dataset": data.name, "seed": spec.seed, "note": ""} for b in backends}
     rows: list[dict] = []
     curves: list[dict] = []
@@ -187,8 +195,8 @@ def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float
             row = dict(base[backend.name], batch_size=batch)
             m = measured.get(backend.name)
             if m is not None:
-                row |= m.columns(spec.config(latent, batch), batch,
-                                 peaks.get(m.device, math.nan))
+                peak = peaks.get(peak_key(m.device, m.precision), peaks.get(m.device, math.nan))
+                row |= m.columns(spec.config(latent, batch), batch, peak)
                 failed = [f"{name} failed: {why}" for name, why in m.diagnostic_errors.items()]
                 row["note"] = "; ".join(filter(None, [row["note"], *failed]))
             rows.append(row)

@@ -20,7 +20,8 @@ from .provenance import as_markdown
 RESULTS_SCHEMA = 1
 # A run's results.csv: one row per (backend, latent size, batch size).
 RESULT_COLUMNS = (
-    "backend", "device", "latent_dim", "batch_size", "agreement", "worst_fraction",
+    "backend", "device", "precision", "latent_dim", "batch_size", "agreement",
+    "worst_fraction",
     "samples_per_s", "samples_per_s_min", "samples_per_s_max", "ms_per_step", "gflops",
     "pct_peak", "launch_floor_ms", "warmup_s", "peak_memory_mb", "gemm_only_ms",
     "final_train_elbo",
@@ -29,8 +30,9 @@ RESULT_COLUMNS = (
 )
 # Columns added after tables were first committed, with the value older tables imply.
 ADDED_COLUMNS = {"device": "cpu", "launch_floor_ms": math.nan, "peak_memory_mb": math.nan,
-                 "gemm_only_ms": math.nan}
-TEXT_COLUMNS = ("backend", "device", "agreement", "dataset", "note")  # the rest are numbers
+                 "gemm_only_ms": math.nan, "precision": "float32"}
+# the rest are numbers
+TEXT_COLUMNS = ("backend", "device", "precision", "agreement", "dataset", "note")
 KEYS = ["backend", "latent_dim", "batch_size"]  # a list: pandas reads a tuple as one key
 
 # An experiment's table.csv (one row per model) and curves.csv (one row per model and epoch).

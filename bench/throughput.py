@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from kernels.base import Backend, DeviceInfo, LaunchFloor, MemoryReport, StageBreakdown
+from kernels.base import (
+    Backend,
+    DeviceInfo,
+    LaunchFloor,
+    MemoryReport,
+    StageBreakdown,
+    gemm_inputs_of,
+)
 from kernels.timing import interleaved_times
 from vae_ref import VAEConfig, build_model, export_params
 
@@ -45,6 +52,23 @@ def gemm_peak(size: int = 2048, repeats: int = 5) -> tuple[float, str]:
     best = {name: 2 * size**3 / min(t) / 1e9 for name, t in times.items()}
     name = max(best, key=best.get)
     return best[name], f"{size}x{size} float32 GEMM via {name}"
+
+
+def bf16_gemm_peak(size: int = 2048, repeats: int = 5) -> tuple[float, str]:
+    """Best GFLOP/s of a large GEMM on bf16 operands with float32 accumulation on this CPU,
+    through PyTorch (oneDNN; AMX tiles where the CPU has them; its output rounded to bf16):
+    the physical limit of a bf16 step, as ``gemm_peak`` is of a float32 one."""
+    import torch
+
+    a = torch.randn(size, size).to(torch.bfloat16)
+    out = torch.empty(size, size, dtype=torch.bfloat16)
+    seconds = min(interleaved_times({"mm": lambda: torch.mm(a, a, out=out)}, repeats)["mm"])
+    return 2 * size**3 / seconds / 1e9, f"{size}x{size} bf16 GEMM via torch"
+
+
+def peak_key(device: str, precision: str) -> str:
+    """The key of ``device_peaks`` a row of this device and GEMM precision is measured by."""
+    return device if precision == "float32" else f"{device} {precision}"
 
 
 def step_gemms(config: VAEConfig, batch: int, seed: int = 0):
@@ -84,6 +108,8 @@ def device_peaks(backends: list[Backend]) -> dict[str, tuple[float, str, str]]:
     from .provenance import cpu_model
 
     peaks = {"cpu": (*gemm_peak(), cpu_model())}
+    if any(b.device == "cpu" and gemm_inputs_of(b) == "bf16" for b in backends):
+        peaks[peak_key("cpu", "bf16")] = (*bf16_gemm_peak(), cpu_model())
     for backend in backends:
         device = backend.device
         if device in peaks or not isinstance(backend, DeviceInfo):
@@ -104,6 +130,7 @@ class Measurement:
     description: str
     warmup_seconds: float  # load + first steps: JIT / torch.compile / cache load
     device: str = "cpu"
+    precision: str = "float32"  # of the GEMM operands (kernels.base.MixedPrecision)
     ms_per_step: list[float] = field(default_factory=list)  # one per timed window
     settings: dict = field(default_factory=dict)
     # ms per step of each part, if the backend tells (StageBreakdown): medians over windows
@@ -172,6 +199,7 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
         backend.synchronize()
         results.append(Measurement(backend.name, backend.description,
                                    time.perf_counter() - start, device=backend.device,
+                                   precision=gemm_inputs_of(backend),
                                    settings=backend.settings()))
     # The GEMMs-alone ceiling takes its turn in the same rotation, for the CPU rows.
     gemms = step_gemms(config, batch, seed) if any(b.device == "cpu" for b in backends) else None
@@ -237,9 +265,13 @@ def _diagnostic(result: Measurement, name: str, compute, *args, **kwargs):
 def rows(results: list[Measurement], config: VAEConfig, batch: int,
          peaks: dict[str, tuple[float, str, str]]) -> pd.DataFrame:
     """The measurements as rows of the results table (keys and timing columns)."""
+    def peak(r: Measurement) -> float:
+        return peaks.get(peak_key(r.device, r.precision), peaks.get(r.device, (math.nan,)))[0]
+
     return pd.DataFrame([
-        {"backend": r.backend, "device": r.device, "latent_dim": config.latent_dim,
-         "batch_size": batch, **r.columns(config, batch, peaks.get(r.device, (math.nan,))[0])}
+        {"backend": r.backend, "device": r.device, "precision": r.precision,
+         "latent_dim": config.latent_dim, "batch_size": batch,
+         **r.columns(config, batch, peak(r))}
         for r in results])
 
 
@@ -264,6 +296,40 @@ def _gate_cell(gate: GateRecord | None) -> str:
     return f"pass {gate.worst_fraction:.0%}" if gate.verdict == "pass" else "UNGATED"
 
 
+def _mixed_precision_lines(results: list[Measurement], table: pd.DataFrame, flops: int,
+                           peaks: dict[str, tuple[float, str, str]]) -> list[str]:
+    """Each reduced-precision row against what it competes with, from this run's medians:
+    its float32 twin (the same backend's name without the precision suffix), every other row
+    of its precision (the best of them named), and the physical limit (its step's FLOPs at
+    that precision's GEMM peak, measured in this run)."""
+    speed = dict(zip(table.backend, table.samples_per_s))
+    lines = []
+    for r in results:
+        if r.precision == "float32":
+            continue
+        parts = []
+        twin = r.backend.removesuffix(f"-{r.precision}")
+        if twin != r.backend and twin in speed:
+            parts.append(f"{speed[r.backend] / speed[twin]:.2f}x {twin} (float32)")
+        rivals = {m.backend: speed[r.backend] / speed[m.backend] for m in results
+                  if m.precision == r.precision and m.backend != r.backend}
+        if rivals:
+            best = min(rivals, key=rivals.get)
+            parts.append(", ".join(f"{ratio:.2f}x {name}" for name, ratio in rivals.items())
+                         + f" (best {r.precision} peer: {best})")
+        peak = peaks.get(peak_key(r.device, r.precision))
+        if peak is not None:
+            floor_ms = flops / (peak[0] * 1e9) * 1e3
+            parts.append(f"its step is {r.median_ms / floor_ms:.1f}x its GEMMs' FLOPs at the "
+                         f"{r.precision} GEMM peak ({floor_ms:.3f} ms at {peak[0]:,.0f} GFLOP/s)")
+        if "gemms" in r.stages and "step" in r.stages:
+            parts.append(f"{r.stages['step'] / r.stages['gemms']:.2f}x its own "
+                         f"{r.precision} GEMMs")
+        if parts:
+            lines.append(f"{r.backend} ({r.precision} GEMM inputs): " + "; ".join(parts))
+    return lines
+
+
 # How far (as a factor) a backend's breakdown of its step may lie outside its windows'
 # min-max before the report says the two were measured under different conditions: single
 # calls of the parts are timed apart from the windows' back-to-back steps.
@@ -285,11 +351,15 @@ def report(results: list[Measurement], config: VAEConfig, batch: int,
         lines += _gate_lines(gates, {r.backend for r in results})
     lines += [f"{device} ({name}) GEMM peak {peak:.0f} GFLOP/s ({source})"
               for device, (peak, source, name) in peaks.items()]
+    # a precision column only where a row is not float32, so float32 reports read as before
+    mixed = any(r.precision != "float32" for r in results)
     table = rows(results, config, batch, peaks)
     peers = tables.peers_present(table)
     ratios = {peer: tables.speedup(table, peer) for peer in peers}
     gate_header = "" if gates is None else f" {'gate':>9}"
-    lines.append(f"{'backend':<18} {'device':>6}{gate_header} {'warm-up s':>9} {'ms/step':>8} "
+    precision_header = f" {'precision':>9}" if mixed else ""
+    lines.append(f"{'backend':<18} {'device':>6}{precision_header}{gate_header} "
+                 f"{'warm-up s':>9} {'ms/step':>8} "
                  f"{'min-max':>13} {'samples/s':>10} {'GFLOP/s':>8} {'% peak':>7} {'MB':>7}"
                  + "".join(f" {'vs ' + peer:>16}" for peer in peers))
     for i, (r, row) in enumerate(zip(results, table.itertuples())):
@@ -297,11 +367,14 @@ def report(results: list[Measurement], config: VAEConfig, batch: int,
             f" {tables.fmt(ratios[peer].iloc[i], '15.2f', nan=' ' * 14 + '-')}"
             f"{'' if math.isnan(ratios[peer].iloc[i]) else 'x'}" for peer in peers)
         gate = "" if gates is None else f" {_gate_cell(gates.get(r.backend)):>9}"
+        precision = f" {r.precision:>9}" if mixed else ""
         lines.append(
-            f"{r.backend:<18} {r.device:>6}{gate} {r.warmup_seconds:9.2f} {row.ms_per_step:8.3f} "
+            f"{r.backend:<18} {r.device:>6}{precision}{gate} {r.warmup_seconds:9.2f} "
+            f"{row.ms_per_step:8.3f} "
             f"{min(r.ms_per_step):6.2f}-{max(r.ms_per_step):<6.2f} {row.samples_per_s:10.0f} "
             f"{row.gflops:8.1f} {row.pct_peak / 100:7.1%} "
             f"{tables.fmt(row.peak_memory_mb, '7.1f', nan='      -')}{speedups}")
+    lines += _mixed_precision_lines(results, table, flops, peaks)
     ceiling = next((r.gemm_only_ms for r in results if not math.isnan(r.gemm_only_ms)), None)
     if ceiling is not None:
         lines.append(f"the step's 11 GEMMs alone (NumPy BLAS, same shapes, same windows): "

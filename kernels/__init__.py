@@ -45,10 +45,34 @@ def _numba(threads: int | None = None, **options) -> Backend:
     return NumbaBackend(threads=threads)
 
 
+def _numba_bf16(threads: int | None = None, **options) -> Backend:
+    from .numba_cpu import NumbaBackend
+
+    return NumbaBackend(threads=threads, precision="bf16")
+
+
 def _jax(threads: int | None = None, **options) -> Backend:
     from .jax_xla import JaxBackend
 
     return JaxBackend(platform="cpu", threads=threads)
+
+
+def _jax_bf16(threads: int | None = None, **options) -> Backend:
+    from .jax_xla import JaxBackend
+
+    return JaxBackend(platform="cpu", threads=threads, gemm_inputs="bf16")
+
+
+def _torch_bf16(**options) -> Backend:
+    from .torch_ref import TorchBackend
+
+    return TorchBackend(autocast_bf16=True)
+
+
+def _torch_compile_bf16(**options) -> Backend:
+    from .torch_ref import TorchBackend
+
+    return TorchBackend(compile=True, autocast_bf16=True)
 
 
 def _jax_cuda(threads: int | None = None, **options) -> Backend:
@@ -93,7 +117,15 @@ BACKENDS: dict[str, Callable[..., Backend]] = {
     "torch-fused-adam": _torch_fused,
     "torch-compile": _torch_compile,
     "numba": _numba,
+    # bf16 GEMM inputs: needs the [bf16] extra (oneMKL) and AMX or AVX512_BF16; unavailable,
+    # with the reason, elsewhere.
+    "numba-bf16": _numba_bf16,
     "jax": _jax,  # needs the [jax] extra; unavailable, with the reason, without it
+    # bf16 GEMM inputs, float32 everywhere else (kernels.base.MixedPrecision): the peers of
+    # numba-bf16. PyTorch's CPU autocast rounds GEMM outputs to bf16 as well.
+    "torch-bf16": _torch_bf16,
+    "torch-compile-bf16": _torch_compile_bf16,
+    "jax-bf16": _jax_bf16,
     # GPU: unavailable (with the reason) on machines without CUDA, listed all the same.
     "torch-cuda": _torch_cuda,
     "torch-cuda-compile": _torch_cuda_compile,

@@ -168,3 +168,20 @@ class MemoryReport(Protocol):
         backward, scratch buffers), as the backend measures them (on a GPU, the device
         allocator's peak over a step). Parameters and optimizer state are as before
         afterwards."""
+
+
+@runtime_checkable
+class MixedPrecision(Protocol):
+    """Computes its GEMMs on operands rounded to a narrower type than float32 (bf16 inputs,
+    float32 accumulation), everything else in float32. The gate holds it to the same float64
+    truth, with tolerances calibrated by the reference computing the same way
+    (``vae_ref.oracle.expectation(case, gemm_inputs)``), and every table labels its rows by
+    this precision. A backend without it computes in float32."""
+
+    gemm_inputs: str  # one of vae_ref.oracle.GEMM_INPUTS: "float32" or "bf16"
+
+
+def gemm_inputs_of(backend: Backend) -> str:
+    """The precision of a backend's GEMM operands: what its gate is calibrated by and what
+    its rows are labelled with ("float32" unless it says otherwise, by ``MixedPrecision``)."""
+    return backend.gemm_inputs if isinstance(backend, MixedPrecision) else "float32"

@@ -162,7 +162,7 @@ def adam_providers():
     flat["m"], flat["v"] = np.zeros(N, np.float32), np.zeros(N, np.float32)
 
     def numba_flat():
-        numba_adam(flat["p"], GRAD, flat["m"], flat["v"], 3e-4, 0.9, 0.999, 1e-8, 1.0)
+        numba_adam(flat["p"], GRAD, flat["m"], flat["v"], 3e-4, 0.9, 0.999, 1e-8, 1.0, None)
         return flat["p"]
 
     def torch_optimizer(**options):

@@ -72,7 +72,7 @@ def test_adam_matches_torch_over_many_steps():
     tp = torch.nn.Parameter(torch.from_numpy(p0.copy()))
     opt = torch.optim.Adam([tp], lr=3e-4)
     for step, g in enumerate(grads, start=1):
-        adam(p, g, m, v, 3e-4, 0.9, 0.999, 1e-8, float(step))
+        adam(p, g, m, v, 3e-4, 0.9, 0.999, 1e-8, float(step), None)
         tp.grad = torch.from_numpy(g)
         opt.step()
     np.testing.assert_allclose(p, tp.detach().numpy(), rtol=0, atol=2e-7)
@@ -87,6 +87,6 @@ def test_adam_flushes_decaying_moments_instead_of_making_denormals():
     v = np.full(64, 3 * tiny, np.float32)
     zero = np.zeros(64, np.float32)
     for step in range(1, 40):
-        adam(p, zero, m, v, 3e-4, 0.9, 0.999, 1e-8, float(step))
+        adam(p, zero, m, v, 3e-4, 0.9, 0.999, 1e-8, float(step), None)
         assert np.all((m == 0) | (np.abs(m) >= tiny)) and np.all((v == 0) | (v >= tiny))
     assert np.all(m == 0)  # 3 tiny * 0.9^k fell below tiny after ~11 steps

@@ -8,6 +8,10 @@ or the losses and parameters over K Adam steps. ``expectation`` runs it twice: i
 oracle, each tensor's truth) and in float32 (the calibration: how far float32 PyTorch itself
 lands from the truth, which sets each tensor's tolerance). The fixture (``vae_ref.fixture``)
 stores both, so a backend can be checked without PyTorch.
+
+A mixed-precision backend (bf16 GEMM inputs) is held to the same float64 truth, with the
+calibration of the reference computing as it does (``expectation(case, gemm_inputs="bf16")``:
+``vae_ref.mixed_precision``), so its tolerances come from the same rule, never by hand.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ import torch
 
 from .config import VAEConfig
 from .losses import loss_terms
+from .mixed_precision import with_bf16_gemm_inputs
 from .model import AE, VAE, build_model
 from .params import Params, export_params, import_params
 
 EXTREME_LOGIT = 100.0  # |logits| this large overflow a naive sigmoid/BCE in float32
 INTERMEDIATES = ("h", "mu", "logvar", "z", "dec_h", "logits")  # of one forward pass, in order
+GEMM_INPUTS = ("float32", "bf16")  # the precisions of GEMM operands a calibration exists for
 
 
 @dataclass(frozen=True)
@@ -191,12 +197,17 @@ def adam_steps(model: VAE | AE, case: Case,
     return record
 
 
-def outputs(case: Case, dtype: torch.dtype,
-            kinks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def outputs(case: Case, dtype: torch.dtype, kinks: dict[str, np.ndarray] | None = None,
+            gemm_inputs: str = "float32") -> dict[str, np.ndarray]:
     """Every tensor the gate compares, from the reference run at ``dtype`` on ``case`` (its
-    float32 inputs widened exactly when ``dtype`` is wider); ``kinks`` as for ``adam_steps``."""
+    float32 inputs widened exactly when ``dtype`` is wider), its GEMM operands rounded to
+    ``gemm_inputs``; ``kinks`` as for ``adam_steps``."""
+    if gemm_inputs not in GEMM_INPUTS:
+        raise ValueError(f"gemm_inputs must be one of {GEMM_INPUTS}, got {gemm_inputs!r}")
     model = build_model(case.config, dtype=dtype)
     import_params(model, case.params)
+    if gemm_inputs == "bf16":
+        with_bf16_gemm_inputs(model)
     if case.steps:
         return adam_steps(model, case, kinks)
 
@@ -224,12 +235,18 @@ class Expectation:
     unjudged: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def expectation(case: Case) -> Expectation:
+def expectation(case: Case, gemm_inputs: str = "float32",
+                truth: Expectation | None = None) -> Expectation:
     """The float64 truth of every tensor of ``case``, float32 PyTorch's error on each (on
-    the elements judged), and for the K-step case the elements near a ReLU kink."""
-    kinks: dict[str, np.ndarray] = {}
-    truth = outputs(case, torch.float64, kinks)
-    float32 = outputs(case, torch.float32)
-    errors = {k: max_error(float32[k][~kinks[k]] if k in kinks else float32[k],
-                           v[~kinks[k]] if k in kinks else v) for k, v in truth.items()}
-    return Expectation(truth, errors, kinks)
+    the elements judged) with its GEMM operands in ``gemm_inputs``, and for the K-step case
+    the elements near a ReLU kink. ``truth``: an expectation of the same case whose truth and
+    kinks to reuse (the float64 run is the same for every calibration)."""
+    if truth is None:
+        kinks: dict[str, np.ndarray] = {}
+        reference = outputs(case, torch.float64, kinks)
+    else:
+        reference, kinks = truth.truth, truth.unjudged
+    calibration = outputs(case, torch.float32, gemm_inputs=gemm_inputs)
+    errors = {k: max_error(calibration[k][~kinks[k]] if k in kinks else calibration[k],
+                           v[~kinks[k]] if k in kinks else v) for k, v in reference.items()}
+    return Expectation(reference, errors, kinks)

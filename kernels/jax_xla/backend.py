@@ -37,17 +37,27 @@ from . import runtime
 
 
 class JaxBackend:
-    def __init__(self, *, platform: str = "cpu", threads: int | None = None):
+    def __init__(self, *, platform: str = "cpu", threads: int | None = None,
+                 gemm_inputs: str = "float32"):
         if platform not in ("cpu", "cuda"):
             raise ValueError(f"platform must be 'cpu' or 'cuda', got {platform!r}")
+        if gemm_inputs not in ("float32", "bf16"):
+            raise ValueError(f"gemm_inputs must be 'float32' or 'bf16', got {gemm_inputs!r}")
+        # float32, or bf16 GEMM operands with float32 accumulation, parameters and everything
+        # else (kernels.base.MixedPrecision; step._matmul_bf16_inputs).
+        self.gemm_inputs = gemm_inputs
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.platform = platform
         self.threads = threads
         self.device = platform
-        self.name = "jax" if platform == "cpu" else "jax-cuda"
+        self.name = ("jax" if platform == "cpu" else "jax-cuda") + (
+            "-bf16" if gemm_inputs == "bf16" else "")
         self.description = ("JAX: whole step in one jax.jit (XLA), Adam as PyTorch's, "
-                            + ("CPU" if platform == "cpu" else "CUDA, float32 GEMMs (no TF32)"))
+                            + ("CPU" if platform == "cpu" else "CUDA")
+                            + (", bf16 GEMM inputs (float32 accumulation)"
+                               if gemm_inputs == "bf16" else
+                               "" if platform == "cpu" else ", float32 GEMMs (no TF32)"))
         self.compile_seconds = 0.0
         self._executables: dict[tuple, object] = {}
         self._jax_device = None
@@ -55,6 +65,12 @@ class JaxBackend:
         self._data_device = None
 
     def availability(self) -> Availability:
+        if self.gemm_inputs == "bf16" and self.platform == "cpu":
+            from ..cpu_features import bf16_emulated_reason
+
+            reason = bf16_emulated_reason()
+            if reason is not None:
+                return Availability(False, reason)
         return runtime.availability(self.platform, self.threads)
 
     # -- setup ---------------------------------------------------------------------------
@@ -102,7 +118,7 @@ class JaxBackend:
         executable = self._executables.get(key)
         if executable is None:
             started = time.perf_counter()
-            executable = self._step.PROGRAMS[kind].lower(*args).compile()
+            executable = self._step.PROGRAMS[self.gemm_inputs][kind].lower(*args).compile()
             self.compile_seconds += time.perf_counter() - started
             self._executables[key] = executable
         return executable
@@ -206,7 +222,10 @@ class JaxBackend:
         import jaxlib
 
         result |= {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
-                   "matmul_precision": "highest (set on every dot)",
+                   "precision": self.gemm_inputs,
+                   "matmul_precision": ("bf16 operands, float32 accumulation"
+                                        if self.gemm_inputs == "bf16"
+                                        else "highest (set on every dot)"),
                    "xla_flags": os.environ.get("XLA_FLAGS", ""),
                    "xla_cpu_threads": runtime.pool_threads()}
         if self._jax_device is not None:

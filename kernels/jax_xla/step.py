@@ -32,6 +32,8 @@ How far each tensor lands from the float64 oracle, as a fraction of its toleranc
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,20 +74,55 @@ def step_scalars(beta: float, lr: float, step: int) -> np.ndarray:
     return np.array([beta, *adam_scalars(lr, step)], dtype=np.float32)
 
 
-def _linear(x, params, layer: str):
-    """x W^T + b for a canonical (out, in) weight: contract x's axis 1 with W's axis 1."""
+_CONTRACT_IN = (((1,), (1,)), ((), ()))  # x (B, in) with W (out, in): x W^T
+
+
+def _dot_bf16(a, b, dimensions):
+    """A GEMM on bf16-rounded operands, accumulated and returned in float32."""
+    return lax.dot_general(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), dimensions,
+                           preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _matmul_bf16_inputs(x, w):
+    """x W^T with both operands rounded to bf16 (float32 accumulation), and a backward whose
+    GEMMs round their operands too: dx = bf16(dy) bf16(W), dW = bf16(dy)^T bf16(x), as
+    ``vae_ref.mixed_precision`` defines mixed precision (JAX's own transpose of a bf16 dot
+    would differentiate the casts and leave dy in float32)."""
+    return _dot_bf16(x, w, _CONTRACT_IN)
+
+
+def _matmul_bf16_forward(x, w):
+    return _dot_bf16(x, w, _CONTRACT_IN), (x, w)
+
+
+def _matmul_bf16_backward(saved, dy):
+    x, w = saved
+    dx = _dot_bf16(dy, w, (((1,), (0,)), ((), ())))  # dy (B, out) W (out, in)
+    dw = _dot_bf16(dy, x, (((0,), (0,)), ((), ())))  # dy^T (out, B) x (B, in)
+    return dx, dw
+
+
+_matmul_bf16_inputs.defvjp(_matmul_bf16_forward, _matmul_bf16_backward)
+
+
+def _linear(x, params, layer: str, gemm_inputs: str):
+    """x W^T + b for a canonical (out, in) weight: contract x's axis 1 with W's axis 1, at
+    full float32 precision or on bf16 operands (``gemm_inputs``); the bias add is float32."""
     w, b = params[f"{layer}.weight"], params[f"{layer}.bias"]
-    return lax.dot_general(x, w, (((1,), (1,)), ((), ())), precision=PRECISION) + b
+    if gemm_inputs == "bf16":
+        return _matmul_bf16_inputs(x, w) + b
+    return lax.dot_general(x, w, _CONTRACT_IN, precision=PRECISION) + b
 
 
-def forward(params, x, eps) -> dict:
+def forward(params, x, eps, gemm_inputs: str = "float32") -> dict:
     """The intermediates of ``vae_ref.model.VAE.forward`` (``kernels.base.INTERMEDIATES``)."""
-    h = jax.nn.relu(_linear(x, params, "enc.fc1"))  # gradient 0 at 0, as torch.relu's
-    mu = _linear(h, params, "enc.mu")
-    logvar = _linear(h, params, "enc.logvar")
+    h = jax.nn.relu(_linear(x, params, "enc.fc1", gemm_inputs))  # gradient 0 at 0, as torch's
+    mu = _linear(h, params, "enc.mu", gemm_inputs)
+    logvar = _linear(h, params, "enc.logvar", gemm_inputs)
     z = mu + jnp.exp(0.5 * logvar) * eps
-    dec_h = jax.nn.relu(_linear(z, params, "dec.fc1"))
-    logits = _linear(dec_h, params, "dec.out")
+    dec_h = jax.nn.relu(_linear(z, params, "dec.fc1", gemm_inputs))
+    logits = _linear(dec_h, params, "dec.out", gemm_inputs)
     return {"h": h, "mu": mu, "logvar": logvar, "z": z, "dec_h": dec_h, "logits": logits}
 
 
@@ -103,10 +140,10 @@ def gaussian_kl(mu, logvar):
     return -0.5 * (1 + logvar - mu**2 - jnp.exp(logvar)).sum(axis=1)
 
 
-def objective(params, x, eps, beta):
+def objective(params, x, eps, beta, gemm_inputs: str = "float32"):
     """The batch mean of reconstruction + beta * KL, with the per-image terms and the
     intermediates as auxiliary outputs."""
-    out = forward(params, x, eps)
+    out = forward(params, x, eps, gemm_inputs)
     reconstruction = bce_with_logits(out["logits"], x)
     kl = gaussian_kl(out["mu"], out["logvar"])
     loss = jnp.mean(reconstruction + beta * kl)
@@ -116,9 +153,10 @@ def objective(params, x, eps, beta):
 _loss_and_grads = jax.value_and_grad(objective, has_aux=True)
 
 
-def forward_backward(params, x, eps, beta):
+def forward_backward(params, x, eps, beta, gemm_inputs: str = "float32"):
     """Loss, per-image terms, intermediates and gradients (canonical names and shapes)."""
-    (loss, (reconstruction, kl, out)), grads = _loss_and_grads(params, x, eps, beta)
+    (loss, (reconstruction, kl, out)), grads = _loss_and_grads(params, x, eps, beta,
+                                                               gemm_inputs)
     return loss, reconstruction, kl, out, grads
 
 
@@ -137,45 +175,55 @@ def adam(params, grads, m, v, neg_step_size, bias_correction2_sqrt):
     return tuple({name: u[i] for name, u in updated.items()} for i in range(3))
 
 
-def train_step(state, data, indices, eps, scalars):
+def train_step(state, data, indices, eps, scalars, gemm_inputs: str = "float32"):
     """Gather the batch, forward, loss, backward and Adam, on ``state`` = (params, m, v).
     Returns the new state and (reconstruction, KL, loss) of the batch before the update."""
     params, m, v = state
     # Indices are checked on the host, so the gather skips the out-of-range fill.
     x = data.at[indices].get(mode="promise_in_bounds")
     beta, neg_step_size, bias_correction2_sqrt = (scalars[i] for i in range(3))
-    (loss, (reconstruction, kl, _)), grads = _loss_and_grads(params, x, eps, beta)
+    (loss, (reconstruction, kl, _)), grads = _loss_and_grads(params, x, eps, beta, gemm_inputs)
     state = adam(params, grads, m, v, neg_step_size, bias_correction2_sqrt)
     return state, jnp.stack([reconstruction.mean(), kl.mean(), loss])
 
 
-def train_step_own_noise(state, key, data, indices, scalars):
+def train_step_own_noise(state, key, data, indices, scalars, gemm_inputs: str = "float32"):
     """``train_step`` with noise drawn from ``key`` inside the step; returns the next key."""
     key, subkey = jax.random.split(key)
     latent = state[0]["enc.mu.bias"].shape[0]
     eps = jax.random.normal(subkey, (indices.shape[0], latent), jnp.float32)
-    state, losses = train_step(state, data, indices, eps, scalars)
+    state, losses = train_step(state, data, indices, eps, scalars, gemm_inputs)
     return state, key, losses
 
 
-def loss_terms(params, x, eps):
+def loss_terms(params, x, eps, gemm_inputs: str = "float32"):
     """Per-image reconstruction and KL of a forward pass (evaluation)."""
-    out = forward(params, x, eps)
+    out = forward(params, x, eps, gemm_inputs)
     return bce_with_logits(out["logits"], x), gaussian_kl(out["mu"], out["logvar"])
 
 
-def encode(params, x):
-    h = jax.nn.relu(_linear(x, params, "enc.fc1"))
-    return _linear(h, params, "enc.mu"), _linear(h, params, "enc.logvar")
+def encode(params, x, gemm_inputs: str = "float32"):
+    h = jax.nn.relu(_linear(x, params, "enc.fc1", gemm_inputs))
+    return _linear(h, params, "enc.mu", gemm_inputs), _linear(h, params, "enc.logvar",
+                                                             gemm_inputs)
 
 
-# The programs, jitted. The training state (parameters and Adam's moments, and the key) is
-# donated: XLA writes the new state into the old buffers instead of allocating 3 x 1.3 M floats
-# per step.
-PROGRAMS = {
-    "train": jax.jit(train_step, donate_argnums=(0,)),
-    "train_own_noise": jax.jit(train_step_own_noise, donate_argnums=(0, 1)),
-    "forward_backward": jax.jit(forward_backward),
-    "loss_terms": jax.jit(loss_terms),
-    "encode": jax.jit(encode),
-}
+def _programs(gemm_inputs: str) -> dict:
+    """The programs, jitted, at one precision of GEMM operands (a Python constant of each
+    trace). The training state (parameters and Adam's moments, and the key) is donated: XLA
+    writes the new state into the old buffers instead of allocating 3 x 1.3 M floats per
+    step."""
+    def at(fn):
+        return functools.partial(fn, gemm_inputs=gemm_inputs)
+
+    return {
+        "train": jax.jit(at(train_step), donate_argnums=(0,)),
+        "train_own_noise": jax.jit(at(train_step_own_noise), donate_argnums=(0, 1)),
+        "forward_backward": jax.jit(at(forward_backward)),
+        "loss_terms": jax.jit(at(loss_terms)),
+        "encode": jax.jit(at(encode)),
+    }
+
+
+GEMM_INPUTS = ("float32", "bf16")
+PROGRAMS = {gemm_inputs: _programs(gemm_inputs) for gemm_inputs in GEMM_INPUTS}

@@ -1,4 +1,6 @@
-"""The Numba CPU backend: the reference VAE as float32 compiled kernels, no PyTorch at run time.
+"""The Numba CPU backend: the reference VAE as float32 compiled kernels, no PyTorch at run time,
+and its bf16 mixed-precision mode (``numba-bf16``: bf16 GEMM inputs through oneMKL on AMX or
+AVX512_BF16, float32 everywhere else; ``step.py`` says what is rounded where).
 
 Import is cheap and never fails: numba is imported when the backend is first used, so the
 harness can list this backend (and say why it is unavailable) on any machine.
@@ -30,19 +32,48 @@ ADAM_BETAS = (0.9, 0.999)  # PyTorch's defaults, as in the reference
 ADAM_EPS = 1e-8
 
 
+PRECISIONS = ("float32", "bf16")
+
+
 class NumbaBackend:
-    name = "numba"
-    description = "Numba JIT, fused float32 kernels, BLAS GEMMs, flat-buffer Adam"
     device = "cpu"
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, precision: str = "float32",
+                 allow_emulated: bool = False):
+        """``precision``: "float32", or "bf16" for bf16 GEMM inputs (float32 accumulation,
+        master weights and elementwise math). ``allow_emulated``: run bf16 on a CPU without
+        bf16 dot-product hardware, where oneMKL emulates it (for checking its numbers; never
+        for timing, which is why the harness does not set it)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.threads = threads
+        self.precision = precision
+        self.allow_emulated = allow_emulated
         self.compile_seconds: float | None = None
+        self.bf16 = precision == "bf16"
+        self.description = (
+            "Numba JIT, bf16 GEMM inputs (oneMKL, float32 accumulation), float32 master "
+            "weights, fused kernels and Adam" if self.bf16 else
+            "Numba JIT, fused float32 kernels, BLAS GEMMs, flat-buffer Adam")
+        # What the harness's gate calibrates against (kernels.base.MixedPrecision).
+        self.gemm_inputs = "bf16" if self.bf16 else "float32"
+
+    @property
+    def name(self) -> str:
+        # A property, not set in __init__, so that a subclass's class attribute still names it.
+        return "numba-bf16" if self.bf16 else "numba"
 
     def availability(self) -> Availability:
         for module in ("numba", "scipy", "threadpoolctl"):
             if importlib.util.find_spec(module) is None:
                 return Availability(False, f"{module} is not installed (pip install {module})")
+        if self.bf16:
+            from . import mkl_bf16
+
+            reason = (mkl_bf16.library_problem() if self.allow_emulated
+                      else mkl_bf16.unavailable_reason())
+            if reason:
+                return Availability(False, reason)
         return Availability(True)
 
     # -- setup ---------------------------------------------------------------------------
@@ -64,6 +95,14 @@ class NumbaBackend:
         self.config = config
         self.layout = make_layout(config)
         self.flat = self.layout.pack(params, config)
+        self.flat16 = None  # bf16 copies of the weights (all of params, biases unused)
+        if self.bf16:
+            from . import mkl_bf16
+
+            self.gemm_engine = mkl_bf16.load()  # before any bf16 step compiles or loads
+            mkl_bf16.set_threads(self.threads_in_use)
+            self.flat16 = np.zeros(self.flat.shape, np.uint16)
+        self._round_weights()
         self.grads = np.zeros_like(self.flat)
         self.m = np.zeros_like(self.flat)
         self.v = np.zeros_like(self.flat)
@@ -86,14 +125,33 @@ class NumbaBackend:
         self.forward_backward(data, eps)
         self.flat[:], self.m[:], self.v[:] = saved[0], saved[1], saved[2]
         self.steps_taken = saved[3]
+        self._round_weights()
         self._workspaces.clear()
         return time.perf_counter() - started
+
+    def _round_weights(self) -> None:
+        """The weights' bf16 copies from the float32 masters, where they were set from outside
+        the step (load, a restore); inside it Adam writes them as it updates."""
+        if self.flat16 is not None:
+            from .bf16 import round_into
+
+            round_into(self.flat, self.flat16)
+
+    def _set_batch(self, ws, x: np.ndarray) -> None:
+        """A batch given from outside the step (gate, evaluation) into the workspace, with its
+        bf16 copy (inside the step the gather writes both)."""
+        ws.xb[...] = x
+        if ws.xb16 is not None:
+            from .bf16 import round_into
+
+            round_into(ws.xb, ws.xb16)
 
     def _workspace(self, batch: int):
         ws = self._workspaces.get(batch)
         if ws is None:
             c = self.config
-            ws = self._step.make_workspace(batch, c.input_dim, c.hidden_dim, c.latent_dim)
+            ws = self._step.make_workspace(batch, c.input_dim, c.hidden_dim, c.latent_dim,
+                                           bf16=self.bf16)
             self._workspaces[batch] = ws
         return ws
 
@@ -115,10 +173,10 @@ class NumbaBackend:
         x = self._images(x)
         eps = self._noise(len(x), eps)
         ws = self._workspace(len(x))
-        ws.xb[...] = x
-        self._step.forward(self.flat, self.layout.slot_offsets, ws.xb, eps, ws)
-        self._step.backward(self.flat, self.grads, self.layout.slot_offsets, ws.xb, eps,
-                            float(self.config.beta), ws)
+        self._set_batch(ws, x)
+        self._step.forward(self.flat, self.flat16, self.layout.slot_offsets, ws.xb, eps, ws)
+        self._step.backward(self.flat, self.flat16, self.grads, self.layout.slot_offsets, ws.xb,
+                            eps, float(self.config.beta), ws)
         z = self.config.latent_dim
         beta = self.config.beta
         return StepOutputs(
@@ -140,16 +198,17 @@ class NumbaBackend:
         self.steps_taken += 1
         c = self.config
         return BatchLoss(*self._step.train_step(
-            data, indices, eps, self.flat, self.grads, self.m, self.v,
+            data, indices, eps, self.flat, self.flat16, self.grads, self.m, self.v,
             self.layout.slot_offsets, float(c.beta), float(c.lr), ADAM_BETAS[0], ADAM_BETAS[1],
             ADAM_EPS, float(self.steps_taken), self._workspace(len(indices))))
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = self._images(x)
         ws = self._workspace(len(x))
-        ws.xb[...] = x
+        self._set_batch(ws, x)
         eps = np.zeros((len(x), self.config.latent_dim), np.float32)
-        self._step.forward(self.flat, self.layout.slot_offsets, ws.xb, eps, ws)  # no backward
+        self._step.forward(self.flat, self.flat16, self.layout.slot_offsets, ws.xb, eps,
+                           ws)  # no backward
         z = self.config.latent_dim
         return ws.heads[:, :z].copy(), ws.heads[:, z:].copy()
 
@@ -159,8 +218,8 @@ class NumbaBackend:
     def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
         def terms(xb: np.ndarray, eps: np.ndarray):
             ws = self._workspace(len(xb))
-            ws.xb[...] = xb
-            self._step.forward(self.flat, self.layout.slot_offsets, ws.xb, eps, ws)
+            self._set_batch(ws, xb)
+            self._step.forward(self.flat, self.flat16, self.layout.slot_offsets, ws.xb, eps, ws)
             return ws.bce, ws.kl
 
         return evaluate_in_batches(terms, self._images(x), self.config.latent_dim, seed=seed,
@@ -180,19 +239,20 @@ class NumbaBackend:
         s = self._step
         beta, lr = float(c.beta), float(c.lr)
         parts = {
-            "step": lambda: s.train_step(data, indices, eps, self.flat, self.grads, self.m,
-                                         self.v, off, beta, lr, ADAM_BETAS[0], ADAM_BETAS[1],
-                                         ADAM_EPS, 10.0, ws),
-            "forward+backward": lambda: (s.forward(self.flat, off, ws.xb, eps, ws),
-                                         s.backward(self.flat, self.grads, off, ws.xb, eps,
-                                                    beta, ws)),
-            "gemms": lambda: s.gemms_only(self.flat, self.grads, off, eps, ws),
+            "step": lambda: s.train_step(data, indices, eps, self.flat, self.flat16, self.grads,
+                                         self.m, self.v, off, beta, lr, ADAM_BETAS[0],
+                                         ADAM_BETAS[1], ADAM_EPS, 10.0, ws),
+            "forward+backward": lambda: (
+                s.forward(self.flat, self.flat16, off, ws.xb, eps, ws),
+                s.backward(self.flat, self.flat16, self.grads, off, ws.xb, eps, beta, ws)),
+            "gemms": lambda: s.gemms_only(self.flat, self.flat16, self.grads, off, eps, ws),
             "adam": lambda: s.adam(self.flat, self.grads, self.m, self.v, lr, ADAM_BETAS[0],
-                                   ADAM_BETAS[1], ADAM_EPS, 10.0),
-            "gather": lambda: s.gather_rows(data, indices, ws.xb),
+                                   ADAM_BETAS[1], ADAM_EPS, 10.0, self.flat16),
+            "gather": lambda: s.gather_rows(data, indices, ws.xb, ws.xb16),
         }
         times = interleaved_times(parts, repeats)
         self.flat[:], self.m[:], self.v[:] = saved
+        self._round_weights()
         median = {name: float(np.median(t)) for name, t in times.items()}
         return {"step": median["step"], "gemms": median["gemms"],
                 "fused kernels": max(median["forward+backward"] - median["gemms"], 0.0),
@@ -204,8 +264,8 @@ class NumbaBackend:
         allocates for itself, traced by tracemalloc: Numba's runtime allocates through
         CPython's raw allocator (numba/core/runtime/nrt.py: memsys_use_cpython_allocator),
         which tracemalloc sees (measured: about 1 KB, array headers; no data copies)."""
-        held = sum(a.nbytes for a in (self.flat, self.grads, self.m, self.v,
-                                      *self._workspace(batch)))
+        held = sum(a.nbytes for a in (self.flat, self.flat16, self.grads, self.m, self.v,
+                                      *self._workspace(batch)) if a is not None)
         indices = np.arange(batch) % len(data)
         eps = self._noise(batch, None)
         saved = (self.flat.copy(), self.m.copy(), self.v.copy(), self.steps_taken)
@@ -223,6 +283,7 @@ class NumbaBackend:
                 tracemalloc.stop()
             self.flat[:], self.m[:], self.v[:] = saved[0], saved[1], saved[2]
             self.steps_taken = saved[3]
+            self._round_weights()
         return held + max(transient, 0)
 
     def synchronize(self) -> None:
@@ -231,5 +292,14 @@ class NumbaBackend:
     def settings(self) -> dict:
         import numba
 
-        return {"numba": numba.__version__, "threads": getattr(self, "threads_in_use", None),
-                "compile_seconds": self.compile_seconds}
+        settings = {"numba": numba.__version__, "precision": self.precision,
+                    "threads": getattr(self, "threads_in_use", None),
+                    "compile_seconds": self.compile_seconds}
+        if self.bf16:
+            engine = getattr(self, "gemm_engine", None) or {}
+            settings.update({f"gemm_{key}": engine.get(key)
+                             for key in ("engine", "version", "build", "isa", "library")})
+            from . import mkl_bf16
+
+            settings["bf16_emulated"] = mkl_bf16.unavailable_reason() is not None
+        return settings

@@ -2,6 +2,12 @@
 
 All work on float32 (B, n) row-major arrays in place or into given outputs, and run on the
 calling thread: the step partitions rows (or columns) across threads itself.
+
+A kernel whose result is the input of a GEMM also takes ``out16``: None in the float32 step
+(``bf16.store_bf16`` then compiles to nothing: it is chosen by type), or a uint16 array of
+the result's shape in the mixed-precision step, which then gets the result's bf16 rounding
+(``bf16.to_bf16``) in the same pass, while the value is in a register: no separate conversion
+pass over memory.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .bf16 import store_bf16
 from .fastmath import exp_nonpositive, log1p_unit
 
 f32 = np.float32
@@ -23,13 +30,15 @@ JIT = dict(fastmath=FASTMATH, error_model="numpy", inline="always")
 
 
 @njit(**JIT)
-def bias_relu(a, bias, r0, r1):
+def bias_relu(a, bias, r0, r1, out16=None):
     """a[r] = max(a[r] + bias, 0) for rows r0..r1: the epilogue of a hidden-layer GEMM."""
     n = a.shape[1]
     for r in range(r0, r1):
         row = a[r]
         for j in range(n):
-            row[j] = max(row[j] + bias[j], _ZERO)
+            value = max(row[j] + bias[j], _ZERO)
+            row[j] = value
+            store_bf16(out16, (r, j), value)
 
 
 @njit(**JIT)
@@ -42,7 +51,7 @@ def bias_add(a, bias, r0, r1):
 
 
 @njit(**JIT)
-def sigmoid_bce(logits, x, inv_batch, bce, dlogits, r0, r1):
+def sigmoid_bce(logits, x, inv_batch, bce, dlogits, r0, r1, out16=None):
     """Per image: bce[r] = sum_j BCE-with-logits(l, x), and dlogits = the gradient of the
     batch-mean loss, (sigmoid(l) - x) / B, in the same pass. Stable for any |l|:
     BCE = max(l, 0) - l x + log1p(e), sigmoid = 1 / (1 + e) or e / (1 + e), e = exp(-|l|)."""
@@ -56,7 +65,9 @@ def sigmoid_bce(logits, x, inv_batch, bce, dlogits, r0, r1):
             inv = _ONE / (_ONE + e)
             total += max(l, _ZERO) - l * t + log1p_unit(e)
             s = inv if l >= _ZERO else e * inv
-            grow[j] = (s - t) * inv_batch
+            g = (s - t) * inv_batch
+            grow[j] = g
+            store_bf16(out16, (r, j), g)
         bce[r] = total
 
 
@@ -71,7 +82,7 @@ def column_sum(a, out):
 
 
 @njit(**JIT)
-def relu_backward_column_sum(grad, act, bias_grad, c0, c1):
+def relu_backward_column_sum(grad, act, bias_grad, c0, c1, out16=None):
     """For columns c0..c1: grad *= (act > 0) (ReLU's derivative, from its output) and
     bias_grad = column sums of the result, in the same pass."""
     bias_grad[c0:c1] = _ZERO
@@ -81,10 +92,11 @@ def relu_backward_column_sum(grad, act, bias_grad, c0, c1):
             v = g[j] if a[j] > _ZERO else _ZERO
             g[j] = v
             bias_grad[j] += v
+            store_bf16(out16, (r, j), v)
 
 
 @njit(**JIT)
-def reparameterize_kl(heads, eps, z, std, kl):
+def reparameterize_kl(heads, eps, z, std, kl, out16=None):
     """heads = [mu | logvar] (B, 2Z). z = mu + exp(logvar / 2) eps; std kept for backward;
     kl[r] = -1/2 sum(1 + logvar - mu^2 - exp(logvar))."""
     latent = eps.shape[1]
@@ -94,25 +106,33 @@ def reparameterize_kl(heads, eps, z, std, kl):
             mu, lv = heads[r, j], heads[r, latent + j]
             s = np.exp(_HALF * lv)
             std[r, j] = s
-            z[r, j] = mu + s * eps[r, j]
+            code = mu + s * eps[r, j]
+            z[r, j] = code
+            store_bf16(out16, (r, j), code)
             total += _ONE + lv - mu * mu - s * s
         kl[r] = -_HALF * total
 
 
 @njit(**JIT)
-def reparameterize_kl_backward(heads, eps, std, dz, beta_over_batch, dheads):
+def reparameterize_kl_backward(heads, eps, std, dz, beta_over_batch, dheads, out16=None):
     """d loss / d [mu | logvar] from the decoder's dz and the KL term, in one pass:
     dmu = dz + beta/B mu;  dlogvar = dz eps std / 2 + beta/B (exp(logvar) - 1) / 2."""
     latent = eps.shape[1]
     for r in range(heads.shape[0]):
         for j in range(latent):
             mu, s = heads[r, j], std[r, j]
-            dheads[r, j] = dz[r, j] + beta_over_batch * mu
-            dheads[r, latent + j] = _HALF * (dz[r, j] * eps[r, j] * s
-                                             + beta_over_batch * (s * s - _ONE))
+            dmu = dz[r, j] + beta_over_batch * mu
+            dlogvar = _HALF * (dz[r, j] * eps[r, j] * s + beta_over_batch * (s * s - _ONE))
+            dheads[r, j] = dmu
+            dheads[r, latent + j] = dlogvar
+            store_bf16(out16, (r, j), dmu)
+            store_bf16(out16, (r, latent + j), dlogvar)
 
 
 @njit(**JIT)
-def gather_rows(data, indices, out):
+def gather_rows(data, indices, out, out16=None):
     for r in range(indices.shape[0]):
-        out[r, :] = data[indices[r]]
+        row = data[indices[r]]
+        for j in range(out.shape[1]):
+            out[r, j] = row[j]
+            store_bf16(out16, (r, j), row[j])

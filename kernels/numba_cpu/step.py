@@ -1,8 +1,18 @@
 """The compiled training step: gather, forward, loss, backward and Adam in one call.
 
-GEMMs go through BLAS (``np.dot`` on contiguous float32, results written in place into the
-workspace or straight into the flat gradient buffer); everything between them is one fused
-kernel from ``fused.py``. No Python runs between the stages.
+GEMMs go through ``gemm.py`` (results written in place into the workspace or straight into
+the flat gradient buffer); everything between them is one fused kernel from ``fused.py``. No
+Python runs between the stages.
+
+One step, two precisions, chosen by the types of its arguments when it compiles:
+- float32: ``params16`` is None and the workspace's bf16 fields are None; every GEMM is BLAS
+  ``sgemm``.
+- bf16 mixed precision: ``params16`` is a uint16 buffer shaped like ``params`` holding the
+  bf16 rounding of every weight, and the workspace holds a bf16 copy of every activation and
+  gradient that a GEMM reads. Each copy is written by the kernel that writes the float32 value
+  (Adam for the weights, the fused kernels for the rest), so no pass converts anything. Master
+  weights, Adam's moments, biases, the loss and every elementwise kernel stay float32; GEMMs
+  accumulate in float32.
 """
 
 from __future__ import annotations
@@ -10,8 +20,10 @@ from __future__ import annotations
 from collections import namedtuple
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
+from .bf16 import store_bf16
 from .fused import (
     FASTMATH,
     bias_add,
@@ -23,28 +35,42 @@ from .fused import (
     reparameterize_kl_backward,
     sigmoid_bce,
 )
+from .gemm import gemm_nn, gemm_nt, gemm_tn
 
 f32 = np.float32
 STEP_JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True)
 
-# Per-batch-size scratch arrays, allocated once (outside any timed region) and reused.
+# The GEMM inputs that get a bf16 copy in the mixed-precision step (the weights' copies live
+# in params16): every activation or gradient that is an operand of a GEMM.
+BF16_OPERANDS = ("xb", "h", "z", "dech", "dlogits", "d_dech", "dheads", "dh")
+
+# Per-batch-size scratch arrays, allocated once (outside any timed region) and reused. The
+# ``*16`` fields are None in the float32 step.
 Workspace = namedtuple(
     "Workspace",
-    "xb h heads std z dech logits dlogits d_dech dz dheads dh bce kl",
+    "xb h heads std z dech logits dlogits d_dech dz dheads dh bce kl "
+    + " ".join(name + "16" for name in BF16_OPERANDS),
+    defaults=(None,) * len(BF16_OPERANDS),
 )
 
 
-def make_workspace(batch: int, input_dim: int, hidden: int, latent: int) -> Workspace:
+def make_workspace(batch: int, input_dim: int, hidden: int, latent: int,
+                   bf16: bool = False) -> Workspace:
     def e(*shape):
         return np.zeros(shape, dtype=np.float32)
 
-    return Workspace(
+    ws = Workspace(
         xb=e(batch, input_dim), h=e(batch, hidden), heads=e(batch, 2 * latent),
         std=e(batch, latent), z=e(batch, latent), dech=e(batch, hidden),
         logits=e(batch, input_dim), dlogits=e(batch, input_dim), d_dech=e(batch, hidden),
         dz=e(batch, latent), dheads=e(batch, 2 * latent), dh=e(batch, hidden),
         bce=e(batch), kl=e(batch),
     )
+    if not bf16:
+        return ws
+    copies = {name + "16": np.zeros(getattr(ws, name).shape, np.uint16)
+              for name in BF16_OPERANDS}
+    return ws._replace(**copies)
 
 
 @njit(**STEP_JIT, inline="always")
@@ -62,54 +88,76 @@ def tensors(flat, off, input_dim, hidden, latent):
     return w1, b1, w_heads, b_heads, w_dec, b_dec, w_out, b_out
 
 
+def weights16(params16, off, input_dim, hidden, latent):
+    """The four weight matrices' bf16 copies (views of ``params16``), or four Nones."""
+    return None, None, None, None
+
+
+@overload(weights16, inline="always")
+def _weights16(params16, off, input_dim, hidden, latent):
+    if isinstance(params16, types.NoneType):
+        return lambda params16, off, input_dim, hidden, latent: (None, None, None, None)
+
+    def views(params16, off, input_dim, hidden, latent):
+        w1, _, w_heads, _, w_dec, _, w_out, _ = tensors(params16, off, input_dim, hidden, latent)
+        return w1, w_heads, w_dec, w_out
+
+    return views
+
+
 @njit(**STEP_JIT)
-def forward(params, off, xb, eps, ws):
+def forward(params, params16, off, xb, eps, ws):
     """Encoder, reparameterization + KL, decoder, and the fused sigmoid-BCE (which also
-    leaves d loss / d logits in ws.dlogits)."""
+    leaves d loss / d logits in ws.dlogits). ``xb`` and ``ws.xb16`` hold the batch."""
     batch, input_dim = xb.shape
     hidden, latent = ws.h.shape[1], eps.shape[1]
     w1, b1, w_heads, b_heads, w_dec, b_dec, w_out, b_out = tensors(
         params, off, input_dim, hidden, latent)
-    np.dot(xb, w1.T, ws.h)
-    bias_relu(ws.h, b1, 0, batch)
-    np.dot(ws.h, w_heads.T, ws.heads)
+    w1_16, w_heads16, w_dec16, w_out16 = weights16(params16, off, input_dim, hidden, latent)
+    gemm_nt(xb, ws.xb16, w1, w1_16, ws.h)
+    bias_relu(ws.h, b1, 0, batch, ws.h16)
+    gemm_nt(ws.h, ws.h16, w_heads, w_heads16, ws.heads)
     bias_add(ws.heads, b_heads, 0, batch)
-    reparameterize_kl(ws.heads, eps, ws.z, ws.std, ws.kl)
-    np.dot(ws.z, w_dec.T, ws.dech)
-    bias_relu(ws.dech, b_dec, 0, batch)
-    np.dot(ws.dech, w_out.T, ws.logits)
+    reparameterize_kl(ws.heads, eps, ws.z, ws.std, ws.kl, ws.z16)
+    gemm_nt(ws.z, ws.z16, w_dec, w_dec16, ws.dech)
+    bias_relu(ws.dech, b_dec, 0, batch, ws.dech16)
+    gemm_nt(ws.dech, ws.dech16, w_out, w_out16, ws.logits)
     bias_add(ws.logits, b_out, 0, batch)
-    sigmoid_bce(ws.logits, xb, f32(1.0) / f32(batch), ws.bce, ws.dlogits, 0, batch)
+    sigmoid_bce(ws.logits, xb, f32(1.0) / f32(batch), ws.bce, ws.dlogits, 0, batch,
+                ws.dlogits16)
 
 
 @njit(**STEP_JIT)
-def backward(params, grads, off, xb, eps, beta, ws):
+def backward(params, params16, grads, off, xb, eps, beta, ws):
     """Every parameter gradient of the batch-mean loss, written into the flat ``grads``."""
     batch, input_dim = xb.shape
     hidden, latent = ws.h.shape[1], eps.shape[1]
     _, _, w_heads, _, w_dec, _, w_out, _ = tensors(params, off, input_dim, hidden, latent)
+    _, w_heads16, w_dec16, w_out16 = weights16(params16, off, input_dim, hidden, latent)
     g_w1, g_b1, g_heads, g_bheads, g_wdec, g_bdec, g_wout, g_bout = tensors(
         grads, off, input_dim, hidden, latent)
-    np.dot(ws.dlogits.T, ws.dech, g_wout)
+    gemm_tn(ws.dlogits, ws.dlogits16, ws.dech, ws.dech16, g_wout)
     column_sum(ws.dlogits, g_bout)
-    np.dot(ws.dlogits, w_out, ws.d_dech)
-    relu_backward_column_sum(ws.d_dech, ws.dech, g_bdec, 0, hidden)
-    np.dot(ws.d_dech.T, ws.z, g_wdec)
-    np.dot(ws.d_dech, w_dec, ws.dz)
-    reparameterize_kl_backward(ws.heads, eps, ws.std, ws.dz, f32(beta) / f32(batch), ws.dheads)
-    np.dot(ws.dheads.T, ws.h, g_heads)
+    gemm_nn(ws.dlogits, ws.dlogits16, w_out, w_out16, ws.d_dech)
+    relu_backward_column_sum(ws.d_dech, ws.dech, g_bdec, 0, hidden, ws.d_dech16)
+    gemm_tn(ws.d_dech, ws.d_dech16, ws.z, ws.z16, g_wdec)
+    gemm_nn(ws.d_dech, ws.d_dech16, w_dec, w_dec16, ws.dz)
+    reparameterize_kl_backward(ws.heads, eps, ws.std, ws.dz, f32(beta) / f32(batch), ws.dheads,
+                               ws.dheads16)
+    gemm_tn(ws.dheads, ws.dheads16, ws.h, ws.h16, g_heads)
     column_sum(ws.dheads, g_bheads)
-    np.dot(ws.dheads, w_heads, ws.dh)
-    relu_backward_column_sum(ws.dh, ws.h, g_b1, 0, hidden)
-    np.dot(ws.dh.T, xb, g_w1)
+    gemm_nn(ws.dheads, ws.dheads16, w_heads, w_heads16, ws.dh)
+    relu_backward_column_sum(ws.dh, ws.h, g_b1, 0, hidden, ws.dh16)
+    gemm_tn(ws.dh, ws.dh16, xb, ws.xb16, g_w1)
 
 
 _TINY = f32(1.1754944e-38)  # smallest normal float32
 
 
 @njit(**STEP_JIT)
-def adam(params, grads, m, v, lr, beta1, beta2, eps, step):
-    """PyTorch's Adam (default, single-tensor form) over the whole flat buffer in one loop.
+def adam(params, grads, m, v, lr, beta1, beta2, eps, step, params16):
+    """PyTorch's Adam (default, single-tensor form) over the whole flat buffer in one loop;
+    with ``params16`` (not None) it also writes each updated weight's bf16 copy.
 
     Moments that decay below the smallest normal float are flushed to zero: a dead unit's
     first moment otherwise becomes a denormal, and denormal arithmetic is ~100x slower."""
@@ -127,7 +175,9 @@ def adam(params, grads, m, v, lr, beta1, beta2, eps, step):
         vi = vi if vi >= _TINY else zero
         m[i] = mi
         v[i] = vi
-        params[i] += neg_step_size * (mi / (np.sqrt(vi) / c2 + e))
+        p = params[i] + neg_step_size * (mi / (np.sqrt(vi) / c2 + e))
+        params[i] = p
+        store_bf16(params16, i, p)
 
 
 @njit(**STEP_JIT)
@@ -142,32 +192,34 @@ def batch_loss(bce, kl, beta):
 
 
 @njit(**STEP_JIT)
-def train_step(data, indices, eps, params, grads, m, v, off, beta, lr, beta1, beta2,
+def train_step(data, indices, eps, params, params16, grads, m, v, off, beta, lr, beta1, beta2,
                adam_eps, step, ws):
     """One whole step; returns the batch's (reconstruction, KL, loss) before the update."""
-    gather_rows(data, indices, ws.xb)
-    forward(params, off, ws.xb, eps, ws)
-    backward(params, grads, off, ws.xb, eps, beta, ws)
-    adam(params, grads, m, v, lr, beta1, beta2, adam_eps, step)
+    gather_rows(data, indices, ws.xb, ws.xb16)
+    forward(params, params16, off, ws.xb, eps, ws)
+    backward(params, params16, grads, off, ws.xb, eps, beta, ws)
+    adam(params, grads, m, v, lr, beta1, beta2, adam_eps, step, params16)
     return batch_loss(ws.bce, ws.kl, beta)
 
 
 @njit(**STEP_JIT)
-def gemms_only(params, grads, off, eps, ws):
-    """The step's 11 GEMMs alone, same shapes and buffers: the floor the fused kernels and
-    Adam are measured against (a profiling aid; the values it leaves are meaningless)."""
+def gemms_only(params, params16, grads, off, eps, ws):
+    """The step's 11 GEMMs alone, same shapes, buffers and precision: the floor the fused
+    kernels and Adam are measured against (a profiling aid; the values it leaves are
+    meaningless)."""
     batch, input_dim = ws.xb.shape
     hidden, latent = ws.h.shape[1], eps.shape[1]
     w1, _, w_heads, _, w_dec, _, w_out, _ = tensors(params, off, input_dim, hidden, latent)
+    w1_16, w_heads16, w_dec16, w_out16 = weights16(params16, off, input_dim, hidden, latent)
     g_w1, _, g_heads, _, g_wdec, _, g_wout, _ = tensors(grads, off, input_dim, hidden, latent)
-    np.dot(ws.xb, w1.T, ws.h)
-    np.dot(ws.h, w_heads.T, ws.heads)
-    np.dot(ws.z, w_dec.T, ws.dech)
-    np.dot(ws.dech, w_out.T, ws.logits)
-    np.dot(ws.dlogits.T, ws.dech, g_wout)
-    np.dot(ws.dlogits, w_out, ws.d_dech)
-    np.dot(ws.d_dech.T, ws.z, g_wdec)
-    np.dot(ws.d_dech, w_dec, ws.dz)
-    np.dot(ws.dheads.T, ws.h, g_heads)
-    np.dot(ws.dheads, w_heads, ws.dh)
-    np.dot(ws.dh.T, ws.xb, g_w1)
+    gemm_nt(ws.xb, ws.xb16, w1, w1_16, ws.h)
+    gemm_nt(ws.h, ws.h16, w_heads, w_heads16, ws.heads)
+    gemm_nt(ws.z, ws.z16, w_dec, w_dec16, ws.dech)
+    gemm_nt(ws.dech, ws.dech16, w_out, w_out16, ws.logits)
+    gemm_tn(ws.dlogits, ws.dlogits16, ws.dech, ws.dech16, g_wout)
+    gemm_nn(ws.dlogits, ws.dlogits16, w_out, w_out16, ws.d_dech)
+    gemm_tn(ws.d_dech, ws.d_dech16, ws.z, ws.z16, g_wdec)
+    gemm_nn(ws.d_dech, ws.d_dech16, w_dec, w_dec16, ws.dz)
+    gemm_tn(ws.dheads, ws.dheads16, ws.h, ws.h16, g_heads)
+    gemm_nn(ws.dheads, ws.dheads16, w_heads, w_heads16, ws.dh)
+    gemm_tn(ws.dh, ws.dh16, ws.xb, ws.xb16, g_w1)

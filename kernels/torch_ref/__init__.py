@@ -3,7 +3,9 @@
 Three configurations: eager with Adam's default implementation ("torch"), eager with
 ``Adam(fused=True)`` ("torch-fused-adam"), and ``torch.compile`` of the same model and loss with
 the fused Adam ("torch-compile"). With ``device="cuda"`` the same run on a GPU ("torch-cuda",
-"torch-cuda-compile"): the baselines a GPU backend is timed against.
+"torch-cuda-compile"): the baselines a GPU backend is timed against. With ``autocast_bf16``
+the model's forward runs under ``torch.autocast(dtype=torch.bfloat16)`` ("torch-bf16",
+"torch-compile-bf16"): the mixed precision a PyTorch user would pick on a CPU with AMX.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vae_ref import VAEConfig, build_model, import_params, loss_terms
+from vae_ref import ForwardPass, VAEConfig, build_model, import_params, loss_terms
 from vae_ref.evaluate import EvalResult, evaluate_elbo
 from vae_ref.oracle import INTERMEDIATES
 from vae_ref.params import Params, export_params
@@ -31,8 +34,13 @@ from ..inputs import checked_indices
 from ..timing import best_seconds, interleaved_times
 
 
-def _names(device: str, compile: bool, fused_adam: bool) -> tuple[str, str]:
+def _names(device: str, compile: bool, fused_adam: bool,
+           autocast_bf16: bool = False) -> tuple[str, str]:
     """The registry name and one-line description of a configuration."""
+    if autocast_bf16:
+        name, description = _names(device, compile, fused_adam)
+        return (f"{name}-bf16", f"{description}, forward under autocast bf16 (float32 loss "
+                                "and master weights)")
     if device == "cuda":
         if compile:
             return ("torch-cuda-compile",
@@ -91,19 +99,59 @@ def _limit_errors() -> tuple[type[BaseException], ...]:
     return tuple(getattr(dynamo_exc, n) for n in names if hasattr(dynamo_exc, n))
 
 
+class _AutocastForward(torch.nn.Module):
+    """A reference model whose forward runs under ``torch.autocast`` in bf16, as PyTorch's
+    mixed-precision recipe has it (torch.amp docs: the forward pass and loss under autocast,
+    the backward outside it, float32 master weights). Autocast computes each ``linear`` on
+    bf16 casts of its input and weight (aten/src/ATen/autocast_mode.cpp: ``linear`` is in
+    the CPU's lower-precision list) and returns bf16, so the elementwise ops between GEMMs
+    run in bf16 too; the intermediates come back as float32 and the loss is computed from
+    them in float32 (a bf16 loss over 784 pixels would be off by nats)."""
+
+    def __init__(self, model: torch.nn.Module, device_type: str):
+        super().__init__()
+        self.inner = model
+        self.config = model.config
+        self.device_type = device_type
+
+    def _autocast(self):
+        return torch.autocast(self.device_type, dtype=torch.bfloat16)
+
+    def forward(self, x, eps=None, generator=None):
+        with self._autocast():
+            out = self.inner(x, eps, generator)
+        return ForwardPass(**{f.name: None if getattr(out, f.name) is None
+                              else getattr(out, f.name).float() for f in fields(out)})
+
+    def encode(self, x):
+        with self._autocast():
+            mu, logvar = self.inner.encode(x)
+        return mu.float(), None if logvar is None else logvar.float()
+
+    def decode(self, z):
+        with self._autocast():
+            return self.inner.decode(z).float()
+
+
 class TorchBackend:
     """The reference model run by PyTorch itself (float32 by default, any dtype for oracles)."""
 
     def __init__(self, *, fused_adam: bool = False, compile: bool = False,
                  dtype: torch.dtype = torch.float32, name: str | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", autocast_bf16: bool = False):
         self.fused_adam = fused_adam or compile
         self.compile = compile
         self.dtype = dtype
+        self.autocast_bf16 = autocast_bf16
+        # What the gate calibrates by (kernels.base.MixedPrecision). Autocast also rounds
+        # each GEMM's output and the elementwise math between GEMMs to bf16, which the bf16
+        # calibration does not: whether that stays within its tolerances is the gate's call.
+        self.gemm_inputs = "bf16" if autocast_bf16 else "float32"
         # A plain string ("cpu", "cuda"), as the harness reads it to group backends by device.
         self.device = str(torch.device(device))
         device_type = torch.device(device).type
-        default_name, self.description = _names(device_type, compile, fused_adam)
+        default_name, self.description = _names(device_type, compile, fused_adam,
+                                                autocast_bf16)
         self.name = name or default_name
         self._cuda = device_type == "cuda"
         # Off the CPU the data set stays on the device, indices and noise go there each step,
@@ -119,6 +167,12 @@ class TorchBackend:
     def availability(self) -> Availability:
         if self._cuda:
             reason = _cuda_unavailable_reason()
+            if reason is not None:
+                return Availability(False, reason)
+        if self.autocast_bf16 and not self._cuda:
+            from ..cpu_features import bf16_emulated_reason
+
+            reason = bf16_emulated_reason()
             if reason is not None:
                 return Availability(False, reason)
         if self.compile:
@@ -144,6 +198,9 @@ class TorchBackend:
         self.model = build_model(config, dtype=self.dtype)
         import_params(self.model, params)
         self.model.to(self.device)  # before the optimizer, so its state lives there too
+        # What computes a forward pass: the model, or the model under autocast.
+        self._net = _AutocastForward(self.model, torch.device(self.device).type) \
+            if self.autocast_bf16 else self.model
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr,
                                           fused=self.fused_adam or None)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
@@ -168,7 +225,7 @@ class TorchBackend:
         """The step's forward pass and loss: the batch loss, the per-image terms and the
         intermediates the gate compares (the model's, not the oracle's: this backend's own
         autograd graph, compiled for torch-compile)."""
-        out = self.model(x_t, eps_t)
+        out = self._net(x_t, eps_t)
         terms = loss_terms(out, x_t, self.config)
         intermediates = {name: getattr(out, name) for name in INTERMEDIATES
                          if getattr(out, name) is not None}
@@ -355,17 +412,17 @@ class TorchBackend:
 
     def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
         self.model.eval()
-        return evaluate_elbo(self.model, x.astype(np.float32, copy=False), seed=seed,
+        return evaluate_elbo(self._net, x.astype(np.float32, copy=False), seed=seed,
                              batch_size=batch_size)
 
     @torch.no_grad()
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mu, logvar = self.model.encode(self._tensor(x))
+        mu, logvar = self._net.encode(self._tensor(x))
         return self._numpy(mu), (None if logvar is None else self._numpy(logvar))
 
     @torch.no_grad()
     def decode(self, z: np.ndarray) -> np.ndarray:
-        return self._numpy(self.model.decode(self._tensor(z)))
+        return self._numpy(self._net.decode(self._tensor(z)))
 
     def synchronize(self) -> None:
         """Wait for queued CUDA work; CPU work is done when the call returns."""
@@ -374,6 +431,7 @@ class TorchBackend:
 
     def settings(self) -> dict:
         result = {"torch_threads": torch.get_num_threads(), "dtype": str(self.dtype),
+                  "precision": "autocast bf16" if self.autocast_bf16 else "float32",
                   "fused_adam": self.fused_adam, "compile": self.compile,
                   "device": self.device, "torch": torch.__version__}
         if self._cuda:

@@ -53,6 +53,13 @@ def gemm_digest() -> str:
     return hashlib.sha1(torch.nn.functional.linear(x, w).numpy().tobytes()).hexdigest()
 
 
+# Backends that fail the gate on every CPU, for a reason of their own and not of the CPU's
+# kernels: PyTorch's CPU autocast rounds every linear layer's output to bf16, which loses the
+# extreme-logits case (tests/test_mixed_precision.py shows them failing natively). Whether
+# they pass below this CPU's instruction set is not a question.
+FAIL_ON_EVERY_CPU = ("torch-bf16", "torch-compile-bf16")
+
+
 def main(out: Path) -> None:
     from bench.pipeline import gate, gate_cases
     from kernels import backend_names, create_backend
@@ -65,7 +72,8 @@ def main(out: Path) -> None:
     stored = {case.name for case, _ in read_fixture(FIXTURE)}
     calibration = {case.name: expected.reference_errors for case, expected in pairs()
                    if case.name in stored}
-    backends = [b for b in (create_backend(n) for n in backend_names())
+    backends = [b for b in (create_backend(n) for n in backend_names()
+                            if n not in FAIL_ON_EVERY_CPU)
                 if b.device == "cpu" and b.availability().available]
     records = gate(backends, pairs)
     verdicts = {name: {"verdict": r.verdict, "worst_fraction": r.worst_fraction,

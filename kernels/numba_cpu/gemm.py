@@ -1,0 +1,93 @@
+"""The step's GEMMs, in either precision, chosen by type when the step compiles.
+
+``gemm_nt(a, a16, b, b16, c)`` is c = a @ b.T, ``gemm_nn`` c = a @ b, ``gemm_tn`` c = a.T @ b,
+into the float32 ``c``. ``a16``/``b16`` are the operands' bf16 copies (uint16 bits, written by
+the kernels that produced ``a`` and ``b``) or None: None compiles to NumPy's float32 ``np.dot``
+(BLAS ``sgemm``), arrays to oneMKL's ``cblas_gemm_bf16bf16f32`` (bf16 inputs, float32
+accumulation and output). Choosing by type (``numba.extending.overload``) rather than by an
+``if`` means the float32 step holds no bf16 code at all, and the bf16 step no float32 GEMM.
+
+Operands are C-contiguous (slices of the flat buffers and workspace rows), so each leading
+dimension is its row length. The oneMKL symbol must be in LLVM's symbol table
+(``mkl_bf16.load``) before a bf16 step is compiled or loaded from Numba's cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from .mkl_bf16 import GEMM_SYMBOL, NO_TRANS, ROW_MAJOR, TRANS
+
+_i32, _f32, _ptr = types.int32, types.float32, types.intp
+# mkl_cblas.h: void cblas_gemm_bf16bf16f32(CBLAS_LAYOUT, CBLAS_TRANSPOSE transa,
+#   CBLAS_TRANSPOSE transb, MKL_INT m, n, k, float alpha, const MKL_BF16 *a, MKL_INT lda,
+#   const MKL_BF16 *b, MKL_INT ldb, float beta, float *c, MKL_INT ldc); enums are C ints and
+#   MKL_INT is 32-bit in the LP64 interface that libmkl_rt selects by default.
+_gemm_bf16 = types.ExternalFunction(
+    GEMM_SYMBOL,
+    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _f32, _ptr, _i32, _ptr, _i32, _f32, _ptr,
+               _i32))
+_ZERO, _ONE = np.float32(0.0), np.float32(1.0)
+
+
+def gemm_nt(a, a16, b, b16, c):
+    """c = a @ b.T (a: m x k, b: n x k)."""
+    np.dot(a, b.T, c)
+
+
+def gemm_nn(a, a16, b, b16, c):
+    """c = a @ b (a: m x k, b: k x n)."""
+    np.dot(a, b, c)
+
+
+def gemm_tn(a, a16, b, b16, c):
+    """c = a.T @ b (a: k x m, b: k x n)."""
+    np.dot(a.T, b, c)
+
+
+def _is_float32(a16) -> bool:
+    return isinstance(a16, types.NoneType)
+
+
+@overload(gemm_nt, inline="always")
+def _gemm_nt(a, a16, b, b16, c):
+    if _is_float32(a16):
+        return lambda a, a16, b, b16, c: np.dot(a, b.T, c)
+
+    def bf16(a, a16, b, b16, c):
+        m, k = a.shape
+        n = b.shape[0]
+        _gemm_bf16(ROW_MAJOR, NO_TRANS, TRANS, m, n, k, _ONE, a16.ctypes.data, k,
+                   b16.ctypes.data, k, _ZERO, c.ctypes.data, n)
+
+    return bf16
+
+
+@overload(gemm_nn, inline="always")
+def _gemm_nn(a, a16, b, b16, c):
+    if _is_float32(a16):
+        return lambda a, a16, b, b16, c: np.dot(a, b, c)
+
+    def bf16(a, a16, b, b16, c):
+        m, k = a.shape
+        n = b.shape[1]
+        _gemm_bf16(ROW_MAJOR, NO_TRANS, NO_TRANS, m, n, k, _ONE, a16.ctypes.data, k,
+                   b16.ctypes.data, n, _ZERO, c.ctypes.data, n)
+
+    return bf16
+
+
+@overload(gemm_tn, inline="always")
+def _gemm_tn(a, a16, b, b16, c):
+    if _is_float32(a16):
+        return lambda a, a16, b, b16, c: np.dot(a.T, b, c)
+
+    def bf16(a, a16, b, b16, c):
+        k, m = a.shape
+        n = b.shape[1]
+        _gemm_bf16(ROW_MAJOR, TRANS, NO_TRANS, m, n, k, _ONE, a16.ctypes.data, m,
+                   b16.ctypes.data, n, _ZERO, c.ctypes.data, n)
+
+    return bf16

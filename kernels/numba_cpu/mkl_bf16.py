@@ -1,0 +1,110 @@
+"""The bf16 GEMM engine of the mixed-precision Numba step: oneMKL's ``cblas_gemm_bf16bf16f32``
+(bf16 inputs, float32 accumulation and output), called by symbol from the compiled step.
+
+Why oneMKL: on a Xeon with AMX it runs the bf16 GEMMs on the tile unit (measured: several
+times its float32 GEMMs at the step's shapes, where MKL's float32 ``sgemm`` is only about
+OpenBLAS's speed), and the ``mkl`` wheel on PyPI ships it (``pip install mkl``, the ``[bf16]``
+extra). SciPy's OpenBLAS has no ``sbgemm`` in the wheels, and torch links its MKL statically
+(no symbol to call).
+
+The library is loaded into LLVM's symbol table (``llvmlite.binding.load_library_permanently``)
+before the step compiles, so the step calls the C function directly, with no Python or ctypes
+in between, and Numba's on-disk cache stays valid: the call is by name, resolved at load time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import sys
+from pathlib import Path
+
+from ..cpu_features import bf16_emulated_reason
+
+# oneMKL's CBLAS enums (mkl_cblas.h: CBLAS_LAYOUT, CBLAS_TRANSPOSE).
+ROW_MAJOR = 101
+NO_TRANS = 111
+TRANS = 112
+GEMM_SYMBOL = "cblas_gemm_bf16bf16f32"
+
+
+def library_candidates() -> list[Path]:
+    """Where libmkl_rt may be: the ``mkl`` wheel puts it in the environment's ``lib/``
+    (a data file, not a package), conda and system installs on the loader's path."""
+    found = [Path(sys.prefix) / "lib" / name for name in ("libmkl_rt.so.3", "libmkl_rt.so.2",
+                                                          "libmkl_rt.so")]
+    system = ctypes.util.find_library("mkl_rt")
+    return [p for p in found if p.exists()] + ([Path(system)] if system else [])
+
+
+class _Version(ctypes.Structure):
+    # mkl_types.h: MKLVersion (oneMKL 2024 and later; PatchVersion came in 2024.0).
+    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("update", ctypes.c_int),
+                ("patch", ctypes.c_int), ("status", ctypes.c_char_p), ("build", ctypes.c_char_p),
+                ("processor", ctypes.c_char_p), ("platform", ctypes.c_char_p)]
+
+
+@functools.cache
+def _library() -> tuple[ctypes.CDLL, Path] | str:
+    """The loaded libmkl_rt and its path, or why there is none."""
+    candidates = library_candidates()
+    if not candidates:
+        return "oneMKL is not installed (pip install mkl, or the [bf16] extra)"
+    errors = []
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError as error:
+            errors.append(f"{path}: {error}")
+            continue
+        if not hasattr(lib, GEMM_SYMBOL) or not hasattr(lib, "MKL_Get_Version"):
+            errors.append(f"{path} has no {GEMM_SYMBOL}")
+            continue
+        return lib, path
+    return "oneMKL could not be loaded: " + "; ".join(errors)
+
+
+def unavailable_reason(flags: list[str] | None = None) -> str | None:
+    """Why bf16 GEMMs cannot run at bf16 speed here (None: they can). ``flags``: the CPU's
+    instruction sets, default this CPU's."""
+    return bf16_emulated_reason(flags) or library_problem()
+
+
+def library_problem() -> str | None:
+    """Why oneMKL's bf16 GEMM cannot be called here (None: it can), whatever the CPU."""
+    library = _library()
+    return library if isinstance(library, str) else None
+
+
+@functools.cache
+def load() -> dict:
+    """Load oneMKL for the compiled step (idempotent); returns what the provenance records:
+    the library's path, its version and the code path (ISA) it dispatches to on this CPU.
+    Needs only the library: whether the CPU runs bf16 at bf16 speed is the caller's question
+    (``unavailable_reason``; tests check the step's numbers on any CPU, emulated or not)."""
+    library = _library()
+    if isinstance(library, str):
+        raise RuntimeError(library)
+    import llvmlite.binding
+
+    lib, path = library
+    llvmlite.binding.load_library_permanently(str(path))
+    version = _Version()
+    lib.MKL_Get_Version(ctypes.byref(version))
+    text = ctypes.create_string_buffer(256)
+    lib.MKL_Get_Version_String(text, len(text))
+    return {
+        "engine": f"oneMKL {GEMM_SYMBOL}",
+        "version": f"{version.major}.{version.minor}.{version.update}",
+        "build": (version.build or b"").decode(),
+        "isa": (version.processor or b"").decode().strip(),
+        "library": str(path),
+        "version_string": text.value.decode().strip(),
+    }
+
+
+def set_threads(threads: int) -> None:
+    """oneMKL's own thread count (its OpenMP pool, apart from OpenBLAS's and Numba's)."""
+    lib, _ = _library()
+    lib.MKL_Set_Num_Threads(ctypes.c_int(threads))
