@@ -225,24 +225,48 @@ def test_the_autoencoder_is_refused(jax_backend):
         jax_backend.load(ae, export_params(build_model(ae)))
 
 
-def test_thread_count_is_set_before_jax_starts_and_refused_after(jax_backend):
-    """XLA sizes its CPU pool once per process: a fresh process gets the count it asks for
-    (counted among the running threads); here, where JAX has started, another count is
-    unavailable, with the reason."""
-    script = ("import numpy as np\n"
-              "from kernels import create_backend\n"
-              "from vae_ref import VAEConfig, build_model, export_params\n"
-              "c = VAEConfig(latent_dim=2)\n"
-              "b = create_backend('jax', threads=1)\n"
-              "b.load(c, export_params(build_model(c)))\n"
-              "print(b.settings()['xla_cpu_threads'])\n")
+# Loads a one-thread JAX backend and prints the threads XLA's CPU pool runs.
+LOAD_ONE_THREAD = ("from kernels import create_backend\n"
+                   "from vae_ref import VAEConfig, build_model, export_params\n"
+                   "c = VAEConfig(latent_dim=2)\n"
+                   "b = create_backend('jax', threads=1)\n"
+                   "b.load(c, export_params(build_model(c)))\n"
+                   "print(b.settings()['xla_cpu_threads'])\n")
+
+
+def _in_a_fresh_process(script: str) -> str:
+    """``script``'s output, run by a new Python without the thread-pool variables set."""
     env = {k: v for k, v in os.environ.items() if k not in ("PJRT_NPROC", "NPROC")}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env=env, cwd=Path(__file__).parent.parent, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[-1] == "1"
+    return result.stdout
 
+
+def test_thread_count_is_set_before_jax_starts_and_refused_after(jax_backend):
+    """XLA sizes its CPU pool once per process: a fresh process gets the count it asks for
+    (counted among the running threads); here, where JAX has started, another count is
+    unavailable, with the reason."""
+    assert _in_a_fresh_process(LOAD_ONE_THREAD).split()[-1] == "1"
+
+    config = VAEConfig(latent_dim=2)
+    jax_backend.load(config, export_params(build_model(config)))  # JAX started here too
     running = jax_backend.settings()["xla_cpu_threads"]
     status = create_backend("jax", threads=running + 1).availability()
     assert not status.available and "cannot be resized" in status.reason
     assert create_backend("jax", threads=running).availability().available
+
+
+def test_availability_changes_nothing_in_the_process():
+    """Asking whether the JAX backends can run neither starts JAX nor sets the variables
+    that would size its thread pool: a CPU backend loaded afterwards gets the count it asks
+    for, whatever jax-cuda's availability was asked first."""
+    script = ("import os, sys\n"
+              "from kernels import create_backend\n"
+              "before = dict(os.environ)\n"
+              "for name in ('jax', 'jax-cuda', 'jax-bf16'):\n"
+              "    create_backend(name, threads=1).availability()\n"
+              "assert 'jax' not in sys.modules, 'availability imported jax'\n"
+              "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())\n"
+              + LOAD_ONE_THREAD)
+    assert _in_a_fresh_process(script).split()[-1] == "1"

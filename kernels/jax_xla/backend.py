@@ -77,14 +77,20 @@ class JaxBackend:
 
     def _require(self):
         status = self.availability()
-        if not status.available:
-            raise BackendUnavailable(f"{self.name} backend unavailable: {status.reason}")
+        reason = status.reason if not status.available else runtime.prepare(self.threads)
+        if reason:
+            raise BackendUnavailable(f"{self.name} backend unavailable: {reason}")
         import jax
 
         from . import step
 
         if self._jax_device is None:
-            self._jax_device = runtime.device(self.platform)
+            try:
+                self._jax_device = runtime.device(self.platform)
+            except Exception as error:  # noqa: BLE001  e.g. a CUDA device JAX cannot take
+                raise BackendUnavailable(f"{self.name} backend unavailable: JAX cannot use "
+                                         f"its {self.platform} device ({type(error).__name__}: "
+                                         f"{str(error).strip()[:200]})") from None
         return jax, step
 
     def load(self, config: VAEConfig, params: Params) -> None:

@@ -10,6 +10,7 @@ the one running.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import sys
@@ -49,20 +50,27 @@ def initialized() -> bool:
     return True if started is None else bool(started())  # unknown (a renamed API): assume so
 
 
-def prepare(threads: int | None) -> str | None:
-    """Before JAX's clients exist: ask for ``threads`` in XLA's CPU pool (PJRT_NPROC), and keep
-    JAX from taking 75% of a GPU's memory at start (other backends in the process need it).
-    Returns why ``threads`` cannot be honoured (the pool already has another size), or None."""
+def pool_conflict(threads: int | None) -> str | None:
+    """Why ``threads`` cannot be honoured (JAX has started with a pool of another size), or
+    None. Changes nothing."""
     if not initialized():
-        if threads is not None:
-            os.environ["PJRT_NPROC"] = str(threads)
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         return None
     running = pool_threads()
     if threads is not None and running is not None and running != threads:
         return (f"XLA's CPU thread pool was sized to {running} threads when JAX started in "
                 f"this process; it cannot be resized to {threads} (start a new process)")
     return None
+
+
+def prepare(threads: int | None) -> str | None:
+    """Just before JAX is first used (a backend's load, never its availability): ask for
+    ``threads`` in XLA's CPU pool (PJRT_NPROC), and keep JAX from taking 75% of a GPU's memory
+    at start (other backends in the process need it). Returns ``pool_conflict``'s reason."""
+    if not initialized():
+        if threads is not None:
+            os.environ["PJRT_NPROC"] = str(threads)
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    return pool_conflict(threads)
 
 
 def pool_threads() -> int | None:
@@ -80,27 +88,47 @@ def pool_threads() -> int | None:
     return count or None
 
 
+def cuda_devices() -> int | str:
+    """How many CUDA devices the driver counts, or why it cannot be asked: through the driver
+    API (libcuda's cuInit, cuDeviceGetCount), which does not start JAX."""
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no CUDA driver here (libcuda.so.1 cannot be opened)"
+    count = ctypes.c_int(0)
+    status = driver.cuInit(0)
+    if status == 0:
+        status = driver.cuDeviceGetCount(ctypes.byref(count))
+    return count.value if status == 0 else f"the CUDA driver fails to start (CUresult {status})"
+
+
 def cuda_missing() -> str | None:
-    """Why JAX cannot use a CUDA GPU here, or None. Starts JAX when a CUDA plugin is
-    installed (asking it for devices is the only test)."""
+    """Why JAX cannot use a CUDA GPU here, or None. Never starts JAX: its clients, once made,
+    fix XLA's CPU pool for every JAX backend of the process. A CUDA plugin installed and a
+    device the driver counts make it available; where JAX has started already, JAX is asked.
+    Whether JAX then takes the device is known when the backend loads."""
     if not any(_find(module) for module in CUDA_PLUGINS):
         return ("this JAX has no CUDA support installed (pip install 'jax[cuda12]' or "
                 "'jax[cuda13]', matching the driver)")
-    try:
-        import jax
+    if initialized():
+        try:
+            import jax
 
-        if not jax.devices("cuda"):
-            return "JAX sees no CUDA device"
-    except Exception as error:  # noqa: BLE001  availability never raises
-        return f"JAX cannot use CUDA ({type(error).__name__}: {str(error).strip()[:200]})"
-    return None
+            return None if jax.devices("cuda") else "JAX sees no CUDA device"
+        except Exception as error:  # noqa: BLE001  availability never raises
+            return f"JAX cannot use CUDA ({type(error).__name__}: {str(error).strip()[:200]})"
+    devices = cuda_devices()
+    if isinstance(devices, str):
+        return devices
+    return None if devices > 0 else "the CUDA driver counts no device"
 
 
 def availability(platform: str, threads: int | None) -> Availability:
-    """Whether the backend for ``platform`` ("cpu" or "cuda") can run here. Never raises."""
+    """Whether the backend for ``platform`` ("cpu" or "cuda") can run here. Never raises, and
+    changes nothing in the process (no environment variable, JAX not started)."""
     reason = jax_missing()
     if reason is None:
-        reason = prepare(threads)
+        reason = pool_conflict(threads)
     if reason is None and platform == "cuda":
         reason = cuda_missing()
     return Availability(reason is None, reason or "")
