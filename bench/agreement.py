@@ -4,7 +4,7 @@ The reference owns the truth (``vae_ref.oracle``: the gate's cases on real data,
 oracle's tensors and float32 PyTorch's error on each; ``vae_ref.fixture``: the same, stored).
 Here each backend is run on a case and every intermediate, loss term and gradient, then the
 losses and parameters over K Adam steps, is judged by the one comparison helper
-(``comparison.py``) against a tolerance calibrated by float32 PyTorch's own error
+(``tensor_comparison.py``) against a tolerance calibrated by float32 PyTorch's own error
 (``tolerances.py``).
 """
 
@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.base import Backend
+from vae_ref.gate_tensors import adam_step_tensors, step_tensors
 from vae_ref.oracle import Case, Expectation
 
-from .comparison import Comparison, compare
+from .tensor_comparison import Comparison, compare
 
 
 def outputs(backend: Backend, case: Case) -> dict[str, np.ndarray]:
@@ -24,15 +25,9 @@ def outputs(backend: Backend, case: Case) -> dict[str, np.ndarray]:
     if case.steps:
         losses = [backend.train_step(case.data, case.step_indices[k], case.step_eps[k]).loss
                   for k in range(case.steps)]
-        record = {"steps.loss": np.array(losses)}
-        record |= {f"steps.{name}": p for name, p in backend.params().items()}
-        return record
+        return adam_step_tensors(losses, backend.params())
     out = backend.forward_backward(case.x, case.eps)
-    record = {"loss.reconstruction": out.reconstruction, "loss.kl": out.kl,
-              "loss": np.array(out.loss)}
-    record |= out.intermediates
-    record |= {f"grad.{name}": g for name, g in out.grads.items()}
-    return record
+    return step_tensors(out.reconstruction, out.kl, out.loss, out.intermediates, out.grads)
 
 
 def check(backend: Backend, case: Case, expected: Expectation) -> list[Comparison]:

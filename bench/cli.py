@@ -139,8 +139,8 @@ def _add_check(commands, known: tuple[str, ...]) -> None:
                      help=f"one of: {', '.join(known)}")
     chk.add_argument("--latents", type=_positive_int, nargs="+", default=list(DEFAULT_LATENTS),
                      metavar="Z", help="latent sizes to check (default 2 10 20 50)")
-    chk.add_argument("--steps", type=_non_negative_int, default=50, metavar="K",
-                     help="Adam steps compared (default 50; 0 skips)")
+    chk.add_argument("--adam-steps", "--steps", type=_non_negative_int, default=50, metavar="K",
+                     help="Adam steps compared (default 50; 0 skips; --steps: its older name)")
     chk.add_argument("--fixture", type=Path,
                      help="check against this fixture file instead of running the oracle")
     _add_hidden_dim(chk)
@@ -157,7 +157,9 @@ def _add_check(commands, known: tuple[str, ...]) -> None:
     fix.add_argument("--latents", type=_positive_int, nargs="+", default=[20], metavar="Z")
     fix.add_argument("--cases", nargs="+", default=["batch", "adam-steps"],
                      choices=CASE_KINDS)
-    fix.add_argument("--steps", type=_positive_int, default=50, metavar="K")
+    fix.add_argument("--adam-steps", "--steps", type=_positive_int, default=50, metavar="K",
+                     help="Adam steps of the adam-steps case (default 50; --steps: its older "
+                     "name)")
     fix.set_defaults(handler=cmd_fixture)
 
 
@@ -174,7 +176,9 @@ def _add_profile(commands, known: tuple[str, ...]) -> None:
     prof.add_argument("--batch-size", type=_positive_int, default=128)
     _add_hidden_dim(prof)
     prof.add_argument("--repeats", type=_positive_int, default=7, help="windows per backend")
-    prof.add_argument("--steps", type=_positive_int, default=50, help="steps per window")
+    prof.add_argument("--window-steps", "--steps", type=_positive_int, default=50,
+                      help="training steps per timed window (default 50; --steps: its older "
+                      "name)")
     prof.add_argument("--threads", type=_positive_int,
                       help="threads for every backend (default: all cores)")
     prof.add_argument("--backend-noise", action="store_true",
@@ -211,7 +215,8 @@ def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> 
     runp.add_argument("--data-dir", type=Path)
     runp.add_argument("--epochs", type=_positive_int, help="override the profile's epochs")
     runp.add_argument("--repeats", type=_positive_int, help="timed windows per backend")
-    runp.add_argument("--steps", type=_positive_int, help="steps per timed window")
+    runp.add_argument("--window-steps", "--steps", type=_positive_int,
+                      help="training steps per timed window (--steps: its older name)")
     runp.add_argument("--iwae-k", type=_non_negative_int, metavar="K")
     _add_hidden_dim(runp)
     runp.add_argument("--seed", type=_seed, default=0)
@@ -249,7 +254,7 @@ def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> 
 
 
 def _add_compare(commands) -> None:
-    from .compare import DEFAULT_FAIL_ELBO, DEFAULT_FAIL_THROUGHPUT
+    from .run_comparison import DEFAULT_FAIL_ELBO, DEFAULT_FAIL_THROUGHPUT
 
     cmp_ = commands.add_parser(
         "compare", help="compare two runs; exit 1 on a regression beyond the gate",
@@ -326,6 +331,19 @@ def _cap_threads(args: argparse.Namespace) -> None:
         args.threads = cpus
 
 
+def _setup(args: argparse.Namespace):
+    """What every command that computes does first: --threads capped to this machine and
+    given to PyTorch; returns the progress log (silent with --quiet)."""
+    from .progress import write
+
+    _cap_threads(args)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return (lambda _msg: None) if getattr(args, "quiet", False) else write
+
+
 def _without_repeats(args: argparse.Namespace) -> None:
     """A value given twice to a list flag is run once (and the user told)."""
     for name in ("latents", "ae_latents", "backends", "batch_sizes"):
@@ -338,16 +356,11 @@ def _without_repeats(args: argparse.Namespace) -> None:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    import torch
-
     from vae_ref.data import load_dataset
 
     from .experiment import ExperimentSpec, default_out_dir, run_experiment
-    from .progress import write
 
-    _cap_threads(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    log = _setup(args)
     spec = ExperimentSpec(
         dataset=args.dataset,
         latents=tuple(args.latents),
@@ -366,7 +379,6 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     _available_backend(args.backend, threads=args.threads)
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download)
     out = args.out = args.out or default_out_dir(spec)
-    log = (lambda _msg: None) if args.quiet else write
     table = run_experiment(spec, data, out, force=args.force, progress=not args.quiet, log=log)
     if not args.quiet:
         print((out / "table.md").read_text().split("\n## Provenance")[0])
@@ -386,13 +398,13 @@ def _available_backend(name: str, **options):
 
 def cmd_check(args: argparse.Namespace) -> int:
     from kernels.base import gemm_inputs_of
-    from vae_ref.digits import gate_images
     from vae_ref.fixture import FixtureError, read_fixture
 
     from . import pipeline
-    from .comparison import HEADER
+    from .digits import gate_images
+    from .tensor_comparison import HEADER
 
-    _cap_threads(args)
+    _setup(args)
     backend = _available_backend(args.backend, threads=args.threads)
     if args.fixture:
         if gemm_inputs_of(backend) != "float32":
@@ -405,14 +417,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         images, where = gate_images()
         sources = [(f"float64 oracle ({where})",
-                    pipeline.gate_cases(images, z, steps=args.steps, hidden=args.hidden_dim))
+                    pipeline.gate_cases(images, z, steps=args.adam_steps,
+                                        hidden=args.hidden_dim))
                    for z in args.latents]
     print(f"agreement gate: backend {args.backend} ({backend.description}) vs "
           f"{sources[0][0]}")
     print(HEADER)
     failures, worst = 0, 0.0
+    gate_alone = pipeline.Selection(stages=("gate",))
     for _, pairs in sources:  # one latent size at a time: its lines come as it is checked
-        record = pipeline.gate([backend], pairs)[backend.name]
+        record = pipeline.execute(gate_alone, [backend], cases=pairs).gates[backend.name]
         failures += len(record.failures)
         worst = max(worst, record.worst_fraction)
         for result in record.comparisons:
@@ -441,7 +455,7 @@ def _profile_words(args: argparse.Namespace) -> list[str]:
     it."""
     words = ["--backends", *args.backends, "--latent", str(args.latent), "--batch-size",
              str(args.batch_size), "--hidden-dim", str(args.hidden_dim), "--repeats",
-             str(args.repeats), "--steps", str(args.steps)]
+             str(args.repeats), "--window-steps", str(args.window_steps)]
     if args.threads:
         words += ["--threads", str(args.threads)]
     return words + [flag for flag, on in (("--backend-noise", args.backend_noise),
@@ -457,51 +471,55 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from vae_ref import VAEConfig
     from vae_ref.atomic import atomic_write_text
     from vae_ref.data import load_dataset
-    from vae_ref.digits import gate_images
 
     from . import pipeline
+    from .digits import gate_images
     from .provenance import as_markdown, collect
     from .results_dir import claim_file
     from .throughput import device_peaks, report
 
-    _cap_threads(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    _setup(args)
     backends = [create_backend(name, threads=args.threads) for name in args.backends]
     # --out is claimed before any work: a path that cannot be written is refused at once.
     holding = claim_file(args.out, ours=_is_profile_report, what="a profile report") \
         if args.out else contextlib.nullcontext()
     with holding:
         images, where = gate_images()
+        data = load_dataset("mnist-5k")
         print(f"agreement gate at z {args.latent}, single-step cases ({where}): "
               f"{', '.join(args.backends)} ...", flush=True)
-        pairs = pipeline.gate_cases(images, args.latent, steps=0, hidden=args.hidden_dim)
-        gates = pipeline.gate(backends, pairs)
-        for name, g in gates.items():
-            if g.verdict == "unavailable":
-                print(f"{name}: unavailable here: {g.note}")
-        failed = [b.name for b in backends if gates[b.name].verdict == "fail"]
-        refused = [] if args.force else failed
-        for name in refused:
-            _say("refused", f"{name} failed the agreement gate: {gates[name].summary()}; not "
-                 "timed (--force times it anyway)")
-        timed = [b for b in backends
-                 if gates[b.name].verdict == "pass" or args.force and b.name in failed]
-        if not timed and refused:
-            return EXIT_FAILED  # each refusal has said why
-        if not timed:
-            _say("error", "no backend to profile: none of those asked for is available here")
-            return EXIT_USAGE
-        data = load_dataset("mnist-5k")
+
+        def after(stage: str, outcome) -> None:
+            if stage != "gate":
+                return
+            for name, g in outcome.gates.items():
+                if g.verdict == "unavailable":
+                    print(f"{name}: unavailable here: {g.note}")
+            for name in outcome.refused:
+                _say("refused", f"{name} failed the agreement gate: "
+                     f"{outcome.gates[name].summary()}; not timed (--force times it anyway)")
+            if outcome.admitted:
+                print(f"profiling on {data.name} ({len(data.train_x)} images), torch threads "
+                      f"{torch.get_num_threads()}; warming up "
+                      f"{', '.join(b.name for b in outcome.admitted)} ...", flush=True)
+
         config = VAEConfig(latent_dim=args.latent, hidden_dim=args.hidden_dim,
                            batch_size=args.batch_size)
-        print(f"profiling on {data.name} ({len(data.train_x)} images), torch threads "
-              f"{torch.get_num_threads()}; warming up {', '.join(b.name for b in timed)} ...",
-              flush=True)
-        results = pipeline.time(timed, config, data.train_x, batch=args.batch_size,
-                                repeats=args.repeats, steps=args.steps,
-                                backend_noise=args.backend_noise)
-        text = report(results, config, args.batch_size, device_peaks(timed), gates)
+        outcome = pipeline.execute(
+            pipeline.Selection(stages=("gate", "time"), batch_sizes=(args.batch_size,),
+                               repeats=args.repeats, window_steps=args.window_steps,
+                               backend_noise=args.backend_noise, force=args.force),
+            backends, config=config, data=data, on_stage=after,
+            cases=pipeline.gate_cases(images, args.latent, steps=0, hidden=args.hidden_dim))
+        refused = outcome.refused
+        if not outcome.admitted:
+            if refused:
+                return EXIT_FAILED  # each refusal has said why
+            _say("error", "no backend to profile: none of those asked for is available here")
+            return EXIT_USAGE
+        results = list(outcome.measurements[args.batch_size].values())
+        text = report(results, config, args.batch_size, device_peaks(outcome.admitted),
+                      outcome.gates)
         print(text)
         record = collect(data=data)
         versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
@@ -516,23 +534,20 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import torch
-
+    from kernels import backend_names, create_backend
     from vae_ref.data import load_dataset
 
-    from .progress import write
     from .run import PROFILES, RunSpec, default_out_dir, parse_shard, run
 
-    _cap_threads(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from kernels import backend_names, create_backend
+    log = _setup(args)
 
     settings = {"backends": backend_names(), "batch_sizes": (128,), **PROFILES[args.profile]}
-    for name in ("dataset", "epochs", "repeats", "steps", "iwae_k", "backends", "batch_sizes",
-                 "latents"):
-        if getattr(args, name) is not None:
-            settings[name] = getattr(args, name)
+    for name, flag in (("dataset", "dataset"), ("epochs", "epochs"), ("repeats", "repeats"),
+                       ("steps", "window_steps"), ("iwae_k", "iwae_k"),
+                       ("backends", "backends"), ("batch_sizes", "batch_sizes"),
+                       ("latents", "latents")):
+        if getattr(args, flag) is not None:
+            settings[name] = getattr(args, flag)
     for name in ("backends", "batch_sizes", "latents"):
         if name in settings:
             settings[name] = tuple(settings[name])
@@ -544,7 +559,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard) if args.shard else None
     data = load_dataset(spec.dataset, data_dir=args.data_dir)
     out = args.out = args.out or default_out_dir()
-    log = (lambda _msg: None) if args.quiet else write
     run(spec, data, out, shard=shard, resume=args.resume, progress=not args.quiet, log=log)
     if not args.quiet:
         print((out / "summary.md").read_text().split("\n## Environment")[0])
@@ -555,8 +569,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_gpu_check(args: argparse.Namespace) -> int:
     import socket
 
-    from vae_ref.digits import real_digits
-
+    from .digits import real_digits
     from .gpu_check import gpu_check
     from .progress import write
 
@@ -585,7 +598,7 @@ def cmd_seeds(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_runs, format_table, load_results, parse_fraction
+    from .run_comparison import compare_runs, format_table, load_results, parse_fraction
 
     result = compare_runs(load_results(args.old), load_results(args.new),
                      fail_throughput=parse_fraction(args.fail_throughput),
@@ -613,10 +626,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_fixture(args: argparse.Namespace) -> int:
     from vae_ref.fixture import make_fixture
 
+    from .digits import GATE_IMAGES, gate_images
     from .results_dir import claim_file
 
     with claim_file(args.out):  # before the oracle's work: a refusal comes at once
-        cases = make_fixture(args.out, args.latents, args.cases, args.steps)
+        images, _ = gate_images()
+        cases = make_fixture(args.out, images, f"mnist-5k[:{GATE_IMAGES}]", args.latents,
+                             args.cases, args.adam_steps)
     print(f"wrote {args.out}: {', '.join(c.name for c in cases)}")
     return 0
 
@@ -661,12 +677,12 @@ def main(argv: list[str] | None = None) -> int:
     from vae_ref.data import DatasetError
     from vae_ref.fixture import FixtureError
     from vae_ref.idx import IDXFormatError
-    from vae_ref.train import TrainingDiverged
+    from vae_ref.training_outcome import TrainingDiverged
 
-    from .compare import CompareError
     from .experiment import ExperimentError
     from .results_dir import ResultsDirError
     from .run import RunError
+    from .run_comparison import CompareError
     from .seeds import SeedsError
     from .store import StoreError
 

@@ -40,9 +40,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
 
 from kernels import create_backend
 from vae_ref import AE, VAE, VAEConfig, build_model, export_params, import_params
@@ -50,7 +48,8 @@ from vae_ref.atomic import atomic_write_text
 from vae_ref.config import DEFAULT_LATENTS
 from vae_ref.data import Dataset
 
-from . import figures, pipeline, provenance, tables
+from . import pipeline, provenance, tables
+from .experiment_figures import write_figures
 from .results_dir import claim
 from .store import ResultsStore, StoreError
 
@@ -160,12 +159,16 @@ def _train_one(config: VAEConfig, spec: ExperimentSpec, data: Dataset, store: Re
 
     trainer = spec.trainer(config)
     backend = create_backend(trainer, threads=spec.threads)
-    result = pipeline.train(backend, config, data, progress=progress, on_epoch=report)
     started = time.perf_counter()
-    scores = pipeline.evaluate(result, data, iwae_k=spec.iwae_k)
+    outcome = pipeline.execute(
+        pipeline.Selection(stages=("train", "evaluate"), batch_sizes=(config.batch_size,),
+                           iwae_k=spec.iwae_k, seed=config.seed),
+        [backend], config=config, data=data, progress=progress, on_epoch=report)
+    result, scores = outcome.trained[backend.name], outcome.evaluations[backend.name]
     if scores.iwae_k:
+        seconds = time.perf_counter() - started - result.train_seconds
         log(f"  {config.name}: test log p(x) >= {scores.test_iwae:.2f} (IWAE, "
-            f"k={scores.iwae_k}, {time.perf_counter() - started:.1f} s)")
+            f"k={scores.iwae_k}, {seconds:.1f} s)")
     summary = {
         "model": config.model, "backend": trainer, "latent_dim": config.latent_dim,
         "hidden_dim": config.hidden_dim,
@@ -240,80 +243,3 @@ def write_tables(finished: list[FinishedModel], spec: ExperimentSpec, data: Data
     atomic_write_text(out / "table.md",
                       tables.experiment_table(table, asdict(spec), data.describe(), record))
     return table
-
-
-# ---- figures -------------------------------------------------------------------------------
-
-
-def _images(model: VAE | AE, x: np.ndarray) -> np.ndarray:
-    """Deterministic reconstructions: decode the posterior mean (the AE's code)."""
-    with torch.no_grad():
-        mu, _ = model.encode(torch.from_numpy(x))
-        return torch.sigmoid(model.decode(mu)).numpy()
-
-
-def _decode(model: VAE | AE, z: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return torch.sigmoid(model.decode(torch.from_numpy(z.astype(np.float32)))).numpy()
-
-
-def _codes(model: VAE | AE, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model.encode(torch.from_numpy(x))[0].numpy()
-
-
-def showcase_indices(labels: np.ndarray, per_class: int = 10) -> np.ndarray:
-    """The first ``per_class`` test images of each class, class by class (a 10 x 10 grid)."""
-    return np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
-
-
-def write_figures(finished: list[FinishedModel], data: Dataset, out: Path, log) -> None:
-    test_x, test_y = data.test_x, data.test_y
-    shown = test_x[showcase_indices(test_y)]
-    prior = np.random.default_rng(0)
-
-    curves = pd.read_csv(out / "curves.csv")
-    figures.elbo_curves(curves, out / "elbo_curves.png", data.name)
-    for f in finished:
-        name = f.config.name
-        figures.reconstructions(shown, _images(f.model, shown), out / f"reconstructions_{name}.png",
-                                f"{name} on {data.name}: reconstructions (decoded at z = mu)")
-        if f.config.model == "vae":
-            z = prior.standard_normal((100, f.config.latent_dim))
-            figures.samples(_decode(f.model, z), out / f"prior_samples_{name}.png",
-                            f"{name} on {data.name}: decodings of z ~ N(0, I)")
-        if f.config.model == "vae" and f.config.latent_dim == 2:
-            figures.latent_scatter(_codes(f.model, test_x), test_y, data.class_names,
-                                   out / f"latent_scatter_{name}.png",
-                                   f"{name}: test-set posterior means on {data.name}")
-            # Grid through the prior's quantiles, as in Kingma & Welling's Fig. 4.
-            n = 20
-            q = [statistics.NormalDist().inv_cdf(p) for p in np.linspace(0.03, 0.97, n)]
-            grid = np.array([[a, b] for b in q[::-1] for a in q])
-            figures.manifold(_decode(f.model, grid), n, out / f"manifold_{name}.png",
-                             f"{name} on {data.name}: decoded latent grid\n"
-                             "(prior quantiles 3%..97%)")
-
-    # The merge figure: two test images of different classes, per AE/VAE pair of equal z.
-    a = int(np.flatnonzero(test_y == 3)[0])
-    b = int(np.flatnonzero(test_y == 8)[0])
-    pair = test_x[[a, b]]
-    for f in finished:
-        if f.config.model != "ae":
-            continue
-        vae = next((v for v in finished if v.config.model == "vae"
-                    and v.config.latent_dim == f.config.latent_dim), None)
-        if vae is None:
-            log(f"merge figure for z={f.config.latent_dim} skipped: no VAE with that latent size")
-            continue
-        rows = []
-        random_code = np.random.default_rng(1).standard_normal((1, f.config.latent_dim))
-        for label, m in (("AE", f.model), ("VAE", vae.model)):
-            codes = _codes(m, pair)
-            mixed = _decode(m, codes.mean(axis=0, keepdims=True))
-            rows.append((label, [pair[0], pair[1], *_images(m, pair), mixed[0],
-                                 _decode(m, random_code)[0]]))
-        figures.merge(rows, out / f"merge_z{f.config.latent_dim}.png",
-                      f"{data.name}, z = {f.config.latent_dim}: test images "
-                      f"{data.class_names[3]!r} and {data.class_names[8]!r}")
-    log(f"figures written to {out}")

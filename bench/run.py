@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,18 +17,16 @@ from pathlib import Path
 import pandas as pd
 
 from kernels import create_backend
-from kernels.base import gemm_inputs_of
 from vae_ref import VAEConfig
 from vae_ref.atomic import atomic_write_text
 from vae_ref.config import DEFAULT_LATENTS
 from vae_ref.data import Dataset
 
 from . import figures, pipeline, provenance, tables
+from .digits import GATE_IMAGES
 from .results_dir import claim
 from .store import ResultsStore, StoreError, read_json_object
 from .throughput import device_peaks, peak_key
-
-GATE_IMAGES = 1024  # the gate's real images: the data set's first training images
 
 
 class RunError(RuntimeError):
@@ -148,74 +145,46 @@ def peaks_of(env: dict) -> dict[str, float]:
     return peaks
 
 
+def selection(spec: RunSpec, latent: int) -> pipeline.Selection:
+    """``run``'s stages at one latent size: all of them, or the gate alone (at the first
+    batch size) at ``spec.gate_only_latents``."""
+    gate_only = latent in spec.gate_only_latents
+    return pipeline.Selection(
+        stages=("gate",) if gate_only else pipeline.STAGES,
+        batch_sizes=spec.batch_sizes[:1] if gate_only else spec.batch_sizes,
+        repeats=spec.repeats, window_steps=spec.steps, backend_noise=spec.backend_noise,
+        force=spec.force, iwae_k=spec.iwae_k, seed=spec.seed)
+
+
 def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float],
                log: Callable[[str], None], progress: bool,
                save: Callable[[dict], None] | None = None) -> dict:
-    """Everything for one latent size: gate, throughput per batch size, ELBO (only the gate
-    at ``spec.gate_only_latents``). Returns the cell record: its rows (one per backend x batch
-    size) and its per-epoch curves; ``save`` is given the cell as it stands after each stage."""
-    gate_only = latent in spec.gate_only_latents
+    """Everything for one latent size: the pipeline's stages (``selection``). Returns the cell
+    record: its rows (one per backend x batch size) and its per-epoch curves; ``save`` is
+    given the cell as it stands after each stage."""
+    chosen = selection(spec, latent)
+    gate_only = chosen.stages == ("gate",)
     names = spec.gate_only_backends if gate_only and spec.gate_only_backends else spec.backends
-    batch_sizes = spec.batch_sizes[:1] if gate_only else spec.batch_sizes
     backends = [create_backend(name, threads=spec.threads) for name in names]
-    base = {b.name: {"backend": b.name, "device": b.device,
-                     "precision": gemm_inputs_of(b), "latent_dim": latent,
-                     "dataset": data.name, "seed": spec.seed, "note": ""} for b in backends}
-    rows: list[dict] = []
-    curves: list[dict] = []
 
-    def checkpoint() -> None:
+    def cell(outcome: pipeline.Outcome, *, complete: bool) -> dict:
+        rows = pipeline.result_rows(outcome, chosen, latent=latent, dataset=data.name,
+                                    seed=spec.seed, peaks=peaks, complete=complete)
+        curves = [dict(backend=name, latent_dim=latent, **r.to_dict())
+                  for name, result in outcome.trained.items() for r in result.history]
+        return {"latent": latent, "rows": [asdict(r) for r in rows], "curves": curves}
+
+    def checkpoint(_stage: str, outcome: pipeline.Outcome) -> None:
         if save is not None:
-            save({"latent": latent, "rows": rows, "curves": curves})
+            save(cell(outcome, complete=False))
 
-    # 1. Availability and the agreement gate.
-    pairs = pipeline.gate_cases(data.train_x[:GATE_IMAGES], latent, seed=spec.seed,
-                                steps=spec.gate_steps, hidden=spec.hidden_dim)
-    verdicts = pipeline.gate(backends, pairs, log=lambda msg: log(f"z={latent}: {msg}"))
-    for backend in backends:
-        v = verdicts[backend.name]
-        base[backend.name] |= {"agreement": v.verdict, "worst_fraction": v.worst_fraction,
-                               "note": v.note}
-    timed = [b for b in backends if not gate_only and (
-        verdicts[b.name].verdict == "pass" or spec.force and verdicts[b.name].verdict == "fail")]
-    rows += [dict(base[b.name], batch_size=batch_sizes[0]) for b in backends]
-    checkpoint()
-
-    # 2. Throughput, interleaved across backends, per batch size.
-    rows.clear()
-    for batch in batch_sizes:
-        measured = {}
-        if timed:
-            log(f"z={latent}, batch {batch}: timing {', '.join(b.name for b in timed)}")
-            measured = {m.backend: m for m in pipeline.time(
-                timed, spec.config(latent, batch), data.train_x, batch=batch,
-                repeats=spec.repeats, steps=spec.steps, seed=spec.seed,
-                backend_noise=spec.backend_noise)}
-        for backend in backends:
-            row = dict(base[backend.name], batch_size=batch)
-            m = measured.get(backend.name)
-            if m is not None:
-                peak = peaks.get(peak_key(m.device, m.precision), peaks.get(m.device, math.nan))
-                row |= m.columns(spec.config(latent, batch), batch, peak)
-                failed = [f"{name} failed: {why}" for name, why in m.diagnostic_errors.items()]
-                row["note"] = "; ".join(filter(None, [row["note"], *failed]))
-            rows.append(row)
-        checkpoint()
-
-    # 3. Train each timed backend at the first batch size, and 4. evaluate it.
-    train_batch = spec.batch_sizes[0]
-    for backend in timed:
-        log(f"z={latent}: training {backend.name} for {spec.epochs} epochs on {data.name}")
-        result = pipeline.train(backend, spec.config(latent, train_batch), data,
-                                progress=progress)
-        scores = pipeline.evaluate(result, data, iwae_k=spec.iwae_k)
-        for row in rows:
-            if row["backend"] == backend.name and row["batch_size"] == train_batch:
-                row |= scores.columns() | {"iwae_k": spec.iwae_k}
-        curves += [dict(backend=backend.name, latent_dim=latent, **r.to_dict())
-                   for r in result.history]
-        checkpoint()
-    return {"latent": latent, "rows": rows, "curves": curves}
+    outcome = pipeline.execute(
+        chosen, backends, config=spec.config(latent, spec.batch_sizes[0]),
+        cases=pipeline.gate_cases(data.train_x[:GATE_IMAGES], latent, seed=spec.seed,
+                                  steps=spec.gate_steps, hidden=spec.hidden_dim),
+        data=data, log=lambda msg: log(f"z={latent}: {msg}"), progress=progress,
+        on_stage=checkpoint)
+    return cell(outcome, complete=True)
 
 
 def _key(latent: int) -> str:
@@ -335,6 +304,12 @@ def load_cells(out: Path, partial: bool = False) -> list[dict]:
             raise RunError(f"{out / 'cells' / (cell['key'] + '.json')}: not a cell (needs "
                            "latent, rows and curves); delete it, then `vae-bench run "
                            "--resume` with the same flags recomputes that latent size")
+        try:
+            cell["rows"] = [tables.ResultRow.from_record(row) for row in cell["rows"]]
+        except (TypeError, ValueError) as error:
+            raise RunError(f"{out / 'cells' / (cell['key'] + '.json')}: a row that is not a "
+                           f"results row ({error}); delete it, then `vae-bench run --resume` "
+                           "with the same flags recomputes that latent size") from None
     return sorted(cells, key=lambda c: c["latent"])
 
 
@@ -342,8 +317,7 @@ def write_outputs(out: Path) -> pd.DataFrame:
     """results.csv, curves.csv, summary.md and the plots, rebuilt from every cell so far."""
     cells = load_cells(out, partial=True)
     env = read_env(out)
-    table = pd.DataFrame([r for c in cells for r in c["rows"]],
-                         columns=list(tables.RESULT_COLUMNS))
+    table = tables.results_frame(row for c in cells for row in c["rows"])
     curves = pd.DataFrame([r for c in cells for r in c["curves"]])
     atomic_write_text(out / "results.csv", table.to_csv(index=False))
     atomic_write_text(out / "curves.csv", curves.to_csv(index=False))
@@ -379,6 +353,7 @@ def merge(parts: list[Path], out: Path, *, force: bool = False) -> pd.DataFrame:
         store = ResultsStore(out)
         for cell in cells:
             record = {k: v for k, v in cell.items() if k not in ("key", "identity")}
+            record["rows"] = [asdict(row) for row in record["rows"]]
             store.save(cell["key"], record, cell.get("identity"))
         merged = dict(first, shard=None, merged_from=[str(p) for p in parts])
         atomic_write_text(out / "env.json", json.dumps(merged, indent=1))

@@ -11,6 +11,7 @@ with their CUDA twins. Comparing a GPU kernel with CPU PyTorch would say nothing
 from __future__ import annotations
 
 import math
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -18,19 +19,69 @@ import pandas as pd
 from .provenance import as_markdown
 
 RESULTS_SCHEMA = 1
-# A run's results.csv: one row per (backend, latent size, batch size).
-RESULT_COLUMNS = (
-    "backend", "device", "precision", "latent_dim", "batch_size", "agreement",
-    "worst_fraction",
-    "samples_per_s", "samples_per_s_min", "samples_per_s_max", "ms_per_step", "gflops",
-    "pct_peak", "launch_floor_ms", "warmup_s", "peak_memory_mb", "gemm_only_ms",
-    "final_train_elbo",
-    "average_train_elbo", "final_test_elbo", "test_iwae", "iwae_k", "epochs", "dataset",
-    "seed", "note",
-)
+NAN = math.nan
+
+
+@dataclass(kw_only=True)
+class ResultRow:
+    """One row of a run's results.csv: a backend at one latent size and batch size, with its
+    gate verdict, its timing (at every batch size) and its trained scores (at the first).
+    Built in one place (``pipeline.result_rows``), stored in a cell as a dict and read back
+    by ``from_record``, which fails loudly on a field it does not know or one it needs."""
+
+    backend: str
+    device: str
+    precision: str  # of the GEMM operands (kernels.base.MixedPrecision)
+    latent_dim: int
+    batch_size: int
+    agreement: str  # the gate's verdict: "pass", "fail" or "unavailable"
+    worst_fraction: float = NAN  # the worst tensor's error as a fraction of its tolerance
+    # -- timing (throughput.Measurement.columns); NaN: not timed
+    samples_per_s: float = NAN
+    samples_per_s_min: float = NAN
+    samples_per_s_max: float = NAN
+    ms_per_step: float = NAN
+    gflops: float = NAN
+    pct_peak: float = NAN  # of the device's GEMM peak at the row's precision
+    launch_floor_ms: float = NAN
+    warmup_s: float = NAN
+    peak_memory_mb: float = NAN
+    gemm_only_ms: float = NAN
+    # -- training and evaluation (pipeline.Evaluation); NaN: not trained
+    final_train_elbo: float = NAN
+    average_train_elbo: float = NAN
+    final_test_elbo: float = NAN
+    test_iwae: float = NAN
+    iwae_k: float = NAN
+    epochs: float = NAN
+    dataset: str
+    seed: int
+    note: str = ""
+
+    @classmethod
+    def from_record(cls, record: dict) -> ResultRow:
+        """A row stored as a dict (ValueError saying what is wrong with it). Columns added
+        since a row was written take the value older rows imply (ADDED_COLUMNS)."""
+        unknown = sorted(set(record) - set(RESULT_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown fields {unknown} (known: {', '.join(RESULT_COLUMNS)})")
+        missing = sorted(REQUIRED_COLUMNS - set(record) - set(ADDED_COLUMNS))
+        if missing:
+            raise ValueError(f"missing fields {missing}")
+        return cls(**{**ADDED_COLUMNS, **record})
+
+
+# A run's results.csv: one row per (backend, latent size, batch size), these columns in order.
+RESULT_COLUMNS = tuple(f.name for f in fields(ResultRow))
+REQUIRED_COLUMNS = frozenset(f.name for f in fields(ResultRow) if f.default is MISSING)
 # Columns added after tables were first committed, with the value older tables imply.
 ADDED_COLUMNS = {"device": "cpu", "launch_floor_ms": math.nan, "peak_memory_mb": math.nan,
                  "gemm_only_ms": math.nan, "precision": "float32"}
+
+
+def results_frame(rows) -> pd.DataFrame:
+    """The results table of ``rows`` (ResultRow), its columns in order."""
+    return pd.DataFrame([asdict(r) for r in rows], columns=list(RESULT_COLUMNS))
 # the rest are numbers
 TEXT_COLUMNS = ("backend", "device", "precision", "agreement", "dataset", "note")
 KEYS = ["backend", "latent_dim", "batch_size"]  # a list: pandas reads a tuple as one key
@@ -104,6 +155,40 @@ def peers_present(table: pd.DataFrame) -> list[str]:
 # ---- markdown -----------------------------------------------------------------------------
 
 
+def throughput_table(table: pd.DataFrame, gates: dict[str, str] | None = None) -> list[str]:
+    """The markdown table of every timed row of ``table``, with its speed-ups over each peer
+    timed beside it: the one throughput table, of a run's summary and of a profile. A
+    precision column where some row is not float32; ``gates`` (backend -> its gate's word)
+    adds a gate column."""
+    timed = table[table.samples_per_s.notna()].reset_index(drop=True)
+    peers = peers_present(timed)
+    ratios = {peer: speedup(timed, peer) for peer in peers}
+    mixed = bool((timed.get("precision", pd.Series(dtype=object)).fillna("float32")
+                  != "float32").any())
+    head = ["backend", "device"] + (["precision"] if mixed else []) + (
+        ["gate"] if gates is not None else []) + [
+        "z", "batch", "samples/s", "min–max", "ms/step", "GFLOP/s", "% peak",
+        *(f"speed-up vs {peer}" for peer in peers),
+        "memory MB", "launch floor ms (x)", "warm-up s"]
+    text_columns = 2 + mixed + (gates is not None)
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "---|" * text_columns + "---:|" * (len(head) - text_columns)]
+    for i, (r, device) in enumerate(zip(timed.itertuples(), devices(timed))):
+        floor = r.launch_floor_ms
+        floor_text = (f"{floor:.3f} ({r.ms_per_step / floor:.1f}x)"
+                      if isinstance(floor, float) and not math.isnan(floor) else NOT_COMPUTED)
+        cells = [r.backend, device] + ([r.precision] if mixed else []) + (
+            [gates.get(r.backend, NOT_COMPUTED)] if gates is not None else []) + [
+            f"{r.latent_dim}", f"{r.batch_size}", f"{r.samples_per_s:,.0f}",
+            f"{r.samples_per_s_min:,.0f}–{r.samples_per_s_max:,.0f}", f"{r.ms_per_step:.3f}",
+            f"{r.gflops:.1f}", f"{r.pct_peak:.1f}%",
+            *(fmt(ratios[peer].iloc[i], '.2f', nan=NOT_COMPUTED)
+              + ("" if math.isnan(ratios[peer].iloc[i]) else "x") for peer in peers),
+            fmt(r.peak_memory_mb, ".1f", nan=NOT_COMPUTED), floor_text, f"{r.warmup_s:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def run_summary(table: pd.DataFrame, env: dict) -> str:
     """A run's summary.md: agreement, throughput with the speed-ups, ELBO, environment."""
     spec = env["spec"]
@@ -129,34 +214,14 @@ def run_summary(table: pd.DataFrame, env: dict) -> str:
         note = r.note if isinstance(r.note, str) else ""
         lines.append(f"| {r.backend} | {r.latent_dim} | {r.agreement} | "
                      f"{fmt(r.worst_fraction, '.1%', nan=NOT_COMPUTED)} | {note} |")
-    peers = peers_present(table)
-    ratios = {peer: speedup(table, peer) for peer in peers}
     lines += [
         "", "## Throughput (training samples/s, median of interleaved windows)", "",
         "Speed-ups are over a peer on the same device in this run (PyTorch eager, "
         "torch.compile and JAX on the CPU; their CUDA runs on a GPU); % peak is of that "
-        "device's float32 GEMM peak; memory is the backend's peak for its step (parameters, "
-        "optimizer state, workspaces; on a GPU the allocator's peak); the launch floor is the "
-        "step graph's nodes times the replay cost of one empty CUDA Graph node.", "",
-        "| backend | device | z | batch | samples/s | min–max | ms/step | GFLOP/s | % peak | "
-        + "".join(f"speed-up vs {peer} | " for peer in peers)
-        + "memory MB | launch floor ms (x) | warm-up s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(peers) + "---:|---:|---:|"]
-    for i, (r, device) in enumerate(zip(table.itertuples(), devices(table))):
-        if not isinstance(r.samples_per_s, float) or math.isnan(r.samples_per_s):
-            continue
-        floor = r.launch_floor_ms
-        floor_text = (f"{floor:.3f} ({r.ms_per_step / floor:.1f}x)"
-                      if isinstance(floor, float) and not math.isnan(floor) else NOT_COMPUTED)
-        speedups = "".join(
-            f"{fmt(ratios[peer].iloc[i], '.2f', nan=NOT_COMPUTED)}"
-            f"{'' if math.isnan(ratios[peer].iloc[i]) else 'x'} | " for peer in peers)
-        lines.append(
-            f"| {r.backend} | {device} | {r.latent_dim} | {r.batch_size} | "
-            f"{r.samples_per_s:,.0f} | {r.samples_per_s_min:,.0f}–{r.samples_per_s_max:,.0f} | "
-            f"{r.ms_per_step:.3f} | {r.gflops:.1f} | {r.pct_peak:.1f}% | {speedups}"
-            f"{fmt(r.peak_memory_mb, '.1f', nan=NOT_COMPUTED)} | {floor_text} | "
-            f"{r.warmup_s:.2f} |")
+        "device's GEMM peak at the row's precision; memory is the backend's peak for its step "
+        "(parameters, optimizer state, workspaces; on a GPU the allocator's peak); the launch "
+        "floor is the step graph's nodes times the replay cost of one empty CUDA Graph node.",
+        "", *throughput_table(table)]
     ceilings = table.dropna(subset=["gemm_only_ms"]).drop_duplicates(["latent_dim", "batch_size"])
     if len(ceilings):
         lines += ["", "The ceiling of a CPU step: its 11 GEMMs alone (NumPy's BLAS, the same "

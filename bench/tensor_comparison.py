@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .tolerances import TOLERANCES, kind_of
+from vae_ref.gate_tensors import kind_of
+
+from .tolerances import TOLERANCES
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,16 @@ class Measurement:
     def floor_ms(self) -> float:
         return self.launch_floor.get("floor_seconds", math.nan) * 1e3
 
+    def row(self, config: VAEConfig, batch: int, peaks: Mapping[str, float],
+            **identity) -> tables.ResultRow:
+        """This measurement's row of the results table: its backend at ``config``'s latent
+        size and ``batch``, timed against its device's GEMM peak in ``peaks`` (GFLOP/s by
+        ``peak_key``); ``identity``: the row's other fields (gate verdict, data set, seed)."""
+        return tables.ResultRow(
+            backend=self.backend, device=self.device, precision=self.precision,
+            latent_dim=config.latent_dim, batch_size=batch, **identity,
+            **self.columns(config, batch, peak_of(peaks, self.device, self.precision)))
+
     def columns(self, config: VAEConfig, batch: int, peak_gflops: float) -> dict[str, float]:
         """This measurement's columns of the results table (``tables.RESULT_COLUMNS``): the
         one place where samples/s, GFLOP/s and % of peak are worked out."""
@@ -262,17 +272,10 @@ def _diagnostic(result: Measurement, name: str, compute, *args, **kwargs):
         return None
 
 
-def rows(results: list[Measurement], config: VAEConfig, batch: int,
-         peaks: dict[str, tuple[float, str, str]]) -> pd.DataFrame:
-    """The measurements as rows of the results table (keys and timing columns)."""
-    def peak(r: Measurement) -> float:
-        return peaks.get(peak_key(r.device, r.precision), peaks.get(r.device, (math.nan,)))[0]
-
-    return pd.DataFrame([
-        {"backend": r.backend, "device": r.device, "precision": r.precision,
-         "latent_dim": config.latent_dim, "batch_size": batch,
-         **r.columns(config, batch, peak(r))}
-        for r in results])
+def peak_of(peaks: Mapping[str, float], device: str, precision: str) -> float:
+    """The GEMM peak (GFLOP/s) a row of ``device`` and ``precision`` is measured against: its
+    precision's on that device, else the device's float32 one, else NaN."""
+    return peaks.get(peak_key(device, precision), peaks.get(device, math.nan))
 
 
 def _gate_lines(gates: Mapping[str, GateRecord], timed: set[str]) -> list[str]:
@@ -342,7 +345,7 @@ def report(results: list[Measurement], config: VAEConfig, batch: int,
     """The throughput table and per-backend breakdowns, as text. ``peaks`` maps a device to
     its GEMM peak (GFLOP/s, how measured, its name); speed-ups are over each peer on the
     same device in this run (``tables.speedup``). ``gates``, each backend's verdict of the
-    agreement gate that ran before the timing (``pipeline.gate``), adds it above the table and
+    agreement gate that ran before the timing (``pipeline.execute``), adds it above the table and
     in each row; a row timed despite a failed gate says UNGATED."""
     flops = step_flops(config, batch)
     lines = [f"step: batch {batch}, z {config.latent_dim}, hidden {config.hidden_dim}: "
@@ -351,29 +354,13 @@ def report(results: list[Measurement], config: VAEConfig, batch: int,
         lines += _gate_lines(gates, {r.backend for r in results})
     lines += [f"{device} ({name}) GEMM peak {peak:.0f} GFLOP/s ({source})"
               for device, (peak, source, name) in peaks.items()]
-    # a precision column only where a row is not float32, so float32 reports read as before
-    mixed = any(r.precision != "float32" for r in results)
-    table = rows(results, config, batch, peaks)
-    peers = tables.peers_present(table)
-    ratios = {peer: tables.speedup(table, peer) for peer in peers}
-    gate_header = "" if gates is None else f" {'gate':>9}"
-    precision_header = f" {'precision':>9}" if mixed else ""
-    lines.append(f"{'backend':<18} {'device':>6}{precision_header}{gate_header} "
-                 f"{'warm-up s':>9} {'ms/step':>8} "
-                 f"{'min-max':>13} {'samples/s':>10} {'GFLOP/s':>8} {'% peak':>7} {'MB':>7}"
-                 + "".join(f" {'vs ' + peer:>16}" for peer in peers))
-    for i, (r, row) in enumerate(zip(results, table.itertuples())):
-        speedups = "".join(
-            f" {tables.fmt(ratios[peer].iloc[i], '15.2f', nan=' ' * 14 + '-')}"
-            f"{'' if math.isnan(ratios[peer].iloc[i]) else 'x'}" for peer in peers)
-        gate = "" if gates is None else f" {_gate_cell(gates.get(r.backend)):>9}"
-        precision = f" {r.precision:>9}" if mixed else ""
-        lines.append(
-            f"{r.backend:<18} {r.device:>6}{precision}{gate} {r.warmup_seconds:9.2f} "
-            f"{row.ms_per_step:8.3f} "
-            f"{min(r.ms_per_step):6.2f}-{max(r.ms_per_step):<6.2f} {row.samples_per_s:10.0f} "
-            f"{row.gflops:8.1f} {row.pct_peak / 100:7.1%} "
-            f"{tables.fmt(row.peak_memory_mb, '7.1f', nan='      -')}{speedups}")
+    gflops = {device: peak for device, (peak, _, _) in peaks.items()}
+    table = tables.results_frame(
+        r.row(config, batch, gflops, dataset="", seed=0,
+              agreement=gates[r.backend].verdict if gates and r.backend in gates else "")
+        for r in results)
+    lines += tables.throughput_table(table, None if gates is None else {
+        r.backend: _gate_cell(gates.get(r.backend)) for r in results})
     lines += _mixed_precision_lines(results, table, flops, peaks)
     ceiling = next((r.gemm_only_ms for r in results if not math.isnan(r.gemm_only_ms)), None)
     if ceiling is not None:

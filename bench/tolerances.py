@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vae_ref.gate_tensors import is_steps_tensor
+
 EPS32 = float(np.finfo(np.float32).eps)  # 2^-23: one float32 ulp at 1.0
 
 
@@ -32,6 +34,7 @@ class Tolerance:
         return self.factor * reference_error + self.floor(scale, lr)
 
 
+# One entry per kind of gate tensor (``vae_ref.gate_tensors.KINDS``; its ``kind_of`` tells).
 TOLERANCES: dict[str, Tolerance] = {
     "intermediate": Tolerance(4.0, 16.0,
         "GEMM outputs and activations: BLAS libraries sum 784- or 512-term dot products in "
@@ -58,19 +61,6 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
-def kind_of(tensor: str) -> str:
-    """Which TOLERANCES entry applies to a tensor name used by the gate."""
-    if tensor.startswith("steps.loss"):
-        return "steps.loss"
-    if tensor.startswith("steps."):
-        return "steps.param"
-    if tensor.startswith("grad."):
-        return "gradient"
-    if tensor.startswith("loss"):
-        return "loss"
-    return "intermediate"
-
-
 # -- the calibration on another machine ------------------------------------------------------
 #
 # float32 PyTorch's error on a tensor is a measurement of the machine: which GEMM kernels MKL
@@ -95,5 +85,5 @@ def calibrations_agree(tensor: str, error: float, other: float, scale: float) ->
     ``scale``), from two machines or two kernel paths, agree within the band above."""
     resolution = EPS32 * scale
     low, high = sorted((max(error, resolution), max(other, resolution)))
-    band = CALIBRATION_BAND_STEPS if tensor.startswith("steps.") else CALIBRATION_BAND
+    band = CALIBRATION_BAND_STEPS if is_steps_tensor(tensor) else CALIBRATION_BAND
     return high <= band * low

@@ -22,7 +22,7 @@ import numpy as np
 from kernels.base import Backend, EpochRunner
 from vae_ref import VAEConfig, build_model, export_params, import_params
 from vae_ref.data import binarize
-from vae_ref.train import (
+from vae_ref.training_outcome import (
     EpochRecord,
     NonFiniteLossError,
     TrainResult,

@@ -176,7 +176,7 @@ def z2_adam_steps(mnist5k):
     """The run's gate case at z = 2 (its images, 50 steps) and its truth: on an AVX2 EPYC,
     Numba's float32 switched off a dying encoder unit (pre-activation 3.5e-8 at step 7) that
     float64 and float32 PyTorch kept on, and its fan-in weights drifted 1.4 lr apart."""
-    from vae_ref.digits import gate_images
+    from bench.digits import gate_images
 
     case = build_cases(gate_images()[0], 2, steps=50)[-1]
     return case, expectation(case)
@@ -195,7 +195,7 @@ def test_units_near_a_relu_kink_are_left_out_of_the_k_step_case_only(numba_backe
 
 
 def test_an_unjudged_element_is_left_out_and_a_judged_one_is_not():
-    from bench.comparison import compare
+    from bench.tensor_comparison import compare
 
     truth = np.zeros((4, 3))
     got = truth.astype(np.float32).copy()

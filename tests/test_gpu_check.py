@@ -48,12 +48,12 @@ def test_the_gpu_check_runs_end_to_end_and_a_run_cut_short_keeps_what_finished(
         simulated_gpu, monkeypatch, tmp_path, capsys):
     out = tmp_path / "run-gpu-simulated"
     # Cut short while training: the gate and timing rows are in results.csv already.
-    train = pipeline.train
+    train = pipeline.train_backend
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "train", interrupted)
+    monkeypatch.setattr(pipeline, "train_backend", interrupted)
     assert main(["gpu-check", "--out", str(out), "--quiet"]) == 130
     table = pd.read_csv(out / "results.csv")
     assert (table[table.backend == "cupy"].samples_per_s > 0).all()
@@ -61,7 +61,7 @@ def test_the_gpu_check_runs_end_to_end_and_a_run_cut_short_keeps_what_finished(
     partial = json.loads((out / "cells" / "partial" / "z4.json").read_text())
     assert partial["latent"] == 4 and not (out / "cells" / "z4.json").exists()
     # Resumed, it redoes that latent size and completes.
-    monkeypatch.setattr(pipeline, "train", train)
+    monkeypatch.setattr(pipeline, "train_backend", train)
     capsys.readouterr()
     assert main(["gpu-check", "--out", str(out), "--resume"]) == 0
     printed = capsys.readouterr().out

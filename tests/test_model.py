@@ -9,9 +9,7 @@ from vae_ref import (
     build_model,
     export_params,
     import_params,
-    load_params,
     parameter_shapes,
-    save_params,
 )
 
 
@@ -21,10 +19,8 @@ from vae_ref import (
         ({"latent_dim": 0}, "latent_dim must be a positive integer"),
         ({"batch_size": 2.5}, "batch_size must be a positive integer"),
         ({"model": "gan"}, "model must be 'vae' or 'ae'"),
-        ({"reconstruction": "mse"}, "Bernoulli decoder"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"beta": -1.0}, "beta must be >= 0"),
-        ({"activation": "tanh"}, "activation must be 'relu'"),
     ],
 )
 def test_config_rejects_bad_values_with_a_clear_message(changes, message):
@@ -51,16 +47,6 @@ def test_canonical_names_and_shapes(model):
         assert array.shape == shapes[name]
         assert array.dtype == np.float32 and array.flags.c_contiguous
 
-
-def test_params_round_trip_through_a_file(tmp_path):
-    config = VAEConfig(latent_dim=5, seed=1)
-    source = export_params(build_model(config))
-    save_params(tmp_path / "p.npz", source)
-    target = build_model(config.replace(seed=2))
-    import_params(target, load_params(tmp_path / "p.npz"))
-    for name, array in export_params(target).items():
-        np.testing.assert_array_equal(array, source[name])
-    assert [p.name for p in tmp_path.iterdir()] == ["p.npz"]  # no temp file left behind
 
 
 def test_import_names_every_mismatch():

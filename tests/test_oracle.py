@@ -9,7 +9,7 @@ import pytest
 
 from bench.tolerances import EPS32
 from cpu_verification.calibration import outside_band
-from vae_ref.digits import gate_images
+from bench.digits import gate_images
 from vae_ref.fixture import read_fixture
 from vae_ref.oracle import build_cases, expectation
 

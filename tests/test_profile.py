@@ -9,7 +9,7 @@ from bench.cli import main
 from kernels.numba_cpu import NumbaBackend
 
 # As small as a profile goes: z = 2, a hidden layer of 16, one window of one step.
-TINY = ["--latent", "2", "--hidden-dim", "16", "--repeats", "1", "--steps", "1"]
+TINY = ["--latent", "2", "--hidden-dim", "16", "--repeats", "1", "--window-steps", "1"]
 
 
 class WrongNumba(NumbaBackend):
@@ -24,9 +24,10 @@ class WrongNumba(NumbaBackend):
 
 
 def table_rows(out: str) -> dict[str, str]:
-    """The report's table rows (a backend, then its device), by backend."""
-    return {words[0]: line for line in out.splitlines()
-            if len(words := line.split()) > 1 and words[1] == "cpu"}
+    """The report's throughput table rows (a backend, then its device), by backend."""
+    return {cells[0]: line for line in out.splitlines()
+            if len(cells := [c.strip() for c in line.strip("|").split("|")]) > 1
+            and cells[1] == "cpu"}
 
 
 @pytest.fixture
@@ -137,3 +138,15 @@ def test_a_profile_cut_short_leaves_the_old_report_whole(tmp_path, capsys, monke
     assert f"{report} is left as it was" in capsys.readouterr().err
     assert report.read_text() == "# vae-bench profile --backends numba\nthe old report\n"
     assert [p.name for p in tmp_path.iterdir()] == ["profile.txt"]
+
+
+def test_steps_flags_say_what_they_count_and_keep_their_older_name():
+    from bench.cli import build_parser
+
+    parser = build_parser()
+    for words, dest in ((["profile", "--window-steps", "3"], "window_steps"),
+                        (["profile", "--steps", "3"], "window_steps"),
+                        (["run", "--window-steps", "3"], "window_steps"),
+                        (["check", "--backend", "numba", "--adam-steps", "3"], "adam_steps"),
+                        (["check", "--backend", "numba", "--steps", "3"], "adam_steps")):
+        assert getattr(parser.parse_args(words), dest) == 3, words

@@ -2,10 +2,10 @@
 
 from .config import VAEConfig
 from .evaluate import EvalResult, evaluate_elbo, importance_weighted_log_likelihood
-from .losses import LossTerms, bce_with_logits, gaussian_kl, loss_terms, squared_error
+from .losses import LossTerms, bce_with_logits, gaussian_kl, loss_terms
 from .model import AE, VAE, ForwardPass, build_model
-from .params import Params, export_params, import_params, load_params, parameter_shapes, save_params
-from .train import EpochRecord, NonFiniteLossError, TrainingDiverged, TrainResult
+from .params import Params, export_params, import_params, parameter_shapes
+from .training_outcome import EpochRecord, NonFiniteLossError, TrainingDiverged, TrainResult
 
 __all__ = [
     "AE",
@@ -26,9 +26,6 @@ __all__ = [
     "gaussian_kl",
     "import_params",
     "importance_weighted_log_likelihood",
-    "load_params",
     "loss_terms",
     "parameter_shapes",
-    "save_params",
-    "squared_error",
 ]

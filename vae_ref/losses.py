@@ -25,11 +25,6 @@ def bce_with_logits(logits: Tensor, x: Tensor) -> Tensor:
     return per_pixel.sum(dim=1)
 
 
-def squared_error(logits: Tensor, x: Tensor) -> Tensor:
-    """Sum over pixels of (sigmoid(logits) - x)^2: the AE's optional MSE reconstruction."""
-    return (torch.sigmoid(logits) - x).pow(2).sum(dim=1)
-
-
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) = -1/2 sum(1 + logvar - mu^2 - exp(logvar))."""
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
@@ -39,7 +34,7 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
 class LossTerms:
     """The loss of one batch, per image and as the scalar the optimizer minimises."""
 
-    reconstruction: Tensor  # (B,) BCE (or squared error for an MSE AE), nats per image
+    reconstruction: Tensor  # (B,) BCE, nats per image
     kl: Tensor  # (B,) KL to the prior; zeros for the AE
     loss: Tensor  # scalar: mean over the batch of reconstruction + beta * kl
 
@@ -51,10 +46,7 @@ class LossTerms:
 
 
 def loss_terms(out: ForwardPass, x: Tensor, config: VAEConfig) -> LossTerms:
-    if config.reconstruction == "bce":
-        reconstruction = bce_with_logits(out.logits, x)
-    else:
-        reconstruction = squared_error(out.logits, x)
+    reconstruction = bce_with_logits(out.logits, x)
     if out.logvar is None:
         kl = torch.zeros_like(reconstruction)
     else:

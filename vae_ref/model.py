@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -128,3 +129,25 @@ def build_model(config: VAEConfig, dtype: torch.dtype = torch.float32) -> VAE | 
         torch.manual_seed(config.seed)
         model = VAE(config) if config.model == "vae" else AE(config)
     return model.to(dtype)
+
+
+# -- inference on images, NumPy in and out (an experiment's figures) --------------------------
+
+
+def reconstruct(model: VAE | AE, x: np.ndarray) -> np.ndarray:
+    """Deterministic reconstructions: the decoding of the posterior mean (the AE's code)."""
+    with torch.no_grad():
+        mu, _ = model.encode(torch.from_numpy(x))
+        return torch.sigmoid(model.decode(mu)).numpy()
+
+
+def decode_images(model: VAE | AE, z: np.ndarray) -> np.ndarray:
+    """The images (pixel means) that codes ``z`` decode to."""
+    with torch.no_grad():
+        return torch.sigmoid(model.decode(torch.from_numpy(z.astype(np.float32)))).numpy()
+
+
+def posterior_means(model: VAE | AE, x: np.ndarray) -> np.ndarray:
+    """The posterior mean of each image's code (the AE's code)."""
+    with torch.no_grad():
+        return model.encode(torch.from_numpy(x))[0].numpy()

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .config import VAEConfig
+from .config import ADAM_BETAS, ADAM_EPS, VAEConfig
+from .gate_tensors import adam_step_tensors, step_tensors, steps_param_name
 from .losses import loss_terms
 from .mixed_precision import with_bf16_gemm_inputs
 from .model import AE, VAE, build_model
@@ -109,12 +110,11 @@ def forward_backward(model: VAE | AE, x: torch.Tensor, eps: torch.Tensor | None,
             t.retain_grad()
     terms = loss_terms(out, x, config)
     terms.loss.backward()
-    record = {"loss.reconstruction": _numpy(terms.reconstruction), "loss.kl": _numpy(terms.kl),
-              "loss": np.array(terms.loss.item())}
-    record |= {name: _numpy(getattr(out, name)) for name in INTERMEDIATES
-               if getattr(out, name) is not None}
-    record |= {f"grad.{n}": _numpy(p.grad).copy() for n, p in model.named_parameters()}
-    return record
+    return step_tensors(
+        _numpy(terms.reconstruction), _numpy(terms.kl), terms.loss.item(),
+        {name: _numpy(getattr(out, name)) for name in INTERMEDIATES
+         if getattr(out, name) is not None},
+        {n: _numpy(p.grad).copy() for n, p in model.named_parameters()})
 
 
 # -- ReLU kinks along the K-step trajectory ---------------------------------------------------
@@ -162,7 +162,7 @@ def _kink_masks(model: VAE | AE, units: dict[str, torch.Tensor]) -> dict[str, np
                 unit = units[layer].cpu().numpy()
                 mask = unit if len(shape) == 1 else (
                     np.broadcast_to(unit[:, None] if axis == 0 else unit[None, :], shape))
-                masks[f"steps.{name}"] = np.ascontiguousarray(mask)
+                masks[steps_param_name(name)] = np.ascontiguousarray(mask)
     return masks
 
 
@@ -174,7 +174,8 @@ def adam_steps(model: VAE | AE, case: Case,
     dict ``kinks``, fills it with the elements of each parameter owned by a unit that came
     near a ReLU kink on the way (``_near_kink``)."""
     dtype = next(model.parameters()).dtype
-    optimizer = torch.optim.Adam(model.parameters(), lr=case.config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=case.config.lr, betas=ADAM_BETAS,
+                                 eps=ADAM_EPS)
     losses = []
     near = {layer: torch.zeros(model.get_submodule(layer).out_features, dtype=torch.bool)
             for layer in KINK_LAYERS}
@@ -192,9 +193,7 @@ def adam_steps(model: VAE | AE, case: Case,
         losses.append(terms.loss.item())
     if kinks is not None:
         kinks.update(_kink_masks(model, near))
-    record = {"steps.loss": np.array(losses)}
-    record |= {f"steps.{n}": p for n, p in export_params(model).items()}
-    return record
+    return adam_step_tensors(losses, export_params(model))
 
 
 def outputs(case: Case, dtype: torch.dtype, kinks: dict[str, np.ndarray] | None = None,

@@ -6,13 +6,10 @@ Weights keep PyTorch's layout, (out_features, in_features): y = x @ W.T + b.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_open
 from .config import VAEConfig
 
 Params = dict[str, np.ndarray]
@@ -75,13 +72,3 @@ def import_params(model: nn.Module, params: Params) -> None:
         for name, p in model.named_parameters():
             p.copy_(torch.from_numpy(np.asarray(params[name])))
 
-
-def save_params(path: str | Path, params: Params) -> None:
-    """Write parameters to an .npz (atomically: a temp file, then a rename)."""
-    with atomic_open(path, "wb") as f:
-        np.savez(f, **params)
-
-
-def load_params(path: str | Path) -> Params:
-    with np.load(path) as archive:
-        return {name: archive[name].astype(np.float32) for name in archive.files}

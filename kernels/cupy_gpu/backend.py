@@ -22,7 +22,13 @@ from vae_ref.params import Params
 
 from ..base import Availability, BackendUnavailable, BatchLoss, StepOutputs
 from ..flat_layout import make_layout
-from ..inputs import checked_images, checked_indices, checked_noise, decode_on_host
+from ..inputs import (
+    checked_images,
+    checked_indices,
+    checked_noise,
+    decode_on_host,
+    evaluate_in_batches,
+)
 from . import program
 from .executors import Executor
 
@@ -263,17 +269,14 @@ class CupyBackend:
         return buffers
 
     def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
-        rng = np.random.default_rng(seed)  # the same noise stream as the Numba backend's
-        x = self._images(x)
-        totals = np.zeros(2)
-        for start in range(0, len(x), batch_size):
-            xb = x[start : start + batch_size]
-            eps = rng.standard_normal((len(xb), self.config.latent_dim), dtype=np.float32)
+        def terms(xb: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             buffers = self._forward(xb, eps)
-            totals += [self.executor.download(buffers["bce"]).sum(dtype=np.float64),
-                       self.executor.download(buffers["kl"]).sum(dtype=np.float64)]
-        reconstruction, kl = (float(t) for t in totals / len(x))
-        return EvalResult(elbo=-(reconstruction + kl), reconstruction=reconstruction, kl=kl)
+            return (self.executor.download(buffers["bce"]),
+                    self.executor.download(buffers["kl"]))
+
+        # The same noise stream, and the same float64 sums, as every compiled backend's.
+        return evaluate_in_batches(terms, self._images(x), self.config.latent_dim, seed=seed,
+                                   batch_size=batch_size)
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = self._images(x)

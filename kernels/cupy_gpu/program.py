@@ -19,13 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from vae_ref import VAEConfig
+from vae_ref.config import ADAM_BETAS, ADAM_EPS
 
 from ..flat_layout import Layout
 from . import launch
 from .gemm import GemmCall, plan_gemm
 
-ADAM_BETAS = (0.9, 0.999)  # PyTorch's defaults, as in the reference
-ADAM_EPS = 1e-8
 ADAM_KERNELS = ("adam_bias_corrections", "adam")  # Adam's launches, in order
 
 

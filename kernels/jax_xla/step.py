@@ -39,8 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-ADAM_BETAS = (0.9, 0.999)  # PyTorch's defaults, as in the reference
-ADAM_EPS = 1e-8
+from vae_ref.config import ADAM_BETAS, ADAM_EPS
 
 # Every float32 product at full precision: on a GPU, JAX's DEFAULT precision would run float32
 # GEMMs in TF32 (10-bit mantissa), which fails the gate and is not what the CPU computes.
@@ -116,7 +115,7 @@ def _linear(x, params, layer: str, gemm_inputs: str):
 
 
 def forward(params, x, eps, gemm_inputs: str = "float32") -> dict:
-    """The intermediates of ``vae_ref.model.VAE.forward`` (``kernels.base.INTERMEDIATES``)."""
+    """The intermediates of ``vae_ref.model.VAE.forward`` (``vae_ref.oracle.INTERMEDIATES``)."""
     h = jax.nn.relu(_linear(x, params, "enc.fc1", gemm_inputs))  # gradient 0 at 0, as torch's
     mu = _linear(h, params, "enc.mu", gemm_inputs)
     logvar = _linear(h, params, "enc.logvar", gemm_inputs)

@@ -15,6 +15,7 @@ import tracemalloc
 import numpy as np
 
 from vae_ref import VAEConfig
+from vae_ref.config import ADAM_BETAS, ADAM_EPS
 from vae_ref.evaluate import EvalResult
 from vae_ref.params import Params
 
@@ -27,10 +28,6 @@ from ..inputs import (
     evaluate_in_batches,
 )
 from ..timing import interleaved_times
-
-ADAM_BETAS = (0.9, 0.999)  # PyTorch's defaults, as in the reference
-ADAM_EPS = 1e-8
-
 
 PRECISIONS = ("float32", "bf16")
 

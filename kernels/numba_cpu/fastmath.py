@@ -4,7 +4,7 @@ Without Intel SVML (llvmlite's wheels no longer carry it), ``np.exp``/``np.log1p
 become scalar libm calls: about 4.5x slower than this. These are the classic constructions
 (Cody-Waite range reduction, a polynomial, the exponent set through the float's bits), written
 so that each loop body is straight-line arithmetic, selects and one bitcast. Their error is a
-few float32 ulp, checked against float64 in tests/test_numba_fastmath.py and, through the
+few float32 ulp, checked against float64 in tests/test_numba_kernels.py and, through the
 whole model, by the agreement gate.
 """
 

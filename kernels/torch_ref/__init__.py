@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from vae_ref import ForwardPass, VAEConfig, build_model, import_params, loss_terms
+from vae_ref.config import ADAM_BETAS, ADAM_EPS
 from vae_ref.evaluate import EvalResult, evaluate_elbo
 from vae_ref.oracle import INTERMEDIATES
 from vae_ref.params import Params, export_params
@@ -202,6 +203,7 @@ class TorchBackend:
         self._net = _AutocastForward(self.model, torch.device(self.device).type) \
             if self.autocast_bf16 else self.model
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr,
+                                          betas=ADAM_BETAS, eps=ADAM_EPS,
                                           fused=self.fused_adam or None)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         # One forward + loss, eager or compiled, for both the timed step and the gate's

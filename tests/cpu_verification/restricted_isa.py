@@ -61,9 +61,9 @@ FAIL_ON_EVERY_CPU = ("torch-bf16", "torch-compile-bf16")
 
 
 def main(out: Path) -> None:
+    from bench.digits import gate_images
     from bench.pipeline import gate, gate_cases
     from kernels import backend_names, create_backend
-    from vae_ref.digits import gate_images
     from vae_ref.fixture import read_fixture
 
     # One oracle (the float64 truth and float32 calibration of every z = 20 case) for both

@@ -13,11 +13,10 @@ import numpy as np
 
 from kernels.base import Availability, BatchLoss, StepOutputs
 from vae_ref import VAEConfig
+from vae_ref.config import ADAM_BETAS as BETAS
+from vae_ref.config import ADAM_EPS
 from vae_ref.evaluate import EvalResult
 from vae_ref.params import Params, check_params
-
-BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as the reference trains
-ADAM_EPS = 1e-8
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:

@@ -1,0 +1,79 @@
+"""An experiment's figures, made from its trained models: reconstructions, prior samples, for
+z = 2 the latent map and the decoded manifold, and the AE/VAE merge figure. The models run
+through the reference's inference helpers (``vae_ref.model``); the drawing is
+``figures.py``'s."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from vae_ref.data import Dataset
+from vae_ref.model import decode_images, posterior_means, reconstruct
+
+from . import figures
+
+if TYPE_CHECKING:
+    from .experiment import FinishedModel
+
+
+
+def showcase_indices(labels: np.ndarray, per_class: int = 10) -> np.ndarray:
+    """The first ``per_class`` test images of each class, class by class (a 10 x 10 grid)."""
+    return np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
+
+
+def write_figures(finished: list[FinishedModel], data: Dataset, out: Path, log) -> None:
+    test_x, test_y = data.test_x, data.test_y
+    shown = test_x[showcase_indices(test_y)]
+    prior = np.random.default_rng(0)
+
+    curves = pd.read_csv(out / "curves.csv")
+    figures.elbo_curves(curves, out / "elbo_curves.png", data.name)
+    for f in finished:
+        name = f.config.name
+        figures.reconstructions(shown, reconstruct(f.model, shown), out / f"reconstructions_{name}.png",
+                                f"{name} on {data.name}: reconstructions (decoded at z = mu)")
+        if f.config.model == "vae":
+            z = prior.standard_normal((100, f.config.latent_dim))
+            figures.samples(decode_images(f.model, z), out / f"prior_samples_{name}.png",
+                            f"{name} on {data.name}: decodings of z ~ N(0, I)")
+        if f.config.model == "vae" and f.config.latent_dim == 2:
+            figures.latent_scatter(posterior_means(f.model, test_x), test_y, data.class_names,
+                                   out / f"latent_scatter_{name}.png",
+                                   f"{name}: test-set posterior means on {data.name}")
+            # Grid through the prior's quantiles, as in Kingma & Welling's Fig. 4.
+            n = 20
+            q = [statistics.NormalDist().inv_cdf(p) for p in np.linspace(0.03, 0.97, n)]
+            grid = np.array([[a, b] for b in q[::-1] for a in q])
+            figures.manifold(decode_images(f.model, grid), n, out / f"manifold_{name}.png",
+                             f"{name} on {data.name}: decoded latent grid\n"
+                             "(prior quantiles 3%..97%)")
+
+    # The merge figure: two test images of different classes, per AE/VAE pair of equal z.
+    a = int(np.flatnonzero(test_y == 3)[0])
+    b = int(np.flatnonzero(test_y == 8)[0])
+    pair = test_x[[a, b]]
+    for f in finished:
+        if f.config.model != "ae":
+            continue
+        vae = next((v for v in finished if v.config.model == "vae"
+                    and v.config.latent_dim == f.config.latent_dim), None)
+        if vae is None:
+            log(f"merge figure for z={f.config.latent_dim} skipped: no VAE with that latent size")
+            continue
+        rows = []
+        random_code = np.random.default_rng(1).standard_normal((1, f.config.latent_dim))
+        for label, m in (("AE", f.model), ("VAE", vae.model)):
+            codes = posterior_means(m, pair)
+            mixed = decode_images(m, codes.mean(axis=0, keepdims=True))
+            rows.append((label, [pair[0], pair[1], *reconstruct(m, pair), mixed[0],
+                                 decode_images(m, random_code)[0]]))
+        figures.merge(rows, out / f"merge_z{f.config.latent_dim}.png",
+                      f"{data.name}, z = {f.config.latent_dim}: test images "
+                      f"{data.class_names[3]!r} and {data.class_names[8]!r}")
+    log(f"figures written to {out}")

@@ -1,0 +1,84 @@
+"""The results' one typed row and the pipeline's one order of stages: a row field misspelt or
+missing fails loudly (it used to become a silent NaN column), and every command's selection
+runs its stages in the pipeline's order."""
+
+import math
+
+import pytest
+
+from bench import pipeline
+from bench.tables import ADDED_COLUMNS, RESULT_COLUMNS, ResultRow, results_frame
+from bench.tolerances import TOLERANCES
+from vae_ref.gate_tensors import KINDS, kind_of
+
+ROW = dict(backend="numba", device="cpu", precision="float32", latent_dim=20, batch_size=128,
+           agreement="pass", dataset="mnist-5k", seed=0)
+
+
+def test_a_stored_row_reads_back_and_a_new_column_takes_its_implied_value():
+    row = ResultRow.from_record(ROW | {"samples_per_s": 1000.0})
+    assert row.samples_per_s == 1000.0 and math.isnan(row.ms_per_step)
+    old = {k: v for k, v in ROW.items() if k not in ADDED_COLUMNS}
+    assert ResultRow.from_record(old).precision == "float32"
+    assert list(results_frame([row]).columns) == list(RESULT_COLUMNS)
+
+
+def test_a_misspelt_or_missing_field_fails_loudly():
+    with pytest.raises(ValueError, match=r"unknown fields \['samples_per_sec'\]"):
+        ResultRow.from_record(ROW | {"samples_per_sec": 1000.0})
+    with pytest.raises(ValueError, match=r"missing fields \['agreement'\]"):
+        ResultRow.from_record({k: v for k, v in ROW.items() if k != "agreement"})
+    with pytest.raises(TypeError):
+        ResultRow(**ROW, samples_per_sec=1.0)
+
+
+def test_each_kind_of_gate_tensor_has_its_tolerance():
+    assert set(TOLERANCES) == set(KINDS)
+    assert [kind_of(t) for t in ("h", "loss.kl", "loss", "grad.enc.fc1.weight", "steps.loss",
+                                 "steps.enc.fc1.bias")] == [
+        "intermediate", "loss", "loss", "gradient", "steps.loss", "steps.param"]
+
+
+class Recorder:
+    """Stands in for the stages: records the order they are called in."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        monkeypatch.setattr(pipeline, "gate", lambda backends, cases, log: self.called(
+            "gate", {b.name: pipeline.GateRecord(b.name, "pass", 0.1) for b in backends}))
+        monkeypatch.setattr(pipeline, "measure", lambda *a, **k: self.called("time", []))
+        monkeypatch.setattr(pipeline, "train_backend", lambda *a, **k: self.called(
+            "train", "result"))
+        monkeypatch.setattr(pipeline, "evaluate", lambda *a, **k: self.called(
+            "evaluate", "scores"))
+
+    def called(self, stage, value):
+        self.calls.append(stage)
+        return value
+
+
+class Named:
+    name, device = "stand-in", "cpu"
+
+
+@pytest.mark.parametrize("stages", [pipeline.STAGES, tuple(reversed(pipeline.STAGES)),
+                                    ("time", "gate"), ("evaluate", "train")])
+def test_a_selection_runs_its_stages_in_the_pipelines_order(monkeypatch, stages):
+    import types
+
+    recorder = Recorder(monkeypatch)
+    data = types.SimpleNamespace(name="d", train_x=None, test_x=None)
+    from vae_ref import VAEConfig
+
+    pipeline.execute(pipeline.Selection(stages=stages, batch_sizes=(8, 16)), [Named()],
+                     config=VAEConfig(latent_dim=2), cases=lambda *_: [], data=data)
+    expected = [s for s in pipeline.STAGES for _ in range(2 if s == "time" else 1)
+                if s in stages]
+    assert recorder.calls == expected
+
+
+def test_a_selection_that_cannot_be_run_is_refused():
+    with pytest.raises(ValueError, match="evaluate needs train"):
+        pipeline.Selection(stages=("evaluate",))
+    with pytest.raises(ValueError, match="unknown stages"):
+        pipeline.Selection(stages=("gate", "timing"))
