@@ -397,139 +397,25 @@ def _available_backend(name: str, **options):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from kernels.base import gemm_inputs_of
-    from vae_ref.fixture import FixtureError, read_fixture
-
-    from . import pipeline
-    from .digits import gate_images
-    from .tensor_comparison import HEADER
+    from .check import check, sources
 
     _setup(args)
     backend = _available_backend(args.backend, threads=args.threads)
-    if args.fixture:
-        if gemm_inputs_of(backend) != "float32":
-            raise FixtureError(
-                f"the fixture holds float32 calibrations only, and {args.backend} computes its "
-                f"GEMMs on {gemm_inputs_of(backend)} inputs: check it against the live "
-                "oracle (leave out --fixture; needs PyTorch)")
-        fixture = read_fixture(args.fixture)
-        sources = [(f"fixture {args.fixture}", lambda: fixture)]
-    else:
-        images, where = gate_images()
-        sources = [(f"float64 oracle ({where})",
-                    pipeline.gate_cases(images, z, steps=args.adam_steps,
-                                        hidden=args.hidden_dim))
-                   for z in args.latents]
-    print(f"agreement gate: backend {args.backend} ({backend.description}) vs "
-          f"{sources[0][0]}")
-    print(HEADER)
-    failures, worst = 0, 0.0
-    gate_alone = pipeline.Selection(stages=("gate",))
-    for _, pairs in sources:  # one latent size at a time: its lines come as it is checked
-        record = pipeline.execute(gate_alone, [backend], cases=pairs).gates[backend.name]
-        failures += len(record.failures)
-        worst = max(worst, record.worst_fraction)
-        for result in record.comparisons:
-            if not args.quiet or not result.passed:
-                print(result.line())
-    settings = ", ".join(f"{k} {v}" for k, v in backend.settings().items())
-    verdict = "PASS" if failures == 0 else f"FAIL ({failures} tensors)"
-    print(f"{verdict}: {args.backend}, worst tensor at {worst:.1%} of its tolerance [{settings}]")
-    return 0 if failures == 0 else EXIT_FAILED
-
-
-PROFILE_MARKS = ("# vae-bench profile", "$ vae-bench profile")  # a report's first line
-
-
-def _is_profile_report(path: Path) -> bool:
-    """Whether ``path`` holds a profile report (which profile --out may replace)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.readline().startswith(PROFILE_MARKS)
-    except OSError:
-        return False
-
-
-def _profile_words(args: argparse.Namespace) -> list[str]:
-    """The profile's flags as given or defaulted (without --out): the command that repeats
-    it."""
-    words = ["--backends", *args.backends, "--latent", str(args.latent), "--batch-size",
-             str(args.batch_size), "--hidden-dim", str(args.hidden_dim), "--repeats",
-             str(args.repeats), "--window-steps", str(args.window_steps)]
-    if args.threads:
-        words += ["--threads", str(args.threads)]
-    return words + [flag for flag, on in (("--backend-noise", args.backend_noise),
-                                          ("--force", args.force)) if on]
+    truths = sources(backend, args.latents, adam_steps=args.adam_steps,
+                     hidden_dim=args.hidden_dim, fixture=args.fixture)
+    return 0 if check(backend, truths, quiet=args.quiet) else EXIT_FAILED
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    import contextlib
-
-    import torch
-
-    from kernels import create_backend
-    from vae_ref import VAEConfig
-    from vae_ref.atomic import atomic_write_text
-    from vae_ref.data import load_dataset
-
-    from . import pipeline
-    from .digits import gate_images
-    from .provenance import as_markdown, collect
-    from .results_dir import claim_file
-    from .throughput import device_peaks, report
+    from .profile import ProfileSpec, profile
 
     _setup(args)
-    backends = [create_backend(name, threads=args.threads) for name in args.backends]
-    # --out is claimed before any work: a path that cannot be written is refused at once.
-    holding = claim_file(args.out, ours=_is_profile_report, what="a profile report") \
-        if args.out else contextlib.nullcontext()
-    with holding:
-        images, where = gate_images()
-        data = load_dataset("mnist-5k")
-        print(f"agreement gate at z {args.latent}, single-step cases ({where}): "
-              f"{', '.join(args.backends)} ...", flush=True)
-
-        def after(stage: str, outcome) -> None:
-            if stage != "gate":
-                return
-            for name, g in outcome.gates.items():
-                if g.verdict == "unavailable":
-                    print(f"{name}: unavailable here: {g.note}")
-            for name in outcome.refused:
-                _say("refused", f"{name} failed the agreement gate: "
-                     f"{outcome.gates[name].summary()}; not timed (--force times it anyway)")
-            if outcome.admitted:
-                print(f"profiling on {data.name} ({len(data.train_x)} images), torch threads "
-                      f"{torch.get_num_threads()}; warming up "
-                      f"{', '.join(b.name for b in outcome.admitted)} ...", flush=True)
-
-        config = VAEConfig(latent_dim=args.latent, hidden_dim=args.hidden_dim,
-                           batch_size=args.batch_size)
-        outcome = pipeline.execute(
-            pipeline.Selection(stages=("gate", "time"), batch_sizes=(args.batch_size,),
-                               repeats=args.repeats, window_steps=args.window_steps,
-                               backend_noise=args.backend_noise, force=args.force),
-            backends, config=config, data=data, on_stage=after,
-            cases=pipeline.gate_cases(images, args.latent, steps=0, hidden=args.hidden_dim))
-        refused = outcome.refused
-        if not outcome.admitted:
-            if refused:
-                return EXIT_FAILED  # each refusal has said why
-            _say("error", "no backend to profile: none of those asked for is available here")
-            return EXIT_USAGE
-        results = list(outcome.measurements[args.batch_size].values())
-        text = report(results, config, args.batch_size, device_peaks(outcome.admitted),
-                      outcome.gates)
-        print(text)
-        record = collect(data=data)
-        versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
-        print(f"provenance: {record['cpu']}, {record['logical_cpus']} CPUs, {versions}, "
-              f"commit {record['git_commit']}, {record['timestamp']}, host {record['host']}")
-        if args.out:
-            command = shlex.join(["vae-bench", "profile", *_profile_words(args)])
-            atomic_write_text(args.out, f"# {command}\n{text}\n\n## Provenance\n\n"
-                              f"{as_markdown(record)}\n")
-            print(f"wrote {args.out}")
+    spec = ProfileSpec(backends=tuple(args.backends), latent=args.latent,
+                       batch_size=args.batch_size, hidden_dim=args.hidden_dim,
+                       repeats=args.repeats, window_steps=args.window_steps,
+                       threads=args.threads, backend_noise=args.backend_noise,
+                       force=args.force)
+    refused = profile(spec, args.out, lambda message: _say("refused", message))
     return EXIT_FAILED if refused else 0
 
 
@@ -680,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     from vae_ref.training_outcome import TrainingDiverged
 
     from .experiment import ExperimentError
+    from .profile import ProfileError
     from .results_dir import ResultsDirError
     from .run import RunError
     from .run_comparison import CompareError
@@ -694,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (DatasetError, IDXFormatError, ExperimentError, FixtureError, UnknownBackendError,
             BackendUnavailable, RunError, CompareError, ResultsDirError, StoreError,
-            SeedsError) as error:
+            SeedsError, ProfileError) as error:
         _say("error", str(error))
         return EXIT_USAGE
     except TrainingDiverged as error:

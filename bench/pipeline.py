@@ -4,8 +4,8 @@
 
 Each command is a selection of them with its settings (a ``Selection``):
 
-    check       gate                                   (cli.cmd_check, per latent size)
-    profile     gate (the single-step cases) -> time   (cli.cmd_profile)
+    check       gate                                   (check.py, per latent size)
+    profile     gate (the single-step cases) -> time   (profile.py)
     run         gate -> time -> train -> evaluate      (run.run_latent, per latent size)
     experiment  train -> evaluate                      (experiment.py, per model; figures)
     gpu-check   run's selection on a GPU machine, then pytest -m gpu   (gpu_check.py)

@@ -1,0 +1,121 @@
+"""``vae-bench profile``: the pipeline's gate (its single-step cases) and time stages on the
+embedded digits, the report (throughput, speed-ups, breakdowns) printed and, with an output
+file, written whole with its provenance. A backend that fails the gate is not timed unless
+forced, and then its row says UNGATED."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kernels import create_backend
+from vae_ref import VAEConfig
+from vae_ref.atomic import atomic_write_text
+from vae_ref.data import load_dataset
+
+from . import pipeline
+from .digits import gate_images
+from .provenance import as_markdown, collect
+from .results_dir import claim_file
+from .throughput import device_peaks, report
+
+REPORT_MARKS = ("# vae-bench profile", "$ vae-bench profile")  # a report's first line
+
+
+class ProfileError(RuntimeError):
+    """Nothing to profile as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """One profile: what is timed, and how."""
+
+    backends: tuple[str, ...]
+    latent: int = 20
+    batch_size: int = 128
+    hidden_dim: int = 512
+    repeats: int = 7  # windows per backend
+    window_steps: int = 50  # training steps per window
+    threads: int | None = None
+    backend_noise: bool = False
+    force: bool = False  # time backends that fail the gate too
+
+    def words(self) -> list[str]:
+        """The flags that repeat this profile (without the output file)."""
+        words = ["--backends", *self.backends, "--latent", str(self.latent), "--batch-size",
+                 str(self.batch_size), "--hidden-dim", str(self.hidden_dim), "--repeats",
+                 str(self.repeats), "--window-steps", str(self.window_steps)]
+        if self.threads:
+            words += ["--threads", str(self.threads)]
+        return words + [flag for flag, on in (("--backend-noise", self.backend_noise),
+                                              ("--force", self.force)) if on]
+
+
+def is_profile_report(path: Path) -> bool:
+    """Whether ``path`` holds a profile report (which a profile's output may replace)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().startswith(REPORT_MARKS)
+    except OSError:
+        return False
+
+
+def profile(spec: ProfileSpec, out: Path | None, refuse: Callable[[str], None]) -> bool:
+    """Run the profile, print its report, write it into ``out`` (claimed before any work, so
+    a path that cannot be written is refused at once). ``refuse`` is told, one line each,
+    of every backend not timed for failing the gate; returns whether there was one."""
+    import torch
+
+    backends = [create_backend(name, threads=spec.threads) for name in spec.backends]
+    holding = claim_file(out, ours=is_profile_report, what="a profile report") \
+        if out else contextlib.nullcontext()
+    with holding:
+        images, where = gate_images()
+        data = load_dataset("mnist-5k")
+        print(f"agreement gate at z {spec.latent}, single-step cases ({where}): "
+              f"{', '.join(spec.backends)} ...", flush=True)
+
+        def after(stage: str, outcome: pipeline.Outcome) -> None:
+            if stage != "gate":
+                return
+            for name, g in outcome.gates.items():
+                if g.verdict == "unavailable":
+                    print(f"{name}: unavailable here: {g.note}")
+            for name in outcome.refused:
+                refuse(f"{name} failed the agreement gate: {outcome.gates[name].summary()}; "
+                       "not timed (--force times it anyway)")
+            if outcome.admitted:
+                print(f"profiling on {data.name} ({len(data.train_x)} images), torch threads "
+                      f"{torch.get_num_threads()}; warming up "
+                      f"{', '.join(b.name for b in outcome.admitted)} ...", flush=True)
+
+        config = VAEConfig(latent_dim=spec.latent, hidden_dim=spec.hidden_dim,
+                           batch_size=spec.batch_size)
+        outcome = pipeline.execute(
+            pipeline.Selection(stages=("gate", "time"), batch_sizes=(spec.batch_size,),
+                               repeats=spec.repeats, window_steps=spec.window_steps,
+                               backend_noise=spec.backend_noise, force=spec.force),
+            backends, config=config, data=data, on_stage=after,
+            cases=pipeline.gate_cases(images, spec.latent, steps=0, hidden=spec.hidden_dim))
+        if not outcome.admitted:
+            if outcome.refused:
+                return True  # each refusal has said why
+            raise ProfileError("no backend to profile: none of those asked for is available "
+                               "here")
+        results = list(outcome.measurements[spec.batch_size].values())
+        text = report(results, config, spec.batch_size, device_peaks(outcome.admitted),
+                      outcome.gates)
+        print(text)
+        record = collect(data=data)
+        versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
+        print(f"provenance: {record['cpu']}, {record['logical_cpus']} CPUs, {versions}, "
+              f"commit {record['git_commit']}, {record['timestamp']}, host {record['host']}")
+        if out:
+            command = shlex.join(["vae-bench", "profile", *spec.words()])
+            atomic_write_text(out, f"# {command}\n{text}\n\n## Provenance\n\n"
+                              f"{as_markdown(record)}\n")
+            print(f"wrote {out}")
+    return bool(outcome.refused)
