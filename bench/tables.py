@@ -240,9 +240,52 @@ def run_summary(table: pd.DataFrame, env: dict) -> str:
                 f"| {r.backend} | {r.latent_dim} | {fmt(r.final_train_elbo, '.2f')} | "
                 f"{fmt(r.average_train_elbo, '.2f')} | {fmt(r.final_test_elbo, '.2f')} | "
                 f"{iwae} |")
+    cost = precision_cost(gate)
+    if len(cost):
+        lines += ["", "## What reduced precision costs (nats per image)", "",
+                  "Each reduced-precision backend against its float32 twin, trained in this "
+                  "run from the same initial weights, data order and seed: the difference is "
+                  "the precision's, within the noise of one seed.", "",
+                  "| backend | vs | z | test ELBO | twin's | difference | test log p(x) | "
+                  "twin's | difference |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r.backend} | {r.twin} | {r.latent_dim} | {fmt(r.elbo, '.2f')} | "
+                  f"{fmt(r.twin_elbo, '.2f')} | {fmt(r.elbo_difference, '+.2f')} | "
+                  f"{fmt(r.iwae, '.2f', nan=NOT_COMPUTED)} | "
+                  f"{fmt(r.twin_iwae, '.2f', nan=NOT_COMPUTED)} | "
+                  f"{fmt(r.iwae_difference, '+.2f', nan=NOT_COMPUTED)} |"
+                  for r in cost.itertuples()]
     record = {k: v for k, v in env.items() if k not in ("spec",)}
     lines += ["", "## Environment", "", as_markdown(record), ""]
     return "\n".join(lines)
+
+
+def float32_twin(backend: str, precision: str) -> str | None:
+    """The float32 backend a reduced-precision one is the twin of (its name without the
+    precision's suffix: numba-bf16 -> numba), or None."""
+    twin = backend.removesuffix(f"-{precision}")
+    return None if precision == "float32" or twin == backend else twin
+
+
+def precision_cost(table: pd.DataFrame) -> pd.DataFrame:
+    """Per reduced-precision row trained beside its float32 twin (same latent and batch size):
+    the test ELBO and importance-weighted bound of each, and the row's minus the twin's."""
+    if "precision" not in table:
+        return pd.DataFrame()
+    trained = table[table.final_test_elbo.notna()]
+    twins = trained.set_index(["backend", "latent_dim", "batch_size"])
+    rows = []
+    for r in trained.itertuples():
+        twin = float32_twin(r.backend, r.precision) if isinstance(r.precision, str) else None
+        key = (twin, r.latent_dim, r.batch_size)
+        if twin is None or key not in twins.index:
+            continue
+        other = twins.loc[key]
+        rows.append(dict(backend=r.backend, twin=twin, latent_dim=r.latent_dim,
+                         elbo=r.final_test_elbo, twin_elbo=other.final_test_elbo,
+                         elbo_difference=r.final_test_elbo - other.final_test_elbo,
+                         iwae=r.test_iwae, twin_iwae=other.test_iwae,
+                         iwae_difference=r.test_iwae - other.test_iwae))
+    return pd.DataFrame(rows)
 
 
 def experiment_table(table: pd.DataFrame, spec: dict, described_data: str,

@@ -311,8 +311,8 @@ def _mixed_precision_lines(results: list[Measurement], table: pd.DataFrame, flop
         if r.precision == "float32":
             continue
         parts = []
-        twin = r.backend.removesuffix(f"-{r.precision}")
-        if twin != r.backend and twin in speed:
+        twin = tables.float32_twin(r.backend, r.precision)
+        if twin in speed:
             parts.append(f"{speed[r.backend] / speed[twin]:.2f}x {twin} (float32)")
         rivals = {m.backend: speed[r.backend] / speed[m.backend] for m in results
                   if m.precision == r.precision and m.backend != r.backend}

@@ -82,3 +82,23 @@ def test_a_selection_that_cannot_be_run_is_refused():
         pipeline.Selection(stages=("evaluate",))
     with pytest.raises(ValueError, match="unknown stages"):
         pipeline.Selection(stages=("gate", "timing"))
+
+
+def test_the_cost_of_reduced_precision_is_each_row_minus_its_float32_twin():
+    from bench.tables import precision_cost
+
+    def trained(backend, precision, z, elbo, iwae):
+        return ResultRow(**ROW | dict(backend=backend, precision=precision, latent_dim=z),
+                         final_test_elbo=elbo, test_iwae=iwae, epochs=50)
+
+    table = results_frame([trained("numba", "float32", 2, -170.0, -168.0),
+                           trained("numba-bf16", "bf16", 2, -170.5, -168.1),
+                           trained("numba", "float32", 20, -121.0, -116.0),
+                           trained("numba-bf16", "bf16", 20, -120.0, -115.5),
+                           trained("jax-bf16", "bf16", 20, -121.0, -116.0)])  # no twin here
+    cost = precision_cost(table)
+    assert list(zip(cost.backend, cost.twin, cost.latent_dim)) == [
+        ("numba-bf16", "numba", 2), ("numba-bf16", "numba", 20)]
+    assert cost.elbo_difference.tolist() == pytest.approx([-0.5, 1.0])
+    assert cost.iwae_difference.tolist() == pytest.approx([-0.1, 0.5])
+    assert precision_cost(table[table.precision == "float32"]).empty
