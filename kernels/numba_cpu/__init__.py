@@ -47,13 +47,20 @@ class NumbaBackend:
         self.precision = precision
         self.allow_emulated = allow_emulated
         self.compile_seconds: float | None = None
-        self.bf16 = precision == "bf16"
         self.description = (
             "Numba JIT, bf16 GEMM inputs (oneMKL, float32 accumulation), float32 master "
             "weights, fused kernels and Adam" if self.bf16 else
             "Numba JIT, fused float32 kernels, BLAS GEMMs, flat-buffer Adam")
-        # What the harness's gate calibrates against (kernels.base.MixedPrecision).
-        self.gemm_inputs = "bf16" if self.bf16 else "float32"
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
+
+    @property
+    def gemm_inputs(self) -> str:
+        """What the harness's gate calibrates against (kernels.base.MixedPrecision): the
+        precision of the GEMM operands, which is the backend's precision."""
+        return self.precision
 
     @property
     def name(self) -> str:
