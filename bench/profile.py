@@ -17,7 +17,7 @@ from vae_ref.atomic import atomic_write_text
 from vae_ref.data import load_dataset
 
 from . import pipeline
-from .digits import gate_images
+from .digits import GATE_IMAGES
 from .provenance import as_markdown, collect
 from .results_dir import claim_file
 from .throughput import device_peaks, report
@@ -73,9 +73,11 @@ def profile(spec: ProfileSpec, out: Path | None, refuse: Callable[[str], None]) 
     holding = claim_file(out, ours=is_profile_report, what="a profile report") \
         if out else contextlib.nullcontext()
     with holding:
-        images, where = gate_images()
+        # The timing needs mnist-5k, so the gate takes its images from it (gate_images' fallback
+        # to the fixture's copy would only load the same digits twice).
         data = load_dataset("mnist-5k")
-        print(f"agreement gate at z {spec.latent}, single-step cases ({where}): "
+        images = data.train_x[:GATE_IMAGES]
+        print(f"agreement gate at z {spec.latent}, single-step cases (mnist-5k images): "
               f"{', '.join(spec.backends)} ...", flush=True)
 
         def after(stage: str, outcome: pipeline.Outcome) -> None:
