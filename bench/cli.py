@@ -171,7 +171,8 @@ def _add_profile(commands, known: tuple[str, ...]) -> None:
         "per backend (warm-up and compile timed apart, windows interleaved A B C A B C...), "
         "effective GFLOP/s against this machine's GEMM peak measured in the same run, and "
         "where each backend's step time goes.")
-    prof.add_argument("--backends", nargs="+", default=list(known), metavar="NAME")
+    prof.add_argument("--backends", nargs="+", default=list(known), metavar="NAME",
+                      help="backends to time, separated by spaces or commas (default: all)")
     prof.add_argument("--latent", type=_positive_int, default=20)
     prof.add_argument("--batch-size", type=_positive_int, default=128)
     _add_hidden_dim(prof)
@@ -205,7 +206,8 @@ def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> 
                       "on full Fashion-MNIST; gpu: the CUDA backends, batch 128 to 4096; "
                       "scaling: the CPU backends' batch-size sweep at z = 20")
     runp.add_argument("--backends", nargs="+", metavar="NAME",
-                      help="default: the profile's, or every registered backend")
+                      help="separated by spaces or commas (default: the profile's, or every "
+                      "registered backend)")
     runp.add_argument("--latents", type=_positive_int, nargs="+", metavar="Z",
                       help="default: the profile's, or 2 10 20 50")
     runp.add_argument("--batch-sizes", type=_positive_int, nargs="+", metavar="B",
@@ -342,6 +344,17 @@ def _setup(args: argparse.Namespace):
 
         torch.set_num_threads(args.threads)
     return (lambda _msg: None) if getattr(args, "quiet", False) else write
+
+
+def _split_commas(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--backends torch,numba`` means ``--backends torch numba``: names are split on commas
+    as well as spaces (a backend name never holds a comma); empty pieces are dropped."""
+    names = getattr(args, "backends", None)
+    if names:
+        args.backends = [piece for name in names for piece in name.split(",") if piece]
+        if not args.backends:
+            parser.error(f"--backends {' '.join(names)} names no backend; give names like "
+                         "torch numba (or torch,numba)")
 
 
 def _without_repeats(args: argparse.Namespace) -> None:
@@ -576,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    _split_commas(parser, args)
     _without_repeats(args)
     try:
         return args.handler(args)

@@ -163,6 +163,25 @@ def test_an_empty_shard_has_nothing_to_run_and_repeats_are_dropped(tmp_path, cap
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["run", "profile"])
+def test_backends_may_be_separated_by_commas(command, tmp_path, capsys):
+    # An empty shard stops the run before any work, after the names were checked.
+    assert main(["run", "--backends", "torch,numba", "jax,", "torch", "--latents", "2",
+                 "--shard", "2/2", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown backend" not in err
+    assert "vae-bench: note: --backends repeats a value; using torch numba jax" in err
+    assert main([command, "--backends", "torch,nosuch", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown backend 'nosuch'" in one_line(capsys)
+
+
+def test_backends_that_are_only_commas_are_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--backends", ",", ","])
+    assert info.value.code == 2
+    assert "--backends , , names no backend" in capsys.readouterr().err
+
+
 # ---- failed runs: exit 1 ----------------------------------------------------------------------
 
 
