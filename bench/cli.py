@@ -67,6 +67,18 @@ _positive_float = _float_at_least(0.0, strict=True)
 _non_negative_float = _float_at_least(0.0, strict=False)
 
 
+def _probability(text: str) -> float:
+    """A significance level: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number like 0.05, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"a significance level lies strictly between 0 and "
+                                         f"1, got {text}")
+    return value
+
+
 def _add_hidden_dim(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden-dim", type=_positive_int, default=512, metavar="H",
                         help="width of the encoder's and decoder's hidden layer (default 512, "
@@ -257,6 +269,7 @@ def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> 
 
 def _add_compare(commands) -> None:
     from .run_comparison import DEFAULT_FAIL_ELBO, DEFAULT_FAIL_THROUGHPUT
+    from .significance import ALPHA
 
     cmp_ = commands.add_parser(
         "compare", help="compare two runs; exit 1 on a regression beyond the gate",
@@ -269,6 +282,13 @@ def _add_compare(commands) -> None:
                       help="fail when a backend's speed-up over the same run's PyTorch eager "
                       "on its device drops by more than this (default "
                       f"{DEFAULT_FAIL_THROUGHPUT * 100:.0f}%%)")
+    cmp_.add_argument("--alpha", type=_probability, default=ALPHA,
+                      help="a drop beyond --fail-throughput is a regression only if the "
+                      "one-sided Mann-Whitney U test over the timed windows gives p below "
+                      f"this (default {ALPHA:g})")
+    cmp_.add_argument("--threshold-only", action="store_true",
+                      help="decide throughput by --fail-throughput alone, without the "
+                      "significance test (runs recorded before windows were kept)")
     cmp_.add_argument("--absolute", action="store_true",
                       help="gate raw samples/s instead (only across quiet, identical machines)")
     cmp_.add_argument("--fail-elbo", type=_non_negative_float, default=DEFAULT_FAIL_ELBO,
@@ -503,7 +523,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      fail_throughput=parse_fraction(args.fail_throughput),
                      fail_elbo=args.fail_elbo, absolute=args.absolute,
                      allow_removed=args.allow_removed,
-                     allow_machine_change=args.allow_machine_change)
+                     allow_machine_change=args.allow_machine_change, alpha=args.alpha,
+                     threshold_only=args.threshold_only)
     print(format_table(result))
     for line in result.notes:
         print(f"\nnote: {line}")
@@ -516,7 +537,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if result.regressions:
         return EXIT_FAILED
     if result.refusals:  # a refusal, not a pass: what was compared is said to have passed
-        print("\nno ELBO or agreement regression beyond the gate; throughput not compared")
+        print("\nno ELBO or agreement regression beyond the gate; throughput not compared, "
+              "or not decided, where NOT COMPARED says: that is not a pass")
         return EXIT_FAILED
     print("\nno regression beyond the gate")
     return 0

@@ -7,7 +7,10 @@ run* on the same device (``bench.tables``: torch on the CPU, torch-cuda on a GPU
 ratio the harness's interleaving makes trustworthy, not as raw samples/s: two runs of the same
 code minutes apart on this 2-core VM moved raw medians by up to 26% (every backend at one
 latent size at once), while same-run speed-ups moved far less. The yardstick rows are
-therefore not gated unless --absolute. Default gates: a 25% drop in speed-up;
+therefore not gated unless --absolute. Default gates: a 25% drop in speed-up that is also
+significant over the timed windows (``bench.significance``: a one-sided Mann-Whitney U test on
+the per-window speed-ups, p < 0.05; identical code measured 0.6-1.5x against itself on shared
+runners, so a threshold alone cries wolf; too few windows to test is undecided, not a pass);
 an ELBO drop of more than 1 nat (the same seed reproduces the ELBO exactly on one machine,
 and seeds differ by up to 1.6 nats SD at z = 2). Tighten both on quiet machines.
 
@@ -36,6 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import provenance, tables
+from .significance import ALPHA, Slowdown, slowdown
 from .store import read_json_object
 from .tables import ADDED_COLUMNS, KEYS, RESULT_COLUMNS, TEXT_COLUMNS
 
@@ -189,14 +193,30 @@ def _finite(value: float) -> bool:
     return isinstance(value, float | int) and math.isfinite(value)
 
 
+def _windows(table: pd.DataFrame, absolute: bool) -> pd.Series:
+    """Each row's per-window values the significance test compares: speed-ups over eager
+    (window by window), or raw samples/s with --absolute."""
+    if absolute:
+        return table.window_samples_per_s.map(tables.windows_of)
+    return tables.window_speedups(table)
+
+
 def compare_runs(old: Results, new: Results, *, fail_throughput: float, fail_elbo: float,
             absolute: bool = False, allow_removed: bool = False,
-            allow_machine_change: bool = False) -> RunComparison:
+            allow_machine_change: bool = False, alpha: float = ALPHA,
+            threshold_only: bool = False) -> RunComparison:
+    """OLD against NEW, row by row. A throughput drop beyond ``fail_throughput`` is a
+    regression only if the windows say it is not noise (``bench.significance``: p below
+    ``alpha``); where they are too few to say, the row is refused as undecided, not passed.
+    ``threshold_only`` decides by the threshold alone (runs recorded before windows were
+    kept)."""
     throughput, notes, refusals = _machines(old, new, allow_machine_change)
     regressions = [f"{side} {r.source}: {r.cut_short}; the rows after it are missing"
                    for side, r in (("OLD", old), ("NEW", new)) if r.cut_short]
-    old_table = old.table.assign(speedup=tables.speedup(old.table))
-    new_table = new.table.assign(speedup=tables.speedup(new.table))
+    old_table = old.table.assign(speedup=tables.speedup(old.table),
+                                 windows=_windows(old.table, absolute))
+    new_table = new.table.assign(speedup=tables.speedup(new.table),
+                                 windows=_windows(new.table, absolute))
     merged = old_table.merge(new_table, on=KEYS, how="outer", suffixes=("_old", "_new"),
                              indicator="presence")
     merged["raw_ratio"] = merged.samples_per_s_new / merged.samples_per_s_old
@@ -208,6 +228,7 @@ def compare_runs(old: Results, new: Results, *, fail_throughput: float, fail_elb
     if not throughput:
         merged["throughput_ratio"] = math.nan
     merged["elbo_change"] = merged.final_test_elbo_new - merged.final_test_elbo_old
+    merged["p_value"], merged["verdict"] = math.nan, ""
     for r, speedup_gated in zip(merged.itertuples(), gated_speedup):
         key = _key(r)
         if r.presence == "left_only":
@@ -231,10 +252,13 @@ def compare_runs(old: Results, new: Results, *, fail_throughput: float, fail_elb
                 f"{key}: no speed-up in NEW: its {yardstick} row at z={r.latent_dim} "
                 f"batch={r.batch_size} (the yardstick) is missing or untimed; keep it in the "
                 "run, or gate raw samples/s with --absolute")
-        if _finite(r.throughput_ratio) and r.throughput_ratio < 1 - fail_throughput:
-            what = "samples/s" if absolute else "speed-up over PyTorch eager"
-            regressions.append(f"{key}: {what} {r.throughput_ratio:.2f}x of before "
-                               f"(gate: {1 - fail_throughput:.2f}x)")
+        if _finite(r.throughput_ratio):
+            test = slowdown(r.windows_old, r.windows_new)
+            verdict, said = _throughput_verdict(r.throughput_ratio, test, key, fail_throughput,
+                                                alpha, absolute, threshold_only)
+            merged.loc[r.Index, ["verdict", "p_value"]] = verdict, test.p_value
+            {"SLOWER": regressions, "undecided": refusals, "noise": notes}.get(
+                verdict, []).extend(said)
         if _finite(r.elbo_change) and r.elbo_change < -fail_elbo:
             regressions.append(f"{key}: test ELBO {r.elbo_change:+.2f} nats (gate: "
                                f"-{fail_elbo:g})")
@@ -249,9 +273,31 @@ def compare_runs(old: Results, new: Results, *, fail_throughput: float, fail_elb
     return RunComparison(merged, regressions, notes, refusals)
 
 
+def _throughput_verdict(ratio: float, test: Slowdown, key: str, fail_throughput: float,
+                        alpha: float, absolute: bool,
+                        threshold_only: bool) -> tuple[str, list[str]]:
+    """A gated row's throughput verdict (ok, SLOWER, noise, undecided) and what to say."""
+    gate = 1 - fail_throughput
+    if ratio >= gate:
+        return "ok", []
+    what = "samples/s" if absolute else "speed-up over PyTorch eager"
+    drop = f"{key}: {what} {ratio:.2f}x of before (gate: {gate:.2f}x)"
+    if threshold_only:
+        return "SLOWER", [f"{drop}; decided by the threshold alone (--threshold-only)"]
+    if not test.decided:
+        return "undecided", [f"{drop}, but undecided: {test.why_undecided}; time more windows "
+                             "(--repeats) or decide by the threshold alone (--threshold-only)"]
+    if test.significant(alpha):
+        return "SLOWER", [f"{drop}; significant over the windows (one-sided Mann-Whitney U, "
+                          f"{test.describe()} < {alpha:g})"]
+    return "noise", [f"{drop}, but not significant over the windows (one-sided Mann-Whitney U, "
+                     f"{test.describe()} >= {alpha:g}): within the noise, not a regression"]
+
+
 def format_table(result: RunComparison) -> str:
     lines = [f"{'backend':<18} {'z':>3} {'batch':>5} {'samples/s old':>13} {'new':>10} "
              f"{'raw':>5} {'speed-up old':>12} {'new':>6} {'gated':>6} "
+             f"{'p':>6} {'verdict':>9} "
              f"{'test ELBO old':>13} {'new':>9} {'change':>7} {'agreement':>16}"]
     def num(v, spec):
         return tables.fmt(v, spec, nan=tables.NOT_COMPUTED)
@@ -263,6 +309,7 @@ def format_table(result: RunComparison) -> str:
             f"{num(r.samples_per_s_old, ',.0f'):>13} {num(r.samples_per_s_new, ',.0f'):>10} "
             f"{num(r.raw_ratio, '.2f'):>5} {num(r.speedup_old, '.2f'):>12} "
             f"{num(r.speedup_new, '.2f'):>6} {num(r.throughput_ratio, '.2f'):>6} "
+            f"{num(r.p_value, '.2g'):>6} {r.verdict or tables.NOT_COMPUTED:>9} "
             f"{num(r.final_test_elbo_old, '.2f'):>13} "
             f"{num(r.final_test_elbo_new, '.2f'):>9} {num(r.elbo_change, '+.2f'):>7} "
             f"{agreement:>16}")

@@ -40,6 +40,10 @@ class ResultRow:
     samples_per_s: float = NAN
     samples_per_s_min: float = NAN
     samples_per_s_max: float = NAN
+    # samples/s of every timed window, in the order they ran (space-separated): window i of
+    # each backend ran in round i of the same rotation, so window i of a row and of its
+    # yardstick form a same-conditions pair (what compare's significance test is built on)
+    window_samples_per_s: str = ""
     ms_per_step: float = NAN
     gflops: float = NAN
     pct_peak: float = NAN  # of the device's GEMM peak at the row's precision
@@ -76,14 +80,29 @@ RESULT_COLUMNS = tuple(f.name for f in fields(ResultRow))
 REQUIRED_COLUMNS = frozenset(f.name for f in fields(ResultRow) if f.default is MISSING)
 # Columns added after tables were first committed, with the value older tables imply.
 ADDED_COLUMNS = {"device": "cpu", "launch_floor_ms": math.nan, "peak_memory_mb": math.nan,
-                 "gemm_only_ms": math.nan, "precision": "float32"}
+                 "gemm_only_ms": math.nan, "precision": "float32", "window_samples_per_s": ""}
 
 
 def results_frame(rows) -> pd.DataFrame:
     """The results table of ``rows`` (ResultRow), its columns in order."""
     return pd.DataFrame([asdict(r) for r in rows], columns=list(RESULT_COLUMNS))
 # the rest are numbers
-TEXT_COLUMNS = ("backend", "device", "precision", "agreement", "dataset", "note")
+TEXT_COLUMNS = ("backend", "device", "precision", "agreement", "dataset", "note",
+                "window_samples_per_s")
+
+
+def windows_text(samples_per_s) -> str:
+    """Per-window samples/s as stored in a results cell (6 significant digits: far finer
+    than the windows' own spread)."""
+    return " ".join(f"{value:.6g}" for value in samples_per_s)
+
+
+def windows_of(text) -> np.ndarray:
+    """The per-window samples/s stored by ``windows_text`` (empty where a row has none: not
+    timed, or written before windows were kept); ValueError if the text is not numbers."""
+    if not isinstance(text, str) or not text.strip():
+        return np.empty(0)
+    return np.array([float(piece) for piece in text.split()])
 KEYS = ["backend", "latent_dim", "batch_size"]  # a list: pandas reads a tuple as one key
 
 # An experiment's table.csv (one row per model) and curves.csv (one row per model and epoch).
@@ -127,19 +146,45 @@ def devices(table: pd.DataFrame) -> pd.Series:
     return table["device"].astype(object).where(table["device"].notna(), "cpu")
 
 
+def _peer_rows(table: pd.DataFrame, peer: str) -> pd.Series:
+    """For each row of ``table``, the index of the same device's ``peer`` row at the same
+    latent and batch size (NaN where there is none): the one place that pairs a row with its
+    peer, for the speed-up and for the per-window speed-ups alike."""
+    device = devices(table)
+    result = pd.Series(math.nan, index=table.index, dtype=object)
+    for dev, name in PEERS[peer].items():
+        base = table[(table.backend == name) & (device == dev)]
+        base = pd.Series(base.index, index=pd.MultiIndex.from_frame(
+            base[["latent_dim", "batch_size"]]))
+        rows = device == dev
+        keys = pd.MultiIndex.from_frame(table.loc[rows, ["latent_dim", "batch_size"]])
+        result[rows] = base.reindex(keys).values
+    return result
+
+
 def speedup(table: pd.DataFrame, peer: str = "eager") -> pd.Series:
     """samples/s over the same device's ``peer`` row (same latent and batch size); NaN where
     that row is missing or was not timed."""
-    device = devices(table)
-    result = pd.Series(math.nan, index=table.index)
-    for dev, name in PEERS[peer].items():
-        base = table[(table.backend == name) & (device == dev)]
-        base = base.set_index(["latent_dim", "batch_size"]).samples_per_s
-        rows = device == dev
-        keys = pd.MultiIndex.from_frame(table.loc[rows, ["latent_dim", "batch_size"]])
-        with np.errstate(divide="ignore", invalid="ignore"):  # a zero yardstick: inf, gated
-            result[rows] = table.loc[rows, "samples_per_s"].values / base.reindex(keys).values
-    return result
+    peers = _peer_rows(table, peer)
+    base = np.array([math.nan if pd.isna(i) else table.samples_per_s[i]
+                     for i in peers], dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero yardstick: inf, gated
+        return pd.Series(table.samples_per_s.to_numpy(dtype=float) / base, index=table.index)
+
+
+def window_speedups(table: pd.DataFrame, peer: str = "eager") -> pd.Series:
+    """Per row, its speed-up over its ``peer`` in each timed window: window i of the row over
+    window i of the peer, the two timed in the same round of one rotation, so each ratio is
+    taken under the same conditions of the machine (what a noisy neighbour does to a round
+    it does to both). Empty where either has no windows or they differ in number."""
+    result = []
+    for row, peer_row in zip(table.itertuples(), _peer_rows(table, peer)):
+        mine = windows_of(row.window_samples_per_s)
+        theirs = (np.empty(0) if pd.isna(peer_row)
+                  else windows_of(table.window_samples_per_s[peer_row]))
+        paired = len(mine) == len(theirs) and len(mine) and (theirs > 0).all()
+        result.append(mine / theirs if paired else np.empty(0))
+    return pd.Series(result, index=table.index, dtype=object)
 
 
 def is_yardstick(table: pd.DataFrame) -> pd.Series:
@@ -163,6 +208,7 @@ def throughput_table(table: pd.DataFrame, gates: dict[str, str] | None = None) -
     timed = table[table.samples_per_s.notna()].reset_index(drop=True)
     peers = peers_present(timed)
     ratios = {peer: speedup(timed, peer) for peer in peers}
+    spreads = {peer: window_speedups(timed, peer) for peer in peers}
     mixed = bool((timed.get("precision", pd.Series(dtype=object)).fillna("float32")
                   != "float32").any())
     head = ["backend", "device"] + (["precision"] if mixed else []) + (
@@ -182,11 +228,19 @@ def throughput_table(table: pd.DataFrame, gates: dict[str, str] | None = None) -
             f"{r.latent_dim}", f"{r.batch_size}", f"{r.samples_per_s:,.0f}",
             f"{r.samples_per_s_min:,.0f}–{r.samples_per_s_max:,.0f}", f"{r.ms_per_step:.3f}",
             f"{r.gflops:.1f}", f"{r.pct_peak:.1f}%",
-            *(fmt(ratios[peer].iloc[i], '.2f', nan=NOT_COMPUTED)
-              + ("" if math.isnan(ratios[peer].iloc[i]) else "x") for peer in peers),
+            *(_speedup_cell(ratios[peer].iloc[i], spreads[peer].iloc[i]) for peer in peers),
             fmt(r.peak_memory_mb, ".1f", nan=NOT_COMPUTED), floor_text, f"{r.warmup_s:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _speedup_cell(ratio: float, windows: np.ndarray) -> str:
+    """'1.62x (1.55–1.70)': the speed-up and the range of its per-window speed-ups (window i
+    over the peer's window i), where the windows were kept."""
+    if math.isnan(ratio):
+        return NOT_COMPUTED
+    spread = f" ({windows.min():.2f}–{windows.max():.2f})" if len(windows) > 1 else ""
+    return f"{ratio:.2f}x{spread}"
 
 
 def run_summary(table: pd.DataFrame, env: dict) -> str:

@@ -161,7 +161,8 @@ class Measurement:
             latent_dim=config.latent_dim, batch_size=batch, **identity,
             **self.columns(config, batch, peak_of(peaks, self.device, self.precision)))
 
-    def columns(self, config: VAEConfig, batch: int, peak_gflops: float) -> dict[str, float]:
+    def columns(self, config: VAEConfig, batch: int,
+                peak_gflops: float) -> dict[str, float | str]:
         """This measurement's columns of the results table (``tables.RESULT_COLUMNS``): the
         one place where samples/s, GFLOP/s and % of peak are worked out."""
         ms = self.median_ms
@@ -169,6 +170,8 @@ class Measurement:
         return {"samples_per_s": batch / ms * 1e3,
                 "samples_per_s_min": batch / max(self.ms_per_step) * 1e3,
                 "samples_per_s_max": batch / min(self.ms_per_step) * 1e3,
+                "window_samples_per_s": tables.windows_text(batch / np.array(self.ms_per_step)
+                                                            * 1e3),
                 "ms_per_step": ms, "gflops": gflops, "pct_peak": 100 * gflops / peak_gflops,
                 "launch_floor_ms": self.floor_ms, "warmup_s": self.warmup_seconds,
                 "peak_memory_mb": self.peak_memory_bytes / 1e6,
@@ -362,6 +365,10 @@ def report(results: list[Measurement], config: VAEConfig, batch: int,
     lines += tables.throughput_table(table, None if gates is None else {
         r.backend: _gate_cell(gates.get(r.backend)) for r in results})
     lines += _mixed_precision_lines(results, table, flops, peaks)
+    lines.append("samples/s of each timed window, in the order they ran (window i of every "
+                 "backend in round i):")
+    lines += [f"  {r.backend:<18} {tables.windows_text(batch / np.array(r.ms_per_step) * 1e3)}"
+              for r in results]
     ceiling = next((r.gemm_only_ms for r in results if not math.isnan(r.gemm_only_ms)), None)
     if ceiling is not None:
         lines.append(f"the step's 11 GEMMs alone (NumPy BLAS, same shapes, same windows): "

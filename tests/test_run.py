@@ -45,6 +45,13 @@ def test_run_writes_every_promised_output(full_run):
     assert set(written.agreement) == {"pass"}
     assert (written.samples_per_s > 0).all() and written.final_test_elbo.notna().all()
     assert (written.peak_memory_mb > 0).all()  # memory in every timed row
+    # Every timed window is kept, in order; the row's figures are the windows' (its samples/s
+    # is the batch over the median ms/step).
+    windows = written.window_samples_per_s.map(lambda text: np.array(text.split(), float))
+    assert (windows.map(len) == 2).all()
+    assert np.allclose(windows.map(lambda w: 64 / np.median(64 / w)), written.samples_per_s,
+                       rtol=1e-5)
+    assert np.allclose(windows.map(min), written.samples_per_s_min, rtol=1e-5)
     env = json.loads((out / "env.json").read_text())
     assert env["gemm_peak_gflops"] > 0 and env["spec"]["latents"] == [2, 3]
     summary = (out / "summary.md").read_text()
@@ -146,7 +153,11 @@ def test_compare_exit_status(full_run, tmp_path, capsys):
     slower = pd.read_csv(out / "results.csv")
     slower.loc[slower.backend == "numba", "samples_per_s"] *= 0.5
     slower.to_csv(tmp_path / "slower.csv", index=False)
+    # Two windows a row are too few for the significance test: undecided, not a pass.
     assert main(["compare", str(out), str(tmp_path / "slower.csv")]) == 1
+    printed = capsys.readouterr().out
+    assert "REGRESSION" not in printed and "undecided: too few timed windows" in printed
+    assert main(["compare", str(out), str(tmp_path / "slower.csv"), "--threshold-only"]) == 1
     printed = capsys.readouterr().out
     assert "REGRESSION" in printed
     assert "numba z=2 batch=64: speed-up over PyTorch eager 0.50x" in printed
