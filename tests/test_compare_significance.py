@@ -132,3 +132,23 @@ def test_every_gated_row_shows_its_p_value(windowed, tmp_path, capsys):
     numba = [r for r in rows if r.startswith("numba  ")]
     assert numba and all(" ok" in r for r in numba)
     assert all(float(r.split()[8]) > 0.05 for r in numba), numba  # identical windows
+
+
+def test_the_slowed_backend_stretches_each_step_to_the_asked_throughput():
+    from cpu_verification.slowed_backend import slowed
+
+    class Backend:
+        def train_step(self, *args, **kwargs):
+            ticks.append(ticks[-1] + 0.007)  # a 7 ms step on the fake clock
+            return "loss"
+
+        def synchronize(self):
+            pass
+
+    ticks, slept = [0.0], []
+    make = slowed(lambda **_: Backend(), 0.3, sleep=slept.append, clock=lambda: ticks[-1])
+    assert make().train_step("data", want_loss=False) == "loss"
+    # 7 ms of work + the sleep = 10 ms a step: 0.7x the throughput.
+    assert slept == [pytest.approx(0.003)]
+    with pytest.raises(ValueError, match="fraction in"):
+        slowed(Backend, 1.0)
