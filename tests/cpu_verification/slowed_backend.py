@@ -6,8 +6,11 @@ Run as ``python -m cpu_verification.slowed_backend NAME FRACTION vae-bench-args.
 on the path), e.g. ``... numba 0.3 run --backends torch numba --out DIR``: the registry's
 ``NAME`` is replaced, in this process only, by the slowed one, under the same name, and
 ``vae-bench`` runs with the rest of the arguments. The gate runs the slowed code too (its
-numbers are the original's: only the time changes). A sleep, not a busy loop: the other
-backends' threads are not crowded by it, so only NAME's speed-up moves.
+numbers are the original's: only the time changes). The added time is a busy wait on the
+calling thread, not a sleep: on these VMs a process that sleeps a few milliseconds each step
+loses its core's warmth (frequency, caches, the BLAS workers parked), and a sleeping backend
+measured 0.3-0.6x of its throughput instead of the 0.7x asked, dragging the backends timed
+after it down too.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ import time
 from collections.abc import Callable
 
 
-def slowed(factory: Callable, fraction: float, *, sleep: Callable[[float], None] = time.sleep,
+def spin(seconds: float, clock: Callable[[], float] = time.perf_counter) -> None:
+    """Keep this thread busy for ``seconds``."""
+    end = clock() + seconds
+    while clock() < end:
+        pass
+
+
+def slowed(factory: Callable, fraction: float, *, sleep: Callable[[float], None] = spin,
            clock: Callable[[], float] = time.perf_counter) -> Callable:
     """``factory`` whose backends take 1 / (1 - fraction) times as long per training step."""
     if not 0 <= fraction < 1:
