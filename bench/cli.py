@@ -303,6 +303,22 @@ def _add_compare(commands) -> None:
     cmp_.set_defaults(handler=cmd_compare)
 
 
+def _add_report(commands) -> None:
+    rep = commands.add_parser(
+        "report", help="one self-contained HTML page of runs and experiments",
+        description="Write DIR/report.html: every figure embedded, every table as HTML, no "
+        "script and nothing fetched at view time. Each RESULTS directory is a run (gate per "
+        "tensor, throughput and speed-ups with their window ranges, ELBO, figures, "
+        "provenance) or an experiment; given several runs, oldest first, the page opens with "
+        "each backend's speed-up over eager and test ELBO run by run. `run` writes its own "
+        "page beside summary.md.")
+    rep.add_argument("results", type=Path, nargs="+", metavar="RESULTS",
+                     help="run or experiment directories, oldest first")
+    rep.add_argument("--out", type=Path, required=True, metavar="DIR",
+                     help="directory to write report.html into (made if missing)")
+    rep.set_defaults(handler=cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kernels import backend_names
     from vae_ref.data import DATASETS, DEFAULT_DATASET
@@ -320,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(commands, known)
     _add_run(commands, DATASETS, tuple(PROFILES))
     _add_compare(commands)
+    _add_report(commands)
     seeds = commands.add_parser(
         "seeds", help="a backend's final ELBO against the reference's, over seeds",
         description="Reads experiment directories made by the reference (torch) and one other "
@@ -544,6 +561,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(f"wrote {write_report(args.results, args.out)}")
+    return 0
+
+
 def cmd_fixture(args: argparse.Namespace) -> int:
     from vae_ref.fixture import make_fixture
 
@@ -602,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .experiment import ExperimentError
     from .profile import ProfileError
+    from .report import ReportError
     from .results_dir import ResultsDirError
     from .run import RunError
     from .run_comparison import CompareError
@@ -617,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (DatasetError, IDXFormatError, ExperimentError, FixtureError, UnknownBackendError,
             BackendUnavailable, RunError, CompareError, ResultsDirError, StoreError,
-            SeedsError, ProfileError) as error:
+            SeedsError, ProfileError, ReportError) as error:
         _say("error", str(error))
         return EXIT_USAGE
     except TrainingDiverged as error:

@@ -22,7 +22,7 @@ from vae_ref.atomic import atomic_write_text
 from vae_ref.config import DEFAULT_LATENTS
 from vae_ref.data import Dataset
 
-from . import figures, pipeline, provenance, tables
+from . import figures, pipeline, provenance, report, tables
 from .digits import GATE_IMAGES
 from .results_dir import claim
 from .store import ResultsStore, StoreError, read_json_object
@@ -172,7 +172,8 @@ def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float
                                     seed=spec.seed, peaks=peaks, complete=complete)
         curves = [dict(backend=name, latent_dim=latent, **r.to_dict())
                   for name, result in outcome.trained.items() for r in result.history]
-        return {"latent": latent, "rows": [asdict(r) for r in rows], "curves": curves}
+        return {"latent": latent, "rows": [asdict(r) for r in rows], "curves": curves,
+                "gate": tables.gate_records(outcome.gates.values(), latent)}
 
     def checkpoint(_stage: str, outcome: pipeline.Outcome) -> None:
         if save is not None:
@@ -314,15 +315,21 @@ def load_cells(out: Path, partial: bool = False) -> list[dict]:
 
 
 def write_outputs(out: Path) -> pd.DataFrame:
-    """results.csv, curves.csv, summary.md and the plots, rebuilt from every cell so far."""
+    """results.csv, curves.csv, gate.csv, summary.md, the plots and report.html, rebuilt from
+    every cell so far."""
     cells = load_cells(out, partial=True)
     env = read_env(out)
     table = tables.results_frame(row for c in cells for row in c["rows"])
     curves = pd.DataFrame([r for c in cells for r in c["curves"]])
+    # Cells written before the gate's tensors were kept have none.
+    gate = pd.DataFrame([r for c in cells for r in c.get("gate", [])],
+                        columns=list(tables.GATE_COLUMNS))
     atomic_write_text(out / "results.csv", table.to_csv(index=False))
     atomic_write_text(out / "curves.csv", curves.to_csv(index=False))
+    atomic_write_text(out / "gate.csv", gate.to_csv(index=False))
     atomic_write_text(out / "summary.md", tables.run_summary(table, env))
     figures.run_plots(out, table, curves)
+    report.write_report([out], out)  # last: it embeds the plots
     return table
 
 

@@ -116,6 +116,20 @@ CURVE_COLUMNS = (
     "train_kl", "test_elbo", "test_reconstruction", "test_kl", "seconds",
 )
 
+# A run's gate.csv: every tensor the agreement gate compared, per backend, case and latent size.
+GATE_COLUMNS = ("backend", "latent_dim", "case", "tensor", "max_abs", "max_rel",
+                "reference_error", "tolerance", "fraction", "passed", "problem")
+
+
+def gate_records(gates, latent: int) -> list[dict]:
+    """The gate's per-tensor comparisons (``pipeline.GateRecord``s) as gate.csv's rows."""
+    return [{"backend": g.backend, "latent_dim": latent, "case": c.case, "tensor": c.tensor,
+             "max_abs": c.max_abs, "max_rel": c.max_rel, "reference_error": c.reference_error,
+             "tolerance": c.tolerance, "fraction": c.fraction, "passed": c.passed,
+             "problem": c.problem}
+            for g in gates for c in g.comparisons]
+
+
 # peer -> device -> the backend that is that peer there. "eager" is the yardstick: compare
 # gates on the speed-up over it, and it is the column every table shows.
 PEERS = {
