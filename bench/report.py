@@ -1,0 +1,296 @@
+"""``vae-bench report RESULTS... --out DIR``: the results as one self-contained HTML page,
+``DIR/report.html``, to look at in a browser with no server and no network: every figure is
+embedded (PNG as a data: URI), every table is HTML, there is no script and no external link.
+
+A RESULTS directory is a run (``env.json`` and ``results.csv``: its gate per tensor from
+``gate.csv``, throughput and speed-ups with the range of their timed windows, ELBO, its
+figures, its provenance) or an experiment (``table.csv`` and ``provenance.json``: its table,
+figures and provenance). Given several runs, the page opens with their history: each
+backend's speed-up over eager and its test ELBO, run by run in the order given, so that a
+change shows at a glance. ``run`` writes the page of its own directory beside ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vae_ref.atomic import atomic_write_text
+
+from . import tables
+from .run_comparison import load_results
+from .store import read_json_object
+
+REPORT_NAME = "report.html"
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 80em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }
+th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
+td.fail { background: #fdd; font-weight: bold; }
+figure { display: inline-block; margin: 0 1em 1em 0; }
+figure img { max-width: 38em; border: 1px solid #eee; }
+details { margin-bottom: 1.5em; } h2 { border-bottom: 2px solid #ddd; margin-top: 2em; }
+"""
+
+
+class ReportError(ValueError):
+    """A RESULTS directory that is neither a run nor an experiment (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Results:
+    """One directory of results, read for the page."""
+
+    path: Path
+    kind: str  # "run" or "experiment"
+    table: pd.DataFrame  # results.csv or table.csv
+    provenance: dict  # env.json or provenance.json
+    gate: pd.DataFrame | None = None  # gate.csv where the run kept it
+
+    @property
+    def label(self) -> str:
+        return self.path.name
+
+
+def read_results(path: Path) -> Results:
+    """The run or experiment in ``path``; ReportError saying what is missing or damaged."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ReportError(f"{path}: not a directory; give run or experiment directories "
+                          "(a run holds env.json and results.csv)")
+    if (path / "results.csv").exists() and (path / "env.json").exists():
+        kind, table_name, provenance_name = "run", "results.csv", "env.json"
+    elif (path / "table.csv").exists() and (path / "provenance.json").exists():
+        kind, table_name, provenance_name = "experiment", "table.csv", "provenance.json"
+    else:
+        raise ReportError(f"{path}: neither a run (env.json and results.csv) nor an "
+                          "experiment (table.csv and provenance.json)")
+    try:
+        # A run's table is read as compare reads it: checked, and older tables given the
+        # columns added since.
+        table = (load_results(path).table if kind == "run"
+                 else pd.read_csv(path / table_name))
+        provenance = read_json_object(path / provenance_name)
+        gate = pd.read_csv(path / "gate.csv") if (path / "gate.csv").exists() else None
+    except (ValueError, OSError, pd.errors.ParserError) as error:  # CompareError included
+        raise ReportError(f"{path}: damaged results ({error})") from None
+    if gate is not None and gate.empty:
+        gate = None
+    return Results(path, kind, table, provenance, gate)
+
+
+def write_report(paths: list[Path], out: Path) -> Path:
+    """The page of ``paths`` (runs and experiments, oldest first) as ``out/report.html``;
+    returns its path. Written whole or not at all."""
+    results = [read_results(p) for p in paths]
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / REPORT_NAME
+    atomic_write_text(target, page(results))
+    return target
+
+
+def page(results: list[Results]) -> str:
+    runs = [r for r in results if r.kind == "run"]
+    title = ("vae-bench report: " + ", ".join(r.label for r in results))[:200]
+    body = [f"<h1>{_e(title)}</h1>"]
+    if len(runs) >= 2:
+        body += _history(runs)
+    for r in results:
+        body += _run_section(r) if r.kind == "run" else _experiment_section(r)
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+# ---- sections -----------------------------------------------------------------------------
+
+
+def _run_section(r: Results) -> list[str]:
+    table = r.table
+    env = r.provenance
+    parts = [f"<h2 id=\"{_e(r.label)}\">Run {_e(r.label)}</h2>",
+             f"<p>{_e(env.get('dataset', ''))}; CPU {_e(env.get('cpu', '?'))}; commit "
+             f"{_e(str(env.get('git_commit', '?')))}; {_e(str(env.get('timestamp', '')))}</p>"]
+    parts += ["<h3>Agreement gate</h3>", _gate_table(r)]
+    timed = table[table.samples_per_s.notna()].reset_index(drop=True)
+    if len(timed):
+        parts += ["<h3>Throughput and speed-up over eager (range over the timed windows)</h3>",
+                  _html_table(_throughput_frame(timed))]
+    trained = table[table.final_test_elbo.notna()]
+    if len(trained):
+        parts += ["<h3>ELBO after training</h3>", _html_table(trained[
+            ["backend", "precision", "latent_dim", "final_test_elbo", "test_iwae", "iwae_k",
+             "epochs"]].rename(columns={"latent_dim": "z", "final_test_elbo": "test ELBO",
+                                        "test_iwae": "log p(x) (IWAE)", "iwae_k": "k"}))]
+    parts += _figures(r.path)
+    parts += _provenance(env)
+    return parts
+
+
+def _experiment_section(r: Results) -> list[str]:
+    shown = [c for c in ("model", "backend", "latent_dim", "beta", "final_train_elbo",
+                         "final_test_elbo", "test_iwae", "iwae_k", "epochs",
+                         "seconds_per_epoch") if c in r.table]
+    return ([f"<h2 id=\"{_e(r.label)}\">Experiment {_e(r.label)}</h2>",
+             _html_table(r.table[shown])] + _figures(r.path) + _provenance(r.provenance))
+
+
+def _gate_table(r: Results) -> str:
+    if r.gate is not None:
+        gate = r.gate.assign(verdict=r.gate.passed.map({True: "ok", False: "FAIL"}))
+        gate = gate.sort_values(["backend", "latent_dim", "fraction"],
+                                ascending=[True, True, False])
+        shown = gate[["backend", "latent_dim", "case", "tensor", "max_abs", "max_rel",
+                      "reference_error", "tolerance", "fraction", "verdict"]]
+        worst = _html_table(_worst_per_backend(gate))
+        return (worst + "<details><summary>every tensor compared "
+                f"({len(gate)})</summary>{_html_table(shown)}</details>")
+    # A run recorded before gate.csv: the worst tensor's fraction per row.
+    rows = r.table[["backend", "latent_dim", "agreement", "worst_fraction"]].drop_duplicates(
+        ["backend", "latent_dim"])
+    return ("<p>(per-tensor errors not recorded by this run: the worst tensor's fraction of "
+            "its tolerance per backend)</p>" + _html_table(rows))
+
+
+def _worst_per_backend(gate: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (backend, latent), group in gate.groupby(["backend", "latent_dim"], sort=True):
+        worst = group.loc[group.fraction.idxmax()]
+        rows.append({"backend": backend, "z": latent, "tensors": len(group),
+                     "failed": int((~group.passed.astype(bool)).sum()),
+                     "worst tensor": f"{worst.tensor} ({worst.case})",
+                     "of its tolerance": f"{worst.fraction:.1%}"})
+    return pd.DataFrame(rows)
+
+
+def _throughput_frame(timed: pd.DataFrame) -> pd.DataFrame:
+    speedups = tables.speedup(timed)
+    spreads = tables.window_speedups(timed)
+    rows = []
+    for r, s, w in zip(timed.itertuples(), speedups, spreads):
+        windows = tables.windows_of(r.window_samples_per_s)
+        rows.append({
+            "backend": r.backend, "device": r.device, "precision": r.precision,
+            "z": r.latent_dim, "batch": r.batch_size, "gate": r.agreement,
+            "samples/s": f"{r.samples_per_s:,.0f}",
+            "windows min–max": f"{r.samples_per_s_min:,.0f}–{r.samples_per_s_max:,.0f}",
+            "windows": len(windows) or tables.NOT_COMPUTED,
+            "speed-up vs eager": tables.NOT_COMPUTED if math.isnan(s) else f"{s:.2f}x",
+            "per-window speed-up": (f"{w.min():.2f}–{w.max():.2f}" if len(w) > 1
+                                    else tables.NOT_COMPUTED),
+            "ms/step": f"{r.ms_per_step:.3f}", "% peak": f"{r.pct_peak:.1f}%"})
+    return pd.DataFrame(rows)
+
+
+def _history(runs: list[Results]) -> list[str]:
+    """Each backend's speed-up over eager and test ELBO, run by run."""
+    records = []
+    for i, r in enumerate(runs):
+        table = r.table.assign(speedup=tables.speedup(r.table))
+        for row in table.itertuples():
+            records.append({"run": i, "label": r.label, "backend": row.backend,
+                            "z": row.latent_dim, "batch": row.batch_size,
+                            "speedup": row.speedup, "elbo": row.final_test_elbo})
+    history = pd.DataFrame(records)
+    labels = [r.label for r in runs]
+    parts = [f"<h2 id=\"history\">History of {len(runs)} runs</h2>",
+             "<p>Oldest first, as given. Speed-up over PyTorch eager measured in the same run "
+             "(the median over latent sizes at each batch size); test ELBO per latent size.</p>"]
+    speed = history.dropna(subset=["speedup"])
+    speed = speed[~speed.backend.isin(list(tables.YARDSTICK.values()))]
+    if len(speed):
+        medians = speed.groupby(["backend", "batch", "run"]).speedup.median().reset_index()
+        parts.append(_figure(_line_plot(
+            medians, ("backend", "batch"), "speedup", labels,
+            "speed-up over eager", "Speed-up over eager, run by run"),
+            "speed-up history"))
+        wide = medians.assign(label=medians.run.map(dict(enumerate(labels)))).pivot_table(
+            index=["backend", "batch"], columns="label", values="speedup", sort=False)
+        parts.append(_html_table(wide[[c for c in labels if c in wide]].map(
+            lambda v: tables.NOT_COMPUTED if pd.isna(v) else f"{v:.2f}x").reset_index()))
+    elbo = history.dropna(subset=["elbo"])
+    if len(elbo):
+        parts.append(_figure(_line_plot(
+            elbo, ("backend", "z"), "elbo", labels, "test ELBO (nats)",
+            "Test ELBO, run by run"), "ELBO history"))
+    return parts
+
+
+def _line_plot(frame: pd.DataFrame, names: tuple[str, ...], value: str, labels: list[str],
+               ylabel: str, title: str) -> bytes:
+    """One line per ``names`` group of ``frame``: ``value`` against the run's position."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.add_subplot()
+    for key, group in frame.groupby(list(names), sort=True):
+        group = group.sort_values("run")
+        ax.plot(group.run, group[value], marker="o",
+                label=" ".join(f"{n}={k}" if n != "backend" else str(k)
+                               for n, k in zip(names, key)))
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def _figures(path: Path) -> list[str]:
+    pngs = sorted(path.glob("*.png"))
+    if not pngs:
+        return []
+    return ["<h3>Figures</h3>"] + [_figure(p.read_bytes(), p.stem.replace("_", " "))
+                                   for p in pngs]
+
+
+def _figure(png: bytes, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f"<figure><img alt=\"{_e(caption)}\" src=\"data:image/png;base64,{data}\">"
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _provenance(record: dict) -> list[str]:
+    rows = [(key, value if isinstance(value, str) else json.dumps(value))
+            for key, value in record.items()]
+    cells = "".join(f"<tr><td>{_e(k)}</td><td style=\"text-align:left\">{_e(v)}</td></tr>"
+                    for k, v in rows)
+    return [f"<details><summary>Provenance</summary><table>{cells}</table></details>"]
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float | np.floating):
+            if math.isnan(value):
+                return tables.NOT_COMPUTED
+            return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e5 else f"{value:.3f}"
+        if value is None or (not isinstance(value, str) and pd.isna(value)):
+            return tables.NOT_COMPUTED
+        return str(value)
+
+    head = "".join(f"<th>{_e(str(c))}</th>" for c in frame.columns)
+    body = []
+    for row in frame.itertuples(index=False):
+        cells = []
+        for value in row:
+            text = cell(value)
+            failed = text in ("FAIL", "fail", "UNGATED")
+            cells.append(("<td class=\"fail\">" if failed else "<td>") + f"{_e(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)

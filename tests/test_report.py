@@ -1,0 +1,94 @@
+"""``vae-bench report``: one self-contained HTML page of runs and experiments, opened in a real
+browser (headless Chromium on a closed network), which must load every figure and show every
+table without asking the network for anything."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.report import read_results, write_report
+
+RESULTS = Path(__file__).parents[1] / "results"
+RUNS = [RESULTS / "run-full-mnist-5k", RESULTS / "run-full-bf16-mnist-5k"]
+EXPERIMENT = RESULTS / "experiment-mnist-5k-50ep"
+
+
+def test_the_page_holds_every_section_and_fetches_nothing(tmp_path):
+    page = write_report([*RUNS, EXPERIMENT], tmp_path).read_text()
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+    assert "src=\"data:image/png;base64," in page and "src=\"file:" not in page
+    for heading in ("History of 2 runs", "Run run-full-mnist-5k", "Agreement gate",
+                    "Throughput and speed-up over eager", "ELBO after training",
+                    "Experiment experiment-mnist-5k-50ep", "Provenance"):
+        assert heading in page, heading
+    figures = sum(len(list(d.glob("*.png"))) for d in [*RUNS, EXPERIMENT]) + 2  # + history
+    assert page.count("<img ") == figures
+
+
+def test_bad_results_are_one_line(tmp_path, capsys):
+    assert main(["report", str(RESULTS), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "neither a run (env.json and results.csv)" in err
+    damaged = tmp_path / "damaged"
+    shutil.copytree(RUNS[0], damaged, ignore=shutil.ignore_patterns("cells", "*.png"))
+    (damaged / "results.csv").write_text("backend,latent_dim\nnumba,x\n")
+    assert main(["report", str(damaged), "--out", str(tmp_path / "r")]) == 2
+    assert "not a results table of this schema" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "report.html").exists()
+
+
+def test_a_run_keeps_the_gate_per_tensor_for_its_page(tmp_path, mnist5k):
+    from bench.run import RunSpec, run
+
+    spec = RunSpec(dataset="mnist-5k", backends=("torch", "numba"), latents=(2,),
+                   batch_sizes=(64,), epochs=1, repeats=5, steps=2, gate_steps=2, iwae_k=0)
+    run(spec, mnist5k, tmp_path / "r", progress=False, log=lambda _m: None)
+    read = read_results(tmp_path / "r")
+    assert read.gate is not None and set(read.gate.backend) == {"torch", "numba"}
+    assert read.gate.passed.all() and (read.gate.fraction <= 1).all()
+    page = (tmp_path / "r" / "report.html").read_text()  # written by the run itself
+    assert "every tensor compared" in page and "grad.enc.fc1.weight" in page
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from report_verification.headless_chromium import chromium
+
+    found = chromium()
+    if found is None:
+        if os.environ.get("VAE_BENCH_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is required (VAE_BENCH_REQUIRE_CHROMIUM) but not installed")
+        pytest.skip("no chromium here (Debian: apt-get install chromium)")
+    return found
+
+
+@pytest.mark.slow
+def test_chromium_loads_every_figure_and_table(browser, tmp_path):
+    from report_verification.headless_chromium import inspect_page
+
+    page = write_report([*RUNS, EXPERIMENT], tmp_path)
+    seen = inspect_page(page, tmp_path / "shot.png", executable=browser)
+    images = seen["images"]
+    assert len(images) == page.read_text().count("<img ")
+    broken = [i["alt"] for i in images if not (i["complete"] and i["width"] > 0)]
+    assert not broken, broken
+    assert len(seen["tables"]) >= 10 and all(rows >= 2 for rows in seen["tables"])
+    assert "History of 2 runs" in seen["headings"]
+    assert all(url.startswith(("file:", "data:")) for url in seen["requests"]), seen["requests"]
+    assert (tmp_path / "shot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_the_browser_check_sees_a_broken_figure(browser, tmp_path):
+    """The check can fail: a page whose figure is not a PNG is caught."""
+    from report_verification.headless_chromium import inspect_page
+
+    page = write_report(RUNS[:1], tmp_path)
+    text = page.read_text()
+    start = text.index("base64,") + len("base64,")
+    page.write_text(text[:start] + "bm90IGEgUE5H" + text[text.index('"', start):])
+    images = inspect_page(page, executable=browser)["images"]
+    assert sum(not (i["complete"] and i["width"] > 0) for i in images) == 1
