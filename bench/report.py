@@ -201,10 +201,17 @@ def _history(runs: list[Results]) -> list[str]:
                             "z": row.latent_dim, "batch": row.batch_size,
                             "speedup": row.speedup, "elbo": row.final_test_elbo})
     history = pd.DataFrame(records)
+    # A history is of what every run measured: the batch sizes timed in all of them (a
+    # scaling sweep's other batch sizes are in its own section), else all.
+    runs_per_batch = history.groupby("batch").run.nunique()
+    common = runs_per_batch[runs_per_batch == len(runs)].index
+    if len(common):
+        history = history[history.batch.isin(common)]
     labels = [r.label for r in runs]
     parts = [f"<h2 id=\"history\">History of {len(runs)} runs</h2>",
              "<p>Oldest first, as given. Speed-up over PyTorch eager measured in the same run "
-             "(the median over latent sizes at each batch size); test ELBO per latent size.</p>"]
+             "(the median over latent sizes, at the batch sizes every run timed); test "
+             "ELBO per latent size.</p>"]
     speed = history.dropna(subset=["speedup"])
     speed = speed[~speed.backend.isin(list(tables.YARDSTICK.values()))]
     if len(speed):
@@ -230,7 +237,7 @@ def _line_plot(frame: pd.DataFrame, names: tuple[str, ...], value: str, labels: 
     """One line per ``names`` group of ``frame``: ``value`` against the run's position."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.5, 4.2))
+    fig = Figure(figsize=(9.5, 4.2))
     ax = fig.add_subplot()
     for key, group in frame.groupby(list(names), sort=True):
         group = group.sort_values("run")
@@ -241,10 +248,9 @@ def _line_plot(frame: pd.DataFrame, names: tuple[str, ...], value: str, labels: 
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")  # the legend beside it
     return buffer.getvalue()
 
 
@@ -275,6 +281,8 @@ def _html_table(frame: pd.DataFrame) -> str:
         if isinstance(value, float | np.floating):
             if math.isnan(value):
                 return tables.NOT_COMPUTED
+            if float(value).is_integer() and abs(value) < 1e9:
+                return f"{int(value)}"
             return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e5 else f"{value:.3f}"
         if value is None or (not isinstance(value, str) and pd.isna(value)):
             return tables.NOT_COMPUTED
