@@ -7,8 +7,8 @@ no WebSocket library is needed. Every request the page makes is recorded (Networ
 domain): a self-contained page makes none beyond its own file and data: URIs. The network is
 closed by the flags (no proxy that works, no host that resolves, no background services).
 
-Run as ``python -m report_verification.headless_chromium PAGE.html SHOT.png`` (tests/ on the
-path) to take a screenshot of a page.
+Run as ``python -m report_verification.headless_chromium PAGE.html SHOT.png [HEIGHT]`` (tests/
+on the path) to take a screenshot of a page's top HEIGHT pixels (default 6000).
 """
 
 from __future__ import annotations
@@ -164,7 +164,8 @@ def inspect_page(page: Path, screenshot: Path | None = None, *, width: int = 130
 
 
 if __name__ == "__main__":
-    result = inspect_page(Path(sys.argv[1]), Path(sys.argv[2]))
+    height = int(sys.argv[3]) if len(sys.argv) > 3 else 6000
+    result = inspect_page(Path(sys.argv[1]), Path(sys.argv[2]), max_height=height)
     print(json.dumps({k: v for k, v in result.items() if k != "images"}, indent=1))
     print(f"{sum(i['complete'] and i['width'] > 0 for i in result['images'])} of "
           f"{len(result['images'])} figures loaded")
