@@ -34,7 +34,7 @@ CUPY_WHEELS = {"13": "cupy-cuda12x==13.6.0", "14": "cupy-cuda13x==14.2.0"}
 def tests(session: nox.Session) -> None:
     """Correctness tests on the CPU (what CI runs), after nvcc compile-checks every CUDA
     source (``python -m tests.gpu_verification.nvcc_check``; skipped with a note where nvcc
-    is missing); then the ``drift`` sessions, one per CuPy version. Extra arguments go to
+    is missing); then the ``drift`` session, once per CuPy version. Extra arguments go to
     pytest."""
     # [jax]: the JAX backend's agreement gate runs in CI too (the CPU build: no CUDA pulled).
     # [bf16]: oneMKL, so the bf16 step's numbers are checked on every x86-64 CPU (emulated
@@ -48,20 +48,22 @@ def tests(session: nox.Session) -> None:
     # The drift tests need CuPy, which this session does not install: they run in `drift`.
     bf16 = {"VAE_BENCH_REQUIRE_BF16": "1"} if platform.machine() in ("x86_64", "AMD64") else {}
     session.run("pytest", "-m", "not drift", *session.posargs, env=bf16)
-    for version in CUPY_WHEELS:
-        session.notify(f"drift(cupy='{version}')")
+    session.notify("drift")
 
 
 @nox.session
-@nox.parametrize("cupy", list(CUPY_WHEELS))
-def drift(session: nox.Session, cupy: str) -> None:
-    """The simulated CuPy checked against the real CuPy ``cupy`` (13: cupy-cuda12x 13.6,
-    14: cupy-cuda13x 14.2; the wheel imports without a GPU): the drift tests only, and none
-    may skip. Extra arguments go to pytest."""
+def drift(session: nox.Session) -> None:
+    """The simulated CuPy checked against each real CuPy of CUPY_WHEELS in turn (13:
+    cupy-cuda12x 13.6, 14: cupy-cuda13x 14.2; the wheels import without a GPU), in one
+    environment, the wheel swapped between runs (a second environment cost CI two minutes):
+    the drift tests only, and none may skip. Extra arguments go to pytest."""
     install_project(session, "[test]")
-    session.install(CUPY_WHEELS[cupy])
-    session.run("pytest", "-m", "drift", "tests/test_cupy_drift.py", *session.posargs,
-                env={"VAE_BENCH_REQUIRE_CUPY": "1"})
+    names = [wheel.split("==")[0] for wheel in CUPY_WHEELS.values()]
+    for wheel in CUPY_WHEELS.values():
+        session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", *names)
+        session.install(wheel)
+        session.run("pytest", "-m", "drift", "tests/test_cupy_drift.py", *session.posargs,
+                    env={"VAE_BENCH_REQUIRE_CUPY": "1"})
 
 
 @nox.session

@@ -35,9 +35,15 @@ def full_run(tmp_path_factory, mnist5k):
 @pytest.mark.slow
 def test_run_writes_every_promised_output(full_run):
     out, table = full_run
-    for name in ("results.csv", "curves.csv", "env.json", "summary.md", "throughput.png",
-                 "speedup.png", "elbo_curves.png"):
+    for name in ("results.csv", "curves.csv", "gate.csv", "env.json", "summary.md",
+                 "report.html", "throughput.png", "speedup.png", "elbo_curves.png"):
         assert (out / name).exists(), name
+    # The gate's every tensor is kept for the report, which the run writes itself.
+    gate = pd.read_csv(out / "gate.csv")
+    assert set(gate.backend) == {"torch", "numba"} and set(gate.latent_dim) == {2, 3}
+    assert gate.passed.all() and (gate.fraction <= 1).all()
+    page = (out / "report.html").read_text()
+    assert "every tensor compared" in page and "grad.enc.fc1.weight" in page
     written = pd.read_csv(out / "results.csv")
     assert tuple(written.columns) == RESULT_COLUMNS
     assert sorted(map(tuple, written[KEY].values.tolist())) == [

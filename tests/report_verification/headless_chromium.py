@@ -60,16 +60,14 @@ class Browser:
         commands_r, self._commands = os.pipe()
         self._replies, replies_w = os.pipe()
 
-        def give_pipe_fds():  # in the child: fd 3 reads commands, fd 4 writes replies
-            os.dup2(commands_r, 3)  # (inheritable: os.dup2's default)
-            os.dup2(replies_w, 4)
-
+        # fd 3 reads commands, fd 4 writes replies: bash sets them up between fork and exec
+        # (not sh: dash takes one-digit fds only), so no Python code runs in the child (a
+        # preexec_fn would, and forking a process with JAX's threads to run Python can hang).
         self.process = subprocess.Popen(
-            [executable, *CLOSED_NETWORK, "--remote-debugging-pipe",
+            ["bash", "-c", f'exec "$0" "$@" 3<&{commands_r} 4>&{replies_w}', executable,
+             *CLOSED_NETWORK, "--remote-debugging-pipe",
              f"--user-data-dir={self._profile.name}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=self._log, preexec_fn=give_pipe_fds,
-            # Not close_fds: it would close fds 3 and 4 after preexec_fn made them.
-            close_fds=False)
+            stdout=subprocess.DEVNULL, stderr=self._log, pass_fds=(commands_r, replies_w))
         os.close(commands_r)
         os.close(replies_w)
         self._buffer = b""
