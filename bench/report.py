@@ -47,7 +47,7 @@ class ReportError(ValueError):
 
 
 @dataclass(frozen=True)
-class Results:
+class ResultsDirectory:
     """One directory of results, read for the page."""
 
     path: Path
@@ -61,7 +61,7 @@ class Results:
         return self.path.name
 
 
-def read_results(path: Path) -> Results:
+def read_results(path: Path) -> ResultsDirectory:
     """The run or experiment in ``path``; ReportError saying what is missing or damaged."""
     path = Path(path)
     if not path.is_dir():
@@ -85,7 +85,7 @@ def read_results(path: Path) -> Results:
         raise ReportError(f"{path}: damaged results ({error})") from None
     if gate is not None and gate.empty:
         gate = None
-    return Results(path, kind, table, provenance, gate)
+    return ResultsDirectory(path, kind, table, provenance, gate)
 
 
 def write_report(paths: list[Path], out: Path) -> Path:
@@ -98,7 +98,7 @@ def write_report(paths: list[Path], out: Path) -> Path:
     return target
 
 
-def page(results: list[Results]) -> str:
+def page(results: list[ResultsDirectory]) -> str:
     runs = [r for r in results if r.kind == "run"]
     title = ("vae-bench report: " + ", ".join(r.label for r in results))[:200]
     body = [f"<h1>{_e(title)}</h1>"]
@@ -114,7 +114,7 @@ def page(results: list[Results]) -> str:
 # ---- sections -----------------------------------------------------------------------------
 
 
-def _run_section(r: Results) -> list[str]:
+def _run_section(r: ResultsDirectory) -> list[str]:
     table = r.table
     env = r.provenance
     parts = [f"<h2 id=\"{_e(r.label)}\">Run {_e(r.label)}</h2>",
@@ -136,7 +136,7 @@ def _run_section(r: Results) -> list[str]:
     return parts
 
 
-def _experiment_section(r: Results) -> list[str]:
+def _experiment_section(r: ResultsDirectory) -> list[str]:
     shown = [c for c in ("model", "backend", "latent_dim", "beta", "final_train_elbo",
                          "final_test_elbo", "test_iwae", "iwae_k", "epochs",
                          "seconds_per_epoch") if c in r.table]
@@ -144,7 +144,7 @@ def _experiment_section(r: Results) -> list[str]:
              _html_table(r.table[shown])] + _figures(r.path) + _provenance(r.provenance))
 
 
-def _gate_table(r: Results) -> str:
+def _gate_table(r: ResultsDirectory) -> str:
     if r.gate is not None:
         gate = r.gate.assign(verdict=r.gate.passed.map({True: "ok", False: "FAIL"}))
         gate = gate.sort_values(["backend", "latent_dim", "fraction"],
@@ -191,7 +191,7 @@ def _throughput_frame(timed: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _history(runs: list[Results]) -> list[str]:
+def _history(runs: list[ResultsDirectory]) -> list[str]:
     """Each backend's speed-up over eager and test ELBO, run by run."""
     records = []
     for i, r in enumerate(runs):

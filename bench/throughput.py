@@ -367,8 +367,7 @@ def report(results: list[Measurement], config: VAEConfig, batch: int,
     lines += _mixed_precision_lines(results, table, flops, peaks)
     lines.append("samples/s of each timed window, in the order they ran (window i of every "
                  "backend in round i):")
-    lines += [f"  {r.backend:<18} {tables.windows_text(batch / np.array(r.ms_per_step) * 1e3)}"
-              for r in results]
+    lines += [f"  {r.backend:<18} {r.window_samples_per_s}" for r in table.itertuples()]
     ceiling = next((r.gemm_only_ms for r in results if not math.isnan(r.gemm_only_ms)), None)
     if ceiling is not None:
         lines.append(f"the step's 11 GEMMs alone (NumPy BLAS, same shapes, same windows): "

@@ -13,6 +13,7 @@ on the path) to take a screenshot of a page's top HEIGHT pixels (default 6000).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import select
@@ -153,8 +154,6 @@ def inspect_page(page: Path, screenshot: Path | None = None, *, width: int = 130
                                 captureBeyondViewport=True,
                                 clip={"x": 0, "y": 0, "width": width, "height": height,
                                       "scale": 1})
-            import base64
-
             screenshot.write_bytes(base64.b64decode(shot["data"]))
         return found
     finally:

@@ -22,14 +22,15 @@ from pathlib import Path
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
 
 
+def _program(name: str) -> str:
+    """Where ``name`` is: on the PATH, else in /usr/sbin (Debian's daemons, off a user's
+    PATH)."""
+    return shutil.which(name) or f"/usr/sbin/{name}"
+
+
 def missing() -> list[str]:
     """The programs a cluster needs that are not installed here."""
-    return [name for name in DAEMONS
-            if shutil.which(name) is None and not Path(f"/usr/sbin/{name}").exists()]
-
-
-def _program(name: str) -> str:
-    return shutil.which(name) or f"/usr/sbin/{name}"
+    return [name for name in DAEMONS if not Path(_program(name)).exists()]
 
 
 def _free_port() -> int:
