@@ -85,14 +85,18 @@ def column_sum(a, out):
 def relu_backward_column_sum(grad, act, bias_grad, c0, c1, out16=None):
     """For columns c0..c1: grad *= (act > 0) (ReLU's derivative, from its output) and
     bias_grad = column sums of the result, in the same pass."""
-    bias_grad[c0:c1] = _ZERO
+    # Views from c0 and a loop from 0: an index from range(c0, c1) with c0 a runtime value
+    # may be negative as far as Numba knows, so every access would carry a wraparound
+    # check, which stops LLVM from vectorizing the loop (measured 6x on Adam's loop).
+    sums = bias_grad[c0:c1]
+    sums[:] = _ZERO
     for r in range(grad.shape[0]):
-        g, a = grad[r], act[r]
-        for j in range(c0, c1):
+        g, a = grad[r, c0:c1], act[r, c0:c1]
+        for j in range(c1 - c0):
             v = g[j] if a[j] > _ZERO else _ZERO
             g[j] = v
-            bias_grad[j] += v
-            store_bf16(out16, (r, j), v)
+            sums[j] += v
+            store_bf16(out16, (r, c0 + j), v)
 
 
 @njit(**JIT)
