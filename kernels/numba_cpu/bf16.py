@@ -10,6 +10,10 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from .compile_cache import key_cache_to_sources
+
+key_cache_to_sources()  # before the cache=True decorators below
+
 _ROUNDING_BIAS = np.uint32(0x7FFF)
 _SIXTEEN, _ONE = np.uint32(16), np.uint32(1)
 QUIET_NAN = np.uint16(0x7FC0)

@@ -24,6 +24,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from .bf16 import store_bf16
+from .compile_cache import key_cache_to_sources
 from .fused import (
     FASTMATH,
     bias_add,
@@ -36,6 +37,8 @@ from .fused import (
     sigmoid_bce,
 )
 from .gemm import gemm_nn, gemm_nt, gemm_tn
+
+key_cache_to_sources()  # before the cache=True decorators below (idempotent; bf16 ran it)
 
 f32 = np.float32
 STEP_JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True)
