@@ -7,10 +7,13 @@ step.py's cached machine code in use: a benchmark of code that no longer exists 
 gate passed in 0.06 s of "compile" after fused.py changed). Pointing ``numba.config.CACHE_DIR``
 (read by numba/core/caching.py: UserProvidedCacheLocator, the first locator Numba tries) at a
 directory named by a hash of all the package's sources makes any edit a cache miss.
+The setting is the process's: a cache=True function of another package decorated after this
+one is cached in that directory too, still under its own key.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -34,9 +37,11 @@ def cache_directory(package: Path = PACKAGE) -> Path:
     return base / f"numba-{sources_digest(package)}"
 
 
+@functools.cache
 def key_cache_to_sources() -> Path:
     """Point Numba's cache at ``cache_directory()``; must run before any ``cache=True``
-    function of this package is decorated (Numba picks the locator then). Idempotent."""
+    function of this package is decorated (Numba picks the locator then). Every module with
+    such functions calls it; the sources are hashed once per process."""
     from numba.core import config
 
     directory = cache_directory()

@@ -87,7 +87,8 @@ def relu_backward_column_sum(grad, act, bias_grad, c0, c1, out16=None):
     bias_grad = column sums of the result, in the same pass."""
     # Views from c0 and a loop from 0: an index from range(c0, c1) with c0 a runtime value
     # may be negative as far as Numba knows, so every access would carry a wraparound
-    # check, which stops LLVM from vectorizing the loop (measured 6x on Adam's loop).
+    # check, which stops LLVM from vectorizing the loop (measured on an Intel Xeon with
+    # AVX-512: this kernel 13.9 -> 11.4 us at 128 x 512; an Adam loop so written, 6x).
     sums = bias_grad[c0:c1]
     sums[:] = _ZERO
     for r in range(grad.shape[0]):

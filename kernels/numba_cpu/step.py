@@ -38,7 +38,7 @@ from .fused import (
 )
 from .gemm import gemm_nn, gemm_nt, gemm_tn
 
-key_cache_to_sources()  # before the cache=True decorators below (idempotent; bf16 ran it)
+key_cache_to_sources()  # before the cache=True decorators below
 
 f32 = np.float32
 STEP_JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True)
