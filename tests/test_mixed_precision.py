@@ -205,6 +205,96 @@ def test_numba_bf16_is_checked_against_the_live_oracle_not_the_fixture(capsys):
     assert err.count("\n") == 1 and "float32 calibrations only" in err
 
 
+# -- the pooled bf16 step (what numba-bf16 runs) against the serial one ----------------------
+
+def serial_and_pooled_runs(shares: int, batch: int, pooled=None):
+    """Two training steps from one state through step.py's bf16 form (the same kernels on
+    one thread) and through ``pooled`` (default pooled_step) in ``shares`` shares: each run's
+    loss, gradients, parameters, moments and bf16 weight copies."""
+    from kernels.numba_cpu import pooled_step, step
+
+    backend = numba_bf16()
+    config = VAEConfig(latent_dim=3, hidden_dim=16)
+    backend.load(config, export_params(build_model(config)))
+    rng = np.random.default_rng(batch)
+    data = rng.random((max(batch, 64), config.input_dim), dtype=np.float32)
+    draws = [(rng.integers(0, len(data), batch),
+              rng.standard_normal((batch, config.latent_dim), dtype=np.float32))
+             for _ in range(2)]
+    start = [a.copy() for a in (backend.flat, backend.flat16, backend.m, backend.v)]
+    c, off = config, backend.layout.slot_offsets
+    runs = []
+    for module, split in ((step, None), (pooled or pooled_step, shares)):
+        for live, saved in zip((backend.flat, backend.flat16, backend.m, backend.v), start):
+            live[:] = saved
+        ws = step.make_workspace(batch, c.input_dim, c.hidden_dim, c.latent_dim, bf16=True,
+                                 shares=split)
+        losses = [module.train_step(data, indices, eps, backend.flat, backend.flat16,
+                                    backend.grads, backend.m, backend.v, off, 1.0, 3e-4, 0.9,
+                                    0.999, 1e-8, float(k + 1), ws)
+                  for k, (indices, eps) in enumerate(draws)]
+        runs.append({"loss": np.array(losses), "grads": backend.grads.copy(),
+                     "params": backend.flat.copy(), "m": backend.m.copy(), "v": backend.v.copy(),
+                     "params16": backend.flat16.copy()})
+    return runs
+
+
+def differing(serial: dict, pooled: dict) -> list[str]:
+    """What differs beyond summation order. A different order can move a float32 result by
+    an ulp, and where that result is a GEMM operand its bf16 rounding then flips now and then
+    (one element's input off by 2^-8), so a few entries of a tensor may differ by more: held
+    to a few float32 ulp are all but 1% of its entries (measured: at most 0.04%), and all to
+    2% of its scale."""
+    out = []
+    for name in ("loss", "grads", "params", "m", "v", "params16"):
+        a, b = serial[name], pooled[name]
+        if name == "params16":
+            a, b = widen(a), widen(b)
+        scale = np.abs(a).max()
+        off = np.abs(b - a)
+        if np.mean(off > 1e-5 * (scale + np.abs(a))) > 1e-2 or off.max() > 2e-2 * scale:
+            out.append(name)
+    return out
+
+
+@pytest.mark.parametrize("shares", [1, 2, 3])
+def test_the_pooled_bf16_step_is_the_serial_one_split_into_shares(shares):
+    """With 16 hidden units and 784 pixels, a batch of 7 splits each wide GEMM's output by
+    columns, 40 the hidden layers' by rows and the output layer's by columns, and 900 every
+    one by rows (pooled_step.output_block); each must give the serial step's numbers."""
+    for batch in (7, 40, 900):
+        serial, pooled = serial_and_pooled_runs(shares, batch)
+        assert not differing(serial, pooled), (shares, batch)
+
+
+def mutant_of_pooled_step(original: str, mutated: str):
+    """pooled_step compiled afresh with one line of its source changed (and no on-disk
+    cache, which would hold the real one's code)."""
+    import importlib.util
+    import inspect
+
+    from kernels.numba_cpu import pooled_step
+
+    source = inspect.getsource(pooled_step)
+    assert source.count(original) == 1, original
+    source = source.replace(original, mutated).replace("cache=True", "cache=False")
+    spec = importlib.util.spec_from_loader("kernels.numba_cpu.pooled_step_mutant", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "kernels.numba_cpu"
+    exec(compile(source, "<pooled_step mutant>", "exec"), module.__dict__)
+    return module
+
+
+@pytest.mark.slow
+def test_the_comparison_fails_a_pooled_step_whose_shares_miss_a_column():
+    """Each share's column block one short (its last column never computed): the split the
+    test above checks, done wrong, is seen."""
+    mutant = mutant_of_pooled_step("        return 0, m, c0, c1\n",
+                                   "        return 0, m, c0, c1 - 1\n")
+    serial, pooled = serial_and_pooled_runs(2, 7, pooled=mutant)
+    assert {"loss", "grads", "params"} <= set(differing(serial, pooled))
+
+
 # -- the JAX bf16 program ---------------------------------------------------------------------
 
 def jax_bf16():

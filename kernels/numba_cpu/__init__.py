@@ -88,7 +88,14 @@ class NumbaBackend:
             raise BackendUnavailable(f"numba backend unavailable: {status.reason}")
         from . import step  # compiles lazily; the import itself is quick
 
-        return step
+        if not self.bf16:
+            return step
+        from . import mkl_bf16
+
+        mkl_bf16.load()  # before any bf16 step compiles or loads from Numba's cache
+        from . import pooled_step
+
+        return pooled_step
 
     def load(self, config: VAEConfig, params: Params) -> None:
         step = self._require()
@@ -103,8 +110,10 @@ class NumbaBackend:
         if self.bf16:
             from . import mkl_bf16
 
-            self.gemm_engine = mkl_bf16.load()  # before any bf16 step compiles or loads
-            mkl_bf16.set_threads(self.threads_in_use)
+            self.gemm_engine = mkl_bf16.load()
+            # pooled_step: Numba's workers split the step and each calls oneMKL on its share,
+            # so oneMKL's own pool would only oversubscribe the cores.
+            mkl_bf16.set_threads(1)
             self.flat16 = np.zeros(self.flat.shape, np.uint16)
         self._round_weights()
         self.grads = np.zeros_like(self.flat)
@@ -154,8 +163,10 @@ class NumbaBackend:
         ws = self._workspaces.get(batch)
         if ws is None:
             c = self.config
-            ws = self._step.make_workspace(batch, c.input_dim, c.hidden_dim, c.latent_dim,
-                                           bf16=self.bf16)
+            from .step import make_workspace
+
+            ws = make_workspace(batch, c.input_dim, c.hidden_dim, c.latent_dim, bf16=self.bf16,
+                                shares=self.threads_in_use if self.bf16 else None)
             self._workspaces[batch] = ws
         return ws
 
@@ -233,7 +244,9 @@ class NumbaBackend:
         """Median seconds of each part of the compiled step, measured interleaved (one call of
         each part per round, so drift hits all alike): the whole step, its GEMMs alone (same
         shapes and buffers), the fused kernels (forward + backward minus the GEMMs), Adam and
-        the gather. Parameters and optimizer state are restored afterwards."""
+        the gather. Where Adam runs inside the backward pass (``ADAM_FUSED``: pooled_step),
+        its part is the step less forward + backward and the gather. Parameters and
+        optimizer state are restored afterwards."""
         c, off = self.config, self.layout.slot_offsets
         data = self._images(data)
         ws = self._workspace(batch)
@@ -250,17 +263,21 @@ class NumbaBackend:
                 s.forward(self.flat, self.flat16, off, ws.xb, eps, ws),
                 s.backward(self.flat, self.flat16, self.grads, off, ws.xb, eps, beta, ws)),
             "gemms": lambda: s.gemms_only(self.flat, self.flat16, self.grads, off, eps, ws),
-            "adam": lambda: s.adam(self.flat, self.grads, self.m, self.v, lr, ADAM_BETAS[0],
-                                   ADAM_BETAS[1], ADAM_EPS, 10.0, self.flat16),
-            "gather": lambda: s.gather_rows(data, indices, ws.xb, ws.xb16),
+            "gather": lambda: s.gather(data, indices, ws),
         }
+        if not s.ADAM_FUSED:
+            parts["adam"] = lambda: s.adam(self.flat, self.grads, self.m, self.v, lr,
+                                           ADAM_BETAS[0], ADAM_BETAS[1], ADAM_EPS, 10.0,
+                                           self.flat16)
         times = interleaved_times(parts, repeats)
         self.flat[:], self.m[:], self.v[:] = saved
         self._round_weights()
         median = {name: float(np.median(t)) for name, t in times.items()}
+        adam = median["adam"] if "adam" in median else max(
+            median["step"] - median["forward+backward"] - median["gather"], 0.0)
         return {"step": median["step"], "gemms": median["gemms"],
                 "fused kernels": max(median["forward+backward"] - median["gemms"], 0.0),
-                "adam": median["adam"], "gather": median["gather"]}
+                "adam": adam, "gather": median["gather"]}
 
     def peak_memory_bytes(self, data: np.ndarray, batch: int) -> int:
         """The four flat buffers (parameters, gradients, Adam's two moments) and the batch's
@@ -306,4 +323,6 @@ class NumbaBackend:
             from . import mkl_bf16
 
             settings["bf16_emulated"] = mkl_bf16.unavailable_reason() is not None
+            settings["step_shares"] = self.threads_in_use if hasattr(self, "threads_in_use") \
+                else None  # pooled_step: Numba workers, oneMKL sequential in each
         return settings

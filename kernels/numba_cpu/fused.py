@@ -51,21 +51,27 @@ def bias_add(a, bias, r0, r1):
 
 
 @njit(**JIT)
+def bce_with_logits(l, t, inv_batch):
+    """BCE-with-logits of one pixel and its batch-mean gradient, (sigmoid(l) - t) / B. Stable
+    for any |l|: BCE = max(l, 0) - l t + log1p(e), sigmoid = 1 / (1 + e) or e / (1 + e),
+    e = exp(-|l|)."""
+    e = exp_nonpositive(-abs(l))
+    inv = _ONE / (_ONE + e)
+    s = inv if l >= _ZERO else e * inv
+    return max(l, _ZERO) - l * t + log1p_unit(e), (s - t) * inv_batch
+
+
+@njit(**JIT)
 def sigmoid_bce(logits, x, inv_batch, bce, dlogits, r0, r1, out16=None):
     """Per image: bce[r] = sum_j BCE-with-logits(l, x), and dlogits = the gradient of the
-    batch-mean loss, (sigmoid(l) - x) / B, in the same pass. Stable for any |l|:
-    BCE = max(l, 0) - l x + log1p(e), sigmoid = 1 / (1 + e) or e / (1 + e), e = exp(-|l|)."""
+    batch-mean loss, in the same pass."""
     n = logits.shape[1]
     for r in range(r0, r1):
         lrow, xrow, grow = logits[r], x[r], dlogits[r]
         total = _ZERO
         for j in range(n):
-            l, t = lrow[j], xrow[j]
-            e = exp_nonpositive(-abs(l))
-            inv = _ONE / (_ONE + e)
-            total += max(l, _ZERO) - l * t + log1p_unit(e)
-            s = inv if l >= _ZERO else e * inv
-            g = (s - t) * inv_batch
+            term, g = bce_with_logits(lrow[j], xrow[j], inv_batch)
+            total += term
             grow[j] = g
             store_bf16(out16, (r, j), g)
         bce[r] = total

@@ -13,6 +13,10 @@ One step, two precisions, chosen by the types of its arguments when it compiles:
   (Adam for the weights, the fused kernels for the rest), so no pass converts anything. Master
   weights, Adam's moments, biases, the loss and every elementwise kernel stay float32; GEMMs
   accumulate in float32.
+
+The ``numba-bf16`` backend runs the bf16 step of ``pooled_step.py`` instead: the same kernels
+and the same numbers, split across one thread pool. This module's bf16 form, the serial one,
+is what tests hold that split to.
 """
 
 from __future__ import annotations
@@ -47,18 +51,25 @@ STEP_JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True)
 # in params16): every activation or gradient that is an operand of a GEMM.
 BF16_OPERANDS = ("xb", "h", "z", "dech", "dlogits", "d_dech", "dheads", "dh")
 
+# Per-share scratch of pooled_step.py (the bf16 step in one thread pool): per-share partial
+# sums over a block of the batch: each image's BCE and each bias's gradient.
+SHARE_FIELDS = ("bce_parts", "bias_parts")
+BIAS_PARTS = 4  # the four biases: pooled_step.HEADS_BIAS, HIDDEN_BIAS, OUT_BIAS, DEC_BIAS
+
 # Per-batch-size scratch arrays, allocated once (outside any timed region) and reused. The
-# ``*16`` fields are None in the float32 step.
+# ``*16`` and per-share fields are None where the step does not use them.
 Workspace = namedtuple(
     "Workspace",
     "xb h heads std z dech logits dlogits d_dech dz dheads dh bce kl "
-    + " ".join(name + "16" for name in BF16_OPERANDS),
-    defaults=(None,) * len(BF16_OPERANDS),
+    + " ".join(name + "16" for name in BF16_OPERANDS) + " " + " ".join(SHARE_FIELDS),
+    defaults=(None,) * (len(BF16_OPERANDS) + len(SHARE_FIELDS)),
 )
 
 
 def make_workspace(batch: int, input_dim: int, hidden: int, latent: int,
-                   bf16: bool = False) -> Workspace:
+                   bf16: bool = False, shares: int | None = None) -> Workspace:
+    """``bf16``: with the bf16 copies of the GEMM operands; ``shares``: with the per-share
+    scratch of pooled_step.py for that many shares."""
     def e(*shape):
         return np.zeros(shape, dtype=np.float32)
 
@@ -69,11 +80,13 @@ def make_workspace(batch: int, input_dim: int, hidden: int, latent: int,
         dz=e(batch, latent), dheads=e(batch, 2 * latent), dh=e(batch, hidden),
         bce=e(batch), kl=e(batch),
     )
-    if not bf16:
-        return ws
-    copies = {name + "16": np.zeros(getattr(ws, name).shape, np.uint16)
-              for name in BF16_OPERANDS}
-    return ws._replace(**copies)
+    if bf16:
+        ws = ws._replace(**{name + "16": np.zeros(getattr(ws, name).shape, np.uint16)
+                            for name in BF16_OPERANDS})
+    if shares:
+        ws = ws._replace(bce_parts=e(shares, batch),
+                         bias_parts=e(shares, BIAS_PARTS, max(input_dim, hidden, 2 * latent)))
+    return ws
 
 
 @njit(**STEP_JIT, inline="always")
@@ -157,18 +170,24 @@ def backward(params, params16, grads, off, xb, eps, beta, ws):
 _TINY = f32(1.1754944e-38)  # smallest normal float32
 
 
-@njit(**STEP_JIT)
-def adam(params, grads, m, v, lr, beta1, beta2, eps, step, params16):
-    """PyTorch's Adam (default, single-tensor form) over the whole flat buffer in one loop;
+@njit(**STEP_JIT, inline="always")
+def adam_constants(lr, beta1, beta2, eps, step):
+    """The per-step scalars of PyTorch's Adam (torch/optim/adam.py, _single_tensor_adam):
+    -lr / bias_correction1, sqrt(bias_correction2), 1 - beta1, beta2, 1 - beta2, eps."""
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2_sqrt = np.sqrt(1.0 - beta2**step)
+    return (f32(-lr / bias_correction1), f32(bias_correction2_sqrt), f32(1.0 - beta1),
+            f32(beta2), f32(1.0 - beta2), f32(eps))
+
+
+@njit(**STEP_JIT, inline="always")
+def adam_update(params, grads, m, v, params16, constants):
+    """One Adam update of 1-D views of one length (the whole flat buffer, or a slice of it);
     with ``params16`` (not None) it also writes each updated weight's bf16 copy.
 
     Moments that decay below the smallest normal float are flushed to zero: a dead unit's
     first moment otherwise becomes a denormal, and denormal arithmetic is ~100x slower."""
-    bias_correction1 = 1.0 - beta1**step
-    bias_correction2_sqrt = np.sqrt(1.0 - beta2**step)
-    neg_step_size = f32(-lr / bias_correction1)
-    c2 = f32(bias_correction2_sqrt)
-    one_minus_b1, b2, one_minus_b2, e = f32(1.0 - beta1), f32(beta2), f32(1.0 - beta2), f32(eps)
+    neg_step_size, c2, one_minus_b1, b2, one_minus_b2, e = constants
     zero = f32(0.0)
     for i in range(params.size):
         g = grads[i]
@@ -184,6 +203,13 @@ def adam(params, grads, m, v, lr, beta1, beta2, eps, step, params16):
 
 
 @njit(**STEP_JIT)
+def adam(params, grads, m, v, lr, beta1, beta2, eps, step, params16):
+    """PyTorch's Adam (default, single-tensor form) over the whole flat buffer in one loop;
+    with ``params16`` (not None) it also writes each updated weight's bf16 copy."""
+    adam_update(params, grads, m, v, params16, adam_constants(lr, beta1, beta2, eps, step))
+
+
+@njit(**STEP_JIT)
 def batch_loss(bce, kl, beta):
     """Batch means of (reconstruction, KL, reconstruction + beta KL), summed in float64."""
     reconstruction, divergence = 0.0, 0.0
@@ -195,10 +221,20 @@ def batch_loss(bce, kl, beta):
 
 
 @njit(**STEP_JIT)
+def gather(data, indices, ws):
+    """The batch's rows (and their bf16 copies) into the workspace."""
+    gather_rows(data, indices, ws.xb, ws.xb16)
+
+
+# Adam is a pass of its own here (pooled_step fuses it into the backward pass).
+ADAM_FUSED = False
+
+
+@njit(**STEP_JIT)
 def train_step(data, indices, eps, params, params16, grads, m, v, off, beta, lr, beta1, beta2,
                adam_eps, step, ws):
     """One whole step; returns the batch's (reconstruction, KL, loss) before the update."""
-    gather_rows(data, indices, ws.xb, ws.xb16)
+    gather(data, indices, ws)
     forward(params, params16, off, ws.xb, eps, ws)
     backward(params, params16, grads, off, ws.xb, eps, beta, ws)
     adam(params, grads, m, v, lr, beta1, beta2, adam_eps, step, params16)
