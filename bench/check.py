@@ -12,6 +12,7 @@ from vae_ref.fixture import FixtureError, read_fixture
 
 from . import pipeline
 from .digits import gate_images
+from .tables import settings_text
 from .tensor_comparison import HEADER
 
 
@@ -47,7 +48,7 @@ def check(backend: Backend, truths: list[tuple[str, Callable[..., pipeline.Pairs
         for result in record.comparisons:
             if not quiet or not result.passed:
                 print(result.line())
-    settings = ", ".join(f"{k} {v}" for k, v in backend.settings().items())
+    settings = settings_text(backend.settings())
     verdict = "PASS" if failures == 0 else f"FAIL ({failures} tensors)"
     print(f"{verdict}: {backend.name}, worst tensor at {worst:.1%} of its tolerance "
           f"[{settings}]")

@@ -172,8 +172,14 @@ def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float
                                     seed=spec.seed, peaks=peaks, complete=complete)
         curves = [dict(backend=name, latent_dim=latent, **r.to_dict())
                   for name, result in outcome.trained.items() for r in result.history]
+        # Each backend's settings as it was timed (the first batch size's; they hold for all).
+        settings = {}
+        for measured in outcome.measurements.values():
+            for name, m in measured.items():
+                settings.setdefault(name, json.loads(json.dumps(m.settings, default=str)))
         return {"latent": latent, "rows": [asdict(r) for r in rows], "curves": curves,
-                "gate": tables.gate_records(outcome.gates.values(), latent)}
+                "gate": tables.gate_records(outcome.gates.values(), latent),
+                "settings": settings}
 
     def checkpoint(_stage: str, outcome: pipeline.Outcome) -> None:
         if save is not None:
@@ -327,7 +333,12 @@ def write_outputs(out: Path) -> pd.DataFrame:
     atomic_write_text(out / "results.csv", table.to_csv(index=False))
     atomic_write_text(out / "curves.csv", curves.to_csv(index=False))
     atomic_write_text(out / "gate.csv", gate.to_csv(index=False))
-    atomic_write_text(out / "summary.md", tables.run_summary(table, env))
+    # Cells written before settings were kept have none.
+    settings: dict[str, dict] = {}
+    for cell in cells:
+        for name, recorded in cell.get("settings", {}).items():
+            settings.setdefault(name, recorded)
+    atomic_write_text(out / "summary.md", tables.run_summary(table, env, settings))
     figures.run_plots(out, table, curves)
     report.write_report([out], out)  # last: it embeds the plots
     return table

@@ -257,8 +257,20 @@ def _speedup_cell(ratio: float, windows: np.ndarray) -> str:
     return f"{ratio:.2f}x{spread}"
 
 
-def run_summary(table: pd.DataFrame, env: dict) -> str:
-    """A run's summary.md: agreement, throughput with the speed-ups, ELBO, environment."""
+# A backend's settings (Backend.settings) that are measurements of one process, not how it
+# ran: reported on their own lines, left out of the settings line.
+PER_PROCESS_SETTINGS = ("compile_seconds",)
+
+
+def settings_text(settings: dict) -> str:
+    """A backend's settings (its library versions, threads, precision, GEMM engine and the
+    code path the engine took) as one line: ``name value, ...``."""
+    return ", ".join(f"{k} {v}" for k, v in settings.items() if k not in PER_PROCESS_SETTINGS)
+
+
+def run_summary(table: pd.DataFrame, env: dict, settings: dict[str, dict] | None = None) -> str:
+    """A run's summary.md: agreement, throughput with the speed-ups, ELBO, the backends'
+    settings as they ran (``settings``, by backend), environment."""
     spec = env["spec"]
     lines = [
         f"# vae-bench run — {spec['dataset']}",
@@ -322,6 +334,11 @@ def run_summary(table: pd.DataFrame, env: dict) -> str:
                   f"{fmt(r.twin_iwae, '.2f', nan=NOT_COMPUTED)} | "
                   f"{fmt(r.iwae_difference, '+.2f', nan=NOT_COMPUTED)} |"
                   for r in cost.itertuples()]
+    if settings:
+        lines += ["", "## Backends as they ran", "",
+                  "Each backend's own account of its libraries, threads, precision and GEMM "
+                  "engine, taken when it was timed.", ""]
+        lines += [f"- **{name}**: {settings_text(s)}" for name, s in settings.items()]
     record = {k: v for k, v in env.items() if k not in ("spec",)}
     lines += ["", "## Environment", "", as_markdown(record), ""]
     return "\n".join(lines)

@@ -373,6 +373,11 @@ def report(results: list[Measurement], config: VAEConfig, batch: int,
         lines.append(f"the step's 11 GEMMs alone (NumPy BLAS, same shapes, same windows): "
                      f"{ceiling:.3f} ms/step = {batch / ceiling * 1e3:,.0f} samples/s, the "
                      "ceiling of a CPU step")
+    lines += [f"{r.backend} settings: {tables.settings_text(r.settings)}" for r in results
+              if r.settings]
+    # A backend's word on its own numbers (e.g. bf16 GEMMs that ran no faster than float32).
+    lines += [f"{r.backend}: WARNING: {r.settings['warning']}" for r in results
+              if r.settings.get("warning")]
     for r in results:
         if r.settings.get("compile_seconds") is not None:
             lines.append(f"{r.backend}: JIT compile or on-disk cache load "

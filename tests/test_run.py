@@ -63,6 +63,11 @@ def test_run_writes_every_promised_output(full_run):
     summary = (out / "summary.md").read_text()
     assert "speed-up vs eager" in summary and "| numba | 2 | pass |" in summary
     assert "memory MB" in summary
+    # Each backend's settings as it was timed are recorded with its cell and in the summary.
+    assert "## Backends as they ran" in summary and "- **numba**: numba " in summary
+    cell = json.loads((out / "cells" / "z2.json").read_text())
+    assert cell["settings"]["numba"]["precision"] == "float32"
+    assert cell["settings"]["torch"]["torch_threads"] >= 1
 
 
 def test_rerun_needs_resume_and_then_skips_finished_cells(full_run, mnist5k):

@@ -26,6 +26,9 @@ def test_measure_interleaves_windows_and_reports_every_backend(mnist5k):
     assert set(numba.stages) == {"step", "gemms", "fused kernels", "adam", "gather"}
     text = report(results, VAEConfig(latent_dim=4), 32, {"cpu": (100.0, "test", "a CPU")})
     assert "vs eager" in text and "numba breakdown" in text and "1.00x" in text
+    # How each backend ran is in the report: its libraries, threads and precision.
+    assert "numba settings: numba " in text and "precision float32" in text
+    assert "torch settings: torch_threads " in text
 
 
 def test_profile_command_lists_an_unknown_backend_error(capsys):
