@@ -331,9 +331,31 @@ def _mixed_precision_lines(results: list[Measurement], table: pd.DataFrame, flop
         if "gemms" in r.stages and "step" in r.stages:
             parts.append(f"{r.stages['step'] / r.stages['gemms']:.2f}x its own "
                          f"{r.precision} GEMMs")
+        gain = (r.gemm_only_ms / r.stages["gemms"] if "gemms" in r.stages
+                and not math.isnan(r.gemm_only_ms) else None)
+        if gain is not None:
+            parts.append(f"its {r.precision} GEMMs {gain:.2f}x the float32 GEMMs alone "
+                         "(NumPy BLAS, same shapes, same windows)")
         if parts:
             lines.append(f"{r.backend} ({r.precision} GEMM inputs): " + "; ".join(parts))
+        if gain is not None and gain < BF16_GEMM_GAIN_FLOOR:
+            lines.append(
+                f"{r.backend}: WARNING: its {r.precision} GEMMs ran at only {gain:.2f}x the "
+                f"float32 ones here (bf16 hardware at work gives {BF16_GEMM_GAIN_FLOOR}x or "
+                "more): the library emulates bf16 on this CPU or the cores' arithmetic is "
+                "shared, so these are not the numbers of bf16 hardware")
     return lines
+
+
+# The least gain of a CPU backend's reduced-precision GEMMs over the float32 GEMMs alone
+# (both its step's 11, timed in the same windows) that shows bf16 hardware at work. The CPU's
+# flags cannot say it: a library picks its code path by more than them, and without a bf16
+# path it converts to float32 and runs no faster. Measured at batch 128, 2 threads: on an
+# Intel Xeon with AMX oneMKL's bf16 GEMMs 3.65x OpenBLAS's float32; on a 2-core AMD EPYC
+# (Zen 4) VM with AVX512_BF16 (results/profile-amd-epyc-zen4-bf16-z20-b128.txt) numba-bf16's
+# 1.00x, though one thread of the same oneMKL GEMM runs 1.6-1.9x its sgemm there (the two
+# cores' sharing, or oneMKL's threading, takes it back) and torch's bf16 matmul 2.2x float32.
+BF16_GEMM_GAIN_FLOOR = 1.25
 
 
 # How far (as a factor) a backend's breakdown of its step may lie outside its windows'
@@ -375,9 +397,6 @@ def report(results: list[Measurement], config: VAEConfig, batch: int,
                      "ceiling of a CPU step")
     lines += [f"{r.backend} settings: {tables.settings_text(r.settings)}" for r in results
               if r.settings]
-    # A backend's word on its own numbers (e.g. bf16 GEMMs that ran no faster than float32).
-    lines += [f"{r.backend}: WARNING: {r.settings['warning']}" for r in results
-              if r.settings.get("warning")]
     for r in results:
         if r.settings.get("compile_seconds") is not None:
             lines.append(f"{r.backend}: JIT compile or on-disk cache load "

@@ -149,45 +149,7 @@ def test_numba_bf16_names_its_precision_and_engine():
     assert settings["precision"] == "bf16"
     assert settings["gemm_engine"] == "oneMKL cblas_gemm_bf16bf16f32"
     assert settings["gemm_version"].count(".") == 2 and settings["gemm_isa"]
-    assert settings["bf16_emulated"] == (mkl_bf16.unavailable_reason() is not None)
-    if not bf16_dot_hardware():
-        assert settings["bf16_emulated"]
-    assert settings["gemm_bf16_speedup_over_sgemm"] > 0  # measured on this CPU
-
-
-def test_numbers_timed_while_onemkl_ran_no_faster_than_its_sgemm_say_so(monkeypatch):
-    """The CPU's flags are not enough: a library with no bf16 path for this CPU converts to
-    float32 and runs no faster than its own sgemm (and shared hardware can be contended), so
-    the speed-up is measured where the step is timed, and a low one labels its numbers."""
-    warning = mkl_bf16.speed_warning(0.97, "a generic path")
-    assert "only 0.97x its float32 sgemm" in warning and "'a generic path'" in warning
-    assert "not bf16 hardware's numbers" in warning
-    assert mkl_bf16.speed_warning(mkl_bf16.SPEEDUP_FLOOR, "x") is None
-    assert mkl_bf16.speed_warning(3.6, "x") is None
-    backend = numba_bf16()
-    config = VAEConfig(latent_dim=2, hidden_dim=16)
-    backend.load(config, export_params(build_model(config)))
-    monkeypatch.setattr(mkl_bf16, "measured_speedup", lambda: 0.97)  # an emulating library
-    settings = backend.settings()
-    assert settings["gemm_bf16_speedup_over_sgemm"] == 0.97
-    assert settings["warning"] == mkl_bf16.speed_warning(0.97, mkl_bf16.code_path())
-    from bench.throughput import Measurement, report
-
-    text = report([Measurement("numba-bf16", "", 0.1, precision="bf16", ms_per_step=[1.0],
-                               settings=settings)], config, 16, {})
-    assert "numba-bf16: WARNING: oneMKL's bf16 GEMM ran at only 0.97x" in text
-    monkeypatch.setattr(mkl_bf16, "measured_speedup", lambda: 1.9)  # the hardware at work
-    assert "warning" not in backend.settings()
-
-
-def test_the_probe_times_onemkls_two_gemms_on_this_cpu():
-    numba_bf16()
-    lib, _ = mkl_bf16._library()
-    before = lib.MKL_Get_Max_Threads()
-    speedups = mkl_bf16.probe_speedups()
-    assert len(speedups) == mkl_bf16.PROBE_ROUNDS and all(0 < s < 100 for s in speedups)
-    # It leaves oneMKL's thread count as it found it, for this thread and the others.
-    assert lib.MKL_Get_Max_Threads() == before
+    assert settings["bf16_emulated"] == (not bf16_dot_hardware())
 
 
 @pytest.fixture(scope="module")

@@ -192,3 +192,24 @@ def test_the_report_says_when_a_breakdown_lies_outside_its_windows():
     assert ("numba: WARNING: its breakdown's step (4.507 ms) lies outside its timed windows "
             "(1.61-2.63 ms)") in text
     assert "WARNING" not in report([agreeing], config, 32, {"cpu": (180.0, "test", "a CPU")})
+
+
+def test_bf16_gemms_no_faster_than_float32_ones_are_called_out():
+    """The CPU's flags cannot say whether a library's bf16 GEMMs use bf16 hardware: the report
+    compares them with the float32 GEMMs alone of the same windows, and a gain under the
+    floor is a WARNING beside the numbers (a mutation of the gain fails the quiet case)."""
+    from bench.throughput import BF16_GEMM_GAIN_FLOOR, Measurement
+
+    config = VAEConfig(latent_dim=2, hidden_dim=8)
+
+    def text(bf16_gemms_ms):
+        row = Measurement("numba-bf16", "", 0.1, precision="bf16", ms_per_step=[4.0],
+                          stages={"step": 4.0, "gemms": bf16_gemms_ms}, gemm_only_ms=3.3)
+        return report([row], config, 16, {})
+
+    slow = text(3.3)
+    assert "its bf16 GEMMs 1.00x the float32 GEMMs alone" in slow
+    assert "numba-bf16: WARNING: its bf16 GEMMs ran at only 1.00x the float32 ones" in slow
+    fast = text(3.3 / 3.65)
+    assert "its bf16 GEMMs 3.65x the float32 GEMMs alone" in fast and "WARNING" not in fast
+    assert "WARNING" not in text(3.3 / BF16_GEMM_GAIN_FLOOR)

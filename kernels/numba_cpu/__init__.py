@@ -323,12 +323,6 @@ class NumbaBackend:
             from . import mkl_bf16
 
             settings["bf16_emulated"] = mkl_bf16.unavailable_reason() is not None
-            # Measured in this process: whether the bf16 hardware was at work (mkl_bf16).
-            speedup = mkl_bf16.measured_speedup()
-            settings["gemm_bf16_speedup_over_sgemm"] = round(speedup, 2)
-            warning = mkl_bf16.speed_warning(speedup, mkl_bf16.code_path())
-            if warning:
-                settings["warning"] = warning
             settings["step_shares"] = self.threads_in_use if hasattr(self, "threads_in_use") \
                 else None  # pooled_step: Numba workers, oneMKL sequential in each
         return settings

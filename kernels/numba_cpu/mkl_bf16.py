@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import statistics
 import sys
 from pathlib import Path
 
@@ -68,8 +67,8 @@ def _library() -> tuple[ctypes.CDLL, Path] | str:
 
 def unavailable_reason(flags: list[str] | None = None) -> str | None:
     """Why bf16 GEMMs cannot run at bf16 speed here (None: they can). ``flags``: the CPU's
-    instruction sets, default this CPU's. Whether oneMKL then uses the hardware is measured
-    and said with the numbers (``speed_warning``), not made a refusal: see there."""
+    instruction sets, default this CPU's. Whether the library's bf16 GEMMs then beat float32
+    is measured with the numbers (bench.throughput, BF16_GEMM_GAIN_FLOOR)."""
     return bf16_emulated_reason(flags) or library_problem()
 
 
@@ -77,85 +76,6 @@ def library_problem() -> str | None:
     """Why oneMKL's bf16 GEMM cannot be called here (None: it can), whatever the CPU."""
     library = _library()
     return library if isinstance(library, str) else None
-
-
-# Whether oneMKL ran its bf16 GEMM on the CPU's bf16 hardware is measured in the process that
-# times it, and the numbers are labelled by it. A library picks its code path by more than the
-# CPU's flags, and without a bf16 path it converts to float32 and runs no faster than its own
-# sgemm. Measured, one thread, at PROBE_SHAPES: AMD EPYC Zen 4 (AVX512_BF16, no AMX; oneMKL
-# names only its generic "Intel(R) Architecture processors" path there) 1.6-1.9x in most
-# processes, but ~1.0x in every round of one process in five and in the last rounds of
-# another: the same hardware, contended on a shared VM. So a low figure does not refuse the
-# mode (availability would flip from run to run); it says, with the numbers, that they are
-# not bf16 hardware's. Intel Xeon with AMX: 3.65x over OpenBLAS at batch 128, which oneMKL's
-# sgemm matches within 10%.
-SPEEDUP_FLOOR = 1.25
-# (m, n, k) of the probe's GEMMs (row-major, B transposed, as the step's forward GEMMs): the
-# encoder's and the output layer's at batch 512, large enough to be bound by arithmetic, which
-# is what bf16 hardware changes.
-PROBE_SHAPES = ((512, 512, 784), (512, 784, 512))
-PROBE_ROUNDS, PROBE_CALLS = 9, 2
-
-
-def speed_warning(speedup: float, code_path: str) -> str | None:
-    """What to say beside numbers timed while oneMKL's bf16 GEMM measured ``speedup`` times
-    its float32 sgemm (None: nothing, the bf16 hardware was at work). ``code_path``: the path
-    oneMKL says it dispatched to."""
-    if speedup >= SPEEDUP_FLOOR:
-        return None
-    return (f"oneMKL's bf16 GEMM ran at only {speedup:.2f}x its float32 sgemm in this process "
-            f"(bf16 hardware gives {SPEEDUP_FLOOR}x or more; its code path: {code_path!r}): "
-            "emulated, or the hardware contended, so these are not bf16 hardware's numbers")
-
-
-def probe_speedups() -> list[float]:
-    """oneMKL's bf16 GEMM over its float32 sgemm on ``PROBE_SHAPES``, one thread: one ratio
-    per round, each of a round's two timings (every shape, ``PROBE_CALLS`` calls each) taken
-    back to back, in alternating order. Taken apart, the fastest of each kind over the rounds
-    once gave 1.3x where its rounds' median was 1.8x (a 2-core VM, others busy)."""
-    import time
-
-    import numpy as np
-
-    lib, _ = _library()
-    args = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
-                                 ctypes.c_void_p, ctypes.c_int, ctypes.c_float,
-                                 ctypes.c_void_p, ctypes.c_int]
-    gemm = {"bf16": getattr(lib, GEMM_SYMBOL), "float32": lib.cblas_sgemm}
-    for function in gemm.values():
-        function.argtypes, function.restype = args, None
-    rng = np.random.default_rng(0)
-    calls = {kind: [] for kind in gemm}
-    for m, n, k in PROBE_SHAPES:
-        a = rng.standard_normal((m, k), dtype=np.float32)
-        b = rng.standard_normal((n, k), dtype=np.float32)
-        c = np.empty((m, n), np.float32)
-        operands = {"float32": (a, b),  # bf16: the upper halves (truncation will do here)
-                    "bf16": tuple((x.view(np.uint32) >> 16).astype(np.uint16) for x in (a, b))}
-        for kind, (x, y) in operands.items():
-            calls[kind].append((ROW_MAJOR, NO_TRANS, TRANS, m, n, k, 1.0, x.ctypes.data, k,
-                                y.ctypes.data, k, 0.0, c.ctypes.data, n, x, y, c))
-
-    def seconds(kind: str) -> float:
-        start = time.perf_counter()
-        for call in calls[kind]:
-            for _ in range(PROBE_CALLS):
-                gemm[kind](*call[:14])
-        return time.perf_counter() - start
-
-    # One thread, set for this thread (it overrides the global setting, which an OpenMP
-    # runtime loaded later, as Numba's, can leave without effect on sgemm: a measured 2x).
-    before = lib.MKL_Set_Num_Threads_Local(ctypes.c_int(1))
-    try:
-        seconds("bf16"), seconds("float32")  # warm: packing buffers, first touch
-        ratios = []
-        for round_ in range(PROBE_ROUNDS):
-            order = ("bf16", "float32") if round_ % 2 == 0 else ("float32", "bf16")
-            timed = {kind: seconds(kind) for kind in order}
-            ratios.append(timed["float32"] / timed["bf16"])
-    finally:
-        lib.MKL_Set_Num_Threads_Local(ctypes.c_int(before))  # 0: back to the global setting
-    return ratios
 
 
 def code_path() -> str:
@@ -167,17 +87,9 @@ def code_path() -> str:
 
 
 @functools.cache
-def measured_speedup() -> float:
-    """oneMKL's bf16 GEMM over its float32 sgemm on this CPU: the median of
-    ``probe_speedups`` (0.2-0.4 s), once per process; recorded with the backend's settings."""
-    return float(statistics.median(probe_speedups()))
-
-
-@functools.cache
 def load() -> dict:
     """Load oneMKL for the compiled step (idempotent); returns what the provenance records:
-    the library's path, its version and the code path it says it dispatches to on this CPU
-    (whether that path uses the bf16 hardware is measured: ``measured_speedup``).
+    the library's path, its version and the code path it says it dispatches to on this CPU.
     Needs only the library: whether the CPU runs bf16 at bf16 speed is the caller's question
     (``unavailable_reason``; tests check the step's numbers on any CPU, emulated or not)."""
     library = _library()
