@@ -78,14 +78,6 @@ def library_problem() -> str | None:
     return library if isinstance(library, str) else None
 
 
-def code_path() -> str:
-    """The code path oneMKL says it dispatches to on this CPU (MKLVersion's Processor)."""
-    lib, _ = _library()
-    version = _Version()
-    lib.MKL_Get_Version(ctypes.byref(version))
-    return (version.processor or b"").decode().strip()
-
-
 @functools.cache
 def load() -> dict:
     """Load oneMKL for the compiled step (idempotent); returns what the provenance records:
@@ -107,7 +99,7 @@ def load() -> dict:
         "engine": f"oneMKL {GEMM_SYMBOL}",
         "version": f"{version.major}.{version.minor}.{version.update}",
         "build": (version.build or b"").decode(),
-        "isa": code_path(),
+        "isa": (version.processor or b"").decode().strip(),
         "library": str(path),
         "version_string": text.value.decode().strip(),
     }
