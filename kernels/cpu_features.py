@@ -52,3 +52,16 @@ def bf16_emulated_reason(flags: list[str] | None = None) -> str | None:
     return (f"this CPU has no bf16 dot-product hardware (none of {', '.join(BF16_DOT_FLAGS)} "
             "in its flags): bf16 GEMMs would be emulated in float32, slower than float32 "
             "itself, so they are not timed as if they were the real thing")
+
+
+def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The CPU's vendor as the kernel reports it (x86 'vendor_id': GenuineIntel,
+    AuthenticAMD), None where it cannot be read (another OS, another architecture)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("vendor_id"):
+            return line.split(":", 1)[1].strip() or None
+    return None

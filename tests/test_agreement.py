@@ -40,9 +40,18 @@ def numba_backend():
     return available("numba")
 
 
-# One backend per module and name: JAX compiles its programs once per shape.
-@pytest.fixture(scope="module", params=["numba", "jax"])
+# One backend per module and name: JAX compiles its programs once per shape. Numba's float32
+# step in both its forms, whichever this machine's "auto" picks (kernels.numba_cpu.STEP_FORMS):
+# the pooled one needs oneMKL (the [bf16] extra; CI installs it).
+@pytest.fixture(scope="module", params=["numba-pooled", "numba-serial", "jax"])
 def compiled_backend(request):
+    if request.param.startswith("numba-"):
+        from kernels.numba_cpu import NumbaBackend
+
+        backend = NumbaBackend(step_form=request.param.split("-")[1])
+        if not backend.availability().available:
+            pytest.skip(backend.availability().reason)
+        return backend
     return available(request.param)
 
 

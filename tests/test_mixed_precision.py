@@ -18,7 +18,7 @@ from bench.cli import main
 from kernels import create_backend
 from kernels.base import gemm_inputs_of
 from kernels.cpu_features import bf16_dot_hardware
-from kernels.numba_cpu import NumbaBackend, mkl_bf16
+from kernels.numba_cpu import NumbaBackend, onemkl
 from kernels.numba_cpu.bf16 import round_into, widen
 from vae_ref import VAEConfig
 from vae_ref.mixed_precision import round_to_bf16, with_bf16_gemm_inputs
@@ -28,7 +28,7 @@ from vae_ref.params import export_params
 
 
 def numba_bf16(cls=NumbaBackend) -> NumbaBackend:
-    problem = mkl_bf16.library_problem()
+    problem = onemkl.library_problem()
     if problem:
         if os.environ.get("VAE_BENCH_REQUIRE_BF16"):
             pytest.fail(f"VAE_BENCH_REQUIRE_BF16 is set, but {problem}")
@@ -121,12 +121,12 @@ def test_the_bf16_calibration_is_looser_than_float32_and_shares_the_truth(gate_d
 # -- the Numba bf16 step ----------------------------------------------------------------------
 
 def test_bf16_unavailable_without_bf16_hardware_says_why():
-    reason = mkl_bf16.unavailable_reason(flags=["sse4_2", "avx", "avx2", "fma", "avx512f"])
+    reason = onemkl.unavailable_reason(flags=["sse4_2", "avx", "avx2", "fma", "avx512f"])
     assert reason and "no bf16 dot-product hardware" in reason and "emulated" in reason
     assert bf16_dot_hardware(["avx512f", "amx_bf16"]) == ["amx_bf16"]
     assert bf16_dot_hardware([]) == []
     # With the hardware, what is left to say is only about the library.
-    assert mkl_bf16.unavailable_reason(flags=["amx_bf16"]) == mkl_bf16.library_problem()
+    assert onemkl.unavailable_reason(flags=["amx_bf16"]) == onemkl.library_problem()
 
 
 @pytest.mark.parametrize("name", ["numba-bf16", "torch-bf16", "torch-compile-bf16",
@@ -197,102 +197,12 @@ def test_the_bf16_gate_fails_a_step_with_stale_bf16_weights(bf16_cases):
 
 
 def test_numba_bf16_is_checked_against_the_live_oracle_not_the_fixture(capsys):
-    if mkl_bf16.unavailable_reason():
-        pytest.skip(mkl_bf16.unavailable_reason())
+    if onemkl.unavailable_reason():
+        pytest.skip(onemkl.unavailable_reason())
     assert main(["check", "--backend", "numba-bf16",
                  "--fixture", "tests/fixtures/reference_z20.npz"]) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "float32 calibrations only" in err
-
-
-# -- the pooled bf16 step (what numba-bf16 runs) against the serial one ----------------------
-
-def serial_and_pooled_runs(shares: int, batch: int, pooled=None):
-    """Two training steps from one state through step.py's bf16 form (the same kernels on
-    one thread) and through ``pooled`` (default pooled_step) in ``shares`` shares: each run's
-    loss, gradients, parameters, moments and bf16 weight copies."""
-    from kernels.numba_cpu import pooled_step, step
-
-    backend = numba_bf16()
-    config = VAEConfig(latent_dim=3, hidden_dim=16)
-    backend.load(config, export_params(build_model(config)))
-    rng = np.random.default_rng(batch)
-    data = rng.random((max(batch, 64), config.input_dim), dtype=np.float32)
-    draws = [(rng.integers(0, len(data), batch),
-              rng.standard_normal((batch, config.latent_dim), dtype=np.float32))
-             for _ in range(2)]
-    start = [a.copy() for a in (backend.flat, backend.flat16, backend.m, backend.v)]
-    c, off = config, backend.layout.slot_offsets
-    runs = []
-    for module, split in ((step, None), (pooled or pooled_step, shares)):
-        for live, saved in zip((backend.flat, backend.flat16, backend.m, backend.v), start):
-            live[:] = saved
-        ws = step.make_workspace(batch, c.input_dim, c.hidden_dim, c.latent_dim, bf16=True,
-                                 shares=split)
-        losses = [module.train_step(data, indices, eps, backend.flat, backend.flat16,
-                                    backend.grads, backend.m, backend.v, off, 1.0, 3e-4, 0.9,
-                                    0.999, 1e-8, float(k + 1), ws)
-                  for k, (indices, eps) in enumerate(draws)]
-        runs.append({"loss": np.array(losses), "grads": backend.grads.copy(),
-                     "params": backend.flat.copy(), "m": backend.m.copy(), "v": backend.v.copy(),
-                     "params16": backend.flat16.copy()})
-    return runs
-
-
-def differing(serial: dict, pooled: dict) -> list[str]:
-    """What differs beyond summation order. A different order can move a float32 result by
-    an ulp, and where that result is a GEMM operand its bf16 rounding then flips now and then
-    (one element's input off by 2^-8), so a few entries of a tensor may differ by more: held
-    to a few float32 ulp are all but 1% of its entries (measured: at most 0.04%), and all to
-    2% of its scale."""
-    out = []
-    for name in ("loss", "grads", "params", "m", "v", "params16"):
-        a, b = serial[name], pooled[name]
-        if name == "params16":
-            a, b = widen(a), widen(b)
-        scale = np.abs(a).max()
-        off = np.abs(b - a)
-        if np.mean(off > 1e-5 * (scale + np.abs(a))) > 1e-2 or off.max() > 2e-2 * scale:
-            out.append(name)
-    return out
-
-
-@pytest.mark.parametrize("shares", [1, 2, 3])
-def test_the_pooled_bf16_step_is_the_serial_one_split_into_shares(shares):
-    """With 16 hidden units and 784 pixels, a batch of 7 splits each wide GEMM's output by
-    columns, 40 the hidden layers' by rows and the output layer's by columns, and 900 every
-    one by rows (pooled_step.output_block); each must give the serial step's numbers."""
-    for batch in (7, 40, 900):
-        serial, pooled = serial_and_pooled_runs(shares, batch)
-        assert not differing(serial, pooled), (shares, batch)
-
-
-def mutant_of_pooled_step(original: str, mutated: str):
-    """pooled_step compiled afresh with one line of its source changed (and no on-disk
-    cache, which would hold the real one's code)."""
-    import importlib.util
-    import inspect
-
-    from kernels.numba_cpu import pooled_step
-
-    source = inspect.getsource(pooled_step)
-    assert source.count(original) == 1, original
-    source = source.replace(original, mutated).replace("cache=True", "cache=False")
-    spec = importlib.util.spec_from_loader("kernels.numba_cpu.pooled_step_mutant", loader=None)
-    module = importlib.util.module_from_spec(spec)
-    module.__package__ = "kernels.numba_cpu"
-    exec(compile(source, "<pooled_step mutant>", "exec"), module.__dict__)
-    return module
-
-
-@pytest.mark.slow
-def test_the_comparison_fails_a_pooled_step_whose_shares_miss_a_column():
-    """Each share's column block one short (its last column never computed): the split the
-    test above checks, done wrong, is seen."""
-    mutant = mutant_of_pooled_step("        return 0, m, c0, c1\n",
-                                   "        return 0, m, c0, c1 - 1\n")
-    serial, pooled = serial_and_pooled_runs(2, 7, pooled=mutant)
-    assert {"loss", "grads", "params"} <= set(differing(serial, pooled))
 
 
 # -- the JAX bf16 program ---------------------------------------------------------------------

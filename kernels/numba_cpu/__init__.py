@@ -8,6 +8,7 @@ harness can list this backend (and say why it is unavailable) on any machine.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import time
 import tracemalloc
@@ -30,31 +31,79 @@ from ..inputs import (
 from ..timing import interleaved_times
 
 PRECISIONS = ("float32", "bf16")
+# Which step runs: "pooled" (pooled_step.py: one thread pool, oneMKL sequential per share),
+# "serial" (step.py: one thread runs the kernels, NumPy's BLAS threads each GEMM), or "auto".
+STEP_FORMS = ("auto", "pooled", "serial")
+# The CPU vendors on which the pooled float32 step was measured faster than the serial one
+# (see float32_step_form). Elsewhere "auto" keeps the serial step until measured there.
+POOLED_FLOAT32_VENDORS = ("GenuineIntel",)
+
+
+def float32_step_form() -> tuple[str, str]:
+    """The float32 step "auto" picks on this machine, and why. Pooled where oneMKL is
+    installed and the CPU is Intel's: there its sequential ``sgemm`` on each worker's half ran
+    the step's GEMMs 1.5x faster than NumPy's OpenBLAS on two threads (2-core Xeon with
+    AVX-512/AMX, batch 128, z 20: 1.67 vs 2.53 ms), and the fused kernels and Adam are split
+    too. On AMD it is not measured yet (oneMKL's float32 code paths there are its generic
+    ones), so the serial step stays."""
+    from ..cpu_features import cpu_vendor
+    from . import onemkl
+
+    problem = onemkl.library_problem()
+    if problem:
+        return "serial", problem
+    vendor = cpu_vendor()
+    if vendor not in POOLED_FLOAT32_VENDORS:
+        return "serial", (f"the pooled oneMKL step is measured on {', '.join(POOLED_FLOAT32_VENDORS)}"
+                          f" CPUs only, this is {vendor or 'an unknown vendor'}'s")
+    return "pooled", f"oneMKL is installed and the CPU is {vendor}'s"
 
 
 class NumbaBackend:
     device = "cpu"
 
     def __init__(self, threads: int | None = None, precision: str = "float32",
-                 allow_emulated: bool = False):
+                 allow_emulated: bool = False, step_form: str = "auto"):
         """``precision``: "float32", or "bf16" for bf16 GEMM inputs (float32 accumulation,
         master weights and elementwise math). ``allow_emulated``: run bf16 on a CPU without
         bf16 dot-product hardware, where oneMKL emulates it (for checking its numbers; never
-        for timing, which is why the harness does not set it)."""
+        for timing, which is why the harness does not set it). ``step_form``: one of
+        STEP_FORMS; bf16 is always pooled, float32 "auto" is ``float32_step_form()``."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if step_form not in STEP_FORMS:
+            raise ValueError(f"step_form must be one of {STEP_FORMS}, got {step_form!r}")
+        if precision == "bf16" and step_form == "serial":
+            raise ValueError("the bf16 step runs pooled only (step.py's bf16 form is the "
+                             "serial twin tests hold it to)")
         self.threads = threads
         self.precision = precision
         self.allow_emulated = allow_emulated
+        self.step_form_asked = step_form
         self.compile_seconds: float | None = None
         self.description = (
             "Numba JIT, bf16 GEMM inputs (oneMKL, float32 accumulation), float32 master "
             "weights, fused kernels and Adam" if self.bf16 else
-            "Numba JIT, fused float32 kernels, BLAS GEMMs, flat-buffer Adam")
+            "Numba JIT, fused float32 kernels, BLAS GEMMs (oneMKL in one thread pool where "
+            "the step runs pooled), flat-buffer Adam")
 
     @property
     def bf16(self) -> bool:
         return self.precision == "bf16"
+
+    @functools.cached_property
+    def step_form(self) -> tuple[str, str]:
+        """("pooled" or "serial", why) for this backend on this machine, decided once (it
+        reads /proc/cpuinfo; ``pooled`` is asked on every step)."""
+        if self.bf16:
+            return "pooled", "the bf16 step runs pooled"
+        if self.step_form_asked == "auto":
+            return float32_step_form()
+        return self.step_form_asked, "asked for"
+
+    @property
+    def pooled(self) -> bool:
+        return self.step_form[0] == "pooled"
 
     @property
     def gemm_inputs(self) -> str:
@@ -72,12 +121,17 @@ class NumbaBackend:
             if importlib.util.find_spec(module) is None:
                 return Availability(False, f"{module} is not installed (pip install {module})")
         if self.bf16:
-            from . import mkl_bf16
+            from . import onemkl
 
-            reason = (mkl_bf16.library_problem() if self.allow_emulated
-                      else mkl_bf16.unavailable_reason())
+            reason = (onemkl.library_problem() if self.allow_emulated
+                      else onemkl.unavailable_reason())
             if reason:
                 return Availability(False, reason)
+        elif self.step_form_asked == "pooled":
+            from . import onemkl
+
+            if onemkl.library_problem():
+                return Availability(False, onemkl.library_problem())
         return Availability(True)
 
     # -- setup ---------------------------------------------------------------------------
@@ -88,11 +142,11 @@ class NumbaBackend:
             raise BackendUnavailable(f"numba backend unavailable: {status.reason}")
         from . import step  # compiles lazily; the import itself is quick
 
-        if not self.bf16:
+        if not self.pooled:
             return step
-        from . import mkl_bf16
+        from . import onemkl
 
-        mkl_bf16.load()  # before any bf16 step compiles or loads from Numba's cache
+        onemkl.load()  # before any pooled step compiles or loads from Numba's cache
         from . import pooled_step
 
         return pooled_step
@@ -106,15 +160,16 @@ class NumbaBackend:
         self.config = config
         self.layout = make_layout(config)
         self.flat = self.layout.pack(params, config)
-        self.flat16 = None  # bf16 copies of the weights (all of params, biases unused)
-        if self.bf16:
-            from . import mkl_bf16
+        # The weights as the GEMMs read them: bf16 copies (all of params, biases unused); in
+        # the pooled float32 step the float32 weights themselves; in the serial one None.
+        self.flat16 = None
+        self.gemm_engine = None
+        if self.pooled:
+            from . import onemkl
 
-            self.gemm_engine = mkl_bf16.load()
-            # pooled_step: Numba's workers split the step and each calls oneMKL on its share,
-            # so oneMKL's own pool would only oversubscribe the cores.
-            mkl_bf16.set_threads(1)
-            self.flat16 = np.zeros(self.flat.shape, np.uint16)
+            self.gemm_engine = {**onemkl.load(), "engine": onemkl.engine_for(self.precision)}
+            self._claim_onemkl()
+            self.flat16 = np.zeros(self.flat.shape, np.uint16) if self.bf16 else self.flat
         self._round_weights()
         self.grads = np.zeros_like(self.flat)
         self.m = np.zeros_like(self.flat)
@@ -142,10 +197,21 @@ class NumbaBackend:
         self._workspaces.clear()
         return time.perf_counter() - started
 
+    def _claim_onemkl(self) -> None:
+        """oneMKL to one thread, before the pooled step runs: Numba's workers split the step
+        and each calls oneMKL on its share, so oneMKL's own pool would only oversubscribe the
+        cores. Set again on every entry (a call of well under a microsecond), since another
+        backend in the process may have set it since (``configure_threads`` of the serial
+        step sets every BLAS, oneMKL too, to its thread count)."""
+        if self.pooled:
+            from . import onemkl
+
+            onemkl.set_threads(1)
+
     def _round_weights(self) -> None:
         """The weights' bf16 copies from the float32 masters, where they were set from outside
         the step (load, a restore); inside it Adam writes them as it updates."""
-        if self.flat16 is not None:
+        if self.flat16 is not None and self.flat16 is not self.flat:
             from .bf16 import round_into
 
             round_into(self.flat, self.flat16)
@@ -154,7 +220,7 @@ class NumbaBackend:
         """A batch given from outside the step (gate, evaluation) into the workspace, with its
         bf16 copy (inside the step the gather writes both)."""
         ws.xb[...] = x
-        if ws.xb16 is not None:
+        if ws.xb16 is not None and ws.xb16 is not ws.xb:
             from .bf16 import round_into
 
             round_into(ws.xb, ws.xb16)
@@ -166,7 +232,7 @@ class NumbaBackend:
             from .step import make_workspace
 
             ws = make_workspace(batch, c.input_dim, c.hidden_dim, c.latent_dim, bf16=self.bf16,
-                                shares=self.threads_in_use if self.bf16 else None)
+                                shares=self.threads_in_use if self.pooled else None)
             self._workspaces[batch] = ws
         return ws
 
@@ -189,6 +255,7 @@ class NumbaBackend:
         eps = self._noise(len(x), eps)
         ws = self._workspace(len(x))
         self._set_batch(ws, x)
+        self._claim_onemkl()
         self._step.forward(self.flat, self.flat16, self.layout.slot_offsets, ws.xb, eps, ws)
         self._step.backward(self.flat, self.flat16, self.grads, self.layout.slot_offsets, ws.xb,
                             eps, float(self.config.beta), ws)
@@ -212,6 +279,7 @@ class NumbaBackend:
         eps = self._noise(len(indices), eps)
         self.steps_taken += 1
         c = self.config
+        self._claim_onemkl()
         return BatchLoss(*self._step.train_step(
             data, indices, eps, self.flat, self.flat16, self.grads, self.m, self.v,
             self.layout.slot_offsets, float(c.beta), float(c.lr), ADAM_BETAS[0], ADAM_BETAS[1],
@@ -222,6 +290,7 @@ class NumbaBackend:
         ws = self._workspace(len(x))
         self._set_batch(ws, x)
         eps = np.zeros((len(x), self.config.latent_dim), np.float32)
+        self._claim_onemkl()
         self._step.forward(self.flat, self.flat16, self.layout.slot_offsets, ws.xb, eps,
                            ws)  # no backward
         z = self.config.latent_dim
@@ -234,6 +303,7 @@ class NumbaBackend:
         def terms(xb: np.ndarray, eps: np.ndarray):
             ws = self._workspace(len(xb))
             self._set_batch(ws, xb)
+            self._claim_onemkl()
             self._step.forward(self.flat, self.flat16, self.layout.slot_offsets, ws.xb, eps, ws)
             return ws.bce, ws.kl
 
@@ -254,6 +324,7 @@ class NumbaBackend:
         eps = self._noise(batch, None)
         saved = (self.flat.copy(), self.m.copy(), self.v.copy())
         s = self._step
+        self._claim_onemkl()
         beta, lr = float(c.beta), float(c.lr)
         parts = {
             "step": lambda: s.train_step(data, indices, eps, self.flat, self.flat16, self.grads,
@@ -316,13 +387,18 @@ class NumbaBackend:
         settings = {"numba": numba.__version__, "precision": self.precision,
                     "threads": getattr(self, "threads_in_use", None),
                     "compile_seconds": self.compile_seconds}
-        if self.bf16:
+        form, why = self.step_form
+        settings["step"] = f"{form} ({why})"
+        if self.pooled:
             engine = getattr(self, "gemm_engine", None) or {}
             settings.update({f"gemm_{key}": engine.get(key)
                              for key in ("engine", "version", "build", "isa", "library")})
-            from . import mkl_bf16
-
-            settings["bf16_emulated"] = mkl_bf16.unavailable_reason() is not None
             settings["step_shares"] = self.threads_in_use if hasattr(self, "threads_in_use") \
                 else None  # pooled_step: Numba workers, oneMKL sequential in each
+        else:
+            settings["gemm_engine"] = "NumPy BLAS sgemm (np.dot, on its own threads)"
+        if self.bf16:
+            from . import onemkl
+
+            settings["bf16_emulated"] = onemkl.unavailable_reason() is not None
         return settings

@@ -43,16 +43,19 @@ def to_bf16(x):
 
 
 def store_bf16(out16, index, value):
-    """out16[index] = to_bf16(value), or nothing where ``out16`` is None (the float32 step)."""
-    if out16 is not None:
+    """out16[index] = to_bf16(value); nothing where ``out16`` is None (the serial float32
+    step) or a float32 array (the pooled float32 step, where each GEMM operand is its own
+    copy: the array the kernel has just written ``value`` into)."""
+    if out16 is not None and out16.dtype == np.uint16:
         out16[index] = to_bf16(value)
 
 
 @overload(store_bf16)
 def _store_bf16(out16, index, value):
-    # Chosen by type when the caller compiles: with out16 None the store is no code at all, so
-    # the float32 kernels are the loops they were (no branch left to stop vectorization).
-    if isinstance(out16, types.NoneType):
+    # Chosen by type when the caller compiles: with out16 None or float32 the store is no code
+    # at all, so the float32 kernels are the loops they were (no branch left to stop
+    # vectorization).
+    if isinstance(out16, types.NoneType) or out16.dtype == types.float32:
         return lambda out16, index, value: None
 
     def store(out16, index, value):

@@ -9,7 +9,7 @@ accumulation and output). Choosing by type (``numba.extending.overload``) rather
 
 Operands are C-contiguous (slices of the flat buffers and workspace rows), so each leading
 dimension is its row length. The oneMKL symbol must be in LLVM's symbol table
-(``mkl_bf16.load``) before a bf16 step is compiled or loaded from Numba's cache.
+(``onemkl.load``) before a bf16 step is compiled or loaded from Numba's cache.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from .mkl_bf16 import GEMM_SYMBOL, NO_TRANS, ROW_MAJOR, TRANS
+from .onemkl import GEMM_SYMBOL, NO_TRANS, ROW_MAJOR, SGEMM_SYMBOL, TRANS
 
 _i32, _f32, _ptr = types.int32, types.float32, types.intp
 # mkl_cblas.h: void cblas_gemm_bf16bf16f32(CBLAS_LAYOUT, CBLAS_TRANSPOSE transa,
@@ -27,6 +27,13 @@ _i32, _f32, _ptr = types.int32, types.float32, types.intp
 #   MKL_INT is 32-bit in the LP64 interface that libmkl_rt selects by default.
 _gemm_bf16 = types.ExternalFunction(
     GEMM_SYMBOL,
+    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _f32, _ptr, _i32, _ptr, _i32, _f32, _ptr,
+               _i32))
+# mkl_cblas.h: void cblas_sgemm(CBLAS_LAYOUT, CBLAS_TRANSPOSE transa, CBLAS_TRANSPOSE transb,
+#   MKL_INT m, n, k, float alpha, const float *a, MKL_INT lda, const float *b, MKL_INT ldb,
+#   float beta, float *c, MKL_INT ldc): the same arguments, float32 operands.
+_sgemm = types.ExternalFunction(
+    SGEMM_SYMBOL,
     types.void(_i32, _i32, _i32, _i32, _i32, _i32, _f32, _ptr, _i32, _ptr, _i32, _f32, _ptr,
                _i32))
 _ZERO, _ONE = np.float32(0.0), np.float32(1.0)
@@ -48,7 +55,7 @@ def gemm_tn(a, a16, b, b16, c):
 
 
 def _is_float32(a16) -> bool:
-    return isinstance(a16, types.NoneType)
+    return isinstance(a16, types.NoneType) or a16.dtype == types.float32
 
 
 @overload(gemm_nt, inline="always")
@@ -91,3 +98,27 @@ def _gemm_tn(a, a16, b, b16, c):
                    b16.ctypes.data, n, _ZERO, c.ctypes.data, n)
 
     return bf16
+
+
+def gemm_block(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc):
+    """c = op(a) @ op(b) on row-major operands, each given as a C-contiguous array and the
+    element index its block starts at (``a_at`` etc.), with its leading dimension: one call
+    of oneMKL on a block of the operands, in the precision of ``a`` and ``b`` (uint16 bf16
+    bits or float32); ``c`` is float32."""
+
+
+@overload(gemm_block, inline="always")
+def _gemm_block(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc):
+    if a.dtype != b.dtype or c.dtype != types.float32:
+        return None  # no such GEMM: a typing error where it is called
+    if a.dtype == types.uint16:
+        def bf16(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc):
+            _gemm_bf16(ROW_MAJOR, transa, transb, m, n, k, _ONE, a.ctypes.data + 2 * a_at, lda,
+                       b.ctypes.data + 2 * b_at, ldb, _ZERO, c.ctypes.data + 4 * c_at, ldc)
+        return bf16
+    if a.dtype == types.float32:
+        def float32(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc):
+            _sgemm(ROW_MAJOR, transa, transb, m, n, k, _ONE, a.ctypes.data + 4 * a_at, lda,
+                   b.ctypes.data + 4 * b_at, ldb, _ZERO, c.ctypes.data + 4 * c_at, ldc)
+        return float32
+    return None

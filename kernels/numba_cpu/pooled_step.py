@@ -1,14 +1,19 @@
-"""The bf16 mixed-precision step in one thread pool: Numba's workers split every stage, and
-each calls oneMKL's bf16 GEMM sequentially (oneMKL set to one thread) on its share.
+"""The training step in one thread pool: Numba's workers split every stage, and each calls
+oneMKL sequentially (oneMKL set to one thread) on its share. It runs in both precisions,
+chosen by type when it compiles (``gemm.gemm_block``): with bf16 GEMM operands
+(``numba-bf16``: uint16 copies in ``params16`` and the workspace's ``*16`` fields, oneMKL's
+``cblas_gemm_bf16bf16f32``) and with float32 ones (``numba`` where oneMKL is installed:
+``params16`` is ``params`` itself and each ``*16`` field its float32 array, so the GEMMs are
+``cblas_sgemm`` and the copies' stores compile to nothing, ``bf16.store_bf16``).
 
-Why not ``step.py``'s structure (one thread runs the kernels, oneMKL threads each GEMM):
-at the step's sizes a bf16 GEMM on AMX takes tens of microseconds, so oneMKL's fork-join per
-call, the serial fused kernels between the GEMMs and the serial Adam were most of the step.
-Here each stage is one parallel region over ``T`` shares, and a share does everything that
-stage needs of its part of the data. Measured on a 2-core Intel Xeon with AMX, z = 20, the
-two steps interleaved in one process (50-step windows, 9 rounds, MNIST batches): batch 128,
-``step.py`` 5.78 ms and this one 4.87 ms (1.19x; per round 1.10-1.30x); batch 1024, 22.2
-and 20.6 ms (per round 1.07-1.23x).
+Why not ``step.py``'s structure (one thread runs the kernels, the BLAS threads each GEMM):
+at the step's sizes a GEMM takes tens to hundreds of microseconds, so the BLAS's fork-join
+per call, the serial fused kernels between the GEMMs and the serial Adam were most of the
+step. Here each stage is one parallel region over ``T`` shares, and a share does everything
+that stage needs of its part of the data. Measured on a 2-core Intel Xeon with AMX, z = 20,
+the two steps interleaved in one process (50-step windows, 9 rounds, MNIST batches), bf16:
+batch 128, ``step.py`` 5.78 ms and this one 4.87 ms (1.19x; per round 1.10-1.30x); batch
+1024, 22.2 and 20.6 ms (per round 1.07-1.23x). Float32: see ``onemkl.py`` for its GEMMs.
 
 How the work is split, and why:
 - Large GEMMs (the 784 x 512 layers) by output columns: each share multiplies the whole batch
@@ -26,7 +31,7 @@ How the work is split, and why:
 
 Every region ends in a barrier (the end of a ``prange``), so a stage reads only what finished.
 The results are the same numbers as ``step.py``'s up to summation order (the gate holds both
-to the same bf16 tolerances; tests compare the two steps). Functions take the same arguments
+to the same tolerances of their precision; tests compare the two steps in each). Functions take the same arguments
 as ``step.py``'s, plus the workspace's per-share scratch (``make_workspace(..., shares=T)``).
 
 Pitfalls met writing it (Numba 0.68): an inner loop over ``range(i0, i1)`` with a runtime
@@ -40,7 +45,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .bf16 import to_bf16
+from .bf16 import store_bf16
 from .compile_cache import key_cache_to_sources
 from .fused import (
     FASTMATH,
@@ -53,15 +58,14 @@ from .fused import (
     reparameterize_kl,
     reparameterize_kl_backward,
 )
-from .gemm import _gemm_bf16
-from .mkl_bf16 import NO_TRANS, ROW_MAJOR, TRANS
+from .gemm import gemm_block
+from .onemkl import NO_TRANS, TRANS
 from .step import adam_constants, adam_update, batch_loss, tensors, weights16
 
 key_cache_to_sources()  # before the cache=True decorators below
 
 f32 = np.float32
-_ZERO, _ONE = f32(0.0), f32(1.0)
-_BF16_BYTES, _F32_BYTES = 2, 4
+_ZERO = f32(0.0)
 POOL_JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True)
 INLINE = dict(fastmath=FASTMATH, error_model="numpy", inline="always")
 
@@ -92,18 +96,16 @@ def output_block(t, shares, m, n):
 
 
 
-# -- GEMMs on a block of the output: pointer offsets and leading dimensions of row-major
-# operands (every operand here is C-contiguous) ----------------------------------------------
+# -- GEMMs on a block of the output: element offsets and leading dimensions of row-major
+# operands (every operand here is C-contiguous), in the operands' precision ------------------
 
 @njit(**INLINE)
 def nt_block(a16, b16, c, r0, r1, c0, c1):
     """c[r0:r1, c0:c1] = a[r0:r1] @ b[c0:c1].T (a: m x k, b: n x k, c: m x n)."""
     k = a16.shape[1]
     if r1 > r0 and c1 > c0:
-        _gemm_bf16(ROW_MAJOR, NO_TRANS, TRANS, r1 - r0, c1 - c0, k, _ONE,
-                   a16.ctypes.data + _BF16_BYTES * r0 * k, k,
-                   b16.ctypes.data + _BF16_BYTES * c0 * k, k, _ZERO,
-                   c.ctypes.data + _F32_BYTES * (r0 * c.shape[1] + c0), c.shape[1])
+        gemm_block(NO_TRANS, TRANS, r1 - r0, c1 - c0, k, a16, r0 * k, k, b16, c0 * k, k,
+                   c, r0 * c.shape[1] + c0, c.shape[1])
 
 
 @njit(**INLINE)
@@ -111,10 +113,8 @@ def nn_block(a16, b16, c, r0, r1, c0, c1):
     """c[r0:r1, c0:c1] = a[r0:r1] @ b[:, c0:c1] (a: m x k, b: k x n, c: m x n)."""
     k = a16.shape[1]
     if r1 > r0 and c1 > c0:
-        _gemm_bf16(ROW_MAJOR, NO_TRANS, NO_TRANS, r1 - r0, c1 - c0, k, _ONE,
-                   a16.ctypes.data + _BF16_BYTES * r0 * k, k,
-                   b16.ctypes.data + _BF16_BYTES * c0, b16.shape[1], _ZERO,
-                   c.ctypes.data + _F32_BYTES * (r0 * c.shape[1] + c0), c.shape[1])
+        gemm_block(NO_TRANS, NO_TRANS, r1 - r0, c1 - c0, k, a16, r0 * k, k, b16, c0,
+                   b16.shape[1], c, r0 * c.shape[1] + c0, c.shape[1])
 
 
 @njit(**INLINE)
@@ -123,9 +123,7 @@ def tn_rows(a16, b16, c, c0, c1):
     k, m = a16.shape
     n = b16.shape[1]
     if c1 > c0 and k > 0:
-        _gemm_bf16(ROW_MAJOR, TRANS, NO_TRANS, c1 - c0, n, k, _ONE,
-                   a16.ctypes.data + _BF16_BYTES * c0, m, b16.ctypes.data, n, _ZERO,
-                   c.ctypes.data + _F32_BYTES * c0 * n, n)
+        gemm_block(TRANS, NO_TRANS, c1 - c0, n, k, a16, c0, m, b16, 0, n, c, c0 * n, n)
 
 
 # -- elementwise kernels on a block --------------------------------------------------------
@@ -135,14 +133,14 @@ def tn_rows(a16, b16, c, c0, c1):
 
 @njit(**INLINE)
 def bias_relu_block(a, bias, out16, r0, r1, c0, c1):
-    """a[r0:r1, c0:c1] = max(a + bias, 0), with its bf16 copy."""
+    """a[r0:r1, c0:c1] = max(a + bias, 0), with its bf16 copy (none in float32)."""
     b = bias[c0:c1]
     for r in range(r0, r1):
         values, copies = a[r, c0:c1], out16[r, c0:c1]
         for j in range(c1 - c0):
             value = max(values[j] + b[j], _ZERO)
             values[j] = value
-            copies[j] = to_bf16(value)
+            store_bf16(copies, j, value)
 
 
 @njit(**INLINE)
@@ -164,7 +162,7 @@ def bias_sigmoid_bce_block(logits, bias, x, inv_batch, dlogits, out16, bce_part,
             term, g = bce_with_logits(l, xrow[j], inv_batch)
             total += term
             grow[j] = g
-            copies[j] = to_bf16(g)
+            store_bf16(copies, j, g)
             sums[j] += g
         bce_part[r] = total
 

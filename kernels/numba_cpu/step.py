@@ -5,8 +5,8 @@ the flat gradient buffer); everything between them is one fused kernel from ``fu
 Python runs between the stages.
 
 One step, two precisions, chosen by the types of its arguments when it compiles:
-- float32: ``params16`` is None and the workspace's bf16 fields are None; every GEMM is BLAS
-  ``sgemm``.
+- float32: ``params16`` is None and the workspace's bf16 fields are None; every GEMM is
+  NumPy's BLAS ``sgemm`` (on its own threads).
 - bf16 mixed precision: ``params16`` is a uint16 buffer shaped like ``params`` holding the
   bf16 rounding of every weight, and the workspace holds a bf16 copy of every activation and
   gradient that a GEMM reads. Each copy is written by the kernel that writes the float32 value
@@ -14,9 +14,10 @@ One step, two precisions, chosen by the types of its arguments when it compiles:
   weights, Adam's moments, biases, the loss and every elementwise kernel stay float32; GEMMs
   accumulate in float32.
 
-The ``numba-bf16`` backend runs the bf16 step of ``pooled_step.py`` instead: the same kernels
-and the same numbers, split across one thread pool. This module's bf16 form, the serial one,
-is what tests hold that split to.
+The ``numba-bf16`` backend runs the step of ``pooled_step.py`` instead, and so does ``numba``
+where oneMKL is installed and the CPU is Intel's (``NumbaBackend``): the same kernels and the
+same numbers, split across one thread pool. This module, the serial form, is what tests hold
+that split to, in both precisions, and what ``numba`` runs elsewhere.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ Workspace = namedtuple(
 def make_workspace(batch: int, input_dim: int, hidden: int, latent: int,
                    bf16: bool = False, shares: int | None = None) -> Workspace:
     """``bf16``: with the bf16 copies of the GEMM operands; ``shares``: with the per-share
-    scratch of pooled_step.py for that many shares."""
+    scratch of pooled_step.py for that many shares. pooled_step reads every GEMM operand
+    from its ``*16`` field, so in float32 with ``shares`` each of those is the float32 array
+    itself (no copy: the stores into it compile to nothing, bf16.store_bf16)."""
     def e(*shape):
         return np.zeros(shape, dtype=np.float32)
 
@@ -83,6 +86,8 @@ def make_workspace(batch: int, input_dim: int, hidden: int, latent: int,
     if bf16:
         ws = ws._replace(**{name + "16": np.zeros(getattr(ws, name).shape, np.uint16)
                             for name in BF16_OPERANDS})
+    elif shares:
+        ws = ws._replace(**{name + "16": getattr(ws, name) for name in BF16_OPERANDS})
     if shares:
         ws = ws._replace(bce_parts=e(shares, batch),
                          bias_parts=e(shares, BIAS_PARTS, max(input_dim, hidden, 2 * latent)))

@@ -1,0 +1,172 @@
+"""The pooled step (kernels/numba_cpu/pooled_step.py: one thread pool, oneMKL sequential in each
+share) against the serial one (step.py), in both precisions it runs: bf16 (``numba-bf16``) and
+float32 (``numba`` where oneMKL is installed and the CPU is Intel's); and which form ``numba``
+picks, and why.
+
+The runs need oneMKL (the ``[bf16]`` extra; CI installs it and sets VAE_BENCH_REQUIRE_BF16=1,
+so there they may not skip). bf16 runs oneMKL's emulated path where the CPU has no bf16
+hardware: the numbers are the same, only the speed is not."""
+
+import importlib.util
+import inspect
+import os
+
+import numpy as np
+import pytest
+
+from kernels import create_backend
+from kernels.numba_cpu import NumbaBackend, float32_step_form, onemkl
+from kernels.numba_cpu.bf16 import widen
+from vae_ref import VAEConfig
+from vae_ref.model import build_model
+from vae_ref.params import export_params
+
+
+def pooled_backend(precision: str) -> NumbaBackend:
+    problem = onemkl.library_problem()
+    if problem:
+        if os.environ.get("VAE_BENCH_REQUIRE_BF16"):
+            pytest.fail(f"VAE_BENCH_REQUIRE_BF16 is set, but {problem}")
+        pytest.skip(problem)
+    return NumbaBackend(precision=precision, allow_emulated=True, step_form="pooled")
+
+
+def serial_and_pooled_runs(precision: str, shares: int, batch: int, pooled=None):
+    """Two training steps from one state through step.py (the same kernels on one thread; in
+    bf16 its bf16 form) and through ``pooled`` (default pooled_step) in ``shares`` shares:
+    each run's loss, gradients, parameters, moments and the weights the GEMMs read (bf16
+    copies; in float32 the weights themselves)."""
+    from kernels.numba_cpu import pooled_step, step
+
+    backend = pooled_backend(precision)
+    config = VAEConfig(latent_dim=3, hidden_dim=16)
+    backend.load(config, export_params(build_model(config)))
+    bf16 = precision == "bf16"
+    rng = np.random.default_rng(batch)
+    data = rng.random((max(batch, 64), config.input_dim), dtype=np.float32)
+    draws = [(rng.integers(0, len(data), batch),
+              rng.standard_normal((batch, config.latent_dim), dtype=np.float32))
+             for _ in range(2)]
+    state = (backend.flat, backend.flat16, backend.m, backend.v)
+    start = [a.copy() for a in state]
+    c, off = config, backend.layout.slot_offsets
+    runs = []
+    for module, split in ((step, None), (pooled or pooled_step, shares)):
+        for live, saved in zip(state, start):
+            live[:] = saved
+        ws = step.make_workspace(batch, c.input_dim, c.hidden_dim, c.latent_dim, bf16=bf16,
+                                 shares=split)
+        # step.py's float32 form takes no weight copies (None); the pooled one reads them
+        # from params16, which in float32 is the float32 buffer itself.
+        params16 = backend.flat16 if bf16 or split else None
+        losses = [module.train_step(data, indices, eps, backend.flat, params16,
+                                    backend.grads, backend.m, backend.v, off, 1.0, 3e-4, 0.9,
+                                    0.999, 1e-8, float(k + 1), ws)
+                  for k, (indices, eps) in enumerate(draws)]
+        runs.append({"loss": np.array(losses), "grads": backend.grads.copy(),
+                     "params": backend.flat.copy(), "m": backend.m.copy(), "v": backend.v.copy(),
+                     "params16": widen(backend.flat16) if bf16 else backend.flat.copy()})
+    return runs
+
+
+def differing(serial: dict, pooled: dict) -> list[str]:
+    """What differs beyond summation order. A different order can move a float32 result by
+    an ulp, and where that result is a GEMM operand its bf16 rounding then flips now and then
+    (one element's input off by 2^-8), so a few entries of a tensor may differ by more: held
+    to a few float32 ulp are all but 1% of its entries (measured: at most 0.04%), and all to
+    2% of its scale. In float32 the same bounds hold with room (measured: every entry within
+    7e-7 of its tensor's scale)."""
+    out = []
+    for name in ("loss", "grads", "params", "m", "v", "params16"):
+        a, b = serial[name], pooled[name]
+        scale = np.abs(a).max()
+        off = np.abs(b - a)
+        if np.mean(off > 1e-5 * (scale + np.abs(a))) > 1e-2 or off.max() > 2e-2 * scale:
+            out.append(name)
+    return out
+
+
+@pytest.mark.parametrize("precision", ["bf16", "float32"])
+@pytest.mark.parametrize("shares", [1, 2, 3])
+def test_the_pooled_step_is_the_serial_one_split_into_shares(precision, shares):
+    """With 16 hidden units and 784 pixels, a batch of 7 splits each wide GEMM's output by
+    columns, 40 the hidden layers' by rows and the output layer's by columns, and 900 every
+    one by rows (pooled_step.output_block); each must give the serial step's numbers."""
+    for batch in (7, 40, 900):
+        serial, pooled = serial_and_pooled_runs(precision, shares, batch)
+        assert not differing(serial, pooled), (precision, shares, batch)
+
+
+def mutant_of_pooled_step(original: str, mutated: str):
+    """pooled_step compiled afresh with one line of its source changed (and no on-disk
+    cache, which would hold the real one's code)."""
+    from kernels.numba_cpu import pooled_step
+
+    source = inspect.getsource(pooled_step)
+    assert source.count(original) == 1, original
+    source = source.replace(original, mutated).replace("cache=True", "cache=False")
+    spec = importlib.util.spec_from_loader("kernels.numba_cpu.pooled_step_mutant", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "kernels.numba_cpu"
+    exec(compile(source, "<pooled_step mutant>", "exec"), module.__dict__)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bf16", "float32"])
+def test_the_comparison_fails_a_pooled_step_whose_shares_miss_a_column(precision):
+    """Each share's column block one short (its last column never computed): the split the
+    test above checks, done wrong, is seen."""
+    mutant = mutant_of_pooled_step("        return 0, m, c0, c1\n",
+                                   "        return 0, m, c0, c1 - 1\n")
+    serial, pooled = serial_and_pooled_runs(precision, 2, 7, pooled=mutant)
+    assert {"loss", "grads", "params"} <= set(differing(serial, pooled))
+
+
+# -- which step numba runs --------------------------------------------------------------------
+
+def test_numba_runs_pooled_on_intel_with_onemkl_and_serial_elsewhere(monkeypatch):
+    import kernels.cpu_features as cpu_features
+
+    monkeypatch.setattr(onemkl, "library_problem", lambda: None)
+    monkeypatch.setattr(cpu_features, "cpu_vendor", lambda: "GenuineIntel")
+    assert float32_step_form()[0] == "pooled"
+    assert create_backend("numba").pooled
+    monkeypatch.setattr(cpu_features, "cpu_vendor", lambda: "AuthenticAMD")
+    form, why = float32_step_form()
+    assert form == "serial" and "AuthenticAMD" in why and "GenuineIntel" in why
+    assert not create_backend("numba").pooled
+    assert create_backend("numba-bf16").pooled  # bf16 has one form
+    monkeypatch.setattr(cpu_features, "cpu_vendor", lambda: "GenuineIntel")
+    monkeypatch.setattr(onemkl, "library_problem", lambda: "oneMKL is not installed (pip ...)")
+    assert float32_step_form() == ("serial", "oneMKL is not installed (pip ...)")
+
+
+def test_a_pooled_step_asked_for_without_onemkl_is_unavailable_and_says_why(monkeypatch):
+    monkeypatch.setattr(onemkl, "library_problem", lambda: "oneMKL is not installed (pip ...)")
+    status = NumbaBackend(step_form="pooled").availability()
+    assert not status.available and status.reason == "oneMKL is not installed (pip ...)"
+    assert NumbaBackend(step_form="serial").availability().available
+
+
+def test_step_forms_that_do_not_exist_are_refused():
+    with pytest.raises(ValueError, match="step_form must be one of"):
+        NumbaBackend(step_form="threaded")
+    with pytest.raises(ValueError, match="bf16 step runs pooled only"):
+        NumbaBackend(precision="bf16", step_form="serial")
+
+
+@pytest.mark.parametrize("form", ["pooled", "serial"])
+def test_numba_records_its_step_form_and_gemm_engine(form):
+    backend = pooled_backend("float32") if form == "pooled" else NumbaBackend(step_form=form)
+    config = VAEConfig(latent_dim=2, hidden_dim=16)
+    backend.load(config, export_params(build_model(config)))
+    settings = backend.settings()
+    assert settings["step"].startswith(form + " (")
+    if form == "pooled":
+        assert settings["gemm_engine"] == "oneMKL cblas_sgemm"
+        assert settings["step_shares"] == settings["threads"]
+        assert backend.flat16 is backend.flat  # the GEMMs read the float32 weights
+    else:
+        assert settings["gemm_engine"].startswith("NumPy BLAS")
+        assert backend.flat16 is None
