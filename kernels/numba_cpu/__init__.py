@@ -356,8 +356,10 @@ class NumbaBackend:
         allocates for itself, traced by tracemalloc: Numba's runtime allocates through
         CPython's raw allocator (numba/core/runtime/nrt.py: memsys_use_cpython_allocator),
         which tracemalloc sees (measured: about 1 KB, array headers; no data copies)."""
-        held = sum(a.nbytes for a in (self.flat, self.flat16, self.grads, self.m, self.v,
-                                      *self._workspace(batch)) if a is not None)
+        # Each array once: in the pooled float32 step the weights' and operands' "copies"
+        # are the float32 arrays themselves.
+        arrays = (self.flat, self.flat16, self.grads, self.m, self.v, *self._workspace(batch))
+        held = sum(a.nbytes for a in {id(a): a for a in arrays if a is not None}.values())
         indices = np.arange(batch) % len(data)
         eps = self._noise(batch, None)
         saved = (self.flat.copy(), self.m.copy(), self.v.copy(), self.steps_taken)
