@@ -179,7 +179,7 @@ def run_plots(out: Path, table: pd.DataFrame, curves: pd.DataFrame) -> None:
 def scaling(rows: pd.DataFrame, path: Path) -> None:
     """How each backend's rate grows with its work at one latent size: samples/s and the
     fraction of the device's GEMM peak against the batch size, with the step's GEMMs alone
-    (the ceiling of a CPU step) drawn dashed."""
+    (NumPy's BLAS: the ceiling of a CPU step that calls it) drawn dashed."""
     fig = Figure(figsize=(12, 4.5))
     rate, peak = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     _lines(rate, rows, "batch_size", "samples_per_s")
@@ -189,8 +189,9 @@ def scaling(rows: pd.DataFrame, path: Path) -> None:
         # % of peak scales as 1 / time, so the GEMMs' own share follows from any row's.
         ceiling_pct = measured.pct_peak * measured.ms_per_step / measured.gemm_only_ms
         rate.plot(measured.index, measured.index / measured.gemm_only_ms * 1e3, "k--",
-                  label="the 11 GEMMs alone")
-        peak.plot(measured.index, ceiling_pct.values, "k--", label="the 11 GEMMs alone")
+                  label="the 11 GEMMs alone (NumPy BLAS)")
+        peak.plot(measured.index, ceiling_pct.values, "k--",
+                  label="the 11 GEMMs alone (NumPy BLAS)")
     for ax in (rate, peak):
         ax.set_xscale("log", base=2)
     z = int(rows.latent_dim.iloc[0])

@@ -74,9 +74,9 @@ def peak_key(device: str, precision: str) -> str:
 def step_gemms(config: VAEConfig, batch: int, seed: int = 0):
     """A callable running one training step's 11 GEMMs alone (the shapes ``step_flops``
     counts), with NumPy's BLAS on contiguous float32 operands into preallocated outputs, as
-    a fused CPU step would: the ceiling a CPU backend's step rate can approach. (Numba's
-    np.dot calls SciPy's OpenBLAS, another build of the same library: a numba row's own GEMMs
-    are in its stage breakdown.)"""
+    a fused CPU step would: the ceiling of a CPU step that calls NumPy's BLAS. (A step with
+    a GEMM engine of its own can pass it: Numba's pooled step calls oneMKL on each worker's
+    share; a numba row's own GEMMs are in its stage breakdown.)"""
     d, h, z, b = config.input_dim, config.hidden_dim, config.latent_dim, batch
     rng = np.random.default_rng(seed)
 
@@ -394,7 +394,7 @@ def report(results: list[Measurement], config: VAEConfig, batch: int,
     if ceiling is not None:
         lines.append(f"the step's 11 GEMMs alone (NumPy BLAS, same shapes, same windows): "
                      f"{ceiling:.3f} ms/step = {batch / ceiling * 1e3:,.0f} samples/s, the "
-                     "ceiling of a CPU step")
+                     "ceiling of a CPU step that calls NumPy's BLAS")
     lines += [f"{r.backend} settings: {tables.settings_text(r.settings)}" for r in results
               if r.settings]
     for r in results:

@@ -54,8 +54,9 @@ def float32_step_form() -> tuple[str, str]:
         return "serial", problem
     vendor = cpu_vendor()
     if vendor not in POOLED_FLOAT32_VENDORS:
-        return "serial", (f"the pooled oneMKL step is measured on {', '.join(POOLED_FLOAT32_VENDORS)}"
-                          f" CPUs only, this is {vendor or 'an unknown vendor'}'s")
+        measured = ", ".join(POOLED_FLOAT32_VENDORS)
+        return "serial", (f"the pooled oneMKL step is measured on {measured} CPUs only, this "
+                          f"is {vendor or 'an unknown vendor'}'s")
     return "pooled", f"oneMKL is installed and the CPU is {vendor}'s"
 
 

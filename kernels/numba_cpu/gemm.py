@@ -8,8 +8,8 @@ accumulation and output). Choosing by type (``numba.extending.overload``) rather
 ``if`` means the float32 step holds no bf16 code at all, and the bf16 step no float32 GEMM.
 
 Operands are C-contiguous (slices of the flat buffers and workspace rows), so each leading
-dimension is its row length. The oneMKL symbol must be in LLVM's symbol table
-(``onemkl.load``) before a bf16 step is compiled or loaded from Numba's cache.
+dimension is its row length. The oneMKL symbols must be in LLVM's symbol table
+(``onemkl.load``) before a step that calls them is compiled or loaded from Numba's cache.
 """
 
 from __future__ import annotations

@@ -31,8 +31,9 @@ How the work is split, and why:
 
 Every region ends in a barrier (the end of a ``prange``), so a stage reads only what finished.
 The results are the same numbers as ``step.py``'s up to summation order (the gate holds both
-to the same tolerances of their precision; tests compare the two steps in each). Functions take the same arguments
-as ``step.py``'s, plus the workspace's per-share scratch (``make_workspace(..., shares=T)``).
+to the same tolerances of their precision; tests compare the two steps in each). Functions
+take the same arguments as ``step.py``'s, plus the workspace's per-share scratch
+(``make_workspace(..., shares=T)``).
 
 Pitfalls met writing it (Numba 0.68): an inner loop over ``range(i0, i1)`` with a runtime
 ``i0`` keeps a wraparound check per access and does not vectorize (6x on Adam), so loops run
