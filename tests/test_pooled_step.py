@@ -170,3 +170,25 @@ def test_numba_records_its_step_form_and_gemm_engine(form):
     else:
         assert settings["gemm_engine"].startswith("NumPy BLAS")
         assert backend.flat16 is None
+
+
+def test_the_pooled_step_takes_onemkl_back_to_one_thread_on_every_entry():
+    """Another backend's load in the same process (the serial numba step's configure_threads
+    limits every BLAS, oneMKL included, to its thread count) must not leave oneMKL's own pool
+    running inside each of Numba's workers: the pooled backend sets it to one thread again
+    whenever it enters its compiled step."""
+    from kernels.numba_cpu.threads import configure_threads
+
+    backend = pooled_backend("float32")
+    config = VAEConfig(latent_dim=2, hidden_dim=16)
+    backend.load(config, export_params(build_model(config)))
+    assert onemkl.threads() == 1
+    data = np.random.default_rng(0).random((8, config.input_dim), dtype=np.float32)
+    for enter in (lambda: backend.train_step(data, np.arange(8)),
+                  lambda: backend.forward_backward(data, np.zeros((8, 2), np.float32)),
+                  lambda: backend.encode(data),
+                  lambda: backend.evaluate(data, batch_size=8)):
+        configure_threads(2)  # what loading the serial numba backend does
+        assert onemkl.threads() == 2
+        enter()
+        assert onemkl.threads() == 1

@@ -65,7 +65,8 @@ def _library() -> tuple[ctypes.CDLL, Path] | str:
         except OSError as error:
             errors.append(f"{path}: {error}")
             continue
-        missing = [name for name in (GEMM_SYMBOL, SGEMM_SYMBOL, "MKL_Get_Version")
+        missing = [name for name in (GEMM_SYMBOL, SGEMM_SYMBOL, "MKL_Get_Version",
+                                     "MKL_Set_Num_Threads_Local")
                    if not hasattr(lib, name)]
         if missing:
             errors.append(f"{path} has no {', '.join(missing)}")
@@ -120,6 +121,19 @@ def engine_for(precision: str) -> str:
 
 
 def set_threads(threads: int) -> None:
-    """oneMKL's own thread count (its OpenMP pool, apart from OpenBLAS's and Numba's)."""
+    """oneMKL's own thread count (its OpenMP pool, apart from OpenBLAS's and Numba's), for
+    every thread: the process-wide setting, which Numba's workers read, and the calling
+    thread's own, which overrides it there. threadpoolctl limits oneMKL through the calling
+    thread's own setting (threadpoolctl's MKLController.set_num_threads calls
+    MKL_Set_Num_Threads_Local), and the calling thread runs a share of every pooled region
+    too: the process-wide setting alone left it calling oneMKL with oneMKL's own threads."""
     lib, _ = _library()
     lib.MKL_Set_Num_Threads(ctypes.c_int(threads))
+    lib.MKL_Set_Num_Threads_Local(ctypes.c_int(threads))
+
+
+def threads() -> int:
+    """oneMKL's own thread count for the calling thread now (what ``set_threads`` or
+    threadpoolctl last set)."""
+    lib, _ = _library()
+    return int(lib.MKL_Get_Max_Threads())
