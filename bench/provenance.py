@@ -12,19 +12,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kernels.cpu_features import ISA_FLAGS, cpu_isa  # noqa: F401  (recorded by collect)
+from kernels.cpu_features import (  # noqa: F401  (ISA_FLAGS: recorded by collect)
+    ISA_FLAGS,
+    cpu_isa,
+    cpuinfo_field,
+)
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def cpu_model() -> str:
     """The CPU's marketing name (Linux /proc/cpuinfo; platform's answer elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    model = cpuinfo_field(("model name",))
+    if model is not None:
+        return model
     return platform.processor() or platform.machine()
 
 

@@ -23,18 +23,29 @@ ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx
 BF16_DOT_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-def cpu_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str] | None:
-    """The flags of ``ISA_FLAGS`` this CPU reports (Linux /proc/cpuinfo: x86 'flags', Arm
-    'Features'), in that order; None where the flags cannot be read (another OS)."""
+def cpuinfo_field(names: tuple[str, ...],
+                  cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """The value of the first line of Linux's /proc/cpuinfo whose key starts with one of
+    ``names`` (that is, the first CPU's), stripped; None where there is no such line or the
+    file cannot be read (another OS)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
         return None
     for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            present = set(line.split(":", 1)[1].split())
-            return [flag for flag in ISA_FLAGS if flag in present]
+        if line.startswith(names):
+            return line.split(":", 1)[1].strip()
     return None
+
+
+def cpu_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str] | None:
+    """The flags of ``ISA_FLAGS`` this CPU reports (Linux /proc/cpuinfo: x86 'flags', Arm
+    'Features'), in that order; None where the flags cannot be read (another OS)."""
+    line = cpuinfo_field(("flags", "Features"), cpuinfo)
+    if line is None:
+        return None
+    present = set(line.split())
+    return [flag for flag in ISA_FLAGS if flag in present]
 
 
 def bf16_dot_hardware(flags: list[str] | None = None) -> list[str]:
@@ -57,11 +68,4 @@ def bf16_emulated_reason(flags: list[str] | None = None) -> str | None:
 def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     """The CPU's vendor as the kernel reports it (x86 'vendor_id': GenuineIntel,
     AuthenticAMD), None where it cannot be read (another OS, another architecture)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("vendor_id"):
-            return line.split(":", 1)[1].strip() or None
-    return None
+    return cpuinfo_field(("vendor_id",), cpuinfo) or None

@@ -1,3 +1,4 @@
+import os
 import platform
 
 import numpy as np
@@ -14,6 +15,19 @@ def pytest_configure(config):
         wanted = config.option.benchmark_only or config.option.benchmark_enable
         if not wanted:
             config.option.benchmark_disable = True
+
+
+def require_onemkl() -> None:
+    """Skip where oneMKL (the [bf16] extra) cannot be loaded, or fail where
+    VAE_BENCH_REQUIRE_BF16 says it must be (CI on x86-64): for the tests of Numba's pooled step
+    and its bf16 mode."""
+    from kernels.numba_cpu import onemkl
+
+    problem = onemkl.library_problem()
+    if problem:
+        if os.environ.get("VAE_BENCH_REQUIRE_BF16"):
+            pytest.fail(f"VAE_BENCH_REQUIRE_BF16 is set, but {problem}")
+        pytest.skip(problem)
 
 
 def pytest_report_header(config):

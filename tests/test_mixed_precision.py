@@ -7,7 +7,6 @@ VAE_BENCH_REQUIRE_BF16=1, so there they may not skip). On a CPU without bf16 dot
 hardware they run oneMKL's emulated path (``allow_emulated``): the numbers are the same,
 only the speed is not, and the harness itself refuses to time it."""
 
-import os
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import torch
 
 from bench.agreement import check
 from bench.cli import main
+from conftest import require_onemkl
 from kernels import create_backend
 from kernels.base import gemm_inputs_of
 from kernels.cpu_features import bf16_dot_hardware
@@ -28,11 +28,7 @@ from vae_ref.params import export_params
 
 
 def numba_bf16(cls=NumbaBackend) -> NumbaBackend:
-    problem = onemkl.library_problem()
-    if problem:
-        if os.environ.get("VAE_BENCH_REQUIRE_BF16"):
-            pytest.fail(f"VAE_BENCH_REQUIRE_BF16 is set, but {problem}")
-        pytest.skip(problem)
+    require_onemkl()
     return cls(precision="bf16", allow_emulated=True)
 
 

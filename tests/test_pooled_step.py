@@ -9,11 +9,11 @@ hardware: the numbers are the same, only the speed is not."""
 
 import importlib.util
 import inspect
-import os
 
 import numpy as np
 import pytest
 
+from conftest import require_onemkl
 from kernels import create_backend
 from kernels.numba_cpu import NumbaBackend, float32_step_form, onemkl
 from kernels.numba_cpu.bf16 import widen
@@ -23,11 +23,7 @@ from vae_ref.params import export_params
 
 
 def pooled_backend(precision: str) -> NumbaBackend:
-    problem = onemkl.library_problem()
-    if problem:
-        if os.environ.get("VAE_BENCH_REQUIRE_BF16"):
-            pytest.fail(f"VAE_BENCH_REQUIRE_BF16 is set, but {problem}")
-        pytest.skip(problem)
+    require_onemkl()
     return NumbaBackend(precision=precision, allow_emulated=True, step_form="pooled")
 
 
@@ -192,3 +188,14 @@ def test_the_pooled_step_takes_onemkl_back_to_one_thread_on_every_entry():
         assert onemkl.threads() == 2
         enter()
         assert onemkl.threads() == 1
+
+
+def test_the_cpu_vendor_is_read_from_cpuinfo(tmp_path):
+    from kernels.cpu_features import cpu_vendor
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: avx2\n")
+    assert cpu_vendor(cpuinfo) == "AuthenticAMD"
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd\n")  # Arm: no vendor_id
+    assert cpu_vendor(cpuinfo) is None
+    assert cpu_vendor(tmp_path / "missing") is None

@@ -131,8 +131,9 @@ class NumbaBackend:
         elif self.step_form_asked == "pooled":
             from . import onemkl
 
-            if onemkl.library_problem():
-                return Availability(False, onemkl.library_problem())
+            problem = onemkl.library_problem()
+            if problem:
+                return Availability(False, problem)
         return Availability(True)
 
     # -- setup ---------------------------------------------------------------------------
