@@ -270,3 +270,22 @@ def test_availability_changes_nothing_in_the_process():
               "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())\n"
               + LOAD_ONE_THREAD)
     assert _in_a_fresh_process(script).split()[-1] == "1"
+
+
+def test_the_bce_gradient_is_sigmoid_minus_x_at_exactly_zero_logits(jax_backend):
+    """As the reference's (vae_ref.losses): 1/2 - x at l == 0, where the formula
+    differentiated term by term depends on each term's subgradient there."""
+    import jax
+    import jax.numpy as jnp
+
+    from kernels.jax_xla.step import bce_with_logits
+
+    logits = jnp.array([[0.0, -0.0, 2.0, -2.0]], jnp.float32)
+    x = jnp.array([[0.25, 0.75, 0.5, 0.5]], jnp.float32)
+    grad = jax.grad(lambda l: bce_with_logits(l, x).sum())(logits)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(jax.nn.sigmoid(logits) - x),
+                               rtol=1e-6, atol=1e-7)
+    # The check can fail: the formula differentiated term by term is wrong at the zeros.
+    termwise = jax.grad(lambda l: (jnp.maximum(l, 0.0) - l * x
+                                   + jnp.log1p(jnp.exp(-jnp.abs(l)))).sum())(logits)
+    assert not np.allclose(np.asarray(termwise)[0, :2], np.asarray(grad)[0, :2])

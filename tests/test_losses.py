@@ -86,3 +86,29 @@ def test_beta_weights_only_the_kl():
     t4 = loss_terms(out, x, config.replace(beta=4.0))
     torch.testing.assert_close(t4.loss - t1.loss, 3 * t1.kl.mean())
     torch.testing.assert_close(t4.elbo, t1.elbo)  # the ELBO is reported at beta = 1
+
+
+def test_bce_gradient_is_sigmoid_minus_x_at_exactly_zero_logits():
+    """At l == 0 the derivative is 1/2 - x. Autograd of the expression takes subgradients
+    there (clamp passes 1, abs 0) and gives 1 - x: a float32 logit is exactly 0 now and then,
+    and that 0.5 / batch in one pixel's gradient sent a gated trajectory 1 lr astray."""
+    logits = torch.tensor([[0.0, -0.0, 0.0, 1e-30, -1e-30, 3.0]], dtype=torch.float64,
+                          requires_grad=True)
+    x = torch.tensor([[0.0, 0.25, 1.0, 0.25, 0.25, 0.5]], dtype=torch.float64)
+    bce_with_logits(logits, x).sum().backward()
+    torch.testing.assert_close(logits.grad, torch.sigmoid(logits.detach()) - x,
+                               rtol=1e-15, atol=0)
+    # The check can fail: the expression's own autograd is wrong at the zeros.
+    plain = logits.detach().clone().requires_grad_()
+    per_pixel = plain.clamp(min=0) - plain * x + torch.log1p(torch.exp(-plain.abs()))
+    per_pixel.sum().backward()
+    at_zero = plain.detach() == 0
+    assert not torch.allclose(plain.grad[at_zero], (0.5 - x)[at_zero])
+
+
+def test_bce_gradient_with_respect_to_the_targets_is_minus_the_logits():
+    logits = torch.randn(3, 7, dtype=torch.float64)
+    x = torch.rand(3, 7, dtype=torch.float64, requires_grad=True)
+    weights = torch.rand(3, dtype=torch.float64)
+    (bce_with_logits(logits, x) * weights).sum().backward()
+    torch.testing.assert_close(x.grad, -logits * weights[:, None])

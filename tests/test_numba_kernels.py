@@ -1,4 +1,5 @@
-"""The Numba backend's building blocks: vectorizable exp/log1p, the flat layout, Adam."""
+"""The Numba backend's building blocks: vectorizable exp/log1p, the BCE kernel's gradient,
+the flat layout, Adam."""
 
 import numpy as np
 import pytest
@@ -31,6 +32,18 @@ def test_exp_and_log1p_are_within_a_few_ulps_of_float64():
     assert np.max(np.abs(e - e64) / e64) < 2 * ulp
     assert np.max(np.abs(l - l64) / l64) < 4 * ulp
 
+
+
+def test_the_bce_kernel_gradient_is_sigmoid_minus_x_at_exactly_zero_logits():
+    """1/2 - x at l == 0 (either sign of zero), as the reference's gradient (vae_ref.losses)."""
+    from kernels.numba_cpu.fused import sigmoid_bce
+
+    logits = np.array([[0.0, -0.0, 0.0, 1e-30, -1e-30, 3.0]], np.float32)
+    x = np.array([[0.0, 0.25, 1.0, 0.25, 0.25, 0.5]], np.float32)
+    bce, dlogits = np.zeros(1, np.float32), np.zeros_like(logits)
+    sigmoid_bce(logits, x, np.float32(1.0), bce, dlogits, 0, 1)
+    expected = 1 / (1 + np.exp(-logits.astype(np.float64))) - x
+    np.testing.assert_allclose(dlogits, expected, rtol=1e-6, atol=1e-7)
 
 def test_exp_flushes_only_below_float32_normals():
     e, l = _apply(np.array([-100.0, -1000.0, 0.0], np.float32))

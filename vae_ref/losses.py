@@ -15,14 +15,45 @@ from .config import VAEConfig
 from .model import ForwardPass
 
 
+def _bce_per_pixel(logits: Tensor, x: Tensor) -> Tensor:
+    return logits.clamp(min=0) - logits * x + torch.log1p(torch.exp(-logits.abs()))
+
+
+class _BCEWithLogits(torch.autograd.Function):
+    """The summed BCE with its gradient written out, sigmoid(l) - x, rather than autograd's
+    of the expression. That one takes subgradients at l == 0 exactly: clamp(min=0) passes
+    1 there and abs passes 0, so it returns 1 - x where the derivative is 1/2 - x. A float32
+    logit is exactly 0 now and then: on an Intel Xeon (torch 2.13, z 20, the gate's
+    10-step case) one did at step 7 with fused Adam, whose weights differed from plain
+    Adam's by rounding; that pixel's gradient differed by 0.5 / batch, and 3 steps later
+    a weight stood 1 lr from the float64 truth (the gate failed it at 854% of its
+    tolerance). Numba's and CuPy's kernels and JAX compute the derivative everywhere."""
+
+    @staticmethod
+    def forward(logits: Tensor, x: Tensor) -> Tensor:
+        return _bce_per_pixel(logits, x).sum(dim=1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        logits, x = ctx.saved_tensors
+        g = grad[:, None]
+        d_logits = (torch.sigmoid(logits) - x) * g if ctx.needs_input_grad[0] else None
+        d_x = -logits * g if ctx.needs_input_grad[1] else None
+        return d_logits, d_x
+
+
 def bce_with_logits(logits: Tensor, x: Tensor) -> Tensor:
-    """-log p(x | logits) for independent Bernoulli pixels, summed over pixels.
+    """-log p(x | logits) for independent Bernoulli pixels, summed over pixels; its gradient
+    is sigmoid(l) - x per pixel (``_BCEWithLogits``).
 
     The naive -[x log s + (1-x) log(1-s)] with s = sigmoid(l) overflows for large |l|;
     this is the same quantity written as max(l, 0) - l x + log(1 + exp(-|l|)).
     """
-    per_pixel = logits.clamp(min=0) - logits * x + torch.log1p(torch.exp(-logits.abs()))
-    return per_pixel.sum(dim=1)
+    return _BCEWithLogits.apply(logits, x)
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:

@@ -127,10 +127,13 @@ def forward(params, x, eps, gemm_inputs: str = "float32") -> dict:
 
 def bce_with_logits(logits, x):
     """``vae_ref.losses.bce_with_logits``: max(l, 0) - l x + log(1 + exp(-|l|)), summed over
-    pixels. max(l, 0) is written as torch's clamp(min=0) differentiates: gradient 1 where
-    l >= 0 (jnp.maximum would split it at l == 0)."""
-    per_pixel = jnp.where(logits >= 0, logits, 0.0) - logits * x \
-        + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    pixels, with its gradient sigmoid(l) - x everywhere, as the reference's. Written as
+    logaddexp(l, 0) - l x: jnp.logaddexp computes max(l, 0) + log1p(exp(-|l|)) and has its
+    own JVP, exp(l - result) = sigmoid(l) (jax/_src/lax/other.py: logaddexp,
+    _logaddexp_jvp). Differentiated term by term, the formula's gradient at l == 0 exactly
+    is whatever the terms' subgradients there add up to (jnp.maximum's and jnp.abs's give
+    -x); the derivative is 1/2 - x."""
+    per_pixel = jnp.logaddexp(logits, 0.0) - logits * x
     return per_pixel.sum(axis=1)
 
 
