@@ -103,3 +103,29 @@ def test_adam_flushes_decaying_moments_instead_of_making_denormals():
         adam(p, zero, m, v, 3e-4, 0.9, 0.999, 1e-8, float(step), None)
         assert np.all((m == 0) | (np.abs(m) >= tiny)) and np.all((v == 0) | (v >= tiny))
     assert np.all(m == 0)  # 3 tiny * 0.9^k fell below tiny after ~11 steps
+
+
+def test_a_gradient_only_gemms_read_is_stored_in_the_precision_they_read():
+    """relu_backward_column_sum: float32 in place without copies; with bf16 copies, their
+    rounding alone (bf16.store_operand): the float32 array is left as the GEMM wrote it."""
+    from kernels.numba_cpu.bf16 import round_into
+    from kernels.numba_cpu.fused import relu_backward_column_sum
+
+    rng = np.random.default_rng(3)
+    grad = rng.standard_normal((5, 9)).astype(np.float32)
+    act = np.maximum(rng.standard_normal((5, 9)), 0).astype(np.float32)
+    expected = np.where(act > 0, grad, 0).astype(np.float32)
+    sums = np.zeros(9, np.float32)
+
+    in_place = grad.copy()
+    relu_backward_column_sum(in_place, act, sums, 2, 7, None)
+    np.testing.assert_array_equal(in_place[:, 2:7], expected[:, 2:7])
+    np.testing.assert_allclose(sums[2:7], expected[:, 2:7].sum(axis=0), rtol=1e-6)
+
+    untouched, copies, rounded = grad.copy(), np.zeros((5, 9), np.uint16), np.zeros(
+        (5, 9), np.uint16)
+    relu_backward_column_sum(untouched, act, sums, 2, 7, copies)
+    round_into(expected, rounded)
+    np.testing.assert_array_equal(copies[:, 2:7], rounded[:, 2:7])
+    np.testing.assert_array_equal(copies[:, [0, 1, 7, 8]], 0)
+    np.testing.assert_array_equal(untouched, grad)

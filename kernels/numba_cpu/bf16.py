@@ -64,6 +64,43 @@ def _store_bf16(out16, index, value):
     return store
 
 
+def store_operand(values, copies, index, value):
+    """Write ``value`` where the GEMM that reads it will: ``values[index]`` where ``copies``
+    is None (the serial float32 step) or a float32 array (the pooled float32 step, where it
+    is ``values`` itself: written through ``values``, since a store through a second view
+    of the same memory makes LLVM's alias check fail and the loop run scalar, measured 16x),
+    and only its bf16 rounding where it is a uint16 array: the bf16 step reads that value
+    through its copy alone, so the float32 store would be memory traffic for nothing
+    (``values`` then keeps what was there before)."""
+    if copies is not None and copies.dtype == np.uint16:
+        copies[index] = to_bf16(value)
+    else:
+        values[index] = value
+
+
+@overload(store_operand)
+def _store_operand(values, copies, index, value):
+    if not isinstance(copies, types.NoneType) and copies.dtype == types.uint16:
+        def store(values, copies, index, value):
+            copies[index] = to_bf16(value)
+    else:
+        def store(values, copies, index, value):
+            values[index] = value
+    return store
+
+
+def row_of(a, r, c0, c1):
+    """``a[r, c0:c1]``, or None where ``a`` is None."""
+    return None if a is None else a[r, c0:c1]
+
+
+@overload(row_of)
+def _row_of(a, r, c0, c1):
+    if isinstance(a, types.NoneType):
+        return lambda a, r, c0, c1: None
+    return lambda a, r, c0, c1: a[r, c0:c1]
+
+
 @njit(cache=True)
 def round_into(values, out):
     """out[i] = to_bf16(values[i]) over two C-contiguous arrays of one size (used outside

@@ -7,7 +7,8 @@ A kernel whose result is the input of a GEMM also takes ``out16``: None in the f
 (``bf16.store_bf16`` then compiles to nothing: it is chosen by type), or a uint16 array of
 the result's shape in the mixed-precision step, which then gets the result's bf16 rounding
 (``bf16.to_bf16``) in the same pass, while the value is in a register: no separate conversion
-pass over memory.
+pass over memory. A gradient that only a GEMM reads afterwards is stored in the precision
+that GEMM reads, and only there (``bf16.store_operand``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .bf16 import store_bf16
+from .bf16 import row_of, store_bf16, store_operand
 from .fastmath import exp_nonpositive, log1p_unit
 
 f32 = np.float32
@@ -90,7 +91,8 @@ def column_sum(a, out):
 @njit(**JIT)
 def relu_backward_column_sum(grad, act, bias_grad, c0, c1, out16=None):
     """For columns c0..c1: grad *= (act > 0) (ReLU's derivative, from its output) and
-    bias_grad = column sums of the result, in the same pass."""
+    bias_grad = column sums of the result, in the same pass. With bf16 ``out16`` the result
+    goes to the copy alone (``bf16.store_operand``: the bf16 step reads it there only)."""
     # Views from c0 and a loop from 0: an index from range(c0, c1) with c0 a runtime value
     # may be negative as far as Numba knows, so every access would carry a wraparound
     # check, which stops LLVM from vectorizing the loop (measured on an Intel Xeon with
@@ -98,12 +100,11 @@ def relu_backward_column_sum(grad, act, bias_grad, c0, c1, out16=None):
     sums = bias_grad[c0:c1]
     sums[:] = _ZERO
     for r in range(grad.shape[0]):
-        g, a = grad[r, c0:c1], act[r, c0:c1]
+        g, a, copies = grad[r, c0:c1], act[r, c0:c1], row_of(out16, r, c0, c1)
         for j in range(c1 - c0):
             v = g[j] if a[j] > _ZERO else _ZERO
-            g[j] = v
             sums[j] += v
-            store_bf16(out16, (r, c0 + j), v)
+            store_operand(g, copies, j, v)
 
 
 @njit(**JIT)

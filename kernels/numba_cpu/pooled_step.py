@@ -46,7 +46,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .bf16 import store_bf16
+from .bf16 import store_bf16, store_operand
 from .compile_cache import key_cache_to_sources
 from .fused import (
     FASTMATH,
@@ -148,9 +148,10 @@ def bias_relu_block(a, bias, out16, r0, r1, c0, c1):
 def bias_sigmoid_bce_block(logits, bias, x, inv_batch, dlogits, out16, bce_part, bias_part,
                            r0, r1, c0, c1):
     """fused.sigmoid_bce on a block, with the output bias added first (logits += bias):
-    dlogits (and its bf16 copy) the batch-mean loss's gradient, bce_part[r] the block's part
-    of image r's BCE, bias_part[c] its part of the column sums of dlogits (the output bias's
-    gradient)."""
+    the batch-mean loss's gradient in dlogits (float32) or in its bf16 copy alone (bf16:
+    the backward GEMMs read that copy only, bf16.store_operand), bce_part[r] the block's
+    part of image r's BCE, bias_part[c] its part of the gradient's column sums (the output
+    bias's gradient)."""
     bce_part[:] = _ZERO
     bias_part[:] = _ZERO
     b, sums = bias[c0:c1], bias_part[c0:c1]
@@ -162,8 +163,7 @@ def bias_sigmoid_bce_block(logits, bias, x, inv_batch, dlogits, out16, bce_part,
             lrow[j] = l
             term, g = bce_with_logits(l, xrow[j], inv_batch)
             total += term
-            grow[j] = g
-            store_bf16(copies, j, g)
+            store_operand(grow, copies, j, g)
             sums[j] += g
         bce_part[r] = total
 

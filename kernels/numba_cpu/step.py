@@ -58,7 +58,10 @@ SHARE_FIELDS = ("bce_parts", "bias_parts")
 BIAS_PARTS = 4  # the four biases: pooled_step.HEADS_BIAS, HIDDEN_BIAS, OUT_BIAS, DEC_BIAS
 
 # Per-batch-size scratch arrays, allocated once (outside any timed region) and reused. The
-# ``*16`` and per-share fields are None where the step does not use them.
+# ``*16`` and per-share fields are None where the step does not use them. In the bf16 step
+# the gradients that only GEMMs read on (d_dech and dh; pooled_step's dlogits) are final in
+# their ``*16`` copies alone: their float32 arrays keep the GEMM's output before the
+# kernel (fused.py: bf16.store_operand).
 Workspace = namedtuple(
     "Workspace",
     "xb h heads std z dech logits dlogits d_dech dz dheads dh bce kl "
