@@ -52,10 +52,13 @@ STEP_JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True)
 # in params16): every activation or gradient that is an operand of a GEMM.
 BF16_OPERANDS = ("xb", "h", "z", "dech", "dlogits", "d_dech", "dheads", "dh")
 
-# Per-share scratch of pooled_step.py (the bf16 step in one thread pool): per-share partial
-# sums over a block of the batch: each image's BCE and each bias's gradient.
-SHARE_FIELDS = ("bce_parts", "bias_parts")
+# Per-share scratch of pooled_step.py (the step in one thread pool): per-share partial sums
+# over a block of the batch (each image's BCE and each bias's gradient), and in bf16 a block
+# of weight-gradient rows that Adam takes while they are in cache (pooled_step.
+# weight_rows_update; empty in float32, which does not use it).
+SHARE_FIELDS = ("bce_parts", "bias_parts", "grad_blocks")
 BIAS_PARTS = 4  # the four biases: pooled_step.HEADS_BIAS, HIDDEN_BIAS, OUT_BIAS, DEC_BIAS
+GRAD_BLOCK_ROWS = 128  # rows of a weight gradient per block (pooled_step.weight_rows_update)
 
 # Per-batch-size scratch arrays, allocated once (outside any timed region) and reused. The
 # ``*16`` and per-share fields are None where the step does not use them. In the bf16 step
@@ -92,8 +95,9 @@ def make_workspace(batch: int, input_dim: int, hidden: int, latent: int,
     elif shares:
         ws = ws._replace(**{name + "16": getattr(ws, name) for name in BF16_OPERANDS})
     if shares:
-        ws = ws._replace(bce_parts=e(shares, batch),
-                         bias_parts=e(shares, BIAS_PARTS, max(input_dim, hidden, 2 * latent)))
+        widest = max(input_dim, hidden, 2 * latent)
+        ws = ws._replace(bce_parts=e(shares, batch), bias_parts=e(shares, BIAS_PARTS, widest),
+                         grad_blocks=e(shares, GRAD_BLOCK_ROWS * widest if bf16 else 0))
     return ws
 
 
