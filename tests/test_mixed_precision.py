@@ -146,6 +146,7 @@ def test_numba_bf16_names_its_precision_and_engine():
     assert settings["gemm_engine"] == "oneMKL cblas_gemm_bf16bf16f32"
     assert settings["gemm_version"].count(".") == 2 and settings["gemm_isa"]
     assert settings["bf16_emulated"] == (not bf16_dot_hardware())
+    assert settings["adam_gradients"].startswith("blocks of 128 rows")
 
 
 @pytest.fixture(scope="module")
