@@ -121,19 +121,14 @@ class NumbaBackend:
         for module in ("numba", "scipy", "threadpoolctl"):
             if importlib.util.find_spec(module) is None:
                 return Availability(False, f"{module} is not installed (pip install {module})")
-        if self.bf16:
+        if self.bf16 or self.step_form_asked == "pooled":
             from . import onemkl
 
-            reason = (onemkl.library_problem() if self.allow_emulated
-                      else onemkl.unavailable_reason())
+            # bf16 also needs bf16 hardware, unless its emulation is asked for (checks only).
+            reason = (onemkl.unavailable_reason() if self.bf16 and not self.allow_emulated
+                      else onemkl.library_problem())
             if reason:
                 return Availability(False, reason)
-        elif self.step_form_asked == "pooled":
-            from . import onemkl
-
-            problem = onemkl.library_problem()
-            if problem:
-                return Availability(False, problem)
         return Availability(True)
 
     # -- setup ---------------------------------------------------------------------------
