@@ -33,8 +33,9 @@ def serial_and_pooled_runs(precision: str, shares: int, batch: int, pooled=None,
     bf16 its bf16 form) and through ``pooled`` (default pooled_step) in ``shares`` shares:
     each run's loss, gradients, parameters, moments and the weights the GEMMs read (bf16
     copies; in float32 the weights themselves). Gradients where the run leaves them in
-    ``grads``: the pooled bf16 step at batches up to a gradient block takes the weights'
-    gradients from scratch (pooled_step.weight_rows_update), and leaves them out."""
+    ``grads``: where its workspace has gradient blocks (the pooled bf16 step from
+    step.GRAD_BLOCKS_MIN_BATCH) Adam takes the weights' gradients from that scratch
+    (pooled_step.weight_rows_update), and they are left out."""
     from kernels.numba_cpu import pooled_step, step
 
     backend = pooled_backend(precision)
@@ -66,7 +67,7 @@ def serial_and_pooled_runs(precision: str, shares: int, batch: int, pooled=None,
         runs.append({"loss": np.array(losses), "params": backend.flat.copy(),
                      "m": backend.m.copy(), "v": backend.v.copy(),
                      "params16": widen(backend.flat16) if bf16 else backend.flat.copy()})
-        if not (split and bf16 and batch <= step.GRAD_BLOCK_ROWS):
+        if ws.grad_blocks is None or ws.grad_blocks.size == 0:
             runs[-1]["grads"] = backend.grads.copy()
     return runs
 
@@ -101,22 +102,35 @@ def test_the_pooled_step_is_the_serial_one_split_into_shares(precision, shares):
         assert not differing(serial, pooled), (precision, shares, batch)
 
 
+# A batch the bf16 step takes in gradient blocks (step.GRAD_BLOCKS_MIN_BATCH or more).
+BLOCKED_BATCH = 100
+
+
 @pytest.mark.parametrize("shares", [2, 3])
 def test_the_bf16_steps_blocks_of_gradient_rows_are_the_serial_steps_update(shares):
-    """At batches up to a block, pooled bf16 takes each weight's gradient a block of rows at a
-    time (pooled_step.weight_rows_update); with 512 hidden units a share's rows of the
-    first and last weights span several blocks, the last one partial with 3 shares."""
-    serial, pooled = serial_and_pooled_runs("bf16", shares, 40, hidden=512)
+    """Pooled bf16 takes each weight's gradient a block of rows at a time, every block's GEMM
+    reading one packed operand (pooled_step.weight_rows_update); with 512 hidden units a
+    share's rows of the first and last weights span several blocks, the last one partial
+    with 3 shares."""
+    serial, pooled = serial_and_pooled_runs("bf16", shares, BLOCKED_BATCH, hidden=512)
     assert "grads" not in pooled  # the blocked form: the gradients stayed in scratch
     assert not differing(serial, pooled), shares
 
 
 @pytest.mark.slow
-def test_the_comparison_fails_a_blocked_update_that_misses_a_row():
-    """Each block one row short: the last row of every block is never updated."""
-    mutant = mutant_of_pooled_step("            b1 = min(b0 + rows, c1)\n",
-                                   "            b1 = min(b0 + rows, c1) - 1\n")
-    serial, pooled = serial_and_pooled_runs("bf16", 2, 40, pooled=mutant, hidden=512)
+@pytest.mark.parametrize(("original", "mutated"), [
+    # Each block one row short: the last row of every block is never updated.
+    ("            b1 = min(b0 + rows, c1)\n", "            b1 = min(b0 + rows, c1) - 1\n"),
+    # The shared operand packed without its first image: every block's GEMM reads a wrong
+    # operand. (Not packing it at all is no mutant to run: oneMKL then reads a header of
+    # zeros and the process dies of a division by zero.)
+    ("            pack_b(rows, rows_of, packed)\n",
+     "            pack_b(rows, rows_of[1:], packed)\n"),
+])
+def test_the_comparison_fails_a_wrong_blocked_update(original, mutated):
+    mutant = mutant_of_pooled_step(original, mutated)
+    serial, pooled = serial_and_pooled_runs("bf16", 2, BLOCKED_BATCH, pooled=mutant,
+                                            hidden=512)
     assert {"params", "m", "v"} <= set(differing(serial, pooled))
 
 

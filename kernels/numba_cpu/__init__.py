@@ -398,10 +398,11 @@ class NumbaBackend:
             settings["gemm_engine"] = "NumPy BLAS sgemm (np.dot, on its own threads)"
         if self.bf16:
             from . import onemkl
-            from .step import GRAD_BLOCK_ROWS
+            from .step import GRAD_BLOCK_ROWS, GRAD_BLOCKS_MIN_BATCH
 
             settings["bf16_emulated"] = onemkl.unavailable_reason() is not None
             # pooled_step.weight_rows_update: where Adam takes its gradients from.
-            settings["adam_gradients"] = (f"blocks of {GRAD_BLOCK_ROWS} rows in cache at "
-                                          f"batches <= {GRAD_BLOCK_ROWS}, else memory")
+            settings["adam_gradients"] = (
+                f"blocks of {GRAD_BLOCK_ROWS} rows in cache, their GEMMs' shared operand "
+                f"packed once, at batches >= {GRAD_BLOCKS_MIN_BATCH}; else memory")
         return settings

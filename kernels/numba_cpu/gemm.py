@@ -7,6 +7,9 @@ the kernels that produced ``a`` and ``b``) or None: None compiles to NumPy's flo
 accumulation and output). Choosing by type (``numba.extending.overload``) rather than by an
 ``if`` means the float32 step holds no bf16 code at all, and the bf16 step no float32 GEMM.
 
+``gemm_block`` is one oneMKL call on blocks of row-major operands (the pooled step's shares);
+``pack_b`` and ``gemm_packed_b`` pack a B operand once for many such GEMMs.
+
 Operands are C-contiguous (slices of the flat buffers and workspace rows), so each leading
 dimension is its row length. The oneMKL symbols must be in LLVM's symbol table
 (``onemkl.load``) before a step that calls them is compiled or loaded from Numba's cache.
@@ -18,7 +21,16 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from .onemkl import GEMM_SYMBOL, NO_TRANS, ROW_MAJOR, SGEMM_SYMBOL, TRANS
+from .onemkl import (
+    B_MATRIX,
+    GEMM_SYMBOL,
+    NO_TRANS,
+    PACK_SYMBOLS,
+    PACKED,
+    ROW_MAJOR,
+    SGEMM_SYMBOL,
+    TRANS,
+)
 
 _i32, _f32, _ptr = types.int32, types.float32, types.intp
 # mkl_cblas.h: void cblas_gemm_bf16bf16f32(CBLAS_LAYOUT, CBLAS_TRANSPOSE transa,
@@ -36,6 +48,28 @@ _sgemm = types.ExternalFunction(
     SGEMM_SYMBOL,
     types.void(_i32, _i32, _i32, _i32, _i32, _i32, _f32, _ptr, _i32, _ptr, _i32, _f32, _ptr,
                _i32))
+# The packed-operand API (mkl_cblas.h), bf16: void cblas_gemm_bf16bf16f32_pack(CBLAS_LAYOUT,
+#   CBLAS_IDENTIFIER, CBLAS_TRANSPOSE trans, MKL_INT m, n, k, const MKL_BF16 *src, MKL_INT ld,
+#   MKL_BF16 *dest); void cblas_gemm_bf16bf16f32_compute(CBLAS_LAYOUT, MKL_INT transa, transb,
+#   MKL_INT m, n, k, float alpha, const MKL_BF16 *a, MKL_INT lda, const MKL_BF16 *b,
+#   MKL_INT ldb, float beta, float *c, MKL_INT ldc), transb = CblasPacked for a packed B.
+_pack_bf16 = types.ExternalFunction(
+    PACK_SYMBOLS["bf16"][1], types.void(_i32, _i32, _i32, _i32, _i32, _i32, _ptr, _i32, _ptr))
+_compute_bf16 = types.ExternalFunction(
+    PACK_SYMBOLS["bf16"][2],
+    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _f32, _ptr, _i32, _ptr, _i32, _f32, _ptr,
+               _i32))
+# float32: cblas_sgemm_pack takes alpha (it scales as it packs) before src; cblas_sgemm_compute
+#   takes none: void cblas_sgemm_pack(CBLAS_LAYOUT, CBLAS_IDENTIFIER, CBLAS_TRANSPOSE trans,
+#   MKL_INT m, n, k, float alpha, const float *src, MKL_INT ld, float *dest);
+#   void cblas_sgemm_compute(CBLAS_LAYOUT, MKL_INT transa, transb, MKL_INT m, n, k,
+#   const float *a, MKL_INT lda, const float *b, MKL_INT ldb, float beta, float *c, MKL_INT ldc).
+_pack_f32 = types.ExternalFunction(
+    PACK_SYMBOLS["float32"][1],
+    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _f32, _ptr, _i32, _ptr))
+_compute_f32 = types.ExternalFunction(
+    PACK_SYMBOLS["float32"][2],
+    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _ptr, _i32, _ptr, _i32, _f32, _ptr, _i32))
 _ZERO, _ONE = np.float32(0.0), np.float32(1.0)
 
 
@@ -120,5 +154,51 @@ def _gemm_block(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ld
         def float32(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc):
             _sgemm(ROW_MAJOR, transa, transb, m, n, k, _ONE, a.ctypes.data + 4 * a_at, lda,
                    b.ctypes.data + 4 * b_at, ldb, _ZERO, c.ctypes.data + 4 * c_at, ldc)
+        return float32
+    return None
+
+
+def pack_b(m, b, packed):
+    """Pack the C-contiguous k x n ``b`` (bf16 bits or float32) into ``packed`` (bytes, as many
+    as onemkl.packed_b_bytes asks for) as the B operand of GEMMs of up to ``m`` output rows
+    (``gemm_packed_b``): oneMKL lays it out for its kernels once, not in every GEMM."""
+
+
+@overload(pack_b, inline="always")
+def _pack_b(m, b, packed):
+    if b.dtype == types.uint16:
+        def bf16(m, b, packed):
+            k, n = b.shape
+            _pack_bf16(ROW_MAJOR, B_MATRIX, NO_TRANS, m, n, k, b.ctypes.data, n,
+                       packed.ctypes.data)
+        return bf16
+    if b.dtype == types.float32:
+        def float32(m, b, packed):
+            k, n = b.shape
+            _pack_f32(ROW_MAJOR, B_MATRIX, NO_TRANS, m, n, k, _ONE, b.ctypes.data, n,
+                      packed.ctypes.data)
+        return float32
+    return None
+
+
+def gemm_packed_b(transa, m, n, k, a, a_at, lda, packed, c):
+    """c[:m] = op(a) @ B, B the k x n operand that ``pack_b`` packed into ``packed``; ``a`` as
+    in ``gemm_block`` (the element its block starts at, its leading dimension), ``c`` a
+    C-contiguous float32 array of rows of n."""
+
+
+@overload(gemm_packed_b, inline="always")
+def _gemm_packed_b(transa, m, n, k, a, a_at, lda, packed, c):
+    if c.dtype != types.float32:
+        return None
+    if a.dtype == types.uint16:
+        def bf16(transa, m, n, k, a, a_at, lda, packed, c):
+            _compute_bf16(ROW_MAJOR, transa, PACKED, m, n, k, _ONE, a.ctypes.data + 2 * a_at,
+                          lda, packed.ctypes.data, n, _ZERO, c.ctypes.data, n)
+        return bf16
+    if a.dtype == types.float32:
+        def float32(transa, m, n, k, a, a_at, lda, packed, c):
+            _compute_f32(ROW_MAJOR, transa, PACKED, m, n, k, a.ctypes.data + 4 * a_at, lda,
+                         packed.ctypes.data, n, _ZERO, c.ctypes.data, n)
         return float32
     return None

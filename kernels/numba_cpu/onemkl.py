@@ -28,12 +28,21 @@ from pathlib import Path
 
 from ..cpu_features import bf16_emulated_reason
 
-# oneMKL's CBLAS enums (mkl_cblas.h: CBLAS_LAYOUT, CBLAS_TRANSPOSE).
+# oneMKL's CBLAS enums (mkl_cblas.h: CBLAS_LAYOUT, CBLAS_TRANSPOSE, CBLAS_STORAGE,
+# CBLAS_IDENTIFIER).
 ROW_MAJOR = 101
 NO_TRANS = 111
 TRANS = 112
+PACKED = 151
+B_MATRIX = 162
 GEMM_SYMBOL = "cblas_gemm_bf16bf16f32"
 SGEMM_SYMBOL = "cblas_sgemm"
+# The packed-operand API (mkl_cblas.h): one operand packed once into oneMKL's internal layout,
+# then any number of GEMMs on it (pooled_step.weight_rows_update).
+PACK_SYMBOLS = {"bf16": ("cblas_gemm_bf16bf16f32_pack_get_size", "cblas_gemm_bf16bf16f32_pack",
+                         "cblas_gemm_bf16bf16f32_compute"),
+                "float32": ("cblas_sgemm_pack_get_size", "cblas_sgemm_pack",
+                            "cblas_sgemm_compute")}
 
 
 def library_candidates() -> list[Path]:
@@ -66,7 +75,8 @@ def _library() -> tuple[ctypes.CDLL, Path] | str:
             errors.append(f"{path}: {error}")
             continue
         missing = [name for name in (GEMM_SYMBOL, SGEMM_SYMBOL, "MKL_Get_Version",
-                                     "MKL_Set_Num_Threads_Local")
+                                     "MKL_Set_Num_Threads_Local",
+                                     *(n for names in PACK_SYMBOLS.values() for n in names))
                    if not hasattr(lib, name)]
         if missing:
             errors.append(f"{path} has no {', '.join(missing)}")
@@ -118,6 +128,18 @@ def load() -> dict:
 def engine_for(precision: str) -> str:
     """The oneMKL function the pooled step calls for its GEMMs in ``precision``."""
     return f"oneMKL {GEMM_SYMBOL if precision == 'bf16' else SGEMM_SYMBOL}"
+
+
+def packed_b_bytes(precision: str, m: int, n: int, k: int) -> int:
+    """The bytes oneMKL asks for to hold a k x n B operand packed for GEMMs of m output rows
+    in ``precision`` (its ``*_pack_get_size``; measured, oneMKL 2026.0 on the Intel Xeon with
+    AMX: a fixed 9.6 MB for bf16 whatever the shape, the allocation its largest packing
+    needs)."""
+    lib, _ = _library()
+    get_size = getattr(lib, PACK_SYMBOLS[precision][0])
+    get_size.restype = ctypes.c_size_t
+    get_size.argtypes = [ctypes.c_int] * 4
+    return int(get_size(B_MATRIX, m, n, k))
 
 
 def set_threads(threads: int) -> None:

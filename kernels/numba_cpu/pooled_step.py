@@ -26,11 +26,11 @@ How the work is split, and why:
   around them (reparameterization, KL and their backward); bias gradients over rows are
   per-share partial sums, added up when the weights are updated.
 - Weight gradients by output rows (a column slice of the A operand of the TN GEMM, through its
-  leading dimension), each followed at once by Adam on that slice; in bf16 at batches up to
-  128, a block of rows at a time into per-share scratch, so that Adam takes it from cache and
-  the gradient never goes to memory (``weight_rows_update``: the training step then leaves
-  the weights' gradients out of ``grads``; ``backward`` fills them). Adam on the biases is
-  the first share's.
+  leading dimension), each followed at once by Adam on that slice; in bf16 (from batch 64,
+  step.GRAD_BLOCKS_MIN_BATCH) a block of rows at a time into per-share scratch, so that Adam
+  takes it from cache and the gradient never goes to memory (``weight_rows_update``: the
+  training step then leaves the weights' gradients out of ``grads``; ``backward`` fills
+  them). Adam on the biases is the first share's.
 
 Every region ends in a barrier (the end of a ``prange``), so a stage reads only what finished.
 The results are the same numbers as ``step.py``'s up to summation order (the gate holds both
@@ -62,10 +62,9 @@ from .fused import (
     reparameterize_kl,
     reparameterize_kl_backward,
 )
-from .gemm import gemm_block
+from .gemm import gemm_block, gemm_packed_b, pack_b
 from .onemkl import NO_TRANS, TRANS
 from .step import (
-    GRAD_BLOCK_ROWS,
     adam_constants,
     adam_update,
     batch_loss,
@@ -129,14 +128,12 @@ def nn_block(a16, b16, c, r0, r1, c0, c1):
 
 
 @njit(**INLINE)
-def tn_rows(a16, b16, c, c0, c1, c_at=-1):
-    """c[c0:c1] = a[:, c0:c1].T @ b (a: k x m, b: k x n, c: m x n): a weight gradient's rows;
-    with ``c_at`` >= 0, into the C-contiguous ``c`` from element ``c_at`` instead."""
+def tn_rows(a16, b16, c, c0, c1):
+    """c[c0:c1] = a[:, c0:c1].T @ b (a: k x m, b: k x n, c: m x n): a weight gradient's rows."""
     k, m = a16.shape
     n = b16.shape[1]
     if c1 > c0 and k > 0:
-        gemm_block(TRANS, NO_TRANS, c1 - c0, n, k, a16, c0, m, b16, 0, n, c,
-                   c0 * n if c_at < 0 else c_at, n)
+        gemm_block(TRANS, NO_TRANS, c1 - c0, n, k, a16, c0, m, b16, 0, n, c, c0 * n, n)
 
 
 # -- elementwise kernels on a block --------------------------------------------------------
@@ -273,7 +270,7 @@ def latent_backward_share(ws, eps, w_dec16, w_heads16, beta_over_batch, t, share
 
 @njit(**INLINE)
 def weight_rows_update(grad16, rows_of, g_weight, flat_offset, c0, c1, params, grads, m, v,
-                       params16, constants, update, block):
+                       params16, constants, update, block, packed):
     """The rows c0..c1 of one weight's gradient, then (``update``) Adam on exactly them.
     Split by rows, the share re-packs ``rows_of`` (batch x the weight's width), a cost both
     splits of the larger weights share at these sizes (measured as above: 784 x 512 from a
@@ -282,20 +279,23 @@ def weight_rows_update(grad16, rows_of, g_weight, flat_offset, c0, c1, params, g
 
     With a non-empty ``block`` (scratch of whole rows; ``update`` only), the gradient goes
     there a block of rows at a time and Adam takes each block while it is in cache: the
-    gradient never reaches ``grads`` or memory. At a small batch the GEMM is cheap and its
-    output is most of its traffic, written out and read back by Adam; each block re-packs
-    ``rows_of`` once more, so it pays while the batch is no larger than a block (backward_
-    update's choice). Measured on the 2-core Intel Xeon with AMX, bf16, the region of the
-    four weight gradients and their Adam, 2 shares, 128-row blocks against whole shares:
-    batch 64 0.56 vs 0.74 ms, 128 0.58 vs 0.78, 256 0.87 vs 0.90, 512 1.38 vs 1.30. In
-    float32 it lost at batch 128 (1.11 vs 1.02 ms: sgemm's packed operands are twice the
-    bytes), so the float32 step has no scratch."""
+    gradient never reaches ``grads`` or memory, a write and a read of 4 bytes per weight
+    saved. Every block's GEMM multiplies by the same operand, ``rows_of``, so the share packs
+    it into oneMKL's internal layout once (``packed``, gemm.pack_b) and each block's GEMM
+    reads it from there: a plain GEMM per block re-packed it every time, which stopped paying
+    at batch 256 (measured on the 2-core Intel Xeon with AMX, bf16, this region against whole
+    shares: 256 0.87 vs 0.90 ms, 512 1.38 vs 1.30). Packed once, blocks pay at every batch
+    from 64 (whole training steps: step.GRAD_BLOCKS_MIN_BATCH). The numbers are the plain
+    GEMM's, bit for bit (measured: parameters after a step identical at batches 32-4096)."""
     width = g_weight.shape[1]
     if block.size >= width:
         rows = block.size // width
+        batch, m_all = grad16.shape
+        if c1 > c0:
+            pack_b(rows, rows_of, packed)
         for b0 in range(c0, c1, rows):
             b1 = min(b0 + rows, c1)
-            tn_rows(grad16, rows_of, block, b0, b1, 0)
+            gemm_packed_b(TRANS, b1 - b0, width, batch, grad16, b0, m_all, packed, block)
             i0, i1 = flat_offset + b0 * width, flat_offset + b1 * width
             adam_update(params[i0:i1], block[: i1 - i0], m[i0:i1], v[i0:i1], params16[i0:i1],
                         constants)
@@ -335,24 +335,25 @@ def backward_update(params, params16, grads, m, v, off, eps, beta, constants, up
     beta_over_batch = f32(beta) / f32(batch)
     # Blocks of gradient rows for Adam where they pay (weight_rows_update): bf16 (the only
     # precision with scratch), updating, and a batch no larger than a block.
-    blocked = update and batch <= GRAD_BLOCK_ROWS and ws.grad_blocks.shape[1] > 0
+    blocked = update and ws.grad_blocks.shape[1] > 0
     for t in prange(shares):
         decoder_backward_share(ws, w_out16, t, shares)
     for t in prange(shares):
         latent_backward_share(ws, eps, w_dec16, w_heads16, beta_over_batch, t, shares)
     for t in prange(shares):
         block = ws.grad_blocks[t] if blocked else ws.grad_blocks[t, :0]
+        packed = ws.grad_packed[t]
         c0, c1 = share(t, shares, input_dim)
         weight_rows_update(ws.dlogits16, ws.dech16, g_wout, off[6], c0, c1, params, grads, m,
-                           v, params16, constants, update, block)
+                           v, params16, constants, update, block, packed)
         c0, c1 = share(t, shares, hidden)
         weight_rows_update(ws.dh16, ws.xb16, g_w1, off[0], c0, c1, params, grads, m, v,
-                           params16, constants, update, block)
+                           params16, constants, update, block, packed)
         weight_rows_update(ws.d_dech16, ws.z16, g_wdec, off[4], c0, c1, params, grads, m, v,
-                           params16, constants, update, block)
+                           params16, constants, update, block, packed)
         c0, c1 = share(t, shares, 2 * latent)
         weight_rows_update(ws.dheads16, ws.h16, g_heads, off[2], c0, c1, params, grads, m, v,
-                           params16, constants, update, block)
+                           params16, constants, update, block, packed)
         if t == 0:
             biases_update(ws, off, g, params, grads, m, v, params16, constants, update)
 

@@ -54,11 +54,19 @@ BF16_OPERANDS = ("xb", "h", "z", "dech", "dlogits", "d_dech", "dheads", "dh")
 
 # Per-share scratch of pooled_step.py (the step in one thread pool): per-share partial sums
 # over a block of the batch (each image's BCE and each bias's gradient), and in bf16 a block
-# of weight-gradient rows that Adam takes while they are in cache (pooled_step.
-# weight_rows_update; empty in float32, which does not use it).
-SHARE_FIELDS = ("bce_parts", "bias_parts", "grad_blocks")
+# of weight-gradient rows that Adam takes while they are in cache with, as bytes, the
+# gradient GEMMs' shared operand in oneMKL's packed layout (pooled_step.weight_rows_update;
+# both empty where blocks do not pay: GRAD_BLOCKS_MIN_BATCH).
+SHARE_FIELDS = ("bce_parts", "bias_parts", "grad_blocks", "grad_packed")
 BIAS_PARTS = 4  # the four biases: pooled_step.HEADS_BIAS, HIDDEN_BIAS, OUT_BIAS, DEC_BIAS
 GRAD_BLOCK_ROWS = 128  # rows of a weight gradient per block (pooled_step.weight_rows_update)
+# The smallest batch whose bf16 step takes weight gradients in blocks (the scratch above exists
+# only from there): measured on the 2-core Intel Xeon with AMX, z 20, whole training steps
+# interleaved in one process, blocks against none: batch 32 0.96x (the packing costs more
+# than the gradients' round trip through memory saves), 64 1.21x, 128 1.15x, 256 1.07x,
+# 512 1.13x, 1024 1.05x, 2048 1.06x, 4096 1.00x. Float32 never gains (0.98x at 64-1024:
+# sgemm's packed operand is twice the bytes), so it has no scratch.
+GRAD_BLOCKS_MIN_BATCH = 64
 
 # Per-batch-size scratch arrays, allocated once (outside any timed region) and reused. The
 # ``*16`` and per-share fields are None where the step does not use them. In the bf16 step
@@ -96,9 +104,22 @@ def make_workspace(batch: int, input_dim: int, hidden: int, latent: int,
         ws = ws._replace(**{name + "16": getattr(ws, name) for name in BF16_OPERANDS})
     if shares:
         widest = max(input_dim, hidden, 2 * latent)
+        blocks = bf16 and batch >= GRAD_BLOCKS_MIN_BATCH
+        packed = packed_bytes(batch, input_dim, hidden, latent) if blocks else 0
         ws = ws._replace(bce_parts=e(shares, batch), bias_parts=e(shares, BIAS_PARTS, widest),
-                         grad_blocks=e(shares, GRAD_BLOCK_ROWS * widest if bf16 else 0))
+                         grad_blocks=e(shares, GRAD_BLOCK_ROWS * widest if blocks else 0),
+                         grad_packed=np.zeros((shares, packed), np.uint8))
     return ws
+
+
+def packed_bytes(batch: int, input_dim: int, hidden: int, latent: int) -> int:
+    """What oneMKL asks for to hold any of the weight gradients' B operands (a batch of
+    activations: the input, the hidden and decoder layers, the latent code) packed for a
+    block of GRAD_BLOCK_ROWS rows."""
+    from . import onemkl
+
+    return max(onemkl.packed_b_bytes("bf16", GRAD_BLOCK_ROWS, width, batch)
+               for width in (input_dim, hidden, latent))
 
 
 @njit(**STEP_JIT, inline="always")
