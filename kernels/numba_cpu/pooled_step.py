@@ -64,13 +64,7 @@ from .fused import (
 )
 from .gemm import gemm_block, gemm_packed_b, pack_b
 from .onemkl import NO_TRANS, TRANS
-from .step import (
-    adam_constants,
-    adam_update,
-    batch_loss,
-    tensors,
-    weights16,
-)
+from .step import adam_constants, adam_update, batch_loss, tensors, weights16
 
 key_cache_to_sources()  # before the cache=True decorators below
 
@@ -333,8 +327,8 @@ def backward_update(params, params16, grads, m, v, off, eps, beta, constants, up
     g = tensors(grads, off, input_dim, hidden, latent)
     g_w1, _, g_heads, _, g_wdec, _, g_wout, _ = g
     beta_over_batch = f32(beta) / f32(batch)
-    # Blocks of gradient rows for Adam where they pay (weight_rows_update): bf16 (the only
-    # precision with scratch), updating, and a batch no larger than a block.
+    # Blocks of gradient rows for Adam where the workspace holds their scratch (bf16 from
+    # step.GRAD_BLOCKS_MIN_BATCH, make_workspace), and only when updating.
     blocked = update and ws.grad_blocks.shape[1] > 0
     for t in prange(shares):
         decoder_backward_share(ws, w_out16, t, shares)
