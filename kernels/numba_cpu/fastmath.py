@@ -4,9 +4,8 @@ Without Intel SVML (llvmlite's wheels no longer carry it), ``np.exp``/``np.log1p
 become scalar libm calls: about 4.5x slower than this. exp is the classic construction
 (Cody-Waite range reduction, a polynomial, the exponent set through the float's bits), log1p
 on [0, 1] one fitted polynomial, written so that each loop body is straight-line arithmetic,
-selects and one bitcast. Their error is a
-few float32 ulp, checked against float64 in tests/test_numba_kernels.py and, through the
-whole model, by the agreement gate.
+selects and one bitcast. Their error is a few float32 ulp, checked against float64 in
+tests/test_numba_kernels.py and, through the whole model, by the agreement gate.
 """
 
 from __future__ import annotations
