@@ -7,13 +7,14 @@ The runs need oneMKL (the ``[bf16]`` extra; CI installs it and sets VAE_BENCH_RE
 so there they may not skip). bf16 runs oneMKL's emulated path where the CPU has no bf16
 hardware: the numbers are the same, only the speed is not."""
 
+import functools
 import importlib.util
 import inspect
 
 import numpy as np
 import pytest
-
 from conftest import require_onemkl
+
 from kernels import create_backend
 from kernels.numba_cpu import NumbaBackend, float32_step_form, onemkl
 from kernels.numba_cpu.bf16 import widen
@@ -134,9 +135,11 @@ def test_the_comparison_fails_a_wrong_blocked_update(original, mutated):
     assert {"params", "m", "v"} <= set(differing(serial, pooled))
 
 
+@functools.cache
 def mutant_of_pooled_step(original: str, mutated: str):
     """pooled_step compiled afresh with one line of its source changed (and no on-disk
-    cache, which would hold the real one's code)."""
+    cache, which would hold the real one's code); one module per mutation, so the tests of
+    one mutant in both precisions compile the functions they share once."""
     from kernels.numba_cpu import pooled_step
 
     source = inspect.getsource(pooled_step)
