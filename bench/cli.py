@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from vae_ref.config import DEFAULT_LATENTS
+from vae_ref.config import DEFAULT_LATENTS, GATE_ADAM_STEPS
 
 EXIT_USAGE = 2  # bad input: flags, data, results directory
 EXIT_FAILED = 1  # the work itself failed (e.g. training diverged)
@@ -151,8 +151,9 @@ def _add_check(commands, known: tuple[str, ...]) -> None:
                      help=f"one of: {', '.join(known)}")
     chk.add_argument("--latents", type=_positive_int, nargs="+", default=list(DEFAULT_LATENTS),
                      metavar="Z", help="latent sizes to check (default 2 10 20 50)")
-    chk.add_argument("--adam-steps", "--steps", type=_non_negative_int, default=50, metavar="K",
-                     help="Adam steps compared (default 50; 0 skips; --steps: its older name)")
+    chk.add_argument("--adam-steps", "--steps", type=_non_negative_int, default=GATE_ADAM_STEPS,
+                     metavar="K", help=f"Adam steps compared (default {GATE_ADAM_STEPS}; 0 skips; "
+                     "--steps: its older name)")
     chk.add_argument("--fixture", type=Path,
                      help="check against this fixture file instead of running the oracle")
     _add_hidden_dim(chk)
@@ -169,17 +170,17 @@ def _add_check(commands, known: tuple[str, ...]) -> None:
     fix.add_argument("--latents", type=_positive_int, nargs="+", default=[20], metavar="Z")
     fix.add_argument("--cases", nargs="+", default=["batch", "adam-steps"],
                      choices=CASE_KINDS)
-    fix.add_argument("--adam-steps", "--steps", type=_positive_int, default=50, metavar="K",
-                     help="Adam steps of the adam-steps case (default 50; --steps: its older "
-                     "name)")
+    fix.add_argument("--adam-steps", "--steps", type=_positive_int, default=GATE_ADAM_STEPS,
+                     metavar="K", help=f"Adam steps of the adam-steps case (default "
+                     f"{GATE_ADAM_STEPS}; --steps: its older name)")
     fix.set_defaults(handler=cmd_fixture)
 
 
 def _add_profile(commands, known: tuple[str, ...]) -> None:
     prof = commands.add_parser(
         "profile", help="training throughput of backends, interleaved, with a breakdown",
-        description="First the agreement gate's single-step cases at --latent for every "
-        "backend (one that fails is not timed unless --force); then steady-state samples/s "
+        description="First the agreement gate at --latent for every backend (one that fails "
+        "is not timed unless --force); then steady-state samples/s "
         "per backend (warm-up and compile timed apart, windows interleaved A B C A B C...), "
         "effective GFLOP/s against this machine's GEMM peak measured in the same run, and "
         "where each backend's step time goes.")
@@ -192,6 +193,7 @@ def _add_profile(commands, known: tuple[str, ...]) -> None:
     prof.add_argument("--window-steps", "--steps", type=_positive_int, default=50,
                       help="training steps per timed window (default 50; --steps: its older "
                       "name)")
+    _add_adam_steps(prof, default=GATE_ADAM_STEPS)
     prof.add_argument("--threads", type=_positive_int,
                       help="threads for every backend (default: all cores)")
     prof.add_argument("--backend-noise", action="store_true",
@@ -204,6 +206,12 @@ def _add_profile(commands, known: tuple[str, ...]) -> None:
                       help="also write the report with its provenance into FILE (whole or "
                       "not at all; an existing FILE only if it is a profile report)")
     prof.set_defaults(handler=cmd_profile)
+
+
+def _add_adam_steps(parser, default: int | None) -> None:
+    parser.add_argument("--adam-steps", type=_non_negative_int, default=default, metavar="K",
+                        help=f"Adam steps of the agreement gate's K-step case (default "
+                        f"{GATE_ADAM_STEPS}, as check's; 0: its single-step cases only)")
 
 
 def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> None:
@@ -232,6 +240,7 @@ def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> 
     runp.add_argument("--window-steps", "--steps", type=_positive_int,
                       help="training steps per timed window (--steps: its older name)")
     runp.add_argument("--iwae-k", type=_non_negative_int, metavar="K")
+    _add_adam_steps(runp, default=None)
     _add_hidden_dim(runp)
     runp.add_argument("--seed", type=_seed, default=0)
     runp.add_argument("--threads", type=_positive_int)
@@ -464,7 +473,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, hidden_dim=args.hidden_dim,
                        repeats=args.repeats, window_steps=args.window_steps,
                        threads=args.threads, backend_noise=args.backend_noise,
-                       force=args.force)
+                       force=args.force, adam_steps=args.adam_steps)
     refused = profile(spec, args.out, lambda message: _say("refused", message))
     return EXIT_FAILED if refused else 0
 
@@ -480,6 +489,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = {"backends": backend_names(), "batch_sizes": (128,), **PROFILES[args.profile]}
     for name, flag in (("dataset", "dataset"), ("epochs", "epochs"), ("repeats", "repeats"),
                        ("steps", "window_steps"), ("iwae_k", "iwae_k"),
+                       ("gate_steps", "adam_steps"),
                        ("backends", "backends"), ("batch_sizes", "batch_sizes"),
                        ("latents", "latents")):
         if getattr(args, flag) is not None:

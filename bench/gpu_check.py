@@ -37,8 +37,8 @@ SETTINGS = {
     "backends": (*FUSED_BACKENDS, "torch-cuda", "torch-cuda-compile"),
     "latents": (TIMED_LATENT, 2, 10, 50),  # the timed size first: the speed-ups come early
     "gate_only_latents": (2, 10, 50), "gate_only_backends": FUSED_BACKENDS,
-    "batch_sizes": (128, 2048), "epochs": 3, "repeats": 5, "steps": 100, "gate_steps": 50,
-    "iwae_k": 100, "backend_noise": True,
+    "batch_sizes": (128, 2048), "epochs": 3, "repeats": 5, "steps": 100, "iwae_k": 100,
+    "backend_noise": True,
 }
 TEST_SECONDS = 300  # pytest -m gpu: ample on a GPU; a hang is cut off and reported
 

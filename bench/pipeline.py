@@ -5,7 +5,7 @@
 Each command is a selection of them with its settings (a ``Selection``):
 
     check       gate                                   (check.py, per latent size)
-    profile     gate (the single-step cases) -> time   (profile.py)
+    profile     gate -> time                           (profile.py)
     run         gate -> time -> train -> evaluate      (run.run_latent, per latent size)
     experiment  train -> evaluate                      (experiment.py, per model; figures)
     gpu-check   run's selection on a GPU machine, then pytest -m gpu   (gpu_check.py)
@@ -33,6 +33,7 @@ import numpy as np
 
 from kernels.base import Backend, gemm_inputs_of
 from vae_ref import VAEConfig, importance_weighted_log_likelihood
+from vae_ref.config import GATE_ADAM_STEPS
 from vae_ref.data import Dataset
 from vae_ref.oracle import Case, Expectation, build_cases, expectation
 from vae_ref.training_outcome import EpochRecord, TrainResult, fixed_test_set
@@ -80,7 +81,8 @@ class GateRecord:
         return f"FAILED ({count} tensor{'s' if count != 1 else ''}), worst {where}{miss}"
 
 
-def gate_cases(images: np.ndarray, latent: int, *, seed: int = 0, steps: int = 50,
+def gate_cases(images: np.ndarray, latent: int, *, seed: int = 0,
+               steps: int = GATE_ADAM_STEPS,
                hidden: int = 512) -> Callable[..., list[tuple[Case, Expectation]]]:
     """The gate's cases at one latent size and their truth, computed when first asked for
     (the float64 oracle costs seconds: no backend to check, no oracle). The function returned

@@ -1,4 +1,4 @@
-"""``vae-bench profile``: the pipeline's gate (its single-step cases) and time stages on the
+"""``vae-bench profile``: the pipeline's gate and time stages on the
 embedded digits, the report (throughput, speed-ups, breakdowns) printed and, with an output
 file, written whole with its provenance. A backend that fails the gate is not timed unless
 forced, and then its row says UNGATED."""
@@ -14,6 +14,7 @@ from pathlib import Path
 from kernels import create_backend
 from vae_ref import VAEConfig
 from vae_ref.atomic import atomic_write_text
+from vae_ref.config import GATE_ADAM_STEPS
 from vae_ref.data import load_dataset
 
 from . import pipeline
@@ -42,12 +43,15 @@ class ProfileSpec:
     threads: int | None = None
     backend_noise: bool = False
     force: bool = False  # time backends that fail the gate too
+    adam_steps: int = GATE_ADAM_STEPS  # the gate's K-step case (0: single-step cases only)
 
     def words(self) -> list[str]:
         """The flags that repeat this profile (without the output file)."""
         words = ["--backends", *self.backends, "--latent", str(self.latent), "--batch-size",
                  str(self.batch_size), "--hidden-dim", str(self.hidden_dim), "--repeats",
                  str(self.repeats), "--window-steps", str(self.window_steps)]
+        if self.adam_steps != GATE_ADAM_STEPS:
+            words += ["--adam-steps", str(self.adam_steps)]
         if self.threads:
             words += ["--threads", str(self.threads)]
         return words + [flag for flag, on in (("--backend-noise", self.backend_noise),
@@ -77,8 +81,9 @@ def profile(spec: ProfileSpec, out: Path | None, refuse: Callable[[str], None]) 
         # to the fixture's copy would only load the same digits twice).
         data = load_dataset("mnist-5k")
         images = data.train_x[:GATE_IMAGES]
-        print(f"agreement gate at z {spec.latent}, single-step cases (mnist-5k images): "
-              f"{', '.join(spec.backends)} ...", flush=True)
+        steps = f" and {spec.adam_steps} Adam steps" if spec.adam_steps else " only"
+        print(f"agreement gate at z {spec.latent}, single-step cases{steps} (mnist-5k "
+              f"images): {', '.join(spec.backends)} ...", flush=True)
 
         def after(stage: str, outcome: pipeline.Outcome) -> None:
             if stage != "gate":
@@ -101,7 +106,8 @@ def profile(spec: ProfileSpec, out: Path | None, refuse: Callable[[str], None]) 
                                repeats=spec.repeats, window_steps=spec.window_steps,
                                backend_noise=spec.backend_noise, force=spec.force),
             backends, config=config, data=data, on_stage=after,
-            cases=pipeline.gate_cases(images, spec.latent, steps=0, hidden=spec.hidden_dim))
+            cases=pipeline.gate_cases(images, spec.latent, steps=spec.adam_steps,
+                                     hidden=spec.hidden_dim))
         if not outcome.admitted:
             if outcome.refused:
                 return True  # each refusal has said why

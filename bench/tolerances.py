@@ -6,7 +6,10 @@ itself lands from that oracle on the same tensor, times a factor, plus a floor:
 
     tolerance = factor * |torch_float32 - oracle|_max + floor_ulps * eps32 * |oracle|_max
 
-so it scales with the tensor's own numerical difficulty instead of being a magic number.
+so it scales with the tensor's own numerical difficulty instead of being a magic number. For
+the K-step tensors |torch_float32 - oracle| is the largest over several float32 runs, each
+adding every sum in another order (``vae_ref.oracle.calibrations``): Adam turns rounding into
+steps of about lr, and one run is one sample of where they go.
 """
 
 from __future__ import annotations

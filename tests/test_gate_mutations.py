@@ -117,3 +117,46 @@ def test_jax_gate_fails_a_timed_program_without_the_output_bias(monkeypatch, cas
     bad = failed_tensors(backend, cases["adam-steps"])
     assert {"steps.loss", "steps.dec.out.weight"} <= bad, bad
     assert np.isfinite(backend.params()["dec.out.bias"]).all()
+
+
+# -- mistakes that show only over K steps, at the gate's own K ---------------------------------
+
+@pytest.fixture(scope="module")
+def k_steps(gate_digits):
+    """The K-step case at z = 10 with the gate's default K (every command's), and its truth."""
+    from vae_ref.config import GATE_ADAM_STEPS
+
+    case = build_cases(gate_digits, 10, steps=GATE_ADAM_STEPS)[-1]
+    assert case.steps == GATE_ADAM_STEPS
+    return case, expectation(case)
+
+
+@pytest.mark.parametrize("name", ["numba", "torch"])
+def test_gate_fails_adam_with_eps_ten_times_too_large(monkeypatch, k_steps, name):
+    import kernels.numba_cpu as numba_cpu
+
+    backend = available(name)
+    assert not failed_tensors(backend, k_steps)  # unmutated, it passes
+    monkeypatch.setattr(numba_cpu if name == "numba" else torch_ref, "ADAM_EPS", 1e-7)
+    assert failed_tensors(backend, k_steps)
+
+
+@pytest.mark.parametrize("name", ["numba", "torch"])
+def test_gate_fails_a_learning_rate_one_percent_high(monkeypatch, k_steps, name):
+    backend = available(name)
+    load = backend.load
+    monkeypatch.setattr(backend, "load", lambda config, params: load(
+        config.replace(lr=config.lr * 1.01), params))
+    assert "steps.loss" in failed_tensors(backend, k_steps)
+
+
+def test_gate_fails_adam_without_the_second_moments_bias_correction(monkeypatch, k_steps):
+    """JAX computes Adam's scalars on the host (``step.adam_scalars``): sqrt(1 - beta2^t)
+    left at 1 leaves v unscaled, the first steps about 30 lr long."""
+    backend = available("jax")
+    from kernels.jax_xla import step
+
+    real = step.adam_scalars
+    monkeypatch.setattr(step, "adam_scalars", lambda lr, t: (real(lr, t)[0], 1.0))
+    bad = failed_tensors(backend, k_steps)
+    assert {"steps.loss", "steps.enc.fc1.weight", "steps.dec.out.bias"} <= bad, bad

@@ -13,6 +13,10 @@ DEFAULT_LATENTS = (2, 10, 20, 50)
 # trained. The reference passes them to its optimizer, and every backend reads them here.
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+# Adam steps of the gate's K-step case, wherever the gate runs unless told otherwise (check,
+# run, profile, the fixture): long enough that an optimizer's mistake (a constant, the bias
+# correction, the learning rate) shows in every parameter, short enough to take seconds.
+GATE_ADAM_STEPS = 50
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from .atomic import atomic_open
-from .config import VAEConfig
-from .oracle import Case, Expectation, build_cases, expectation
+from .config import GATE_ADAM_STEPS, VAEConfig
+from .oracle import CALIBRATION_RUNS, Case, Expectation, build_cases, expectation
 
-SCHEMA_VERSION = 2  # 2: the K-step case's elements near a ReLU kink (oracle.py), not judged
+SCHEMA_VERSION = 3  # 2: the K-step case's elements near a ReLU kink (oracle.py), not judged;
+#                     3: the K-step calibration is the largest of oracle.CALIBRATION_RUNS runs
 CASE_KINDS = ("batch", "partial-batch", "extreme-logits", "beta4", "adam-steps")
 
 
@@ -34,7 +35,7 @@ def write_fixture(path: Path, cases: list[Case], expectations: list[Expectation]
     """Write cases, oracle tensors and calibration errors to one .npz (atomically)."""
     arrays: dict[str, np.ndarray] = {}
     meta = {"schema_version": SCHEMA_VERSION, "torch": torch.__version__, "dataset": dataset,
-            "cases": []}
+            "calibration_runs": CALIBRATION_RUNS, "cases": []}
     for case, expected in zip(cases, expectations):
         key = case.name
         meta["cases"].append({"name": key, "config": case.config.to_dict(), "steps": case.steps,
@@ -117,7 +118,8 @@ def read_fixture(path: Path) -> list[tuple[Case, Expectation]]:
 
 
 def make_fixture(path: Path, images: np.ndarray, dataset: str, latents=(20,),
-                 kinds=("batch", "adam-steps"), steps: int = 50, hidden: int = 512) -> list[Case]:
+                 kinds=("batch", "adam-steps"), steps: int = GATE_ADAM_STEPS,
+                 hidden: int = 512) -> list[Case]:
     """Build the named cases on ``images`` (named ``dataset``: what they are), run the oracle
     on each, write the file."""
     cases = [c for z in latents for c in build_cases(images, z, steps=steps, hidden=hidden)

@@ -9,9 +9,8 @@ The OpenBLAS core-type variables some machines set are left as they are: they ke
 OpenBLAS from wrong kernels, and Numba's and NumPy's BLAS is not what the calibration measures.
 
 Run as ``python -m cpu_verification.restricted_isa OUT.json`` (tests/ on the path) in a child
-started with the restriction in its environment: it writes a GEMM's digest, the float32
-calibration of the committed fixture's cases, and every available CPU backend's gate verdict
-on all the gate's cases at z = 20 against the live oracle calibrated there.
+started with the restriction in its environment: it writes a GEMM's digest and the float32
+calibration of the committed fixture's cases (``gate_sweep`` gates the backends there).
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import sys
 from pathlib import Path
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "reference_z20.npz"
-LATENT = 20
 
 
 def cpu_flags() -> set[str]:
@@ -61,26 +59,12 @@ FAIL_ON_EVERY_CPU = ("torch-bf16", "torch-compile-bf16")
 
 
 def main(out: Path) -> None:
-    from bench.digits import gate_images
-    from bench.pipeline import gate, gate_cases
-    from kernels import backend_names, create_backend
     from vae_ref.fixture import read_fixture
+    from vae_ref.oracle import expectation
 
-    # One oracle (the float64 truth and float32 calibration of every z = 20 case) for both
-    # questions: is the calibration within the band, and does every backend pass against it?
-    pairs = gate_cases(gate_images()[0], LATENT, steps=50)
-    stored = {case.name for case, _ in read_fixture(FIXTURE)}
-    calibration = {case.name: expected.reference_errors for case, expected in pairs()
-                   if case.name in stored}
-    backends = [b for b in (create_backend(n) for n in backend_names()
-                            if n not in FAIL_ON_EVERY_CPU)
-                if b.device == "cpu" and b.availability().available]
-    records = gate(backends, pairs)
-    verdicts = {name: {"verdict": r.verdict, "worst_fraction": r.worst_fraction,
-                       "failed": [f"{c.case} {c.tensor}" for c in r.comparisons if not c.passed]}
-                for name, r in records.items()}
-    out.write_text(json.dumps({"gemm": gemm_digest(), "calibration": calibration,
-                               "gate": verdicts}))
+    calibration = {case.name: expectation(case).reference_errors
+                   for case, _ in read_fixture(FIXTURE)}
+    out.write_text(json.dumps({"gemm": gemm_digest(), "calibration": calibration}))
 
 
 if __name__ == "__main__":
