@@ -1,6 +1,6 @@
-"""``vae-bench profile``: the gate's single-step cases first, then the timing of the backends
-that passed (those that failed only with --force, marked UNGATED); --out writes the report
-with its provenance, whole or not at all."""
+"""``vae-bench profile``: the gate first (with check's K Adam steps), then the timing of the
+backends that passed (those that failed only with --force, marked UNGATED); --out writes the
+report with its provenance, whole or not at all."""
 
 import numpy as np
 import pytest
@@ -148,5 +148,26 @@ def test_steps_flags_say_what_they_count_and_keep_their_older_name():
                         (["profile", "--steps", "3"], "window_steps"),
                         (["run", "--window-steps", "3"], "window_steps"),
                         (["check", "--backend", "numba", "--adam-steps", "3"], "adam_steps"),
-                        (["check", "--backend", "numba", "--steps", "3"], "adam_steps")):
+                        (["check", "--backend", "numba", "--steps", "3"], "adam_steps"),
+                        (["profile", "--adam-steps", "3"], "adam_steps"),
+                        (["run", "--adam-steps", "3"], "adam_steps")):
         assert getattr(parser.parse_args(words), dest) == 3, words
+
+
+def test_every_command_gates_with_checks_k_unless_told_otherwise():
+    """run (every profile), profile, check and the fixture: the same K Adam steps (issue: the
+    quick profile gated 10, profile none, check 50)."""
+    from bench import run as run_module
+    from bench.cli import build_parser
+    from bench.profile import ProfileSpec
+    from vae_ref.config import GATE_ADAM_STEPS
+
+    parser = build_parser()
+    assert parser.parse_args(["check", "--backend", "numba"]).adam_steps == GATE_ADAM_STEPS
+    assert parser.parse_args(["fixture", "--out", "f.npz"]).adam_steps == GATE_ADAM_STEPS
+    assert parser.parse_args(["profile"]).adam_steps == GATE_ADAM_STEPS
+    assert ProfileSpec(backends=("numba",)).adam_steps == GATE_ADAM_STEPS
+    assert parser.parse_args(["run"]).adam_steps is None  # the spec's default then
+    for name, profile in run_module.PROFILES.items():
+        spec = run_module.RunSpec(**{"backends": ("numba",), **profile})
+        assert spec.gate_steps == GATE_ADAM_STEPS, name

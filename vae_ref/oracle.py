@@ -244,7 +244,7 @@ class Expectation:
 # bound above), goes about +-lr one way or the other, and one run may happen to go float64's
 # way everywhere while a correct backend does not. The tolerance is taken from the farthest
 # run; results/README.md ("The K-step gate") has the measurements behind the count.
-CALIBRATION_RUNS = 8
+CALIBRATION_RUNS = 12
 
 
 def calibrations(case: Case, gemm_inputs: str = "float32",
