@@ -71,7 +71,7 @@ def test_broken_plugin_is_refused_in_one_line(plugin_site, tmp_path):
 def short_run(plugin_site, tmp_path, *backends):
     """``vae-bench run`` of ``backends`` at z = 2, as short as it goes, into tmp_path/run."""
     return cli(plugin_site, "run", "--backends", *backends, "--latents", "2", "--epochs", "1",
-               "--repeats", "1", "--steps", "2", "--iwae-k", "0", "--quiet",
+               "--repeats", "1", "--steps", "2", "--iwae-k", "0", "--adam-steps", "2", "--quiet",
                "--out", str(tmp_path / "run"), cwd=tmp_path)
 
 

@@ -16,7 +16,7 @@ from bench.cli import main
 ROOT = Path(__file__).parents[1]
 COMMITTED = ROOT / "results" / "run-full-mnist-5k"
 RUN = ["run", "--backends", "torch", "--latents", "2", "--epochs", "1", "--repeats", "1",
-       "--steps", "2", "--iwae-k", "0", "--quiet"]
+       "--steps", "2", "--iwae-k", "0", "--adam-steps", "2", "--quiet"]
 COMMANDS = ["run", "experiment", "merge", "fixture"]
 
 

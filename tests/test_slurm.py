@@ -20,7 +20,7 @@ README = Path(__file__).parents[1] / "README.md"
 FULL = "--profile full"
 # Four latent sizes for four array tasks; the cheapest settings that still gate, time, train.
 SHORT = ("--profile quick --backends torch --latents 2 3 4 5 --batch-sizes 64 --epochs 1 "
-         "--repeats 1 --window-steps 2 --iwae-k 0 --threads 1 --quiet")
+         "--repeats 1 --window-steps 2 --iwae-k 0 --adam-steps 2 --threads 1 --quiet")
 KEY = ["backend", "latent_dim", "batch_size"]
 
 pytestmark = pytest.mark.slurm
