@@ -276,10 +276,14 @@ def expectation(case: Case, gemm_inputs: str = "float32",
         reference = outputs(case, torch.float64, kinks)
     else:
         reference, kinks = truth.truth, truth.unjudged
-    runs_ = calibrations(case, gemm_inputs, runs)
+    measured = calibrations(case, gemm_inputs, runs)
+    return Expectation(reference, {k: calibration_error(measured, k, v, kinks)
+                                   for k, v in reference.items()}, kinks)
 
-    def error(k: str, truth_: np.ndarray) -> float:
-        judged = ~kinks[k] if k in kinks else ...
-        return max(max_error(run[k][judged], truth_[judged]) for run in runs_)
 
-    return Expectation(reference, {k: error(k, v) for k, v in reference.items()}, kinks)
+def calibration_error(runs: list[dict[str, np.ndarray]], tensor: str, truth: np.ndarray,
+                      kinks: dict[str, np.ndarray]) -> float:
+    """The largest error of ``runs`` on ``tensor`` against its ``truth``, on the elements
+    judged (those of ``kinks[tensor]`` left out)."""
+    judged = ~kinks[tensor] if tensor in kinks else ...
+    return max(max_error(run[tensor][judged], truth[judged]) for run in runs)

@@ -19,6 +19,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from .gate_tensors import steps_param_name
+
 # The axis labels of each canonical parameter: which index set each of its axes runs over.
 PARAMETER_AXES: dict[str, tuple[str, ...]] = {
     "enc.fc1.weight": ("enc_hidden", "pixel"), "enc.fc1.bias": ("enc_hidden",),
@@ -70,9 +72,6 @@ class Relabelling:
     def restore(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A relabelled run's K-step tensors under the original labels (``steps.loss`` is
         a scalar per step and needs none)."""
-        out = {}
-        for name, value in tensors.items():
-            parameter = name.removeprefix("steps.")
-            axes = PARAMETER_AXES.get(parameter) if parameter != name else None
-            out[name] = _apply(value, axes, self.orders, inverse=True) if axes else value
-        return out
+        axes = {steps_param_name(p): a for p, a in PARAMETER_AXES.items()}
+        return {name: _apply(value, axes[name], self.orders, inverse=True)
+                if name in axes else value for name, value in tensors.items()}

@@ -5,9 +5,10 @@ the case, so each can stand for a backend and be judged by the gate's tolerance 
 with ``r`` calibration runs, measured.
 
 Run as ``python -m cpu_verification.calibration_runs N [R ...]`` (tests/ on the path): N
-relabelled runs per case (z 2, 10, 20, 50 and K 10, 50 on the gate's images), every run
-judged against sets of R runs drawn from the rest (every set, or 200 drawn), and per R
-the failed judgements, the worst fraction of the tolerance and where.
+runs per case (``oracle.calibrations``, the gate's own runs first; z 2, 10, 20, 50 and K 10,
+50 on the gate's images), every run judged against sets of R runs drawn from the rest (every
+set, or 200 drawn), and per R the failed judgements, the worst fraction of the tolerance and
+where.
 """
 
 from __future__ import annotations
@@ -24,16 +25,11 @@ def judgements(runs: list[dict], truth: dict, kinks: dict, lr: float, r: int,
     """(fraction of the tolerance, tensor) of each run judged by ``r`` of the others."""
     from bench.tolerances import TOLERANCES
     from vae_ref.gate_tensors import kind_of
+    from vae_ref.oracle import calibration_error
 
-    errors, scales = [], {}
-    for run in runs:
-        row = {}
-        for tensor, value in truth.items():
-            judged = ~kinks[tensor] if tensor in kinks else ...
-            row[tensor] = float(np.max(np.abs(run[tensor][judged].astype(np.float64)
-                                              - value[judged]))) if value.size else 0.0
-            scales[tensor] = float(np.max(np.abs(value)))
-        errors.append(row)
+    errors = [{tensor: calibration_error([run], tensor, value, kinks)
+               for tensor, value in truth.items()} for run in runs]
+    scales = {tensor: float(np.max(np.abs(value))) for tensor, value in truth.items()}
     for i in range(len(runs)):
         others = [j for j in range(len(runs)) if j != i]
         if math.comb(len(others), r) <= draws:
@@ -54,8 +50,7 @@ def main(n: int, sizes: list[int]) -> None:
     import torch
 
     from bench.digits import gate_images
-    from vae_ref.oracle import build_cases, outputs
-    from vae_ref.summation_orders import Relabelling
+    from vae_ref.oracle import build_cases, calibrations, outputs
 
     images = gate_images()[0]
     rng = np.random.default_rng(0)
@@ -65,11 +60,7 @@ def main(n: int, sizes: list[int]) -> None:
             case = build_cases(images, latent, steps=steps)[-1]
             kinks: dict = {}
             truth = outputs(case, torch.float64, kinks)
-            runs = [outputs(case, torch.float32)]
-            for _ in range(n - 1):
-                relabelling = Relabelling(case, rng)
-                runs.append(relabelling.restore(outputs(relabelling.case(case),
-                                                        torch.float32)))
+            runs = calibrations(case, runs=n)  # the gate's own runs first
             for r in sizes:
                 for fraction, tensor in judgements(runs, truth, kinks, case.config.lr, r, rng):
                     tally[r][0] += 1

@@ -5,7 +5,7 @@ calibration), each case's worst fraction of its tolerance recorded.
 
 Run as ``python -m cpu_verification.gate_sweep OUT.json`` (tests/ on the path), natively or in
 a child with MKL held below this CPU's instruction set (``restricted_isa.restrictions``):
-tests/test_gate_sweep.py runs it both ways. A correct backend that fails here is a gate that
+tests/test_cross_isa.py runs it both ways. A correct backend that fails here is a gate that
 depends on the CPU.
 
 The single-step cases do not depend on K and are judged once per latent size (``steps`` 0).
