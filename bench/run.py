@@ -130,6 +130,10 @@ def environment(data: Dataset, spec: RunSpec) -> dict:
     if bf16 in peaks:
         record |= {"bf16_gemm_peak_gflops": peaks[bf16][0],
                    "bf16_gemm_peak_source": peaks[bf16][1]}
+    tf32 = peak_key("cuda", "tf32")
+    if tf32 in peaks:
+        record |= {"gpu_tf32_gemm_peak_gflops": peaks[tf32][0],
+                   "gpu_tf32_gemm_peak_source": peaks[tf32][1]}
     record |= {"spec": asdict(spec), "results_schema": tables.RESULTS_SCHEMA}
     return record
 
@@ -141,6 +145,8 @@ def peaks_of(env: dict) -> dict[str, float]:
         peaks["cuda"] = env["gpu_gemm_peak_gflops"]
     if "bf16_gemm_peak_gflops" in env:
         peaks[peak_key("cpu", "bf16")] = env["bf16_gemm_peak_gflops"]
+    if "gpu_tf32_gemm_peak_gflops" in env:
+        peaks[peak_key("cuda", "tf32")] = env["gpu_tf32_gemm_peak_gflops"]
     return peaks
 
 

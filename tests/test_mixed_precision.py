@@ -1,6 +1,6 @@
-"""The bf16 mixed-precision mode: its rounding, the reference it is held to, the Numba step
-that runs it (oneMKL's bf16 GEMM, called from compiled code) and its gate, which a wrong bf16
-step fails.
+"""The mixed-precision modes: their roundings (bf16, and TF32 for cuBLAS's Tensor Cores), the
+reference they are held to, the Numba step that runs bf16 (oneMKL's bf16 GEMM, called from
+compiled code) and its gate, which a wrong bf16 step fails.
 
 The Numba tests need oneMKL (the ``[bf16]`` extra; CI installs it and sets
 VAE_BENCH_REQUIRE_BF16=1, so there they may not skip). On a CPU without bf16 dot-product
@@ -11,17 +11,22 @@ only the speed is not, and the harness itself refuses to time it."""
 import numpy as np
 import pytest
 import torch
+from conftest import require_onemkl
 
 from bench.agreement import check
 from bench.cli import main
-from conftest import require_onemkl
 from kernels import create_backend
 from kernels.base import gemm_inputs_of
 from kernels.cpu_features import bf16_dot_hardware
 from kernels.numba_cpu import NumbaBackend, onemkl
 from kernels.numba_cpu.bf16 import round_into, widen
 from vae_ref import VAEConfig
-from vae_ref.mixed_precision import round_to_bf16, with_bf16_gemm_inputs
+from vae_ref.mixed_precision import (
+    GEMM_INPUT_ROUNDINGS,
+    round_to_bf16,
+    round_to_tf32,
+    with_gemm_inputs,
+)
 from vae_ref.model import build_model
 from vae_ref.oracle import build_cases, expectation
 from vae_ref.params import export_params
@@ -75,41 +80,73 @@ def test_the_rounding_check_can_fail():
     assert (truncated != ours).any()
 
 
-# -- the reference with bf16 GEMM inputs ------------------------------------------------------
+def test_tf32_rounding_keeps_the_first_10_mantissa_bits():
+    """What the Tensor Cores read of a float32 operand (vae_ref/mixed_precision.py): the sign,
+    the exponent and the first 10 mantissa bits, the other 13 dropped (toward zero)."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate([special_floats(), rng.standard_normal(10_000).astype(np.float32)])
+    ours = round_to_tf32(torch.from_numpy(values)).numpy()
+    expected = (values.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+    finite = ~np.isnan(values)
+    np.testing.assert_array_equal(ours[finite], expected[finite])
+    assert np.isnan(ours[~finite]).all()
+    # Within TF32's truncation bound (2^-10 relative), and farther than float32's.
+    normal = np.isfinite(values) & (np.abs(values) > 1e-30)
+    relative = np.abs(ours[normal] - values[normal]) / np.abs(values[normal])
+    assert relative.max() < 2.0**-10 and relative.max() > 2.0**-12
+    # Kept in a wider dtype, as round_to_bf16.
+    assert round_to_tf32(torch.ones(3, dtype=torch.float64)).dtype == torch.float64
 
-def test_the_bf16_reference_rounds_the_gemm_operands_only():
-    """Forward: y = bf16(x) bf16(W)^T + b; backward: dx = bf16(dy) bf16(W), dW = bf16(dy)^T
-    bf16(x), db = sum(dy) from the unrounded dy; the outputs are not rounded (as oneMKL's
-    cblas_gemm_bf16bf16f32, unlike autocast)."""
+
+def test_the_tf32_rounding_check_can_fail():
+    """Rounding to nearest (cvt.rna.tf32.f32's, a plausible alternative) differs from the
+    truncation on a value whose first dropped bit is set: the comparison above catches it."""
+    value = np.array([0x3F801000], np.uint32).view(np.float32)  # 1 + 2^-11: half a TF32 ulp
+    nearest = ((value.view(np.uint32) + np.uint32(0x1000)) & np.uint32(0xFFFFE000))
+    assert (round_to_tf32(torch.from_numpy(value)).numpy().view(np.uint32) != nearest).all()
+
+
+# -- the reference with narrow GEMM inputs ----------------------------------------------------
+
+@pytest.mark.parametrize("gemm_inputs", sorted(GEMM_INPUT_ROUNDINGS))
+def test_the_mixed_precision_reference_rounds_the_gemm_operands_only(gemm_inputs):
+    """Forward: y = r(x) r(W)^T + b; backward: dx = r(dy) r(W), dW = r(dy)^T r(x),
+    db = sum(dy) from the unrounded dy; the outputs are not rounded (as oneMKL's
+    cblas_gemm_bf16bf16f32 and cuBLAS's TF32 GEMM, unlike autocast)."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(40, 24, dtype=torch.float64)
     plain = torch.nn.Linear(40, 24, dtype=torch.float64)
     plain.load_state_dict(layer.state_dict())
-    with_bf16_gemm_inputs(torch.nn.Sequential(layer))
+    with_gemm_inputs(torch.nn.Sequential(layer), gemm_inputs)
     x = torch.randn(16, 40, dtype=torch.float64, requires_grad=True)
     dy = torch.randn(16, 24, dtype=torch.float64)
     y = layer(x)
     y.backward(dy)
-    r = round_to_bf16
+    r = GEMM_INPUT_ROUNDINGS[gemm_inputs]
     torch.testing.assert_close(y, r(x) @ r(layer.weight).T + layer.bias, rtol=0, atol=1e-12)
     torch.testing.assert_close(x.grad, r(dy) @ r(layer.weight), rtol=0, atol=1e-12)
     torch.testing.assert_close(layer.weight.grad, r(dy).T @ r(x), rtol=0, atol=1e-12)
     torch.testing.assert_close(layer.bias.grad, dy.sum(0), rtol=0, atol=1e-12)
     # It is a different function from the float one (the test above could not pass for it).
-    assert (plain(x) - y).abs().max() > 1e-4
+    assert (plain(x) - y).abs().max() > 1e-5
     # The state dict, and so the fixture and the parameter names, are unchanged.
     assert layer.state_dict().keys() == plain.state_dict().keys()
+    with pytest.raises(ValueError, match="gemm_inputs must be one of"):
+        with_gemm_inputs(torch.nn.Sequential(plain), "fp8")
 
 
-def test_the_bf16_calibration_is_looser_than_float32_and_shares_the_truth(gate_digits):
+def test_the_narrow_calibrations_are_looser_than_float32_and_share_the_truth(gate_digits):
     case = build_cases(gate_digits, 2, steps=2)[0]
     float32 = expectation(case)
     bf16 = expectation(case, "bf16", truth=float32)
-    assert bf16.truth is float32.truth
-    # bf16 operands carry 8 significant bits against float32's 24: errors ~2^16 times larger
-    # in the GEMM-fed tensors, never smaller anywhere that a GEMM feeds.
+    tf32 = expectation(case, "tf32", truth=float32)
+    assert bf16.truth is float32.truth and tf32.truth is float32.truth
+    # bf16 operands carry 8 significant bits and TF32's 11 against float32's 24: errors
+    # ~2^16 and ~2^13 times larger in the GEMM-fed tensors; bf16's the larger, though by
+    # less than 8x: TF32's truncation errs one way, so its errors add up over a sum.
     for name in ("h", "logits", "grad.enc.fc1.weight", "grad.dec.out.weight"):
-        assert bf16.reference_errors[name] > 100 * float32.reference_errors[name], name
+        assert tf32.reference_errors[name] > 100 * float32.reference_errors[name], name
+        assert bf16.reference_errors[name] > tf32.reference_errors[name], name
     with pytest.raises(ValueError, match="gemm_inputs must be one of"):
         expectation(case, "fp8", truth=float32)
 
@@ -253,3 +290,32 @@ def test_torch_autocast_fails_the_bf16_gate_on_the_extreme_logits(bf16_cases, na
         pytest.skip(backend.availability().reason)
     case, bf16, _ = bf16_cases["extreme-logits"]
     assert {"logits", "loss"} <= failed_tensors(backend, case, bf16)
+
+
+# -- cupy-tf32 on the simulated CuPy ----------------------------------------------------------
+
+def test_cupy_tf32_is_gated_by_the_tf32_calibration(monkeypatch, gate_digits):
+    """cupy-tf32's GEMMs read TF32 operands (the simulated cublasGemmEx, as cuBLAS's
+    CUBLAS_COMPUTE_32F_FAST_TF32 computes): float32's tolerances fail it (as they would fail
+    it on every GPU), the TF32 calibration's pass it, and a TF32 step with the hidden layers'
+    bias left out still fails the TF32 calibration."""
+    from gpu_verification import fake_cupy, twins
+
+    fake_cupy.install(monkeypatch)
+    assert gemm_inputs_of(create_backend("cupy-tf32")) == "tf32"
+    assert gemm_inputs_of(create_backend("cupy")) == "float32"
+    cases = build_cases(gate_digits, 4, steps=2)
+    float32 = [expectation(case) for case in cases]
+    tf32 = [expectation(case, "tf32", truth=e) for case, e in zip(cases, float32)]
+
+    def failed(expected) -> list[str]:
+        backend = create_backend("cupy-tf32")  # a fresh one: its graphs record the kernels
+        return [r.line() for case, e in zip(cases, expected) for r in check(backend, case, e)
+                if not r.passed]
+
+    assert failed(float32)
+    assert not failed(tf32)
+    bias_relu = twins.KERNELS["bias_relu"]
+    monkeypatch.setitem(twins.KERNELS, "bias_relu", lambda g, a, bias, rows, cols: bias_relu(
+        g, a, np.zeros_like(bias), rows, cols))
+    assert failed(tf32)

@@ -10,8 +10,8 @@ lands from the truth, which sets each tensor's tolerance; for the K-step case th
 several runs that add every sum in another order, ``calibrations``). The fixture
 (``vae_ref.fixture``) stores both, so a backend can be checked without PyTorch.
 
-A mixed-precision backend (bf16 GEMM inputs) is held to the same float64 truth, with the
-calibration of the reference computing as it does (``expectation(case, gemm_inputs="bf16")``:
+A mixed-precision backend (bf16 or TF32 GEMM inputs) is held to the same float64 truth, with
+the calibration of the reference computing as it does (``expectation(case, gemm_inputs)``:
 ``vae_ref.mixed_precision``), so its tolerances come from the same rule, never by hand.
 """
 
@@ -26,14 +26,15 @@ import torch
 from .config import ADAM_BETAS, ADAM_EPS, GATE_ADAM_STEPS, VAEConfig
 from .gate_tensors import adam_step_tensors, step_tensors, steps_param_name
 from .losses import loss_terms
-from .mixed_precision import with_bf16_gemm_inputs
+from .mixed_precision import GEMM_INPUT_ROUNDINGS, with_gemm_inputs
 from .model import AE, VAE, build_model
 from .params import Params, export_params, import_params
 from .summation_orders import Relabelling
 
 EXTREME_LOGIT = 100.0  # |logits| this large overflow a naive sigmoid/BCE in float32
 INTERMEDIATES = ("h", "mu", "logvar", "z", "dec_h", "logits")  # of one forward pass, in order
-GEMM_INPUTS = ("float32", "bf16")  # the precisions of GEMM operands a calibration exists for
+# The precisions of GEMM operands a calibration exists for.
+GEMM_INPUTS = ("float32", *GEMM_INPUT_ROUNDINGS)
 
 
 @dataclass(frozen=True)
@@ -208,8 +209,8 @@ def outputs(case: Case, dtype: torch.dtype, kinks: dict[str, np.ndarray] | None 
         raise ValueError(f"gemm_inputs must be one of {GEMM_INPUTS}, got {gemm_inputs!r}")
     model = build_model(case.config, dtype=dtype)
     import_params(model, case.params)
-    if gemm_inputs == "bf16":
-        with_bf16_gemm_inputs(model)
+    if gemm_inputs != "float32":
+        with_gemm_inputs(model, gemm_inputs)
     if case.steps:
         return adam_steps(model, case, kinks)
 

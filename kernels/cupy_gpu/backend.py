@@ -55,6 +55,13 @@ class CupyBackend:
         self.executor = None
         self.compile_seconds: float | None = None
 
+    @property
+    def gemm_inputs(self) -> str:
+        """MixedPrecision: cupy-tf32's GEMMs read TF32 operands (CUBLAS_COMPUTE_32F_FAST_TF32),
+        so its gate is calibrated by the reference with TF32 GEMM inputs; the others'
+        compute in float32."""
+        return "tf32" if self.tf32 else "float32"
+
     def availability(self) -> Availability:
         return self.executor_type.availability()
 

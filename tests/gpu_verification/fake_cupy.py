@@ -489,9 +489,14 @@ class CublasLibrary:
         scale = ctypes.c_float.from_address(alpha).value  # host mode: read at call time
         keep = ctypes.c_float.from_address(beta).value
         assert (scale, keep) == (1.0, 0.0), "the step's GEMMs overwrite: alpha 1, beta 0"
+        assert compute_type in (blas.CUBLAS_COMPUTE_32F, blas.CUBLAS_COMPUTE_32F_FAST_TF32)
+        # cuBLAS Library User Guide, cublasComputeType_t: CUBLAS_COMPUTE_32F_FAST_TF32 lets
+        # the Tensor Cores compute on TF32 operands (twins.tf32_operand); CUBLAS_COMPUTE_32F
+        # is float32 throughout.
+        tf32 = compute_type == blas.CUBLAS_COMPUTE_32F_FAST_TF32
         call = GemmCall(transa, transb, m, n, k, "A", lda, "B", ldb, "C", ldc)
         _run(lambda: twins.gemm(call, _array_at(A, np.float32), _array_at(B, np.float32),
-                             _array_at(C, np.float32)))
+                             _array_at(C, np.float32), tf32=tf32))
         return 0
 
 

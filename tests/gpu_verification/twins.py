@@ -171,13 +171,28 @@ def _column_major(flat: np.ndarray, rows: int, cols: int, ld: int) -> np.ndarray
         flat, shape=(rows, cols), strides=(flat.itemsize, ld * flat.itemsize))
 
 
-def gemm(call: GemmCall, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
+def tf32_operand(a: np.ndarray) -> np.ndarray:
+    """What a Tensor Core reads of a float32 GEMM operand under cuBLAS's
+    CUBLAS_COMPUTE_32F_FAST_TF32 (cuBLAS Library User Guide, cublasComputeType_t: Tensor
+    Cores with TF32 compute for float32 matrices): the sign, the exponent and the first 10
+    mantissa bits ("only the first 10 bits of the input mantissa are read": PyTorch,
+    docs/source/notes/numerical_accuracy.rst, on the same cuBLAS mode). A copy; NaNs stay
+    NaNs."""
+    kept = (a.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+    return np.where(np.isnan(a), a, kept)
+
+
+def gemm(call: GemmCall, a: np.ndarray, b: np.ndarray, c: np.ndarray,
+         tf32: bool = False) -> None:
     """The twin of cublasGemmEx: what the planned ``call`` (kernels/cupy_gpu/gemm.py) does to
     the flat buffers a, b, c (alpha 1, beta 0), column-major as cuBLAS defines it, in float32
-    with the accumulation order left to NumPy's BLAS."""
+    with the accumulation order left to NumPy's BLAS; with ``tf32`` the operands are read as
+    TF32 (``tf32_operand``; their products are exact in float32, 11 + 11 significant bits)."""
     if not c.flags.c_contiguous:
         raise GemmShapeError("the output of a GEMM twin must be a contiguous buffer")
     a, b, c = (np.ravel(x) for x in (a, b, c))  # c: a view, written through
+    if tf32:
+        a, b = tf32_operand(a), tf32_operand(b)
     op_a = (_column_major(a, call.m, call.k, call.lda) if call.transa == OP_N
             else _column_major(a, call.k, call.m, call.lda).T)
     op_b = (_column_major(b, call.k, call.n, call.ldb) if call.transb == OP_N
