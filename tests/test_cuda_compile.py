@@ -144,9 +144,26 @@ def test_adams_update_does_no_double_precision_work():
     assert double.search(bodies["adam_bias_corrections"])  # the corrections, in double
 
 
+def test_no_kernel_divides_in_64_bits():
+    """The grid-stride kernels divide each element's index by a row length: in 64 bits that is
+    a long emulation routine (PTX div/rem .s64/.u64, behind a run-time test for small
+    operands), in 32 bits a short inline sequence. The launcher keeps buffers below 2^31
+    elements so that every kernel can use 32-bit indices."""
+    from gpu_verification.nvrtc_check import compile_with_nvrtc
+
+    ptx = compile_with_nvrtc(_nvrtc_or_skip(), "compute_90").ptx
+    bodies = dict(re.findall(r"\.entry\s+(\w+)\((.*?)(?=\.entry|\Z)", ptx, re.DOTALL))
+    assert set(bodies) == set(kernel_signatures(kernel_source()))
+    wide = {name: sorted(set(re.findall(r"\b(?:div|rem)\.[su]64\b", body)))
+            for name, body in bodies.items()}
+    assert not {name: ops for name, ops in wide.items() if ops}
+    narrow = {name for name, body in bodies.items() if re.search(r"\b(?:div|rem)\.u32\b", body)}
+    assert {"gather_rows", "bias_relu", "reparameterize_kl_backward"} <= narrow
+
+
 def test_nvrtc_reports_an_error_in_the_source():
     from gpu_verification.nvrtc_check import compile_with_nvrtc
 
-    broken = kernel_source().replace("float v = a[i] + bias[i % cols];", "float v = a[i] + ;")
+    broken = kernel_source().replace("float v = a[i] + bias[i % width];", "float v = a[i] + ;")
     result = compile_with_nvrtc(_nvrtc_or_skip(), "compute_80", broken)
     assert not result.ok and "expected an expression" in result.log

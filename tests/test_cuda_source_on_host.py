@@ -200,10 +200,12 @@ def test_the_kernel_source_passes_the_gate(cuda_source):
         assert not failed
 
 
-@pytest.mark.parametrize("latent, batch", [(5, 1), (2, 37), (7, 130)])
+@pytest.mark.parametrize("latent, batch", [(5, 1), (2, 37), (7, 130), (3, 300)])
 def test_the_kernel_source_at_odd_shapes(cuda_source, mnist5k, latent, batch):
-    """Batch sizes of one row, an odd count, and more rows than one block of the per-row
-    kernel; latent sizes that are not a multiple of Philox's four outputs. Every launch is
+    """Batch sizes of one row, an odd count, more rows than one block of the per-row
+    kernel, and enough rows for the column sums to be split into row chunks (two of 150 rows
+    on the simulated 132 multiprocessors); latent sizes that are not a multiple of Philox's
+    four outputs. Every launch is
     checked against its twin and in reverse order; the graph and the plain path, given and
     drawn noise, and an epoch on the device must agree."""
     config = VAEConfig(latent_dim=latent)
@@ -249,8 +251,15 @@ BROKEN_KERNELS = {
     "a wrong index": (
         "for (int k = 0; k < ROW_GROUPS; ++k) sum += partial[k][threadIdx.x];",
         "for (int k = 1; k < ROW_GROUPS; ++k) sum += partial[k][threadIdx.x];",
-        "column_sum: out differs from the twin: .* elements beyond tolerance"),
+        "column_sum: sums differs from the twin: .* elements beyond tolerance"),
+    "a row chunk left out of the second pass": (
+        "for (int k = 1; k < chunks; ++k) total += sums[(long long)k * cols + c];",
+        "for (int k = 1; k < chunks - 1; ++k) total += sums[(long long)k * cols + c];",
+        "column_sum_chunks: out differs from the twin: .* elements beyond tolerance"),
 }
+# A batch whose column sums are split into row chunks on the simulated device (132 SMs), for
+# the mistakes only a second pass can make; the others take 16 rows.
+BROKEN_KERNEL_BATCH = {"a row chunk left out of the second pass": 256}
 
 
 @pytest.mark.parametrize("mistake", sorted(BROKEN_KERNELS))
@@ -264,5 +273,174 @@ def test_a_broken_kernel_is_caught_at_its_launch(cuda_source, monkeypatch, mnist
     config = VAEConfig(latent_dim=4)
     backend = CupyBackend(CudaExecutor, graph=False)
     backend.load(config, export_params(build_model(config)))
+    batch = BROKEN_KERNEL_BATCH.get(mistake, 16)
     with pytest.raises(AssertionError, match=message):
-        backend.train_step(mnist5k.train_x[:100], np.arange(16))
+        backend.train_step(mnist5k.train_x[:100], np.arange(batch) % 100)
+
+
+# -- the column sums alone, against their twins bit for bit --------------------------------
+# The twins of the column sums add in the kernels' order, so how the rows are split into
+# chunks and added back is checked exactly, not to a tolerance.
+
+def _column_sum_inputs(rows: int, cols: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients spanning six orders of magnitude (so that the order of the additions shows
+    in the bits) and activations, about half of them positive."""
+    rng = np.random.default_rng(seed)
+    scale = 10.0 ** rng.uniform(-3, 3, (rows, cols))
+    grad = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+    return grad, rng.standard_normal((rows, cols)).astype(np.float32)
+
+
+def _column_sum_of(run_kernel, relu: bool, grad: np.ndarray, act: np.ndarray,
+                   geometry: launch.Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """A bias gradient's column sum as a step makes it: the first pass on ``geometry``, then,
+    with more than one row chunk, the second. ``run_kernel(name, geometry, args)`` runs a
+    kernel (the source or its twin) on flat arrays. Returns (the sums, grad after)."""
+    rows, cols = grad.shape
+    chunks = geometry.grid[1]
+    grad = grad.copy().reshape(-1)
+    out = np.zeros(cols, np.float32)
+    sums = np.zeros(chunks * cols, np.float32) if chunks > 1 else out
+    if relu:
+        run_kernel("relu_backward_bias_grad", geometry,
+                   [grad, act.reshape(-1), sums, rows, cols])
+    else:
+        run_kernel("column_sum", geometry, [grad, sums, rows, cols])
+    if chunks > 1:
+        run_kernel("column_sum_chunks", launch.elementwise(cols), [sums, out, chunks, cols])
+    return out, grad.reshape(rows, cols)
+
+
+def _on_host(module: HostModule, reverse: bool = False):
+    def run(name, geometry, args):
+        addresses = [a.ctypes.data if isinstance(a, np.ndarray) else a for a in args]
+        module.launch(name, geometry.grid, geometry.block, addresses, reverse=reverse)
+    return run
+
+
+def _as_twin(name, geometry, args):
+    twins.KERNELS[name](geometry, *args)
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return a.view(np.uint32)
+
+
+def _tiles(rows: int, cols: int, chunks: int) -> launch.Geometry:
+    """The column sums' grid with any number of row chunks, not only the launcher's choice."""
+    return launch.Geometry((-(-cols // launch.COL_TILE), chunks, 1),
+                           (launch.COL_TILE, launch.ROW_GROUPS, 1))
+
+
+# (rows, cols, grid): the launcher's split of the heads' sum at batch 2048 on an H100
+# (16 chunks); uneven tiles; chunks of unequal length; an empty last chunk; one chunk.
+COLUMN_SUM_CASES = [
+    (2048, 40, launch.column_tiles(2048, 40, 132)),
+    (300, 70, _tiles(300, 70, 3)),
+    (1000, 96, _tiles(1000, 96, 7)),
+    (5, 33, _tiles(5, 33, 4)),
+    (130, 45, _tiles(130, 45, 1)),
+]
+
+
+def _column_sum_mismatches(module: HostModule) -> list[str]:
+    """Every case of COLUMN_SUM_CASES, both kernels: where the source (in either thread
+    order) and the twins differ in a single bit."""
+    found = []
+    for rows, cols, geometry in COLUMN_SUM_CASES:
+        grad, act = _column_sum_inputs(rows, cols, rows + cols)
+        for relu in (False, True):
+            where = f"{'relu_backward_bias_grad' if relu else 'column_sum'} {rows}x{cols} on {geometry}"
+            twin = _column_sum_of(_as_twin, relu, grad, act, geometry)
+            for reverse in (False, True):
+                source = _column_sum_of(_on_host(module, reverse), relu, grad, act, geometry)
+                for what, got, want in zip(("sums", "grad"), source, twin):
+                    if not np.array_equal(_bits(got), _bits(want)):
+                        order = "reverse" if reverse else "forward"
+                        found.append(f"{where}: {what} differs ({order} thread order)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def host_kernels():
+    return HostModule(kernel_source(), NVRTC_OPTIONS)
+
+
+def test_column_sums_in_row_chunks_equal_their_twins_bit_for_bit(host_kernels):
+    assert _column_sum_mismatches(host_kernels) == []
+
+
+def _single_pass_order(values: np.ndarray) -> np.ndarray:
+    """The column sums in the order of the kernel before rows were split into chunks, with
+    plain loops: thread y adds rows y, y + ROW_GROUPS, ... in turn, then the ROW_GROUPS
+    thread sums are added in order of y, each addition rounded to float32."""
+    rows, cols = values.shape
+    thread_sums = np.zeros((launch.ROW_GROUPS, cols), np.float32)
+    for y in range(launch.ROW_GROUPS):
+        for r in range(y, rows, launch.ROW_GROUPS):
+            thread_sums[y] += values[r]
+    total = np.zeros(cols, np.float32)
+    for y in range(launch.ROW_GROUPS):
+        total += thread_sums[y]
+    return total
+
+
+@pytest.mark.parametrize("rows", [1, 37, 128, 130, 1000])
+def test_one_row_chunk_is_the_single_pass_sum_bit_for_bit(host_kernels, rows):
+    """With one row chunk (every batch up to 2 x MIN_CHUNK_ROWS - 1, batch 128 among them)
+    the sums are those of the single pass, bit for bit, from the source and the twins."""
+    cols = 70
+    assert launch.column_tiles(128, 512, 132).grid[1] == 1  # the launch-bound batch size
+    geometry = _tiles(rows, cols, 1)
+    grad, act = _column_sum_inputs(rows, cols, rows)
+    masked = np.where(act > 0, grad, np.float32(0))
+    for relu, summed in ((False, grad), (True, masked)):
+        expected = _bits(_single_pass_order(summed))
+        for run in (_on_host(host_kernels), _as_twin):
+            sums, _ = _column_sum_of(run, relu, grad, act, geometry)
+            np.testing.assert_array_equal(_bits(sums), expected)
+
+
+# Summation orders changed on purpose, each of which leaves the sums within float rounding of
+# the right ones: only the bit-for-bit comparison with the twins can tell. (source: correct
+# text, its mutation), or (twin: the kernel's name, a replacement twin).
+def _twin_adding_chunks_last_to_first(g, sums, out, chunks, cols):
+    parts = sums[: chunks * cols].reshape(chunks, cols)
+    total = parts[chunks - 1].copy()
+    for k in range(chunks - 2, -1, -1):
+        total += parts[k]
+    out[:cols] = total
+
+
+REORDERED_SUMS = {
+    "the second pass adds the chunks last to first": ("source", (
+        "float total = sums[c];\n"
+        "        for (int k = 1; k < chunks; ++k) total += sums[(long long)k * cols + c];",
+        "float total = sums[(long long)(chunks - 1) * cols + c];\n"
+        "        for (int k = chunks - 2; k >= 0; --k) total += sums[(long long)k * cols + c];")),
+    "the first pass adds the thread sums last to first": ("source", (
+        "for (int k = 0; k < ROW_GROUPS; ++k) sum += partial[k][threadIdx.x];",
+        "for (int k = ROW_GROUPS - 1; k >= 0; --k) sum += partial[k][threadIdx.x];")),
+    "shorter row chunks, the last one taking the rest": ("source", (
+        "int chunk = (rows - 1) / (int)gridDim.y + 1;\n"
+        "    int first = (int)blockIdx.y * chunk;\n"
+        "    int end = rows - first < chunk ? rows : first + chunk;",
+        "int chunk = rows / (int)gridDim.y;\n"
+        "    int first = (int)blockIdx.y * chunk;\n"
+        "    int end = blockIdx.y + 1 == gridDim.y ? rows : first + chunk;")),
+    "the twin adds the chunks last to first": ("twin", (
+        "column_sum_chunks", _twin_adding_chunks_last_to_first)),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(REORDERED_SUMS))
+def test_a_column_sum_in_another_order_is_caught(host_kernels, monkeypatch, mistake):
+    side, (original, replacement) = REORDERED_SUMS[mistake]
+    if side == "source":
+        source = kernel_source()
+        assert original in source, "the kernel changed: update this test's mutation"
+        module = HostModule(source.replace(original, replacement), NVRTC_OPTIONS)
+    else:
+        monkeypatch.setitem(twins.KERNELS, original, replacement)
+        module = host_kernels
+    assert _column_sum_mismatches(module)

@@ -84,28 +84,32 @@ def test_the_signature_parser_reads_types_names_and_pointers():
         "empty_kernel": []}
 
 
-def all_programs(config: VAEConfig, batch: int):
+def all_programs(config: VAEConfig, batch: int, multiprocessors: int = 132):
     layout = make_layout(config, align=64)
+    mp = multiprocessors
     return {
         "train (noise drawn)": program.train_step_ops(config, layout, batch, generate_noise=True,
-                                                      multiprocessors=132),
+                                                      multiprocessors=mp),
         "train (noise given)": program.train_step_ops(config, layout, batch, generate_noise=False,
-                                                      multiprocessors=132),
+                                                      multiprocessors=mp),
         "forward+backward": program.forward_ops(config, layout, batch)
-        + program.backward_ops(config, layout, batch),
+        + program.backward_ops(config, layout, batch, multiprocessors=mp),
     }
 
 
 @pytest.mark.parametrize("latent", [2, 20, 50])
-def test_every_launch_passes_arguments_of_the_declared_c_types(latent):
+@pytest.mark.parametrize("batch", [48, 512])  # the column sums in one pass; in row chunks
+def test_every_launch_passes_arguments_of_the_declared_c_types(latent, batch):
     """A RawKernel passes a Python float as a C double and an int64 as 8 bytes: an argument of
     the wrong type shifts every later one. Every launch is checked against the C signature,
     pointers against the element type of the buffer they name."""
     config = VAEConfig(latent_dim=latent)
     backend = loaded(config)
-    batch = 48
     buffers = backend._buffers(batch)
     buffers["data"] = np.zeros((10, 784), np.float32)
+    # The programs below are sized for 132 multiprocessors, the backend's buffers for its 4.
+    buffers |= {name: np.zeros(shape, dtype)
+                for name, (shape, dtype) in program.workspace_shapes(config, batch, 132).items()}
     signatures = c_kernels()
     for label, ops in all_programs(config, batch).items():
         for op in program.launches(ops):
@@ -187,17 +191,94 @@ def test_adams_grid_follows_the_device_and_its_bias_corrections_one_thread():
     assert loaded(config).executor.multiprocessors == 4  # the twins' small device
 
 
-@pytest.mark.parametrize("cols", [1, 31, 32, 33, 512, 784])
-def test_column_tiles_cover_every_column(cols):
-    g = launch.column_tiles(cols)
+@pytest.mark.parametrize("cols", [1, 31, 32, 33, 40, 512, 784])
+@pytest.mark.parametrize("rows", [1, 127, 128, 300, 2048, 25_601, 65_536])
+@pytest.mark.parametrize("multiprocessors", [4, 132])
+def test_column_tiles_cover_every_column_and_row(cols, rows, multiprocessors):
+    g = launch.column_tiles(rows, cols, multiprocessors)
     assert g.grid[0] * launch.COL_TILE >= cols > (g.grid[0] - 1) * launch.COL_TILE
     assert g.block == (launch.COL_TILE, launch.ROW_GROUPS, 1)
+    chunks = g.grid[1]
+    per_chunk = launch.chunk_rows(rows, chunks)
+    assert chunks * per_chunk >= rows > (chunks - 1) * per_chunk  # every row; no empty chunk
+    if chunks > 1:  # split only where each thread of a chunk still has rows to walk
+        assert per_chunk >= launch.MIN_CHUNK_ROWS
+        assert (g.grid[0] * (chunks - 1)
+                < multiprocessors * launch.COLUMN_BLOCKS_PER_MULTIPROCESSOR)  # no spare wave
+
+
+@pytest.mark.parametrize("cols", [512, 40, 784])  # H, 2z at z = 20, the images
+def test_column_sums_at_batch_2048_split_the_rows_across_an_h100(cols):
+    """One block per 32 columns is 16 blocks for H = 512 (2 for 2z = 40) on 132 SMs: the rows
+    are split into chunks (gridDim.y) until the device has a block on every SM."""
+    g = launch.column_tiles(2048, cols, 132)
+    assert g.grid[1] > 1
+    assert g.grid[0] * g.grid[1] >= min(132, 2048 // launch.MIN_CHUNK_ROWS * g.grid[0])
+
+
+def test_column_sums_at_batch_128_stay_one_pass():
+    """The launch-bound batch size gets no second pass: one launch per column sum, as before."""
+    for cols in (512, 40, 784):
+        assert launch.column_tiles(128, cols, 132).grid[1] == 1
+    ops = all_programs(VAEConfig(latent_dim=20), 128)["train (noise drawn)"]
+    assert "column_sum_chunks" not in {op.kernel for op in program.launches(ops)}
+    assert "column_partials" not in program.workspace_shapes(VAEConfig(latent_dim=20), 128, 132)
+
+
+def test_a_split_column_sum_is_added_up_by_a_second_pass_into_its_bias_gradient():
+    config = VAEConfig(latent_dim=20)
+    batch = 2048
+    launches = program.launches(all_programs(config, batch)["train (noise drawn)"])
+    partials = program.workspace_shapes(config, batch, 132)["column_partials"][0]
+    sums = [(i, op) for i, op in enumerate(launches)
+            if op.kernel in ("column_sum", "relu_backward_bias_grad")]
+    assert [op.args[-1].value for _, op in sums] == [784, 512, 40, 512]  # cols
+    for i, first in sums:
+        second = launches[i + 1]
+        chunks, cols = first.geometry.grid[1], first.args[-1].value
+        assert chunks > 1
+        assert first.args[-3] == program.Buf("column_partials")
+        assert second.kernel == "column_sum_chunks"
+        assert second.args[0] == program.Buf("column_partials")
+        assert second.args[1].name.startswith("g:") and second.args[1].name.endswith(".bias")
+        assert (second.args[2].value, second.args[3].value) == (chunks, cols)
+        assert second.geometry.threads >= cols
+        assert partials >= (chunks * cols,)
 
 
 def test_geometry_rejects_nonsense_sizes():
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="positive integer"):
             launch.elementwise(bad)
+
+
+def test_sizes_beyond_32_bit_indices_are_refused_in_one_line_naming_them():
+    """The kernels index with 32-bit integers: a buffer of 2^31 elements or more must be
+    refused when the program is built, before any launch, naming the buffer and its sizes."""
+    launch.elementwise(2**31 - 1)
+    with pytest.raises(ValueError, match=r"^elementwise launch: 2,147,483,648 elements, more "
+                                         r"than the kernels' 32-bit indices reach"):
+        launch.elementwise(2**31)
+    config = VAEConfig(latent_dim=20)
+    layout = make_layout(config, align=64)
+    largest = (2**31 - 1) // config.input_dim  # the images are the widest buffers
+    program.train_step_ops(config, layout, largest, generate_noise=True, multiprocessors=132)
+    too_many = largest + 1
+    builders = {
+        "train": lambda: program.train_step_ops(config, layout, too_many, generate_noise=True,
+                                                multiprocessors=132),
+        "forward": lambda: program.forward_ops(config, layout, too_many),
+        "backward": lambda: program.backward_ops(config, layout, too_many, multiprocessors=4),
+        "workspaces": lambda: program.workspace_shapes(config, too_many, 132),
+    }
+    for what, build in builders.items():
+        with pytest.raises(ValueError) as refused:
+            build()
+        message = str(refused.value)
+        assert "\n" not in message, what
+        assert message.startswith(f"batch {too_many}: buffer "), (what, message)
+        assert f"{too_many} x 784 = {too_many * 784:,} elements" in message, (what, message)
+        assert "32-bit indices" in message, (what, message)
 
 
 def test_block_sizes_reach_the_compiler_as_defines():
@@ -683,5 +764,12 @@ def test_the_step_memory_is_every_device_buffer_it_holds_but_the_data(mnist5k):
     # 48 more images: at least their pixels, logits and logits' gradient (3 x 784 floats).
     assert large - small >= 48 * 3 * 784 * 4
     assert small < flat + 16 * 8 * 784 * 4 + 4096  # and no data set (300 x 784 floats)
+    # At 512 rows the heads' column sum (8 wide) is split into row chunks on the twins' four
+    # multiprocessors: its scratch buffer is held, and counted, with the other workspaces.
+    shapes = program.workspace_shapes(config, 512, backend.executor.multiprocessors)
+    assert shapes["column_partials"] == ((launch.column_chunks(512, 8, 4) * 8,), np.float32)
+    workspaces = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
+                     for shape, dtype in shapes.values())
+    assert backend.peak_memory_bytes(data, 512) == flat + workspaces
     backend.train_epoch(data, np.arange(300), 16)
     assert backend.peak_memory_bytes(data, 16) > small  # the epoch's order and losses

@@ -100,7 +100,7 @@ class CupyBackend:
         a step only looks its map up: host overhead counts at small batch sizes."""
         buffers = self._workspaces.get(batch)
         if buffers is None:
-            shapes = program.workspace_shapes(self.config, batch)
+            shapes = program.workspace_shapes(self.config, batch, self.executor.multiprocessors)
             buffers = {name: self.executor.zeros(shape, dtype)
                        for name, (shape, dtype) in shapes.items()}
             buffers |= {**self._views, **self.flat, **self._shared}
@@ -118,13 +118,14 @@ class CupyBackend:
         key = (kind, batch, generate_noise, epoch_stride)
         ops = self._programs.get(key)
         if ops is None:
-            c, lay = self.config, self.layout
+            c, lay, mp = self.config, self.layout, self.executor.multiprocessors
             ops = {"train": lambda: program.train_step_ops(
-                       c, lay, batch, generate_noise=generate_noise,
-                       multiprocessors=self.executor.multiprocessors, epoch_stride=epoch_stride),
+                       c, lay, batch, generate_noise=generate_noise, multiprocessors=mp,
+                       epoch_stride=epoch_stride),
                    "forward": lambda: program.forward_ops(c, lay, batch),
                    "forward_backward": lambda: (program.forward_ops(c, lay, batch)
-                                                + program.backward_ops(c, lay, batch)),
+                                                + program.backward_ops(c, lay, batch,
+                                                                       multiprocessors=mp)),
                    }[kind]()
             self._programs[key] = ops
         return ops

@@ -20,14 +20,21 @@ KERNEL_SOURCE = SOURCE_DIR / "vae_kernels.cu"
 ROW_THREADS = 256  # sigmoid_bce: threads per image row; a power of two (tree reduction)
 COL_TILE = 32  # column sums: columns per block, one warp wide (coalesced row reads)
 ROW_GROUPS = 32  # column sums: rows summed in parallel per column (blockDim.y)
+# Column sums: a row chunk (gridDim.y) has at least this many rows, four per thread. Below it
+# a split would cost a second launch (column_sum_chunks) to save a few rows per thread: batch
+# 128, where the step is bound by launch latency, stays one pass.
+MIN_CHUNK_ROWS = 4 * ROW_GROUPS
+# Column sums: blocks wanted per multiprocessor when the batch is split into row chunks. An SM
+# of sm_80 or sm_90 holds 2,048 threads: two blocks of COL_TILE x ROW_GROUPS.
+COLUMN_BLOCKS_PER_MULTIPROCESSOR = 2
 LOSS_THREADS = 256  # batch_loss: threads of its single block; a power of two
 ELEMENTWISE_THREADS = 256  # grid-stride kernels
 ROW_KERNEL_THREADS = 128  # one-thread-per-row kernels (reparameterize_kl)
 MAX_ELEMENTWISE_BLOCKS = 132 * 16  # enough to fill an H100 (132 SMs); loops stride beyond
-# Blocks per multiprocessor for kernels sized to the device (Adam). ptxas gives Adam 48
-# registers a thread (nvcc_check, sm_90): 5 blocks of 256 fit an SM's 64K registers, so 4 are
-# one wave with room; 1,024 threads an SM, each with four 16-byte loads in flight, should keep
-# HBM busy (an estimate: the first GPU run measures it).
+# Blocks per multiprocessor for kernels sized to the device (Adam). ptxas gives Adam 40
+# registers a thread (nvcc_check, sm_80 and sm_90): 6 blocks of 256 fit an SM's 64K registers,
+# so 4 are one wave with room; 1,024 threads an SM, each with four 16-byte loads in flight,
+# should keep HBM busy (an estimate: the first GPU run measures it).
 BLOCKS_PER_MULTIPROCESSOR = 4
 
 COMPILE_DEFINES = {
@@ -119,10 +126,28 @@ def _positive(**sizes: int) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+# The kernels index with 32-bit integers (vae_kernels.cu, GRID_STRIDE: a 64-bit division or
+# modulo per element is emulated in software on NVIDIA GPUs, a 32-bit one is a short inline
+# sequence), so no buffer they index may hold 2^31 elements or more.
+MAX_ELEMENTS = 2**31 - 1
+
+
+def check_32bit_indices(name: str, shape: tuple[int, ...]) -> None:
+    """Refuses a buffer ``name`` of ``shape`` too large for the kernels' 32-bit indices."""
+    count = 1
+    for size in shape:
+        count *= int(size)
+    if count > MAX_ELEMENTS:
+        dims = " x ".join(str(int(size)) for size in shape) + " = " if len(shape) > 1 else ""
+        raise ValueError(f"{name}: {dims}{count:,} elements, more than the kernels' 32-bit "
+                         f"indices reach (2^31 - 1 = {MAX_ELEMENTS:,})")
+
+
 def elementwise(n: int) -> Geometry:
     """Grid-stride kernels over ``n`` elements: one thread per element up to a cap of blocks
-    (beyond it each thread loops), never an empty grid."""
+    (beyond it each thread loops), never an empty grid. ``n`` below 2^31: 32-bit indices."""
     _positive(n=n)
+    check_32bit_indices("elementwise launch", (n,))
     blocks = min(-(-n // ELEMENTWISE_THREADS), MAX_ELEMENTWISE_BLOCKS)
     return Geometry((blocks, 1, 1), (ELEMENTWISE_THREADS, 1, 1))
 
@@ -156,10 +181,34 @@ def one_block_per_row(rows: int) -> Geometry:
     return Geometry((rows, 1, 1), (ROW_THREADS, 1, 1))
 
 
-def column_tiles(cols: int) -> Geometry:
-    """Column sums: one block per COL_TILE columns, (COL_TILE, ROW_GROUPS) threads each."""
-    _positive(cols=cols)
-    return Geometry((-(-cols // COL_TILE), 1, 1), (COL_TILE, ROW_GROUPS, 1))
+def column_chunks(rows: int, cols: int, multiprocessors: int) -> int:
+    """How many row chunks a column sum over (rows, cols) is split into: enough for
+    COLUMN_BLOCKS_PER_MULTIPROCESSOR blocks on each multiprocessor, no chunk shorter than
+    MIN_CHUNK_ROWS, at least one, none empty. One block per COL_TILE columns alone is 16
+    blocks for a 512-wide layer (2 for 2z = 40): at batch 2048 each thread would walk 64 rows
+    while most of the device idles."""
+    _positive(rows=rows, cols=cols, multiprocessors=multiprocessors)
+    tiles = -(-cols // COL_TILE)
+    wanted = -(-multiprocessors * COLUMN_BLOCKS_PER_MULTIPROCESSOR // tiles)
+    chunks = max(1, min(wanted, rows // MIN_CHUNK_ROWS))
+    # As many chunks as chunks of that length take: ceil(rows / chunks) rows each could
+    # leave the last chunk empty (25,601 rows in 200 chunks of 129), never with this count.
+    return -(-rows // chunk_rows(rows, chunks))
+
+
+def chunk_rows(rows: int, chunks: int) -> int:
+    """Rows in each row chunk of a column sum (the last may have fewer, or none), as the
+    kernel computes it from gridDim.y."""
+    _positive(rows=rows, chunks=chunks)
+    return -(-rows // chunks)
+
+
+def column_tiles(rows: int, cols: int, multiprocessors: int) -> Geometry:
+    """Column sums: grid (column tiles, row chunks), one block per COL_TILE columns of one
+    chunk of rows (``column_chunks``), (COL_TILE, ROW_GROUPS) threads each. With more than
+    one chunk, each block writes its chunk's sums and ``column_sum_chunks`` adds them."""
+    chunks = column_chunks(rows, cols, multiprocessors)
+    return Geometry((-(-cols // COL_TILE), chunks, 1), (COL_TILE, ROW_GROUPS, 1))
 
 
 def single_block() -> Geometry:

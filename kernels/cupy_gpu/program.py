@@ -9,7 +9,8 @@ dimensions, every grid — is tested on a machine without a GPU. Nothing here im
 Buffer names: workspace arrays by their role (``h``, ``heads``, ...); ``p:<tensor>`` and
 ``g:<tensor>`` are views of one parameter / gradient tensor inside the flat buffers
 (``p:heads.weight`` is the packed (2Z, H) mu + logvar weight); ``step`` is the device-side step
-counter (uint32), ``loss`` the batch's (reconstruction, KL, loss) in float64.
+counter (uint32), ``loss`` the batch's (reconstruction, KL, loss) in float64,
+``column_partials`` the column sums' per-chunk sums where a batch is split into row chunks.
 """
 
 from __future__ import annotations
@@ -130,11 +131,12 @@ def parameter_buffers(layout: Layout, params, grads) -> dict:
     return views
 
 
-def workspace_shapes(config: VAEConfig, batch: int) -> dict[str, tuple[tuple[int, ...], type]]:
-    """Per-batch-size scratch buffers: name -> (shape, dtype)."""
+def _activation_shapes(config: VAEConfig, batch: int) -> dict[str, tuple[tuple[int, ...], type]]:
+    """The step's per-batch-size buffers but the column sums' scratch: name -> (shape, dtype).
+    Each is checked against the kernels' 32-bit indices."""
     d, h, z, b = config.input_dim, config.hidden_dim, config.latent_dim, batch
     f = np.float32
-    return {
+    shapes = {
         "indices": ((b,), np.int64), "xb": ((b, d), f), "h": ((b, h), f),
         "heads": ((b, 2 * z), f), "eps": ((b, z), f), "std": ((b, z), f), "z": ((b, z), f),
         "dech": ((b, h), f), "logits": ((b, d), f), "dlogits": ((b, d), f),
@@ -142,11 +144,41 @@ def workspace_shapes(config: VAEConfig, batch: int) -> dict[str, tuple[tuple[int
         "dh": ((b, h), f), "bce": ((b,), f), "kl": ((b,), f), "loss": ((3,), np.float64),
         "adam_corrections": ((2,), f),  # this step's -lr / (1 - beta1^t), sqrt(1 - beta2^t)
     }
+    for name, (shape, _) in shapes.items():
+        launch.check_32bit_indices(f"batch {b}: buffer {name}", shape)
+    return shapes
+
+
+def bias_sum_widths(config: VAEConfig) -> tuple[int, ...]:
+    """The widths of the column sums ``backward_ops`` launches (the bias gradients): the
+    output layer's, the hidden layers', the packed heads'."""
+    return config.input_dim, config.hidden_dim, 2 * config.latent_dim
+
+
+def column_partials_size(config: VAEConfig, batch: int, multiprocessors: int) -> int:
+    """Floats of the scratch buffer the column sums split into row chunks write their
+    per-chunk sums to (one sum at a time: each is added up before the next starts), or 0
+    where no column sum of this batch size is split."""
+    return max((chunks * cols for cols in bias_sum_widths(config)
+                if (chunks := launch.column_chunks(batch, cols, multiprocessors)) > 1),
+               default=0)
+
+
+def workspace_shapes(config: VAEConfig, batch: int,
+                     multiprocessors: int) -> dict[str, tuple[tuple[int, ...], type]]:
+    """Per-batch-size scratch buffers: name -> (shape, dtype). ``multiprocessors`` (the
+    device's) decides how the column sums split the batch, and so their scratch buffer."""
+    shapes = _activation_shapes(config, batch)
+    partials = column_partials_size(config, batch, multiprocessors)
+    if partials:
+        launch.check_32bit_indices(f"batch {batch}: buffer column_partials", (partials,))
+        shapes["column_partials"] = ((partials,), np.float32)
+    return shapes
 
 
 def buffer_shapes(config: VAEConfig, layout: Layout, batch: int) -> dict[str, tuple[int, ...]]:
-    """Shapes of every buffer a program of this batch size may name."""
-    shapes = {name: shape for name, (shape, _) in workspace_shapes(config, batch).items()}
+    """Shapes of the buffers a GEMM of a program of this batch size may name."""
+    shapes = {name: shape for name, (shape, _) in _activation_shapes(config, batch).items()}
     for name, (_, shape) in tensor_views(layout).items():
         shapes[f"p:{name}"] = shape
         shapes[f"g:{name}"] = shape
@@ -167,6 +199,24 @@ class _Builder:
 
     def launch(self, kernel: str, geometry: launch.Geometry, *args: Arg) -> None:
         self.ops.append(Launch(kernel, geometry, tuple(args)))
+
+    def column_sum(self, kernel: str, inputs: tuple[Arg, ...], out: str, cols: int,
+                   multiprocessors: int) -> None:
+        """``kernel`` (column_sum, relu_backward_bias_grad) summing the batch's rows into
+        ``out``: in one pass, or, split into row chunks, into ``column_partials`` and then
+        added in chunk order by column_sum_chunks."""
+        b = self.batch
+        geometry = launch.column_tiles(b, cols, multiprocessors)
+        chunks = geometry.grid[1]
+        if chunks == 1:
+            self.launch(kernel, geometry, *inputs, Buf(out), i32(b), i32(cols))
+            return
+        if chunks * cols > column_partials_size(self.config, b, multiprocessors):
+            raise AssertionError(f"a column sum of {chunks} x {cols} partial sums: "
+                                 f"column_partials_size sizes no scratch buffer for it")
+        self.launch(kernel, geometry, *inputs, Buf("column_partials"), i32(b), i32(cols))
+        self.launch("column_sum_chunks", launch.elementwise(cols), Buf("column_partials"),
+                    Buf(out), i32(chunks), i32(cols))
 
 
 def forward_ops(config: VAEConfig, layout: Layout, batch: int, *,
@@ -194,27 +244,28 @@ def forward_ops(config: VAEConfig, layout: Layout, batch: int, *,
     return q.ops
 
 
-def backward_ops(config: VAEConfig, layout: Layout, batch: int) -> list[Op]:
+def backward_ops(config: VAEConfig, layout: Layout, batch: int, *,
+                 multiprocessors: int) -> list[Op]:
     """Every parameter gradient of the batch-mean loss into the flat gradient buffer, after
-    ``forward_ops`` (it reads the forward's intermediates and ``dlogits``)."""
+    ``forward_ops`` (it reads the forward's intermediates and ``dlogits``). The bias
+    gradients' column sums split the batch into row chunks to fill the device
+    (``multiprocessors``, the device's: launch.column_chunks)."""
     q = _Builder(config, layout, batch)
     b, d, h, z = batch, config.input_dim, config.hidden_dim, config.latent_dim
+    mp = multiprocessors
     q.gemm("g:dec.out.weight", "dlogits", "dech", trans_a=True)
-    q.launch("column_sum", launch.column_tiles(d), Buf("dlogits"), Buf("g:dec.out.bias"), i32(b),
-             i32(d))
+    q.column_sum("column_sum", (Buf("dlogits"),), "g:dec.out.bias", d, mp)
     q.gemm("d_dech", "dlogits", "p:dec.out.weight")
-    q.launch("relu_backward_bias_grad", launch.column_tiles(h), Buf("d_dech"), Buf("dech"),
-             Buf("g:dec.fc1.bias"), i32(b), i32(h))
+    q.column_sum("relu_backward_bias_grad", (Buf("d_dech"), Buf("dech")), "g:dec.fc1.bias", h,
+                 mp)
     q.gemm("g:dec.fc1.weight", "d_dech", "z", trans_a=True)
     q.gemm("dz", "d_dech", "p:dec.fc1.weight")
     q.launch("reparameterize_kl_backward", launch.elementwise(b * z), Buf("heads"), Buf("eps"),
              Buf("std"), Buf("dz"), f32(config.beta / b), Buf("dheads"), i32(b), i32(z))
     q.gemm("g:heads.weight", "dheads", "h", trans_a=True)
-    q.launch("column_sum", launch.column_tiles(2 * z), Buf("dheads"), Buf("g:heads.bias"),
-             i32(b), i32(2 * z))
+    q.column_sum("column_sum", (Buf("dheads"),), "g:heads.bias", 2 * z, mp)
     q.gemm("dh", "dheads", "p:heads.weight")
-    q.launch("relu_backward_bias_grad", launch.column_tiles(h), Buf("dh"), Buf("h"),
-             Buf("g:enc.fc1.bias"), i32(b), i32(h))
+    q.column_sum("relu_backward_bias_grad", (Buf("dh"), Buf("h")), "g:enc.fc1.bias", h, mp)
     q.gemm("g:enc.fc1.weight", "dh", "xb", trans_a=True)
     return q.ops
 
@@ -223,6 +274,7 @@ def adam_ops(config: VAEConfig, layout: Layout, multiprocessors: int) -> list[La
     """Adam over the whole flat buffer (padding included: its gradient is always zero): the
     step's bias corrections by one thread, then the update on a grid sized to the device
     (``multiprocessors``), four parameters per iteration."""
+    launch.check_32bit_indices("the flat parameter buffer", (layout.size,))
     beta1, beta2 = ADAM_BETAS
     return [
         Launch("adam_bias_corrections", launch.single_thread(),
@@ -245,8 +297,9 @@ def train_step_ops(config: VAEConfig, layout: Layout, batch: int, *,
     ``epoch_stride`` (the epoch's full batch size) the step takes batch ``*cursor`` of the
     device-side permutation ``order`` and writes its losses to row ``*cursor`` of ``history``,
     then advances ``cursor``: a whole epoch is the same graph replayed, with no copy between
-    steps. ``multiprocessors`` (the device's) sizes Adam's grid."""
+    steps. ``multiprocessors`` (the device's) sizes Adam's grid and the column sums' split."""
     d = config.input_dim
+    _activation_shapes(config, batch)  # refuses a batch beyond 32-bit indices, naming a buffer
     if epoch_stride is None:
         indices, cursor, stride, losses = Buf("indices"), Null(), 0, Buf("loss")
     else:
@@ -259,7 +312,7 @@ def train_step_ops(config: VAEConfig, layout: Layout, batch: int, *,
                          Buf("cursor") if epoch_stride is not None else Null()))
     return [gather,
             *forward_ops(config, layout, batch, generate_noise=generate_noise),
-            *backward_ops(config, layout, batch),
+            *backward_ops(config, layout, batch, multiprocessors=multiprocessors),
             *adam_ops(config, layout, multiprocessors),
             batch_loss]
 

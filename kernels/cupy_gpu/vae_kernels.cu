@@ -24,9 +24,16 @@
 #error "compile with the launcher's -D options (kernels/cupy_gpu/launch.py: COMPILE_DEFINES)"
 #endif
 
+// A grid-stride loop over n elements with a 32-bit unsigned index. The elementwise kernels
+// divide each index by a row length (i / cols, i % cols), and NVIDIA GPUs have no integer
+// divider: a 64-bit division or modulo is emulated by a long software routine (the compiler
+// puts a run-time test for operands that fit in 32 bits in front of each), a 32-bit one is a
+// short inline sequence. The launcher refuses a buffer of 2^31 elements or more
+// (launch.check_32bit_indices), so n < 2^31 and, with fewer than 2^31 threads in the grid,
+// i + stride < 2^32: the index never wraps.
 #define GRID_STRIDE(i, n)                                                                  \
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);          \
-         i += (long long)gridDim.x * blockDim.x)
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned int)(n);    \
+         i += gridDim.x * blockDim.x)
 
 // The step's first kernel: copies the batch's images out of the device-resident data set and
 // advances the device-side step counter that Adam's bias correction and the noise generator
@@ -41,8 +48,9 @@ extern "C" __global__ void gather_rows(const float* __restrict__ data,
                                        unsigned int* __restrict__ step) {
     if (step != 0 && blockIdx.x == 0 && threadIdx.x == 0) *step += 1u;
     const long long* batch = indices + (cursor != 0 ? (long long)*cursor * stride : 0);
-    GRID_STRIDE(i, (long long)rows * cols) {
-        long long r = i / cols, c = i - r * cols;
+    const unsigned int width = cols;
+    GRID_STRIDE(i, (unsigned int)rows * width) {
+        unsigned int r = i / width, c = i - r * width;
         out[i] = data[batch[r] * cols + c];
     }
 }
@@ -51,8 +59,9 @@ extern "C" __global__ void gather_rows(const float* __restrict__ data,
 // comparison, not fmaxf, which would turn it into 0 and hide it from the NaN check).
 extern "C" __global__ void bias_relu(float* __restrict__ a, const float* __restrict__ bias,
                                      int rows, int cols) {
-    GRID_STRIDE(i, (long long)rows * cols) {
-        float v = a[i] + bias[i % cols];
+    const unsigned int width = cols;
+    GRID_STRIDE(i, (unsigned int)rows * width) {
+        float v = a[i] + bias[i % width];
         a[i] = v < 0.0f ? 0.0f : v;
     }
 }
@@ -130,18 +139,32 @@ extern "C" __global__ void sigmoid_bce(float* __restrict__ logits,
 }
 
 // Column sums over the batch (a bias gradient), optionally fused with ReLU's backward:
-// grad *= (act > 0) in place, from the layer's output. Block (COL_TILE, ROW_GROUPS): thread
-// (x, y) sums rows y, y + ROW_GROUPS, ... of column x in order, then row y = 0 adds the
-// ROW_GROUPS partial sums in order: a fixed summation order for any launch.
+// grad *= (act > 0) in place, from the layer's output. Grid (column tiles, row chunks), block
+// (COL_TILE, ROW_GROUPS): block (bx, by) takes COL_TILE columns of row chunk by, the chunks
+// ceil(rows / gridDim.y) rows each (the last fewer, or none). Thread (x, y) sums rows y,
+// y + ROW_GROUPS, ... of the chunk in order, then row y = 0 adds the ROW_GROUPS partial sums
+// in order and writes the chunk's sum of column c to sums[by * cols + c]. With one chunk that
+// is the column sum; with more, column_sum_chunks adds the chunks' sums in chunk order. A
+// fixed summation order for a given grid, no atomics: the same bits run to run.
+//
+// Why chunks: one block per COL_TILE columns is 16 blocks for a 512-wide layer (2 for
+// 2z = 40), so at batch 2048 each thread would walk 64 rows while most of the GPU idles; the
+// launcher picks the chunks from the batch and the multiprocessor count (launch.column_tiles).
+// Why not a cuBLAS GEMV against a vector of ones: its summation order is cuBLAS's, unknown
+// to the host build and the twins that check these kernels bit for bit; it could not fuse the
+// ReLU-backward mask, which would cost another pass over grad; and it needs a ones vector.
 template <bool RELU>
 __device__ __forceinline__ void column_sum_rows(float* __restrict__ grad,
                                                 const float* __restrict__ act,
-                                                float* __restrict__ out, int rows, int cols) {
+                                                float* __restrict__ sums, int rows, int cols) {
     __shared__ float partial[ROW_GROUPS][COL_TILE + 1];  // +1: no shared-memory bank conflicts
     int c = blockIdx.x * COL_TILE + threadIdx.x;
+    int chunk = (rows - 1) / (int)gridDim.y + 1;
+    int first = (int)blockIdx.y * chunk;
+    int end = rows - first < chunk ? rows : first + chunk;
     float total = 0.0f;
     if (c < cols) {
-        for (int r = threadIdx.y; r < rows; r += ROW_GROUPS) {
+        for (int r = first + threadIdx.y; r < end; r += ROW_GROUPS) {
             long long i = (long long)r * cols + c;
             float g = grad[i];
             if (RELU) {
@@ -156,21 +179,32 @@ __device__ __forceinline__ void column_sum_rows(float* __restrict__ grad,
     if (threadIdx.y == 0 && c < cols) {
         float sum = 0.0f;
         for (int k = 0; k < ROW_GROUPS; ++k) sum += partial[k][threadIdx.x];
-        out[c] = sum;
+        sums[(long long)blockIdx.y * cols + c] = sum;
     }
 }
 
 extern "C" __global__ void relu_backward_bias_grad(float* __restrict__ grad,
                                                    const float* __restrict__ act,
-                                                   float* __restrict__ bias_grad, int rows,
+                                                   float* __restrict__ sums, int rows,
                                                    int cols) {
-    column_sum_rows<true>(grad, act, bias_grad, rows, cols);
+    column_sum_rows<true>(grad, act, sums, rows, cols);
 }
 
-extern "C" __global__ void column_sum(const float* __restrict__ a, float* __restrict__ out,
+extern "C" __global__ void column_sum(const float* __restrict__ a, float* __restrict__ sums,
                                       int rows, int cols) {
     // RELU=false never writes through the pointer: the cast only shares the template.
-    column_sum_rows<false>(const_cast<float*>(a), 0, out, rows, cols);
+    column_sum_rows<false>(const_cast<float*>(a), 0, sums, rows, cols);
+}
+
+// The second pass of a column sum split into row chunks: out[c] = the chunks' sums of column
+// c (chunks rows of cols, column_sum_rows' output) added in chunk order, first to last.
+extern "C" __global__ void column_sum_chunks(const float* __restrict__ sums,
+                                             float* __restrict__ out, int chunks, int cols) {
+    GRID_STRIDE(c, cols) {
+        float total = sums[c];
+        for (int k = 1; k < chunks; ++k) total += sums[(long long)k * cols + c];
+        out[c] = total;
+    }
 }
 
 // d loss / d [mu | logvar] from the decoder's dz and the KL term, one pass over (rows, latent):
@@ -182,9 +216,10 @@ extern "C" __global__ void reparameterize_kl_backward(const float* __restrict__ 
                                                       float beta_over_batch,
                                                       float* __restrict__ dheads, int rows,
                                                       int latent) {
-    GRID_STRIDE(i, (long long)rows * latent) {
-        long long r = i / latent, j = i - r * latent;
-        long long head = r * 2 * latent + j;
+    const unsigned int width = latent;
+    GRID_STRIDE(i, (unsigned int)rows * width) {
+        unsigned int r = i / width, j = i - r * width;
+        unsigned int head = r * 2 * width + j;
         float s = stdev[i];
         dheads[head] = dz[i] + beta_over_batch * heads[head];
         dheads[head + latent] = 0.5f * (dz[i] * eps[i] * s + beta_over_batch * (s * s - 1.0f));
@@ -241,7 +276,7 @@ extern "C" __global__ void adam(float* __restrict__ params, const float* __restr
     const float4* g4 = reinterpret_cast<const float4*>(grads);
     float4* m4 = reinterpret_cast<float4*>(m);
     float4* v4 = reinterpret_cast<float4*>(v);
-    const long long quads = n / 4;
+    const unsigned int quads = n / 4;
     GRID_STRIDE(i, quads) {
         float4 p = p4[i], g = g4[i], mi = m4[i], vi = v4[i];
         adam_update(g.x, p.x, mi.x, vi.x, s);
@@ -252,8 +287,8 @@ extern "C" __global__ void adam(float* __restrict__ params, const float* __restr
         m4[i] = mi;
         v4[i] = vi;
     }
-    long long tail = 4 * quads + (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (tail < n) adam_update(grads[tail], params[tail], m[tail], v[tail], s);
+    unsigned int tail = 4 * quads + blockIdx.x * blockDim.x + threadIdx.x;
+    if (tail < (unsigned int)n) adam_update(grads[tail], params[tail], m[tail], v[tail], s);
 }
 
 // The batch's mean reconstruction, KL and loss (reconstruction + beta KL), summed in double

@@ -7,7 +7,10 @@ out of bounds silently), that the launch geometry covers the problem the kernel 
 for, and that the buffer has the element type the kernel's C signature expects.
 
 Reductions here run in NumPy's order, not the kernels' fixed tree order: the twins define what
-is computed, the float32 tolerances of the agreement gate absorb how it is summed.
+is computed, the float32 tolerances of the agreement gate absorb how it is summed. The column
+sums are the exception: their twins add in the kernels' order exactly (``_chunk_sums``), so
+that how a batch is split into row chunks, and added back in chunk order, is checked bit for
+bit against the kernel source.
 """
 
 from __future__ import annotations
@@ -93,20 +96,54 @@ def sigmoid_bce(g: Geometry, logits, out_bias, x, inv_batch, dlogits, bce, cols)
 def _column_geometry(g: Geometry, cols: int) -> None:
     if g.block != (launch.COL_TILE, launch.ROW_GROUPS, 1):
         raise LaunchError(f"column sums need blocks of ({launch.COL_TILE}, {launch.ROW_GROUPS})")
-    _covers(Geometry(g.grid, (launch.COL_TILE, 1, 1)), cols, "columns")
+    if g.grid[0] * launch.COL_TILE < cols:
+        raise LaunchError(f"{g} covers {g.grid[0] * launch.COL_TILE} of {cols} columns")
 
 
-def relu_backward_bias_grad(g: Geometry, grad, act, bias_grad, rows, cols):
+def _chunk_sums(g: Geometry, values: np.ndarray) -> np.ndarray:
+    """The column sums of each row chunk of ``values`` (rows, cols), (chunks, cols), added in
+    the kernel's order: chunk k is rows [k P, (k + 1) P) with P = ceil(rows / chunks)
+    (launch.chunk_rows); thread y sums the chunk's rows y, y + ROW_GROUPS, ... in turn, then
+    the ROW_GROUPS thread sums are added in order of y. Rows past a chunk's end count as +0.0,
+    which leaves a float32 sum that started at +0.0 bit for bit unchanged."""
+    rows, cols = values.shape
+    chunks, groups = g.grid[1], launch.ROW_GROUPS
+    per_chunk = launch.chunk_rows(rows, chunks)
+    steps = -(-per_chunk // groups)
+    padded = np.zeros((chunks * per_chunk, cols), np.float32)
+    padded[:rows] = values
+    by_chunk = np.zeros((chunks, steps * groups, cols), np.float32)
+    by_chunk[:, :per_chunk] = padded.reshape(chunks, per_chunk, cols)
+    lanes = by_chunk.reshape(chunks, steps, groups, cols)
+    thread_sums = np.zeros((chunks, groups, cols), np.float32)
+    for step in range(steps):  # each thread's running sum, one row at a time
+        thread_sums += lanes[:, step]
+    sums = np.zeros((chunks, cols), np.float32)
+    for y in range(groups):  # row y = 0 adds the threads' sums in order
+        sums += thread_sums[:, y]
+    return sums
+
+
+def relu_backward_bias_grad(g: Geometry, grad, act, sums, rows, cols):
     _column_geometry(g, cols)
     gv = _need("grad", grad, rows * cols).reshape(rows, cols)
-    gv *= _need("act", act, rows * cols).reshape(rows, cols) > 0
-    _need("bias_grad", bias_grad, cols)[...] = gv.sum(axis=0, dtype=np.float32)
+    gv[...] = np.where(_need("act", act, rows * cols).reshape(rows, cols) > 0, gv, 0)
+    _need("sums", sums, g.grid[1] * cols)[...] = _chunk_sums(g, gv).reshape(-1)
 
 
-def column_sum(g: Geometry, a, out, rows, cols):
+def column_sum(g: Geometry, a, sums, rows, cols):
     _column_geometry(g, cols)
-    _need("out", out, cols)[...] = _need("a", a, rows * cols).reshape(rows, cols).sum(
-        axis=0, dtype=np.float32)
+    _need("sums", sums, g.grid[1] * cols)[...] = _chunk_sums(
+        g, _need("a", a, rows * cols).reshape(rows, cols)).reshape(-1)
+
+
+def column_sum_chunks(g: Geometry, sums, out, chunks, cols):
+    _covers(g, cols, "columns")
+    parts = _need("sums", sums, chunks * cols).reshape(chunks, cols)
+    total = parts[0].copy()
+    for k in range(1, chunks):  # in chunk order, first to last
+        total += parts[k]
+    _need("out", out, cols)[...] = total
 
 
 def reparameterize_kl_backward(g: Geometry, heads, eps, stdev, dz, beta_over_batch, dheads,
@@ -208,5 +245,5 @@ def empty_kernel(g: Geometry):
 
 KERNELS = {f.__name__: f for f in (
     gather_rows, bias_relu, reparameterize_kl, sigmoid_bce, relu_backward_bias_grad,
-    column_sum, reparameterize_kl_backward, adam_bias_corrections, adam, batch_loss,
+    column_sum, column_sum_chunks, reparameterize_kl_backward, adam_bias_corrections, adam, batch_loss,
     empty_kernel)}
