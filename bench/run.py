@@ -56,10 +56,17 @@ class RunSpec:
     gate_only_latents: tuple[int, ...] = ()
     gate_only_backends: tuple[str, ...] = ()
     hidden_dim: int = 512  # width of the hidden layers (the report's 512)
+    # The pipeline's stages run at each latent size (gate-only latent sizes: the gate): all,
+    # or fewer where a caller wants them apart (gpu-check times before it trains).
+    stages: tuple[str, ...] = pipeline.STAGES
 
     def __post_init__(self) -> None:
         if not self.backends or not self.latents or not self.batch_sizes:
             raise RunError("nothing to run: give at least one backend, latent size and batch size")
+        try:
+            pipeline.Selection(self.stages)
+        except ValueError as error:
+            raise RunError(f"stages {self.stages}: {error}") from None
         for name, values in (("backends", self.backends), ("latents", self.latents),
                              ("batch sizes", self.batch_sizes)):
             if len(set(values)) != len(values):
@@ -155,7 +162,7 @@ def selection(spec: RunSpec, latent: int) -> pipeline.Selection:
     batch size) at ``spec.gate_only_latents``."""
     gate_only = latent in spec.gate_only_latents
     return pipeline.Selection(
-        stages=("gate",) if gate_only else pipeline.STAGES,
+        stages=("gate",) if gate_only else spec.stages,
         batch_sizes=spec.batch_sizes[:1] if gate_only else spec.batch_sizes,
         repeats=spec.repeats, window_steps=spec.steps, backend_noise=spec.backend_noise,
         force=spec.force, iwae_k=spec.iwae_k, seed=spec.seed)

@@ -237,3 +237,14 @@ def test_a_batch_size_sweep_draws_the_scaling_figure_with_its_gemm_ceiling(tmp_p
     assert (table.gemm_only_ms > 0).all() and sorted(table.batch_size) == [16, 32, 64]
     assert (tmp_path / "sweep" / "scaling_z2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "its 11 GEMMs alone" in (tmp_path / "sweep" / "summary.md").read_text()
+
+
+def test_a_run_of_some_stages_refuses_a_selection_the_pipeline_cannot_run():
+    """RunSpec.stages (gpu-check times in one stage and trains in another) is checked as the
+    pipeline checks a selection: by name, and evaluate only after train."""
+    assert RunSpec(dataset="d", backends=("torch",), stages=("gate", "time")).stages == (
+        "gate", "time")
+    with pytest.raises(RunError, match="evaluate needs train"):
+        RunSpec(dataset="d", backends=("torch",), stages=("gate", "evaluate"))
+    with pytest.raises(RunError, match="unknown stages"):
+        RunSpec(dataset="d", backends=("torch",), stages=("gate", "timing"))
