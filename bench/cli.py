@@ -414,6 +414,25 @@ def _split_commas(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                          "torch numba (or torch,numba)")
 
 
+def _unwritable_path(args: argparse.Namespace) -> str | None:
+    """A path argument whose name is not UTF-8 (a byte a shell or a copied path can carry,
+    which Python keeps as a lone surrogate): every file that records the path (summary.md,
+    provenance, the report) would fail to be written, after the work. Said before it."""
+    for name, value in vars(args).items():
+        for path in value if isinstance(value, list) else [value]:
+            if not isinstance(path, Path):
+                continue
+            try:
+                str(path).encode("utf-8")
+            except UnicodeEncodeError as error:
+                byte = str(path)[error.start].encode("utf-8", "surrogateescape")
+                positional = name in ("parts", "old", "new", "results", "runs")
+                flag = name.upper() if positional else "--" + name.replace("_", "-")
+                return (f"{flag} {ascii(str(path))}: its name holds the byte {byte!r}, not "
+                        "UTF-8; choose a name of UTF-8 characters")
+    return None
+
+
 def _without_repeats(args: argparse.Namespace) -> None:
     """A value given twice to a list flag is run once (and the user told)."""
     for name in ("latents", "ae_latents", "backends", "batch_sizes"):
@@ -513,7 +532,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     for name in spec.backends:
         create_backend(name)  # an unknown name fails here, before any work
-    shard = parse_shard(args.shard) if args.shard else None
+    shard = parse_shard(args.shard) if args.shard is not None else None
     data = load_dataset(spec.dataset, data_dir=args.data_dir)
     out = args.out = args.out or default_out_dir()
     run(spec, data, out, shard=shard, resume=args.resume, progress=not args.quiet, log=log)
@@ -585,9 +604,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .report import ReportError, write_report
+    from .results_dir import claim
 
-    print(f"wrote {write_report(args.results, args.out)}")
+    for path in args.results:
+        if args.out.resolve() == path.resolve():
+            raise ReportError(f"--out {args.out} is the results directory {path}; a report "
+                              "goes into a directory of its own (run writes its own page)")
+    # Only into a directory of reports, one writer at a time: never over another run's page.
+    with claim(args.out, "report"):
+        print(f"wrote {write_report(args.results, args.out)}")
     return 0
 
 
@@ -662,6 +688,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _split_commas(parser, args)
     _without_repeats(args)
+    unwritable = _unwritable_path(args)
+    if unwritable:
+        _say("error", unwritable)
+        return EXIT_USAGE
     try:
         return args.handler(args)
     except (DatasetError, IDXFormatError, ExperimentError, FixtureError, UnknownBackendError,

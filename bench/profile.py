@@ -81,6 +81,12 @@ def profile(spec: ProfileSpec, out: Path | None, refuse: Callable[[str], None]) 
         # to the fixture's copy would only load the same digits twice).
         data = load_dataset("mnist-5k")
         images = data.train_x[:GATE_IMAGES]
+        if spec.batch_size > len(data.train_x):
+            # Timed batches are drawn with replacement: it runs, but it is not an epoch's
+            # batch (run refuses it for the batch that trains).
+            print(f"note: batch size {spec.batch_size} exceeds the {len(data.train_x)} "
+                  f"training images of {data.name}: each timed batch repeats images",
+                  flush=True)
         steps = f" and {spec.adam_steps} Adam steps" if spec.adam_steps else " only"
         print(f"agreement gate at z {spec.latent}, single-step cases{steps} (mnist-5k "
               f"images): {', '.join(spec.backends)} ...", flush=True)

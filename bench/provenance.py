@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import math
 import os
 import platform
 import socket
@@ -178,3 +179,52 @@ def as_markdown(record: dict) -> str:
         else:
             lines.append(f"- **{key}**: {value}")
     return "\n".join(lines)
+
+
+# What env.json must hold, by the type of each value: what the summary, the peaks and resume
+# read. A GPU's fields come together; the bf16 and TF32 peaks where such a backend ran.
+ENV_FIELDS = {"dataset": str, "cpu": str, "logical_cpus": int, "gemm_peak_gflops": float,
+              "gemm_peak_source": str, "spec": dict}
+GPU_ENV_FIELDS = {"gpu": str, "gpu_gemm_peak_gflops": float, "gpu_gemm_peak_source": str}
+OPTIONAL_ENV_FIELDS = {"bf16_gemm_peak_gflops": float, "bf16_gemm_peak_source": str,
+                       "gpu_tf32_gemm_peak_gflops": float, "gpu_tf32_gemm_peak_source": str}
+SPEC_FIELDS = {"dataset": str, "epochs": int, "seed": int, "batch_sizes": list}
+
+
+def env_problem(env: dict) -> str | None:
+    """What is wrong with a run environment's fields (None if nothing): env.json's one
+    check, for every reader of it (run --resume, merge, compare)."""
+    def wrong(record: dict, fields: dict, where: str, required: bool = True) -> str | None:
+        for key, kind in fields.items():
+            if key not in record:
+                if required:
+                    return f"no {where}{key}"
+                continue
+            value = record[key]
+            if kind is float:
+                fits = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                        and math.isfinite(value) and value > 0)
+                expected = "a positive number"
+            elif kind is int:
+                fits, expected = isinstance(value, int) and not isinstance(value, bool), \
+                    "an integer"
+            else:
+                fits, expected = isinstance(value, kind), {str: "text", dict: "an object",
+                                                           list: "a list"}[kind]
+            if not fits:
+                return f"{where}{key} is {value!r}, not {expected}"
+        return None
+
+    gpu = any(key in env for key in GPU_ENV_FIELDS)
+    problem = (wrong(env, ENV_FIELDS, "") or wrong(env, GPU_ENV_FIELDS, "", required=gpu)
+               or wrong(env, OPTIONAL_ENV_FIELDS, "", required=False))
+    if problem:
+        return problem
+    spec = env["spec"]
+    problem = wrong(spec, SPEC_FIELDS, "spec.")
+    if problem:
+        return problem
+    if not spec["batch_sizes"] or not all(isinstance(b, int) and not isinstance(b, bool)
+                                          and b > 0 for b in spec["batch_sizes"]):
+        return f"spec.batch_sizes is {spec['batch_sizes']!r}, not positive integers"
+    return None

@@ -1,16 +1,16 @@
 """Who may write a results directory: one writer at a time, and only into a directory that is
-ours. Every command that writes results (run, experiment, merge, fixture, profile, gpu-check)
-goes through here.
+ours. Every command that writes results (run, experiment, merge, fixture, profile, gpu-check,
+seeds, report) goes through here.
 
 - **One writer.** A writer holds an exclusive ``flock`` on ``<dir>/.vae-bench.lock`` for as
   long as it writes. The OS drops the lock when the process ends however it ends, so a killed
   run never leaves a stale lock; a second writer is refused at once with the holder's pid and
   command (which the holder writes into the lock file).
 - **Ours.** ``<dir>/.vae-bench-results`` records which kind of results the directory holds
-  (``run``, ``experiment``, or ``gpu-check``, whose stages are runs inside it). A new or
-  empty directory becomes ours; a directory written before the marker existed is recognised
-  by its record file (``env.json``, ``provenance.json``); anything else, e.g. a directory
-  of someone's CSV files, is refused, never overwritten.
+  (``run``, ``experiment``, ``seeds``, ``report``, or ``gpu-check``, whose stages are runs
+  inside it). A new or empty directory becomes ours; a directory written before the marker
+  existed is recognised by its record file (``KINDS``); anything else, e.g. a directory of
+  someone's CSV files, is refused, never overwritten.
 - **Leftovers.** Temp files of a writer killed mid-write (``vae_ref.atomic``) are removed by
   the next writer, which alone may: it holds the lock.
 - **Nothing half-made.** A writer that ends without a result leaves the directory as it found
@@ -37,7 +37,8 @@ from .provenance import command_line
 LOCK_NAME = ".vae-bench.lock"
 MARKER_NAME = ".vae-bench-results"
 # kind -> the record file by which a directory written before the marker existed is known.
-KINDS = {"run": "env.json", "experiment": "provenance.json", "gpu-check": "targets.md"}
+KINDS = {"run": "env.json", "experiment": "provenance.json", "gpu-check": "targets.md",
+         "seeds": "comparison.csv", "report": "report.html"}
 
 
 class ResultsDirError(RuntimeError):

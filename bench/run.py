@@ -222,8 +222,9 @@ def read_env(out: Path) -> dict:
         env = read_json_object(path)
     except ValueError as error:
         raise RunError(f"{path}: not a run environment ({error}); {_DAMAGED_ENV}") from None
-    if "spec" not in env or "gemm_peak_gflops" not in env:
-        raise RunError(f"{path}: not a run environment (no spec or GEMM peak); {_DAMAGED_ENV}")
+    problem = provenance.env_problem(env)
+    if problem:
+        raise RunError(f"{path}: not a run environment ({problem}); {_DAMAGED_ENV}")
     return env
 
 

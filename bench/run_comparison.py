@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import provenance, tables
@@ -119,17 +120,13 @@ def load_results(path: Path) -> Results:
     for column in RESULT_COLUMNS:
         if column in TEXT_COLUMNS:
             continue
-        values = pd.to_numeric(table[column], errors="coerce")
-        bad = values.isna() & table[column].notna()
-        if bad.any():
-            row = int(bad.to_numpy().argmax())
-            raise CompareError(f"{csv_path}: line {row + 2}: {column} is "
-                               f"{table[column].iloc[row]!r}, not a number")
-        table[column] = values.astype(float)
+        table[column] = tables.numeric_column(table, column, str(csv_path),
+                                              CompareError).astype(float)
     for column in KEYS:
         if table[column].isna().any():
             row = int(table[column].isna().to_numpy().argmax())
             raise CompareError(f"{csv_path}: line {row + 2}: no {column}")
+    _check_rows(table, csv_path)
     twice = table[table.duplicated(KEYS, keep=False)]
     if len(twice):
         r = twice.iloc[0]
@@ -140,15 +137,45 @@ def load_results(path: Path) -> Results:
     return Results(csv_path, table, cut, _read_env(csv_path.parent / "env.json"))
 
 
+SIZE_LIMIT = 2**31  # a latent or batch size at or above it is no size (nor fits an index)
+
+
+def _check_rows(table: pd.DataFrame, csv_path: Path) -> None:
+    """What each row's numbers must be beyond numbers (CompareError naming the line): the
+    sizes positive integers, the windows non-negative samples/s separated by spaces."""
+    for column in ("latent_dim", "batch_size"):
+        values = table[column].to_numpy()
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(values) | (values < 1) | (values >= SIZE_LIMIT) | (
+                values != np.round(values))
+        if bad.any():
+            row = int(bad.argmax())
+            raise CompareError(f"{csv_path}: line {row + 2}: {column} is "
+                               f"{table[column].iloc[row]:g}, not a positive integer below "
+                               "2^31")
+    for row, text in enumerate(table.window_samples_per_s):
+        try:
+            windows = tables.windows_of(text)
+        except ValueError:
+            windows = np.array([math.nan])
+        if not (np.isfinite(windows).all() and (windows >= 0).all()):
+            raise CompareError(f"{csv_path}: line {row + 2}: window_samples_per_s is "
+                               f"{text!r}, not samples/s per window separated by spaces")
+
+
 def _read_env(path: Path) -> dict | None:
     """The provenance beside a results table: None where there is none (a loose CSV);
     CompareError where it is damaged."""
     if not path.exists():
         return None
     try:
-        return read_json_object(path)
+        env = read_json_object(path)
     except ValueError as error:
         raise CompareError(f"{path}: not a run environment ({error})") from None
+    problem = provenance.env_problem(env)
+    if problem:
+        raise CompareError(f"{path}: not a run environment ({problem})")
+    return env
 
 
 def _key(row) -> str:

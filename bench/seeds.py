@@ -17,9 +17,11 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .provenance import collect
+from .results_dir import claim
 from .store import atomic_write_text, read_json_object
 
 REFERENCE = "torch"
@@ -32,14 +34,52 @@ class SeedsError(ValueError):
     """Runs that cannot be compared as asked; the message says why and what to do."""
 
 
+# The columns of an experiment's table.csv that the comparison reads, and their kinds.
+TABLE_COLUMNS = {"model": "text", "latent_dim": "count", "seed": "count",
+                 "final_test_elbo": "number", "final_train_elbo": "number",
+                 "seconds_per_epoch": "number"}
+_REDO = "rerun that experiment, or leave it out of the comparison"
+
+
 def _read_run(path: Path) -> tuple[dict, pd.DataFrame]:
+    """A finished experiment directory's provenance and its VAE rows, every field the
+    comparison reads checked (SeedsError naming the file, the row and what was expected)."""
     try:
         provenance = read_json_object(path / "provenance.json")
-        table = pd.read_csv(path / "table.csv")
-        spec = provenance["spec"]
-    except (OSError, ValueError, KeyError) as error:
+        # The checked columns as written, so a message quotes what the file holds.
+        table = pd.read_csv(path / "table.csv", dtype={c: str for c in TABLE_COLUMNS})
+    except (OSError, ValueError) as error:
         raise SeedsError(f"{path}: not a finished experiment directory ({error}); give the "
                          "--out directories of `vae-bench experiment`") from None
+    spec = provenance.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("backend"), str):
+        raise SeedsError(f"{path / 'provenance.json'}: its spec is not an experiment's (an "
+                         "object naming its backend); give the --out directories of "
+                         "`vae-bench experiment`")
+    missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+    if missing:
+        raise SeedsError(f"{path / 'table.csv'}: no column {', '.join(missing)}; {_REDO}")
+    for column, kind in TABLE_COLUMNS.items():
+        if kind == "text":
+            continue
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = values.isna() & table[column].notna()
+        if kind == "count":
+            bad |= values.isna() | ~values.apply(lambda v: float(v).is_integer()
+                                                if pd.notna(v) else False)
+        if bad.any():
+            row = int(bad.idxmax())
+            expected = "an integer" if kind == "count" else "a number"
+            raise SeedsError(f"{path / 'table.csv'}: row {row + 1}, {column} "
+                             f"{table[column][row]!r} is not {expected}; {_REDO}")
+        table[column] = values.astype("int64") if kind == "count" else values
+    table = table[table.model == "vae"]
+    unfinished = table[~np.isfinite(table.final_test_elbo.to_numpy(dtype=float))]
+    if len(unfinished):
+        r = unfinished.iloc[0]
+        raise SeedsError(f"{path / 'table.csv'}: z = {r.latent_dim}, seed {r.seed} has test "
+                         f"ELBO {r.final_test_elbo}, not a finite number (a diverged or "
+                         f"unfinished training); {_REDO}")
     return provenance, table.assign(backend=spec["backend"])
 
 
@@ -52,7 +92,6 @@ def compare_seeds(paths: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         raise SeedsError("the runs differ in more than seed and backend: "
                          + " | ".join(sorted(specs)))
     rows = pd.concat([t for _, _, t in runs], ignore_index=True)
-    rows = rows[rows.model == "vae"]
     backends = sorted(set(rows.backend))
     if REFERENCE not in backends or len(backends) != 2:
         raise SeedsError(f"need runs by the reference ({REFERENCE}) and one other backend, got "
@@ -118,12 +157,16 @@ def summary_markdown(table: pd.DataFrame, other: str, runs: dict) -> str:
 def write_seeds(paths: list[Path], out: Path) -> bool:
     """Compare the runs, write runs.csv, comparison.csv, summary.md and provenance.json into
     ``out``; True when every latent size is within seed noise."""
+    for path in paths:
+        if out.resolve() == path.resolve() or path.resolve().is_relative_to(out.resolve()):
+            raise SeedsError(f"--out {out} holds the run {path}, which it would overwrite; "
+                             "give a new directory")
     rows, table, runs = compare_seeds(paths)
     other = next(b for b in sorted(set(rows.backend)) if b != REFERENCE)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "runs.csv", rows.to_csv(index=False))
-    atomic_write_text(out / "comparison.csv", table.to_csv(index=False))
-    atomic_write_text(out / "summary.md", summary_markdown(table, other, runs))
-    atomic_write_text(out / "provenance.json",
-                      json.dumps(collect(runs=runs), indent=2, default=str) + "\n")
+    with claim(out, "seeds"):  # only into a directory of its own kind, one writer at a time
+        atomic_write_text(out / "runs.csv", rows.to_csv(index=False))
+        atomic_write_text(out / "summary.md", summary_markdown(table, other, runs))
+        atomic_write_text(out / "provenance.json",
+                          json.dumps(collect(runs=runs), indent=2, default=str) + "\n")
+        atomic_write_text(out / "comparison.csv", table.to_csv(index=False))  # last: the record
     return bool(table.within_noise.all())

@@ -250,3 +250,32 @@ def test_an_interrupted_run_names_the_exact_command_that_resumes_it(tmp_path, ca
     err = one_line(capsys, "interrupted")
     assert "continue with: vae-bench run --backends torch --latents 2 --quiet --resume --out " \
            "results/" in err
+
+
+@pytest.mark.parametrize("words", [
+    ["run", "--backends", "torch", "--latents", "2", "--quiet", "--out", "{bad}"],
+    ["merge", "{committed}", "--out", "{bad}"],
+    ["experiment", "--latents", "2", "--epochs", "1", "--out", "{bad}"],
+    ["report", "{committed}", "--out", "{bad}"],
+    ["compare", "{bad}", "{committed}"],
+])
+def test_a_path_that_is_not_utf8_is_refused_before_any_work(words, tmp_path, capsys):
+    """`run --out $'bad\\xffname'` failed writing summary.md after its first stage's work
+    (UnicodeEncodeError: surrogates not allowed), and merge and experiment the same."""
+    bad = tmp_path / os.fsdecode(b"bad\xffname")
+    committed = Path(__file__).parents[1] / "results" / "run-full-mnist-5k"
+    words = [w.format(bad=bad, committed=committed) for w in words]
+    assert main(words) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the byte b'\\xff', not UTF-8" in err, err
+    assert not os.path.lexists(bad)
+
+
+def test_an_empty_shard_flag_is_refused_not_taken_for_no_shard(tmp_path, capsys):
+    """`run --shard ''` ran the whole sweep as if no --shard were given."""
+    out = tmp_path / "out"
+    assert main(["run", "--backends", "torch", "--latents", "2", "--shard", "",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--shard takes i/n (e.g. 2/4), got ''" in err
+    assert not out.exists()

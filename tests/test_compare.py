@@ -106,17 +106,39 @@ def _directory(tmp_path, table):
     return tmp_path / "run"
 
 
+def _garbage_window(tmp_path, table):
+    table.loc[3, "window_samples_per_s"] = "garbage"
+    return saved(tmp_path, table)
+
+
+def _infinite_latent(tmp_path, table):
+    table["latent_dim"] = table["latent_dim"].astype(float)
+    table.loc[3, "latent_dim"] = float("inf")
+    return saved(tmp_path, table)
+
+
+def _negative_batch(tmp_path, table):
+    table.loc[3, "batch_size"] = -128
+    return saved(tmp_path, table)
+
+
 @pytest.mark.parametrize("make, message", [
     (_non_numeric, "line 5: samples_per_s is 'fast', not a number"),
+    # A ValueError and a pandas IntCastingNaNError traceback before (issue 44's table).
+    (_garbage_window, "line 5: window_samples_per_s is 'garbage', not samples/s per window"),
+    (_infinite_latent, "line 5: latent_dim is inf, not a positive integer"),
+    (_negative_batch, "line 5: batch_size is -128, not a positive integer"),
     (_duplicate_key, "numba z=2 batch=128 appears 2 times"),
     (_directory, "results.csv: a directory, not a results table"),
 ])
 def test_input_that_is_not_a_results_table_is_one_line_and_status_2(tmp_path, capsys, table,
                                                                     make, message):
-    code, _, err = compare(capsys, COMMITTED, make(tmp_path, table))
-    assert code == 2
-    assert err.startswith("vae-bench: error: ") and err.count("\n") == 1
-    assert message in err
+    damaged = make(tmp_path, table)
+    for old, new in ((COMMITTED, damaged), (damaged, COMMITTED)):  # either order
+        code, _, err = compare(capsys, old, new)
+        assert code == 2
+        assert err.startswith("vae-bench: error: ") and err.count("\n") == 1
+        assert message in err
 
 
 # Speed-ups over eager depend on the CPU: runs from different CPUs (each run's env.json) get
@@ -201,3 +223,18 @@ def test_a_damaged_env_json_is_refused_with_status_2(tmp_path, capsys, table):
     (new / "env.json").write_text("{not json")
     code, _, err = compare(capsys, COMMITTED, new)
     assert code == 2 and f"{new / 'env.json'}: not a run environment" in err
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"spec": {"epochs": 5}}, "no spec.dataset"),  # a KeyError in merge's summary before
+    ({"gemm_peak_gflops": "fast"}, "gemm_peak_gflops is 'fast', not a positive number"),
+    ({"logical_cpus": True}, "logical_cpus is True, not an integer"),
+    ({"gpu": "H100"}, "no gpu_gemm_peak_gflops"),
+])
+def test_an_env_json_missing_or_mistyping_a_field_is_refused_by_each_reader(
+        tmp_path, capsys, table, changes, message):
+    damaged = run_dir(tmp_path, table, **changes)
+    code, _, err = compare(capsys, COMMITTED, damaged)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert main(["merge", str(damaged), "--out", str(tmp_path / "merged")]) == 2
+    assert message in capsys.readouterr().err

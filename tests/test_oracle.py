@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from bench.tolerances import EPS32
 from cpu_verification.calibration import outside_band
+
 from bench.digits import gate_images
+from bench.tolerances import EPS32
 from vae_ref.fixture import read_fixture
 from vae_ref.oracle import build_cases, expectation
 

@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bench.cli import main
@@ -79,3 +80,73 @@ def test_the_browser_check_sees_a_broken_figure(browser, tmp_path):
     page.write_text(text[:start] + "bm90IGEgUE5H" + text[text.index('"', start):])
     images = inspect_page(page, executable=browser)["images"]
     assert sum(not (i["complete"] and i["width"] > 0) for i in images) == 1
+
+
+def test_report_writes_only_into_a_directory_of_reports(tmp_path, capsys):
+    """It replaced another run's report.html (exit 0), and took no lock: now a run directory,
+    an input and a directory of other files are refused in one line, their files unchanged."""
+    other_run = tmp_path / "other-run"
+    shutil.copytree(GATED_RUN, other_run)  # a run with its page
+    before = (other_run / "report.html").read_bytes()
+    for out, message in ((other_run, "holds vae-bench results of another kind"),
+                         (RUNS[0], "is the results directory")):
+        assert main(["report", str(RUNS[0]), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert (other_run / "report.html").read_bytes() == before
+    reports = tmp_path / "reports"
+    assert main(["report", str(RUNS[0]), "--out", str(reports)]) == 0
+    assert main(["report", str(RUNS[0]), "--out", str(reports)]) == 0  # its own: rewritten
+
+
+GATED_RUN = RESULTS / "run-scaling-bf16-fashion-mnist"  # a committed run with its gate.csv
+
+
+def damaged_run(tmp_path, damage):
+    run = tmp_path / "damaged"
+    shutil.copytree(GATED_RUN, run, ignore=shutil.ignore_patterns("cells", "*.png"))
+    damage(run)
+    return run
+
+
+def _gate_without(column):
+    def damage(run):
+        gate = pd.read_csv(run / "gate.csv")
+        gate.drop(columns=[column]).to_csv(run / "gate.csv", index=False)
+    return damage
+
+
+def _gate_cell(column, value):
+    def damage(run):
+        gate = pd.read_csv(run / "gate.csv")
+        gate[column] = gate[column].astype(object)
+        gate.loc[0, column] = value
+        gate.to_csv(run / "gate.csv", index=False)
+    return damage
+
+
+def _garbage_window(run):
+    table = pd.read_csv(run / "results.csv")
+    table.loc[0, "window_samples_per_s"] = "garbage"
+    table.to_csv(run / "results.csv", index=False)
+
+
+def _cut_mid_row(run):
+    text = (run / "results.csv").read_text()
+    (run / "results.csv").write_text(text[:len(text) - len(text.splitlines()[-1]) // 2 - 1])
+
+
+@pytest.mark.parametrize("damage, message", [
+    # Issue 44's table: an AttributeError, a ValueError, and a row dropped without a word.
+    (_gate_without("passed"), "gate.csv has no column passed"),
+    (_gate_cell("fraction", "lots"), "gate.csv: line 2: fraction is 'lots', not a number"),
+    (_gate_cell("passed", "maybe"), "gate.csv: line 2: passed is 'maybe', not True or False"),
+    (_garbage_window, "line 2: window_samples_per_s is 'garbage'"),
+    (_cut_mid_row, "cut short: line"),
+])
+def test_a_damaged_run_is_one_line_and_no_page(tmp_path, capsys, damage, message):
+    run = damaged_run(tmp_path, damage)
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "r" / "report.html").exists()

@@ -61,3 +61,57 @@ def test_runs_that_cannot_be_compared_are_refused_in_one_line(tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def corrupt(run, column, value):
+    table = pd.read_csv(run / "table.csv")
+    table[column] = table[column].astype(object)
+    table.loc[0, column] = value
+    table.to_csv(run / "table.csv", index=False)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: corrupt(run, "final_test_elbo", float("nan")),
+     "z = 2, seed 0 has test ELBO nan, not a finite number"),
+    (lambda run: corrupt(run, "final_test_elbo", ""), "has test ELBO nan, not a finite number"),
+    (lambda run: corrupt(run, "final_test_elbo", "garbage"),
+     "row 1, final_test_elbo 'garbage' is not a number"),
+    (lambda run: corrupt(run, "latent_dim", "inf"), "row 1, latent_dim 'inf' is not an integer"),
+    (lambda run: corrupt(run, "seed", 0.5), "row 1, seed '0.5' is not an integer"),
+    (lambda run: (run / "table.csv").write_text("model,latent_dim\nvae,2\n"),
+     "no column seed, final_test_elbo"),
+    (lambda run: (run / "provenance.json").write_text(json.dumps({"spec": "torch"})),
+     "its spec is not an experiment's"),
+    (lambda run: (run / "provenance.json").write_text(json.dumps({"spec": {"seed": 0}})),
+     "its spec is not an experiment's"),
+])
+def test_a_damaged_or_unfinished_run_is_refused_in_one_line_not_dropped(tmp_path, capsys,
+                                                                        damage, message):
+    """A seed run with a missing or non-finite ELBO was silently left out of the mean while
+    the count still said 3; a spec without its backend was a KeyError."""
+    compared = runs(tmp_path)
+    damage(compared[0])
+    out = tmp_path / "out"
+    assert main(["seeds", *map(str, compared), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert str(compared[0]) in err and not out.exists()
+
+
+def test_seeds_never_writes_over_a_run_it_reads_nor_into_another_kind_of_directory(
+        tmp_path, capsys):
+    compared = runs(tmp_path)
+    before = {p: (p / "provenance.json").read_bytes() for p in compared}
+    for out in (compared[0], tmp_path):  # an input; a directory holding the inputs
+        assert main(["seeds", *map(str, compared), "--out", str(out)]) == 2
+        assert "which it would overwrite" in capsys.readouterr().err
+    other = tmp_path / "someone's"
+    other.mkdir()
+    (other / "notes.csv").write_text("a,b\n")
+    assert main(["seeds", *map(str, compared), "--out", str(other)]) == 2
+    assert "refusing to write there" in capsys.readouterr().err
+    assert {p: (p / "provenance.json").read_bytes() for p in compared} == before
+    # Its own directory it rewrites.
+    out = tmp_path / "out"
+    assert main(["seeds", *map(str, compared), "--out", str(out)]) == 0
+    assert main(["seeds", *map(str, compared), "--out", str(out)]) == 0
