@@ -3,10 +3,11 @@ of the report, at 1, 10 and the default number of Adam steps, on the images ``ru
 (mnist-5k's first 1,024 digits) and on the committed fixture's cases (their stored
 calibration), each case's worst fraction of its tolerance recorded.
 
-Run as ``python -m cpu_verification.gate_sweep OUT.json`` (tests/ on the path), natively or in
-a child with MKL held below this CPU's instruction set (``restricted_isa.restrictions``):
-tests/test_cross_isa.py runs it both ways. A correct backend that fails here is a gate that
-depends on the CPU.
+Run as ``python -m cpu_verification.gate_sweep OUT.json [K ...]`` (tests/ on the path),
+natively or in a child with MKL held below this CPU's instruction set
+(``restricted_isa.restrictions``): tests/test_cross_isa.py runs it both ways (below the ISA,
+at the gate's own K only). A correct backend that fails here is a gate that depends on the
+CPU.
 
 The single-step cases do not depend on K and are judged once per latent size (``steps`` 0).
 numba-bf16 runs oneMKL's emulated path where the CPU has no bf16 hardware (its numbers are
@@ -57,7 +58,10 @@ def row(backend, data: str, latent: int, steps: int, comparisons) -> dict:
                        if not c.passed]}
 
 
-def sweep(log=lambda _line: None) -> dict:
+def sweep(log=lambda _line: None, steps_swept: tuple[int, ...] | None = None) -> dict:
+    """The sweep's rows and the backends unavailable here; ``steps_swept``: the numbers of
+    Adam steps (default SWEEP_STEPS and the gate's own), the single-step cases judged with
+    the first."""
     from bench.agreement import check
     from bench.digits import gate_images
     from kernels.base import gemm_inputs_of
@@ -67,12 +71,13 @@ def sweep(log=lambda _line: None) -> dict:
 
     ready, unavailable = backends()
     images = gate_images()[0]
+    swept = steps_swept or (*SWEEP_STEPS, GATE_ADAM_STEPS)
     rows = []
     for latent in DEFAULT_LATENTS:
-        for steps in (*SWEEP_STEPS, GATE_ADAM_STEPS):
+        for steps in swept:
             start = time.perf_counter()
             cases = build_cases(images, latent, steps=steps)
-            if steps != SWEEP_STEPS[0]:
+            if steps != swept[0]:
                 cases = [c for c in cases if c.steps]  # the single-step cases: judged once
             truth = [(c, expectation(c)) for c in cases]
             calibrated = {"float32": truth}
@@ -112,6 +117,8 @@ def table(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    result = sweep(log=lambda line: print(line, file=sys.stderr, flush=True))
+    # OUT.json [K ...]: the numbers of Adam steps to sweep (default 1, 10 and the gate's).
+    result = sweep(log=lambda line: print(line, file=sys.stderr, flush=True),
+                   steps_swept=tuple(int(k) for k in sys.argv[2:]) or None)
     Path(sys.argv[1]).write_text(json.dumps(result))
     print(table(result["rows"]))
