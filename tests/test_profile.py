@@ -171,3 +171,13 @@ def test_every_command_gates_with_checks_k_unless_told_otherwise():
     for name, profile in run_module.PROFILES.items():
         spec = run_module.RunSpec(**{"backends": ("numba",), **profile})
         assert spec.gate_steps == GATE_ADAM_STEPS, name
+
+
+def test_a_batch_larger_than_the_data_is_timed_and_said(capsys, fast_gemm_peak):
+    """run refuses a first batch size beyond the training images (it trains on it); profile
+    only times, drawing batches with replacement, so it runs, but says so (it said nothing)."""
+    assert main(["profile", "--backends", "torch", *TINY, "--batch-size", "4096",
+                 "--adam-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert ("note: batch size 4096 exceeds the 4000 training images of mnist-5k: each timed "
+            "batch repeats images") in out
