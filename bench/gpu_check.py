@@ -46,7 +46,7 @@ from vae_ref.data import Dataset
 from . import pipeline, tables
 from .archive import RETURNED_FILE_LIMIT, check_archive_path, write_archive
 from .results_dir import claim
-from .run import RunError, RunSpec, run
+from .run import RunError, RunSpec, none_available, run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMED_LATENT = 20
@@ -253,9 +253,8 @@ def gpu_check(out: Path, data: Dataset, *, backends: Sequence[str] | None = None
         raise RunError(f"--time-budget must be a positive number of seconds, got {time_budget}")
     if archive is not None:
         check_archive_path(archive, out)
-    statuses = {name: create_backend(name).availability() for name in chosen}
-    if not any(status.available for status in statuses.values()):
-        reasons = "; ".join(f"{name}: {status.reason}" for name, status in statuses.items())
+    reasons = none_available(chosen)
+    if reasons:
         raise RunError(f"nothing to run: no backend of this run is available here ({reasons})")
 
     def left() -> float:
@@ -323,18 +322,15 @@ def _run_stage(stage: Stage, names: list[str], out: Path, data: Dataset, resume:
                progress: bool, log: Callable[[str], None]) -> StageRecord:
     """One run stage into ``out/<stage>``: failed if a fused backend failed its gate,
     skipped if none of ``names`` can run here."""
-    statuses = {name: create_backend(name).availability() for name in names}
-    if not any(status.available for status in statuses.values()):
-        why = "; ".join(f"{name}: {status.reason}" for name, status in statuses.items())
+    why = none_available(names)
+    if why:
         log(f"{stage.name}: skipped, none of its backends is available here ({why})")
         return StageRecord(stage, "skipped", why=f"none of its backends available: {why}")
     settings = COMMON | stage.settings
-    gated = tuple(n for n in settings.get("gate_only_backends", ()) if n in names)
-    if "gate_only_backends" in settings and not gated:  # nothing to gate at the other sizes
-        settings |= {"latents": (TIMED_LATENT,), "gate_only_latents": (),
-                     "gate_only_backends": ()}
-    else:
-        settings |= {"gate_only_backends": gated} if gated else {}
+    if "gate_only_backends" in settings:  # those chosen; none: nothing to gate at other sizes
+        gated = tuple(n for n in settings["gate_only_backends"] if n in names)
+        settings |= {"gate_only_backends": gated} if gated else {
+            "latents": (TIMED_LATENT,), "gate_only_latents": (), "gate_only_backends": ()}
     spec = RunSpec(dataset=data.name, backends=tuple(names), **settings)
     where = out / stage.name
     table = run(spec, data, where, resume=resume and where.exists(), progress=progress,

@@ -123,38 +123,31 @@ def default_out_dir(root: Path = Path("results")) -> Path:
     return root / f"{stamp}-{socket.gethostname()}"
 
 
+# env.json's GEMM peaks: each device peak (by throughput.peak_key) and the prefix of its
+# fields, <prefix>_gflops and <prefix>_source; the host CPU's always, the others where measured.
+PEAK_FIELDS = {"cpu": "gemm_peak", "cuda": "gpu_gemm_peak",
+               peak_key("cpu", "bf16"): "bf16_gemm_peak",
+               peak_key("cuda", "tf32"): "gpu_tf32_gemm_peak"}
+
+
 def environment(data: Dataset, spec: RunSpec) -> dict:
     """env.json: what the numbers depend on besides the code (compared when merging)."""
     backends = [create_backend(name, threads=spec.threads) for name in spec.backends]
     peaks = device_peaks(backends)
     record = provenance.collect(data=data)
-    peak, source, _ = peaks["cpu"]
-    record |= {"gemm_peak_gflops": peak, "gemm_peak_source": source}
+    for key, prefix in PEAK_FIELDS.items():
+        if key in peaks:
+            record |= {f"{prefix}_gflops": peaks[key][0], f"{prefix}_source": peaks[key][1]}
     if "cuda" in peaks:
-        record |= {"gpu_gemm_peak_gflops": peaks["cuda"][0],
-                   "gpu_gemm_peak_source": peaks["cuda"][1], "gpu": peaks["cuda"][2]}
-    bf16 = peak_key("cpu", "bf16")
-    if bf16 in peaks:
-        record |= {"bf16_gemm_peak_gflops": peaks[bf16][0],
-                   "bf16_gemm_peak_source": peaks[bf16][1]}
-    tf32 = peak_key("cuda", "tf32")
-    if tf32 in peaks:
-        record |= {"gpu_tf32_gemm_peak_gflops": peaks[tf32][0],
-                   "gpu_tf32_gemm_peak_source": peaks[tf32][1]}
+        record["gpu"] = peaks["cuda"][2]
     record |= {"spec": asdict(spec), "results_schema": tables.RESULTS_SCHEMA}
     return record
 
 
 def peaks_of(env: dict) -> dict[str, float]:
     """GFLOP/s peak per device recorded in env.json."""
-    peaks = {"cpu": env["gemm_peak_gflops"]}
-    if "gpu_gemm_peak_gflops" in env:
-        peaks["cuda"] = env["gpu_gemm_peak_gflops"]
-    if "bf16_gemm_peak_gflops" in env:
-        peaks[peak_key("cpu", "bf16")] = env["bf16_gemm_peak_gflops"]
-    if "gpu_tf32_gemm_peak_gflops" in env:
-        peaks[peak_key("cuda", "tf32")] = env["gpu_tf32_gemm_peak_gflops"]
-    return peaks
+    return {key: env[f"{prefix}_gflops"] for key, prefix in PEAK_FIELDS.items()
+            if f"{prefix}_gflops" in env}
 
 
 def selection(spec: RunSpec, latent: int) -> pipeline.Selection:
@@ -243,10 +236,18 @@ def _check_runnable(spec: RunSpec, data: Dataset, latents: tuple[int, ...],
         raise RunError(f"batch size {spec.batch_sizes[0]} (the first, which trains) exceeds "
                        f"the {len(data.train_x)} training images of {data.name}; put a batch "
                        f"size up to {len(data.train_x)} first")
-    statuses = {name: create_backend(name).availability() for name in spec.backends}
-    if not any(status.available for status in statuses.values()):
-        reasons = "; ".join(f"{name}: {status.reason}" for name, status in statuses.items())
+    reasons = none_available(spec.backends)
+    if reasons:
         raise RunError(f"nothing to run: no backend of this run is available here ({reasons})")
+
+
+def none_available(names) -> str | None:
+    """Why none of the backends ``names`` can run here ("name: reason; ..."), or None when
+    one can."""
+    statuses = {name: create_backend(name).availability() for name in names}
+    if any(status.available for status in statuses.values()):
+        return None
+    return "; ".join(f"{name}: {status.reason}" for name, status in statuses.items())
 
 
 def run(spec: RunSpec, data: Dataset, out: Path, *, shard: tuple[int, int] | None = None,

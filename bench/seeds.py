@@ -65,8 +65,7 @@ def _read_run(path: Path) -> tuple[dict, pd.DataFrame]:
         values = pd.to_numeric(table[column], errors="coerce")
         bad = values.isna() & table[column].notna()
         if kind == "count":
-            bad |= values.isna() | ~values.apply(lambda v: float(v).is_integer()
-                                                if pd.notna(v) else False)
+            bad |= ~values.apply(lambda v: pd.notna(v) and float(v).is_integer())
         if bad.any():
             row = int(bad.idxmax())
             expected = "an integer" if kind == "count" else "a number"
