@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import errno
 import math
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -381,12 +380,14 @@ def _say(kind: str, message: str) -> None:
 
 
 def _cap_threads(args: argparse.Namespace) -> None:
-    """--threads no more than this machine's logical CPUs (with a warning): no backend runs
+    """--threads no more than the CPUs this process may use (with a warning): no backend runs
     more (Numba clamps to them), and the count recorded must be the count that ran."""
-    cpus = os.cpu_count() or 1
+    from kernels.cpu_features import usable_cpus
+
+    cpus = usable_cpus()
     if args.threads is not None and args.threads > cpus:
-        _say("warning", f"--threads {args.threads} is more than the {cpus} logical CPUs here; "
-             f"using {cpus}")
+        _say("warning", f"--threads {args.threads} is more than the {cpus} CPUs this process "
+             f"may use; using {cpus}")
         args.threads = cpus
 
 

@@ -125,7 +125,7 @@ def profile(spec: ProfileSpec, out: Path | None, refuse: Callable[[str], None]) 
         print(text)
         record = collect(data=data)
         versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
-        print(f"provenance: {record['cpu']}, {record['logical_cpus']} CPUs, {versions}, "
+        print(f"provenance: {record['cpu']}, {record['usable_cpus']} of {record['logical_cpus']} CPUs usable, {versions}, "
               f"commit {record['git_commit']}, {record['timestamp']}, host {record['host']}")
         if out:
             command = shlex.join(["vae-bench", "profile", *spec.words()])

@@ -17,6 +17,7 @@ from kernels.cpu_features import (  # noqa: F401  (ISA_FLAGS: recorded by collec
     ISA_FLAGS,
     cpu_isa,
     cpuinfo_field,
+    usable_cpus,
 )
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +144,8 @@ def collect(*, data=None, **extra) -> dict:
         "cpu": cpu_model(),
         "cpu_isa": cpu_isa(),
         "logical_cpus": os.cpu_count(),
+        # What the run could use: a Slurm job or taskset narrows it below the node's count.
+        "usable_cpus": usable_cpus(),
         "torch_threads": torch.get_num_threads(),
         "torch_cpu": torch_cpu(),
         "blas": blas_libraries(),
@@ -182,11 +185,13 @@ def as_markdown(record: dict) -> str:
 
 
 # What env.json must hold, by the type of each value: what the summary, the peaks and resume
-# read. A GPU's fields come together; the bf16 and TF32 peaks where such a backend ran.
+# read. A GPU's fields come together; the bf16 and TF32 peaks where such a backend ran; the
+# usable CPUs in runs made since they were recorded.
 ENV_FIELDS = {"dataset": str, "cpu": str, "logical_cpus": int, "gemm_peak_gflops": float,
               "gemm_peak_source": str, "spec": dict}
 GPU_ENV_FIELDS = {"gpu": str, "gpu_gemm_peak_gflops": float, "gpu_gemm_peak_source": str}
-OPTIONAL_ENV_FIELDS = {"bf16_gemm_peak_gflops": float, "bf16_gemm_peak_source": str,
+OPTIONAL_ENV_FIELDS = {"usable_cpus": int,
+                       "bf16_gemm_peak_gflops": float, "bf16_gemm_peak_source": str,
                        "gpu_tf32_gemm_peak_gflops": float, "gpu_tf32_gemm_peak_source": str}
 SPEC_FIELDS = {"dataset": str, "epochs": int, "seed": int, "batch_sizes": list}
 

@@ -364,7 +364,7 @@ def merge(parts: list[Path], out: Path, *, force: bool = False) -> pd.DataFrame:
     damaged parts always. Everything is read and checked before anything is written, ``out``
     must be new or empty, and a merge that fails leaves nothing there."""
     envs = [read_env(part) for part in parts]
-    keys = ("cpu", "cpu_isa", "gpu", "logical_cpus", "torch_threads", "versions", "spec",
+    keys = ("cpu", "cpu_isa", "gpu", "logical_cpus", "usable_cpus", "torch_threads", "versions", "spec",
             "results_schema", "data_sha256")
     first = envs[0]
     for part, env in zip(parts[1:], envs[1:]):

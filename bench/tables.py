@@ -281,6 +281,13 @@ def settings_text(settings: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in settings.items() if k not in PER_PROCESS_SETTINGS)
 
 
+def _usable_part(env: dict) -> str:
+    """', 4 usable by this run' where the run could use fewer CPUs than the node has (a Slurm
+    job, taskset); nothing otherwise, or for runs recorded before the count was."""
+    usable = env.get("usable_cpus")
+    return f", {usable} usable by this run" if usable not in (None, env["logical_cpus"]) else ""
+
+
 def run_summary(table: pd.DataFrame, env: dict, settings: dict[str, dict] | None = None) -> str:
     """A run's summary.md: agreement, throughput with the speed-ups, ELBO, the backends'
     settings as they ran (``settings``, by backend), environment."""
@@ -289,7 +296,7 @@ def run_summary(table: pd.DataFrame, env: dict, settings: dict[str, dict] | None
         f"# vae-bench run — {spec['dataset']}",
         "",
         f"Dataset: {env['dataset']}. Device: CPU {env['cpu']} ({env['logical_cpus']} logical "
-        f"CPUs), GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s ({env['gemm_peak_source']})"
+        f"CPUs{_usable_part(env)}), GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s ({env['gemm_peak_source']})"
         + (f"; GPU {env['gpu']}, GEMM peak {env['gpu_gemm_peak_gflops']:,.0f} GFLOP/s "
            f"({env['gpu_gemm_peak_source']})" if "gpu" in env else "")
         + f". {spec['epochs']} epochs, seed {spec['seed']}"

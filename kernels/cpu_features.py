@@ -7,6 +7,7 @@ every result), so the two never read /proc/cpuinfo differently.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 # The instruction sets that decide which code paths the CPU kernels take: oneDNN's AVX-512 and
@@ -69,3 +70,14 @@ def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     """The CPU's vendor as the kernel reports it (x86 'vendor_id': GenuineIntel,
     AuthenticAMD), None where it cannot be read (another OS, another architecture)."""
     return cpuinfo_field(("vendor_id",), cpuinfo) or None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (what a Slurm job's cgroup, taskset
+    or a container grants), not the node's count (``os.cpu_count()``), which would have a
+    4-CPU job on a 64-CPU node start 64 threads. The node's count where the mask cannot be
+    read (macOS, Windows)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)

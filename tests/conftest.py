@@ -80,9 +80,9 @@ def finished_experiment(tmp_path_factory):
     the machine has, so tests can check what the CLI made of that."""
     import contextlib
     import io
-    import os
 
     from bench.cli import main
+    from kernels.cpu_features import usable_cpus
 
     out = tmp_path_factory.mktemp("experiment") / "out"
     threads = torch.get_num_threads()
@@ -90,7 +90,7 @@ def finished_experiment(tmp_path_factory):
     try:
         with contextlib.redirect_stderr(err):
             code = main([*TINY_EXPERIMENT, "--latents", "3", "3",
-                         "--threads", str((os.cpu_count() or 1) + 7), "--out", str(out)])
+                         "--threads", str(usable_cpus() + 7), "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
     assert code == 0, err.getvalue()

@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 from dataclasses import asdict
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 from bench.cli import main
 from bench.experiment import ExperimentError, ExperimentSpec, run_experiment
 from bench.tables import CURVE_COLUMNS, TABLE_COLUMNS, experiment_table
+from kernels.cpu_features import usable_cpus
 from vae_ref.data import Dataset
 
 
@@ -151,10 +151,10 @@ def test_nan_is_shown_as_nan_not_as_not_computed(mnist5k):
 
 def test_repeated_latents_and_too_many_threads(finished_experiment):
     out, err = finished_experiment
-    cpus = os.cpu_count()
+    cpus = usable_cpus()
     assert "vae-bench: note: --latents repeats a value; using 3" in err
     assert list(pd.read_csv(out / "table.csv").latent_dim) == [3]
-    assert (f"vae-bench: warning: --threads {cpus + 7} is more than the {cpus} logical CPUs "
-            f"here; using {cpus}") in err
+    assert (f"vae-bench: warning: --threads {cpus + 7} is more than the {cpus} CPUs this "
+            f"process may use; using {cpus}") in err
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["torch_threads"] == cpus and provenance["spec"]["threads"] == cpus

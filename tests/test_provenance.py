@@ -4,6 +4,9 @@ stays JSON-ready, and renders one line per BLAS library. Asserted on structure a
 made-up cpuinfo and records, never on this machine's CPU."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -97,3 +100,32 @@ EPYC = {"cpu": "Made-up EPYC", "cpu_isa": ["avx", "avx2", "fma"]}
 def test_two_records_are_the_same_cpu_kind_by_model_and_instruction_sets(other, differs):
     found = provenance.cpu_difference(EPYC, other)
     assert found == differs if differs is None else differs in found
+
+
+# Narrowed to its first CPU, as a Slurm job's cgroup or taskset narrows a process, a child
+# reports what it may use: the default thread count, the --threads cap and the record.
+NARROWED = """
+import os, sys, contextlib, io, argparse
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+from kernels.numba_cpu.threads import configure_threads
+from bench.cli import _cap_threads
+from bench.provenance import collect
+args = argparse.Namespace(threads=os.cpu_count())
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    _cap_threads(args)
+record = collect()
+print(configure_threads(None), args.threads, record["usable_cpus"], record["logical_cpus"])
+print(repr(err.getvalue().strip()))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_a_process_narrowed_to_one_cpu_uses_and_records_one():
+    result = subprocess.run([sys.executable, "-c", NARROWED], capture_output=True, text=True,
+                            check=True)
+    counts, warning = result.stdout.splitlines()
+    assert counts.split() == ["1", "1", "1", str(os.cpu_count())]
+    cpus = os.cpu_count()
+    assert warning == repr(f"vae-bench: warning: --threads {cpus} is more than the 1 CPUs this "
+                           "process may use; using 1" if cpus > 1 else "")

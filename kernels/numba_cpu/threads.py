@@ -6,20 +6,21 @@ owns the cores at a time and the count is recorded with every result.
 
 from __future__ import annotations
 
-import os
-
 from threadpoolctl import threadpool_limits
+
+from ..cpu_features import usable_cpus
 
 _limits = None  # keeps the threadpoolctl limit alive for the process
 
 
 def configure_threads(threads: int | None) -> int:
-    """Use ``threads`` (default: all CPUs) for BLAS GEMMs; returns the count in force (no
-    more than Numba's pool holds: a larger count asked for is not what runs)."""
+    """Use ``threads`` (default: the CPUs this process may use) for BLAS GEMMs; returns the
+    count in force (no more than Numba's pool holds: a larger count asked for is not what
+    runs)."""
     global _limits
     import numba
 
-    n = threads or os.cpu_count() or 1
+    n = threads or usable_cpus()
     if n < 1:
         raise ValueError(f"threads must be >= 1, got {n}")
     n = min(n, numba.config.NUMBA_NUM_THREADS)
