@@ -7,10 +7,22 @@ on local disk); elsewhere set e.g. ``VAE_BENCH_TORCH="torch>=2.4"`` or point pip
 index for your CUDA. ``VAE_BENCH_TORCH=none`` installs no torch beyond what the project asks.
 """
 
+import importlib.util
 import os
 import platform
+from pathlib import Path
 
 import nox
+
+
+def usable_cpus() -> int:
+    """The CPUs nox may use: kernels/cpu_features.py's usable_cpus, loaded by its path (it
+    needs only the standard library; the kernels package needs NumPy, which nox lacks)."""
+    path = Path(__file__).parent / "kernels" / "cpu_features.py"
+    spec = importlib.util.spec_from_file_location("cpu_features", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.usable_cpus()
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -47,7 +59,11 @@ def tests(session: nox.Session) -> None:
     session.run("python", "-m", "tests.gpu_verification.nvcc_check", "--allow-missing")
     # The drift tests need CuPy, which this session does not install: they run in `drift`.
     bf16 = {"VAE_BENCH_REQUIRE_BF16": "1"} if platform.machine() in ("x86_64", "AMD64") else {}
-    session.run("pytest", "-m", "not drift", *session.posargs, env=bf16)
+    # One pytest-xdist worker per CPU, each pinned to its own (tests/conftest.py): the suite's
+    # time is mostly single-threaded Numba compiles. Work-stealing, since a few tests take
+    # minutes and most a second. `-- -n 0` runs it in one process.
+    session.run("pytest", "-m", "not drift", "-n", str(usable_cpus()), "--dist", "worksteal",
+                *session.posargs, env=bf16)
     session.notify("drift")
 
 

@@ -1,9 +1,33 @@
 import os
 import platform
 
-import numpy as np
-import pytest
-import torch
+
+def _pin_xdist_worker() -> int | None:
+    """Under pytest-xdist (``nox -s tests`` runs one worker per CPU) each worker gets its own
+    share of the CPUs, and every thread pool in it (PyTorch's, Numba's, each BLAS's, those of
+    the commands it starts) sizes itself to that share: two workers each running two-thread
+    pools on two cores oversubscribe them, and pools that spin while they wait then run 10 to
+    100 times slower. Done before torch or numba is imported, since Numba sizes its pool
+    from the affinity mask at import. Returns the share's size (None: not an xdist worker)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or workers < 2 or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    index = int(worker[2:])
+    share = cpus[index::workers] or [cpus[index % len(cpus)]]
+    os.sched_setaffinity(0, share)
+    return len(share)
+
+
+_WORKER_CPUS = _pin_xdist_worker()
+
+import numpy as np  # noqa: E402  (after the pinning above)
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if _WORKER_CPUS:
+    torch.set_num_threads(_WORKER_CPUS)
 
 
 def pytest_configure(config):
@@ -15,6 +39,35 @@ def pytest_configure(config):
         wanted = config.option.benchmark_only or config.option.benchmark_enable
         if not wanted:
             config.option.benchmark_disable = True
+
+
+# The Numba step's forms compiled ahead by the xdist controller, one child per group, the
+# groups of about equal compile time (two minutes each cold, on one core).
+COMPILED_AHEAD = (("pooled", "serial"), ("pooled-bf16",))
+
+
+def pytest_sessionstart(session):
+    """In a parallel session (pytest-xdist's controller, before its workers start), fill
+    Numba's on-disk cache first (tests/cpu_verification/numba_cache.py): else each worker and
+    each command a test starts compiles the same pooled step, cold, at the same time."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(session.config.option,
+                                                            "numprocesses", None):
+        return
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    children = [subprocess.Popen([sys.executable, "-m", "cpu_verification.numba_cache", *forms],
+                                 cwd=tests, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True) for forms in COMPILED_AHEAD]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for child in children:
+        said = child.communicate()[0].strip()
+        if reporter is not None:
+            reporter.write_line(said if child.returncode == 0 else
+                                f"numba cache: not filled ahead (exit {child.returncode}): "
+                                f"{said[-500:]}")
 
 
 def require_onemkl() -> None:

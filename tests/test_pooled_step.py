@@ -217,7 +217,7 @@ def test_the_pooled_step_takes_onemkl_back_to_one_thread_on_every_entry():
     limits every BLAS, oneMKL included, to its thread count) must not leave oneMKL's own pool
     running inside each of Numba's workers: the pooled backend sets it to one thread again
     whenever it enters its compiled step."""
-    from kernels.numba_cpu.threads import configure_threads
+    from threadpoolctl import threadpool_limits
 
     backend = pooled_backend("float32")
     config = VAEConfig(latent_dim=2, hidden_dim=16)
@@ -228,7 +228,9 @@ def test_the_pooled_step_takes_onemkl_back_to_one_thread_on_every_entry():
                   lambda: backend.forward_backward(data, np.zeros((8, 2), np.float32)),
                   lambda: backend.encode(data),
                   lambda: backend.evaluate(data, batch_size=8)):
-        configure_threads(2)  # what loading the serial numba backend does
+        # What loading the serial numba backend does (configure_threads), at a count that
+        # does not depend on this machine's CPUs.
+        limit = threadpool_limits(limits=2, user_api="blas")  # noqa: F841  (kept alive)
         assert onemkl.threads() == 2
         enter()
         assert onemkl.threads() == 1

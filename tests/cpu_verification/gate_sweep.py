@@ -3,10 +3,10 @@ of the report, at 1, 10 and the default number of Adam steps, on the images ``ru
 (mnist-5k's first 1,024 digits) and on the committed fixture's cases (their stored
 calibration), each case's worst fraction of its tolerance recorded.
 
-Run as ``python -m cpu_verification.gate_sweep OUT.json [K ...]`` (tests/ on the path),
-natively or in a child with MKL held below this CPU's instruction set
+Run as ``python -m cpu_verification.gate_sweep OUT.json [--mkl-only] [K ...]`` (tests/ on
+the path), natively or in a child with MKL held below this CPU's instruction set
 (``restricted_isa.restrictions``): tests/test_cross_isa.py runs it both ways (below the ISA,
-at the gate's own K only). A correct backend that fails here is a gate that depends on the
+at the gate's own K only, and only the backends whose GEMMs MKL does). A correct backend that fails here is a gate that depends on the
 CPU.
 
 The single-step cases do not depend on K and are judged once per latent size (``steps`` 0).
@@ -26,9 +26,17 @@ from cpu_verification.restricted_isa import FAIL_ON_EVERY_CPU, FIXTURE
 SWEEP_STEPS = (1, 10)  # and the gate's default (vae_ref.config.GATE_ADAM_STEPS)
 
 
-def backends() -> tuple[list, dict[str, str]]:
-    """Every registered CPU backend that can run here (numba-bf16 emulated where it must be),
-    and why each other one cannot."""
+def mkl_backed(backend) -> bool:
+    """Whether ``backend``'s GEMMs are MKL's, which a restriction of MKL's instruction sets
+    (restricted_isa) changes: PyTorch's on x86-64 (the restriction is chosen by its bits) and
+    Numba's pooled step (oneMKL); not JAX's (XLA's Eigen) nor Numba's serial step (NumPy's
+    BLAS), whose numbers below this CPU's instruction set are its numbers on it."""
+    return backend.name.startswith("torch") or bool(getattr(backend, "pooled", False))
+
+
+def backends(mkl_only: bool = False) -> tuple[list, dict[str, str]]:
+    """Every registered CPU backend that can run here (numba-bf16 emulated where it must be;
+    ``mkl_only``: those ``mkl_backed``), and why each other one cannot."""
     from kernels import backend_names, create_backend
     from kernels.numba_cpu import NumbaBackend, onemkl
 
@@ -42,7 +50,7 @@ def backends() -> tuple[list, dict[str, str]]:
         if name == "numba-bf16" and onemkl.library_problem() is None:
             backend = NumbaBackend(precision="bf16", allow_emulated=True)
         status = backend.availability()
-        if status.available:
+        if status.available and (mkl_backed(backend) or not mkl_only):
             ready.append(backend)
         else:
             unavailable[name] = status.reason
@@ -58,10 +66,11 @@ def row(backend, data: str, latent: int, steps: int, comparisons) -> dict:
                        if not c.passed]}
 
 
-def sweep(log=lambda _line: None, steps_swept: tuple[int, ...] | None = None) -> dict:
+def sweep(log=lambda _line: None, steps_swept: tuple[int, ...] | None = None,
+          mkl_only: bool = False) -> dict:
     """The sweep's rows and the backends unavailable here; ``steps_swept``: the numbers of
     Adam steps (default SWEEP_STEPS and the gate's own), the single-step cases judged with
-    the first."""
+    the first; ``mkl_only``: the backends whose GEMMs are MKL's only (``mkl_backed``)."""
     from bench.agreement import check
     from bench.digits import gate_images
     from kernels.base import gemm_inputs_of
@@ -69,7 +78,7 @@ def sweep(log=lambda _line: None, steps_swept: tuple[int, ...] | None = None) ->
     from vae_ref.fixture import read_fixture
     from vae_ref.oracle import build_cases, expectation
 
-    ready, unavailable = backends()
+    ready, unavailable = backends(mkl_only)
     images = gate_images()[0]
     swept = steps_swept or (*SWEEP_STEPS, GATE_ADAM_STEPS)
     rows = []
@@ -117,8 +126,11 @@ def table(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    # OUT.json [K ...]: the numbers of Adam steps to sweep (default 1, 10 and the gate's).
+    # OUT.json [--mkl-only] [K ...]: the numbers of Adam steps to sweep (default 1, 10 and
+    # the gate's).
+    words = sys.argv[2:]
     result = sweep(log=lambda line: print(line, file=sys.stderr, flush=True),
-                   steps_swept=tuple(int(k) for k in sys.argv[2:]) or None)
+                   steps_swept=tuple(int(k) for k in words if k != "--mkl-only") or None,
+                   mkl_only="--mkl-only" in words)
     Path(sys.argv[1]).write_text(json.dumps(result))
     print(table(result["rows"]))
