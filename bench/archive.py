@@ -16,6 +16,8 @@ from pathlib import Path
 
 from vae_ref.atomic import atomic_open
 
+from .results_dir import claim_file
+
 ARCHIVE_SUFFIX = ".tar.gz"
 RETURNED_FILE_LIMIT = 16 << 20  # bytes: the largest file the device tool brings back
 
@@ -36,12 +38,22 @@ def check_archive_path(archive: Path, source: Path) -> None:
     if not archive.parent.is_dir():
         raise ArchiveError(f"--archive {archive}: the folder {archive.parent} does not "
                            "exist; create it or choose another path")
+    if archive.exists() and not _is_archive(archive):
+        raise ArchiveError(f"--archive {archive} exists and is not a .tar.gz archive; "
+                           "refusing to overwrite it: choose another path")
+
+
+def _is_archive(path: Path) -> bool:
+    return path.is_file() and tarfile.is_tarfile(path)
 
 
 def write_archive(source: Path, archive: Path) -> int:
     """``source`` as ``archive`` (its members under ``source``'s own name, temp files left
-    out), replacing any earlier archive whole. Returns the archive's size in bytes."""
-    with atomic_open(archive, "wb") as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
+    out), replacing any earlier archive whole. Returns the archive's size in bytes. Its
+    writer holds the archive's lock for the write only, and removes the temp file an earlier
+    writer killed mid-write left (a device tool would return it as one of its few files)."""
+    with (claim_file(archive, ours=_is_archive, what="a .tar.gz archive"),
+          atomic_open(archive, "wb") as f, tarfile.open(fileobj=f, mode="w:gz") as tar):
         tar.add(source, arcname=source.name,
                 filter=lambda member: None if member.name.endswith(".tmp") else member)
     return archive.stat().st_size

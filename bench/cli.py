@@ -338,13 +338,45 @@ def _add_report(commands) -> None:
     rep.set_defaults(handler=cmd_report)
 
 
+_GIVEN = "_options_given"  # the namespace's record of the options given, removed after parsing
+
+
+def _given_once(store: type[argparse.Action]) -> type[argparse.Action]:
+    """``store`` (one of argparse's storing actions) refusing its option a second time:
+    argparse keeps the last, so ``--backends torch --backends numba`` ran numba alone, torch
+    dropped without a word."""
+    class GivenOnce(store):
+        def __call__(self, parser, namespace, values, option_string=None):
+            given = namespace.__dict__.setdefault(_GIVEN, {})
+            if option_string is not None:  # positionals are parsed once
+                first = given.get(self.dest)
+                if first is not None:
+                    alias = "" if first == option_string else f" (first as {first})"
+                    whole = (f" with all its values ({option_string} A B)"
+                             if self.nargs in ("+", "*") else "")
+                    parser.error(f"{option_string} is given twice{alias}; give it once{whole}")
+                given[self.dest] = option_string
+            super().__call__(parser, namespace, values, option_string)
+    return GivenOnce
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, with every option that stores a value refused when given twice;
+    its subcommands' parsers are of this class too (argparse makes them of their parent's)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in (None, "store", "store_const", "store_true", "store_false"):
+            self.register("action", name, _given_once(self._registry_get("action", name)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kernels import backend_names
     from vae_ref.data import DATASETS, DEFAULT_DATASET
 
     from .run import PROFILES
 
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="vae-bench",
         description="Reference VAE experiments and backend benchmarks (vae-kernel-bench).",
     )
@@ -668,6 +700,18 @@ def _resume_hint(args: argparse.Namespace, argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``vae-bench``: every outcome one line on stderr and an exit status (0 done, 1 the work
+    failed, 2 bad input, 130 interrupted), Ctrl-C included at any moment: while the libraries
+    load (seconds, before the command is known) as while it runs."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before the command was parsed, or while it printed its end
+        print("vae-bench: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     from kernels import BackendFailed, BackendUnavailable, UnknownBackendError
     from vae_ref.data import DatasetError
     from vae_ref.fixture import FixtureError
@@ -678,15 +722,16 @@ def main(argv: list[str] | None = None) -> int:
     from .experiment import ExperimentError
     from .profile import ProfileError
     from .report import ReportError
+    from .result_files import ResultsFileError
     from .results_dir import ResultsDirError
     from .run import RunError
     from .run_comparison import CompareError
     from .seeds import SeedsError
     from .store import StoreError
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    vars(args).pop(_GIVEN, None)
     _split_commas(parser, args)
     _without_repeats(args)
     unwritable = _unwritable_path(args)
@@ -697,7 +742,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except (DatasetError, IDXFormatError, ExperimentError, FixtureError, UnknownBackendError,
             BackendUnavailable, RunError, CompareError, ResultsDirError, StoreError,
-            SeedsError, ProfileError, ReportError, ArchiveError) as error:
+            SeedsError, ProfileError, ReportError, ArchiveError,
+            ResultsFileError) as error:
         _say("error", str(error))
         return EXIT_USAGE
     except TrainingDiverged as error:

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from vae_ref.data import Dataset
 from vae_ref.model import decode_images, posterior_means, reconstruct
 
 from . import figures
+from .result_files import read_curves
 
 if TYPE_CHECKING:
     from .experiment import FinishedModel
@@ -32,7 +32,7 @@ def write_figures(finished: list[FinishedModel], data: Dataset, out: Path, log) 
     shown = test_x[showcase_indices(test_y)]
     prior = np.random.default_rng(0)
 
-    curves = pd.read_csv(out / "curves.csv")
+    curves = read_curves(out / "curves.csv")
     figures.elbo_curves(curves, out / "elbo_curves.png", data.name)
     for f in finished:
         name = f.config.name

@@ -26,9 +26,9 @@ import pandas as pd
 from vae_ref.atomic import atomic_write_text
 
 from . import tables
+from .result_files import ResultsFileError, read_experiment_table, read_gate
 from .run_comparison import load_results
 from .store import read_json_object
-from .tables import GATE_COLUMNS
 
 REPORT_NAME = "report.html"
 STYLE = """
@@ -79,9 +79,11 @@ def read_results(path: Path) -> ResultsDirectory:
         # A run's table is read as compare reads it: checked, and older tables given the
         # columns added since.
         results = load_results(path) if kind == "run" else None
-        table = results.table if kind == "run" else pd.read_csv(path / table_name)
+        table = results.table if kind == "run" else read_experiment_table(path / table_name)
         provenance = read_json_object(path / provenance_name)
         gate = read_gate(path / "gate.csv") if (path / "gate.csv").exists() else None
+    except ResultsFileError:  # names the file, the line and what to do
+        raise
     except (ValueError, OSError, pd.errors.ParserError) as error:  # CompareError included
         raise ReportError(f"{path}: damaged results ({error})") from None
     if results is not None and results.cut_short:
@@ -90,25 +92,6 @@ def read_results(path: Path) -> ResultsDirectory:
     if gate is not None and gate.empty:
         gate = None
     return ResultsDirectory(path, kind, table, provenance, gate)
-
-
-def read_gate(path: Path) -> pd.DataFrame:
-    """A run's gate.csv, every column the page shows checked (ValueError naming the line and
-    the column): the numbers are numbers, ``passed`` is True or False."""
-    gate = pd.read_csv(path, dtype={"backend": str, "case": str, "tensor": str,
-                                    "problem": str})
-    missing = [c for c in GATE_COLUMNS if c not in gate.columns]
-    if missing:
-        raise ValueError(f"{path.name} has no column {', '.join(missing)}")
-    for column in ("latent_dim", "max_abs", "max_rel", "reference_error", "tolerance",
-                   "fraction"):
-        gate[column] = tables.numeric_column(gate, column, path.name)
-    passed = gate.passed.map({True: True, False: False, "True": True, "False": False})
-    if passed.isna().any():
-        row = int(passed.isna().to_numpy().argmax())
-        raise ValueError(f"{path.name}: line {row + 2}: passed is {gate.passed.iloc[row]!r}, "
-                         "not True or False")
-    return gate.assign(passed=passed.astype(bool))
 
 
 def write_report(paths: list[Path], out: Path) -> Path:

@@ -140,8 +140,11 @@ def _exclusive(directory: Path, lock_name: str, what: str) -> Iterator[None]:
 
 
 def _outside(path: Path) -> list[Path]:
-    """What the directory holds besides our lock and marker."""
-    return sorted(p for p in path.iterdir() if p.name not in (LOCK_NAME, MARKER_NAME))
+    """What the directory holds besides our lock and marker, and the marker's temp file (a
+    writer killed at its first write, which only the marker's writer names so)."""
+    ours = {LOCK_NAME, MARKER_NAME, *(p.name for p in leftover_temp_files(
+        path, MARKER_NAME, recursive=False))}
+    return sorted(p for p in path.iterdir() if p.name not in ours)
 
 
 def _holds_nothing(path: Path) -> bool:
@@ -183,6 +186,16 @@ def _check_ownership(path: Path, kind: str) -> None:
             "write there: choose a new or empty --out")
 
 
+def _existing(path: Path, what: str) -> str | None:
+    """"dir", "file" or None (nothing there) for ``path``; ResultsDirError where the path
+    cannot even be looked at (a name too long, a part that is not a directory we may read)."""
+    try:
+        return "dir" if path.is_dir() else "file" if path.exists() else None
+    except OSError as error:
+        raise ResultsDirError(f"cannot write {what}: {error.strerror or error}; choose another "
+                              "--out") from None
+
+
 @contextmanager
 def claim(path: Path, kind: str, *, empty: bool = False,
           all_or_nothing: bool = False) -> Iterator[Claim]:
@@ -193,7 +206,7 @@ def claim(path: Path, kind: str, *, empty: bool = False,
     if kind not in KINDS:
         raise ValueError(f"unknown kind of results directory {kind!r}")
     path = Path(path)
-    if path.exists() and not path.is_dir():
+    if _existing(path, f"results in {path}") == "file":
         raise ResultsDirError(f"{path} is a file, not a directory; choose another --out")
     with _exclusive(path, LOCK_NAME, f"results in {path}"):
         _check_ownership(path, kind)
@@ -233,9 +246,10 @@ def claim_file(path: Path, *, ours: Callable[[Path], bool] = _is_zip,
     fixture is) is refused, not overwritten. A path that cannot be written is refused here,
     before any work."""
     path = Path(path)
-    if path.is_dir():
+    existing = _existing(path, str(path))
+    if existing == "dir":
         raise ResultsDirError(f"{path} is a directory; give the path of the file to write")
-    if path.exists() and not ours(path):
+    if existing == "file" and not ours(path):
         raise ResultsDirError(f"{path} exists and is not {what}; refusing to "
                               "overwrite it: choose another --out")
     with _exclusive(path.parent, f".{path.name}.lock", str(path)):

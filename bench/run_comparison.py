@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from . import provenance, tables
+from .result_files import numeric_column
 from .significance import ALPHA, Slowdown, slowdown
 from .store import read_json_object
 from .tables import ADDED_COLUMNS, KEYS, RESULT_COLUMNS, TEXT_COLUMNS
@@ -120,7 +121,7 @@ def load_results(path: Path) -> Results:
     for column in RESULT_COLUMNS:
         if column in TEXT_COLUMNS:
             continue
-        table[column] = tables.numeric_column(table, column, str(csv_path),
+        table[column] = numeric_column(table, column, str(csv_path),
                                               CompareError).astype(float)
     for column in KEYS:
         if table[column].isna().any():

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .provenance import collect
+from .result_files import read_experiment_table
 from .results_dir import claim
 from .store import atomic_write_text, read_json_object
 
@@ -34,10 +35,9 @@ class SeedsError(ValueError):
     """Runs that cannot be compared as asked; the message says why and what to do."""
 
 
-# The columns of an experiment's table.csv that the comparison reads, and their kinds.
-TABLE_COLUMNS = {"model": "text", "latent_dim": "count", "seed": "count",
-                 "final_test_elbo": "number", "final_train_elbo": "number",
-                 "seconds_per_epoch": "number"}
+# The columns of an experiment's table.csv that the comparison reads.
+READ_COLUMNS = ("model", "latent_dim", "seed", "final_test_elbo", "final_train_elbo",
+                "seconds_per_epoch")
 _REDO = "rerun that experiment, or leave it out of the comparison"
 
 
@@ -46,32 +46,18 @@ def _read_run(path: Path) -> tuple[dict, pd.DataFrame]:
     comparison reads checked (SeedsError naming the file, the row and what was expected)."""
     try:
         provenance = read_json_object(path / "provenance.json")
-        # The checked columns as written, so a message quotes what the file holds.
-        table = pd.read_csv(path / "table.csv", dtype={c: str for c in TABLE_COLUMNS})
     except (OSError, ValueError) as error:
         raise SeedsError(f"{path}: not a finished experiment directory ({error}); give the "
                          "--out directories of `vae-bench experiment`") from None
+    if not (path / "table.csv").is_file():
+        raise SeedsError(f"{path}: not a finished experiment directory (no table.csv); give "
+                         "the --out directories of `vae-bench experiment`")
+    table = read_experiment_table(path / "table.csv", READ_COLUMNS)
     spec = provenance.get("spec")
     if not isinstance(spec, dict) or not isinstance(spec.get("backend"), str):
         raise SeedsError(f"{path / 'provenance.json'}: its spec is not an experiment's (an "
                          "object naming its backend); give the --out directories of "
                          "`vae-bench experiment`")
-    missing = [c for c in TABLE_COLUMNS if c not in table.columns]
-    if missing:
-        raise SeedsError(f"{path / 'table.csv'}: no column {', '.join(missing)}; {_REDO}")
-    for column, kind in TABLE_COLUMNS.items():
-        if kind == "text":
-            continue
-        values = pd.to_numeric(table[column], errors="coerce")
-        bad = values.isna() & table[column].notna()
-        if kind == "count":
-            bad |= ~values.apply(lambda v: pd.notna(v) and float(v).is_integer())
-        if bad.any():
-            row = int(bad.idxmax())
-            expected = "an integer" if kind == "count" else "a number"
-            raise SeedsError(f"{path / 'table.csv'}: row {row + 1}, {column} "
-                             f"{table[column][row]!r} is not {expected}; {_REDO}")
-        table[column] = values.astype("int64") if kind == "count" else values
     table = table[table.model == "vae"]
     unfinished = table[~np.isfinite(table.final_test_elbo.to_numpy(dtype=float))]
     if len(unfinished):

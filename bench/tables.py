@@ -97,19 +97,6 @@ def windows_text(samples_per_s) -> str:
     return " ".join(f"{value:.6g}" for value in samples_per_s)
 
 
-def numeric_column(frame: pd.DataFrame, column: str, where: str,
-                   error: type[Exception] = ValueError) -> pd.Series:
-    """``frame[column]`` as numbers (empty cells NaN); ``error`` naming ``where``, the line of
-    the first cell that is not a number and what it holds."""
-    values = pd.to_numeric(frame[column], errors="coerce")
-    bad = values.isna() & frame[column].notna()
-    if bad.any():
-        row = int(bad.to_numpy().argmax())
-        raise error(f"{where}: line {row + 2}: {column} is {frame[column].iloc[row]!r}, not "
-                    "a number")
-    return values
-
-
 def windows_of(text) -> np.ndarray:
     """The per-window samples/s stored by ``windows_text`` (empty where a row has none: not
     timed, or written before windows were kept); ValueError if the text is not numbers."""

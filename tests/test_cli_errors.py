@@ -128,7 +128,8 @@ def test_a_data_dir_for_the_embedded_digits_is_refused_not_ignored(tmp_path, cap
                                            ("run", "--batch-sizes")])
 def test_a_batch_larger_than_the_data_set_is_refused(command, flag, tmp_path, capsys,
                                                      tiny_experiment):
-    words = tiny_experiment[1:] if command == "experiment" else ["--backends", "torch"]
+    words = (["--epochs", "1", "--iwae-k", "0", "--quiet"] if command == "experiment"
+             else ["--backends", "torch"])
     out = tmp_path / "out"
     assert main([command, *words, "--latents", "3", flag, "5000", "--out", str(out)]) == 2
     assert "batch size 5000 " in (err := one_line(capsys))
@@ -279,3 +280,57 @@ def test_an_empty_shard_flag_is_refused_not_taken_for_no_shard(tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--shard takes i/n (e.g. 2/4), got ''" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("words", "message"), [
+    (["run", "--backends", "torch", "--backends", "numba"],
+     "--backends is given twice; give it once with all its values (--backends A B)"),
+    (["profile", "--steps", "3", "--window-steps", "4"],
+     "--window-steps is given twice (first as --steps); give it once"),
+    (["run", "--quiet", "--quiet"], "--quiet is given twice; give it once"),
+    (["experiment", "--epochs=3", "--epochs", "5"], "--epochs is given twice; give it once"),
+])
+def test_a_flag_given_twice_is_refused_not_half_ignored(words, message, capsys):
+    """`run --backends torch --backends numba` ran numba alone: argparse keeps an option's
+    last value, and torch was dropped without a word."""
+    with pytest.raises(SystemExit) as info:
+        main(words)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
+
+
+# A Ctrl-C while Python itself starts (its site packages, an editable install's finder) prints
+# Python's traceback whatever the program; the child says when it is past that, into ours.
+PAST_PYTHONS_START = ("import sys\nfrom bench.cli import main\n"
+                      "print('started', file=sys.stderr, flush=True)\nsys.exit(main())\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.0, 0.3, 1.0, 2.0, 4.0])
+def test_ctrl_c_at_any_moment_is_one_line_and_leaves_nothing_half_written(delay, tmp_path):
+    """A Ctrl-C in the first two seconds of any command (the libraries loading, before the
+    command was parsed) or during report printed a KeyboardInterrupt traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    committed = Path(__file__).parents[1] / "results" / "run-full-mnist-5k"
+    out = tmp_path / "report"
+    child = subprocess.Popen(
+        [sys.executable, "-c", PAST_PYTHONS_START, "report", str(committed), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).parents[1],
+        # A shell's background job ignores SIGINT, and Python then keeps ignoring it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert child.stderr.readline() == "started\n"
+    time.sleep(delay)
+    child.send_signal(signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=300)
+    if child.returncode in (0, -signal.SIGINT):
+        # It finished first; or the signal came as Python shut down, after the work, when
+        # Python has given SIGINT back to the system (the process ends as the signal does).
+        assert stderr == "" and stdout.startswith("wrote ") and (out / "report.html").is_file()
+    else:
+        assert (child.returncode, stderr) == (130, "vae-bench: interrupted\n")
+        assert not out.exists() or not any(p.name.endswith(".tmp") for p in out.rglob("*"))

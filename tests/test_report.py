@@ -138,7 +138,7 @@ def _cut_mid_row(run):
 
 @pytest.mark.parametrize("damage, message", [
     # Issue 44's table: an AttributeError, a ValueError, and a row dropped without a word.
-    (_gate_without("passed"), "gate.csv has no column passed"),
+    (_gate_without("passed"), "gate.csv: no column passed"),
     (_gate_cell("fraction", "lots"), "gate.csv: line 2: fraction is 'lots', not a number"),
     (_gate_cell("passed", "maybe"), "gate.csv: line 2: passed is 'maybe', not True or False"),
     (_garbage_window, "line 2: window_samples_per_s is 'garbage'"),

@@ -17,18 +17,27 @@ ROOT = Path(__file__).parents[1]
 COMMITTED = ROOT / "results" / "run-full-mnist-5k"
 RUN = ["run", "--backends", "torch", "--latents", "2", "--epochs", "1", "--repeats", "1",
        "--steps", "2", "--iwae-k", "0", "--adam-steps", "2", "--quiet"]
-COMMANDS = ["run", "experiment", "merge", "fixture"]
+COMMANDS = ["run", "experiment", "merge", "fixture", "seeds", "report"]
 
 
 def command_line(command, out, shards, tiny_experiment):
-    """The words of ``command`` writing into ``out`` (for fixture: the file to write)."""
+    """The words of ``command`` writing into ``out`` (for fixture: the file to write). Seeds'
+    inputs are made beside the shards."""
+    if command == "seeds":
+        from test_seeds import runs
+
+        inputs = shards[0].parent / "seed-runs"
+        inputs.mkdir(exist_ok=True)
+        seed_runs = sorted(inputs.iterdir()) or runs(inputs)
     return {
-        "run": [*RUN, "--out", str(out)],
-        "experiment": [*tiny_experiment, "--latents", "3", "--out", str(out)],
-        "merge": ["merge", *map(str, shards), "--out", str(out)],
-        "fixture": ["fixture", "--latents", "2", "--cases", "batch", "--steps", "1",
-                    "--out", str(out)],
-    }[command]
+        "run": lambda: [*RUN, "--out", str(out)],
+        "experiment": lambda: [*tiny_experiment, "--latents", "3", "--out", str(out)],
+        "merge": lambda: ["merge", *map(str, shards), "--out", str(out)],
+        "fixture": lambda: ["fixture", "--latents", "2", "--cases", "batch", "--steps", "1",
+                            "--out", str(out)],
+        "seeds": lambda: ["seeds", *map(str, seed_runs), "--out", str(out)],
+        "report": lambda: ["report", str(COMMITTED), "--out", str(out)],
+    }[command]()
 
 
 @contextmanager
@@ -40,7 +49,7 @@ def held(command, out):
         with claim_file(out):
             yield
     else:
-        with claim(out, "experiment" if command == "experiment" else "run"):
+        with claim(out, command if command in ("experiment", "seeds", "report") else "run"):
             yield
 
 
@@ -200,7 +209,11 @@ def _read_only(tmp_path, command):
     return tmp_path / "ro" / "out", "Permission denied"
 
 
-@pytest.mark.parametrize("place", [_a_file, _below_a_file, _under_proc, _read_only])
+def _too_long(tmp_path, command):
+    return tmp_path / ("x" * 300), "File name too long"
+
+
+@pytest.mark.parametrize("place", [_a_file, _below_a_file, _under_proc, _read_only, _too_long])
 @pytest.mark.parametrize("command", COMMANDS)
 def test_an_out_that_cannot_be_written_is_one_line(command, place, tmp_path, committed_shards,
                                                    capsys, tiny_experiment):
@@ -209,3 +222,30 @@ def test_an_out_that_cannot_be_written_is_one_line(command, place, tmp_path, com
         out = out / "fixture.npz"
     assert main(command_line(command, out, committed_shards, tiny_experiment)) == 2
     assert message in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("command", ["run", "experiment", "report"])
+def test_a_writer_killed_at_its_first_write_does_not_lock_its_out(command, tmp_path, capsys,
+                                                                  tiny_experiment):
+    """Killed while writing its ownership marker (its first write), a writer left only the
+    marker's temp file, which the next writer took for someone's file: the --out was refused
+    for good."""
+    out = tmp_path / "out"
+    out.mkdir()
+    from bench.results_dir import MARKER_NAME
+
+    leftover = out / f".{MARKER_NAME}.q7x2k9ab.tmp"  # as vae_ref.atomic names its temp files
+    leftover.write_text('{"ki')
+    assert main(command_line(command, out, [], tiny_experiment)) in (0, 1), capsys.readouterr()
+    assert not leftover.exists()
+
+
+def test_a_report_killed_at_its_rename_is_cleaned_up_by_the_next(tmp_path):
+    """SIGKILL of report between writing report.html's temp file and renaming it left
+    `.report.html.*.tmp` in its --out for good."""
+    out = tmp_path / "report"
+    assert main(["report", str(COMMITTED), "--out", str(out)]) == 0
+    leftover = out / ".report.html.k3j9x0ab.tmp"
+    leftover.write_bytes(bytes(4096))
+    assert main(["report", str(COMMITTED), "--out", str(out)]) == 0
+    assert not leftover.exists() and (out / "report.html").stat().st_size > 4096
