@@ -545,7 +545,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kernels import backend_names, create_backend
     from vae_ref.data import load_dataset
 
-    from .run import PROFILES, RunSpec, default_out_dir, parse_shard, run
+    from .machine_load import busy_stages
+    from .run import PROFILES, RunSpec, default_out_dir, load_cells, parse_shard, run
 
     log = _setup(args)
 
@@ -569,6 +570,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     data = load_dataset(spec.dataset, data_dir=args.data_dir)
     out = args.out = args.out or default_out_dir()
     run(spec, data, out, shard=shard, resume=args.resume, progress=not args.quiet, log=log)
+    for stage in busy_stages(load_cells(out)):
+        _say("warning", f"the machine was busy while timing {stage}; rerun on an idle machine")
     if not args.quiet:
         print((out / "summary.md").read_text().split("\n## Environment")[0])
     print(f"results: {out}")

@@ -40,6 +40,7 @@ from vae_ref.data import Dataset
 from vae_ref.oracle import Case, Expectation, build_cases, expectation
 from vae_ref.training_outcome import EpochRecord, TrainResult, fixed_test_set
 
+from . import machine_load
 from .agreement import check
 from .tables import ResultRow
 from .tensor_comparison import Comparison
@@ -223,6 +224,8 @@ class Outcome:
     admitted: list[Backend] = field(default_factory=list)  # went on past the gate
     # batch size -> backend -> its measurement
     measurements: dict[int, dict[str, Measurement]] = field(default_factory=dict)
+    # batch size -> what else the machine did while it was timed (machine_load.Watch)
+    machine_load: dict[int, dict] = field(default_factory=dict)
     trained: dict[str, TrainResult] = field(default_factory=dict)
     evaluations: dict[str, Evaluation] = field(default_factory=dict)
 
@@ -268,10 +271,15 @@ def execute(selection: Selection, backends: Sequence[Backend], *,
     if selection.runs("time") and outcome.admitted:
         for batch in selection.batch_sizes:
             log(f"batch {batch}: timing {', '.join(b.name for b in outcome.admitted)}")
+            watch = machine_load.Watch()
             outcome.measurements[batch] = {m.backend: m for m in measure(
                 outcome.admitted, config.replace(batch_size=batch), data.train_x, batch=batch,
                 repeats=selection.repeats, steps=selection.window_steps, seed=selection.seed,
                 backend_noise=selection.backend_noise)}
+            outcome.machine_load[batch] = watch.result()
+            if machine_load.busy(outcome.machine_load[batch]):
+                log(f"batch {batch}: warning: the machine was busy while timing: "
+                    f"{machine_load.describe(outcome.machine_load[batch])}")
             on_stage("time", outcome)
 
     if selection.runs("train"):

@@ -20,6 +20,8 @@ from kernels.cpu_features import (  # noqa: F401  (ISA_FLAGS: recorded by collec
     usable_cpus,
 )
 
+from .machine_load import cpu_frequency
+
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -146,6 +148,7 @@ def collect(*, data=None, **extra) -> dict:
         "logical_cpus": os.cpu_count(),
         # What the run could use: a Slurm job or taskset narrows it below the node's count.
         "usable_cpus": usable_cpus(),
+        "cpu_frequency": cpu_frequency(),  # governor and MHz, where the OS shows them
         "torch_threads": torch.get_num_threads(),
         "torch_cpu": torch_cpu(),
         "blas": blas_libraries(),

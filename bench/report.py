@@ -25,10 +25,10 @@ import pandas as pd
 
 from vae_ref.atomic import atomic_write_text
 
-from . import tables
+from . import machine_load, tables
 from .result_files import ResultsFileError, read_experiment_table, read_gate
 from .run_comparison import load_results
-from .store import read_json_object
+from .store import ResultsStore, StoreError, read_json_object
 
 REPORT_NAME = "report.html"
 STYLE = """
@@ -56,6 +56,7 @@ class ResultsDirectory:
     table: pd.DataFrame  # results.csv or table.csv
     provenance: dict  # env.json or provenance.json
     gate: pd.DataFrame | None = None  # gate.csv where the run kept it
+    busy: tuple[str, ...] = ()  # a run's timed stages on a busy machine (machine_load)
 
     @property
     def label(self) -> str:
@@ -91,7 +92,18 @@ def read_results(path: Path) -> ResultsDirectory:
                           "copy the run again, or rerun it with --resume")
     if gate is not None and gate.empty:
         gate = None
-    return ResultsDirectory(path, kind, table, provenance, gate)
+    return ResultsDirectory(path, kind, table, provenance, gate,
+                            tuple(_busy_stages(path)) if kind == "run" else ())
+
+
+def _busy_stages(path: Path) -> list[str]:
+    """The run's timed stages on a busy machine, as its cells recorded them. The page is of
+    results.csv: a run copied without its cells, or with a damaged one, shows no warning (its
+    summary.md, written with the cells, has it)."""
+    try:
+        return machine_load.busy_stages(ResultsStore(path).records(partial=True))
+    except (StoreError, OSError, ValueError):
+        return []
 
 
 def write_report(paths: list[Path], out: Path) -> Path:
@@ -126,6 +138,11 @@ def _run_section(r: ResultsDirectory) -> list[str]:
     parts = [f"<h2 id=\"{_e(r.label)}\">Run {_e(r.label)}</h2>",
              f"<p>{_e(env.get('dataset', ''))}; CPU {_e(env.get('cpu', '?'))}; commit "
              f"{_e(str(env.get('git_commit', '?')))}; {_e(str(env.get('timestamp', '')))}</p>"]
+    if r.busy:
+        parts += ["<p class=\"warning\"><b>Warning: the machine was busy while these were "
+                  "timed</b>; their throughput and speed-ups measure the other work as much as "
+                  "the kernels. Rerun them on an idle machine.</p>",
+                  "<ul>" + "".join(f"<li>{_e(stage)}</li>" for stage in r.busy) + "</ul>"]
     parts += ["<h3>Agreement gate</h3>", _gate_table(r)]
     timed = table[table.samples_per_s.notna()].reset_index(drop=True)
     if len(timed):

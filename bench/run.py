@@ -22,7 +22,7 @@ from vae_ref.atomic import atomic_write_text
 from vae_ref.config import DEFAULT_LATENTS, GATE_ADAM_STEPS
 from vae_ref.data import Dataset
 
-from . import figures, pipeline, provenance, report, tables
+from . import figures, machine_load, pipeline, provenance, report, tables
 from .digits import GATE_IMAGES
 from .results_dir import claim
 from .store import ResultsStore, StoreError, read_json_object
@@ -184,7 +184,9 @@ def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float
                 settings.setdefault(name, json.loads(json.dumps(m.settings, default=str)))
         return {"latent": latent, "rows": [asdict(r) for r in rows], "curves": curves,
                 "gate": tables.gate_records(outcome.gates.values(), latent),
-                "settings": settings}
+                "settings": settings,
+                # JSON keys are text: the batch size as one.
+                "machine_load": {str(b): r for b, r in outcome.machine_load.items()}}
 
     def checkpoint(_stage: str, outcome: pipeline.Outcome) -> None:
         if save is not None:
@@ -352,7 +354,8 @@ def write_outputs(out: Path) -> pd.DataFrame:
     for cell in cells:
         for name, recorded in cell.get("settings", {}).items():
             settings.setdefault(name, recorded)
-    atomic_write_text(out / "summary.md", tables.run_summary(table, env, settings))
+    atomic_write_text(out / "summary.md", tables.run_summary(table, env, settings,
+                                                            machine_load.busy_stages(cells)))
     figures.run_plots(out, table, curves)
     report.write_report([out], out)  # last: it embeds the plots
     return table

@@ -268,6 +268,13 @@ def settings_text(settings: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in settings.items() if k not in PER_PROCESS_SETTINGS)
 
 
+def busy_warning(busy: list[str]) -> list[str]:
+    """The summary's warning that timed stages ran on a busy machine, one line per stage."""
+    return ["> **Warning: the machine was busy while these were timed**; their throughput and "
+            "speed-ups measure the other work as much as the kernels. Rerun them on an idle "
+            "machine.", ">", *(f"> - {stage}" for stage in busy), ""]
+
+
 def _usable_part(env: dict) -> str:
     """', 4 usable by this run' where the run could use fewer CPUs than the node has (a Slurm
     job, taskset); nothing otherwise, or for runs recorded before the count was."""
@@ -275,13 +282,16 @@ def _usable_part(env: dict) -> str:
     return f", {usable} usable by this run" if usable not in (None, env["logical_cpus"]) else ""
 
 
-def run_summary(table: pd.DataFrame, env: dict, settings: dict[str, dict] | None = None) -> str:
+def run_summary(table: pd.DataFrame, env: dict, settings: dict[str, dict] | None = None,
+                busy: list[str] | None = None) -> str:
     """A run's summary.md: agreement, throughput with the speed-ups, ELBO, the backends'
-    settings as they ran (``settings``, by backend), environment."""
+    settings as they ran (``settings``, by backend), environment; first, a warning naming each
+    timed stage during which the machine was busy (``busy``, run.busy_stages)."""
     spec = env["spec"]
     lines = [
         f"# vae-bench run — {spec['dataset']}",
         "",
+        *(busy_warning(busy) if busy else []),
         f"Dataset: {env['dataset']}. Device: CPU {env['cpu']} ({env['logical_cpus']} logical "
         f"CPUs{_usable_part(env)}), GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s ({env['gemm_peak_source']})"
         + (f"; GPU {env['gpu']}, GEMM peak {env['gpu_gemm_peak_gflops']:,.0f} GFLOP/s "
