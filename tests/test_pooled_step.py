@@ -138,17 +138,36 @@ def test_the_comparison_fails_a_wrong_blocked_update(original, mutated):
 @functools.cache
 def mutant_of_pooled_step(original: str, mutated: str):
     """pooled_step compiled afresh with one line of its source changed (and no on-disk
-    cache, which would hold the real one's code); one module per mutation."""
+    cache, which would hold the real one's code); one module per mutation. Compiled serially
+    (``parallel=False``: the shares' iterations in turn) and with its helpers called, not
+    inlined by Numba: the same arithmetic share by share, which is what the comparison
+    judges, in 40 s of compiling instead of two minutes (the parallel step itself is compared
+    by the tests above)."""
     from kernels.numba_cpu import pooled_step
 
     source = inspect.getsource(pooled_step)
     assert source.count(original) == 1, original
-    source = source.replace(original, mutated).replace("cache=True", "cache=False")
+    assert source.count("parallel=True") >= 2 and source.count(', inline="always")') == 1
+    source = (source.replace(original, mutated).replace("cache=True", "cache=False")
+              .replace("parallel=True", "parallel=False").replace(', inline="always")', ")"))
     spec = importlib.util.spec_from_loader("kernels.numba_cpu.pooled_step_mutant", loader=None)
     module = importlib.util.module_from_spec(spec)
     module.__package__ = "kernels.numba_cpu"
     exec(compile(source, "<pooled_step mutant>", "exec"), module.__dict__)
     return module
+
+
+@pytest.mark.slow
+def test_a_mutant_without_its_mutation_passes_the_comparison():
+    """The control of the mutants above and below: compiled as they are (serially, its
+    helpers called), the pooled step unchanged is the serial one; so what they fail on is
+    their mutation, not the way they were compiled."""
+    line = "        return 0, m, c0, c1\n"
+    unchanged = mutant_of_pooled_step(line, line)
+    for batch, hidden in ((BLOCKED_BATCH, 512), (7, 16)):
+        serial, pooled = serial_and_pooled_runs("bf16", 2, batch, pooled=unchanged,
+                                                hidden=hidden)
+        assert not differing(serial, pooled), batch
 
 
 @pytest.mark.slow
