@@ -137,7 +137,7 @@ def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -
 
 
 def _add_check(commands, known: tuple[str, ...]) -> None:
-    from vae_ref.fixture import CASE_KINDS
+    from vae_ref.config import CASE_KINDS
 
     chk = commands.add_parser(
         "check",
@@ -287,8 +287,7 @@ def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> 
 
 
 def _add_compare(commands) -> None:
-    from .run_comparison import DEFAULT_FAIL_ELBO, DEFAULT_FAIL_THROUGHPUT
-    from .significance import ALPHA
+    from .significance import ALPHA, DEFAULT_FAIL_ELBO, DEFAULT_FAIL_THROUGHPUT
 
     cmp_ = commands.add_parser(
         "compare", help="compare two runs; exit 1 on a regression beyond the gate",
@@ -370,16 +369,43 @@ class _ArgumentParser(argparse.ArgumentParser):
             self.register("action", name, _given_once(self._registry_get("action", name)))
 
 
+def _version() -> str:
+    """The installed distribution's version, and the checkout's commit where there is one."""
+    import importlib.metadata
+
+    from .provenance import git_commit
+
+    try:
+        version = importlib.metadata.version("vae-kernel-bench")
+    except importlib.metadata.PackageNotFoundError:
+        version = "(not installed)"
+    commit = git_commit()
+    return version if commit == "unknown" else f"{version} (commit {commit})"
+
+
+class _Version(argparse.Action):
+    """--version: the version, and the commit (which asks git, so only when asked)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="show the version and the commit, and exit"):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {_version()}")  # on stdout, as argparse's own version action
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kernels import backend_names
     from vae_ref.data import DATASETS, DEFAULT_DATASET
 
-    from .run import PROFILES
+    from .run_profiles import PROFILES
 
     parser = _ArgumentParser(
         prog="vae-bench",
         description="Reference VAE experiments and backend benchmarks (vae-kernel-bench).",
     )
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     known = backend_names()
     _add_experiment(commands, DATASETS, DEFAULT_DATASET)
@@ -715,6 +741,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # --help and usage errors end here, before the imports
+    vars(args).pop(_GIVEN, None)
+    _split_commas(parser, args)
+    _without_repeats(args)
+    unwritable = _unwritable_path(args)
+    if unwritable:
+        _say("error", unwritable)
+        return EXIT_USAGE
+
     from kernels import BackendFailed, BackendUnavailable, UnknownBackendError
     from vae_ref.data import DatasetError
     from vae_ref.fixture import FixtureError
@@ -732,15 +768,6 @@ def _main(argv: list[str]) -> int:
     from .seeds import SeedsError
     from .store import StoreError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    vars(args).pop(_GIVEN, None)
-    _split_commas(parser, args)
-    _without_repeats(args)
-    unwritable = _unwritable_path(args)
-    if unwritable:
-        _say("error", unwritable)
-        return EXIT_USAGE
     try:
         return args.handler(args)
     except (DatasetError, IDXFormatError, ExperimentError, FixtureError, UnknownBackendError,

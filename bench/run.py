@@ -25,6 +25,7 @@ from vae_ref.data import Dataset
 from . import figures, machine_load, pipeline, provenance, report, tables
 from .digits import GATE_IMAGES
 from .results_dir import claim
+from .run_profiles import PROFILES  # noqa: F401  (run's presets, read as bench.run.PROFILES)
 from .store import ResultsStore, StoreError, read_json_object
 from .throughput import device_peaks, peak_key
 
@@ -75,28 +76,6 @@ class RunSpec:
     def config(self, latent: int, batch: int) -> VAEConfig:
         return VAEConfig(latent_dim=latent, hidden_dim=self.hidden_dim, epochs=self.epochs,
                          seed=self.seed, batch_size=batch)
-
-
-PROFILES = {
-    # The default of `nox -s bench`: the embedded digits, a few epochs, minutes on 2 cores.
-    "quick": dict(dataset="mnist-5k", epochs=5, repeats=5, steps=30, iwae_k=100),
-    # The report's setting: 50 epochs on the full dataset, the literature's k where affordable.
-    "full": dict(dataset="fashion-mnist", epochs=50, repeats=9, steps=50, iwae_k=1000),
-    # A GPU machine: the fused CUDA backend beside PyTorch on CUDA, batch 128 to 4096. Noise
-    # is drawn on the device (no host-to-device copy of it per step), windows are long
-    # enough for sub-millisecond steps, and the data set is the embedded digits (it travels).
-    "gpu": dict(dataset="mnist-5k", epochs=20, repeats=9, steps=200, iwae_k=100,
-                backend_noise=True,
-                backends=("torch-cuda", "torch-cuda-compile", "cupy", "cupy-nograph",
-                          "cupy-tf32"),
-                batch_sizes=(128, 256, 512, 1024, 2048, 4096)),
-    # How each CPU backend's cost grows with its work: batch 32 to 4096 at z = 20, every
-    # batch size timed interleaved; the ELBO is trained at the usual batch of 128 (first).
-    "scaling": dict(dataset="fashion-mnist", latents=(20,), epochs=5, repeats=9, steps=20,
-                    iwae_k=100,
-                    backends=("torch", "torch-fused-adam", "torch-compile", "jax", "numba"),
-                    batch_sizes=(128, 32, 64, 256, 512, 1024, 2048, 4096)),
-}
 
 
 def parse_shard(text: str) -> tuple[int, int]:

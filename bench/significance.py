@@ -30,6 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 
 ALPHA = 0.05  # compare's default significance level (--alpha)
+# compare's default regression thresholds (--fail-throughput, --fail-elbo): a drop of the
+# speed-up by this fraction, of the test ELBO by this many nats. Here, beside the level, so
+# that the command line shows them without loading pandas.
+DEFAULT_FAIL_THROUGHPUT = 0.25
+DEFAULT_FAIL_ELBO = 1.0
 MIN_WINDOWS = 5  # per side; see the module's docstring
 
 

@@ -8,13 +8,14 @@ canonical names (``vae_ref.params``), so any two backends can be compared tensor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from vae_ref import VAEConfig
-from vae_ref.evaluate import EvalResult
-from vae_ref.params import Params
+if TYPE_CHECKING:  # annotations only: the registry loads without PyTorch (vae-bench --help)
+    from vae_ref import VAEConfig
+    from vae_ref.evaluate import EvalResult
+    from vae_ref.params import Params
 
 
 class BackendUnavailable(RuntimeError):

@@ -334,3 +334,40 @@ def test_ctrl_c_at_any_moment_is_one_line_and_leaves_nothing_half_written(delay,
     else:
         assert (child.returncode, stderr) == (130, "vae-bench: interrupted\n")
         assert not out.exists() or not any(p.name.endswith(".tmp") for p in out.rglob("*"))
+
+
+# What `--help` must not load: the libraries that take seconds to import.
+HEAVY = ("torch", "pandas", "matplotlib", "scipy", "jax", "numba")
+HELP = """import sys
+from bench.cli import build_parser, main
+commands = sys.argv[1:] or [None] + sorted(build_parser()._subparsers._group_actions[0].choices)
+for command in commands:
+    try:
+        main(["--help"] if command is None else [command, "--help"])
+    except SystemExit:
+        pass
+print(" ".join(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+def test_help_loads_no_heavy_library():
+    """`vae-bench --help` took 3 s: PyTorch and matplotlib were imported to list the flags.
+    (Its time is a benchmark's question; what it loads is the cause, checked here.)"""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", HELP.format(heavy=HEAVY)],
+                            capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0, result.stderr
+    assert "usage: vae-bench run" in result.stdout and "--profile" in result.stdout
+    assert result.stdout.splitlines()[-1] == "", result.stdout.splitlines()[-1]
+
+
+def test_version_names_the_release_and_the_commit(capsys):
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"vae-bench {importlib.metadata.version('vae-kernel-bench')}")

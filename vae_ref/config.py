@@ -19,6 +19,11 @@ ADAM_EPS = 1e-8
 GATE_ADAM_STEPS = 50
 
 
+# The kinds of case the agreement gate checks, as the oracle builds them (vae_ref.oracle) and a
+# fixture stores them: here, where the command line reads them without loading PyTorch.
+CASE_KINDS = ("batch", "partial-batch", "extreme-logits", "beta4", "adam-steps")
+
+
 @dataclass(frozen=True)
 class VAEConfig:
     """Everything that defines one training run of the reference model.

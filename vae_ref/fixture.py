@@ -18,12 +18,11 @@ import numpy as np
 import torch
 
 from .atomic import atomic_open
-from .config import GATE_ADAM_STEPS, VAEConfig
+from .config import CASE_KINDS, GATE_ADAM_STEPS, VAEConfig  # noqa: F401  (CASE_KINDS: fixture's)
 from .oracle import CALIBRATION_RUNS, Case, Expectation, build_cases, expectation
 
 SCHEMA_VERSION = 3  # 2: the K-step case's elements near a ReLU kink (oracle.py), not judged;
 #                     3: the K-step calibration is the largest of oracle.CALIBRATION_RUNS runs
-CASE_KINDS = ("batch", "partial-batch", "extreme-logits", "beta4", "adam-steps")
 
 
 class FixtureError(ValueError):
