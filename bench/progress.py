@@ -3,6 +3,9 @@ and the harness must run from a checkout on a GPU machine that may lack tqdm."""
 
 from __future__ import annotations
 
+import sys
+import time
+
 try:
     from tqdm.auto import tqdm as _tqdm
 except ImportError:  # pragma: no cover - exercised in a venv without tqdm
@@ -28,7 +31,11 @@ def progress_bar(**options):
 
 
 def write(message: str) -> None:
-    """Print a line, above an active bar rather than through it."""
+    """Print a line, above an active bar rather than through it; stamped with the time of day
+    where stdout is not a terminal (a log file, a Slurm job's output), which has no bar to say
+    how long each line took."""
+    if not sys.stdout.isatty():
+        message = f"[{time.strftime('%H:%M:%S')}] {message}"
     if _tqdm is not None:
         _tqdm.write(message)
     else:

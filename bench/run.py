@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -254,6 +255,7 @@ def run(spec: RunSpec, data: Dataset, out: Path, *, shard: tuple[int, int] | Non
             env = read_env(out)
             _check_resumable(out, env, identity, data)
         else:  # nothing finished: nothing to resume, whatever an earlier start left
+            log("measuring this machine's GEMM peak (the % peak columns' yardstick)")
             env = environment(data, spec) | {"shard": list(shard) if shard else None}
         log(f"dataset: {data.describe()}")
         gpu = (f"; GPU {env['gpu']}, GEMM peak {env['gpu_gemm_peak_gflops']:.0f} GFLOP/s"
@@ -269,14 +271,29 @@ def run(spec: RunSpec, data: Dataset, out: Path, *, shard: tuple[int, int] | Non
             store.save(_key(cell["latent"]), cell, identity, partial=partial)
             write_outputs(out)  # after every stage: an interruption keeps every finished row
 
+        todo = [z for z in latents if store.finished(_key(z), identity) is None]
         for latent in latents:
-            if store.finished(_key(latent), identity) is not None:
+            if latent not in todo:
                 log(f"z={latent}: already done in {out}, skipping")
-                continue
+        spent: list[float] = []  # seconds of each latent size done in this call
+        for i, latent in enumerate(todo):
+            log(f"z={latent}: latent size {i + 1} of {len(todo)}{eta_text(spent, len(todo) - i)}")
+            started = time.monotonic()
             cell = run_latent(spec, data, latent, peaks_of(env), log, progress,
                               lambda cell: save(cell, partial=True))
             save(cell, partial=False)
+            spent.append(time.monotonic() - started)
         return write_outputs(out)
+
+
+def eta_text(spent: list[float], left: int) -> str:
+    """'; about 4 min left' from the seconds the units done so far took (their mean, times the
+    ``left`` units still to do, this one included); nothing before the first is done."""
+    if not spent:
+        return ""
+    seconds = sum(spent) / len(spent) * left
+    return f"; about {seconds / 60:.0f} min left" if seconds >= 90 else \
+        f"; about {seconds:.0f} s left"
 
 
 def _check_resumable(out: Path, env: dict, identity: dict, data: Dataset) -> None:

@@ -2,6 +2,7 @@
 exit status on identical runs, injected regressions and malformed input."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,41 @@ def quiet(_msg):
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, mnist5k):
+def full_run_and_log(tmp_path_factory, mnist5k):
     out = tmp_path_factory.mktemp("run") / "all"
-    table = run(tiny_spec(), mnist5k, out, progress=False, log=quiet)
-    return out, table
+    said = []
+    table = run(tiny_spec(), mnist5k, out, progress=False, log=said.append)
+    return out, table, said
+
+
+@pytest.fixture(scope="module")
+def full_run(full_run_and_log):
+    return full_run_and_log[:2]
+
+
+def test_a_run_says_which_latent_size_of_how_many_and_the_time_left(full_run_and_log):
+    """`run` printed `timing torch, numba, ...` and then nothing until the timing ended; the
+    GEMM peak's measurement was silent."""
+    said = full_run_and_log[2]
+    assert said[0] == "measuring this machine's GEMM peak (the % peak columns' yardstick)"
+    assert "z=2: latent size 1 of 2" in said
+    (second,) = [s for s in said if s.startswith("z=3: latent size 2 of 2; about ")]
+    assert re.fullmatch(r"z=3: latent size 2 of 2; about \d+ (s|min) left", second), second
+
+
+def test_the_time_left_is_the_mean_so_far_times_what_is_left():
+    from bench.run import eta_text
+
+    assert eta_text([], 3) == ""
+    assert eta_text([10.0, 20.0], 2) == "; about 30 s left"
+    assert eta_text([60.0, 120.0], 3) == "; about 4 min left"
+
+
+def test_log_lines_off_a_terminal_carry_the_time_of_day(capsys):
+    from bench.progress import write
+
+    write("z=2: timing torch")  # pytest's captured stdout is not a terminal
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] z=2: timing torch\n", capsys.readouterr().out)
 
 
 @pytest.mark.slow
