@@ -271,11 +271,16 @@ def execute(selection: Selection, backends: Sequence[Backend], *,
     if selection.runs("time") and outcome.admitted:
         for batch in selection.batch_sizes:
             log(f"batch {batch}: timing {', '.join(b.name for b in outcome.admitted)}")
+
+            def timed(done: int, of: int, each: float, batch: int = batch) -> None:
+                log(f"batch {batch}: {done} of {of} rounds of windows timed; about "
+                    f"{each * (of - done):.0f} s left")
+
             watch = machine_load.Watch()
             outcome.measurements[batch] = {m.backend: m for m in measure(
                 outcome.admitted, config.replace(batch_size=batch), data.train_x, batch=batch,
                 repeats=selection.repeats, steps=selection.window_steps, seed=selection.seed,
-                backend_noise=selection.backend_noise)}
+                backend_noise=selection.backend_noise, on_round=timed)}
             outcome.machine_load[batch] = watch.result()
             if machine_load.busy(outcome.machine_load[batch]):
                 log(f"batch {batch}: warning: the machine was busy while timing: "

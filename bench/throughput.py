@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -183,7 +183,8 @@ class Measurement:
 def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, batch: int,
             repeats: int = 7, steps: int = 50, warmup_steps: int = 20,
             settle_seconds: float = 0.3, seed: int = 0,
-            backend_noise: bool = False) -> list[Measurement]:
+            backend_noise: bool = False,
+            on_round: Callable[[int, int, float], None] | None = None) -> list[Measurement]:
     """Time ``steps`` training steps per window, ``repeats`` windows per backend, interleaved.
 
     Each window starts with ``settle_seconds`` of untimed steps: the previous backend's thread
@@ -191,7 +192,8 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
     idle before the clock starts, or each backend is charged for its predecessor's spin. A
     window ends when the backend's device has finished (``synchronize``); steps inside it do
     not wait for their losses. With ``backend_noise`` each backend draws its own noise (on
-    the GPU: inside the step) instead of receiving it from the host.
+    the GPU: inside the step) instead of receiving it from the host. ``on_round(done,
+    repeats, seconds_per_round)`` is told after each round of windows but the last.
 
     A backend's stage breakdown is sampled right after each of its windows (a few rounds of
     its parts each time, ``BREAKDOWN_ROUNDS`` in all) and its medians taken over the windows,
@@ -223,7 +225,10 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
     breakdowns: list[list[dict[str, float]]] = [[] for _ in backends]
     asking = [isinstance(b, StageBreakdown) for b in backends]
     rounds = -(-BREAKDOWN_ROUNDS // repeats)
-    for _ in range(repeats):
+    started = time.perf_counter()
+    for done in range(repeats):
+        if on_round is not None and done:  # (rounds done, of how many, seconds per round)
+            on_round(done, repeats, (time.perf_counter() - started) / done)
         if gemms is not None:
             settle_until = time.perf_counter() + settle_seconds
             while time.perf_counter() < settle_until:

@@ -47,6 +47,9 @@ def test_a_run_says_which_latent_size_of_how_many_and_the_time_left(full_run_and
     assert "z=2: latent size 1 of 2" in said
     (second,) = [s for s in said if s.startswith("z=3: latent size 2 of 2; about ")]
     assert re.fullmatch(r"z=3: latent size 2 of 2; about \d+ (s|min) left", second), second
+    # Each round of interleaved windows but the last (2 here), with the time left.
+    assert re.fullmatch(r"batch 64: 1 of 2 rounds of windows timed; about \d+ s left",
+                        next(s for s in said if "rounds of windows" in s).split(": ", 1)[1])
 
 
 def test_the_time_left_is_the_mean_so_far_times_what_is_left():
