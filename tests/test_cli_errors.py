@@ -332,7 +332,10 @@ def test_ctrl_c_at_any_moment_is_one_line_and_leaves_nothing_half_written(delay,
         # Python has given SIGINT back to the system (the process ends as the signal does).
         assert stderr == "" and stdout.startswith("wrote ") and (out / "report.html").is_file()
     else:
-        assert (child.returncode, stderr) == (130, "vae-bench: interrupted\n")
+        # Before the command was parsed it knows no --out; once report runs, it names it.
+        assert child.returncode == 130
+        assert stderr in ("vae-bench: interrupted\n",
+                          f"vae-bench: interrupted: {out} is left as it was\n")
         assert not out.exists() or not any(p.name.endswith(".tmp") for p in out.rglob("*"))
 
 
