@@ -40,14 +40,15 @@ def install_project(session: nox.Session, extras: str = "") -> None:
 # The CuPy releases the simulated CuPy (tests/gpu_verification/fake_cupy.py) is held to, by major version:
 # the wheels our `gpu` extra allows (13 for CUDA 12) and our GPU machines run (14, CUDA 13).
 CUPY_WHEELS = {"13": "cupy-cuda12x==13.6.0", "14": "cupy-cuda13x==14.2.0"}
+CUPY_NAMES = [wheel.split("==")[0] for wheel in CUPY_WHEELS.values()]
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """Correctness tests on the CPU (what CI runs), after nvcc compile-checks every CUDA
     source (``python -m tests.gpu_verification.nvcc_check``; skipped with a note where nvcc
-    is missing); then the ``drift`` session, once per CuPy version. Extra arguments go to
-    pytest."""
+    is missing); then the drift tests in the same environment, once per CuPy version (see
+    ``drift``), CuPy removed again after them. Extra arguments go to the first pytest."""
     # [jax]: the JAX backend's agreement gate runs in CI too (the CPU build: no CUDA pulled).
     # [bf16]: oneMKL, so the bf16 step's numbers are checked on every x86-64 CPU (emulated
     # where the CPU has no bf16 hardware); VAE_BENCH_REQUIRE_BF16 makes its tests fail, not
@@ -57,14 +58,19 @@ def tests(session: nox.Session) -> None:
     # Run on its own (not only inside pytest) so the compiler's warnings and per-kernel
     # register and shared-memory use show in the CI log.
     session.run("python", "-m", "tests.gpu_verification.nvcc_check", "--allow-missing")
-    # The drift tests need CuPy, which this session does not install: they run in `drift`.
+    # The drift tests need CuPy, which the tests themselves must run without: installed after.
     bf16 = {"VAE_BENCH_REQUIRE_BF16": "1"} if platform.machine() in ("x86_64", "AMD64") else {}
     # One pytest-xdist worker per CPU, each pinned to its own (tests/conftest.py): the suite's
     # time is mostly single-threaded Numba compiles. Work-stealing, since a few tests take
     # minutes and most a second. `-- -n 0` runs it in one process.
     session.run("pytest", "-m", "not drift", "-n", str(usable_cpus()), "--dist", "worksteal",
                 *session.posargs, env=bf16)
-    session.notify("drift")
+    # Here rather than in a second environment, whose own torch and project install cost CI
+    # a minute and a half.
+    try:
+        run_drift_tests(session)
+    finally:
+        session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", *CUPY_NAMES)
 
 
 @nox.session
@@ -72,13 +78,18 @@ def drift(session: nox.Session) -> None:
     """The simulated CuPy checked against each real CuPy of CUPY_WHEELS in turn (13:
     cupy-cuda12x 13.6, 14: cupy-cuda13x 14.2; the wheels import without a GPU), in one
     environment, the wheel swapped between runs (a second environment cost CI two minutes):
-    the drift tests only, and none may skip. Extra arguments go to pytest."""
+    the drift tests only, and none may skip. Extra arguments go to pytest. (``tests`` runs
+    them too, after its own.)"""
     install_project(session, "[test]")
-    names = [wheel.split("==")[0] for wheel in CUPY_WHEELS.values()]
+    run_drift_tests(session, *session.posargs)
+
+
+def run_drift_tests(session: nox.Session, *pytest_args: str) -> None:
+    """The drift tests once per CuPy wheel of CUPY_WHEELS, each installed in turn."""
     for wheel in CUPY_WHEELS.values():
-        session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", *names)
+        session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", *CUPY_NAMES)
         session.install(wheel)
-        session.run("pytest", "-m", "drift", "tests/test_cupy_drift.py", *session.posargs,
+        session.run("pytest", "-m", "drift", "tests/test_cupy_drift.py", *pytest_args,
                     env={"VAE_BENCH_REQUIRE_CUPY": "1"})
 
 
