@@ -118,9 +118,11 @@ def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -
                           "backend of `vae-bench check`; the AE is always the reference's")
     training.add_argument("--epochs", type=_positive_int, default=50,
                           help="default 50 (the report's)")
-    training.add_argument("--batch-size", type=_positive_int, default=128)
+    training.add_argument("--batch-size", type=_positive_int, default=128,
+                          help="training batch size")
     training.add_argument("--lr", type=_positive_float, default=3e-4, help="Adam learning rate")
-    training.add_argument("--seed", type=_seed, default=0)
+    training.add_argument("--seed", type=_seed, default=0,
+                          help="seed of the initial weights, the batch order and the noise")
     training.add_argument("--iwae-k", type=_non_negative_int, default=100, metavar="K",
                           help="importance samples for the test log-likelihood (default 100; "
                           "the literature uses 5000; 0 skips it)")
@@ -165,9 +167,12 @@ def _add_check(commands, known: tuple[str, ...]) -> None:
         description="Writes inputs, noise, parameters, the float64 oracle's intermediates, "
         "gradients and K-step losses/parameters, and float32 PyTorch's error on each, so tests "
         "can check a backend without re-deriving expectations.")
-    fix.add_argument("--out", type=Path, required=True)
-    fix.add_argument("--latents", type=_positive_int, nargs="+", default=[20], metavar="Z")
-    fix.add_argument("--cases", nargs="+", default=["batch", "adam-steps"],
+    fix.add_argument("--out", type=Path, required=True, metavar="FILE.npz",
+                     help="the fixture file to write (whole or not at all)")
+    fix.add_argument("--latents", type=_positive_int, nargs="+", default=[20], metavar="Z",
+                     help="latent sizes of its cases")
+    fix.add_argument("--cases", nargs="+", default=["batch", "adam-steps"], help="which "
+                     "of the gate's cases it holds",
                      choices=CASE_KINDS)
     fix.add_argument("--adam-steps", "--steps", type=_positive_int, default=GATE_ADAM_STEPS,
                      metavar="K", help=f"Adam steps of the adam-steps case (default "
@@ -183,10 +188,13 @@ def _add_profile(commands, known: tuple[str, ...]) -> None:
         "per backend (warm-up and compile timed apart, windows interleaved A B C A B C...), "
         "effective GFLOP/s against this machine's GEMM peak measured in the same run, and "
         "where each backend's step time goes.")
-    prof.add_argument("--backends", nargs="+", default=list(known), metavar="NAME",
-                      help="backends to time, separated by spaces or commas (default: all)")
-    prof.add_argument("--latent", type=_positive_int, default=20)
-    prof.add_argument("--batch-size", type=_positive_int, default=128)
+    prof.add_argument("--backends", nargs="+", metavar="NAME",
+                      help="backends to time, separated by spaces or commas (default: every "
+                      f"registered one: {' '.join(known)})")
+    prof.add_argument("--latent", type=_positive_int, default=20,
+                      help="latent size gated and timed")
+    prof.add_argument("--batch-size", type=_positive_int, default=128,
+                      help="batch size timed")
     _add_hidden_dim(prof)
     prof.add_argument("--repeats", type=_positive_int, default=7, help="windows per backend")
     prof.add_argument("--window-steps", "--steps", type=_positive_int, default=50,
@@ -204,6 +212,8 @@ def _add_profile(commands, known: tuple[str, ...]) -> None:
     prof.add_argument("--out", type=Path, metavar="FILE",
                       help="also write the report with its provenance into FILE (whole or "
                       "not at all; an existing FILE only if it is a profile report)")
+    prof.add_argument("--quiet", action="store_true",
+                      help="no progress lines: the report (and refusals) only")
     prof.set_defaults(handler=cmd_profile)
 
 
@@ -233,23 +243,31 @@ def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> 
                       help="throughput batch sizes; the first also trains (default: the "
                       "profile's, or 128)")
     runp.add_argument("--dataset", choices=datasets, help="override the profile's dataset")
-    runp.add_argument("--data-dir", type=Path)
+    runp.add_argument("--data-dir", type=Path,
+                      help="directory holding the IDX files (flat, or torchvision's "
+                      "<dir>/MNIST/raw)")
     runp.add_argument("--epochs", type=_positive_int, help="override the profile's epochs")
     runp.add_argument("--repeats", type=_positive_int, help="timed windows per backend")
     runp.add_argument("--window-steps", "--steps", type=_positive_int,
                       help="training steps per timed window (--steps: its older name)")
-    runp.add_argument("--iwae-k", type=_non_negative_int, metavar="K")
+    runp.add_argument("--iwae-k", type=_non_negative_int, metavar="K",
+                      help="importance samples for the test log-likelihood (default: the "
+                      "profile's; 0 skips it)")
     _add_adam_steps(runp, default=None)
     _add_hidden_dim(runp)
-    runp.add_argument("--seed", type=_seed, default=0)
-    runp.add_argument("--threads", type=_positive_int)
+    runp.add_argument("--seed", type=_seed, default=0,
+                      help="seed of the weights, the batch order and the noise; recorded")
+    runp.add_argument("--threads", type=_positive_int,
+                      help="threads for PyTorch and every backend (default: every CPU this "
+                      "process may use); recorded")
     runp.add_argument("--force", action="store_true",
                       help="time and train backends that fail the agreement gate")
     runp.add_argument("--out", type=Path, help="run directory (default results/<time>-<host>)")
     runp.add_argument("--resume", action="store_true", help="continue a run in --out")
     runp.add_argument("--shard", metavar="I/N",
                       help="run only the I-th of N disjoint parts (latent sizes) of the sweep")
-    runp.add_argument("--quiet", action="store_true")
+    runp.add_argument("--quiet", action="store_true",
+                      help="no progress lines or bars: the results only")
     runp.set_defaults(handler=cmd_run)
 
     gpu = commands.add_parser(
@@ -280,7 +298,8 @@ def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> 
 
     mrg = commands.add_parser("merge", help="join shard run directories into one")
     mrg.add_argument("parts", nargs="+", type=Path, metavar="DIR")
-    mrg.add_argument("--out", type=Path, required=True)
+    mrg.add_argument("--out", type=Path, required=True,
+                     help="run directory to write the joined run into")
     mrg.add_argument("--force", action="store_true",
                      help="merge parts whose environment or settings differ")
     mrg.set_defaults(handler=cmd_merge)
@@ -422,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
         "of each, their difference and its standard error. Exit status 1 if any latent size "
         "differs by more than the noise of seeds (bench/seeds.py says how that is judged).")
     seeds.add_argument("runs", nargs="+", type=Path, metavar="DIR")
-    seeds.add_argument("--out", type=Path, required=True)
+    seeds.add_argument("--out", type=Path, required=True,
+                       help="directory to write the comparison into")
     seeds.set_defaults(handler=cmd_seeds)
     lst = commands.add_parser(
         "backends", help="list every backend (built-in and plugins) and whether it can run here",
@@ -430,7 +450,27 @@ def build_parser() -> argparse.ArgumentParser:
         "register under the vae_kernel_bench.backends entry-point group, each with where it "
         "comes from and, when it cannot run here, why.")
     lst.set_defaults(handler=cmd_backends)
+    _show_defaults(parser)
     return parser
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Each option's default in its help, where the help does not already say it: what
+    argparse.ArgumentDefaultsHelpFormatter does, without its '(default: None)' and
+    '(default: False)' on options whose absence is their default."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in dict.fromkeys(action.choices.values()):
+                _show_defaults(command)
+        elif action.option_strings and action.default is not None \
+                and action.default is not False and action.default != argparse.SUPPRESS:
+            help_text = action.help or ""
+            if "default" not in help_text.lower():
+                value = action.default
+                shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) \
+                    else str(value)
+                action.help = (f"{help_text} (default {shown})" if help_text
+                               else f"default {shown}").replace("%", "%%")
 
 
 def _say(kind: str, message: str) -> None:
@@ -555,15 +595,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    from kernels import backend_names
+
     from .profile import ProfileSpec, profile
 
-    _setup(args)
-    spec = ProfileSpec(backends=tuple(args.backends), latent=args.latent,
+    log = _setup(args)
+    spec = ProfileSpec(backends=tuple(args.backends or backend_names()), latent=args.latent,
                        batch_size=args.batch_size, hidden_dim=args.hidden_dim,
                        repeats=args.repeats, window_steps=args.window_steps,
                        threads=args.threads, backend_noise=args.backend_noise,
                        force=args.force, adam_steps=args.adam_steps)
-    refused = profile(spec, args.out, lambda message: _say("refused", message))
+    refused = profile(spec, args.out, lambda message: _say("refused", message), log)
     return EXIT_FAILED if refused else 0
 
 

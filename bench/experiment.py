@@ -50,6 +50,7 @@ from vae_ref.data import Dataset
 
 from . import pipeline, provenance, tables
 from .experiment_figures import write_figures
+from .progress import eta_text
 from .results_dir import claim
 from .store import ResultsStore, StoreError
 
@@ -206,15 +207,24 @@ def run_experiment(
         store = ResultsStore(out, redo="--force to retrain it", arrays_are="weights")
         log(f"dataset: {data.describe()}")
         log(f"results: {out}")
+        configs = spec.configs()
+        earlier = {c.name: None if force else _load_finished(store, c, spec, data)
+                   for c in configs}
+        todo = sum(done is None for done in earlier.values())
         finished: list[FinishedModel] = []
-        for config in spec.configs():
-            done = None if force else _load_finished(store, config, spec, data)
+        spent: list[float] = []  # seconds of each model trained in this call
+        for config in configs:
+            done = earlier[config.name]
             if done is not None:
                 log(f"{config.name}: already finished in {out} (use --force to retrain), "
                     "skipping")
             else:
-                log(f"{config.name}: training {config.epochs} epochs on {data.name}")
+                log(f"{config.name}: model {len(spent) + 1} of {todo} to train"
+                    f"{eta_text(spent, todo - len(spent))}; training {config.epochs} epochs "
+                    f"on {data.name}")
+                started = time.monotonic()
                 done = _train_one(config, spec, data, store, progress, log)
+                spent.append(time.monotonic() - started)
             finished.append(done)
             # Rewrite the tables after every model: an interruption keeps every finished row.
             table = write_tables(finished, spec, data, out)

@@ -42,6 +42,7 @@ from vae_ref.training_outcome import EpochRecord, TrainResult, fixed_test_set
 
 from . import machine_load
 from .agreement import check
+from .progress import time_left
 from .tables import ResultRow
 from .tensor_comparison import Comparison
 from .throughput import Measurement, measure
@@ -273,8 +274,8 @@ def execute(selection: Selection, backends: Sequence[Backend], *,
             log(f"batch {batch}: timing {', '.join(b.name for b in outcome.admitted)}")
 
             def timed(done: int, of: int, each: float, batch: int = batch) -> None:
-                log(f"batch {batch}: {done} of {of} rounds of windows timed; about "
-                    f"{each * (of - done):.0f} s left")
+                log(f"batch {batch}: {done} of {of} rounds of windows timed; "
+                    f"{time_left(each * (of - done))}")
 
             watch = machine_load.Watch()
             outcome.measurements[batch] = {m.backend: m for m in measure(

@@ -67,10 +67,13 @@ def is_profile_report(path: Path) -> bool:
         return False
 
 
-def profile(spec: ProfileSpec, out: Path | None, refuse: Callable[[str], None]) -> bool:
+def profile(spec: ProfileSpec, out: Path | None, refuse: Callable[[str], None],
+            log: Callable[[str], None] = lambda _msg: None) -> bool:
     """Run the profile, print its report, write it into ``out`` (claimed before any work, so
     a path that cannot be written is refused at once). ``refuse`` is told, one line each,
-    of every backend not timed for failing the gate; returns whether there was one."""
+    of every backend not timed for failing the gate; returns whether there was one.
+    ``log``: the progress (each backend's gate, each round of windows timed); the report
+    names every backend's verdict, an unavailable one's reason included."""
     import torch
 
     backends = [create_backend(name, threads=spec.threads) for name in spec.backends]
@@ -88,22 +91,19 @@ def profile(spec: ProfileSpec, out: Path | None, refuse: Callable[[str], None]) 
                   f"training images of {data.name}: each timed batch repeats images",
                   flush=True)
         steps = f" and {spec.adam_steps} Adam steps" if spec.adam_steps else " only"
-        print(f"agreement gate at z {spec.latent}, single-step cases{steps} (mnist-5k "
-              f"images): {', '.join(spec.backends)} ...", flush=True)
+        log(f"agreement gate at z {spec.latent}, single-step cases{steps} (mnist-5k "
+            f"images): {', '.join(spec.backends)} ...")
 
         def after(stage: str, outcome: pipeline.Outcome) -> None:
             if stage != "gate":
                 return
-            for name, g in outcome.gates.items():
-                if g.verdict == "unavailable":
-                    print(f"{name}: unavailable here: {g.note}")
             for name in outcome.refused:
                 refuse(f"{name} failed the agreement gate: {outcome.gates[name].summary()}; "
                        "not timed (--force times it anyway)")
             if outcome.admitted:
-                print(f"profiling on {data.name} ({len(data.train_x)} images), torch threads "
-                      f"{torch.get_num_threads()}; warming up "
-                      f"{', '.join(b.name for b in outcome.admitted)} ...", flush=True)
+                log(f"profiling on {data.name} ({len(data.train_x)} images), torch threads "
+                    f"{torch.get_num_threads()}; warming up "
+                    f"{', '.join(b.name for b in outcome.admitted)} ...")
 
         config = VAEConfig(latent_dim=spec.latent, hidden_dim=spec.hidden_dim,
                            batch_size=spec.batch_size)
@@ -111,14 +111,15 @@ def profile(spec: ProfileSpec, out: Path | None, refuse: Callable[[str], None]) 
             pipeline.Selection(stages=("gate", "time"), batch_sizes=(spec.batch_size,),
                                repeats=spec.repeats, window_steps=spec.window_steps,
                                backend_noise=spec.backend_noise, force=spec.force),
-            backends, config=config, data=data, on_stage=after,
+            backends, config=config, data=data, on_stage=after, log=log,
             cases=pipeline.gate_cases(images, spec.latent, steps=spec.adam_steps,
                                      hidden=spec.hidden_dim))
         if not outcome.admitted:
             if outcome.refused:
                 return True  # each refusal has said why
+            why = "; ".join(f"{name}: {g.note}" for name, g in outcome.gates.items())
             raise ProfileError("no backend to profile: none of those asked for is available "
-                               "here")
+                               f"here ({why})")
         results = list(outcome.measurements[spec.batch_size].values())
         text = report(results, config, spec.batch_size, device_peaks(outcome.admitted),
                       outcome.gates)

@@ -40,3 +40,17 @@ def write(message: str) -> None:
         _tqdm.write(message)
     else:
         print(message, flush=True)
+
+
+def eta_text(spent: list[float], left: int) -> str:
+    """'; about 4 min left' from the seconds the units done so far took (their mean, times the
+    ``left`` units still to do, this one included); nothing before the first is done."""
+    if not spent:
+        return ""
+    return f"; {time_left(sum(spent) / len(spent) * left)}"
+
+
+def time_left(seconds: float) -> str:
+    """'about 40 s left', 'about 4 min left' (minutes from a minute and a half)."""
+    return f"about {seconds / 60:.0f} min left" if seconds >= 90 else \
+        f"about {seconds:.0f} s left"

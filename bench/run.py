@@ -25,6 +25,7 @@ from vae_ref.data import Dataset
 
 from . import figures, machine_load, pipeline, provenance, report, tables
 from .digits import GATE_IMAGES
+from .progress import eta_text
 from .results_dir import claim
 from .run_profiles import PROFILES  # noqa: F401  (run's presets, read as bench.run.PROFILES)
 from .store import ResultsStore, StoreError, read_json_object
@@ -284,16 +285,6 @@ def run(spec: RunSpec, data: Dataset, out: Path, *, shard: tuple[int, int] | Non
             save(cell, partial=False)
             spent.append(time.monotonic() - started)
         return write_outputs(out)
-
-
-def eta_text(spent: list[float], left: int) -> str:
-    """'; about 4 min left' from the seconds the units done so far took (their mean, times the
-    ``left`` units still to do, this one included); nothing before the first is done."""
-    if not spent:
-        return ""
-    seconds = sum(spent) / len(spent) * left
-    return f"; about {seconds / 60:.0f} min left" if seconds >= 90 else \
-        f"; about {seconds:.0f} s left"
 
 
 def _check_resumable(out: Path, env: dict, identity: dict, data: Dataset) -> None:

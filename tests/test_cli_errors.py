@@ -366,6 +366,33 @@ def test_help_loads_no_heavy_library():
     assert result.stdout.splitlines()[-1] == "", result.stdout.splitlines()[-1]
 
 
+def test_every_option_is_explained_and_shows_its_default():
+    """Options like `profile --repeats` (7) and `experiment --lr` (3e-4) hid their defaults,
+    and `run --threads` or `merge --out` had no help at all (issue 40, part 6)."""
+    import argparse
+
+    from bench.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    unexplained, hidden = [], []
+    for name, command in commands.items():
+        for action in command._actions:
+            if not action.option_strings or action.default == argparse.SUPPRESS:
+                continue
+            shown = command._get_formatter()._expand_help(action) if action.help else ""
+            if not shown.strip():
+                unexplained.append(f"{name} {action.option_strings[0]}")
+            value = action.default
+            if value is None or value is False:
+                continue  # its absence is its default: the help says what that means
+            spellings = {" ".join(map(str, value))} if isinstance(value, list) else {
+                str(value), f"{value:g}" if isinstance(value, float) else str(value)}
+            if "default" not in shown.lower() or not any(s in shown for s in spellings):
+                hidden.append(f"{name} {action.option_strings[0]} ({value!r}): {shown!r}")
+    assert not unexplained, unexplained
+    assert not hidden, hidden
+
+
 def test_version_names_the_release_and_the_commit(capsys):
     import importlib.metadata
 

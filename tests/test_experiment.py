@@ -158,3 +158,25 @@ def test_repeated_latents_and_too_many_threads(finished_experiment):
             f"process may use; using {cpus}") in err
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["torch_threads"] == cpus and provenance["spec"]["threads"] == cpus
+
+
+def test_the_log_says_which_model_of_how_many_and_the_time_left(mnist5k, tmp_path):
+    """An experiment said 'training 50 epochs' per model and nothing of how many were left
+    (issue 40, part 6); a resumed one counts only the models it still trains."""
+    import re
+
+    spec = ExperimentSpec(dataset="mnist-5k", latents=(2, 3), ae_latents=(), epochs=1,
+                          batch_size=1000, iwae_k=0, hidden_dim=16)
+    said: list[str] = []
+    run_experiment(spec, mnist5k, tmp_path, progress=False, log=said.append)
+    starts = [s for s in said if "to train" in s]
+    assert starts[0] == "vae-z2: model 1 of 2 to train; training 1 epochs on mnist-5k"
+    assert re.fullmatch(r"vae-z3: model 2 of 2 to train; about \d+ s left; training 1 epochs "
+                        r"on mnist-5k", starts[1])
+
+    wider = ExperimentSpec(**{**asdict(spec), "latents": (2, 3, 4)})
+    said.clear()
+    run_experiment(wider, mnist5k, tmp_path, progress=False, log=said.append)
+    assert [s for s in said if "to train" in s] == [
+        "vae-z4: model 1 of 1 to train; training 1 epochs on mnist-5k"]
+    assert sum("already finished" in s for s in said) == 2

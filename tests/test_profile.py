@@ -65,7 +65,7 @@ def test_profile_times_only_what_passed_unless_forced_and_writes_its_report(
     assert "numba-wrong        FAILED (" in out and "not timed (--force times it anyway)" in out
     text = report.read_text()
     assert text.startswith("# vae-bench profile --backends numba numba-wrong --latent 2 ")
-    body = out.split("profiling on", 1)[1].split("\n", 1)[1].split("\nprovenance: ")[0]
+    body = out[out.index("agreement gate before timing"):].split("\nprovenance: ")[0]
     assert body in text  # the report as printed
     assert "\n## Provenance\n" in text and "- **git_commit**: " in text
     assert "- **data_sha256**: " in text
@@ -181,3 +181,27 @@ def test_a_batch_larger_than_the_data_is_timed_and_said(capsys, fast_gemm_peak):
     out = capsys.readouterr().out
     assert ("note: batch size 4096 exceeds the 4000 training images of mnist-5k: each timed "
             "batch repeats images") in out
+
+
+def test_profile_says_where_it_is_and_quiet_keeps_the_report_only(capsys, fast_gemm_peak):
+    """profile printed 'warming up …' and then nothing until the report (issue 40, part 6):
+    now each backend's gate and each round of windows but the last, with the time left."""
+    import re
+
+    words = ["profile", "--backends", "numba", "torch", *TINY[:-4], "--repeats", "3",
+             "--window-steps", "1"]
+    assert main(words) == 0
+    out = capsys.readouterr().out
+    # Stamped with the time of day (no terminal here); the report's lines are not.
+    lines = [line.split("] ", 1)[1] for line in out.splitlines() if line.startswith("[")]
+    assert "numba agreement pass" in "\n".join(lines) and "torch agreement pass" in "\n".join(
+        lines)
+    rounds = [line for line in lines if "rounds of windows timed" in line]
+    assert len(rounds) == 2 and all(re.fullmatch(
+        r"batch 128: [12] of 3 rounds of windows timed; about \d+ s left", r) for r in rounds)
+
+    assert main([*words, "--quiet"]) == 0
+    quiet = capsys.readouterr().out
+    assert quiet.startswith("step: batch 128, z 2") and "rounds of windows" not in quiet
+    assert not [line for line in quiet.splitlines() if line.startswith("[")]
+    assert set(table_rows(quiet)) == {"numba", "torch"} and "\nprovenance: " in quiet

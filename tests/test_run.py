@@ -53,7 +53,7 @@ def test_a_run_says_which_latent_size_of_how_many_and_the_time_left(full_run_and
 
 
 def test_the_time_left_is_the_mean_so_far_times_what_is_left():
-    from bench.run import eta_text
+    from bench.progress import eta_text
 
     assert eta_text([], 3) == ""
     assert eta_text([10.0, 20.0], 2) == "; about 30 s left"
