@@ -1,6 +1,12 @@
 """``vae-bench compare OLD NEW``: row by row, did anything get slower, less accurate, or stop
-agreeing with the reference? Exit status 1 on a regression beyond the gate, 0 otherwise,
-2 on unusable input.
+agreeing with the reference, by how much and how surely? Exit status 0 no regression, 1 a
+regression beyond the gate, 3 undecided (nothing beyond the gate, but something it could not
+judge), 2 unusable input.
+
+Each gated row's speed-up ratio NEW/OLD comes with its interval and a verdict (faster, slower,
+``~`` for no significant change, undecided), both from the per-window values
+(``bench.significance``); each backend has a geometric mean over its rows. How a comparison
+is written out (text, Markdown, JSON): ``bench.comparison_formats``.
 
 Throughput is compared as each backend's speed-up over PyTorch eager *measured in the same
 run* on the same device (``bench.tables``: torch on the CPU, torch-cuda on a GPU), the
@@ -14,17 +20,18 @@ runners, so a threshold alone cries wolf; too few windows to test is undecided, 
 an ELBO drop of more than 1 nat (the same seed reproduces the ELBO exactly on one machine,
 and seeds differ by up to 1.6 nats SD at z = 2). Tighten both on quiet machines.
 
-The gate fails closed: what it cannot compare is a regression, not a pass. A row of OLD
+The gate fails closed: what it cannot compare is never a pass. A regression: a row of OLD
 missing from NEW (unless --allow-removed), a table cut short mid-row, a number in OLD that is
-NaN, infinite or (samples/s) zero in NEW, a speed-up NEW cannot compute because its yardstick
-row is missing or untimed (gate raw samples/s with --absolute instead), and two runs with no
-row in common. Input that is not a results table at all (unreadable, a directory, a cell that
+NaN, infinite or (samples/s) zero in NEW, and two runs with no row in common. Undecided: a
+drop beyond the threshold with too few windows to test, and a speed-up NEW cannot compute
+because its yardstick row is missing or untimed (gate raw samples/s with --absolute
+instead). Input that is not a results table at all (unreadable, a directory, a cell that
 is not a number, a key twice) is refused with exit status 2.
 
 Speed-ups over eager are a property of the CPU as well as of the code (the same Numba code:
 1.75x eager on an AMD EPYC, 1.32x on a Xeon with AMX). When the env.json beside each table
 says the runs are from different CPUs (``provenance.cpu_difference``: model or instruction
-sets), the throughput verdict is refused (exit status 1, said apart from the regressions)
+sets), the throughput verdict is refused (undecided, said apart from the regressions)
 unless --allow-machine-change; ELBO and agreement are compared either way.
 """
 
@@ -45,8 +52,8 @@ from .significance import (  # noqa: F401  (the defaults, read as run_comparison
     ALPHA,
     DEFAULT_FAIL_ELBO,
     DEFAULT_FAIL_THROUGHPUT,
-    Slowdown,
-    slowdown,
+    Change,
+    change,
 )
 from .store import read_json_object
 from .tables import ADDED_COLUMNS, KEYS, RESULT_COLUMNS, TEXT_COLUMNS
@@ -191,12 +198,39 @@ def _same_key(table: pd.DataFrame, row) -> pd.Series:
     return (table[KEYS] == [row[k] for k in KEYS]).all(axis=1)
 
 
+EXIT_REGRESSION = 1
+EXIT_UNDECIDED = 3  # nothing beyond the gate, but something it could not judge
+
+
 @dataclass
 class RunComparison:
-    table: pd.DataFrame  # one row per key, sorted worst first
+    """OLD against NEW: every row (``table``, one per key, sorted worst first: its
+    ``throughput_ratio``, the ratio of the medians' speed-ups that the threshold gates; the
+    window-by-window ratio ``ratio_estimate`` (Hodges-Lehmann) inside its interval
+    ``ratio_low``..``ratio_high`` at ``level``; ``p_value``; ``verdict`` faster / slower / ~ /
+    undecided; ``regression``), each backend's geometric mean (``geomeans``), and what to
+    say. The two ratios differ where noise hit the rounds unevenly: a window's speed-up pairs
+    it with eager's window of the same round, which the medians do not."""
+
+    table: pd.DataFrame
     regressions: list[str]
     notes: list[str] = field(default_factory=list)  # said, and no verdict (machines differ...)
-    refusals: list[str] = field(default_factory=list)  # what was not compared: exit 1 too
+    refusals: list[str] = field(default_factory=list)  # what could not be judged: undecided
+    geomeans: pd.DataFrame = field(default_factory=pd.DataFrame)
+    level: float = 1 - 2 * ALPHA  # the intervals' confidence level
+
+    @property
+    def exit_status(self) -> int:
+        """0 no regression, 1 a regression, 3 undecided (nothing beyond the gate, but
+        something not judged: too few windows, a missing yardstick, another CPU)."""
+        if self.regressions:
+            return EXIT_REGRESSION
+        return EXIT_UNDECIDED if self.refusals else 0
+
+    @property
+    def outcome(self) -> str:
+        return {0: "no regression", EXIT_REGRESSION: "regression",
+                EXIT_UNDECIDED: "undecided"}[self.exit_status]
 
 
 def _machines(old: Results, new: Results, allow_change: bool) -> tuple[bool, list[str],
@@ -260,7 +294,9 @@ def compare_runs(old: Results, new: Results, *, fail_throughput: float, fail_elb
     if not throughput:
         merged["throughput_ratio"] = math.nan
     merged["elbo_change"] = merged.final_test_elbo_new - merged.final_test_elbo_old
-    merged["p_value"], merged["verdict"] = math.nan, ""
+    for column in ("ratio_estimate", "ratio_low", "ratio_high", "p_value"):
+        merged[column] = math.nan
+    merged["verdict"], merged["regression"] = "", False
     for r, speedup_gated in zip(merged.itertuples(), gated_speedup):
         key = _key(r)
         if r.presence == "left_only":
@@ -280,17 +316,18 @@ def compare_runs(old: Results, new: Results, *, fail_throughput: float, fail_elb
                 and not _finite(r.speedup_new) and _finite(r.samples_per_s_new)
                 and r.samples_per_s_new > 0):
             yardstick = tables.YARDSTICK.get(r.device_new, "the eager PyTorch")
-            regressions.append(
+            refusals.append(
                 f"{key}: no speed-up in NEW: its {yardstick} row at z={r.latent_dim} "
                 f"batch={r.batch_size} (the yardstick) is missing or untimed; keep it in the "
                 "run, or gate raw samples/s with --absolute")
         if _finite(r.throughput_ratio):
-            test = slowdown(r.windows_old, r.windows_new)
-            verdict, said = _throughput_verdict(r.throughput_ratio, test, key, fail_throughput,
-                                                alpha, absolute, threshold_only)
-            merged.loc[r.Index, ["verdict", "p_value"]] = verdict, test.p_value
-            {"SLOWER": regressions, "undecided": refusals, "noise": notes}.get(
-                verdict, []).extend(said)
+            test = change(r.windows_old, r.windows_new, alpha)
+            verdict, kind, said = _throughput_verdict(r.throughput_ratio, test, key,
+                                                      fail_throughput, absolute, threshold_only)
+            merged.loc[r.Index, ["verdict", "regression", "p_value", "ratio_estimate",
+                                 "ratio_low", "ratio_high"]] = (
+                verdict, kind == "regression", test.p_value, test.estimate, test.low, test.high)
+            {"regression": regressions, "undecided": refusals, "note": notes}[kind].extend(said)
         if _finite(r.elbo_change) and r.elbo_change < -fail_elbo:
             regressions.append(f"{key}: test ELBO {r.elbo_change:+.2f} nats (gate: "
                                f"-{fail_elbo:g})")
@@ -302,47 +339,49 @@ def compare_runs(old: Results, new: Results, *, fail_throughput: float, fail_elb
     merged["change"] = merged["presence"].astype(str).map(
         {"both": "", "left_only": "removed", "right_only": "added"})
     merged = merged.sort_values(["throughput_ratio", "elbo_change"], na_position="last")
-    return RunComparison(merged, regressions, notes, refusals)
+    return RunComparison(merged, regressions, notes, refusals, geometric_means(merged),
+                         1 - 2 * alpha)
 
 
-def _throughput_verdict(ratio: float, test: Slowdown, key: str, fail_throughput: float,
-                        alpha: float, absolute: bool,
-                        threshold_only: bool) -> tuple[str, list[str]]:
-    """A gated row's throughput verdict (ok, SLOWER, noise, undecided) and what to say."""
+def geometric_means(merged: pd.DataFrame) -> pd.DataFrame:
+    """Each backend's geometric mean of its gated throughput ratios over latent and batch
+    sizes (Google Benchmark's OVERALL_GEOMEAN, pyperf's geometric mean), with how many rows
+    it is over; the mean of ratios that multiply is their geometric mean."""
+    gated = merged[np.isfinite(merged.throughput_ratio.astype(float))
+                   & (merged.throughput_ratio > 0)]
+    rows = [{"backend": backend, "rows": len(group),
+             "throughput_ratio": float(np.exp(np.log(group.throughput_ratio).mean()))}
+            for backend, group in gated.groupby("backend", sort=True)]
+    return pd.DataFrame(rows, columns=["backend", "rows", "throughput_ratio"])
+
+
+def _throughput_verdict(ratio: float, test: Change, key: str, fail_throughput: float,
+                        absolute: bool, threshold_only: bool) -> tuple[str, str, list[str]]:
+    """A gated row's verdict (faster, slower, ~, undecided), whether it is a regression,
+    undecided (the gate could not judge) or a note, and what to say. A regression is a drop
+    beyond the threshold that the windows call significant (or, ``threshold_only``, any drop
+    beyond it); a significant drop within the threshold is said, not failed."""
     gate = 1 - fail_throughput
-    if ratio >= gate:
-        return "ok", []
     what = "samples/s" if absolute else "speed-up over PyTorch eager"
-    drop = f"{key}: {what} {ratio:.2f}x of before (gate: {gate:.2f}x)"
+    interval = (f" (window by window {test.estimate:.2f}x, {test.level:.0%} interval "
+                f"{test.low:.2f}-{test.high:.2f}x)" if test.decided else "")
+    moved = f"{key}: {what} {ratio:.2f}x of before{interval}"
+    u_test = f"one-sided Mann-Whitney U, {test.describe()}"
+    if ratio >= gate:
+        if test.verdict == "slower":
+            return "slower", "note", [f"{moved}: significantly slower ({u_test} < "
+                                      f"{test.alpha:g}), within the gate ({gate:.2f}x)"]
+        return test.verdict, "note", []
+    drop = f"{moved} (gate: {gate:.2f}x)"
     if threshold_only:
-        return "SLOWER", [f"{drop}; decided by the threshold alone (--threshold-only)"]
+        return "slower", "regression", [f"{drop}; decided by the threshold alone "
+                                        "(--threshold-only)"]
     if not test.decided:
-        return "undecided", [f"{drop}, but undecided: {test.why_undecided}; time more windows "
-                             "(--repeats) or decide by the threshold alone (--threshold-only)"]
-    if test.significant(alpha):
-        return "SLOWER", [f"{drop}; significant over the windows (one-sided Mann-Whitney U, "
-                          f"{test.describe()} < {alpha:g})"]
-    return "noise", [f"{drop}, but not significant over the windows (one-sided Mann-Whitney U, "
-                     f"{test.describe()} >= {alpha:g}): within the noise, not a regression"]
-
-
-def format_table(result: RunComparison) -> str:
-    lines = [f"{'backend':<18} {'z':>3} {'batch':>5} {'samples/s old':>13} {'new':>10} "
-             f"{'raw':>5} {'speed-up old':>12} {'new':>6} {'gated':>6} "
-             f"{'p':>6} {'verdict':>9} "
-             f"{'test ELBO old':>13} {'new':>9} {'change':>7} {'agreement':>16}"]
-    def num(v, spec):
-        return tables.fmt(v, spec, nan=tables.NOT_COMPUTED)
-
-    for r in result.table.itertuples():
-        agreement = f"{r.agreement_old}->{r.agreement_new}" if r.change == "" else r.change
-        lines.append(
-            f"{r.backend:<18} {r.latent_dim:>3} {r.batch_size:>5} "
-            f"{num(r.samples_per_s_old, ',.0f'):>13} {num(r.samples_per_s_new, ',.0f'):>10} "
-            f"{num(r.raw_ratio, '.2f'):>5} {num(r.speedup_old, '.2f'):>12} "
-            f"{num(r.speedup_new, '.2f'):>6} {num(r.throughput_ratio, '.2f'):>6} "
-            f"{num(r.p_value, '.2g'):>6} {r.verdict or tables.NOT_COMPUTED:>9} "
-            f"{num(r.final_test_elbo_old, '.2f'):>13} "
-            f"{num(r.final_test_elbo_new, '.2f'):>9} {num(r.elbo_change, '+.2f'):>7} "
-            f"{agreement:>16}")
-    return "\n".join(lines)
+        return "undecided", "undecided", [
+            f"{drop}, but undecided: {test.why_undecided}; time more windows (--repeats) or "
+            "decide by the threshold alone (--threshold-only)"]
+    if test.verdict == "slower":
+        return "slower", "regression", [f"{drop}; significant over the windows ({u_test} < "
+                                        f"{test.alpha:g})"]
+    return test.verdict, "note", [f"{drop}, but not significant over the windows ({u_test} >= "
+                                  f"{test.alpha:g}): within the noise, not a regression"]

@@ -137,8 +137,8 @@ def fuzz_run_readers(data, root: Path, capsys, commands=("compare", "report", "m
     what = damage(data, damaged, **which)
     before = snapshot(damaged, intact)
     if "compare" in commands:  # 1 is its verdict on a damaged number (a regression)
-        outcome(capsys, ["compare", str(intact), str(damaged)], (0, 1, 2), what)
-        outcome(capsys, ["compare", str(damaged), str(intact)], (0, 1, 2), what)
+        outcome(capsys, ["compare", str(intact), str(damaged)], (0, 1, 2, 3), what)
+        outcome(capsys, ["compare", str(damaged), str(intact)], (0, 1, 2, 3), what)
     if "report" in commands:
         outcome(capsys, ["report", str(damaged), "--out", str(out / "report")], (0, 2), what)
     if "merge" in commands:
