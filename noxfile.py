@@ -112,7 +112,10 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def benchmarks(session: nox.Session) -> None:
     """The pytest-benchmark suites (per fused kernel, per training step), timed, saved as JSON
-    under .benchmarks/ (compare two saves: ``pytest-benchmark compare 0001 0002``)."""
+    under .benchmarks/ (compare two saves: ``pytest-benchmark compare 0001 0002``; or
+    ``-- --benchmark-compare --benchmark-compare-fail=median:10%`` against the last). Each
+    timing's JSON holds samples/s (``extra_info``) and the CPU's instruction sets, BLAS and
+    threads (``machine_info["vae_kernel_bench"]``): tests/conftest.py."""
     install_project(session, "[test,jax,bf16]")
     session.run("pytest", "--benchmark-only", "--benchmark-autosave", *session.posargs)
 

@@ -30,15 +30,61 @@ if _WORKER_CPUS:
     torch.set_num_threads(_WORKER_CPUS)
 
 
+# pytest-benchmark's options that mean something only where the benchmarks are timed: each
+# alone times them (pytest-benchmark's session.py skips saving, without a word, for a
+# disabled session).
+BENCHMARK_OUTPUTS = {"benchmark_json": "--benchmark-json", "benchmark_save": "--benchmark-save",
+                     "benchmark_autosave": "--benchmark-autosave",
+                     "benchmark_compare": "--benchmark-compare",
+                     "benchmark_compare_fail": "--benchmark-compare-fail",
+                     "benchmark_histogram": "--benchmark-histogram"}
+
+
 def pytest_configure(config):
     # A plain `pytest` runs each benchmark once, untimed, as a correctness check (fast);
-    # `pytest --benchmark-only` (or --benchmark-enable) times them. Done here rather than
-    # with --benchmark-disable in addopts, which pytest-benchmark refuses beside
-    # --benchmark-only.
+    # `pytest --benchmark-only` (or --benchmark-enable, or an option that saves or compares
+    # timings) times them. Done here rather than with --benchmark-disable in addopts, which
+    # pytest-benchmark refuses beside --benchmark-only.
     if hasattr(config.option, "benchmark_disable"):
-        wanted = config.option.benchmark_only or config.option.benchmark_enable
+        asked = [flag for name, flag in BENCHMARK_OUTPUTS.items()
+                 if getattr(config.option, name, None)]
+        parallel = getattr(config.option, "numprocesses", None) or os.environ.get(
+            "PYTEST_XDIST_WORKER")
+        if asked and parallel:
+            # pytest-benchmark's session.py disables timing under xdist, and then writes
+            # nothing: say so rather than end with no file.
+            raise pytest.UsageError(
+                f"{asked[0]} needs the benchmarks timed, and pytest-benchmark times none "
+                "under pytest-xdist: run it with -n 0 (nox -s benchmarks does)")
+        wanted = config.option.benchmark_only or config.option.benchmark_enable or asked
         if not wanted:
             config.option.benchmark_disable = True
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """What a timing depends on beyond pytest-benchmark's own machine_info (which names the
+    processor and Python): the CPU's instruction sets, the BLAS libraries loaded and their
+    threads, the CPUs this process may use, PyTorch's threads, the package versions."""
+    from bench.provenance import blas_libraries, cpu_isa, cpu_model, package_versions
+    from kernels.cpu_features import usable_cpus
+
+    machine_info["vae_kernel_bench"] = {
+        "cpu": cpu_model(), "cpu_isa": cpu_isa(), "usable_cpus": usable_cpus(),
+        "torch_threads": torch.get_num_threads(), "blas": blas_libraries(),
+        "versions": package_versions()}
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """samples/s beside each timing whose benchmark says how many samples (images) one call
+    processes (``extra_info["samples_per_call"]``): the median call's, and the range from the
+    slowest and fastest calls, the harness's own unit."""
+    for entry in output_json["benchmarks"]:
+        samples = (entry.get("extra_info") or {}).get("samples_per_call")
+        stats = entry.get("stats") or {}
+        if samples and stats.get("median"):
+            entry["extra_info"].update(samples_per_s=samples / stats["median"],
+                                       samples_per_s_min=samples / stats["max"],
+                                       samples_per_s_max=samples / stats["min"])
 
 
 # The Numba step's forms compiled ahead by the xdist controller, one child per group, the

@@ -65,6 +65,7 @@ def test_sigmoid_bce(benchmark, provider):
     truth = bce_truth()
     for got, want in zip(provider(), truth):
         close(got, want, rtol=1e-5, atol=1e-7)
+    benchmark.extra_info["samples_per_call"] = B  # the images of one batch
     benchmark(provider)
 
 
@@ -89,6 +90,7 @@ def torch_bias_relu():
 @pytest.mark.benchmark(group="bias-relu")
 def test_bias_relu(benchmark, provider):
     close(provider(), np.maximum(PRE.astype(np.float64) + BIAS, 0))
+    benchmark.extra_info["samples_per_call"] = B  # the images of one batch
     benchmark(provider)
 
 
@@ -122,6 +124,7 @@ def test_relu_backward_bias_sum(benchmark, provider):
     got, bias = provider()
     close(got, want)
     close(bias, want.sum(0), rtol=1e-5, atol=1e-5)
+    benchmark.extra_info["samples_per_call"] = B  # the images of one batch
     benchmark(provider)
 
 
@@ -148,6 +151,7 @@ def test_reparameterize_kl(benchmark, provider):
     z, kl = provider()
     close(z, mu + np.exp(0.5 * lv) * EPS)
     close(kl, -0.5 * (1 + lv - mu**2 - np.exp(lv)).sum(1), rtol=1e-5, atol=1e-5)
+    benchmark.extra_info["samples_per_call"] = B  # the images of one batch
     benchmark(provider)
 
 

@@ -50,4 +50,5 @@ def test_training_step(benchmark, request, step_cases, latent, provider):
         backend.train_step(case.data, case.step_indices[0], case.step_eps[0], want_loss=False)
         backend.synchronize()  # a GPU step is timed to its end, not to its launch
 
+    benchmark.extra_info["samples_per_call"] = len(case.step_indices[0])  # one batch
     benchmark(step)
