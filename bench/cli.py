@@ -344,11 +344,32 @@ def _add_compare(commands) -> None:
     cmp_.add_argument("--allow-machine-change", action="store_true",
                       help="compare throughput even when OLD and NEW ran on different CPUs "
                       "(model or instruction sets, from each run's env.json); without it "
-                      "that is refused (exit 1) and only ELBO and agreement are compared")
+                      "that is undecided (exit 3) and only ELBO and agreement are compared")
     cmp_.add_argument("--format", choices=FORMATS, default="text",
                       help="text for a terminal, markdown for a pull-request comment, json "
                       "for a program (every row and number)")
     cmp_.set_defaults(handler=cmd_compare)
+
+
+def _add_export(commands) -> None:
+    from .export import FORMATS
+
+    exp = commands.add_parser(
+        "export", help="a run's results as JSON, or for a CI dashboard (Bencher, "
+        "github-action-benchmark)",
+        description="Each row of RUN as a benchmark named <dataset>/z<latent>/b<batch>/"
+        "<backend> (the same in every run) with its throughput (samples/s, range: the "
+        "slowest and fastest window), its speed-up over eager in the same run, and its test "
+        "ELBO, all bigger-is-better. json: results.json (every row and window, the "
+        "provenance, the gate per tensor); bmf: Bencher Metric Format (bencher run --adapter "
+        "json --file F); github-action-benchmark: its customBiggerIsBetter tool's input.")
+    exp.add_argument("run", type=Path, metavar="RUN", help="run directory or its results.csv")
+    exp.add_argument("--format", choices=FORMATS, default="json",
+                     help="json, bmf or github-action-benchmark")
+    exp.add_argument("--out", type=Path, metavar="FILE",
+                     help="write it into FILE, whole or not at all (an existing FILE only if "
+                     "it holds JSON) instead of printing it")
+    exp.set_defaults(handler=cmd_export)
 
 
 def _add_report(commands) -> None:
@@ -444,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands, DATASETS, tuple(PROFILES))
     _add_compare(commands)
     _add_report(commands)
+    _add_export(commands)
     seeds = commands.add_parser(
         "seeds", help="a backend's final ELBO against the reference's, over seeds",
         description="Reads experiment directories made by the reference (torch) and one other "
@@ -704,6 +726,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return result.exit_status
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from vae_ref.atomic import atomic_write_text
+
+    from .export import export_text, is_json_file, load_run
+    from .results_dir import claim_file
+
+    if args.out is None:
+        print(export_text(load_run(args.run), args.format), end="")
+        return 0
+    with claim_file(args.out, ours=is_json_file, what="a JSON file"):
+        atomic_write_text(args.out, export_text(load_run(args.run), args.format))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import ReportError, write_report
     from .results_dir import claim
@@ -798,6 +835,7 @@ def _main(argv: list[str]) -> int:
 
     from .archive import ArchiveError
     from .experiment import ExperimentError
+    from .export import ExportError
     from .profile import ProfileError
     from .report import ReportError
     from .result_files import ResultsFileError
@@ -812,7 +850,7 @@ def _main(argv: list[str]) -> int:
     except (DatasetError, IDXFormatError, ExperimentError, FixtureError, UnknownBackendError,
             BackendUnavailable, RunError, CompareError, ResultsDirError, StoreError,
             SeedsError, ProfileError, ReportError, ArchiveError,
-            ResultsFileError) as error:
+            ResultsFileError, ExportError) as error:
         _say("error", str(error))
         return EXIT_USAGE
     except TrainingDiverged as error:

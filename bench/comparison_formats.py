@@ -134,22 +134,15 @@ def markdown(result: RunComparison) -> str:
     return "\n".join(lines)
 
 
-def _plain(value):
-    """A JSON value: NaN and infinities as null, NumPy scalars as Python's."""
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def as_json(result: RunComparison) -> str:
-    rows = [{name: _plain(getattr(r, column)) for name, column in JSON_FIELDS.items()}
+    from .export import json_value
+
+    rows = [{name: json_value(getattr(r, column)) for name, column in JSON_FIELDS.items()}
             for r in result.table.itertuples()]
     document = {
         "outcome": result.outcome, "exit_status": result.exit_status,
         "interval_level": result.level, "rows": rows,
-        "geometric_means": [{"backend": g.backend, "throughput_ratio": _plain(
+        "geometric_means": [{"backend": g.backend, "throughput_ratio": json_value(
             g.throughput_ratio), "rows": int(g.rows)} for g in result.geomeans.itertuples()],
         "regressions": result.regressions, "undecided": result.refusals,
         "notes": result.notes,

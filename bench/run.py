@@ -23,7 +23,7 @@ from vae_ref.atomic import atomic_write_text
 from vae_ref.config import DEFAULT_LATENTS, GATE_ADAM_STEPS
 from vae_ref.data import Dataset
 
-from . import figures, machine_load, pipeline, provenance, report, tables
+from . import export, figures, machine_load, pipeline, provenance, report, tables
 from .digits import GATE_IMAGES
 from .progress import eta_text
 from .results_dir import claim
@@ -324,8 +324,8 @@ def load_cells(out: Path, partial: bool = False) -> list[dict]:
 
 
 def write_outputs(out: Path) -> pd.DataFrame:
-    """results.csv, curves.csv, gate.csv, summary.md, the plots and report.html, rebuilt from
-    every cell so far."""
+    """results.csv, results.json, curves.csv, gate.csv, summary.md, the plots and report.html,
+    rebuilt from every cell so far."""
     cells = load_cells(out, partial=True)
     env = read_env(out)
     table = tables.results_frame(row for c in cells for row in c["rows"])
@@ -336,6 +336,8 @@ def write_outputs(out: Path) -> pd.DataFrame:
     atomic_write_text(out / "results.csv", table.to_csv(index=False))
     atomic_write_text(out / "curves.csv", curves.to_csv(index=False))
     atomic_write_text(out / "gate.csv", gate.to_csv(index=False))
+    atomic_write_text(out / export.RESULTS_JSON,
+                      export.as_json_text(export.results_document(table, gate, env)))
     # Cells written before settings were kept have none.
     settings: dict[str, dict] = {}
     for cell in cells:

@@ -128,8 +128,8 @@ def outcome(capsys, words: list[str], allowed: tuple[int, ...], what: str) -> No
         assert err.count("\n") == 1 and err.startswith("vae-bench: error: "), (what, err)
 
 
-def fuzz_run_readers(data, root: Path, capsys, commands=("compare", "report", "merge"),
-                     **which) -> None:
+def fuzz_run_readers(data, root: Path, capsys,
+                     commands=("compare", "report", "merge", "export"), **which) -> None:
     case = root / f"case{len(list(root.iterdir()))}"
     damaged, intact, out = case / "damaged", case / "intact", case / "out"
     shutil.copytree(RUN, damaged, ignore=shutil.ignore_patterns("*.png", "report.html"))
@@ -143,6 +143,10 @@ def fuzz_run_readers(data, root: Path, capsys, commands=("compare", "report", "m
         outcome(capsys, ["report", str(damaged), "--out", str(out / "report")], (0, 2), what)
     if "merge" in commands:
         outcome(capsys, ["merge", str(damaged), "--out", str(out / "merged")], (0, 2), what)
+    if "export" in commands:
+        for form in ("json", "bmf", "github-action-benchmark"):
+            outcome(capsys, ["export", str(damaged), "--format", form, "--out",
+                             str(out / f"{form}.json")], (0, 2), what)
     assert snapshot(damaged, intact) == before, what
 
 

@@ -52,6 +52,26 @@ def test_a_run_says_which_latent_size_of_how_many_and_the_time_left(full_run_and
                         next(s for s in said if "rounds of windows" in s).split(": ", 1)[1])
 
 
+def test_results_json_holds_every_row_window_and_gate_tensor(full_run):
+    """Every run writes results.json beside results.csv (issue 40, part 1): the windows as
+    numbers, not a space-separated string in a CSV cell."""
+    import jsonschema
+
+    from bench.export import document_json_schema
+
+    out, table = full_run
+    document = json.loads((out / "results.json").read_text())
+    jsonschema.validate(document, document_json_schema())
+    assert document["provenance"] == json.loads((out / "env.json").read_text())
+    csv = pd.read_csv(out / "results.csv")
+    assert [(r["backend"], r["latent_dim"]) for r in document["rows"]] == list(
+        zip(csv.backend, csv.latent_dim))
+    for row, text in zip(document["rows"], csv.window_samples_per_s):
+        assert row["window_samples_per_s"] == [float(v) for v in text.split()]
+        assert len(row["window_samples_per_s"]) == 2  # repeats=2
+    assert len(document["gate"]) == len(pd.read_csv(out / "gate.csv")) > 0
+
+
 def test_the_time_left_is_the_mean_so_far_times_what_is_left():
     from bench.progress import eta_text
 
