@@ -177,29 +177,41 @@ def run_plots(out: Path, table: pd.DataFrame, curves: pd.DataFrame) -> None:
 
 
 def scaling(rows: pd.DataFrame, path: Path) -> None:
-    """How each backend's rate grows with its work at one latent size: samples/s and the
-    fraction of the device's GEMM peak against the batch size, with the step's GEMMs alone
-    (NumPy's BLAS: the ceiling of a CPU step that calls it) drawn dashed."""
-    fig = Figure(figsize=(12, 4.5))
-    rate, peak = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    """How each backend's rate grows with its work at one latent size: samples/s against the
+    batch size, and the fraction of the device's GEMM peak, a panel per GEMM precision, each
+    against that precision's own peak (a bf16 row's % is of the bf16 peak: drawn beside
+    float32 rows under one axis it read as float32's); the step's 11 GEMMs alone (NumPy's
+    float32 BLAS: the ceiling of a CPU step that calls it) drawn dashed."""
+    precisions = list(dict.fromkeys(rows.precision))
+    fig = Figure(figsize=(6 * (1 + len(precisions)), 4.5))
+    rate = fig.add_subplot(1, 1 + len(precisions), 1)
     _lines(rate, rows, "batch_size", "samples_per_s")
-    _lines(peak, rows, "batch_size", "pct_peak")
     measured = rows.dropna(subset=["gemm_only_ms"]).groupby("batch_size").first()
     if len(measured):
-        # % of peak scales as 1 / time, so the GEMMs' own share follows from any row's.
-        ceiling_pct = measured.pct_peak * measured.ms_per_step / measured.gemm_only_ms
         rate.plot(measured.index, measured.index / measured.gemm_only_ms * 1e3, "k--",
                   label="the 11 GEMMs alone (NumPy BLAS)")
-        peak.plot(measured.index, ceiling_pct.values, "k--",
-                  label="the 11 GEMMs alone (NumPy BLAS)")
-    for ax in (rate, peak):
-        ax.set_xscale("log", base=2)
     z = int(rows.latent_dim.iloc[0])
+    rate.set_xscale("log", base=2)
     rate.set_yscale("log")
     rate.set_xlabel("batch size")
     rate.set_ylabel("training samples/s")
     rate.set_title(f"Throughput, z = {z}")
     rate.grid(alpha=0.3, which="both")
     rate.legend(fontsize="small")
-    _finish(fig, peak, "batch size", "% of the device's float32 GEMM peak",
-            f"Fraction of the GEMM peak, z = {z}", path)
+    for i, precision in enumerate(precisions):
+        peak = fig.add_subplot(1, 1 + len(precisions), 2 + i)
+        mine = rows[rows.precision == precision]
+        _lines(peak, mine, "batch_size", "pct_peak")
+        float32 = mine.dropna(subset=["gemm_only_ms"]).groupby("batch_size").first()
+        if precision == "float32" and len(float32):
+            # % of peak scales as 1 / time, so the GEMMs' own share follows from any row's.
+            ceiling_pct = float32.pct_peak * float32.ms_per_step / float32.gemm_only_ms
+            peak.plot(float32.index, ceiling_pct.values, "k--",
+                      label="the 11 GEMMs alone (NumPy BLAS)")
+        peak.set_xscale("log", base=2)
+        peak.set_xlabel("batch size")
+        peak.set_ylabel(f"% of the device's {precision} GEMM peak")
+        peak.set_title(f"{precision} rows: fraction of the {precision} GEMM peak, z = {z}")
+        peak.grid(alpha=0.3)
+        peak.legend(fontsize="small")
+    save(fig, path)

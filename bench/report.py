@@ -148,6 +148,9 @@ def _run_section(r: ResultsDirectory) -> list[str]:
     if len(timed):
         parts += ["<h3>Throughput and speed-up over eager (range over the timed windows)</h3>",
                   _html_table(_throughput_frame(timed))]
+        strip = _window_strip(timed)
+        if strip is not None:
+            parts.append(_figure(strip, "timed windows, row by row"))
     trained = table[table.final_test_elbo.notna()]
     if len(trained):
         parts += ["<h3>ELBO after training</h3>", _html_table(trained[
@@ -214,35 +217,72 @@ def _throughput_frame(timed: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# The instruction sets that name a CPU's class in a history's heading, the most telling last.
+_ISA_NAMES = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512_BF16"),
+              ("amx_bf16", "AMX"))
+
+
+def _cpu_label(provenance: dict) -> tuple[tuple, str]:
+    """A run's CPU as a history groups it (its model and instruction sets, as compare tells
+    CPUs apart: ``provenance.cpu_identity``) and as its heading names it."""
+    from .provenance import cpu_identity
+
+    identity = cpu_identity(provenance)
+    isa = tuple(identity["isa"]) if isinstance(identity["isa"], list) else None
+    named = [name for flag, name in _ISA_NAMES if isa and flag in isa]
+    model = str(identity["model"] or "unknown CPU")
+    return (model, isa), model + (f" with {named[-1]}" if named else "")
+
+
 def _history(runs: list[ResultsDirectory]) -> list[str]:
-    """Each backend's speed-up over eager and test ELBO, run by run."""
+    """Each backend's speed-up over eager and test ELBO, run by run, for each CPU and data
+    set apart: a speed-up is a property of the CPU, an ELBO of the data, and a line across
+    them would show a change of machine or data as a change of code."""
     records = []
     for i, r in enumerate(runs):
+        key, cpu = _cpu_label(r.provenance)
+        stamp = (f"{str(r.provenance.get('git_commit', '?'))[:7]}, "
+                 f"{str(r.provenance.get('timestamp', ''))[:10]}")
         table = r.table.assign(speedup=tables.speedup(r.table))
         for row in table.itertuples():
-            records.append({"run": i, "label": r.label, "backend": row.backend,
-                            "z": row.latent_dim, "batch": row.batch_size,
-                            "speedup": row.speedup, "elbo": row.final_test_elbo})
+            records.append({"run": i, "label": f"{r.label} ({stamp})", "cpu_key": key,
+                            "cpu": cpu, "dataset": row.dataset, "backend": row.backend,
+                            "precision": row.precision, "z": row.latent_dim,
+                            "batch": row.batch_size, "speedup": row.speedup,
+                            "elbo": row.final_test_elbo})
     history = pd.DataFrame(records)
-    # A history is of what every run measured: the batch sizes timed in all of them (a
-    # scaling sweep's other batch sizes are in its own section), else all.
+    parts = [f"<h2 id=\"history\">History of {len(runs)} runs</h2>",
+             "<p>Oldest first, as given, for each CPU and data set apart; each run marked by "
+             "its commit and date. Speed-up over PyTorch eager measured in the same run (the "
+             "median over latent sizes, at the batch sizes every run of the group timed); "
+             "test ELBO per latent size.</p>"]
+    for (_key, dataset), group in history.groupby(["cpu_key", "dataset"], sort=False):
+        parts += _history_group(group, f"{group.cpu.iloc[0]}, {dataset}")
+    return parts
+
+
+def _history_group(history: pd.DataFrame, title: str) -> list[str]:
+    """The history of the runs of one CPU and data set (``history``: their rows)."""
+    order = list(dict.fromkeys(history.run))
+    history = history.assign(run=history.run.map({run: i for i, run in enumerate(order)}))
+    labels = list(dict.fromkeys(history.label))
+    parts = [f"<h3>{_e(title)}: {len(order)} run{'s' if len(order) != 1 else ''}</h3>"]
+    if len(order) < 2:
+        return parts + ["<p>Nothing to compare it with on this CPU and data set.</p>"]
+    # What every run of the group measured: the batch sizes all of them timed (a scaling
+    # sweep's others are in its own section), else all.
     runs_per_batch = history.groupby("batch").run.nunique()
-    common = runs_per_batch[runs_per_batch == len(runs)].index
+    common = runs_per_batch[runs_per_batch == len(order)].index
     if len(common):
         history = history[history.batch.isin(common)]
-    labels = [r.label for r in runs]
-    parts = [f"<h2 id=\"history\">History of {len(runs)} runs</h2>",
-             "<p>Oldest first, as given. Speed-up over PyTorch eager measured in the same run "
-             "(the median over latent sizes, at the batch sizes every run timed); test "
-             "ELBO per latent size.</p>"]
+    history = history.assign(backend=history.backend + " (" + history.precision + ")")
     speed = history.dropna(subset=["speedup"])
-    speed = speed[~speed.backend.isin(list(tables.YARDSTICK.values()))]
+    speed = speed[~speed.backend.str.split(" ").str[0].isin(list(tables.YARDSTICK.values()))]
     if len(speed):
         medians = speed.groupby(["backend", "batch", "run"]).speedup.median().reset_index()
         parts.append(_figure(_line_plot(
-            medians, ("backend", "batch"), "speedup", labels,
-            "speed-up over eager", "Speed-up over eager, run by run"),
-            "speed-up history"))
+            medians, ("backend", "batch"), "speedup", labels, "speed-up over eager",
+            f"Speed-up over eager, run by run: {title}"), f"speed-up history, {title}"))
         wide = medians.assign(label=medians.run.map(dict(enumerate(labels)))).pivot_table(
             index=["backend", "batch"], columns="label", values="speedup", sort=False)
         parts.append(_html_table(wide[[c for c in labels if c in wide]].map(
@@ -251,8 +291,36 @@ def _history(runs: list[ResultsDirectory]) -> list[str]:
     if len(elbo):
         parts.append(_figure(_line_plot(
             elbo, ("backend", "z"), "elbo", labels, "test ELBO (nats)",
-            "Test ELBO, run by run"), "ELBO history"))
+            f"Test ELBO, run by run: {title}"), f"ELBO history, {title}"))
     return parts
+
+
+def _window_strip(timed: pd.DataFrame) -> bytes | None:
+    """Every timed window of every row as a dot (samples/s, log scale), the row's median a
+    bar: the spread a min-max range hides (a slow outlier, two clusters). None where no row
+    kept two windows or more."""
+    from matplotlib.figure import Figure
+
+    rows = [(f"{r.backend} z={r.latent_dim} b={r.batch_size}",
+             tables.windows_of(r.window_samples_per_s), r.samples_per_s)
+            for r in timed.itertuples()]
+    rows = [row for row in rows if len(row[1]) >= 2]
+    if not rows:
+        return None
+    fig = Figure(figsize=(8, 1.0 + 0.28 * len(rows)))
+    ax = fig.add_subplot()
+    for y, (_label, windows, median) in enumerate(rows):
+        ax.plot(windows, np.full(len(windows), y), "o", color="C0", alpha=0.6, markersize=4)
+        ax.plot([median, median], [y - 0.3, y + 0.3], color="C3", linewidth=2)
+    ax.set_yticks(range(len(rows)), [label for label, _, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples/s of each timed window (bar: the median)")
+    ax.set_title("Timed windows, row by row")
+    ax.grid(alpha=0.3, axis="x", which="both")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def _line_plot(frame: pd.DataFrame, names: tuple[str, ...], value: str, labels: list[str],

@@ -25,8 +25,10 @@ def test_the_page_holds_every_section_and_fetches_nothing(tmp_path):
                     "Throughput and speed-up over eager", "ELBO after training",
                     "Experiment experiment-mnist-5k-50ep", "Provenance"):
         assert heading in page, heading
-    figures = sum(len(list(d.glob("*.png"))) for d in [*RUNS, EXPERIMENT]) + 2  # + history
-    assert page.count("<img ") == figures
+    # The two runs are from two CPUs: no history figure, each alone in its group.
+    assert page.count("Nothing to compare it with on this CPU and data set.") == 2
+    figures = sum(len(list(d.glob("*.png"))) for d in [*RUNS, EXPERIMENT])
+    assert page.count("<img ") == figures  # neither run kept its windows: no strip
 
 
 def test_bad_results_are_one_line(tmp_path, capsys):
@@ -150,3 +152,50 @@ def test_a_damaged_run_is_one_line_and_no_page(tmp_path, capsys, damage, message
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "r" / "report.html").exists()
+
+
+NOISE = RESULTS / "compare-noise-intel-xeon"
+INTEL = [NOISE / "base", NOISE / "rerun", NOISE / "numba-slowed-30pct"]  # one Xeon, mnist-5k
+
+
+def test_history_never_draws_one_line_across_cpus_or_data_sets(tmp_path):
+    """The history drew AMD and Intel runs, and mnist-5k and Fashion-MNIST runs, on one line
+    (issue 40, part 5): a change of machine or data looked like a change of code."""
+    fashion = tmp_path / "fashion"  # the Xeon's base run, its rows relabelled another data set
+    shutil.copytree(NOISE / "base", fashion, ignore=shutil.ignore_patterns("cells", "*.png"))
+    table = pd.read_csv(fashion / "results.csv")
+    table["dataset"] = "fashion-mnist"
+    table.to_csv(fashion / "results.csv", index=False)
+    page = write_report([RUNS[0], *INTEL, fashion], tmp_path / "out").read_text()
+    assert "<h3>Intel(R) Xeon(R) Processor with AMX, mnist-5k: 3 runs</h3>" in page
+    assert "<h3>AMD EPYC with AVX2, mnist-5k: 1 run</h3>" in page
+    assert "<h3>Intel(R) Xeon(R) Processor with AMX, fashion-mnist: 1 run</h3>" in page
+    history = page.split("<h2 id=\"history\">", 1)[1].split("<h2 ", 1)[0]
+    assert history.count("<img ") == 2  # speed-up and ELBO, of the three Xeon runs only
+    assert 'alt="speed-up history, Intel(R) Xeon(R) Processor with AMX, mnist-5k"' in history
+    # Each run marked by its commit and date; lines named with their precision.
+    assert "<th>base (1e31a17, 2026-12-03)</th>" in history
+    assert "<td>numba (float32)</td>" in history
+
+
+def test_each_rows_windows_are_drawn_where_the_run_kept_them(tmp_path):
+    page = write_report([NOISE / "base", RUNS[0]], tmp_path).read_text()
+    assert page.count('alt="timed windows, row by row"') == 1  # base's 9 a row; not RUNS[0]'s
+
+
+def test_the_scaling_figure_gives_each_precision_its_own_peak(monkeypatch, tmp_path):
+    """Its one axis said "% of the float32 GEMM peak" for bf16 rows too, whose % is of the
+    bf16 peak (issue 40, part 5)."""
+    from bench import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, path: drawn.append(fig))
+    rows = pd.read_csv(RESULTS / "run-scaling-bf16-fashion-mnist" / "results.csv")
+    figures.scaling(rows, tmp_path / "scaling.png")
+    [fig] = drawn
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert labels == ["training samples/s", "% of the device's float32 GEMM peak",
+                      "% of the device's bf16 GEMM peak"]
+    bf16 = fig.axes[2]
+    assert {line.get_label() for line in bf16.get_lines()} == set(
+        rows[rows.precision == "bf16"].backend)
