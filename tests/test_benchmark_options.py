@@ -5,6 +5,7 @@ samples/s and what the timing depends on; under pytest-xdist, where pytest-bench
 nothing, such an option is refused in one line."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,11 @@ SMALL = [str(ROOT / "tests" / "test_bench_kernels.py"), "-k", "sigmoid_bce and n
 
 
 def pytest_run(*words: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", *SMALL, *words], cwd=cwd,
+    """pytest in a child, as a user starts it: not as a worker of this session's
+    pytest-xdist (whose PYTEST_XDIST_* variables a child inherits, and pytest-benchmark's
+    session.py then takes it for a worker and times nothing)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    return subprocess.run([sys.executable, "-m", "pytest", *SMALL, *words], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -66,10 +71,11 @@ def test_autosave_then_compare_and_compare_fail_work_without_benchmark_only(tmp_
 
 
 def test_a_timing_option_under_xdist_is_refused_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/test_bench_kernels.py", "-n", "2",
          f"--benchmark-json={tmp_path / 'x.json'}", "-p", "no:cacheprovider"], cwd=ROOT,
-        capture_output=True, text=True, timeout=600)
+        env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
     said = [line for line in result.stderr.splitlines() if line.strip()]
     assert said == ["ERROR: --benchmark-json needs the benchmarks timed, and pytest-benchmark "
