@@ -142,8 +142,12 @@ def _load_finished(store: ResultsStore, config: VAEConfig, spec: ExperimentSpec,
             return None
         model = build_model(config)
         import_params(model, store.arrays(config.name))
-        return FinishedModel(config, record["summary"], record["history"], model.eval(),
-                             record["provenance"])
+        model.eval()
+        summary = record["summary"]
+        if any(column not in summary for column in tables.LATENT_COLUMNS):
+            # Saved before these columns existed: computed from its weights, as if trained now.
+            summary = {**summary, **latent_columns(model, config, data, record["history"][-1])}
+        return FinishedModel(config, summary, record["history"], model, record["provenance"])
     except StoreError as error:
         raise ExperimentError(str(error)) from None
     except (KeyError, TypeError, ValueError) as error:
@@ -180,10 +184,33 @@ def _train_one(config: VAEConfig, spec: ExperimentSpec, data: Dataset, store: Re
         "dataset": data.name, "seed": config.seed,
     }
     history = [r.to_dict() for r in result.history]
+    summary |= latent_columns(result.model, config, data, history[-1])
     trained = provenance.collect(data=data)
     store.save(config.name, {"summary": summary, "history": history, "provenance": trained},
                _identity(config, spec, data), arrays=export_params(result.model))
     return FinishedModel(config, summary, history, result.model, trained)
+
+
+def latent_columns(model: VAE | AE, config: VAEConfig, data: Dataset,
+                   last_epoch: dict) -> dict:
+    """How a trained model uses its latent space, as the table's ``tables.LATENT_COLUMNS``:
+    the terms of its last epoch's test ELBO, its train set's ELBO less its test set's (the
+    generalization gap, both evaluated with the final weights and the same single-sample
+    estimate), and for a VAE its active units and the KL of each latent dimension on the
+    test set (``vae_ref.latent_usage``: Burda et al.'s definition)."""
+    from vae_ref import evaluate_elbo, latent_usage
+    from vae_ref.training_outcome import fixed_test_set
+
+    train = evaluate_elbo(model, fixed_test_set(config, data.train_x), seed=config.seed)
+    columns = {"test_reconstruction": last_epoch["test_reconstruction"],
+               "test_kl": last_epoch["test_kl"] if config.model == "vae" else math.nan,
+               "train_test_gap": train.elbo - last_epoch["test_elbo"],
+               "active_units": math.nan, "kl_per_dim": ""}
+    if config.model == "vae":
+        usage = latent_usage(model, fixed_test_set(config, data.test_x))
+        columns.update(active_units=usage.active_units,
+                       kl_per_dim=" ".join(f"{v:.6g}" for v in usage.kl_per_dim))
+    return columns
 
 
 def run_experiment(

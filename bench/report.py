@@ -164,7 +164,8 @@ def _run_section(r: ResultsDirectory) -> list[str]:
 
 def _experiment_section(r: ResultsDirectory) -> list[str]:
     shown = [c for c in ("model", "backend", "latent_dim", "beta", "final_train_elbo",
-                         "final_test_elbo", "test_iwae", "iwae_k", "epochs",
+                         "final_test_elbo", "test_iwae", "iwae_k", "test_reconstruction",
+                         "test_kl", "train_test_gap", "active_units", "epochs",
                          "seconds_per_epoch") if c in r.table]
     return ([f"<h2 id=\"{_e(r.label)}\">Experiment {_e(r.label)}</h2>",
              _html_table(r.table[shown])] + _figures(r.path) + _provenance(r.provenance))

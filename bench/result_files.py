@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .tables import CURVE_COLUMNS, GATE_COLUMNS, TABLE_COLUMNS
+from .tables import ADDED_TABLE_COLUMNS, CURVE_COLUMNS, GATE_COLUMNS, TABLE_COLUMNS
 
 COUNT_MAX = 2**31  # latent sizes, batch sizes, seeds' counts: int32 in every backend
 
@@ -32,7 +32,8 @@ EXPERIMENT_TABLE_KINDS = {
     "beta": "number", "final_train_elbo": "number", "average_train_elbo": "number",
     "final_test_elbo": "number", "test_iwae": "number", "iwae_k": "count", "epochs": "count",
     "train_seconds": "number", "seconds_per_epoch": "number", "dataset": "text",
-    "seed": "count"}
+    "seed": "count", "test_reconstruction": "number", "test_kl": "number",
+    "train_test_gap": "number", "active_units": "number", "kl_per_dim": "text"}
 CURVE_KINDS = {"dataset": "text", "name": "text", "model": "text", "latent_dim": "count",
                "epoch": "count", **{c: "number" for c in CURVE_COLUMNS[5:]}}
 # A run's gate.csv.
@@ -117,10 +118,17 @@ def read_gate(path: Path) -> pd.DataFrame:
 
 def read_experiment_table(path: Path, required: tuple[str, ...] | None = None) -> pd.DataFrame:
     """An experiment's table.csv, its columns checked (``required``: those its reader needs;
-    default all)."""
-    return read_table(path, EXPERIMENT_TABLE_KINDS, required,
-                      redo="rerun that experiment (the same command keeps the models it "
-                      "finished), or leave it out")
+    default all but those added since tables were first committed, which a table without
+    them gets as not computed)."""
+    if required is None:
+        required = tuple(c for c in TABLE_COLUMNS if c not in ADDED_TABLE_COLUMNS)
+    table = read_table(path, EXPERIMENT_TABLE_KINDS, required,
+                       redo="rerun that experiment (the same command keeps the models it "
+                       "finished), or leave it out")
+    absent = {c: v for c, v in ADDED_TABLE_COLUMNS.items() if c not in table}
+    if "kl_per_dim" in table:
+        table["kl_per_dim"] = table.kl_per_dim.fillna("")
+    return table.assign(**absent)
 
 
 def read_curves(path: Path) -> pd.DataFrame:

@@ -106,11 +106,19 @@ def windows_of(text) -> np.ndarray:
 KEYS = ["backend", "latent_dim", "batch_size"]  # a list: pandas reads a tuple as one key
 
 # An experiment's table.csv (one row per model) and curves.csv (one row per model and epoch).
+# How a model uses its latent space (bench.experiment.latent_columns): the test ELBO's terms,
+# the gap between the train and test sets' ELBO, the active units and the KL of each latent
+# dimension (space-separated, by dimension). Added after tables were first committed: an
+# older table gets them as not computed (ADDED_TABLE_COLUMNS).
+LATENT_COLUMNS = ("test_reconstruction", "test_kl", "train_test_gap", "active_units",
+                  "kl_per_dim")
 TABLE_COLUMNS = (
     "model", "backend", "latent_dim", "hidden_dim", "beta", "final_train_elbo",
     "average_train_elbo", "final_test_elbo", "test_iwae", "iwae_k", "epochs", "train_seconds",
-    "seconds_per_epoch", "dataset", "seed",
+    "seconds_per_epoch", "dataset", "seed", *LATENT_COLUMNS,
 )
+ADDED_TABLE_COLUMNS = {column: "" if column == "kl_per_dim" else NAN
+                       for column in LATENT_COLUMNS}
 CURVE_COLUMNS = (
     "dataset", "name", "model", "latent_dim", "epoch", "train_elbo", "train_reconstruction",
     "train_kl", "test_elbo", "test_reconstruction", "test_kl", "seconds",
@@ -405,19 +413,28 @@ def experiment_table(table: pd.DataFrame, spec: dict, described_data: str,
         + (", dynamically binarized" if spec["binarize"] else "") + ".",
         "All values in nats per image (higher is better). ELBO = -(BCE + KL); for the AE the "
         "columns hold -BCE, a reconstruction score and not a bound on log p(x). "
-        "'test log p(x)' is the importance-weighted bound (Burda et al.) with k samples.",
+        "'test log p(x)' is the importance-weighted bound (Burda et al.) with k samples; "
+        "'train − test': the train set's ELBO less the test set's, with the final weights; "
+        "a unit is active when its posterior mean varies over the test set by more than "
+        "0.01 (Burda et al.).",
         "",
         "| model | backend | z | final train ELBO | average train ELBO | final test ELBO "
-        "| test log p(x) (k) | epochs | time (s) | s/epoch |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| test log p(x) (k) | test BCE + KL | train − test | active units | epochs "
+        "| time (s) | s/epoch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in table.itertuples():
         iwae = f"{fmt(row.test_iwae, '.2f')} ({row.iwae_k})" if row.iwae_k else NOT_COMPUTED
+        terms = (f"{fmt(row.test_reconstruction, '.2f', nan=NOT_COMPUTED)} + "
+                 f"{fmt(row.test_kl, '.2f', nan=NOT_COMPUTED)}")
+        active = (NOT_COMPUTED if pd.isna(row.active_units)
+                  else f"{row.active_units:.0f} of {row.latent_dim}")
         lines.append(
             f"| {row.model.upper()} | {row.backend} | {row.latent_dim} "
             f"| {fmt(row.final_train_elbo, '.2f')} "
             f"| {fmt(row.average_train_elbo, '.2f')} | {fmt(row.final_test_elbo, '.2f')} "
-            f"| {iwae} | {row.epochs} | {row.train_seconds:.1f} | {row.seconds_per_epoch:.2f} |"
+            f"| {iwae} | {terms} | {fmt(row.train_test_gap, '+.2f', nan=NOT_COMPUTED)} "
+            f"| {active} | {row.epochs} | {row.train_seconds:.1f} | {row.seconds_per_epoch:.2f} |"
         )
     lines += ["", "## Provenance", "", as_markdown(record), ""]
     return "\n".join(lines)

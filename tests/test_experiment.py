@@ -180,3 +180,40 @@ def test_the_log_says_which_model_of_how_many_and_the_time_left(mnist5k, tmp_pat
     assert [s for s in said if "to train" in s] == [
         "vae-z4: model 1 of 1 to train; training 1 epochs on mnist-5k"]
     assert sum("already finished" in s for s in said) == 2
+
+
+def test_each_vae_says_how_much_of_its_latent_space_it_uses(finished_run):
+    """Issue 41's columns: the test ELBO's terms, the train-test gap, the active units and
+    the KL of each dimension, which sum to the KL term."""
+    _, out = finished_run
+    table = pd.read_csv(out / "table.csv")
+    vae = table[table.model == "vae"]
+    assert list(vae.final_test_elbo) == pytest.approx(list(-(vae.test_reconstruction
+                                                              + vae.test_kl)))
+    assert ((vae.active_units >= 0) & (vae.active_units <= vae.latent_dim)).all()
+    for row in vae.itertuples():
+        kl = np.array(row.kl_per_dim.split(), float)
+        assert len(kl) == row.latent_dim and (kl >= 0).all()
+        assert kl.sum() == pytest.approx(row.test_kl, rel=1e-4)
+    assert table.train_test_gap.notna().all()
+    ae = table[table.model == "ae"]
+    assert ae.active_units.isna().all() and ae.kl_per_dim.isna().all()
+    md = (out / "table.md").read_text()
+    assert "| active units |" in md and " of 2 |" in md
+
+
+def test_a_model_saved_before_those_columns_gets_them_from_its_weights(tmp_path, mnist5k):
+    spec = ExperimentSpec(dataset="mnist-5k", latents=(2,), ae_latents=(), epochs=1,
+                          batch_size=1000, iwae_k=0, hidden_dim=16)
+    first = run_experiment(spec, mnist5k, tmp_path, progress=False, log=lambda _: None)
+    cell = tmp_path / "cells" / "vae-z2.json"
+    record = json.loads(cell.read_text())
+    for column in ("active_units", "kl_per_dim", "train_test_gap"):
+        del record["summary"][column]
+    cell.write_text(json.dumps(record))
+    said = []
+    again = run_experiment(spec, mnist5k, tmp_path, progress=False, log=said.append)
+    assert any("already finished" in s for s in said)  # reused, not retrained
+    assert again.active_units.iloc[0] == first.active_units.iloc[0]
+    assert again.kl_per_dim.iloc[0] == first.kl_per_dim.iloc[0]
+    assert again.train_test_gap.iloc[0] == pytest.approx(first.train_test_gap.iloc[0])

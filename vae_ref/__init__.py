@@ -13,6 +13,8 @@ _DEFINED_IN = {
     "EvalResult": "evaluate",
     "evaluate_elbo": "evaluate",
     "importance_weighted_log_likelihood": "evaluate",
+    "latent_usage": "evaluate",
+    "LatentUsage": "evaluate",
     "LossTerms": "losses",
     "bce_with_logits": "losses",
     "gaussian_kl": "losses",

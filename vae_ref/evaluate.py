@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .config import VAEConfig
-from .losses import bce_with_logits, loss_terms
+from .losses import bce_with_logits, gaussian_kl_per_dim, loss_terms
 from .model import AE, VAE
 
 
@@ -97,3 +97,36 @@ def importance_weighted_log_likelihood(
         estimates.append(torch.logsumexp(log_w, dim=1) - math.log(k))
     values = torch.cat(estimates).numpy()
     return values if per_image else float(values.mean())
+
+
+# Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders" (ICLR 2016), section 5.2:
+# latent unit u is active when A_u = Cov_x(E_{u ~ q(u|x)}[u]) > 10^-2.
+ACTIVITY_THRESHOLD = 0.01
+
+
+@dataclass(frozen=True)
+class LatentUsage:
+    """How much of its latent space a VAE's encoder uses on a set of images."""
+
+    active_units: int  # dimensions whose activity exceeds ACTIVITY_THRESHOLD
+    activity: np.ndarray  # per dimension: the variance over the images of the posterior mean
+    kl_per_dim: np.ndarray  # per dimension: KL(q(z_u|x) || N(0, 1)), mean over the images
+
+
+@torch.no_grad()
+def latent_usage(model: VAE, x: np.ndarray, *, batch_size: int = 1000) -> LatentUsage:
+    """The active units of Burda et al. (a unit is active when its posterior mean varies
+    across ``x`` by more than ACTIVITY_THRESHOLD; the variance over the set, not a sample's
+    unbiased estimate) and the KL of each latent dimension, whose sum is the KL term of the
+    ELBO (``evaluate_elbo``'s ``kl``). Accumulated in float64."""
+    dtype = next(model.parameters()).dtype
+    means, kl_sum = [], None
+    for start in range(0, len(x), batch_size):
+        xb = torch.from_numpy(x[start : start + batch_size]).to(dtype)
+        mu, logvar = model.encode(xb)
+        means.append(mu.double())
+        kl = gaussian_kl_per_dim(mu.double(), logvar.double()).sum(dim=0)
+        kl_sum = kl if kl_sum is None else kl_sum + kl
+    activity = torch.cat(means).var(dim=0, unbiased=False).numpy()
+    return LatentUsage(int((activity > ACTIVITY_THRESHOLD).sum()), activity,
+                       (kl_sum / len(x)).numpy())

@@ -58,7 +58,12 @@ def bce_with_logits(logits: Tensor, x: Tensor) -> Tensor:
 
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) = -1/2 sum(1 + logvar - mu^2 - exp(logvar))."""
-    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
+    return gaussian_kl_per_dim(mu, logvar).sum(dim=1)
+
+
+def gaussian_kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
+    """Each latent dimension's share of ``gaussian_kl``: (B, z)."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
 
 
 @dataclass
