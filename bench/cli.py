@@ -109,8 +109,11 @@ def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -
                         metavar="Z", help="VAE latent sizes (default: 2 10 20 50)")
     models.add_argument("--ae-latents", type=_positive_int, nargs="*", default=[20], metavar="Z",
                         help="vanilla AE latent sizes (default: 20; give none to skip the AE)")
-    models.add_argument("--beta", type=_non_negative_float, default=1.0,
-                        help="KL weight (beta-VAE); the ELBO is reported at beta = 1 regardless")
+    models.add_argument("--betas", "--beta", type=_non_negative_float, nargs="+",
+                        default=[1.0], metavar="BETA",
+                        help="KL weights (beta-VAE), each VAE trained at each; the ELBO is "
+                        "reported at beta = 1 whatever beta trained it (default 1.0; --beta: "
+                        "its one-value form)")
     _add_hidden_dim(models)
     training = exp.add_argument_group("training")
     training.add_argument("--backend", default="torch", metavar="NAME",
@@ -121,8 +124,11 @@ def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -
     training.add_argument("--batch-size", type=_positive_int, default=128,
                           help="training batch size")
     training.add_argument("--lr", type=_positive_float, default=3e-4, help="Adam learning rate")
-    training.add_argument("--seed", type=_seed, default=0,
-                          help="seed of the initial weights, the batch order and the noise")
+    training.add_argument("--seeds", "--seed", type=_seed, nargs="+", default=[0],
+                          metavar="SEED",
+                          help="seeds of the initial weights, the batch order and the noise, "
+                          "each model trained once per seed (default 0; --seed: its one-value "
+                          "form)")
     training.add_argument("--iwae-k", type=_non_negative_int, default=100, metavar="K",
                           help="importance samples for the test log-likelihood (default 100; "
                           "the literature uses 5000; 0 skips it)")
@@ -567,7 +573,7 @@ def _unwritable_path(args: argparse.Namespace) -> str | None:
 
 def _without_repeats(args: argparse.Namespace) -> None:
     """A value given twice to a list flag is run once (and the user told)."""
-    for name in ("latents", "ae_latents", "backends", "batch_sizes"):
+    for name in ("latents", "ae_latents", "backends", "batch_sizes", "betas", "seeds"):
         values = getattr(args, name, None)
         if values and len(set(values)) != len(values):
             unique = list(dict.fromkeys(values))
@@ -587,11 +593,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         latents=tuple(args.latents),
         ae_latents=tuple(args.ae_latents),
         epochs=args.epochs,
-        beta=args.beta,
+        betas=tuple(args.betas),
         binarize=args.binarize,
         batch_size=args.batch_size,
         lr=args.lr,
-        seed=args.seed,
+        seeds=tuple(args.seeds),
         iwae_k=args.iwae_k,
         backend=args.backend,
         threads=args.threads,

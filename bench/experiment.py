@@ -63,17 +63,18 @@ class ExperimentError(RuntimeError):
 
 @dataclass(frozen=True)
 class ExperimentSpec:
-    """What to train; every model of the experiment shares all but its latent size."""
+    """What to train: the VAEs of the grid latent size x beta x seed, the AEs of each latent
+    size of ``ae_latents`` x seed; every model shares all the rest."""
 
     dataset: str  # name of the dataset (recorded in every output)
     latents: tuple[int, ...] = DEFAULT_LATENTS  # latent sizes of the VAEs
     ae_latents: tuple[int, ...] = (20,)  # latent sizes of the vanilla AEs (may be empty)
     epochs: int = 50
-    beta: float = 1.0  # KL weight of the VAEs (beta-VAE when != 1)
+    betas: tuple[float, ...] = (1.0,)  # KL weights of the VAEs (beta-VAE where != 1)
     binarize: bool = False  # dynamic binarization of training images; test set binarized once
     batch_size: int = 128
     lr: float = 3e-4
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)  # each model is trained once per seed
     iwae_k: int = 100  # importance samples for the test log-likelihood; 0 skips it
     backend: str = REFERENCE  # who trains the VAEs
     threads: int | None = None  # backend threads (None: all cores); recorded in provenance
@@ -87,18 +88,33 @@ class ExperimentSpec:
                 raise ExperimentError(f"latent sizes must be positive integers, got {z}")
         if self.iwae_k < 0:
             raise ExperimentError(f"--iwae-k must be >= 0 (0 skips it), got {self.iwae_k}")
-        for name, values in (("latents", self.latents), ("ae_latents", self.ae_latents)):
+        for name, values in (("latents", self.latents), ("ae_latents", self.ae_latents),
+                             ("betas", self.betas), ("seeds", self.seeds)):
             if len(set(values)) != len(values):
                 raise ExperimentError(f"{name} repeat: {values} (each would be trained twice)")
+        if not self.betas or not self.seeds:
+            raise ExperimentError("give at least one beta and one seed")
+        for beta in self.betas:
+            if not (math.isfinite(beta) and beta >= 0):
+                raise ExperimentError(f"a beta must be a finite number >= 0, got {beta}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ExperimentError(f"the learning rate must be a finite number > 0, got {self.lr}")
 
     def configs(self) -> list[VAEConfig]:
+        """Every model, seed by seed: the VAEs beta by beta, then the AEs."""
         common = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                  "seed": self.seed, "binarize": self.binarize, "hidden_dim": self.hidden_dim}
-        vaes = [VAEConfig(latent_dim=z, beta=self.beta, **common) for z in self.latents]
-        aes = [VAEConfig(latent_dim=z, model="ae", **common) for z in self.ae_latents]
-        return vaes + aes
+                  "binarize": self.binarize, "hidden_dim": self.hidden_dim}
+        return [config for seed in self.seeds for config in (
+            [VAEConfig(latent_dim=z, beta=beta, seed=seed, **common)
+             for beta in self.betas for z in self.latents]
+            + [VAEConfig(latent_dim=z, model="ae", seed=seed, **common)
+               for z in self.ae_latents])]
+
+    def model_name(self, config: VAEConfig) -> str:
+        """A model's name in tables and file names: the config's ('vae-z20', 'vae-z20-beta4'),
+        with its seed where the experiment trains several ('vae-z20-seed1'), so that a
+        one-seed experiment's names do not depend on which seed."""
+        return config.name if len(self.seeds) == 1 else f"{config.name}-seed{config.seed}"
 
     def trainer(self, config: VAEConfig) -> str:
         """Who trains this model: the chosen backend for the VAEs, the reference for the AE."""
@@ -113,13 +129,14 @@ def default_out_dir(spec: ExperimentSpec, root: Path = Path("results")) -> Path:
         name += f"-h{spec.hidden_dim}"
     if spec.binarize:
         name += "-binarized"
-    if spec.beta != 1.0:
-        name += f"-beta{spec.beta:g}"
+    if spec.betas != (1.0,):
+        name += "-beta" + "-".join(f"{beta:g}" for beta in spec.betas)
     return root / name
 
 
 @dataclass
 class FinishedModel:
+    name: str  # ExperimentSpec.model_name
     config: VAEConfig
     summary: dict  # one row of the table
     history: list[dict]  # per-epoch records
@@ -137,29 +154,33 @@ def _load_finished(store: ResultsStore, config: VAEConfig, spec: ExperimentSpec,
                    data: Dataset) -> FinishedModel | None:
     """The saved model for ``config`` if the store holds one made exactly so."""
     try:
-        record = store.finished(config.name, _identity(config, spec, data))
+        name = spec.model_name(config)
+        record = store.finished(name, _identity(config, spec, data))
         if record is None:
             return None
         model = build_model(config)
-        import_params(model, store.arrays(config.name))
+        import_params(model, store.arrays(name))
         model.eval()
         summary = record["summary"]
         if any(column not in summary for column in tables.LATENT_COLUMNS):
             # Saved before these columns existed: computed from its weights, as if trained now.
             summary = {**summary, **latent_columns(model, config, data, record["history"][-1])}
-        return FinishedModel(config, summary, record["history"], model, record["provenance"])
+        return FinishedModel(name, config, summary, record["history"], model,
+                             record["provenance"])
     except StoreError as error:
         raise ExperimentError(str(error)) from None
     except (KeyError, TypeError, ValueError) as error:
-        raise ExperimentError(f"{store.out / 'cells' / (config.name + '.json')} is damaged "
+        raise ExperimentError(f"{store.out / 'cells' / (spec.model_name(config) + '.json')} is damaged "
                               f"({type(error).__name__}: {error}); delete it to retrain that "
                               "model, or pass --force to retrain every model") from None
 
 
 def _train_one(config: VAEConfig, spec: ExperimentSpec, data: Dataset, store: ResultsStore,
                progress: bool, log) -> FinishedModel:
+    name = spec.model_name(config)
+
     def report(r) -> None:
-        log(f"  {config.name} epoch {r.epoch:3d}/{config.epochs}: train ELBO {r.train_elbo:9.2f}"
+        log(f"  {name} epoch {r.epoch:3d}/{config.epochs}: train ELBO {r.train_elbo:9.2f}"
             f"  test ELBO {r.test_elbo:9.2f}  ({r.seconds:.2f} s)")
 
     trainer = spec.trainer(config)
@@ -172,7 +193,7 @@ def _train_one(config: VAEConfig, spec: ExperimentSpec, data: Dataset, store: Re
     result, scores = outcome.trained[backend.name], outcome.evaluations[backend.name]
     if scores.iwae_k:
         seconds = time.perf_counter() - started - result.train_seconds
-        log(f"  {config.name}: test log p(x) >= {scores.test_iwae:.2f} (IWAE, "
+        log(f"  {name}: test log p(x) >= {scores.test_iwae:.2f} (IWAE, "
             f"k={scores.iwae_k}, {seconds:.1f} s)")
     summary = {
         "model": config.model, "backend": trainer, "latent_dim": config.latent_dim,
@@ -186,9 +207,9 @@ def _train_one(config: VAEConfig, spec: ExperimentSpec, data: Dataset, store: Re
     history = [r.to_dict() for r in result.history]
     summary |= latent_columns(result.model, config, data, history[-1])
     trained = provenance.collect(data=data)
-    store.save(config.name, {"summary": summary, "history": history, "provenance": trained},
+    store.save(name, {"summary": summary, "history": history, "provenance": trained},
                _identity(config, spec, data), arrays=export_params(result.model))
-    return FinishedModel(config, summary, history, result.model, trained)
+    return FinishedModel(name, config, summary, history, result.model, trained)
 
 
 def latent_columns(model: VAE | AE, config: VAEConfig, data: Dataset,
@@ -235,18 +256,19 @@ def run_experiment(
         log(f"dataset: {data.describe()}")
         log(f"results: {out}")
         configs = spec.configs()
-        earlier = {c.name: None if force else _load_finished(store, c, spec, data)
+        earlier = {spec.model_name(c): None if force else _load_finished(store, c, spec, data)
                    for c in configs}
         todo = sum(done is None for done in earlier.values())
         finished: list[FinishedModel] = []
         spent: list[float] = []  # seconds of each model trained in this call
         for config in configs:
-            done = earlier[config.name]
+            name = spec.model_name(config)
+            done = earlier[name]
             if done is not None:
-                log(f"{config.name}: already finished in {out} (use --force to retrain), "
+                log(f"{name}: already finished in {out} (use --force to retrain), "
                     "skipping")
             else:
-                log(f"{config.name}: model {len(spent) + 1} of {todo} to train"
+                log(f"{name}: model {len(spent) + 1} of {todo} to train"
                     f"{eta_text(spent, todo - len(spent))}; training {config.epochs} epochs "
                     f"on {data.name}")
                 started = time.monotonic()
@@ -263,14 +285,15 @@ def write_tables(finished: list[FinishedModel], spec: ExperimentSpec, data: Data
                  out: Path) -> pd.DataFrame:
     table = pd.DataFrame([f.summary for f in finished], columns=list(tables.TABLE_COLUMNS))
     curves = pd.DataFrame(
-        [{"dataset": data.name, "name": f.config.name, "model": f.config.model,
+        [{"dataset": data.name, "name": f.name, "model": f.config.model,
           "latent_dim": f.config.latent_dim, **h} for f in finished for h in f.history],
         columns=list(tables.CURVE_COLUMNS),
     )
-    record = provenance.collect(data=data, seed=spec.seed, spec=asdict(spec))
+    record = provenance.collect(data=data, seed=spec.seeds[0] if len(spec.seeds) == 1
+                                else list(spec.seeds), spec=asdict(spec))
     # Reused models were trained by an earlier invocation: say by which.
     record["models_trained"] = {
-        f.config.name: f"{f.trained['timestamp']} on {f.trained['host']}, "
+        f.name: f"{f.trained['timestamp']} on {f.trained['host']}, "
         f"commit {f.trained['git_commit']}, {f.trained['torch_threads']} threads"
         for f in finished
     }

@@ -34,8 +34,11 @@ def write_figures(finished: list[FinishedModel], data: Dataset, out: Path, log) 
 
     curves = read_curves(out / "curves.csv")
     figures.elbo_curves(curves, out / "elbo_curves.png", data.name)
-    for f in finished:
-        name = f.config.name
+    # Each model's own figures for the first seed's models only: the other seeds' differ by
+    # their noise, and a grid's would be hundreds.
+    first_seed = finished[0].config.seed if finished else 0
+    for f in (f for f in finished if f.config.seed == first_seed):
+        name = f.name
         figures.reconstructions(shown, reconstruct(f.model, shown), out / f"reconstructions_{name}.png",
                                 f"{name} on {data.name}: reconstructions (decoded at z = mu)")
         if f.config.model == "vae":
@@ -59,10 +62,12 @@ def write_figures(finished: list[FinishedModel], data: Dataset, out: Path, log) 
     b = int(np.flatnonzero(test_y == 8)[0])
     pair = test_x[[a, b]]
     for f in finished:
-        if f.config.model != "ae":
+        if f.config.model != "ae" or f.config.seed != first_seed:
             continue
-        vae = next((v for v in finished if v.config.model == "vae"
-                    and v.config.latent_dim == f.config.latent_dim), None)
+        # Beside the VAE of the same latent size and seed, at beta = 1 where it was trained.
+        vaes = [v for v in finished if v.config.model == "vae" and v.config.seed == first_seed
+                and v.config.latent_dim == f.config.latent_dim]
+        vae = next((v for v in vaes if v.config.beta == 1.0), vaes[0] if vaes else None)
         if vae is None:
             log(f"merge figure for z={f.config.latent_dim} skipped: no VAE with that latent size")
             continue

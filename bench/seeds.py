@@ -26,7 +26,7 @@ from .results_dir import claim
 from .store import atomic_write_text, read_json_object
 
 REFERENCE = "torch"
-SPEC_IGNORED = ("seed", "backend", "threads")  # may differ between the runs compared
+SPEC_IGNORED = ("seeds", "backend", "threads")  # may differ between the runs compared
 MIN_SEEDS = 3
 SE_LIMIT = 1.5
 
@@ -68,11 +68,21 @@ def _read_run(path: Path) -> tuple[dict, pd.DataFrame]:
     return provenance, table.assign(backend=spec["backend"])
 
 
+def _current(spec: dict) -> dict:
+    """An experiment's spec in today's fields: one written before the grids had a "seed" and
+    a "beta" where it now has "seeds" and "betas"."""
+    spec = dict(spec)
+    for old, new in (("seed", "seeds"), ("beta", "betas")):
+        if old in spec and new not in spec:
+            spec[new] = [spec.pop(old)]
+    return spec
+
+
 def compare_seeds(paths: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(every run's rows, the per-latent comparison, the runs' provenance) of ``paths``."""
     runs = [(p, *_read_run(p)) for p in paths]
-    specs = {json.dumps({k: v for k, v in prov["spec"].items() if k not in SPEC_IGNORED},
-                        sort_keys=True) for _, prov, _ in runs}
+    specs = {json.dumps({k: v for k, v in _current(prov["spec"]).items()
+                         if k not in SPEC_IGNORED}, sort_keys=True) for _, prov, _ in runs}
     if len(specs) > 1:
         raise SeedsError("the runs differ in more than seed and backend: "
                          + " | ".join(sorted(specs)))

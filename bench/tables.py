@@ -407,9 +407,12 @@ def experiment_table(table: pd.DataFrame, spec: dict, described_data: str,
         f"# ELBO by latent size — {spec['dataset']}",
         "",
         f"Dataset: {described_data}. {spec['epochs']} epochs, batch {spec['batch_size']}, "
-        f"Adam lr {spec['lr']:g}, seed {spec['seed']}"
+        f"Adam lr {spec['lr']:g}, "
+        + (f"seed {spec['seeds'][0]}" if len(spec["seeds"]) == 1
+           else f"seeds {' '.join(map(str, spec['seeds']))}")
         + (f", hidden width {spec['hidden_dim']}" if spec.get("hidden_dim", 512) != 512 else "")
-        + (f", beta {spec['beta']:g}" if spec["beta"] != 1 else "")
+        + (f", beta {' '.join(f'{b:g}' for b in spec['betas'])}"
+           if list(spec["betas"]) != [1.0] else "")
         + (", dynamically binarized" if spec["binarize"] else "") + ".",
         "All values in nats per image (higher is better). ELBO = -(BCE + KL); for the AE the "
         "columns hold -BCE, a reconstruction score and not a bound on log p(x). "
@@ -418,10 +421,11 @@ def experiment_table(table: pd.DataFrame, spec: dict, described_data: str,
         "a unit is active when its posterior mean varies over the test set by more than "
         "0.01 (Burda et al.).",
         "",
-        "| model | backend | z | final train ELBO | average train ELBO | final test ELBO "
+        "| model | backend | z | beta | seed | final train ELBO | average train ELBO "
+        "| final test ELBO "
         "| test log p(x) (k) | test BCE + KL | train − test | active units | epochs "
         "| time (s) | s/epoch |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in table.itertuples():
         iwae = f"{fmt(row.test_iwae, '.2f')} ({row.iwae_k})" if row.iwae_k else NOT_COMPUTED
@@ -431,6 +435,7 @@ def experiment_table(table: pd.DataFrame, spec: dict, described_data: str,
                   else f"{row.active_units:.0f} of {row.latent_dim}")
         lines.append(
             f"| {row.model.upper()} | {row.backend} | {row.latent_dim} "
+            f"| {fmt(row.beta, 'g', nan=NOT_COMPUTED)} | {row.seed} "
             f"| {fmt(row.final_train_elbo, '.2f')} "
             f"| {fmt(row.average_train_elbo, '.2f')} | {fmt(row.final_test_elbo, '.2f')} "
             f"| {iwae} | {terms} | {fmt(row.train_test_gap, '+.2f', nan=NOT_COMPUTED)} "

@@ -145,8 +145,9 @@ def test_nan_is_shown_as_nan_not_as_not_computed(mnist5k):
              "iwae_k": 0, **common}]
     md = experiment_table(pd.DataFrame(rows, columns=list(TABLE_COLUMNS)), asdict(spec),
                           mnist5k.describe(), {})
-    assert "| VAE | torch | 3 | -150.00 | -160.00 | NaN | NaN (5) |" in md
-    assert "| AE | torch | 20 | -90.00 | -95.00 | -91.00 | — |" in md  # not computed for the AE
+    assert "| VAE | torch | 3 | 1 | 0 | -150.00 | -160.00 | NaN | NaN (5) |" in md
+    # Not computed for the AE: its beta, its log p(x), how it uses a latent space it has not.
+    assert "| AE | torch | 20 | — | 0 | -90.00 | -95.00 | -91.00 | — | — + — | — | — |" in md
 
 
 def test_repeated_latents_and_too_many_threads(finished_experiment):
@@ -217,3 +218,60 @@ def test_a_model_saved_before_those_columns_gets_them_from_its_weights(tmp_path,
     assert again.active_units.iloc[0] == first.active_units.iloc[0]
     assert again.kl_per_dim.iloc[0] == first.kl_per_dim.iloc[0]
     assert again.train_test_gap.iloc[0] == pytest.approx(first.train_test_gap.iloc[0])
+
+
+GRID = dict(dataset="mnist-5k", latents=(2, 3), ae_latents=(2,), epochs=1, batch_size=1000,
+            iwae_k=0, hidden_dim=16, betas=(0.5, 2.0), seeds=(0, 1))
+TIMES = ["train_seconds", "seconds_per_epoch"]  # the only columns a rerun may change
+
+
+def test_a_grid_trains_every_latent_size_beta_and_seed_once(tmp_path, mnist5k):
+    spec = ExperimentSpec(**GRID)
+    table = run_experiment(spec, mnist5k, tmp_path, progress=False, log=lambda _: None)
+    vae = table[table.model == "vae"]
+    assert sorted(zip(vae.latent_dim, vae.beta, vae.seed)) == sorted(
+        (z, b, s) for z in (2, 3) for b in (0.5, 2.0) for s in (0, 1))
+    assert sorted(table[table.model == "ae"].seed) == [0, 1]
+    names = {p.stem for p in (tmp_path / "cells").glob("*.json")}
+    assert "vae-z2-beta0.5-seed1" in names and "ae-z2-seed0" in names and len(names) == 10
+    # Each model's own figures for the first seed only; the merge figure beside beta = 0.5.
+    assert (tmp_path / "reconstructions_vae-z3-beta2-seed0.png").exists()
+    assert not (tmp_path / "reconstructions_vae-z3-beta2-seed1.png").exists()
+    assert (tmp_path / "merge_z2.png").exists()
+
+
+def test_a_grid_resumed_after_an_interruption_gives_the_same_table(tmp_path, mnist5k,
+                                                                 monkeypatch):
+    """Issue 41: the grid resumable model by model, as the latent sizes were."""
+    import bench.experiment
+
+    spec = ExperimentSpec(**GRID)
+    whole = run_experiment(spec, mnist5k, tmp_path / "whole", progress=False,
+                           log=lambda _: None)
+    train_one, trained = bench.experiment._train_one, []
+
+    def interrupted(config, *args, **kwargs):
+        if len(trained) == 4:
+            raise KeyboardInterrupt
+        trained.append(config)
+        return train_one(config, *args, **kwargs)
+
+    monkeypatch.setattr(bench.experiment, "_train_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(spec, mnist5k, tmp_path / "cut", progress=False, log=lambda _: None)
+    monkeypatch.setattr(bench.experiment, "_train_one", train_one)
+    said: list[str] = []
+    resumed = run_experiment(spec, mnist5k, tmp_path / "cut", progress=False, log=said.append)
+    assert sum("already finished" in s for s in said) == 4
+    pd.testing.assert_frame_equal(resumed.drop(columns=TIMES), whole.drop(columns=TIMES))
+
+
+def test_beta_and_seed_keep_their_one_value_forms(tmp_path, capsys, tiny_experiment):
+    out = tmp_path / "out"
+    assert main([*tiny_experiment, "--latents", "2", "--beta", "2", "--seed", "3",
+                 "--out", str(out)]) == 0
+    table = pd.read_csv(out / "table.csv")
+    assert list(table.beta) == [2.0] and list(table.seed) == [3]
+    assert (out / "cells" / "vae-z2-beta2.json").exists()  # one seed: no seed in the name
+    spec = json.loads((out / "provenance.json").read_text())["spec"]
+    assert spec["betas"] == [2.0] and spec["seeds"] == [3]
