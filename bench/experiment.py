@@ -10,12 +10,18 @@ by default), the AE always by the reference.
 
 What it writes into the results directory (default ``results/experiment-<dataset>-<N>ep``):
 
-- ``table.csv``, ``table.md``: per model its latent size, final and average train ELBO,
-  final test ELBO, the importance-weighted test log-likelihood (k samples), epochs, time;
+- ``table.csv``, ``table.md``: per model its latent size, beta and seed, final and average
+  train ELBO, final test ELBO and its two terms, the importance-weighted test
+  log-likelihood (k samples), the train-test gap, the active units and the KL of each
+  latent dimension, epochs, time;
   ``table.md`` ends with the provenance (versions, CPU, threads, data and its hash, seed,
   commit, and when and where each model was trained).
 - ``curves.csv``, ``elbo_curves.png``: per-epoch train and test ELBO (BCE and KL apart).
-- ``reconstructions_<model>.png``: 10 test images per class beside their reconstructions.
+- ``elbo_by_latent.png``, ``active_units_by_latent.png``: against the latent size, a line per
+  beta with the range over seeds; ``kl_per_dimension_z<largest>.png``: each dimension's KL,
+  sorted, a line per beta.
+- ``reconstructions_<model>.png``: 10 test images per class beside their reconstructions
+  (this and the three below: the first seed's models).
 - ``prior_samples_<model>.png``: decodings of z ~ N(0, I).
 - ``merge_z<d>.png``: AE and VAE side by side: two test images, their reconstructions, the
   decoding of the mean of their codes, and of a random code.

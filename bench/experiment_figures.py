@@ -15,7 +15,7 @@ from vae_ref.data import Dataset
 from vae_ref.model import decode_images, posterior_means, reconstruct
 
 from . import figures
-from .result_files import read_curves
+from .result_files import read_curves, read_experiment_table
 
 if TYPE_CHECKING:
     from .experiment import FinishedModel
@@ -27,6 +27,20 @@ def showcase_indices(labels: np.ndarray, per_class: int = 10) -> np.ndarray:
     return np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
 
 
+def grid_figures(table, out: Path, dataset: str) -> None:
+    """Where capacity stops being used: the test ELBO and the active units against the
+    latent size, a line per beta (where two latent sizes or more were trained), and the KL
+    of each dimension at the largest latent size, a line per beta."""
+    vaes = table[table.model == "vae"]
+    if vaes.latent_dim.nunique() >= 2:
+        figures.elbo_by_latent(table, out / "elbo_by_latent.png", dataset)
+        figures.active_units_by_latent(table, out / "active_units_by_latent.png", dataset)
+    if len(vaes) and (vaes.kl_per_dim.fillna("") != "").any():
+        largest = int(vaes.latent_dim.max())
+        figures.kl_per_dimension(table, largest, out / f"kl_per_dimension_z{largest}.png",
+                                 dataset)
+
+
 def write_figures(finished: list[FinishedModel], data: Dataset, out: Path, log) -> None:
     test_x, test_y = data.test_x, data.test_y
     shown = test_x[showcase_indices(test_y)]
@@ -34,6 +48,7 @@ def write_figures(finished: list[FinishedModel], data: Dataset, out: Path, log) 
 
     curves = read_curves(out / "curves.csv")
     figures.elbo_curves(curves, out / "elbo_curves.png", data.name)
+    grid_figures(read_experiment_table(out / "table.csv"), out, data.name)
     # Each model's own figures for the first seed's models only: the other seeds' differ by
     # their noise, and a grid's would be hundreds.
     first_seed = finished[0].config.seed if finished else 0

@@ -215,3 +215,67 @@ def scaling(rows: pd.DataFrame, path: Path) -> None:
         peak.grid(alpha=0.3)
         peak.legend(fontsize="small")
     save(fig, path)
+
+
+def _by_beta(vaes: pd.DataFrame, value: str):
+    """Per beta (in order), the latent sizes and the mean, lowest and highest of ``value``
+    over the seeds at each."""
+    for beta, rows in vaes.groupby("beta", sort=True):
+        stats = rows.groupby("latent_dim")[value].agg(["mean", "min", "max", "count"])
+        yield beta, stats
+
+
+def elbo_by_latent(table: pd.DataFrame, path: Path, dataset: str) -> None:
+    """The test ELBO (at beta = 1, whatever beta trained the model) against the latent size,
+    a line per beta: the mean over seeds, the bar their range."""
+    vaes = table[table.model == "vae"].dropna(subset=["final_test_elbo"])
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.add_subplot()
+    for i, (beta, stats) in enumerate(_by_beta(vaes, "final_test_elbo")):
+        seeds = int(stats["count"].max())
+        ax.errorbar(stats.index, stats["mean"],
+                    yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+                    marker="o", capsize=3, color=f"C{i}",
+                    label=f"beta = {beta:g} ({seeds} seed{'s' if seeds != 1 else ''})")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(vaes.latent_dim.unique()), [str(z) for z in
+                                                     sorted(vaes.latent_dim.unique())])
+    _finish(fig, ax, "latent size z", "test ELBO at beta = 1 (nats; bars: range over seeds)",
+            f"Test ELBO by latent size and beta, {dataset}", path)
+
+
+def active_units_by_latent(table: pd.DataFrame, path: Path, dataset: str) -> None:
+    """Active units against the latent size, a line per beta (the mean over seeds, the bar
+    their range), and the diagonal where every unit is active: where a line leaves it, the
+    model stops using the capacity it is given."""
+    vaes = table[table.model == "vae"].dropna(subset=["active_units"])
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.add_subplot()
+    sizes = sorted(vaes.latent_dim.unique())
+    ax.plot(sizes, sizes, "k:", label="every unit active")
+    for i, (beta, stats) in enumerate(_by_beta(vaes, "active_units")):
+        ax.errorbar(stats.index, stats["mean"],
+                    yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+                    marker="o", capsize=3, color=f"C{i}", label=f"beta = {beta:g}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(z) for z in sizes])
+    _finish(fig, ax, "latent size z", "active units (Burda et al.: Cov_x E[z_u] > 0.01)",
+            f"Active units by latent size and beta, {dataset}", path)
+
+
+def kl_per_dimension(table: pd.DataFrame, latent: int, path: Path, dataset: str) -> None:
+    """The KL of each latent dimension, sorted largest first, at one latent size: a line per
+    beta (the first seed's model), on a log axis where the unused dimensions fall away."""
+    vaes = table[(table.model == "vae") & (table.latent_dim == latent)]
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.add_subplot()
+    for i, (beta, rows) in enumerate(vaes.groupby("beta", sort=True)):
+        first = rows.sort_values("seed").iloc[0]
+        kl = np.sort(tables.windows_of(first.kl_per_dim))[::-1]
+        ax.plot(np.arange(1, len(kl) + 1), np.maximum(kl, 1e-6), marker=".", color=f"C{i}",
+                label=f"beta = {beta:g} (seed {first.seed})")
+    ax.axhline(0.01, color="grey", linewidth=0.8)
+    ax.set_yscale("log")
+    _finish(fig, ax, "latent dimension, by its KL (largest first)",
+            "KL(q(z_u|x) || N(0, 1)), nats (test mean)",
+            f"KL per latent dimension at z = {latent}, {dataset}", path)

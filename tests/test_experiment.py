@@ -275,3 +275,32 @@ def test_beta_and_seed_keep_their_one_value_forms(tmp_path, capsys, tiny_experim
     assert (out / "cells" / "vae-z2-beta2.json").exists()  # one seed: no seed in the name
     spec = json.loads((out / "provenance.json").read_text())["spec"]
     assert spec["betas"] == [2.0] and spec["seeds"] == [3]
+
+
+def test_the_grid_figures_show_where_capacity_stops_being_used(tmp_path, mnist5k,
+                                                               monkeypatch):
+    from bench import figures
+
+    drawn = {}
+    save = figures.save
+    monkeypatch.setattr(figures, "save",
+                        lambda fig, path: (drawn.__setitem__(path.name, fig), save(fig, path)))
+    spec = ExperimentSpec(**GRID)
+    table = run_experiment(spec, mnist5k, tmp_path, progress=False, log=lambda _: None)
+    vae = table[table.model == "vae"]
+    elbo = drawn["elbo_by_latent.png"].axes[0]
+    assert [c.get_label() for c in elbo.containers] == ["beta = 0.5 (2 seeds)",
+                                                        "beta = 2 (2 seeds)"]
+    line = elbo.containers[0].lines[0]  # beta 0.5: the mean over the two seeds at z = 2, 3
+    expected = vae[vae.beta == 0.5].groupby("latent_dim").final_test_elbo.mean()
+    assert list(line.get_xdata()) == [2, 3]
+    assert list(line.get_ydata()) == pytest.approx(list(expected))
+    units = drawn["active_units_by_latent.png"].axes[0]
+    assert units.lines[0].get_label() == "every unit active"
+    assert list(units.lines[0].get_ydata()) == [2, 3]
+    kl = drawn["kl_per_dimension_z3.png"].axes[0]
+    first = vae[(vae.beta == 2.0) & (vae.latent_dim == 3) & (vae.seed == 0)].kl_per_dim.iloc[0]
+    plotted = kl.lines[1].get_ydata()  # beta 2, sorted largest first
+    assert list(plotted) == pytest.approx(sorted(
+        np.maximum(np.array(first.split(), float), 1e-6), reverse=True))
+    assert (tmp_path / "kl_per_dimension_z3.png").read_bytes()[:4] == b"\x89PNG"
