@@ -16,19 +16,15 @@ if TYPE_CHECKING:
 # the command line lists these without it.
 FORMATS = ("text", "markdown", "json")
 
-# The JSON rows' fields: the comparison table's columns under the names a reader sees.
-JSON_FIELDS = {
-    "backend": "backend", "device": "device_new", "latent_dim": "latent_dim",
-    "batch_size": "batch_size", "change": "change",
-    "samples_per_s_old": "samples_per_s_old", "samples_per_s_new": "samples_per_s_new",
-    "raw_ratio": "raw_ratio", "speedup_old": "speedup_old", "speedup_new": "speedup_new",
-    "throughput_ratio": "throughput_ratio", "ratio_estimate": "ratio_estimate",
-    "ratio_low": "ratio_low",
-    "ratio_high": "ratio_high", "p_value": "p_value", "verdict": "verdict",
-    "regression": "regression", "final_test_elbo_old": "final_test_elbo_old",
-    "final_test_elbo_new": "final_test_elbo_new", "elbo_change": "elbo_change",
-    "agreement_old": "agreement_old", "agreement_new": "agreement_new",
-}
+# The JSON rows' fields: the comparison table's columns, each under its own name but the
+# device, which is NEW's (a row's device is part of what it is, not of what changed).
+JSON_COLUMNS = (
+    "backend", "device_new", "latent_dim", "batch_size", "change", "samples_per_s_old",
+    "samples_per_s_new", "raw_ratio", "speedup_old", "speedup_new", "throughput_ratio",
+    "ratio_estimate", "ratio_low", "ratio_high", "p_value", "verdict", "regression",
+    "final_test_elbo_old", "final_test_elbo_new", "elbo_change", "agreement_old",
+    "agreement_new")
+JSON_NAMES = {"device_new": "device"}
 
 
 def render(result: RunComparison, form: str) -> str:
@@ -103,7 +99,7 @@ def _closing(result: RunComparison) -> str:
 def markdown(result: RunComparison) -> str:
     """For a pull-request comment: the outcome, every gated row with its ratio, interval and
     verdict, the geometric means, and what was said."""
-    mark = {0: "✅", 1: "❌", 3: "⚠️"}[result.exit_status]
+    mark = {"no regression": "✅", "regression": "❌", "undecided": "⚠️"}[result.outcome]
     counts = result.table.verdict[result.table.verdict != ""].value_counts()
     tally = ", ".join(f"{n} {v}" for v, n in counts.items())
     lines = [f"### vae-bench compare: {mark} {_closing(result)}", ""]
@@ -137,8 +133,8 @@ def markdown(result: RunComparison) -> str:
 def as_json(result: RunComparison) -> str:
     from .export import json_value
 
-    rows = [{name: json_value(getattr(r, column)) for name, column in JSON_FIELDS.items()}
-            for r in result.table.itertuples()]
+    rows = [{JSON_NAMES.get(column, column): json_value(getattr(r, column))
+             for column in JSON_COLUMNS} for r in result.table.itertuples()]
     document = {
         "outcome": result.outcome, "exit_status": result.exit_status,
         "interval_level": result.level, "rows": rows,

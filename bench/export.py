@@ -201,8 +201,7 @@ def load_run(path: Path) -> dict:
     gate_path = results.source.parent / "gate.csv"
     gate = read_gate(gate_path) if gate_path.exists() else pd.DataFrame(
         columns=list(tables.GATE_COLUMNS))
-    table = results.table.astype({"latent_dim": int, "batch_size": int})
-    return results_document(table, gate[list(tables.GATE_COLUMNS)], results.env or {})
+    return results_document(results.table, gate[list(tables.GATE_COLUMNS)], results.env or {})
 
 
 def export_text(document: dict, form: str) -> str:

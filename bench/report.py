@@ -276,9 +276,9 @@ def _history_group(history: pd.DataFrame, title: str) -> list[str]:
     common = runs_per_batch[runs_per_batch == len(order)].index
     if len(common):
         history = history[history.batch.isin(common)]
+    speed = history[~history.backend.isin(list(tables.YARDSTICK.values()))]
     history = history.assign(backend=history.backend + " (" + history.precision + ")")
-    speed = history.dropna(subset=["speedup"])
-    speed = speed[~speed.backend.str.split(" ").str[0].isin(list(tables.YARDSTICK.values()))]
+    speed = history.loc[speed.index].dropna(subset=["speedup"])
     if len(speed):
         medians = speed.groupby(["backend", "batch", "run"]).speedup.median().reset_index()
         parts.append(_figure(_line_plot(
@@ -319,9 +319,7 @@ def _window_strip(timed: pd.DataFrame) -> bytes | None:
     ax.set_xlabel("training samples/s of each timed window (bar: the median)")
     ax.set_title("Timed windows, row by row")
     ax.grid(alpha=0.3, axis="x", which="both")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
+    return _png(fig)
 
 
 def _line_plot(frame: pd.DataFrame, names: tuple[str, ...], value: str, labels: list[str],
@@ -341,8 +339,13 @@ def _line_plot(frame: pd.DataFrame, names: tuple[str, ...], value: str, labels: 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    """``fig`` as PNG bytes, cropped to what it draws (a legend beside the axes included)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")  # the legend beside it
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return buffer.getvalue()
 
 

@@ -33,11 +33,8 @@ if _WORKER_CPUS:
 # pytest-benchmark's options that mean something only where the benchmarks are timed: each
 # alone times them (pytest-benchmark's session.py skips saving, without a word, for a
 # disabled session).
-BENCHMARK_OUTPUTS = {"benchmark_json": "--benchmark-json", "benchmark_save": "--benchmark-save",
-                     "benchmark_autosave": "--benchmark-autosave",
-                     "benchmark_compare": "--benchmark-compare",
-                     "benchmark_compare_fail": "--benchmark-compare-fail",
-                     "benchmark_histogram": "--benchmark-histogram"}
+BENCHMARK_OUTPUTS = ("benchmark_json", "benchmark_save", "benchmark_autosave",
+                     "benchmark_compare", "benchmark_compare_fail", "benchmark_histogram")
 
 
 def pytest_configure(config):
@@ -46,7 +43,7 @@ def pytest_configure(config):
     # timings) times them. Done here rather than with --benchmark-disable in addopts, which
     # pytest-benchmark refuses beside --benchmark-only.
     if hasattr(config.option, "benchmark_disable"):
-        asked = [flag for name, flag in BENCHMARK_OUTPUTS.items()
+        asked = ["--" + name.replace("_", "-") for name in BENCHMARK_OUTPUTS
                  if getattr(config.option, name, None)]
         parallel = getattr(config.option, "numprocesses", None) or os.environ.get(
             "PYTEST_XDIST_WORKER")
