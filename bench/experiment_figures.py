@@ -7,19 +7,24 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
+from vae_ref.config import VAEConfig
 from vae_ref.data import Dataset
-from vae_ref.model import decode_images, posterior_means, reconstruct
+from vae_ref.model import AE, VAE, decode_images, posterior_means, reconstruct
 
 from . import figures
 from .result_files import read_curves, read_experiment_table
 
-if TYPE_CHECKING:
-    from .experiment import FinishedModel
 
+class TrainedModel(Protocol):
+    """What the figures need of a trained model (``experiment.FinishedModel`` is one)."""
+
+    name: str
+    config: VAEConfig
+    model: VAE | AE
 
 
 def showcase_indices(labels: np.ndarray, per_class: int = 10) -> np.ndarray:
@@ -41,59 +46,70 @@ def grid_figures(table, out: Path, dataset: str) -> None:
                                  dataset)
 
 
-def write_figures(finished: list[FinishedModel], data: Dataset, out: Path, log) -> None:
-    test_x, test_y = data.test_x, data.test_y
-    shown = test_x[showcase_indices(test_y)]
-    prior = np.random.default_rng(0)
-
+def write_figures(finished: list[TrainedModel], data: Dataset, out: Path, log) -> None:
+    """Every figure of an experiment: the curves and the grid's from its files, each model's
+    own for the first seed's models only (the other seeds' differ by their noise, and a
+    grid's would be hundreds), and the AE/VAE merge figures."""
     curves = read_curves(out / "curves.csv")
     figures.elbo_curves(curves, out / "elbo_curves.png", data.name)
     grid_figures(read_experiment_table(out / "table.csv"), out, data.name)
-    # Each model's own figures for the first seed's models only: the other seeds' differ by
-    # their noise, and a grid's would be hundreds.
     first_seed = finished[0].config.seed if finished else 0
+    shown = data.test_x[showcase_indices(data.test_y)]
+    prior = np.random.default_rng(0)
     for f in (f for f in finished if f.config.seed == first_seed):
-        name = f.name
-        figures.reconstructions(shown, reconstruct(f.model, shown), out / f"reconstructions_{name}.png",
-                                f"{name} on {data.name}: reconstructions (decoded at z = mu)")
-        if f.config.model == "vae":
-            z = prior.standard_normal((100, f.config.latent_dim))
-            figures.samples(decode_images(f.model, z), out / f"prior_samples_{name}.png",
-                            f"{name} on {data.name}: decodings of z ~ N(0, I)")
-        if f.config.model == "vae" and f.config.latent_dim == 2:
-            figures.latent_scatter(posterior_means(f.model, test_x), test_y, data.class_names,
-                                   out / f"latent_scatter_{name}.png",
-                                   f"{name}: test-set posterior means on {data.name}")
-            # Grid through the prior's quantiles, as in Kingma & Welling's Fig. 4.
-            n = 20
-            q = [statistics.NormalDist().inv_cdf(p) for p in np.linspace(0.03, 0.97, n)]
-            grid = np.array([[a, b] for b in q[::-1] for a in q])
-            figures.manifold(decode_images(f.model, grid), n, out / f"manifold_{name}.png",
-                             f"{name} on {data.name}: decoded latent grid\n"
-                             "(prior quantiles 3%..97%)")
-
-    # The merge figure: two test images of different classes, per AE/VAE pair of equal z.
-    a = int(np.flatnonzero(test_y == 3)[0])
-    b = int(np.flatnonzero(test_y == 8)[0])
-    pair = test_x[[a, b]]
+        model_figures(f, shown, prior, data, out)
     for f in finished:
-        if f.config.model != "ae" or f.config.seed != first_seed:
-            continue
-        # Beside the VAE of the same latent size and seed, at beta = 1 where it was trained.
-        vaes = [v for v in finished if v.config.model == "vae" and v.config.seed == first_seed
-                and v.config.latent_dim == f.config.latent_dim]
-        vae = next((v for v in vaes if v.config.beta == 1.0), vaes[0] if vaes else None)
-        if vae is None:
-            log(f"merge figure for z={f.config.latent_dim} skipped: no VAE with that latent size")
-            continue
-        rows = []
-        random_code = np.random.default_rng(1).standard_normal((1, f.config.latent_dim))
-        for label, m in (("AE", f.model), ("VAE", vae.model)):
-            codes = posterior_means(m, pair)
-            mixed = decode_images(m, codes.mean(axis=0, keepdims=True))
-            rows.append((label, [pair[0], pair[1], *reconstruct(m, pair), mixed[0],
-                                 decode_images(m, random_code)[0]]))
-        figures.merge(rows, out / f"merge_z{f.config.latent_dim}.png",
-                      f"{data.name}, z = {f.config.latent_dim}: test images "
-                      f"{data.class_names[3]!r} and {data.class_names[8]!r}")
+        if f.config.model == "ae" and f.config.seed == first_seed:
+            merge_figure(f, finished, data, out, log)
     log(f"figures written to {out}")
+
+
+def model_figures(f: TrainedModel, shown: np.ndarray, prior: np.random.Generator,
+                  data: Dataset, out: Path) -> None:
+    """One model's reconstructions of ``shown``; a VAE's decodings of prior samples; at
+    z = 2, its test set's posterior means and its decoded latent grid."""
+    name = f.name
+    figures.reconstructions(shown, reconstruct(f.model, shown), out / f"reconstructions_{name}.png",
+                            f"{name} on {data.name}: reconstructions (decoded at z = mu)")
+    if f.config.model == "vae":
+        z = prior.standard_normal((100, f.config.latent_dim))
+        figures.samples(decode_images(f.model, z), out / f"prior_samples_{name}.png",
+                        f"{name} on {data.name}: decodings of z ~ N(0, I)")
+    if f.config.model == "vae" and f.config.latent_dim == 2:
+        figures.latent_scatter(posterior_means(f.model, data.test_x), data.test_y,
+                               data.class_names, out / f"latent_scatter_{name}.png",
+                               f"{name}: test-set posterior means on {data.name}")
+        # Grid through the prior's quantiles, as in Kingma & Welling's Fig. 4.
+        n = 20
+        q = [statistics.NormalDist().inv_cdf(p) for p in np.linspace(0.03, 0.97, n)]
+        grid = np.array([[a, b] for b in q[::-1] for a in q])
+        figures.manifold(decode_images(f.model, grid), n, out / f"manifold_{name}.png",
+                         f"{name} on {data.name}: decoded latent grid\n"
+                         "(prior quantiles 3%..97%)")
+
+
+def merge_figure(ae: TrainedModel, finished: list[TrainedModel], data: Dataset, out: Path,
+                 log) -> None:
+    """Two test images of different classes, reconstructed, merged and beside a random code,
+    by the AE and by the VAE of its latent size and seed (at beta = 1 where one was
+    trained)."""
+    z = ae.config.latent_dim
+    vaes = [v for v in finished if v.config.model == "vae" and v.config.seed == ae.config.seed
+            and v.config.latent_dim == z]
+    vae = next((v for v in vaes if v.config.beta == 1.0), vaes[0] if vaes else None)
+    if vae is None:
+        log(f"merge figure for z={z} skipped: no VAE with that latent size")
+        return
+    a = int(np.flatnonzero(data.test_y == 3)[0])
+    b = int(np.flatnonzero(data.test_y == 8)[0])
+    pair = data.test_x[[a, b]]
+    rows = []
+    random_code = np.random.default_rng(1).standard_normal((1, z))
+    for label, m in (("AE", ae.model), ("VAE", vae.model)):
+        codes = posterior_means(m, pair)
+        mixed = decode_images(m, codes.mean(axis=0, keepdims=True))
+        rows.append((label, [pair[0], pair[1], *reconstruct(m, pair), mixed[0],
+                             decode_images(m, random_code)[0]]))
+    figures.merge(rows, out / f"merge_z{z}.png",
+                  f"{data.name}, z = {z}: test images "
+                  f"{data.class_names[3]!r} and {data.class_names[8]!r}")

@@ -45,10 +45,10 @@ from vae_ref.data import Dataset
 
 from . import pipeline, tables
 from .archive import RETURNED_FILE_LIMIT, check_archive_path, write_archive
+from .provenance import REPO_ROOT
 from .results_dir import claim
 from .run import RunError, RunSpec, none_available, run
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMED_LATENT = 20
 OTHER_LATENTS = (2, 10, 50)  # gated only (the fused backends), after the timed size
 FUSED_BACKENDS = ("cupy", "cupy-nograph", "cupy-tf32")
@@ -155,16 +155,17 @@ def run_gpu_tests(out: Path, log: Callable[[str], None], timeout: float = TEST_S
                   ) -> tuple[str, bool]:
     """``pytest -m gpu`` from the checkout, its output to out/gpu-tests.txt, cut off after
     ``timeout`` seconds: (a summary line, whether it failed)."""
-    tests = REPO_ROOT / "tests"
-    if not tests.is_dir():
-        summary = f"not run: no tests/ beside the package ({REPO_ROOT}); run from a checkout"
+    # pytest finds the tests where the checkout's pyproject.toml says (testpaths): the
+    # harness names no file of the tests.
+    if not (REPO_ROOT / "pyproject.toml").is_file():
+        summary = f"not run: {REPO_ROOT} is not a checkout of the project; run from one"
         log(f"GPU tests: {summary}")
         return summary, False
     log("GPU tests: pytest -m gpu")
     # One module that cannot be collected here (a test-only package missing) must not hide
     # the GPU tests of the others; it still shows in the output and the exit status.
     command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p",
-               "no:cacheprovider", "--continue-on-collection-errors", str(tests)]
+               "no:cacheprovider", "--continue-on-collection-errors"]
     try:
         done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
                               timeout=timeout, check=False)

@@ -19,9 +19,10 @@ from vae_ref.data import load_dataset
 
 from . import pipeline
 from .digits import GATE_IMAGES
+from .profile_text import profile_text
 from .provenance import as_markdown, collect
 from .results_dir import claim_file
-from .throughput import device_peaks, report
+from .throughput import device_peaks
 
 REPORT_MARKS = ("# vae-bench profile", "$ vae-bench profile")  # a report's first line
 
@@ -121,8 +122,8 @@ def profile(spec: ProfileSpec, out: Path | None, refuse: Callable[[str], None],
             raise ProfileError("no backend to profile: none of those asked for is available "
                                f"here ({why})")
         results = list(outcome.measurements[spec.batch_size].values())
-        text = report(results, config, spec.batch_size, device_peaks(outcome.admitted),
-                      outcome.gates)
+        text = profile_text(results, config, spec.batch_size, device_peaks(outcome.admitted),
+                            outcome.gates)
         print(text)
         record = collect(data=data)
         versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())

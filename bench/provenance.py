@@ -22,7 +22,7 @@ from kernels.cpu_features import (  # noqa: F401  (ISA_FLAGS: recorded by collec
 
 from .machine_load import cpu_frequency
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent  # a checkout's root, where bench/ lies in one
 
 
 def cpu_model() -> str:
@@ -101,7 +101,7 @@ def git_commit() -> str:
     try:
         def git(*args: str) -> str:
             return subprocess.run(
-                ["git", *args], cwd=_REPO_ROOT, capture_output=True, text=True, check=True,
+                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
                 timeout=10,
             ).stdout.strip()
 

@@ -4,7 +4,6 @@ tensor)."""
 
 import functools
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +13,8 @@ from bench.cli import main
 from kernels import UnknownBackendError, create_backend
 from kernels.base import Backend
 from vae_ref.fixture import SCHEMA_VERSION, FixtureError, read_fixture, write_fixture
+from vae_ref.fixtures import COMMITTED_FIXTURE as FIXTURE
 from vae_ref.oracle import build_cases, expectation
-
-FIXTURE = Path(__file__).parent / "fixtures" / "reference_z20.npz"
 
 
 def failures(results):

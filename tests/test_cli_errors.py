@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-
-FIXTURE = Path(__file__).parent / "fixtures" / "reference_z20.npz"
+from vae_ref.fixtures import COMMITTED_FIXTURE as FIXTURE
 
 
 def one_line(capsys, kind="error") -> str:

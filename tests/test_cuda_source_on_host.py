@@ -6,8 +6,6 @@ and blocks in reverse order (a race check). First, that the emulation itself can
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from gpu_verification import twins
@@ -19,8 +17,7 @@ from kernels.cupy_gpu import CudaExecutor, CupyBackend, launch, program
 from kernels.cupy_gpu.launch import NVRTC_OPTIONS, kernel_source
 from vae_ref import VAEConfig, build_model, export_params
 from vae_ref.fixture import read_fixture
-
-FIXTURE = Path(__file__).parent / "fixtures" / "reference_z20.npz"
+from vae_ref.fixtures import COMMITTED_FIXTURE as FIXTURE
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None,
                                 reason=unavailable_reason() or "")

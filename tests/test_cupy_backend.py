@@ -25,9 +25,9 @@ from kernels.cupy_gpu.launch import kernel_signatures, kernel_source
 from kernels.flat_layout import make_layout
 from vae_ref import VAEConfig, build_model, export_params
 from vae_ref.fixture import read_fixture
+from vae_ref.fixtures import COMMITTED_FIXTURE as FIXTURE
 from vae_ref.oracle import build_cases, expectation
 
-FIXTURE = Path(__file__).parent / "fixtures" / "reference_z20.npz"
 CUDA = cuda_availability()
 gpu = pytest.mark.gpu
 needs_gpu = pytest.mark.skipif(not CUDA.available, reason=CUDA.reason or "")

@@ -3,6 +3,7 @@ bench; kernels never imports bench; bench reaches backends only through the regi
 kernels.base (no backend package, no probing of a backend's attributes by name)."""
 
 import ast
+from collections.abc import Container
 from pathlib import Path
 
 import pytest
@@ -19,22 +20,32 @@ def imported(path: Path) -> set[str]:
     return imported_by(path.read_text(), path.relative_to(ROOT).with_suffix("").parts[:-1])
 
 
-def imported_by(source: str, package: tuple[str, ...]) -> set[str]:
+def imported_by(source: str, package: tuple[str, ...],
+                known: Container[str] | None = None) -> set[str]:
     """The absolute module names ``source``, a module of ``package``, imports (relative
-    imports resolved; ``from a import b`` counts as a and as a.b)."""
-    tree = ast.parse(source)
+    imports resolved). ``from a import b`` counts as a and as a.b; given the ``known``
+    modules, as a.b where that is one of them, else as a."""
     names = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package[: len(package) - node.level + 1]
-                base = ".".join([*anchor, base]) if base else ".".join(anchor)
-            names.add(base)
-            names |= {f"{base}.{alias.name}" for alias in node.names}
+            base = imported_from(node, package)
+            subs = {f"{base}.{alias.name}" for alias in node.names}
+            if known is None:
+                names |= {base, *subs}
+            else:
+                names |= {sub if sub in known else base for sub in subs}
     return names
+
+
+def imported_from(node: ast.ImportFrom, package: tuple[str, ...]) -> str:
+    """The absolute name of the module a ``from ... import`` in ``package`` reads from."""
+    base = node.module or ""
+    if node.level:
+        anchor = package[: len(package) - node.level + 1]
+        base = ".".join([*anchor, base]) if base else ".".join(anchor)
+    return base
 
 
 def is_backend_package(name: str) -> bool:
@@ -78,3 +89,111 @@ def test_the_import_check_sees_every_spelling(source):
     assert any(is_backend_package(n) for n in imported_by(source, ("bench",)))
     assert not any(is_backend_package(n) for n in imported_by(
         "from kernels import create_backend\nfrom kernels.base import Backend", ("bench",)))
+
+
+def project_modules() -> dict[str, Path]:
+    """Every module of the three packages by its dotted name (a package by its own)."""
+    found = {}
+    for package in ("vae_ref", "kernels", "bench"):
+        for path in modules(package):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def import_graph(sources: dict[str, tuple[str, bool]]) -> dict[str, set[str]]:
+    """Which of the given modules each imports, from ``{name: (source, is_package)}``:
+    every import counts, at module level, inside a function or under TYPE_CHECKING;
+    ``from p import m`` is an edge to the module p.m where there is one, else to p."""
+    graph = {}
+    for name, (source, is_package) in sources.items():
+        package = tuple(name.split(".")) if is_package else tuple(name.split(".")[:-1])
+        edges = imported_by(source, package, known=sources)
+        graph[name] = {e for e in edges if e in sources and e != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The graph's import cycles: each set of modules that reach one another (strongly
+    connected components of two or more, by Tarjan's algorithm), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def test_no_import_cycles_in_any_package():
+    sources = {name: (path.read_text(), path.name == "__init__.py")
+               for name, path in project_modules().items()}
+    assert cycles(import_graph(sources)) == []
+
+
+def test_the_cycle_check_finds_a_planted_cycle():
+    """The check fails on a cycle however it is hidden: under TYPE_CHECKING, in a function,
+    through a third module, by a relative import; an import of a package's submodule is not
+    an import of the package."""
+    sources = {
+        "bench": ("", True),
+        "bench.a": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                    "    from .b import Thing\n", False),
+        "bench.b": ("def f():\n    from bench import c\n", False),
+        "bench.c": ("import bench.a\n", False),
+        "bench.d": ("from . import e\n", False),
+        "bench.e": ("import numpy\n", False),
+        "kernels": ("from .x import y\n", True),
+        "kernels.x": ("from . import z\n", False),
+        "kernels.z": ("", False),
+    }
+    assert cycles(import_graph(sources)) == [["bench.a", "bench.b", "bench.c"]]
+    sources["bench.e"] = ("from bench.d import g\n", False)
+    assert cycles(import_graph(sources)) == [["bench.a", "bench.b", "bench.c"],
+                                             ["bench.d", "bench.e"]]
+
+
+def names_the_tests_folder(source: str) -> list[str]:
+    """Where ``source`` names a path into the tests folder: a string holding ``tests/``, or
+    ``"tests"`` joined onto a path with ``/``."""
+    tree = ast.parse(source)
+    prose = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}  # docstrings
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose and (
+                "tests/" in node.value.replace("\\", "/")):
+            found.append(node.value)
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+            found += [side.value for side in (node.left, node.right)
+                      if isinstance(side, ast.Constant) and side.value == "tests"]
+    return found
+
+
+@pytest.mark.parametrize("path", modules("bench"), ids=lambda p: p.name)
+def test_the_harness_reads_nothing_from_the_tests_folder(path):
+    assert names_the_tests_folder(path.read_text()) == []
+
+
+def test_the_tests_folder_check_sees_a_path_into_it():
+    assert names_the_tests_folder(
+        'FIXTURE = Path(__file__).parents[1] / "tests" / "fixtures" / "f.npz"') == ["tests"]
+    assert names_the_tests_folder('open("tests/fixtures/f.npz")') == ["tests/fixtures/f.npz"]
+    assert names_the_tests_folder('"""As tests/test_x.py shows."""\nStage("tests", "x")') == []

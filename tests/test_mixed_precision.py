@@ -21,6 +21,7 @@ from kernels.cpu_features import bf16_dot_hardware
 from kernels.numba_cpu import NumbaBackend, onemkl
 from kernels.numba_cpu.bf16 import round_into, widen
 from vae_ref import VAEConfig
+from vae_ref.fixtures import COMMITTED_FIXTURE
 from vae_ref.mixed_precision import (
     GEMM_INPUT_ROUNDINGS,
     round_to_bf16,
@@ -234,7 +235,7 @@ def test_numba_bf16_is_checked_against_the_live_oracle_not_the_fixture(capsys):
     if onemkl.unavailable_reason():
         pytest.skip(onemkl.unavailable_reason())
     assert main(["check", "--backend", "numba-bf16",
-                 "--fixture", "tests/fixtures/reference_z20.npz"]) != 0
+                 "--fixture", str(COMMITTED_FIXTURE)]) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "float32 calibrations only" in err
 

@@ -2,8 +2,6 @@
 fixture: the float64 truth exactly, the float32 calibration within the band that
 ``bench.tolerances`` states (a measurement of the machine, not a constant)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from cpu_verification.calibration import outside_band
@@ -11,9 +9,8 @@ from cpu_verification.calibration import outside_band
 from bench.digits import gate_images
 from bench.tolerances import EPS32
 from vae_ref.fixture import read_fixture
+from vae_ref.fixtures import COMMITTED_FIXTURE as FIXTURE
 from vae_ref.oracle import build_cases, expectation
-
-FIXTURE = Path(__file__).parent / "fixtures" / "reference_z20.npz"
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from bench.throughput import measure, report, step_flops
+from bench.profile_text import profile_text
+from bench.throughput import measure, step_flops
 from kernels import create_backend
 from vae_ref import VAEConfig
 
@@ -24,7 +25,7 @@ def test_measure_interleaves_windows_and_reports_every_backend(mnist5k):
         assert r.warmup_seconds > 0
     numba = results[1]
     assert set(numba.stages) == {"step", "gemms", "fused kernels", "adam", "gather"}
-    text = report(results, VAEConfig(latent_dim=4), 32, {"cpu": (100.0, "test", "a CPU")})
+    text = profile_text(results, VAEConfig(latent_dim=4), 32, {"cpu": (100.0, "test", "a CPU")})
     assert "vs eager" in text and "numba breakdown" in text and "1.00x" in text
     # How each backend ran is in the report: its libraries, threads and precision.
     assert "numba settings: numba " in text and "precision float32" in text
@@ -88,7 +89,7 @@ def test_a_failing_diagnostic_is_reported_and_costs_no_timing(mnist5k, monkeypat
     assert len(result.ms_per_step) == 2 and result.launch_floor == {}
     assert result.diagnostic_errors == {
         "launch floor": "DriverError: cuGraphGetNodes failed with CUresult 1"}
-    text = report([result], VAEConfig(latent_dim=4), 16, {"cpu": (100.0, "test", "a CPU")})
+    text = profile_text([result], VAEConfig(latent_dim=4), 16, {"cpu": (100.0, "test", "a CPU")})
     assert "launch floor failed: DriverError: cuGraphGetNodes failed" in text
 
     # In a run, the row keeps its timing and says why its launch floor is missing.
@@ -175,7 +176,7 @@ def test_the_breakdown_is_measured_beside_the_windows_not_after_them(monkeypatch
                        steps=steps, warmup_steps=warmup, settle_seconds=0.0)
     assert result.ms_per_step == pytest.approx([1.0] * repeats)
     assert result.stages == pytest.approx({"step": 1.0, "gemms": 0.75})
-    text = report([result], VAEConfig(latent_dim=2, hidden_dim=8), 16, {})
+    text = profile_text([result], VAEConfig(latent_dim=2, hidden_dim=8), 16, {})
     assert "step 1.000 ms, gemms 0.750 ms" in text and "WARNING" not in text
 
 
@@ -188,24 +189,25 @@ def test_the_report_says_when_a_breakdown_lies_outside_its_windows():
     agreeing = Measurement("numba", "", 0.7, ms_per_step=[1.61, 1.839, 2.63],
                            stages={"step": 1.9, "gemms": 1.2})
     config = VAEConfig(latent_dim=20)
-    text = report([contradicted], config, 32, {"cpu": (180.0, "test", "a CPU")})
+    text = profile_text([contradicted], config, 32, {"cpu": (180.0, "test", "a CPU")})
     assert ("numba: WARNING: its breakdown's step (4.507 ms) lies outside its timed windows "
             "(1.61-2.63 ms)") in text
-    assert "WARNING" not in report([agreeing], config, 32, {"cpu": (180.0, "test", "a CPU")})
+    assert "WARNING" not in profile_text([agreeing], config, 32, {"cpu": (180.0, "test", "a CPU")})
 
 
 def test_bf16_gemms_no_faster_than_float32_ones_are_called_out():
     """The CPU's flags cannot say whether a library's bf16 GEMMs use bf16 hardware: the report
     compares them with the float32 GEMMs alone of the same windows, and a gain under the
     floor is a WARNING beside the numbers (a mutation of the gain fails the quiet case)."""
-    from bench.throughput import BF16_GEMM_GAIN_FLOOR, Measurement
+    from bench.profile_text import BF16_GEMM_GAIN_FLOOR
+    from bench.throughput import Measurement
 
     config = VAEConfig(latent_dim=2, hidden_dim=8)
 
     def text(bf16_gemms_ms):
         row = Measurement("numba-bf16", "", 0.1, precision="bf16", ms_per_step=[4.0],
                           stages={"step": 4.0, "gemms": bf16_gemms_ms}, gemm_only_ms=3.3)
-        return report([row], config, 16, {})
+        return profile_text([row], config, 16, {})
 
     slow = text(3.3)
     assert "its bf16 GEMMs 1.00x the float32 GEMMs alone" in slow

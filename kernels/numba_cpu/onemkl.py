@@ -88,7 +88,7 @@ def _library() -> tuple[ctypes.CDLL, Path] | str:
 def unavailable_reason(flags: list[str] | None = None) -> str | None:
     """Why bf16 GEMMs cannot run at bf16 speed here (None: they can). ``flags``: the CPU's
     instruction sets, default this CPU's. Whether the library's bf16 GEMMs then beat float32
-    is measured with the numbers (bench.throughput, BF16_GEMM_GAIN_FLOOR)."""
+    is measured with the numbers (bench.profile_text, BF16_GEMM_GAIN_FLOOR)."""
     return bf16_emulated_reason(flags) or library_problem()
 
 

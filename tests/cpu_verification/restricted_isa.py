@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "reference_z20.npz"
+from vae_ref.fixtures import COMMITTED_FIXTURE as FIXTURE
 
 
 def cpu_flags() -> set[str]:
