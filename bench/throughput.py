@@ -196,23 +196,12 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
     one burst after the last window, a busy stretch of the machine once put a breakdown's
     step at 4.507 ms beside the table's 1.839)."""
     rng = np.random.default_rng(seed)
-    params = export_params(build_model(config))
 
     def noise():
         return None if backend_noise else rng.standard_normal((batch, config.latent_dim),
                                                              dtype=np.float32)
 
-    results = []
-    for backend in backends:
-        start = time.perf_counter()
-        backend.load(config, params)
-        for _ in range(warmup_steps):
-            backend.train_step(data, rng.integers(0, len(data), batch), noise())
-        backend.synchronize()
-        results.append(Measurement(backend.name, backend.description,
-                                   time.perf_counter() - start, device=backend.device,
-                                   precision=gemm_inputs_of(backend),
-                                   settings=backend.settings()))
+    results = _warm_up(backends, config, data, batch, warmup_steps, rng, noise)
     # The GEMMs-alone ceiling takes its turn in the same rotation, for the CPU rows.
     gemms = step_gemms(config, batch, seed) if any(b.device == "cpu" for b in backends) else None
     gemm_ms: list[float] = []
@@ -225,25 +214,13 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
         if on_round is not None and done:  # (rounds done, of how many, seconds per round)
             on_round(done, repeats, (time.perf_counter() - started) / done)
         if gemms is not None:
-            settle_until = time.perf_counter() + settle_seconds
-            while time.perf_counter() < settle_until:
-                gemms()
-            start = time.perf_counter()
-            for _ in range(steps):
-                gemms()
-            gemm_ms.append((time.perf_counter() - start) / steps * 1e3)
+            gemm_ms.append(_settled_ms(lambda _: gemms(), steps, settle_seconds))
         for i, (backend, result) in enumerate(zip(backends, results)):
             # Inputs are drawn before the clock starts: the window times the steps alone.
-            windows = [(rng.integers(0, len(data), batch), noise()) for _ in range(steps)]
-            settle_until = time.perf_counter() + settle_seconds
-            while time.perf_counter() < settle_until:
-                backend.train_step(data, *windows[0], want_loss=False)
-            backend.synchronize()
-            start = time.perf_counter()
-            for indices, eps in windows:
-                backend.train_step(data, indices, eps, want_loss=False)
-            backend.synchronize()
-            result.ms_per_step.append((time.perf_counter() - start) / steps * 1e3)
+            window = [(rng.integers(0, len(data), batch), noise()) for _ in range(steps)]
+            result.ms_per_step.append(_settled_ms(
+                lambda k, b=backend, w=window: b.train_step(data, *w[k], want_loss=False),
+                steps, settle_seconds, backend.synchronize))
             if asking[i]:
                 sample = _diagnostic(result, "stage breakdown", backend.stage_times, data,
                                      batch, repeats=rounds)
@@ -251,6 +228,51 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
                     breakdowns[i].append(sample)
                 else:  # failed (the reason kept), or nothing to measure here: ask no more
                     asking[i] = False
+    _add_diagnostics(backends, results, breakdowns, gemm_ms, data, batch)
+    return results
+
+
+def _warm_up(backends: list[Backend], config: VAEConfig, data: np.ndarray, batch: int,
+             warmup_steps: int, rng: np.random.Generator,
+             noise: Callable[[], np.ndarray | None]) -> list[Measurement]:
+    """Each backend loaded with the same initial weights and run ``warmup_steps`` steps (its
+    compile time, or its cache's load, included in the time kept): its Measurement."""
+    params = export_params(build_model(config))
+    results = []
+    for backend in backends:
+        start = time.perf_counter()
+        backend.load(config, params)
+        for _ in range(warmup_steps):
+            backend.train_step(data, rng.integers(0, len(data), batch), noise())
+        backend.synchronize()
+        results.append(Measurement(backend.name, backend.description,
+                                   time.perf_counter() - start, device=backend.device,
+                                   precision=gemm_inputs_of(backend),
+                                   settings=backend.settings()))
+    return results
+
+
+def _settled_ms(step: Callable[[int], object], count: int, settle_seconds: float,
+                synchronize: Callable[[], None] = lambda: None) -> float:
+    """Milliseconds per call of ``step(k)``, k = 0 .. count - 1, timed after
+    ``settle_seconds`` of untimed ``step(0)`` calls, from a finished device to a finished
+    device (``synchronize``)."""
+    settle_until = time.perf_counter() + settle_seconds
+    while time.perf_counter() < settle_until:
+        step(0)
+    synchronize()
+    start = time.perf_counter()
+    for k in range(count):
+        step(k)
+    synchronize()
+    return (time.perf_counter() - start) / count * 1e3
+
+
+def _add_diagnostics(backends: list[Backend], results: list[Measurement],
+                     breakdowns: list[list[dict[str, float]]], gemm_ms: list[float],
+                     data: np.ndarray, batch: int) -> None:
+    """Each measurement's GEMMs-alone ceiling (CPU rows), the medians of its breakdown's
+    samples, its launch floor and its peak memory, where the backend offers them."""
     for backend, result, samples in zip(backends, results, breakdowns):
         if backend.device == "cpu" and gemm_ms:
             result.gemm_only_ms = float(np.median(gemm_ms))
@@ -263,7 +285,6 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
         if isinstance(backend, MemoryReport):
             memory = _diagnostic(result, "memory", backend.peak_memory_bytes, data, batch)
             result.peak_memory_bytes = math.nan if memory is None else float(memory)
-    return results
 
 
 def _diagnostic(result: Measurement, name: str, compute, *args, **kwargs):
