@@ -276,6 +276,8 @@ def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> 
                       help="no progress lines or bars: the results only")
     runp.set_defaults(handler=cmd_run)
 
+
+def _add_gpu_check(commands) -> None:
     gpu = commands.add_parser(
         "gpu-check", help="a GPU machine's first run, in stages: smoke step, gate and timing "
         "against the targets, peers, other latent sizes and ELBO, the GPU tests",
@@ -302,6 +304,8 @@ def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> 
     gpu.add_argument("--quiet", action="store_true", help="the verdicts only")
     gpu.set_defaults(handler=cmd_gpu_check)
 
+
+def _add_merge(commands) -> None:
     mrg = commands.add_parser("merge", help="join shard run directories into one")
     mrg.add_argument("parts", nargs="+", type=Path, metavar="DIR")
     mrg.add_argument("--out", type=Path, required=True,
@@ -469,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_check(commands, known)
     _add_profile(commands, known)
     _add_run(commands, DATASETS, tuple(PROFILES))
+    _add_gpu_check(commands)
+    _add_merge(commands)
     _add_compare(commands)
     _add_report(commands)
     _add_export(commands)

@@ -249,20 +249,13 @@ def gpu_check(out: Path, data: Dataset, *, backends: Sequence[str] | None = None
     0 when everything that ran passed; 1 when a gate, the smoke step or a GPU test failed,
     or no GPU backend could run at all."""
     started = time.monotonic()
-    chosen = check_backends(backends)
-    if time_budget is not None and not time_budget > 0:
-        raise RunError(f"--time-budget must be a positive number of seconds, got {time_budget}")
-    if archive is not None:
-        check_archive_path(archive, out)
-    reasons = none_available(chosen)
-    if reasons:
-        raise RunError(f"nothing to run: no backend of this run is available here ({reasons})")
+    chosen = _requested(out, backends, time_budget, archive)
 
     def left() -> float:
         return math.inf if time_budget is None else time_budget - (time.monotonic() - started)
 
     records: list[StageRecord] = []
-    tests, failed = "not run", False
+    tests = "not run"
     broken: dict[str, str] = {}  # backends the smoke step failed: left out of later stages
     with claim(out, "gpu-check") as held, pipeline.shared_oracle():
         if not held.fresh and not resume:
@@ -272,15 +265,7 @@ def gpu_check(out: Path, data: Dataset, *, backends: Sequence[str] | None = None
         try:
             for number, stage in enumerate(plan, 1):
                 names = [n for n in stage.backends if n in chosen and n not in broken]
-                skip = ""
-                if stage.backends and not names:
-                    skip = "none of its backends chosen" + (
-                        f" or working ({'; '.join(f'{n}: {w}' for n, w in broken.items())})"
-                        if broken else "")
-                # The tests run in what is left (they are cut off, and say so), down to a minimum.
-                elif (MIN_TEST_SECONDS if stage.name == "tests" else stage.seconds) > left():
-                    skip = (f"expected {stage.seconds} s, {max(left(), 0):.0f} s of the "
-                            f"{time_budget:g} s budget left")
+                skip = _skip_reason(stage, names, broken, left(), time_budget)
                 if skip:
                     records.append(StageRecord(stage, "skipped", why=skip))
                     log(f"stage {number}/{len(plan)} {stage.name}: skipped, {skip}")
@@ -301,7 +286,6 @@ def gpu_check(out: Path, data: Dataset, *, backends: Sequence[str] | None = None
                     record = _run_stage(stage, names, out, data, resume, progress, log)
                 record.seconds = time.monotonic() - begun
                 records.append(record)
-                failed |= record.status == "failed"
                 write_targets(out, data, records, tests)
                 if archive is not None:
                     _archive(out, archive, log)
@@ -309,12 +293,47 @@ def gpu_check(out: Path, data: Dataset, *, backends: Sequence[str] | None = None
             write_targets(out, data, records, tests)
             if archive is not None:
                 _archive(out, archive, log)
+    return _exit_status(records, log)
+
+
+def _requested(out: Path, backends: Sequence[str] | None, time_budget: float | None,
+               archive: Path | None) -> list[str]:
+    """The check's backends asked for, or RunError saying what cannot be done as asked."""
+    chosen = check_backends(backends)
+    if time_budget is not None and not time_budget > 0:
+        raise RunError(f"--time-budget must be a positive number of seconds, got {time_budget}")
+    if archive is not None:
+        check_archive_path(archive, out)
+    reasons = none_available(chosen)
+    if reasons:
+        raise RunError(f"nothing to run: no backend of this run is available here ({reasons})")
+    return chosen
+
+
+def _skip_reason(stage: Stage, names: list[str], broken: dict[str, str], left: float,
+                 time_budget: float | None) -> str:
+    """Why ``stage`` is skipped (none of its backends chosen or working, or not expected to
+    finish in the ``left`` seconds of the budget), or "" where it runs."""
+    if stage.backends and not names:
+        return "none of its backends chosen" + (
+            f" or working ({'; '.join(f'{n}: {w}' for n, w in broken.items())})"
+            if broken else "")
+    # The tests run in what is left (they are cut off, and say so), down to a minimum.
+    if (MIN_TEST_SECONDS if stage.name == "tests" else stage.seconds) > left:
+        return (f"expected {stage.seconds} s, {max(left, 0):.0f} s of the "
+                f"{time_budget:g} s budget left")
+    return ""
+
+
+def _exit_status(records: list[StageRecord], log: Callable[[str], None]) -> int:
+    """0 where a stage with a GPU backend ran and nothing failed; else 1, saying why."""
     ran = [r for r in records if r.stage.backends and r.status != "skipped"]
     if not ran:
         log("gpu-check: no stage with a GPU backend ran here; nothing was checked on a GPU")
         return 1
+    failed = [r for r in records if r.status == "failed"]
     if failed:
-        log("gpu-check: " + "; ".join(r.line() for r in records if r.status == "failed"))
+        log("gpu-check: " + "; ".join(r.line() for r in failed))
         return 1
     return 0
 

@@ -15,7 +15,7 @@ from kernels import create_backend
 from vae_ref import VAEConfig
 from vae_ref.atomic import atomic_write_text
 from vae_ref.config import GATE_ADAM_STEPS
-from vae_ref.data import load_dataset
+from vae_ref.data import Dataset, load_dataset
 
 from . import pipeline
 from .digits import GATE_IMAGES
@@ -124,14 +124,20 @@ def profile(spec: ProfileSpec, out: Path | None, refuse: Callable[[str], None],
         results = list(outcome.measurements[spec.batch_size].values())
         text = profile_text(results, config, spec.batch_size, device_peaks(outcome.admitted),
                             outcome.gates)
-        print(text)
-        record = collect(data=data)
-        versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
-        print(f"provenance: {record['cpu']}, {record['usable_cpus']} of {record['logical_cpus']} CPUs usable, {versions}, "
-              f"commit {record['git_commit']}, {record['timestamp']}, host {record['host']}")
-        if out:
-            command = shlex.join(["vae-bench", "profile", *spec.words()])
-            atomic_write_text(out, f"# {command}\n{text}\n\n## Provenance\n\n"
-                              f"{as_markdown(record)}\n")
-            print(f"wrote {out}")
+        _publish(text, spec, data, out)
     return bool(outcome.refused)
+
+
+def _publish(text: str, spec: ProfileSpec, data: Dataset, out: Path | None) -> None:
+    """The report printed with a line of its provenance, and written whole with all of it
+    (and the command that made it) into ``out`` where given."""
+    print(text)
+    record = collect(data=data)
+    versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
+    print(f"provenance: {record['cpu']}, {record['usable_cpus']} of {record['logical_cpus']} CPUs usable, {versions}, "
+          f"commit {record['git_commit']}, {record['timestamp']}, host {record['host']}")
+    if out:
+        command = shlex.join(["vae-bench", "profile", *spec.words()])
+        atomic_write_text(out, f"# {command}\n{text}\n\n## Provenance\n\n"
+                          f"{as_markdown(record)}\n")
+        print(f"wrote {out}")

@@ -279,24 +279,7 @@ def compare_runs(old: Results, new: Results, *, fail_throughput: float, fail_elb
     throughput, notes, refusals = _machines(old, new, allow_machine_change)
     regressions = [f"{side} {r.source}: {r.cut_short}; the rows after it are missing"
                    for side, r in (("OLD", old), ("NEW", new)) if r.cut_short]
-    old_table = old.table.assign(speedup=tables.speedup(old.table),
-                                 windows=_windows(old.table, absolute))
-    new_table = new.table.assign(speedup=tables.speedup(new.table),
-                                 windows=_windows(new.table, absolute))
-    merged = old_table.merge(new_table, on=KEYS, how="outer", suffixes=("_old", "_new"),
-                             indicator="presence")
-    merged["raw_ratio"] = merged.samples_per_s_new / merged.samples_per_s_old
-    relative = merged.speedup_new / merged.speedup_old
-    # Gate on the same-run speed-up where both runs have the eager PyTorch yardstick.
-    gated_speedup = ~tables.is_yardstick(merged)
-    merged["throughput_ratio"] = merged.raw_ratio if absolute else relative.where(
-        relative.notna() & gated_speedup)
-    if not throughput:
-        merged["throughput_ratio"] = math.nan
-    merged["elbo_change"] = merged.final_test_elbo_new - merged.final_test_elbo_old
-    for column in ("ratio_estimate", "ratio_low", "ratio_high", "p_value"):
-        merged[column] = math.nan
-    merged["verdict"], merged["regression"] = "", False
+    merged, gated_speedup = _merged(old, new, absolute, throughput)
     for r, speedup_gated in zip(merged.itertuples(), gated_speedup):
         key = _key(r)
         if r.presence == "left_only":
@@ -306,12 +289,7 @@ def compare_runs(old: Results, new: Results, *, fail_throughput: float, fail_elb
             continue
         if r.presence != "both":
             continue
-        for column, label in GATED:
-            was, now = getattr(r, f"{column}_old"), getattr(r, f"{column}_new")
-            if _finite(was) and not _finite(now):
-                regressions.append(f"{key}: {label} {now} in NEW (was {was:.2f})")
-        if _finite(r.samples_per_s_old) and r.samples_per_s_new == 0:
-            regressions.append(f"{key}: samples/s 0 in NEW (was {r.samples_per_s_old:,.0f})")
+        regressions += _lost_values(r, key)
         if (throughput and not absolute and speedup_gated and _finite(r.speedup_old)
                 and not _finite(r.speedup_new) and _finite(r.samples_per_s_new)
                 and r.samples_per_s_new > 0):
@@ -341,6 +319,44 @@ def compare_runs(old: Results, new: Results, *, fail_throughput: float, fail_elb
     merged = merged.sort_values(["throughput_ratio", "elbo_change"], na_position="last")
     return RunComparison(merged, regressions, notes, refusals, geometric_means(merged),
                          1 - 2 * alpha)
+
+
+def _merged(old: Results, new: Results, absolute: bool,
+            throughput: bool) -> tuple[pd.DataFrame, pd.Series]:
+    """The two runs' rows side by side (an outer join on KEYS), with each row's speed-up,
+    windows and the ratios and changes compare gates on; and which rows' speed-ups are gated
+    (every row but the yardstick's)."""
+    old_table = old.table.assign(speedup=tables.speedup(old.table),
+                                 windows=_windows(old.table, absolute))
+    new_table = new.table.assign(speedup=tables.speedup(new.table),
+                                 windows=_windows(new.table, absolute))
+    merged = old_table.merge(new_table, on=KEYS, how="outer", suffixes=("_old", "_new"),
+                             indicator="presence")
+    merged["raw_ratio"] = merged.samples_per_s_new / merged.samples_per_s_old
+    relative = merged.speedup_new / merged.speedup_old
+    # Gate on the same-run speed-up where both runs have the eager PyTorch yardstick.
+    gated_speedup = ~tables.is_yardstick(merged)
+    merged["throughput_ratio"] = merged.raw_ratio if absolute else relative.where(
+        relative.notna() & gated_speedup)
+    if not throughput:
+        merged["throughput_ratio"] = math.nan
+    merged["elbo_change"] = merged.final_test_elbo_new - merged.final_test_elbo_old
+    for column in ("ratio_estimate", "ratio_low", "ratio_high", "p_value"):
+        merged[column] = math.nan
+    merged["verdict"], merged["regression"] = "", False
+    return merged, gated_speedup
+
+
+def _lost_values(r, key: str) -> list[str]:
+    """A gated value that OLD had and NEW lost (NaN or inf), and a throughput that fell to 0."""
+    lost = []
+    for column, label in GATED:
+        was, now = getattr(r, f"{column}_old"), getattr(r, f"{column}_new")
+        if _finite(was) and not _finite(now):
+            lost.append(f"{key}: {label} {now} in NEW (was {was:.2f})")
+    if _finite(r.samples_per_s_old) and r.samples_per_s_new == 0:
+        lost.append(f"{key}: samples/s 0 in NEW (was {r.samples_per_s_old:,.0f})")
+    return lost
 
 
 def geometric_means(merged: pd.DataFrame) -> pd.DataFrame:

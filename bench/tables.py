@@ -295,8 +295,18 @@ def run_summary(table: pd.DataFrame, env: dict, settings: dict[str, dict] | None
     """A run's summary.md: agreement, throughput with the speed-ups, ELBO, the backends'
     settings as they ran (``settings``, by backend), environment; first, a warning naming each
     timed stage during which the machine was busy (``busy``, run.busy_stages)."""
+    first_batch = env["spec"]["batch_sizes"][0]
+    gate = table[table.batch_size == first_batch]  # the rows that were gated and trained
+    record = {k: v for k, v in env.items() if k not in ("spec",)}
+    return "\n".join([
+        *_summary_header(env, busy), *_agreement_section(gate), *_throughput_section(table),
+        *_elbo_section(gate, first_batch), *_precision_cost_section(gate),
+        *_settings_section(settings), "", "## Environment", "", as_markdown(record), ""])
+
+
+def _summary_header(env: dict, busy: list[str] | None) -> list[str]:
     spec = env["spec"]
-    lines = [
+    return [
         f"# vae-bench run — {spec['dataset']}",
         "",
         *(busy_warning(busy) if busy else []),
@@ -307,19 +317,22 @@ def run_summary(table: pd.DataFrame, env: dict, settings: dict[str, dict] | None
         + f". {spec['epochs']} epochs, seed {spec['seed']}"
         + (f", hidden width {spec['hidden_dim']}" if spec.get("hidden_dim", 512) != 512 else "")
         + "." + (" Timed steps draw their own noise." if spec.get("backend_noise") else ""),
-        "",
-        "## Agreement with the float64 reference",
-        "",
-        "| backend | z | verdict | worst tensor (fraction of tolerance) | note |",
-        "|---|---:|---|---:|---|",
     ]
-    first_batch = spec["batch_sizes"][0]
-    gate = table[table.batch_size == first_batch]
+
+
+def _agreement_section(gate: pd.DataFrame) -> list[str]:
+    lines = ["", "## Agreement with the float64 reference", "",
+             "| backend | z | verdict | worst tensor (fraction of tolerance) | note |",
+             "|---|---:|---|---:|---|"]
     for r in gate.itertuples():
         note = r.note if isinstance(r.note, str) else ""
         lines.append(f"| {r.backend} | {r.latent_dim} | {r.agreement} | "
                      f"{fmt(r.worst_fraction, '.1%', nan=NOT_COMPUTED)} | {note} |")
-    lines += [
+    return lines
+
+
+def _throughput_section(table: pd.DataFrame) -> list[str]:
+    lines = [
         "", "## Throughput (training samples/s, median of interleaved windows)", "",
         "Speed-ups are over a peer on the same device in this run (PyTorch eager, "
         "torch.compile and JAX on the CPU; their CUDA runs on a GPU); % peak is of that "
@@ -336,9 +349,13 @@ def run_summary(table: pd.DataFrame, env: dict, settings: dict[str, dict] | None
                   "| z | batch | GEMMs alone ms/step | samples/s |", "|---:|---:|---:|---:|"]
         lines += [f"| {r.latent_dim} | {r.batch_size} | {r.gemm_only_ms:.3f} | "
                   f"{r.batch_size / r.gemm_only_ms * 1e3:,.0f} |" for r in ceilings.itertuples()]
-    lines += ["", f"## ELBO by latent size and backend (batch {first_batch}; nats per image)",
-              "", "| backend | z | final train ELBO | average train ELBO | final test ELBO "
-              "| test log p(x) (k) |", "|---|---:|---:|---:|---:|---:|"]
+    return lines
+
+
+def _elbo_section(gate: pd.DataFrame, first_batch: int) -> list[str]:
+    lines = ["", f"## ELBO by latent size and backend (batch {first_batch}; nats per image)",
+             "", "| backend | z | final train ELBO | average train ELBO | final test ELBO "
+             "| test log p(x) (k) |", "|---|---:|---:|---:|---:|---:|"]
     for r in gate.itertuples():
         if r.epochs == r.epochs and r.epochs:  # trained (NaN epochs: not trained)
             iwae = (f"{fmt(r.test_iwae, '.2f')} ({int(r.iwae_k)})" if r.iwae_k == r.iwae_k
@@ -347,28 +364,35 @@ def run_summary(table: pd.DataFrame, env: dict, settings: dict[str, dict] | None
                 f"| {r.backend} | {r.latent_dim} | {fmt(r.final_train_elbo, '.2f')} | "
                 f"{fmt(r.average_train_elbo, '.2f')} | {fmt(r.final_test_elbo, '.2f')} | "
                 f"{iwae} |")
+    return lines
+
+
+def _precision_cost_section(gate: pd.DataFrame) -> list[str]:
     cost = precision_cost(gate)
-    if len(cost):
-        lines += ["", "## What reduced precision costs (nats per image)", "",
-                  "Each reduced-precision backend against its float32 twin, trained in this "
-                  "run from the same initial weights, data order and seed: the difference is "
-                  "the precision's, within the noise of one seed.", "",
-                  "| backend | vs | z | test ELBO | twin's | difference | test log p(x) | "
-                  "twin's | difference |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r.backend} | {r.twin} | {r.latent_dim} | {fmt(r.elbo, '.2f')} | "
-                  f"{fmt(r.twin_elbo, '.2f')} | {fmt(r.elbo_difference, '+.2f')} | "
-                  f"{fmt(r.iwae, '.2f', nan=NOT_COMPUTED)} | "
-                  f"{fmt(r.twin_iwae, '.2f', nan=NOT_COMPUTED)} | "
-                  f"{fmt(r.iwae_difference, '+.2f', nan=NOT_COMPUTED)} |"
-                  for r in cost.itertuples()]
-    if settings:
-        lines += ["", "## Backends as they ran", "",
-                  "Each backend's own account of its libraries, threads, precision and GEMM "
-                  "engine, taken when it was timed.", ""]
-        lines += [f"- **{name}**: {settings_text(s)}" for name, s in settings.items()]
-    record = {k: v for k, v in env.items() if k not in ("spec",)}
-    lines += ["", "## Environment", "", as_markdown(record), ""]
-    return "\n".join(lines)
+    if not len(cost):
+        return []
+    return [
+        "", "## What reduced precision costs (nats per image)", "",
+        "Each reduced-precision backend against its float32 twin, trained in this "
+        "run from the same initial weights, data order and seed: the difference is "
+        "the precision's, within the noise of one seed.", "",
+        "| backend | vs | z | test ELBO | twin's | difference | test log p(x) | "
+        "twin's | difference |", "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *(f"| {r.backend} | {r.twin} | {r.latent_dim} | {fmt(r.elbo, '.2f')} | "
+          f"{fmt(r.twin_elbo, '.2f')} | {fmt(r.elbo_difference, '+.2f')} | "
+          f"{fmt(r.iwae, '.2f', nan=NOT_COMPUTED)} | "
+          f"{fmt(r.twin_iwae, '.2f', nan=NOT_COMPUTED)} | "
+          f"{fmt(r.iwae_difference, '+.2f', nan=NOT_COMPUTED)} |"
+          for r in cost.itertuples())]
+
+
+def _settings_section(settings: dict[str, dict] | None) -> list[str]:
+    if not settings:
+        return []
+    return ["", "## Backends as they ran", "",
+            "Each backend's own account of its libraries, threads, precision and GEMM "
+            "engine, taken when it was timed.", "",
+            *(f"- **{name}**: {settings_text(s)}" for name, s in settings.items())]
 
 
 def float32_twin(backend: str, precision: str) -> str | None:

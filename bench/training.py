@@ -46,10 +46,7 @@ def train_backend(
     weights (for figures and the importance-weighted bound). Raises NonFiniteLossError as
     soon as a batch loss is NaN/inf, NonFiniteModelError if the parameters or the test ELBO
     are after an epoch."""
-    for name, array in (("train_x", train_x), ("test_x", test_x)):
-        if np.ndim(array) != 2 or np.shape(array)[1] != config.input_dim or len(array) == 0:
-            raise ValueError(f"{name} must be a non-empty (N, {config.input_dim}) array, got "
-                             f"{np.shape(array)}")
+    _check_images(config, train_x=train_x, test_x=test_x)
     backend.load(config, export_params(build_model(config)))
     train_x = np.ascontiguousarray(train_x, dtype=np.float32)
     test_x = fixed_test_set(config, np.ascontiguousarray(test_x, dtype=np.float32))
@@ -75,17 +72,8 @@ def train_backend(
                 sums += _whole_epoch(train_epoch, train_x, order, config.batch_size, epoch)
                 bar.update(steps_per_epoch)
             else:
-                for step in range(steps_per_epoch):
-                    indices = order[step * config.batch_size : (step + 1) * config.batch_size]
-                    if config.binarize:
-                        batch = binarize(train_x[indices], binarize_rng)
-                        result = backend.train_step(batch, np.arange(len(batch)))
-                    else:
-                        result = backend.train_step(train_x, indices)
-                    if not math.isfinite(result.loss):
-                        raise NonFiniteLossError(epoch, step, result.reconstruction, result.kl)
-                    sums += [result.reconstruction * len(indices), result.kl * len(indices)]
-                    bar.update()
+                sums += _stepwise_epoch(backend, config, train_x, order, binarize_rng, epoch,
+                                        bar.update)
             backend.synchronize()
             seconds = time.perf_counter() - started
             test = backend.evaluate(test_x, seed=config.seed)
@@ -103,6 +91,34 @@ def train_backend(
     model = build_model(config)
     import_params(model, backend.params())
     return TrainResult(config=config, model=model.eval(), history=history)
+
+
+def _check_images(config: VAEConfig, **images: np.ndarray) -> None:
+    for name, array in images.items():
+        if np.ndim(array) != 2 or np.shape(array)[1] != config.input_dim or len(array) == 0:
+            raise ValueError(f"{name} must be a non-empty (N, {config.input_dim}) array, got "
+                             f"{np.shape(array)}")
+
+
+def _stepwise_epoch(backend: Backend, config: VAEConfig, train_x: np.ndarray,
+                    order: np.ndarray, binarize_rng: np.random.Generator, epoch: int,
+                    stepped: Callable[[], object]) -> np.ndarray:
+    """(reconstruction, KL) summed over the epoch's images, one ``train_step`` per batch of
+    ``order`` (each batch binarized afresh where the config says); a non-finite loss raises
+    at its step."""
+    sums = np.zeros(2)
+    for step in range(math.ceil(len(order) / config.batch_size)):
+        indices = order[step * config.batch_size : (step + 1) * config.batch_size]
+        if config.binarize:
+            batch = binarize(train_x[indices], binarize_rng)
+            result = backend.train_step(batch, np.arange(len(batch)))
+        else:
+            result = backend.train_step(train_x, indices)
+        if not math.isfinite(result.loss):
+            raise NonFiniteLossError(epoch, step, result.reconstruction, result.kl)
+        sums += [result.reconstruction * len(indices), result.kl * len(indices)]
+        stepped()
+    return sums
 
 
 def _whole_epoch(train_epoch, train_x: np.ndarray, order: np.ndarray, batch_size: int,
