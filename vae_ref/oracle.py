@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import numpy as np
 import torch
@@ -118,7 +119,12 @@ def forward_backward(model: VAE | AE, x: torch.Tensor, eps: torch.Tensor | None,
         _numpy(terms.reconstruction), _numpy(terms.kl), terms.loss.item(),
         {name: _numpy(getattr(out, name)) for name in INTERMEDIATES
          if getattr(out, name) is not None},
-        {n: _numpy(p.grad).copy() for n, p in model.named_parameters()})
+        {n: _numpy(_grad(p)).copy() for n, p in model.named_parameters()})
+
+
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    assert p.grad is not None  # every parameter is on the loss's path: backward set it
+    return p.grad
 
 
 # -- ReLU kinks along the K-step trajectory ---------------------------------------------------
@@ -181,9 +187,14 @@ def adam_steps(model: VAE | AE, case: Case,
     optimizer = torch.optim.Adam(model.parameters(), lr=case.config.lr, betas=ADAM_BETAS,
                                  eps=ADAM_EPS)
     losses = []
-    near = {layer: torch.zeros(model.get_submodule(layer).out_features, dtype=torch.bool)
+    # cast: KINK_LAYERS names the models' ReLU layers, each an nn.Linear
+    near = {layer: torch.zeros(cast(torch.nn.Linear, model.get_submodule(layer)).out_features,
+                               dtype=torch.bool)
             for layer in KINK_LAYERS}
     for k in range(case.steps):
+        # steps > 0: a K-step case carries its batches and noise (build_cases, read_fixture)
+        assert case.data is not None and case.step_indices is not None
+        assert case.step_eps is not None
         x = torch.from_numpy(case.data[case.step_indices[k]]).to(dtype)
         eps = torch.from_numpy(case.step_eps[k]).to(dtype)
         out = model(x, eps)

@@ -6,11 +6,16 @@ Weights keep PyTorch's layout, (out_features, in_features): y = x @ W.T + b.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
 
 from .config import VAEConfig
+
+if TYPE_CHECKING:
+    from .model import AE, VAE
 
 Params = dict[str, np.ndarray]
 
@@ -65,7 +70,7 @@ def check_params(params: Params, config: VAEConfig) -> None:
         )
 
 
-def import_params(model: nn.Module, params: Params) -> None:
+def import_params(model: VAE | AE, params: Params) -> None:
     """Load canonical parameters into a model in place (dtype converted to the model's)."""
     check_params(params, model.config)
     with torch.no_grad():
