@@ -23,8 +23,14 @@ def outputs(backend: Backend, case: Case) -> dict[str, np.ndarray]:
     """Every tensor the gate compares, under the gate's names, for one backend and case."""
     backend.load(case.config, case.params)
     if case.steps:
-        losses = [backend.train_step(case.data, case.step_indices[k], case.step_eps[k]).loss
-                  for k in range(case.steps)]
+        # steps > 0: a K-step case carries its batches and noise (vae_ref.oracle.Case)
+        assert case.data is not None and case.step_indices is not None
+        assert case.step_eps is not None
+        losses = []
+        for k in range(case.steps):
+            result = backend.train_step(case.data, case.step_indices[k], case.step_eps[k])
+            assert result is not None  # want_loss (the default): every backend returns it
+            losses.append(result.loss)
         return adam_step_tensors(losses, backend.params())
     out = backend.forward_backward(case.x, case.eps)
     return step_tensors(out.reconstruction, out.kl, out.loss, out.intermediates, out.grads)

@@ -12,6 +12,7 @@ import math
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from vae_ref.config import DEFAULT_LATENTS, GATE_ADAM_STEPS
 
@@ -405,7 +406,7 @@ def _given_once(store: type[argparse.Action]) -> type[argparse.Action]:
     """``store`` (one of argparse's storing actions) refusing its option a second time:
     argparse keeps the last, so ``--backends torch --backends numba`` ran numba alone, torch
     dropped without a word."""
-    class GivenOnce(store):
+    class GivenOnce(store):  # type: ignore[misc, valid-type]  # a base chosen at run time
         def __call__(self, parser, namespace, values, option_string=None):
             given = namespace.__dict__.setdefault(_GIVEN, {})
             if option_string is not None:  # positionals are parsed once
@@ -663,7 +664,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     log = _setup(args)
 
-    settings = {"backends": backend_names(), "batch_sizes": (128,), **PROFILES[args.profile]}
+    settings: dict[str, Any] = {  # RunSpec's keyword arguments, from the command line
+        "backends": backend_names(), "batch_sizes": (128,), **PROFILES[args.profile]}
     for name, flag in (("dataset", "dataset"), ("epochs", "epochs"), ("repeats", "repeats"),
                        ("steps", "window_steps"), ("iwae_k", "iwae_k"),
                        ("gate_steps", "adam_steps"),

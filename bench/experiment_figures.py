@@ -6,6 +6,7 @@ through the reference's inference helpers (``vae_ref.model``); the drawing is
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -46,7 +47,7 @@ def grid_figures(table, out: Path, dataset: str) -> None:
                                  dataset)
 
 
-def write_figures(finished: list[TrainedModel], data: Dataset, out: Path, log) -> None:
+def write_figures(finished: Sequence[TrainedModel], data: Dataset, out: Path, log) -> None:
     """Every figure of an experiment: the curves and the grid's from its files, each model's
     own for the first seed's models only (the other seeds' differ by their noise, and a
     grid's would be hundreds), and the AE/VAE merge figures."""
@@ -88,7 +89,7 @@ def model_figures(f: TrainedModel, shown: np.ndarray, prior: np.random.Generator
                          "(prior quantiles 3%..97%)")
 
 
-def merge_figure(ae: TrainedModel, finished: list[TrainedModel], data: Dataset, out: Path,
+def merge_figure(ae: TrainedModel, finished: Sequence[TrainedModel], data: Dataset, out: Path,
                  log) -> None:
     """Two test images of different classes, reconstructed, merged and beside a random code,
     by the AE and by the VAE of its latent size and seed (at beta = 1 where one was

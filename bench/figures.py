@@ -91,7 +91,7 @@ MERGE_COLUMNS = ("image A", "image B", "recon A", "recon B", "decode\n(code A + 
                  "decode\nrandom code")
 
 
-def merge(rows: Sequence[tuple[str, np.ndarray]], path: Path, title: str) -> None:
+def merge(rows: Sequence[tuple[str, Sequence[np.ndarray]]], path: Path, title: str) -> None:
     """One row per model (AE, VAE): each row holds the six images of MERGE_COLUMNS."""
     fig = Figure(figsize=(9, 1.5 * len(rows) + 0.7), layout="constrained")
     axes = fig.subplots(len(rows), len(MERGE_COLUMNS), squeeze=False)

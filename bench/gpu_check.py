@@ -34,6 +34,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -54,10 +55,23 @@ OTHER_LATENTS = (2, 10, 50)  # gated only (the fused backends), after the timed 
 FUSED_BACKENDS = ("cupy", "cupy-nograph", "cupy-tf32")
 # cupy's speed-up wanted over each peer (tables.PEERS) at the first batch size, z = 20.
 TARGETS = {"eager": 5.0, "torch.compile": 1.5, "jax": 1.5}
+
+
+class CommonSettings(TypedDict):
+    """The RunSpec fields every run stage shares (``COMMON``)."""
+
+    batch_sizes: tuple[int, ...]
+    epochs: int
+    repeats: int
+    steps: int
+    iwae_k: int
+    backend_noise: bool
+
+
 # The settings every run stage shares: windows long enough for sub-millisecond steps, noise
 # drawn on the device, a short training.
-COMMON = {"batch_sizes": (128, 2048), "epochs": 3, "repeats": 5, "steps": 100,
-          "iwae_k": 100, "backend_noise": True}
+COMMON: CommonSettings = {"batch_sizes": (128, 2048), "epochs": 3, "repeats": 5, "steps": 100,
+                          "iwae_k": 100, "backend_noise": True}
 TEST_SECONDS = 300  # pytest -m gpu: ample on a GPU; a hang is cut off and reported
 MIN_TEST_SECONDS = 60  # less than this left of the budget: the tests are skipped
 SMOKE_CONFIG = VAEConfig(latent_dim=2, hidden_dim=64, batch_size=32)
@@ -133,7 +147,9 @@ def smoke(names: Sequence[str], data: Dataset, log: Callable[[str], None]
         start = time.perf_counter()
         try:
             backend.load(SMOKE_CONFIG, params)
-            loss = backend.train_step(images, np.arange(len(images))).loss
+            result = backend.train_step(images, np.arange(len(images)))
+            assert result is not None  # want_loss (the default): every backend returns it
+            loss = result.loss
             backend.synchronize()
             if not math.isfinite(loss):
                 raise FloatingPointError(f"the step's loss is {loss}")
@@ -297,7 +313,7 @@ def gpu_check(out: Path, data: Dataset, *, backends: Sequence[str] | None = None
 
 
 def _requested(out: Path, backends: Sequence[str] | None, time_budget: float | None,
-               archive: Path | None) -> list[str]:
+               archive: Path | None) -> tuple[str, ...]:
     """The check's backends asked for, or RunError saying what cannot be done as asked."""
     chosen = check_backends(backends)
     if time_budget is not None and not time_budget > 0:
@@ -346,7 +362,7 @@ def _run_stage(stage: Stage, names: list[str], out: Path, data: Dataset, resume:
     if why:
         log(f"{stage.name}: skipped, none of its backends is available here ({why})")
         return StageRecord(stage, "skipped", why=f"none of its backends available: {why}")
-    settings = COMMON | stage.settings
+    settings: dict[str, Any] = COMMON | stage.settings  # RunSpec's keyword arguments
     if "gate_only_backends" in settings:  # those chosen; none: nothing to gate at other sizes
         gated = tuple(n for n in settings["gate_only_backends"] if n in names)
         settings |= {"gate_only_backends": gated} if gated else {

@@ -30,6 +30,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import TypedDict
 
 import numpy as np
 
@@ -129,6 +130,7 @@ def gate_cases(images: np.ndarray, latent: int, *, seed: int = 0,
         return pairs[gemm_inputs]
 
     if key is not None:
+        assert _SHARED_CASES is not None  # a key is made only under shared_oracle (above)
         _SHARED_CASES[key] = get
     return get
 
@@ -270,6 +272,7 @@ def execute(selection: Selection, backends: Sequence[Backend], *,
         raise ValueError("timing and training need a config and data")
 
     if selection.runs("time") and outcome.admitted:
+        assert config is not None and data is not None  # refused above otherwise
         for batch in selection.batch_sizes:
             log(f"batch {batch}: timing {', '.join(b.name for b in outcome.admitted)}")
 
@@ -289,6 +292,7 @@ def execute(selection: Selection, backends: Sequence[Backend], *,
             on_stage("time", outcome)
 
     if selection.runs("train"):
+        assert config is not None and data is not None  # refused above otherwise
         train_config = config.replace(batch_size=selection.batch_sizes[0])
         for backend in outcome.admitted:
             log(f"training {backend.name} for {train_config.epochs} epochs on {data.name}")
@@ -300,6 +304,15 @@ def execute(selection: Selection, backends: Sequence[Backend], *,
                                                              iwae_k=selection.iwae_k)
             on_stage("train", outcome)
     return outcome
+
+
+class _RowIdentity(TypedDict):
+    """A row's fields beside its backend, batch size and timing (``tables.ResultRow``)."""
+
+    agreement: str
+    worst_fraction: float
+    dataset: str
+    seed: int
 
 
 def result_rows(outcome: Outcome, selection: Selection, *, latent: int, dataset: str,
@@ -315,15 +328,16 @@ def result_rows(outcome: Outcome, selection: Selection, *, latent: int, dataset:
     for batch in batches:
         for backend in outcome.backends:
             record = outcome.gates.get(backend.name)
-            identity = dict(agreement=record.verdict if record else "",
-                            worst_fraction=record.worst_fraction if record else math.nan,
-                            dataset=dataset, seed=seed)
+            identity = _RowIdentity(agreement=record.verdict if record else "",
+                                    worst_fraction=record.worst_fraction if record else math.nan,
+                                    dataset=dataset, seed=seed)
             measured = outcome.measurements.get(batch, {}).get(backend.name)
             if measured is None:
                 row = ResultRow(backend=backend.name, device=backend.device,
                                 precision=gemm_inputs_of(backend), latent_dim=latent,
                                 batch_size=batch, **identity)
             else:
+                assert outcome.config is not None  # a measurement was timed at the config
                 row = measured.row(outcome.config.replace(batch_size=batch), batch, peaks,
                                    **identity)
             notes = [record.note if record else ""] + ([] if measured is None else [

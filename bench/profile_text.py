@@ -54,7 +54,7 @@ def _mixed_precision_lines(results: list[Measurement], table: pd.DataFrame, flop
         rivals = {m.backend: speed[r.backend] / speed[m.backend] for m in results
                   if m.precision == r.precision and m.backend != r.backend}
         if rivals:
-            best = min(rivals, key=rivals.get)
+            best = min(rivals, key=rivals.__getitem__)
             parts.append(", ".join(f"{ratio:.2f}x {name}" for name, ratio in rivals.items())
                          + f" (best {r.precision} peer: {best})")
         peak = peaks.get(peak_key(r.device, r.precision))

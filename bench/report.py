@@ -80,7 +80,7 @@ def read_results(path: Path) -> ResultsDirectory:
         # A run's table is read as compare reads it: checked, and older tables given the
         # columns added since.
         results = load_results(path) if kind == "run" else None
-        table = results.table if kind == "run" else read_experiment_table(path / table_name)
+        table = results.table if results is not None else read_experiment_table(path / table_name)
         provenance = read_json_object(path / provenance_name)
         gate = read_gate(path / "gate.csv") if (path / "gate.csv").exists() else None
     except ResultsFileError:  # names the file, the line and what to do

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -159,7 +160,7 @@ def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float
         curves = [dict(backend=name, latent_dim=latent, **r.to_dict())
                   for name, result in outcome.trained.items() for r in result.history]
         # Each backend's settings as it was timed (the first batch size's; they hold for all).
-        settings = {}
+        settings: dict[str, Any] = {}  # JSON, by backend name
         for measured in outcome.measurements.values():
             for name, m in measured.items():
                 settings.setdefault(name, json.loads(json.dumps(m.settings, default=str)))
@@ -210,6 +211,7 @@ def _check_runnable(spec: RunSpec, data: Dataset, latents: tuple[int, ...],
     if data.name != spec.dataset:
         raise RunError(f"spec names dataset {spec.dataset!r} but got {data.name!r}")
     if not latents:
+        assert shard is not None  # a RunSpec has latent sizes: only a shard of them is empty
         raise RunError(f"nothing to run: shard {shard[0]}/{shard[1]} of the "
                        f"{len(spec.latents)} latent sizes {spec.latents} is empty; use at most "
                        f"{len(spec.latents)} shards")

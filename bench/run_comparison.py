@@ -244,6 +244,7 @@ def _machines(old: Results, new: Results, allow_change: bool) -> tuple[bool, lis
                       f"{' or '.join(missing)}; throughput compared as if they do"], []
     # Model and instruction sets; a run recorded before env.json had "cpu_isa" (the committed
     # ones) is judged by its CPU model alone.
+    assert old.env is not None and new.env is not None  # none is missing
     differs = provenance.cpu_difference(old.env, new.env)
     if differs is None:
         return True, [], []

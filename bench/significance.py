@@ -91,7 +91,7 @@ def change(old: np.ndarray, new: np.ndarray, alpha: float = ALPHA) -> Change:
     old, new = np.asarray(old, dtype=float), np.asarray(new, dtype=float)
     old, new = old[np.isfinite(old) & (old > 0)], new[np.isfinite(new) & (new > 0)]
     if min(len(old), len(new)) < MIN_WINDOWS:
-        return Change(*[math.nan] * 5, len(old), len(new), alpha)
+        return Change(*(math.nan,) * 5, len(old), len(new), alpha)
     from scipy.stats import mannwhitneyu
 
     # Exact where no value repeats (then the p-value is the exact tail of the U

@@ -106,13 +106,13 @@ class ResultsStore:
                              f"{self.redo}")
         return record
 
-    def save(self, key: str, record: dict, identity: dict, *, partial: bool = False,
+    def save(self, key: str, record: dict, identity: dict | None, *, partial: bool = False,
              arrays: dict[str, np.ndarray] | None = None) -> None:
         """Write a unit: its arrays first, then its record (finished units drop their partial
         record)."""
         if arrays is not None:
             with atomic_open(self._path(key, ".npz"), "wb") as f:
-                np.savez(f, **arrays)
+                np.savez(f, **arrays)  # type: ignore[arg-type]  # no array is named allow_pickle
         full = {"key": key, "identity": identity, **record}
         atomic_write_text(self._path(key, partial=partial),
                           json.dumps(full, indent=1, allow_nan=True))

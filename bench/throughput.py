@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 
@@ -45,7 +46,7 @@ def gemm_peak(size: int = 2048, repeats: int = 5) -> tuple[float, str]:
     times = interleaved_times({"numpy BLAS": lambda: np.dot(a, a, out),
                                "torch": lambda: torch.mm(ta, ta, out=tout)}, repeats)
     best = {name: 2 * size**3 / min(t) / 1e9 for name, t in times.items()}
-    name = max(best, key=best.get)
+    name = max(best, key=best.__getitem__)
     return best[name], f"{size}x{size} float32 GEMM via {name}"
 
 
@@ -116,6 +117,23 @@ def device_peaks(backends: list[Backend]) -> dict[str, tuple[float, str, str]]:
     return peaks
 
 
+class TimingColumns(TypedDict):
+    """A measurement's columns of the results table (``Measurement.columns``), typed as
+    ``tables.ResultRow`` types them."""
+
+    samples_per_s: float
+    samples_per_s_min: float
+    samples_per_s_max: float
+    window_samples_per_s: str
+    ms_per_step: float
+    gflops: float
+    pct_peak: float
+    launch_floor_ms: float
+    warmup_s: float
+    peak_memory_mb: float
+    gemm_only_ms: float
+
+
 # Rounds of a backend's stage breakdown (each round: every part once), spread over its
 # windows: the 50 a breakdown took in one burst before they were spread.
 BREAKDOWN_ROUNDS = 50
@@ -159,7 +177,7 @@ class Measurement:
             **self.columns(config, batch, peak_of(peaks, self.device, self.precision)))
 
     def columns(self, config: VAEConfig, batch: int,
-                peak_gflops: float) -> dict[str, float | str]:
+                peak_gflops: float) -> TimingColumns:
         """This measurement's columns of the results table (``tables.RESULT_COLUMNS``): the
         one place where samples/s, GFLOP/s and % of peak are worked out."""
         ms = self.median_ms
@@ -219,9 +237,11 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
             # Inputs are drawn before the clock starts: the window times the steps alone.
             window = [(rng.integers(0, len(data), batch), noise()) for _ in range(steps)]
             result.ms_per_step.append(_settled_ms(
-                lambda k, b=backend, w=window: b.train_step(data, *w[k], want_loss=False),
+                (lambda k, b=backend, w=window:  # type: ignore[misc]  # mypy issue 15459 (defaults)
+                 b.train_step(data, *w[k], want_loss=False)),
                 steps, settle_seconds, backend.synchronize))
             if asking[i]:
+                assert isinstance(backend, StageBreakdown)  # asking[i] says so (set above)
                 sample = _diagnostic(result, "stage breakdown", backend.stage_times, data,
                                      batch, repeats=rounds)
                 if sample:

@@ -114,6 +114,7 @@ def _stepwise_epoch(backend: Backend, config: VAEConfig, train_x: np.ndarray,
             result = backend.train_step(batch, np.arange(len(batch)))
         else:
             result = backend.train_step(train_x, indices)
+        assert result is not None  # want_loss (the default): every backend returns the loss
         if not math.isfinite(result.loss):
             raise NonFiniteLossError(epoch, step, result.reconstruction, result.kl)
         sums += [result.reconstruction * len(indices), result.kl * len(indices)]
