@@ -8,7 +8,7 @@ canonical names (``vae_ref.params``), so any two backends can be compared tensor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -99,7 +99,7 @@ class Backend(Protocol):
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op on the CPU), so timings are honest."""
 
-    def settings(self) -> dict:
+    def settings(self) -> dict[str, Any]:
         """What a results table must record about this backend (threads, options...)."""
 
 
