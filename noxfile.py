@@ -1,5 +1,6 @@
 """nox sessions: ``nox -s bench`` (the main job) and ``nox -s tests`` (CI: the tests, then the
-simulated CuPy checked against CuPy 13 and 14, ``drift``).
+simulated CuPy checked against CuPy 13 and 14, ``drift``); ``nox -s lint`` (CI too: ruff and
+mypy).
 
 Which torch to install is chosen by the environment variable VAE_BENCH_TORCH (a pip
 requirement). The default, ``torch==2.13.0``, is the CPU build on our machines (pip finds it
@@ -35,6 +36,23 @@ def install_project(session: nox.Session, extras: str = "") -> None:
     if TORCH_REQUIREMENT.lower() != "none":
         session.install(TORCH_REQUIREMENT)
     session.install("-e", f".{extras}")
+
+
+# Pinned: a newer ruff or mypy finds new faults in unchanged code, and `nox -s lint` must
+# mean the same on every machine and in CI.
+LINTERS = ("ruff==0.17.6", "mypy==2.4.1")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff's rules and formatting over the whole checkout, and mypy over the harness, the
+    reference and the backend interface (both configured in pyproject.toml): CI runs it
+    before the tests. ``ruff format .`` writes the formatting it asks for."""
+    install_project(session)  # mypy reads the types of torch, NumPy and matplotlib
+    session.install(*LINTERS)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
 
 
 # The CuPy releases the simulated CuPy (tests/gpu_verification/fake_cupy.py) is held to, by major version:
