@@ -25,6 +25,7 @@ def usable_cpus() -> int:
     spec.loader.exec_module(module)
     return module.usable_cpus()
 
+
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
@@ -81,8 +82,17 @@ def tests(session: nox.Session) -> None:
     # One pytest-xdist worker per CPU, each pinned to its own (tests/conftest.py): the suite's
     # time is mostly single-threaded Numba compiles. Work-stealing, since a few tests take
     # minutes and most a second. `-- -n 0` runs it in one process.
-    session.run("pytest", "-m", "not drift", "-n", str(usable_cpus()), "--dist", "worksteal",
-                *session.posargs, env=bf16)
+    session.run(
+        "pytest",
+        "-m",
+        "not drift",
+        "-n",
+        str(usable_cpus()),
+        "--dist",
+        "worksteal",
+        *session.posargs,
+        env=bf16,
+    )
     # Here rather than in a second environment, whose own torch and project install cost CI
     # a minute and a half.
     try:
@@ -107,8 +117,14 @@ def run_drift_tests(session: nox.Session, *pytest_args: str) -> None:
     for wheel in CUPY_WHEELS.values():
         session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", *CUPY_NAMES)
         session.install(wheel)
-        session.run("pytest", "-m", "drift", "tests/test_cupy_drift.py", *pytest_args,
-                    env={"VAE_BENCH_REQUIRE_CUPY": "1"})
+        session.run(
+            "pytest",
+            "-m",
+            "drift",
+            "tests/test_cupy_drift.py",
+            *pytest_args,
+            env={"VAE_BENCH_REQUIRE_CUPY": "1"},
+        )
 
 
 @nox.session
@@ -123,8 +139,7 @@ def bench(session: nox.Session) -> None:
     install_project(session, "[jax,bf16]")
     # --profile quick unless the extra arguments name one (vae-bench refuses a flag given twice).
     named = any(a == "--profile" or a.startswith("--profile=") for a in session.posargs)
-    session.run("vae-bench", "run", *([] if named else ["--profile", "quick"]),
-                *session.posargs)
+    session.run("vae-bench", "run", *([] if named else ["--profile", "quick"]), *session.posargs)
 
 
 @nox.session

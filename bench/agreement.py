@@ -41,10 +41,27 @@ def check(backend: Backend, case: Case, expected: Expectation) -> list[Compariso
     results = []
     for tensor, truth in expected.truth.items():
         if tensor not in got:
-            results.append(Comparison(case.name, tensor, np.nan, np.nan, np.nan, np.nan,
-                                      "missing from the backend's outputs"))
+            results.append(
+                Comparison(
+                    case.name,
+                    tensor,
+                    np.nan,
+                    np.nan,
+                    np.nan,
+                    np.nan,
+                    "missing from the backend's outputs",
+                )
+            )
             continue
-        results.append(compare(case.name, tensor, got[tensor], truth,
-                               expected.reference_errors[tensor], case.config.lr,
-                               expected.unjudged.get(tensor)))
+        results.append(
+            compare(
+                case.name,
+                tensor,
+                got[tensor],
+                truth,
+                expected.reference_errors[tensor],
+                case.config.lr,
+                expected.unjudged.get(tensor),
+            )
+        )
     return results

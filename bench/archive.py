@@ -30,17 +30,24 @@ def check_archive_path(archive: Path, source: Path) -> None:
     """Refuse, in one line, an archive that is not a ``.tar.gz``, whose folder does not
     exist, or that would lie inside the directory it archives (it would hold itself)."""
     if not archive.name.endswith(ARCHIVE_SUFFIX):
-        raise ArchiveError(f"--archive {archive}: name it *{ARCHIVE_SUFFIX} (one gzipped tar "
-                           "of the run directory)")
+        raise ArchiveError(
+            f"--archive {archive}: name it *{ARCHIVE_SUFFIX} (one gzipped tar of the run directory)"
+        )
     if archive.resolve().is_relative_to(source.resolve()):
-        raise ArchiveError(f"--archive {archive} lies inside --out {source}, which it "
-                           "archives; put it elsewhere (on a GPU machine: under $OUT)")
+        raise ArchiveError(
+            f"--archive {archive} lies inside --out {source}, which it "
+            "archives; put it elsewhere (on a GPU machine: under $OUT)"
+        )
     if not archive.parent.is_dir():
-        raise ArchiveError(f"--archive {archive}: the folder {archive.parent} does not "
-                           "exist; create it or choose another path")
+        raise ArchiveError(
+            f"--archive {archive}: the folder {archive.parent} does not "
+            "exist; create it or choose another path"
+        )
     if archive.exists() and not _is_archive(archive):
-        raise ArchiveError(f"--archive {archive} exists and is not a .tar.gz archive; "
-                           "refusing to overwrite it: choose another path")
+        raise ArchiveError(
+            f"--archive {archive} exists and is not a .tar.gz archive; "
+            "refusing to overwrite it: choose another path"
+        )
 
 
 def _is_archive(path: Path) -> bool:
@@ -52,8 +59,14 @@ def write_archive(source: Path, archive: Path) -> int:
     out), replacing any earlier archive whole. Returns the archive's size in bytes. Its
     writer holds the archive's lock for the write only, and removes the temp file an earlier
     writer killed mid-write left (a device tool would return it as one of its few files)."""
-    with (claim_file(archive, ours=_is_archive, what="a .tar.gz archive"),
-          atomic_open(archive, "wb") as f, tarfile.open(fileobj=f, mode="w:gz") as tar):
-        tar.add(source, arcname=source.name,
-                filter=lambda member: None if member.name.endswith(".tmp") else member)
+    with (
+        claim_file(archive, ours=_is_archive, what="a .tar.gz archive"),
+        atomic_open(archive, "wb") as f,
+        tarfile.open(fileobj=f, mode="w:gz") as tar,
+    ):
+        tar.add(
+            source,
+            arcname=source.name,
+            filter=lambda member: None if member.name.endswith(".tmp") else member,
+        )
     return archive.stat().st_size

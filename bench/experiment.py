@@ -94,8 +94,12 @@ class ExperimentSpec:
                 raise ExperimentError(f"latent sizes must be positive integers, got {z}")
         if self.iwae_k < 0:
             raise ExperimentError(f"--iwae-k must be >= 0 (0 skips it), got {self.iwae_k}")
-        for name, values in (("latents", self.latents), ("ae_latents", self.ae_latents),
-                             ("betas", self.betas), ("seeds", self.seeds)):
+        for name, values in (
+            ("latents", self.latents),
+            ("ae_latents", self.ae_latents),
+            ("betas", self.betas),
+            ("seeds", self.seeds),
+        ):
             if len(set(values)) != len(values):
                 raise ExperimentError(f"{name} repeat: {values} (each would be trained twice)")
         if not self.betas or not self.seeds:
@@ -108,13 +112,28 @@ class ExperimentSpec:
 
     def configs(self) -> list[VAEConfig]:
         """Every model, seed by seed: the VAEs beta by beta, then the AEs."""
-        common = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                  "binarize": self.binarize, "hidden_dim": self.hidden_dim}
-        return [config for seed in self.seeds for config in (
-            [VAEConfig(latent_dim=z, beta=beta, seed=seed, **common)
-             for beta in self.betas for z in self.latents]
-            + [VAEConfig(latent_dim=z, model="ae", seed=seed, **common)
-               for z in self.ae_latents])]
+        common = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "binarize": self.binarize,
+            "hidden_dim": self.hidden_dim,
+        }
+        return [
+            config
+            for seed in self.seeds
+            for config in (
+                [
+                    VAEConfig(latent_dim=z, beta=beta, seed=seed, **common)
+                    for beta in self.betas
+                    for z in self.latents
+                ]
+                + [
+                    VAEConfig(latent_dim=z, model="ae", seed=seed, **common)
+                    for z in self.ae_latents
+                ]
+            )
+        ]
 
     def model_name(self, config: VAEConfig) -> str:
         """A model's name in tables and file names: the config's ('vae-z20', 'vae-z20-beta4'),
@@ -152,12 +171,17 @@ class FinishedModel:
 
 def _identity(config: VAEConfig, spec: ExperimentSpec, data: Dataset) -> dict:
     """What a finished model must have been made with to be reused (the store's rule)."""
-    return {"config": config.to_dict(), "backend": spec.trainer(config), "dataset": data.name,
-            "data_sha256": data.fingerprint}
+    return {
+        "config": config.to_dict(),
+        "backend": spec.trainer(config),
+        "dataset": data.name,
+        "data_sha256": data.fingerprint,
+    }
 
 
-def _load_finished(store: ResultsStore, config: VAEConfig, spec: ExperimentSpec,
-                   data: Dataset) -> FinishedModel | None:
+def _load_finished(
+    store: ResultsStore, config: VAEConfig, spec: ExperimentSpec, data: Dataset
+) -> FinishedModel | None:
     """The saved model for ``config`` if the store holds one made exactly so."""
     try:
         name = spec.model_name(config)
@@ -171,55 +195,77 @@ def _load_finished(store: ResultsStore, config: VAEConfig, spec: ExperimentSpec,
         if any(column not in summary for column in tables.LATENT_COLUMNS):
             # Saved before these columns existed: computed from its weights, as if trained now.
             summary = {**summary, **latent_columns(model, config, data, record["history"][-1])}
-        return FinishedModel(name, config, summary, record["history"], model,
-                             record["provenance"])
+        return FinishedModel(name, config, summary, record["history"], model, record["provenance"])
     except StoreError as error:
         raise ExperimentError(str(error)) from None
     except (KeyError, TypeError, ValueError) as error:
-        raise ExperimentError(f"{store.out / 'cells' / (spec.model_name(config) + '.json')} is damaged "
-                              f"({type(error).__name__}: {error}); delete it to retrain that "
-                              "model, or pass --force to retrain every model") from None
+        raise ExperimentError(
+            f"{store.out / 'cells' / (spec.model_name(config) + '.json')} is damaged "
+            f"({type(error).__name__}: {error}); delete it to retrain that "
+            "model, or pass --force to retrain every model"
+        ) from None
 
 
-def _train_one(config: VAEConfig, spec: ExperimentSpec, data: Dataset, store: ResultsStore,
-               progress: bool, log) -> FinishedModel:
+def _train_one(
+    config: VAEConfig, spec: ExperimentSpec, data: Dataset, store: ResultsStore, progress: bool, log
+) -> FinishedModel:
     name = spec.model_name(config)
 
     def report(r) -> None:
-        log(f"  {name} epoch {r.epoch:3d}/{config.epochs}: train ELBO {r.train_elbo:9.2f}"
-            f"  test ELBO {r.test_elbo:9.2f}  ({r.seconds:.2f} s)")
+        log(
+            f"  {name} epoch {r.epoch:3d}/{config.epochs}: train ELBO {r.train_elbo:9.2f}"
+            f"  test ELBO {r.test_elbo:9.2f}  ({r.seconds:.2f} s)"
+        )
 
     trainer = spec.trainer(config)
     backend = create_backend(trainer, threads=spec.threads)
     started = time.perf_counter()
     outcome = pipeline.execute(
-        pipeline.Selection(stages=("train", "evaluate"), batch_sizes=(config.batch_size,),
-                           iwae_k=spec.iwae_k, seed=config.seed),
-        [backend], config=config, data=data, progress=progress, on_epoch=report)
+        pipeline.Selection(
+            stages=("train", "evaluate"),
+            batch_sizes=(config.batch_size,),
+            iwae_k=spec.iwae_k,
+            seed=config.seed,
+        ),
+        [backend],
+        config=config,
+        data=data,
+        progress=progress,
+        on_epoch=report,
+    )
     result, scores = outcome.trained[backend.name], outcome.evaluations[backend.name]
     if scores.iwae_k:
         seconds = time.perf_counter() - started - result.train_seconds
-        log(f"  {name}: test log p(x) >= {scores.test_iwae:.2f} (IWAE, "
-            f"k={scores.iwae_k}, {seconds:.1f} s)")
+        log(
+            f"  {name}: test log p(x) >= {scores.test_iwae:.2f} (IWAE, "
+            f"k={scores.iwae_k}, {seconds:.1f} s)"
+        )
     summary = {
-        "model": config.model, "backend": trainer, "latent_dim": config.latent_dim,
+        "model": config.model,
+        "backend": trainer,
+        "latent_dim": config.latent_dim,
         "hidden_dim": config.hidden_dim,
         "beta": config.beta if config.model == "vae" else math.nan,
         **{k: v for k, v in scores.columns().items() if k != "epochs"},
-        "epochs": config.epochs, "train_seconds": result.train_seconds,
+        "epochs": config.epochs,
+        "train_seconds": result.train_seconds,
         "seconds_per_epoch": statistics.median(r.seconds for r in result.history),
-        "dataset": data.name, "seed": config.seed,
+        "dataset": data.name,
+        "seed": config.seed,
     }
     history = [r.to_dict() for r in result.history]
     summary |= latent_columns(result.model, config, data, history[-1])
     trained = provenance.collect(data=data)
-    store.save(name, {"summary": summary, "history": history, "provenance": trained},
-               _identity(config, spec, data), arrays=export_params(result.model))
+    store.save(
+        name,
+        {"summary": summary, "history": history, "provenance": trained},
+        _identity(config, spec, data),
+        arrays=export_params(result.model),
+    )
     return FinishedModel(name, config, summary, history, result.model, trained)
 
 
-def latent_columns(model: VAE | AE, config: VAEConfig, data: Dataset,
-                   last_epoch: dict) -> dict:
+def latent_columns(model: VAE | AE, config: VAEConfig, data: Dataset, last_epoch: dict) -> dict:
     """How a trained model uses its latent space, as the table's ``tables.LATENT_COLUMNS``:
     the terms of its last epoch's test ELBO, its train set's ELBO less its test set's (the
     generalization gap, both evaluated with the final weights and the same single-sample
@@ -229,14 +275,19 @@ def latent_columns(model: VAE | AE, config: VAEConfig, data: Dataset,
     from vae_ref.training_outcome import fixed_test_set
 
     train = evaluate_elbo(model, fixed_test_set(config, data.train_x), seed=config.seed)
-    columns = {"test_reconstruction": last_epoch["test_reconstruction"],
-               "test_kl": last_epoch["test_kl"] if config.model == "vae" else math.nan,
-               "train_test_gap": train.elbo - last_epoch["test_elbo"],
-               "active_units": math.nan, "kl_per_dim": ""}
+    columns = {
+        "test_reconstruction": last_epoch["test_reconstruction"],
+        "test_kl": last_epoch["test_kl"] if config.model == "vae" else math.nan,
+        "train_test_gap": train.elbo - last_epoch["test_elbo"],
+        "active_units": math.nan,
+        "kl_per_dim": "",
+    }
     if config.model == "vae":
         usage = latent_usage(model, fixed_test_set(config, data.test_x))
-        columns.update(active_units=usage.active_units,
-                       kl_per_dim=" ".join(f"{v:.6g}" for v in usage.kl_per_dim))
+        columns.update(
+            active_units=usage.active_units,
+            kl_per_dim=" ".join(f"{v:.6g}" for v in usage.kl_per_dim),
+        )
     return columns
 
 
@@ -254,16 +305,20 @@ def run_experiment(
     if data.name != spec.dataset:
         raise ExperimentError(f"spec names dataset {spec.dataset!r} but got {data.name!r}")
     if spec.batch_size > len(data.train_x):
-        raise ExperimentError(f"batch size {spec.batch_size} exceeds the {len(data.train_x)} "
-                              f"training images of {data.name}; give --batch-size up to "
-                              f"{len(data.train_x)}")
+        raise ExperimentError(
+            f"batch size {spec.batch_size} exceeds the {len(data.train_x)} "
+            f"training images of {data.name}; give --batch-size up to "
+            f"{len(data.train_x)}"
+        )
     with claim(out, "experiment"):
         store = ResultsStore(out, redo="--force to retrain it", arrays_are="weights")
         log(f"dataset: {data.describe()}")
         log(f"results: {out}")
         configs = spec.configs()
-        earlier = {spec.model_name(c): None if force else _load_finished(store, c, spec, data)
-                   for c in configs}
+        earlier = {
+            spec.model_name(c): None if force else _load_finished(store, c, spec, data)
+            for c in configs
+        }
         todo = sum(done is None for done in earlier.values())
         finished: list[FinishedModel] = []
         spent: list[float] = []  # seconds of each model trained in this call
@@ -271,12 +326,13 @@ def run_experiment(
             name = spec.model_name(config)
             done = earlier[name]
             if done is not None:
-                log(f"{name}: already finished in {out} (use --force to retrain), "
-                    "skipping")
+                log(f"{name}: already finished in {out} (use --force to retrain), skipping")
             else:
-                log(f"{name}: model {len(spent) + 1} of {todo} to train"
+                log(
+                    f"{name}: model {len(spent) + 1} of {todo} to train"
                     f"{eta_text(spent, todo - len(spent))}; training {config.epochs} epochs "
-                    f"on {data.name}")
+                    f"on {data.name}"
+                )
                 started = time.monotonic()
                 done = _train_one(config, spec, data, store, progress, log)
                 spent.append(time.monotonic() - started)
@@ -287,16 +343,29 @@ def run_experiment(
         return table
 
 
-def write_tables(finished: list[FinishedModel], spec: ExperimentSpec, data: Dataset,
-                 out: Path) -> pd.DataFrame:
+def write_tables(
+    finished: list[FinishedModel], spec: ExperimentSpec, data: Dataset, out: Path
+) -> pd.DataFrame:
     table = pd.DataFrame([f.summary for f in finished], columns=list(tables.TABLE_COLUMNS))
     curves = pd.DataFrame(
-        [{"dataset": data.name, "name": f.name, "model": f.config.model,
-          "latent_dim": f.config.latent_dim, **h} for f in finished for h in f.history],
+        [
+            {
+                "dataset": data.name,
+                "name": f.name,
+                "model": f.config.model,
+                "latent_dim": f.config.latent_dim,
+                **h,
+            }
+            for f in finished
+            for h in f.history
+        ],
         columns=list(tables.CURVE_COLUMNS),
     )
-    record = provenance.collect(data=data, seed=spec.seeds[0] if len(spec.seeds) == 1
-                                else list(spec.seeds), spec=asdict(spec))
+    record = provenance.collect(
+        data=data,
+        seed=spec.seeds[0] if len(spec.seeds) == 1 else list(spec.seeds),
+        spec=asdict(spec),
+    )
     # Reused models were trained by an earlier invocation: say by which.
     record["models_trained"] = {
         f.name: f"{f.trained['timestamp']} on {f.trained['host']}, "
@@ -306,6 +375,7 @@ def write_tables(finished: list[FinishedModel], spec: ExperimentSpec, data: Data
     atomic_write_text(out / "table.csv", table.to_csv(index=False))
     atomic_write_text(out / "curves.csv", curves.to_csv(index=False))
     atomic_write_text(out / "provenance.json", json.dumps(record, indent=1))
-    atomic_write_text(out / "table.md",
-                      tables.experiment_table(table, asdict(spec), data.describe(), record))
+    atomic_write_text(
+        out / "table.md", tables.experiment_table(table, asdict(spec), data.describe(), record)
+    )
     return table

@@ -43,8 +43,7 @@ def grid_figures(table, out: Path, dataset: str) -> None:
         figures.active_units_by_latent(table, out / "active_units_by_latent.png", dataset)
     if len(vaes) and (vaes.kl_per_dim.fillna("") != "").any():
         largest = int(vaes.latent_dim.max())
-        figures.kl_per_dimension(table, largest, out / f"kl_per_dimension_z{largest}.png",
-                                 dataset)
+        figures.kl_per_dimension(table, largest, out / f"kl_per_dimension_z{largest}.png", dataset)
 
 
 def write_figures(finished: Sequence[TrainedModel], data: Dataset, out: Path, log) -> None:
@@ -65,38 +64,57 @@ def write_figures(finished: Sequence[TrainedModel], data: Dataset, out: Path, lo
     log(f"figures written to {out}")
 
 
-def model_figures(f: TrainedModel, shown: np.ndarray, prior: np.random.Generator,
-                  data: Dataset, out: Path) -> None:
+def model_figures(
+    f: TrainedModel, shown: np.ndarray, prior: np.random.Generator, data: Dataset, out: Path
+) -> None:
     """One model's reconstructions of ``shown``; a VAE's decodings of prior samples; at
     z = 2, its test set's posterior means and its decoded latent grid."""
     name = f.name
-    figures.reconstructions(shown, reconstruct(f.model, shown), out / f"reconstructions_{name}.png",
-                            f"{name} on {data.name}: reconstructions (decoded at z = mu)")
+    figures.reconstructions(
+        shown,
+        reconstruct(f.model, shown),
+        out / f"reconstructions_{name}.png",
+        f"{name} on {data.name}: reconstructions (decoded at z = mu)",
+    )
     if f.config.model == "vae":
         z = prior.standard_normal((100, f.config.latent_dim))
-        figures.samples(decode_images(f.model, z), out / f"prior_samples_{name}.png",
-                        f"{name} on {data.name}: decodings of z ~ N(0, I)")
+        figures.samples(
+            decode_images(f.model, z),
+            out / f"prior_samples_{name}.png",
+            f"{name} on {data.name}: decodings of z ~ N(0, I)",
+        )
     if f.config.model == "vae" and f.config.latent_dim == 2:
-        figures.latent_scatter(posterior_means(f.model, data.test_x), data.test_y,
-                               data.class_names, out / f"latent_scatter_{name}.png",
-                               f"{name}: test-set posterior means on {data.name}")
+        figures.latent_scatter(
+            posterior_means(f.model, data.test_x),
+            data.test_y,
+            data.class_names,
+            out / f"latent_scatter_{name}.png",
+            f"{name}: test-set posterior means on {data.name}",
+        )
         # Grid through the prior's quantiles, as in Kingma & Welling's Fig. 4.
         n = 20
         q = [statistics.NormalDist().inv_cdf(p) for p in np.linspace(0.03, 0.97, n)]
         grid = np.array([[a, b] for b in q[::-1] for a in q])
-        figures.manifold(decode_images(f.model, grid), n, out / f"manifold_{name}.png",
-                         f"{name} on {data.name}: decoded latent grid\n"
-                         "(prior quantiles 3%..97%)")
+        figures.manifold(
+            decode_images(f.model, grid),
+            n,
+            out / f"manifold_{name}.png",
+            f"{name} on {data.name}: decoded latent grid\n(prior quantiles 3%..97%)",
+        )
 
 
-def merge_figure(ae: TrainedModel, finished: Sequence[TrainedModel], data: Dataset, out: Path,
-                 log) -> None:
+def merge_figure(
+    ae: TrainedModel, finished: Sequence[TrainedModel], data: Dataset, out: Path, log
+) -> None:
     """Two test images of different classes, reconstructed, merged and beside a random code,
     by the AE and by the VAE of its latent size and seed (at beta = 1 where one was
     trained)."""
     z = ae.config.latent_dim
-    vaes = [v for v in finished if v.config.model == "vae" and v.config.seed == ae.config.seed
-            and v.config.latent_dim == z]
+    vaes = [
+        v
+        for v in finished
+        if v.config.model == "vae" and v.config.seed == ae.config.seed and v.config.latent_dim == z
+    ]
     vae = next((v for v in vaes if v.config.beta == 1.0), vaes[0] if vaes else None)
     if vae is None:
         log(f"merge figure for z={z} skipped: no VAE with that latent size")
@@ -109,8 +127,20 @@ def merge_figure(ae: TrainedModel, finished: Sequence[TrainedModel], data: Datas
     for label, m in (("AE", ae.model), ("VAE", vae.model)):
         codes = posterior_means(m, pair)
         mixed = decode_images(m, codes.mean(axis=0, keepdims=True))
-        rows.append((label, [pair[0], pair[1], *reconstruct(m, pair), mixed[0],
-                             decode_images(m, random_code)[0]]))
-    figures.merge(rows, out / f"merge_z{z}.png",
-                  f"{data.name}, z = {z}: test images "
-                  f"{data.class_names[3]!r} and {data.class_names[8]!r}")
+        rows.append(
+            (
+                label,
+                [
+                    pair[0],
+                    pair[1],
+                    *reconstruct(m, pair),
+                    mixed[0],
+                    decode_images(m, random_code)[0],
+                ],
+            )
+        )
+    figures.merge(
+        rows,
+        out / f"merge_z{z}.png",
+        f"{data.name}, z = {z}: test images {data.class_names[3]!r} and {data.class_names[8]!r}",
+    )

@@ -35,6 +35,7 @@ DOCUMENT_SCHEMA = "vae-kernel-bench/results/1"  # results.json's "schema": its f
 FORMATS = ("json", "bmf", "github-action-benchmark")
 BENCHMARK_NAME = "{dataset}/z{latent_dim}/b{batch_size}/{backend}"
 
+
 def document_json_schema() -> dict:
     """results.json as a JSON Schema (draft-07): what a reader may rely on. Rows hold every
     results.csv column (NaN as null) with the windows as numbers, and the speed-up beside
@@ -49,31 +50,50 @@ def document_json_schema() -> dict:
         "properties": {
             "schema": {"const": DOCUMENT_SCHEMA},
             "provenance": {"type": "object"},
-            "rows": {"type": "array", "items": {
-                "type": "object",
-                "required": [*tables.RESULT_COLUMNS, "speedup_over_eager",
-                             "window_speedups_over_eager"],
-                "properties": {
-                    **{column: {"type": "string"} for column in tables.TEXT_COLUMNS
-                       if column != "window_samples_per_s"},
-                    "latent_dim": {"type": "integer", "minimum": 1},
-                    "batch_size": {"type": "integer", "minimum": 1},
-                    "seed": {"type": "integer", "minimum": 0},
-                    "window_samples_per_s": {"type": "array", "items": {"type": "number"}},
-                    "window_speedups_over_eager": {"type": "array",
-                                                   "items": {"type": "number"}},
-                    "speedup_over_eager": number_or_null,
+            "rows": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": [
+                        *tables.RESULT_COLUMNS,
+                        "speedup_over_eager",
+                        "window_speedups_over_eager",
+                    ],
+                    "properties": {
+                        **{
+                            column: {"type": "string"}
+                            for column in tables.TEXT_COLUMNS
+                            if column != "window_samples_per_s"
+                        },
+                        "latent_dim": {"type": "integer", "minimum": 1},
+                        "batch_size": {"type": "integer", "minimum": 1},
+                        "seed": {"type": "integer", "minimum": 0},
+                        "window_samples_per_s": {"type": "array", "items": {"type": "number"}},
+                        "window_speedups_over_eager": {
+                            "type": "array",
+                            "items": {"type": "number"},
+                        },
+                        "speedup_over_eager": number_or_null,
+                    },
+                    "additionalProperties": number_or_null,
                 },
-                "additionalProperties": number_or_null,
-            }},
-            "gate": {"type": "array", "items": {
-                "type": "object", "required": list(tables.GATE_COLUMNS),
-                "properties": {"backend": {"type": "string"}, "case": {"type": "string"},
-                               "tensor": {"type": "string"}, "passed": {"type": "boolean"},
-                               "latent_dim": {"type": "integer", "minimum": 1},
-                               "problem": {"type": ["string", "null"]}},
-                "additionalProperties": number_or_null,
-            }},
+            },
+            "gate": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": list(tables.GATE_COLUMNS),
+                    "properties": {
+                        "backend": {"type": "string"},
+                        "case": {"type": "string"},
+                        "tensor": {"type": "string"},
+                        "passed": {"type": "boolean"},
+                        "latent_dim": {"type": "integer", "minimum": 1},
+                        "problem": {"type": ["string", "null"]},
+                    },
+                    "additionalProperties": number_or_null,
+                },
+            },
         },
     }
 
@@ -106,17 +126,24 @@ def results_document(table: pd.DataFrame, gate: pd.DataFrame, provenance: dict) 
             row[column] = row[column] or ""
         for column in ("latent_dim", "batch_size", "seed"):  # whole numbers, read as floats
             row[column] = int(row[column])
-        row["window_samples_per_s"] = [float(v) for v in
-                                       tables.windows_of(record["window_samples_per_s"])]
+        row["window_samples_per_s"] = [
+            float(v) for v in tables.windows_of(record["window_samples_per_s"])
+        ]
         row["speedup_over_eager"] = json_value(speedups.iloc[i])
         row["window_speedups_over_eager"] = [float(v) for v in window_speedups.iloc[i]]
         rows.append(row)
-    gate_rows = [{column: json_value(value) for column, value in record.items()}
-                 for record in gate.to_dict("records")]
+    gate_rows = [
+        {column: json_value(value) for column, value in record.items()}
+        for record in gate.to_dict("records")
+    ]
     for record in gate_rows:
         record["problem"] = record["problem"] or None
-    return {"schema": DOCUMENT_SCHEMA, "provenance": _strict_json(provenance), "rows": rows,
-            "gate": gate_rows}
+    return {
+        "schema": DOCUMENT_SCHEMA,
+        "provenance": _strict_json(provenance),
+        "rows": rows,
+        "gate": gate_rows,
+    }
 
 
 def _strict_json(value):
@@ -137,13 +164,20 @@ def _measures(row: dict) -> dict[str, tuple[float, float | None, float | None, s
     """A row's measures: slug -> (value, lower, upper, unit); only those it has."""
     found = {}
     if row["samples_per_s"] is not None:
-        found["throughput"] = (row["samples_per_s"], row["samples_per_s_min"],
-                               row["samples_per_s_max"], "samples/s")
+        found["throughput"] = (
+            row["samples_per_s"],
+            row["samples_per_s_min"],
+            row["samples_per_s_max"],
+            "samples/s",
+        )
     ratios = row["window_speedups_over_eager"]
     if row["speedup_over_eager"] is not None:
-        found["speedup-over-eager"] = (row["speedup_over_eager"],
-                                       min(ratios) if ratios else None,
-                                       max(ratios) if ratios else None, "x eager")
+        found["speedup-over-eager"] = (
+            row["speedup_over_eager"],
+            min(ratios) if ratios else None,
+            max(ratios) if ratios else None,
+            "x eager",
+        )
     if row["final_test_elbo"] is not None:
         found["test-elbo"] = (row["final_test_elbo"], None, None, "nats")
     return found
@@ -179,8 +213,11 @@ def github_action_benchmark(document: dict) -> list[dict]:
             if lower is not None and upper is not None:
                 entry["range"] = f"{lower:.6g} to {upper:.6g}"
             windows = len(row["window_samples_per_s"])
-            entry["extra"] = (f"{windows} timed windows; {where}" if slug != "test-elbo"
-                              else f"{row['epochs']:g} epochs, seed {row['seed']}; {where}")
+            entry["extra"] = (
+                f"{windows} timed windows; {where}"
+                if slug != "test-elbo"
+                else f"{row['epochs']:g} epochs, seed {row['seed']}; {where}"
+            )
             entries.append(entry)
     return entries
 
@@ -196,11 +233,15 @@ def load_run(path: Path) -> dict:
 
     results = load_results(path)
     if results.cut_short:
-        raise ExportError(f"{results.source}: {results.cut_short}; export a finished run (or "
-                          "resume it first)")
+        raise ExportError(
+            f"{results.source}: {results.cut_short}; export a finished run (or resume it first)"
+        )
     gate_path = results.source.parent / "gate.csv"
-    gate = read_gate(gate_path) if gate_path.exists() else pd.DataFrame(
-        columns=list(tables.GATE_COLUMNS))
+    gate = (
+        read_gate(gate_path)
+        if gate_path.exists()
+        else pd.DataFrame(columns=list(tables.GATE_COLUMNS))
+    )
     return results_document(results.table, gate[list(tables.GATE_COLUMNS)], results.env or {})
 
 

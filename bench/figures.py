@@ -87,8 +87,14 @@ def samples(images: np.ndarray, path: Path, title: str) -> None:
     save(fig, path)
 
 
-MERGE_COLUMNS = ("image A", "image B", "recon A", "recon B", "decode\n(code A + code B)/2",
-                 "decode\nrandom code")
+MERGE_COLUMNS = (
+    "image A",
+    "image B",
+    "recon A",
+    "recon B",
+    "decode\n(code A + code B)/2",
+    "decode\nrandom code",
+)
 
 
 def merge(rows: Sequence[tuple[str, Sequence[np.ndarray]]], path: Path, title: str) -> None:
@@ -158,16 +164,28 @@ def run_plots(out: Path, table: pd.DataFrame, curves: pd.DataFrame) -> None:
         ax = fig.add_subplot()
         _lines(ax, timed, "batch_size", "samples_per_s")
         ax.set_xscale("log", base=2)
-        _finish(fig, ax, "batch size", "training samples/s (median over latent sizes)",
-                "Throughput by backend and batch size", out / "throughput.png")
+        _finish(
+            fig,
+            ax,
+            "batch size",
+            "training samples/s (median over latent sizes)",
+            "Throughput by backend and batch size",
+            out / "throughput.png",
+        )
         timed = timed.assign(speedup=tables.speedup(timed))
         if timed.speedup.notna().any():
             fig = Figure(figsize=(7.5, 4.5))
             ax = fig.add_subplot()
             _lines(ax, timed, "latent_dim", "speedup")
             ax.axhline(1.0, color="grey", linewidth=0.8)
-            _finish(fig, ax, "latent size z", "speed-up over PyTorch eager (same device)",
-                    "Speed-up by latent size", out / "speedup.png")
+            _finish(
+                fig,
+                ax,
+                "latent size z",
+                "speed-up over PyTorch eager (same device)",
+                "Speed-up by latent size",
+                out / "speedup.png",
+            )
         for latent, rows in timed.groupby("latent_dim"):
             if rows.batch_size.nunique() >= 3:
                 scaling(rows, out / f"scaling_z{latent}.png")
@@ -188,8 +206,12 @@ def scaling(rows: pd.DataFrame, path: Path) -> None:
     _lines(rate, rows, "batch_size", "samples_per_s")
     measured = rows.dropna(subset=["gemm_only_ms"]).groupby("batch_size").first()
     if len(measured):
-        rate.plot(measured.index, measured.index / measured.gemm_only_ms * 1e3, "k--",
-                  label="the 11 GEMMs alone (NumPy BLAS)")
+        rate.plot(
+            measured.index,
+            measured.index / measured.gemm_only_ms * 1e3,
+            "k--",
+            label="the 11 GEMMs alone (NumPy BLAS)",
+        )
     z = int(rows.latent_dim.iloc[0])
     rate.set_xscale("log", base=2)
     rate.set_yscale("log")
@@ -206,8 +228,9 @@ def scaling(rows: pd.DataFrame, path: Path) -> None:
         if precision == "float32" and len(float32):
             # % of peak scales as 1 / time, so the GEMMs' own share follows from any row's.
             ceiling_pct = float32.pct_peak * float32.ms_per_step / float32.gemm_only_ms
-            peak.plot(float32.index, ceiling_pct.values, "k--",
-                      label="the 11 GEMMs alone (NumPy BLAS)")
+            peak.plot(
+                float32.index, ceiling_pct.values, "k--", label="the 11 GEMMs alone (NumPy BLAS)"
+            )
         peak.set_xscale("log", base=2)
         peak.set_xlabel("batch size")
         peak.set_ylabel(f"% of the device's {precision} GEMM peak")
@@ -233,15 +256,27 @@ def elbo_by_latent(table: pd.DataFrame, path: Path, dataset: str) -> None:
     ax = fig.add_subplot()
     for i, (beta, stats) in enumerate(_by_beta(vaes, "final_test_elbo")):
         seeds = int(stats["count"].max())
-        ax.errorbar(stats.index, stats["mean"],
-                    yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                    marker="o", capsize=3, color=f"C{i}",
-                    label=f"beta = {beta:g} ({seeds} seed{'s' if seeds != 1 else ''})")
+        ax.errorbar(
+            stats.index,
+            stats["mean"],
+            yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+            marker="o",
+            capsize=3,
+            color=f"C{i}",
+            label=f"beta = {beta:g} ({seeds} seed{'s' if seeds != 1 else ''})",
+        )
     ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(vaes.latent_dim.unique()), [str(z) for z in
-                                                     sorted(vaes.latent_dim.unique())])
-    _finish(fig, ax, "latent size z", "test ELBO at beta = 1 (nats; bars: range over seeds)",
-            f"Test ELBO by latent size and beta, {dataset}", path)
+    ax.set_xticks(
+        sorted(vaes.latent_dim.unique()), [str(z) for z in sorted(vaes.latent_dim.unique())]
+    )
+    _finish(
+        fig,
+        ax,
+        "latent size z",
+        "test ELBO at beta = 1 (nats; bars: range over seeds)",
+        f"Test ELBO by latent size and beta, {dataset}",
+        path,
+    )
 
 
 def active_units_by_latent(table: pd.DataFrame, path: Path, dataset: str) -> None:
@@ -254,13 +289,25 @@ def active_units_by_latent(table: pd.DataFrame, path: Path, dataset: str) -> Non
     sizes = sorted(vaes.latent_dim.unique())
     ax.plot(sizes, sizes, "k:", label="every unit active")
     for i, (beta, stats) in enumerate(_by_beta(vaes, "active_units")):
-        ax.errorbar(stats.index, stats["mean"],
-                    yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-                    marker="o", capsize=3, color=f"C{i}", label=f"beta = {beta:g}")
+        ax.errorbar(
+            stats.index,
+            stats["mean"],
+            yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+            marker="o",
+            capsize=3,
+            color=f"C{i}",
+            label=f"beta = {beta:g}",
+        )
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(z) for z in sizes])
-    _finish(fig, ax, "latent size z", "active units (Burda et al.: Cov_x E[z_u] > 0.01)",
-            f"Active units by latent size and beta, {dataset}", path)
+    _finish(
+        fig,
+        ax,
+        "latent size z",
+        "active units (Burda et al.: Cov_x E[z_u] > 0.01)",
+        f"Active units by latent size and beta, {dataset}",
+        path,
+    )
 
 
 def kl_per_dimension(table: pd.DataFrame, latent: int, path: Path, dataset: str) -> None:
@@ -274,9 +321,19 @@ def kl_per_dimension(table: pd.DataFrame, latent: int, path: Path, dataset: str)
     for i, (beta, rows) in enumerate(vaes.groupby("beta", sort=True)):
         first = rows.sort_values("seed").iloc[0]
         kl = np.sort(tables.windows_of(first.kl_per_dim))[::-1]
-        ax.plot(np.arange(1, len(kl) + 1), np.maximum(kl, 1e-6), marker=".", color=f"C{i}",
-                label=f"beta = {beta:g} (seed {first.seed})")
+        ax.plot(
+            np.arange(1, len(kl) + 1),
+            np.maximum(kl, 1e-6),
+            marker=".",
+            color=f"C{i}",
+            label=f"beta = {beta:g} (seed {first.seed})",
+        )
     ax.set_yscale("log")
-    _finish(fig, ax, "latent dimension, by its KL (largest first)",
-            "KL(q(z_u|x) || N(0, 1)), nats (test mean)",
-            f"KL per latent dimension at z = {latent}, {dataset}", path)
+    _finish(
+        fig,
+        ax,
+        "latent dimension, by its KL (largest first)",
+        "KL(q(z_u|x) || N(0, 1)), nats (test mean)",
+        f"KL per latent dimension at z = {latent}, {dataset}",
+        path,
+    )

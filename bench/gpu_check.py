@@ -70,8 +70,14 @@ class CommonSettings(TypedDict):
 
 # The settings every run stage shares: windows long enough for sub-millisecond steps, noise
 # drawn on the device, a short training.
-COMMON: CommonSettings = {"batch_sizes": (128, 2048), "epochs": 3, "repeats": 5, "steps": 100,
-                          "iwae_k": 100, "backend_noise": True}
+COMMON: CommonSettings = {
+    "batch_sizes": (128, 2048),
+    "epochs": 3,
+    "repeats": 5,
+    "steps": 100,
+    "iwae_k": 100,
+    "backend_noise": True,
+}
 TEST_SECONDS = 300  # pytest -m gpu: ample on a GPU; a hang is cut off and reported
 MIN_TEST_SECONDS = 60  # less than this left of the budget: the tests are skipped
 SMOKE_CONFIG = VAEConfig(latent_dim=2, hidden_dim=64, batch_size=32)
@@ -92,19 +98,44 @@ def stages() -> tuple[Stage, ...]:
     """The check's stages, in order (from the module's settings as they stand)."""
     gate_time = {"latents": (TIMED_LATENT,), "stages": ("gate", "time")}
     return (
-        Stage("smoke", "each fused backend loads (NVRTC), steps once (cuBLAS) and, with "
-              "graphs, captures and replays its step", 30, FUSED_BACKENDS),
-        Stage("fused", f"gate and interleaved timing at z = {TIMED_LATENT}, batch "
-              f"{' and '.join(map(str, COMMON['batch_sizes']))}, of the fused backends "
-              "beside torch-cuda", 90, (*FUSED_BACKENDS, "torch-cuda"), gate_time),
-        Stage("peers", "torch.compile and JAX on CUDA: gate, then timing beside cupy", 180,
-              ("cupy", "torch-cuda-compile", "jax-cuda"), gate_time),
-        Stage("latents", f"gate of the fused backends at z = "
-              f"{', '.join(map(str, OTHER_LATENTS))}; {COMMON['epochs']} epochs' training "
-              f"at z = {TIMED_LATENT}", 120, (*FUSED_BACKENDS, "torch-cuda"),
-              {"latents": (TIMED_LATENT, *OTHER_LATENTS), "batch_sizes":
-               COMMON["batch_sizes"][:1], "gate_only_latents": OTHER_LATENTS,
-               "gate_only_backends": FUSED_BACKENDS, "stages": ("gate", "train", "evaluate")}),
+        Stage(
+            "smoke",
+            "each fused backend loads (NVRTC), steps once (cuBLAS) and, with "
+            "graphs, captures and replays its step",
+            30,
+            FUSED_BACKENDS,
+        ),
+        Stage(
+            "fused",
+            f"gate and interleaved timing at z = {TIMED_LATENT}, batch "
+            f"{' and '.join(map(str, COMMON['batch_sizes']))}, of the fused backends "
+            "beside torch-cuda",
+            90,
+            (*FUSED_BACKENDS, "torch-cuda"),
+            gate_time,
+        ),
+        Stage(
+            "peers",
+            "torch.compile and JAX on CUDA: gate, then timing beside cupy",
+            180,
+            ("cupy", "torch-cuda-compile", "jax-cuda"),
+            gate_time,
+        ),
+        Stage(
+            "latents",
+            f"gate of the fused backends at z = "
+            f"{', '.join(map(str, OTHER_LATENTS))}; {COMMON['epochs']} epochs' training "
+            f"at z = {TIMED_LATENT}",
+            120,
+            (*FUSED_BACKENDS, "torch-cuda"),
+            {
+                "latents": (TIMED_LATENT, *OTHER_LATENTS),
+                "batch_sizes": COMMON["batch_sizes"][:1],
+                "gate_only_latents": OTHER_LATENTS,
+                "gate_only_backends": FUSED_BACKENDS,
+                "stages": ("gate", "train", "evaluate"),
+            },
+        ),
         Stage("tests", "pytest -m gpu", TEST_SECONDS),
     )
 
@@ -123,19 +154,19 @@ class StageRecord:
 
     def line(self) -> str:
         took = f" in {self.seconds:.0f} s" if self.status != "skipped" else ""
-        return f"{self.stage.name}: {self.status}{took}" + (f" ({self.why})" if self.why
-                                                           else "")
+        return f"{self.stage.name}: {self.status}{took}" + (f" ({self.why})" if self.why else "")
 
 
-def smoke(names: Sequence[str], data: Dataset, log: Callable[[str], None]
-          ) -> tuple[list[str], dict[str, str]]:
+def smoke(
+    names: Sequence[str], data: Dataset, log: Callable[[str], None]
+) -> tuple[list[str], dict[str, str]]:
     """Each backend of ``names`` loaded at a small size and stepped once from a fresh start
     (for cupy: NVRTC compiles the kernels, cuBLAS runs the GEMMs, the step is captured and
     replayed as a CUDA Graph). Returns a report's lines (each failure's traceback kept) and,
     by backend, why it failed; one line each is logged."""
     lines, failures = [], {}
     params = export_params(build_model(SMOKE_CONFIG))
-    images = data.train_x[:SMOKE_CONFIG.batch_size]
+    images = data.train_x[: SMOKE_CONFIG.batch_size]
     for name in names:
         backend = create_backend(name)
         status = backend.availability()
@@ -156,19 +187,21 @@ def smoke(names: Sequence[str], data: Dataset, log: Callable[[str], None]
         except Exception as error:  # noqa: BLE001 - reported in one line, the rest kept
             first = (str(error).strip().splitlines() or [""])[0]
             failures[name] = f"{type(error).__name__}: {first}"
-            lines.append(f"{name}: FAILED after {time.perf_counter() - start:.1f} s: "
-                         f"{failures[name]}\n\n{traceback.format_exc()}")
+            lines.append(
+                f"{name}: FAILED after {time.perf_counter() - start:.1f} s: "
+                f"{failures[name]}\n\n{traceback.format_exc()}"
+            )
             log(f"smoke: {name} FAILED: {failures[name]} (traceback in smoke.txt)")
             continue
         seconds = time.perf_counter() - start
-        lines.append(f"{name}: loaded, stepped and replayed in {seconds:.1f} s (loss "
-                     f"{loss:.2f})")
+        lines.append(f"{name}: loaded, stepped and replayed in {seconds:.1f} s (loss {loss:.2f})")
         log(f"smoke: {lines[-1]}")
     return lines, failures
 
 
-def run_gpu_tests(out: Path, log: Callable[[str], None], timeout: float = TEST_SECONDS
-                  ) -> tuple[str, bool]:
+def run_gpu_tests(
+    out: Path, log: Callable[[str], None], timeout: float = TEST_SECONDS
+) -> tuple[str, bool]:
     """``pytest -m gpu`` from the checkout, its output to out/gpu-tests.txt, cut off after
     ``timeout`` seconds: (a summary line, whether it failed)."""
     # pytest finds the tests where the checkout's pyproject.toml says (testpaths): the
@@ -180,16 +213,30 @@ def run_gpu_tests(out: Path, log: Callable[[str], None], timeout: float = TEST_S
     log("GPU tests: pytest -m gpu")
     # One module that cannot be collected here (a test-only package missing) must not hide
     # the GPU tests of the others; it still shows in the output and the exit status.
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p",
-               "no:cacheprovider", "--continue-on-collection-errors"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "gpu",
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+        "--continue-on-collection-errors",
+    ]
     try:
-        done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        done = subprocess.run(
+            command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
+        )
         output, status = done.stdout + done.stderr, f"exit status {done.returncode}"
         failed = done.returncode != 0
     except subprocess.TimeoutExpired as stopped:
-        output = "".join(part.decode() if isinstance(part, bytes) else part
-                         for part in (stopped.stdout, stopped.stderr) if part)
+        output = "".join(
+            part.decode() if isinstance(part, bytes) else part
+            for part in (stopped.stdout, stopped.stderr)
+            if part
+        )
         status, failed = f"cut off after {timeout:.0f} s", True
     atomic_write_text(out / "gpu-tests.txt", f"$ {' '.join(command)}\n\n{output}")
     last = output.strip().splitlines()[-1:] or ["no output"]
@@ -212,14 +259,17 @@ def speedups(table: pd.DataFrame | None, peers: Sequence[str], stage: str) -> li
             continue
         rows = table[(table.latent_dim == TIMED_LATENT) & (table.batch_size == batch)]
         rows = rows.reset_index(drop=True)
-        why = {r.backend: (r.note if isinstance(r.note, str) and r.note else r.agreement)
-               for r in rows.itertuples()}
+        why = {
+            r.backend: (r.note if isinstance(r.note, str) and r.note else r.agreement)
+            for r in rows.itertuples()
+        }
         ratios = dict(zip(rows.backend, tables.speedup(rows, peer)))
         timed = set(rows.backend[rows.samples_per_s.notna()])
         if "cupy" not in timed or baseline not in timed:
             missing = "cupy" if "cupy" not in timed else baseline
-            lines.append(f"{where}: not measured, {missing} not timed "
-                         f"({why.get(missing) or 'not run'})")
+            lines.append(
+                f"{where}: not measured, {missing} not timed ({why.get(missing) or 'not run'})"
+            )
             continue
         target = TARGETS[peer]
         verdict = "met" if ratios["cupy"] >= target else "NOT met"
@@ -234,12 +284,29 @@ def _stage_table(out: Path, stage: str) -> pd.DataFrame | None:
 
 def write_targets(out: Path, data: Dataset, records: list[StageRecord], tests: str) -> None:
     """targets.md: the speed-ups against the targets and what each stage did."""
-    lines = [*speedups(_stage_table(out, "fused"), ["eager"], "fused"),
-             *speedups(_stage_table(out, "peers"), ["torch.compile", "jax"], "peers")]
-    atomic_write_text(out / "targets.md", "\n".join([
-        "# GPU check: speed-ups against the targets", "", f"Data: {data.describe()}.", "",
-        *(f"- {line}" for line in lines), "", "## Stages", "",
-        *(f"- {r.line()}" for r in records), "", f"GPU tests (pytest -m gpu): {tests}", ""]))
+    lines = [
+        *speedups(_stage_table(out, "fused"), ["eager"], "fused"),
+        *speedups(_stage_table(out, "peers"), ["torch.compile", "jax"], "peers"),
+    ]
+    atomic_write_text(
+        out / "targets.md",
+        "\n".join(
+            [
+                "# GPU check: speed-ups against the targets",
+                "",
+                f"Data: {data.describe()}.",
+                "",
+                *(f"- {line}" for line in lines),
+                "",
+                "## Stages",
+                "",
+                *(f"- {r.line()}" for r in records),
+                "",
+                f"GPU tests (pytest -m gpu): {tests}",
+                "",
+            ]
+        ),
+    )
 
 
 def check_backends(names: Sequence[str] | None) -> tuple[str, ...]:
@@ -250,15 +317,24 @@ def check_backends(names: Sequence[str] | None) -> tuple[str, ...]:
         return known
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise RunError(f"gpu-check has no backend {', '.join(map(repr, unknown))}; choose "
-                       f"from {', '.join(known)}")
+        raise RunError(
+            f"gpu-check has no backend {', '.join(map(repr, unknown))}; choose "
+            f"from {', '.join(known)}"
+        )
     return tuple(dict.fromkeys(names))
 
 
-def gpu_check(out: Path, data: Dataset, *, backends: Sequence[str] | None = None,
-              time_budget: float | None = None, archive: Path | None = None,
-              resume: bool = False, progress: bool = True,
-              log: Callable[[str], None] = print) -> int:
+def gpu_check(
+    out: Path,
+    data: Dataset,
+    *,
+    backends: Sequence[str] | None = None,
+    time_budget: float | None = None,
+    archive: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> int:
     """The check's stages into ``out`` (targets.md, and ``archive``, rewritten after each):
     only ``backends`` (all the check's by default), and within ``time_budget`` seconds from
     the start (a stage expected to take longer than what is left is skipped, and said so).
@@ -275,8 +351,10 @@ def gpu_check(out: Path, data: Dataset, *, backends: Sequence[str] | None = None
     broken: dict[str, str] = {}  # backends the smoke step failed: left out of later stages
     with claim(out, "gpu-check") as held, pipeline.shared_oracle():
         if not held.fresh and not resume:
-            raise RunError(f"{out} already holds a GPU check; pass --resume to continue it, "
-                           "or choose another --out")
+            raise RunError(
+                f"{out} already holds a GPU check; pass --resume to continue it, "
+                "or choose another --out"
+            )
         plan = stages()
         try:
             for number, stage in enumerate(plan, 1):
@@ -286,15 +364,21 @@ def gpu_check(out: Path, data: Dataset, *, backends: Sequence[str] | None = None
                     records.append(StageRecord(stage, "skipped", why=skip))
                     log(f"stage {number}/{len(plan)} {stage.name}: skipped, {skip}")
                     continue
-                log(f"stage {number}/{len(plan)} {stage.name}: {stage.what} (expected "
-                    f"~{stage.seconds} s" + ("" if time_budget is None else
-                                            f"; {left():.0f} s of the budget left") + ")")
+                log(
+                    f"stage {number}/{len(plan)} {stage.name}: {stage.what} (expected "
+                    f"~{stage.seconds} s"
+                    + ("" if time_budget is None else f"; {left():.0f} s of the budget left")
+                    + ")"
+                )
                 begun = time.monotonic()
                 if stage.name == "smoke":
                     lines, broken = smoke(names, data, log)
                     atomic_write_text(out / "smoke.txt", "\n".join(lines) + "\n")
-                    record = StageRecord(stage, "failed" if broken else "done",
-                                         why="; ".join(f"{n}: {w}" for n, w in broken.items()))
+                    record = StageRecord(
+                        stage,
+                        "failed" if broken else "done",
+                        why="; ".join(f"{n}: {w}" for n, w in broken.items()),
+                    )
                 elif stage.name == "tests":
                     tests, tests_failed = run_gpu_tests(out, log, min(TEST_SECONDS, left()))
                     record = StageRecord(stage, "failed" if tests_failed else "done")
@@ -312,8 +396,9 @@ def gpu_check(out: Path, data: Dataset, *, backends: Sequence[str] | None = None
     return _exit_status(records, log)
 
 
-def _requested(out: Path, backends: Sequence[str] | None, time_budget: float | None,
-               archive: Path | None) -> tuple[str, ...]:
+def _requested(
+    out: Path, backends: Sequence[str] | None, time_budget: float | None, archive: Path | None
+) -> tuple[str, ...]:
     """The check's backends asked for, or RunError saying what cannot be done as asked."""
     chosen = check_backends(backends)
     if time_budget is not None and not time_budget > 0:
@@ -326,18 +411,20 @@ def _requested(out: Path, backends: Sequence[str] | None, time_budget: float | N
     return chosen
 
 
-def _skip_reason(stage: Stage, names: list[str], broken: dict[str, str], left: float,
-                 time_budget: float | None) -> str:
+def _skip_reason(
+    stage: Stage, names: list[str], broken: dict[str, str], left: float, time_budget: float | None
+) -> str:
     """Why ``stage`` is skipped (none of its backends chosen or working, or not expected to
     finish in the ``left`` seconds of the budget), or "" where it runs."""
     if stage.backends and not names:
         return "none of its backends chosen" + (
-            f" or working ({'; '.join(f'{n}: {w}' for n, w in broken.items())})"
-            if broken else "")
+            f" or working ({'; '.join(f'{n}: {w}' for n, w in broken.items())})" if broken else ""
+        )
     # The tests run in what is left (they are cut off, and say so), down to a minimum.
     if (MIN_TEST_SECONDS if stage.name == "tests" else stage.seconds) > left:
-        return (f"expected {stage.seconds} s, {max(left, 0):.0f} s of the "
-                f"{time_budget:g} s budget left")
+        return (
+            f"expected {stage.seconds} s, {max(left, 0):.0f} s of the {time_budget:g} s budget left"
+        )
     return ""
 
 
@@ -354,8 +441,15 @@ def _exit_status(records: list[StageRecord], log: Callable[[str], None]) -> int:
     return 0
 
 
-def _run_stage(stage: Stage, names: list[str], out: Path, data: Dataset, resume: bool,
-               progress: bool, log: Callable[[str], None]) -> StageRecord:
+def _run_stage(
+    stage: Stage,
+    names: list[str],
+    out: Path,
+    data: Dataset,
+    resume: bool,
+    progress: bool,
+    log: Callable[[str], None],
+) -> StageRecord:
     """One run stage into ``out/<stage>``: failed if a fused backend failed its gate,
     skipped if none of ``names`` can run here."""
     why = none_available(names)
@@ -365,12 +459,21 @@ def _run_stage(stage: Stage, names: list[str], out: Path, data: Dataset, resume:
     settings: dict[str, Any] = COMMON | stage.settings  # RunSpec's keyword arguments
     if "gate_only_backends" in settings:  # those chosen; none: nothing to gate at other sizes
         gated = tuple(n for n in settings["gate_only_backends"] if n in names)
-        settings |= {"gate_only_backends": gated} if gated else {
-            "latents": (TIMED_LATENT,), "gate_only_latents": (), "gate_only_backends": ()}
+        settings |= (
+            {"gate_only_backends": gated}
+            if gated
+            else {"latents": (TIMED_LATENT,), "gate_only_latents": (), "gate_only_backends": ()}
+        )
     spec = RunSpec(dataset=data.name, backends=tuple(names), **settings)
     where = out / stage.name
-    table = run(spec, data, where, resume=resume and where.exists(), progress=progress,
-                log=lambda msg: log(f"{stage.name}: {msg}"))
+    table = run(
+        spec,
+        data,
+        where,
+        resume=resume and where.exists(),
+        progress=progress,
+        log=lambda msg: log(f"{stage.name}: {msg}"),
+    )
     fused = table[table.backend.isin(FUSED_BACKENDS)]
     failures = sorted(set(fused.backend[fused.agreement == "fail"]))
     if failures:
@@ -381,5 +484,7 @@ def _run_stage(stage: Stage, names: list[str], out: Path, data: Dataset, resume:
 def _archive(out: Path, archive: Path, log: Callable[[str], None]) -> None:
     size = write_archive(out, archive)
     too_big = size > RETURNED_FILE_LIMIT
-    log(f"archive: {archive} ({size / 1024:,.0f} KiB)" + (
-        f"; over the {RETURNED_FILE_LIMIT >> 20} MiB a device tool returns" if too_big else ""))
+    log(
+        f"archive: {archive} ({size / 1024:,.0f} KiB)"
+        + (f"; over the {RETURNED_FILE_LIMIT >> 20} MiB a device tool returns" if too_big else "")
+    )

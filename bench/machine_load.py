@@ -83,8 +83,14 @@ class Watch:
             busy = (ticks[0] - self.ticks[0]) / _USER_HZ
             others = round(max(0.0, busy - (own.user + own.system - self.own)) / wall, 3)
             steal = round((ticks[1] - self.ticks[1]) / _USER_HZ / wall, 3)
-        return {"seconds": round(wall, 3), "cpus": len(self.cpus), "others_cores": others,
-                "steal_cores": steal, "load_start": self.load_start, "load_end": _load()}
+        return {
+            "seconds": round(wall, 3),
+            "cpus": len(self.cpus),
+            "others_cores": others,
+            "steal_cores": steal,
+            "load_start": self.load_start,
+            "load_end": _load(),
+        }
 
 
 def busy(record: dict) -> bool:
@@ -99,7 +105,7 @@ def busy_stages(cells: list[dict]) -> list[str]:
     found = []
     for cell in cells:
         loads = cell.get("machine_load")
-        for batch, record in (loads.items() if isinstance(loads, dict) else ()):
+        for batch, record in loads.items() if isinstance(loads, dict) else ():
             if isinstance(record, dict) and busy(record):
                 found.append(f"z = {cell['latent']}, batch {batch}: {describe(record)}")
     return found
@@ -110,9 +116,11 @@ def describe(record: dict) -> str:
     average 1.90 → 2.10'."""
     parts = []
     if record.get("others_cores") is not None:
-        parts.append(f"other processes took {record['others_cores']:.2f} of the "
-                     f"{record['cpus']} CPUs this run used, the hypervisor "
-                     f"{record['steal_cores']:.2f}")
+        parts.append(
+            f"other processes took {record['others_cores']:.2f} of the "
+            f"{record['cpus']} CPUs this run used, the hypervisor "
+            f"{record['steal_cores']:.2f}"
+        )
     if record.get("load_start") is not None:
         parts.append(f"load average {record['load_start']:.2f} → {record['load_end']:.2f}")
     return "; ".join(parts)
@@ -124,8 +132,10 @@ def cpu_frequency() -> dict:
     neither can be read."""
     found = {}
     cpufreq = Path("/sys/devices/system/cpu/cpu0/cpufreq")
-    for key, name, scale in (("governor", "scaling_governor", None),
-                             ("mhz", "scaling_cur_freq", 1000)):
+    for key, name, scale in (
+        ("governor", "scaling_governor", None),
+        ("mhz", "scaling_cur_freq", 1000),
+    ):
         try:
             text = (cpufreq / name).read_text().strip()
         except OSError:

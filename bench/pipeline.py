@@ -78,8 +78,9 @@ class GateRecord:
         if self.verdict == "unavailable" or worst is None:
             return f"unavailable: {self.note}" if self.note else self.verdict
         where = f"{worst.tensor} ({worst.case})"
-        miss = f": {worst.problem}" if worst.problem else \
-            f" at {worst.fraction:.1%} of its tolerance"
+        miss = (
+            f": {worst.problem}" if worst.problem else f" at {worst.fraction:.1%} of its tolerance"
+        )
         if self.verdict == "pass":
             return f"passed, worst tensor {where}{miss}"
         count = len(self.failures)
@@ -104,9 +105,14 @@ def shared_oracle() -> Iterator[None]:
         _SHARED_CASES = outer
 
 
-def gate_cases(images: np.ndarray, latent: int, *, seed: int = 0,
-               steps: int = GATE_ADAM_STEPS,
-               hidden: int = 512) -> Callable[..., list[tuple[Case, Expectation]]]:
+def gate_cases(
+    images: np.ndarray,
+    latent: int,
+    *,
+    seed: int = 0,
+    steps: int = GATE_ADAM_STEPS,
+    hidden: int = 512,
+) -> Callable[..., list[tuple[Case, Expectation]]]:
     """The gate's cases at one latent size and their truth, computed when first asked for
     (the float64 oracle costs seconds: no backend to check, no oracle). The function returned
     takes the GEMM-input precision to calibrate for ("float32" by default); the float64 truth
@@ -114,8 +120,14 @@ def gate_cases(images: np.ndarray, latent: int, *, seed: int = 0,
     inputs under ``shared_oracle``)."""
     key = None
     if _SHARED_CASES is not None:
-        key = (hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest(),
-               images.shape, latent, seed, steps, hidden)
+        key = (
+            hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest(),
+            images.shape,
+            latent,
+            seed,
+            steps,
+            hidden,
+        )
         if key in _SHARED_CASES:
             return _SHARED_CASES[key]
     pairs: dict[str, list[tuple[Case, Expectation]]] = {}
@@ -125,8 +137,9 @@ def gate_cases(images: np.ndarray, latent: int, *, seed: int = 0,
             cases = build_cases(images, latent, seed=seed, steps=steps, hidden=hidden)
             pairs["float32"] = [(c, expectation(c)) for c in cases]
         if gemm_inputs not in pairs:
-            pairs[gemm_inputs] = [(c, expectation(c, gemm_inputs, truth=e))
-                                  for c, e in pairs["float32"]]
+            pairs[gemm_inputs] = [
+                (c, expectation(c, gemm_inputs, truth=e)) for c, e in pairs["float32"]
+            ]
         return pairs[gemm_inputs]
 
     if key is not None:
@@ -135,8 +148,11 @@ def gate_cases(images: np.ndarray, latent: int, *, seed: int = 0,
     return get
 
 
-def gate(backends: Sequence[Backend], pairs: Callable[..., Pairs],
-         log: Callable[[str], None] = lambda _msg: None) -> dict[str, GateRecord]:
+def gate(
+    backends: Sequence[Backend],
+    pairs: Callable[..., Pairs],
+    log: Callable[[str], None] = lambda _msg: None,
+) -> dict[str, GateRecord]:
     """Each backend's verdict on the cases ``pairs(precision)`` gives, by backend name."""
     records = {}
     for backend in backends:
@@ -147,15 +163,24 @@ def gate(backends: Sequence[Backend], pairs: Callable[..., Pairs],
             continue
         mixed = gemm_inputs_of(backend)
         cases = pairs(mixed) if mixed != "float32" else pairs()
-        comparisons = tuple(r for case, expected in cases for r in check(backend, case,
-                                                                         expected))
+        comparisons = tuple(r for case, expected in cases for r in check(backend, case, expected))
         failed = [r for r in comparisons if not r.passed]
-        note = f"{len(failed)} tensors failed, first {failed[0].case} {failed[0].tensor}" \
-            if failed else ""
-        record = GateRecord(backend.name, "fail" if failed else "pass",
-                            max(r.fraction for r in comparisons), comparisons, note)
-        log(f"{backend.name} agreement {record.verdict} (worst {record.worst_fraction:.1%} "
-            "of tolerance)")
+        note = (
+            f"{len(failed)} tensors failed, first {failed[0].case} {failed[0].tensor}"
+            if failed
+            else ""
+        )
+        record = GateRecord(
+            backend.name,
+            "fail" if failed else "pass",
+            max(r.fraction for r in comparisons),
+            comparisons,
+            note,
+        )
+        log(
+            f"{backend.name} agreement {record.verdict} (worst {record.worst_fraction:.1%} "
+            "of tolerance)"
+        )
         records[backend.name] = record
     return records
 
@@ -182,10 +207,17 @@ def evaluate(result: TrainResult, data: Dataset, *, iwae_k: int) -> Evaluation:
     iwae, k = math.nan, 0
     if config.model == "vae" and iwae_k > 0:
         iwae = importance_weighted_log_likelihood(
-            result.model, fixed_test_set(config, data.test_x), k=iwae_k, seed=config.seed)
+            result.model, fixed_test_set(config, data.test_x), k=iwae_k, seed=config.seed
+        )
         k = iwae_k
-    return Evaluation(result.final.train_elbo, result.average_train_elbo,
-                      result.final.test_elbo, iwae, k, config.epochs)
+    return Evaluation(
+        result.final.train_elbo,
+        result.average_train_elbo,
+        result.final.test_elbo,
+        iwae,
+        k,
+        config.epochs,
+    )
 
 
 STAGES = ("gate", "time", "train", "evaluate")  # the order, whatever a selection names
@@ -236,8 +268,9 @@ class Outcome:
     def refused(self) -> list[str]:
         """Backends that failed the gate and were not forced on."""
         admitted = {b.name for b in self.admitted}
-        return [name for name, g in self.gates.items()
-                if g.verdict == "fail" and name not in admitted]
+        return [
+            name for name, g in self.gates.items() if g.verdict == "fail" and name not in admitted
+        ]
 
 
 def admitted(record: GateRecord | None, force: bool) -> bool:
@@ -248,13 +281,18 @@ def admitted(record: GateRecord | None, force: bool) -> bool:
     return record.verdict == "pass" or force and record.verdict == "fail"
 
 
-def execute(selection: Selection, backends: Sequence[Backend], *,
-            config: VAEConfig | None = None, cases: Callable[..., Pairs] | None = None,
-            data: Dataset | None = None,
-            log: Callable[[str], None] = lambda _msg: None, progress: bool = True,
-            on_epoch: Callable[[EpochRecord], None] | None = None,
-            on_stage: Callable[[str, Outcome], None] = lambda _stage, _outcome: None
-            ) -> Outcome:
+def execute(
+    selection: Selection,
+    backends: Sequence[Backend],
+    *,
+    config: VAEConfig | None = None,
+    cases: Callable[..., Pairs] | None = None,
+    data: Dataset | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
+    progress: bool = True,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    on_stage: Callable[[str, Outcome], None] = lambda _stage, _outcome: None,
+) -> Outcome:
     """Run the stages ``selection`` names, in the order of STAGES, on ``backends``: the gate
     on ``cases`` (``gate_cases``), timing and training on ``data`` with ``config`` (its batch
     size replaced by the selection's). ``on_stage(stage, outcome)`` is called after each
@@ -265,8 +303,7 @@ def execute(selection: Selection, backends: Sequence[Backend], *,
         if cases is None:
             raise ValueError("the gate needs its cases")
         outcome.gates = gate(backends, cases, log)
-    outcome.admitted = [b for b in backends if admitted(outcome.gates.get(b.name),
-                                                        selection.force)]
+    outcome.admitted = [b for b in backends if admitted(outcome.gates.get(b.name), selection.force)]
     on_stage("gate", outcome)
     if (selection.runs("time") or selection.runs("train")) and (config is None or data is None):
         raise ValueError("timing and training need a config and data")
@@ -277,18 +314,32 @@ def execute(selection: Selection, backends: Sequence[Backend], *,
             log(f"batch {batch}: timing {', '.join(b.name for b in outcome.admitted)}")
 
             def timed(done: int, of: int, each: float, batch: int = batch) -> None:
-                log(f"batch {batch}: {done} of {of} rounds of windows timed; "
-                    f"{time_left(each * (of - done))}")
+                log(
+                    f"batch {batch}: {done} of {of} rounds of windows timed; "
+                    f"{time_left(each * (of - done))}"
+                )
 
             watch = machine_load.Watch()
-            outcome.measurements[batch] = {m.backend: m for m in measure(
-                outcome.admitted, config.replace(batch_size=batch), data.train_x, batch=batch,
-                repeats=selection.repeats, steps=selection.window_steps, seed=selection.seed,
-                backend_noise=selection.backend_noise, on_round=timed)}
+            outcome.measurements[batch] = {
+                m.backend: m
+                for m in measure(
+                    outcome.admitted,
+                    config.replace(batch_size=batch),
+                    data.train_x,
+                    batch=batch,
+                    repeats=selection.repeats,
+                    steps=selection.window_steps,
+                    seed=selection.seed,
+                    backend_noise=selection.backend_noise,
+                    on_round=timed,
+                )
+            }
             outcome.machine_load[batch] = watch.result()
             if machine_load.busy(outcome.machine_load[batch]):
-                log(f"batch {batch}: warning: the machine was busy while timing: "
-                    f"{machine_load.describe(outcome.machine_load[batch])}")
+                log(
+                    f"batch {batch}: warning: the machine was busy while timing: "
+                    f"{machine_load.describe(outcome.machine_load[batch])}"
+                )
             on_stage("time", outcome)
 
     if selection.runs("train"):
@@ -296,12 +347,17 @@ def execute(selection: Selection, backends: Sequence[Backend], *,
         train_config = config.replace(batch_size=selection.batch_sizes[0])
         for backend in outcome.admitted:
             log(f"training {backend.name} for {train_config.epochs} epochs on {data.name}")
-            result = train_backend(backend, train_config, data.train_x, data.test_x,
-                                   progress=progress, on_epoch=on_epoch)
+            result = train_backend(
+                backend,
+                train_config,
+                data.train_x,
+                data.test_x,
+                progress=progress,
+                on_epoch=on_epoch,
+            )
             outcome.trained[backend.name] = result
             if selection.runs("evaluate"):
-                outcome.evaluations[backend.name] = evaluate(result, data,
-                                                             iwae_k=selection.iwae_k)
+                outcome.evaluations[backend.name] = evaluate(result, data, iwae_k=selection.iwae_k)
             on_stage("train", outcome)
     return outcome
 
@@ -315,33 +371,58 @@ class _RowIdentity(TypedDict):
     seed: int
 
 
-def result_rows(outcome: Outcome, selection: Selection, *, latent: int, dataset: str,
-                seed: int, peaks: Mapping[str, float], complete: bool) -> list[ResultRow]:
+def result_rows(
+    outcome: Outcome,
+    selection: Selection,
+    *,
+    latent: int,
+    dataset: str,
+    seed: int,
+    peaks: Mapping[str, float],
+    complete: bool,
+) -> list[ResultRow]:
     """The results table's rows of ``outcome``, one per backend and batch size: its gate
     verdict on each, its timing at that batch size, its scores at the first (where it was
     trained). ``peaks``: GFLOP/s by ``throughput.peak_key``. While the stages run
     (``complete`` false) only the batch sizes timed so far have rows (the first, before any)."""
-    batches = list(selection.batch_sizes) if complete else (
-        [b for b in selection.batch_sizes if b in outcome.measurements]
-        or list(selection.batch_sizes[:1]))
+    batches = (
+        list(selection.batch_sizes)
+        if complete
+        else (
+            [b for b in selection.batch_sizes if b in outcome.measurements]
+            or list(selection.batch_sizes[:1])
+        )
+    )
     rows = []
     for batch in batches:
         for backend in outcome.backends:
             record = outcome.gates.get(backend.name)
-            identity = _RowIdentity(agreement=record.verdict if record else "",
-                                    worst_fraction=record.worst_fraction if record else math.nan,
-                                    dataset=dataset, seed=seed)
+            identity = _RowIdentity(
+                agreement=record.verdict if record else "",
+                worst_fraction=record.worst_fraction if record else math.nan,
+                dataset=dataset,
+                seed=seed,
+            )
             measured = outcome.measurements.get(batch, {}).get(backend.name)
             if measured is None:
-                row = ResultRow(backend=backend.name, device=backend.device,
-                                precision=gemm_inputs_of(backend), latent_dim=latent,
-                                batch_size=batch, **identity)
+                row = ResultRow(
+                    backend=backend.name,
+                    device=backend.device,
+                    precision=gemm_inputs_of(backend),
+                    latent_dim=latent,
+                    batch_size=batch,
+                    **identity,
+                )
             else:
                 assert outcome.config is not None  # a measurement was timed at the config
-                row = measured.row(outcome.config.replace(batch_size=batch), batch, peaks,
-                                   **identity)
-            notes = [record.note if record else ""] + ([] if measured is None else [
-                f"{name} failed: {why}" for name, why in measured.diagnostic_errors.items()])
+                row = measured.row(
+                    outcome.config.replace(batch_size=batch), batch, peaks, **identity
+                )
+            notes = [record.note if record else ""] + (
+                []
+                if measured is None
+                else [f"{name} failed: {why}" for name, why in measured.diagnostic_errors.items()]
+            )
             row.note = "; ".join(filter(None, notes))
             scores = outcome.evaluations.get(backend.name)
             if scores is not None and batch == selection.batch_sizes[0]:

@@ -48,15 +48,29 @@ class ProfileSpec:
 
     def words(self) -> list[str]:
         """The flags that repeat this profile (without the output file)."""
-        words = ["--backends", *self.backends, "--latent", str(self.latent), "--batch-size",
-                 str(self.batch_size), "--hidden-dim", str(self.hidden_dim), "--repeats",
-                 str(self.repeats), "--window-steps", str(self.window_steps)]
+        words = [
+            "--backends",
+            *self.backends,
+            "--latent",
+            str(self.latent),
+            "--batch-size",
+            str(self.batch_size),
+            "--hidden-dim",
+            str(self.hidden_dim),
+            "--repeats",
+            str(self.repeats),
+            "--window-steps",
+            str(self.window_steps),
+        ]
         if self.adam_steps != GATE_ADAM_STEPS:
             words += ["--adam-steps", str(self.adam_steps)]
         if self.threads:
             words += ["--threads", str(self.threads)]
-        return words + [flag for flag, on in (("--backend-noise", self.backend_noise),
-                                              ("--force", self.force)) if on]
+        return words + [
+            flag
+            for flag, on in (("--backend-noise", self.backend_noise), ("--force", self.force))
+            if on
+        ]
 
 
 def is_profile_report(path: Path) -> bool:
@@ -68,8 +82,12 @@ def is_profile_report(path: Path) -> bool:
         return False
 
 
-def profile(spec: ProfileSpec, out: Path | None, refuse: Callable[[str], None],
-            log: Callable[[str], None] = lambda _msg: None) -> bool:
+def profile(
+    spec: ProfileSpec,
+    out: Path | None,
+    refuse: Callable[[str], None],
+    log: Callable[[str], None] = lambda _msg: None,
+) -> bool:
     """Run the profile, print its report, write it into ``out`` (claimed before any work, so
     a path that cannot be written is refused at once). ``refuse`` is told, one line each,
     of every backend not timed for failing the gate; returns whether there was one.
@@ -78,8 +96,11 @@ def profile(spec: ProfileSpec, out: Path | None, refuse: Callable[[str], None],
     import torch
 
     backends = [create_backend(name, threads=spec.threads) for name in spec.backends]
-    holding = claim_file(out, ours=is_profile_report, what="a profile report") \
-        if out else contextlib.nullcontext()
+    holding = (
+        claim_file(out, ours=is_profile_report, what="a profile report")
+        if out
+        else contextlib.nullcontext()
+    )
     with holding:
         # The timing needs mnist-5k, so the gate takes its images from it (gate_images' fallback
         # to the fixture's copy would only load the same digits twice).
@@ -88,42 +109,64 @@ def profile(spec: ProfileSpec, out: Path | None, refuse: Callable[[str], None],
         if spec.batch_size > len(data.train_x):
             # Timed batches are drawn with replacement: it runs, but it is not an epoch's
             # batch (run refuses it for the batch that trains).
-            print(f"note: batch size {spec.batch_size} exceeds the {len(data.train_x)} "
-                  f"training images of {data.name}: each timed batch repeats images",
-                  flush=True)
+            print(
+                f"note: batch size {spec.batch_size} exceeds the {len(data.train_x)} "
+                f"training images of {data.name}: each timed batch repeats images",
+                flush=True,
+            )
         steps = f" and {spec.adam_steps} Adam steps" if spec.adam_steps else " only"
-        log(f"agreement gate at z {spec.latent}, single-step cases{steps} (mnist-5k "
-            f"images): {', '.join(spec.backends)} ...")
+        log(
+            f"agreement gate at z {spec.latent}, single-step cases{steps} (mnist-5k "
+            f"images): {', '.join(spec.backends)} ..."
+        )
 
         def after(stage: str, outcome: pipeline.Outcome) -> None:
             if stage != "gate":
                 return
             for name in outcome.refused:
-                refuse(f"{name} failed the agreement gate: {outcome.gates[name].summary()}; "
-                       "not timed (--force times it anyway)")
+                refuse(
+                    f"{name} failed the agreement gate: {outcome.gates[name].summary()}; "
+                    "not timed (--force times it anyway)"
+                )
             if outcome.admitted:
-                log(f"profiling on {data.name} ({len(data.train_x)} images), torch threads "
+                log(
+                    f"profiling on {data.name} ({len(data.train_x)} images), torch threads "
                     f"{torch.get_num_threads()}; warming up "
-                    f"{', '.join(b.name for b in outcome.admitted)} ...")
+                    f"{', '.join(b.name for b in outcome.admitted)} ..."
+                )
 
-        config = VAEConfig(latent_dim=spec.latent, hidden_dim=spec.hidden_dim,
-                           batch_size=spec.batch_size)
+        config = VAEConfig(
+            latent_dim=spec.latent, hidden_dim=spec.hidden_dim, batch_size=spec.batch_size
+        )
         outcome = pipeline.execute(
-            pipeline.Selection(stages=("gate", "time"), batch_sizes=(spec.batch_size,),
-                               repeats=spec.repeats, window_steps=spec.window_steps,
-                               backend_noise=spec.backend_noise, force=spec.force),
-            backends, config=config, data=data, on_stage=after, log=log,
-            cases=pipeline.gate_cases(images, spec.latent, steps=spec.adam_steps,
-                                     hidden=spec.hidden_dim))
+            pipeline.Selection(
+                stages=("gate", "time"),
+                batch_sizes=(spec.batch_size,),
+                repeats=spec.repeats,
+                window_steps=spec.window_steps,
+                backend_noise=spec.backend_noise,
+                force=spec.force,
+            ),
+            backends,
+            config=config,
+            data=data,
+            on_stage=after,
+            log=log,
+            cases=pipeline.gate_cases(
+                images, spec.latent, steps=spec.adam_steps, hidden=spec.hidden_dim
+            ),
+        )
         if not outcome.admitted:
             if outcome.refused:
                 return True  # each refusal has said why
             why = "; ".join(f"{name}: {g.note}" for name, g in outcome.gates.items())
-            raise ProfileError("no backend to profile: none of those asked for is available "
-                               f"here ({why})")
+            raise ProfileError(
+                f"no backend to profile: none of those asked for is available here ({why})"
+            )
         results = list(outcome.measurements[spec.batch_size].values())
-        text = profile_text(results, config, spec.batch_size, device_peaks(outcome.admitted),
-                            outcome.gates)
+        text = profile_text(
+            results, config, spec.batch_size, device_peaks(outcome.admitted), outcome.gates
+        )
         _publish(text, spec, data, out)
     return bool(outcome.refused)
 
@@ -134,10 +177,11 @@ def _publish(text: str, spec: ProfileSpec, data: Dataset, out: Path | None) -> N
     print(text)
     record = collect(data=data)
     versions = ", ".join(f"{k} {v}" for k, v in record["versions"].items())
-    print(f"provenance: {record['cpu']}, {record['usable_cpus']} of {record['logical_cpus']} CPUs usable, {versions}, "
-          f"commit {record['git_commit']}, {record['timestamp']}, host {record['host']}")
+    print(
+        f"provenance: {record['cpu']}, {record['usable_cpus']} of {record['logical_cpus']} CPUs usable, {versions}, "
+        f"commit {record['git_commit']}, {record['timestamp']}, host {record['host']}"
+    )
     if out:
         command = shlex.join(["vae-bench", "profile", *spec.words()])
-        atomic_write_text(out, f"# {command}\n{text}\n\n## Provenance\n\n"
-                          f"{as_markdown(record)}\n")
+        atomic_write_text(out, f"# {command}\n{text}\n\n## Provenance\n\n{as_markdown(record)}\n")
         print(f"wrote {out}")

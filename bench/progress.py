@@ -52,5 +52,4 @@ def eta_text(spent: list[float], left: int) -> str:
 
 def time_left(seconds: float) -> str:
     """'about 40 s left', 'about 4 min left' (minutes from a minute and a half)."""
-    return f"about {seconds / 60:.0f} min left" if seconds >= 90 else \
-        f"about {seconds:.0f} s left"
+    return f"about {seconds / 60:.0f} min left" if seconds >= 90 else f"about {seconds:.0f} s left"

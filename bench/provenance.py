@@ -52,8 +52,10 @@ def cpu_difference(old: dict, new: dict) -> str | None:
     if a["isa"] is not None and b["isa"] is not None and set(a["isa"]) != set(b["isa"]):
         only_old = sorted(set(a["isa"]) - set(b["isa"]))
         only_new = sorted(set(b["isa"]) - set(a["isa"]))
-        return (f"both on {a['model']!r} but with other instruction sets (only OLD: "
-                f"{', '.join(only_old) or 'none'}; only NEW: {', '.join(only_new) or 'none'})")
+        return (
+            f"both on {a['model']!r} but with other instruction sets (only OLD: "
+            f"{', '.join(only_old) or 'none'}; only NEW: {', '.join(only_new) or 'none'})"
+        )
     return None
 
 
@@ -73,8 +75,11 @@ def blas_libraries() -> list[dict]:
     except Exception:  # provenance never raises: an odd library is recorded as none
         return []
     keep = ("internal_api", "version", "architecture", "threading_layer", "num_threads")
-    return [{**{k: lib.get(k) for k in keep}, "library": Path(lib.get("filepath") or "?").name}
-            for lib in info if lib.get("user_api") == "blas"]
+    return [
+        {**{k: lib.get(k) for k in keep}, "library": Path(lib.get("filepath") or "?").name}
+        for lib in info
+        if lib.get("user_api") == "blas"
+    ]
 
 
 def torch_cpu() -> dict:
@@ -99,9 +104,14 @@ def git_commit() -> str:
     """HEAD of the checkout this code runs from, '+dirty' if it has uncommitted changes;
     'unknown' outside a git checkout (e.g. an installed wheel)."""
     try:
+
         def git(*args: str) -> str:
             return subprocess.run(
-                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+                ["git", *args],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
                 timeout=10,
             ).stdout.strip()
 
@@ -112,8 +122,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-def package_versions(names=("torch", "numpy", "numba", "scipy", "pandas", "matplotlib", "jax",
-                            "jaxlib")) -> dict:
+def package_versions(
+    names=("torch", "numpy", "numba", "scipy", "pandas", "matplotlib", "jax", "jaxlib"),
+) -> dict:
     versions = {"python": platform.python_version()}
     for name in names:
         try:
@@ -163,8 +174,10 @@ def _blas_line(lib: dict) -> str:
     """'openblas 0.3.30 (Haswell, pthreads, 2 threads): libscipy_openblas-….so'."""
     details = [lib[k] for k in ("architecture", "threading_layer") if lib.get(k)]
     details.append(f"{lib.get('num_threads')} threads")
-    return (f"{lib.get('internal_api')} {lib.get('version')} ({', '.join(details)}): "
-            f"{lib.get('library')}")
+    return (
+        f"{lib.get('internal_api')} {lib.get('version')} ({', '.join(details)}): "
+        f"{lib.get('library')}"
+    )
 
 
 def as_markdown(record: dict) -> str:
@@ -180,8 +193,7 @@ def as_markdown(record: dict) -> str:
             lines.append(f"- **{key}**:" + ("" if value else " none loaded"))
             lines += [f"  - {_blas_line(lib)}" for lib in value if isinstance(lib, dict)]
         elif key == "cpu_isa" and isinstance(value, list):
-            lines.append(f"- **{key}**: " + (", ".join(value) or "none of "
-                                             + ", ".join(ISA_FLAGS)))
+            lines.append(f"- **{key}**: " + (", ".join(value) or "none of " + ", ".join(ISA_FLAGS)))
         else:
             lines.append(f"- **{key}**: {value}")
     return "\n".join(lines)
@@ -190,18 +202,29 @@ def as_markdown(record: dict) -> str:
 # What env.json must hold, by the type of each value: what the summary, the peaks and resume
 # read. A GPU's fields come together; the bf16 and TF32 peaks where such a backend ran; the
 # usable CPUs in runs made since they were recorded.
-ENV_FIELDS = {"dataset": str, "cpu": str, "logical_cpus": int, "gemm_peak_gflops": float,
-              "gemm_peak_source": str, "spec": dict}
+ENV_FIELDS = {
+    "dataset": str,
+    "cpu": str,
+    "logical_cpus": int,
+    "gemm_peak_gflops": float,
+    "gemm_peak_source": str,
+    "spec": dict,
+}
 GPU_ENV_FIELDS = {"gpu": str, "gpu_gemm_peak_gflops": float, "gpu_gemm_peak_source": str}
-OPTIONAL_ENV_FIELDS = {"usable_cpus": int,
-                       "bf16_gemm_peak_gflops": float, "bf16_gemm_peak_source": str,
-                       "gpu_tf32_gemm_peak_gflops": float, "gpu_tf32_gemm_peak_source": str}
+OPTIONAL_ENV_FIELDS = {
+    "usable_cpus": int,
+    "bf16_gemm_peak_gflops": float,
+    "bf16_gemm_peak_source": str,
+    "gpu_tf32_gemm_peak_gflops": float,
+    "gpu_tf32_gemm_peak_source": str,
+}
 SPEC_FIELDS = {"dataset": str, "epochs": int, "seed": int, "batch_sizes": list}
 
 
 def env_problem(env: dict) -> str | None:
     """What is wrong with a run environment's fields (None if nothing): env.json's one
     check, for every reader of it (run --resume, merge, compare)."""
+
     def wrong(record: dict, fields: dict, where: str, required: bool = True) -> str | None:
         for key, kind in fields.items():
             if key not in record:
@@ -210,29 +233,41 @@ def env_problem(env: dict) -> str | None:
                 continue
             value = record[key]
             if kind is float:
-                fits = (isinstance(value, (int, float)) and not isinstance(value, bool)
-                        and math.isfinite(value) and value > 0)
+                fits = (
+                    isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                    and value > 0
+                )
                 expected = "a positive number"
             elif kind is int:
-                fits, expected = isinstance(value, int) and not isinstance(value, bool), \
-                    "an integer"
+                fits, expected = (
+                    isinstance(value, int) and not isinstance(value, bool),
+                    "an integer",
+                )
             else:
-                fits, expected = isinstance(value, kind), {str: "text", dict: "an object",
-                                                           list: "a list"}[kind]
+                fits, expected = (
+                    isinstance(value, kind),
+                    {str: "text", dict: "an object", list: "a list"}[kind],
+                )
             if not fits:
                 return f"{where}{key} is {value!r}, not {expected}"
         return None
 
     gpu = any(key in env for key in GPU_ENV_FIELDS)
-    problem = (wrong(env, ENV_FIELDS, "") or wrong(env, GPU_ENV_FIELDS, "", required=gpu)
-               or wrong(env, OPTIONAL_ENV_FIELDS, "", required=False))
+    problem = (
+        wrong(env, ENV_FIELDS, "")
+        or wrong(env, GPU_ENV_FIELDS, "", required=gpu)
+        or wrong(env, OPTIONAL_ENV_FIELDS, "", required=False)
+    )
     if problem:
         return problem
     spec = env["spec"]
     problem = wrong(spec, SPEC_FIELDS, "spec.")
     if problem:
         return problem
-    if not spec["batch_sizes"] or not all(isinstance(b, int) and not isinstance(b, bool)
-                                          and b > 0 for b in spec["batch_sizes"]):
+    if not spec["batch_sizes"] or not all(
+        isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in spec["batch_sizes"]
+    ):
         return f"spec.batch_sizes is {spec['batch_sizes']!r}, not positive integers"
     return None

@@ -67,15 +67,19 @@ def read_results(path: Path) -> ResultsDirectory:
     """The run or experiment in ``path``; ReportError saying what is missing or damaged."""
     path = Path(path)
     if not path.is_dir():
-        raise ReportError(f"{path}: not a directory; give run or experiment directories "
-                          "(a run holds env.json and results.csv)")
+        raise ReportError(
+            f"{path}: not a directory; give run or experiment directories "
+            "(a run holds env.json and results.csv)"
+        )
     if (path / "results.csv").exists() and (path / "env.json").exists():
         kind, table_name, provenance_name = "run", "results.csv", "env.json"
     elif (path / "table.csv").exists() and (path / "provenance.json").exists():
         kind, table_name, provenance_name = "experiment", "table.csv", "provenance.json"
     else:
-        raise ReportError(f"{path}: neither a run (env.json and results.csv) nor an "
-                          "experiment (table.csv and provenance.json)")
+        raise ReportError(
+            f"{path}: neither a run (env.json and results.csv) nor an "
+            "experiment (table.csv and provenance.json)"
+        )
     try:
         # A run's table is read as compare reads it: checked, and older tables given the
         # columns added since.
@@ -88,12 +92,15 @@ def read_results(path: Path) -> ResultsDirectory:
     except (ValueError, OSError, pd.errors.ParserError) as error:  # CompareError included
         raise ReportError(f"{path}: damaged results ({error})") from None
     if results is not None and results.cut_short:
-        raise ReportError(f"{path / 'results.csv'}: {results.cut_short} (a copy cut off?); "
-                          "copy the run again, or rerun it with --resume")
+        raise ReportError(
+            f"{path / 'results.csv'}: {results.cut_short} (a copy cut off?); "
+            "copy the run again, or rerun it with --resume"
+        )
     if gate is not None and gate.empty:
         gate = None
-    return ResultsDirectory(path, kind, table, provenance, gate,
-                            tuple(_busy_stages(path)) if kind == "run" else ())
+    return ResultsDirectory(
+        path, kind, table, provenance, gate, tuple(_busy_stages(path)) if kind == "run" else ()
+    )
 
 
 def _busy_stages(path: Path) -> list[str]:
@@ -124,9 +131,12 @@ def page(results: list[ResultsDirectory]) -> str:
         body += _history(runs)
     for r in results:
         body += _run_section(r) if r.kind == "run" else _experiment_section(r)
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
 
 
 # ---- sections -----------------------------------------------------------------------------
@@ -135,67 +145,135 @@ def page(results: list[ResultsDirectory]) -> str:
 def _run_section(r: ResultsDirectory) -> list[str]:
     table = r.table
     env = r.provenance
-    parts = [f"<h2 id=\"{_e(r.label)}\">Run {_e(r.label)}</h2>",
-             f"<p>{_e(env.get('dataset', ''))}; CPU {_e(env.get('cpu', '?'))}; commit "
-             f"{_e(str(env.get('git_commit', '?')))}; {_e(str(env.get('timestamp', '')))}</p>"]
+    parts = [
+        f'<h2 id="{_e(r.label)}">Run {_e(r.label)}</h2>',
+        f"<p>{_e(env.get('dataset', ''))}; CPU {_e(env.get('cpu', '?'))}; commit "
+        f"{_e(str(env.get('git_commit', '?')))}; {_e(str(env.get('timestamp', '')))}</p>",
+    ]
     if r.busy:
-        parts += ["<p class=\"warning\"><b>Warning: the machine was busy while these were "
-                  "timed</b>; their throughput and speed-ups measure the other work as much as "
-                  "the kernels. Rerun them on an idle machine.</p>",
-                  "<ul>" + "".join(f"<li>{_e(stage)}</li>" for stage in r.busy) + "</ul>"]
+        parts += [
+            '<p class="warning"><b>Warning: the machine was busy while these were '
+            "timed</b>; their throughput and speed-ups measure the other work as much as "
+            "the kernels. Rerun them on an idle machine.</p>",
+            "<ul>" + "".join(f"<li>{_e(stage)}</li>" for stage in r.busy) + "</ul>",
+        ]
     parts += ["<h3>Agreement gate</h3>", _gate_table(r)]
     timed = table[table.samples_per_s.notna()].reset_index(drop=True)
     if len(timed):
-        parts += ["<h3>Throughput and speed-up over eager (range over the timed windows)</h3>",
-                  _html_table(_throughput_frame(timed))]
+        parts += [
+            "<h3>Throughput and speed-up over eager (range over the timed windows)</h3>",
+            _html_table(_throughput_frame(timed)),
+        ]
         strip = _window_strip(timed)
         if strip is not None:
             parts.append(_figure(strip, "timed windows, row by row"))
     trained = table[table.final_test_elbo.notna()]
     if len(trained):
-        parts += ["<h3>ELBO after training</h3>", _html_table(trained[
-            ["backend", "precision", "latent_dim", "final_test_elbo", "test_iwae", "iwae_k",
-             "epochs"]].rename(columns={"latent_dim": "z", "final_test_elbo": "test ELBO",
-                                        "test_iwae": "log p(x) (IWAE)", "iwae_k": "k"}))]
+        parts += [
+            "<h3>ELBO after training</h3>",
+            _html_table(
+                trained[
+                    [
+                        "backend",
+                        "precision",
+                        "latent_dim",
+                        "final_test_elbo",
+                        "test_iwae",
+                        "iwae_k",
+                        "epochs",
+                    ]
+                ].rename(
+                    columns={
+                        "latent_dim": "z",
+                        "final_test_elbo": "test ELBO",
+                        "test_iwae": "log p(x) (IWAE)",
+                        "iwae_k": "k",
+                    }
+                )
+            ),
+        ]
     parts += _figures(r.path)
     parts += _provenance(env)
     return parts
 
 
 def _experiment_section(r: ResultsDirectory) -> list[str]:
-    shown = [c for c in ("model", "backend", "latent_dim", "beta", "final_train_elbo",
-                         "final_test_elbo", "test_iwae", "iwae_k", "test_reconstruction",
-                         "test_kl", "train_test_gap", "active_units", "epochs",
-                         "seconds_per_epoch") if c in r.table]
-    return ([f"<h2 id=\"{_e(r.label)}\">Experiment {_e(r.label)}</h2>",
-             _html_table(r.table[shown])] + _figures(r.path) + _provenance(r.provenance))
+    shown = [
+        c
+        for c in (
+            "model",
+            "backend",
+            "latent_dim",
+            "beta",
+            "final_train_elbo",
+            "final_test_elbo",
+            "test_iwae",
+            "iwae_k",
+            "test_reconstruction",
+            "test_kl",
+            "train_test_gap",
+            "active_units",
+            "epochs",
+            "seconds_per_epoch",
+        )
+        if c in r.table
+    ]
+    return (
+        [f'<h2 id="{_e(r.label)}">Experiment {_e(r.label)}</h2>', _html_table(r.table[shown])]
+        + _figures(r.path)
+        + _provenance(r.provenance)
+    )
 
 
 def _gate_table(r: ResultsDirectory) -> str:
     if r.gate is not None:
         gate = r.gate.assign(verdict=r.gate.passed.map({True: "ok", False: "FAIL"}))
-        gate = gate.sort_values(["backend", "latent_dim", "fraction"],
-                                ascending=[True, True, False])
-        shown = gate[["backend", "latent_dim", "case", "tensor", "max_abs", "max_rel",
-                      "reference_error", "tolerance", "fraction", "verdict"]]
+        gate = gate.sort_values(
+            ["backend", "latent_dim", "fraction"], ascending=[True, True, False]
+        )
+        shown = gate[
+            [
+                "backend",
+                "latent_dim",
+                "case",
+                "tensor",
+                "max_abs",
+                "max_rel",
+                "reference_error",
+                "tolerance",
+                "fraction",
+                "verdict",
+            ]
+        ]
         worst = _html_table(_worst_per_backend(gate))
-        return (worst + "<details><summary>every tensor compared "
-                f"({len(gate)})</summary>{_html_table(shown)}</details>")
+        return (
+            worst + "<details><summary>every tensor compared "
+            f"({len(gate)})</summary>{_html_table(shown)}</details>"
+        )
     # A run recorded before gate.csv: the worst tensor's fraction per row.
     rows = r.table[["backend", "latent_dim", "agreement", "worst_fraction"]].drop_duplicates(
-        ["backend", "latent_dim"])
-    return ("<p>(per-tensor errors not recorded by this run: the worst tensor's fraction of "
-            "its tolerance per backend)</p>" + _html_table(rows))
+        ["backend", "latent_dim"]
+    )
+    return (
+        "<p>(per-tensor errors not recorded by this run: the worst tensor's fraction of "
+        "its tolerance per backend)</p>" + _html_table(rows)
+    )
 
 
 def _worst_per_backend(gate: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (backend, latent), group in gate.groupby(["backend", "latent_dim"], sort=True):
         worst = group.loc[group.fraction.idxmax()]
-        rows.append({"backend": backend, "z": latent, "tensors": len(group),
-                     "failed": int((~group.passed.astype(bool)).sum()),
-                     "worst tensor": f"{worst.tensor} ({worst.case})",
-                     "of its tolerance": f"{worst.fraction:.1%}"})
+        rows.append(
+            {
+                "backend": backend,
+                "z": latent,
+                "tensors": len(group),
+                "failed": int((~group.passed.astype(bool)).sum()),
+                "worst tensor": f"{worst.tensor} ({worst.case})",
+                "of its tolerance": f"{worst.fraction:.1%}",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -205,22 +283,35 @@ def _throughput_frame(timed: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r, s, w in zip(timed.itertuples(), speedups, spreads):
         windows = tables.windows_of(r.window_samples_per_s)
-        rows.append({
-            "backend": r.backend, "device": r.device, "precision": r.precision,
-            "z": r.latent_dim, "batch": r.batch_size, "gate": r.agreement,
-            "samples/s": f"{r.samples_per_s:,.0f}",
-            "windows min–max": f"{r.samples_per_s_min:,.0f}–{r.samples_per_s_max:,.0f}",
-            "windows": len(windows) or tables.NOT_COMPUTED,
-            "speed-up vs eager": tables.NOT_COMPUTED if math.isnan(s) else f"{s:.2f}x",
-            "per-window speed-up": (f"{w.min():.2f}–{w.max():.2f}" if len(w) > 1
-                                    else tables.NOT_COMPUTED),
-            "ms/step": f"{r.ms_per_step:.3f}", "% peak": f"{r.pct_peak:.1f}%"})
+        rows.append(
+            {
+                "backend": r.backend,
+                "device": r.device,
+                "precision": r.precision,
+                "z": r.latent_dim,
+                "batch": r.batch_size,
+                "gate": r.agreement,
+                "samples/s": f"{r.samples_per_s:,.0f}",
+                "windows min–max": f"{r.samples_per_s_min:,.0f}–{r.samples_per_s_max:,.0f}",
+                "windows": len(windows) or tables.NOT_COMPUTED,
+                "speed-up vs eager": tables.NOT_COMPUTED if math.isnan(s) else f"{s:.2f}x",
+                "per-window speed-up": (
+                    f"{w.min():.2f}–{w.max():.2f}" if len(w) > 1 else tables.NOT_COMPUTED
+                ),
+                "ms/step": f"{r.ms_per_step:.3f}",
+                "% peak": f"{r.pct_peak:.1f}%",
+            }
+        )
     return pd.DataFrame(rows)
 
 
 # The instruction sets that name a CPU's class in a history's heading, the most telling last.
-_ISA_NAMES = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512_BF16"),
-              ("amx_bf16", "AMX"))
+_ISA_NAMES = (
+    ("avx2", "AVX2"),
+    ("avx512f", "AVX-512"),
+    ("avx512_bf16", "AVX512_BF16"),
+    ("amx_bf16", "AMX"),
+)
 
 
 def _cpu_label(provenance: dict) -> tuple[tuple, str]:
@@ -242,21 +333,35 @@ def _history(runs: list[ResultsDirectory]) -> list[str]:
     records = []
     for i, r in enumerate(runs):
         key, cpu = _cpu_label(r.provenance)
-        stamp = (f"{str(r.provenance.get('git_commit', '?'))[:7]}, "
-                 f"{str(r.provenance.get('timestamp', ''))[:10]}")
+        stamp = (
+            f"{str(r.provenance.get('git_commit', '?'))[:7]}, "
+            f"{str(r.provenance.get('timestamp', ''))[:10]}"
+        )
         table = r.table.assign(speedup=tables.speedup(r.table))
         for row in table.itertuples():
-            records.append({"run": i, "label": f"{r.label} ({stamp})", "cpu_key": key,
-                            "cpu": cpu, "dataset": row.dataset, "backend": row.backend,
-                            "precision": row.precision, "z": row.latent_dim,
-                            "batch": row.batch_size, "speedup": row.speedup,
-                            "elbo": row.final_test_elbo})
+            records.append(
+                {
+                    "run": i,
+                    "label": f"{r.label} ({stamp})",
+                    "cpu_key": key,
+                    "cpu": cpu,
+                    "dataset": row.dataset,
+                    "backend": row.backend,
+                    "precision": row.precision,
+                    "z": row.latent_dim,
+                    "batch": row.batch_size,
+                    "speedup": row.speedup,
+                    "elbo": row.final_test_elbo,
+                }
+            )
     history = pd.DataFrame(records)
-    parts = [f"<h2 id=\"history\">History of {len(runs)} runs</h2>",
-             "<p>Oldest first, as given, for each CPU and data set apart; each run marked by "
-             "its commit and date. Speed-up over PyTorch eager measured in the same run (the "
-             "median over latent sizes, at the batch sizes every run of the group timed); "
-             "test ELBO per latent size.</p>"]
+    parts = [
+        f'<h2 id="history">History of {len(runs)} runs</h2>',
+        "<p>Oldest first, as given, for each CPU and data set apart; each run marked by "
+        "its commit and date. Speed-up over PyTorch eager measured in the same run (the "
+        "median over latent sizes, at the batch sizes every run of the group timed); "
+        "test ELBO per latent size.</p>",
+    ]
     for (_key, dataset), group in history.groupby(["cpu_key", "dataset"], sort=False):
         parts += _history_group(group, f"{group.cpu.iloc[0]}, {dataset}")
     return parts
@@ -281,18 +386,44 @@ def _history_group(history: pd.DataFrame, title: str) -> list[str]:
     speed = history.loc[speed.index].dropna(subset=["speedup"])
     if len(speed):
         medians = speed.groupby(["backend", "batch", "run"]).speedup.median().reset_index()
-        parts.append(_figure(_line_plot(
-            medians, ("backend", "batch"), "speedup", labels, "speed-up over eager",
-            f"Speed-up over eager, run by run: {title}"), f"speed-up history, {title}"))
+        parts.append(
+            _figure(
+                _line_plot(
+                    medians,
+                    ("backend", "batch"),
+                    "speedup",
+                    labels,
+                    "speed-up over eager",
+                    f"Speed-up over eager, run by run: {title}",
+                ),
+                f"speed-up history, {title}",
+            )
+        )
         wide = medians.assign(label=medians.run.map(dict(enumerate(labels)))).pivot_table(
-            index=["backend", "batch"], columns="label", values="speedup", sort=False)
-        parts.append(_html_table(wide[[c for c in labels if c in wide]].map(
-            lambda v: tables.NOT_COMPUTED if pd.isna(v) else f"{v:.2f}x").reset_index()))
+            index=["backend", "batch"], columns="label", values="speedup", sort=False
+        )
+        parts.append(
+            _html_table(
+                wide[[c for c in labels if c in wide]]
+                .map(lambda v: tables.NOT_COMPUTED if pd.isna(v) else f"{v:.2f}x")
+                .reset_index()
+            )
+        )
     elbo = history.dropna(subset=["elbo"])
     if len(elbo):
-        parts.append(_figure(_line_plot(
-            elbo, ("backend", "z"), "elbo", labels, "test ELBO (nats)",
-            f"Test ELBO, run by run: {title}"), f"ELBO history, {title}"))
+        parts.append(
+            _figure(
+                _line_plot(
+                    elbo,
+                    ("backend", "z"),
+                    "elbo",
+                    labels,
+                    "test ELBO (nats)",
+                    f"Test ELBO, run by run: {title}",
+                ),
+                f"ELBO history, {title}",
+            )
+        )
     return parts
 
 
@@ -302,9 +433,14 @@ def _window_strip(timed: pd.DataFrame) -> bytes | None:
     kept two windows or more."""
     from matplotlib.figure import Figure
 
-    rows = [(f"{r.backend} z={r.latent_dim} b={r.batch_size}",
-             tables.windows_of(r.window_samples_per_s), r.samples_per_s)
-            for r in timed.itertuples()]
+    rows = [
+        (
+            f"{r.backend} z={r.latent_dim} b={r.batch_size}",
+            tables.windows_of(r.window_samples_per_s),
+            r.samples_per_s,
+        )
+        for r in timed.itertuples()
+    ]
     rows = [row for row in rows if len(row[1]) >= 2]
     if not rows:
         return None
@@ -322,8 +458,14 @@ def _window_strip(timed: pd.DataFrame) -> bytes | None:
     return _png(fig)
 
 
-def _line_plot(frame: pd.DataFrame, names: tuple[str, ...], value: str, labels: list[str],
-               ylabel: str, title: str) -> bytes:
+def _line_plot(
+    frame: pd.DataFrame,
+    names: tuple[str, ...],
+    value: str,
+    labels: list[str],
+    ylabel: str,
+    title: str,
+) -> bytes:
     """One line per ``names`` group of ``frame``: ``value`` against the run's position."""
     from matplotlib.figure import Figure
 
@@ -331,9 +473,12 @@ def _line_plot(frame: pd.DataFrame, names: tuple[str, ...], value: str, labels: 
     ax = fig.add_subplot()
     for key, group in frame.groupby(list(names), sort=True):
         group = group.sort_values("run")
-        ax.plot(group.run, group[value], marker="o",
-                label=" ".join(f"{n}={k}" if n != "backend" else str(k)
-                               for n, k in zip(names, key)))
+        ax.plot(
+            group.run,
+            group[value],
+            marker="o",
+            label=" ".join(f"{n}={k}" if n != "backend" else str(k) for n, k in zip(names, key)),
+        )
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=7)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -353,21 +498,25 @@ def _figures(path: Path) -> list[str]:
     pngs = sorted(path.glob("*.png"))
     if not pngs:
         return []
-    return ["<h3>Figures</h3>"] + [_figure(p.read_bytes(), p.stem.replace("_", " "))
-                                   for p in pngs]
+    return ["<h3>Figures</h3>"] + [_figure(p.read_bytes(), p.stem.replace("_", " ")) for p in pngs]
 
 
 def _figure(png: bytes, caption: str) -> str:
     data = base64.b64encode(png).decode("ascii")
-    return (f"<figure><img alt=\"{_e(caption)}\" src=\"data:image/png;base64,{data}\">"
-            f"<figcaption>{_e(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
 
 
 def _provenance(record: dict) -> list[str]:
-    rows = [(key, value if isinstance(value, str) else json.dumps(value))
-            for key, value in record.items()]
-    cells = "".join(f"<tr><td>{_e(k)}</td><td style=\"text-align:left\">{_e(v)}</td></tr>"
-                    for k, v in rows)
+    rows = [
+        (key, value if isinstance(value, str) else json.dumps(value))
+        for key, value in record.items()
+    ]
+    cells = "".join(
+        f'<tr><td>{_e(k)}</td><td style="text-align:left">{_e(v)}</td></tr>' for k, v in rows
+    )
     return [f"<details><summary>Provenance</summary><table>{cells}</table></details>"]
 
 
@@ -390,7 +539,7 @@ def _html_table(frame: pd.DataFrame) -> str:
         for value in row:
             text = cell(value)
             failed = text in ("FAIL", "fail", "UNGATED")
-            cells.append(("<td class=\"fail\">" if failed else "<td>") + f"{_e(text)}</td>")
+            cells.append(('<td class="fail">' if failed else "<td>") + f"{_e(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 

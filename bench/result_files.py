@@ -28,49 +28,84 @@ class ResultsFileError(ValueError):
 
 # What each table's columns hold. An experiment's table.csv and curves.csv:
 EXPERIMENT_TABLE_KINDS = {
-    "model": "text", "backend": "text", "latent_dim": "count", "hidden_dim": "count",
-    "beta": "number", "final_train_elbo": "number", "average_train_elbo": "number",
-    "final_test_elbo": "number", "test_iwae": "number", "iwae_k": "count", "epochs": "count",
-    "train_seconds": "number", "seconds_per_epoch": "number", "dataset": "text",
-    "seed": "count", "test_reconstruction": "number", "test_kl": "number",
-    "train_test_gap": "number", "active_units": "number", "kl_per_dim": "text"}
-CURVE_KINDS = {"dataset": "text", "name": "text", "model": "text", "latent_dim": "count",
-               "epoch": "count", **{c: "number" for c in CURVE_COLUMNS[5:]}}
+    "model": "text",
+    "backend": "text",
+    "latent_dim": "count",
+    "hidden_dim": "count",
+    "beta": "number",
+    "final_train_elbo": "number",
+    "average_train_elbo": "number",
+    "final_test_elbo": "number",
+    "test_iwae": "number",
+    "iwae_k": "count",
+    "epochs": "count",
+    "train_seconds": "number",
+    "seconds_per_epoch": "number",
+    "dataset": "text",
+    "seed": "count",
+    "test_reconstruction": "number",
+    "test_kl": "number",
+    "train_test_gap": "number",
+    "active_units": "number",
+    "kl_per_dim": "text",
+}
+CURVE_KINDS = {
+    "dataset": "text",
+    "name": "text",
+    "model": "text",
+    "latent_dim": "count",
+    "epoch": "count",
+    **{c: "number" for c in CURVE_COLUMNS[5:]},
+}
 # A run's gate.csv.
-GATE_KINDS = {"backend": "text", "latent_dim": "count", "case": "text", "tensor": "text",
-              "max_abs": "number", "max_rel": "number", "reference_error": "number",
-              "tolerance": "number", "fraction": "number", "passed": "flag",
-              "problem": "text"}
+GATE_KINDS = {
+    "backend": "text",
+    "latent_dim": "count",
+    "case": "text",
+    "tensor": "text",
+    "max_abs": "number",
+    "max_rel": "number",
+    "reference_error": "number",
+    "tolerance": "number",
+    "fraction": "number",
+    "passed": "flag",
+    "problem": "text",
+}
 assert set(EXPERIMENT_TABLE_KINDS) == set(TABLE_COLUMNS)  # one list of columns: tables.py's
 assert set(CURVE_KINDS) == set(CURVE_COLUMNS) and set(GATE_KINDS) == set(GATE_COLUMNS)
 
 _FLAGS = {True: True, False: False, "True": True, "False": False}
 
 
-def numeric_column(frame: pd.DataFrame, column: str, where: str,
-                   error: type[Exception] = ResultsFileError) -> pd.Series:
+def numeric_column(
+    frame: pd.DataFrame, column: str, where: str, error: type[Exception] = ResultsFileError
+) -> pd.Series:
     """``frame[column]`` as numbers (empty cells NaN); ``error`` naming ``where``, the line of
     the first cell that is not a number and what it holds."""
     values = pd.to_numeric(frame[column], errors="coerce")
     bad = values.isna() & frame[column].notna()
     if bad.any():
         row = int(bad.to_numpy().argmax())
-        raise error(f"{where}: line {row + 2}: {column} is {frame[column].iloc[row]!r}, not "
-                    "a number")
+        raise error(
+            f"{where}: line {row + 2}: {column} is {frame[column].iloc[row]!r}, not a number"
+        )
     return values
 
 
 def _counts(frame: pd.DataFrame, column: str, where: str) -> pd.Series:
     values = numeric_column(frame, column, where).to_numpy(dtype=float)
     with np.errstate(invalid="ignore"):  # NaN and inf are refused below, not warned of
-        bad = ~(np.isfinite(values) & (values >= 0) & (values < COUNT_MAX)
-                & (np.mod(values, 1) == 0))
+        bad = ~(
+            np.isfinite(values) & (values >= 0) & (values < COUNT_MAX) & (np.mod(values, 1) == 0)
+        )
     if bad.any():
         row = int(bad.argmax())
         held = frame[column].iloc[row]
-        raise ResultsFileError(f"{where}: line {row + 2}: {column} is "
-                               f"{'empty' if pd.isna(held) else repr(held)}, not a whole "
-                               f"number from 0 to {COUNT_MAX - 1}")
+        raise ResultsFileError(
+            f"{where}: line {row + 2}: {column} is "
+            f"{'empty' if pd.isna(held) else repr(held)}, not a whole "
+            f"number from 0 to {COUNT_MAX - 1}"
+        )
     return pd.Series(values.astype("int64"), index=frame.index, name=column)
 
 
@@ -78,13 +113,15 @@ def _flags(frame: pd.DataFrame, column: str, where: str) -> pd.Series:
     values = frame[column].map(lambda v: _FLAGS.get(v))
     if values.isna().any():
         row = int(values.isna().to_numpy().argmax())
-        raise ResultsFileError(f"{where}: line {row + 2}: {column} is "
-                               f"{frame[column].iloc[row]!r}, not True or False")
+        raise ResultsFileError(
+            f"{where}: line {row + 2}: {column} is {frame[column].iloc[row]!r}, not True or False"
+        )
     return values.astype(bool)
 
 
-def read_table(path: Path, kinds: dict[str, str], required: tuple[str, ...] | None = None,
-               *, redo: str) -> pd.DataFrame:
+def read_table(
+    path: Path, kinds: dict[str, str], required: tuple[str, ...] | None = None, *, redo: str
+) -> pd.DataFrame:
     """The CSV table ``path``, every column of ``kinds`` it holds converted to its kind and
     checked, the ``required`` ones (default: all of ``kinds``) present. ``redo`` says what to
     do about a damaged file; ResultsFileError otherwise."""
@@ -122,9 +159,13 @@ def read_experiment_table(path: Path, required: tuple[str, ...] | None = None) -
     them gets as not computed)."""
     if required is None:
         required = tuple(c for c in TABLE_COLUMNS if c not in ADDED_TABLE_COLUMNS)
-    table = read_table(path, EXPERIMENT_TABLE_KINDS, required,
-                       redo="rerun that experiment (the same command keeps the models it "
-                       "finished), or leave it out")
+    table = read_table(
+        path,
+        EXPERIMENT_TABLE_KINDS,
+        required,
+        redo="rerun that experiment (the same command keeps the models it "
+        "finished), or leave it out",
+    )
     absent = {c: v for c, v in ADDED_TABLE_COLUMNS.items() if c not in table}
     if "kl_per_dim" in table:
         table["kl_per_dim"] = table.kl_per_dim.fillna("")

@@ -37,8 +37,13 @@ from .provenance import command_line
 LOCK_NAME = ".vae-bench.lock"
 MARKER_NAME = ".vae-bench-results"
 # kind -> the record file by which a directory written before the marker existed is known.
-KINDS = {"run": "env.json", "experiment": "provenance.json", "gpu-check": "targets.md",
-         "seeds": "comparison.csv", "report": "report.html"}
+KINDS = {
+    "run": "env.json",
+    "experiment": "provenance.json",
+    "gpu-check": "targets.md",
+    "seeds": "comparison.csv",
+    "report": "report.html",
+}
 
 
 class ResultsDirError(RuntimeError):
@@ -75,7 +80,8 @@ def _lock(lock: Path, create_dir: Path) -> int:
             os.close(fd)
             raise ResultsDirError(
                 f"{create_dir} is being written by another vae-bench ({_holder(lock)}); wait "
-                "for it to finish, or choose another --out") from None
+                "for it to finish, or choose another --out"
+            ) from None
         except BaseException:
             os.close(fd)
             raise
@@ -129,8 +135,11 @@ def _exclusive(directory: Path, lock_name: str, what: str) -> Iterator[None]:
         fd = _lock(directory / lock_name, directory)
     except OSError as error:
         _remove_empty(directory, made)
-        reason = ("a part of that path is a file" if error.errno in (errno.ENOTDIR, errno.EEXIST)
-                  else error.strerror or str(error))
+        reason = (
+            "a part of that path is a file"
+            if error.errno in (errno.ENOTDIR, errno.EEXIST)
+            else error.strerror or str(error)
+        )
         raise ResultsDirError(f"cannot write {what}: {reason}; choose another --out") from None
     try:
         yield
@@ -142,15 +151,20 @@ def _exclusive(directory: Path, lock_name: str, what: str) -> Iterator[None]:
 def _outside(path: Path) -> list[Path]:
     """What the directory holds besides our lock and marker, and the marker's temp file (a
     writer killed at its first write, which only the marker's writer names so)."""
-    ours = {LOCK_NAME, MARKER_NAME, *(p.name for p in leftover_temp_files(
-        path, MARKER_NAME, recursive=False))}
+    ours = {
+        LOCK_NAME,
+        MARKER_NAME,
+        *(p.name for p in leftover_temp_files(path, MARKER_NAME, recursive=False)),
+    }
     return sorted(p for p in path.iterdir() if p.name not in ours)
 
 
 def _holds_nothing(path: Path) -> bool:
     """No file besides our marker and lock (empty subdirectories count as nothing)."""
-    return not any(p.is_file() or (p.is_dir() and any(q.is_file() for q in p.rglob("*")))
-                   for p in _outside(path))
+    return not any(
+        p.is_file() or (p.is_dir() and any(q.is_file() for q in p.rglob("*")))
+        for p in _outside(path)
+    )
 
 
 def _clear(path: Path) -> None:
@@ -175,7 +189,8 @@ def _check_ownership(path: Path, kind: str) -> None:
         if marked != kind:
             raise ResultsDirError(
                 f"{path} holds vae-bench results of another kind ({marked or 'unreadable'} "
-                f"{MARKER_NAME}), not a {kind}; choose another --out")
+                f"{MARKER_NAME}), not a {kind}; choose another --out"
+            )
         return
     names = [p.name for p in _outside(path)]
     if names and not (path / KINDS[kind]).is_file():
@@ -183,22 +198,25 @@ def _check_ownership(path: Path, kind: str) -> None:
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         raise ResultsDirError(
             f"{path} holds files vae-bench did not write as a {kind} ({shown}); refusing to "
-            "write there: choose a new or empty --out")
+            "write there: choose a new or empty --out"
+        )
 
 
 def _existing(path: Path, what: str) -> str | None:
-    """"dir", "file" or None (nothing there) for ``path``; ResultsDirError where the path
+    """ "dir", "file" or None (nothing there) for ``path``; ResultsDirError where the path
     cannot even be looked at (a name too long, a part that is not a directory we may read)."""
     try:
         return "dir" if path.is_dir() else "file" if path.exists() else None
     except OSError as error:
-        raise ResultsDirError(f"cannot write {what}: {error.strerror or error}; choose another "
-                              "--out") from None
+        raise ResultsDirError(
+            f"cannot write {what}: {error.strerror or error}; choose another --out"
+        ) from None
 
 
 @contextmanager
-def claim(path: Path, kind: str, *, empty: bool = False,
-          all_or_nothing: bool = False) -> Iterator[Claim]:
+def claim(
+    path: Path, kind: str, *, empty: bool = False, all_or_nothing: bool = False
+) -> Iterator[Claim]:
     """Hold ``path`` as the one writer of a ``kind`` results directory for the ``with`` block.
 
     ``empty``: refuse a directory that already holds results. ``all_or_nothing``: if the block
@@ -215,8 +233,9 @@ def claim(path: Path, kind: str, *, empty: bool = False,
         fresh = _holds_nothing(path)
         if empty and not fresh:
             names = ", ".join(p.name for p in _outside(path))
-            raise ResultsDirError(f"{path} already holds results ({names}); give a new or "
-                                  "empty directory")
+            raise ResultsDirError(
+                f"{path} already holds results ({names}); give a new or empty directory"
+            )
         if not (path / MARKER_NAME).exists():
             atomic_write_text(path / MARKER_NAME, json.dumps({"kind": kind}) + "\n")
         try:
@@ -238,8 +257,9 @@ def _is_zip(path: Path) -> bool:
 
 
 @contextmanager
-def claim_file(path: Path, *, ours: Callable[[Path], bool] = _is_zip,
-               what: str = "a fixture (.npz)") -> Iterator[Path]:
+def claim_file(
+    path: Path, *, ours: Callable[[Path], bool] = _is_zip, what: str = "a fixture (.npz)"
+) -> Iterator[Path]:
     """Hold ``path`` (one file written whole: a fixture, a profile report) as its one writer:
     the lock is ``.<name>.lock`` beside it; leftover temp files of that name are removed. An
     existing file that is not ``what`` (``ours`` says; by default a zip archive, as an .npz
@@ -250,8 +270,9 @@ def claim_file(path: Path, *, ours: Callable[[Path], bool] = _is_zip,
     if existing == "dir":
         raise ResultsDirError(f"{path} is a directory; give the path of the file to write")
     if existing == "file" and not ours(path):
-        raise ResultsDirError(f"{path} exists and is not {what}; refusing to "
-                              "overwrite it: choose another --out")
+        raise ResultsDirError(
+            f"{path} exists and is not {what}; refusing to overwrite it: choose another --out"
+        )
     with _exclusive(path.parent, f".{path.name}.lock", str(path)):
         for leftover in leftover_temp_files(path.parent, path.name, recursive=False):
             leftover.unlink(missing_ok=True)

@@ -71,14 +71,22 @@ class RunSpec:
             pipeline.Selection(self.stages)
         except ValueError as error:
             raise RunError(f"stages {self.stages}: {error}") from None
-        for name, values in (("backends", self.backends), ("latents", self.latents),
-                             ("batch sizes", self.batch_sizes)):
+        for name, values in (
+            ("backends", self.backends),
+            ("latents", self.latents),
+            ("batch sizes", self.batch_sizes),
+        ):
             if len(set(values)) != len(values):
                 raise RunError(f"{name} repeat: {values} (each would be run twice)")
 
     def config(self, latent: int, batch: int) -> VAEConfig:
-        return VAEConfig(latent_dim=latent, hidden_dim=self.hidden_dim, epochs=self.epochs,
-                         seed=self.seed, batch_size=batch)
+        return VAEConfig(
+            latent_dim=latent,
+            hidden_dim=self.hidden_dim,
+            epochs=self.epochs,
+            seed=self.seed,
+            batch_size=batch,
+        )
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -107,9 +115,12 @@ def default_out_dir(root: Path = Path("results")) -> Path:
 
 # env.json's GEMM peaks: each device peak (by throughput.peak_key) and the prefix of its
 # fields, <prefix>_gflops and <prefix>_source; the host CPU's always, the others where measured.
-PEAK_FIELDS = {"cpu": "gemm_peak", "cuda": "gpu_gemm_peak",
-               peak_key("cpu", "bf16"): "bf16_gemm_peak",
-               peak_key("cuda", "tf32"): "gpu_tf32_gemm_peak"}
+PEAK_FIELDS = {
+    "cpu": "gemm_peak",
+    "cuda": "gpu_gemm_peak",
+    peak_key("cpu", "bf16"): "bf16_gemm_peak",
+    peak_key("cuda", "tf32"): "gpu_tf32_gemm_peak",
+}
 
 
 def environment(data: Dataset, spec: RunSpec) -> dict:
@@ -128,8 +139,11 @@ def environment(data: Dataset, spec: RunSpec) -> dict:
 
 def peaks_of(env: dict) -> dict[str, float]:
     """GFLOP/s peak per device recorded in env.json."""
-    return {key: env[f"{prefix}_gflops"] for key, prefix in PEAK_FIELDS.items()
-            if f"{prefix}_gflops" in env}
+    return {
+        key: env[f"{prefix}_gflops"]
+        for key, prefix in PEAK_FIELDS.items()
+        if f"{prefix}_gflops" in env
+    }
 
 
 def selection(spec: RunSpec, latent: int) -> pipeline.Selection:
@@ -139,13 +153,24 @@ def selection(spec: RunSpec, latent: int) -> pipeline.Selection:
     return pipeline.Selection(
         stages=("gate",) if gate_only else spec.stages,
         batch_sizes=spec.batch_sizes[:1] if gate_only else spec.batch_sizes,
-        repeats=spec.repeats, window_steps=spec.steps, backend_noise=spec.backend_noise,
-        force=spec.force, iwae_k=spec.iwae_k, seed=spec.seed)
+        repeats=spec.repeats,
+        window_steps=spec.steps,
+        backend_noise=spec.backend_noise,
+        force=spec.force,
+        iwae_k=spec.iwae_k,
+        seed=spec.seed,
+    )
 
 
-def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float],
-               log: Callable[[str], None], progress: bool,
-               save: Callable[[dict], None] | None = None) -> dict:
+def run_latent(
+    spec: RunSpec,
+    data: Dataset,
+    latent: int,
+    peaks: dict[str, float],
+    log: Callable[[str], None],
+    progress: bool,
+    save: Callable[[dict], None] | None = None,
+) -> dict:
     """Everything for one latent size: the pipeline's stages (``selection``). Returns the cell
     record: its rows (one per backend x batch size) and its per-epoch curves; ``save`` is
     given the cell as it stands after each stage."""
@@ -155,31 +180,55 @@ def run_latent(spec: RunSpec, data: Dataset, latent: int, peaks: dict[str, float
     backends = [create_backend(name, threads=spec.threads) for name in names]
 
     def cell(outcome: pipeline.Outcome, *, complete: bool) -> dict:
-        rows = pipeline.result_rows(outcome, chosen, latent=latent, dataset=data.name,
-                                    seed=spec.seed, peaks=peaks, complete=complete)
-        curves = [dict(backend=name, latent_dim=latent, **r.to_dict())
-                  for name, result in outcome.trained.items() for r in result.history]
+        rows = pipeline.result_rows(
+            outcome,
+            chosen,
+            latent=latent,
+            dataset=data.name,
+            seed=spec.seed,
+            peaks=peaks,
+            complete=complete,
+        )
+        curves = [
+            dict(backend=name, latent_dim=latent, **r.to_dict())
+            for name, result in outcome.trained.items()
+            for r in result.history
+        ]
         # Each backend's settings as it was timed (the first batch size's; they hold for all).
         settings: dict[str, Any] = {}  # JSON, by backend name
         for measured in outcome.measurements.values():
             for name, m in measured.items():
                 settings.setdefault(name, json.loads(json.dumps(m.settings, default=str)))
-        return {"latent": latent, "rows": [asdict(r) for r in rows], "curves": curves,
-                "gate": tables.gate_records(outcome.gates.values(), latent),
-                "settings": settings,
-                # JSON keys are text: the batch size as one.
-                "machine_load": {str(b): r for b, r in outcome.machine_load.items()}}
+        return {
+            "latent": latent,
+            "rows": [asdict(r) for r in rows],
+            "curves": curves,
+            "gate": tables.gate_records(outcome.gates.values(), latent),
+            "settings": settings,
+            # JSON keys are text: the batch size as one.
+            "machine_load": {str(b): r for b, r in outcome.machine_load.items()},
+        }
 
     def checkpoint(_stage: str, outcome: pipeline.Outcome) -> None:
         if save is not None:
             save(cell(outcome, complete=False))
 
     outcome = pipeline.execute(
-        chosen, backends, config=spec.config(latent, spec.batch_sizes[0]),
-        cases=pipeline.gate_cases(data.train_x[:GATE_IMAGES], latent, seed=spec.seed,
-                                  steps=spec.gate_steps, hidden=spec.hidden_dim),
-        data=data, log=lambda msg: log(f"z={latent}: {msg}"), progress=progress,
-        on_stage=checkpoint)
+        chosen,
+        backends,
+        config=spec.config(latent, spec.batch_sizes[0]),
+        cases=pipeline.gate_cases(
+            data.train_x[:GATE_IMAGES],
+            latent,
+            seed=spec.seed,
+            steps=spec.gate_steps,
+            hidden=spec.hidden_dim,
+        ),
+        data=data,
+        log=lambda msg: log(f"z={latent}: {msg}"),
+        progress=progress,
+        on_stage=checkpoint,
+    )
     return cell(outcome, complete=True)
 
 
@@ -205,22 +254,27 @@ def read_env(out: Path) -> dict:
     return env
 
 
-def _check_runnable(spec: RunSpec, data: Dataset, latents: tuple[int, ...],
-                    shard: tuple[int, int] | None) -> None:
+def _check_runnable(
+    spec: RunSpec, data: Dataset, latents: tuple[int, ...], shard: tuple[int, int] | None
+) -> None:
     """Refuse, before anything is written, a run that has nothing to do or cannot work."""
     if data.name != spec.dataset:
         raise RunError(f"spec names dataset {spec.dataset!r} but got {data.name!r}")
     if not latents:
         assert shard is not None  # a RunSpec has latent sizes: only a shard of them is empty
-        raise RunError(f"nothing to run: shard {shard[0]}/{shard[1]} of the "
-                       f"{len(spec.latents)} latent sizes {spec.latents} is empty; use at most "
-                       f"{len(spec.latents)} shards")
+        raise RunError(
+            f"nothing to run: shard {shard[0]}/{shard[1]} of the "
+            f"{len(spec.latents)} latent sizes {spec.latents} is empty; use at most "
+            f"{len(spec.latents)} shards"
+        )
     # The first batch size also trains; timed batches draw images with replacement, so only
     # it is bounded by the data set.
     if spec.batch_sizes[0] > len(data.train_x):
-        raise RunError(f"batch size {spec.batch_sizes[0]} (the first, which trains) exceeds "
-                       f"the {len(data.train_x)} training images of {data.name}; put a batch "
-                       f"size up to {len(data.train_x)} first")
+        raise RunError(
+            f"batch size {spec.batch_sizes[0]} (the first, which trains) exceeds "
+            f"the {len(data.train_x)} training images of {data.name}; put a batch "
+            f"size up to {len(data.train_x)} first"
+        )
     reasons = none_available(spec.backends)
     if reasons:
         raise RunError(f"nothing to run: no backend of this run is available here ({reasons})")
@@ -235,9 +289,16 @@ def none_available(names) -> str | None:
     return "; ".join(f"{name}: {status.reason}" for name, status in statuses.items())
 
 
-def run(spec: RunSpec, data: Dataset, out: Path, *, shard: tuple[int, int] | None = None,
-        resume: bool = False, progress: bool = True,
-        log: Callable[[str], None] = print) -> pd.DataFrame:
+def run(
+    spec: RunSpec,
+    data: Dataset,
+    out: Path,
+    *,
+    shard: tuple[int, int] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> pd.DataFrame:
     """Run (this shard of) the sweep into ``out``; returns the results table.
 
     ``out`` is held as its one writer (``bench.results_dir``). It counts as holding a run
@@ -252,8 +313,9 @@ def run(spec: RunSpec, data: Dataset, out: Path, *, shard: tuple[int, int] | Non
         store = ResultsStore(out, redo="another --out")
         held = bool(load_cells(out, partial=True))
         if held and not resume:
-            raise RunError(f"{out} already holds a run; pass --resume to continue it, or "
-                           "choose another --out")
+            raise RunError(
+                f"{out} already holds a run; pass --resume to continue it, or choose another --out"
+            )
         if held:
             env = read_env(out)
             _check_resumable(out, env, identity, data)
@@ -261,10 +323,15 @@ def run(spec: RunSpec, data: Dataset, out: Path, *, shard: tuple[int, int] | Non
             log("measuring this machine's GEMM peak (the % peak columns' yardstick)")
             env = environment(data, spec) | {"shard": list(shard) if shard else None}
         log(f"dataset: {data.describe()}")
-        gpu = (f"; GPU {env['gpu']}, GEMM peak {env['gpu_gemm_peak_gflops']:.0f} GFLOP/s"
-               if "gpu" in env else "")
-        log(f"device: CPU {env['cpu']}, GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s{gpu}; "
-            f"results: {out}")
+        gpu = (
+            f"; GPU {env['gpu']}, GEMM peak {env['gpu_gemm_peak_gflops']:.0f} GFLOP/s"
+            if "gpu" in env
+            else ""
+        )
+        log(
+            f"device: CPU {env['cpu']}, GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s{gpu}; "
+            f"results: {out}"
+        )
 
         def save(cell: dict, *, partial: bool) -> None:
             nonlocal held
@@ -282,8 +349,15 @@ def run(spec: RunSpec, data: Dataset, out: Path, *, shard: tuple[int, int] | Non
         for i, latent in enumerate(todo):
             log(f"z={latent}: latent size {i + 1} of {len(todo)}{eta_text(spent, len(todo) - i)}")
             started = time.monotonic()
-            cell = run_latent(spec, data, latent, peaks_of(env), log, progress,
-                              lambda cell: save(cell, partial=True))
+            cell = run_latent(
+                spec,
+                data,
+                latent,
+                peaks_of(env),
+                log,
+                progress,
+                lambda cell: save(cell, partial=True),
+            )
             save(cell, partial=False)
             spent.append(time.monotonic() - started)
         return write_outputs(out)
@@ -293,14 +367,17 @@ def _check_resumable(out: Path, env: dict, identity: dict, data: Dataset) -> Non
     """A run directory continues only with the same settings and data (RunError saying
     which differs, before any work)."""
     if env.get("spec") != json.loads(json.dumps(identity["spec"])):
-        raise RunError(f"{out} holds a run with other settings ({env.get('spec')}); "
-                       "--resume needs the same flags, or choose another --out")
+        raise RunError(
+            f"{out} holds a run with other settings ({env.get('spec')}); "
+            "--resume needs the same flags, or choose another --out"
+        )
     if env.get("data_sha256") != data.fingerprint:
         raise RunError(
             f"{out} holds a run on other data ({env.get('dataset')}, sha256 "
             f"{env.get('data_sha256') or 'not recorded'}; now {data.describe()}, "
             f"sha256 {data.fingerprint}); --resume needs the same data, or choose "
-            "another --out")
+            "another --out"
+        )
 
 
 def load_cells(out: Path, partial: bool = False) -> list[dict]:
@@ -311,17 +388,24 @@ def load_cells(out: Path, partial: bool = False) -> list[dict]:
     except StoreError as error:
         raise RunError(str(error)) from None
     for cell in cells:
-        if not (isinstance(cell.get("latent"), int) and isinstance(cell.get("rows"), list)
-                and isinstance(cell.get("curves"), list)):
-            raise RunError(f"{out / 'cells' / (cell['key'] + '.json')}: not a cell (needs "
-                           "latent, rows and curves); delete it, then `vae-bench run "
-                           "--resume` with the same flags recomputes that latent size")
+        if not (
+            isinstance(cell.get("latent"), int)
+            and isinstance(cell.get("rows"), list)
+            and isinstance(cell.get("curves"), list)
+        ):
+            raise RunError(
+                f"{out / 'cells' / (cell['key'] + '.json')}: not a cell (needs "
+                "latent, rows and curves); delete it, then `vae-bench run "
+                "--resume` with the same flags recomputes that latent size"
+            )
         try:
             cell["rows"] = [tables.ResultRow.from_record(row) for row in cell["rows"]]
         except (TypeError, ValueError) as error:
-            raise RunError(f"{out / 'cells' / (cell['key'] + '.json')}: a row that is not a "
-                           f"results row ({error}); delete it, then `vae-bench run --resume` "
-                           "with the same flags recomputes that latent size") from None
+            raise RunError(
+                f"{out / 'cells' / (cell['key'] + '.json')}: a row that is not a "
+                f"results row ({error}); delete it, then `vae-bench run --resume` "
+                "with the same flags recomputes that latent size"
+            ) from None
     return sorted(cells, key=lambda c: c["latent"])
 
 
@@ -333,20 +417,24 @@ def write_outputs(out: Path) -> pd.DataFrame:
     table = tables.results_frame(row for c in cells for row in c["rows"])
     curves = pd.DataFrame([r for c in cells for r in c["curves"]])
     # Cells written before the gate's tensors were kept have none.
-    gate = pd.DataFrame([r for c in cells for r in c.get("gate", [])],
-                        columns=list(tables.GATE_COLUMNS))
+    gate = pd.DataFrame(
+        [r for c in cells for r in c.get("gate", [])], columns=list(tables.GATE_COLUMNS)
+    )
     atomic_write_text(out / "results.csv", table.to_csv(index=False))
     atomic_write_text(out / "curves.csv", curves.to_csv(index=False))
     atomic_write_text(out / "gate.csv", gate.to_csv(index=False))
-    atomic_write_text(out / export.RESULTS_JSON,
-                      export.as_json_text(export.results_document(table, gate, env)))
+    atomic_write_text(
+        out / export.RESULTS_JSON, export.as_json_text(export.results_document(table, gate, env))
+    )
     # Cells written before settings were kept have none.
     settings: dict[str, dict] = {}
     for cell in cells:
         for name, recorded in cell.get("settings", {}).items():
             settings.setdefault(name, recorded)
-    atomic_write_text(out / "summary.md", tables.run_summary(table, env, settings,
-                                                            machine_load.busy_stages(cells)))
+    atomic_write_text(
+        out / "summary.md",
+        tables.run_summary(table, env, settings, machine_load.busy_stages(cells)),
+    )
     figures.run_plots(out, table, curves)
     report.write_report([out], out)  # last: it embeds the plots
     return table
@@ -358,21 +446,35 @@ def merge(parts: list[Path], out: Path, *, force: bool = False) -> pd.DataFrame:
     damaged parts always. Everything is read and checked before anything is written, ``out``
     must be new or empty, and a merge that fails leaves nothing there."""
     envs = [read_env(part) for part in parts]
-    keys = ("cpu", "cpu_isa", "gpu", "logical_cpus", "usable_cpus", "torch_threads", "versions", "spec",
-            "results_schema", "data_sha256")
+    keys = (
+        "cpu",
+        "cpu_isa",
+        "gpu",
+        "logical_cpus",
+        "usable_cpus",
+        "torch_threads",
+        "versions",
+        "spec",
+        "results_schema",
+        "data_sha256",
+    )
     first = envs[0]
     for part, env in zip(parts[1:], envs[1:]):
         differing = [k for k in keys if env.get(k) != first.get(k)]
         if differing and not force:
-            raise RunError(f"{part} differs from {parts[0]} in {', '.join(differing)}; "
-                           "refusing to merge (pass --force to merge anyway)")
+            raise RunError(
+                f"{part} differs from {parts[0]} in {', '.join(differing)}; "
+                "refusing to merge (pass --force to merge anyway)"
+            )
     seen: dict[int, Path] = {}
     cells = []
     for part in parts:
         for cell in load_cells(part):
             if cell["latent"] in seen:
-                raise RunError(f"latent size {cell['latent']} appears in both "
-                               f"{seen[cell['latent']]} and {part}: shards must be disjoint")
+                raise RunError(
+                    f"latent size {cell['latent']} appears in both "
+                    f"{seen[cell['latent']]} and {part}: shards must be disjoint"
+                )
             seen[cell["latent"]] = part
             cells.append(cell)
     with claim(out, "run", empty=True, all_or_nothing=True):

@@ -88,8 +88,9 @@ class Results:
 
 def _read_text(csv_path: Path) -> str:
     if not csv_path.exists():
-        raise CompareError(f"{csv_path}: no such results file (give a run directory or its "
-                           "results.csv)")
+        raise CompareError(
+            f"{csv_path}: no such results file (give a run directory or its results.csv)"
+        )
     if csv_path.is_dir():
         raise CompareError(f"{csv_path}: a directory, not a results table")
     try:
@@ -107,8 +108,9 @@ def _cut_short(text: str) -> tuple[str, str | None]:
     last = next(csv.reader([lines[-1]]), [])
     if len(last) >= len(header):
         return text, None
-    return "".join(lines[:-1]), (f"cut short: line {len(lines)} ends after {len(last)} of "
-                                 f"{len(header)} fields")
+    return "".join(lines[:-1]), (
+        f"cut short: line {len(lines)} ends after {len(last)} of {len(header)} fields"
+    )
 
 
 def load_results(path: Path) -> Results:
@@ -126,14 +128,15 @@ def load_results(path: Path) -> Results:
     if tuple(table.columns) != RESULT_COLUMNS:
         missing = [c for c in RESULT_COLUMNS if c not in table.columns]
         extra = [c for c in table.columns if c not in RESULT_COLUMNS]
-        raise CompareError(f"{csv_path}: not a results table of this schema (missing columns: "
-                           f"{', '.join(missing) or 'none'}; unexpected: "
-                           f"{', '.join(extra) or 'none'})")
+        raise CompareError(
+            f"{csv_path}: not a results table of this schema (missing columns: "
+            f"{', '.join(missing) or 'none'}; unexpected: "
+            f"{', '.join(extra) or 'none'})"
+        )
     for column in RESULT_COLUMNS:
         if column in TEXT_COLUMNS:
             continue
-        table[column] = numeric_column(table, column, str(csv_path),
-                                              CompareError).astype(float)
+        table[column] = numeric_column(table, column, str(csv_path), CompareError).astype(float)
     for column in KEYS:
         if table[column].isna().any():
             row = int(table[column].isna().to_numpy().argmax())
@@ -142,9 +145,11 @@ def load_results(path: Path) -> Results:
     twice = table[table.duplicated(KEYS, keep=False)]
     if len(twice):
         r = twice.iloc[0]
-        raise CompareError(f"{csv_path}: {_key(r)} appears {len(twice[_same_key(twice, r)])} "
-                           "times; a results table has one row per (backend, latent size, "
-                           "batch size)")
+        raise CompareError(
+            f"{csv_path}: {_key(r)} appears {len(twice[_same_key(twice, r)])} "
+            "times; a results table has one row per (backend, latent size, "
+            "batch size)"
+        )
     table = table.astype({"latent_dim": int, "batch_size": int})
     return Results(csv_path, table, cut, _read_env(csv_path.parent / "env.json"))
 
@@ -158,21 +163,29 @@ def _check_rows(table: pd.DataFrame, csv_path: Path) -> None:
     for column in ("latent_dim", "batch_size"):
         values = table[column].to_numpy()
         with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(values) | (values < 1) | (values >= SIZE_LIMIT) | (
-                values != np.round(values))
+            bad = (
+                ~np.isfinite(values)
+                | (values < 1)
+                | (values >= SIZE_LIMIT)
+                | (values != np.round(values))
+            )
         if bad.any():
             row = int(bad.argmax())
-            raise CompareError(f"{csv_path}: line {row + 2}: {column} is "
-                               f"{table[column].iloc[row]:g}, not a positive integer below "
-                               "2^31")
+            raise CompareError(
+                f"{csv_path}: line {row + 2}: {column} is "
+                f"{table[column].iloc[row]:g}, not a positive integer below "
+                "2^31"
+            )
     for row, text in enumerate(table.window_samples_per_s):
         try:
             windows = tables.windows_of(text)
         except ValueError:
             windows = np.array([math.nan])
         if not (np.isfinite(windows).all() and (windows >= 0).all()):
-            raise CompareError(f"{csv_path}: line {row + 2}: window_samples_per_s is "
-                               f"{text!r}, not samples/s per window separated by spaces")
+            raise CompareError(
+                f"{csv_path}: line {row + 2}: window_samples_per_s is "
+                f"{text!r}, not samples/s per window separated by spaces"
+            )
 
 
 def _read_env(path: Path) -> dict | None:
@@ -229,19 +242,26 @@ class RunComparison:
 
     @property
     def outcome(self) -> str:
-        return {0: "no regression", EXIT_REGRESSION: "regression",
-                EXIT_UNDECIDED: "undecided"}[self.exit_status]
+        return {0: "no regression", EXIT_REGRESSION: "regression", EXIT_UNDECIDED: "undecided"}[
+            self.exit_status
+        ]
 
 
-def _machines(old: Results, new: Results, allow_change: bool) -> tuple[bool, list[str],
-                                                                       list[str]]:
+def _machines(old: Results, new: Results, allow_change: bool) -> tuple[bool, list[str], list[str]]:
     """Whether throughput may be compared (same CPU kind, or the change allowed), with the
     notes and refusals that say why."""
-    missing = [f"{side} ({r.source.parent})" for side, r in (("OLD", old), ("NEW", new))
-               if r.env is None]
+    missing = [
+        f"{side} ({r.source.parent})" for side, r in (("OLD", old), ("NEW", new)) if r.env is None
+    ]
     if missing:
-        return True, [f"cannot tell whether the runs share a CPU: no env.json beside "
-                      f"{' or '.join(missing)}; throughput compared as if they do"], []
+        return (
+            True,
+            [
+                f"cannot tell whether the runs share a CPU: no env.json beside "
+                f"{' or '.join(missing)}; throughput compared as if they do"
+            ],
+            [],
+        )
     # Model and instruction sets; a run recorded before env.json had "cpu_isa" (the committed
     # ones) is judged by its CPU model alone.
     assert old.env is not None and new.env is not None  # none is missing
@@ -249,11 +269,23 @@ def _machines(old: Results, new: Results, allow_change: bool) -> tuple[bool, lis
     if differs is None:
         return True, [], []
     if allow_change:
-        return True, [f"the runs are from different CPUs ({differs}); throughput compared "
-                      "anyway (--allow-machine-change)"], []
-    return False, [], [f"the runs are from different CPUs ({differs}): throughput is not "
-                       "compared (speed-ups over eager depend on the CPU) unless "
-                       "--allow-machine-change"]
+        return (
+            True,
+            [
+                f"the runs are from different CPUs ({differs}); throughput compared "
+                "anyway (--allow-machine-change)"
+            ],
+            [],
+        )
+    return (
+        False,
+        [],
+        [
+            f"the runs are from different CPUs ({differs}): throughput is not "
+            "compared (speed-ups over eager depend on the CPU) unless "
+            "--allow-machine-change"
+        ],
+    )
 
 
 def _finite(value: float) -> bool:
@@ -268,77 +300,108 @@ def _windows(table: pd.DataFrame, absolute: bool) -> pd.Series:
     return tables.window_speedups(table)
 
 
-def compare_runs(old: Results, new: Results, *, fail_throughput: float, fail_elbo: float,
-            absolute: bool = False, allow_removed: bool = False,
-            allow_machine_change: bool = False, alpha: float = ALPHA,
-            threshold_only: bool = False) -> RunComparison:
+def compare_runs(
+    old: Results,
+    new: Results,
+    *,
+    fail_throughput: float,
+    fail_elbo: float,
+    absolute: bool = False,
+    allow_removed: bool = False,
+    allow_machine_change: bool = False,
+    alpha: float = ALPHA,
+    threshold_only: bool = False,
+) -> RunComparison:
     """OLD against NEW, row by row. A throughput drop beyond ``fail_throughput`` is a
     regression only if the windows say it is not noise (``bench.significance``: p below
     ``alpha``); where they are too few to say, the row is refused as undecided, not passed.
     ``threshold_only`` decides by the threshold alone (runs recorded before windows were
     kept)."""
     throughput, notes, refusals = _machines(old, new, allow_machine_change)
-    regressions = [f"{side} {r.source}: {r.cut_short}; the rows after it are missing"
-                   for side, r in (("OLD", old), ("NEW", new)) if r.cut_short]
+    regressions = [
+        f"{side} {r.source}: {r.cut_short}; the rows after it are missing"
+        for side, r in (("OLD", old), ("NEW", new))
+        if r.cut_short
+    ]
     merged, gated_speedup = _merged(old, new, absolute, throughput)
     for r, speedup_gated in zip(merged.itertuples(), gated_speedup):
         key = _key(r)
         if r.presence == "left_only":
             if not allow_removed:
-                regressions.append(f"{key}: in OLD, missing from NEW (pass --allow-removed if "
-                                   "that is intended)")
+                regressions.append(
+                    f"{key}: in OLD, missing from NEW (pass --allow-removed if that is intended)"
+                )
             continue
         if r.presence != "both":
             continue
         regressions += _lost_values(r, key)
-        if (throughput and not absolute and speedup_gated and _finite(r.speedup_old)
-                and not _finite(r.speedup_new) and _finite(r.samples_per_s_new)
-                and r.samples_per_s_new > 0):
+        if (
+            throughput
+            and not absolute
+            and speedup_gated
+            and _finite(r.speedup_old)
+            and not _finite(r.speedup_new)
+            and _finite(r.samples_per_s_new)
+            and r.samples_per_s_new > 0
+        ):
             yardstick = tables.YARDSTICK.get(r.device_new, "the eager PyTorch")
             refusals.append(
                 f"{key}: no speed-up in NEW: its {yardstick} row at z={r.latent_dim} "
                 f"batch={r.batch_size} (the yardstick) is missing or untimed; keep it in the "
-                "run, or gate raw samples/s with --absolute")
+                "run, or gate raw samples/s with --absolute"
+            )
         if _finite(r.throughput_ratio):
             test = change(r.windows_old, r.windows_new, alpha)
-            verdict, kind, said = _throughput_verdict(r.throughput_ratio, test, key,
-                                                      fail_throughput, absolute, threshold_only)
-            merged.loc[r.Index, ["verdict", "regression", "p_value", "ratio_estimate",
-                                 "ratio_low", "ratio_high"]] = (
-                verdict, kind == "regression", test.p_value, test.estimate, test.low, test.high)
+            verdict, kind, said = _throughput_verdict(
+                r.throughput_ratio, test, key, fail_throughput, absolute, threshold_only
+            )
+            merged.loc[
+                r.Index,
+                ["verdict", "regression", "p_value", "ratio_estimate", "ratio_low", "ratio_high"],
+            ] = (verdict, kind == "regression", test.p_value, test.estimate, test.low, test.high)
             {"regression": regressions, "undecided": refusals, "note": notes}[kind].extend(said)
         if _finite(r.elbo_change) and r.elbo_change < -fail_elbo:
-            regressions.append(f"{key}: test ELBO {r.elbo_change:+.2f} nats (gate: "
-                               f"-{fail_elbo:g})")
+            regressions.append(f"{key}: test ELBO {r.elbo_change:+.2f} nats (gate: -{fail_elbo:g})")
         if r.agreement_old == "pass" and r.agreement_new != "pass":
             regressions.append(f"{key}: agreement {r.agreement_old} -> {r.agreement_new}")
     if not (merged.presence == "both").any():
-        regressions.append(f"nothing compared: {old.source} and {new.source} have no row "
-                           "(backend, latent size, batch size) in common")
-    merged["change"] = merged["presence"].astype(str).map(
-        {"both": "", "left_only": "removed", "right_only": "added"})
+        regressions.append(
+            f"nothing compared: {old.source} and {new.source} have no row "
+            "(backend, latent size, batch size) in common"
+        )
+    merged["change"] = (
+        merged["presence"]
+        .astype(str)
+        .map({"both": "", "left_only": "removed", "right_only": "added"})
+    )
     merged = merged.sort_values(["throughput_ratio", "elbo_change"], na_position="last")
-    return RunComparison(merged, regressions, notes, refusals, geometric_means(merged),
-                         1 - 2 * alpha)
+    return RunComparison(
+        merged, regressions, notes, refusals, geometric_means(merged), 1 - 2 * alpha
+    )
 
 
-def _merged(old: Results, new: Results, absolute: bool,
-            throughput: bool) -> tuple[pd.DataFrame, pd.Series]:
+def _merged(
+    old: Results, new: Results, absolute: bool, throughput: bool
+) -> tuple[pd.DataFrame, pd.Series]:
     """The two runs' rows side by side (an outer join on KEYS), with each row's speed-up,
     windows and the ratios and changes compare gates on; and which rows' speed-ups are gated
     (every row but the yardstick's)."""
-    old_table = old.table.assign(speedup=tables.speedup(old.table),
-                                 windows=_windows(old.table, absolute))
-    new_table = new.table.assign(speedup=tables.speedup(new.table),
-                                 windows=_windows(new.table, absolute))
-    merged = old_table.merge(new_table, on=KEYS, how="outer", suffixes=("_old", "_new"),
-                             indicator="presence")
+    old_table = old.table.assign(
+        speedup=tables.speedup(old.table), windows=_windows(old.table, absolute)
+    )
+    new_table = new.table.assign(
+        speedup=tables.speedup(new.table), windows=_windows(new.table, absolute)
+    )
+    merged = old_table.merge(
+        new_table, on=KEYS, how="outer", suffixes=("_old", "_new"), indicator="presence"
+    )
     merged["raw_ratio"] = merged.samples_per_s_new / merged.samples_per_s_old
     relative = merged.speedup_new / merged.speedup_old
     # Gate on the same-run speed-up where both runs have the eager PyTorch yardstick.
     gated_speedup = ~tables.is_yardstick(merged)
-    merged["throughput_ratio"] = merged.raw_ratio if absolute else relative.where(
-        relative.notna() & gated_speedup)
+    merged["throughput_ratio"] = (
+        merged.raw_ratio if absolute else relative.where(relative.notna() & gated_speedup)
+    )
     if not throughput:
         merged["throughput_ratio"] = math.nan
     merged["elbo_change"] = merged.final_test_elbo_new - merged.final_test_elbo_old
@@ -364,41 +427,80 @@ def geometric_means(merged: pd.DataFrame) -> pd.DataFrame:
     """Each backend's geometric mean of its gated throughput ratios over latent and batch
     sizes (Google Benchmark's OVERALL_GEOMEAN, pyperf's geometric mean), with how many rows
     it is over; the mean of ratios that multiply is their geometric mean."""
-    gated = merged[np.isfinite(merged.throughput_ratio.astype(float))
-                   & (merged.throughput_ratio > 0)]
-    rows = [{"backend": backend, "rows": len(group),
-             "throughput_ratio": float(np.exp(np.log(group.throughput_ratio).mean()))}
-            for backend, group in gated.groupby("backend", sort=True)]
+    gated = merged[
+        np.isfinite(merged.throughput_ratio.astype(float)) & (merged.throughput_ratio > 0)
+    ]
+    rows = [
+        {
+            "backend": backend,
+            "rows": len(group),
+            "throughput_ratio": float(np.exp(np.log(group.throughput_ratio).mean())),
+        }
+        for backend, group in gated.groupby("backend", sort=True)
+    ]
     return pd.DataFrame(rows, columns=["backend", "rows", "throughput_ratio"])
 
 
-def _throughput_verdict(ratio: float, test: Change, key: str, fail_throughput: float,
-                        absolute: bool, threshold_only: bool) -> tuple[str, str, list[str]]:
+def _throughput_verdict(
+    ratio: float,
+    test: Change,
+    key: str,
+    fail_throughput: float,
+    absolute: bool,
+    threshold_only: bool,
+) -> tuple[str, str, list[str]]:
     """A gated row's verdict (faster, slower, ~, undecided), whether it is a regression,
     undecided (the gate could not judge) or a note, and what to say. A regression is a drop
     beyond the threshold that the windows call significant (or, ``threshold_only``, any drop
     beyond it); a significant drop within the threshold is said, not failed."""
     gate = 1 - fail_throughput
     what = "samples/s" if absolute else "speed-up over PyTorch eager"
-    interval = (f" (window by window {test.estimate:.2f}x, {test.level:.0%} interval "
-                f"{test.low:.2f}-{test.high:.2f}x)" if test.decided else "")
+    interval = (
+        f" (window by window {test.estimate:.2f}x, {test.level:.0%} interval "
+        f"{test.low:.2f}-{test.high:.2f}x)"
+        if test.decided
+        else ""
+    )
     moved = f"{key}: {what} {ratio:.2f}x of before{interval}"
     u_test = f"one-sided Mann-Whitney U, {test.describe()}"
     if ratio >= gate:
         if test.verdict == "slower":
-            return "slower", "note", [f"{moved}: significantly slower ({u_test} < "
-                                      f"{test.alpha:g}), within the gate ({gate:.2f}x)"]
+            return (
+                "slower",
+                "note",
+                [
+                    f"{moved}: significantly slower ({u_test} < "
+                    f"{test.alpha:g}), within the gate ({gate:.2f}x)"
+                ],
+            )
         return test.verdict, "note", []
     drop = f"{moved} (gate: {gate:.2f}x)"
     if threshold_only:
-        return "slower", "regression", [f"{drop}; decided by the threshold alone "
-                                        "(--threshold-only)"]
+        return (
+            "slower",
+            "regression",
+            [f"{drop}; decided by the threshold alone (--threshold-only)"],
+        )
     if not test.decided:
-        return "undecided", "undecided", [
-            f"{drop}, but undecided: {test.why_undecided}; time more windows (--repeats) or "
-            "decide by the threshold alone (--threshold-only)"]
+        return (
+            "undecided",
+            "undecided",
+            [
+                f"{drop}, but undecided: {test.why_undecided}; time more windows (--repeats) or "
+                "decide by the threshold alone (--threshold-only)"
+            ],
+        )
     if test.verdict == "slower":
-        return "slower", "regression", [f"{drop}; significant over the windows ({u_test} < "
-                                        f"{test.alpha:g})"]
-    return test.verdict, "note", [f"{drop}, but not significant over the windows ({u_test} >= "
-                                  f"{test.alpha:g}): within the noise, not a regression"]
+        return (
+            "slower",
+            "regression",
+            [f"{drop}; significant over the windows ({u_test} < {test.alpha:g})"],
+        )
+    return (
+        test.verdict,
+        "note",
+        [
+            f"{drop}, but not significant over the windows ({u_test} >= "
+            f"{test.alpha:g}): within the noise, not a regression"
+        ],
+    )

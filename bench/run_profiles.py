@@ -12,15 +12,26 @@ PROFILES = {
     # A GPU machine: the fused CUDA backend beside PyTorch on CUDA, batch 128 to 4096. Noise
     # is drawn on the device (no host-to-device copy of it per step), windows are long
     # enough for sub-millisecond steps, and the data set is the embedded digits (it travels).
-    "gpu": dict(dataset="mnist-5k", epochs=20, repeats=9, steps=200, iwae_k=100,
-                backend_noise=True,
-                backends=("torch-cuda", "torch-cuda-compile", "cupy", "cupy-nograph",
-                          "cupy-tf32"),
-                batch_sizes=(128, 256, 512, 1024, 2048, 4096)),
+    "gpu": dict(
+        dataset="mnist-5k",
+        epochs=20,
+        repeats=9,
+        steps=200,
+        iwae_k=100,
+        backend_noise=True,
+        backends=("torch-cuda", "torch-cuda-compile", "cupy", "cupy-nograph", "cupy-tf32"),
+        batch_sizes=(128, 256, 512, 1024, 2048, 4096),
+    ),
     # How each CPU backend's cost grows with its work: batch 32 to 4096 at z = 20, every
     # batch size timed interleaved; the ELBO is trained at the usual batch of 128 (first).
-    "scaling": dict(dataset="fashion-mnist", latents=(20,), epochs=5, repeats=9, steps=20,
-                    iwae_k=100,
-                    backends=("torch", "torch-fused-adam", "torch-compile", "jax", "numba"),
-                    batch_sizes=(128, 32, 64, 256, 512, 1024, 2048, 4096)),
+    "scaling": dict(
+        dataset="fashion-mnist",
+        latents=(20,),
+        epochs=5,
+        repeats=9,
+        steps=20,
+        iwae_k=100,
+        backends=("torch", "torch-fused-adam", "torch-compile", "jax", "numba"),
+        batch_sizes=(128, 32, 64, 256, 512, 1024, 2048, 4096),
+    ),
 }

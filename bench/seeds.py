@@ -36,8 +36,14 @@ class SeedsError(ValueError):
 
 
 # The columns of an experiment's table.csv that the comparison reads.
-READ_COLUMNS = ("model", "latent_dim", "seed", "final_test_elbo", "final_train_elbo",
-                "seconds_per_epoch")
+READ_COLUMNS = (
+    "model",
+    "latent_dim",
+    "seed",
+    "final_test_elbo",
+    "final_train_elbo",
+    "seconds_per_epoch",
+)
 _REDO = "rerun that experiment, or leave it out of the comparison"
 
 
@@ -47,24 +53,32 @@ def _read_run(path: Path) -> tuple[dict, pd.DataFrame]:
     try:
         provenance = read_json_object(path / "provenance.json")
     except (OSError, ValueError) as error:
-        raise SeedsError(f"{path}: not a finished experiment directory ({error}); give the "
-                         "--out directories of `vae-bench experiment`") from None
+        raise SeedsError(
+            f"{path}: not a finished experiment directory ({error}); give the "
+            "--out directories of `vae-bench experiment`"
+        ) from None
     if not (path / "table.csv").is_file():
-        raise SeedsError(f"{path}: not a finished experiment directory (no table.csv); give "
-                         "the --out directories of `vae-bench experiment`")
+        raise SeedsError(
+            f"{path}: not a finished experiment directory (no table.csv); give "
+            "the --out directories of `vae-bench experiment`"
+        )
     table = read_experiment_table(path / "table.csv", READ_COLUMNS)
     spec = provenance.get("spec")
     if not isinstance(spec, dict) or not isinstance(spec.get("backend"), str):
-        raise SeedsError(f"{path / 'provenance.json'}: its spec is not an experiment's (an "
-                         "object naming its backend); give the --out directories of "
-                         "`vae-bench experiment`")
+        raise SeedsError(
+            f"{path / 'provenance.json'}: its spec is not an experiment's (an "
+            "object naming its backend); give the --out directories of "
+            "`vae-bench experiment`"
+        )
     table = table[table.model == "vae"]
     unfinished = table[~np.isfinite(table.final_test_elbo.to_numpy(dtype=float))]
     if len(unfinished):
         r = unfinished.iloc[0]
-        raise SeedsError(f"{path / 'table.csv'}: z = {r.latent_dim}, seed {r.seed} has test "
-                         f"ELBO {r.final_test_elbo}, not a finite number (a diverged or "
-                         f"unfinished training); {_REDO}")
+        raise SeedsError(
+            f"{path / 'table.csv'}: z = {r.latent_dim}, seed {r.seed} has test "
+            f"ELBO {r.final_test_elbo}, not a finite number (a diverged or "
+            f"unfinished training); {_REDO}"
+        )
     return provenance, table.assign(backend=spec["backend"])
 
 
@@ -81,22 +95,32 @@ def _current(spec: dict) -> dict:
 def compare_seeds(paths: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(every run's rows, the per-latent comparison, the runs' provenance) of ``paths``."""
     runs = [(p, *_read_run(p)) for p in paths]
-    specs = {json.dumps({k: v for k, v in _current(prov["spec"]).items()
-                         if k not in SPEC_IGNORED}, sort_keys=True) for _, prov, _ in runs}
+    specs = {
+        json.dumps(
+            {k: v for k, v in _current(prov["spec"]).items() if k not in SPEC_IGNORED},
+            sort_keys=True,
+        )
+        for _, prov, _ in runs
+    }
     if len(specs) > 1:
-        raise SeedsError("the runs differ in more than seed and backend: "
-                         + " | ".join(sorted(specs)))
+        raise SeedsError(
+            "the runs differ in more than seed and backend: " + " | ".join(sorted(specs))
+        )
     rows = pd.concat([t for _, _, t in runs], ignore_index=True)
     backends = sorted(set(rows.backend))
     if REFERENCE not in backends or len(backends) != 2:
-        raise SeedsError(f"need runs by the reference ({REFERENCE}) and one other backend, got "
-                         f"{', '.join(backends) or 'none'}")
+        raise SeedsError(
+            f"need runs by the reference ({REFERENCE}) and one other backend, got "
+            f"{', '.join(backends) or 'none'}"
+        )
     other = next(b for b in backends if b != REFERENCE)
     for backend, group in rows.groupby("backend"):
         seeds = group.groupby("latent_dim").seed.nunique()
         if (seeds < MIN_SEEDS).any() or group.duplicated(["latent_dim", "seed"]).any():
-            raise SeedsError(f"{backend}: each latent size needs {MIN_SEEDS} or more distinct "
-                             f"seeds, once each; got {dict(seeds)}")
+            raise SeedsError(
+                f"{backend}: each latent size needs {MIN_SEEDS} or more distinct "
+                f"seeds, once each; got {dict(seeds)}"
+            )
     table = []
     for z, group in rows.groupby("latent_dim"):
         stats = {b: group[group.backend == b] for b in (REFERENCE, other)}
@@ -104,19 +128,28 @@ def compare_seeds(paths: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         sd = {b: s.final_test_elbo.std(ddof=1) for b, s in stats.items()}
         se = math.sqrt(sum(sd[b] ** 2 / len(stats[b]) for b in stats))
         difference = mean[other] - mean[REFERENCE]
-        table.append({
-            "latent_dim": z, "seeds": len(stats[other]),
-            f"{REFERENCE}_test_elbo": mean[REFERENCE], f"{REFERENCE}_sd": sd[REFERENCE],
-            f"{other}_test_elbo": mean[other], f"{other}_sd": sd[other],
-            "difference": difference, "difference_se": abs(difference) / se if se else math.inf,
-            f"{REFERENCE}_train_elbo": stats[REFERENCE].final_train_elbo.mean(),
-            f"{other}_train_elbo": stats[other].final_train_elbo.mean(),
-            f"{REFERENCE}_s_per_epoch": stats[REFERENCE].seconds_per_epoch.mean(),
-            f"{other}_s_per_epoch": stats[other].seconds_per_epoch.mean(),
-            "within_noise": abs(difference) < max(sd.values())
-            and abs(difference) <= SE_LIMIT * se})
-    provenance = {p.name: {k: prov.get(k) for k in ("git_commit", "command", "cpu", "seed",
-                                                     "timestamp")} for p, prov, _ in runs}
+        table.append(
+            {
+                "latent_dim": z,
+                "seeds": len(stats[other]),
+                f"{REFERENCE}_test_elbo": mean[REFERENCE],
+                f"{REFERENCE}_sd": sd[REFERENCE],
+                f"{other}_test_elbo": mean[other],
+                f"{other}_sd": sd[other],
+                "difference": difference,
+                "difference_se": abs(difference) / se if se else math.inf,
+                f"{REFERENCE}_train_elbo": stats[REFERENCE].final_train_elbo.mean(),
+                f"{other}_train_elbo": stats[other].final_train_elbo.mean(),
+                f"{REFERENCE}_s_per_epoch": stats[REFERENCE].seconds_per_epoch.mean(),
+                f"{other}_s_per_epoch": stats[other].seconds_per_epoch.mean(),
+                "within_noise": abs(difference) < max(sd.values())
+                and abs(difference) <= SE_LIMIT * se,
+            }
+        )
+    provenance = {
+        p.name: {k: prov.get(k) for k in ("git_commit", "command", "cpu", "seed", "timestamp")}
+        for p, prov, _ in runs
+    }
     return rows, pd.DataFrame(table), provenance
 
 
@@ -124,12 +157,16 @@ def summary_markdown(table: pd.DataFrame, other: str, runs: dict) -> str:
     def pm(mean, sd):
         return f"{mean:.2f} ± {sd:.2f}"
 
-    lines = [f"# {other} against the reference ({REFERENCE}): final ELBO over seeds", "",
-             __doc__.split("\n\n", 1)[1].strip(), "",
-             f"| z | seeds | {REFERENCE} test ELBO | {other} test ELBO | difference | SE of it |"
-             f" {REFERENCE} train ELBO | {other} train ELBO | s/epoch {REFERENCE} |"
-             f" s/epoch {other} |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# {other} against the reference ({REFERENCE}): final ELBO over seeds",
+        "",
+        __doc__.split("\n\n", 1)[1].strip(),
+        "",
+        f"| z | seeds | {REFERENCE} test ELBO | {other} test ELBO | difference | SE of it |"
+        f" {REFERENCE} train ELBO | {other} train ELBO | s/epoch {REFERENCE} |"
+        f" s/epoch {other} |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in table.itertuples():
         d = r._asdict()
         lines.append(
@@ -137,15 +174,28 @@ def summary_markdown(table: pd.DataFrame, other: str, runs: dict) -> str:
             f" | {pm(d[f'{other}_test_elbo'], d[f'{other}_sd'])} | {r.difference:+.2f} |"
             f" {r.difference_se:.1f} | {d[f'{REFERENCE}_train_elbo']:.2f} |"
             f" {d[f'{other}_train_elbo']:.2f} | {d[f'{REFERENCE}_s_per_epoch']:.2f} |"
-            f" {d[f'{other}_s_per_epoch']:.2f} |")
+            f" {d[f'{other}_s_per_epoch']:.2f} |"
+        )
     within = bool(table.within_noise.all())
-    lines += ["", f"**Verdict: {'within' if within else 'NOT within'} the noise of seeds** at "
-              + ("every latent size." if within else "z = " + ", ".join(
-                  str(z) for z in table[~table.within_noise].latent_dim) + "."), "",
-              "Epoch times are the training steps' wall time, not an interleaved timing: "
-              "`vae-bench profile` gives that.", "", "Runs:", ""]
-    lines += [f"- `{name}`: `{r['command']}` at {r['git_commit']} on {r['cpu']}"
-              for name, r in runs.items()]
+    lines += [
+        "",
+        f"**Verdict: {'within' if within else 'NOT within'} the noise of seeds** at "
+        + (
+            "every latent size."
+            if within
+            else "z = " + ", ".join(str(z) for z in table[~table.within_noise].latent_dim) + "."
+        ),
+        "",
+        "Epoch times are the training steps' wall time, not an interleaved timing: "
+        "`vae-bench profile` gives that.",
+        "",
+        "Runs:",
+        "",
+    ]
+    lines += [
+        f"- `{name}`: `{r['command']}` at {r['git_commit']} on {r['cpu']}"
+        for name, r in runs.items()
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -154,14 +204,16 @@ def write_seeds(paths: list[Path], out: Path) -> bool:
     ``out``; True when every latent size is within seed noise."""
     for path in paths:
         if out.resolve() == path.resolve() or path.resolve().is_relative_to(out.resolve()):
-            raise SeedsError(f"--out {out} holds the run {path}, which it would overwrite; "
-                             "give a new directory")
+            raise SeedsError(
+                f"--out {out} holds the run {path}, which it would overwrite; give a new directory"
+            )
     rows, table, runs = compare_seeds(paths)
     other = next(b for b in sorted(set(rows.backend)) if b != REFERENCE)
     with claim(out, "seeds"):  # only into a directory of its own kind, one writer at a time
         atomic_write_text(out / "runs.csv", rows.to_csv(index=False))
         atomic_write_text(out / "summary.md", summary_markdown(table, other, runs))
-        atomic_write_text(out / "provenance.json",
-                          json.dumps(collect(runs=runs), indent=2, default=str) + "\n")
+        atomic_write_text(
+            out / "provenance.json", json.dumps(collect(runs=runs), indent=2, default=str) + "\n"
+        )
         atomic_write_text(out / "comparison.csv", table.to_csv(index=False))  # last: the record
     return bool(table.within_noise.all())

@@ -58,8 +58,10 @@ class Change:
 
     @property
     def why_undecided(self) -> str:
-        return (f"too few timed windows for a significance test ({self.old_windows} in OLD, "
-                f"{self.new_windows} in NEW; it needs {MIN_WINDOWS} in each)")
+        return (
+            f"too few timed windows for a significance test ({self.old_windows} in OLD, "
+            f"{self.new_windows} in NEW; it needs {MIN_WINDOWS} in each)"
+        )
 
     @property
     def verdict(self) -> str:
@@ -105,8 +107,7 @@ def change(old: np.ndarray, new: np.ndarray, alpha: float = ALPHA) -> Change:
     return Change(p_slower, p_faster, low, high, estimate, len(old), len(new), alpha)
 
 
-def ratio_interval(old: np.ndarray, new: np.ndarray, alpha: float) -> tuple[float, float,
-                                                                            float]:
+def ratio_interval(old: np.ndarray, new: np.ndarray, alpha: float) -> tuple[float, float, float]:
     """The interval (low, high) on NEW/OLD that inverts the one-sided U tests at ``alpha``,
     and the Hodges-Lehmann estimate inside it (Hollander & Wolfe, Nonparametric Statistical
     Methods, 3rd ed., section 4.3; R's ``wilcox.test(conf.int=TRUE)``). On the logarithms
@@ -147,6 +148,6 @@ def u_null_cdf(m: int, n: int) -> np.ndarray:
         counts[0][0] = 1.0  # j = 0: one ordering, U = 0
         for j in range(1, n + 1):
             shifted = np.zeros(size)
-            shifted[j:] = counts[j][:size - j]  # f(i - 1, j, u - j)
+            shifted[j:] = counts[j][: size - j]  # f(i - 1, j, u - j)
             counts[j] = shifted + counts[j - 1]
     return np.cumsum(counts[n]) / math.comb(m + n, m)

@@ -66,8 +66,9 @@ class ResultsStore:
         try:
             record = read_json_object(path)
         except ValueError as error:
-            raise StoreError(f"{path} is damaged ({error}); delete it to redo that part, or "
-                             f"pass {self.redo}") from None
+            raise StoreError(
+                f"{path} is damaged ({error}); delete it to redo that part, or pass {self.redo}"
+            ) from None
         record.setdefault("key", path.stem)  # records written before keys were stored
         return record
 
@@ -97,25 +98,36 @@ class ResultsStore:
             if not isinstance(made, dict):
                 why = "with settings not recorded (written by an older version)"
             elif made.get("data_sha256") != wanted.get("data_sha256"):
-                why = (f"from other data (sha256 {made.get('data_sha256') or 'not recorded'}, "
-                       f"now {wanted.get('data_sha256')})")
+                why = (
+                    f"from other data (sha256 {made.get('data_sha256') or 'not recorded'}, "
+                    f"now {wanted.get('data_sha256')})"
+                )
             else:
                 differs = sorted(k for k in {*made, *wanted} if made.get(k) != wanted.get(k))
                 why = f"with other settings (differs in {', '.join(differs)}: {made})"
-            raise StoreError(f"{path} holds {key} made {why}; choose another --out, or pass "
-                             f"{self.redo}")
+            raise StoreError(
+                f"{path} holds {key} made {why}; choose another --out, or pass {self.redo}"
+            )
         return record
 
-    def save(self, key: str, record: dict, identity: dict | None, *, partial: bool = False,
-             arrays: dict[str, np.ndarray] | None = None) -> None:
+    def save(
+        self,
+        key: str,
+        record: dict,
+        identity: dict | None,
+        *,
+        partial: bool = False,
+        arrays: dict[str, np.ndarray] | None = None,
+    ) -> None:
         """Write a unit: its arrays first, then its record (finished units drop their partial
         record)."""
         if arrays is not None:
             with atomic_open(self._path(key, ".npz"), "wb") as f:
                 np.savez(f, **arrays)  # type: ignore[arg-type]  # no array is named allow_pickle
         full = {"key": key, "identity": identity, **record}
-        atomic_write_text(self._path(key, partial=partial),
-                          json.dumps(full, indent=1, allow_nan=True))
+        atomic_write_text(
+            self._path(key, partial=partial), json.dumps(full, indent=1, allow_nan=True)
+        )
         if not partial:
             self._path(key, partial=True).unlink(missing_ok=True)
 
@@ -127,10 +139,13 @@ class ResultsStore:
             with open(path, "rb") as f:
                 head = f.read(len(_LFS_POINTER))
             if head == _LFS_POINTER:
-                raise StoreError(f"{path} is a Git LFS pointer, not the {self.arrays_are}: "
-                                 f"fetch them with `git lfs pull`, or {what}")
+                raise StoreError(
+                    f"{path} is a Git LFS pointer, not the {self.arrays_are}: "
+                    f"fetch them with `git lfs pull`, or {what}"
+                )
             with np.load(path) as archive:
                 return {name: archive[name] for name in archive.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
-            raise StoreError(f"{path} is damaged ({type(error).__name__}: {error}); "
-                             f"{what}") from None
+            raise StoreError(
+                f"{path} is damaged ({type(error).__name__}: {error}); {what}"
+            ) from None

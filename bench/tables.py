@@ -79,16 +79,31 @@ class ResultRow:
 RESULT_COLUMNS = tuple(f.name for f in fields(ResultRow))
 REQUIRED_COLUMNS = frozenset(f.name for f in fields(ResultRow) if f.default is MISSING)
 # Columns added after tables were first committed, with the value older tables imply.
-ADDED_COLUMNS = {"device": "cpu", "launch_floor_ms": math.nan, "peak_memory_mb": math.nan,
-                 "gemm_only_ms": math.nan, "precision": "float32", "window_samples_per_s": ""}
+ADDED_COLUMNS = {
+    "device": "cpu",
+    "launch_floor_ms": math.nan,
+    "peak_memory_mb": math.nan,
+    "gemm_only_ms": math.nan,
+    "precision": "float32",
+    "window_samples_per_s": "",
+}
 
 
 def results_frame(rows) -> pd.DataFrame:
     """The results table of ``rows`` (ResultRow), its columns in order."""
     return pd.DataFrame([asdict(r) for r in rows], columns=list(RESULT_COLUMNS))
+
+
 # the rest are numbers
-TEXT_COLUMNS = ("backend", "device", "precision", "agreement", "dataset", "note",
-                "window_samples_per_s")
+TEXT_COLUMNS = (
+    "backend",
+    "device",
+    "precision",
+    "agreement",
+    "dataset",
+    "note",
+    "window_samples_per_s",
+)
 
 
 def windows_text(samples_per_s) -> str:
@@ -103,6 +118,8 @@ def windows_of(text) -> np.ndarray:
     if not isinstance(text, str) or not text.strip():
         return np.empty(0)
     return np.array([float(piece) for piece in text.split()])
+
+
 KEYS = ["backend", "latent_dim", "batch_size"]  # a list: pandas reads a tuple as one key
 
 # An experiment's table.csv (one row per model) and curves.csv (one row per model and epoch).
@@ -110,32 +127,76 @@ KEYS = ["backend", "latent_dim", "batch_size"]  # a list: pandas reads a tuple a
 # the gap between the train and test sets' ELBO, the active units and the KL of each latent
 # dimension (space-separated, by dimension). Added after tables were first committed: an
 # older table gets them as not computed (ADDED_TABLE_COLUMNS).
-LATENT_COLUMNS = ("test_reconstruction", "test_kl", "train_test_gap", "active_units",
-                  "kl_per_dim")
+LATENT_COLUMNS = ("test_reconstruction", "test_kl", "train_test_gap", "active_units", "kl_per_dim")
 TABLE_COLUMNS = (
-    "model", "backend", "latent_dim", "hidden_dim", "beta", "final_train_elbo",
-    "average_train_elbo", "final_test_elbo", "test_iwae", "iwae_k", "epochs", "train_seconds",
-    "seconds_per_epoch", "dataset", "seed", *LATENT_COLUMNS,
+    "model",
+    "backend",
+    "latent_dim",
+    "hidden_dim",
+    "beta",
+    "final_train_elbo",
+    "average_train_elbo",
+    "final_test_elbo",
+    "test_iwae",
+    "iwae_k",
+    "epochs",
+    "train_seconds",
+    "seconds_per_epoch",
+    "dataset",
+    "seed",
+    *LATENT_COLUMNS,
 )
-ADDED_TABLE_COLUMNS = {column: "" if column == "kl_per_dim" else NAN
-                       for column in LATENT_COLUMNS}
+ADDED_TABLE_COLUMNS = {column: "" if column == "kl_per_dim" else NAN for column in LATENT_COLUMNS}
 CURVE_COLUMNS = (
-    "dataset", "name", "model", "latent_dim", "epoch", "train_elbo", "train_reconstruction",
-    "train_kl", "test_elbo", "test_reconstruction", "test_kl", "seconds",
+    "dataset",
+    "name",
+    "model",
+    "latent_dim",
+    "epoch",
+    "train_elbo",
+    "train_reconstruction",
+    "train_kl",
+    "test_elbo",
+    "test_reconstruction",
+    "test_kl",
+    "seconds",
 )
 
 # A run's gate.csv: every tensor the agreement gate compared, per backend, case and latent size.
-GATE_COLUMNS = ("backend", "latent_dim", "case", "tensor", "max_abs", "max_rel",
-                "reference_error", "tolerance", "fraction", "passed", "problem")
+GATE_COLUMNS = (
+    "backend",
+    "latent_dim",
+    "case",
+    "tensor",
+    "max_abs",
+    "max_rel",
+    "reference_error",
+    "tolerance",
+    "fraction",
+    "passed",
+    "problem",
+)
 
 
 def gate_records(gates, latent: int) -> list[dict]:
     """The gate's per-tensor comparisons (``pipeline.GateRecord``s) as gate.csv's rows."""
-    return [{"backend": g.backend, "latent_dim": latent, "case": c.case, "tensor": c.tensor,
-             "max_abs": c.max_abs, "max_rel": c.max_rel, "reference_error": c.reference_error,
-             "tolerance": c.tolerance, "fraction": c.fraction, "passed": c.passed,
-             "problem": c.problem}
-            for g in gates for c in g.comparisons]
+    return [
+        {
+            "backend": g.backend,
+            "latent_dim": latent,
+            "case": c.case,
+            "tensor": c.tensor,
+            "max_abs": c.max_abs,
+            "max_rel": c.max_rel,
+            "reference_error": c.reference_error,
+            "tolerance": c.tolerance,
+            "fraction": c.fraction,
+            "passed": c.passed,
+            "problem": c.problem,
+        }
+        for g in gates
+        for c in g.comparisons
+    ]
 
 
 # peer -> device -> the backend that is that peer there. "eager" is the yardstick: compare
@@ -176,8 +237,9 @@ def _peer_rows(table: pd.DataFrame, peer: str) -> pd.Series:
     result = pd.Series(math.nan, index=table.index, dtype=object)
     for dev, name in PEERS[peer].items():
         base = table[(table.backend == name) & (device == dev)]
-        base = pd.Series(base.index, index=pd.MultiIndex.from_frame(
-            base[["latent_dim", "batch_size"]]))
+        base = pd.Series(
+            base.index, index=pd.MultiIndex.from_frame(base[["latent_dim", "batch_size"]])
+        )
         rows = device == dev
         keys = pd.MultiIndex.from_frame(table.loc[rows, ["latent_dim", "batch_size"]])
         result[rows] = base.reindex(keys).values
@@ -188,8 +250,9 @@ def speedup(table: pd.DataFrame, peer: str = "eager") -> pd.Series:
     """samples/s over the same device's ``peer`` row (same latent and batch size); NaN where
     that row is missing or was not timed."""
     peers = _peer_rows(table, peer)
-    base = np.array([math.nan if pd.isna(i) else table.samples_per_s[i]
-                     for i in peers], dtype=float)
+    base = np.array(
+        [math.nan if pd.isna(i) else table.samples_per_s[i] for i in peers], dtype=float
+    )
     with np.errstate(divide="ignore", invalid="ignore"):  # a zero yardstick: inf, gated
         return pd.Series(table.samples_per_s.to_numpy(dtype=float) / base, index=table.index)
 
@@ -202,8 +265,9 @@ def window_speedups(table: pd.DataFrame, peer: str = "eager") -> pd.Series:
     result = []
     for row, peer_row in zip(table.itertuples(), _peer_rows(table, peer)):
         mine = windows_of(row.window_samples_per_s)
-        theirs = (np.empty(0) if pd.isna(peer_row)
-                  else windows_of(table.window_samples_per_s[peer_row]))
+        theirs = (
+            np.empty(0) if pd.isna(peer_row) else windows_of(table.window_samples_per_s[peer_row])
+        )
         paired = len(mine) == len(theirs) and len(mine) and (theirs > 0).all()
         result.append(mine / theirs if paired else np.empty(0))
     return pd.Series(result, index=table.index, dtype=object)
@@ -231,27 +295,57 @@ def throughput_table(table: pd.DataFrame, gates: dict[str, str] | None = None) -
     peers = peers_present(timed)
     ratios = {peer: speedup(timed, peer) for peer in peers}
     spreads = {peer: window_speedups(timed, peer) for peer in peers}
-    mixed = bool((timed.get("precision", pd.Series(dtype=object)).fillna("float32")
-                  != "float32").any())
-    head = ["backend", "device"] + (["precision"] if mixed else []) + (
-        ["gate"] if gates is not None else []) + [
-        "z", "batch", "samples/s", "min–max", "ms/step", "GFLOP/s", "% peak",
-        *(f"speed-up vs {peer}" for peer in peers),
-        "memory MB", "launch floor ms (x)", "warm-up s"]
+    mixed = bool(
+        (timed.get("precision", pd.Series(dtype=object)).fillna("float32") != "float32").any()
+    )
+    head = (
+        ["backend", "device"]
+        + (["precision"] if mixed else [])
+        + (["gate"] if gates is not None else [])
+        + [
+            "z",
+            "batch",
+            "samples/s",
+            "min–max",
+            "ms/step",
+            "GFLOP/s",
+            "% peak",
+            *(f"speed-up vs {peer}" for peer in peers),
+            "memory MB",
+            "launch floor ms (x)",
+            "warm-up s",
+        ]
+    )
     text_columns = 2 + mixed + (gates is not None)
-    lines = ["| " + " | ".join(head) + " |",
-             "|" + "---|" * text_columns + "---:|" * (len(head) - text_columns)]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * text_columns + "---:|" * (len(head) - text_columns),
+    ]
     for i, (r, device) in enumerate(zip(timed.itertuples(), devices(timed))):
         floor = r.launch_floor_ms
-        floor_text = (f"{floor:.3f} ({r.ms_per_step / floor:.1f}x)"
-                      if isinstance(floor, float) and not math.isnan(floor) else NOT_COMPUTED)
-        cells = [r.backend, device] + ([r.precision] if mixed else []) + (
-            [gates.get(r.backend, NOT_COMPUTED)] if gates is not None else []) + [
-            f"{r.latent_dim}", f"{r.batch_size}", f"{r.samples_per_s:,.0f}",
-            f"{r.samples_per_s_min:,.0f}–{r.samples_per_s_max:,.0f}", f"{r.ms_per_step:.3f}",
-            f"{r.gflops:.1f}", f"{r.pct_peak:.1f}%",
-            *(_speedup_cell(ratios[peer].iloc[i], spreads[peer].iloc[i]) for peer in peers),
-            fmt(r.peak_memory_mb, ".1f", nan=NOT_COMPUTED), floor_text, f"{r.warmup_s:.2f}"]
+        floor_text = (
+            f"{floor:.3f} ({r.ms_per_step / floor:.1f}x)"
+            if isinstance(floor, float) and not math.isnan(floor)
+            else NOT_COMPUTED
+        )
+        cells = (
+            [r.backend, device]
+            + ([r.precision] if mixed else [])
+            + ([gates.get(r.backend, NOT_COMPUTED)] if gates is not None else [])
+            + [
+                f"{r.latent_dim}",
+                f"{r.batch_size}",
+                f"{r.samples_per_s:,.0f}",
+                f"{r.samples_per_s_min:,.0f}–{r.samples_per_s_max:,.0f}",
+                f"{r.ms_per_step:.3f}",
+                f"{r.gflops:.1f}",
+                f"{r.pct_peak:.1f}%",
+                *(_speedup_cell(ratios[peer].iloc[i], spreads[peer].iloc[i]) for peer in peers),
+                fmt(r.peak_memory_mb, ".1f", nan=NOT_COMPUTED),
+                floor_text,
+                f"{r.warmup_s:.2f}",
+            ]
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -278,9 +372,14 @@ def settings_text(settings: dict) -> str:
 
 def busy_warning(busy: list[str]) -> list[str]:
     """The summary's warning that timed stages ran on a busy machine, one line per stage."""
-    return ["> **Warning: the machine was busy while these were timed**; their throughput and "
-            "speed-ups measure the other work as much as the kernels. Rerun them on an idle "
-            "machine.", ">", *(f"> - {stage}" for stage in busy), ""]
+    return [
+        "> **Warning: the machine was busy while these were timed**; their throughput and "
+        "speed-ups measure the other work as much as the kernels. Rerun them on an idle "
+        "machine.",
+        ">",
+        *(f"> - {stage}" for stage in busy),
+        "",
+    ]
 
 
 def _usable_part(env: dict) -> str:
@@ -290,18 +389,33 @@ def _usable_part(env: dict) -> str:
     return f", {usable} usable by this run" if usable not in (None, env["logical_cpus"]) else ""
 
 
-def run_summary(table: pd.DataFrame, env: dict, settings: dict[str, dict] | None = None,
-                busy: list[str] | None = None) -> str:
+def run_summary(
+    table: pd.DataFrame,
+    env: dict,
+    settings: dict[str, dict] | None = None,
+    busy: list[str] | None = None,
+) -> str:
     """A run's summary.md: agreement, throughput with the speed-ups, ELBO, the backends'
     settings as they ran (``settings``, by backend), environment; first, a warning naming each
     timed stage during which the machine was busy (``busy``, run.busy_stages)."""
     first_batch = env["spec"]["batch_sizes"][0]
     gate = table[table.batch_size == first_batch]  # the rows that were gated and trained
     record = {k: v for k, v in env.items() if k not in ("spec",)}
-    return "\n".join([
-        *_summary_header(env, busy), *_agreement_section(gate), *_throughput_section(table),
-        *_elbo_section(gate, first_batch), *_precision_cost_section(gate),
-        *_settings_section(settings), "", "## Environment", "", as_markdown(record), ""])
+    return "\n".join(
+        [
+            *_summary_header(env, busy),
+            *_agreement_section(gate),
+            *_throughput_section(table),
+            *_elbo_section(gate, first_batch),
+            *_precision_cost_section(gate),
+            *_settings_section(settings),
+            "",
+            "## Environment",
+            "",
+            as_markdown(record),
+            "",
+        ]
+    )
 
 
 def _summary_header(env: dict, busy: list[str] | None) -> list[str]:
@@ -312,58 +426,90 @@ def _summary_header(env: dict, busy: list[str] | None) -> list[str]:
         *(busy_warning(busy) if busy else []),
         f"Dataset: {env['dataset']}. Device: CPU {env['cpu']} ({env['logical_cpus']} logical "
         f"CPUs{_usable_part(env)}), GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s ({env['gemm_peak_source']})"
-        + (f"; GPU {env['gpu']}, GEMM peak {env['gpu_gemm_peak_gflops']:,.0f} GFLOP/s "
-           f"({env['gpu_gemm_peak_source']})" if "gpu" in env else "")
+        + (
+            f"; GPU {env['gpu']}, GEMM peak {env['gpu_gemm_peak_gflops']:,.0f} GFLOP/s "
+            f"({env['gpu_gemm_peak_source']})"
+            if "gpu" in env
+            else ""
+        )
         + f". {spec['epochs']} epochs, seed {spec['seed']}"
         + (f", hidden width {spec['hidden_dim']}" if spec.get("hidden_dim", 512) != 512 else "")
-        + "." + (" Timed steps draw their own noise." if spec.get("backend_noise") else ""),
+        + "."
+        + (" Timed steps draw their own noise." if spec.get("backend_noise") else ""),
     ]
 
 
 def _agreement_section(gate: pd.DataFrame) -> list[str]:
-    lines = ["", "## Agreement with the float64 reference", "",
-             "| backend | z | verdict | worst tensor (fraction of tolerance) | note |",
-             "|---|---:|---|---:|---|"]
+    lines = [
+        "",
+        "## Agreement with the float64 reference",
+        "",
+        "| backend | z | verdict | worst tensor (fraction of tolerance) | note |",
+        "|---|---:|---|---:|---|",
+    ]
     for r in gate.itertuples():
         note = r.note if isinstance(r.note, str) else ""
-        lines.append(f"| {r.backend} | {r.latent_dim} | {r.agreement} | "
-                     f"{fmt(r.worst_fraction, '.1%', nan=NOT_COMPUTED)} | {note} |")
+        lines.append(
+            f"| {r.backend} | {r.latent_dim} | {r.agreement} | "
+            f"{fmt(r.worst_fraction, '.1%', nan=NOT_COMPUTED)} | {note} |"
+        )
     return lines
 
 
 def _throughput_section(table: pd.DataFrame) -> list[str]:
     lines = [
-        "", "## Throughput (training samples/s, median of interleaved windows)", "",
+        "",
+        "## Throughput (training samples/s, median of interleaved windows)",
+        "",
         "Speed-ups are over a peer on the same device in this run (PyTorch eager, "
         "torch.compile and JAX on the CPU; their CUDA runs on a GPU); % peak is of that "
         "device's GEMM peak at the row's precision; memory is the backend's peak for its step "
         "(parameters, optimizer state, workspaces; on a GPU the allocator's peak); the launch "
         "floor is the step graph's nodes times the replay cost of one empty CUDA Graph node.",
-        "", *throughput_table(table)]
+        "",
+        *throughput_table(table),
+    ]
     ceilings = table.dropna(subset=["gemm_only_ms"]).drop_duplicates(["latent_dim", "batch_size"])
     if len(ceilings):
-        lines += ["", "A CPU step's yardstick: its 11 GEMMs alone (NumPy's BLAS, the same "
-                  "shapes), timed in the same interleaved windows: the ceiling of a step that "
-                  "calls NumPy's BLAS; a step calling a faster GEMM engine (Numba's pooled "
-                  "oneMKL step) can pass it.", "",
-                  "| z | batch | GEMMs alone ms/step | samples/s |", "|---:|---:|---:|---:|"]
-        lines += [f"| {r.latent_dim} | {r.batch_size} | {r.gemm_only_ms:.3f} | "
-                  f"{r.batch_size / r.gemm_only_ms * 1e3:,.0f} |" for r in ceilings.itertuples()]
+        lines += [
+            "",
+            "A CPU step's yardstick: its 11 GEMMs alone (NumPy's BLAS, the same "
+            "shapes), timed in the same interleaved windows: the ceiling of a step that "
+            "calls NumPy's BLAS; a step calling a faster GEMM engine (Numba's pooled "
+            "oneMKL step) can pass it.",
+            "",
+            "| z | batch | GEMMs alone ms/step | samples/s |",
+            "|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r.latent_dim} | {r.batch_size} | {r.gemm_only_ms:.3f} | "
+            f"{r.batch_size / r.gemm_only_ms * 1e3:,.0f} |"
+            for r in ceilings.itertuples()
+        ]
     return lines
 
 
 def _elbo_section(gate: pd.DataFrame, first_batch: int) -> list[str]:
-    lines = ["", f"## ELBO by latent size and backend (batch {first_batch}; nats per image)",
-             "", "| backend | z | final train ELBO | average train ELBO | final test ELBO "
-             "| test log p(x) (k) |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        f"## ELBO by latent size and backend (batch {first_batch}; nats per image)",
+        "",
+        "| backend | z | final train ELBO | average train ELBO | final test ELBO "
+        "| test log p(x) (k) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in gate.itertuples():
         if r.epochs == r.epochs and r.epochs:  # trained (NaN epochs: not trained)
-            iwae = (f"{fmt(r.test_iwae, '.2f')} ({int(r.iwae_k)})" if r.iwae_k == r.iwae_k
-                    and r.iwae_k else NOT_COMPUTED)
+            iwae = (
+                f"{fmt(r.test_iwae, '.2f')} ({int(r.iwae_k)})"
+                if r.iwae_k == r.iwae_k and r.iwae_k
+                else NOT_COMPUTED
+            )
             lines.append(
                 f"| {r.backend} | {r.latent_dim} | {fmt(r.final_train_elbo, '.2f')} | "
                 f"{fmt(r.average_train_elbo, '.2f')} | {fmt(r.final_test_elbo, '.2f')} | "
-                f"{iwae} |")
+                f"{iwae} |"
+            )
     return lines
 
 
@@ -372,27 +518,39 @@ def _precision_cost_section(gate: pd.DataFrame) -> list[str]:
     if not len(cost):
         return []
     return [
-        "", "## What reduced precision costs (nats per image)", "",
+        "",
+        "## What reduced precision costs (nats per image)",
+        "",
         "Each reduced-precision backend against its float32 twin, trained in this "
         "run from the same initial weights, data order and seed: the difference is "
-        "the precision's, within the noise of one seed.", "",
+        "the precision's, within the noise of one seed.",
+        "",
         "| backend | vs | z | test ELBO | twin's | difference | test log p(x) | "
-        "twin's | difference |", "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        *(f"| {r.backend} | {r.twin} | {r.latent_dim} | {fmt(r.elbo, '.2f')} | "
-          f"{fmt(r.twin_elbo, '.2f')} | {fmt(r.elbo_difference, '+.2f')} | "
-          f"{fmt(r.iwae, '.2f', nan=NOT_COMPUTED)} | "
-          f"{fmt(r.twin_iwae, '.2f', nan=NOT_COMPUTED)} | "
-          f"{fmt(r.iwae_difference, '+.2f', nan=NOT_COMPUTED)} |"
-          for r in cost.itertuples())]
+        "twin's | difference |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *(
+            f"| {r.backend} | {r.twin} | {r.latent_dim} | {fmt(r.elbo, '.2f')} | "
+            f"{fmt(r.twin_elbo, '.2f')} | {fmt(r.elbo_difference, '+.2f')} | "
+            f"{fmt(r.iwae, '.2f', nan=NOT_COMPUTED)} | "
+            f"{fmt(r.twin_iwae, '.2f', nan=NOT_COMPUTED)} | "
+            f"{fmt(r.iwae_difference, '+.2f', nan=NOT_COMPUTED)} |"
+            for r in cost.itertuples()
+        ),
+    ]
 
 
 def _settings_section(settings: dict[str, dict] | None) -> list[str]:
     if not settings:
         return []
-    return ["", "## Backends as they ran", "",
-            "Each backend's own account of its libraries, threads, precision and GEMM "
-            "engine, taken when it was timed.", "",
-            *(f"- **{name}**: {settings_text(s)}" for name, s in settings.items())]
+    return [
+        "",
+        "## Backends as they ran",
+        "",
+        "Each backend's own account of its libraries, threads, precision and GEMM "
+        "engine, taken when it was timed.",
+        "",
+        *(f"- **{name}**: {settings_text(s)}" for name, s in settings.items()),
+    ]
 
 
 def float32_twin(backend: str, precision: str) -> str | None:
@@ -416,28 +574,42 @@ def precision_cost(table: pd.DataFrame) -> pd.DataFrame:
         if twin is None or key not in twins.index:
             continue
         other = twins.loc[key]
-        rows.append(dict(backend=r.backend, twin=twin, latent_dim=r.latent_dim,
-                         elbo=r.final_test_elbo, twin_elbo=other.final_test_elbo,
-                         elbo_difference=r.final_test_elbo - other.final_test_elbo,
-                         iwae=r.test_iwae, twin_iwae=other.test_iwae,
-                         iwae_difference=r.test_iwae - other.test_iwae))
+        rows.append(
+            dict(
+                backend=r.backend,
+                twin=twin,
+                latent_dim=r.latent_dim,
+                elbo=r.final_test_elbo,
+                twin_elbo=other.final_test_elbo,
+                elbo_difference=r.final_test_elbo - other.final_test_elbo,
+                iwae=r.test_iwae,
+                twin_iwae=other.test_iwae,
+                iwae_difference=r.test_iwae - other.test_iwae,
+            )
+        )
     return pd.DataFrame(rows)
 
 
-def experiment_table(table: pd.DataFrame, spec: dict, described_data: str,
-                     record: dict) -> str:
+def experiment_table(table: pd.DataFrame, spec: dict, described_data: str, record: dict) -> str:
     """An experiment's table.md: one row per model, then the provenance block."""
     lines = [
         f"# ELBO by latent size — {spec['dataset']}",
         "",
         f"Dataset: {described_data}. {spec['epochs']} epochs, batch {spec['batch_size']}, "
         f"Adam lr {spec['lr']:g}, "
-        + (f"seed {spec['seeds'][0]}" if len(spec["seeds"]) == 1
-           else f"seeds {' '.join(map(str, spec['seeds']))}")
+        + (
+            f"seed {spec['seeds'][0]}"
+            if len(spec["seeds"]) == 1
+            else f"seeds {' '.join(map(str, spec['seeds']))}"
+        )
         + (f", hidden width {spec['hidden_dim']}" if spec.get("hidden_dim", 512) != 512 else "")
-        + (f", beta {' '.join(f'{b:g}' for b in spec['betas'])}"
-           if list(spec["betas"]) != [1.0] else "")
-        + (", dynamically binarized" if spec["binarize"] else "") + ".",
+        + (
+            f", beta {' '.join(f'{b:g}' for b in spec['betas'])}"
+            if list(spec["betas"]) != [1.0]
+            else ""
+        )
+        + (", dynamically binarized" if spec["binarize"] else "")
+        + ".",
         "All values in nats per image (higher is better). ELBO = -(BCE + KL); for the AE the "
         "columns hold -BCE, a reconstruction score and not a bound on log p(x). "
         "'test log p(x)' is the importance-weighted bound (Burda et al.) with k samples; "
@@ -453,10 +625,15 @@ def experiment_table(table: pd.DataFrame, spec: dict, described_data: str,
     ]
     for row in table.itertuples():
         iwae = f"{fmt(row.test_iwae, '.2f')} ({row.iwae_k})" if row.iwae_k else NOT_COMPUTED
-        terms = (f"{fmt(row.test_reconstruction, '.2f', nan=NOT_COMPUTED)} + "
-                 f"{fmt(row.test_kl, '.2f', nan=NOT_COMPUTED)}")
-        active = (NOT_COMPUTED if pd.isna(row.active_units)
-                  else f"{row.active_units:.0f} of {row.latent_dim}")
+        terms = (
+            f"{fmt(row.test_reconstruction, '.2f', nan=NOT_COMPUTED)} + "
+            f"{fmt(row.test_kl, '.2f', nan=NOT_COMPUTED)}"
+        )
+        active = (
+            NOT_COMPUTED
+            if pd.isna(row.active_units)
+            else f"{row.active_units:.0f} of {row.latent_dim}"
+        )
         lines.append(
             f"| {row.model.upper()} | {row.backend} | {row.latent_dim} "
             f"| {fmt(row.beta, 'g', nan=NOT_COMPUTED)} | {row.seed} "

@@ -32,8 +32,11 @@ class Comparison:
         """Error as a fraction of the tolerance: <= 1 passes."""
         if self.problem:
             return math.inf
-        return self.max_abs / self.tolerance if self.tolerance > 0 else (
-            0.0 if self.max_abs == 0 else math.inf)
+        return (
+            self.max_abs / self.tolerance
+            if self.tolerance > 0
+            else (0.0 if self.max_abs == 0 else math.inf)
+        )
 
     @property
     def passed(self) -> bool:
@@ -44,35 +47,65 @@ class Comparison:
         if self.problem:
             return f"{self.case:<18} {self.tensor:<26} {self.problem}  FAIL"
         left_out = f"  ({self.unjudged} near ReLU kinks not judged)" if self.unjudged else ""
-        return (f"{self.case:<18} {self.tensor:<26} {self.max_abs:10.3e} {self.max_rel:10.3e} "
-                f"{self.reference_error:10.3e} {self.tolerance:10.3e} {self.fraction:7.1%}  "
-                f"{verdict}{left_out}")
+        return (
+            f"{self.case:<18} {self.tensor:<26} {self.max_abs:10.3e} {self.max_rel:10.3e} "
+            f"{self.reference_error:10.3e} {self.tolerance:10.3e} {self.fraction:7.1%}  "
+            f"{verdict}{left_out}"
+        )
 
 
-HEADER = (f"{'case':<18} {'tensor':<26} {'max abs':>10} {'max rel':>10} {'ref error':>10} "
-          f"{'tolerance':>10} {'used':>7}")
+HEADER = (
+    f"{'case':<18} {'tensor':<26} {'max abs':>10} {'max rel':>10} {'ref error':>10} "
+    f"{'tolerance':>10} {'used':>7}"
+)
 
 
-def compare(case: str, tensor: str, got: np.ndarray, oracle: np.ndarray,
-            reference_error: float, lr: float = 0.0,
-            unjudged: np.ndarray | None = None) -> Comparison:
+def compare(
+    case: str,
+    tensor: str,
+    got: np.ndarray,
+    oracle: np.ndarray,
+    reference_error: float,
+    lr: float = 0.0,
+    unjudged: np.ndarray | None = None,
+) -> Comparison:
     """``got`` against the ``oracle``; the elements where ``unjudged`` is true are left out of
     the error (never out of the shape and finiteness checks)."""
     got = np.asarray(got)
     oracle = np.asarray(oracle, dtype=np.float64)
     if got.shape != oracle.shape:
-        return Comparison(case, tensor, math.nan, math.nan, reference_error, math.nan,
-                          f"shape {got.shape}, expected {oracle.shape}")
+        return Comparison(
+            case,
+            tensor,
+            math.nan,
+            math.nan,
+            reference_error,
+            math.nan,
+            f"shape {got.shape}, expected {oracle.shape}",
+        )
     bad = ~np.isfinite(got)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        return Comparison(case, tensor, math.nan, math.nan, reference_error, math.nan,
-                          f"{int(bad.sum())} non-finite values (first {got[first]} at {first})")
+        return Comparison(
+            case,
+            tensor,
+            math.nan,
+            math.nan,
+            reference_error,
+            math.nan,
+            f"{int(bad.sum())} non-finite values (first {got[first]} at {first})",
+        )
     scale = float(np.max(np.abs(oracle))) if oracle.size else 0.0
     judged = np.ones(oracle.shape, bool) if unjudged is None else ~np.asarray(unjudged, bool)
     error = np.abs(got.astype(np.float64) - oracle)[judged]
     max_abs = float(np.max(error)) if error.size else 0.0
     tolerance = TOLERANCES[kind_of(tensor)].bound(reference_error, scale, lr)
-    return Comparison(case, tensor, max_abs, max_abs / scale if scale else 0.0,
-                      reference_error, tolerance, unjudged=int(judged.size - judged.sum()))
-
+    return Comparison(
+        case,
+        tensor,
+        max_abs,
+        max_abs / scale if scale else 0.0,
+        reference_error,
+        tolerance,
+        unjudged=int(judged.size - judged.sum()),
+    )

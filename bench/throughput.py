@@ -43,8 +43,10 @@ def gemm_peak(size: int = 2048, repeats: int = 5) -> tuple[float, str]:
     a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
     out = np.empty_like(a)
     ta, tout = torch.from_numpy(a), torch.from_numpy(out)
-    times = interleaved_times({"numpy BLAS": lambda: np.dot(a, a, out),
-                               "torch": lambda: torch.mm(ta, ta, out=tout)}, repeats)
+    times = interleaved_times(
+        {"numpy BLAS": lambda: np.dot(a, a, out), "torch": lambda: torch.mm(ta, ta, out=tout)},
+        repeats,
+    )
     best = {name: 2 * size**3 / min(t) / 1e9 for name, t in times.items()}
     name = max(best, key=best.__getitem__)
     return best[name], f"{size}x{size} float32 GEMM via {name}"
@@ -84,9 +86,16 @@ def step_gemms(config: VAEConfig, batch: int, seed: int = 0):
     g_out, g_dec, g_heads, g_w1 = a(d, h), a(h, z), a(2 * z, h), a(h, d)
     d_dec, d_code, d_hid = a(b, h), a(b, z), a(b, h)
     products = [  # forward, then backward (output layer first)
-        (x, w1.T, hid), (hid, w_heads.T, heads), (code, w_dec.T, dec), (dec, w_out.T, logits),
-        (logits.T, dec, g_out), (logits, w_out, d_dec), (d_dec.T, code, g_dec),
-        (d_dec, w_dec, d_code), (heads.T, hid, g_heads), (heads, w_heads, d_hid),
+        (x, w1.T, hid),
+        (hid, w_heads.T, heads),
+        (code, w_dec.T, dec),
+        (dec, w_out.T, logits),
+        (logits.T, dec, g_out),
+        (logits, w_out, d_dec),
+        (d_dec.T, code, g_dec),
+        (d_dec, w_dec, d_code),
+        (heads.T, hid, g_heads),
+        (heads, w_heads, d_hid),
         (d_hid.T, x, g_w1),
     ]
 
@@ -166,38 +175,56 @@ class Measurement:
     def floor_ms(self) -> float:
         return self.launch_floor.get("floor_seconds", math.nan) * 1e3
 
-    def row(self, config: VAEConfig, batch: int, peaks: Mapping[str, float],
-            **identity) -> tables.ResultRow:
+    def row(
+        self, config: VAEConfig, batch: int, peaks: Mapping[str, float], **identity
+    ) -> tables.ResultRow:
         """This measurement's row of the results table: its backend at ``config``'s latent
         size and ``batch``, timed against its device's GEMM peak in ``peaks`` (GFLOP/s by
         ``peak_key``); ``identity``: the row's other fields (gate verdict, data set, seed)."""
         return tables.ResultRow(
-            backend=self.backend, device=self.device, precision=self.precision,
-            latent_dim=config.latent_dim, batch_size=batch, **identity,
-            **self.columns(config, batch, peak_of(peaks, self.device, self.precision)))
+            backend=self.backend,
+            device=self.device,
+            precision=self.precision,
+            latent_dim=config.latent_dim,
+            batch_size=batch,
+            **identity,
+            **self.columns(config, batch, peak_of(peaks, self.device, self.precision)),
+        )
 
-    def columns(self, config: VAEConfig, batch: int,
-                peak_gflops: float) -> TimingColumns:
+    def columns(self, config: VAEConfig, batch: int, peak_gflops: float) -> TimingColumns:
         """This measurement's columns of the results table (``tables.RESULT_COLUMNS``): the
         one place where samples/s, GFLOP/s and % of peak are worked out."""
         ms = self.median_ms
         gflops = step_flops(config, batch) / (ms / 1e3) / 1e9
-        return {"samples_per_s": batch / ms * 1e3,
-                "samples_per_s_min": batch / max(self.ms_per_step) * 1e3,
-                "samples_per_s_max": batch / min(self.ms_per_step) * 1e3,
-                "window_samples_per_s": tables.windows_text(batch / np.array(self.ms_per_step)
-                                                            * 1e3),
-                "ms_per_step": ms, "gflops": gflops, "pct_peak": 100 * gflops / peak_gflops,
-                "launch_floor_ms": self.floor_ms, "warmup_s": self.warmup_seconds,
-                "peak_memory_mb": self.peak_memory_bytes / 1e6,
-                "gemm_only_ms": self.gemm_only_ms}
+        return {
+            "samples_per_s": batch / ms * 1e3,
+            "samples_per_s_min": batch / max(self.ms_per_step) * 1e3,
+            "samples_per_s_max": batch / min(self.ms_per_step) * 1e3,
+            "window_samples_per_s": tables.windows_text(batch / np.array(self.ms_per_step) * 1e3),
+            "ms_per_step": ms,
+            "gflops": gflops,
+            "pct_peak": 100 * gflops / peak_gflops,
+            "launch_floor_ms": self.floor_ms,
+            "warmup_s": self.warmup_seconds,
+            "peak_memory_mb": self.peak_memory_bytes / 1e6,
+            "gemm_only_ms": self.gemm_only_ms,
+        }
 
 
-def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, batch: int,
-            repeats: int = 7, steps: int = 50, warmup_steps: int = 20,
-            settle_seconds: float = 0.3, seed: int = 0,
-            backend_noise: bool = False,
-            on_round: Callable[[int, int, float], None] | None = None) -> list[Measurement]:
+def measure(
+    backends: list[Backend],
+    config: VAEConfig,
+    data: np.ndarray,
+    *,
+    batch: int,
+    repeats: int = 7,
+    steps: int = 50,
+    warmup_steps: int = 20,
+    settle_seconds: float = 0.3,
+    seed: int = 0,
+    backend_noise: bool = False,
+    on_round: Callable[[int, int, float], None] | None = None,
+) -> list[Measurement]:
     """Time ``steps`` training steps per window, ``repeats`` windows per backend, interleaved.
 
     Each window starts with ``settle_seconds`` of untimed steps: the previous backend's thread
@@ -216,8 +243,11 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
     rng = np.random.default_rng(seed)
 
     def noise():
-        return None if backend_noise else rng.standard_normal((batch, config.latent_dim),
-                                                             dtype=np.float32)
+        return (
+            None
+            if backend_noise
+            else rng.standard_normal((batch, config.latent_dim), dtype=np.float32)
+        )
 
     results = _warm_up(backends, config, data, batch, warmup_steps, rng, noise)
     # The GEMMs-alone ceiling takes its turn in the same rotation, for the CPU rows.
@@ -236,14 +266,23 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
         for i, (backend, result) in enumerate(zip(backends, results)):
             # Inputs are drawn before the clock starts: the window times the steps alone.
             window = [(rng.integers(0, len(data), batch), noise()) for _ in range(steps)]
-            result.ms_per_step.append(_settled_ms(
-                (lambda k, b=backend, w=window:  # type: ignore[misc]  # mypy issue 15459 (defaults)
-                 b.train_step(data, *w[k], want_loss=False)),
-                steps, settle_seconds, backend.synchronize))
+            result.ms_per_step.append(
+                _settled_ms(
+                    (
+                        lambda k, b=backend, w=window: (  # type: ignore[misc]  # mypy issue 15459 (defaults)
+                            b.train_step(data, *w[k], want_loss=False)
+                        )
+                    ),
+                    steps,
+                    settle_seconds,
+                    backend.synchronize,
+                )
+            )
             if asking[i]:
                 assert isinstance(backend, StageBreakdown)  # asking[i] says so (set above)
-                sample = _diagnostic(result, "stage breakdown", backend.stage_times, data,
-                                     batch, repeats=rounds)
+                sample = _diagnostic(
+                    result, "stage breakdown", backend.stage_times, data, batch, repeats=rounds
+                )
                 if sample:
                     breakdowns[i].append(sample)
                 else:  # failed (the reason kept), or nothing to measure here: ask no more
@@ -252,9 +291,15 @@ def measure(backends: list[Backend], config: VAEConfig, data: np.ndarray, *, bat
     return results
 
 
-def _warm_up(backends: list[Backend], config: VAEConfig, data: np.ndarray, batch: int,
-             warmup_steps: int, rng: np.random.Generator,
-             noise: Callable[[], np.ndarray | None]) -> list[Measurement]:
+def _warm_up(
+    backends: list[Backend],
+    config: VAEConfig,
+    data: np.ndarray,
+    batch: int,
+    warmup_steps: int,
+    rng: np.random.Generator,
+    noise: Callable[[], np.ndarray | None],
+) -> list[Measurement]:
     """Each backend loaded with the same initial weights and run ``warmup_steps`` steps (its
     compile time, or its cache's load, included in the time kept): its Measurement."""
     params = export_params(build_model(config))
@@ -265,15 +310,25 @@ def _warm_up(backends: list[Backend], config: VAEConfig, data: np.ndarray, batch
         for _ in range(warmup_steps):
             backend.train_step(data, rng.integers(0, len(data), batch), noise())
         backend.synchronize()
-        results.append(Measurement(backend.name, backend.description,
-                                   time.perf_counter() - start, device=backend.device,
-                                   precision=gemm_inputs_of(backend),
-                                   settings=backend.settings()))
+        results.append(
+            Measurement(
+                backend.name,
+                backend.description,
+                time.perf_counter() - start,
+                device=backend.device,
+                precision=gemm_inputs_of(backend),
+                settings=backend.settings(),
+            )
+        )
     return results
 
 
-def _settled_ms(step: Callable[[int], object], count: int, settle_seconds: float,
-                synchronize: Callable[[], None] = lambda: None) -> float:
+def _settled_ms(
+    step: Callable[[int], object],
+    count: int,
+    settle_seconds: float,
+    synchronize: Callable[[], None] = lambda: None,
+) -> float:
     """Milliseconds per call of ``step(k)``, k = 0 .. count - 1, timed after
     ``settle_seconds`` of untimed ``step(0)`` calls, from a finished device to a finished
     device (``synchronize``)."""
@@ -288,20 +343,27 @@ def _settled_ms(step: Callable[[int], object], count: int, settle_seconds: float
     return (time.perf_counter() - start) / count * 1e3
 
 
-def _add_diagnostics(backends: list[Backend], results: list[Measurement],
-                     breakdowns: list[list[dict[str, float]]], gemm_ms: list[float],
-                     data: np.ndarray, batch: int) -> None:
+def _add_diagnostics(
+    backends: list[Backend],
+    results: list[Measurement],
+    breakdowns: list[list[dict[str, float]]],
+    gemm_ms: list[float],
+    data: np.ndarray,
+    batch: int,
+) -> None:
     """Each measurement's GEMMs-alone ceiling (CPU rows), the medians of its breakdown's
     samples, its launch floor and its peak memory, where the backend offers them."""
     for backend, result, samples in zip(backends, results, breakdowns):
         if backend.device == "cpu" and gemm_ms:
             result.gemm_only_ms = float(np.median(gemm_ms))
         if samples:
-            result.stages = {name: float(np.median([s[name] for s in samples])) * 1e3
-                             for name in samples[0]}
+            result.stages = {
+                name: float(np.median([s[name] for s in samples])) * 1e3 for name in samples[0]
+            }
         if isinstance(backend, LaunchFloor):
-            result.launch_floor = _diagnostic(result, "launch floor", backend.launch_floor,
-                                              batch) or {}
+            result.launch_floor = (
+                _diagnostic(result, "launch floor", backend.launch_floor, batch) or {}
+            )
         if isinstance(backend, MemoryReport):
             memory = _diagnostic(result, "memory", backend.peak_memory_bytes, data, batch)
             result.peak_memory_bytes = math.nan if memory is None else float(memory)

@@ -39,28 +39,43 @@ class Tolerance:
 
 # One entry per kind of gate tensor (``vae_ref.gate_tensors.KINDS``; its ``kind_of`` tells).
 TOLERANCES: dict[str, Tolerance] = {
-    "intermediate": Tolerance(4.0, 16.0,
+    "intermediate": Tolerance(
+        4.0,
+        16.0,
         "GEMM outputs and activations: BLAS libraries sum 784- or 512-term dot products in "
         "different orders, so a correct float32 kernel sits a few times PyTorch's own rounding "
-        "from the oracle; the 16-ulp floor covers tensors PyTorch happens to get exactly."),
-    "loss": Tolerance(4.0, 16.0,
+        "from the oracle; the 16-ulp floor covers tensors PyTorch happens to get exactly.",
+    ),
+    "loss": Tolerance(
+        4.0,
+        16.0,
         "per-image BCE and KL are 784- and z-term sums of transcendental terms; the backend's "
-        "exp/log1p differ from PyTorch's (SLEEF) by an ulp or two per term."),
-    "gradient": Tolerance(4.0, 16.0,
+        "exp/log1p differ from PyTorch's (SLEEF) by an ulp or two per term.",
+    ),
+    "gradient": Tolerance(
+        4.0,
+        16.0,
         "each weight gradient is a 128-term sum of products of already-rounded backward "
-        "signals; same reasoning as the intermediates."),
-    "steps.loss": Tolerance(4.0, 64.0,
+        "signals; same reasoning as the intermediates.",
+    ),
+    "steps.loss": Tolerance(
+        4.0,
+        64.0,
         "the batch loss after each of K Adam steps: rounding differences feed back through "
         "the updates, so errors grow with the step count for PyTorch too; 64 ulps of the "
-        "loss (~0.003 nats at 550) is far below any modelling difference."),
-    "steps.param": Tolerance(4.0, 64.0,
+        "loss (~0.003 nats at 550) is far below any modelling difference.",
+    ),
+    "steps.param": Tolerance(
+        4.0,
+        64.0,
         "parameters after K steps: Adam normalises each update to about lr in size, so a "
         "weight whose gradient is nonzero in only a step or two (a pixel lit in one image of "
         "thousands) moves by an amount set by that gradient's relative precision once "
         "sqrt(v) nears Adam's eps. One such weight was measured 1.4e-5 (0.05 lr) from the "
         "oracle, PyTorch float32's worst 2.5e-6: a floor of 0.1 lr absorbs that, while a real "
         "Adam bug (bias correction, betas, eps) moves every weight by ~lr per step.",
-        floor_lr=0.1),
+        floor_lr=0.1,
+    ),
 }
 
 

@@ -55,14 +55,19 @@ def train_backend(
     n = len(train_x)
     steps_per_epoch = math.ceil(n / config.batch_size)
     history = []
-    bar = progress_bar(total=config.epochs * steps_per_epoch,
-                       desc=f"{config.name} [{backend.name}]", unit="step",
-                       disable=not progress, leave=False,
-                       # Redrawn often on a terminal; rarely in a log file (nox, CI).
-                       mininterval=0.1 if sys.stderr.isatty() else 15.0)
+    bar = progress_bar(
+        total=config.epochs * steps_per_epoch,
+        desc=f"{config.name} [{backend.name}]",
+        unit="step",
+        disable=not progress,
+        leave=False,
+        # Redrawn often on a terminal; rarely in a log file (nox, CI).
+        mininterval=0.1 if sys.stderr.isatty() else 15.0,
+    )
     # Each batch binarized afresh on the host cannot come from a device-side epoch.
-    train_epoch = (backend.train_epoch if isinstance(backend, EpochRunner)
-                   and not config.binarize else None)
+    train_epoch = (
+        backend.train_epoch if isinstance(backend, EpochRunner) and not config.binarize else None
+    )
     try:
         for epoch in range(1, config.epochs + 1):
             order = shuffle_rng.permutation(n)
@@ -72,18 +77,26 @@ def train_backend(
                 sums += _whole_epoch(train_epoch, train_x, order, config.batch_size, epoch)
                 bar.update(steps_per_epoch)
             else:
-                sums += _stepwise_epoch(backend, config, train_x, order, binarize_rng, epoch,
-                                        bar.update)
+                sums += _stepwise_epoch(
+                    backend, config, train_x, order, binarize_rng, epoch, bar.update
+                )
             backend.synchronize()
             seconds = time.perf_counter() - started
             test = backend.evaluate(test_x, seed=config.seed)
             check_finite_model(backend.params(), test, epoch, steps_per_epoch - 1)
             reconstruction, kl = (float(v) for v in sums / n)
-            record = EpochRecord(epoch, -(reconstruction + kl), reconstruction, kl, test.elbo,
-                                 test.reconstruction, test.kl, seconds)
+            record = EpochRecord(
+                epoch,
+                -(reconstruction + kl),
+                reconstruction,
+                kl,
+                test.elbo,
+                test.reconstruction,
+                test.kl,
+                seconds,
+            )
             history.append(record)
-            bar.set_postfix(epoch=epoch, train=f"{record.train_elbo:.1f}",
-                            test=f"{test.elbo:.1f}")
+            bar.set_postfix(epoch=epoch, train=f"{record.train_elbo:.1f}", test=f"{test.elbo:.1f}")
             if on_epoch is not None:
                 on_epoch(record)
     finally:
@@ -96,13 +109,20 @@ def train_backend(
 def _check_images(config: VAEConfig, **images: np.ndarray) -> None:
     for name, array in images.items():
         if np.ndim(array) != 2 or np.shape(array)[1] != config.input_dim or len(array) == 0:
-            raise ValueError(f"{name} must be a non-empty (N, {config.input_dim}) array, got "
-                             f"{np.shape(array)}")
+            raise ValueError(
+                f"{name} must be a non-empty (N, {config.input_dim}) array, got {np.shape(array)}"
+            )
 
 
-def _stepwise_epoch(backend: Backend, config: VAEConfig, train_x: np.ndarray,
-                    order: np.ndarray, binarize_rng: np.random.Generator, epoch: int,
-                    stepped: Callable[[], object]) -> np.ndarray:
+def _stepwise_epoch(
+    backend: Backend,
+    config: VAEConfig,
+    train_x: np.ndarray,
+    order: np.ndarray,
+    binarize_rng: np.random.Generator,
+    epoch: int,
+    stepped: Callable[[], object],
+) -> np.ndarray:
     """(reconstruction, KL) summed over the epoch's images, one ``train_step`` per batch of
     ``order`` (each batch binarized afresh where the config says); a non-finite loss raises
     at its step."""
@@ -122,8 +142,9 @@ def _stepwise_epoch(backend: Backend, config: VAEConfig, train_x: np.ndarray,
     return sums
 
 
-def _whole_epoch(train_epoch, train_x: np.ndarray, order: np.ndarray, batch_size: int,
-                 epoch: int) -> np.ndarray:
+def _whole_epoch(
+    train_epoch, train_x: np.ndarray, order: np.ndarray, batch_size: int, epoch: int
+) -> np.ndarray:
     """(reconstruction, KL) summed over the epoch's images, from a backend's own epoch loop;
     a non-finite loss is reported at the step where it first appeared."""
     losses = np.asarray(train_epoch(train_x, order, batch_size), dtype=np.float64)

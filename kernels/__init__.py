@@ -155,7 +155,8 @@ class Registration:
         except Exception as error:  # noqa: BLE001  a broken plugin must not stop the harness
             raise BackendUnavailable(
                 f"backend {self.name!r} from {self.origin} failed to load "
-                f"({self.entry_point.value}): {type(error).__name__}: {error}") from None
+                f"({self.entry_point.value}): {type(error).__name__}: {error}"
+            ) from None
 
 
 class UnloadableBackend:
@@ -183,8 +184,9 @@ def registrations() -> dict[str, Registration]:
     """Every backend this installation knows, built-in first, then plugins by name. A plugin
     cannot replace a built-in backend: a name already taken keeps its first registration."""
     found = {name: Registration(name, "built-in") for name in BACKENDS}
-    plugins = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
-                     key=lambda ep: ep.name)
+    plugins = sorted(
+        importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name
+    )
     for ep in plugins:
         origin = f"plugin {ep.dist.name}" if ep.dist is not None else "plugin"
         found.setdefault(ep.name, Registration(ep.name, origin, ep))
@@ -202,8 +204,7 @@ def create_backend(name: str, **options) -> Backend:
     an UnloadableBackend, unavailable with the reason."""
     known = registrations()
     if name not in known:
-        raise UnknownBackendError(
-            f"unknown backend {name!r}; available: {', '.join(known)}")
+        raise UnknownBackendError(f"unknown backend {name!r}; available: {', '.join(known)}")
     try:
         factory = known[name].factory()
     except BackendUnavailable as error:

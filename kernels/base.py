@@ -48,7 +48,9 @@ class StepOutputs:
     reconstruction: np.ndarray  # (B,) BCE per image, nats
     kl: np.ndarray  # (B,) KL per image, nats
     loss: float  # mean over the batch of reconstruction + beta * KL
-    intermediates: dict[str, np.ndarray] = field(default_factory=dict)  # vae_ref.oracle.INTERMEDIATES
+    intermediates: dict[str, np.ndarray] = field(
+        default_factory=dict
+    )  # vae_ref.oracle.INTERMEDIATES
     grads: dict[str, np.ndarray] = field(default_factory=dict)  # d loss / d param, canonical names
 
 
@@ -74,7 +76,11 @@ class Backend(Protocol):
         parameters are not changed."""
 
     def train_step(
-        self, data: np.ndarray, indices: np.ndarray, eps: np.ndarray | None = None, *,
+        self,
+        data: np.ndarray,
+        indices: np.ndarray,
+        eps: np.ndarray | None = None,
+        *,
         want_loss: bool = True,
     ) -> BatchLoss | None:
         """One Adam step on the batch ``data[indices]``; returns its loss (before the step).

@@ -14,9 +14,26 @@ from pathlib import Path
 # AMX (bf16/int8 tiles) kernels, OpenBLAS's and LLVM's (Numba's) choice of vector width, FMA.
 # A flag added here is absent from records made before, so compare would call those runs
 # another CPU: add with care (--allow-machine-change overrides).
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw",
-             "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
-             "amx_int8", "asimd", "sve", "sve2")
+ISA_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "sve",
+    "sve2",
+)
 
 # The flags that give a CPU bf16 dot-product hardware: AMX's bf16 tiles (TDPBF16PS) or
 # AVX512_BF16's VDPBF16PS. Without either, a library's bf16 GEMM converts to float32 and runs
@@ -24,8 +41,7 @@ ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx
 BF16_DOT_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-def cpuinfo_field(names: tuple[str, ...],
-                  cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+def cpuinfo_field(names: tuple[str, ...], cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     """The value of the first line of Linux's /proc/cpuinfo whose key starts with one of
     ``names`` (that is, the first CPU's), stripped; None where there is no such line or the
     file cannot be read (another OS)."""
@@ -61,9 +77,11 @@ def bf16_emulated_reason(flags: list[str] | None = None) -> str | None:
     a mode is refused, not timed as if it were the real thing."""
     if bf16_dot_hardware(flags):
         return None
-    return (f"this CPU has no bf16 dot-product hardware (none of {', '.join(BF16_DOT_FLAGS)} "
-            "in its flags): bf16 GEMMs would be emulated in float32, slower than float32 "
-            "itself, so they are not timed as if they were the real thing")
+    return (
+        f"this CPU has no bf16 dot-product hardware (none of {', '.join(BF16_DOT_FLAGS)} "
+        "in its flags): bf16 GEMMs would be emulated in float32, slower than float32 "
+        "itself, so they are not timed as if they were the real thing"
+    )
 
 
 def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:

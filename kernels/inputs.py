@@ -16,8 +16,7 @@ from vae_ref.params import Params
 def checked_images(x: np.ndarray, input_dim: int) -> np.ndarray:
     """``x`` as a contiguous float32 (N, input_dim) array, N > 0."""
     if np.ndim(x) != 2 or np.shape(x)[1] != input_dim or len(x) == 0:
-        raise ValueError(f"images must be a non-empty (N, {input_dim}) array, got "
-                         f"{np.shape(x)}")
+        raise ValueError(f"images must be a non-empty (N, {input_dim}) array, got {np.shape(x)}")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -36,8 +35,10 @@ def checked_indices(values, rows: int, what: str = "batch indices") -> np.ndarra
     context unusable."""
     values = np.asarray(values)
     if values.ndim != 1 or len(values) == 0 or not np.issubdtype(values.dtype, np.integer):
-        raise ValueError(f"{what} must be a non-empty 1-D integer array, got {values.dtype} "
-                         f"of shape {values.shape}")
+        raise ValueError(
+            f"{what} must be a non-empty 1-D integer array, got {values.dtype} "
+            f"of shape {values.shape}"
+        )
     if values.min() < 0 or values.max() >= rows:
         raise IndexError(f"{what} must lie in [0, {rows}), got [{values.min()}, {values.max()}]")
     return np.ascontiguousarray(values, dtype=np.int64)
@@ -46,14 +47,20 @@ def checked_indices(values, rows: int, what: str = "batch indices") -> np.ndarra
 def decode_on_host(params: Params, z: np.ndarray) -> np.ndarray:
     """Pixel logits for codes ``z`` from canonical weights, in NumPy: decoding is for figures
     (a few hundred codes), not worth a device round trip or a compiled kernel."""
-    dec_h = np.maximum(np.asarray(z, np.float32) @ params["dec.fc1.weight"].T
-                       + params["dec.fc1.bias"], 0)
+    dec_h = np.maximum(
+        np.asarray(z, np.float32) @ params["dec.fc1.weight"].T + params["dec.fc1.bias"], 0
+    )
     return dec_h @ params["dec.out.weight"].T + params["dec.out.bias"]
 
 
-def evaluate_in_batches(terms: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
-                        x: np.ndarray, latent: int, *, seed: int,
-                        batch_size: int) -> EvalResult:
+def evaluate_in_batches(
+    terms: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    x: np.ndarray,
+    latent: int,
+    *,
+    seed: int,
+    batch_size: int,
+) -> EvalResult:
     """Mean ELBO terms per image over ``x``: ``terms(batch, eps)`` gives a batch's per-image
     (reconstruction, KL), with noise drawn batch by batch from ``np.random.default_rng(seed)``,
     the one noise stream every compiled backend evaluates with. Sums are in float64."""

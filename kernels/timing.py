@@ -6,8 +6,9 @@ import time
 from collections.abc import Callable
 
 
-def interleaved_times(parts: dict[str, Callable[[], object]],
-                      repeats: int) -> dict[str, list[float]]:
+def interleaved_times(
+    parts: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, list[float]]:
     """Seconds of ``repeats`` calls of each part, taken round by round (A B C A B C ...).
     A first, untimed round warms caches, JIT dispatch and thread pools."""
     for fn in parts.values():
@@ -21,8 +22,7 @@ def interleaved_times(parts: dict[str, Callable[[], object]],
     return times
 
 
-def best_seconds(run: Callable[[], object], wait: Callable[[], object],
-                 repeats: int) -> float:
+def best_seconds(run: Callable[[], object], wait: Callable[[], object], repeats: int) -> float:
     """The fastest of ``repeats`` calls of ``run``, each timed until ``wait`` returns (a
     device synchronization), after one untimed call."""
     run()

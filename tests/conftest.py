@@ -33,8 +33,14 @@ if _WORKER_CPUS:
 # pytest-benchmark's options that mean something only where the benchmarks are timed: each
 # alone times them (pytest-benchmark's session.py skips saving, without a word, for a
 # disabled session).
-BENCHMARK_OUTPUTS = ("benchmark_json", "benchmark_save", "benchmark_autosave",
-                     "benchmark_compare", "benchmark_compare_fail", "benchmark_histogram")
+BENCHMARK_OUTPUTS = (
+    "benchmark_json",
+    "benchmark_save",
+    "benchmark_autosave",
+    "benchmark_compare",
+    "benchmark_compare_fail",
+    "benchmark_histogram",
+)
 
 
 def pytest_configure(config):
@@ -43,16 +49,21 @@ def pytest_configure(config):
     # timings) times them. Done here rather than with --benchmark-disable in addopts, which
     # pytest-benchmark refuses beside --benchmark-only.
     if hasattr(config.option, "benchmark_disable"):
-        asked = ["--" + name.replace("_", "-") for name in BENCHMARK_OUTPUTS
-                 if getattr(config.option, name, None)]
+        asked = [
+            "--" + name.replace("_", "-")
+            for name in BENCHMARK_OUTPUTS
+            if getattr(config.option, name, None)
+        ]
         parallel = getattr(config.option, "numprocesses", None) or os.environ.get(
-            "PYTEST_XDIST_WORKER")
+            "PYTEST_XDIST_WORKER"
+        )
         if asked and parallel:
             # pytest-benchmark's session.py disables timing under xdist, and then writes
             # nothing: say so rather than end with no file.
             raise pytest.UsageError(
                 f"{asked[0]} needs the benchmarks timed, and pytest-benchmark times none "
-                "under pytest-xdist: run it with -n 0 (nox -s benchmarks does)")
+                "under pytest-xdist: run it with -n 0 (nox -s benchmarks does)"
+            )
         wanted = config.option.benchmark_only or config.option.benchmark_enable or asked
         if not wanted:
             config.option.benchmark_disable = True
@@ -66,9 +77,13 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     from kernels.cpu_features import usable_cpus
 
     machine_info["vae_kernel_bench"] = {
-        "cpu": cpu_model(), "cpu_isa": cpu_isa(), "usable_cpus": usable_cpus(),
-        "torch_threads": torch.get_num_threads(), "blas": blas_libraries(),
-        "versions": package_versions()}
+        "cpu": cpu_model(),
+        "cpu_isa": cpu_isa(),
+        "usable_cpus": usable_cpus(),
+        "torch_threads": torch.get_num_threads(),
+        "blas": blas_libraries(),
+        "versions": package_versions(),
+    }
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
@@ -79,9 +94,11 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         samples = (entry.get("extra_info") or {}).get("samples_per_call")
         stats = entry.get("stats") or {}
         if samples and stats.get("median"):
-            entry["extra_info"].update(samples_per_s=samples / stats["median"],
-                                       samples_per_s_min=samples / stats["max"],
-                                       samples_per_s_max=samples / stats["min"])
+            entry["extra_info"].update(
+                samples_per_s=samples / stats["median"],
+                samples_per_s_min=samples / stats["max"],
+                samples_per_s_max=samples / stats["min"],
+            )
 
 
 # The Numba step's forms compiled ahead by the xdist controller, one child per group, the
@@ -93,24 +110,34 @@ def pytest_sessionstart(session):
     """In a parallel session (pytest-xdist's controller, before its workers start), fill
     Numba's on-disk cache first (tests/cpu_verification/numba_cache.py): else each worker and
     each command a test starts compiles the same pooled step, cold, at the same time."""
-    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(session.config.option,
-                                                            "numprocesses", None):
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(
+        session.config.option, "numprocesses", None
+    ):
         return
     import subprocess
     import sys
     from pathlib import Path
 
     tests = Path(__file__).parent
-    children = [subprocess.Popen([sys.executable, "-m", "cpu_verification.numba_cache", *forms],
-                                 cwd=tests, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True) for forms in COMPILED_AHEAD]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cpu_verification.numba_cache", *forms],
+            cwd=tests,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for forms in COMPILED_AHEAD
+    ]
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     for child in children:
         said = child.communicate()[0].strip()
         if reporter is not None:
-            reporter.write_line(said if child.returncode == 0 else
-                                f"numba cache: not filled ahead (exit {child.returncode}): "
-                                f"{said[-500:]}")
+            reporter.write_line(
+                said
+                if child.returncode == 0
+                else f"numba cache: not filled ahead (exit {child.returncode}): {said[-500:]}"
+            )
 
 
 def require_onemkl() -> None:
@@ -130,8 +157,10 @@ def pytest_report_header(config):
     from bench.provenance import cpu_model, package_versions
 
     versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
-    return [f"vae-kernel-bench: {versions}",
-            f"cpu: {cpu_model()} ({platform.machine()}), torch threads {torch.get_num_threads()}"]
+    return [
+        f"vae-kernel-bench: {versions}",
+        f"cpu: {cpu_model()} ({platform.machine()}), torch threads {torch.get_num_threads()}",
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -159,8 +188,17 @@ def rng():
 
 # The smallest experiment the CLI runs: one epoch of 4 steps; latent sizes other than 2 skip
 # the z = 2 figures. Add --latents.
-TINY_EXPERIMENT = ("experiment", "--ae-latents", "--epochs", "1", "--iwae-k", "0",
-                   "--batch-size", "1000", "--quiet")
+TINY_EXPERIMENT = (
+    "experiment",
+    "--ae-latents",
+    "--epochs",
+    "1",
+    "--iwae-k",
+    "0",
+    "--batch-size",
+    "1000",
+    "--quiet",
+)
 
 
 @pytest.fixture(scope="session")
@@ -185,8 +223,18 @@ def finished_experiment(tmp_path_factory):
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            code = main([*TINY_EXPERIMENT, "--latents", "3", "3",
-                         "--threads", str(usable_cpus() + 7), "--out", str(out)])
+            code = main(
+                [
+                    *TINY_EXPERIMENT,
+                    "--latents",
+                    "3",
+                    "3",
+                    "--threads",
+                    str(usable_cpus() + 7),
+                    "--out",
+                    str(out),
+                ]
+            )
     finally:
         torch.set_num_threads(threads)
     assert code == 0, err.getvalue()
@@ -200,7 +248,6 @@ def fast_gemm_peak(monkeypatch):
     import bench.throughput
 
     monkeypatch.setattr(bench.throughput, "gemm_peak", lambda *a, **k: (1.0, "stand-in"))
-
 
 
 @pytest.fixture

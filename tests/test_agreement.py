@@ -65,16 +65,23 @@ def test_compiled_backends_match_the_committed_fixture(compiled_backend):
 @pytest.fixture(scope="module")
 def live_cases(images):
     """latent -> every gate case at that size with its oracle, computed once for all backends."""
-    return functools.cache(lambda latent: [(case, expectation(case))
-                                           for case in build_cases(images, latent, steps=8)])
+    return functools.cache(
+        lambda latent: [(case, expectation(case)) for case in build_cases(images, latent, steps=8)]
+    )
 
 
 @pytest.mark.parametrize("latent", [2, 10, 20, 50])
-def test_compiled_backends_match_the_live_oracle_on_every_case(compiled_backend, live_cases,
-                                                               latent):
+def test_compiled_backends_match_the_live_oracle_on_every_case(
+    compiled_backend, live_cases, latent
+):
     pairs = live_cases(latent)
     assert [c.name.split("/")[1] for c, _ in pairs] == [
-        "batch", "partial-batch", "extreme-logits", "beta4", "adam-steps"]
+        "batch",
+        "partial-batch",
+        "extreme-logits",
+        "beta4",
+        "adam-steps",
+    ]
     for case, expected in pairs:
         results = check(compiled_backend, case, expected)
         assert not failures(results), [r.line() for r in failures(results)]
@@ -125,10 +132,13 @@ def test_gate_reports_missing_and_misshapen_tensors(numba_backend, batch_case):
         del out.grads["enc.mu.bias"]
         out.intermediates["h"] = out.intermediates["h"][:, :-1]
 
-    bad = {r.tensor: r.problem for r in failures(check(Perturbed(numba_backend, damage),
-                                                       *batch_case))}
-    assert bad == {"h": "shape (128, 511), expected (128, 512)",
-                   "grad.enc.mu.bias": "missing from the backend's outputs"}
+    bad = {
+        r.tensor: r.problem for r in failures(check(Perturbed(numba_backend, damage), *batch_case))
+    }
+    assert bad == {
+        "h": "shape (128, 511), expected (128, 512)",
+        "grad.enc.mu.bias": "missing from the backend's outputs",
+    }
 
 
 def test_fixture_round_trip_and_schema_check(tmp_path, images):
@@ -140,11 +150,13 @@ def test_fixture_round_trip_and_schema_check(tmp_path, images):
     assert all(np.array_equal(back.params[n], case.params[n]) for n in case.params)
     # The stored data rows, re-indexed, give the same batches.
     for k in range(3):
-        np.testing.assert_array_equal(back.data[back.step_indices[k]],
-                                      case.data[case.step_indices[k]])
+        np.testing.assert_array_equal(
+            back.data[back.step_indices[k]], case.data[case.step_indices[k]]
+        )
     assert set(expected.truth) >= {"steps.loss", "steps.enc.fc1.weight"}
 
     import json
+
     with np.load(path) as archive:
         arrays = dict(archive)
     meta = json.loads(arrays["meta"].tobytes())
@@ -178,6 +190,7 @@ def test_unknown_backend_lists_the_known_ones(capsys):
 
 # -- ReLU kinks along the K-step trajectory (vae_ref.oracle) ----------------------------------
 
+
 @pytest.fixture(scope="module")
 def z2_adam_steps(mnist5k):
     """The run's gate case at z = 2 (its images, 50 steps) and its truth: on an AVX2 EPYC,
@@ -190,8 +203,7 @@ def z2_adam_steps(mnist5k):
 
 
 @pytest.mark.slow
-def test_units_near_a_relu_kink_are_left_out_of_the_k_step_case_only(numba_backend,
-                                                                     z2_adam_steps):
+def test_units_near_a_relu_kink_are_left_out_of_the_k_step_case_only(numba_backend, z2_adam_steps):
     case, expected = z2_adam_steps
     unjudged = expected.unjudged
     assert unjudged["steps.enc.fc1.weight"][94].all()  # the unit seen to flip
@@ -203,6 +215,7 @@ def test_units_near_a_relu_kink_are_left_out_of_the_k_step_case_only(numba_backe
 
 # -- Adam's amplified rounding: the K-step calibration from several summation orders ------------
 
+
 @pytest.mark.slow
 def test_the_false_failure_of_numba_at_z10_over_ten_steps_is_gone(capsys):
     """The issue's reproduction (AMD EPYC, Zen 2/3 and Zen 4; seed 0, mnist-5k's first 1,024
@@ -210,8 +223,10 @@ def test_the_false_failure_of_numba_at_z10_over_ten_steps_is_gone(capsys):
     PyTorch within 0.01 lr, and the gate failed them at 518%. Calibrated by runs in other
     summation orders, the same command passes wherever they fall. (Every backend, z and K
     of the sweep: tests/test_cross_isa.py.)"""
-    assert main(["check", "--backend", "numba", "--latents", "10", "--adam-steps", "10",
-                 "--quiet"]) == 0
+    assert (
+        main(["check", "--backend", "numba", "--latents", "10", "--adam-steps", "10", "--quiet"])
+        == 0
+    )
     assert "PASS: numba" in capsys.readouterr().out
 
 
@@ -228,5 +243,6 @@ def test_an_unjudged_element_is_left_out_and_a_judged_one_is_not():
     assert result.passed and result.unjudged == 3 and "3 near ReLU kinks" in result.line()
     got[0, 0] = np.nan  # never hidden by the mask
     mask[0] = True
-    assert "non-finite" in compare("c", "steps.enc.fc1.weight", got, truth, 1e-7, 3e-4,
-                                   mask).problem
+    assert (
+        "non-finite" in compare("c", "steps.enc.fc1.weight", got, truth, 1e-7, 3e-4, mask).problem
+    )

@@ -21,14 +21,21 @@ def test_every_backend_implements_the_protocol_and_reports_availability(name):
 
 
 CUDA = create_backend("torch-cuda").availability()
-ON_A_GPU = [pytest.mark.gpu,
-            pytest.mark.skipif(not CUDA.available, reason=CUDA.reason or "CUDA unavailable")]
+ON_A_GPU = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not CUDA.available, reason=CUDA.reason or "CUDA unavailable"),
+]
 
 
-@pytest.mark.parametrize("name", ["torch", "torch-fused-adam",
-                                  pytest.param("torch-compile", marks=pytest.mark.slow),
-                                  *(pytest.param(name, marks=ON_A_GPU)
-                                    for name in ("torch-cuda", "torch-cuda-compile"))])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "torch",
+        "torch-fused-adam",
+        pytest.param("torch-compile", marks=pytest.mark.slow),
+        *(pytest.param(name, marks=ON_A_GPU) for name in ("torch-cuda", "torch-cuda-compile")),
+    ],
+)
 def test_torch_backends_pass_the_gate(gate_digits, name):
     case = build_cases(gate_digits, 10, steps=5)
     backend = create_backend(name)
@@ -133,10 +140,12 @@ def test_numba_training_matches_the_reference_within_seed_noise(mnist5k):
     ours, reference = [], []
     for seed in (0, 1, 2):
         config = VAEConfig(latent_dim=10, epochs=3, seed=seed)
-        ours.append(train_backend(create_backend("numba"), config, x, t,
-                                  progress=False).final.test_elbo)
-        reference.append(train_backend(create_backend("torch"), config, x, t,
-                                       progress=False).final.test_elbo)
+        ours.append(
+            train_backend(create_backend("numba"), config, x, t, progress=False).final.test_elbo
+        )
+        reference.append(
+            train_backend(create_backend("torch"), config, x, t, progress=False).final.test_elbo
+        )
     spread = max(np.ptp(ours), np.ptp(reference))
     assert abs(np.mean(ours) - np.mean(reference)) < spread + 1.0, (ours, reference)
 
@@ -147,8 +156,11 @@ def test_an_unavailable_backend_says_why_and_the_cli_exits_2(monkeypatch, capsys
     from bench.cli import main
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "numba" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "numba" else real_find_spec(name, *a),
+    )
     status = create_backend("numba").availability()
     assert not status.available and "numba is not installed (pip install numba)" in status.reason
     assert main(["check", "--backend", "numba", "--latents", "2"]) == 2
@@ -166,8 +178,9 @@ def test_torch_compile_fails_loudly_at_its_variant_limit_instead_of_running_eage
 
     torch._dynamo.reset()  # variants other tests compiled count toward the limit too
     limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
-    flags = [n for n in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit")
-             if hasattr(dynamo, n)]
+    flags = [
+        n for n in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit") if hasattr(dynamo, n)
+    ]
     monkeypatch.setattr(torch_ref, "RECOMPILE_LIMIT", 2)
     data = np.random.default_rng(0).random((64, 784), dtype=np.float32)
     config = VAEConfig(latent_dim=3)
@@ -177,6 +190,7 @@ def test_torch_compile_fails_loudly_at_its_variant_limit_instead_of_running_eage
         backend.load(config, export_params(build_model(config)))
         backend.train_step(data, np.arange(8))
         backend.train_step(data, np.arange(16))
-        with pytest.raises(BackendFailed,
-                           match="limit of compiled variants .* RECOMPILE_LIMIT = 2"):
+        with pytest.raises(
+            BackendFailed, match="limit of compiled variants .* RECOMPILE_LIMIT = 2"
+        ):
             backend.train_step(data, np.arange(24))

@@ -29,8 +29,13 @@ CONFIG = VAEConfig(latent_dim=20)
 BATCH = 128
 # The step's ops as the twins run them; each test launches the device's own op (the same
 # kernel and arguments, its grid sized to that device).
-OPS = program.train_step_ops(CONFIG, make_layout(CONFIG, align=64), BATCH, generate_noise=True,
-                             multiprocessors=NumpyExecutor.multiprocessors)
+OPS = program.train_step_ops(
+    CONFIG,
+    make_layout(CONFIG, align=64),
+    BATCH,
+    generate_noise=True,
+    multiprocessors=NumpyExecutor.multiprocessors,
+)
 LAUNCHES = [i for i, op in enumerate(OPS) if isinstance(op, program.Launch)]
 
 
@@ -49,8 +54,10 @@ def source_executor():
         return
     reason = cuda_on_host.unavailable_reason()
     if reason is not None:
-        pytest.skip(f"no GPU ({CUDA.reason}) and no host build of the kernels ({reason}): "
-                    "nothing to check the twins against")
+        pytest.skip(
+            f"no GPU ({CUDA.reason}) and no host build of the kernels ({reason}): "
+            "nothing to check the twins against"
+        )
     with pytest.MonkeyPatch.context() as patch:
         fake_cupy.install(patch, kernels="source")
         yield "host"
@@ -68,8 +75,9 @@ def pair(mnist5k, source_executor):
         backend._resident(data)
     for _ in range(3):
         twin.train_step(data, rng.integers(0, len(data), BATCH))
-    twin.executor.copy_in(twin._buffers(BATCH)["indices"],
-                          rng.integers(0, len(data), BATCH).astype(np.int64))
+    twin.executor.copy_in(
+        twin._buffers(BATCH)["indices"], rng.integers(0, len(data), BATCH).astype(np.int64)
+    )
     return device, twin
 
 
@@ -94,7 +102,8 @@ def _owners(buffers: dict) -> dict[str, object]:
 def test_fused_kernel(benchmark, pair, source_executor, index):
     device, twin = pair
     assert isinstance(device.executor, CudaExecutor) and not isinstance(
-        twin.executor, CudaExecutor)  # the source on one side, the twin on the other
+        twin.executor, CudaExecutor
+    )  # the source on one side, the twin on the other
     op = device._program("train", BATCH, True)[index]
     assert op.kernel == OPS[index].kernel
     benchmark.group = f"cuda-kernel-{op.kernel}"
@@ -104,20 +113,25 @@ def test_fused_kernel(benchmark, pair, source_executor, index):
         device.executor.copy_in(array, before[name])
     device.executor.run([op], device_buffers)
     expected = {name: array.copy() for name, array in _owners(before).items()}
-    twin_buffers = {**expected, **program.parameter_buffers(twin.layout, expected["params"],
-                                                            expected["grads"])}
+    twin_buffers = {
+        **expected,
+        **program.parameter_buffers(twin.layout, expected["params"], expected["grads"]),
+    }
     twin.executor.run([op], twin_buffers)
     for name, want in expected.items():
         got = device.executor.download(device_buffers[name])
         scale = max(float(np.max(np.abs(want))), 1.0) if want.size else 1.0
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale,
-                                   err_msg=f"{op.kernel}: buffer {name}")
+        np.testing.assert_allclose(
+            got, want, rtol=1e-4, atol=1e-5 * scale, err_msg=f"{op.kernel}: buffer {name}"
+        )
 
     def launch():
         device.executor.run([op], device_buffers)
         device.synchronize()
 
     if source_executor == "host" and not benchmark.disabled:
-        pytest.skip("checked against its twin on the host build of the source; timed only on "
-                    f"a GPU ({CUDA.reason})")
+        pytest.skip(
+            "checked against its twin on the host build of the source; timed only on "
+            f"a GPU ({CUDA.reason})"
+        )
     benchmark(launch)  # timed on a GPU; run once, untimed, in a plain pytest

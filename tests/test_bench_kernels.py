@@ -29,6 +29,7 @@ def close(got, want, rtol=1e-5, atol=1e-6):
 
 # ---- sigmoid + BCE-with-logits + gradient + per-image loss -----------------------------------
 
+
 def bce_truth():
     l, x = LOGITS.astype(np.float64), X.astype(np.float64)
     bce = (np.maximum(l, 0) - l * x + np.log1p(np.exp(-np.abs(l)))).sum(1)
@@ -58,8 +59,9 @@ def torch_bce():
     return bce.numpy(), grad.numpy(), grad.sum(0).numpy()
 
 
-@pytest.mark.parametrize("provider", [numba_bce, numpy_bce, torch_bce],
-                         ids=["numba-fused", "numpy", "torch"])
+@pytest.mark.parametrize(
+    "provider", [numba_bce, numpy_bce, torch_bce], ids=["numba-fused", "numpy", "torch"]
+)
 @pytest.mark.benchmark(group="sigmoid-bce")
 def test_sigmoid_bce(benchmark, provider):
     truth = bce_truth()
@@ -70,6 +72,7 @@ def test_sigmoid_bce(benchmark, provider):
 
 
 # ---- bias + ReLU epilogue --------------------------------------------------------------------
+
 
 def numba_bias_relu():
     a = PRE.copy()
@@ -85,8 +88,11 @@ def torch_bias_relu():
     return torch.relu(torch.from_numpy(PRE) + torch.from_numpy(BIAS)).numpy()
 
 
-@pytest.mark.parametrize("provider", [numba_bias_relu, numpy_bias_relu, torch_bias_relu],
-                         ids=["numba-fused", "numpy", "torch"])
+@pytest.mark.parametrize(
+    "provider",
+    [numba_bias_relu, numpy_bias_relu, torch_bias_relu],
+    ids=["numba-fused", "numpy", "torch"],
+)
 @pytest.mark.benchmark(group="bias-relu")
 def test_bias_relu(benchmark, provider):
     close(provider(), np.maximum(PRE.astype(np.float64) + BIAS, 0))
@@ -116,8 +122,11 @@ def torch_relu_backward():
     return g.numpy(), g.sum(0).numpy()
 
 
-@pytest.mark.parametrize("provider", [numba_relu_backward, numpy_relu_backward,
-                                      torch_relu_backward], ids=["numba-fused", "numpy", "torch"])
+@pytest.mark.parametrize(
+    "provider",
+    [numba_relu_backward, numpy_relu_backward, torch_relu_backward],
+    ids=["numba-fused", "numpy", "torch"],
+)
 @pytest.mark.benchmark(group="relu-backward-bias-sum")
 def test_relu_backward_bias_sum(benchmark, provider):
     want = np.where(ACT > 0, PRE.astype(np.float64), 0)
@@ -130,9 +139,13 @@ def test_relu_backward_bias_sum(benchmark, provider):
 
 # ---- reparameterization + KL ----------------------------------------------------------------
 
+
 def numba_reparam():
-    z, std, kl = (np.empty((B, Z), np.float32), np.empty((B, Z), np.float32),
-                  np.empty(B, np.float32))
+    z, std, kl = (
+        np.empty((B, Z), np.float32),
+        np.empty((B, Z), np.float32),
+        np.empty(B, np.float32),
+    )
     fused.reparameterize_kl(HEADS, EPS, z, std, kl)
     return z, kl
 
@@ -143,8 +156,7 @@ def numpy_reparam():
     return z, -0.5 * (1 + lv - mu**2 - np.exp(lv)).sum(1)
 
 
-@pytest.mark.parametrize("provider", [numba_reparam, numpy_reparam],
-                         ids=["numba-fused", "numpy"])
+@pytest.mark.parametrize("provider", [numba_reparam, numpy_reparam], ids=["numba-fused", "numpy"])
 @pytest.mark.benchmark(group="reparameterize-kl")
 def test_reparameterize_kl(benchmark, provider):
     mu, lv = HEADS[:, :Z].astype(np.float64), HEADS[:, Z:].astype(np.float64)
@@ -191,8 +203,11 @@ def adam_providers():
         flat["v"][:] = 0
         return numba_flat()
 
-    return {"numba-flat": numba_step, "torch-default": torch_optimizer(),
-            "torch-fused": torch_optimizer(fused=True)}, start
+    return {
+        "numba-flat": numba_step,
+        "torch-default": torch_optimizer(),
+        "torch-fused": torch_optimizer(fused=True),
+    }, start
 
 
 @pytest.mark.parametrize("name", ["numba-flat", "torch-default", "torch-fused"])

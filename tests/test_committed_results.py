@@ -24,7 +24,8 @@ def test_there_are_committed_results_to_check():
 def test_each_result_was_made_at_a_clean_commit(path):
     commit = json.loads(path.read_text())["git_commit"]
     assert re.fullmatch(r"[0-9a-f]{40}", commit), (
-        f"{path}: made from {commit!r}, not a clean commit: commit, then rerun its command")
+        f"{path}: made from {commit!r}, not a clean commit: commit, then rerun its command"
+    )
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.name)
@@ -41,4 +42,5 @@ def test_the_results_readme_gives_each_command_as_run(path):
     # Recorded before provenance named a module run as such (bench/provenance.command_line).
     command = command.replace("__main__.py ", "python -m bench ")
     assert command in (RESULTS / "README.md").read_text(), (
-        f"results/README.md does not give {path.parent.name}'s command as run: {command}")
+        f"results/README.md does not give {path.parent.name}'s command as run: {command}"
+    )

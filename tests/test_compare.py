@@ -61,8 +61,10 @@ def test_a_new_run_without_the_yardstick_is_undecided_not_a_pass(tmp_path, capsy
     # Removing the torch rows on purpose still leaves the speed-ups uncomputable.
     code, out, _ = compare(capsys, COMMITTED, no_torch, "--allow-removed")
     assert code == 3 and out.rstrip().splitlines()[-1].startswith("undecided: ")
-    assert ("numba z=20 batch=128: no speed-up in NEW: its torch row at z=20 batch=128 (the "
-            "yardstick) is missing or untimed") in out
+    assert (
+        "numba z=20 batch=128: no speed-up in NEW: its torch row at z=20 batch=128 (the "
+        "yardstick) is missing or untimed"
+    ) in out
     # Gating raw samples/s needs no yardstick.
     assert compare(capsys, COMMITTED, no_torch, "--allow-removed", "--absolute")[0] == 0
 
@@ -122,17 +124,21 @@ def _negative_batch(tmp_path, table):
     return saved(tmp_path, table)
 
 
-@pytest.mark.parametrize("make, message", [
-    (_non_numeric, "line 5: samples_per_s is 'fast', not a number"),
-    # A ValueError and a pandas IntCastingNaNError traceback before (issue 44's table).
-    (_garbage_window, "line 5: window_samples_per_s is 'garbage', not samples/s per window"),
-    (_infinite_latent, "line 5: latent_dim is inf, not a positive integer"),
-    (_negative_batch, "line 5: batch_size is -128, not a positive integer"),
-    (_duplicate_key, "numba z=2 batch=128 appears 2 times"),
-    (_directory, "results.csv: a directory, not a results table"),
-])
-def test_input_that_is_not_a_results_table_is_one_line_and_status_2(tmp_path, capsys, table,
-                                                                    make, message):
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (_non_numeric, "line 5: samples_per_s is 'fast', not a number"),
+        # A ValueError and a pandas IntCastingNaNError traceback before (issue 44's table).
+        (_garbage_window, "line 5: window_samples_per_s is 'garbage', not samples/s per window"),
+        (_infinite_latent, "line 5: latent_dim is inf, not a positive integer"),
+        (_negative_batch, "line 5: batch_size is -128, not a positive integer"),
+        (_duplicate_key, "numba z=2 batch=128 appears 2 times"),
+        (_directory, "results.csv: a directory, not a results table"),
+    ],
+)
+def test_input_that_is_not_a_results_table_is_one_line_and_status_2(
+    tmp_path, capsys, table, make, message
+):
     damaged = make(tmp_path, table)
     for old, new in ((COMMITTED, damaged), (damaged, COMMITTED)):  # either order
         code, _, err = compare(capsys, old, new)
@@ -171,8 +177,11 @@ def test_runs_from_different_cpus_get_no_throughput_verdict(tmp_path, capsys, ta
     assert "throughput is not compared" in refusal and "--allow-machine-change" in refusal
     assert "speed-up over PyTorch eager" not in out  # the halving is not judged
     assert "no ELBO or agreement regression beyond the gate" in out
-    numba_z2 = next(line for line in out.splitlines() if line.startswith("numba  ")
-                    and line.split()[1:3] == ["2", "128"])
+    numba_z2 = next(
+        line
+        for line in out.splitlines()
+        if line.startswith("numba  ") and line.split()[1:3] == ["2", "128"]
+    )
     elbo = table[(table.backend == "numba") & (table.latent_dim == 2)].final_test_elbo.iloc[0]
     assert f"{elbo:.2f}" in numba_z2 and "+0.00" in numba_z2  # the ELBO columns are shown
 
@@ -186,7 +195,8 @@ def test_elbo_is_still_gated_across_cpus(tmp_path, capsys, table):
 
 
 def test_allow_machine_change_compares_throughput_and_says_the_machines_differ(
-        tmp_path, capsys, table):
+    tmp_path, capsys, table
+):
     same = run_dir(tmp_path, table, "same", cpu=XEON)
     code, out, _ = compare(capsys, COMMITTED, same, "--allow-machine-change")
     assert code == 0 and "no regression beyond the gate" in out
@@ -227,14 +237,18 @@ def test_a_damaged_env_json_is_refused_with_status_2(tmp_path, capsys, table):
     assert code == 2 and f"{new / 'env.json'}: not a run environment" in err
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"spec": {"epochs": 5}}, "no spec.dataset"),  # a KeyError in merge's summary before
-    ({"gemm_peak_gflops": "fast"}, "gemm_peak_gflops is 'fast', not a positive number"),
-    ({"logical_cpus": True}, "logical_cpus is True, not an integer"),
-    ({"gpu": "H100"}, "no gpu_gemm_peak_gflops"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"spec": {"epochs": 5}}, "no spec.dataset"),  # a KeyError in merge's summary before
+        ({"gemm_peak_gflops": "fast"}, "gemm_peak_gflops is 'fast', not a positive number"),
+        ({"logical_cpus": True}, "logical_cpus is True, not an integer"),
+        ({"gpu": "H100"}, "no gpu_gemm_peak_gflops"),
+    ],
+)
 def test_an_env_json_missing_or_mistyping_a_field_is_refused_by_each_reader(
-        tmp_path, capsys, table, changes, message):
+    tmp_path, capsys, table, changes, message
+):
     damaged = run_dir(tmp_path, table, **changes)
     code, _, err = compare(capsys, COMMITTED, damaged)
     assert code == 2 and err.count("\n") == 1 and message in err, err

@@ -60,9 +60,11 @@ def test_the_interval_is_the_order_statistics_the_u_test_inverts():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.floats(0.5, 2.0), min_size=5, max_size=12, unique=True),
-       st.lists(st.floats(0.5, 2.0), min_size=5, max_size=12, unique=True),
-       st.floats(0.01, 0.2))
+@given(
+    st.lists(st.floats(0.5, 2.0), min_size=5, max_size=12, unique=True),
+    st.lists(st.floats(0.5, 2.0), min_size=5, max_size=12, unique=True),
+    st.floats(0.01, 0.2),
+)
 def test_the_verdict_and_the_interval_say_the_same(old, new, alpha):
     """Slower exactly when the interval lies wholly below 1, faster when above (tie-free
     windows, where both are exact), the estimate inside the interval."""
@@ -75,10 +77,16 @@ def test_the_verdict_and_the_interval_say_the_same(old, new, alpha):
 
 
 def test_per_window_speedups_pair_window_i_with_the_yardsticks_window_i():
-    table = pd.DataFrame({"backend": ["torch", "numba", "numba"], "device": "cpu",
-                          "latent_dim": [2, 2, 10], "batch_size": 128,
-                          "samples_per_s": [1.0, 2.0, 3.0],
-                          "window_samples_per_s": ["100 200 400", "150 300 1000", "1 2 3"]})
+    table = pd.DataFrame(
+        {
+            "backend": ["torch", "numba", "numba"],
+            "device": "cpu",
+            "latent_dim": [2, 2, 10],
+            "batch_size": 128,
+            "samples_per_s": [1.0, 2.0, 3.0],
+            "window_samples_per_s": ["100 200 400", "150 300 1000", "1 2 3"],
+        }
+    )
     ratios = window_speedups(table)
     assert ratios[0].tolist() == [1, 1, 1]
     assert ratios[1].tolist() == [1.5, 1.5, 2.5]  # not sorted: same rounds are paired
@@ -115,8 +123,11 @@ def compare(capsys, tmp_path, old, new, *flags):
 
 
 def _numba_z2_line(out):
-    return next(line for line in out.splitlines() if line.startswith("numba  ")
-                and line.split()[1:3] == ["2", "128"])
+    return next(
+        line
+        for line in out.splitlines()
+        if line.startswith("numba  ") and line.split()[1:3] == ["2", "128"]
+    )
 
 
 def test_a_real_slowdown_is_a_significant_regression(windowed, tmp_path, capsys):
@@ -132,7 +143,8 @@ def test_a_real_slowdown_is_a_significant_regression(windowed, tmp_path, capsys)
 
 
 def test_a_drop_beyond_the_threshold_that_the_windows_call_noise_is_not_a_regression(
-        windowed, tmp_path, capsys):
+    windowed, tmp_path, capsys
+):
     old = windowed
     numba = (old.backend == "numba") & (old.latent_dim == 2)
     was = np.array(old.loc[numba, "window_samples_per_s"].iloc[0].split(), float)
@@ -155,7 +167,8 @@ def test_too_few_windows_is_undecided_not_a_pass(windowed, tmp_path, capsys):
     old = windowed
     few = old.copy()
     few["window_samples_per_s"] = few.window_samples_per_s.map(
-        lambda text: " ".join(text.split()[:MIN_WINDOWS - 1]))
+        lambda text: " ".join(text.split()[: MIN_WINDOWS - 1])
+    )
     slower = few.copy()
     numba = (slower.backend == "numba") & (slower.latent_dim == 2)
     slower.loc[numba, "samples_per_s"] /= 2
@@ -203,7 +216,8 @@ def test_the_slowed_backend_stretches_each_step_to_the_asked_throughput():
 
 
 def test_a_significant_drop_within_the_gate_is_said_slower_not_passed_as_no_change(
-        windowed, tmp_path, capsys):
+    windowed, tmp_path, capsys
+):
     """A significant 20% slowdown passed under the 25% gate with the same word as no
     change (issue 40, part 2): now it is 'slower', said in a note, and exit 0 (the gate)."""
     old = windowed
@@ -258,8 +272,7 @@ def test_json_and_markdown_say_what_the_text_says(windowed, tmp_path, capsys):
     assert code == 1 and lines[0] == "### vae-bench compare: ❌ regression: 1 beyond the gate"
     table = [line for line in lines if line.startswith("| ") and "|---" not in line]
     assert len(table) == 1 + len(old) + 1 + 2  # header, rows, geomean header, its rows
-    assert any(line.startswith("| numba | 2 | 128 |") and "**SLOWER**" in line
-               for line in table)
+    assert any(line.startswith("| numba | 2 | 128 |") and "**SLOWER**" in line for line in table)
 
 
 def test_the_exit_statuses_are_in_the_help(capsys):

@@ -19,12 +19,17 @@ from vae_ref.fixture import read_fixture
 TESTS = Path(__file__).resolve().parent
 
 
-def child(args: list[str], restriction: dict[str, str],
-          module: str = "cpu_verification.restricted_isa") -> subprocess.CompletedProcess:
-    env = {**os.environ, **restriction,
-           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", module, *args],
-                          env=env, capture_output=True, text=True, timeout=1200)
+def child(
+    args: list[str], restriction: dict[str, str], module: str = "cpu_verification.restricted_isa"
+) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        **restriction,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=1200
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +42,10 @@ def restriction() -> dict[str, str]:
         if digest and digest != native:
             return candidate
         tried.append(candidate)
-    pytest.fail(f"none of {tried} changed float32 PyTorch's GEMM bits on this CPU: nothing "
-                "here stands for another CPU; add a restriction to restricted_isa.restrictions")
+    pytest.fail(
+        f"none of {tried} changed float32 PyTorch's GEMM bits on this CPU: nothing "
+        "here stands for another CPU; add a restriction to restricted_isa.restrictions"
+    )
 
 
 def test_a_restriction_changes_the_bits_it_claims_to(restriction):
@@ -53,14 +60,17 @@ def test_the_calibration_holds_below_this_cpus_instruction_set(restriction, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(out.read_text())
     for case, expected in read_fixture(FIXTURE):
-        assert not outside_band(expected, measured["calibration"][case.name]), \
-            (restriction, case.name)
+        assert not outside_band(expected, measured["calibration"][case.name]), (
+            restriction,
+            case.name,
+        )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["native", "below"])
-def test_no_correct_cpu_backend_fails_the_gate_at_any_latent_size_or_k(where, restriction,
-                                                                       tmp_path, capsys):
+def test_no_correct_cpu_backend_fails_the_gate_at_any_latent_size_or_k(
+    where, restriction, tmp_path, capsys
+):
     """The issue's sweep (every CPU backend x z 2, 10, 20, 50 x K 1, 10, 50 x the run's
     images and the fixture's cases), each case's worst fraction of its tolerance printed.
     Below this CPU's instruction set at the K every command gates with (and the single-step
@@ -73,23 +83,35 @@ def test_no_correct_cpu_backend_fails_the_gate_at_any_latent_size_or_k(where, re
     out = tmp_path / "sweep.json"
     steps = (*SWEEP_STEPS, GATE_ADAM_STEPS) if where == "native" else (GATE_ADAM_STEPS,)
     below = where == "below"
-    result = child([str(out), *(["--mkl-only"] if below else []), *map(str, steps)],
-                   restriction if below else {}, module="cpu_verification.gate_sweep")
+    result = child(
+        [str(out), *(["--mkl-only"] if below else []), *map(str, steps)],
+        restriction if below else {},
+        module="cpu_verification.gate_sweep",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads(out.read_text())
     rows = measured["rows"]
     with capsys.disabled():
-        print(f"\ngate sweep, MKL {where} this CPU's instruction set "
-              f"({restriction if where == 'below' else 'as found'}); unavailable: "
-              f"{measured['unavailable'] or 'none'}\n{table(rows)}")
+        print(
+            f"\ngate sweep, MKL {where} this CPU's instruction set "
+            f"({restriction if where == 'below' else 'as found'}); unavailable: "
+            f"{measured['unavailable'] or 'none'}\n{table(rows)}"
+        )
     names = {r["backend"] for r in rows}
-    assert {"torch", "torch-fused-adam", "torch-compile", *(() if below else ("numba",))} \
-        <= names, names
+    assert {
+        "torch",
+        "torch-fused-adam",
+        "torch-compile",
+        *(() if below else ("numba",)),
+    } <= names, names
     assert not below or "jax" not in names, names
     wanted = {(z, k) for z in DEFAULT_LATENTS for k in (0, *steps)}
     for name in names:
-        swept = {(r["latent"], r["steps"]) for r in rows
-                 if r["backend"] == name and r["data"] == "mnist-5k"}
+        swept = {
+            (r["latent"], r["steps"])
+            for r in rows
+            if r["backend"] == name and r["data"] == "mnist-5k"
+        }
         assert swept == wanted, (name, wanted - swept)
     failed = [r for r in rows if not r["passed"]]
     assert not failed, (where, restriction, failed)

@@ -64,7 +64,7 @@ def test_every_source_compiles_and_ptxas_reports_every_kernel():
     for result in check(sources, NVCC, ARCHS):
         assert result.returncode == 0, result.output
         expected = declared_kernels(result.source)
-        assert expected, f"no extern \"C\" __global__ kernels parsed in {result.source}"
+        assert expected, f'no extern "C" __global__ kernels parsed in {result.source}'
         reported = result.kernels()
         for arch in ARCHS:
             missing = set(expected) - set(reported.get(arch, {}))
@@ -75,8 +75,10 @@ def test_every_source_compiles_and_ptxas_reports_every_kernel():
 def test_a_type_error_in_a_kernel_fails_the_check(tmp_path, capsys):
     broken = tmp_path / KERNEL_SOURCE.name
     shutil.copy(SOURCE_DIR / "device_math.cuh", tmp_path)
-    broken.write_text(KERNEL_SOURCE.read_text()
-                      + '\nextern "C" __global__ void broken(float* out) { int* p = out; }\n')
+    broken.write_text(
+        KERNEL_SOURCE.read_text()
+        + '\nextern "C" __global__ void broken(float* out) { int* p = out; }\n'
+    )
 
     [result] = check([broken], NVCC, ARCHS)
     assert result.returncode != 0
@@ -90,14 +92,18 @@ def test_a_type_error_in_a_kernel_fails_the_check(tmp_path, capsys):
 @needs_nvcc
 def test_compiling_without_the_launch_defines_hits_the_error_directive(tmp_path):
     # The check's own command minus the -D options: the source must refuse to build.
-    command = [option for option in nvcc_command(KERNEL_SOURCE, ARCHS, tmp_path / "k.o", NVCC)
-               if not option.startswith("-D")]
+    command = [
+        option
+        for option in nvcc_command(KERNEL_SOURCE, ARCHS, tmp_path / "k.o", NVCC)
+        if not option.startswith("-D")
+    ]
     done = subprocess.run(command, check=False, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode != 0
     assert "compile with the launcher's -D options" in done.stdout + done.stderr
 
 
 # -- NVRTC: the runtime compile, without a GPU ---------------------------------------------
+
 
 def _nvrtc_or_skip():
     from gpu_verification.nvrtc_check import find_nvrtc
@@ -154,8 +160,10 @@ def test_no_kernel_divides_in_64_bits():
     ptx = compile_with_nvrtc(_nvrtc_or_skip(), "compute_90").ptx
     bodies = dict(re.findall(r"\.entry\s+(\w+)\((.*?)(?=\.entry|\Z)", ptx, re.DOTALL))
     assert set(bodies) == set(kernel_signatures(kernel_source()))
-    wide = {name: sorted(set(re.findall(r"\b(?:div|rem)\.[su]64\b", body)))
-            for name, body in bodies.items()}
+    wide = {
+        name: sorted(set(re.findall(r"\b(?:div|rem)\.[su]64\b", body)))
+        for name, body in bodies.items()
+    }
     assert not {name: ops for name, ops in wide.items() if ops}
     narrow = {name for name, body in bodies.items() if re.search(r"\b(?:div|rem)\.u32\b", body)}
     assert {"gather_rows", "bias_relu", "reparameterize_kl_backward"} <= narrow

@@ -19,8 +19,7 @@ from vae_ref import VAEConfig, build_model, export_params
 from vae_ref.fixture import read_fixture
 from vae_ref.fixtures import COMMITTED_FIXTURE as FIXTURE
 
-pytestmark = pytest.mark.skipif(unavailable_reason() is not None,
-                                reason=unavailable_reason() or "")
+pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
 
 # A block sum in shared memory, with and without the barrier between the writes and the
 # read: the kind of bug a GPU shows only sometimes.
@@ -79,8 +78,9 @@ def test_a_missing_barrier_gives_an_order_dependent_answer(block_sums):
 def test_a_barrier_only_some_threads_reach_is_refused(block_sums, reverse):
     out = np.zeros(4, np.float32)
     with pytest.raises(LaunchFailed, match="__syncthreads"):
-        block_sums.launch("divergent_barrier", (1, 1, 1), (4, 1, 1), [out.ctypes.data],
-                          reverse=reverse)
+        block_sums.launch(
+            "divergent_barrier", (1, 1, 1), (4, 1, 1), [out.ctypes.data], reverse=reverse
+        )
 
 
 def test_an_index_past_a_shared_array_is_refused(block_sums):
@@ -88,8 +88,7 @@ def test_an_index_past_a_shared_array_is_refused(block_sums):
         pytest.skip("this C++ compiler has no UndefinedBehaviorSanitizer runtime")
     x, out = np.ones(4, np.float32), np.zeros(1, np.float32)
     with pytest.raises(LaunchFailed, match=r"(?s)undefined behaviour .*out of bounds"):
-        block_sums.launch("shared_overflow", (1, 1, 1), (4, 1, 1), [x.ctypes.data,
-                                                                     out.ctypes.data])
+        block_sums.launch("shared_overflow", (1, 1, 1), (4, 1, 1), [x.ctypes.data, out.ctypes.data])
 
 
 def test_an_empty_launch_is_refused(block_sums):
@@ -107,18 +106,22 @@ def test_the_kernel_source_builds_for_the_host_with_the_options_nvrtc_gets():
 
 # -- Adam, alone -----------------------------------------------------------------------------
 
+
 def _aligned_zeros(n: int) -> np.ndarray:
     raw = np.zeros(n + 64, np.float32)
     start = (-raw.ctypes.data // 4) % 64  # 256 bytes, as cudaMalloc
     return raw[start : start + n]
 
 
-@pytest.mark.parametrize("n, geometry", [
-    (1, launch.Geometry((1, 1, 1), (32, 1, 1))),
-    (7, launch.Geometry((1, 1, 1), (32, 1, 1))),  # one float4 and a tail of three
-    (4 * 1000 + 3, launch.Geometry((2, 1, 1), (32, 1, 1))),  # each thread strides 15 times
-    (4 * 1000 + 3, launch.across_the_device(1001, 132)),
-])
+@pytest.mark.parametrize(
+    "n, geometry",
+    [
+        (1, launch.Geometry((1, 1, 1), (32, 1, 1))),
+        (7, launch.Geometry((1, 1, 1), (32, 1, 1))),  # one float4 and a tail of three
+        (4 * 1000 + 3, launch.Geometry((2, 1, 1), (32, 1, 1))),  # each thread strides 15 times
+        (4 * 1000 + 3, launch.across_the_device(1001, 132)),
+    ],
+)
 def test_adam_updates_every_parameter_on_any_grid(n, geometry):
     """Four parameters per thread per pass, the last n % 4 one per thread, any grid: the
     kernel must touch each parameter once, as its twin does."""
@@ -132,23 +135,37 @@ def test_adam_updates_every_parameter_on_any_grid(n, geometry):
     state["v"][...] = np.abs(state["v"])  # a second moment is not negative
     corrections = np.zeros(2, np.float32)
     step = np.array([3], np.uint32)
-    module.launch("adam_bias_corrections", (1, 1, 1), (1, 1, 1),
-                  [step.ctypes.data, 3e-4, 0.9, 0.999, corrections.ctypes.data])
+    module.launch(
+        "adam_bias_corrections",
+        (1, 1, 1),
+        (1, 1, 1),
+        [step.ctypes.data, 3e-4, 0.9, 0.999, corrections.ctypes.data],
+    )
     twin = {name: _aligned_zeros(n) for name in state}
     for name, array in state.items():
         twin[name][...] = array
     twin_corrections = np.zeros(2, np.float32)
-    twins.adam_bias_corrections(launch.single_thread(), step, 3e-4, 0.9, 0.999,
-                                twin_corrections)
+    twins.adam_bias_corrections(launch.single_thread(), step, 3e-4, 0.9, 0.999, twin_corrections)
     np.testing.assert_array_equal(corrections, twin_corrections)
     scalars = [np.float32(1 - 0.9), np.float32(0.999), np.float32(1 - 0.999), np.float32(1e-8)]
     before = state["params"].copy()
-    module.launch("adam", geometry.grid, geometry.block,
-                  [state["params"].ctypes.data, state["grads"].ctypes.data,
-                   state["m"].ctypes.data, state["v"].ctypes.data, n, *scalars,
-                   corrections.ctypes.data])
-    twins.adam(geometry, twin["params"], twin["grads"], twin["m"], twin["v"], n, *scalars,
-               twin_corrections)
+    module.launch(
+        "adam",
+        geometry.grid,
+        geometry.block,
+        [
+            state["params"].ctypes.data,
+            state["grads"].ctypes.data,
+            state["m"].ctypes.data,
+            state["v"].ctypes.data,
+            n,
+            *scalars,
+            corrections.ctypes.data,
+        ],
+    )
+    twins.adam(
+        geometry, twin["params"], twin["grads"], twin["m"], twin["v"], n, *scalars, twin_corrections
+    )
     for name, array in state.items():
         assert twin_mismatch(array, twin[name]) is None, name
     assert (state["params"] != before).all()  # every parameter was updated
@@ -167,8 +184,11 @@ def test_adam_before_any_step_takes_the_first_step(monkeypatch, kernels):
     backend.load(config, export_params(build_model(config)))
     grads = np.random.default_rng(0).standard_normal(backend.layout.size).astype(np.float32)
     backend.executor.copy_in(backend.flat["grads"], grads)
-    adam = [op for op in backend._program("train", 8, True)
-            if isinstance(op, program.Launch) and op.kernel in program.ADAM_KERNELS]
+    adam = [
+        op
+        for op in backend._program("train", 8, True)
+        if isinstance(op, program.Launch) and op.kernel in program.ADAM_KERNELS
+    ]
     before = backend.executor.download(backend.flat["params"])
     backend.executor.run(adam, backend._buffers(8))
     moved = backend.executor.download(backend.flat["params"]) - before
@@ -180,6 +200,7 @@ def test_adam_before_any_step_takes_the_first_step(monkeypatch, kernels):
 
 
 # -- the step, with the source's kernels, through the real executor ------------------------
+
 
 @pytest.fixture
 def cuda_source(monkeypatch):
@@ -215,10 +236,13 @@ def test_the_kernel_source_at_odd_shapes(cuda_source, mnist5k, latent, batch):
     for graph in (True, False):
         backend = CupyBackend(CudaExecutor, graph=graph)
         backend.load(config, params)
-        losses = [backend.train_step(data, indices, noise),
-                  backend.train_step(data, np.arange(batch))]
-        losses.append(backend.train_epoch(data, np.arange(min(400, 3 * batch))[::-1].copy(),
-                                          batch).tolist())
+        losses = [
+            backend.train_step(data, indices, noise),
+            backend.train_step(data, np.arange(batch)),
+        ]
+        losses.append(
+            backend.train_epoch(data, np.arange(min(400, 3 * batch))[::-1].copy(), batch).tolist()
+        )
         runs.append((losses, backend.params()))
     (losses_graph, params_graph), (losses_plain, params_plain) = runs
     assert losses_graph == losses_plain
@@ -232,27 +256,33 @@ BROKEN_KERNELS = {
         "if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];\n"
         "        __syncthreads();",
         "if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];",
-        "sigmoid_bce: bce differs when threads and blocks run in reverse order"),
+        "sigmoid_bce: bce differs when threads and blocks run in reverse order",
+    ),
     "a write past the end": (
         "out[i] = data[batch[r] * cols + c];",
         "out[i + 1] = data[batch[r] * cols + c];",
-        "gather_rows: wrote past the end of the buffer out"),
+        "gather_rows: wrote past the end of the buffer out",
+    ),
     "a read past the end": (
         "r_sum += (double)bce[i];",
         "r_sum += (double)bce[i + 1];",
-        "batch_loss: out differs from the twin: NaN in different places"),
+        "batch_loss: out differs from the twin: NaN in different places",
+    ),
     "an index past a shared array": (
         "for (int half = ROW_THREADS / 2; half > 0; half >>= 1) {",
         "for (int half = ROW_THREADS; half > 0; half >>= 1) {",
-        r"(?s)sigmoid_bce .* undefined behaviour .*out of bounds"),
+        r"(?s)sigmoid_bce .* undefined behaviour .*out of bounds",
+    ),
     "a wrong index": (
         "for (int k = 0; k < ROW_GROUPS; ++k) sum += partial[k][threadIdx.x];",
         "for (int k = 1; k < ROW_GROUPS; ++k) sum += partial[k][threadIdx.x];",
-        "column_sum: sums differs from the twin: .* elements beyond tolerance"),
+        "column_sum: sums differs from the twin: .* elements beyond tolerance",
+    ),
     "a row chunk left out of the second pass": (
         "for (int k = 1; k < chunks; ++k) total += sums[(long long)k * cols + c];",
         "for (int k = 1; k < chunks - 1; ++k) total += sums[(long long)k * cols + c];",
-        "column_sum_chunks: out differs from the twin: .* elements beyond tolerance"),
+        "column_sum_chunks: out differs from the twin: .* elements beyond tolerance",
+    ),
 }
 # A batch whose column sums are split into row chunks on the simulated device (132 SMs), for
 # the mistakes only a second pass can make; the others take 16 rows.
@@ -279,6 +309,7 @@ def test_a_broken_kernel_is_caught_at_its_launch(cuda_source, monkeypatch, mnist
 # The twins of the column sums add in the kernels' order, so how the rows are split into
 # chunks and added back is checked exactly, not to a tolerance.
 
+
 def _column_sum_inputs(rows: int, cols: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Gradients spanning six orders of magnitude (so that the order of the additions shows
     in the bits) and activations, about half of them positive."""
@@ -288,8 +319,9 @@ def _column_sum_inputs(rows: int, cols: int, seed: int) -> tuple[np.ndarray, np.
     return grad, rng.standard_normal((rows, cols)).astype(np.float32)
 
 
-def _column_sum_of(run_kernel, relu: bool, grad: np.ndarray, act: np.ndarray,
-                   geometry: launch.Geometry) -> tuple[np.ndarray, np.ndarray]:
+def _column_sum_of(
+    run_kernel, relu: bool, grad: np.ndarray, act: np.ndarray, geometry: launch.Geometry
+) -> tuple[np.ndarray, np.ndarray]:
     """A bias gradient's column sum as a step makes it: the first pass on ``geometry``, then,
     with more than one row chunk, the second. ``run_kernel(name, geometry, args)`` runs a
     kernel (the source or its twin) on flat arrays. Returns (the sums, grad after)."""
@@ -299,8 +331,7 @@ def _column_sum_of(run_kernel, relu: bool, grad: np.ndarray, act: np.ndarray,
     out = np.zeros(cols, np.float32)
     sums = np.zeros(chunks * cols, np.float32) if chunks > 1 else out
     if relu:
-        run_kernel("relu_backward_bias_grad", geometry,
-                   [grad, act.reshape(-1), sums, rows, cols])
+        run_kernel("relu_backward_bias_grad", geometry, [grad, act.reshape(-1), sums, rows, cols])
     else:
         run_kernel("column_sum", geometry, [grad, sums, rows, cols])
     if chunks > 1:
@@ -312,6 +343,7 @@ def _on_host(module: HostModule, reverse: bool = False):
     def run(name, geometry, args):
         addresses = [a.ctypes.data if isinstance(a, np.ndarray) else a for a in args]
         module.launch(name, geometry.grid, geometry.block, addresses, reverse=reverse)
+
     return run
 
 
@@ -325,8 +357,9 @@ def _bits(a: np.ndarray) -> np.ndarray:
 
 def _tiles(rows: int, cols: int, chunks: int) -> launch.Geometry:
     """The column sums' grid with any number of row chunks, not only the launcher's choice."""
-    return launch.Geometry((-(-cols // launch.COL_TILE), chunks, 1),
-                           (launch.COL_TILE, launch.ROW_GROUPS, 1))
+    return launch.Geometry(
+        (-(-cols // launch.COL_TILE), chunks, 1), (launch.COL_TILE, launch.ROW_GROUPS, 1)
+    )
 
 
 # (rows, cols, grid): the launcher's split of the heads' sum at batch 2048 on an H100
@@ -347,7 +380,9 @@ def _column_sum_mismatches(module: HostModule) -> list[str]:
     for rows, cols, geometry in COLUMN_SUM_CASES:
         grad, act = _column_sum_inputs(rows, cols, rows + cols)
         for relu in (False, True):
-            where = f"{'relu_backward_bias_grad' if relu else 'column_sum'} {rows}x{cols} on {geometry}"
+            where = (
+                f"{'relu_backward_bias_grad' if relu else 'column_sum'} {rows}x{cols} on {geometry}"
+            )
             twin = _column_sum_of(_as_twin, relu, grad, act, geometry)
             for reverse in (False, True):
                 source = _column_sum_of(_on_host(module, reverse), relu, grad, act, geometry)
@@ -410,23 +445,37 @@ def _twin_adding_chunks_last_to_first(g, sums, out, chunks, cols):
 
 
 REORDERED_SUMS = {
-    "the second pass adds the chunks last to first": ("source", (
-        "float total = sums[c];\n"
-        "        for (int k = 1; k < chunks; ++k) total += sums[(long long)k * cols + c];",
-        "float total = sums[(long long)(chunks - 1) * cols + c];\n"
-        "        for (int k = chunks - 2; k >= 0; --k) total += sums[(long long)k * cols + c];")),
-    "the first pass adds the thread sums last to first": ("source", (
-        "for (int k = 0; k < ROW_GROUPS; ++k) sum += partial[k][threadIdx.x];",
-        "for (int k = ROW_GROUPS - 1; k >= 0; --k) sum += partial[k][threadIdx.x];")),
-    "shorter row chunks, the last one taking the rest": ("source", (
-        "int chunk = (rows - 1) / (int)gridDim.y + 1;\n"
-        "    int first = (int)blockIdx.y * chunk;\n"
-        "    int end = rows - first < chunk ? rows : first + chunk;",
-        "int chunk = rows / (int)gridDim.y;\n"
-        "    int first = (int)blockIdx.y * chunk;\n"
-        "    int end = blockIdx.y + 1 == gridDim.y ? rows : first + chunk;")),
-    "the twin adds the chunks last to first": ("twin", (
-        "column_sum_chunks", _twin_adding_chunks_last_to_first)),
+    "the second pass adds the chunks last to first": (
+        "source",
+        (
+            "float total = sums[c];\n"
+            "        for (int k = 1; k < chunks; ++k) total += sums[(long long)k * cols + c];",
+            "float total = sums[(long long)(chunks - 1) * cols + c];\n"
+            "        for (int k = chunks - 2; k >= 0; --k) total += sums[(long long)k * cols + c];",
+        ),
+    ),
+    "the first pass adds the thread sums last to first": (
+        "source",
+        (
+            "for (int k = 0; k < ROW_GROUPS; ++k) sum += partial[k][threadIdx.x];",
+            "for (int k = ROW_GROUPS - 1; k >= 0; --k) sum += partial[k][threadIdx.x];",
+        ),
+    ),
+    "shorter row chunks, the last one taking the rest": (
+        "source",
+        (
+            "int chunk = (rows - 1) / (int)gridDim.y + 1;\n"
+            "    int first = (int)blockIdx.y * chunk;\n"
+            "    int end = rows - first < chunk ? rows : first + chunk;",
+            "int chunk = rows / (int)gridDim.y;\n"
+            "    int first = (int)blockIdx.y * chunk;\n"
+            "    int end = blockIdx.y + 1 == gridDim.y ? rows : first + chunk;",
+        ),
+    ),
+    "the twin adds the chunks last to first": (
+        "twin",
+        ("column_sum_chunks", _twin_adding_chunks_last_to_first),
+    ),
 }
 
 

@@ -41,6 +41,7 @@ def loaded(config: VAEConfig, **options) -> CupyBackend:
 
 # -- the launcher's contract with vae_kernels.cu ------------------------------------------------
 
+
 def c_kernels() -> dict[str, list[tuple[str, str, bool]]]:
     """name -> [(C type without const/restrict, parameter name, is pointer)]"""
     return kernel_signatures(kernel_source())
@@ -63,35 +64,52 @@ def test_the_runtime_imports_no_verification_code_and_no_cupy():
     import sys
 
     modules = [f"kernels.cupy_gpu.{p.stem}" for p in launch.SOURCE_DIR.glob("*.py")]
-    probe = (f"import sys; import {', '.join(modules)}; "
-             "print('\\n'.join(sorted(sys.modules)))")
-    loaded = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
-                            text=True, cwd=Path(__file__).parents[1]).stdout.split()
+    probe = f"import sys; import {', '.join(modules)}; print('\\n'.join(sorted(sys.modules)))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    ).stdout.split()
     assert "kernels.cupy_gpu.backend" in loaded
-    assert not [m for m in loaded if m.split(".")[0] in (
-        "tests", "gpu_verification", "fake_cupy", "cuda_on_host", "cupy", "cupyx")]
+    assert not [
+        m
+        for m in loaded
+        if m.split(".")[0]
+        in ("tests", "gpu_verification", "fake_cupy", "cuda_on_host", "cupy", "cupyx")
+    ]
 
 
 def test_the_signature_parser_reads_types_names_and_pointers():
     """The runtime's list of kernels (what the CUDA executor loads) is parsed from the .cu."""
-    code = ('extern "C" __global__ void k(const float* __restrict__ a, int n,\n'
-            '                             unsigned long long seed, double*out) {}\n'
-            '__global__ void not_exported(float* a) {}\n'
-            'extern "C" __global__ void empty_kernel() {}')
+    code = (
+        'extern "C" __global__ void k(const float* __restrict__ a, int n,\n'
+        "                             unsigned long long seed, double*out) {}\n"
+        "__global__ void not_exported(float* a) {}\n"
+        'extern "C" __global__ void empty_kernel() {}'
+    )
     assert kernel_signatures(code) == {
-        "k": [("float", "a", True), ("int", "n", False), ("unsigned long long", "seed", False),
-              ("double", "out", True)],
-        "empty_kernel": []}
+        "k": [
+            ("float", "a", True),
+            ("int", "n", False),
+            ("unsigned long long", "seed", False),
+            ("double", "out", True),
+        ],
+        "empty_kernel": [],
+    }
 
 
 def all_programs(config: VAEConfig, batch: int, multiprocessors: int = 132):
     layout = make_layout(config, align=64)
     mp = multiprocessors
     return {
-        "train (noise drawn)": program.train_step_ops(config, layout, batch, generate_noise=True,
-                                                      multiprocessors=mp),
-        "train (noise given)": program.train_step_ops(config, layout, batch, generate_noise=False,
-                                                      multiprocessors=mp),
+        "train (noise drawn)": program.train_step_ops(
+            config, layout, batch, generate_noise=True, multiprocessors=mp
+        ),
+        "train (noise given)": program.train_step_ops(
+            config, layout, batch, generate_noise=False, multiprocessors=mp
+        ),
         "forward+backward": program.forward_ops(config, layout, batch)
         + program.backward_ops(config, layout, batch, multiprocessors=mp),
     }
@@ -108,8 +126,10 @@ def test_every_launch_passes_arguments_of_the_declared_c_types(latent, batch):
     buffers = backend._buffers(batch)
     buffers["data"] = np.zeros((10, 784), np.float32)
     # The programs below are sized for 132 multiprocessors, the backend's buffers for its 4.
-    buffers |= {name: np.zeros(shape, dtype)
-                for name, (shape, dtype) in program.workspace_shapes(config, batch, 132).items()}
+    buffers |= {
+        name: np.zeros(shape, dtype)
+        for name, (shape, dtype) in program.workspace_shapes(config, batch, 132).items()
+    }
     signatures = c_kernels()
     for label, ops in all_programs(config, batch).items():
         for op in program.launches(ops):
@@ -132,6 +152,7 @@ def test_a_step_is_24_launches_of_which_11_are_gemms():
 
 # -- GEMMs: row-major products as column-major cuBLAS calls -------------------------------------
 
+
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 def test_planned_gemm_computes_the_row_major_product(trans_a, trans_b, rng):
@@ -139,8 +160,9 @@ def test_planned_gemm_computes_the_row_major_product(trans_a, trans_b, rng):
     a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
     b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
     c = np.zeros((m, n), np.float32)
-    call = plan_gemm("c", "a", "b", {"a": a.shape, "b": b.shape, "c": c.shape},
-                     trans_a=trans_a, trans_b=trans_b)
+    call = plan_gemm(
+        "c", "a", "b", {"a": a.shape, "b": b.shape, "c": c.shape}, trans_a=trans_a, trans_b=trans_b
+    )
     twins.gemm(call, {"a": a, "b": b}[call.a], {"a": a, "b": b}[call.b], c)
     expected = (a.T if trans_a else a) @ (b.T if trans_b else b)
     np.testing.assert_allclose(c, expected, rtol=1e-5, atol=1e-6)
@@ -161,6 +183,7 @@ def test_the_steps_gemms_do_the_models_flops():
 
 
 # -- launch geometry ------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n", [1, 255, 256, 257, 128 * 784, 4096 * 784, 10**8])
 def test_elementwise_grids_are_never_empty_and_capped(n):
@@ -203,8 +226,9 @@ def test_column_tiles_cover_every_column_and_row(cols, rows, multiprocessors):
     assert chunks * per_chunk >= rows > (chunks - 1) * per_chunk  # every row; no empty chunk
     if chunks > 1:  # split only where each thread of a chunk still has rows to walk
         assert per_chunk >= launch.MIN_CHUNK_ROWS
-        assert (g.grid[0] * (chunks - 1)
-                < multiprocessors * launch.COLUMN_BLOCKS_PER_MULTIPROCESSOR)  # no spare wave
+        assert (
+            g.grid[0] * (chunks - 1) < multiprocessors * launch.COLUMN_BLOCKS_PER_MULTIPROCESSOR
+        )  # no spare wave
 
 
 @pytest.mark.parametrize("cols", [512, 40, 784])  # H, 2z at z = 20, the images
@@ -230,8 +254,11 @@ def test_a_split_column_sum_is_added_up_by_a_second_pass_into_its_bias_gradient(
     batch = 2048
     launches = program.launches(all_programs(config, batch)["train (noise drawn)"])
     partials = program.workspace_shapes(config, batch, 132)["column_partials"][0]
-    sums = [(i, op) for i, op in enumerate(launches)
-            if op.kernel in ("column_sum", "relu_backward_bias_grad")]
+    sums = [
+        (i, op)
+        for i, op in enumerate(launches)
+        if op.kernel in ("column_sum", "relu_backward_bias_grad")
+    ]
     assert [op.args[-1].value for _, op in sums] == [784, 512, 40, 512]  # cols
     for i, first in sums:
         second = launches[i + 1]
@@ -256,8 +283,11 @@ def test_sizes_beyond_32_bit_indices_are_refused_in_one_line_naming_them():
     """The kernels index with 32-bit integers: a buffer of 2^31 elements or more must be
     refused when the program is built, before any launch, naming the buffer and its sizes."""
     launch.elementwise(2**31 - 1)
-    with pytest.raises(ValueError, match=r"^elementwise launch: 2,147,483,648 elements, more "
-                                         r"than the kernels' 32-bit indices reach"):
+    with pytest.raises(
+        ValueError,
+        match=r"^elementwise launch: 2,147,483,648 elements, more "
+        r"than the kernels' 32-bit indices reach",
+    ):
         launch.elementwise(2**31)
     config = VAEConfig(latent_dim=20)
     layout = make_layout(config, align=64)
@@ -265,8 +295,9 @@ def test_sizes_beyond_32_bit_indices_are_refused_in_one_line_naming_them():
     program.train_step_ops(config, layout, largest, generate_noise=True, multiprocessors=132)
     too_many = largest + 1
     builders = {
-        "train": lambda: program.train_step_ops(config, layout, too_many, generate_noise=True,
-                                                multiprocessors=132),
+        "train": lambda: program.train_step_ops(
+            config, layout, too_many, generate_noise=True, multiprocessors=132
+        ),
         "forward": lambda: program.forward_ops(config, layout, too_many),
         "backward": lambda: program.backward_ops(config, layout, too_many, multiprocessors=4),
         "workspaces": lambda: program.workspace_shapes(config, too_many, 132),
@@ -299,6 +330,7 @@ def test_twins_catch_launches_that_would_be_wrong_on_the_gpu():
 
 
 # -- the whole program, run by the twins, through the agreement gate ----------------------------
+
 
 @pytest.mark.parametrize("graph", [True, False])
 def test_emulated_step_matches_the_committed_fixture(graph):
@@ -414,6 +446,7 @@ def test_the_emulator_has_no_tf32():
 
 # -- without a GPU: listed, unavailable, with the reason ---------------------------------------
 
+
 @pytest.mark.parametrize("name", ["cupy", "cupy-nograph", "cupy-tf32"])
 def test_cupy_backends_say_why_they_are_unavailable(name):
     backend = create_backend(name)
@@ -444,8 +477,7 @@ def test_cupy_backends_offer_their_capabilities_by_protocol(name):
     )
 
     backend = create_backend(name)
-    for protocol in (Backend, EpochRunner, StageBreakdown, LaunchFloor, DeviceInfo,
-                     MemoryReport):
+    for protocol in (Backend, EpochRunner, StageBreakdown, LaunchFloor, DeviceInfo, MemoryReport):
         assert isinstance(backend, protocol), protocol.__name__
 
 
@@ -458,6 +490,7 @@ def test_the_emulated_backend_describes_its_stand_in_device():
 
 
 # -- on a GPU --------------------------------------------------------------------------------
+
 
 @gpu
 @needs_gpu
@@ -514,6 +547,7 @@ def test_gpu_launch_floor_is_measured():
 
 # -- a whole epoch from a device-side permutation ------------------------------------------------
 
+
 @pytest.mark.parametrize("graph", [True, False])
 def test_an_epoch_on_the_device_equals_its_steps_one_by_one(mnist5k, graph):
     """train_epoch (permutation uploaded once, a device batch cursor, one graph replayed) takes
@@ -553,8 +587,9 @@ def test_training_through_the_harness_uses_the_device_epoch(mnist5k):
     calls = []
     original = backend.train_epoch
     backend.train_epoch = lambda *a: calls.append(a[2]) or original(*a)
-    result = train_backend(backend, config, mnist5k.train_x[:250], mnist5k.test_x[:100],
-                           progress=False)
+    result = train_backend(
+        backend, config, mnist5k.train_x[:250], mnist5k.test_x[:100], progress=False
+    )
     assert calls == [100, 100] and len(result.history) == 2
     assert result.history[-1].train_elbo > result.history[0].train_elbo - 50
 
@@ -591,6 +626,7 @@ def test_stage_breakdown_times_each_part_and_restores_the_state(mnist5k):
 
 # -- the CUDA executor's own code, on a simulated CuPy (tests/gpu_verification/fake_cupy.py) ---------------------
 
+
 @pytest.fixture
 def simulated_cuda(monkeypatch, request):
     """The simulated CuPy, as CuPy 14.2 (the GPU machines'), or the version parametrized."""
@@ -623,8 +659,9 @@ def test_both_executors_do_everything_the_backend_asks_of_an_executor(simulated_
 
     from kernels.cupy_gpu.executors import CudaExecutor, Executor
 
-    members = [name for name in (*vars(Executor), *Executor.__annotations__)
-               if not name.startswith("_")]
+    members = [
+        name for name in (*vars(Executor), *Executor.__annotations__) if not name.startswith("_")
+    ]
     assert {"run", "capture", "replay", "device_name", "multiprocessors"} <= set(members)
     for executor in (CudaExecutor(), NumpyExecutor()):
         missing = [name for name in members if not hasattr(executor, name)]
@@ -633,8 +670,7 @@ def test_both_executors_do_everything_the_backend_asks_of_an_executor(simulated_
 
 @BOTH_CUPYS
 @pytest.mark.parametrize("name, compute", [("cupy", "TF32 off"), ("cupy-tf32", "TF32")])
-def test_the_device_is_described_by_the_backend_on_a_simulated_cupy(simulated_cuda, name,
-                                                                    compute):
+def test_the_device_is_described_by_the_backend_on_a_simulated_cupy(simulated_cuda, name, compute):
     """DeviceInfo before any load (the executor is made on first need, once): the device's
     name from its properties, and the GEMM peak measured through the backend's own cuBLAS
     handle with its compute type (the simulation's clock says 1 ms a product)."""
@@ -642,7 +678,9 @@ def test_the_device_is_described_by_the_backend_on_a_simulated_cupy(simulated_cu
     assert backend.device_name() == "Simulated GPU (tests/gpu_verification/fake_cupy.py)"
     executor = backend.executor
     peak, how = backend.gemm_peak(size=48, repeats=2)
-    assert how == f"48x48 float32 GEMM via cuBLAS (cublasGemmEx, as the backend calls it), {compute}"
+    assert (
+        how == f"48x48 float32 GEMM via cuBLAS (cublasGemmEx, as the backend calls it), {compute}"
+    )
     assert peak == pytest.approx(2 * 48**3 / 1e-3 / 1e9)
     config = VAEConfig(latent_dim=4)
     backend.load(config, export_params(build_model(config)))
@@ -659,20 +697,26 @@ def test_cuda_executor_epoch_and_timing_aids_on_a_simulated_cupy(simulated_cuda,
     cuda.load(config, params)
     twin = emulated_backend()
     twin.load(config, params)
-    np.testing.assert_array_equal(cuda.train_epoch(data, order, 64),
-                                  twin.train_epoch(data, order, 64))
+    np.testing.assert_array_equal(
+        cuda.train_epoch(data, order, 64), twin.train_epoch(data, order, 64)
+    )
     assert cuda.train_step(data, order[:64], want_loss=False) is None
     assert cuda.kernels_per_step(64) == {"fused kernels": 13, "gemms": 11}
     assert cuda.launch_floor(64)["nodes"] == 24  # counted in the captured graph
     assert cuda.executor.graph_nodes(next(iter(cuda._graphs.values()))) == 24
     assert set(cuda.stage_times(data, 64, repeats=1, replays=1)) == {
-        "step", "gemms", "fused kernels", "adam"}
+        "step",
+        "gemms",
+        "fused kernels",
+        "adam",
+    }
 
 
 @pytest.mark.slow
 @BOTH_CUPYS
-def test_the_harness_runs_the_gpu_profile_on_a_simulated_cupy(simulated_cuda, monkeypatch,
-                                                               tmp_path, capsys):
+def test_the_harness_runs_the_gpu_profile_on_a_simulated_cupy(
+    simulated_cuda, monkeypatch, tmp_path, capsys
+):
     """The harness's GPU paths — the GPU's GEMM peak through CuPy, the device and launch-floor
     columns, the GPU lines of the summary, compare on a GPU table — before any GPU runs them.
     On CuPy 13 as on 14: CuPy 13's own Graph has dropped its cudaGraph_t by the time it is
@@ -683,20 +727,52 @@ def test_the_harness_runs_the_gpu_profile_on_a_simulated_cupy(simulated_cuda, mo
     from bench.cli import main
 
     peak, stages = CupyBackend.gemm_peak, CupyBackend.stage_times
-    monkeypatch.setattr(CupyBackend, "gemm_peak",  # a small product: the simulation is slow
-                        lambda self: peak(self, size=64, repeats=1))
-    monkeypatch.setattr(CupyBackend, "stage_times",  # the simulation's times mean nothing
-                        lambda self, data, batch, repeats=1: stages(self, data, batch, 1, 1))
+    monkeypatch.setattr(
+        CupyBackend,
+        "gemm_peak",  # a small product: the simulation is slow
+        lambda self: peak(self, size=64, repeats=1),
+    )
+    monkeypatch.setattr(
+        CupyBackend,
+        "stage_times",  # the simulation's times mean nothing
+        lambda self, data, batch, repeats=1: stages(self, data, batch, 1, 1),
+    )
     out = tmp_path / "run"
-    assert main(["run", "--profile", "gpu", "--backends", "cupy", "--latents", "2",
-                 "--batch-sizes", "64", "--epochs", "1", "--repeats", "1", "--steps", "2",
-                 "--iwae-k", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--profile",
+                "gpu",
+                "--backends",
+                "cupy",
+                "--latents",
+                "2",
+                "--batch-sizes",
+                "64",
+                "--epochs",
+                "1",
+                "--repeats",
+                "1",
+                "--steps",
+                "2",
+                "--iwae-k",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = pd.read_csv(out / "results.csv")
     row = rows[rows.backend == "cupy"].iloc[0]
     assert row.device == "cuda" and row.agreement == "pass"
     assert row.launch_floor_ms > 0 and np.isfinite(row.final_test_elbo)
     summary = (out / "summary.md").read_text()
-    assert "GPU Simulated GPU" in summary and "via cuBLAS (cublasGemmEx, as the backend calls it), TF32 off" in summary
+    assert (
+        "GPU Simulated GPU" in summary
+        and "via cuBLAS (cublasGemmEx, as the backend calls it), TF32 off" in summary
+    )
     capsys.readouterr()
     assert main(["compare", str(out), str(out)]) == 0
 
@@ -741,11 +817,14 @@ def test_an_error_while_capturing_is_the_error_raised(simulated_cuda, monkeypatc
 
     monkeypatch.setattr(CudaExecutor, "run", run_then_wait)
     ops = backend._program("forward", 16)
-    with pytest.raises(simulated_cuda.CUDARuntimeError,
-                       match="cudaErrorStreamCaptureUnsupported") as caught:
+    with pytest.raises(
+        simulated_cuda.CUDARuntimeError, match="cudaErrorStreamCaptureUnsupported"
+    ) as caught:
         backend.executor.capture(ops, backend._buffers(16))
-    assert any("cudaErrorStreamCaptureInvalidated" in note
-               for note in getattr(caught.value, "__notes__", caught.value.args))
+    assert any(
+        "cudaErrorStreamCaptureInvalidated" in note
+        for note in getattr(caught.value, "__notes__", caught.value.args)
+    )
     monkeypatch.setattr(CudaExecutor, "run", plain_run)
     graph = backend.executor.capture(ops, backend._buffers(16))  # no capture left open
     assert backend.executor.graph_nodes(graph) == len(ops)
@@ -768,8 +847,9 @@ def test_the_step_memory_is_every_device_buffer_it_holds_but_the_data(mnist5k):
     # multiprocessors: its scratch buffer is held, and counted, with the other workspaces.
     shapes = program.workspace_shapes(config, 512, backend.executor.multiprocessors)
     assert shapes["column_partials"] == ((launch.column_chunks(512, 8, 4) * 8,), np.float32)
-    workspaces = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
-                     for shape, dtype in shapes.values())
+    workspaces = sum(
+        int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in shapes.values()
+    )
     assert backend.peak_memory_bytes(data, 512) == flat + workspaces
     backend.train_epoch(data, np.arange(300), 16)
     assert backend.peak_memory_bytes(data, 16) > small  # the epoch's order and losses

@@ -27,14 +27,29 @@ class FailingLibrary:
             setattr(self, name, function)
 
 
-@pytest.mark.parametrize("failing, status, named", [
-    ("cublasCreate_v2", 1, "cublasCreate failed with cublasStatus_t 1 "
-                           r"\(CUBLAS_STATUS_NOT_INITIALIZED\)"),
-    ("cublasSetStream_v2", 14, r"cublasSetStream failed .*\(CUBLAS_STATUS_INTERNAL_ERROR\)"),
-    ("cublasSetWorkspace_v2", 7, r"cublasSetWorkspace failed .*\(CUBLAS_STATUS_INVALID_VALUE\)"),
-    ("cublasGemmEx", 7, r"cublasGemmEx \(m=3, n=2, k=4\) failed .*\(CUBLAS_STATUS_INVALID_VALUE\)"),
-    ("cublasGemmEx", 99, "cublasGemmEx .* 99 .*unknown status"),
-])
+@pytest.mark.parametrize(
+    "failing, status, named",
+    [
+        (
+            "cublasCreate_v2",
+            1,
+            "cublasCreate failed with cublasStatus_t 1 "
+            r"\(CUBLAS_STATUS_NOT_INITIALIZED\)",
+        ),
+        ("cublasSetStream_v2", 14, r"cublasSetStream failed .*\(CUBLAS_STATUS_INTERNAL_ERROR\)"),
+        (
+            "cublasSetWorkspace_v2",
+            7,
+            r"cublasSetWorkspace failed .*\(CUBLAS_STATUS_INVALID_VALUE\)",
+        ),
+        (
+            "cublasGemmEx",
+            7,
+            r"cublasGemmEx \(m=3, n=2, k=4\) failed .*\(CUBLAS_STATUS_INVALID_VALUE\)",
+        ),
+        ("cublasGemmEx", 99, "cublasGemmEx .* 99 .*unknown status"),
+    ],
+)
 def test_a_failing_cublas_call_raises_naming_the_call_and_status(failing, status, named):
     with pytest.raises(blas.CublasError, match=named):
         handle = blas.Cublas(0, 0, 0, library=FailingLibrary(status, failing))
@@ -67,20 +82,27 @@ def cuda_header(name: str) -> Path | None:
 HEADER, LIBRARY_TYPES = cuda_header("cublas_api.h"), cuda_header("library_types.h")
 
 
-@pytest.mark.skipif(HEADER is None or LIBRARY_TYPES is None,
-                    reason="cuBLAS's headers (cublas_api.h, library_types.h) are not installed")
+@pytest.mark.skipif(
+    HEADER is None or LIBRARY_TYPES is None,
+    reason="cuBLAS's headers (cublas_api.h, library_types.h) are not installed",
+)
 def test_prototypes_and_enum_values_match_cublas_api_h():
     text = HEADER.read_text()
     for name, argtypes in blas._SIGNATURES.items():
         match = re.search(rf"\b{name}\s*\(([^)]*)\)", text)
         assert match, f"{name} is not declared in {HEADER}"
         params = [p.strip() for p in match.group(1).split(",")]
-        pointers = [("*" in p or p.split()[0] in ("cublasHandle_t", "cudaStream_t"))
-                    for p in params]
+        pointers = [
+            ("*" in p or p.split()[0] in ("cublasHandle_t", "cudaStream_t")) for p in params
+        ]
         ours = [t is ctypes.c_void_p or issubclass(t, ctypes._Pointer) for t in argtypes]
         assert pointers == ours, f"{name}: header {params}, ours {argtypes}"
-    for constant in ("CUBLAS_COMPUTE_32F", "CUBLAS_COMPUTE_32F_FAST_TF32",
-                     "CUBLAS_GEMM_DEFAULT", "CUBLAS_POINTER_MODE_HOST"):
+    for constant in (
+        "CUBLAS_COMPUTE_32F",
+        "CUBLAS_COMPUTE_32F_FAST_TF32",
+        "CUBLAS_GEMM_DEFAULT",
+        "CUBLAS_POINTER_MODE_HOST",
+    ):
         value = re.search(rf"\b{constant}\s*=\s*(-?\d+)", text)
         assert value and int(value.group(1)) == getattr(blas, constant), constant
     value = re.search(r"\bCUDA_R_32F\s*=\s*(\d+)", LIBRARY_TYPES.read_text())

@@ -52,15 +52,21 @@ def _parameter_names(function) -> list[str]:
     except (TypeError, ValueError):
         parameters = None
     if parameters is not None:
-        return [p.name for p in parameters if p.name != "self"
-                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        return [
+            p.name
+            for p in parameters
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
     candidates = []
     for line in (function.__doc__ or "").strip().splitlines()[:4]:
         if re.match(r"[\w.]+\(.*\)", line.strip()):
             inside = line[line.index("(") + 1 : line.rindex(")")]
             parts = [part.strip() for part in inside.split(",")]
-            names = [part.split("=")[0].split()[-1] for part in parts
-                     if part and not part.lstrip("\\").startswith("*")]  # *, *a, **k
+            names = [
+                part.split("=")[0].split()[-1]
+                for part in parts
+                if part and not part.lstrip("\\").startswith("*")
+            ]  # *, *a, **k
             candidates.append([name for name in names if name != "self"])
     assert candidates, f"no signature found for {function}"
     return max(candidates, key=len)
@@ -73,12 +79,14 @@ def test_every_simulated_call_exists_and_takes_the_real_parameters(cupy):
 
     runtime = cupy.cuda.runtime
     pairs = {
-        cupy.cuda.Stream: fake_cupy.Stream, cupy.cuda.Event: fake_cupy.Event,
+        cupy.cuda.Stream: fake_cupy.Stream,
+        cupy.cuda.Event: fake_cupy.Event,
         cupy.cuda.Stream.begin_capture: fake_cupy.Stream.begin_capture,
         cupy.cuda.Stream.end_capture: fake_cupy.Stream.end_capture,
         cupy.cuda.Stream.synchronize: fake_cupy.Stream.synchronize,
         cupy.cuda.Event.record: fake_cupy.Event.record,
-        cupy.ndarray.get: fake_cupy.ndarray.get, cupy.ndarray.set: fake_cupy.ndarray.set,
+        cupy.ndarray.get: fake_cupy.ndarray.get,
+        cupy.ndarray.set: fake_cupy.ndarray.set,
         cupy.cuda.graph.Graph.launch: fake_cupy.Graph.launch,
         cupy.RawModule: fake_cupy.RawModule,
         cupy.RawKernel.__call__: fake_cupy._RawKernel.__call__,
@@ -99,7 +107,8 @@ def test_every_simulated_call_exists_and_takes_the_real_parameters(cupy):
         ours, theirs = _parameter_names(simulated), _parameter_names(real)
         remaining = iter(theirs)  # ours must appear in theirs, in the same order
         assert all(name in remaining for name in ours), (
-            f"{real}: CuPy takes {theirs}, the simulation {ours}")
+            f"{real}: CuPy takes {theirs}, the simulation {ours}"
+        )
 
 
 def test_runtime_constants_and_errors_are_the_simulated_ones(cupy):
@@ -147,11 +156,13 @@ def test_cupy_compiles_our_source_with_exactly_the_options_we_check(cupy, monkey
     monkeypatch.setenv("CUPY_CACHE_IN_MEMORY", "1")
     monkeypatch.setattr(compiler, "_NVRTCProgram", RecordingProgram)
     monkeypatch.setattr(compiler, "_get_nvrtc_version", lambda: (13, 0))
-    monkeypatch.setattr(compiler, "_get_arch_for_options_for_nvrtc",
-                        lambda arch=None: (f"-arch=sm_{arch}", "cubin"))
+    monkeypatch.setattr(
+        compiler, "_get_arch_for_options_for_nvrtc", lambda arch=None: (f"-arch=sm_{arch}", "cubin")
+    )
     with pytest.raises(Stop):
-        compiler._compile_module_with_cache(kernel_source(), COMPILE_OPTIONS, arch="90",
-                                            backend="nvrtc")
+        compiler._compile_module_with_cache(
+            kernel_source(), COMPILE_OPTIONS, arch="90", backend="nvrtc"
+        )
     [options] = received
     ours = set(COMPILE_OPTIONS)
     kept = [o for o in options if o != "-arch=sm_90" and (not o.startswith("-I") or o in ours)]
@@ -170,7 +181,7 @@ def extension_strings(module: str) -> bytes:
     found = [raw]
     for header in re.finditer(rb"\x78[\x01\x5e\x9c\xda]", raw):
         try:
-            found.append(zlib.decompressobj().decompress(raw[header.start():]))
+            found.append(zlib.decompressobj().decompress(raw[header.start() :]))
         except zlib.error:
             continue
     return b"\0".join(found)

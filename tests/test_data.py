@@ -238,8 +238,9 @@ def test_fingerprint_is_of_the_content_not_the_name_or_place(tmp_path: Path) -> 
     assert a.fingerprint == b.fingerprint != c.fingerprint
     fashion = load_idx_dataset("fashion-mnist", tmp_path / "a", **SMALL)
     assert fashion.fingerprint == a.fingerprint  # same arrays, whatever they are called
-    one_pixel = Dataset("mnist", a.train_x.copy(), a.train_y, a.test_x, a.test_y, a.source,
-                        a.class_names)
+    one_pixel = Dataset(
+        "mnist", a.train_x.copy(), a.train_y, a.test_x, a.test_y, a.source, a.class_names
+    )
     one_pixel.train_x[3, 300] = 0.5
     assert one_pixel.fingerprint != a.fingerprint
 

@@ -28,7 +28,8 @@ def exact_log_likelihood(model, x: np.ndarray) -> np.ndarray:
         out = []
         for row in torch.from_numpy(x):
             log_joint = -bce_with_logits(logits, row.expand_as(logits)) - 0.5 * (
-                z[:, 0] ** 2 + math.log(2 * math.pi))
+                z[:, 0] ** 2 + math.log(2 * math.pi)
+            )
             dz = (z[1, 0] - z[0, 0]).item()
             out.append(torch.logsumexp(log_joint, 0).item() + math.log(dz))
     return np.array(out)

@@ -24,19 +24,30 @@ BMF_SCHEMA = {
     "$id": "https://bencher.dev/bmf.json",
     "$schema": "http://json-schema.org/draft-07/schema",
     "type": "object",
-    "patternProperties": {".+": {
-        "type": "object",
-        "patternProperties": {".+": {
+    "patternProperties": {
+        ".+": {
             "type": "object",
-            "properties": {"value": {"type": "number"}, "lower_value": {"type": "number"},
-                           "upper_value": {"type": "number"}},
-            "required": ["value"]}}}},
+            "patternProperties": {
+                ".+": {
+                    "type": "object",
+                    "properties": {
+                        "value": {"type": "number"},
+                        "lower_value": {"type": "number"},
+                        "upper_value": {"type": "number"},
+                    },
+                    "required": ["value"],
+                }
+            },
+        }
+    },
 }
-BMF_EXAMPLE = {"benchmark_name": {"latency": {"value": 88.0, "lower_value": 87.42,
-                                              "upper_value": 88.88},
-                                  "throughput": {"value": 5.55, "lower_value": 3.14,
-                                                 "upper_value": 6.30}},
-               "my_binary": {"file-size": {"value": 42.0}}}
+BMF_EXAMPLE = {
+    "benchmark_name": {
+        "latency": {"value": 88.0, "lower_value": 87.42, "upper_value": 88.88},
+        "throughput": {"value": 5.55, "lower_value": 3.14, "upper_value": 6.30},
+    },
+    "my_binary": {"file-size": {"value": 42.0}},
+}
 # Bencher's limits on the names (same page): a benchmark's up to 1024 characters, a measure's
 # slug up to 64.
 BMF_NAME_LIMIT, BMF_SLUG_LIMIT = 1024, 64
@@ -47,18 +58,31 @@ BMF_NAME_LIMIT, BMF_SLUG_LIMIT = 1024, 64
 # extra?: string} (extractCustomBenchmarkResult; extractResult refuses an empty one), and the
 # example from its README.
 GAB_SCHEMA = {
-    "type": "array", "minItems": 1,
-    "items": {"type": "object", "required": ["name", "value", "unit"],
-              "properties": {"name": {"type": "string"}, "value": {"type": "number"},
-                             "unit": {"type": "string"}, "range": {"type": "string"},
-                             "extra": {"type": "string"}},
-              "additionalProperties": False},
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["name", "value", "unit"],
+        "properties": {
+            "name": {"type": "string"},
+            "value": {"type": "number"},
+            "unit": {"type": "string"},
+            "range": {"type": "string"},
+            "extra": {"type": "string"},
+        },
+        "additionalProperties": False,
+    },
 }
-GAB_EXAMPLE = [{"name": "My Custom Smaller Is Better Benchmark - CPU Load", "unit": "Percent",
-                "value": 50},
-               {"name": "My Custom Smaller Is Better Benchmark - Memory Used",
-                "unit": "Megabytes", "value": 100, "range": "3",
-                "extra": "Value for Tooltip: 25\nOptional Num #2: 100\nAnything Else!"}]
+GAB_EXAMPLE = [
+    {"name": "My Custom Smaller Is Better Benchmark - CPU Load", "unit": "Percent", "value": 50},
+    {
+        "name": "My Custom Smaller Is Better Benchmark - Memory Used",
+        "unit": "Megabytes",
+        "value": 100,
+        "range": "3",
+        "extra": "Value for Tooltip: 25\nOptional Num #2: 100\nAnything Else!",
+    },
+]
 
 
 def export(capsys, run, form):
@@ -66,8 +90,7 @@ def export(capsys, run, form):
     return json.loads(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("schema, example", [(BMF_SCHEMA, BMF_EXAMPLE),
-                                             (GAB_SCHEMA, GAB_EXAMPLE)])
+@pytest.mark.parametrize("schema, example", [(BMF_SCHEMA, BMF_EXAMPLE), (GAB_SCHEMA, GAB_EXAMPLE)])
 def test_the_schemas_here_accept_the_formats_own_examples(schema, example):
     jsonschema.validate(example, schema)
 
@@ -81,16 +104,19 @@ def test_bmf_is_valid_and_its_numbers_are_the_runs(capsys):
     assert len(document) == len(table)
     for row in table.itertuples():
         metric = document[f"mnist-5k/z{row.latent_dim}/b{row.batch_size}/{row.backend}"]
-        assert metric["throughput"] == {"value": row.samples_per_s,
-                                        "lower_value": row.samples_per_s_min,
-                                        "upper_value": row.samples_per_s_max}
+        assert metric["throughput"] == {
+            "value": row.samples_per_s,
+            "lower_value": row.samples_per_s_min,
+            "upper_value": row.samples_per_s_max,
+        }
         assert metric["test-elbo"] == {"value": row.final_test_elbo}
         # The speed-up over torch in the same run, computed here from the CSV.
         torch = table[(table.backend == "torch") & (table.latent_dim == row.latent_dim)].iloc[0]
         speedup = metric["speedup-over-eager"]
         assert speedup["value"] == pytest.approx(row.samples_per_s / torch.samples_per_s)
-        ratios = (np.array(row.window_samples_per_s.split(), float)
-                  / np.array(torch.window_samples_per_s.split(), float))
+        ratios = np.array(row.window_samples_per_s.split(), float) / np.array(
+            torch.window_samples_per_s.split(), float
+        )
         assert speedup["lower_value"] == pytest.approx(ratios.min())
         assert speedup["upper_value"] == pytest.approx(ratios.max())
 
@@ -104,8 +130,9 @@ def test_github_action_benchmark_is_valid_and_its_numbers_are_the_runs(capsys):
     numba = table[(table.backend == "numba") & (table.latent_dim == 20)].iloc[0]
     throughput = by_name["mnist-5k/z20/b128/numba throughput"]
     assert throughput["value"] == numba.samples_per_s and throughput["unit"] == "samples/s"
-    assert throughput["range"] == (f"{numba.samples_per_s_min:.6g} to "
-                                   f"{numba.samples_per_s_max:.6g}")
+    assert throughput["range"] == (
+        f"{numba.samples_per_s_min:.6g} to {numba.samples_per_s_max:.6g}"
+    )
     assert by_name["mnist-5k/z20/b128/numba test-elbo"]["value"] == numba.final_test_elbo
 
 
@@ -125,7 +152,8 @@ def test_json_is_results_json_of_the_run(capsys):
     table = pd.read_csv(BASE / "results.csv")
     assert [r["backend"] for r in document["rows"]] == list(table.backend)
     assert document["rows"][0]["window_samples_per_s"] == [
-        float(v) for v in table.window_samples_per_s[0].split()]
+        float(v) for v in table.window_samples_per_s[0].split()
+    ]
     assert document["gate"] == []  # recorded before the gate's tensors were kept
     gated = Path(__file__).parents[1] / "results" / "run-scaling-bf16-fashion-mnist"
     document = export(capsys, gated, "json")
@@ -153,7 +181,7 @@ def test_a_run_cut_short_or_with_nothing_to_export_is_one_line(tmp_path, capsys)
     cut = tmp_path / "cut"
     shutil.copytree(BASE, cut)
     text = (cut / "results.csv").read_bytes()
-    (cut / "results.csv").write_bytes(text[:len(text) - 40])
+    (cut / "results.csv").write_bytes(text[: len(text) - 40])
     assert main(["export", str(cut), "--format", "bmf"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cut short" in err and "export a finished run" in err

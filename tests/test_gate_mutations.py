@@ -5,7 +5,6 @@ backend is run through its own step (eager autograd, torch.compile's compiled gr
 backward, the Numba kernels, the JAX program). Unmutated, the same backends pass
 (test_backends.py, test_agreement.py)."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -20,8 +19,9 @@ from vae_ref.oracle import build_cases, expectation
 @pytest.fixture(scope="module")
 def cases(gate_digits):
     """The gate's cases at z = 10 (5 Adam steps) and their truth, computed before any mutation."""
-    return {c.name.split("/")[1]: (c, expectation(c))
-            for c in build_cases(gate_digits, 10, steps=5)}
+    return {
+        c.name.split("/")[1]: (c, expectation(c)) for c in build_cases(gate_digits, 10, steps=5)
+    }
 
 
 def failed_tensors(backend, case_and_truth) -> set[str]:
@@ -50,10 +50,13 @@ def output_bias_left_out(model, *, when):
 def build_model_mutated(monkeypatch):
     """Makes the torch backends build their model with the output bias left out whenever
     ``when()`` holds (the oracle builds its own model, untouched)."""
+
     def mutate(when):
         real = torch_ref.build_model
-        monkeypatch.setattr(torch_ref, "build_model",
-                            lambda *a, **k: output_bias_left_out(real(*a, **k), when=when))
+        monkeypatch.setattr(
+            torch_ref, "build_model", lambda *a, **k: output_bias_left_out(real(*a, **k), when=when)
+        )
+
     return mutate
 
 
@@ -78,8 +81,9 @@ def test_compile_gate_fails_a_compiled_graph_without_the_output_bias(build_model
     assert failed_tensors(compiled, cases["adam-steps"])
 
 
-@pytest.mark.parametrize("name", ["torch", "torch-fused-adam",
-                                  pytest.param("torch-compile", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name", ["torch", "torch-fused-adam", pytest.param("torch-compile", marks=pytest.mark.slow)]
+)
 def test_torch_gate_fails_adam_with_the_wrong_second_moment_decay(monkeypatch, cases, name):
     monkeypatch.setattr(torch_ref, "ADAM_BETAS", (0.9, 0.99))
     backend = create_backend(name)
@@ -107,19 +111,28 @@ def test_jax_gate_fails_a_timed_program_without_the_output_bias(monkeypatch, cas
     real = step._loss_and_grads
 
     def without_bias(params, x, eps, beta, gemm_inputs):
-        return real({**params, "dec.out.bias": jnp.zeros_like(params["dec.out.bias"])},
-                    x, eps, beta, gemm_inputs)
+        return real(
+            {**params, "dec.out.bias": jnp.zeros_like(params["dec.out.bias"])},
+            x,
+            eps,
+            beta,
+            gemm_inputs,
+        )
 
     monkeypatch.setattr(step, "_loss_and_grads", without_bias)
     # A new function object: jax.jit's trace cache would hand back the unmutated program.
-    monkeypatch.setitem(step.PROGRAMS["float32"], "train",
-                        jax.jit(lambda *a: step.train_step(*a), donate_argnums=(0,)))
+    monkeypatch.setitem(
+        step.PROGRAMS["float32"],
+        "train",
+        jax.jit(lambda *a: step.train_step(*a), donate_argnums=(0,)),
+    )
     bad = failed_tensors(backend, cases["adam-steps"])
     assert {"steps.loss", "steps.dec.out.weight"} <= bad, bad
     assert np.isfinite(backend.params()["dec.out.bias"]).all()
 
 
 # -- mistakes that show only over K steps, at the gate's own K ---------------------------------
+
 
 @pytest.fixture(scope="module")
 def k_steps(gate_digits):
@@ -145,8 +158,9 @@ def test_gate_fails_adam_with_eps_ten_times_too_large(monkeypatch, k_steps, name
 def test_gate_fails_a_learning_rate_one_percent_high(monkeypatch, k_steps, name):
     backend = available(name)
     load = backend.load
-    monkeypatch.setattr(backend, "load", lambda config, params: load(
-        config.replace(lr=config.lr * 1.01), params))
+    monkeypatch.setattr(
+        backend, "load", lambda config, params: load(config.replace(lr=config.lr * 1.01), params)
+    )
     assert "steps.loss" in failed_tensors(backend, k_steps)
 
 

@@ -22,8 +22,15 @@ from bench.cli import main
 from kernels.cupy_gpu import CupyBackend
 
 README = Path(__file__).parents[1] / "kernels" / "cupy_gpu" / "README.md"
-SMALL = {"batch_sizes": (16, 32), "epochs": 1, "repeats": 1, "steps": 2, "gate_steps": 2,
-         "iwae_k": 2, "backend_noise": True}
+SMALL = {
+    "batch_sizes": (16, 32),
+    "epochs": 1,
+    "repeats": 1,
+    "steps": 2,
+    "gate_steps": 2,
+    "iwae_k": 2,
+    "backend_noise": True,
+}
 
 
 def documented_command(device_out: Path, scratch: Path) -> list[str]:
@@ -44,16 +51,25 @@ def documented_command(device_out: Path, scratch: Path) -> list[str]:
 def small_check(monkeypatch):
     """gpu-check's stages, shrunk, on a machine without mlxtend."""
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "mlxtend" else find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "mlxtend" else find_spec(name, *a),
+    )
     monkeypatch.setattr(gpu_check, "COMMON", SMALL)
     monkeypatch.setattr(gpu_check, "TIMED_LATENT", 4)
     monkeypatch.setattr(gpu_check, "OTHER_LATENTS", (2,))
     peak, stages = CupyBackend.gemm_peak, CupyBackend.stage_times
-    monkeypatch.setattr(CupyBackend, "gemm_peak",  # a small product: the simulation is slow
-                        lambda self: peak(self, size=64, repeats=1))
-    monkeypatch.setattr(CupyBackend, "stage_times",  # the simulation's times mean nothing
-                        lambda self, data, batch, repeats=1: stages(self, data, batch, 1, 1))
+    monkeypatch.setattr(
+        CupyBackend,
+        "gemm_peak",  # a small product: the simulation is slow
+        lambda self: peak(self, size=64, repeats=1),
+    )
+    monkeypatch.setattr(
+        CupyBackend,
+        "stage_times",  # the simulation's times mean nothing
+        lambda self, data, batch, repeats=1: stages(self, data, batch, 1, 1),
+    )
 
 
 @pytest.fixture
@@ -72,7 +88,8 @@ def unpacked(path: Path, into: Path) -> Path:
 
 @pytest.mark.slow
 def test_the_documented_command_runs_in_stages_and_its_archive_is_what_comes_back(
-        simulated_gpu, monkeypatch, tmp_path, capsys):
+    simulated_gpu, monkeypatch, tmp_path, capsys
+):
     device_out = tmp_path / "OUT"  # the device tool's $OUT: only what is here comes back
     device_out.mkdir()
     monkeypatch.chdir(tmp_path)
@@ -114,10 +131,10 @@ def test_the_documented_command_runs_in_stages_and_its_archive_is_what_comes_bac
     targets = (check / "targets.md").read_text()
     for stage in ("smoke", "fused", "peers", "latents", "tests"):
         assert f"- {stage}: done in " in targets, stage
-    assert "cupy vs torch-cuda (z = 4, batch 16; fused): not measured, torch-cuda not timed" \
-        in targets
-    assert "cupy vs jax-cuda (z = 4, batch 16; peers): not measured, jax-cuda not timed" \
-        in targets
+    assert (
+        "cupy vs torch-cuda (z = 4, batch 16; fused): not measured, torch-cuda not timed" in targets
+    )
+    assert "cupy vs jax-cuda (z = 4, batch 16; peers): not measured, jax-cuda not timed" in targets
     assert "GPU tests (pytest -m gpu): exit status 0" in targets
     assert "skipped" in (check / "gpu-tests.txt").read_text()
     assert "loaded, stepped and replayed" in (check / "smoke.txt").read_text()
@@ -146,8 +163,17 @@ def test_the_documented_command_runs_in_stages_and_its_archive_is_what_comes_bac
     # compare, merge and report read the stages, unpacked.
     assert main(["compare", str(check / "fused"), str(check / "fused")]) == 0
     assert main(["merge", str(check / "latents"), "--out", str(tmp_path / "merged")]) == 0
-    assert main(["report", *(str(check / s) for s in ("fused", "peers", "latents")),
-                 "--out", str(tmp_path / "report")]) == 0
+    assert (
+        main(
+            [
+                "report",
+                *(str(check / s) for s in ("fused", "peers", "latents")),
+                "--out",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     # Without --resume, a finished check is not overwritten.
     assert main(command) == 2
@@ -158,28 +184,44 @@ def test_a_time_budget_skips_what_would_not_fit_and_says_so(simulated_gpu, tmp_p
     """Only the smoke step fits 50 s (the others are expected to take 90 s and more; the
     tests need 60): each skipped stage says so, and what ran is kept."""
     out = tmp_path / "check"
-    assert main(["gpu-check", "--out", str(out), "--time-budget", "50",
-                 "--backends", "cupy-tf32", "torch-cuda"]) == 0
+    assert (
+        main(
+            [
+                "gpu-check",
+                "--out",
+                str(out),
+                "--time-budget",
+                "50",
+                "--backends",
+                "cupy-tf32",
+                "torch-cuda",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     targets = (out / "targets.md").read_text()
     assert "- smoke: done in " in targets
-    assert re.search(r"- fused: skipped \(expected 90 s, \d+ s of the 50 s budget left\)",
-                     targets)
+    assert re.search(r"- fused: skipped \(expected 90 s, \d+ s of the 50 s budget left\)", targets)
     assert "- peers: skipped (none of its backends chosen)" in targets
     assert re.search(r"- tests: skipped \(expected 300 s", targets)
     assert "stage 2/5 fused: skipped, expected 90 s" in printed
-    assert "cupy vs torch-cuda (z = 4, batch 16; fused): not measured, the fused stage did " \
+    assert (
+        "cupy vs torch-cuda (z = 4, batch 16; fused): not measured, the fused stage did "
         "not run" in targets
+    )
     smoked = (out / "smoke.txt").read_text().splitlines()
     assert len(smoked) == 1 and smoked[0].startswith("cupy-tf32: loaded, stepped and replayed")
     assert not (out / "fused").exists()
 
 
-def test_a_failed_smoke_step_is_one_line_and_leaves_the_backend_out(simulated_gpu, tmp_path,
-                                                                     capsys, monkeypatch):
+def test_a_failed_smoke_step_is_one_line_and_leaves_the_backend_out(
+    simulated_gpu, tmp_path, capsys, monkeypatch
+):
     """A kernel source that does not compile (as a missing CUDA header would) fails the smoke
     stage in one line, keeps the traceback in smoke.txt, and the later stages run without
     that backend; the check exits 1."""
+
     def broken(self, config, params):
         raise RuntimeError("NVRTC_ERROR_COMPILATION (6)\ncuda_fp16.h: No such file")
 
@@ -187,24 +229,32 @@ def test_a_failed_smoke_step_is_one_line_and_leaves_the_backend_out(simulated_gp
     out = tmp_path / "check"
     assert main(["gpu-check", "--out", str(out), "--backends", "cupy"]) == 1
     printed = capsys.readouterr().out
-    assert "smoke: cupy FAILED: RuntimeError: NVRTC_ERROR_COMPILATION (6) (traceback in " \
+    assert (
+        "smoke: cupy FAILED: RuntimeError: NVRTC_ERROR_COMPILATION (6) (traceback in "
         "smoke.txt)" in printed
+    )
     assert "Traceback" in (out / "smoke.txt").read_text()
     targets = (out / "targets.md").read_text()
     assert "- smoke: failed in " in targets
-    assert "- fused: skipped (none of its backends chosen or working (cupy: RuntimeError: " \
+    assert (
+        "- fused: skipped (none of its backends chosen or working (cupy: RuntimeError: "
         "NVRTC_ERROR_COMPILATION (6)))" in targets
+    )
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--backends", "numba"], "gpu-check has no backend 'numba'; choose from cupy, "),
-    (["--archive", "{out}/inside.tar.gz"], "lies inside --out"),
-    (["--archive", "{tmp}/check.zip"], "name it *.tar.gz"),
-    (["--archive", "{tmp}/missing/check.tar.gz"], "does not exist"),
-    (["--archive", "{tmp}/notes.tar.gz"], "exists and is not a .tar.gz archive; refusing"),
-])
-def test_bad_flags_are_refused_in_one_line_before_any_work(small_check, tmp_path, capsys,
-                                                           flags, message):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--backends", "numba"], "gpu-check has no backend 'numba'; choose from cupy, "),
+        (["--archive", "{out}/inside.tar.gz"], "lies inside --out"),
+        (["--archive", "{tmp}/check.zip"], "name it *.tar.gz"),
+        (["--archive", "{tmp}/missing/check.tar.gz"], "does not exist"),
+        (["--archive", "{tmp}/notes.tar.gz"], "exists and is not a .tar.gz archive; refusing"),
+    ],
+)
+def test_bad_flags_are_refused_in_one_line_before_any_work(
+    small_check, tmp_path, capsys, flags, message
+):
     out = tmp_path / "check"
     (tmp_path / "notes.tar.gz").write_text("someone's notes\n")
     flags = [f.format(out=out, tmp=tmp_path) for f in flags]
@@ -214,10 +264,10 @@ def test_bad_flags_are_refused_in_one_line_before_any_work(small_check, tmp_path
     assert not out.exists()
 
 
-def test_without_a_gpu_the_check_says_so_in_one_line(small_check, monkeypatch, tmp_path,
-                                                      capsys):
-    monkeypatch.setattr(gpu_check, "run_gpu_tests",
-                        lambda out, log, timeout=0: ("not run here", False))
+def test_without_a_gpu_the_check_says_so_in_one_line(small_check, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(
+        gpu_check, "run_gpu_tests", lambda out, log, timeout=0: ("not run here", False)
+    )
     out = tmp_path / "check"
     assert main(["gpu-check", "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -239,5 +289,9 @@ def test_an_archive_writer_removes_what_a_killed_one_left(tmp_path):
     leftover.write_bytes(bytes(1000))
     write_archive(source, tmp_path / "check.tar.gz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["check", "check.tar.gz"]
-    assert unpacked(tmp_path / "check.tar.gz", tmp_path / "x").joinpath(
-        "stage", "results.csv").read_text() == "a,b\n1,2\n"
+    assert (
+        unpacked(tmp_path / "check.tar.gz", tmp_path / "x")
+        .joinpath("stage", "results.csv")
+        .read_text()
+        == "a,b\n1,2\n"
+    )

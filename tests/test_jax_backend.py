@@ -42,8 +42,11 @@ def test_without_jax_it_says_why_and_the_cli_exits_2(monkeypatch, capsys):
     from bench.cli import main
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "jax" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "jax" else real_find_spec(name, *a),
+    )
     for name in ("jax", "jax-cuda"):
         status = create_backend(name).availability()
         assert not status.available and "jax is not installed" in status.reason
@@ -77,8 +80,10 @@ def adam_against_torch(scalars=None, steps=12):
     shape = (64, 33)
     p0 = rng.standard_normal(shape).astype(np.float32)
     # Gradients over nine decades, so that sqrt(v) meets Adam's eps on some elements.
-    grads = [(rng.standard_normal(shape) * 10.0 ** rng.uniform(-9, 0, shape)).astype(np.float32)
-             for _ in range(steps)]
+    grads = [
+        (rng.standard_normal(shape) * 10.0 ** rng.uniform(-9, 0, shape)).astype(np.float32)
+        for _ in range(steps)
+    ]
     reference = torch.nn.Parameter(torch.from_numpy(p0.copy()))
     optimizer = torch.optim.Adam([reference], lr=lr)
     update = jax.jit(lambda p, g, m, v, s: step.adam(p, g, m, v, s[0], s[1]))
@@ -90,9 +95,11 @@ def adam_against_torch(scalars=None, steps=12):
         p, m, v = update(p, {"w": g}, m, v, s)
     state = optimizer.state[reference]
     torch_v = state["exp_avg_sq"].numpy().astype(np.float64)
-    return (np.abs(reference.detach().numpy() - np.asarray(p["w"])).max() / lr,
-            np.abs(state["exp_avg"].numpy() - np.asarray(m["w"])).max(),
-            (np.abs(torch_v - np.asarray(v["w"])) / torch_v).max())
+    return (
+        np.abs(reference.detach().numpy() - np.asarray(p["w"])).max() / lr,
+        np.abs(state["exp_avg"].numpy() - np.asarray(m["w"])).max(),
+        (np.abs(torch_v - np.asarray(v["w"])) / torch_v).max(),
+    )
 
 
 def test_adam_is_pytorchs_to_rounding(jax_backend):
@@ -159,8 +166,7 @@ def test_donation_leaves_the_callers_arrays_alone(jax_backend, params):
     assert not np.array_equal(mine["enc.fc1.weight"], params["enc.fc1.weight"])
 
 
-def test_a_step_whose_loss_is_not_wanted_does_not_wait_and_synchronize_does(jax_backend,
-                                                                              params):
+def test_a_step_whose_loss_is_not_wanted_does_not_wait_and_synchronize_does(jax_backend, params):
     x, eps = data(), np.random.default_rng(1).standard_normal((8, 4), dtype=np.float32)
     jax_backend.load(CONFIG, params)
     assert jax_backend.train_step(x, np.arange(8), eps, want_loss=False) is None
@@ -183,14 +189,14 @@ def test_every_gemm_runs_at_full_float32_precision(jax_backend, params):
     jax_backend.evaluate(x[:8])
     jax_backend.encode(x[:8])
     programs = {key[0]: executable for key, executable in jax_backend._executables.items()}
-    assert set(programs) == {"train", "train_own_noise", "forward_backward", "loss_terms",
-                             "encode"}
+    assert set(programs) == {"train", "train_own_noise", "forward_backward", "loss_terms", "encode"}
     for kind, executable in programs.items():
         dots = [line for line in executable.as_text().splitlines() if " dot(" in line]
         assert dots, kind
         assert all("operand_precision={highest,highest}" in line for line in dots), kind
-    assert len([line for line in programs["train"].as_text().splitlines()
-                if " dot(" in line]) >= 11  # the step's 11 GEMMs (some split in two)
+    assert (
+        len([line for line in programs["train"].as_text().splitlines() if " dot(" in line]) >= 11
+    )  # the step's 11 GEMMs (some split in two)
 
 
 def test_outputs_are_canonical_writable_copies(jax_backend, params):
@@ -226,19 +232,27 @@ def test_the_autoencoder_is_refused(jax_backend):
 
 
 # Loads a one-thread JAX backend and prints the threads XLA's CPU pool runs.
-LOAD_ONE_THREAD = ("from kernels import create_backend\n"
-                   "from vae_ref import VAEConfig, build_model, export_params\n"
-                   "c = VAEConfig(latent_dim=2)\n"
-                   "b = create_backend('jax', threads=1)\n"
-                   "b.load(c, export_params(build_model(c)))\n"
-                   "print(b.settings()['xla_cpu_threads'])\n")
+LOAD_ONE_THREAD = (
+    "from kernels import create_backend\n"
+    "from vae_ref import VAEConfig, build_model, export_params\n"
+    "c = VAEConfig(latent_dim=2)\n"
+    "b = create_backend('jax', threads=1)\n"
+    "b.load(c, export_params(build_model(c)))\n"
+    "print(b.settings()['xla_cpu_threads'])\n"
+)
 
 
 def _in_a_fresh_process(script: str) -> str:
     """``script``'s output, run by a new Python without the thread-pool variables set."""
     env = {k: v for k, v in os.environ.items() if k not in ("PJRT_NPROC", "NPROC")}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=env, cwd=Path(__file__).parent.parent, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parent.parent,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -261,14 +275,16 @@ def test_availability_changes_nothing_in_the_process():
     """Asking whether the JAX backends can run neither starts JAX nor sets the variables
     that would size its thread pool: a CPU backend loaded afterwards gets the count it asks
     for, whatever jax-cuda's availability was asked first."""
-    script = ("import os, sys\n"
-              "from kernels import create_backend\n"
-              "before = dict(os.environ)\n"
-              "for name in ('jax', 'jax-cuda', 'jax-bf16'):\n"
-              "    create_backend(name, threads=1).availability()\n"
-              "assert 'jax' not in sys.modules, 'availability imported jax'\n"
-              "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())\n"
-              + LOAD_ONE_THREAD)
+    script = (
+        "import os, sys\n"
+        "from kernels import create_backend\n"
+        "before = dict(os.environ)\n"
+        "for name in ('jax', 'jax-cuda', 'jax-bf16'):\n"
+        "    create_backend(name, threads=1).availability()\n"
+        "assert 'jax' not in sys.modules, 'availability imported jax'\n"
+        "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())\n"
+        + LOAD_ONE_THREAD
+    )
     assert _in_a_fresh_process(script).split()[-1] == "1"
 
 
@@ -283,9 +299,11 @@ def test_the_bce_gradient_is_sigmoid_minus_x_at_exactly_zero_logits(jax_backend)
     logits = jnp.array([[0.0, -0.0, 2.0, -2.0]], jnp.float32)
     x = jnp.array([[0.25, 0.75, 0.5, 0.5]], jnp.float32)
     grad = jax.grad(lambda l: bce_with_logits(l, x).sum())(logits)
-    np.testing.assert_allclose(np.asarray(grad), np.asarray(jax.nn.sigmoid(logits) - x),
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(grad), np.asarray(jax.nn.sigmoid(logits) - x), rtol=1e-6, atol=1e-7
+    )
     # The check can fail: the formula differentiated term by term is wrong at the zeros.
-    termwise = jax.grad(lambda l: (jnp.maximum(l, 0.0) - l * x
-                                   + jnp.log1p(jnp.exp(-jnp.abs(l)))).sum())(logits)
+    termwise = jax.grad(
+        lambda l: (jnp.maximum(l, 0.0) - l * x + jnp.log1p(jnp.exp(-jnp.abs(l)))).sum()
+    )(logits)
     assert not np.allclose(np.asarray(termwise)[0, :2], np.asarray(grad)[0, :2])

@@ -20,8 +20,9 @@ def imported(path: Path) -> set[str]:
     return imported_by(path.read_text(), path.relative_to(ROOT).with_suffix("").parts[:-1])
 
 
-def imported_by(source: str, package: tuple[str, ...],
-                known: Container[str] | None = None) -> set[str]:
+def imported_by(
+    source: str, package: tuple[str, ...], known: Container[str] | None = None
+) -> set[str]:
     """The absolute module names ``source``, a module of ``package``, imports (relative
     imports resolved). ``from a import b`` counts as a and as a.b; given the ``known``
     modules, as a.b where that is one of them, else as a."""
@@ -74,21 +75,34 @@ def test_the_harness_probes_no_backend_attribute_by_name(path):
     """Capabilities are asked for by protocol (kernels.base), not by getattr/hasattr."""
     probes = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id in ("getattr", "hasattr") and node.args):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr")
+            and node.args
+        ):
             target = ast.unparse(node.args[0])
             if "backend" in target.lower() or "executor" in target.lower():
                 probes.append(f"line {node.lineno}: {ast.unparse(node)}")
     assert not probes
 
 
-@pytest.mark.parametrize("source", [
-    "import kernels.numba_cpu", "from kernels.cupy_gpu import backend",
-    "from kernels import jax_xla"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import kernels.numba_cpu",
+        "from kernels.cupy_gpu import backend",
+        "from kernels import jax_xla",
+    ],
+)
 def test_the_import_check_sees_every_spelling(source):
     assert any(is_backend_package(n) for n in imported_by(source, ("bench",)))
-    assert not any(is_backend_package(n) for n in imported_by(
-        "from kernels import create_backend\nfrom kernels.base import Backend", ("bench",)))
+    assert not any(
+        is_backend_package(n)
+        for n in imported_by(
+            "from kernels import create_backend\nfrom kernels.base import Backend", ("bench",)
+        )
+    )
 
 
 def project_modules() -> dict[str, Path]:
@@ -144,8 +158,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycles_in_any_package():
-    sources = {name: (path.read_text(), path.name == "__init__.py")
-               for name, path in project_modules().items()}
+    sources = {
+        name: (path.read_text(), path.name == "__init__.py")
+        for name, path in project_modules().items()
+    }
     assert cycles(import_graph(sources)) == []
 
 
@@ -155,8 +171,10 @@ def test_the_cycle_check_finds_a_planted_cycle():
     an import of the package."""
     sources = {
         "bench": ("", True),
-        "bench.a": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                    "    from .b import Thing\n", False),
+        "bench.a": (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import Thing\n",
+            False,
+        ),
         "bench.b": ("def f():\n    from bench import c\n", False),
         "bench.c": ("import bench.a\n", False),
         "bench.d": ("from . import e\n", False),
@@ -167,8 +185,10 @@ def test_the_cycle_check_finds_a_planted_cycle():
     }
     assert cycles(import_graph(sources)) == [["bench.a", "bench.b", "bench.c"]]
     sources["bench.e"] = ("from bench.d import g\n", False)
-    assert cycles(import_graph(sources)) == [["bench.a", "bench.b", "bench.c"],
-                                             ["bench.d", "bench.e"]]
+    assert cycles(import_graph(sources)) == [
+        ["bench.a", "bench.b", "bench.c"],
+        ["bench.d", "bench.e"],
+    ]
 
 
 def names_the_tests_folder(source: str) -> list[str]:
@@ -178,12 +198,19 @@ def names_the_tests_folder(source: str) -> list[str]:
     prose = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}  # docstrings
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose and (
-                "tests/" in node.value.replace("\\", "/")):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in prose
+            and ("tests/" in node.value.replace("\\", "/"))
+        ):
             found.append(node.value)
         elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
-            found += [side.value for side in (node.left, node.right)
-                      if isinstance(side, ast.Constant) and side.value == "tests"]
+            found += [
+                side.value
+                for side in (node.left, node.right)
+                if isinstance(side, ast.Constant) and side.value == "tests"
+            ]
     return found
 
 
@@ -194,6 +221,7 @@ def test_the_harness_reads_nothing_from_the_tests_folder(path):
 
 def test_the_tests_folder_check_sees_a_path_into_it():
     assert names_the_tests_folder(
-        'FIXTURE = Path(__file__).parents[1] / "tests" / "fixtures" / "f.npz"') == ["tests"]
+        'FIXTURE = Path(__file__).parents[1] / "tests" / "fixtures" / "f.npz"'
+    ) == ["tests"]
     assert names_the_tests_folder('open("tests/fixtures/f.npz")') == ["tests/fixtures/f.npz"]
     assert names_the_tests_folder('"""As tests/test_x.py shows."""\nStage("tests", "x")') == []

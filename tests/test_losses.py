@@ -20,8 +20,9 @@ def test_bce_matches_naive_formula_where_both_are_finite():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(64, 784, generator=g, dtype=torch.float64) * 4
     x = torch.rand(64, 784, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(bce_with_logits(logits, x), naive_bce(logits, x),
-                               rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(
+        bce_with_logits(logits, x), naive_bce(logits, x), rtol=1e-12, atol=1e-9
+    )
     torch.testing.assert_close(
         bce_with_logits(logits, x),
         F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1),
@@ -92,12 +93,12 @@ def test_bce_gradient_is_sigmoid_minus_x_at_exactly_zero_logits():
     """At l == 0 the derivative is 1/2 - x. Autograd of the expression takes subgradients
     there (clamp passes 1, abs 0) and gives 1 - x: a float32 logit is exactly 0 now and then,
     and that 0.5 / batch in one pixel's gradient sent a gated trajectory 1 lr astray."""
-    logits = torch.tensor([[0.0, -0.0, 0.0, 1e-30, -1e-30, 3.0]], dtype=torch.float64,
-                          requires_grad=True)
+    logits = torch.tensor(
+        [[0.0, -0.0, 0.0, 1e-30, -1e-30, 3.0]], dtype=torch.float64, requires_grad=True
+    )
     x = torch.tensor([[0.0, 0.25, 1.0, 0.25, 0.25, 0.5]], dtype=torch.float64)
     bce_with_logits(logits, x).sum().backward()
-    torch.testing.assert_close(logits.grad, torch.sigmoid(logits.detach()) - x,
-                               rtol=1e-15, atol=0)
+    torch.testing.assert_close(logits.grad, torch.sigmoid(logits.detach()) - x, rtol=1e-15, atol=0)
     # The check can fail: the expression's own autograd is wrong at the zeros.
     plain = logits.detach().clone().requires_grad_()
     per_pixel = plain.clamp(min=0) - plain * x + torch.log1p(torch.exp(-plain.abs()))

@@ -29,13 +29,17 @@ def own_spin():
 def other_spin():
     """Another process spinning on this process's first CPU for the whole stage."""
     cpu = min(os.sched_getaffinity(0))
-    child = subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=1.5)],
-                             preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    child = subprocess.Popen(
+        [sys.executable, "-c", SPIN.format(seconds=1.5)],
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+    )
     child.wait()
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/stat") or not hasattr(os, "sched_setaffinity"),
-                    reason="needs Linux's /proc/stat and CPU affinity")
+@pytest.mark.skipif(
+    not os.path.exists("/proc/stat") or not hasattr(os, "sched_setaffinity"),
+    reason="needs Linux's /proc/stat and CPU affinity",
+)
 def test_another_process_on_our_cpus_is_seen_and_our_own_work_is_not():
     ours = watched(own_spin)
     theirs = watched(other_spin)
@@ -48,19 +52,27 @@ def test_another_process_on_our_cpus_is_seen_and_our_own_work_is_not():
 
 def test_the_ticks_of_our_cpus_only(tmp_path):
     stat = tmp_path / "stat"
-    stat.write_text("cpu  9 9 9 9 9 9 9 9 0 0\n"
-                    "cpu0 100 1 10 500 3 2 1 40 0 0\n"
-                    "cpu1 7 0 0 900 0 0 0 0 0 0\n"
-                    "cpu2 50 0 0 100 0 0 0 5\n"
-                    "intr 12345\n")
+    stat.write_text(
+        "cpu  9 9 9 9 9 9 9 9 0 0\n"
+        "cpu0 100 1 10 500 3 2 1 40 0 0\n"
+        "cpu1 7 0 0 900 0 0 0 0 0 0\n"
+        "cpu2 50 0 0 100 0 0 0 5\n"
+        "intr 12345\n"
+    )
     assert machine_load._ticks({0, 2}, stat) == (100 + 1 + 10 + 2 + 1 + 50, 45)
     assert machine_load._ticks({1}, stat) == (7, 0)
     assert machine_load._ticks({0}, tmp_path / "absent") is None
 
 
 def test_a_quiet_record_is_not_busy_and_an_unknown_share_is_not_guessed():
-    quiet = {"seconds": 3.0, "cpus": 2, "others_cores": 0.05, "steal_cores": 0.0,
-             "load_start": 0.4, "load_end": 0.5}
+    quiet = {
+        "seconds": 3.0,
+        "cpus": 2,
+        "others_cores": 0.05,
+        "steal_cores": 0.0,
+        "load_start": 0.4,
+        "load_end": 0.5,
+    }
     assert not machine_load.busy(quiet)
     assert machine_load.busy(dict(quiet, steal_cores=0.7))  # the hypervisor's, too
     unknown = dict(quiet, others_cores=None, steal_cores=None)
@@ -69,10 +81,11 @@ def test_a_quiet_record_is_not_busy_and_an_unknown_share_is_not_guessed():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists("/proc/stat") or not hasattr(os, "sched_setaffinity"),
-                    reason="needs Linux's /proc/stat and CPU affinity")
-def test_a_run_timed_beside_busy_processes_says_so_in_its_summary(tmp_path, capsys,
-                                                                   fast_gemm_peak):
+@pytest.mark.skipif(
+    not os.path.exists("/proc/stat") or not hasattr(os, "sched_setaffinity"),
+    reason="needs Linux's /proc/stat and CPU affinity",
+)
+def test_a_run_timed_beside_busy_processes_says_so_in_its_summary(tmp_path, capsys, fast_gemm_peak):
     """Seen on an AMD Zen 4 machine: a run timed while another process kept a core busy,
     speed-ups of 15-22x, and not a word of warning in its summary."""
     import json
@@ -81,14 +94,40 @@ def test_a_run_timed_beside_busy_processes_says_so_in_its_summary(tmp_path, caps
 
     cpu = min(os.sched_getaffinity(0))
     # Three spinning on one of our CPUs: whatever its share, others take most of that CPU.
-    spinners = [subprocess.Popen([sys.executable, "-c", SPIN.format(seconds=600)],
-                                 preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
-                for _ in range(3)]
+    spinners = [
+        subprocess.Popen(
+            [sys.executable, "-c", SPIN.format(seconds=600)],
+            preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+        )
+        for _ in range(3)
+    ]
     try:
         out = tmp_path / "run"
-        assert main(["run", "--backends", "torch", "--latents", "2", "--epochs", "1",
-                     "--repeats", "3", "--window-steps", "20", "--iwae-k", "0",
-                     "--adam-steps", "2", "--quiet", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "--backends",
+                    "torch",
+                    "--latents",
+                    "2",
+                    "--epochs",
+                    "1",
+                    "--repeats",
+                    "3",
+                    "--window-steps",
+                    "20",
+                    "--iwae-k",
+                    "0",
+                    "--adam-steps",
+                    "2",
+                    "--quiet",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     finally:
         for spinner in spinners:
             spinner.kill()
@@ -101,8 +140,10 @@ def test_a_run_timed_beside_busy_processes_says_so_in_its_summary(tmp_path, caps
     record = json.loads(cell.read_text())["machine_load"]["128"]
     assert machine_load.busy(record) and record["seconds"] > 0
     # --quiet keeps the warning, on stderr.
-    assert ("vae-bench: warning: the machine was busy while timing z = 2, batch 128: other "
-            "processes took ") in capsys.readouterr().err
+    assert (
+        "vae-bench: warning: the machine was busy while timing z = 2, batch 128: other "
+        "processes took "
+    ) in capsys.readouterr().err
 
 
 def test_a_quiet_run_has_no_warning(tmp_path):

@@ -46,8 +46,18 @@ def test_numba_counts_its_buffers_and_what_its_step_allocates(data, form):
     if not backend.availability().available:
         pytest.skip(backend.availability().reason)
     backend.load(CONFIG, export_params(build_model(CONFIG)))
-    distinct = {id(a): a for a in (backend.flat, backend.flat16, backend.grads, backend.m,
-                                   backend.v, *backend._workspace(128)) if a is not None}
+    distinct = {
+        id(a): a
+        for a in (
+            backend.flat,
+            backend.flat16,
+            backend.grads,
+            backend.m,
+            backend.v,
+            *backend._workspace(128),
+        )
+        if a is not None
+    }
     buffers = sum(a.nbytes for a in distinct.values())
     peak = backend.peak_memory_bytes(data, 128)
     # The compiled step allocates only array headers (traced through CPython's allocator).

@@ -7,7 +7,6 @@ VAE_BENCH_REQUIRE_BF16=1, so there they may not skip). On a CPU without bf16 dot
 hardware they run oneMKL's emulated path (``allow_emulated``): the numbers are the same,
 only the speed is not, and the harness itself refuses to time it."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -40,24 +39,46 @@ def numba_bf16(cls=NumbaBackend) -> NumbaBackend:
 
 # -- rounding ---------------------------------------------------------------------------------
 
+
 def special_floats() -> np.ndarray:
     """Every kind of float32 a rounding can get wrong: ties (even and odd kept halves), just
     above and below a tie, the largest finite values (which round to inf), subnormals, zeros
     of both signs, infinities, NaNs with payloads."""
-    bits = [0x3F808000, 0x3F818000, 0x3F808001, 0x3F807FFF, 0x7F7FFFFF, 0x7F7F8000, 0x7F7F7FFF,
-            0x00000001, 0x00008000, 0x00018000, 0x80000000, 0x00000000, 0x7F800000, 0xFF800000,
-            0x7FC00001, 0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001, 0x3F7FFFFF, 0xBF808000]
+    bits = [
+        0x3F808000,
+        0x3F818000,
+        0x3F808001,
+        0x3F807FFF,
+        0x7F7FFFFF,
+        0x7F7F8000,
+        0x7F7F7FFF,
+        0x00000001,
+        0x00008000,
+        0x00018000,
+        0x80000000,
+        0x00000000,
+        0x7F800000,
+        0xFF800000,
+        0x7FC00001,
+        0x7FFFFFFF,
+        0xFFFFFFFF,
+        0x7F800001,
+        0x3F7FFFFF,
+        0xBF808000,
+    ]
     return np.array(bits, np.uint32).view(np.float32)
 
 
 def test_bf16_rounding_is_torchs_bit_for_bit():
     rng = np.random.default_rng(0)
-    values = np.concatenate([
-        special_floats(),
-        rng.standard_normal(100_000).astype(np.float32) * np.float32(10.0) ** rng.integers(
-            -40, 38, 100_000).astype(np.float32),
-        rng.integers(0, 2**32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
-    ])
+    values = np.concatenate(
+        [
+            special_floats(),
+            rng.standard_normal(100_000).astype(np.float32)
+            * np.float32(10.0) ** rng.integers(-40, 38, 100_000).astype(np.float32),
+            rng.integers(0, 2**32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
+        ]
+    )
     ours = np.empty(values.shape, np.uint16)
     with np.errstate(over="ignore"):
         round_into(values, ours)
@@ -68,7 +89,8 @@ def test_bf16_rounding_is_torchs_bit_for_bit():
     assert np.isnan(widen(ours[~finite])).all()
     # ... and the reference's rounding is the same conversion.
     np.testing.assert_array_equal(
-        widen(ours[finite]), round_to_bf16(torch.from_numpy(values[finite])).numpy())
+        widen(ours[finite]), round_to_bf16(torch.from_numpy(values[finite])).numpy()
+    )
 
 
 def test_the_rounding_check_can_fail():
@@ -103,11 +125,12 @@ def test_the_tf32_rounding_check_can_fail():
     """Rounding to nearest (cvt.rna.tf32.f32's, a plausible alternative) differs from the
     truncation on a value whose first dropped bit is set: the comparison above catches it."""
     value = np.array([0x3F801000], np.uint32).view(np.float32)  # 1 + 2^-11: half a TF32 ulp
-    nearest = ((value.view(np.uint32) + np.uint32(0x1000)) & np.uint32(0xFFFFE000))
+    nearest = (value.view(np.uint32) + np.uint32(0x1000)) & np.uint32(0xFFFFE000)
     assert (round_to_tf32(torch.from_numpy(value)).numpy().view(np.uint32) != nearest).all()
 
 
 # -- the reference with narrow GEMM inputs ----------------------------------------------------
+
 
 @pytest.mark.parametrize("gemm_inputs", sorted(GEMM_INPUT_ROUNDINGS))
 def test_the_mixed_precision_reference_rounds_the_gemm_operands_only(gemm_inputs):
@@ -154,6 +177,7 @@ def test_the_narrow_calibrations_are_looser_than_float32_and_share_the_truth(gat
 
 # -- the Numba bf16 step ----------------------------------------------------------------------
 
+
 def test_bf16_unavailable_without_bf16_hardware_says_why():
     reason = onemkl.unavailable_reason(flags=["sse4_2", "avx", "avx2", "fma", "avx512f"])
     assert reason and "no bf16 dot-product hardware" in reason and "emulated" in reason
@@ -163,8 +187,7 @@ def test_bf16_unavailable_without_bf16_hardware_says_why():
     assert onemkl.unavailable_reason(flags=["amx_bf16"]) == onemkl.library_problem()
 
 
-@pytest.mark.parametrize("name", ["numba-bf16", "torch-bf16", "torch-compile-bf16",
-                                  "jax-bf16"])
+@pytest.mark.parametrize("name", ["numba-bf16", "torch-bf16", "torch-compile-bf16", "jax-bf16"])
 def test_bf16_backends_are_refused_on_a_cpu_without_bf16_hardware(monkeypatch, name):
     monkeypatch.setattr("kernels.cpu_features.cpu_isa", lambda: ["sse4_2", "avx2", "avx512f"])
     status = create_backend(name).availability()
@@ -234,13 +257,13 @@ def test_the_bf16_gate_fails_a_step_with_stale_bf16_weights(bf16_cases):
 def test_numba_bf16_is_checked_against_the_live_oracle_not_the_fixture(capsys):
     if onemkl.unavailable_reason():
         pytest.skip(onemkl.unavailable_reason())
-    assert main(["check", "--backend", "numba-bf16",
-                 "--fixture", str(COMMITTED_FIXTURE)]) != 0
+    assert main(["check", "--backend", "numba-bf16", "--fixture", str(COMMITTED_FIXTURE)]) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "float32 calibrations only" in err
 
 
 # -- the JAX bf16 program ---------------------------------------------------------------------
+
 
 def jax_bf16():
     backend = create_backend("jax-bf16")
@@ -257,8 +280,7 @@ def test_jax_bf16_passes_the_bf16_gate(bf16_cases):
         assert not failed_tensors(backend, case, bf16), name
 
 
-def test_the_bf16_gate_fails_a_jax_program_that_rounds_its_layer_outputs(monkeypatch,
-                                                                       bf16_cases):
+def test_the_bf16_gate_fails_a_jax_program_that_rounds_its_layer_outputs(monkeypatch, bf16_cases):
     """Rounding each linear layer's output to bf16 too (what autocast does: its matmul and
     bias add return bf16) loses the extreme logits' low bits, the loss and the output bias's gradient with them: the same
     program with that one change fails."""
@@ -268,8 +290,9 @@ def test_the_bf16_gate_fails_a_jax_program_that_rounds_its_layer_outputs(monkeyp
     from kernels.jax_xla import step
 
     real = step._linear
-    monkeypatch.setattr(step, "_linear", lambda *args: real(*args).astype(
-        jnp.bfloat16).astype(jnp.float32))
+    monkeypatch.setattr(
+        step, "_linear", lambda *args: real(*args).astype(jnp.bfloat16).astype(jnp.float32)
+    )
     # New jitted functions: the old ones' trace caches hold the unmutated programs.
     monkeypatch.setitem(step.PROGRAMS, "bf16", step._programs("bf16"))
     case, bf16, _ = bf16_cases["extreme-logits"]
@@ -278,6 +301,7 @@ def test_the_bf16_gate_fails_a_jax_program_that_rounds_its_layer_outputs(monkeyp
 
 
 # -- PyTorch autocast, the peer a user would pick -------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["torch-bf16"])
@@ -295,6 +319,7 @@ def test_torch_autocast_fails_the_bf16_gate_on_the_extreme_logits(bf16_cases, na
 
 # -- cupy-tf32 on the simulated CuPy ----------------------------------------------------------
 
+
 def test_cupy_tf32_is_gated_by_the_tf32_calibration(monkeypatch, gate_digits):
     """cupy-tf32's GEMMs read TF32 operands (the simulated cublasGemmEx, as cuBLAS's
     CUBLAS_COMPUTE_32F_FAST_TF32 computes): float32's tolerances fail it (as they would fail
@@ -311,12 +336,19 @@ def test_cupy_tf32_is_gated_by_the_tf32_calibration(monkeypatch, gate_digits):
 
     def failed(expected) -> list[str]:
         backend = create_backend("cupy-tf32")  # a fresh one: its graphs record the kernels
-        return [r.line() for case, e in zip(cases, expected) for r in check(backend, case, e)
-                if not r.passed]
+        return [
+            r.line()
+            for case, e in zip(cases, expected)
+            for r in check(backend, case, e)
+            if not r.passed
+        ]
 
     assert failed(float32)
     assert not failed(tf32)
     bias_relu = twins.KERNELS["bias_relu"]
-    monkeypatch.setitem(twins.KERNELS, "bias_relu", lambda g, a, bias, rows, cols: bias_relu(
-        g, a, np.zeros_like(bias), rows, cols))
+    monkeypatch.setitem(
+        twins.KERNELS,
+        "bias_relu",
+        lambda g, a, bias, rows, cols: bias_relu(g, a, np.zeros_like(bias), rows, cols),
+    )
     assert failed(tf32)

@@ -31,7 +31,13 @@ def test_config_rejects_bad_values_with_a_clear_message(changes, message):
 def test_config_names_and_defaults_are_the_reports():
     c = VAEConfig()
     assert (c.input_dim, c.hidden_dim, c.batch_size, c.lr, c.epochs, c.beta) == (
-        784, 512, 128, 3e-4, 50, 1.0)
+        784,
+        512,
+        128,
+        3e-4,
+        50,
+        1.0,
+    )
     assert c.name == "vae-z20"
     assert c.replace(beta=4).name == "vae-z20-beta4"
     assert c.replace(model="ae", latent_dim=2).name == "ae-z2"
@@ -48,7 +54,6 @@ def test_canonical_names_and_shapes(model):
         assert array.dtype == np.float32 and array.flags.c_contiguous
 
 
-
 def test_import_names_every_mismatch():
     vae_params = export_params(build_model(VAEConfig(latent_dim=5)))
     with pytest.raises(ValueError) as info:
@@ -56,7 +61,9 @@ def test_import_names_every_mismatch():
     message = str(info.value)
     assert "missing: enc.code.weight, enc.code.bias" in message
     assert "unexpected: enc.mu.weight" in message
-    with pytest.raises(ValueError, match=r"dec.fc1.weight has shape \(512, 5\), expected \(512, 6\)"):
+    with pytest.raises(
+        ValueError, match=r"dec.fc1.weight has shape \(512, 5\), expected \(512, 6\)"
+    ):
         import_params(build_model(VAEConfig(latent_dim=6)), vae_params)
 
 

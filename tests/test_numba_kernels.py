@@ -49,6 +49,7 @@ def exp_loop(exp):
     def loop(t, out):
         for i in range(t.size):
             out[i] = exp(t[i])
+
     return loop
 
 
@@ -64,8 +65,10 @@ def test_exp_converts_its_exponent_to_int32_only():
     source = inspect.getsource(fastmath.exp_nonpositive.py_func)
     assert source.count("np.int32(n)") == 1
     namespace = dict(vars(fastmath))
-    exec(source.replace("@njit(inline=\"always\")\n", "").replace("np.int32(n)", "np.int64(n)"),
-         namespace)
+    exec(
+        source.replace('@njit(inline="always")\n', "").replace("np.int32(n)", "np.int64(n)"),
+        namespace,
+    )
     through_int64 = numba.njit(inline="always")(namespace["exp_nonpositive"])
     assert "i64" in float_to_int_widths(exp_loop(through_int64), t, out)
 
@@ -114,8 +117,10 @@ def test_adam_matches_torch_over_many_steps():
 
     rng = np.random.default_rng(0)
     p0 = rng.standard_normal(4099).astype(np.float32)
-    grads = [(rng.standard_normal(4099) * 10.0 ** rng.integers(-9, 1)).astype(np.float32)
-             for _ in range(30)]
+    grads = [
+        (rng.standard_normal(4099) * 10.0 ** rng.integers(-9, 1)).astype(np.float32)
+        for _ in range(30)
+    ]
     for g in grads[10:]:
         g[:50] = 0.0  # a dead unit: its moments decay towards denormals
     p, m, v = p0.copy(), np.zeros_like(p0), np.zeros_like(p0)
@@ -159,8 +164,11 @@ def test_a_gradient_only_gemms_read_is_stored_in_the_precision_they_read():
     np.testing.assert_array_equal(in_place[:, 2:7], expected[:, 2:7])
     np.testing.assert_allclose(sums[2:7], expected[:, 2:7].sum(axis=0), rtol=1e-6)
 
-    untouched, copies, rounded = grad.copy(), np.zeros((5, 9), np.uint16), np.zeros(
-        (5, 9), np.uint16)
+    untouched, copies, rounded = (
+        grad.copy(),
+        np.zeros((5, 9), np.uint16),
+        np.zeros((5, 9), np.uint16),
+    )
     relu_backward_column_sum(untouched, act, sums, 2, 7, copies)
     round_into(expected, rounded)
     np.testing.assert_array_equal(copies[:, 2:7], rounded[:, 2:7])

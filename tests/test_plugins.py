@@ -25,23 +25,42 @@ def plugin_site(tmp_path_factory) -> Path:
     site = tmp_path_factory.mktemp("site")
     # Built from a copy: pip builds in the source tree, which must stay as committed.
     source = shutil.copytree(PLUGIN_SOURCE, tmp_path_factory.mktemp("source") / "plugin")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--disable-pip-version-check", "--target", str(site), str(source)],
-                   check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            str(source),
+        ],
+        check=True,
+    )
     # A distribution whose entry point names a module that does not exist, as a plugin with a
     # missing dependency would look: the harness must say so and carry on.
     broken = site / "broken_plugin-0.1.dist-info"
     broken.mkdir()
     (broken / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
     (broken / "entry_points.txt").write_text(
-        "[vae_kernel_bench.backends]\nbroken = no_such_module_here:Backend\n")
+        "[vae_kernel_bench.backends]\nbroken = no_such_module_here:Backend\n"
+    )
     return site
 
 
 def cli(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
-    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def test_backends_lists_the_plugin_and_why_a_broken_one_cannot_run(plugin_site, tmp_path):
@@ -55,8 +74,18 @@ def test_backends_lists_the_plugin_and_why_a_broken_one_cannot_run(plugin_site, 
 
 
 def test_plugin_passes_the_gate_through_the_cli(plugin_site, tmp_path):
-    result = cli(plugin_site, "check", "--backend", "numpy-example", "--latents", "2",
-                 "--steps", "5", "--quiet", cwd=tmp_path)
+    result = cli(
+        plugin_site,
+        "check",
+        "--backend",
+        "numpy-example",
+        "--latents",
+        "2",
+        "--steps",
+        "5",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS: numpy-example" in result.stdout
 
@@ -70,9 +99,28 @@ def test_broken_plugin_is_refused_in_one_line(plugin_site, tmp_path):
 
 def short_run(plugin_site, tmp_path, *backends):
     """``vae-bench run`` of ``backends`` at z = 2, as short as it goes, into tmp_path/run."""
-    return cli(plugin_site, "run", "--backends", *backends, "--latents", "2", "--epochs", "1",
-               "--repeats", "1", "--steps", "2", "--iwae-k", "0", "--adam-steps", "2", "--quiet",
-               "--out", str(tmp_path / "run"), cwd=tmp_path)
+    return cli(
+        plugin_site,
+        "run",
+        "--backends",
+        *backends,
+        "--latents",
+        "2",
+        "--epochs",
+        "1",
+        "--repeats",
+        "1",
+        "--steps",
+        "2",
+        "--iwae-k",
+        "0",
+        "--adam-steps",
+        "2",
+        "--quiet",
+        "--out",
+        str(tmp_path / "run"),
+        cwd=tmp_path,
+    )
 
 
 @pytest.mark.slow
@@ -94,7 +142,8 @@ def test_the_gate_catches_a_broken_plugin(monkeypatch):
     from vae_ref.oracle import build_cases, expectation
 
     spec = importlib.util.spec_from_file_location(
-        "vae_bench_numpy_example", PLUGIN_SOURCE / "vae_bench_numpy_example" / "__init__.py")
+        "vae_bench_numpy_example", PLUGIN_SOURCE / "vae_bench_numpy_example" / "__init__.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     case = build_cases(load_dataset("mnist-5k").train_x[:512], 2, steps=5)[-1]

@@ -28,8 +28,7 @@ def pooled_backend(precision: str) -> NumbaBackend:
     return NumbaBackend(precision=precision, allow_emulated=True, step_form="pooled")
 
 
-def serial_and_pooled_runs(precision: str, shares: int, batch: int, pooled=None,
-                           hidden: int = 16):
+def serial_and_pooled_runs(precision: str, shares: int, batch: int, pooled=None, hidden: int = 16):
     """Two training steps from one state through step.py (the same kernels on one thread; in
     bf16 its bf16 form) and through ``pooled`` (default pooled_step) in ``shares`` shares:
     each run's loss, gradients, parameters, moments and the weights the GEMMs read (bf16
@@ -45,9 +44,13 @@ def serial_and_pooled_runs(precision: str, shares: int, batch: int, pooled=None,
     bf16 = precision == "bf16"
     rng = np.random.default_rng(batch)
     data = rng.random((max(batch, 64), config.input_dim), dtype=np.float32)
-    draws = [(rng.integers(0, len(data), batch),
-              rng.standard_normal((batch, config.latent_dim), dtype=np.float32))
-             for _ in range(2)]
+    draws = [
+        (
+            rng.integers(0, len(data), batch),
+            rng.standard_normal((batch, config.latent_dim), dtype=np.float32),
+        )
+        for _ in range(2)
+    ]
     state = (backend.flat, backend.flat16, backend.m, backend.v)
     start = [a.copy() for a in state]
     c, off = config, backend.layout.slot_offsets
@@ -56,18 +59,42 @@ def serial_and_pooled_runs(precision: str, shares: int, batch: int, pooled=None,
         for live, saved in zip(state, start):
             live[:] = saved
         backend.grads[:] = np.nan  # what a step does not write stays NaN
-        ws = step.make_workspace(batch, c.input_dim, c.hidden_dim, c.latent_dim, bf16=bf16,
-                                 shares=split)
+        ws = step.make_workspace(
+            batch, c.input_dim, c.hidden_dim, c.latent_dim, bf16=bf16, shares=split
+        )
         # step.py's float32 form takes no weight copies (None); the pooled one reads them
         # from params16, which in float32 is the float32 buffer itself.
         params16 = backend.flat16 if bf16 or split else None
-        losses = [module.train_step(data, indices, eps, backend.flat, params16,
-                                    backend.grads, backend.m, backend.v, off, 1.0, 3e-4, 0.9,
-                                    0.999, 1e-8, float(k + 1), ws)
-                  for k, (indices, eps) in enumerate(draws)]
-        runs.append({"loss": np.array(losses), "params": backend.flat.copy(),
-                     "m": backend.m.copy(), "v": backend.v.copy(),
-                     "params16": widen(backend.flat16) if bf16 else backend.flat.copy()})
+        losses = [
+            module.train_step(
+                data,
+                indices,
+                eps,
+                backend.flat,
+                params16,
+                backend.grads,
+                backend.m,
+                backend.v,
+                off,
+                1.0,
+                3e-4,
+                0.9,
+                0.999,
+                1e-8,
+                float(k + 1),
+                ws,
+            )
+            for k, (indices, eps) in enumerate(draws)
+        ]
+        runs.append(
+            {
+                "loss": np.array(losses),
+                "params": backend.flat.copy(),
+                "m": backend.m.copy(),
+                "v": backend.v.copy(),
+                "params16": widen(backend.flat16) if bf16 else backend.flat.copy(),
+            }
+        )
         if ws.grad_blocks is None or ws.grad_blocks.size == 0:
             runs[-1]["grads"] = backend.grads.copy()
     return runs
@@ -119,19 +146,23 @@ def test_the_bf16_steps_blocks_of_gradient_rows_are_the_serial_steps_update(shar
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("original", "mutated"), [
-    # Each block one row short: the last row of every block is never updated.
-    ("            b1 = min(b0 + rows, c1)\n", "            b1 = min(b0 + rows, c1) - 1\n"),
-    # The shared operand packed without its first image: every block's GEMM reads a wrong
-    # operand. (Not packing it at all is no mutant to run: oneMKL then reads a header of
-    # zeros and the process dies of a division by zero.)
-    ("            pack_b(rows, rows_of, packed)\n",
-     "            pack_b(rows, rows_of[1:], packed)\n"),
-])
+@pytest.mark.parametrize(
+    ("original", "mutated"),
+    [
+        # Each block one row short: the last row of every block is never updated.
+        ("            b1 = min(b0 + rows, c1)\n", "            b1 = min(b0 + rows, c1) - 1\n"),
+        # The shared operand packed without its first image: every block's GEMM reads a wrong
+        # operand. (Not packing it at all is no mutant to run: oneMKL then reads a header of
+        # zeros and the process dies of a division by zero.)
+        (
+            "            pack_b(rows, rows_of, packed)\n",
+            "            pack_b(rows, rows_of[1:], packed)\n",
+        ),
+    ],
+)
 def test_the_comparison_fails_a_wrong_blocked_update(original, mutated):
     mutant = mutant_of_pooled_step(original, mutated)
-    serial, pooled = serial_and_pooled_runs("bf16", 2, BLOCKED_BATCH, pooled=mutant,
-                                            hidden=512)
+    serial, pooled = serial_and_pooled_runs("bf16", 2, BLOCKED_BATCH, pooled=mutant, hidden=512)
     assert {"params", "m", "v"} <= set(differing(serial, pooled))
 
 
@@ -148,8 +179,12 @@ def mutant_of_pooled_step(original: str, mutated: str):
     source = inspect.getsource(pooled_step)
     assert source.count(original) == 1, original
     assert source.count("parallel=True") >= 2 and source.count(', inline="always")') == 1
-    source = (source.replace(original, mutated).replace("cache=True", "cache=False")
-              .replace("parallel=True", "parallel=False").replace(', inline="always")', ")"))
+    source = (
+        source.replace(original, mutated)
+        .replace("cache=True", "cache=False")
+        .replace("parallel=True", "parallel=False")
+        .replace(', inline="always")', ")")
+    )
     spec = importlib.util.spec_from_loader("kernels.numba_cpu.pooled_step_mutant", loader=None)
     module = importlib.util.module_from_spec(spec)
     module.__package__ = "kernels.numba_cpu"
@@ -165,8 +200,7 @@ def test_a_mutant_without_its_mutation_passes_the_comparison():
     line = "        return 0, m, c0, c1\n"
     unchanged = mutant_of_pooled_step(line, line)
     for batch, hidden in ((BLOCKED_BATCH, 512), (7, 16)):
-        serial, pooled = serial_and_pooled_runs("bf16", 2, batch, pooled=unchanged,
-                                                hidden=hidden)
+        serial, pooled = serial_and_pooled_runs("bf16", 2, batch, pooled=unchanged, hidden=hidden)
         assert not differing(serial, pooled), batch
 
 
@@ -176,13 +210,15 @@ def test_the_comparison_fails_a_pooled_step_whose_shares_miss_a_column():
     test above checks, done wrong, is seen. In bf16 (the precision that always runs pooled)
     only: the shares are computed by the same function in both, and each mutant's compile
     costs CI two minutes."""
-    mutant = mutant_of_pooled_step("        return 0, m, c0, c1\n",
-                                   "        return 0, m, c0, c1 - 1\n")
+    mutant = mutant_of_pooled_step(
+        "        return 0, m, c0, c1\n", "        return 0, m, c0, c1 - 1\n"
+    )
     serial, pooled = serial_and_pooled_runs("bf16", 2, 7, pooled=mutant)
     assert {"loss", "params"} <= set(differing(serial, pooled))
 
 
 # -- which step numba runs --------------------------------------------------------------------
+
 
 def test_numba_runs_pooled_on_intel_with_onemkl_and_serial_elsewhere(monkeypatch):
     import kernels.cpu_features as cpu_features
@@ -243,10 +279,12 @@ def test_the_pooled_step_takes_onemkl_back_to_one_thread_on_every_entry():
     backend.load(config, export_params(build_model(config)))
     assert onemkl.threads() == 1
     data = np.random.default_rng(0).random((8, config.input_dim), dtype=np.float32)
-    for enter in (lambda: backend.train_step(data, np.arange(8)),
-                  lambda: backend.forward_backward(data, np.zeros((8, 2), np.float32)),
-                  lambda: backend.encode(data),
-                  lambda: backend.evaluate(data, batch_size=8)):
+    for enter in (
+        lambda: backend.train_step(data, np.arange(8)),
+        lambda: backend.forward_backward(data, np.zeros((8, 2), np.float32)),
+        lambda: backend.encode(data),
+        lambda: backend.evaluate(data, batch_size=8),
+    ):
         # What loading the serial numba backend does (configure_threads), at a count that
         # does not depend on this machine's CPUs.
         limit = threadpool_limits(limits=2, user_api="blas")  # noqa: F841  (kept alive)

@@ -25,17 +25,20 @@ class WrongNumba(NumbaBackend):
 
 def table_rows(out: str) -> dict[str, str]:
     """The report's throughput table rows (a backend, then its device), by backend."""
-    return {cells[0]: line for line in out.splitlines()
-            if len(cells := [c.strip() for c in line.strip("|").split("|")]) > 1
-            and cells[1] == "cpu"}
+    return {
+        cells[0]: line
+        for line in out.splitlines()
+        if len(cells := [c.strip() for c in line.strip("|").split("|")]) > 1 and cells[1] == "cpu"
+    }
 
 
 @pytest.fixture
 def wrong_backend(monkeypatch):
     import kernels
 
-    monkeypatch.setitem(kernels.BACKENDS, "numba-wrong",
-                        lambda threads=None, **_: WrongNumba(threads=threads))
+    monkeypatch.setitem(
+        kernels.BACKENDS, "numba-wrong", lambda threads=None, **_: WrongNumba(threads=threads)
+    )
     return "numba-wrong"
 
 
@@ -43,8 +46,7 @@ def test_a_backend_that_fails_the_gate_is_refused_in_one_line(wrong_backend, cap
     assert main(["profile", "--backends", wrong_backend, *TINY]) == 1
     out, refusal = capsys.readouterr()
     assert refusal.count("\n") == 1, refusal
-    assert refusal.startswith("vae-bench: refused: numba-wrong failed the agreement gate: "
-                              "FAILED (")
+    assert refusal.startswith("vae-bench: refused: numba-wrong failed the agreement gate: FAILED (")
     assert "grad.dec.fc1.weight (z2/" in refusal and "of its tolerance" in refusal
     assert refusal.endswith("not timed (--force times it anyway)\n")
     assert "profiling on" not in out  # nothing was timed
@@ -52,7 +54,8 @@ def test_a_backend_that_fails_the_gate_is_refused_in_one_line(wrong_backend, cap
 
 @pytest.mark.slow
 def test_profile_times_only_what_passed_unless_forced_and_writes_its_report(
-        wrong_backend, tmp_path, capsys, fast_gemm_peak):
+    wrong_backend, tmp_path, capsys, fast_gemm_peak
+):
     report = tmp_path / "reports" / "profile.txt"
     words = ["profile", "--backends", "numba", wrong_backend, *TINY, "--out", str(report)]
 
@@ -65,7 +68,7 @@ def test_profile_times_only_what_passed_unless_forced_and_writes_its_report(
     assert "numba-wrong        FAILED (" in out and "not timed (--force times it anyway)" in out
     text = report.read_text()
     assert text.startswith("# vae-bench profile --backends numba numba-wrong --latent 2 ")
-    body = out[out.index("agreement gate before timing"):].split("\nprovenance: ")[0]
+    body = out[out.index("agreement gate before timing") :].split("\nprovenance: ")[0]
     assert body in text  # the report as printed
     assert "\n## Provenance\n" in text and "- **git_commit**: " in text
     assert "- **data_sha256**: " in text
@@ -105,10 +108,10 @@ def _read_only(tmp_path):
     return tmp_path / "ro" / "profile.txt", "Permission denied"
 
 
-@pytest.mark.parametrize("place", [_a_directory, _below_a_file, _someone_elses_file,
-                                   _read_only])
+@pytest.mark.parametrize("place", [_a_directory, _below_a_file, _someone_elses_file, _read_only])
 def test_an_out_that_cannot_be_written_is_refused_in_one_line_before_any_work(
-        place, tmp_path, capsys, monkeypatch):
+    place, tmp_path, capsys, monkeypatch
+):
     from bench import pipeline
 
     def no_gate(*args, **kwargs):
@@ -144,13 +147,15 @@ def test_steps_flags_say_what_they_count_and_keep_their_older_name():
     from bench.cli import build_parser
 
     parser = build_parser()
-    for words, dest in ((["profile", "--window-steps", "3"], "window_steps"),
-                        (["profile", "--steps", "3"], "window_steps"),
-                        (["run", "--window-steps", "3"], "window_steps"),
-                        (["check", "--backend", "numba", "--adam-steps", "3"], "adam_steps"),
-                        (["check", "--backend", "numba", "--steps", "3"], "adam_steps"),
-                        (["profile", "--adam-steps", "3"], "adam_steps"),
-                        (["run", "--adam-steps", "3"], "adam_steps")):
+    for words, dest in (
+        (["profile", "--window-steps", "3"], "window_steps"),
+        (["profile", "--steps", "3"], "window_steps"),
+        (["run", "--window-steps", "3"], "window_steps"),
+        (["check", "--backend", "numba", "--adam-steps", "3"], "adam_steps"),
+        (["check", "--backend", "numba", "--steps", "3"], "adam_steps"),
+        (["profile", "--adam-steps", "3"], "adam_steps"),
+        (["run", "--adam-steps", "3"], "adam_steps"),
+    ):
         assert getattr(parser.parse_args(words), dest) == 3, words
 
 
@@ -176,11 +181,15 @@ def test_every_command_gates_with_checks_k_unless_told_otherwise():
 def test_a_batch_larger_than_the_data_is_timed_and_said(capsys, fast_gemm_peak):
     """run refuses a first batch size beyond the training images (it trains on it); profile
     only times, drawing batches with replacement, so it runs, but says so (it said nothing)."""
-    assert main(["profile", "--backends", "torch", *TINY, "--batch-size", "4096",
-                 "--adam-steps", "2"]) == 0
+    assert (
+        main(["profile", "--backends", "torch", *TINY, "--batch-size", "4096", "--adam-steps", "2"])
+        == 0
+    )
     out = capsys.readouterr().out
-    assert ("note: batch size 4096 exceeds the 4000 training images of mnist-5k: each timed "
-            "batch repeats images") in out
+    assert (
+        "note: batch size 4096 exceeds the 4000 training images of mnist-5k: each timed "
+        "batch repeats images"
+    ) in out
 
 
 def test_profile_says_where_it_is_and_quiet_keeps_the_report_only(capsys, fast_gemm_peak):
@@ -188,17 +197,27 @@ def test_profile_says_where_it_is_and_quiet_keeps_the_report_only(capsys, fast_g
     now each backend's gate and each round of windows but the last, with the time left."""
     import re
 
-    words = ["profile", "--backends", "numba", "torch", *TINY[:-4], "--repeats", "3",
-             "--window-steps", "1"]
+    words = [
+        "profile",
+        "--backends",
+        "numba",
+        "torch",
+        *TINY[:-4],
+        "--repeats",
+        "3",
+        "--window-steps",
+        "1",
+    ]
     assert main(words) == 0
     out = capsys.readouterr().out
     # Stamped with the time of day (no terminal here); the report's lines are not.
     lines = [line.split("] ", 1)[1] for line in out.splitlines() if line.startswith("[")]
-    assert "numba agreement pass" in "\n".join(lines) and "torch agreement pass" in "\n".join(
-        lines)
+    assert "numba agreement pass" in "\n".join(lines) and "torch agreement pass" in "\n".join(lines)
     rounds = [line for line in lines if "rounds of windows timed" in line]
-    assert len(rounds) == 2 and all(re.fullmatch(
-        r"batch 128: [12] of 3 rounds of windows timed; about \d+ s left", r) for r in rounds)
+    assert len(rounds) == 2 and all(
+        re.fullmatch(r"batch 128: [12] of 3 rounds of windows timed; about \d+ s left", r)
+        for r in rounds
+    )
 
     assert main([*words, "--quiet"]) == 0
     quiet = capsys.readouterr().out

@@ -11,13 +11,29 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-SHORT = ["--backends", "torch", "torch-fused-adam", "--latents", "2", "--epochs", "1",
-         "--repeats", "5", "--window-steps", "5", "--iwae-k", "0", "--adam-steps", "2"]
+SHORT = [
+    "--backends",
+    "torch",
+    "torch-fused-adam",
+    "--latents",
+    "2",
+    "--epochs",
+    "1",
+    "--repeats",
+    "5",
+    "--window-steps",
+    "5",
+    "--iwae-k",
+    "0",
+    "--adam-steps",
+    "2",
+]
 
 
 def git(repo: Path, *words: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *words], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), *words], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +62,13 @@ def two_commits(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_each_commit_is_measured_by_its_own_code_and_compared(two_commits, tmp_path):
     check = tmp_path / "check"
-    result = subprocess.run(["bash", "bench/regression-check.sh", "HEAD~1", str(check), *SHORT],
-                            cwd=two_commits, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        ["bash", "bench/regression-check.sh", "HEAD~1", str(check), *SHORT],
+        cwd=two_commits,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     markdown = (check / "compare.md").read_text()
     outcome = {0: "no regression", 1: "regression", 3: "undecided"}[result.returncode]
     assert markdown.startswith("### vae-bench compare: ") and outcome in markdown.splitlines()[0]
@@ -60,14 +81,21 @@ def test_each_commit_is_measured_by_its_own_code_and_compared(two_commits, tmp_p
     assert git(two_commits, "worktree", "list").count("\n") == 0  # the base's is removed
 
 
-@pytest.mark.parametrize("words, message", [
-    (["no-such-ref", "OUT"], "no-such-ref is not a commit here"),
-    (["HEAD"], "usage: "),
-])
-def test_a_bad_base_or_missing_out_is_one_line_and_status_2(two_commits, tmp_path, words,
-                                                            message):
+@pytest.mark.parametrize(
+    "words, message",
+    [
+        (["no-such-ref", "OUT"], "no-such-ref is not a commit here"),
+        (["HEAD"], "usage: "),
+    ],
+)
+def test_a_bad_base_or_missing_out_is_one_line_and_status_2(two_commits, tmp_path, words, message):
     words = [str(tmp_path / w) if w == "OUT" else w for w in words]
-    result = subprocess.run(["bash", "bench/regression-check.sh", *words], cwd=two_commits,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["bash", "bench/regression-check.sh", *words],
+        cwd=two_commits,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert message in result.stderr

@@ -20,10 +20,16 @@ EXPERIMENT = RESULTS / "experiment-mnist-5k-50ep"
 def test_the_page_holds_every_section_and_fetches_nothing(tmp_path):
     page = write_report([*RUNS, EXPERIMENT], tmp_path).read_text()
     assert "<script" not in page and "http://" not in page and "https://" not in page
-    assert "src=\"data:image/png;base64," in page and "src=\"file:" not in page
-    for heading in ("History of 2 runs", "Run run-full-mnist-5k", "Agreement gate",
-                    "Throughput and speed-up over eager", "ELBO after training",
-                    "Experiment experiment-mnist-5k-50ep", "Provenance"):
+    assert 'src="data:image/png;base64,' in page and 'src="file:' not in page
+    for heading in (
+        "History of 2 runs",
+        "Run run-full-mnist-5k",
+        "Agreement gate",
+        "Throughput and speed-up over eager",
+        "ELBO after training",
+        "Experiment experiment-mnist-5k-50ep",
+        "Provenance",
+    ):
         assert heading in page, heading
     # The two runs are from two CPUs: no history figure, each alone in its group.
     assert page.count("Nothing to compare it with on this CPU and data set.") == 2
@@ -79,7 +85,7 @@ def test_the_browser_check_sees_a_broken_figure(browser, tmp_path):
     page = write_report(RUNS[:1], tmp_path)
     text = page.read_text()
     start = text.index("base64,") + len("base64,")
-    page.write_text(text[:start] + "bm90IGEgUE5H" + text[text.index('"', start):])
+    page.write_text(text[:start] + "bm90IGEgUE5H" + text[text.index('"', start) :])
     images = inspect_page(page, executable=browser)["images"]
     assert sum(not (i["complete"] and i["width"] > 0) for i in images) == 1
 
@@ -90,8 +96,10 @@ def test_report_writes_only_into_a_directory_of_reports(tmp_path, capsys):
     other_run = tmp_path / "other-run"
     shutil.copytree(GATED_RUN, other_run)  # a run with its page
     before = (other_run / "report.html").read_bytes()
-    for out, message in ((other_run, "holds vae-bench results of another kind"),
-                         (RUNS[0], "is the results directory")):
+    for out, message in (
+        (other_run, "holds vae-bench results of another kind"),
+        (RUNS[0], "is the results directory"),
+    ):
         assert main(["report", str(RUNS[0]), "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
@@ -115,6 +123,7 @@ def _gate_without(column):
     def damage(run):
         gate = pd.read_csv(run / "gate.csv")
         gate.drop(columns=[column]).to_csv(run / "gate.csv", index=False)
+
     return damage
 
 
@@ -124,6 +133,7 @@ def _gate_cell(column, value):
         gate[column] = gate[column].astype(object)
         gate.loc[0, column] = value
         gate.to_csv(run / "gate.csv", index=False)
+
     return damage
 
 
@@ -135,17 +145,20 @@ def _garbage_window(run):
 
 def _cut_mid_row(run):
     text = (run / "results.csv").read_text()
-    (run / "results.csv").write_text(text[:len(text) - len(text.splitlines()[-1]) // 2 - 1])
+    (run / "results.csv").write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])
 
 
-@pytest.mark.parametrize("damage, message", [
-    # Issue 44's table: an AttributeError, a ValueError, and a row dropped without a word.
-    (_gate_without("passed"), "gate.csv: no column passed"),
-    (_gate_cell("fraction", "lots"), "gate.csv: line 2: fraction is 'lots', not a number"),
-    (_gate_cell("passed", "maybe"), "gate.csv: line 2: passed is 'maybe', not True or False"),
-    (_garbage_window, "line 2: window_samples_per_s is 'garbage'"),
-    (_cut_mid_row, "cut short: line"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        # Issue 44's table: an AttributeError, a ValueError, and a row dropped without a word.
+        (_gate_without("passed"), "gate.csv: no column passed"),
+        (_gate_cell("fraction", "lots"), "gate.csv: line 2: fraction is 'lots', not a number"),
+        (_gate_cell("passed", "maybe"), "gate.csv: line 2: passed is 'maybe', not True or False"),
+        (_garbage_window, "line 2: window_samples_per_s is 'garbage'"),
+        (_cut_mid_row, "cut short: line"),
+    ],
+)
 def test_a_damaged_run_is_one_line_and_no_page(tmp_path, capsys, damage, message):
     run = damaged_run(tmp_path, damage)
     assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 2
@@ -170,7 +183,7 @@ def test_history_never_draws_one_line_across_cpus_or_data_sets(tmp_path):
     assert "<h3>Intel(R) Xeon(R) Processor with AMX, mnist-5k: 3 runs</h3>" in page
     assert "<h3>AMD EPYC with AVX2, mnist-5k: 1 run</h3>" in page
     assert "<h3>Intel(R) Xeon(R) Processor with AMX, fashion-mnist: 1 run</h3>" in page
-    history = page.split("<h2 id=\"history\">", 1)[1].split("<h2 ", 1)[0]
+    history = page.split('<h2 id="history">', 1)[1].split("<h2 ", 1)[0]
     assert history.count("<img ") == 2  # speed-up and ELBO, of the three Xeon runs only
     assert 'alt="speed-up history, Intel(R) Xeon(R) Processor with AMX, mnist-5k"' in history
     # Each run marked by its commit and date; lines named with their precision.
@@ -194,8 +207,12 @@ def test_the_scaling_figure_gives_each_precision_its_own_peak(monkeypatch, tmp_p
     figures.scaling(rows, tmp_path / "scaling.png")
     [fig] = drawn
     labels = [ax.get_ylabel() for ax in fig.axes]
-    assert labels == ["training samples/s", "% of the device's float32 GEMM peak",
-                      "% of the device's bf16 GEMM peak"]
+    assert labels == [
+        "training samples/s",
+        "% of the device's float32 GEMM peak",
+        "% of the device's bf16 GEMM peak",
+    ]
     bf16 = fig.axes[2]
     assert {line.get_label() for line in bf16.get_lines()} == set(
-        rows[rows.precision == "bf16"].backend)
+        rows[rows.precision == "bf16"].backend
+    )

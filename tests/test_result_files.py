@@ -40,24 +40,63 @@ def test_the_committed_files_read_with_their_kinds():
     assert gate.passed.dtype == bool and gate.passed.any()
 
 
-@pytest.mark.parametrize(("read", "source", "column", "value", "expected"), [
-    (read_experiment_table, EXPERIMENT / "table.csv", "final_test_elbo", "garbage",
-     "line 2: final_test_elbo is 'garbage', not a number; rerun that experiment"),
-    (read_experiment_table, EXPERIMENT / "table.csv", "latent_dim", "2.5",
-     "line 2: latent_dim is '2.5', not a whole number from 0 to 2147483647"),
-    (read_experiment_table, EXPERIMENT / "table.csv", "seed", "-1",
-     "line 2: seed is '-1', not a whole number"),
-    (read_experiment_table, EXPERIMENT / "table.csv", "epochs", "",
-     "line 2: epochs is empty, not a whole number"),
-    (read_curves, EXPERIMENT / "curves.csv", "epoch", "inf",
-     "line 2: epoch is 'inf', not a whole number"),
-    (read_gate, RUN / "gate.csv", "passed", "maybe",
-     "line 2: passed is 'maybe', not True or False; copy the run again, or rerun it"),
-    (read_gate, RUN / "gate.csv", "tolerance", "1e-3x",
-     "line 2: tolerance is '1e-3x', not a number"),
-])
-def test_a_damaged_cell_is_named_with_its_line_and_what_to_do(read, source, column, value,
-                                                              expected, tmp_path):
+@pytest.mark.parametrize(
+    ("read", "source", "column", "value", "expected"),
+    [
+        (
+            read_experiment_table,
+            EXPERIMENT / "table.csv",
+            "final_test_elbo",
+            "garbage",
+            "line 2: final_test_elbo is 'garbage', not a number; rerun that experiment",
+        ),
+        (
+            read_experiment_table,
+            EXPERIMENT / "table.csv",
+            "latent_dim",
+            "2.5",
+            "line 2: latent_dim is '2.5', not a whole number from 0 to 2147483647",
+        ),
+        (
+            read_experiment_table,
+            EXPERIMENT / "table.csv",
+            "seed",
+            "-1",
+            "line 2: seed is '-1', not a whole number",
+        ),
+        (
+            read_experiment_table,
+            EXPERIMENT / "table.csv",
+            "epochs",
+            "",
+            "line 2: epochs is empty, not a whole number",
+        ),
+        (
+            read_curves,
+            EXPERIMENT / "curves.csv",
+            "epoch",
+            "inf",
+            "line 2: epoch is 'inf', not a whole number",
+        ),
+        (
+            read_gate,
+            RUN / "gate.csv",
+            "passed",
+            "maybe",
+            "line 2: passed is 'maybe', not True or False; copy the run again, or rerun it",
+        ),
+        (
+            read_gate,
+            RUN / "gate.csv",
+            "tolerance",
+            "1e-3x",
+            "line 2: tolerance is '1e-3x', not a number",
+        ),
+    ],
+)
+def test_a_damaged_cell_is_named_with_its_line_and_what_to_do(
+    read, source, column, value, expected, tmp_path
+):
     with pytest.raises(ResultsFileError) as error:
         read(damaged(tmp_path, source, column, value))
     assert str(error.value).startswith(str(tmp_path / source.name) + ": " + expected)
@@ -84,12 +123,14 @@ def test_a_file_that_is_no_table_is_one_error(tmp_path):
         read_gate(tmp_path / "absent.csv")
 
 
-@pytest.mark.parametrize(("source", "name", "column", "value"), [
-    (EXPERIMENT, "table.csv", "latent_dim", "garbage"),
-    (RUN, "gate.csv", "passed", "maybe"),
-])
-def test_report_refuses_a_damaged_file_in_one_line(source, name, column, value, tmp_path,
-                                                   capsys):
+@pytest.mark.parametrize(
+    ("source", "name", "column", "value"),
+    [
+        (EXPERIMENT, "table.csv", "latent_dim", "garbage"),
+        (RUN, "gate.csv", "passed", "maybe"),
+    ],
+)
+def test_report_refuses_a_damaged_file_in_one_line(source, name, column, value, tmp_path, capsys):
     copy = shutil.copytree(source, tmp_path / source.name)
     shutil.move(damaged(tmp_path, source / name, column, value), copy / name)
     assert main(["report", str(copy), "--out", str(tmp_path / "report")]) == 2

@@ -15,8 +15,24 @@ from bench.cli import main
 
 ROOT = Path(__file__).parents[1]
 COMMITTED = ROOT / "results" / "run-full-mnist-5k"
-RUN = ["run", "--backends", "torch", "--latents", "2", "--epochs", "1", "--repeats", "1",
-       "--steps", "2", "--iwae-k", "0", "--adam-steps", "2", "--quiet"]
+RUN = [
+    "run",
+    "--backends",
+    "torch",
+    "--latents",
+    "2",
+    "--epochs",
+    "1",
+    "--repeats",
+    "1",
+    "--steps",
+    "2",
+    "--iwae-k",
+    "0",
+    "--adam-steps",
+    "2",
+    "--quiet",
+]
 COMMANDS = ["run", "experiment", "merge", "fixture", "seeds", "report"]
 
 
@@ -33,8 +49,17 @@ def command_line(command, out, shards, tiny_experiment):
         "run": lambda: [*RUN, "--out", str(out)],
         "experiment": lambda: [*tiny_experiment, "--latents", "3", "--out", str(out)],
         "merge": lambda: ["merge", *map(str, shards), "--out", str(out)],
-        "fixture": lambda: ["fixture", "--latents", "2", "--cases", "batch", "--steps", "1",
-                            "--out", str(out)],
+        "fixture": lambda: [
+            "fixture",
+            "--latents",
+            "2",
+            "--cases",
+            "batch",
+            "--steps",
+            "1",
+            "--out",
+            str(out),
+        ],
         "seeds": lambda: ["seeds", *map(str, seed_runs), "--out", str(out)],
         "report": lambda: ["report", str(COMMITTED), "--out", str(out)],
     }[command]()
@@ -60,8 +85,9 @@ def one_line_error(capsys) -> str:
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_a_second_writer_is_refused_naming_the_holder(command, tmp_path, committed_shards,
-                                                      capsys, tiny_experiment):
+def test_a_second_writer_is_refused_naming_the_holder(
+    command, tmp_path, committed_shards, capsys, tiny_experiment
+):
     out = tmp_path / ("out.npz" if command == "fixture" else "out")
     with held(command, out):
         assert main(command_line(command, out, committed_shards, tiny_experiment)) == 2
@@ -80,8 +106,9 @@ time.sleep(120)
 
 def test_the_lock_dies_with_its_holder(tmp_path, capsys, tiny_experiment):
     out = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], cwd=ROOT,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline() == "held\n"
         assert main([*tiny_experiment, "--latents", "3", "--out", str(out)]) == 2
@@ -96,16 +123,17 @@ def test_the_lock_dies_with_its_holder(tmp_path, capsys, tiny_experiment):
         pass
 
 
-@pytest.mark.parametrize("command, theirs", [("experiment", "table.csv"),
-                                             ("run", "results.csv")])
+@pytest.mark.parametrize("command, theirs", [("experiment", "table.csv"), ("run", "results.csv")])
 def test_an_out_holding_files_that_are_not_ours_is_refused_not_overwritten(
-        command, theirs, tmp_path, capsys, tiny_experiment):
+    command, theirs, tmp_path, capsys, tiny_experiment
+):
     out = tmp_path / "F"
     out.mkdir()
     (out / theirs).write_text("a,b\n")
     assert main(command_line(command, out, [], tiny_experiment)) == 2
     assert f"holds files vae-bench did not write as a {command} ({theirs})" in one_line_error(
-        capsys)
+        capsys
+    )
     assert [p.name for p in out.iterdir()] == [theirs] and (out / theirs).read_text() == "a,b\n"
 
 
@@ -152,7 +180,8 @@ def broken_backend(monkeypatch):
 
 
 def test_a_run_that_fails_before_its_first_result_does_not_block_its_out(
-        tmp_path, capsys, monkeypatch, broken_backend, fast_gemm_peak):
+    tmp_path, capsys, monkeypatch, broken_backend, fast_gemm_peak
+):
     out = tmp_path / "R"
     words = ["run", "--backends", broken_backend, "--latents", "2", "--quiet", "--out", str(out)]
     assert main(words) == 1
@@ -174,8 +203,9 @@ def test_a_run_that_fails_before_its_first_result_does_not_block_its_out(
         assert "interrupted" in capsys.readouterr().err
 
 
-def test_temp_files_of_a_killed_writer_are_removed_by_the_next(tmp_path, finished_experiment,
-                                                             tiny_experiment):
+def test_temp_files_of_a_killed_writer_are_removed_by_the_next(
+    tmp_path, finished_experiment, tiny_experiment
+):
     out = shutil.copytree(finished_experiment[0], tmp_path / "out")
     leftovers = [out / "cells" / ".vae-z3.npz.k3j9x0ab.tmp", out / ".table.csv.a1b2c3d4.tmp"]
     for path in leftovers:
@@ -215,8 +245,9 @@ def _too_long(tmp_path, command):
 
 @pytest.mark.parametrize("place", [_a_file, _below_a_file, _under_proc, _read_only, _too_long])
 @pytest.mark.parametrize("command", COMMANDS)
-def test_an_out_that_cannot_be_written_is_one_line(command, place, tmp_path, committed_shards,
-                                                   capsys, tiny_experiment):
+def test_an_out_that_cannot_be_written_is_one_line(
+    command, place, tmp_path, committed_shards, capsys, tiny_experiment
+):
     out, message = place(tmp_path, command)
     if command == "fixture" and place is not _a_file:
         out = out / "fixture.npz"
@@ -225,8 +256,9 @@ def test_an_out_that_cannot_be_written_is_one_line(command, place, tmp_path, com
 
 
 @pytest.mark.parametrize("command", ["run", "experiment", "report"])
-def test_a_writer_killed_at_its_first_write_does_not_lock_its_out(command, tmp_path, capsys,
-                                                                  tiny_experiment):
+def test_a_writer_killed_at_its_first_write_does_not_lock_its_out(
+    command, tmp_path, capsys, tiny_experiment
+):
     """Killed while writing its ownership marker (its first write), a writer left only the
     marker's temp file, which the next writer took for someone's file: the --out was refused
     for good."""

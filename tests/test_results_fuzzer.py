@@ -35,19 +35,32 @@ BAD_VALUES = ["garbage", "nan", "inf", "-inf", "-1", "1e308", "", "0", "True", "
 JSON_VALUES = [None, "text", 1.5, -1, [], {}, True]
 # No shrinking: an example that fails is reported as drawn (each takes a second or two;
 # shrinking one took hypothesis over five minutes).
-FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
-                phases=[Phase.generate],
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
-def damage(data, directory: Path, only: tuple[str, ...] = (),
-           kinds: tuple[str, ...] = ("truncate", "delete", "edit")) -> str:
+def damage(
+    data,
+    directory: Path,
+    only: tuple[str, ...] = (),
+    kinds: tuple[str, ...] = ("truncate", "delete", "edit"),
+) -> str:
     """One random damage (of ``kinds``) to one file below ``directory`` (of the names
     ``only``, if given); what was done, for the report."""
-    files = sorted(p for p in directory.rglob("*") if p.is_file()
-                   and p.suffix in (".csv", ".json") and not p.name.startswith(".")
-                   and (not only or p.name in only))
+    files = sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file()
+        and p.suffix in (".csv", ".json")
+        and not p.name.startswith(".")
+        and (not only or p.name in only)
+    )
     path = data.draw(st.sampled_from(files), label="file")
     kind = data.draw(st.sampled_from(kinds), label="damage")
     name = path.relative_to(directory)
@@ -113,8 +126,12 @@ def _edit_json(data, path: Path, record) -> str:
 
 
 def snapshot(*roots: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for root in roots for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for root in roots
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def outcome(capsys, words: list[str], allowed: tuple[int, ...], what: str) -> None:
@@ -128,8 +145,9 @@ def outcome(capsys, words: list[str], allowed: tuple[int, ...], what: str) -> No
         assert err.count("\n") == 1 and err.startswith("vae-bench: error: "), (what, err)
 
 
-def fuzz_run_readers(data, root: Path, capsys,
-                     commands=("compare", "report", "merge", "export"), **which) -> None:
+def fuzz_run_readers(
+    data, root: Path, capsys, commands=("compare", "report", "merge", "export"), **which
+) -> None:
     case = root / f"case{len(list(root.iterdir()))}"
     damaged, intact, out = case / "damaged", case / "intact", case / "out"
     shutil.copytree(RUN, damaged, ignore=shutil.ignore_patterns("*.png", "report.html"))
@@ -145,8 +163,12 @@ def fuzz_run_readers(data, root: Path, capsys,
         outcome(capsys, ["merge", str(damaged), "--out", str(out / "merged")], (0, 2), what)
     if "export" in commands:
         for form in ("json", "bmf", "github-action-benchmark"):
-            outcome(capsys, ["export", str(damaged), "--format", form, "--out",
-                             str(out / f"{form}.json")], (0, 2), what)
+            outcome(
+                capsys,
+                ["export", str(damaged), "--format", form, "--out", str(out / f"{form}.json")],
+                (0, 2),
+                what,
+            )
     assert snapshot(damaged, intact) == before, what
 
 
@@ -168,8 +190,7 @@ def test_damaged_seed_runs_give_a_result_or_one_line(data, tmp_path, capsys):
     what = damage(data, victim)
     before = snapshot(case)
     # seeds: 1 is its verdict "not within the noise of seeds".
-    outcome(capsys, ["seeds", *map(str, compared), "--out", str(case / "out")], (0, 1, 2),
-            what)
+    outcome(capsys, ["seeds", *map(str, compared), "--out", str(case / "out")], (0, 1, 2), what)
     assert {k: v for k, v in snapshot(case).items() if "/out/" not in k} == before, what
 
 
@@ -185,8 +206,9 @@ def test_the_fuzzer_fails_a_reader_whose_validation_is_removed(monkeypatch, tmp_
     @given(data=st.data())
     def fuzz(data):  # the cells of results.csv only: where that check stands guard
         tried.append(1)
-        fuzz_run_readers(data, tmp_path, capsys, commands=("compare",),
-                         only=("results.csv",), kinds=("edit",))
+        fuzz_run_readers(
+            data, tmp_path, capsys, commands=("compare",), only=("results.csv",), kinds=("edit",)
+        )
 
     with pytest.raises(BaseException) as found:
         fuzz()

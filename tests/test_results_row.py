@@ -11,8 +11,16 @@ from bench.tables import ADDED_COLUMNS, RESULT_COLUMNS, ResultRow, results_frame
 from bench.tolerances import TOLERANCES
 from vae_ref.gate_tensors import KINDS, kind_of
 
-ROW = dict(backend="numba", device="cpu", precision="float32", latent_dim=20, batch_size=128,
-           agreement="pass", dataset="mnist-5k", seed=0)
+ROW = dict(
+    backend="numba",
+    device="cpu",
+    precision="float32",
+    latent_dim=20,
+    batch_size=128,
+    agreement="pass",
+    dataset="mnist-5k",
+    seed=0,
+)
 
 
 def test_a_stored_row_reads_back_and_a_new_column_takes_its_implied_value():
@@ -34,9 +42,10 @@ def test_a_misspelt_or_missing_field_fails_loudly():
 
 def test_each_kind_of_gate_tensor_has_its_tolerance():
     assert set(TOLERANCES) == set(KINDS)
-    assert [kind_of(t) for t in ("h", "loss.kl", "loss", "grad.enc.fc1.weight", "steps.loss",
-                                 "steps.enc.fc1.bias")] == [
-        "intermediate", "loss", "loss", "gradient", "steps.loss", "steps.param"]
+    assert [
+        kind_of(t)
+        for t in ("h", "loss.kl", "loss", "grad.enc.fc1.weight", "steps.loss", "steps.enc.fc1.bias")
+    ] == ["intermediate", "loss", "loss", "gradient", "steps.loss", "steps.param"]
 
 
 class Recorder:
@@ -44,13 +53,18 @@ class Recorder:
 
     def __init__(self, monkeypatch):
         self.calls = []
-        monkeypatch.setattr(pipeline, "gate", lambda backends, cases, log: self.called(
-            "gate", {b.name: pipeline.GateRecord(b.name, "pass", 0.1) for b in backends}))
+        monkeypatch.setattr(
+            pipeline,
+            "gate",
+            lambda backends, cases, log: self.called(
+                "gate", {b.name: pipeline.GateRecord(b.name, "pass", 0.1) for b in backends}
+            ),
+        )
         monkeypatch.setattr(pipeline, "measure", lambda *a, **k: self.called("time", []))
-        monkeypatch.setattr(pipeline, "train_backend", lambda *a, **k: self.called(
-            "train", "result"))
-        monkeypatch.setattr(pipeline, "evaluate", lambda *a, **k: self.called(
-            "evaluate", "scores"))
+        monkeypatch.setattr(
+            pipeline, "train_backend", lambda *a, **k: self.called("train", "result")
+        )
+        monkeypatch.setattr(pipeline, "evaluate", lambda *a, **k: self.called("evaluate", "scores"))
 
     def called(self, stage, value):
         self.calls.append(stage)
@@ -61,8 +75,10 @@ class Named:
     name, device = "stand-in", "cpu"
 
 
-@pytest.mark.parametrize("stages", [pipeline.STAGES, tuple(reversed(pipeline.STAGES)),
-                                    ("time", "gate"), ("evaluate", "train")])
+@pytest.mark.parametrize(
+    "stages",
+    [pipeline.STAGES, tuple(reversed(pipeline.STAGES)), ("time", "gate"), ("evaluate", "train")],
+)
 def test_a_selection_runs_its_stages_in_the_pipelines_order(monkeypatch, stages):
     import types
 
@@ -70,10 +86,14 @@ def test_a_selection_runs_its_stages_in_the_pipelines_order(monkeypatch, stages)
     data = types.SimpleNamespace(name="d", train_x=None, test_x=None)
     from vae_ref import VAEConfig
 
-    pipeline.execute(pipeline.Selection(stages=stages, batch_sizes=(8, 16)), [Named()],
-                     config=VAEConfig(latent_dim=2), cases=lambda *_: [], data=data)
-    expected = [s for s in pipeline.STAGES for _ in range(2 if s == "time" else 1)
-                if s in stages]
+    pipeline.execute(
+        pipeline.Selection(stages=stages, batch_sizes=(8, 16)),
+        [Named()],
+        config=VAEConfig(latent_dim=2),
+        cases=lambda *_: [],
+        data=data,
+    )
+    expected = [s for s in pipeline.STAGES for _ in range(2 if s == "time" else 1) if s in stages]
     assert recorder.calls == expected
 
 
@@ -88,17 +108,27 @@ def test_the_cost_of_reduced_precision_is_each_row_minus_its_float32_twin():
     from bench.tables import precision_cost
 
     def trained(backend, precision, z, elbo, iwae):
-        return ResultRow(**ROW | dict(backend=backend, precision=precision, latent_dim=z),
-                         final_test_elbo=elbo, test_iwae=iwae, epochs=50)
+        return ResultRow(
+            **ROW | dict(backend=backend, precision=precision, latent_dim=z),
+            final_test_elbo=elbo,
+            test_iwae=iwae,
+            epochs=50,
+        )
 
-    table = results_frame([trained("numba", "float32", 2, -170.0, -168.0),
-                           trained("numba-bf16", "bf16", 2, -170.5, -168.1),
-                           trained("numba", "float32", 20, -121.0, -116.0),
-                           trained("numba-bf16", "bf16", 20, -120.0, -115.5),
-                           trained("jax-bf16", "bf16", 20, -121.0, -116.0)])  # no twin here
+    table = results_frame(
+        [
+            trained("numba", "float32", 2, -170.0, -168.0),
+            trained("numba-bf16", "bf16", 2, -170.5, -168.1),
+            trained("numba", "float32", 20, -121.0, -116.0),
+            trained("numba-bf16", "bf16", 20, -120.0, -115.5),
+            trained("jax-bf16", "bf16", 20, -121.0, -116.0),
+        ]
+    )  # no twin here
     cost = precision_cost(table)
     assert list(zip(cost.backend, cost.twin, cost.latent_dim)) == [
-        ("numba-bf16", "numba", 2), ("numba-bf16", "numba", 20)]
+        ("numba-bf16", "numba", 2),
+        ("numba-bf16", "numba", 20),
+    ]
     assert cost.elbo_difference.tolist() == pytest.approx([-0.5, 1.0])
     assert cost.iwae_difference.tolist() == pytest.approx([-0.1, 0.5])
     assert precision_cost(table[table.precision == "float32"]).empty

@@ -17,8 +17,17 @@ KEY = ["backend", "latent_dim", "batch_size"]
 
 
 def tiny_spec(**changes):
-    spec = dict(dataset="mnist-5k", backends=("torch", "numba"), latents=(2, 3),
-                batch_sizes=(64,), epochs=1, repeats=2, steps=2, gate_steps=2, iwae_k=4)
+    spec = dict(
+        dataset="mnist-5k",
+        backends=("torch", "numba"),
+        latents=(2, 3),
+        batch_sizes=(64,),
+        epochs=1,
+        repeats=2,
+        steps=2,
+        gate_steps=2,
+        iwae_k=4,
+    )
     return RunSpec(**(spec | changes))
 
 
@@ -48,8 +57,10 @@ def test_a_run_says_which_latent_size_of_how_many_and_the_time_left(full_run_and
     (second,) = [s for s in said if s.startswith("z=3: latent size 2 of 2; about ")]
     assert re.fullmatch(r"z=3: latent size 2 of 2; about \d+ (s|min) left", second), second
     # Each round of interleaved windows but the last (2 here), with the time left.
-    assert re.fullmatch(r"batch 64: 1 of 2 rounds of windows timed; about \d+ s left",
-                        next(s for s in said if "rounds of windows" in s).split(": ", 1)[1])
+    assert re.fullmatch(
+        r"batch 64: 1 of 2 rounds of windows timed; about \d+ s left",
+        next(s for s in said if "rounds of windows" in s).split(": ", 1)[1],
+    )
 
 
 def test_results_json_holds_every_row_window_and_gate_tensor(full_run):
@@ -65,7 +76,8 @@ def test_results_json_holds_every_row_window_and_gate_tensor(full_run):
     assert document["provenance"] == json.loads((out / "env.json").read_text())
     csv = pd.read_csv(out / "results.csv")
     assert [(r["backend"], r["latent_dim"]) for r in document["rows"]] == list(
-        zip(csv.backend, csv.latent_dim))
+        zip(csv.backend, csv.latent_dim)
+    )
     for row, text in zip(document["rows"], csv.window_samples_per_s):
         assert row["window_samples_per_s"] == [float(v) for v in text.split()]
         assert len(row["window_samples_per_s"]) == 2  # repeats=2
@@ -90,8 +102,17 @@ def test_log_lines_off_a_terminal_carry_the_time_of_day(capsys):
 @pytest.mark.slow
 def test_run_writes_every_promised_output(full_run):
     out, table = full_run
-    for name in ("results.csv", "curves.csv", "gate.csv", "env.json", "summary.md",
-                 "report.html", "throughput.png", "speedup.png", "elbo_curves.png"):
+    for name in (
+        "results.csv",
+        "curves.csv",
+        "gate.csv",
+        "env.json",
+        "summary.md",
+        "report.html",
+        "throughput.png",
+        "speedup.png",
+        "elbo_curves.png",
+    ):
         assert (out / name).exists(), name
     # The gate's every tensor is kept for the report, which the run writes itself.
     gate = pd.read_csv(out / "gate.csv")
@@ -102,7 +123,11 @@ def test_run_writes_every_promised_output(full_run):
     written = pd.read_csv(out / "results.csv")
     assert tuple(written.columns) == RESULT_COLUMNS
     assert sorted(map(tuple, written[KEY].values.tolist())) == [
-        ("numba", 2, 64), ("numba", 3, 64), ("torch", 2, 64), ("torch", 3, 64)]
+        ("numba", 2, 64),
+        ("numba", 3, 64),
+        ("torch", 2, 64),
+        ("torch", 3, 64),
+    ]
     assert set(written.agreement) == {"pass"}
     assert (written.samples_per_s > 0).all() and written.final_test_elbo.notna().all()
     assert (written.peak_memory_mb > 0).all()  # memory in every timed row
@@ -110,8 +135,9 @@ def test_run_writes_every_promised_output(full_run):
     # is the batch over the median ms/step).
     windows = written.window_samples_per_s.map(lambda text: np.array(text.split(), float))
     assert (windows.map(len) == 2).all()
-    assert np.allclose(windows.map(lambda w: 64 / np.median(64 / w)), written.samples_per_s,
-                       rtol=1e-5)
+    assert np.allclose(
+        windows.map(lambda w: 64 / np.median(64 / w)), written.samples_per_s, rtol=1e-5
+    )
     assert np.allclose(windows.map(min), written.samples_per_s_min, rtol=1e-5)
     env = json.loads((out / "env.json").read_text())
     assert env["gemm_peak_gflops"] > 0 and env["spec"]["latents"] == [2, 3]
@@ -141,8 +167,15 @@ def test_resume_needs_the_same_data_not_only_its_name(full_run, mnist5k):
     out, _ = full_run
     from vae_ref.data import Dataset
 
-    other = Dataset(mnist5k.name, mnist5k.train_x[::-1].copy(), mnist5k.train_y[::-1].copy(),
-                    mnist5k.test_x, mnist5k.test_y, mnist5k.source, mnist5k.class_names)
+    other = Dataset(
+        mnist5k.name,
+        mnist5k.train_x[::-1].copy(),
+        mnist5k.train_y[::-1].copy(),
+        mnist5k.test_x,
+        mnist5k.test_y,
+        mnist5k.source,
+        mnist5k.class_names,
+    )
     with pytest.raises(RunError, match="holds a run on other data"):
         run(tiny_spec(), other, out, resume=True, progress=False, log=quiet)
 
@@ -167,7 +200,8 @@ def test_two_shards_merged_equal_the_unsharded_rows(full_run, tmp_path, mnist5k)
         parts.append(part)
     merged = merge(parts, tmp_path / "merged")
     assert sorted(map(tuple, merged[KEY].values.tolist())) == sorted(
-        map(tuple, table[KEY].values.tolist()))
+        map(tuple, table[KEY].values.tolist())
+    )
     # Parts from different settings are refused unless forced; overlapping parts always.
     env = json.loads((parts[1] / "env.json").read_text())
     env["spec"]["epochs"] = 9
@@ -186,8 +220,9 @@ def test_two_shards_merged_equal_the_unsharded_rows(full_run, tmp_path, mnist5k)
 
 
 @pytest.mark.slow
-def test_unavailable_backend_is_listed_with_its_reason(tmp_path, mnist5k, monkeypatch,
-                                                       fast_gemm_peak):
+def test_unavailable_backend_is_listed_with_its_reason(
+    tmp_path, mnist5k, monkeypatch, fast_gemm_peak
+):
     import kernels
     from kernels.base import Availability
 
@@ -199,15 +234,31 @@ def test_unavailable_backend_is_listed_with_its_reason(tmp_path, mnist5k, monkey
 
     monkeypatch.setitem(kernels.BACKENDS, "absent", lambda **_: Absent())
     # Beside one backend that runs (the cheapest settings: no Adam-steps gate case, 8 steps).
-    table = run(tiny_spec(backends=("torch", "absent"), latents=(2,), batch_sizes=(500,),
-                          repeats=1, gate_steps=0, iwae_k=0),
-                mnist5k, tmp_path / "r", progress=False, log=quiet)
+    table = run(
+        tiny_spec(
+            backends=("torch", "absent"),
+            latents=(2,),
+            batch_sizes=(500,),
+            repeats=1,
+            gate_steps=0,
+            iwae_k=0,
+        ),
+        mnist5k,
+        tmp_path / "r",
+        progress=False,
+        log=quiet,
+    )
     [row] = table[table.backend == "absent"].to_dict("records")
     assert row["agreement"] == "unavailable" and row["note"] == "no such device here"
     # With no backend available there is nothing to run: refused, nothing written.
     with pytest.raises(RunError, match="nothing to run: .*absent: no such device here"):
-        run(tiny_spec(backends=("absent",), latents=(2,)), mnist5k, tmp_path / "none",
-            progress=False, log=quiet)
+        run(
+            tiny_spec(backends=("absent",), latents=(2,)),
+            mnist5k,
+            tmp_path / "none",
+            progress=False,
+            log=quiet,
+        )
     assert not (tmp_path / "none").exists()
 
 
@@ -228,8 +279,9 @@ def test_compare_exit_status(full_run, tmp_path, capsys):
     assert "REGRESSION" in printed
     assert "numba z=2 batch=64: speed-up over PyTorch eager 0.50x" in printed
     # Within a looser gate the same change passes.
-    assert main(["compare", str(out), str(tmp_path / "slower.csv"),
-                 "--fail-throughput", "60%"]) == 0
+    assert (
+        main(["compare", str(out), str(tmp_path / "slower.csv"), "--fail-throughput", "60%"]) == 0
+    )
 
     # The yardstick itself is gated only with --absolute: runs drift as a whole.
     drift = pd.read_csv(out / "results.csv")
@@ -249,13 +301,15 @@ def test_compare_exit_status(full_run, tmp_path, capsys):
     assert "test ELBO -2.00 nats" in printed and "agreement pass -> fail" in printed
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "no such results file"),
-    ("backend,latent_dim\nnumba,2\n", "not a results table of this schema"),
-    ("\x00\x01garbage", "not a results table"),
-])
-def test_compare_refuses_unusable_input_with_status_2(full_run, tmp_path, capsys, content,
-                                                      message):
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such results file"),
+        ("backend,latent_dim\nnumba,2\n", "not a results table of this schema"),
+        ("\x00\x01garbage", "not a results table"),
+    ],
+)
+def test_compare_refuses_unusable_input_with_status_2(full_run, tmp_path, capsys, content, message):
     out, _ = full_run
     bad = tmp_path / "bad.csv"
     if content is not None:
@@ -267,11 +321,15 @@ def test_compare_refuses_unusable_input_with_status_2(full_run, tmp_path, capsys
 def test_speedups_are_over_eager_pytorch_on_the_same_device():
     from bench import tables
 
-    table = pd.DataFrame({
-        "backend": ["torch", "numba", "torch-cuda", "cupy", "cupy"],
-        "device": ["cpu", "cpu", "cuda", "cuda", "cuda"],
-        "latent_dim": [20, 20, 20, 20, 50], "batch_size": [128] * 5,
-        "samples_per_s": [1000.0, 1700.0, 20000.0, 200000.0, 1.0]})
+    table = pd.DataFrame(
+        {
+            "backend": ["torch", "numba", "torch-cuda", "cupy", "cupy"],
+            "device": ["cpu", "cpu", "cuda", "cuda", "cuda"],
+            "latent_dim": [20, 20, 20, 20, 50],
+            "batch_size": [128] * 5,
+            "samples_per_s": [1000.0, 1700.0, 20000.0, 200000.0, 1.0],
+        }
+    )
     speedup = tables.speedup(table).tolist()
     assert speedup[:4] == [1.0, 1.7, 1.0, 10.0] and np.isnan(speedup[4])  # no z=50 yardstick
     # Tables written before the device column are CPU runs.
@@ -299,7 +357,9 @@ def test_a_run_of_some_stages_refuses_a_selection_the_pipeline_cannot_run():
     """RunSpec.stages (gpu-check times in one stage and trains in another) is checked as the
     pipeline checks a selection: by name, and evaluate only after train."""
     assert RunSpec(dataset="d", backends=("torch",), stages=("gate", "time")).stages == (
-        "gate", "time")
+        "gate",
+        "time",
+    )
     with pytest.raises(RunError, match="evaluate needs train"):
         RunSpec(dataset="d", backends=("torch",), stages=("gate", "evaluate"))
     with pytest.raises(RunError, match="unknown stages"):

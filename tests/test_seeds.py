@@ -9,8 +9,15 @@ import pytest
 
 from bench.cli import main
 
-SPEC = {"dataset": "mnist-5k", "latents": [2, 20], "epochs": 50, "batch_size": 128,
-        "lr": 3e-4, "iwae_k": 0, "threads": 2}
+SPEC = {
+    "dataset": "mnist-5k",
+    "latents": [2, 20],
+    "epochs": 50,
+    "batch_size": 128,
+    "lr": 3e-4,
+    "iwae_k": 0,
+    "threads": 2,
+}
 
 
 def experiment_dir(root, backend, seed, shift=0.0, **spec):
@@ -19,19 +26,38 @@ def experiment_dir(root, backend, seed, shift=0.0, **spec):
     rng = np.random.default_rng([seed, len(backend)])
     out = root / f"{backend}-s{seed}"
     out.mkdir()
-    rows = [{"model": "vae", "latent_dim": z, "final_test_elbo": base + shift + rng.normal(0, .5),
-             "final_train_elbo": base + 3, "seconds_per_epoch": 0.2, "seed": seed}
-            for z, base in ((2, -170.0), (20, -120.0))]
+    rows = [
+        {
+            "model": "vae",
+            "latent_dim": z,
+            "final_test_elbo": base + shift + rng.normal(0, 0.5),
+            "final_train_elbo": base + 3,
+            "seconds_per_epoch": 0.2,
+            "seed": seed,
+        }
+        for z, base in ((2, -170.0), (20, -120.0))
+    ]
     pd.DataFrame(rows).to_csv(out / "table.csv", index=False)
-    (out / "provenance.json").write_text(json.dumps({
-        "git_commit": "0" * 40, "command": f"vae-bench experiment --seed {seed}", "cpu": "X",
-        "seed": seed, "spec": {**SPEC, "seed": seed, "backend": backend, **spec}}))
+    (out / "provenance.json").write_text(
+        json.dumps(
+            {
+                "git_commit": "0" * 40,
+                "command": f"vae-bench experiment --seed {seed}",
+                "cpu": "X",
+                "seed": seed,
+                "spec": {**SPEC, "seed": seed, "backend": backend, **spec},
+            }
+        )
+    )
     return out
 
 
 def runs(root, shift=0.0, seeds=(0, 1, 2), **spec):
-    return [experiment_dir(root, b, s, shift if b == "numba" else 0.0, **spec)
-            for b in ("torch", "numba") for s in seeds]
+    return [
+        experiment_dir(root, b, s, shift if b == "numba" else 0.0, **spec)
+        for b in ("torch", "numba")
+        for s in seeds
+    ]
 
 
 def test_a_backend_within_seed_noise_passes_and_the_summary_is_written(tmp_path, capsys):
@@ -44,18 +70,24 @@ def test_a_backend_within_seed_noise_passes_and_the_summary_is_written(tmp_path,
 
 
 def test_a_backend_five_nats_off_fails(tmp_path):
-    assert main(["seeds", *map(str, runs(tmp_path, shift=-5.0)),
-                 "--out", str(tmp_path / "out")]) == 1
+    assert (
+        main(["seeds", *map(str, runs(tmp_path, shift=-5.0)), "--out", str(tmp_path / "out")]) == 1
+    )
     assert "NOT within" in (tmp_path / "out" / "summary.md").read_text()
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda root: runs(root, seeds=(0, 1)), "3 or more distinct seeds"),
-    (lambda root: runs(root)[:3], "need runs by the reference"),
-    (lambda root: runs(root)[:5] + [experiment_dir(root, "numba", 9, epochs=5)],
-     "differ in more than seed and backend"),
-    (lambda root: [root], "not a finished experiment directory"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda root: runs(root, seeds=(0, 1)), "3 or more distinct seeds"),
+        (lambda root: runs(root)[:3], "need runs by the reference"),
+        (
+            lambda root: runs(root)[:5] + [experiment_dir(root, "numba", 9, epochs=5)],
+            "differ in more than seed and backend",
+        ),
+        (lambda root: [root], "not a finished experiment directory"),
+    ],
+)
 def test_runs_that_cannot_be_compared_are_refused_in_one_line(tmp_path, capsys, make, message):
     assert main(["seeds", *map(str, make(tmp_path)), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
@@ -70,25 +102,41 @@ def corrupt(run, column, value):
     table.to_csv(run / "table.csv", index=False)
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda run: corrupt(run, "final_test_elbo", float("nan")),
-     "z = 2, seed 0 has test ELBO nan, not a finite number"),
-    (lambda run: corrupt(run, "final_test_elbo", ""), "has test ELBO nan, not a finite number"),
-    (lambda run: corrupt(run, "final_test_elbo", "garbage"),
-     "line 2: final_test_elbo is 'garbage', not a number"),
-    (lambda run: corrupt(run, "latent_dim", "inf"),
-     "line 2: latent_dim is 'inf', not a whole number from 0 to 2147483647"),
-    (lambda run: corrupt(run, "seed", 0.5), "line 2: seed is '0.5', not a whole number"),
-    (lambda run: corrupt(run, "seed", -1), "line 2: seed is '-1', not a whole number"),
-    (lambda run: (run / "table.csv").write_text("model,latent_dim\nvae,2\n"),
-     "no column seed, final_test_elbo"),
-    (lambda run: (run / "provenance.json").write_text(json.dumps({"spec": "torch"})),
-     "its spec is not an experiment's"),
-    (lambda run: (run / "provenance.json").write_text(json.dumps({"spec": {"seed": 0}})),
-     "its spec is not an experiment's"),
-])
-def test_a_damaged_or_unfinished_run_is_refused_in_one_line_not_dropped(tmp_path, capsys,
-                                                                        damage, message):
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda run: corrupt(run, "final_test_elbo", float("nan")),
+            "z = 2, seed 0 has test ELBO nan, not a finite number",
+        ),
+        (lambda run: corrupt(run, "final_test_elbo", ""), "has test ELBO nan, not a finite number"),
+        (
+            lambda run: corrupt(run, "final_test_elbo", "garbage"),
+            "line 2: final_test_elbo is 'garbage', not a number",
+        ),
+        (
+            lambda run: corrupt(run, "latent_dim", "inf"),
+            "line 2: latent_dim is 'inf', not a whole number from 0 to 2147483647",
+        ),
+        (lambda run: corrupt(run, "seed", 0.5), "line 2: seed is '0.5', not a whole number"),
+        (lambda run: corrupt(run, "seed", -1), "line 2: seed is '-1', not a whole number"),
+        (
+            lambda run: (run / "table.csv").write_text("model,latent_dim\nvae,2\n"),
+            "no column seed, final_test_elbo",
+        ),
+        (
+            lambda run: (run / "provenance.json").write_text(json.dumps({"spec": "torch"})),
+            "its spec is not an experiment's",
+        ),
+        (
+            lambda run: (run / "provenance.json").write_text(json.dumps({"spec": {"seed": 0}})),
+            "its spec is not an experiment's",
+        ),
+    ],
+)
+def test_a_damaged_or_unfinished_run_is_refused_in_one_line_not_dropped(
+    tmp_path, capsys, damage, message
+):
     """A seed run with a missing or non-finite ELBO was silently left out of the mean while
     the count still said 3; a spec without its backend was a KeyError."""
     compared = runs(tmp_path)
@@ -101,7 +149,8 @@ def test_a_damaged_or_unfinished_run_is_refused_in_one_line_not_dropped(tmp_path
 
 
 def test_seeds_never_writes_over_a_run_it_reads_nor_into_another_kind_of_directory(
-        tmp_path, capsys):
+    tmp_path, capsys
+):
     compared = runs(tmp_path)
     before = {p: (p / "provenance.json").read_bytes() for p in compared}
     for out in (compared[0], tmp_path):  # an input; a directory holding the inputs

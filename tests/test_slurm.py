@@ -19,8 +19,10 @@ import pytest
 README = Path(__file__).parents[1] / "README.md"
 FULL = "--profile full"
 # Four latent sizes for four array tasks; the cheapest settings that still gate, time, train.
-SHORT = ("--profile quick --backends torch --latents 2 3 4 5 --batch-sizes 64 --epochs 1 "
-         "--repeats 1 --window-steps 2 --iwae-k 0 --adam-steps 2 --threads 1 --quiet")
+SHORT = (
+    "--profile quick --backends torch --latents 2 3 4 5 --batch-sizes 64 --epochs 1 "
+    "--repeats 1 --window-steps 2 --iwae-k 0 --adam-steps 2 --threads 1 --quiet"
+)
 KEY = ["backend", "latent_dim", "batch_size"]
 
 pytestmark = pytest.mark.slurm
@@ -42,8 +44,9 @@ def cluster(tmp_path_factory):
     if absent:
         if os.environ.get("VAE_BENCH_REQUIRE_SLURM"):
             pytest.fail(f"Slurm is required (VAE_BENCH_REQUIRE_SLURM) but {absent} missing")
-        pytest.skip(f"no Slurm here ({', '.join(absent)} missing; Debian: apt-get install "
-                    "slurm-wlm munge)")
+        pytest.skip(
+            f"no Slurm here ({', '.join(absent)} missing; Debian: apt-get install slurm-wlm munge)"
+        )
     running = Cluster(tmp_path_factory.mktemp("slurm")).start()
     yield running
     running.stop()
@@ -56,16 +59,29 @@ def test_the_readme_sweep_under_slurm_equals_one_machines_run(cluster, tmp_path)
     env = dict(cluster.env, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     for line in lines:
         command = line.replace(FULL, SHORT)
-        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            ["bash", "-c", command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         logs = "\n".join(p.read_text() for p in sorted((tmp_path / "parts").glob("*.log")))
-        assert done.returncode == 0, (f"{command}\n{done.stdout}\n{done.stderr}\n{logs}\n"
-                                      f"{cluster.logs()}")
+        assert done.returncode == 0, (
+            f"{command}\n{done.stdout}\n{done.stderr}\n{logs}\n{cluster.logs()}"
+        )
     # Each array task ran one shard, as Slurm numbered it.
     for i in range(1, 5):
         assert json.loads((tmp_path / "parts" / str(i) / "env.json").read_text())["shard"] == [i, 4]
-    single = subprocess.run(["vae-bench", "run", *shlex.split(SHORT), "--out", "single"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    single = subprocess.run(
+        ["vae-bench", "run", *shlex.split(SHORT), "--out", "single"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert single.returncode == 0, single.stderr
 
     merged_dir, single_dir = tmp_path / "results" / "sweep", tmp_path / "single"
@@ -75,11 +91,17 @@ def test_the_readme_sweep_under_slurm_equals_one_machines_run(cluster, tmp_path)
     assert (merged.agreement == "pass").all() and merged.agreement.equals(alone.agreement)
     for column in ("worst_fraction", "final_train_elbo", "final_test_elbo", "epochs"):
         assert merged[column].equals(alone[column]), column  # seeded: equal, not close
-    gates = [pd.read_csv(d / "gate.csv").sort_values(["latent_dim", "case", "tensor"])
-             .reset_index(drop=True) for d in (merged_dir, single_dir)]
+    gates = [
+        pd.read_csv(d / "gate.csv")
+        .sort_values(["latent_dim", "case", "tensor"])
+        .reset_index(drop=True)
+        for d in (merged_dir, single_dir)
+    ]
     assert len(gates[0]) > 0 and gates[0].equals(gates[1])
-    curves = [pd.read_csv(d / "curves.csv").sort_values(["latent_dim", "epoch"])
-              .reset_index(drop=True) for d in (merged_dir, single_dir)]
+    curves = [
+        pd.read_csv(d / "curves.csv").sort_values(["latent_dim", "epoch"]).reset_index(drop=True)
+        for d in (merged_dir, single_dir)
+    ]
     seeded = ["latent_dim", "epoch", "train_elbo", "test_elbo"]
     assert curves[0][seeded].equals(curves[1][seeded])
     merged_env = (merged_dir / "env.json").read_text()

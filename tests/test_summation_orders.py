@@ -45,8 +45,7 @@ def test_a_relabelled_case_is_the_same_problem_in_float64(k_step_case):
     assert relabelled.keys() == truth.keys()
     for tensor, value in truth.items():
         # float64 rounding of sums in another order, cast to float32: at most an ulp apart
-        np.testing.assert_allclose(relabelled[tensor], value, rtol=2e-7, atol=1e-12,
-                                   err_msg=tensor)
+        np.testing.assert_allclose(relabelled[tensor], value, rtol=2e-7, atol=1e-12, err_msg=tensor)
 
 
 def test_a_wrongly_relabelled_parameter_is_another_problem(k_step_case, monkeypatch):
@@ -69,8 +68,9 @@ def test_the_k_step_calibration_is_the_largest_error_of_its_runs(k_step_case):
     truth = outputs(k_step_case, torch.float64)
     runs = calibrations(k_step_case, runs=3)
     assert len(runs) == 3
-    np.testing.assert_array_equal(runs[0]["steps.enc.fc1.weight"],
-                                  outputs(k_step_case, torch.float32)["steps.enc.fc1.weight"])
+    np.testing.assert_array_equal(
+        runs[0]["steps.enc.fc1.weight"], outputs(k_step_case, torch.float32)["steps.enc.fc1.weight"]
+    )
     expected = expectation(k_step_case, runs=3)
     for tensor, value in truth.items():
         judged = ~expected.unjudged[tensor] if tensor in expected.unjudged else ...

@@ -17,8 +17,16 @@ def test_step_flops_is_the_eleven_gemms():
 
 def test_measure_interleaves_windows_and_reports_every_backend(mnist5k):
     backends = [create_backend("torch"), create_backend("numba")]
-    results = measure(backends, VAEConfig(latent_dim=4), mnist5k.train_x[:512], batch=32,
-                      repeats=3, steps=2, warmup_steps=1, settle_seconds=0.0)
+    results = measure(
+        backends,
+        VAEConfig(latent_dim=4),
+        mnist5k.train_x[:512],
+        batch=32,
+        repeats=3,
+        steps=2,
+        warmup_steps=1,
+        settle_seconds=0.0,
+    )
     assert [r.backend for r in results] == ["torch", "numba"]
     for r in results:
         assert len(r.ms_per_step) == 3 and all(t > 0 for t in r.ms_per_step)
@@ -47,11 +55,16 @@ def test_numba_handles_tiny_and_odd_batches(mnist5k, batch):
 
     config = VAEConfig(latent_dim=3, batch_size=batch)
     rng = np.random.default_rng(batch)
-    case = Case(f"b{batch}", config, export_params(build_model(config)),
-                mnist5k.train_x[:batch].copy(),
-                rng.standard_normal((batch, 3)).astype(np.float32))
-    bad = [r.line() for r in check(create_backend("numba"), case, expectation(case))
-           if not r.passed]
+    case = Case(
+        f"b{batch}",
+        config,
+        export_params(build_model(config)),
+        mnist5k.train_x[:batch].copy(),
+        rng.standard_normal((batch, 3)).astype(np.float32),
+    )
+    bad = [
+        r.line() for r in check(create_backend("numba"), case, expectation(case)) if not r.passed
+    ]
     assert not bad, bad
 
 
@@ -63,9 +76,17 @@ def test_measure_lets_backends_draw_their_own_noise(mnist5k):
     from kernels.cupy_gpu import CupyBackend
 
     backends = [create_backend("numba"), CupyBackend(NumpyExecutor)]
-    results = measure(backends, VAEConfig(latent_dim=4), mnist5k.train_x[:256], batch=16,
-                      repeats=2, steps=2, warmup_steps=1, settle_seconds=0.0,
-                      backend_noise=True)
+    results = measure(
+        backends,
+        VAEConfig(latent_dim=4),
+        mnist5k.train_x[:256],
+        batch=16,
+        repeats=2,
+        steps=2,
+        warmup_steps=1,
+        settle_seconds=0.0,
+        backend_noise=True,
+    )
     assert [r.device for r in results] == ["cpu", "cpu"]
     assert all(len(r.ms_per_step) == 2 for r in results)
     assert int(backends[1].executor.download(backends[1].flat["step"])[0]) > 3
@@ -84,11 +105,20 @@ def test_a_failing_diagnostic_is_reported_and_costs_no_timing(mnist5k, monkeypat
             raise DriverError("cuGraphGetNodes failed with CUresult 1")
 
     backend = RefusingDriver(NumpyExecutor)
-    [result] = measure([backend], VAEConfig(latent_dim=4), mnist5k.train_x[:256], batch=16,
-                       repeats=2, steps=2, warmup_steps=1, settle_seconds=0.0)
+    [result] = measure(
+        [backend],
+        VAEConfig(latent_dim=4),
+        mnist5k.train_x[:256],
+        batch=16,
+        repeats=2,
+        steps=2,
+        warmup_steps=1,
+        settle_seconds=0.0,
+    )
     assert len(result.ms_per_step) == 2 and result.launch_floor == {}
     assert result.diagnostic_errors == {
-        "launch floor": "DriverError: cuGraphGetNodes failed with CUresult 1"}
+        "launch floor": "DriverError: cuGraphGetNodes failed with CUresult 1"
+    }
     text = profile_text([result], VAEConfig(latent_dim=4), 16, {"cpu": (100.0, "test", "a CPU")})
     assert "launch floor failed: DriverError: cuGraphGetNodes failed" in text
 
@@ -98,10 +128,20 @@ def test_a_failing_diagnostic_is_reported_and_costs_no_timing(mnist5k, monkeypat
     from bench import run
 
     monkeypatch.setattr(run, "create_backend", lambda name, **_: RefusingDriver(NumpyExecutor))
-    spec = run.RunSpec(dataset="digits", backends=("cupy",), latents=(4,), batch_sizes=(16,),
-                       epochs=1, repeats=1, steps=1, gate_steps=1, iwae_k=0)
-    data = types.SimpleNamespace(name="digits", train_x=mnist5k.train_x[:300],
-                                 test_x=mnist5k.test_x[:50])
+    spec = run.RunSpec(
+        dataset="digits",
+        backends=("cupy",),
+        latents=(4,),
+        batch_sizes=(16,),
+        epochs=1,
+        repeats=1,
+        steps=1,
+        gate_steps=1,
+        iwae_k=0,
+    )
+    data = types.SimpleNamespace(
+        name="digits", train_x=mnist5k.train_x[:300], test_x=mnist5k.test_x[:50]
+    )
     [row] = run.run_latent(spec, data, 4, {"cpu": 100.0}, lambda _: None, False)["rows"]
     assert row["agreement"] == "pass" and row["samples_per_s"] > 0
     assert row["note"] == "launch floor failed: DriverError: cuGraphGetNodes failed with CUresult 1"
@@ -151,8 +191,9 @@ class SteadyBackend:
     def stage_times(self, data, batch, repeats=50):
         from kernels.timing import interleaved_times
 
-        times = interleaved_times({"step": lambda: self._work(1.0),
-                                   "gemms": lambda: self._work(0.75)}, repeats)
+        times = interleaved_times(
+            {"step": lambda: self._work(1.0), "gemms": lambda: self._work(0.75)}, repeats
+        )
         return {name: float(np.median(t)) for name, t in times.items()}
 
 
@@ -171,9 +212,16 @@ def test_the_breakdown_is_measured_beside_the_windows_not_after_them(monkeypatch
     monkeypatch.setattr(kernels.timing, "time", fake_time)
     repeats, steps, warmup = 5, 4, 2
     backend = SteadyBackend(clock, busy_after=warmup + repeats * steps)
-    [result] = measure([backend], VAEConfig(latent_dim=2, hidden_dim=8),
-                       np.zeros((64, 784), np.float32), batch=16, repeats=repeats,
-                       steps=steps, warmup_steps=warmup, settle_seconds=0.0)
+    [result] = measure(
+        [backend],
+        VAEConfig(latent_dim=2, hidden_dim=8),
+        np.zeros((64, 784), np.float32),
+        batch=16,
+        repeats=repeats,
+        steps=steps,
+        warmup_steps=warmup,
+        settle_seconds=0.0,
+    )
     assert result.ms_per_step == pytest.approx([1.0] * repeats)
     assert result.stages == pytest.approx({"step": 1.0, "gemms": 0.75})
     text = profile_text([result], VAEConfig(latent_dim=2, hidden_dim=8), 16, {})
@@ -184,14 +232,18 @@ def test_the_report_says_when_a_breakdown_lies_outside_its_windows():
     from bench.throughput import Measurement
 
     # The committed batch-32 profile: windows 1.61-2.63 ms, its breakdown's step 4.507 ms.
-    contradicted = Measurement("numba", "", 0.7, ms_per_step=[1.61, 1.839, 2.63],
-                               stages={"step": 4.507, "gemms": 2.176})
-    agreeing = Measurement("numba", "", 0.7, ms_per_step=[1.61, 1.839, 2.63],
-                           stages={"step": 1.9, "gemms": 1.2})
+    contradicted = Measurement(
+        "numba", "", 0.7, ms_per_step=[1.61, 1.839, 2.63], stages={"step": 4.507, "gemms": 2.176}
+    )
+    agreeing = Measurement(
+        "numba", "", 0.7, ms_per_step=[1.61, 1.839, 2.63], stages={"step": 1.9, "gemms": 1.2}
+    )
     config = VAEConfig(latent_dim=20)
     text = profile_text([contradicted], config, 32, {"cpu": (180.0, "test", "a CPU")})
-    assert ("numba: WARNING: its breakdown's step (4.507 ms) lies outside its timed windows "
-            "(1.61-2.63 ms)") in text
+    assert (
+        "numba: WARNING: its breakdown's step (4.507 ms) lies outside its timed windows "
+        "(1.61-2.63 ms)"
+    ) in text
     assert "WARNING" not in profile_text([agreeing], config, 32, {"cpu": (180.0, "test", "a CPU")})
 
 
@@ -205,8 +257,15 @@ def test_bf16_gemms_no_faster_than_float32_ones_are_called_out():
     config = VAEConfig(latent_dim=2, hidden_dim=8)
 
     def text(bf16_gemms_ms):
-        row = Measurement("numba-bf16", "", 0.1, precision="bf16", ms_per_step=[4.0],
-                          stages={"step": 4.0, "gemms": bf16_gemms_ms}, gemm_only_ms=3.3)
+        row = Measurement(
+            "numba-bf16",
+            "",
+            0.1,
+            precision="bf16",
+            ms_per_step=[4.0],
+            stages={"step": 4.0, "gemms": bf16_gemms_ms},
+            gemm_only_ms=3.3,
+        )
         return profile_text([row], config, 16, {})
 
     slow = text(3.3)

@@ -15,8 +15,9 @@ NO_CUDA_REASONS = (
     "no CUDA device visible (torch.cuda.is_available() is False)",
 )
 CUDA_STATUS = create_backend("torch-cuda").availability()
-needs_gpu = pytest.mark.skipif(not CUDA_STATUS.available,
-                               reason=CUDA_STATUS.reason or "CUDA unavailable")
+needs_gpu = pytest.mark.skipif(
+    not CUDA_STATUS.available, reason=CUDA_STATUS.reason or "CUDA unavailable"
+)
 
 
 def fresh_params(latent=4, seed=0):
@@ -26,14 +27,19 @@ def fresh_params(latent=4, seed=0):
 
 def batch(n=16, latent=4, seed=1):
     rng = np.random.default_rng(seed)
-    return (rng.random((n, 784), dtype=np.float32),
-            rng.standard_normal((n, latent), dtype=np.float32))
+    return (
+        rng.random((n, 784), dtype=np.float32),
+        rng.standard_normal((n, latent), dtype=np.float32),
+    )
 
 
-@pytest.mark.parametrize("name, description", [
-    ("torch-cuda", "PyTorch eager on CUDA, default Adam"),
-    ("torch-cuda-compile", "torch.compile(mode='reduce-overhead') on CUDA, Adam(fused=True)"),
-])
+@pytest.mark.parametrize(
+    "name, description",
+    [
+        ("torch-cuda", "PyTorch eager on CUDA, default Adam"),
+        ("torch-cuda-compile", "torch.compile(mode='reduce-overhead') on CUDA, Adam(fused=True)"),
+    ],
+)
 def test_cuda_backends_are_named_and_described(name, description):
     backend = create_backend(name)
     assert backend.name == name
@@ -42,8 +48,11 @@ def test_cuda_backends_are_named_and_described(name, description):
 
 
 def test_cpu_backends_keep_their_names():
-    assert [create_backend(n).name for n in ("torch", "torch-fused-adam", "torch-compile")] == \
-        ["torch", "torch-fused-adam", "torch-compile"]
+    assert [create_backend(n).name for n in ("torch", "torch-fused-adam", "torch-compile")] == [
+        "torch",
+        "torch-fused-adam",
+        "torch-compile",
+    ]
     assert create_backend("torch").settings()["device"] == "cpu"
 
 
@@ -117,8 +126,9 @@ def test_device_path_evaluation_is_the_reference_evaluation():
     backend = device_path_backend()
     backend.load(config, params)
     x, _ = batch(n=50)
-    assert backend.evaluate(x, seed=3, batch_size=20) == \
-        evaluate_elbo(backend.model, x, seed=3, batch_size=20)
+    assert backend.evaluate(x, seed=3, batch_size=20) == evaluate_elbo(
+        backend.model, x, seed=3, batch_size=20
+    )
 
 
 def loaded_on_gpu(name):
@@ -199,14 +209,15 @@ def test_the_cuda_memory_is_the_allocators_peak_over_one_warm_step_less_the_data
     def peak(device=None):
         events.append("peak")
         resident = backend._data_device.numel() * backend._data_device.element_size()
-        since_reset = events[events.index("reset"):].count("step") if "reset" in events else 2
+        since_reset = events[events.index("reset") :].count("step") if "reset" in events else 2
         return resident + since_reset * step_bytes
 
     monkeypatch.setattr(backend, "train_step", step)
     monkeypatch.setattr(backend, "_cuda", True)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats",
-                        lambda device=None: events.append("reset"))
+    monkeypatch.setattr(
+        torch.cuda, "reset_peak_memory_stats", lambda device=None: events.append("reset")
+    )
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", peak)
     assert backend.peak_memory_bytes(data, 8) == step_bytes  # one step, the data set excluded
     # Warmed first (compiles and the allocator's first blocks are not the step's peak), the

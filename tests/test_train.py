@@ -22,7 +22,9 @@ def test_short_training_improves_the_test_elbo(mnist5k):
     assert after[0] > before + 100
     assert after[1] > after[0]
     assert result.final.train_kl > 0 and result.final.test_kl > 0
-    assert result.average_train_elbo == pytest.approx(np.mean([r.train_elbo for r in result.history]))
+    assert result.average_train_elbo == pytest.approx(
+        np.mean([r.train_elbo for r in result.history])
+    )
 
 
 @pytest.mark.parametrize("model", ["vae", "ae"])
@@ -59,15 +61,14 @@ def test_every_image_is_trained_on_once_per_epoch_the_last_batch_short():
     rng = np.random.default_rng(0)
     x = rng.random((130, 784), dtype=np.float32)  # one batch of 128 and one of 2
     backend = Recording(create_backend("torch"))
-    result = train_backend(backend, VAEConfig(latent_dim=2, epochs=2), x, x[:10],
-                           progress=False)
+    result = train_backend(backend, VAEConfig(latent_dim=2, epochs=2), x, x[:10], progress=False)
     assert [len(b) for b in backend.batches] == [128, 2, 128, 2]
     for epoch in (0, 1):
-        seen = np.concatenate(backend.batches[2 * epoch: 2 * epoch + 2])
+        seen = np.concatenate(backend.batches[2 * epoch : 2 * epoch + 2])
         assert sorted(seen) == list(range(130))
     # The epoch's train ELBO weighs each batch by its images, the short one included.
     first, short = backend.losses[2], backend.losses[3]
-    expected = (128 * (first.reconstruction + first.kl) + 2 * (short.reconstruction + short.kl))
+    expected = 128 * (first.reconstruction + first.kl) + 2 * (short.reconstruction + short.kl)
     assert result.final.train_elbo == pytest.approx(-expected / 130, rel=1e-6)
 
 
@@ -87,8 +88,9 @@ def test_nan_in_the_data_stops_training_and_says_where():
 
 def test_wrong_shaped_data_is_refused():
     with pytest.raises(ValueError, match=r"train_x must be a non-empty \(N, 784\) array"):
-        train(VAEConfig(epochs=1), np.zeros((10, 28, 28), np.float32),
-              np.zeros((2, 784), np.float32))
+        train(
+            VAEConfig(epochs=1), np.zeros((10, 28, 28), np.float32), np.zeros((2, 784), np.float32)
+        )
 
 
 @pytest.mark.parametrize("backend", ["torch", "numba"])

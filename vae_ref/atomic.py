@@ -56,8 +56,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         f.write(text)
 
 
-def leftover_temp_files(directory: str | Path, target: str | None = None, *,
-                        recursive: bool = True) -> list[Path]:
+def leftover_temp_files(
+    directory: str | Path, target: str | None = None, *, recursive: bool = True
+) -> list[Path]:
     """Temp files of ``atomic_open`` in ``directory`` (and below, if ``recursive``), those of
     files named ``target`` only if given. Only the one writer of the directory may remove
     them: a live writer's temp file looks the same."""

@@ -122,8 +122,7 @@ class Dataset:
                 raise DatasetError(f"{self.name}: {split}_x must be C-contiguous")
             if y.dtype != np.int64 or y.shape != (x.shape[0],):
                 raise DatasetError(
-                    f"{self.name}: {split}_y must be int64 ({x.shape[0]},), "
-                    f"got {y.dtype} {y.shape}"
+                    f"{self.name}: {split}_y must be int64 ({x.shape[0]},), got {y.dtype} {y.shape}"
                 )
         if len(self.class_names) != NUM_CLASSES:
             raise DatasetError(
@@ -303,9 +302,7 @@ def _load_idx_files(
                     f"{labels_path} holds {len(labels)} labels"
                 )
             if labels.size and labels.max() >= NUM_CLASSES:
-                raise DatasetError(
-                    f"{name}: {labels_path} has label {labels.max()}, expected 0..9"
-                )
+                raise DatasetError(f"{name}: {labels_path} has label {labels.max()}, expected 0..9")
             arrays[split] = (images, labels.astype(np.int64))
     except IDXFormatError as err:
         raise DatasetError(
@@ -429,8 +426,7 @@ def download_idx_files(
                 dead_mirrors.add(base_url)
         else:
             raise DatasetError(
-                f"{name}: could not download {base}.gz from any mirror:\n  "
-                + "\n  ".join(errors)
+                f"{name}: could not download {base}.gz from any mirror:\n  " + "\n  ".join(errors)
             )
     return directory
 

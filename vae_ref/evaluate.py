@@ -41,8 +41,9 @@ def evaluate_elbo(
         xb = torch.from_numpy(x[start : start + batch_size]).to(device=device, dtype=dtype)
         eps = None  # the AE draws none
         if config.model == "vae":
-            eps = torch.randn((len(xb), config.latent_dim), generator=generator,
-                              dtype=dtype).to(device)
+            eps = torch.randn((len(xb), config.latent_dim), generator=generator, dtype=dtype).to(
+                device
+            )
         terms = loss_terms(model(xb, eps), xb, config)
         totals += [terms.reconstruction.sum().item(), terms.kl.sum().item()]
     reconstruction, kl = (float(v) for v in totals / len(x))
@@ -130,5 +131,6 @@ def latent_usage(model: VAE, x: np.ndarray, *, batch_size: int = 1000) -> Latent
         kl_sum = kl if kl_sum is None else kl_sum + kl
     activity = torch.cat(means).var(dim=0, unbiased=False).numpy()
     assert kl_sum is not None  # x has images: torch.cat raised on an empty list otherwise
-    return LatentUsage(int((activity > ACTIVITY_THRESHOLD).sum()), activity,
-                       (kl_sum / len(x)).numpy())
+    return LatentUsage(
+        int((activity > ACTIVITY_THRESHOLD).sum()), activity, (kl_sum / len(x)).numpy()
+    )

@@ -30,16 +30,28 @@ class FixtureError(ValueError):
     """A fixture file that cannot be used (missing, other schema, malformed)."""
 
 
-def write_fixture(path: Path, cases: list[Case], expectations: list[Expectation],
-                  *, dataset: str) -> None:
+def write_fixture(
+    path: Path, cases: list[Case], expectations: list[Expectation], *, dataset: str
+) -> None:
     """Write cases, oracle tensors and calibration errors to one .npz (atomically)."""
     arrays: dict[str, np.ndarray] = {}
-    meta: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "torch": torch.__version__,
-                            "dataset": dataset, "calibration_runs": CALIBRATION_RUNS, "cases": []}
+    meta: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "torch": torch.__version__,
+        "dataset": dataset,
+        "calibration_runs": CALIBRATION_RUNS,
+        "cases": [],
+    }
     for case, expected in zip(cases, expectations):
         key = case.name
-        meta["cases"].append({"name": key, "config": case.config.to_dict(), "steps": case.steps,
-                              "reference_errors": expected.reference_errors})
+        meta["cases"].append(
+            {
+                "name": key,
+                "config": case.config.to_dict(),
+                "steps": case.steps,
+                "reference_errors": expected.reference_errors,
+            }
+        )
         arrays[f"{key}/x"], arrays[f"{key}/eps"] = case.x, case.eps
         # Cases share most parameter tensors: store each distinct tensor once, by content.
         refs = {}
@@ -59,10 +71,12 @@ def write_fixture(path: Path, cases: list[Case], expectations: list[Expectation]
             arrays[f"{key}/step_indices"] = inverse.reshape(case.step_indices.shape)
         # Truth is stored in float32 (half the bytes); rounding it costs 0.5 ulp, well
         # inside the 16-ulp floors of every tolerance.
-        arrays |= {f"{key}/truth/{n}": np.asarray(t, dtype=np.float32)
-                   for n, t in expected.truth.items()}
-        arrays |= {f"{key}/unjudged/{n}": np.asarray(m, dtype=bool)
-                   for n, m in expected.unjudged.items()}
+        arrays |= {
+            f"{key}/truth/{n}": np.asarray(t, dtype=np.float32) for n, t in expected.truth.items()
+        }
+        arrays |= {
+            f"{key}/unjudged/{n}": np.asarray(m, dtype=bool) for n, m in expected.unjudged.items()
+        }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     with atomic_open(path, "wb") as f:
         np.savez_compressed(f, **arrays)  # type: ignore[arg-type]  # no array is named allow_pickle
@@ -78,9 +92,11 @@ def _config(recorded: dict) -> VAEConfig:
     fields = dict(recorded)
     for name, only in _REMOVED_CONFIG_FIELDS.items():
         if fields.pop(name, only) != only:
-            raise FixtureError(f"the fixture's config has {name}={recorded[name]!r}, which "
-                               "this code cannot compute; regenerate it with `vae-bench "
-                               "fixture`")
+            raise FixtureError(
+                f"the fixture's config has {name}={recorded[name]!r}, which "
+                "this code cannot compute; regenerate it with `vae-bench "
+                "fixture`"
+            )
     return VAEConfig(**fields)
 
 
@@ -96,38 +112,60 @@ def read_fixture(path: Path) -> list[tuple[Case, Expectation]]:
             arrays = {k: archive[k] for k in archive.files}
         meta = json.loads(arrays.pop("meta").tobytes().decode())
     except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        raise FixtureError(f"{path}: not a readable fixture ({error}); write one with "
-                           "`vae-bench fixture`") from None
+        raise FixtureError(
+            f"{path}: not a readable fixture ({error}); write one with `vae-bench fixture`"
+        ) from None
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise FixtureError(
             f"{path}: fixture schema {meta.get('schema_version')}, this code reads schema "
-            f"{SCHEMA_VERSION}; regenerate it with `vae-bench fixture`")
+            f"{SCHEMA_VERSION}; regenerate it with `vae-bench fixture`"
+        )
     result = []
     for entry in meta["cases"]:
         key = entry["name"]
 
         def take(prefix: str) -> dict[str, np.ndarray]:
-            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
 
         params = {n: arrays[f"param/{digest}"] for n, digest in entry["params"].items()}
-        case = Case(key, _config(entry["config"]), params,
-                    arrays[f"{key}/x"], arrays[f"{key}/eps"], steps=entry["steps"],
-                    data=arrays.get(f"{key}/data"),
-                    step_indices=arrays.get(f"{key}/step_indices"),
-                    step_eps=arrays.get(f"{key}/step_eps"))
-        result.append((case, Expectation(take(f"{key}/truth/"), entry["reference_errors"],
-                                         take(f"{key}/unjudged/"))))
+        case = Case(
+            key,
+            _config(entry["config"]),
+            params,
+            arrays[f"{key}/x"],
+            arrays[f"{key}/eps"],
+            steps=entry["steps"],
+            data=arrays.get(f"{key}/data"),
+            step_indices=arrays.get(f"{key}/step_indices"),
+            step_eps=arrays.get(f"{key}/step_eps"),
+        )
+        result.append(
+            (
+                case,
+                Expectation(
+                    take(f"{key}/truth/"), entry["reference_errors"], take(f"{key}/unjudged/")
+                ),
+            )
+        )
     return result
 
 
-def make_fixture(path: Path, images: np.ndarray, dataset: str, latents=(20,),
-                 kinds=("batch", "adam-steps"), steps: int = GATE_ADAM_STEPS,
-                 hidden: int = 512) -> list[Case]:
+def make_fixture(
+    path: Path,
+    images: np.ndarray,
+    dataset: str,
+    latents=(20,),
+    kinds=("batch", "adam-steps"),
+    steps: int = GATE_ADAM_STEPS,
+    hidden: int = 512,
+) -> list[Case]:
     """Build the named cases on ``images`` (named ``dataset``: what they are), run the oracle
     on each, write the file."""
-    cases = [c for z in latents for c in build_cases(images, z, steps=steps, hidden=hidden)
-             if c.name.split("/", 1)[1] in kinds]
-    write_fixture(path, cases, [expectation(c) for c in cases],
-                  dataset=dataset)
+    cases = [
+        c
+        for z in latents
+        for c in build_cases(images, z, steps=steps, hidden=hidden)
+        if c.name.split("/", 1)[1] in kinds
+    ]
+    write_fixture(path, cases, [expectation(c) for c in cases], dataset=dataset)
     return cases
-

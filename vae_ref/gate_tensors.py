@@ -18,9 +18,13 @@ STEP_LOSS = "steps.loss"
 KINDS = ("intermediate", "loss", "gradient", "steps.loss", "steps.param")
 
 
-def step_tensors(reconstruction: np.ndarray, kl: np.ndarray, loss: float,
-                 intermediates: Mapping[str, np.ndarray],
-                 grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def step_tensors(
+    reconstruction: np.ndarray,
+    kl: np.ndarray,
+    loss: float,
+    intermediates: Mapping[str, np.ndarray],
+    grads: Mapping[str, np.ndarray],
+) -> dict[str, np.ndarray]:
     """One forward/backward's tensors under the gate's names."""
     record = {"loss.reconstruction": reconstruction, "loss.kl": kl, "loss": np.array(loss)}
     record |= intermediates

@@ -193,9 +193,7 @@ def read_idx_images(
     return array.reshape(array.shape[0], array.shape[1] * array.shape[2])
 
 
-def read_idx_labels(
-    path: str | os.PathLike[str], expected_count: int | None = None
-) -> np.ndarray:
+def read_idx_labels(path: str | os.PathLike[str], expected_count: int | None = None) -> np.ndarray:
     """Read a label file (ubyte, 1-D) and return its uint8 array of shape (N,)."""
     path = Path(path)
     array = read_idx(path)

@@ -59,13 +59,14 @@ def round_to_tf32(t: Tensor) -> Tensor:
 
 # The precisions of GEMM operands below float32, and the rounding that gives each.
 GEMM_INPUT_ROUNDINGS: dict[str, Callable[[Tensor], Tensor]] = {
-    "bf16": round_to_bf16, "tf32": round_to_tf32}
+    "bf16": round_to_bf16,
+    "tf32": round_to_tf32,
+}
 
 
 class _RoundedInputLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None,
-                gemm_inputs: str) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, gemm_inputs: str) -> Tensor:
         rounded = GEMM_INPUT_ROUNDINGS[gemm_inputs]
         xr, wr = rounded(x), rounded(weight)
         ctx.save_for_backward(xr, wr)
@@ -98,8 +99,9 @@ def with_gemm_inputs(model: nn.Module, gemm_inputs: str) -> nn.Module:
     ``gemm_inputs`` (a key of ``GEMM_INPUT_ROUNDINGS``), in place: the parameters, their
     names and the state dict are unchanged. Returns ``model``."""
     if gemm_inputs not in GEMM_INPUT_ROUNDINGS:
-        raise ValueError(f"gemm_inputs must be one of {tuple(GEMM_INPUT_ROUNDINGS)}, "
-                         f"got {gemm_inputs!r}")
+        raise ValueError(
+            f"gemm_inputs must be one of {tuple(GEMM_INPUT_ROUNDINGS)}, got {gemm_inputs!r}"
+        )
     for module in model.modules():
         if type(module) is nn.Linear:
             module.__class__ = RoundedInputLinear  # same attributes; only forward differs

@@ -54,9 +54,16 @@ class Case:
     step_eps: np.ndarray | None = None
 
 
-def build_cases(train_x: np.ndarray, latent: int, *, seed: int = 0,
-                steps: int = GATE_ADAM_STEPS,
-                batch: int = 128, beta: float = 4.0, hidden: int = 512) -> list[Case]:
+def build_cases(
+    train_x: np.ndarray,
+    latent: int,
+    *,
+    seed: int = 0,
+    steps: int = GATE_ADAM_STEPS,
+    batch: int = 128,
+    beta: float = 4.0,
+    hidden: int = 512,
+) -> list[Case]:
     """The gate's cases for one latent size, on real images ``train_x``:
 
     batch           a real batch whose first two images are all-zero and all-one pixels
@@ -83,8 +90,13 @@ def build_cases(train_x: np.ndarray, latent: int, *, seed: int = 0,
     prefix = f"z{latent}/"
     cases = [
         Case(prefix + "batch", config, params, x, eps),
-        Case(prefix + "partial-batch", config, params,
-             np.ascontiguousarray(train_x[batch : batch + 37], dtype=np.float32), noise(37, latent)),
+        Case(
+            prefix + "partial-batch",
+            config,
+            params,
+            np.ascontiguousarray(train_x[batch : batch + 37], dtype=np.float32),
+            noise(37, latent),
+        ),
         Case(prefix + "extreme-logits", config, extreme, x, eps),
         Case(prefix + f"beta{beta:g}", replace(config, beta=beta), params, x, eps),
     ]
@@ -93,9 +105,19 @@ def build_cases(train_x: np.ndarray, latent: int, *, seed: int = 0,
         epochs = -(-steps * batch // len(data))  # as training does: reshuffle each epoch
         order = np.concatenate([rng.permutation(len(data)) for _ in range(epochs)])
         order = order[: steps * batch]
-        cases.append(Case(prefix + "adam-steps", config, params, x, eps, steps=steps, data=data,
-                          step_indices=order.reshape(steps, batch),
-                          step_eps=noise(steps, batch, latent)))
+        cases.append(
+            Case(
+                prefix + "adam-steps",
+                config,
+                params,
+                x,
+                eps,
+                steps=steps,
+                data=data,
+                step_indices=order.reshape(steps, batch),
+                step_eps=noise(steps, batch, latent),
+            )
+        )
     return cases
 
 
@@ -103,8 +125,9 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def forward_backward(model: VAE | AE, x: torch.Tensor, eps: torch.Tensor | None,
-                     config: VAEConfig) -> dict[str, np.ndarray]:
+def forward_backward(
+    model: VAE | AE, x: torch.Tensor, eps: torch.Tensor | None, config: VAEConfig
+) -> dict[str, np.ndarray]:
     """One forward pass, loss and backward through ``model`` (its gradients are overwritten);
     every tensor under its gate name: ``loss.reconstruction``, ``loss.kl`` (per image),
     ``loss``, the intermediates, and ``grad.<parameter>``."""
@@ -116,10 +139,16 @@ def forward_backward(model: VAE | AE, x: torch.Tensor, eps: torch.Tensor | None,
     terms = loss_terms(out, x, config)
     terms.loss.backward()
     return step_tensors(
-        _numpy(terms.reconstruction), _numpy(terms.kl), terms.loss.item(),
-        {name: _numpy(getattr(out, name)) for name in INTERMEDIATES
-         if getattr(out, name) is not None},
-        {n: _numpy(_grad(p)).copy() for n, p in model.named_parameters()})
+        _numpy(terms.reconstruction),
+        _numpy(terms.kl),
+        terms.loss.item(),
+        {
+            name: _numpy(getattr(out, name))
+            for name in INTERMEDIATES
+            if getattr(out, name) is not None
+        },
+        {n: _numpy(_grad(p)).copy() for n, p in model.named_parameters()},
+    )
 
 
 def _grad(p: torch.Tensor) -> torch.Tensor:
@@ -144,8 +173,13 @@ def _grad(p: torch.Tensor) -> torch.Tensor:
 # element, and an optimizer bug moves every other weight too.
 KINK_LAMBDA = 4.0
 KINK_LAYERS = {  # ReLU layer -> the parameters its units own: (name, axis of the unit)
-    "enc.fc1": (("enc.fc1.weight", 0), ("enc.fc1.bias", 0), ("enc.mu.weight", 1),
-                ("enc.logvar.weight", 1), ("enc.code.weight", 1)),
+    "enc.fc1": (
+        ("enc.fc1.weight", 0),
+        ("enc.fc1.bias", 0),
+        ("enc.mu.weight", 1),
+        ("enc.logvar.weight", 1),
+        ("enc.code.weight", 1),
+    ),
     "dec.fc1": (("dec.fc1.weight", 0), ("dec.fc1.bias", 0), ("dec.out.weight", 1)),
 }
 
@@ -170,27 +204,35 @@ def _kink_masks(model: VAE | AE, units: dict[str, torch.Tensor]) -> dict[str, np
             if name in params:
                 shape = params[name].shape
                 unit = units[layer].cpu().numpy()
-                mask = unit if len(shape) == 1 else (
-                    np.broadcast_to(unit[:, None] if axis == 0 else unit[None, :], shape))
+                mask = (
+                    unit
+                    if len(shape) == 1
+                    else (np.broadcast_to(unit[:, None] if axis == 0 else unit[None, :], shape))
+                )
                 masks[steps_param_name(name)] = np.ascontiguousarray(mask)
     return masks
 
 
-def adam_steps(model: VAE | AE, case: Case,
-               kinks: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def adam_steps(
+    model: VAE | AE, case: Case, kinks: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     """``case.steps`` steps of torch.optim.Adam (the reference's optimizer) over the case's
     batches and noise: each step's loss (before its update) and the parameters after, in the
     canonical float32 form in which every backend reports them (``export_params``). Given a
     dict ``kinks``, fills it with the elements of each parameter owned by a unit that came
     near a ReLU kink on the way (``_near_kink``)."""
     dtype = next(model.parameters()).dtype
-    optimizer = torch.optim.Adam(model.parameters(), lr=case.config.lr, betas=ADAM_BETAS,
-                                 eps=ADAM_EPS)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=case.config.lr, betas=ADAM_BETAS, eps=ADAM_EPS
+    )
     losses = []
     # cast: KINK_LAYERS names the models' ReLU layers, each an nn.Linear
-    near = {layer: torch.zeros(cast(torch.nn.Linear, model.get_submodule(layer)).out_features,
-                               dtype=torch.bool)
-            for layer in KINK_LAYERS}
+    near = {
+        layer: torch.zeros(
+            cast(torch.nn.Linear, model.get_submodule(layer)).out_features, dtype=torch.bool
+        )
+        for layer in KINK_LAYERS
+    }
     for k in range(case.steps):
         # steps > 0: a K-step case carries its batches and noise (build_cases, read_fixture)
         assert case.data is not None and case.step_indices is not None
@@ -211,8 +253,12 @@ def adam_steps(model: VAE | AE, case: Case,
     return adam_step_tensors(losses, export_params(model))
 
 
-def outputs(case: Case, dtype: torch.dtype, kinks: dict[str, np.ndarray] | None = None,
-            gemm_inputs: str = "float32") -> dict[str, np.ndarray]:
+def outputs(
+    case: Case,
+    dtype: torch.dtype,
+    kinks: dict[str, np.ndarray] | None = None,
+    gemm_inputs: str = "float32",
+) -> dict[str, np.ndarray]:
     """Every tensor the gate compares, from the reference run at ``dtype`` on ``case`` (its
     float32 inputs widened exactly when ``dtype`` is wider), its GEMM operands rounded to
     ``gemm_inputs``; ``kinks`` as for ``adam_steps``."""
@@ -259,8 +305,9 @@ class Expectation:
 CALIBRATION_RUNS = 12
 
 
-def calibrations(case: Case, gemm_inputs: str = "float32",
-                 runs: int = CALIBRATION_RUNS) -> list[dict[str, np.ndarray]]:
+def calibrations(
+    case: Case, gemm_inputs: str = "float32", runs: int = CALIBRATION_RUNS
+) -> list[dict[str, np.ndarray]]:
     """Float32 PyTorch's tensors of ``case`` with its GEMM operands in ``gemm_inputs``: one
     run for a single-step case; for a K-step case ``runs`` runs, the first on the case as
     given, the others on seeded relabellings of it, each under the case's own labels."""
@@ -276,8 +323,12 @@ def calibrations(case: Case, gemm_inputs: str = "float32",
     return [first, *others]
 
 
-def expectation(case: Case, gemm_inputs: str = "float32",
-                truth: Expectation | None = None, runs: int = CALIBRATION_RUNS) -> Expectation:
+def expectation(
+    case: Case,
+    gemm_inputs: str = "float32",
+    truth: Expectation | None = None,
+    runs: int = CALIBRATION_RUNS,
+) -> Expectation:
     """The float64 truth of every tensor of ``case``, float32 PyTorch's error on each (on
     the elements judged; for the K-step case the largest over ``runs`` summation orders,
     ``calibrations``) with its GEMM operands in ``gemm_inputs``, and for the K-step case
@@ -289,12 +340,16 @@ def expectation(case: Case, gemm_inputs: str = "float32",
     else:
         reference, kinks = truth.truth, truth.unjudged
     measured = calibrations(case, gemm_inputs, runs)
-    return Expectation(reference, {k: calibration_error(measured, k, v, kinks)
-                                   for k, v in reference.items()}, kinks)
+    return Expectation(
+        reference,
+        {k: calibration_error(measured, k, v, kinks) for k, v in reference.items()},
+        kinks,
+    )
 
 
-def calibration_error(runs: list[dict[str, np.ndarray]], tensor: str, truth: np.ndarray,
-                      kinks: dict[str, np.ndarray]) -> float:
+def calibration_error(
+    runs: list[dict[str, np.ndarray]], tensor: str, truth: np.ndarray, kinks: dict[str, np.ndarray]
+) -> float:
     """The largest error of ``runs`` on ``tensor`` against its ``truth``, on the elements
     judged (those of ``kinks[tensor]`` left out)."""
     judged = ~kinks[tensor] if tensor in kinks else ...

@@ -76,4 +76,3 @@ def import_params(model: VAE | AE, params: Params) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(torch.from_numpy(np.asarray(params[name])))
-

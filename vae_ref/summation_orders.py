@@ -23,17 +23,24 @@ from .gate_tensors import steps_param_name
 
 # The axis labels of each canonical parameter: which index set each of its axes runs over.
 PARAMETER_AXES: dict[str, tuple[str, ...]] = {
-    "enc.fc1.weight": ("enc_hidden", "pixel"), "enc.fc1.bias": ("enc_hidden",),
-    "enc.mu.weight": ("latent", "enc_hidden"), "enc.mu.bias": ("latent",),
-    "enc.logvar.weight": ("latent", "enc_hidden"), "enc.logvar.bias": ("latent",),
-    "enc.code.weight": ("latent", "enc_hidden"), "enc.code.bias": ("latent",),
-    "dec.fc1.weight": ("dec_hidden", "latent"), "dec.fc1.bias": ("dec_hidden",),
-    "dec.out.weight": ("pixel", "dec_hidden"), "dec.out.bias": ("pixel",),
+    "enc.fc1.weight": ("enc_hidden", "pixel"),
+    "enc.fc1.bias": ("enc_hidden",),
+    "enc.mu.weight": ("latent", "enc_hidden"),
+    "enc.mu.bias": ("latent",),
+    "enc.logvar.weight": ("latent", "enc_hidden"),
+    "enc.logvar.bias": ("latent",),
+    "enc.code.weight": ("latent", "enc_hidden"),
+    "enc.code.bias": ("latent",),
+    "dec.fc1.weight": ("dec_hidden", "latent"),
+    "dec.fc1.bias": ("dec_hidden",),
+    "dec.out.weight": ("pixel", "dec_hidden"),
+    "dec.out.bias": ("pixel",),
 }
 
 
-def _apply(array: np.ndarray, axes: tuple[str, ...], orders: dict[str, np.ndarray],
-           inverse: bool = False) -> np.ndarray:
+def _apply(
+    array: np.ndarray, axes: tuple[str, ...], orders: dict[str, np.ndarray], inverse: bool = False
+) -> np.ndarray:
     out = np.asarray(array)
     for axis, label in enumerate(axes):
         order = orders[label]
@@ -47,31 +54,42 @@ class Relabelling:
     def __init__(self, case, rng: np.random.Generator):
         """A random relabelling of ``case`` (an ``oracle.Case``)."""
         c = case.config
-        self.orders = {"pixel": rng.permutation(c.input_dim),
-                       "enc_hidden": rng.permutation(c.hidden_dim),
-                       "dec_hidden": rng.permutation(c.hidden_dim),
-                       "latent": rng.permutation(c.latent_dim)}
-        self.rows = np.stack([rng.permutation(case.step_indices.shape[1])
-                              for _ in range(case.steps)]) if case.steps else None
+        self.orders = {
+            "pixel": rng.permutation(c.input_dim),
+            "enc_hidden": rng.permutation(c.hidden_dim),
+            "dec_hidden": rng.permutation(c.hidden_dim),
+            "latent": rng.permutation(c.latent_dim),
+        }
+        self.rows = (
+            np.stack([rng.permutation(case.step_indices.shape[1]) for _ in range(case.steps)])
+            if case.steps
+            else None
+        )
 
     def case(self, case):
         """``case`` relabelled: its K-step batches, noise and parameters (a K-step case only:
         the single-step cases keep one calibration)."""
         if not case.steps:
             raise ValueError("only a K-step case is relabelled")
-        params = {name: _apply(p, PARAMETER_AXES[name], self.orders)
-                  for name, p in case.params.items()}
+        params = {
+            name: _apply(p, PARAMETER_AXES[name], self.orders) for name, p in case.params.items()
+        }
         steps = np.arange(case.steps)[:, None]
         return replace(
-            case, params=params,
+            case,
+            params=params,
             data=np.ascontiguousarray(case.data[:, self.orders["pixel"]]),
             step_indices=case.step_indices[steps, self.rows],
             step_eps=np.ascontiguousarray(
-                case.step_eps[steps, self.rows][:, :, self.orders["latent"]]))
+                case.step_eps[steps, self.rows][:, :, self.orders["latent"]]
+            ),
+        )
 
     def restore(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A relabelled run's K-step tensors under the original labels (``steps.loss`` is
         a scalar per step and needs none)."""
         axes = {steps_param_name(p): a for p, a in PARAMETER_AXES.items()}
-        return {name: _apply(value, axes[name], self.orders, inverse=True)
-                if name in axes else value for name, value in tensors.items()}
+        return {
+            name: _apply(value, axes[name], self.orders, inverse=True) if name in axes else value
+            for name, value in tensors.items()
+        }

@@ -63,8 +63,11 @@ def check_finite_model(params: Params, test: EvalResult, epoch: int, step: int) 
     values = (test.elbo, test.reconstruction, test.kl)
     if not all(math.isfinite(v) for v in values):
         raise NonFiniteModelError(
-            epoch, step, f"the test evaluation (ELBO {test.elbo}, reconstruction "
-            f"{test.reconstruction}, KL {test.kl})")
+            epoch,
+            step,
+            f"the test evaluation (ELBO {test.elbo}, reconstruction "
+            f"{test.reconstruction}, KL {test.kl})",
+        )
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ class CupyBackend:
             "CuPy: fused CUDA kernels + cuBLAS, "
             + ("step replayed as one CUDA Graph" if graph else "kernels launched one by one")
             + (", TF32 GEMMs" if tf32 else ", float32 GEMMs (TF32 off)")
-            + (f" [{executor.kind}: a CPU check]" if stand_in else ""))
+            + (f" [{executor.kind}: a CPU check]" if stand_in else "")
+        )
         self.executor = None
         self.compile_seconds: float | None = None
 
@@ -81,11 +82,16 @@ class CupyBackend:
         ex = self._started()
         self.config = config
         self.layout = make_layout(config, align=GPU_ALIGN)
-        self.flat = {"params": ex.upload(self.layout.pack(params, config)),
-                     "grads": ex.zeros(self.layout.size), "m": ex.zeros(self.layout.size),
-                     "v": ex.zeros(self.layout.size), "step": ex.zeros(1, np.uint32)}
-        self._views = program.parameter_buffers(self.layout, self.flat["params"],
-                                                self.flat["grads"])
+        self.flat = {
+            "params": ex.upload(self.layout.pack(params, config)),
+            "grads": ex.zeros(self.layout.size),
+            "m": ex.zeros(self.layout.size),
+            "v": ex.zeros(self.layout.size),
+            "step": ex.zeros(1, np.uint32),
+        }
+        self._views = program.parameter_buffers(
+            self.layout, self.flat["params"], self.flat["grads"]
+        )
         self._workspaces: dict[int, dict] = {}
         self._shared: dict[str, object] = {}  # data and the epoch's buffers, by name
         self._epoch: dict[str, object] = {}  # order, cursor, history: train_epoch's buffers
@@ -101,8 +107,9 @@ class CupyBackend:
         buffers = self._workspaces.get(batch)
         if buffers is None:
             shapes = program.workspace_shapes(self.config, batch, self.executor.multiprocessors)
-            buffers = {name: self.executor.zeros(shape, dtype)
-                       for name, (shape, dtype) in shapes.items()}
+            buffers = {
+                name: self.executor.zeros(shape, dtype) for name, (shape, dtype) in shapes.items()
+            }
             buffers |= {**self._views, **self.flat, **self._shared}
             self._workspaces[batch] = buffers
         return buffers
@@ -113,20 +120,28 @@ class CupyBackend:
         for existing in self._workspaces.values():
             existing |= buffers
 
-    def _program(self, kind: str, batch: int, generate_noise: bool = False,
-                 epoch_stride: int | None = None) -> list:
+    def _program(
+        self, kind: str, batch: int, generate_noise: bool = False, epoch_stride: int | None = None
+    ) -> list:
         key = (kind, batch, generate_noise, epoch_stride)
         ops = self._programs.get(key)
         if ops is None:
             c, lay, mp = self.config, self.layout, self.executor.multiprocessors
-            ops = {"train": lambda: program.train_step_ops(
-                       c, lay, batch, generate_noise=generate_noise, multiprocessors=mp,
-                       epoch_stride=epoch_stride),
-                   "forward": lambda: program.forward_ops(c, lay, batch),
-                   "forward_backward": lambda: (program.forward_ops(c, lay, batch)
-                                                + program.backward_ops(c, lay, batch,
-                                                                       multiprocessors=mp)),
-                   }[kind]()
+            ops = {
+                "train": lambda: program.train_step_ops(
+                    c,
+                    lay,
+                    batch,
+                    generate_noise=generate_noise,
+                    multiprocessors=mp,
+                    epoch_stride=epoch_stride,
+                ),
+                "forward": lambda: program.forward_ops(c, lay, batch),
+                "forward_backward": lambda: (
+                    program.forward_ops(c, lay, batch)
+                    + program.backward_ops(c, lay, batch, multiprocessors=mp)
+                ),
+            }[kind]()
             self._programs[key] = ops
         return ops
 
@@ -168,19 +183,35 @@ class CupyBackend:
         ex.copy_in(buffers["xb"], x)
         ex.copy_in(buffers["eps"], eps)
         ex.run(self._program("forward_backward", b), buffers)
-        host = {name: ex.download(buffers[name])
-                for name in ("bce", "kl", "h", "heads", "z", "dech", "logits")}
+        host = {
+            name: ex.download(buffers[name])
+            for name in ("bce", "kl", "h", "heads", "z", "dech", "logits")
+        }
         z, beta = self.config.latent_dim, self.config.beta
         loss = float(np.mean(host["bce"].astype(np.float64) + beta * host["kl"].astype(np.float64)))
         return StepOutputs(
-            reconstruction=host["bce"], kl=host["kl"], loss=loss,
-            intermediates={"h": host["h"], "mu": host["heads"][:, :z].copy(),
-                           "logvar": host["heads"][:, z:].copy(), "z": host["z"],
-                           "dec_h": host["dech"], "logits": host["logits"]},
-            grads=self.layout.unpack(ex.download(self.flat["grads"])))
+            reconstruction=host["bce"],
+            kl=host["kl"],
+            loss=loss,
+            intermediates={
+                "h": host["h"],
+                "mu": host["heads"][:, :z].copy(),
+                "logvar": host["heads"][:, z:].copy(),
+                "z": host["z"],
+                "dec_h": host["dech"],
+                "logits": host["logits"],
+            },
+            grads=self.layout.unpack(ex.download(self.flat["grads"])),
+        )
 
-    def train_step(self, data: np.ndarray, indices: np.ndarray,
-                   eps: np.ndarray | None = None, *, want_loss: bool = True) -> BatchLoss | None:
+    def train_step(
+        self,
+        data: np.ndarray,
+        indices: np.ndarray,
+        eps: np.ndarray | None = None,
+        *,
+        want_loss: bool = True,
+    ) -> BatchLoss | None:
         self._resident(data)
         indices = checked_indices(indices, len(data))
         b = len(indices)
@@ -222,17 +253,22 @@ class CupyBackend:
         """The permutation, batch cursor and loss history on the device; new ones (so new
         graphs, which hold their addresses) only when the epoch's shape changes."""
         current = self._epoch.get("order")
-        if current is not None and current.shape == (n,) and \
-                self._epoch["history"].shape == (steps, 3):
+        if (
+            current is not None
+            and current.shape == (n,)
+            and self._epoch["history"].shape == (steps, 3)
+        ):
             return
         ex = self.executor
-        self._epoch = {"order": ex.zeros(n, np.int64), "cursor": ex.zeros(1, np.uint32),
-                       "history": ex.zeros((steps, 3), np.float64)}
+        self._epoch = {
+            "order": ex.zeros(n, np.int64),
+            "cursor": ex.zeros(1, np.uint32),
+            "history": ex.zeros((steps, 3), np.float64),
+        }
         self._share(**self._epoch)
         self._graphs.clear()
 
-    def _step(self, buffers: dict, batch: int, generate: bool,
-              epoch_stride: int | None) -> None:
+    def _step(self, buffers: dict, batch: int, generate: bool, epoch_stride: int | None) -> None:
         """Run one training step program on ``buffers`` (this batch size's): replay its
         graph, or launch it op by op."""
         ops = self._program("train", batch, generate, epoch_stride)
@@ -279,12 +315,12 @@ class CupyBackend:
     def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
         def terms(xb: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             buffers = self._forward(xb, eps)
-            return (self.executor.download(buffers["bce"]),
-                    self.executor.download(buffers["kl"]))
+            return (self.executor.download(buffers["bce"]), self.executor.download(buffers["kl"]))
 
         # The same noise stream, and the same float64 sums, as every compiled backend's.
-        return evaluate_in_batches(terms, self._images(x), self.config.latent_dim, seed=seed,
-                                   batch_size=batch_size)
+        return evaluate_in_batches(
+            terms, self._images(x), self.config.latent_dim, seed=seed, batch_size=batch_size
+        )
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = self._images(x)
@@ -304,8 +340,9 @@ class CupyBackend:
         ops = self._program("train", batch, True)
         return {"fused kernels": len(program.launches(ops)), "gemms": len(program.gemm_calls(ops))}
 
-    def stage_times(self, data: np.ndarray, batch: int, repeats: int = 20,
-                    replays: int = 20) -> dict[str, float]:
+    def stage_times(
+        self, data: np.ndarray, batch: int, repeats: int = 20, replays: int = 20
+    ) -> dict[str, float]:
         """Median seconds per step of the whole step and of its parts (the GEMMs, the fused
         kernels, Adam), each part captured as its own graph (launched op by op for
         ``cupy-nograph``) and run ``replays`` times between synchronizations, parts
@@ -315,8 +352,9 @@ class CupyBackend:
             return {}
         return self._stage_times(data, batch, repeats, replays)
 
-    def _stage_times(self, data: np.ndarray, batch: int, repeats: int,
-                     replays: int) -> dict[str, float]:
+    def _stage_times(
+        self, data: np.ndarray, batch: int, repeats: int, replays: int
+    ) -> dict[str, float]:
         from ..timing import interleaved_times
 
         self._resident(data)
@@ -326,16 +364,21 @@ class CupyBackend:
         ops = self._program("train", batch, True)
         fused = program.launches(ops)
         adam = program.ADAM_KERNELS
-        parts = {"step": ops, "gemms": [op for op in ops if isinstance(op, program.Gemm)],
-                 "fused kernels": [op for op in fused if op.kernel not in adam],
-                 "adam": [op for op in fused if op.kernel in adam]}
+        parts = {
+            "step": ops,
+            "gemms": [op for op in ops if isinstance(op, program.Gemm)],
+            "fused kernels": [op for op in fused if op.kernel not in adam],
+            "adam": [op for op in fused if op.kernel in adam],
+        }
 
         def runner(part):
             if not self.graph:
+
                 def run_plain():
                     for _ in range(replays):
                         ex.run(part, buffers)
                     ex.synchronize()
+
                 return run_plain
             ex.run(part, buffers)  # outside the capture: every kernel loaded
             graph = ex.capture(part, buffers)
@@ -344,11 +387,11 @@ class CupyBackend:
                 for _ in range(replays):
                     ex.replay(graph)
                 ex.synchronize()
+
             return replay
 
         with self._state_restored():
-            times = interleaved_times({name: runner(part) for name, part in parts.items()},
-                                      repeats)
+            times = interleaved_times({name: runner(part) for name, part in parts.items()}, repeats)
         return {name: float(np.median(t)) / replays for name, t in times.items()}
 
     def launch_floor(self, batch: int) -> dict[str, float]:
@@ -361,8 +404,12 @@ class CupyBackend:
         captured = next((graph for key, graph in self._graphs.items() if key[0] == batch), None)
         nodes = launches if captured is None else self.executor.graph_nodes(captured)
         per_node = self.executor.seconds_per_graph_node()
-        return {"nodes": nodes, "launches": launches, "seconds_per_node": per_node,
-                "floor_seconds": nodes * per_node}
+        return {
+            "nodes": nodes,
+            "launches": launches,
+            "seconds_per_node": per_node,
+            "floor_seconds": nodes * per_node,
+        }
 
     # -- the device it computes on (DeviceInfo) ---------------------------------------------
 
@@ -384,8 +431,11 @@ class CupyBackend:
         README)."""
         self._resident(data)
         views = {id(v) for v in self._views.values()}  # into the flat buffers: counted there
-        held = {id(b): b for b in self._buffers(batch).values()
-                if id(b) not in views and b is not self._data}
+        held = {
+            id(b): b
+            for b in self._buffers(batch).values()
+            if id(b) not in views and b is not self._data
+        }
         return sum(int(b.nbytes) for b in held.values()) + self.executor.workspace_bytes
 
     def synchronize(self) -> None:
@@ -394,5 +444,9 @@ class CupyBackend:
 
     def settings(self) -> dict:
         described = self.executor.describe() if self.executor is not None else {}
-        return {"graph": self.graph, "tf32": self.tf32, "compile_seconds": self.compile_seconds,
-                **described}
+        return {
+            "graph": self.graph,
+            "tf32": self.tf32,
+            "compile_seconds": self.compile_seconds,
+            **described,
+        }

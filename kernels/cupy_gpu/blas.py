@@ -31,10 +31,27 @@ _SIGNATURES = {
     "cublasSetStream_v2": [_HANDLE, ctypes.c_void_p],
     "cublasSetWorkspace_v2": [_HANDLE, ctypes.c_void_p, ctypes.c_size_t],
     "cublasSetPointerMode_v2": [_HANDLE, ctypes.c_int],
-    "cublasGemmEx": [_HANDLE, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                     ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-                     ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-                     ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int],
+    "cublasGemmEx": [
+        _HANDLE,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+    ],
 }
 
 
@@ -62,8 +79,10 @@ def open_cublas() -> ctypes.CDLL:
 
     path = mapped_library("libcublas.so") or ctypes.util.find_library("cublas")
     if path is None:
-        raise CublasError("CuPy's cuBLAS is loaded, but its library file was found neither in "
-                          "/proc/self/maps nor by ctypes.util.find_library('cublas')")
+        raise CublasError(
+            "CuPy's cuBLAS is loaded, but its library file was found neither in "
+            "/proc/self/maps nor by ctypes.util.find_library('cublas')"
+        )
     return ctypes.CDLL(path)
 
 
@@ -71,8 +90,7 @@ class Cublas:
     """One cuBLAS handle on one stream with its own workspace (device memory the caller keeps
     alive, WORKSPACE_BYTES or more), host pointer mode: GEMMs a graph may capture."""
 
-    def __init__(self, stream_ptr: int, workspace_ptr: int, workspace_bytes: int,
-                 library=None):
+    def __init__(self, stream_ptr: int, workspace_ptr: int, workspace_bytes: int, library=None):
         self.lib = library if library is not None else open_cublas()
         for name, argtypes in _SIGNATURES.items():
             function = getattr(self.lib, name)
@@ -82,29 +100,59 @@ class Cublas:
         self._check(self.lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
         self._check(self.lib.cublasSetStream_v2(self.handle, stream_ptr), "cublasSetStream")
         # After the stream: setting a stream resets the handle to cuBLAS's own workspace.
-        self._check(self.lib.cublasSetWorkspace_v2(self.handle, workspace_ptr, workspace_bytes),
-                    "cublasSetWorkspace")
-        self._check(self.lib.cublasSetPointerMode_v2(self.handle, CUBLAS_POINTER_MODE_HOST),
-                    "cublasSetPointerMode")
+        self._check(
+            self.lib.cublasSetWorkspace_v2(self.handle, workspace_ptr, workspace_bytes),
+            "cublasSetWorkspace",
+        )
+        self._check(
+            self.lib.cublasSetPointerMode_v2(self.handle, CUBLAS_POINTER_MODE_HOST),
+            "cublasSetPointerMode",
+        )
 
-    def gemm(self, call: GemmCall, a: int, b: int, c: int, alpha: int, beta: int,
-             compute_type: int) -> None:
+    def gemm(
+        self, call: GemmCall, a: int, b: int, c: int, alpha: int, beta: int, compute_type: int
+    ) -> None:
         """cublasGemmEx(call) on device pointers ``a``, ``b``, ``c``; ``alpha`` and ``beta``
         are host pointers to float32 scalars."""
         status = self.lib.cublasGemmEx(
-            self.handle, call.transa, call.transb, call.m, call.n, call.k,
-            alpha, a, CUDA_R_32F, call.lda, b, CUDA_R_32F, call.ldb,
-            beta, c, CUDA_R_32F, call.ldc, compute_type, CUBLAS_GEMM_DEFAULT)
+            self.handle,
+            call.transa,
+            call.transb,
+            call.m,
+            call.n,
+            call.k,
+            alpha,
+            a,
+            CUDA_R_32F,
+            call.lda,
+            b,
+            CUDA_R_32F,
+            call.ldb,
+            beta,
+            c,
+            CUDA_R_32F,
+            call.ldc,
+            compute_type,
+            CUBLAS_GEMM_DEFAULT,
+        )
         self._check(status, f"cublasGemmEx (m={call.m}, n={call.n}, k={call.k})")
 
     def _check(self, status: int, what: str) -> None:
         if status != 0:
-            raise CublasError(f"{what} failed with cublasStatus_t {status} "
-                              f"({_STATUS_NAMES.get(status, 'unknown status')})")
+            raise CublasError(
+                f"{what} failed with cublasStatus_t {status} "
+                f"({_STATUS_NAMES.get(status, 'unknown status')})"
+            )
 
 
-_STATUS_NAMES = {1: "CUBLAS_STATUS_NOT_INITIALIZED", 3: "CUBLAS_STATUS_ALLOC_FAILED",
-                 7: "CUBLAS_STATUS_INVALID_VALUE", 8: "CUBLAS_STATUS_ARCH_MISMATCH",
-                 11: "CUBLAS_STATUS_MAPPING_ERROR", 13: "CUBLAS_STATUS_EXECUTION_FAILED",
-                 14: "CUBLAS_STATUS_INTERNAL_ERROR", 15: "CUBLAS_STATUS_NOT_SUPPORTED",
-                 16: "CUBLAS_STATUS_LICENSE_ERROR"}
+_STATUS_NAMES = {
+    1: "CUBLAS_STATUS_NOT_INITIALIZED",
+    3: "CUBLAS_STATUS_ALLOC_FAILED",
+    7: "CUBLAS_STATUS_INVALID_VALUE",
+    8: "CUBLAS_STATUS_ARCH_MISMATCH",
+    11: "CUBLAS_STATUS_MAPPING_ERROR",
+    13: "CUBLAS_STATUS_EXECUTION_FAILED",
+    14: "CUBLAS_STATUS_INTERNAL_ERROR",
+    15: "CUBLAS_STATUS_NOT_SUPPORTED",
+    16: "CUBLAS_STATUS_LICENSE_ERROR",
+}

@@ -27,15 +27,20 @@ from .program import Gemm, Launch, Op, resolve
 def cuda_availability() -> Availability:
     """Whether CuPy and a CUDA device are usable here, and if not, why. Never raises."""
     if importlib.util.find_spec("cupy") is None:
-        return Availability(False, "CuPy is not installed (pip install cupy-cuda12x or "
-                                   "cupy-cuda13x, matching the CUDA driver)")
+        return Availability(
+            False,
+            "CuPy is not installed (pip install cupy-cuda12x or "
+            "cupy-cuda13x, matching the CUDA driver)",
+        )
     try:
         import cupy
 
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as error:  # CuPy raises its own error types for each driver problem
-        return Availability(False, f"no usable CUDA device ({type(error).__name__}: "
-                                   f"{str(error).strip() or 'no detail'})")
+        return Availability(
+            False,
+            f"no usable CUDA device ({type(error).__name__}: {str(error).strip() or 'no detail'})",
+        )
     if count == 0:
         return Availability(False, "no CUDA device visible")
     return Availability(True)
@@ -67,6 +72,7 @@ class Executor(Protocol):
     def run(self, ops: list[Op], buffers: dict) -> None: ...
     def capture(self, ops: list[Op], buffers: dict) -> Any:
         """The program recorded (nothing runs) for ``replay``; holds the buffers' addresses."""
+
     def replay(self, graph) -> None: ...
     def graph_nodes(self, graph) -> int: ...
     def synchronize(self) -> None: ...
@@ -197,14 +203,20 @@ class CudaExecutor:
         done.synchronize()  # the copy that last used this slot has finished
         pinned[: host.nbytes] = host.view(np.uint8).reshape(-1)
         runtime = self.cp.cuda.runtime
-        runtime.memcpyAsync(device.data.ptr, pinned.ctypes.data, host.nbytes,
-                            runtime.memcpyHostToDevice, self.stream.ptr)
+        runtime.memcpyAsync(
+            device.data.ptr,
+            pinned.ctypes.data,
+            host.nbytes,
+            runtime.memcpyHostToDevice,
+            self.stream.ptr,
+        )
         done.record(self.stream)
 
     def _slot(self, nbytes: int):
         if not self._slots:
-            self._slots = [(None, self.cp.cuda.Event(disable_timing=True))
-                           for _ in range(self.PINNED_SLOTS)]
+            self._slots = [
+                (None, self.cp.cuda.Event(disable_timing=True)) for _ in range(self.PINNED_SLOTS)
+            ]
         i = self._next_slot
         self._next_slot = (i + 1) % self.PINNED_SLOTS
         pinned, done = self._slots[i]
@@ -230,8 +242,15 @@ class CudaExecutor:
 
     def _gemm(self, call: GemmCall, buffers: dict) -> None:
         a, b, c = buffers[call.a], buffers[call.b], buffers[call.c]
-        self.blas.gemm(call, a.data.ptr, b.data.ptr, c.data.ptr, self._alpha.ctypes.data,
-                       self._beta.ctypes.data, self.compute_type)
+        self.blas.gemm(
+            call,
+            a.data.ptr,
+            b.data.ptr,
+            c.data.ptr,
+            self._alpha.ctypes.data,
+            self._beta.ctypes.data,
+            self.compute_type,
+        )
 
     def run(self, ops: list[Op], buffers: dict) -> None:
         null = np.uint64(0)  # a null pointer argument: eight zero bytes
@@ -284,8 +303,10 @@ class CudaExecutor:
             if graph:
                 runtime.graphDestroy(graph)
         except Exception as ending:  # noqa: BLE001 - any failure here is secondary
-            _add_note(error, f"ending the interrupted capture also failed: "
-                             f"{type(ending).__name__}: {ending}")
+            _add_note(
+                error,
+                f"ending the interrupted capture also failed: {type(ending).__name__}: {ending}",
+            )
 
     def replay(self, graph: CapturedGraph) -> None:
         graph.launch(self.stream.ptr)
@@ -328,9 +349,10 @@ class CudaExecutor:
         cp = self.cp
         call = plan_gemm("c", "a", "a", {"a": (size, size), "c": (size, size)})
         with self.stream:
-            buffers = {"a": cp.random.default_rng(0).standard_normal((size, size),
-                                                                     dtype=np.float32),
-                       "c": cp.zeros((size, size), np.float32)}
+            buffers = {
+                "a": cp.random.default_rng(0).standard_normal((size, size), dtype=np.float32),
+                "c": cp.zeros((size, size), np.float32),
+            }
         self._gemm(call, buffers)
         start, stop = cp.cuda.Event(), cp.cuda.Event()
         best = float("inf")
@@ -340,15 +362,21 @@ class CudaExecutor:
             stop.record(self.stream)
             stop.synchronize()
             best = min(best, cp.cuda.get_elapsed_time(start, stop) / 1e3)
-        return (call.flops / best / 1e9,
-                f"{size}x{size} float32 GEMM via cuBLAS (cublasGemmEx, as the backend calls it), "
-                + ("TF32" if self.tf32 else "TF32 off"))
+        return (
+            call.flops / best / 1e9,
+            f"{size}x{size} float32 GEMM via cuBLAS (cublasGemmEx, as the backend calls it), "
+            + ("TF32" if self.tf32 else "TF32 off"),
+        )
 
     def describe(self) -> dict:
         cp = self.cp
-        return {"executor": "cuda", "gpu": gpu_name(),
-                "compute_capability": cp.cuda.Device().compute_capability,
-                "cupy": cp.__version__,
-                "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
-                "cuda_driver": cp.cuda.runtime.driverGetVersion(), "tf32": self.tf32,
-                "multiprocessors": self.multiprocessors}
+        return {
+            "executor": "cuda",
+            "gpu": gpu_name(),
+            "compute_capability": cp.cuda.Device().compute_capability,
+            "cupy": cp.__version__,
+            "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
+            "cuda_driver": cp.cuda.runtime.driverGetVersion(),
+            "tf32": self.tf32,
+            "multiprocessors": self.multiprocessors,
+        }

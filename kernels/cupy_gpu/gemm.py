@@ -41,21 +41,39 @@ class GemmCall:
         return 2 * self.m * self.n * self.k
 
 
-def plan_gemm(out: str, a: str, b: str, shapes: dict[str, tuple[int, ...]], *,
-              trans_a: bool = False, trans_b: bool = False) -> GemmCall:
+def plan_gemm(
+    out: str,
+    a: str,
+    b: str,
+    shapes: dict[str, tuple[int, ...]],
+    *,
+    trans_a: bool = False,
+    trans_b: bool = False,
+) -> GemmCall:
     """The cuBLAS call for row-major ``out = op(a) @ op(b)`` over buffers of these shapes."""
     (a_rows, a_cols), (b_rows, b_cols), (c_rows, c_cols) = (
-        _matrix(shapes, name) for name in (a, b, out))
+        _matrix(shapes, name) for name in (a, b, out)
+    )
     m_rows, k_a = (a_cols, a_rows) if trans_a else (a_rows, a_cols)
     k_b, n_cols = (b_cols, b_rows) if trans_b else (b_rows, b_cols)
     if k_a != k_b or (m_rows, n_cols) != (c_rows, c_cols):
         raise GemmShapeError(
             f"{out} {shapes[out]} = {a}{'^T' if trans_a else ''} {shapes[a]} @ "
-            f"{b}{'^T' if trans_b else ''} {shapes[b]}: shapes do not match")
+            f"{b}{'^T' if trans_b else ''} {shapes[b]}: shapes do not match"
+        )
     return GemmCall(
-        transa=OP_T if trans_b else OP_N, transb=OP_T if trans_a else OP_N,
-        m=n_cols, n=m_rows, k=k_a,
-        a=b, lda=b_cols, b=a, ldb=a_cols, c=out, ldc=c_cols)
+        transa=OP_T if trans_b else OP_N,
+        transb=OP_T if trans_a else OP_N,
+        m=n_cols,
+        n=m_rows,
+        k=k_a,
+        a=b,
+        lda=b_cols,
+        b=a,
+        ldb=a_cols,
+        c=out,
+        ldc=c_cols,
+    )
 
 
 def _matrix(shapes: dict[str, tuple[int, ...]], name: str) -> tuple[int, int]:

@@ -44,8 +44,11 @@ COMPILE_DEFINES = {
     "LOSS_THREADS": LOSS_THREADS,
 }
 # What the backend hands CuPy's RawModule.
-COMPILE_OPTIONS = ("-std=c++17", f"-I{SOURCE_DIR}",
-                   *(f"-D{name}={value}" for name, value in COMPILE_DEFINES.items()))
+COMPILE_OPTIONS = (
+    "-std=c++17",
+    f"-I{SOURCE_DIR}",
+    *(f"-D{name}={value}" for name, value in COMPILE_DEFINES.items()),
+)
 
 # What CuPy adds to every RawModule compile besides include paths and the target architecture,
 # in 13.6 and 14.2 alike (tests/test_cupy_drift.py checks it against the installed CuPy):
@@ -63,7 +66,6 @@ CUPY_NVRTC_OPTIONS = (FLUSH_DENORMALS, "--device-as-default-execution-space")
 # nvrtc_check.py): nvcc takes the flush, and has no execution-space option.
 NVRTC_OPTIONS = (*COMPILE_OPTIONS, *CUPY_NVRTC_OPTIONS)
 NVCC_OPTIONS = (*COMPILE_OPTIONS, FLUSH_DENORMALS)
-
 
 
 def kernel_source() -> str:
@@ -91,8 +93,7 @@ def kernel_signatures(code: str) -> dict[str, list[tuple[str, str, bool]]]:
         for param in filter(None, (p.strip() for p in params.split(","))):
             words = param.replace("*", " * ").replace("const", " ").replace("__restrict__", " ")
             *type_words, pname = words.split()
-            parsed.append((" ".join(w for w in type_words if w != "*"), pname,
-                           "*" in type_words))
+            parsed.append((" ".join(w for w in type_words if w != "*"), pname, "*" in type_words))
         kernels[name] = parsed
     return kernels
 
@@ -139,8 +140,10 @@ def check_32bit_indices(name: str, shape: tuple[int, ...]) -> None:
         count *= int(size)
     if count > MAX_ELEMENTS:
         dims = " x ".join(str(int(size)) for size in shape) + " = " if len(shape) > 1 else ""
-        raise ValueError(f"{name}: {dims}{count:,} elements, more than the kernels' 32-bit "
-                         f"indices reach (2^31 - 1 = {MAX_ELEMENTS:,})")
+        raise ValueError(
+            f"{name}: {dims}{count:,} elements, more than the kernels' 32-bit "
+            f"indices reach (2^31 - 1 = {MAX_ELEMENTS:,})"
+        )
 
 
 def elementwise(n: int) -> Geometry:

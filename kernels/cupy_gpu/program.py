@@ -31,6 +31,7 @@ ADAM_KERNELS = ("adam_bias_corrections", "adam")  # Adam's launches, in order
 
 # -- kernel arguments: typed, because a RawKernel passes a Python float as a C double ----------
 
+
 @dataclass(frozen=True)
 class Buf:
     name: str  # a pointer to this buffer's first element
@@ -46,8 +47,12 @@ class Scalar:
     value: int | float
     ctype: str  # "int", "float", "double" or "unsigned long long"
 
-    DTYPES = {"int": np.int32, "float": np.float32, "double": np.float64,
-              "unsigned long long": np.uint64}
+    DTYPES = {
+        "int": np.int32,
+        "float": np.float32,
+        "double": np.float64,
+        "unsigned long long": np.uint64,
+    }
 
     def numpy(self):
         return self.DTYPES[self.ctype](self.value)
@@ -105,8 +110,10 @@ Op = Gemm | Launch
 # -- buffers ---------------------------------------------------------------------------------
 
 # Tensors addressed as one: the packed heads (see flat_layout.GROUPS).
-PACKED = {"heads.weight": ("enc.mu.weight", "enc.logvar.weight"),
-          "heads.bias": ("enc.mu.bias", "enc.logvar.bias")}
+PACKED = {
+    "heads.weight": ("enc.mu.weight", "enc.logvar.weight"),
+    "heads.bias": ("enc.mu.bias", "enc.logvar.bias"),
+}
 
 
 def tensor_views(layout: Layout) -> dict[str, tuple[int, tuple[int, ...]]]:
@@ -137,11 +144,23 @@ def _activation_shapes(config: VAEConfig, batch: int) -> dict[str, tuple[tuple[i
     d, h, z, b = config.input_dim, config.hidden_dim, config.latent_dim, batch
     f = np.float32
     shapes = {
-        "indices": ((b,), np.int64), "xb": ((b, d), f), "h": ((b, h), f),
-        "heads": ((b, 2 * z), f), "eps": ((b, z), f), "std": ((b, z), f), "z": ((b, z), f),
-        "dech": ((b, h), f), "logits": ((b, d), f), "dlogits": ((b, d), f),
-        "d_dech": ((b, h), f), "dz": ((b, z), f), "dheads": ((b, 2 * z), f),
-        "dh": ((b, h), f), "bce": ((b,), f), "kl": ((b,), f), "loss": ((3,), np.float64),
+        "indices": ((b,), np.int64),
+        "xb": ((b, d), f),
+        "h": ((b, h), f),
+        "heads": ((b, 2 * z), f),
+        "eps": ((b, z), f),
+        "std": ((b, z), f),
+        "z": ((b, z), f),
+        "dech": ((b, h), f),
+        "logits": ((b, d), f),
+        "dlogits": ((b, d), f),
+        "d_dech": ((b, h), f),
+        "dz": ((b, z), f),
+        "dheads": ((b, 2 * z), f),
+        "dh": ((b, h), f),
+        "bce": ((b,), f),
+        "kl": ((b,), f),
+        "loss": ((3,), np.float64),
         "adam_corrections": ((2,), f),  # this step's -lr / (1 - beta1^t), sqrt(1 - beta2^t)
     }
     for name, (shape, _) in shapes.items():
@@ -159,13 +178,19 @@ def column_partials_size(config: VAEConfig, batch: int, multiprocessors: int) ->
     """Floats of the scratch buffer the column sums split into row chunks write their
     per-chunk sums to (one sum at a time: each is added up before the next starts), or 0
     where no column sum of this batch size is split."""
-    return max((chunks * cols for cols in bias_sum_widths(config)
-                if (chunks := launch.column_chunks(batch, cols, multiprocessors)) > 1),
-               default=0)
+    return max(
+        (
+            chunks * cols
+            for cols in bias_sum_widths(config)
+            if (chunks := launch.column_chunks(batch, cols, multiprocessors)) > 1
+        ),
+        default=0,
+    )
 
 
-def workspace_shapes(config: VAEConfig, batch: int,
-                     multiprocessors: int) -> dict[str, tuple[tuple[int, ...], type]]:
+def workspace_shapes(
+    config: VAEConfig, batch: int, multiprocessors: int
+) -> dict[str, tuple[tuple[int, ...], type]]:
     """Per-batch-size scratch buffers: name -> (shape, dtype). ``multiprocessors`` (the
     device's) decides how the column sums split the batch, and so their scratch buffer."""
     shapes = _activation_shapes(config, batch)
@@ -187,6 +212,7 @@ def buffer_shapes(config: VAEConfig, layout: Layout, batch: int) -> dict[str, tu
 
 # -- programs --------------------------------------------------------------------------------
 
+
 class _Builder:
     def __init__(self, config: VAEConfig, layout: Layout, batch: int):
         self.config, self.layout, self.batch = config, layout, batch
@@ -194,14 +220,14 @@ class _Builder:
         self.ops: list[Op] = []
 
     def gemm(self, out: str, a: str, b: str, *, trans_a=False, trans_b=False) -> None:
-        self.ops.append(Gemm(plan_gemm(out, a, b, self.shapes, trans_a=trans_a,
-                                       trans_b=trans_b)))
+        self.ops.append(Gemm(plan_gemm(out, a, b, self.shapes, trans_a=trans_a, trans_b=trans_b)))
 
     def launch(self, kernel: str, geometry: launch.Geometry, *args: Arg) -> None:
         self.ops.append(Launch(kernel, geometry, tuple(args)))
 
-    def column_sum(self, kernel: str, inputs: tuple[Arg, ...], out: str, cols: int,
-                   multiprocessors: int) -> None:
+    def column_sum(
+        self, kernel: str, inputs: tuple[Arg, ...], out: str, cols: int, multiprocessors: int
+    ) -> None:
         """``kernel`` (column_sum, relu_backward_bias_grad) summing the batch's rows into
         ``out``: in one pass, or, split into row chunks, into ``column_partials`` and then
         added in chunk order by column_sum_chunks."""
@@ -212,15 +238,24 @@ class _Builder:
             self.launch(kernel, geometry, *inputs, Buf(out), i32(b), i32(cols))
             return
         if chunks * cols > column_partials_size(self.config, b, multiprocessors):
-            raise AssertionError(f"a column sum of {chunks} x {cols} partial sums: "
-                                 f"column_partials_size sizes no scratch buffer for it")
+            raise AssertionError(
+                f"a column sum of {chunks} x {cols} partial sums: "
+                f"column_partials_size sizes no scratch buffer for it"
+            )
         self.launch(kernel, geometry, *inputs, Buf("column_partials"), i32(b), i32(cols))
-        self.launch("column_sum_chunks", launch.elementwise(cols), Buf("column_partials"),
-                    Buf(out), i32(chunks), i32(cols))
+        self.launch(
+            "column_sum_chunks",
+            launch.elementwise(cols),
+            Buf("column_partials"),
+            Buf(out),
+            i32(chunks),
+            i32(cols),
+        )
 
 
-def forward_ops(config: VAEConfig, layout: Layout, batch: int, *,
-                generate_noise: bool = False) -> list[Op]:
+def forward_ops(
+    config: VAEConfig, layout: Layout, batch: int, *, generate_noise: bool = False
+) -> list[Op]:
     """Encoder, reparameterization + KL, decoder, and the fused sigmoid-BCE (which also leaves
     d loss / d logits in ``dlogits``), from the images in ``xb``. With ``generate_noise`` the
     noise is drawn on the device (Philox keyed by the seed and the device step counter) and
@@ -228,24 +263,47 @@ def forward_ops(config: VAEConfig, layout: Layout, batch: int, *,
     q = _Builder(config, layout, batch)
     b, d, h, z = batch, config.input_dim, config.hidden_dim, config.latent_dim
     q.gemm("h", "xb", "p:enc.fc1.weight", trans_b=True)
-    q.launch("bias_relu", launch.elementwise(b * h), Buf("h"), Buf("p:enc.fc1.bias"), i32(b),
-             i32(h))
+    q.launch(
+        "bias_relu", launch.elementwise(b * h), Buf("h"), Buf("p:enc.fc1.bias"), i32(b), i32(h)
+    )
     q.gemm("heads", "h", "p:heads.weight", trans_b=True)
-    q.launch("reparameterize_kl", launch.one_thread_per_row(b), Buf("heads"),
-             Buf("p:heads.bias"), Buf("eps"), i32(1 if generate_noise else 0),
-             u64(config.seed), Buf("step") if generate_noise else Null(), Buf("z"), Buf("std"),
-             Buf("kl"), i32(b), i32(z))
+    q.launch(
+        "reparameterize_kl",
+        launch.one_thread_per_row(b),
+        Buf("heads"),
+        Buf("p:heads.bias"),
+        Buf("eps"),
+        i32(1 if generate_noise else 0),
+        u64(config.seed),
+        Buf("step") if generate_noise else Null(),
+        Buf("z"),
+        Buf("std"),
+        Buf("kl"),
+        i32(b),
+        i32(z),
+    )
     q.gemm("dech", "z", "p:dec.fc1.weight", trans_b=True)
-    q.launch("bias_relu", launch.elementwise(b * h), Buf("dech"), Buf("p:dec.fc1.bias"), i32(b),
-             i32(h))
+    q.launch(
+        "bias_relu", launch.elementwise(b * h), Buf("dech"), Buf("p:dec.fc1.bias"), i32(b), i32(h)
+    )
     q.gemm("logits", "dech", "p:dec.out.weight", trans_b=True)
-    q.launch("sigmoid_bce", launch.one_block_per_row(b), Buf("logits"), Buf("p:dec.out.bias"),
-             Buf("xb"), f32(1.0 / b), Buf("dlogits"), Buf("bce"), i32(d))
+    q.launch(
+        "sigmoid_bce",
+        launch.one_block_per_row(b),
+        Buf("logits"),
+        Buf("p:dec.out.bias"),
+        Buf("xb"),
+        f32(1.0 / b),
+        Buf("dlogits"),
+        Buf("bce"),
+        i32(d),
+    )
     return q.ops
 
 
-def backward_ops(config: VAEConfig, layout: Layout, batch: int, *,
-                 multiprocessors: int) -> list[Op]:
+def backward_ops(
+    config: VAEConfig, layout: Layout, batch: int, *, multiprocessors: int
+) -> list[Op]:
     """Every parameter gradient of the batch-mean loss into the flat gradient buffer, after
     ``forward_ops`` (it reads the forward's intermediates and ``dlogits``). The bias
     gradients' column sums split the batch into row chunks to fill the device
@@ -256,12 +314,21 @@ def backward_ops(config: VAEConfig, layout: Layout, batch: int, *,
     q.gemm("g:dec.out.weight", "dlogits", "dech", trans_a=True)
     q.column_sum("column_sum", (Buf("dlogits"),), "g:dec.out.bias", d, mp)
     q.gemm("d_dech", "dlogits", "p:dec.out.weight")
-    q.column_sum("relu_backward_bias_grad", (Buf("d_dech"), Buf("dech")), "g:dec.fc1.bias", h,
-                 mp)
+    q.column_sum("relu_backward_bias_grad", (Buf("d_dech"), Buf("dech")), "g:dec.fc1.bias", h, mp)
     q.gemm("g:dec.fc1.weight", "d_dech", "z", trans_a=True)
     q.gemm("dz", "d_dech", "p:dec.fc1.weight")
-    q.launch("reparameterize_kl_backward", launch.elementwise(b * z), Buf("heads"), Buf("eps"),
-             Buf("std"), Buf("dz"), f32(config.beta / b), Buf("dheads"), i32(b), i32(z))
+    q.launch(
+        "reparameterize_kl_backward",
+        launch.elementwise(b * z),
+        Buf("heads"),
+        Buf("eps"),
+        Buf("std"),
+        Buf("dz"),
+        f32(config.beta / b),
+        Buf("dheads"),
+        i32(b),
+        i32(z),
+    )
     q.gemm("g:heads.weight", "dheads", "h", trans_a=True)
     q.column_sum("column_sum", (Buf("dheads"),), "g:heads.bias", 2 * z, mp)
     q.gemm("dh", "dheads", "p:heads.weight")
@@ -277,18 +344,39 @@ def adam_ops(config: VAEConfig, layout: Layout, multiprocessors: int) -> list[La
     launch.check_32bit_indices("the flat parameter buffer", (layout.size,))
     beta1, beta2 = ADAM_BETAS
     return [
-        Launch("adam_bias_corrections", launch.single_thread(),
-               (Buf("step"), f64(config.lr), f64(beta1), f64(beta2), Buf("adam_corrections"))),
-        Launch("adam", launch.across_the_device(-(-layout.size // 4), multiprocessors),
-               (Buf("params"), Buf("grads"), Buf("m"), Buf("v"), i32(layout.size),
-                f32(1.0 - beta1), f32(beta2), f32(1.0 - beta2), f32(ADAM_EPS),
-                Buf("adam_corrections"))),
+        Launch(
+            "adam_bias_corrections",
+            launch.single_thread(),
+            (Buf("step"), f64(config.lr), f64(beta1), f64(beta2), Buf("adam_corrections")),
+        ),
+        Launch(
+            "adam",
+            launch.across_the_device(-(-layout.size // 4), multiprocessors),
+            (
+                Buf("params"),
+                Buf("grads"),
+                Buf("m"),
+                Buf("v"),
+                i32(layout.size),
+                f32(1.0 - beta1),
+                f32(beta2),
+                f32(1.0 - beta2),
+                f32(ADAM_EPS),
+                Buf("adam_corrections"),
+            ),
+        ),
     ]
 
 
-def train_step_ops(config: VAEConfig, layout: Layout, batch: int, *,
-                   generate_noise: bool, multiprocessors: int,
-                   epoch_stride: int | None = None) -> list[Op]:
+def train_step_ops(
+    config: VAEConfig,
+    layout: Layout,
+    batch: int,
+    *,
+    generate_noise: bool,
+    multiprocessors: int,
+    epoch_stride: int | None = None,
+) -> list[Op]:
     """The whole step: gather the batch (advancing the step counter), forward, backward, Adam,
     and the batch's mean loss terms. Everything that changes from step to step (indices, the
     step number, noise) is read from device memory, so one capture replays.
@@ -304,17 +392,30 @@ def train_step_ops(config: VAEConfig, layout: Layout, batch: int, *,
         indices, cursor, stride, losses = Buf("indices"), Null(), 0, Buf("loss")
     else:
         indices, cursor, stride, losses = Buf("order"), Buf("cursor"), epoch_stride, Buf("history")
-    gather = Launch("gather_rows", launch.elementwise(batch * d),
-                    (Buf("data"), indices, cursor, i32(stride), Buf("xb"), i32(batch), i32(d),
-                     Buf("step")))
-    batch_loss = Launch("batch_loss", launch.single_block(),
-                        (Buf("bce"), Buf("kl"), i32(batch), f64(config.beta), losses,
-                         Buf("cursor") if epoch_stride is not None else Null()))
-    return [gather,
-            *forward_ops(config, layout, batch, generate_noise=generate_noise),
-            *backward_ops(config, layout, batch, multiprocessors=multiprocessors),
-            *adam_ops(config, layout, multiprocessors),
-            batch_loss]
+    gather = Launch(
+        "gather_rows",
+        launch.elementwise(batch * d),
+        (Buf("data"), indices, cursor, i32(stride), Buf("xb"), i32(batch), i32(d), Buf("step")),
+    )
+    batch_loss = Launch(
+        "batch_loss",
+        launch.single_block(),
+        (
+            Buf("bce"),
+            Buf("kl"),
+            i32(batch),
+            f64(config.beta),
+            losses,
+            Buf("cursor") if epoch_stride is not None else Null(),
+        ),
+    )
+    return [
+        gather,
+        *forward_ops(config, layout, batch, generate_noise=generate_noise),
+        *backward_ops(config, layout, batch, multiprocessors=multiprocessors),
+        *adam_ops(config, layout, multiprocessors),
+        batch_loss,
+    ]
 
 
 def gemm_calls(ops: list[Op]) -> list[GemmCall]:

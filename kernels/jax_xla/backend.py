@@ -37,8 +37,9 @@ from . import runtime
 
 
 class JaxBackend:
-    def __init__(self, *, platform: str = "cpu", threads: int | None = None,
-                 gemm_inputs: str = "float32"):
+    def __init__(
+        self, *, platform: str = "cpu", threads: int | None = None, gemm_inputs: str = "float32"
+    ):
         if platform not in ("cpu", "cuda"):
             raise ValueError(f"platform must be 'cpu' or 'cuda', got {platform!r}")
         if gemm_inputs not in ("float32", "bf16"):
@@ -52,12 +53,19 @@ class JaxBackend:
         self.threads = threads
         self.device = platform
         self.name = ("jax" if platform == "cpu" else "jax-cuda") + (
-            "-bf16" if gemm_inputs == "bf16" else "")
-        self.description = ("JAX: whole step in one jax.jit (XLA), Adam as PyTorch's, "
-                            + ("CPU" if platform == "cpu" else "CUDA")
-                            + (", bf16 GEMM inputs (float32 accumulation)"
-                               if gemm_inputs == "bf16" else
-                               "" if platform == "cpu" else ", float32 GEMMs (no TF32)"))
+            "-bf16" if gemm_inputs == "bf16" else ""
+        )
+        self.description = (
+            "JAX: whole step in one jax.jit (XLA), Adam as PyTorch's, "
+            + ("CPU" if platform == "cpu" else "CUDA")
+            + (
+                ", bf16 GEMM inputs (float32 accumulation)"
+                if gemm_inputs == "bf16"
+                else ""
+                if platform == "cpu"
+                else ", float32 GEMMs (no TF32)"
+            )
+        )
         self.compile_seconds = 0.0
         self._executables: dict[tuple, object] = {}
         self._jax_device = None
@@ -88,9 +96,11 @@ class JaxBackend:
             try:
                 self._jax_device = runtime.device(self.platform)
             except Exception as error:  # noqa: BLE001  e.g. a CUDA device JAX cannot take
-                raise BackendUnavailable(f"{self.name} backend unavailable: JAX cannot use "
-                                         f"its {self.platform} device ({type(error).__name__}: "
-                                         f"{str(error).strip()[:200]})") from None
+                raise BackendUnavailable(
+                    f"{self.name} backend unavailable: JAX cannot use "
+                    f"its {self.platform} device ({type(error).__name__}: "
+                    f"{str(error).strip()[:200]})"
+                ) from None
         return jax, step
 
     def load(self, config: VAEConfig, params: Params) -> None:
@@ -104,8 +114,9 @@ class JaxBackend:
         def on_device(array: np.ndarray):
             # A copy, never an alias of the caller's array: the state is donated to each step,
             # which writes the new state into these buffers.
-            return jax.device_put(np.array(array, dtype=np.float32), self._jax_device,
-                                  may_alias=False)
+            return jax.device_put(
+                np.array(array, dtype=np.float32), self._jax_device, may_alias=False
+            )
 
         weights = {name: on_device(params[name]) for name in params}
         first_moment = {name: on_device(np.zeros_like(params[name])) for name in params}
@@ -119,8 +130,7 @@ class JaxBackend:
         use, the time added to ``compile_seconds``). The state's shapes follow from the
         config's sizes, the rest from the arguments after the state (and key)."""
         c = self.config
-        key = (kind, c.input_dim, c.hidden_dim, c.latent_dim,
-               *(np.shape(a) for a in args[1:]))
+        key = (kind, c.input_dim, c.hidden_dim, c.latent_dim, *(np.shape(a) for a in args[1:]))
         executable = self._executables.get(key)
         if executable is None:
             started = time.perf_counter()
@@ -164,12 +174,21 @@ class JaxBackend:
         loss, reconstruction, kl, out, grads = self._run("forward_backward", *args)
         return StepOutputs(
             # Copies (np.array): a view of a CPU device buffer would be read-only.
-            reconstruction=np.array(reconstruction), kl=np.array(kl), loss=float(loss),
+            reconstruction=np.array(reconstruction),
+            kl=np.array(kl),
+            loss=float(loss),
             intermediates={name: np.array(t) for name, t in out.items()},
-            grads={name: np.array(g) for name, g in grads.items()})
+            grads={name: np.array(g) for name, g in grads.items()},
+        )
 
-    def train_step(self, data: np.ndarray, indices: np.ndarray,
-                   eps: np.ndarray | None = None, *, want_loss: bool = True) -> BatchLoss | None:
+    def train_step(
+        self,
+        data: np.ndarray,
+        indices: np.ndarray,
+        eps: np.ndarray | None = None,
+        *,
+        want_loss: bool = True,
+    ) -> BatchLoss | None:
         data_device = self._resident(data)
         indices = self._indices(indices, len(data))
         self.steps_taken += 1
@@ -177,11 +196,12 @@ class JaxBackend:
         scalars = self._step.step_scalars(c.beta, c.lr, self.steps_taken)
         if eps is None:
             self._state, self._key, losses = self._run(
-                "train_own_noise", self._state, self._key, data_device, indices, scalars)
+                "train_own_noise", self._state, self._key, data_device, indices, scalars
+            )
         else:
             self._state, losses = self._run(
-                "train", self._state, data_device, indices, self._noise(len(indices), eps),
-                scalars)
+                "train", self._state, data_device, indices, self._noise(len(indices), eps), scalars
+            )
         if not want_loss:
             return None  # reading the losses would wait for the step
         return BatchLoss(*(float(v) for v in np.asarray(losses)))
@@ -190,8 +210,9 @@ class JaxBackend:
         def terms(xb: np.ndarray, eps: np.ndarray):
             return (np.asarray(t) for t in self._run("loss_terms", self._state[0], xb, eps))
 
-        return evaluate_in_batches(terms, self._images(x), self.config.latent_dim, seed=seed,
-                                   batch_size=batch_size)
+        return evaluate_in_batches(
+            terms, self._images(x), self.config.latent_dim, seed=seed, batch_size=batch_size
+        )
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mu, logvar = self._run("encode", self._state[0], self._images(x))
@@ -209,10 +230,15 @@ class JaxBackend:
         indices = self._indices(np.arange(batch) % len(data), len(data))
         eps = np.zeros((batch, self.config.latent_dim), np.float32)
         scalars = self._step.step_scalars(self.config.beta, self.config.lr, 1)
-        stats = self._compiled("train", self._state, data_device, indices, eps,
-                               scalars).memory_analysis()
-        held = (stats.argument_size_in_bytes + stats.output_size_in_bytes
-                - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+        stats = self._compiled(
+            "train", self._state, data_device, indices, eps, scalars
+        ).memory_analysis()
+        held = (
+            stats.argument_size_in_bytes
+            + stats.output_size_in_bytes
+            - stats.alias_size_in_bytes
+            + stats.temp_size_in_bytes
+        )
         return int(held - data_device.nbytes)
 
     def synchronize(self) -> None:
@@ -220,20 +246,28 @@ class JaxBackend:
         self._jax.block_until_ready(self._state)
 
     def settings(self) -> dict:
-        result = {"device": self.device, "threads_requested": self.threads,
-                  "compile_seconds": self.compile_seconds}
+        result = {
+            "device": self.device,
+            "threads_requested": self.threads,
+            "compile_seconds": self.compile_seconds,
+        }
         if runtime.jax_missing() is not None:
             return result
         import jax
         import jaxlib
 
-        result |= {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
-                   "precision": self.gemm_inputs,
-                   "matmul_precision": ("bf16 operands, float32 accumulation"
-                                        if self.gemm_inputs == "bf16"
-                                        else "highest (set on every dot)"),
-                   "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                   "xla_cpu_threads": runtime.pool_threads()}
+        result |= {
+            "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__,
+            "precision": self.gemm_inputs,
+            "matmul_precision": (
+                "bf16 operands, float32 accumulation"
+                if self.gemm_inputs == "bf16"
+                else "highest (set on every dot)"
+            ),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "xla_cpu_threads": runtime.pool_threads(),
+        }
         if self._jax_device is not None:
             result["jax_device"] = f"{self._jax_device.platform}:{self._jax_device.device_kind}"
         return result

@@ -20,8 +20,12 @@ from ..base import Availability
 
 # Python modules through which JAX finds its CUDA support (the jax[cuda12] / jax[cuda13]
 # extras install one of them).
-CUDA_PLUGINS = ("jax_cuda13_plugin", "jax_cuda12_plugin", "jax_plugins.xla_cuda13",
-                "jax_plugins.xla_cuda12")
+CUDA_PLUGINS = (
+    "jax_cuda13_plugin",
+    "jax_cuda12_plugin",
+    "jax_plugins.xla_cuda13",
+    "jax_plugins.xla_cuda12",
+)
 # XLA's CPU pool threads carry this name (tsl's "tf_" prefix + "XLAEigen").
 POOL_THREAD_NAME = "tf_XLAEigen"
 
@@ -57,8 +61,10 @@ def pool_conflict(threads: int | None) -> str | None:
         return None
     running = pool_threads()
     if threads is not None and running is not None and running != threads:
-        return (f"XLA's CPU thread pool was sized to {running} threads when JAX started in "
-                f"this process; it cannot be resized to {threads} (start a new process)")
+        return (
+            f"XLA's CPU thread pool was sized to {running} threads when JAX started in "
+            f"this process; it cannot be resized to {threads} (start a new process)"
+        )
     return None
 
 
@@ -108,8 +114,10 @@ def cuda_missing() -> str | None:
     device the driver counts make it available; where JAX has started already, JAX is asked.
     Whether JAX then takes the device is known when the backend loads."""
     if not any(_find(module) for module in CUDA_PLUGINS):
-        return ("this JAX has no CUDA support installed (pip install 'jax[cuda12]' or "
-                "'jax[cuda13]', matching the driver)")
+        return (
+            "this JAX has no CUDA support installed (pip install 'jax[cuda12]' or "
+            "'jax[cuda13]', matching the driver)"
+        )
     if initialized():
         try:
             import jax

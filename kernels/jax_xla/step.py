@@ -78,8 +78,12 @@ _CONTRACT_IN = (((1,), (1,)), ((), ()))  # x (B, in) with W (out, in): x W^T
 
 def _dot_bf16(a, b, dimensions):
     """A GEMM on bf16-rounded operands, accumulated and returned in float32."""
-    return lax.dot_general(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), dimensions,
-                           preferred_element_type=jnp.float32)
+    return lax.dot_general(
+        a.astype(jnp.bfloat16),
+        b.astype(jnp.bfloat16),
+        dimensions,
+        preferred_element_type=jnp.float32,
+    )
 
 
 @jax.custom_vjp
@@ -157,8 +161,7 @@ _loss_and_grads = jax.value_and_grad(objective, has_aux=True)
 
 def forward_backward(params, x, eps, beta, gemm_inputs: str = "float32"):
     """Loss, per-image terms, intermediates and gradients (canonical names and shapes)."""
-    (loss, (reconstruction, kl, out)), grads = _loss_and_grads(params, x, eps, beta,
-                                                               gemm_inputs)
+    (loss, (reconstruction, kl, out)), grads = _loss_and_grads(params, x, eps, beta, gemm_inputs)
     return loss, reconstruction, kl, out, grads
 
 
@@ -172,8 +175,12 @@ def _adam_update(p, g, m, v, neg_step_size, bias_correction2_sqrt):
 
 def adam(params, grads, m, v, neg_step_size, bias_correction2_sqrt):
     """PyTorch's Adam (no weight decay, no amsgrad) on every tensor: new (params, m, v)."""
-    updated = {name: _adam_update(params[name], grads[name], m[name], v[name], neg_step_size,
-                                  bias_correction2_sqrt) for name in params}
+    updated = {
+        name: _adam_update(
+            params[name], grads[name], m[name], v[name], neg_step_size, bias_correction2_sqrt
+        )
+        for name in params
+    }
     return tuple({name: u[i] for name, u in updated.items()} for i in range(3))
 
 
@@ -206,8 +213,7 @@ def loss_terms(params, x, eps, gemm_inputs: str = "float32"):
 
 def encode(params, x, gemm_inputs: str = "float32"):
     h = jax.nn.relu(_linear(x, params, "enc.fc1", gemm_inputs))
-    return _linear(h, params, "enc.mu", gemm_inputs), _linear(h, params, "enc.logvar",
-                                                             gemm_inputs)
+    return _linear(h, params, "enc.mu", gemm_inputs), _linear(h, params, "enc.logvar", gemm_inputs)
 
 
 def _programs(gemm_inputs: str) -> dict:
@@ -215,6 +221,7 @@ def _programs(gemm_inputs: str) -> dict:
     trace). The training state (parameters and Adam's moments, and the key) is donated: XLA
     writes the new state into the old buffers instead of allocating 3 x 1.3 M floats per
     step."""
+
     def at(fn):
         return functools.partial(fn, gemm_inputs=gemm_inputs)
 

@@ -55,16 +55,23 @@ def float32_step_form() -> tuple[str, str]:
     vendor = cpu_vendor()
     if vendor not in POOLED_FLOAT32_VENDORS:
         measured = ", ".join(POOLED_FLOAT32_VENDORS)
-        return "serial", (f"the pooled oneMKL step is measured on {measured} CPUs only, this "
-                          f"is {vendor or 'an unknown vendor'}'s")
+        return "serial", (
+            f"the pooled oneMKL step is measured on {measured} CPUs only, this "
+            f"is {vendor or 'an unknown vendor'}'s"
+        )
     return "pooled", f"oneMKL is installed and the CPU is {vendor}'s"
 
 
 class NumbaBackend:
     device = "cpu"
 
-    def __init__(self, threads: int | None = None, precision: str = "float32",
-                 allow_emulated: bool = False, step_form: str = "auto"):
+    def __init__(
+        self,
+        threads: int | None = None,
+        precision: str = "float32",
+        allow_emulated: bool = False,
+        step_form: str = "auto",
+    ):
         """``precision``: "float32", or "bf16" for bf16 GEMM inputs (float32 accumulation,
         master weights and elementwise math). ``allow_emulated``: run bf16 on a CPU without
         bf16 dot-product hardware, where oneMKL emulates it (for checking its numbers; never
@@ -75,8 +82,10 @@ class NumbaBackend:
         if step_form not in STEP_FORMS:
             raise ValueError(f"step_form must be one of {STEP_FORMS}, got {step_form!r}")
         if precision == "bf16" and step_form == "serial":
-            raise ValueError("the bf16 step runs pooled only (step.py's bf16 form is the "
-                             "serial twin tests hold it to)")
+            raise ValueError(
+                "the bf16 step runs pooled only (step.py's bf16 form is the "
+                "serial twin tests hold it to)"
+            )
         self.threads = threads
         self.precision = precision
         self.allow_emulated = allow_emulated
@@ -84,9 +93,11 @@ class NumbaBackend:
         self.compile_seconds: float | None = None
         self.description = (
             "Numba JIT, bf16 GEMM inputs (oneMKL, float32 accumulation), float32 master "
-            "weights, fused kernels and Adam" if self.bf16 else
-            "Numba JIT, fused float32 kernels, BLAS GEMMs (oneMKL in one thread pool where "
-            "the step runs pooled), flat-buffer Adam")
+            "weights, fused kernels and Adam"
+            if self.bf16
+            else "Numba JIT, fused float32 kernels, BLAS GEMMs (oneMKL in one thread pool where "
+            "the step runs pooled), flat-buffer Adam"
+        )
 
     @property
     def bf16(self) -> bool:
@@ -125,8 +136,11 @@ class NumbaBackend:
             from . import onemkl
 
             # bf16 also needs bf16 hardware, unless its emulation is asked for (checks only).
-            reason = (onemkl.unavailable_reason() if self.bf16 and not self.allow_emulated
-                      else onemkl.library_problem())
+            reason = (
+                onemkl.unavailable_reason()
+                if self.bf16 and not self.allow_emulated
+                else onemkl.library_problem()
+            )
             if reason:
                 return Availability(False, reason)
         return Availability(True)
@@ -228,8 +242,14 @@ class NumbaBackend:
             c = self.config
             from .step import make_workspace
 
-            ws = make_workspace(batch, c.input_dim, c.hidden_dim, c.latent_dim, bf16=self.bf16,
-                                shares=self.threads_in_use if self.pooled else None)
+            ws = make_workspace(
+                batch,
+                c.input_dim,
+                c.hidden_dim,
+                c.latent_dim,
+                bf16=self.bf16,
+                shares=self.threads_in_use if self.pooled else None,
+            )
             self._workspaces[batch] = ws
         return ws
 
@@ -254,8 +274,16 @@ class NumbaBackend:
         self._set_batch(ws, x)
         self._claim_onemkl()
         self._step.forward(self.flat, self.flat16, self.layout.slot_offsets, ws.xb, eps, ws)
-        self._step.backward(self.flat, self.flat16, self.grads, self.layout.slot_offsets, ws.xb,
-                            eps, float(self.config.beta), ws)
+        self._step.backward(
+            self.flat,
+            self.flat16,
+            self.grads,
+            self.layout.slot_offsets,
+            ws.xb,
+            eps,
+            float(self.config.beta),
+            ws,
+        )
         z = self.config.latent_dim
         beta = self.config.beta
         return StepOutputs(
@@ -263,24 +291,50 @@ class NumbaBackend:
             kl=ws.kl.copy(),
             loss=float(np.mean(ws.bce.astype(np.float64) + beta * ws.kl.astype(np.float64))),
             intermediates={
-                "h": ws.h.copy(), "mu": ws.heads[:, :z].copy(), "logvar": ws.heads[:, z:].copy(),
-                "z": ws.z.copy(), "dec_h": ws.dech.copy(), "logits": ws.logits.copy(),
+                "h": ws.h.copy(),
+                "mu": ws.heads[:, :z].copy(),
+                "logvar": ws.heads[:, z:].copy(),
+                "z": ws.z.copy(),
+                "dec_h": ws.dech.copy(),
+                "logits": ws.logits.copy(),
             },
             grads=self.layout.unpack(self.grads),
         )
 
-    def train_step(self, data: np.ndarray, indices: np.ndarray,
-                   eps: np.ndarray | None = None, *, want_loss: bool = True) -> BatchLoss:
+    def train_step(
+        self,
+        data: np.ndarray,
+        indices: np.ndarray,
+        eps: np.ndarray | None = None,
+        *,
+        want_loss: bool = True,
+    ) -> BatchLoss:
         data = self._images(data)
         indices = checked_indices(indices, len(data))
         eps = self._noise(len(indices), eps)
         self.steps_taken += 1
         c = self.config
         self._claim_onemkl()
-        return BatchLoss(*self._step.train_step(
-            data, indices, eps, self.flat, self.flat16, self.grads, self.m, self.v,
-            self.layout.slot_offsets, float(c.beta), float(c.lr), ADAM_BETAS[0], ADAM_BETAS[1],
-            ADAM_EPS, float(self.steps_taken), self._workspace(len(indices))))
+        return BatchLoss(
+            *self._step.train_step(
+                data,
+                indices,
+                eps,
+                self.flat,
+                self.flat16,
+                self.grads,
+                self.m,
+                self.v,
+                self.layout.slot_offsets,
+                float(c.beta),
+                float(c.lr),
+                ADAM_BETAS[0],
+                ADAM_BETAS[1],
+                ADAM_EPS,
+                float(self.steps_taken),
+                self._workspace(len(indices)),
+            )
+        )
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = self._images(x)
@@ -288,8 +342,9 @@ class NumbaBackend:
         self._set_batch(ws, x)
         eps = np.zeros((len(x), self.config.latent_dim), np.float32)
         self._claim_onemkl()
-        self._step.forward(self.flat, self.flat16, self.layout.slot_offsets, ws.xb, eps,
-                           ws)  # no backward
+        self._step.forward(
+            self.flat, self.flat16, self.layout.slot_offsets, ws.xb, eps, ws
+        )  # no backward
         z = self.config.latent_dim
         return ws.heads[:, :z].copy(), ws.heads[:, z:].copy()
 
@@ -304,8 +359,9 @@ class NumbaBackend:
             self._step.forward(self.flat, self.flat16, self.layout.slot_offsets, ws.xb, eps, ws)
             return ws.bce, ws.kl
 
-        return evaluate_in_batches(terms, self._images(x), self.config.latent_dim, seed=seed,
-                                   batch_size=batch_size)
+        return evaluate_in_batches(
+            terms, self._images(x), self.config.latent_dim, seed=seed, batch_size=batch_size
+        )
 
     def stage_times(self, data: np.ndarray, batch: int, repeats: int = 50) -> dict[str, float]:
         """Median seconds of each part of the compiled step, measured interleaved (one call of
@@ -324,28 +380,60 @@ class NumbaBackend:
         self._claim_onemkl()
         beta, lr = float(c.beta), float(c.lr)
         parts = {
-            "step": lambda: s.train_step(data, indices, eps, self.flat, self.flat16, self.grads,
-                                         self.m, self.v, off, beta, lr, ADAM_BETAS[0],
-                                         ADAM_BETAS[1], ADAM_EPS, 10.0, ws),
+            "step": lambda: s.train_step(
+                data,
+                indices,
+                eps,
+                self.flat,
+                self.flat16,
+                self.grads,
+                self.m,
+                self.v,
+                off,
+                beta,
+                lr,
+                ADAM_BETAS[0],
+                ADAM_BETAS[1],
+                ADAM_EPS,
+                10.0,
+                ws,
+            ),
             "forward+backward": lambda: (
                 s.forward(self.flat, self.flat16, off, ws.xb, eps, ws),
-                s.backward(self.flat, self.flat16, self.grads, off, ws.xb, eps, beta, ws)),
+                s.backward(self.flat, self.flat16, self.grads, off, ws.xb, eps, beta, ws),
+            ),
             "gemms": lambda: s.gemms_only(self.flat, self.flat16, self.grads, off, eps, ws),
             "gather": lambda: s.gather(data, indices, ws),
         }
         if not s.ADAM_FUSED:
-            parts["adam"] = lambda: s.adam(self.flat, self.grads, self.m, self.v, lr,
-                                           ADAM_BETAS[0], ADAM_BETAS[1], ADAM_EPS, 10.0,
-                                           self.flat16)
+            parts["adam"] = lambda: s.adam(
+                self.flat,
+                self.grads,
+                self.m,
+                self.v,
+                lr,
+                ADAM_BETAS[0],
+                ADAM_BETAS[1],
+                ADAM_EPS,
+                10.0,
+                self.flat16,
+            )
         times = interleaved_times(parts, repeats)
         self.flat[:], self.m[:], self.v[:] = saved
         self._round_weights()
         median = {name: float(np.median(t)) for name, t in times.items()}
-        adam = median["adam"] if "adam" in median else max(
-            median["step"] - median["forward+backward"] - median["gather"], 0.0)
-        return {"step": median["step"], "gemms": median["gemms"],
-                "fused kernels": max(median["forward+backward"] - median["gemms"], 0.0),
-                "adam": adam, "gather": median["gather"]}
+        adam = (
+            median["adam"]
+            if "adam" in median
+            else max(median["step"] - median["forward+backward"] - median["gather"], 0.0)
+        )
+        return {
+            "step": median["step"],
+            "gemms": median["gemms"],
+            "fused kernels": max(median["forward+backward"] - median["gemms"], 0.0),
+            "adam": adam,
+            "gather": median["gather"],
+        }
 
     def peak_memory_bytes(self, data: np.ndarray, batch: int) -> int:
         """The four flat buffers (parameters, gradients, Adam's two moments) and the batch's
@@ -383,17 +471,25 @@ class NumbaBackend:
     def settings(self) -> dict:
         import numba
 
-        settings = {"numba": numba.__version__, "precision": self.precision,
-                    "threads": getattr(self, "threads_in_use", None),
-                    "compile_seconds": self.compile_seconds}
+        settings = {
+            "numba": numba.__version__,
+            "precision": self.precision,
+            "threads": getattr(self, "threads_in_use", None),
+            "compile_seconds": self.compile_seconds,
+        }
         form, why = self.step_form
         settings["step"] = f"{form} ({why})"
         if self.pooled:
             engine = getattr(self, "gemm_engine", None) or {}
-            settings.update({f"gemm_{key}": engine.get(key)
-                             for key in ("engine", "version", "build", "isa", "library")})
-            settings["step_shares"] = self.threads_in_use if hasattr(self, "threads_in_use") \
-                else None  # pooled_step: Numba workers, oneMKL sequential in each
+            settings.update(
+                {
+                    f"gemm_{key}": engine.get(key)
+                    for key in ("engine", "version", "build", "isa", "library")
+                }
+            )
+            settings["step_shares"] = (
+                self.threads_in_use if hasattr(self, "threads_in_use") else None
+            )  # pooled_step: Numba workers, oneMKL sequential in each
         else:
             settings["gemm_engine"] = "NumPy BLAS sgemm (np.dot, on its own threads)"
         if self.bf16:
@@ -404,5 +500,6 @@ class NumbaBackend:
             # pooled_step.weight_rows_update: where Adam takes its gradients from.
             settings["adam_gradients"] = (
                 f"blocks of {GRAD_BLOCK_ROWS} rows in cache, their GEMMs' shared operand "
-                f"packed once, at batches >= {GRAD_BLOCKS_MIN_BATCH}; else memory")
+                f"packed once, at batches >= {GRAD_BLOCKS_MIN_BATCH}; else memory"
+            )
         return settings

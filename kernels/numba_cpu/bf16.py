@@ -81,11 +81,14 @@ def store_operand(values, copies, index, value):
 @overload(store_operand)
 def _store_operand(values, copies, index, value):
     if not isinstance(copies, types.NoneType) and copies.dtype == types.uint16:
+
         def store(values, copies, index, value):
             copies[index] = to_bf16(value)
     else:
+
         def store(values, copies, index, value):
             values[index] = value
+
     return store
 
 

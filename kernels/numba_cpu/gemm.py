@@ -39,26 +39,27 @@ _i32, _f32, _ptr = types.int32, types.float32, types.intp
 #   MKL_INT is 32-bit in the LP64 interface that libmkl_rt selects by default.
 _gemm_bf16 = types.ExternalFunction(
     GEMM_SYMBOL,
-    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _f32, _ptr, _i32, _ptr, _i32, _f32, _ptr,
-               _i32))
+    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _f32, _ptr, _i32, _ptr, _i32, _f32, _ptr, _i32),
+)
 # mkl_cblas.h: void cblas_sgemm(CBLAS_LAYOUT, CBLAS_TRANSPOSE transa, CBLAS_TRANSPOSE transb,
 #   MKL_INT m, n, k, float alpha, const float *a, MKL_INT lda, const float *b, MKL_INT ldb,
 #   float beta, float *c, MKL_INT ldc): the same arguments, float32 operands.
 _sgemm = types.ExternalFunction(
     SGEMM_SYMBOL,
-    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _f32, _ptr, _i32, _ptr, _i32, _f32, _ptr,
-               _i32))
+    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _f32, _ptr, _i32, _ptr, _i32, _f32, _ptr, _i32),
+)
 # The packed-operand API (mkl_cblas.h), bf16: void cblas_gemm_bf16bf16f32_pack(CBLAS_LAYOUT,
 #   CBLAS_IDENTIFIER, CBLAS_TRANSPOSE trans, MKL_INT m, n, k, const MKL_BF16 *src, MKL_INT ld,
 #   MKL_BF16 *dest); void cblas_gemm_bf16bf16f32_compute(CBLAS_LAYOUT, MKL_INT transa, transb,
 #   MKL_INT m, n, k, float alpha, const MKL_BF16 *a, MKL_INT lda, const MKL_BF16 *b,
 #   MKL_INT ldb, float beta, float *c, MKL_INT ldc), transb = CblasPacked for a packed B.
 _pack_bf16 = types.ExternalFunction(
-    PACK_SYMBOLS["bf16"][1], types.void(_i32, _i32, _i32, _i32, _i32, _i32, _ptr, _i32, _ptr))
+    PACK_SYMBOLS["bf16"][1], types.void(_i32, _i32, _i32, _i32, _i32, _i32, _ptr, _i32, _ptr)
+)
 _compute_bf16 = types.ExternalFunction(
     PACK_SYMBOLS["bf16"][2],
-    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _f32, _ptr, _i32, _ptr, _i32, _f32, _ptr,
-               _i32))
+    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _f32, _ptr, _i32, _ptr, _i32, _f32, _ptr, _i32),
+)
 # float32: cblas_sgemm_pack takes alpha (it scales as it packs) before src; cblas_sgemm_compute
 #   takes none: void cblas_sgemm_pack(CBLAS_LAYOUT, CBLAS_IDENTIFIER, CBLAS_TRANSPOSE trans,
 #   MKL_INT m, n, k, float alpha, const float *src, MKL_INT ld, float *dest);
@@ -66,10 +67,12 @@ _compute_bf16 = types.ExternalFunction(
 #   const float *a, MKL_INT lda, const float *b, MKL_INT ldb, float beta, float *c, MKL_INT ldc).
 _pack_f32 = types.ExternalFunction(
     PACK_SYMBOLS["float32"][1],
-    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _f32, _ptr, _i32, _ptr))
+    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _f32, _ptr, _i32, _ptr),
+)
 _compute_f32 = types.ExternalFunction(
     PACK_SYMBOLS["float32"][2],
-    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _ptr, _i32, _ptr, _i32, _f32, _ptr, _i32))
+    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _ptr, _i32, _ptr, _i32, _f32, _ptr, _i32),
+)
 _ZERO, _ONE = np.float32(0.0), np.float32(1.0)
 
 
@@ -100,8 +103,22 @@ def _gemm_nt(a, a16, b, b16, c):
     def bf16(a, a16, b, b16, c):
         m, k = a.shape
         n = b.shape[0]
-        _gemm_bf16(ROW_MAJOR, NO_TRANS, TRANS, m, n, k, _ONE, a16.ctypes.data, k,
-                   b16.ctypes.data, k, _ZERO, c.ctypes.data, n)
+        _gemm_bf16(
+            ROW_MAJOR,
+            NO_TRANS,
+            TRANS,
+            m,
+            n,
+            k,
+            _ONE,
+            a16.ctypes.data,
+            k,
+            b16.ctypes.data,
+            k,
+            _ZERO,
+            c.ctypes.data,
+            n,
+        )
 
     return bf16
 
@@ -114,8 +131,22 @@ def _gemm_nn(a, a16, b, b16, c):
     def bf16(a, a16, b, b16, c):
         m, k = a.shape
         n = b.shape[1]
-        _gemm_bf16(ROW_MAJOR, NO_TRANS, NO_TRANS, m, n, k, _ONE, a16.ctypes.data, k,
-                   b16.ctypes.data, n, _ZERO, c.ctypes.data, n)
+        _gemm_bf16(
+            ROW_MAJOR,
+            NO_TRANS,
+            NO_TRANS,
+            m,
+            n,
+            k,
+            _ONE,
+            a16.ctypes.data,
+            k,
+            b16.ctypes.data,
+            n,
+            _ZERO,
+            c.ctypes.data,
+            n,
+        )
 
     return bf16
 
@@ -128,8 +159,22 @@ def _gemm_tn(a, a16, b, b16, c):
     def bf16(a, a16, b, b16, c):
         k, m = a.shape
         n = b.shape[1]
-        _gemm_bf16(ROW_MAJOR, TRANS, NO_TRANS, m, n, k, _ONE, a16.ctypes.data, m,
-                   b16.ctypes.data, n, _ZERO, c.ctypes.data, n)
+        _gemm_bf16(
+            ROW_MAJOR,
+            TRANS,
+            NO_TRANS,
+            m,
+            n,
+            k,
+            _ONE,
+            a16.ctypes.data,
+            m,
+            b16.ctypes.data,
+            n,
+            _ZERO,
+            c.ctypes.data,
+            n,
+        )
 
     return bf16
 
@@ -146,14 +191,46 @@ def _gemm_block(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ld
     if a.dtype != b.dtype or c.dtype != types.float32:
         return None  # no such GEMM: a typing error where it is called
     if a.dtype == types.uint16:
+
         def bf16(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc):
-            _gemm_bf16(ROW_MAJOR, transa, transb, m, n, k, _ONE, a.ctypes.data + 2 * a_at, lda,
-                       b.ctypes.data + 2 * b_at, ldb, _ZERO, c.ctypes.data + 4 * c_at, ldc)
+            _gemm_bf16(
+                ROW_MAJOR,
+                transa,
+                transb,
+                m,
+                n,
+                k,
+                _ONE,
+                a.ctypes.data + 2 * a_at,
+                lda,
+                b.ctypes.data + 2 * b_at,
+                ldb,
+                _ZERO,
+                c.ctypes.data + 4 * c_at,
+                ldc,
+            )
+
         return bf16
     if a.dtype == types.float32:
+
         def float32(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc):
-            _sgemm(ROW_MAJOR, transa, transb, m, n, k, _ONE, a.ctypes.data + 4 * a_at, lda,
-                   b.ctypes.data + 4 * b_at, ldb, _ZERO, c.ctypes.data + 4 * c_at, ldc)
+            _sgemm(
+                ROW_MAJOR,
+                transa,
+                transb,
+                m,
+                n,
+                k,
+                _ONE,
+                a.ctypes.data + 4 * a_at,
+                lda,
+                b.ctypes.data + 4 * b_at,
+                ldb,
+                _ZERO,
+                c.ctypes.data + 4 * c_at,
+                ldc,
+            )
+
         return float32
     return None
 
@@ -167,16 +244,20 @@ def pack_b(m, b, packed):
 @overload(pack_b, inline="always")
 def _pack_b(m, b, packed):
     if b.dtype == types.uint16:
+
         def bf16(m, b, packed):
             k, n = b.shape
-            _pack_bf16(ROW_MAJOR, B_MATRIX, NO_TRANS, m, n, k, b.ctypes.data, n,
-                       packed.ctypes.data)
+            _pack_bf16(ROW_MAJOR, B_MATRIX, NO_TRANS, m, n, k, b.ctypes.data, n, packed.ctypes.data)
+
         return bf16
     if b.dtype == types.float32:
+
         def float32(m, b, packed):
             k, n = b.shape
-            _pack_f32(ROW_MAJOR, B_MATRIX, NO_TRANS, m, n, k, _ONE, b.ctypes.data, n,
-                      packed.ctypes.data)
+            _pack_f32(
+                ROW_MAJOR, B_MATRIX, NO_TRANS, m, n, k, _ONE, b.ctypes.data, n, packed.ctypes.data
+            )
+
         return float32
     return None
 
@@ -192,13 +273,44 @@ def _gemm_packed_b(transa, m, n, k, a, a_at, lda, packed, c):
     if c.dtype != types.float32:
         return None
     if a.dtype == types.uint16:
+
         def bf16(transa, m, n, k, a, a_at, lda, packed, c):
-            _compute_bf16(ROW_MAJOR, transa, PACKED, m, n, k, _ONE, a.ctypes.data + 2 * a_at,
-                          lda, packed.ctypes.data, n, _ZERO, c.ctypes.data, n)
+            _compute_bf16(
+                ROW_MAJOR,
+                transa,
+                PACKED,
+                m,
+                n,
+                k,
+                _ONE,
+                a.ctypes.data + 2 * a_at,
+                lda,
+                packed.ctypes.data,
+                n,
+                _ZERO,
+                c.ctypes.data,
+                n,
+            )
+
         return bf16
     if a.dtype == types.float32:
+
         def float32(transa, m, n, k, a, a_at, lda, packed, c):
-            _compute_f32(ROW_MAJOR, transa, PACKED, m, n, k, a.ctypes.data + 4 * a_at, lda,
-                         packed.ctypes.data, n, _ZERO, c.ctypes.data, n)
+            _compute_f32(
+                ROW_MAJOR,
+                transa,
+                PACKED,
+                m,
+                n,
+                k,
+                a.ctypes.data + 4 * a_at,
+                lda,
+                packed.ctypes.data,
+                n,
+                _ZERO,
+                c.ctypes.data,
+                n,
+            )
+
         return float32
     return None

@@ -39,26 +39,39 @@ GEMM_SYMBOL = "cblas_gemm_bf16bf16f32"
 SGEMM_SYMBOL = "cblas_sgemm"
 # The packed-operand API (mkl_cblas.h): one operand packed once into oneMKL's internal layout,
 # then any number of GEMMs on it (pooled_step.weight_rows_update).
-PACK_SYMBOLS = {"bf16": ("cblas_gemm_bf16bf16f32_pack_get_size", "cblas_gemm_bf16bf16f32_pack",
-                         "cblas_gemm_bf16bf16f32_compute"),
-                "float32": ("cblas_sgemm_pack_get_size", "cblas_sgemm_pack",
-                            "cblas_sgemm_compute")}
+PACK_SYMBOLS = {
+    "bf16": (
+        "cblas_gemm_bf16bf16f32_pack_get_size",
+        "cblas_gemm_bf16bf16f32_pack",
+        "cblas_gemm_bf16bf16f32_compute",
+    ),
+    "float32": ("cblas_sgemm_pack_get_size", "cblas_sgemm_pack", "cblas_sgemm_compute"),
+}
 
 
 def library_candidates() -> list[Path]:
     """Where libmkl_rt may be: the ``mkl`` wheel puts it in the environment's ``lib/``
     (a data file, not a package), conda and system installs on the loader's path."""
-    found = [Path(sys.prefix) / "lib" / name for name in ("libmkl_rt.so.3", "libmkl_rt.so.2",
-                                                          "libmkl_rt.so")]
+    found = [
+        Path(sys.prefix) / "lib" / name
+        for name in ("libmkl_rt.so.3", "libmkl_rt.so.2", "libmkl_rt.so")
+    ]
     system = ctypes.util.find_library("mkl_rt")
     return [p for p in found if p.exists()] + ([Path(system)] if system else [])
 
 
 class _Version(ctypes.Structure):
     # mkl_types.h: MKLVersion (oneMKL 2024 and later; PatchVersion came in 2024.0).
-    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("update", ctypes.c_int),
-                ("patch", ctypes.c_int), ("status", ctypes.c_char_p), ("build", ctypes.c_char_p),
-                ("processor", ctypes.c_char_p), ("platform", ctypes.c_char_p)]
+    _fields_ = [
+        ("major", ctypes.c_int),
+        ("minor", ctypes.c_int),
+        ("update", ctypes.c_int),
+        ("patch", ctypes.c_int),
+        ("status", ctypes.c_char_p),
+        ("build", ctypes.c_char_p),
+        ("processor", ctypes.c_char_p),
+        ("platform", ctypes.c_char_p),
+    ]
 
 
 @functools.cache
@@ -74,10 +87,17 @@ def _library() -> tuple[ctypes.CDLL, Path] | str:
         except OSError as error:
             errors.append(f"{path}: {error}")
             continue
-        missing = [name for name in (GEMM_SYMBOL, SGEMM_SYMBOL, "MKL_Get_Version",
-                                     "MKL_Set_Num_Threads_Local",
-                                     *(n for names in PACK_SYMBOLS.values() for n in names))
-                   if not hasattr(lib, name)]
+        missing = [
+            name
+            for name in (
+                GEMM_SYMBOL,
+                SGEMM_SYMBOL,
+                "MKL_Get_Version",
+                "MKL_Set_Num_Threads_Local",
+                *(n for names in PACK_SYMBOLS.values() for n in names),
+            )
+            if not hasattr(lib, name)
+        ]
         if missing:
             errors.append(f"{path} has no {', '.join(missing)}")
             continue

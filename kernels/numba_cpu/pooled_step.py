@@ -99,17 +99,31 @@ def output_block(t, shares, m, n):
     return r0, r1, 0, n
 
 
-
 # -- GEMMs on a block of the output: element offsets and leading dimensions of row-major
 # operands (every operand here is C-contiguous), in the operands' precision ------------------
+
 
 @njit(**INLINE)
 def nt_block(a16, b16, c, r0, r1, c0, c1):
     """c[r0:r1, c0:c1] = a[r0:r1] @ b[c0:c1].T (a: m x k, b: n x k, c: m x n)."""
     k = a16.shape[1]
     if r1 > r0 and c1 > c0:
-        gemm_block(NO_TRANS, TRANS, r1 - r0, c1 - c0, k, a16, r0 * k, k, b16, c0 * k, k,
-                   c, r0 * c.shape[1] + c0, c.shape[1])
+        gemm_block(
+            NO_TRANS,
+            TRANS,
+            r1 - r0,
+            c1 - c0,
+            k,
+            a16,
+            r0 * k,
+            k,
+            b16,
+            c0 * k,
+            k,
+            c,
+            r0 * c.shape[1] + c0,
+            c.shape[1],
+        )
 
 
 @njit(**INLINE)
@@ -117,8 +131,22 @@ def nn_block(a16, b16, c, r0, r1, c0, c1):
     """c[r0:r1, c0:c1] = a[r0:r1] @ b[:, c0:c1] (a: m x k, b: k x n, c: m x n)."""
     k = a16.shape[1]
     if r1 > r0 and c1 > c0:
-        gemm_block(NO_TRANS, NO_TRANS, r1 - r0, c1 - c0, k, a16, r0 * k, k, b16, c0,
-                   b16.shape[1], c, r0 * c.shape[1] + c0, c.shape[1])
+        gemm_block(
+            NO_TRANS,
+            NO_TRANS,
+            r1 - r0,
+            c1 - c0,
+            k,
+            a16,
+            r0 * k,
+            k,
+            b16,
+            c0,
+            b16.shape[1],
+            c,
+            r0 * c.shape[1] + c0,
+            c.shape[1],
+        )
 
 
 @njit(**INLINE)
@@ -135,6 +163,7 @@ def tn_rows(a16, b16, c, c0, c1):
 # over its block, zero outside it, so that adding them up over shares is right for either
 # split.
 
+
 @njit(**INLINE)
 def bias_relu_block(a, bias, out16, r0, r1, c0, c1):
     """a[r0:r1, c0:c1] = max(a + bias, 0), with its bf16 copy (none in float32)."""
@@ -148,8 +177,9 @@ def bias_relu_block(a, bias, out16, r0, r1, c0, c1):
 
 
 @njit(**INLINE)
-def bias_sigmoid_bce_block(logits, bias, x, inv_batch, dlogits, out16, bce_part, bias_part,
-                           r0, r1, c0, c1):
+def bias_sigmoid_bce_block(
+    logits, bias, x, inv_batch, dlogits, out16, bce_part, bias_part, r0, r1, c0, c1
+):
     """fused.sigmoid_bce on a block, with the output bias added first (logits += bias):
     the batch-mean loss's gradient in dlogits (float32) or in its bf16 copy alone (bf16:
     the backward GEMMs read that copy only, bf16.store_operand), bce_part[r] the block's
@@ -192,8 +222,8 @@ def add_up_shares(parts, out):
 HEADS_BIAS, HIDDEN_BIAS, OUT_BIAS, DEC_BIAS = 0, 1, 2, 3
 
 
-
 # -- the stages ------------------------------------------------------------------------------
+
 
 @njit(**INLINE)
 def encoder_share(ws, w1_16, b1, t, shares):
@@ -208,8 +238,9 @@ def latent_share(ws, eps, w_heads16, b_heads, w_dec16, b_dec, t, shares):
     r0, r1 = share(t, shares, ws.h.shape[0])
     nt_block(ws.h16, w_heads16, ws.heads, r0, r1, 0, ws.heads.shape[1])
     bias_add(ws.heads, b_heads, r0, r1)
-    reparameterize_kl(ws.heads[r0:r1], eps[r0:r1], ws.z[r0:r1], ws.std[r0:r1], ws.kl[r0:r1],
-                      ws.z16[r0:r1])
+    reparameterize_kl(
+        ws.heads[r0:r1], eps[r0:r1], ws.z[r0:r1], ws.std[r0:r1], ws.kl[r0:r1], ws.z16[r0:r1]
+    )
     nt_block(ws.z16, w_dec16, ws.dech, r0, r1, 0, ws.dech.shape[1])
     bias_relu(ws.dech, b_dec, r0, r1, ws.dech16)
 
@@ -218,9 +249,20 @@ def latent_share(ws, eps, w_heads16, b_heads, w_dec16, b_dec, t, shares):
 def decoder_share(ws, w_out16, b_out, inv_batch, t, shares):
     r0, r1, c0, c1 = output_block(t, shares, ws.logits.shape[0], ws.logits.shape[1])
     nt_block(ws.dech16, w_out16, ws.logits, r0, r1, c0, c1)
-    bias_sigmoid_bce_block(ws.logits, b_out, ws.xb, inv_batch, ws.dlogits, ws.dlogits16,
-                           ws.bce_parts[t], ws.bias_parts[t, OUT_BIAS, : ws.logits.shape[1]],
-                           r0, r1, c0, c1)
+    bias_sigmoid_bce_block(
+        ws.logits,
+        b_out,
+        ws.xb,
+        inv_batch,
+        ws.dlogits,
+        ws.dlogits16,
+        ws.bce_parts[t],
+        ws.bias_parts[t, OUT_BIAS, : ws.logits.shape[1]],
+        r0,
+        r1,
+        c0,
+        c1,
+    )
 
 
 @njit(**POOL_JIT, parallel=True)
@@ -246,25 +288,63 @@ def forward(params, params16, off, xb, eps, ws):
 def decoder_backward_share(ws, w_out16, t, shares):
     r0, r1, c0, c1 = output_block(t, shares, ws.d_dech.shape[0], ws.d_dech.shape[1])
     nn_block(ws.dlogits16, w_out16, ws.d_dech, r0, r1, c0, c1)
-    relu_backward_block(ws.d_dech, ws.dech, ws.d_dech16,
-                        ws.bias_parts[t, DEC_BIAS, : ws.d_dech.shape[1]], r0, r1, c0, c1)
+    relu_backward_block(
+        ws.d_dech,
+        ws.dech,
+        ws.d_dech16,
+        ws.bias_parts[t, DEC_BIAS, : ws.d_dech.shape[1]],
+        r0,
+        r1,
+        c0,
+        c1,
+    )
 
 
 @njit(**INLINE)
 def latent_backward_share(ws, eps, w_dec16, w_heads16, beta_over_batch, t, shares):
     r0, r1 = share(t, shares, ws.h.shape[0])
     nn_block(ws.d_dech16, w_dec16, ws.dz, r0, r1, 0, ws.dz.shape[1])
-    reparameterize_kl_backward(ws.heads[r0:r1], eps[r0:r1], ws.std[r0:r1], ws.dz[r0:r1],
-                               beta_over_batch, ws.dheads[r0:r1], ws.dheads16[r0:r1])
+    reparameterize_kl_backward(
+        ws.heads[r0:r1],
+        eps[r0:r1],
+        ws.std[r0:r1],
+        ws.dz[r0:r1],
+        beta_over_batch,
+        ws.dheads[r0:r1],
+        ws.dheads16[r0:r1],
+    )
     column_sum(ws.dheads[r0:r1], ws.bias_parts[t, HEADS_BIAS, : ws.dheads.shape[1]])
     nn_block(ws.dheads16, w_heads16, ws.dh, r0, r1, 0, ws.dh.shape[1])
-    relu_backward_block(ws.dh, ws.h, ws.dh16, ws.bias_parts[t, HIDDEN_BIAS, : ws.dh.shape[1]],
-                        r0, r1, 0, ws.dh.shape[1])
+    relu_backward_block(
+        ws.dh,
+        ws.h,
+        ws.dh16,
+        ws.bias_parts[t, HIDDEN_BIAS, : ws.dh.shape[1]],
+        r0,
+        r1,
+        0,
+        ws.dh.shape[1],
+    )
 
 
 @njit(**INLINE)
-def weight_rows_update(grad16, rows_of, g_weight, flat_offset, c0, c1, params, grads, m, v,
-                       params16, constants, update, block, packed):
+def weight_rows_update(
+    grad16,
+    rows_of,
+    g_weight,
+    flat_offset,
+    c0,
+    c1,
+    params,
+    grads,
+    m,
+    v,
+    params16,
+    constants,
+    update,
+    block,
+    packed,
+):
     """The rows c0..c1 of one weight's gradient, then (``update``) Adam on exactly them.
     Split by rows, the share re-packs ``rows_of`` (batch x the weight's width), a cost both
     splits of the larger weights share at these sizes (measured as above: 784 x 512 from a
@@ -291,14 +371,14 @@ def weight_rows_update(grad16, rows_of, g_weight, flat_offset, c0, c1, params, g
             b1 = min(b0 + rows, c1)
             gemm_packed_b(TRANS, b1 - b0, width, batch, grad16, b0, m_all, packed, block)
             i0, i1 = flat_offset + b0 * width, flat_offset + b1 * width
-            adam_update(params[i0:i1], block[: i1 - i0], m[i0:i1], v[i0:i1], params16[i0:i1],
-                        constants)
+            adam_update(
+                params[i0:i1], block[: i1 - i0], m[i0:i1], v[i0:i1], params16[i0:i1], constants
+            )
         return
     tn_rows(grad16, rows_of, g_weight, c0, c1)
     if update:
         i0, i1 = flat_offset + c0 * width, flat_offset + c1 * width
-        adam_update(params[i0:i1], grads[i0:i1], m[i0:i1], v[i0:i1], params16[i0:i1],
-                    constants)
+        adam_update(params[i0:i1], grads[i0:i1], m[i0:i1], v[i0:i1], params16[i0:i1], constants)
 
 
 @njit(**INLINE)
@@ -312,8 +392,7 @@ def biases_update(ws, off, grads_views, params, grads, m, v, params16, constants
     if update:
         for bias, slot in ((g_b1, 1), (g_bheads, 3), (g_bdec, 5), (g_bout, 7)):
             i0, i1 = off[slot], off[slot] + bias.shape[0]
-            adam_update(params[i0:i1], grads[i0:i1], m[i0:i1], v[i0:i1], params16[i0:i1],
-                        constants)
+            adam_update(params[i0:i1], grads[i0:i1], m[i0:i1], v[i0:i1], params16[i0:i1], constants)
 
 
 @njit(**POOL_JIT, parallel=True)
@@ -338,16 +417,76 @@ def backward_update(params, params16, grads, m, v, off, eps, beta, constants, up
         block = ws.grad_blocks[t] if blocked else ws.grad_blocks[t, :0]
         packed = ws.grad_packed[t]
         c0, c1 = share(t, shares, input_dim)
-        weight_rows_update(ws.dlogits16, ws.dech16, g_wout, off[6], c0, c1, params, grads, m,
-                           v, params16, constants, update, block, packed)
+        weight_rows_update(
+            ws.dlogits16,
+            ws.dech16,
+            g_wout,
+            off[6],
+            c0,
+            c1,
+            params,
+            grads,
+            m,
+            v,
+            params16,
+            constants,
+            update,
+            block,
+            packed,
+        )
         c0, c1 = share(t, shares, hidden)
-        weight_rows_update(ws.dh16, ws.xb16, g_w1, off[0], c0, c1, params, grads, m, v,
-                           params16, constants, update, block, packed)
-        weight_rows_update(ws.d_dech16, ws.z16, g_wdec, off[4], c0, c1, params, grads, m, v,
-                           params16, constants, update, block, packed)
+        weight_rows_update(
+            ws.dh16,
+            ws.xb16,
+            g_w1,
+            off[0],
+            c0,
+            c1,
+            params,
+            grads,
+            m,
+            v,
+            params16,
+            constants,
+            update,
+            block,
+            packed,
+        )
+        weight_rows_update(
+            ws.d_dech16,
+            ws.z16,
+            g_wdec,
+            off[4],
+            c0,
+            c1,
+            params,
+            grads,
+            m,
+            v,
+            params16,
+            constants,
+            update,
+            block,
+            packed,
+        )
         c0, c1 = share(t, shares, 2 * latent)
-        weight_rows_update(ws.dheads16, ws.h16, g_heads, off[2], c0, c1, params, grads, m, v,
-                           params16, constants, update, block, packed)
+        weight_rows_update(
+            ws.dheads16,
+            ws.h16,
+            g_heads,
+            off[2],
+            c0,
+            c1,
+            params,
+            grads,
+            m,
+            v,
+            params16,
+            constants,
+            update,
+            block,
+            packed,
+        )
         if t == 0:
             biases_update(ws, off, g, params, grads, m, v, params16, constants, update)
 
@@ -356,8 +495,19 @@ def backward_update(params, params16, grads, m, v, off, eps, beta, constants, up
 def backward(params, params16, grads, off, xb, eps, beta, ws):
     """Every parameter gradient (step.backward's contract), through the very regions the
     training step runs, without the update."""
-    backward_update(params, params16, grads, grads, grads, off, eps, beta,
-                    adam_constants(0.0, 0.0, 0.0, 0.0, 1.0), False, ws)
+    backward_update(
+        params,
+        params16,
+        grads,
+        grads,
+        grads,
+        off,
+        eps,
+        beta,
+        adam_constants(0.0, 0.0, 0.0, 0.0, 1.0),
+        False,
+        ws,
+    )
 
 
 @njit(**INLINE)
@@ -375,20 +525,48 @@ def gather(data, indices, ws):
 
 
 @njit(**POOL_JIT)
-def train_step(data, indices, eps, params, params16, grads, m, v, off, beta, lr, beta1, beta2,
-               adam_eps, step, ws):
+def train_step(
+    data,
+    indices,
+    eps,
+    params,
+    params16,
+    grads,
+    m,
+    v,
+    off,
+    beta,
+    lr,
+    beta1,
+    beta2,
+    adam_eps,
+    step,
+    ws,
+):
     """One whole step (step.train_step's contract); returns the batch's (reconstruction, KL,
     loss) before the update."""
     gather(data, indices, ws)
     forward(params, params16, off, ws.xb, eps, ws)
-    backward_update(params, params16, grads, m, v, off, eps, beta,
-                    adam_constants(lr, beta1, beta2, adam_eps, step), True, ws)
+    backward_update(
+        params,
+        params16,
+        grads,
+        m,
+        v,
+        off,
+        eps,
+        beta,
+        adam_constants(lr, beta1, beta2, adam_eps, step),
+        True,
+        ws,
+    )
     return batch_loss(ws.bce, ws.kl, beta)
 
 
 @njit(**INLINE)
-def gemm_shares(ws, eps, w1_16, w_heads16, w_dec16, w_out16, g_w1, g_heads, g_wdec, g_wout,
-                region, t, shares):
+def gemm_shares(
+    ws, eps, w1_16, w_heads16, w_dec16, w_out16, g_w1, g_heads, g_wdec, g_wout, region, t, shares
+):
     batch = ws.xb.shape[0]
     if region == 0:
         r0, r1, c0, c1 = output_block(t, shares, batch, ws.h.shape[1])
@@ -427,5 +605,18 @@ def gemms_only(params, params16, grads, off, eps, ws):
     g_w1, _, g_heads, _, g_wdec, _, g_wout, _ = tensors(grads, off, input_dim, hidden, latent)
     for region in range(6):
         for t in prange(shares):
-            gemm_shares(ws, eps, w1_16, w_heads16, w_dec16, w_out16, g_w1, g_heads, g_wdec,
-                        g_wout, region, t, shares)
+            gemm_shares(
+                ws,
+                eps,
+                w1_16,
+                w_heads16,
+                w_dec16,
+                w_out16,
+                g_w1,
+                g_heads,
+                g_wdec,
+                g_wout,
+                region,
+                t,
+                shares,
+            )

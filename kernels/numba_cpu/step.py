@@ -76,39 +76,61 @@ GRAD_BLOCKS_MIN_BATCH = 64
 Workspace = namedtuple(
     "Workspace",
     "xb h heads std z dech logits dlogits d_dech dz dheads dh bce kl "
-    + " ".join(name + "16" for name in BF16_OPERANDS) + " " + " ".join(SHARE_FIELDS),
+    + " ".join(name + "16" for name in BF16_OPERANDS)
+    + " "
+    + " ".join(SHARE_FIELDS),
     defaults=(None,) * (len(BF16_OPERANDS) + len(SHARE_FIELDS)),
 )
 
 
-def make_workspace(batch: int, input_dim: int, hidden: int, latent: int,
-                   bf16: bool = False, shares: int | None = None) -> Workspace:
+def make_workspace(
+    batch: int,
+    input_dim: int,
+    hidden: int,
+    latent: int,
+    bf16: bool = False,
+    shares: int | None = None,
+) -> Workspace:
     """``bf16``: with the bf16 copies of the GEMM operands; ``shares``: with the per-share
     scratch of pooled_step.py for that many shares. pooled_step reads every GEMM operand
     from its ``*16`` field, so in float32 with ``shares`` each of those is the float32 array
     itself (no copy: the stores into it compile to nothing, bf16.store_bf16)."""
+
     def e(*shape):
         return np.zeros(shape, dtype=np.float32)
 
     ws = Workspace(
-        xb=e(batch, input_dim), h=e(batch, hidden), heads=e(batch, 2 * latent),
-        std=e(batch, latent), z=e(batch, latent), dech=e(batch, hidden),
-        logits=e(batch, input_dim), dlogits=e(batch, input_dim), d_dech=e(batch, hidden),
-        dz=e(batch, latent), dheads=e(batch, 2 * latent), dh=e(batch, hidden),
-        bce=e(batch), kl=e(batch),
+        xb=e(batch, input_dim),
+        h=e(batch, hidden),
+        heads=e(batch, 2 * latent),
+        std=e(batch, latent),
+        z=e(batch, latent),
+        dech=e(batch, hidden),
+        logits=e(batch, input_dim),
+        dlogits=e(batch, input_dim),
+        d_dech=e(batch, hidden),
+        dz=e(batch, latent),
+        dheads=e(batch, 2 * latent),
+        dh=e(batch, hidden),
+        bce=e(batch),
+        kl=e(batch),
     )
     if bf16:
-        ws = ws._replace(**{name + "16": np.zeros(getattr(ws, name).shape, np.uint16)
-                            for name in BF16_OPERANDS})
+        ws = ws._replace(
+            **{name + "16": np.zeros(getattr(ws, name).shape, np.uint16) for name in BF16_OPERANDS}
+        )
     elif shares:
         ws = ws._replace(**{name + "16": getattr(ws, name) for name in BF16_OPERANDS})
     if shares:
         widest = max(input_dim, hidden, 2 * latent)
         blocks = bf16 and batch >= GRAD_BLOCKS_MIN_BATCH
         packed = packed_bytes(batch, input_dim, hidden, latent) if blocks else 0
-        ws = ws._replace(bce_parts=e(shares, batch), bias_parts=e(shares, BIAS_PARTS, widest),
-                         grad_blocks=e(shares, GRAD_BLOCK_ROWS * widest if blocks else 0),
-                         grad_packed=np.zeros((shares, packed), np.uint8))
+        ws = ws._replace(
+            bce_parts=e(shares, batch),
+            bias_parts=e(shares, BIAS_PARTS, widest),
+            grad_blocks=e(shares, GRAD_BLOCK_ROWS * widest if blocks else 0),
+            grad_packed=np.zeros((shares, packed), np.uint8),
+        )
     return ws
 
 
@@ -118,8 +140,10 @@ def packed_bytes(batch: int, input_dim: int, hidden: int, latent: int) -> int:
     block of GRAD_BLOCK_ROWS rows."""
     from . import onemkl
 
-    return max(onemkl.packed_b_bytes("bf16", GRAD_BLOCK_ROWS, width, batch)
-               for width in (input_dim, hidden, latent))
+    return max(
+        onemkl.packed_b_bytes("bf16", GRAD_BLOCK_ROWS, width, batch)
+        for width in (input_dim, hidden, latent)
+    )
 
 
 @njit(**STEP_JIT, inline="always")
@@ -161,7 +185,8 @@ def forward(params, params16, off, xb, eps, ws):
     batch, input_dim = xb.shape
     hidden, latent = ws.h.shape[1], eps.shape[1]
     w1, b1, w_heads, b_heads, w_dec, b_dec, w_out, b_out = tensors(
-        params, off, input_dim, hidden, latent)
+        params, off, input_dim, hidden, latent
+    )
     w1_16, w_heads16, w_dec16, w_out16 = weights16(params16, off, input_dim, hidden, latent)
     gemm_nt(xb, ws.xb16, w1, w1_16, ws.h)
     bias_relu(ws.h, b1, 0, batch, ws.h16)
@@ -172,8 +197,7 @@ def forward(params, params16, off, xb, eps, ws):
     bias_relu(ws.dech, b_dec, 0, batch, ws.dech16)
     gemm_nt(ws.dech, ws.dech16, w_out, w_out16, ws.logits)
     bias_add(ws.logits, b_out, 0, batch)
-    sigmoid_bce(ws.logits, xb, f32(1.0) / f32(batch), ws.bce, ws.dlogits, 0, batch,
-                ws.dlogits16)
+    sigmoid_bce(ws.logits, xb, f32(1.0) / f32(batch), ws.bce, ws.dlogits, 0, batch, ws.dlogits16)
 
 
 @njit(**STEP_JIT)
@@ -184,15 +208,17 @@ def backward(params, params16, grads, off, xb, eps, beta, ws):
     _, _, w_heads, _, w_dec, _, w_out, _ = tensors(params, off, input_dim, hidden, latent)
     _, w_heads16, w_dec16, w_out16 = weights16(params16, off, input_dim, hidden, latent)
     g_w1, g_b1, g_heads, g_bheads, g_wdec, g_bdec, g_wout, g_bout = tensors(
-        grads, off, input_dim, hidden, latent)
+        grads, off, input_dim, hidden, latent
+    )
     gemm_tn(ws.dlogits, ws.dlogits16, ws.dech, ws.dech16, g_wout)
     column_sum(ws.dlogits, g_bout)
     gemm_nn(ws.dlogits, ws.dlogits16, w_out, w_out16, ws.d_dech)
     relu_backward_column_sum(ws.d_dech, ws.dech, g_bdec, 0, hidden, ws.d_dech16)
     gemm_tn(ws.d_dech, ws.d_dech16, ws.z, ws.z16, g_wdec)
     gemm_nn(ws.d_dech, ws.d_dech16, w_dec, w_dec16, ws.dz)
-    reparameterize_kl_backward(ws.heads, eps, ws.std, ws.dz, f32(beta) / f32(batch), ws.dheads,
-                               ws.dheads16)
+    reparameterize_kl_backward(
+        ws.heads, eps, ws.std, ws.dz, f32(beta) / f32(batch), ws.dheads, ws.dheads16
+    )
     gemm_tn(ws.dheads, ws.dheads16, ws.h, ws.h16, g_heads)
     column_sum(ws.dheads, g_bheads)
     gemm_nn(ws.dheads, ws.dheads16, w_heads, w_heads16, ws.dh)
@@ -209,8 +235,14 @@ def adam_constants(lr, beta1, beta2, eps, step):
     -lr / bias_correction1, sqrt(bias_correction2), 1 - beta1, beta2, 1 - beta2, eps."""
     bias_correction1 = 1.0 - beta1**step
     bias_correction2_sqrt = np.sqrt(1.0 - beta2**step)
-    return (f32(-lr / bias_correction1), f32(bias_correction2_sqrt), f32(1.0 - beta1),
-            f32(beta2), f32(1.0 - beta2), f32(eps))
+    return (
+        f32(-lr / bias_correction1),
+        f32(bias_correction2_sqrt),
+        f32(1.0 - beta1),
+        f32(beta2),
+        f32(1.0 - beta2),
+        f32(eps),
+    )
 
 
 @njit(**STEP_JIT, inline="always")
@@ -264,8 +296,24 @@ ADAM_FUSED = False
 
 
 @njit(**STEP_JIT)
-def train_step(data, indices, eps, params, params16, grads, m, v, off, beta, lr, beta1, beta2,
-               adam_eps, step, ws):
+def train_step(
+    data,
+    indices,
+    eps,
+    params,
+    params16,
+    grads,
+    m,
+    v,
+    off,
+    beta,
+    lr,
+    beta1,
+    beta2,
+    adam_eps,
+    step,
+    ws,
+):
     """One whole step; returns the batch's (reconstruction, KL, loss) before the update."""
     gather(data, indices, ws)
     forward(params, params16, off, ws.xb, eps, ws)

@@ -35,17 +35,22 @@ from ..inputs import checked_indices
 from ..timing import best_seconds, interleaved_times
 
 
-def _names(device: str, compile: bool, fused_adam: bool,
-           autocast_bf16: bool = False) -> tuple[str, str]:
+def _names(
+    device: str, compile: bool, fused_adam: bool, autocast_bf16: bool = False
+) -> tuple[str, str]:
     """The registry name and one-line description of a configuration."""
     if autocast_bf16:
         name, description = _names(device, compile, fused_adam)
-        return (f"{name}-bf16", f"{description}, forward under autocast bf16 (float32 loss "
-                                "and master weights)")
+        return (
+            f"{name}-bf16",
+            f"{description}, forward under autocast bf16 (float32 loss and master weights)",
+        )
     if device == "cuda":
         if compile:
-            return ("torch-cuda-compile",
-                    "torch.compile(mode='reduce-overhead') on CUDA, Adam(fused=True)")
+            return (
+                "torch-cuda-compile",
+                "torch.compile(mode='reduce-overhead') on CUDA, Adam(fused=True)",
+            )
         if fused_adam:
             return "torch-cuda-fused-adam", "PyTorch eager on CUDA, Adam(fused=True)"
         return "torch-cuda", "PyTorch eager on CUDA, default Adam"
@@ -60,8 +65,10 @@ def _cuda_unavailable_reason() -> str | None:
     """Why this process cannot use CUDA through torch, or None if it can."""
     try:
         if torch.version.cuda is None:
-            return ("this torch build has no CUDA (torch.version.cuda is None); "
-                    "install a CUDA build of torch")
+            return (
+                "this torch build has no CUDA (torch.version.cuda is None); "
+                "install a CUDA build of torch"
+            )
         if not torch.cuda.is_available():
             return "no CUDA device visible (torch.cuda.is_available() is False)"
     except Exception as error:  # noqa: BLE001  availability never raises
@@ -121,8 +128,12 @@ class _AutocastForward(torch.nn.Module):
     def forward(self, x, eps=None, generator=None):
         with self._autocast():
             out = self.inner(x, eps, generator)
-        return ForwardPass(**{f.name: None if getattr(out, f.name) is None
-                              else getattr(out, f.name).float() for f in fields(out)})
+        return ForwardPass(
+            **{
+                f.name: None if getattr(out, f.name) is None else getattr(out, f.name).float()
+                for f in fields(out)
+            }
+        )
 
     def encode(self, x):
         with self._autocast():
@@ -137,9 +148,16 @@ class _AutocastForward(torch.nn.Module):
 class TorchBackend:
     """The reference model run by PyTorch itself (float32 by default, any dtype for oracles)."""
 
-    def __init__(self, *, fused_adam: bool = False, compile: bool = False,
-                 dtype: torch.dtype = torch.float32, name: str | None = None,
-                 device: str = "cpu", autocast_bf16: bool = False):
+    def __init__(
+        self,
+        *,
+        fused_adam: bool = False,
+        compile: bool = False,
+        dtype: torch.dtype = torch.float32,
+        name: str | None = None,
+        device: str = "cpu",
+        autocast_bf16: bool = False,
+    ):
         self.fused_adam = fused_adam or compile
         self.compile = compile
         self.dtype = dtype
@@ -151,8 +169,7 @@ class TorchBackend:
         # A plain string ("cpu", "cuda"), as the harness reads it to group backends by device.
         self.device = str(torch.device(device))
         device_type = torch.device(device).type
-        default_name, self.description = _names(device_type, compile, fused_adam,
-                                                autocast_bf16)
+        default_name, self.description = _names(device_type, compile, fused_adam, autocast_bf16)
         self.name = name or default_name
         self._cuda = device_type == "cuda"
         # Off the CPU the data set stays on the device, indices and noise go there each step,
@@ -182,8 +199,9 @@ class TorchBackend:
             except Exception as error:  # noqa: BLE001  availability never raises
                 return Availability(False, f"torch.compile unavailable: {error}")
             if self._cuda and importlib.util.find_spec("triton") is None:
-                return Availability(False, "torch.compile on CUDA needs triton "
-                                           "(pip install triton)")
+                return Availability(
+                    False, "torch.compile on CUDA needs triton (pip install triton)"
+                )
         return Availability(True)
 
     def load(self, config: VAEConfig, params: Params) -> None:
@@ -200,16 +218,24 @@ class TorchBackend:
         import_params(self.model, params)
         self.model.to(self.device)  # before the optimizer, so its state lives there too
         # What computes a forward pass: the model, or the model under autocast.
-        self._net = _AutocastForward(self.model, torch.device(self.device).type) \
-            if self.autocast_bf16 else self.model
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr,
-                                          betas=ADAM_BETAS, eps=ADAM_EPS,
-                                          fused=self.fused_adam or None)
+        self._net = (
+            _AutocastForward(self.model, torch.device(self.device).type)
+            if self.autocast_bf16
+            else self.model
+        )
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(),
+            lr=config.lr,
+            betas=ADAM_BETAS,
+            eps=ADAM_EPS,
+            fused=self.fused_adam or None,
+        )
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         # One forward + loss, eager or compiled, for both the timed step and the gate's
         # single-step cases: what is gated is what is timed.
-        self._loss_of = self._compiled(self._forward_and_loss) if self.compile \
-            else self._forward_and_loss
+        self._loss_of = (
+            self._compiled(self._forward_and_loss) if self.compile else self._forward_and_loss
+        )
         self._step = self._compiled_step() if self.compile else self._eager_step
 
     def params(self) -> Params:
@@ -217,7 +243,8 @@ class TorchBackend:
 
     def _tensor(self, array: np.ndarray, non_blocking: bool = False) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(
-            device=self.device, dtype=self.dtype, non_blocking=non_blocking)
+            device=self.device, dtype=self.dtype, non_blocking=non_blocking
+        )
 
     @staticmethod
     def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -229,25 +256,30 @@ class TorchBackend:
         autograd graph, compiled for torch-compile)."""
         out = self._net(x_t, eps_t)
         terms = loss_terms(out, x_t, self.config)
-        intermediates = {name: getattr(out, name) for name in INTERMEDIATES
-                         if getattr(out, name) is not None}
+        intermediates = {
+            name: getattr(out, name) for name in INTERMEDIATES if getattr(out, name) is not None
+        }
         return terms.loss, terms.reconstruction, terms.kl, intermediates
 
     def forward_backward(self, x: np.ndarray, eps: np.ndarray) -> StepOutputs:
         # The timed step's forward, loss and backward (compiled for torch-compile), less Adam.
         self.optimizer.zero_grad(set_to_none=True)
-        loss, reconstruction, kl, intermediates = self._loss_of(self._tensor(x),
-                                                                self._tensor(eps))
+        loss, reconstruction, kl, intermediates = self._loss_of(self._tensor(x), self._tensor(eps))
         # Copied out before the backward: under CUDA graphs the outputs live in graph memory.
         record = StepOutputs(
-            reconstruction=self._numpy(reconstruction).copy(), kl=self._numpy(kl).copy(),
+            reconstruction=self._numpy(reconstruction).copy(),
+            kl=self._numpy(kl).copy(),
             loss=float(loss.item()),
-            intermediates={k: self._numpy(t).copy() for k, t in intermediates.items()})
+            intermediates={k: self._numpy(t).copy() for k, t in intermediates.items()},
+        )
         loss.backward()
         # No gradient (None) is autograd's word for a parameter the loss does not depend on.
-        record.grads = {name: (self._numpy(p.grad).copy() if p.grad is not None
-                               else np.zeros(p.shape, np.float32))
-                        for name, p in self.model.named_parameters()}
+        record.grads = {
+            name: (
+                self._numpy(p.grad).copy() if p.grad is not None else np.zeros(p.shape, np.float32)
+            )
+            for name, p in self.model.named_parameters()
+        }
         return record
 
     def _eager_step(self, x_t: torch.Tensor, eps_t: torch.Tensor) -> torch.Tensor:
@@ -292,7 +324,8 @@ class TorchBackend:
                 raise BackendFailed(
                     f"{self.name}: torch.compile reached its limit of compiled variants (one "
                     f"per batch size; RECOMPILE_LIMIT = {RECOMPILE_LIMIT} in "
-                    f"kernels/torch_ref): time fewer batch sizes per run, or raise it") from error
+                    f"kernels/torch_ref): time fewer batch sizes per run, or raise it"
+                ) from error
             return losses
 
         return step
@@ -300,9 +333,12 @@ class TorchBackend:
     def _device_batch(self, data: np.ndarray, indices: np.ndarray) -> torch.Tensor:
         """data[indices] gathered on the device, from a copy of ``data`` uploaded once for as
         long as the same array is passed."""
-        if not (data is self._data_host and self._data_device is not None
-                and tuple(self._data_device.shape) == data.shape
-                and self._data_dtype == data.dtype):
+        if not (
+            data is self._data_host
+            and self._data_device is not None
+            and tuple(self._data_device.shape) == data.shape
+            and self._data_dtype == data.dtype
+        ):
             self._data_host, self._data_dtype = data, data.dtype
             self._data_device = None  # free the old copy before making the new one
             self._data_device = self._tensor(data)
@@ -310,20 +346,28 @@ class TorchBackend:
         # non_blocking: a blocking host-to-device copy waits for the stream, i.e. for the
         # previous step to finish. From pageable memory the bytes are staged before the call
         # returns, so the caller may reuse its array at once.
-        index_t = torch.from_numpy(np.ascontiguousarray(indices)).to(self.device,
-                                                                      non_blocking=True)
+        index_t = torch.from_numpy(np.ascontiguousarray(indices)).to(self.device, non_blocking=True)
         return self._data_device.index_select(0, index_t)
 
-    def train_step(self, data: np.ndarray, indices: np.ndarray,
-                   eps: np.ndarray | None = None, *,
-                   want_loss: bool = True) -> BatchLoss | None:
+    def train_step(
+        self,
+        data: np.ndarray,
+        indices: np.ndarray,
+        eps: np.ndarray | None = None,
+        *,
+        want_loss: bool = True,
+    ) -> BatchLoss | None:
         if not self._resident:
             x_t = self._tensor(data[indices])
         else:
             x_t = self._device_batch(data, indices)
         if eps is None:
-            eps_t = torch.randn((len(indices), self.config.latent_dim), generator=self.generator,
-                                dtype=self.dtype, device=self.device)
+            eps_t = torch.randn(
+                (len(indices), self.config.latent_dim),
+                generator=self.generator,
+                dtype=self.dtype,
+                device=self.device,
+            )
         else:
             eps_t = self._tensor(eps, non_blocking=self._resident)
         losses = self._step(x_t, eps_t)
@@ -336,8 +380,10 @@ class TorchBackend:
         """Parameters and optimizer state as they were on entry, whatever runs inside (the
         diagnostics take steps that must not count as training)."""
         saved_params = [p.detach().clone() for p in self.model.parameters()]
-        saved_state = {k: {n: (t.clone() if torch.is_tensor(t) else t) for n, t in v.items()}
-                       for k, v in self.optimizer.state.items()}
+        saved_state = {
+            k: {n: (t.clone() if torch.is_tensor(t) else t) for n, t in v.items()}
+            for k, v in self.optimizer.state.items()
+        }
         try:
             yield
         finally:
@@ -354,8 +400,12 @@ class TorchBackend:
         if self.compile:
             return {}
         x_t = self._tensor(data[np.arange(batch) % len(data)])
-        eps_t = torch.randn((batch, self.config.latent_dim), generator=self.generator,
-                            dtype=self.dtype, device=self.device)
+        eps_t = torch.randn(
+            (batch, self.config.latent_dim),
+            generator=self.generator,
+            dtype=self.dtype,
+            device=self.device,
+        )
 
         def forward_backward():
             self.optimizer.zero_grad(set_to_none=True)
@@ -366,11 +416,14 @@ class TorchBackend:
             def run():
                 fn()
                 self.synchronize()
+
             return run
 
         with self._state_kept():
-            times = interleaved_times({"forward+backward": timed(forward_backward),
-                                       "adam": timed(self.optimizer.step)}, repeats)
+            times = interleaved_times(
+                {"forward+backward": timed(forward_backward), "adam": timed(self.optimizer.step)},
+                repeats,
+            )
         return {name: float(np.median(t)) for name, t in times.items()}
 
     def peak_memory_bytes(self, data: np.ndarray, batch: int) -> int:
@@ -386,13 +439,17 @@ class TorchBackend:
                 torch.cuda.reset_peak_memory_stats(self.device)
                 self.train_step(data, indices)
                 self.synchronize()
-                resident = 0 if self._data_device is None else (
-                    self._data_device.numel() * self._data_device.element_size())
+                resident = (
+                    0
+                    if self._data_device is None
+                    else (self._data_device.numel() * self._data_device.element_size())
+                )
                 return int(torch.cuda.max_memory_allocated(self.device)) - resident
             # The least of three: the profiler attributes blocks freed across its start to the
             # step in which they are freed (seen: +2-3 MB on some steps), never fewer bytes.
-            return min(_profiled_peak_bytes(lambda: self.train_step(data, indices))
-                       for _ in range(3))
+            return min(
+                _profiled_peak_bytes(lambda: self.train_step(data, indices)) for _ in range(3)
+            )
 
     def device_name(self) -> str:
         if self._cuda:
@@ -407,15 +464,17 @@ class TorchBackend:
             torch.backends.cuda.matmul.allow_tf32 = False
         a = torch.randn(size, size, device=self.device)
         out = torch.empty_like(a)
-        seconds = best_seconds(lambda: torch.mm(a, a, out=out), self.synchronize,
-                               repeats=10 if self._cuda else 5)
+        seconds = best_seconds(
+            lambda: torch.mm(a, a, out=out), self.synchronize, repeats=10 if self._cuda else 5
+        )
         via = "torch (cuBLAS), TF32 off" if self._cuda else "torch"
         return 2 * size**3 / seconds / 1e9, f"{size}x{size} float32 GEMM via {via}"
 
     def evaluate(self, x: np.ndarray, *, seed: int = 0, batch_size: int = 1000) -> EvalResult:
         self.model.eval()
-        return evaluate_elbo(self._net, x.astype(np.float32, copy=False), seed=seed,
-                             batch_size=batch_size)
+        return evaluate_elbo(
+            self._net, x.astype(np.float32, copy=False), seed=seed, batch_size=batch_size
+        )
 
     @torch.no_grad()
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -432,15 +491,22 @@ class TorchBackend:
             torch.cuda.synchronize(self.device)
 
     def settings(self) -> dict:
-        result = {"torch_threads": torch.get_num_threads(), "dtype": str(self.dtype),
-                  "precision": "autocast bf16" if self.autocast_bf16 else "float32",
-                  "fused_adam": self.fused_adam, "compile": self.compile,
-                  "device": self.device, "torch": torch.__version__}
+        result = {
+            "torch_threads": torch.get_num_threads(),
+            "dtype": str(self.dtype),
+            "precision": "autocast bf16" if self.autocast_bf16 else "float32",
+            "fused_adam": self.fused_adam,
+            "compile": self.compile,
+            "device": self.device,
+            "torch": torch.__version__,
+        }
         if self._cuda:
-            result |= {"compile_mode": "reduce-overhead" if self.compile else None,
-                       "cuda": torch.version.cuda,
-                       "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-                       "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32}
+            result |= {
+                "compile_mode": "reduce-overhead" if self.compile else None,
+                "cuda": torch.version.cuda,
+                "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            }
             if _cuda_unavailable_reason() is None:
                 result["gpu"] = torch.cuda.get_device_name(self.device)
         return result
@@ -453,8 +519,15 @@ def _profiled_peak_bytes(step) -> int:
     tensors' lifetimes, so its FutureWarning is silenced here."""
     from torch.profiler import ProfilerActivity, profile
 
-    with _stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
-                                     record_shapes=True, with_stack=True) as prof:
+    with (
+        _stderr_silenced(),
+        profile(
+            activities=[ProfilerActivity.CPU],
+            profile_memory=True,
+            record_shapes=True,
+            with_stack=True,
+        ) as prof,
+    ):
         step()
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)

@@ -11,7 +11,10 @@ from vae_ref.oracle import Expectation
 
 def outside_band(stored: Expectation, errors: dict[str, float]) -> list[str]:
     """One line per tensor out of the band, with both values; empty when all agree."""
-    return [f"{tensor}: committed {error:.3e}, here {errors[tensor]:.3e}"
-            for tensor, error in stored.reference_errors.items()
-            if not calibrations_agree(tensor, error, errors[tensor],
-                                      float(np.max(np.abs(stored.truth[tensor]))))]
+    return [
+        f"{tensor}: committed {error:.3e}, here {errors[tensor]:.3e}"
+        for tensor, error in stored.reference_errors.items()
+        if not calibrations_agree(
+            tensor, error, errors[tensor], float(np.max(np.abs(stored.truth[tensor])))
+        )
+    ]

@@ -20,15 +20,24 @@ import sys
 import numpy as np
 
 
-def judgements(runs: list[dict], truth: dict, kinks: dict, lr: float, r: int,
-               rng: np.random.Generator, draws: int = 200):
+def judgements(
+    runs: list[dict],
+    truth: dict,
+    kinks: dict,
+    lr: float,
+    r: int,
+    rng: np.random.Generator,
+    draws: int = 200,
+):
     """(fraction of the tolerance, tensor) of each run judged by ``r`` of the others."""
     from bench.tolerances import TOLERANCES
     from vae_ref.gate_tensors import kind_of
     from vae_ref.oracle import calibration_error
 
-    errors = [{tensor: calibration_error([run], tensor, value, kinks)
-               for tensor, value in truth.items()} for run in runs]
+    errors = [
+        {tensor: calibration_error([run], tensor, value, kinks) for tensor, value in truth.items()}
+        for run in runs
+    ]
     scales = {tensor: float(np.max(np.abs(value))) for tensor, value in truth.items()}
     for i in range(len(runs)):
         others = [j for j in range(len(runs)) if j != i]
@@ -69,8 +78,10 @@ def main(n: int, sizes: list[int]) -> None:
             print(f"z {latent}, K {steps} done", file=sys.stderr, flush=True)
     print(f"{n} float32 runs per case (z 2, 10, 20, 50 x K 10, 50), each judged by r others")
     for r, (count, failed, (fraction, where)) in tally.items():
-        print(f"r = {r:2d}: {failed} of {count} judgements fail ({failed / count:.2%}); "
-              f"worst {fraction:.1%} of its tolerance, {where}")
+        print(
+            f"r = {r:2d}: {failed} of {count} judgements fail ({failed / count:.2%}); "
+            f"worst {fraction:.1%} of its tolerance, {where}"
+        )
 
 
 if __name__ == "__main__":

@@ -59,15 +59,21 @@ def backends(mkl_only: bool = False) -> tuple[list, dict[str, str]]:
 
 def row(backend, data: str, latent: int, steps: int, comparisons) -> dict:
     worst = max(comparisons, key=lambda c: c.fraction)
-    return {"backend": backend.name, "data": data, "latent": latent, "steps": steps,
-            "passed": all(c.passed for c in comparisons), "worst_fraction": worst.fraction,
-            "worst": f"{worst.case} {worst.tensor}",
-            "failed": [f"{c.case} {c.tensor} {c.fraction:.1%}" for c in comparisons
-                       if not c.passed]}
+    return {
+        "backend": backend.name,
+        "data": data,
+        "latent": latent,
+        "steps": steps,
+        "passed": all(c.passed for c in comparisons),
+        "worst_fraction": worst.fraction,
+        "worst": f"{worst.case} {worst.tensor}",
+        "failed": [f"{c.case} {c.tensor} {c.fraction:.1%}" for c in comparisons if not c.passed],
+    }
 
 
-def sweep(log=lambda _line: None, steps_swept: tuple[int, ...] | None = None,
-          mkl_only: bool = False) -> dict:
+def sweep(
+    log=lambda _line: None, steps_swept: tuple[int, ...] | None = None, mkl_only: bool = False
+) -> dict:
     """The sweep's rows and the backends unavailable here; ``steps_swept``: the numbers of
     Adam steps (default SWEEP_STEPS and the gate's own), the single-step cases judged with
     the first; ``mkl_only``: the backends whose GEMMs are MKL's only (``mkl_backed``)."""
@@ -93,8 +99,9 @@ def sweep(log=lambda _line: None, steps_swept: tuple[int, ...] | None = None,
             for backend in ready:
                 precision = gemm_inputs_of(backend)
                 if precision not in calibrated:
-                    calibrated[precision] = [(c, expectation(c, precision, truth=e))
-                                             for c, e in truth]
+                    calibrated[precision] = [
+                        (c, expectation(c, precision, truth=e)) for c, e in truth
+                    ]
                 single, k_step = [], []
                 for case, expected in calibrated[precision]:
                     (k_step if case.steps else single).extend(check(backend, case, expected))
@@ -110,8 +117,7 @@ def sweep(log=lambda _line: None, steps_swept: tuple[int, ...] | None = None,
         for case, expected in stored:
             by_kind.setdefault(case.steps, []).extend(check(backend, case, expected))
         for steps, comparisons in by_kind.items():
-            rows.append(row(backend, "fixture", stored[0][0].config.latent_dim, steps,
-                            comparisons))
+            rows.append(row(backend, "fixture", stored[0][0].config.latent_dim, steps, comparisons))
     return {"rows": rows, "unavailable": unavailable}
 
 
@@ -120,8 +126,10 @@ def table(rows: list[dict]) -> str:
     lines = [f"{'backend':<18} {'data':<9} {'z':>3} {'K':>3} {'worst':>7}  tensor"]
     for r in rows:
         verdict = "" if r["passed"] else "  FAIL"
-        lines.append(f"{r['backend']:<18} {r['data']:<9} {r['latent']:>3} {r['steps']:>3} "
-                     f"{r['worst_fraction']:>7.1%}  {r['worst']}{verdict}")
+        lines.append(
+            f"{r['backend']:<18} {r['data']:<9} {r['latent']:>3} {r['steps']:>3} "
+            f"{r['worst_fraction']:>7.1%}  {r['worst']}{verdict}"
+        )
     return "\n".join(lines)
 
 
@@ -129,8 +137,10 @@ if __name__ == "__main__":
     # OUT.json [--mkl-only] [K ...]: the numbers of Adam steps to sweep (default 1, 10 and
     # the gate's).
     words = sys.argv[2:]
-    result = sweep(log=lambda line: print(line, file=sys.stderr, flush=True),
-                   steps_swept=tuple(int(k) for k in words if k != "--mkl-only") or None,
-                   mkl_only="--mkl-only" in words)
+    result = sweep(
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+        steps_swept=tuple(int(k) for k in words if k != "--mkl-only") or None,
+        mkl_only="--mkl-only" in words,
+    )
     Path(sys.argv[1]).write_text(json.dumps(result))
     print(table(result["rows"]))

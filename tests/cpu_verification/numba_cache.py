@@ -13,8 +13,11 @@ from __future__ import annotations
 import sys
 import time
 
-FORMS = {"serial": dict(step_form="serial"), "pooled": dict(step_form="pooled"),
-         "pooled-bf16": dict(precision="bf16", allow_emulated=True)}
+FORMS = {
+    "serial": dict(step_form="serial"),
+    "pooled": dict(step_form="pooled"),
+    "pooled-bf16": dict(precision="bf16", allow_emulated=True),
+}
 
 
 def compile_ahead(form: str) -> str:

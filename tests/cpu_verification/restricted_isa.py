@@ -36,8 +36,7 @@ def restrictions(flags: set[str]) -> list[dict[str, str]]:
     # MKL_ENABLE_INSTRUCTIONS caps the dispatch (oneMKL developer reference, "Instruction Set
     # Specific Dispatching"); MKL_CBWR=COMPATIBLE selects its SSE2-era path on any x86-64 CPU
     # ("Conditional Numerical Reproducibility").
-    return ([{"MKL_ENABLE_INSTRUCTIONS": below}] if below else []) + [
-        {"MKL_CBWR": "COMPATIBLE"}]
+    return ([{"MKL_ENABLE_INSTRUCTIONS": below}] if below else []) + [{"MKL_CBWR": "COMPATIBLE"}]
 
 
 def gemm_digest() -> str:
@@ -62,8 +61,9 @@ def main(out: Path) -> None:
     from vae_ref.fixture import read_fixture
     from vae_ref.oracle import expectation
 
-    calibration = {case.name: expectation(case).reference_errors
-                   for case, _ in read_fixture(FIXTURE)}
+    calibration = {
+        case.name: expectation(case).reference_errors for case, _ in read_fixture(FIXTURE)
+    }
     out.write_text(json.dumps({"gemm": gemm_digest(), "calibration": calibration}))
 
 

@@ -27,8 +27,13 @@ def spin(seconds: float, clock: Callable[[], float] = time.perf_counter) -> None
         pass
 
 
-def slowed(factory: Callable, fraction: float, *, sleep: Callable[[float], None] = spin,
-           clock: Callable[[], float] = time.perf_counter) -> Callable:
+def slowed(
+    factory: Callable,
+    fraction: float,
+    *,
+    sleep: Callable[[float], None] = spin,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Callable:
     """``factory`` whose backends take 1 / (1 - fraction) times as long per training step."""
     if not 0 <= fraction < 1:
         raise ValueError(f"a slowdown is a fraction in [0, 1), got {fraction}")
@@ -56,8 +61,10 @@ def main(argv: list[str]) -> int:
     from bench.cli import main as vae_bench
 
     if len(argv) < 3:
-        print("usage: python -m cpu_verification.slowed_backend NAME FRACTION "
-              "vae-bench-args...", file=sys.stderr)
+        print(
+            "usage: python -m cpu_verification.slowed_backend NAME FRACTION vae-bench-args...",
+            file=sys.stderr,
+        )
         return 2
     name, fraction, rest = argv[0], float(argv[1]), argv[2:]
     if name not in kernels.BACKENDS:

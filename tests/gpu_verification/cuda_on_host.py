@@ -34,8 +34,15 @@ HEADER = Path(__file__).with_name("cuda_on_host.h")
 # -U_FORTIFY_SOURCE: the fortified longjmp refuses to jump between stacks, which fibers do.
 # -fno-strict-aliasing: kernels read float buffers as float4, as CUDA code does; C++'s aliasing
 # rules would let the optimizer assume the two views are of different memory.
-CXXFLAGS = ("-std=c++17", "-O2", "-shared", "-fPIC", "-fno-fast-math", "-U_FORTIFY_SOURCE",
-            "-fno-strict-aliasing")
+CXXFLAGS = (
+    "-std=c++17",
+    "-O2",
+    "-shared",
+    "-fPIC",
+    "-fno-fast-math",
+    "-U_FORTIFY_SOURCE",
+    "-fno-strict-aliasing",
+)
 SANITIZE = ("-fsanitize=undefined", "-fno-sanitize=vptr")  # reports, and carries on
 
 # UBSan reports on standard error (where its runtime sends them unless the process started with
@@ -45,12 +52,23 @@ _REPORTS = tempfile.TemporaryFile()
 
 
 # C types (const and __restrict__ dropped) -> their NumPy element types.
-C_DTYPES = {"int": np.int32, "unsigned int": np.uint32, "float": np.float32,
-            "double": np.float64, "long long": np.int64, "unsigned long long": np.uint64}
+C_DTYPES = {
+    "int": np.int32,
+    "unsigned int": np.uint32,
+    "float": np.float32,
+    "double": np.float64,
+    "long long": np.int64,
+    "unsigned long long": np.uint64,
+}
 # C parameter types (const and __restrict__ dropped) -> how ctypes passes them.
-_CTYPES = {"int": ctypes.c_int, "unsigned int": ctypes.c_uint, "float": ctypes.c_float,
-           "double": ctypes.c_double, "long long": ctypes.c_longlong,
-           "unsigned long long": ctypes.c_ulonglong}
+_CTYPES = {
+    "int": ctypes.c_int,
+    "unsigned int": ctypes.c_uint,
+    "float": ctypes.c_float,
+    "double": ctypes.c_double,
+    "long long": ctypes.c_longlong,
+    "unsigned long long": ctypes.c_ulonglong,
+}
 
 
 def unavailable_reason() -> str | None:
@@ -70,14 +88,20 @@ def _wrappers(code: str, signatures: dict) -> str:
     """One C entry point per kernel: host_<name>(dims[6], reverse, <the kernel's parameters>)
     launches it over the grid in dims."""
     lines = []
-    for name, params in KERNEL_DECLARATION.findall(code):  # the parameters as written, qualifiers kept
+    for name, params in KERNEL_DECLARATION.findall(
+        code
+    ):  # the parameters as written, qualifiers kept
         names = [pname for _, pname, _ in signatures[name]]
         lead = "const unsigned int* dims, int reverse" + (", " if params.strip() else "")
-        lines.append(f'extern "C" int host_{name}({lead}{params}) {{\n'
-                     f"    return cuda_on_host::launch(dims, reverse, [&] {{ "
-                     f"{name}({', '.join(names)}); }});\n}}")
-    lines.append('extern "C" const char* host_last_error() {\n'
-                 "    return cuda_on_host::last_error.c_str();\n}")
+        lines.append(
+            f'extern "C" int host_{name}({lead}{params}) {{\n'
+            f"    return cuda_on_host::launch(dims, reverse, [&] {{ "
+            f"{name}({', '.join(names)}); }});\n}}"
+        )
+    lines.append(
+        'extern "C" const char* host_last_error() {\n'
+        "    return cuda_on_host::last_error.c_str();\n}"
+    )
     return "\n\n".join(lines) + "\n"
 
 
@@ -134,7 +158,8 @@ class HostModule:
         for name, params in self.signatures.items():
             entry = getattr(self.library, f"host_{name}")
             entry.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.c_int] + [
-                ctypes.c_void_p if pointer else _CTYPES[ctype] for ctype, _, pointer in params]
+                ctypes.c_void_p if pointer else _CTYPES[ctype] for ctype, _, pointer in params
+            ]
             entry.restype = ctypes.c_int
             self._entry[name] = entry
 
@@ -170,8 +195,9 @@ def _build(cxx: str, flags: list[str], source: str, cache: Path) -> Path:
         built = cache / f"{library.stem}.{os.getpid()}.tmp.so"
         cpp = built.with_suffix(".cpp")
         cpp.write_text(source)
-        result = subprocess.run([cxx, *flags, "-x", "c++", str(cpp), "-o", str(built)],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [cxx, *flags, "-x", "c++", str(cpp), "-o", str(built)], capture_output=True, text=True
+        )
         cpp.unlink()
         if result.returncode != 0:
             raise RuntimeError(f"the host build of the kernel source failed:\n{result.stderr}")

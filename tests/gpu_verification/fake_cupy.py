@@ -148,8 +148,9 @@ def _stream_begin_capture(stream, mode=2):
     """runtime.pyx streamBeginCapture(intptr_t stream, int mode=streamCaptureModeRelaxed)."""
     global _CAPTURE, _CAPTURE_INVALID
     if _CAPTURE is not None:  # cudaStreamBeginCapture on a stream already capturing
-        raise CUDARuntimeError("cudaErrorIllegalState: operation not permitted when stream is "
-                               "capturing")
+        raise CUDARuntimeError(
+            "cudaErrorIllegalState: operation not permitted when stream is capturing"
+        )
     _CAPTURE, _CAPTURE_INVALID = [], None
 
 
@@ -162,8 +163,10 @@ def _stream_end_capture(stream):
         raise CUDARuntimeError("cudaErrorIllegalState: the stream is not capturing")
     actions, invalid, _CAPTURE, _CAPTURE_INVALID = _CAPTURE, _CAPTURE_INVALID, None, None
     if invalid is not None:
-        raise CUDARuntimeError("cudaErrorStreamCaptureInvalidated: operation failed due to a "
-                               "previous error during capture")
+        raise CUDARuntimeError(
+            "cudaErrorStreamCaptureInvalidated: operation failed due to a "
+            "previous error during capture"
+        )
     handle = next(_HANDLES)
     _GRAPHS[handle] = actions
     return handle
@@ -245,13 +248,14 @@ class Stream:
         """cudaStreamSynchronize on a capturing stream is prohibited: it fails with
         cudaErrorStreamCaptureUnsupported and invalidates the capture."""
         if _CAPTURE is not None:
-            raise _invalidate("cudaErrorStreamCaptureUnsupported",
-                              "operation not permitted when stream is capturing")
+            raise _invalidate(
+                "cudaErrorStreamCaptureUnsupported",
+                "operation not permitted when stream is capturing",
+            )
 
     def begin_capture(self, mode=None):
         """cupy/cuda/stream.pyx _BaseStream.begin_capture: mode None means relaxed."""
-        _stream_begin_capture(self.ptr, runtime.streamCaptureModeRelaxed if mode is None
-                              else mode)
+        _stream_begin_capture(self.ptr, runtime.streamCaptureModeRelaxed if mode is None else mode)
 
     def end_capture(self):
         """cupy/cuda/stream.pyx _BaseStream.end_capture: Graph.from_stream of the graph."""
@@ -289,8 +293,10 @@ class RawModule:
 
     def __init__(self, code=None, *, options=(), **_):
         if not isinstance(options, tuple):
-            raise TypeError(f"Argument 'options' has incorrect type (expected tuple, got "
-                            f"{type(options).__name__})")
+            raise TypeError(
+                f"Argument 'options' has incorrect type (expected tuple, got "
+                f"{type(options).__name__})"
+            )
         assert "#pragma once" not in code
         self.signatures = kernel_signatures(code)
         self.host = None
@@ -325,7 +331,8 @@ class _RawKernel:
                 converted.append(None if null else (arg.data.ptr, C_DTYPES[ctype]))
             else:
                 assert type(arg) is C_DTYPES[ctype], (
-                    f"{self.name}: {type(arg).__name__} passed for a C {ctype}")
+                    f"{self.name}: {type(arg).__name__} passed for a C {ctype}"
+                )
                 converted.append(arg)
         geometry = Geometry(tuple(grid), tuple(block))
 
@@ -346,14 +353,23 @@ def _checked_source_launch(host: HostModule, name: str, geometry, converted: lis
     the result depends on scheduling: a race)."""
     owners = [_allocation_of(a[0]) for a in converted if isinstance(a, tuple)]
     assert len(set(owners)) == len(owners), (
-        f"{name}: two pointer arguments in one allocation; copies would not alias")
+        f"{name}: two pointer arguments in one allocation; copies would not alias"
+    )
 
     def copies():
         return [np.array(_array_at(*a)) if isinstance(a, tuple) else a for a in converted]
 
     def addresses(args):
-        return [0 if a is None else a.ctypes.data if isinstance(a, np.ndarray)
-                else a[0] if isinstance(a, tuple) else a for a in args]
+        return [
+            0
+            if a is None
+            else a.ctypes.data
+            if isinstance(a, np.ndarray)
+            else a[0]
+            if isinstance(a, tuple)
+            else a
+            for a in args
+        ]
 
     twin, backwards = copies(), copies()
     twins.KERNELS[name](geometry, *twin)
@@ -367,8 +383,10 @@ def _checked_source_launch(host: HostModule, name: str, geometry, converted: lis
             raise AssertionError(f"{name}: wrote past the end of the buffer {param} points into")
         source = _array_at(*arg)
         if not np.array_equal(source, reordered, equal_nan=source.dtype.kind == "f"):
-            raise AssertionError(f"{name}: {param} differs when threads and blocks run in "
-                                 f"reverse order (a race: the result depends on scheduling)")
+            raise AssertionError(
+                f"{name}: {param} differs when threads and blocks run in "
+                f"reverse order (a race: the result depends on scheduling)"
+            )
         mismatch = twin_mismatch(source, expected)
         if mismatch:
             raise AssertionError(f"{name}: {param} differs from the twin: {mismatch}")
@@ -387,8 +405,10 @@ def twin_mismatch(source: np.ndarray, twin: np.ndarray) -> str | None:
         bad = np.flatnonzero(source != twin)
         return None if bad.size == 0 else f"{bad.size} elements differ, first at {bad[0]}"
     if not np.array_equal(np.isnan(source), np.isnan(twin)):
-        return ("NaN in different places (every buffer is followed by NaN: a read past its "
-                "end shows so)")
+        return (
+            "NaN in different places (every buffer is followed by NaN: a read past its "
+            "end shows so)"
+        )
     s, t = np.nan_to_num(source).astype(np.float64), np.nan_to_num(twin).astype(np.float64)
     scale = float(np.abs(t).max(initial=0.0))
     error = np.abs(s - t)
@@ -396,11 +416,14 @@ def twin_mismatch(source: np.ndarray, twin: np.ndarray) -> str | None:
     if bad.size == 0:
         return None
     worst = int(np.argmax(error))
-    return (f"{bad.size} elements beyond tolerance; worst at {worst}: {s[worst]!r} vs "
-            f"{t[worst]!r} (largest magnitude {scale:.3g})")
+    return (
+        f"{bad.size} elements beyond tolerance; worst at {worst}: {s[worst]!r} vs "
+        f"{t[worst]!r} (largest magnitude {scale:.3g})"
+    )
 
 
 # -- runtime, cuBLAS, cupyx ---------------------------------------------------------------
+
 
 def _memcpy_async(dst, src, size, kind, stream):
     """runtime.pyx memcpyAsync(intptr_t dst, intptr_t src, size_t size, int kind,
@@ -413,20 +436,30 @@ def _memcpy_async(dst, src, size, kind, stream):
 def _device_properties(device):
     """runtime.pyx getDeviceProperties: a dict; the name as bytes (props.name, a char[]). An
     H100 SXM's multiprocessor count."""
-    return {"name": b"Simulated GPU (tests/gpu_verification/fake_cupy.py)",
-            "multiProcessorCount": 132}
+    return {
+        "name": b"Simulated GPU (tests/gpu_verification/fake_cupy.py)",
+        "multiProcessorCount": 132,
+    }
 
 
 # Constants as cupy_backends/cuda/api/runtime.pxd declares them (memcpyHostToDevice = 1,
 # streamCaptureModeRelaxed = 2: CUDA's enum values).
 runtime = types.SimpleNamespace(
-    getDeviceCount=lambda: 1, memcpyHostToDevice=1, memcpyAsync=_memcpy_async,
-    getDeviceProperties=_device_properties, runtimeGetVersion=lambda: 13000,
-    driverGetVersion=lambda: 13000, CUDARuntimeError=CUDARuntimeError,
-    streamCaptureModeRelaxed=2, streamBeginCapture=_stream_begin_capture,
-    streamEndCapture=_stream_end_capture, graphInstantiate=_graph_instantiate,
-    graphDestroy=_graph_destroy, graphExecDestroy=_graph_exec_destroy,
-    graphLaunch=_graph_launch)
+    getDeviceCount=lambda: 1,
+    memcpyHostToDevice=1,
+    memcpyAsync=_memcpy_async,
+    getDeviceProperties=_device_properties,
+    runtimeGetVersion=lambda: 13000,
+    driverGetVersion=lambda: 13000,
+    CUDARuntimeError=CUDARuntimeError,
+    streamCaptureModeRelaxed=2,
+    streamBeginCapture=_stream_begin_capture,
+    streamEndCapture=_stream_end_capture,
+    graphInstantiate=_graph_instantiate,
+    graphDestroy=_graph_destroy,
+    graphExecDestroy=_graph_exec_destroy,
+    graphLaunch=_graph_launch,
+)
 
 
 class _CFunction:
@@ -438,7 +471,8 @@ class _CFunction:
 
     def __call__(self, *args):
         assert self.argtypes is not None and len(args) == len(self.argtypes), (
-            f"{self.body.__name__}: {len(args)} arguments, {self.argtypes} declared")
+            f"{self.body.__name__}: {len(args)} arguments, {self.argtypes} declared"
+        )
         return self.body(*args)
 
 
@@ -454,8 +488,13 @@ class CublasLibrary:
         self.streams: dict[int, int] = {}  # handle -> stream
         self.pointer_modes: dict[int, int] = {}
         self.workspaces: dict[int, tuple[int, int]] = {}  # handle -> (pointer, bytes)
-        for name in ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2",
-                     "cublasSetPointerMode_v2", "cublasGemmEx"):
+        for name in (
+            "cublasCreate_v2",
+            "cublasSetStream_v2",
+            "cublasSetWorkspace_v2",
+            "cublasSetPointerMode_v2",
+            "cublasGemmEx",
+        ):
             setattr(self, name, _CFunction(getattr(self, "_" + name)))
 
     def _cublasCreate_v2(self, handle_ref):  # noqa: N802 - the C names
@@ -479,8 +518,28 @@ class CublasLibrary:
         self.pointer_modes[handle.value] = mode
         return 0
 
-    def _cublasGemmEx(self, handle, transa, transb, m, n, k, alpha, A, Atype, lda, B,  # noqa: N802,N803
-                      Btype, ldb, beta, C, Ctype, ldc, compute_type, algo):
+    def _cublasGemmEx(
+        self,
+        handle,
+        transa,
+        transb,
+        m,
+        n,
+        k,
+        alpha,
+        A,
+        Atype,
+        lda,
+        B,  # noqa: N802,N803
+        Btype,
+        ldb,
+        beta,
+        C,
+        Ctype,
+        ldc,
+        compute_type,
+        algo,
+    ):
         assert handle.value in self.streams, "cublasGemmEx on a handle with no stream set"
         # Without a workspace of ours, cuBLAS would allocate one while a step is captured.
         assert handle.value in self.workspaces, "cublasGemmEx with cuBLAS's own workspace"
@@ -495,8 +554,15 @@ class CublasLibrary:
         # is float32 throughout.
         tf32 = compute_type == blas.CUBLAS_COMPUTE_32F_FAST_TF32
         call = GemmCall(transa, transb, m, n, k, "A", lda, "B", ldb, "C", ldc)
-        _run(lambda: twins.gemm(call, _array_at(A, np.float32), _array_at(B, np.float32),
-                             _array_at(C, np.float32), tf32=tf32))
+        _run(
+            lambda: twins.gemm(
+                call,
+                _array_at(A, np.float32),
+                _array_at(B, np.float32),
+                _array_at(C, np.float32),
+                tf32=tf32,
+            )
+        )
         return 0
 
 
@@ -523,12 +589,14 @@ def _refused_in_capture(*_):
     call (gemmEx ...) first runs _setStream, whose setStream raises NotImplementedError while
     the stream is captured (runtime.streamIsCapturing). The executor must not use it."""
     if _CAPTURE is not None:
-        raise NotImplementedError("calling cuBLAS API during stream capture is currently "
-                                  "unsupported")
+        raise NotImplementedError(
+            "calling cuBLAS API during stream capture is currently unsupported"
+        )
 
 
-cublas = types.SimpleNamespace(create=lambda: 1, setStream=_refused_in_capture,
-                               gemmEx=_refused_in_capture)
+cublas = types.SimpleNamespace(
+    create=lambda: 1, setStream=_refused_in_capture, gemmEx=_refused_in_capture
+)
 
 
 def _asarray(host):
@@ -580,16 +648,25 @@ def install(monkeypatch, kernels: str = "twins", version: str = "14.2.0") -> Non
     cupy.random = types.SimpleNamespace(default_rng=Generator)
     cupy.asarray = _asarray
     # stream.pyx get_elapsed_time(start_event, end_event): milliseconds (1 here: no clock).
-    cupy.cuda = types.SimpleNamespace(Stream=Stream, Event=Event, runtime=runtime,
-                                      Device=_Device, get_elapsed_time=lambda a, b: 1.0)
+    cupy.cuda = types.SimpleNamespace(
+        Stream=Stream,
+        Event=Event,
+        runtime=runtime,
+        Device=_Device,
+        get_elapsed_time=lambda a, b: 1.0,
+    )
     cupyx = types.ModuleType("cupyx")
     # cupyx/_pinned_array.py empty_pinned(shape, dtype=float, order='C'): a NumPy array.
     cupyx.empty_pinned = lambda shape, dtype=np.float32: np.zeros(shape, dtype)
     libs = types.ModuleType("cupy_backends.cuda.libs")
     libs.cublas = cublas
-    modules = {"cupy": cupy, "cupyx": cupyx, "cupy_backends": types.ModuleType("cupy_backends"),
-               "cupy_backends.cuda": types.ModuleType("cupy_backends.cuda"),
-               "cupy_backends.cuda.libs": libs}
+    modules = {
+        "cupy": cupy,
+        "cupyx": cupyx,
+        "cupy_backends": types.ModuleType("cupy_backends"),
+        "cupy_backends.cuda": types.ModuleType("cupy_backends.cuda"),
+        "cupy_backends.cuda.libs": libs,
+    }
     for name, module in modules.items():
         module.__spec__ = importlib.machinery.ModuleSpec(name, None)  # find_spec asks
         monkeypatch.setitem(sys.modules, name, module)

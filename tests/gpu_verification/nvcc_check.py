@@ -54,8 +54,12 @@ def _arch_option(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def nvcc_command(source: Path | str, arch_list=DEFAULT_ARCHS, output: Path | str | None = None,
-                 nvcc: str = "nvcc") -> list[str]:
+def nvcc_command(
+    source: Path | str,
+    arch_list=DEFAULT_ARCHS,
+    output: Path | str | None = None,
+    nvcc: str = "nvcc",
+) -> list[str]:
     """The nvcc command line that compiles ``source`` to the object file ``output`` (default:
     no object kept) for every architecture in ``arch_list`` ("sm_80", "sm_90a", ...)."""
     command = [nvcc]
@@ -100,8 +104,12 @@ class Result:
             return f"FAIL {name}: nvcc exit status {self.returncode} ({self.seconds:.1f} s)"
         kernels = self.kernels()
         counts = ", ".join(f"{len(names)} on {arch}" for arch, names in kernels.items())
-        registers = [(regs, kernel, arch) for arch, names in kernels.items()
-                     for kernel, regs in names.items() if regs is not None]
+        registers = [
+            (regs, kernel, arch)
+            for arch, names in kernels.items()
+            for kernel, regs in names.items()
+            if regs is not None
+        ]
         text = f"ok   {name}: kernels {counts or 'none reported'}"
         if registers:
             regs, kernel, arch = max(registers)
@@ -126,24 +134,41 @@ def check(sources, nvcc: str = "nvcc", arch_list=DEFAULT_ARCHS) -> list[Result]:
             command = nvcc_command(source, arch_list, output, nvcc)
             start = time.perf_counter()
             # cwd=tmp: anything nvcc leaves behind goes away with the directory.
-            done = subprocess.run(command, check=False, cwd=tmp, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
-            results.append(Result(source, command, done.returncode, done.stdout,
-                                  time.perf_counter() - start))
+            done = subprocess.run(
+                command,
+                check=False,
+                cwd=tmp,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            results.append(
+                Result(source, command, done.returncode, done.stdout, time.perf_counter() - start)
+            )
     return results
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.gpu_verification.nvcc_check",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("sources", nargs="*", type=Path,
-                        help="files to check (default: every .cu under kernels/)")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.gpu_verification.nvcc_check", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "sources", nargs="*", type=Path, help="files to check (default: every .cu under kernels/)"
+    )
     parser.add_argument("--nvcc", default="nvcc", help="the nvcc to use (default: on PATH)")
-    parser.add_argument("--arch", action="append", dest="archs", metavar="SM",
-                        type=_arch_option,
-                        help="target architecture, repeatable (default: sm_80 and sm_90)")
-    parser.add_argument("--allow-missing", action="store_true",
-                        help="exit 0 when nvcc is not found (machines without CUDA)")
+    parser.add_argument(
+        "--arch",
+        action="append",
+        dest="archs",
+        metavar="SM",
+        type=_arch_option,
+        help="target architecture, repeatable (default: sm_80 and sm_90)",
+    )
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="exit 0 when nvcc is not found (machines without CUDA)",
+    )
     args = parser.parse_args(argv)
 
     sources = args.sources or find_sources(REPO_ROOT)
@@ -152,8 +177,10 @@ def main(argv=None) -> int:
         return 1
     nvcc = shutil.which(args.nvcc)
     if nvcc is None:
-        print(f"nvcc_check: nvcc not found ({args.nvcc}); CUDA sources not compile-checked "
-              "— install the CUDA toolkit or pass --nvcc")
+        print(
+            f"nvcc_check: nvcc not found ({args.nvcc}); CUDA sources not compile-checked "
+            "— install the CUDA toolkit or pass --nvcc"
+        )
         return 0 if args.allow_missing else 2
 
     version = subprocess.run([nvcc, "--version"], check=False, capture_output=True, text=True)

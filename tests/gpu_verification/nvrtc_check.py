@@ -57,14 +57,14 @@ def compile_with_nvrtc(library: Path, arch: str, source: str | None = None) -> N
     lib = ctypes.CDLL(str(library))
     text = (source if source is not None else kernel_source()).encode()
     program = ctypes.c_void_p()
-    status = lib.nvrtcCreateProgram(ctypes.byref(program), text, b"vae_kernels.cu", 0, None,
-                                    None)
+    status = lib.nvrtcCreateProgram(ctypes.byref(program), text, b"vae_kernels.cu", 0, None, None)
     if status != 0:
         return NvrtcResult(arch, status, "nvrtcCreateProgram failed", "")
     try:
         options = [o.encode() for o in NVRTC_OPTIONS] + [f"--gpu-architecture={arch}".encode()]
-        status = lib.nvrtcCompileProgram(program, len(options),
-                                         (ctypes.c_char_p * len(options))(*options))
+        status = lib.nvrtcCompileProgram(
+            program, len(options), (ctypes.c_char_p * len(options))(*options)
+        )
         size = ctypes.c_size_t()
         lib.nvrtcGetProgramLogSize(program, ctypes.byref(size))
         log = ctypes.create_string_buffer(size.value)

@@ -46,8 +46,9 @@ def gather_rows(g: Geometry, data, indices, cursor, stride, out, rows, cols, ste
     offset = 0 if cursor is None else int(_need("cursor", cursor, 1, np.uint32)[0]) * stride
     idx = _need("indices", indices, offset + rows, np.int64)[offset:]
     if idx.min() < 0 or (idx.max() + 1) * cols > data.size:
-        raise LaunchError(f"gather index out of range: [{idx.min()}, {idx.max()}] for "
-                          f"{data.size // cols} rows")
+        raise LaunchError(
+            f"gather index out of range: [{idx.min()}, {idx.max()}] for {data.size // cols} rows"
+        )
     images = data[: data.size // cols * cols].reshape(-1, cols)  # a pointer has no length
     _need("out", out, rows * cols).reshape(rows, cols)[...] = images[idx]
     if step is not None:
@@ -60,8 +61,9 @@ def bias_relu(g: Geometry, a, bias, rows, cols):
     np.maximum(view, 0, out=view, where=~np.isnan(view))  # NaN stays NaN, as in the kernel
 
 
-def reparameterize_kl(g: Geometry, heads, head_bias, eps, generate, seed, step, z, stdev, kl,
-                      rows, latent):
+def reparameterize_kl(
+    g: Geometry, heads, head_bias, eps, generate, seed, step, z, stdev, kl, rows, latent
+):
     _covers(g, rows, "rows")
     hv = _need("heads", heads, rows * 2 * latent).reshape(rows, 2 * latent)
     hv += _need("head_bias", head_bias, 2 * latent)
@@ -75,8 +77,9 @@ def reparameterize_kl(g: Geometry, heads, head_bias, eps, generate, seed, step, 
     s = np.exp(np.float32(0.5) * logvar)
     _need("stdev", stdev, rows * latent).reshape(rows, latent)[...] = s
     _need("z", z, rows * latent).reshape(rows, latent)[...] = mu + s * noise
-    _need("kl", kl, rows)[...] = np.float32(-0.5) * np.sum(1 + logvar - mu * mu - s * s, axis=1,
-                                                           dtype=np.float32)
+    _need("kl", kl, rows)[...] = np.float32(-0.5) * np.sum(
+        1 + logvar - mu * mu - s * s, axis=1, dtype=np.float32
+    )
 
 
 def sigmoid_bce(g: Geometry, logits, out_bias, x, inv_batch, dlogits, bce, cols):
@@ -134,7 +137,8 @@ def relu_backward_bias_grad(g: Geometry, grad, act, sums, rows, cols):
 def column_sum(g: Geometry, a, sums, rows, cols):
     _column_geometry(g, cols)
     _need("sums", sums, g.grid[1] * cols)[...] = _chunk_sums(
-        g, _need("a", a, rows * cols).reshape(rows, cols)).reshape(-1)
+        g, _need("a", a, rows * cols).reshape(rows, cols)
+    ).reshape(-1)
 
 
 def column_sum_chunks(g: Geometry, sums, out, chunks, cols):
@@ -146,8 +150,9 @@ def column_sum_chunks(g: Geometry, sums, out, chunks, cols):
     _need("out", out, cols)[...] = total
 
 
-def reparameterize_kl_backward(g: Geometry, heads, eps, stdev, dz, beta_over_batch, dheads,
-                               rows, latent):
+def reparameterize_kl_backward(
+    g: Geometry, heads, eps, stdev, dz, beta_over_batch, dheads, rows, latent
+):
     hv = _need("heads", heads, rows * 2 * latent).reshape(rows, 2 * latent)
     s = _need("stdev", stdev, rows * latent).reshape(rows, latent)
     dzv = _need("dz", dz, rows * latent).reshape(rows, latent)
@@ -169,12 +174,15 @@ def adam_bias_corrections(g: Geometry, step, lr, beta1, beta2, corrections):
 
 def _aligned(name: str, buffer: np.ndarray, alignment: int) -> None:
     if buffer.ctypes.data % alignment:
-        raise LaunchError(f"{name}: address {buffer.ctypes.data:#x} is not {alignment}-byte "
-                          f"aligned; the kernel's vector loads need it")
+        raise LaunchError(
+            f"{name}: address {buffer.ctypes.data:#x} is not {alignment}-byte "
+            f"aligned; the kernel's vector loads need it"
+        )
 
 
-def adam(g: Geometry, params, grads, m, v, n, one_minus_beta1, beta2, one_minus_beta2, eps,
-         corrections):
+def adam(
+    g: Geometry, params, grads, m, v, n, one_minus_beta1, beta2, one_minus_beta2, eps, corrections
+):
     neg_step_size, c2 = _need("corrections", corrections, 2)
     p, gr = _need("params", params, n), _need("grads", grads, n)
     mv, vv = _need("m", m, n), _need("v", v, n)
@@ -194,7 +202,10 @@ def batch_loss(g: Geometry, bce, kl, rows, beta, out, cursor):
     k = _need("kl", kl, rows).sum(dtype=np.float64)
     row = 0 if cursor is None else int(_need("cursor", cursor, 1, np.uint32)[0])
     _need("out", out, 3 * (row + 1), np.float64)[3 * row : 3 * row + 3] = (
-        r / rows, k / rows, (r + beta * k) / rows)
+        r / rows,
+        k / rows,
+        (r + beta * k) / rows,
+    )
     if cursor is not None:
         cursor[0] += 1
 
@@ -202,10 +213,13 @@ def batch_loss(g: Geometry, bce, kl, rows, beta, out, cursor):
 def _column_major(flat: np.ndarray, rows: int, cols: int, ld: int) -> np.ndarray:
     """The (rows, cols) column-major matrix with leading dimension ld stored in ``flat``."""
     if ld < rows or flat.size < ld * (cols - 1) + rows:
-        raise GemmShapeError(f"buffer of {flat.size} floats too small for a ({rows}, {cols}) "
-                             f"column-major matrix with leading dimension {ld}")
+        raise GemmShapeError(
+            f"buffer of {flat.size} floats too small for a ({rows}, {cols}) "
+            f"column-major matrix with leading dimension {ld}"
+        )
     return np.lib.stride_tricks.as_strided(
-        flat, shape=(rows, cols), strides=(flat.itemsize, ld * flat.itemsize))
+        flat, shape=(rows, cols), strides=(flat.itemsize, ld * flat.itemsize)
+    )
 
 
 def tf32_operand(a: np.ndarray) -> np.ndarray:
@@ -219,8 +233,7 @@ def tf32_operand(a: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(a), a, kept)
 
 
-def gemm(call: GemmCall, a: np.ndarray, b: np.ndarray, c: np.ndarray,
-         tf32: bool = False) -> None:
+def gemm(call: GemmCall, a: np.ndarray, b: np.ndarray, c: np.ndarray, tf32: bool = False) -> None:
     """The twin of cublasGemmEx: what the planned ``call`` (kernels/cupy_gpu/gemm.py) does to
     the flat buffers a, b, c (alpha 1, beta 0), column-major as cuBLAS defines it, in float32
     with the accumulation order left to NumPy's BLAS; with ``tf32`` the operands are read as
@@ -230,10 +243,16 @@ def gemm(call: GemmCall, a: np.ndarray, b: np.ndarray, c: np.ndarray,
     a, b, c = (np.ravel(x) for x in (a, b, c))  # c: a view, written through
     if tf32:
         a, b = tf32_operand(a), tf32_operand(b)
-    op_a = (_column_major(a, call.m, call.k, call.lda) if call.transa == OP_N
-            else _column_major(a, call.k, call.m, call.lda).T)
-    op_b = (_column_major(b, call.k, call.n, call.ldb) if call.transb == OP_N
-            else _column_major(b, call.n, call.k, call.ldb).T)
+    op_a = (
+        _column_major(a, call.m, call.k, call.lda)
+        if call.transa == OP_N
+        else _column_major(a, call.k, call.m, call.lda).T
+    )
+    op_b = (
+        _column_major(b, call.k, call.n, call.ldb)
+        if call.transb == OP_N
+        else _column_major(b, call.n, call.k, call.ldb).T
+    )
     result = op_a @ op_b
     # Writing through a strided view of c: the column-major (m, n) matrix it holds.
     _column_major(c, call.m, call.n, call.ldc)[...] = result
@@ -243,7 +262,20 @@ def empty_kernel(g: Geometry):
     pass
 
 
-KERNELS = {f.__name__: f for f in (
-    gather_rows, bias_relu, reparameterize_kl, sigmoid_bce, relu_backward_bias_grad,
-    column_sum, column_sum_chunks, reparameterize_kl_backward, adam_bias_corrections, adam, batch_loss,
-    empty_kernel)}
+KERNELS = {
+    f.__name__: f
+    for f in (
+        gather_rows,
+        bias_relu,
+        reparameterize_kl,
+        sigmoid_bce,
+        relu_backward_bias_grad,
+        column_sum,
+        column_sum_chunks,
+        reparameterize_kl_backward,
+        adam_bias_corrections,
+        adam,
+        batch_loss,
+        empty_kernel,
+    )
+}

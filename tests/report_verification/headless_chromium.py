@@ -25,13 +25,23 @@ import time
 from pathlib import Path
 
 CLOSED_NETWORK = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--no-first-run", "--no-default-browser-check", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-extensions",
-    "--disable-default-apps", "--disable-client-side-phishing-detection",
-    "--metrics-recording-only", "--password-store=basic",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--disable-client-side-phishing-detection",
+    "--metrics-recording-only",
+    "--password-store=basic",
     "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication",
-    "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--proxy-server=127.0.0.1:9",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
 )
 
 # What the page is asked once it has loaded: each image and whether it decoded, the tables.
@@ -65,10 +75,20 @@ class Browser:
         # (not sh: dash takes one-digit fds only), so no Python code runs in the child (a
         # preexec_fn would, and forking a process with JAX's threads to run Python can hang).
         self.process = subprocess.Popen(
-            ["bash", "-c", f'exec "$0" "$@" 3<&{commands_r} 4>&{replies_w}', executable,
-             *CLOSED_NETWORK, "--remote-debugging-pipe",
-             f"--user-data-dir={self._profile.name}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=self._log, pass_fds=(commands_r, replies_w))
+            [
+                "bash",
+                "-c",
+                f'exec "$0" "$@" 3<&{commands_r} 4>&{replies_w}',
+                executable,
+                *CLOSED_NETWORK,
+                "--remote-debugging-pipe",
+                f"--user-data-dir={self._profile.name}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            pass_fds=(commands_r, replies_w),
+        )
         os.close(commands_r)
         os.close(replies_w)
         self._buffer = b""
@@ -107,8 +127,11 @@ class Browser:
             chunk = os.read(self._replies, 1 << 20) if ready else b""
             if not chunk:
                 self._log.seek(0)
-                err = self._log.read().decode(errors="replace")[-2000:] \
-                    if self.process.poll() is not None else "no reply in time"
+                err = (
+                    self._log.read().decode(errors="replace")[-2000:]
+                    if self.process.poll() is not None
+                    else "no reply in time"
+                )
                 raise RuntimeError(f"chromium stopped answering: {err}")
             self._buffer += chunk
         message, self._buffer = self._buffer.split(b"\0", 1)
@@ -129,31 +152,51 @@ class Browser:
         self._profile.cleanup()
 
 
-def inspect_page(page: Path, screenshot: Path | None = None, *, width: int = 1300,
-                 max_height: int = 6000, executable: str | None = None) -> dict:
+def inspect_page(
+    page: Path,
+    screenshot: Path | None = None,
+    *,
+    width: int = 1300,
+    max_height: int = 6000,
+    executable: str | None = None,
+) -> dict:
     """Load ``page`` (a file) and return what INSPECT reports, plus ``requests``: every URL
     the page asked for. With ``screenshot``, the page's top ``max_height`` pixels too."""
     browser = Browser(executable or chromium())
     try:
         target = browser.send("Target.createTarget", url="about:blank")["targetId"]
-        session = browser.send("Target.attachToTarget", targetId=target,
-                               flatten=True)["sessionId"]
+        session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         browser.send("Network.enable", session)
         browser.send("Page.enable", session)
-        browser.send("Emulation.setDeviceMetricsOverride", session, width=width,
-                     height=900, deviceScaleFactor=1, mobile=False)
+        browser.send(
+            "Emulation.setDeviceMetricsOverride",
+            session,
+            width=width,
+            height=900,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
         browser.send("Page.navigate", session, url=page.resolve().as_uri())
         browser.wait_for("Page.loadEventFired")
-        found = json.loads(browser.send("Runtime.evaluate", session, expression=INSPECT,
-                                        returnByValue=True)["result"]["value"])
-        found["requests"] = [e["params"]["request"]["url"] for e in browser.events
-                             if e.get("method") == "Network.requestWillBeSent"]
+        found = json.loads(
+            browser.send("Runtime.evaluate", session, expression=INSPECT, returnByValue=True)[
+                "result"
+            ]["value"]
+        )
+        found["requests"] = [
+            e["params"]["request"]["url"]
+            for e in browser.events
+            if e.get("method") == "Network.requestWillBeSent"
+        ]
         if screenshot is not None:
             height = min(found["height"], max_height)
-            shot = browser.send("Page.captureScreenshot", session, format="png",
-                                captureBeyondViewport=True,
-                                clip={"x": 0, "y": 0, "width": width, "height": height,
-                                      "scale": 1})
+            shot = browser.send(
+                "Page.captureScreenshot",
+                session,
+                format="png",
+                captureBeyondViewport=True,
+                clip={"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+            )
             screenshot.write_bytes(base64.b64decode(shot["data"]))
         return found
     finally:
@@ -164,5 +207,7 @@ if __name__ == "__main__":
     height = int(sys.argv[3]) if len(sys.argv) > 3 else 6000
     result = inspect_page(Path(sys.argv[1]), Path(sys.argv[2]), max_height=height)
     print(json.dumps({k: v for k, v in result.items() if k != "images"}, indent=1))
-    print(f"{sum(i['complete'] and i['width'] > 0 for i in result['images'])} of "
-          f"{len(result['images'])} figures loaded")
+    print(
+        f"{sum(i['complete'] and i['width'] > 0 for i in result['images'])} of "
+        f"{len(result['images'])} figures loaded"
+    )

@@ -58,51 +58,79 @@ class Cluster:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         munge = self.root / "munge"
-        self._spawn([_program("munged"), "--foreground", "--force", f"--key-file={key}",
-                     f"--socket={self.munge_socket}", f"--pid-file={munge / 'munged.pid'}",
-                     f"--log-file={munge / 'munged.log'}", f"--seed-file={munge / 'seed'}"],
-                    "munged.out")
+        self._spawn(
+            [
+                _program("munged"),
+                "--foreground",
+                "--force",
+                f"--key-file={key}",
+                f"--socket={self.munge_socket}",
+                f"--pid-file={munge / 'munged.pid'}",
+                f"--log-file={munge / 'munged.log'}",
+                f"--seed-file={munge / 'seed'}",
+            ],
+            "munged.out",
+        )
         self._wait(lambda: self.munge_socket.exists(), timeout, "munged's socket")
         self.conf.write_text(self._config())
         self._spawn([_program("slurmctld"), "-D", "-f", str(self.conf)], "slurmctld.out")
-        self._spawn([_program("slurmd"), "-D", "-f", str(self.conf), "-N", self.host],
-                    "slurmd.out")
+        self._spawn([_program("slurmd"), "-D", "-f", str(self.conf), "-N", self.host], "slurmd.out")
         self._wait(self._node_idle, timeout, "the node to come up idle")
         return self
 
     def _config(self) -> str:
         r = self.root
-        return "\n".join([
-            "ClusterName=vaebench",
-            f"SlurmctldHost={self.host}(127.0.0.1)",
-            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
-            "AuthType=auth/munge", f"AuthInfo=socket={self.munge_socket}",
-            "SlurmUser=root", "SlurmdUser=root",
-            f"StateSaveLocation={r / 'state'}", f"SlurmdSpoolDir={r / 'spool'}",
-            f"SlurmctldPidFile={r / 'slurmctld.pid'}", f"SlurmdPidFile={r / 'slurmd.pid'}",
-            f"SlurmctldLogFile={r / 'slurmctld.log'}", f"SlurmdLogFile={r / 'slurmd.log'}",
-            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
-            "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none",
-            "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU",
-            "SchedulerType=sched/backfill", "MpiDefault=none", "ReturnToService=2",
-            "SlurmdTimeout=300", "InactiveLimit=0", "KillWait=5",
-            f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory=1000 "
-            "State=UNKNOWN",
-            f"PartitionName=test Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
-            ""])
+        return "\n".join(
+            [
+                "ClusterName=vaebench",
+                f"SlurmctldHost={self.host}(127.0.0.1)",
+                f"SlurmctldPort={_free_port()}",
+                f"SlurmdPort={_free_port()}",
+                "AuthType=auth/munge",
+                f"AuthInfo=socket={self.munge_socket}",
+                "SlurmUser=root",
+                "SlurmdUser=root",
+                f"StateSaveLocation={r / 'state'}",
+                f"SlurmdSpoolDir={r / 'spool'}",
+                f"SlurmctldPidFile={r / 'slurmctld.pid'}",
+                f"SlurmdPidFile={r / 'slurmd.pid'}",
+                f"SlurmctldLogFile={r / 'slurmctld.log'}",
+                f"SlurmdLogFile={r / 'slurmd.log'}",
+                "ProctrackType=proctrack/linuxproc",
+                "TaskPlugin=task/none",
+                "JobAcctGatherType=jobacct_gather/none",
+                "AccountingStorageType=accounting_storage/none",
+                "SelectType=select/cons_tres",
+                "SelectTypeParameters=CR_CPU",
+                "SchedulerType=sched/backfill",
+                "MpiDefault=none",
+                "ReturnToService=2",
+                "SlurmdTimeout=300",
+                "InactiveLimit=0",
+                "KillWait=5",
+                f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory=1000 "
+                "State=UNKNOWN",
+                f"PartitionName=test Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
+                "",
+            ]
+        )
 
     def _spawn(self, command: list[str], log: str) -> None:
         out = open(self.root / log, "wb")  # noqa: SIM115 - held by the daemon until stop
-        self._processes.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                                env=self.env))
+        self._processes.append(
+            subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        )
 
     def _node_idle(self) -> bool:
         for p in self._processes:
             if p.poll() is not None:
                 raise RuntimeError(f"{p.args[0]} exited ({p.returncode}): {self.logs()}")
-        state = subprocess.run([_program("sinfo"), "-h", "-N", "-o", "%T"], env=self.env,
-                               capture_output=True, text=True)
+        state = subprocess.run(
+            [_program("sinfo"), "-h", "-N", "-o", "%T"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+        )
         return state.returncode == 0 and state.stdout.strip() == "idle"
 
     def _wait(self, ready, timeout: float, what: str) -> None:
@@ -115,8 +143,9 @@ class Cluster:
     def logs(self) -> str:
         """The daemons' logs' last lines, for a failure's message."""
         parts = []
-        for path in sorted([*self.root.glob("*.log"), *self.root.glob("*.out"),
-                            *self.root.glob("munge/*.log")]):
+        for path in sorted(
+            [*self.root.glob("*.log"), *self.root.glob("*.out"), *self.root.glob("munge/*.log")]
+        ):
             lines = path.read_text(errors="replace").splitlines()[-8:]
             parts.append(f"--- {path.name}\n" + "\n".join(lines))
         return "\n".join(parts)

@@ -63,8 +63,9 @@ class NumpyBackend:
         logits = dec_h @ p["dec.out.weight"].T + p["dec.out.bias"]
         bce = (np.maximum(logits, 0) - logits * x + np.log1p(np.exp(-np.abs(logits)))).sum(1)
         kl = -0.5 * (1 + logvar - mu**2 - np.exp(logvar)).sum(1)
-        return dict(x=x, eps=eps, h=h, mu=mu, logvar=logvar, z=z, dec_h=dec_h, logits=logits,
-                    bce=bce, kl=kl)
+        return dict(
+            x=x, eps=eps, h=h, mu=mu, logvar=logvar, z=z, dec_h=dec_h, logits=logits, bce=bce, kl=kl
+        )
 
     def _backward(self, f: dict[str, np.ndarray]) -> Params:
         """d mean(bce + beta kl) / d every parameter."""
@@ -78,10 +79,13 @@ class NumpyBackend:
         d_logvar = d_z * 0.5 * std * f["eps"] + beta * scale * 0.5 * (np.exp(f["logvar"]) - 1)
         d_h = (d_mu @ p["enc.mu.weight"] + d_logvar @ p["enc.logvar.weight"]) * (f["h"] > 0)
         grads = {}
-        for layer, d_out, inputs in (("dec.out", d_logits, f["dec_h"]),
-                                     ("dec.fc1", d_dec_h, f["z"]),
-                                     ("enc.mu", d_mu, f["h"]), ("enc.logvar", d_logvar, f["h"]),
-                                     ("enc.fc1", d_h, f["x"])):
+        for layer, d_out, inputs in (
+            ("dec.out", d_logits, f["dec_h"]),
+            ("dec.fc1", d_dec_h, f["z"]),
+            ("enc.mu", d_mu, f["h"]),
+            ("enc.logvar", d_logvar, f["h"]),
+            ("enc.fc1", d_h, f["x"]),
+        ):
             grads[f"{layer}.weight"] = d_out.T @ inputs
             grads[f"{layer}.bias"] = d_out.sum(0)
         return grads
@@ -112,12 +116,21 @@ class NumpyBackend:
     def forward_backward(self, x: np.ndarray, eps: np.ndarray) -> StepOutputs:
         f = self._forward(np.asarray(x, np.float32), self._noise(len(x), eps))
         return StepOutputs(
-            reconstruction=f["bce"], kl=f["kl"], loss=self._loss(f),
+            reconstruction=f["bce"],
+            kl=f["kl"],
+            loss=self._loss(f),
             intermediates={k: f[k] for k in ("h", "mu", "logvar", "z", "dec_h", "logits")},
-            grads=self._backward(f))
+            grads=self._backward(f),
+        )
 
-    def train_step(self, data: np.ndarray, indices: np.ndarray, eps: np.ndarray | None = None,
-                   *, want_loss: bool = True) -> BatchLoss:
+    def train_step(
+        self,
+        data: np.ndarray,
+        indices: np.ndarray,
+        eps: np.ndarray | None = None,
+        *,
+        want_loss: bool = True,
+    ) -> BatchLoss:
         x = np.asarray(data[np.asarray(indices)], np.float32)
         f = self._forward(x, self._noise(len(x), eps))
         self._adam(self._backward(f))
@@ -127,22 +140,23 @@ class NumpyBackend:
         rng = np.random.default_rng(seed)
         totals = np.zeros(2)
         for start in range(0, len(x), batch_size):
-            xb = np.asarray(x[start:start + batch_size], np.float32)
-            f = self._forward(xb, rng.standard_normal((len(xb), self.config.latent_dim),
-                                                      dtype=np.float32))
+            xb = np.asarray(x[start : start + batch_size], np.float32)
+            f = self._forward(
+                xb, rng.standard_normal((len(xb), self.config.latent_dim), dtype=np.float32)
+            )
             totals += [f["bce"].sum(dtype=np.float64), f["kl"].sum(dtype=np.float64)]
         reconstruction, kl = (float(t) for t in totals / len(x))
         return EvalResult(elbo=-(reconstruction + kl), reconstruction=reconstruction, kl=kl)
 
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        f = self._forward(np.asarray(x, np.float32),
-                          np.zeros((len(x), self.config.latent_dim), np.float32))
+        f = self._forward(
+            np.asarray(x, np.float32), np.zeros((len(x), self.config.latent_dim), np.float32)
+        )
         return f["mu"], f["logvar"]
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         p = self.p
-        dec_h = np.maximum(np.asarray(z, np.float32) @ p["dec.fc1.weight"].T
-                           + p["dec.fc1.bias"], 0)
+        dec_h = np.maximum(np.asarray(z, np.float32) @ p["dec.fc1.weight"].T + p["dec.fc1.bias"], 0)
         return dec_h @ p["dec.out.weight"].T + p["dec.out.bias"]
 
     def synchronize(self) -> None:
