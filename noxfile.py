@@ -129,17 +129,17 @@ def run_drift_tests(session: nox.Session, *pytest_args: str) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The main job: the harness on the embedded mnist-5k digits (``vae-bench run --profile
+    """The main job: the harness on the embedded mnist-5k digits (``vae-bench run --preset
     quick``): agreement gate, interleaved throughput and ELBO per backend and latent size,
     results under results/<time>-<host>/ and the summary printed. Extra arguments go to
-    ``vae-bench run``, e.g. ``nox -s bench -- --profile full --backends numba torch``. JAX
+    ``vae-bench run``, e.g. ``nox -s bench -- --preset full --backends numba torch``. JAX
     (the CPU build) and oneMKL (``[bf16]``) are installed so that ``jax`` and, on a CPU with
     bf16 hardware, the bf16 backends are timed beside the others.
     """
     install_project(session, "[jax,bf16]")
-    # --profile quick unless the extra arguments name one (vae-bench refuses a flag given twice).
-    named = any(a == "--profile" or a.startswith("--profile=") for a in session.posargs)
-    session.run("vae-bench", "run", *([] if named else ["--profile", "quick"]), *session.posargs)
+    # --preset quick unless the extra arguments name one (vae-bench refuses a flag given twice).
+    named = any(a.split("=")[0] in ("--preset", "--profile") for a in session.posargs)
+    session.run("vae-bench", "run", *([] if named else ["--preset", "quick"]), *session.posargs)
 
 
 @nox.session

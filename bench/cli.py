@@ -197,6 +197,7 @@ def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -
         help="results directory (default results/experiment-<dataset>-<epochs>ep)",
     )
     output.add_argument(
+        "--retrain",
         "--force",
         action="store_true",
         help="retrain models already finished in the results directory",
@@ -230,7 +231,7 @@ def _add_check(commands, known: tuple[str, ...]) -> None:
         type=_non_negative_int,
         default=GATE_ADAM_STEPS,
         metavar="K",
-        help=f"Adam steps compared (default {GATE_ADAM_STEPS}; 0 skips; --steps: its older name)",
+        help=f"Adam steps compared (default {GATE_ADAM_STEPS}; 0 skips)",
     )
     chk.add_argument(
         "--fixture", type=Path, help="check against this fixture file instead of running the oracle"
@@ -275,8 +276,7 @@ def _add_check(commands, known: tuple[str, ...]) -> None:
         type=_positive_int,
         default=GATE_ADAM_STEPS,
         metavar="K",
-        help=f"Adam steps of the adam-steps case (default "
-        f"{GATE_ADAM_STEPS}; --steps: its older name)",
+        help=f"Adam steps of the adam-steps case (default {GATE_ADAM_STEPS})",
     )
     fix.set_defaults(handler=cmd_fixture)
 
@@ -286,7 +286,7 @@ def _add_profile(commands, known: tuple[str, ...]) -> None:
         "profile",
         help="training throughput of backends, interleaved, with a breakdown",
         description="First the agreement gate at --latent for every backend (one that fails "
-        "is not timed unless --force); then steady-state samples/s "
+        "is not timed unless --include-failed); then steady-state samples/s "
         "per backend (warm-up and compile timed apart, windows interleaved A B C A B C...), "
         "effective GFLOP/s against this machine's GEMM peak measured in the same run, and "
         "where each backend's step time goes.",
@@ -309,7 +309,7 @@ def _add_profile(commands, known: tuple[str, ...]) -> None:
         "--steps",
         type=_positive_int,
         default=50,
-        help="training steps per timed window (default 50; --steps: its older name)",
+        help="training steps per timed window (default 50)",
     )
     _add_adam_steps(prof, default=GATE_ADAM_STEPS)
     prof.add_argument(
@@ -322,6 +322,7 @@ def _add_profile(commands, known: tuple[str, ...]) -> None:
         "instead of receiving it from the host",
     )
     prof.add_argument(
+        "--include-failed",
         "--force",
         action="store_true",
         help="time backends that fail the agreement gate too (their rows say "
@@ -351,18 +352,19 @@ def _add_adam_steps(parser, default: int | None) -> None:
     )
 
 
-def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> None:
+def _add_run(commands, datasets: tuple[str, ...], presets: tuple[str, ...]) -> None:
     runp = commands.add_parser(
         "run",
         help="the harness: agreement gate, throughput and ELBO per backend and latent size",
         description="For each backend and latent size: availability, the agreement gate "
-        "(failed backends are not timed unless --force), interleaved throughput per batch "
+        "(failed backends are not timed unless --include-failed), interleaved throughput per batch "
         "size, and the ELBO after training. Writes results.csv, curves.csv, env.json, "
         "summary.md and plots to a run directory; --resume continues an interrupted run.",
     )
     runp.add_argument(
+        "--preset",
         "--profile",
-        choices=profiles,
+        choices=presets,
         default="quick",
         help="quick: mnist-5k, 5 epochs (minutes); full: the report's 50 epochs "
         "on full Fashion-MNIST; gpu: the CUDA backends, batch 128 to 4096; "
@@ -372,41 +374,41 @@ def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> 
         "--backends",
         nargs="+",
         metavar="NAME",
-        help="separated by spaces or commas (default: the profile's, or every registered backend)",
+        help="separated by spaces or commas (default: the preset's, or every registered backend)",
     )
     runp.add_argument(
         "--latents",
         type=_positive_int,
         nargs="+",
         metavar="Z",
-        help="default: the profile's, or 2 10 20 50",
+        help="default: the preset's, or 2 10 20 50",
     )
     runp.add_argument(
         "--batch-sizes",
         type=_positive_int,
         nargs="+",
         metavar="B",
-        help="throughput batch sizes; the first also trains (default: the profile's, or 128)",
+        help="throughput batch sizes; the first also trains (default: the preset's, or 128)",
     )
-    runp.add_argument("--dataset", choices=datasets, help="override the profile's dataset")
+    runp.add_argument("--dataset", choices=datasets, help="override the preset's dataset")
     runp.add_argument(
         "--data-dir",
         type=Path,
         help="directory holding the IDX files (flat, or torchvision's <dir>/MNIST/raw)",
     )
-    runp.add_argument("--epochs", type=_positive_int, help="override the profile's epochs")
+    runp.add_argument("--epochs", type=_positive_int, help="override the preset's epochs")
     runp.add_argument("--repeats", type=_positive_int, help="timed windows per backend")
     runp.add_argument(
         "--window-steps",
         "--steps",
         type=_positive_int,
-        help="training steps per timed window (--steps: its older name)",
+        help="training steps per timed window",
     )
     runp.add_argument(
         "--iwae-k",
         type=_non_negative_int,
         metavar="K",
-        help="importance samples for the test log-likelihood (default: the profile's; 0 skips it)",
+        help="importance samples for the test log-likelihood (default: the preset's; 0 skips it)",
     )
     _add_adam_steps(runp, default=None)
     _add_hidden_dim(runp)
@@ -423,7 +425,10 @@ def _add_run(commands, datasets: tuple[str, ...], profiles: tuple[str, ...]) -> 
         "process may use); recorded",
     )
     runp.add_argument(
-        "--force", action="store_true", help="time and train backends that fail the agreement gate"
+        "--include-failed",
+        "--force",
+        action="store_true",
+        help="time and train backends that fail the agreement gate too (their rows say UNGATED)",
     )
     runp.add_argument("--out", type=Path, help="run directory (default results/<time>-<host>)")
     runp.add_argument("--resume", action="store_true", help="continue a run in --out")
@@ -486,7 +491,10 @@ def _add_merge(commands) -> None:
         "--out", type=Path, required=True, help="run directory to write the joined run into"
     )
     mrg.add_argument(
-        "--force", action="store_true", help="merge parts whose environment or settings differ"
+        "--allow-differences",
+        "--force",
+        action="store_true",
+        help="merge parts whose environment or settings differ",
     )
     mrg.set_defaults(handler=cmd_merge)
 
@@ -622,6 +630,12 @@ def _add_report(commands) -> None:
 
 _GIVEN = "_options_given"  # the namespace's record of the options given, removed after parsing
 
+# Older spellings kept for one release, each meaning one thing in one command but another
+# elsewhere (--steps: Adam steps in check, window steps in run; --force: three things;
+# run --profile: a preset, not the profile command). Each still works, with a one-line note
+# naming the option's spelling now (its first).
+DEPRECATED_SPELLINGS = frozenset({"--steps", "--force", "--profile"})
+
 
 def _given_once(store: type[argparse.Action]) -> type[argparse.Action]:
     """``store`` (one of argparse's storing actions) refusing its option a second time:
@@ -642,6 +656,12 @@ def _given_once(store: type[argparse.Action]) -> type[argparse.Action]:
                     )
                     parser.error(f"{option_string} is given twice{alias}; give it once{whole}")
                 given[self.dest] = option_string
+            if option_string in DEPRECATED_SPELLINGS:
+                _say(
+                    "note",
+                    f"{option_string} is deprecated and goes in the next release; "
+                    f"write {self.option_strings[0]}",
+                )
             super().__call__(parser, namespace, values, option_string)
 
     return GivenOnce
@@ -692,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     from kernels import backend_names
     from vae_ref.data import DATASETS, DEFAULT_DATASET
 
-    from .run_profiles import PROFILES
+    from .run_presets import PRESETS
 
     parser = _ArgumentParser(
         prog="vae-bench",
@@ -704,7 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment(commands, DATASETS, DEFAULT_DATASET)
     _add_check(commands, known)
     _add_profile(commands, known)
-    _add_run(commands, DATASETS, tuple(PROFILES))
+    _add_run(commands, DATASETS, tuple(PRESETS))
     _add_gpu_check(commands)
     _add_merge(commands)
     _add_compare(commands)
@@ -862,7 +882,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     _available_backend(args.backend, threads=args.threads)
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download)
     out = args.out = args.out or default_out_dir(spec)
-    table = run_experiment(spec, data, out, force=args.force, progress=not args.quiet, log=log)
+    table = run_experiment(spec, data, out, force=args.retrain, progress=not args.quiet, log=log)
     if not args.quiet:
         print((out / "table.md").read_text().split("\n## Provenance")[0])
     return 0 if len(table) else EXIT_FAILED
@@ -909,7 +929,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         window_steps=args.window_steps,
         threads=args.threads,
         backend_noise=args.backend_noise,
-        force=args.force,
+        force=args.include_failed,
         adam_steps=args.adam_steps,
     )
     refused = profile(spec, args.out, lambda message: _say("refused", message), log)
@@ -921,14 +941,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vae_ref.data import load_dataset
 
     from .machine_load import busy_stages
-    from .run import PROFILES, RunSpec, default_out_dir, load_cells, parse_shard, run
+    from .run import RunSpec, default_out_dir, load_cells, parse_shard, run
+    from .run_presets import PRESETS
 
     log = _setup(args)
 
     settings: dict[str, Any] = {  # RunSpec's keyword arguments, from the command line
         "backends": backend_names(),
         "batch_sizes": (128,),
-        **PROFILES[args.profile],
+        **PRESETS[args.preset],
     }
     for name, flag in (
         ("dataset", "dataset"),
@@ -949,7 +970,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = RunSpec(
         seed=args.seed,
         threads=args.threads,
-        force=args.force,
+        force=args.include_failed,
         hidden_dim=args.hidden_dim,
         **settings,
     )
@@ -994,7 +1015,7 @@ def cmd_gpu_check(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .run import merge
 
-    table = merge(args.parts, args.out, force=args.force)
+    table = merge(args.parts, args.out, force=args.allow_differences)
     print(f"merged {len(args.parts)} parts into {args.out}: {len(table)} rows")
     return 0
 

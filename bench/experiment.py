@@ -202,7 +202,7 @@ def _load_finished(
         raise ExperimentError(
             f"{store.out / 'cells' / (spec.model_name(config) + '.json')} is damaged "
             f"({type(error).__name__}: {error}); delete it to retrain that "
-            "model, or pass --force to retrain every model"
+            "model, or pass --retrain to retrain every model"
         ) from None
 
 
@@ -311,7 +311,7 @@ def run_experiment(
             f"{len(data.train_x)}"
         )
     with claim(out, "experiment"):
-        store = ResultsStore(out, redo="--force to retrain it", arrays_are="weights")
+        store = ResultsStore(out, redo="--retrain to retrain it", arrays_are="weights")
         log(f"dataset: {data.describe()}")
         log(f"results: {out}")
         configs = spec.configs()
@@ -326,7 +326,7 @@ def run_experiment(
             name = spec.model_name(config)
             done = earlier[name]
             if done is not None:
-                log(f"{name}: already finished in {out} (use --force to retrain), skipping")
+                log(f"{name}: already finished in {out} (use --retrain to retrain), skipping")
             else:
                 log(
                     f"{name}: model {len(spent) + 1} of {todo} to train"

@@ -68,7 +68,10 @@ class ProfileSpec:
             words += ["--threads", str(self.threads)]
         return words + [
             flag
-            for flag, on in (("--backend-noise", self.backend_noise), ("--force", self.force))
+            for flag, on in (
+                ("--backend-noise", self.backend_noise),
+                ("--include-failed", self.force),
+            )
             if on
         ]
 
@@ -126,7 +129,7 @@ def profile(
             for name in outcome.refused:
                 refuse(
                     f"{name} failed the agreement gate: {outcome.gates[name].summary()}; "
-                    "not timed (--force times it anyway)"
+                    "not timed (--include-failed times it anyway)"
                 )
             if outcome.admitted:
                 log(

@@ -26,10 +26,10 @@ def _gate_lines(gates: Mapping[str, GateRecord], timed: set[str]) -> list[str]:
         fate = ""
         if g.verdict == "fail":
             fate = (
-                "; timed anyway (--force): its row is UNGATED, its numbers not the "
+                "; timed anyway (--include-failed): its row is UNGATED, its numbers not the "
                 "reference's computation"
                 if name in timed
-                else "; not timed (--force times it anyway)"
+                else "; not timed (--include-failed times it anyway)"
             )
         lines.append(f"  {name:<18} {g.summary()}{fate}")
     return lines

@@ -28,7 +28,6 @@ from . import export, figures, machine_load, pipeline, provenance, report, table
 from .digits import GATE_IMAGES
 from .progress import eta_text
 from .results_dir import claim
-from .run_profiles import PROFILES  # noqa: F401  (run's presets, read as bench.run.PROFILES)
 from .store import ResultsStore, StoreError, read_json_object
 from .throughput import device_peaks, peak_key
 
@@ -310,7 +309,7 @@ def run(
     _check_runnable(spec, data, latents, shard)
     identity = {"spec": asdict(spec), "data_sha256": data.fingerprint}
     with claim(out, "run"):
-        store = ResultsStore(out, redo="another --out")
+        store = ResultsStore(out)
         held = bool(load_cells(out, partial=True))
         if held and not resume:
             raise RunError(
@@ -464,7 +463,7 @@ def merge(parts: list[Path], out: Path, *, force: bool = False) -> pd.DataFrame:
         if differing and not force:
             raise RunError(
                 f"{part} differs from {parts[0]} in {', '.join(differing)}; "
-                "refusing to merge (pass --force to merge anyway)"
+                "refusing to merge (pass --allow-differences to merge anyway)"
             )
     seen: dict[int, Path] = {}
     cells = []

@@ -14,7 +14,7 @@ Layout, under the directory (held by its one writer through ``results_dir.claim`
 **The resume rule.** Every record carries its ``identity``: the settings and the data (by
 content hash) it was made from. A finished unit is reused only when its identity is the one
 asked for now; a unit made otherwise is refused, never mixed in, unless the caller redoes it
-(``--force``). Damaged files are refused by name, with what to do.
+(``experiment --retrain``). Damaged files are refused by name, with what to do.
 """
 
 from __future__ import annotations
@@ -52,9 +52,9 @@ def read_json_object(path: Path) -> dict:
 
 class ResultsStore:
     """The units of one results directory. ``redo`` tells how the command redoes a unit (the
-    flag to name in refusals, e.g. "--force")."""
+    flag to name in refusals, e.g. "--retrain")."""
 
-    def __init__(self, out: Path, *, redo: str = "--force", arrays_are: str = "arrays"):
+    def __init__(self, out: Path, *, redo: str = "another --out", arrays_are: str = "arrays"):
         self.out = Path(out)
         self.redo = redo
         self.arrays_are = arrays_are  # what a unit's arrays are, for messages ("weights")

@@ -110,7 +110,7 @@ def test_an_experiment_finding_a_damaged_model(
     message = damage(out / "cells")
     assert main([*tiny_experiment, "--latents", "3", "--out", str(out)]) == 2
     err = one_line(capsys)
-    assert message in err and "--force" in err
+    assert message in err and "--retrain" in err
 
 
 def _corrupt_cell(shard):
@@ -179,7 +179,7 @@ def test_a_gpu_profile_without_a_gpu_has_nothing_to_run(tmp_path, capsys):
     if any(create_backend(n).availability().available for n in ("torch-cuda", "cupy")):
         pytest.skip("a GPU is here")
     out = tmp_path / "out"
-    assert main(["run", "--profile", "gpu", "--quiet", "--out", str(out)]) == 2
+    assert main(["run", "--preset", "gpu", "--quiet", "--out", str(out)]) == 2
     assert "nothing to run: no backend of this run is available here (torch-cuda: " in one_line(
         capsys
     )
@@ -459,7 +459,7 @@ def test_help_loads_no_heavy_library():
         cwd=Path(__file__).parents[1],
     )
     assert result.returncode == 0, result.stderr
-    assert "usage: vae-bench run" in result.stdout and "--profile" in result.stdout
+    assert "usage: vae-bench run" in result.stdout and "--preset" in result.stdout
     assert result.stdout.splitlines()[-1] == "", result.stdout.splitlines()[-1]
 
 

@@ -742,7 +742,7 @@ def test_the_harness_runs_the_gpu_profile_on_a_simulated_cupy(
         main(
             [
                 "run",
-                "--profile",
+                "--preset",
                 "gpu",
                 "--backends",
                 "cupy",
@@ -754,7 +754,7 @@ def test_the_harness_runs_the_gpu_profile_on_a_simulated_cupy(
                 "1",
                 "--repeats",
                 "1",
-                "--steps",
+                "--window-steps",
                 "2",
                 "--iwae-k",
                 "2",

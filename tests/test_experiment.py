@@ -84,7 +84,7 @@ def test_rerun_skips_finished_models_and_refuses_other_settings(finished_run, ca
     assert (out / "table.csv").read_text() == before
     assert run("--latents", 2, "--ae-latents", "--epochs", 3, "--out", out, "--quiet") == 2
     err = capsys.readouterr().err
-    assert "vae-z2 made with other settings" in err and "--force" in err
+    assert "vae-z2 made with other settings" in err and "--retrain" in err
 
 
 @pytest.mark.parametrize(

@@ -308,7 +308,7 @@ def test_the_bf16_gate_fails_a_jax_program_that_rounds_its_layer_outputs(monkeyp
 def test_torch_autocast_fails_the_bf16_gate_on_the_extreme_logits(bf16_cases, name):
     """Autocast computes each linear layer in bf16 and returns bf16 (its output and the bias
     add rounded too, aten/src/ATen/autocast_mode.cpp), so logits of +-100 come back 0.25 off
-    and the BCE with them: it is timed only with --force, marked ungated. (Why the cross-ISA
+    and the BCE with them: it is timed only with --include-failed, marked ungated. (Why the cross-ISA
     test leaves it out: cpu_verification.restricted_isa.FAIL_ON_EVERY_CPU.)"""
     backend = create_backend(name)
     if not backend.availability().available:

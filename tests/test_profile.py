@@ -1,5 +1,5 @@
 """``vae-bench profile``: the gate first (with check's K Adam steps), then the timing of the
-backends that passed (those that failed only with --force, marked UNGATED); --out writes the
+backends that passed (those that failed only with --include-failed, marked UNGATED); --out writes the
 report with its provenance, whole or not at all."""
 
 import numpy as np
@@ -48,7 +48,7 @@ def test_a_backend_that_fails_the_gate_is_refused_in_one_line(wrong_backend, cap
     assert refusal.count("\n") == 1, refusal
     assert refusal.startswith("vae-bench: refused: numba-wrong failed the agreement gate: FAILED (")
     assert "grad.dec.fc1.weight (z2/" in refusal and "of its tolerance" in refusal
-    assert refusal.endswith("not timed (--force times it anyway)\n")
+    assert refusal.endswith("not timed (--include-failed times it anyway)\n")
     assert "profiling on" not in out  # nothing was timed
 
 
@@ -65,7 +65,10 @@ def test_profile_times_only_what_passed_unless_forced_and_writes_its_report(
     assert err.count("\n") == 1 and "numba-wrong failed the agreement gate" in err
     rows = table_rows(out)
     assert "pass " in rows["numba"] and "numba-wrong" not in rows
-    assert "numba-wrong        FAILED (" in out and "not timed (--force times it anyway)" in out
+    assert (
+        "numba-wrong        FAILED (" in out
+        and "not timed (--include-failed times it anyway)" in out
+    )
     text = report.read_text()
     assert text.startswith("# vae-bench profile --backends numba numba-wrong --latent 2 ")
     body = out[out.index("agreement gate before timing") :].split("\nprovenance: ")[0]
@@ -74,14 +77,14 @@ def test_profile_times_only_what_passed_unless_forced_and_writes_its_report(
     assert "- **data_sha256**: " in text
 
     # Forced: both timed, the wrong one's row UNGATED; exit 0; the report replaced whole.
-    assert main([*words, "--force"]) == 0
+    assert main([*words, "--include-failed"]) == 0
     out, err = capsys.readouterr()
     assert err == ""
     rows = table_rows(out)
     assert "UNGATED" in rows["numba-wrong"] and "UNGATED" not in rows["numba"]
-    assert "timed anyway (--force): its row is UNGATED" in out
+    assert "timed anyway (--include-failed): its row is UNGATED" in out
     text = report.read_text()
-    assert text.count("## Provenance") == 1 and "UNGATED" in text and " --force" in text
+    assert text.count("## Provenance") == 1 and "UNGATED" in text and " --include-failed" in text
     assert sorted(p.name for p in report.parent.iterdir()) == ["profile.txt"]  # no lock, temp
 
 
@@ -143,20 +146,47 @@ def test_a_profile_cut_short_leaves_the_old_report_whole(tmp_path, capsys, monke
     assert [p.name for p in tmp_path.iterdir()] == ["profile.txt"]
 
 
-def test_steps_flags_say_what_they_count_and_keep_their_older_name():
+def test_steps_flags_say_what_they_count():
     from bench.cli import build_parser
 
     parser = build_parser()
     for words, dest in (
         (["profile", "--window-steps", "3"], "window_steps"),
-        (["profile", "--steps", "3"], "window_steps"),
         (["run", "--window-steps", "3"], "window_steps"),
         (["check", "--backend", "numba", "--adam-steps", "3"], "adam_steps"),
-        (["check", "--backend", "numba", "--steps", "3"], "adam_steps"),
         (["profile", "--adam-steps", "3"], "adam_steps"),
         (["run", "--adam-steps", "3"], "adam_steps"),
     ):
         assert getattr(parser.parse_args(words), dest) == 3, words
+
+
+@pytest.mark.parametrize(
+    ("words", "dest", "value", "now"),
+    [
+        (["profile", "--steps", "3"], "window_steps", 3, "--window-steps"),
+        (["run", "--steps=3"], "window_steps", 3, "--window-steps"),
+        (["check", "--backend", "numba", "--steps", "3"], "adam_steps", 3, "--adam-steps"),
+        (["fixture", "--out", "f.npz", "--steps", "3"], "adam_steps", 3, "--adam-steps"),
+        (["run", "--profile", "full"], "preset", "full", "--preset"),
+        (["run", "--force"], "include_failed", True, "--include-failed"),
+        (["profile", "--force"], "include_failed", True, "--include-failed"),
+        (["experiment", "--force"], "retrain", True, "--retrain"),
+        (["merge", "a", "--out", "b", "--force"], "allow_differences", True, "--allow-differences"),
+    ],
+)
+def test_an_older_spelling_works_for_one_release_with_a_note(words, dest, value, now, capsys):
+    """--steps (Adam steps or window steps), --force (three things) and run's --profile (a
+    preset, not the profile command) each meant two things; the old spellings keep working,
+    each saying in one line what to write now."""
+    from bench.cli import build_parser
+
+    assert getattr(build_parser().parse_args(words), dest) == value
+    old = next(
+        w.split("=")[0] for w in words if w in ("--steps", "--steps=3", "--profile", "--force")
+    )
+    assert capsys.readouterr().err == (
+        f"vae-bench: note: {old} is deprecated and goes in the next release; write {now}\n"
+    )
 
 
 def test_every_command_gates_with_checks_k_unless_told_otherwise():
@@ -165,6 +195,7 @@ def test_every_command_gates_with_checks_k_unless_told_otherwise():
     from bench import run as run_module
     from bench.cli import build_parser
     from bench.profile import ProfileSpec
+    from bench.run_presets import PRESETS
     from vae_ref.config import GATE_ADAM_STEPS
 
     parser = build_parser()
@@ -173,8 +204,8 @@ def test_every_command_gates_with_checks_k_unless_told_otherwise():
     assert parser.parse_args(["profile"]).adam_steps == GATE_ADAM_STEPS
     assert ProfileSpec(backends=("numba",)).adam_steps == GATE_ADAM_STEPS
     assert parser.parse_args(["run"]).adam_steps is None  # the spec's default then
-    for name, profile in run_module.PROFILES.items():
-        spec = run_module.RunSpec(**{"backends": ("numba",), **profile})
+    for name, preset in PRESETS.items():
+        spec = run_module.RunSpec(**{"backends": ("numba",), **preset})
         assert spec.gate_steps == GATE_ADAM_STEPS, name
 
 

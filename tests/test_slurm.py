@@ -1,7 +1,7 @@
 """The README's Slurm sweep, run by a real Slurm: a single-node cluster (munged, slurmctld,
 slurmd on localhost, started here: ``slurm_verification.cluster``) runs the README's
 ``sweep.sh`` as the README submits it (``sbatch --array=1-4``), with a short profile in place
-of ``--profile full``; the README's merge joins the parts, and the merged run must equal one
+of ``--preset full``; the README's merge joins the parts, and the merged run must equal one
 machine's run of the same settings: same rows, gate results, ELBOs and curves (seeded, one
 thread: bit for bit)."""
 
@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 
 README = Path(__file__).parents[1] / "README.md"
-FULL = "--profile full"
+FULL = "--preset full"
 # Four latent sizes for four array tasks; the cheapest settings that still gate, time, train.
 SHORT = (
-    "--profile quick --backends torch --latents 2 3 4 5 --batch-sizes 64 --epochs 1 "
+    "--preset quick --backends torch --latents 2 3 4 5 --batch-sizes 64 --epochs 1 "
     "--repeats 1 --window-steps 2 --iwae-k 0 --adam-steps 2 --threads 1 --quiet"
 )
 KEY = ["backend", "latent_dim", "batch_size"]

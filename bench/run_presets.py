@@ -1,10 +1,10 @@
-"""The settings each ``vae-bench run --profile NAME`` stands for (flags given beside it win).
+"""The settings each ``vae-bench run --preset NAME`` stands for (flags given beside it win).
 
 Apart from bench/run.py so that the command line lists them without loading what a run
 needs (PyTorch, pandas, matplotlib: seconds, for ``vae-bench --help``).
 """
 
-PROFILES = {
+PRESETS = {
     # The default of `nox -s bench`: the embedded digits, a few epochs, minutes on 2 cores.
     "quick": dict(dataset="mnist-5k", epochs=5, repeats=5, steps=30, iwae_k=100),
     # The report's setting: 50 epochs on the full dataset, the literature's k where affordable.
