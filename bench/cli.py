@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vae_ref.config import DEFAULT_LATENTS, GATE_ADAM_STEPS
+from vae_ref.config import DEFAULT_HIDDEN, DEFAULT_LATENTS, GATE_ADAM_STEPS
 
 EXIT_USAGE = 2  # bad input: flags, data, results directory
 EXIT_FAILED = 1  # the work itself failed (e.g. training diverged)
@@ -85,14 +85,16 @@ def _add_hidden_dim(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hidden-dim",
         type=_positive_int,
-        default=512,
+        default=DEFAULT_HIDDEN,
         metavar="H",
-        help="width of the encoder's and decoder's hidden layer (default 512, "
+        help=f"width of the encoder's and decoder's hidden layer (default {DEFAULT_HIDDEN}, "
         "the report's; pytorch/examples uses 400); recorded",
     )
 
 
 def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -> None:
+    from kernels import REFERENCE_BACKEND
+
     exp = commands.add_parser(
         "experiment",
         help="train the VAE at several latent sizes and the AE; write the ELBO table and figures",
@@ -154,7 +156,7 @@ def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -
     training = exp.add_argument_group("training")
     training.add_argument(
         "--backend",
-        default="torch",
+        default=REFERENCE_BACKEND,
         metavar="NAME",
         help="who trains the VAEs: torch (the reference, default) or any "
         "backend of `vae-bench check`; the AE is always the reference's",

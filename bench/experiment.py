@@ -48,10 +48,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from kernels import create_backend
+from kernels import REFERENCE_BACKEND, create_backend
 from vae_ref import AE, VAE, VAEConfig, build_model, export_params, import_params
 from vae_ref.atomic import atomic_write_text
-from vae_ref.config import DEFAULT_LATENTS
+from vae_ref.config import DEFAULT_HIDDEN, DEFAULT_LATENTS
 from vae_ref.data import Dataset
 
 from . import pipeline, provenance, tables
@@ -60,7 +60,7 @@ from .progress import eta_text
 from .results_dir import claim
 from .store import ResultsStore, StoreError
 
-REFERENCE = "torch"  # the backend that is the reference itself; the AE exists only there
+REFERENCE = REFERENCE_BACKEND  # the AE exists only there
 
 
 class ExperimentError(RuntimeError):
@@ -84,7 +84,7 @@ class ExperimentSpec:
     iwae_k: int = 100  # importance samples for the test log-likelihood; 0 skips it
     backend: str = REFERENCE  # who trains the VAEs
     threads: int | None = None  # backend threads (None: all cores); recorded in provenance
-    hidden_dim: int = 512  # width of the hidden layers (the report's 512)
+    hidden_dim: int = DEFAULT_HIDDEN  # width of the hidden layers
 
     def __post_init__(self) -> None:
         if not self.latents and not self.ae_latents:
@@ -150,7 +150,7 @@ def default_out_dir(spec: ExperimentSpec, root: Path = Path("results")) -> Path:
     name = f"experiment-{spec.dataset}-{spec.epochs}ep"
     if spec.backend != REFERENCE:
         name += f"-{spec.backend}"
-    if spec.hidden_dim != 512:
+    if spec.hidden_dim != DEFAULT_HIDDEN:
         name += f"-h{spec.hidden_dim}"
     if spec.binarize:
         name += "-binarized"

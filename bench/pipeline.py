@@ -36,7 +36,7 @@ import numpy as np
 
 from kernels.base import Backend, gemm_inputs_of
 from vae_ref import VAEConfig, importance_weighted_log_likelihood
-from vae_ref.config import GATE_ADAM_STEPS
+from vae_ref.config import DEFAULT_HIDDEN, GATE_ADAM_STEPS
 from vae_ref.data import Dataset
 from vae_ref.oracle import Case, Expectation, build_cases, expectation
 from vae_ref.training_outcome import EpochRecord, TrainResult, fixed_test_set
@@ -111,7 +111,7 @@ def gate_cases(
     *,
     seed: int = 0,
     steps: int = GATE_ADAM_STEPS,
-    hidden: int = 512,
+    hidden: int = DEFAULT_HIDDEN,
 ) -> Callable[..., list[tuple[Case, Expectation]]]:
     """The gate's cases at one latent size and their truth, computed when first asked for
     (the float64 oracle costs seconds: no backend to check, no oracle). The function returned

@@ -14,7 +14,7 @@ from pathlib import Path
 from kernels import create_backend
 from vae_ref import VAEConfig
 from vae_ref.atomic import atomic_write_text
-from vae_ref.config import GATE_ADAM_STEPS
+from vae_ref.config import DEFAULT_HIDDEN, GATE_ADAM_STEPS
 from vae_ref.data import Dataset, load_dataset
 
 from . import pipeline
@@ -38,7 +38,7 @@ class ProfileSpec:
     backends: tuple[str, ...]
     latent: int = 20
     batch_size: int = 128
-    hidden_dim: int = 512
+    hidden_dim: int = DEFAULT_HIDDEN
     repeats: int = 7  # windows per backend
     window_steps: int = 50  # training steps per window
     threads: int | None = None

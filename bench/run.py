@@ -21,7 +21,7 @@ import pandas as pd
 from kernels import create_backend
 from vae_ref import VAEConfig
 from vae_ref.atomic import atomic_write_text
-from vae_ref.config import DEFAULT_LATENTS, GATE_ADAM_STEPS
+from vae_ref.config import DEFAULT_HIDDEN, DEFAULT_LATENTS, GATE_ADAM_STEPS
 from vae_ref.data import Dataset
 
 from . import export, figures, machine_load, pipeline, provenance, report, tables
@@ -58,7 +58,7 @@ class RunSpec:
     # empty): the GPU check gates the fused kernels at every size and times one.
     gate_only_latents: tuple[int, ...] = ()
     gate_only_backends: tuple[str, ...] = ()
-    hidden_dim: int = 512  # width of the hidden layers (the report's 512)
+    hidden_dim: int = DEFAULT_HIDDEN  # width of the hidden layers
     # The pipeline's stages run at each latent size (gate-only latent sizes: the gate): all,
     # or fewer where a caller wants them apart (gpu-check times before it trains).
     stages: tuple[str, ...] = pipeline.STAGES

@@ -20,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kernels import REFERENCE_BACKEND
+
 from .provenance import collect
 from .result_files import read_experiment_table
 from .results_dir import claim
 from .store import atomic_write_text, read_json_object
 
-REFERENCE = "torch"
+REFERENCE = REFERENCE_BACKEND
 SPEC_IGNORED = ("seeds", "backend", "threads")  # may differ between the runs compared
 MIN_SEEDS = 3
 SE_LIMIT = 1.5

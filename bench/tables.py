@@ -16,6 +16,9 @@ from dataclasses import MISSING, asdict, dataclass, fields
 import numpy as np
 import pandas as pd
 
+from kernels import REFERENCE_BACKEND
+from vae_ref.config import DEFAULT_HIDDEN
+
 from .provenance import as_markdown
 
 RESULTS_SCHEMA = 1
@@ -202,7 +205,7 @@ def gate_records(gates, latent: int) -> list[dict]:
 # peer -> device -> the backend that is that peer there. "eager" is the yardstick: compare
 # gates on the speed-up over it, and it is the column every table shows.
 PEERS = {
-    "eager": {"cpu": "torch", "cuda": "torch-cuda"},
+    "eager": {"cpu": REFERENCE_BACKEND, "cuda": "torch-cuda"},
     "torch.compile": {"cpu": "torch-compile", "cuda": "torch-cuda-compile"},
     "jax": {"cpu": "jax", "cuda": "jax-cuda"},
 }
@@ -433,7 +436,11 @@ def _summary_header(env: dict, busy: list[str] | None) -> list[str]:
             else ""
         )
         + f". {spec['epochs']} epochs, seed {spec['seed']}"
-        + (f", hidden width {spec['hidden_dim']}" if spec.get("hidden_dim", 512) != 512 else "")
+        + (
+            f", hidden width {spec['hidden_dim']}"
+            if spec.get("hidden_dim", DEFAULT_HIDDEN) != DEFAULT_HIDDEN
+            else ""
+        )
         + "."
         + (" Timed steps draw their own noise." if spec.get("backend_noise") else ""),
     ]
@@ -602,7 +609,11 @@ def experiment_table(table: pd.DataFrame, spec: dict, described_data: str, recor
             if len(spec["seeds"]) == 1
             else f"seeds {' '.join(map(str, spec['seeds']))}"
         )
-        + (f", hidden width {spec['hidden_dim']}" if spec.get("hidden_dim", 512) != 512 else "")
+        + (
+            f", hidden width {spec['hidden_dim']}"
+            if spec.get("hidden_dim", DEFAULT_HIDDEN) != DEFAULT_HIDDEN
+            else ""
+        )
         + (
             f", beta {' '.join(f'{b:g}' for b in spec['betas'])}"
             if list(spec["betas"]) != [1.0]

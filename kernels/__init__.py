@@ -111,9 +111,13 @@ def _cupy_tf32(**options) -> Backend:
     return CupyBackend(CudaExecutor, graph=True, tf32=True)
 
 
+# The backend that is the reference itself (vae_ref's model, trained by PyTorch eager): the
+# yardstick of every CPU speed-up, and the trainer of the AE and of seeds' comparisons.
+REFERENCE_BACKEND = "torch"
+
 # name -> factory(**options). Options a backend does not use are ignored.
 BACKENDS: dict[str, Callable[..., Backend]] = {
-    "torch": _torch,
+    REFERENCE_BACKEND: _torch,
     "torch-fused-adam": _torch_fused,
     "torch-compile": _torch_compile,
     "numba": _numba,
@@ -221,6 +225,7 @@ __all__ = [
     "BatchLoss",
     "StepOutputs",
     "ENTRY_POINT_GROUP",
+    "REFERENCE_BACKEND",
     "Registration",
     "UnknownBackendError",
     "UnloadableBackend",

@@ -17,6 +17,8 @@ ADAM_EPS = 1e-8
 # run, profile, the fixture): long enough that an optimizer's mistake (a constant, the bias
 # correction, the learning rate) shows in every parameter, short enough to take seconds.
 GATE_ADAM_STEPS = 50
+# The report's hidden width (784 -> 512 -> z -> 512 -> 784): every command's default.
+DEFAULT_HIDDEN = 512
 
 
 # The kinds of case the agreement gate checks, as the oracle builds them (vae_ref.oracle) and a
@@ -32,7 +34,7 @@ class VAEConfig:
     """
 
     input_dim: int = 784  # pixels per image: 28 x 28, flattened
-    hidden_dim: int = 512  # width of the single hidden layer in encoder and decoder
+    hidden_dim: int = DEFAULT_HIDDEN  # width of the single hidden layer in encoder and decoder
     latent_dim: int = 20  # z: size of the code (the experiment sweeps 2, 10, 20, 50, ...)
     model: ModelKind = "vae"  # "vae": Gaussian q(z|x) + KL; "ae": deterministic code, no KL
     beta: float = 1.0  # weight on the KL term (beta-VAE); 1 gives the ELBO proper
