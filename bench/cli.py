@@ -16,6 +16,8 @@ from typing import Any
 
 from vae_ref.config import DEFAULT_HIDDEN, DEFAULT_LATENTS, GATE_ADAM_STEPS
 
+from . import file_names as files
+
 EXIT_USAGE = 2  # bad input: flags, data, results directory
 EXIT_FAILED = 1  # the work itself failed (e.g. training diverged)
 
@@ -886,7 +888,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     out = args.out = args.out or default_out_dir(spec)
     table = run_experiment(spec, data, out, force=args.retrain, progress=not args.quiet, log=log)
     if not args.quiet:
-        print((out / "table.md").read_text().split("\n## Provenance")[0])
+        print((out / files.TABLE_MD).read_text().split("\n## Provenance")[0])
     return 0 if len(table) else EXIT_FAILED
 
 
@@ -986,7 +988,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for stage in busy_stages(load_cells(out)):
         _say("warning", f"the machine was busy while timing {stage}; rerun on an idle machine")
     if not args.quiet:
-        print((out / "summary.md").read_text().split("\n## Environment")[0])
+        print((out / files.SUMMARY).read_text().split("\n## Environment")[0])
     print(f"results: {out}")
     return 0
 
@@ -1009,7 +1011,7 @@ def cmd_gpu_check(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         log=(lambda _msg: None) if args.quiet else write,
     )
-    print((out / "targets.md").read_text().rstrip())
+    print((out / files.TARGETS).read_text().rstrip())
     print(f"results: {out}")
     return status
 
@@ -1026,7 +1028,7 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     from .seeds import write_seeds
 
     within = write_seeds(args.runs, args.out)
-    print((args.out / "summary.md").read_text())
+    print((args.out / files.SUMMARY).read_text())
     return 0 if within else EXIT_FAILED
 
 

@@ -54,6 +54,7 @@ from vae_ref.atomic import atomic_write_text
 from vae_ref.config import DEFAULT_HIDDEN, DEFAULT_LATENTS
 from vae_ref.data import Dataset
 
+from . import file_names as files
 from . import pipeline, provenance, tables
 from .experiment_figures import write_figures
 from .progress import eta_text
@@ -372,10 +373,10 @@ def write_tables(
         f"commit {f.trained['git_commit']}, {f.trained['torch_threads']} threads"
         for f in finished
     }
-    atomic_write_text(out / "table.csv", table.to_csv(index=False))
-    atomic_write_text(out / "curves.csv", curves.to_csv(index=False))
-    atomic_write_text(out / "provenance.json", json.dumps(record, indent=1))
+    atomic_write_text(out / files.TABLE, table.to_csv(index=False))
+    atomic_write_text(out / files.CURVES, curves.to_csv(index=False))
+    atomic_write_text(out / files.PROVENANCE, json.dumps(record, indent=1))
     atomic_write_text(
-        out / "table.md", tables.experiment_table(table, asdict(spec), data.describe(), record)
+        out / files.TABLE_MD, tables.experiment_table(table, asdict(spec), data.describe(), record)
     )
     return table

@@ -17,6 +17,7 @@ from vae_ref.data import Dataset
 from vae_ref.model import AE, VAE, decode_images, posterior_means, reconstruct
 
 from . import figures
+from . import file_names as files
 from .result_files import read_curves, read_experiment_table
 
 
@@ -50,9 +51,9 @@ def write_figures(finished: Sequence[TrainedModel], data: Dataset, out: Path, lo
     """Every figure of an experiment: the curves and the grid's from its files, each model's
     own for the first seed's models only (the other seeds' differ by their noise, and a
     grid's would be hundreds), and the AE/VAE merge figures."""
-    curves = read_curves(out / "curves.csv")
+    curves = read_curves(out / files.CURVES)
     figures.elbo_curves(curves, out / "elbo_curves.png", data.name)
-    grid_figures(read_experiment_table(out / "table.csv"), out, data.name)
+    grid_figures(read_experiment_table(out / files.TABLE), out, data.name)
     first_seed = finished[0].config.seed if finished else 0
     shown = data.test_x[showcase_indices(data.test_y)]
     prior = np.random.default_rng(0)

@@ -27,10 +27,11 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import file_names as files
+
 if TYPE_CHECKING:
     import pandas as pd
 
-RESULTS_JSON = "results.json"
 DOCUMENT_SCHEMA = "vae-kernel-bench/results/1"  # results.json's "schema": its format, versioned
 FORMATS = ("json", "bmf", "github-action-benchmark")
 BENCHMARK_NAME = "{dataset}/z{latent_dim}/b{batch_size}/{backend}"
@@ -236,7 +237,7 @@ def load_run(path: Path) -> dict:
         raise ExportError(
             f"{results.source}: {results.cut_short}; export a finished run (or resume it first)"
         )
-    gate_path = results.source.parent / "gate.csv"
+    gate_path = results.source.parent / files.GATE
     gate = (
         read_gate(gate_path)
         if gate_path.exists()

@@ -44,6 +44,7 @@ from vae_ref import VAEConfig, build_model, export_params
 from vae_ref.atomic import atomic_write_text
 from vae_ref.data import Dataset
 
+from . import file_names as files
 from . import pipeline, tables
 from .archive import RETURNED_FILE_LIMIT, check_archive_path, write_archive
 from .provenance import REPO_ROOT
@@ -238,7 +239,7 @@ def run_gpu_tests(
             if part
         )
         status, failed = f"cut off after {timeout:.0f} s", True
-    atomic_write_text(out / "gpu-tests.txt", f"$ {' '.join(command)}\n\n{output}")
+    atomic_write_text(out / files.GPU_TESTS, f"$ {' '.join(command)}\n\n{output}")
     last = output.strip().splitlines()[-1:] or ["no output"]
     summary = f"{status}: {last[0].strip('= ')} (gpu-tests.txt)"
     log(f"GPU tests: {summary}")
@@ -278,7 +279,7 @@ def speedups(table: pd.DataFrame | None, peers: Sequence[str], stage: str) -> li
 
 
 def _stage_table(out: Path, stage: str) -> pd.DataFrame | None:
-    path = out / stage / "results.csv"
+    path = out / stage / files.RESULTS
     return pd.read_csv(path) if path.exists() else None
 
 
@@ -289,7 +290,7 @@ def write_targets(out: Path, data: Dataset, records: list[StageRecord], tests: s
         *speedups(_stage_table(out, "peers"), ["torch.compile", "jax"], "peers"),
     ]
     atomic_write_text(
-        out / "targets.md",
+        out / files.TARGETS,
         "\n".join(
             [
                 "# GPU check: speed-ups against the targets",
@@ -373,7 +374,7 @@ def gpu_check(
                 begun = time.monotonic()
                 if stage.name == "smoke":
                     lines, broken = smoke(names, data, log)
-                    atomic_write_text(out / "smoke.txt", "\n".join(lines) + "\n")
+                    atomic_write_text(out / files.SMOKE, "\n".join(lines) + "\n")
                     record = StageRecord(
                         stage,
                         "failed" if broken else "done",

@@ -25,12 +25,13 @@ import pandas as pd
 
 from vae_ref.atomic import atomic_write_text
 
+from . import file_names as files
 from . import machine_load, tables
 from .result_files import ResultsFileError, read_experiment_table, read_gate
 from .run_comparison import load_results
 from .store import ResultsStore, StoreError, read_json_object
 
-REPORT_NAME = "report.html"
+REPORT_NAME = files.REPORT
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 80em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
@@ -71,10 +72,10 @@ def read_results(path: Path) -> ResultsDirectory:
             f"{path}: not a directory; give run or experiment directories "
             "(a run holds env.json and results.csv)"
         )
-    if (path / "results.csv").exists() and (path / "env.json").exists():
-        kind, table_name, provenance_name = "run", "results.csv", "env.json"
-    elif (path / "table.csv").exists() and (path / "provenance.json").exists():
-        kind, table_name, provenance_name = "experiment", "table.csv", "provenance.json"
+    if (path / files.RESULTS).exists() and (path / files.ENV).exists():
+        kind, table_name, provenance_name = "run", files.RESULTS, files.ENV
+    elif (path / files.TABLE).exists() and (path / files.PROVENANCE).exists():
+        kind, table_name, provenance_name = "experiment", files.TABLE, files.PROVENANCE
     else:
         raise ReportError(
             f"{path}: neither a run (env.json and results.csv) nor an "
@@ -86,7 +87,7 @@ def read_results(path: Path) -> ResultsDirectory:
         results = load_results(path) if kind == "run" else None
         table = results.table if results is not None else read_experiment_table(path / table_name)
         provenance = read_json_object(path / provenance_name)
-        gate = read_gate(path / "gate.csv") if (path / "gate.csv").exists() else None
+        gate = read_gate(path / files.GATE) if (path / files.GATE).exists() else None
     except ResultsFileError:  # names the file, the line and what to do
         raise
     except (ValueError, OSError, pd.errors.ParserError) as error:  # CompareError included

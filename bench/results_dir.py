@@ -32,17 +32,18 @@ from pathlib import Path
 
 from vae_ref.atomic import atomic_write_text, leftover_temp_files
 
+from . import file_names as files
 from .provenance import command_line
 
 LOCK_NAME = ".vae-bench.lock"
 MARKER_NAME = ".vae-bench-results"
 # kind -> the record file by which a directory written before the marker existed is known.
 KINDS = {
-    "run": "env.json",
-    "experiment": "provenance.json",
-    "gpu-check": "targets.md",
-    "seeds": "comparison.csv",
-    "report": "report.html",
+    "run": files.ENV,
+    "experiment": files.PROVENANCE,
+    "gpu-check": files.TARGETS,
+    "seeds": files.COMPARISON,
+    "report": files.REPORT,
 }
 
 

@@ -25,6 +25,7 @@ from vae_ref.config import DEFAULT_HIDDEN, DEFAULT_LATENTS, GATE_ADAM_STEPS
 from vae_ref.data import Dataset
 
 from . import export, figures, machine_load, pipeline, provenance, report, tables
+from . import file_names as files
 from .digits import GATE_IMAGES
 from .progress import eta_text
 from .results_dir import claim
@@ -240,7 +241,7 @@ _DAMAGED_ENV = "the run directory is damaged: run again into a new --out"
 
 def read_env(out: Path) -> dict:
     """The run's env.json (RunError if it is missing or damaged)."""
-    path = out / "env.json"
+    path = out / files.ENV
     if not path.exists():
         raise RunError(f"{out} is not a run directory (no env.json)")
     try:
@@ -335,7 +336,7 @@ def run(
         def save(cell: dict, *, partial: bool) -> None:
             nonlocal held
             if not held:  # env.json goes in with the first result, not before
-                atomic_write_text(out / "env.json", json.dumps(env, indent=1))
+                atomic_write_text(out / files.ENV, json.dumps(env, indent=1))
                 held = True
             store.save(_key(cell["latent"]), cell, identity, partial=partial)
             write_outputs(out)  # after every stage: an interruption keeps every finished row
@@ -419,11 +420,11 @@ def write_outputs(out: Path) -> pd.DataFrame:
     gate = pd.DataFrame(
         [r for c in cells for r in c.get("gate", [])], columns=list(tables.GATE_COLUMNS)
     )
-    atomic_write_text(out / "results.csv", table.to_csv(index=False))
-    atomic_write_text(out / "curves.csv", curves.to_csv(index=False))
-    atomic_write_text(out / "gate.csv", gate.to_csv(index=False))
+    atomic_write_text(out / files.RESULTS, table.to_csv(index=False))
+    atomic_write_text(out / files.CURVES, curves.to_csv(index=False))
+    atomic_write_text(out / files.GATE, gate.to_csv(index=False))
     atomic_write_text(
-        out / export.RESULTS_JSON, export.as_json_text(export.results_document(table, gate, env))
+        out / files.RESULTS_JSON, export.as_json_text(export.results_document(table, gate, env))
     )
     # Cells written before settings were kept have none.
     settings: dict[str, dict] = {}
@@ -431,7 +432,7 @@ def write_outputs(out: Path) -> pd.DataFrame:
         for name, recorded in cell.get("settings", {}).items():
             settings.setdefault(name, recorded)
     atomic_write_text(
-        out / "summary.md",
+        out / files.SUMMARY,
         tables.run_summary(table, env, settings, machine_load.busy_stages(cells)),
     )
     figures.run_plots(out, table, curves)
@@ -483,5 +484,5 @@ def merge(parts: list[Path], out: Path, *, force: bool = False) -> pd.DataFrame:
             record["rows"] = [asdict(row) for row in record["rows"]]
             store.save(cell["key"], record, cell.get("identity"))
         merged = dict(first, shard=None, merged_from=[str(p) for p in parts])
-        atomic_write_text(out / "env.json", json.dumps(merged, indent=1))
+        atomic_write_text(out / files.ENV, json.dumps(merged, indent=1))
         return write_outputs(out)

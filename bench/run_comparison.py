@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import file_names as files
 from . import provenance, tables
 from .result_files import numeric_column
 from .significance import (  # noqa: F401  (the defaults, read as run_comparison's)
@@ -115,7 +116,7 @@ def _cut_short(text: str) -> tuple[str, str | None]:
 
 def load_results(path: Path) -> Results:
     path = Path(path)
-    csv_path = path / "results.csv" if path.is_dir() else path
+    csv_path = path / files.RESULTS if path.is_dir() else path
     text, cut = _cut_short(_read_text(csv_path))
     try:
         table = pd.read_csv(io.StringIO(text), dtype={c: str for c in TEXT_COLUMNS})
@@ -151,7 +152,7 @@ def load_results(path: Path) -> Results:
             "batch size)"
         )
     table = table.astype({"latent_dim": int, "batch_size": int})
-    return Results(csv_path, table, cut, _read_env(csv_path.parent / "env.json"))
+    return Results(csv_path, table, cut, _read_env(csv_path.parent / files.ENV))
 
 
 SIZE_LIMIT = 2**31  # a latent or batch size at or above it is no size (nor fits an index)

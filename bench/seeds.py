@@ -22,6 +22,7 @@ import pandas as pd
 
 from kernels import REFERENCE_BACKEND
 
+from . import file_names as files
 from .provenance import collect
 from .result_files import read_experiment_table
 from .results_dir import claim
@@ -53,18 +54,18 @@ def _read_run(path: Path) -> tuple[dict, pd.DataFrame]:
     """A finished experiment directory's provenance and its VAE rows, every field the
     comparison reads checked (SeedsError naming the file, the row and what was expected)."""
     try:
-        provenance = read_json_object(path / "provenance.json")
+        provenance = read_json_object(path / files.PROVENANCE)
     except (OSError, ValueError) as error:
         raise SeedsError(
             f"{path}: not a finished experiment directory ({error}); give the "
             "--out directories of `vae-bench experiment`"
         ) from None
-    if not (path / "table.csv").is_file():
+    if not (path / files.TABLE).is_file():
         raise SeedsError(
             f"{path}: not a finished experiment directory (no table.csv); give "
             "the --out directories of `vae-bench experiment`"
         )
-    table = read_experiment_table(path / "table.csv", READ_COLUMNS)
+    table = read_experiment_table(path / files.TABLE, READ_COLUMNS)
     spec = provenance.get("spec")
     if not isinstance(spec, dict) or not isinstance(spec.get("backend"), str):
         raise SeedsError(
@@ -212,10 +213,10 @@ def write_seeds(paths: list[Path], out: Path) -> bool:
     rows, table, runs = compare_seeds(paths)
     other = next(b for b in sorted(set(rows.backend)) if b != REFERENCE)
     with claim(out, "seeds"):  # only into a directory of its own kind, one writer at a time
-        atomic_write_text(out / "runs.csv", rows.to_csv(index=False))
-        atomic_write_text(out / "summary.md", summary_markdown(table, other, runs))
+        atomic_write_text(out / files.SEED_RUNS, rows.to_csv(index=False))
+        atomic_write_text(out / files.SUMMARY, summary_markdown(table, other, runs))
         atomic_write_text(
-            out / "provenance.json", json.dumps(collect(runs=runs), indent=2, default=str) + "\n"
+            out / files.PROVENANCE, json.dumps(collect(runs=runs), indent=2, default=str) + "\n"
         )
-        atomic_write_text(out / "comparison.csv", table.to_csv(index=False))  # last: the record
+        atomic_write_text(out / files.COMPARISON, table.to_csv(index=False))  # last: the record
     return bool(table.within_noise.all())
