@@ -22,6 +22,7 @@ from vae_ref.params import Params
 
 from ..base import Availability, BackendUnavailable, BatchLoss, StepOutputs
 from ..flat_layout import make_layout
+from ..fused_buffers import split_heads, step_outputs
 from ..inputs import (
     checked_images,
     checked_indices,
@@ -187,22 +188,8 @@ class CupyBackend:
             name: ex.download(buffers[name])
             for name in ("bce", "kl", "h", "heads", "z", "dech", "logits")
         }
-        z, beta = self.config.latent_dim, self.config.beta
-        loss = float(np.mean(host["bce"].astype(np.float64) + beta * host["kl"].astype(np.float64)))
-        return StepOutputs(
-            reconstruction=host["bce"],
-            kl=host["kl"],
-            loss=loss,
-            intermediates={
-                "h": host["h"],
-                "mu": host["heads"][:, :z].copy(),
-                "logvar": host["heads"][:, z:].copy(),
-                "z": host["z"],
-                "dec_h": host["dech"],
-                "logits": host["logits"],
-            },
-            grads=self.layout.unpack(ex.download(self.flat["grads"])),
-        )
+        grads = self.layout.unpack(ex.download(self.flat["grads"]))
+        return step_outputs(host, self.config.latent_dim, self.config.beta, grads)
 
     def train_step(
         self,
@@ -325,9 +312,7 @@ class CupyBackend:
     def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = self._images(x)
         buffers = self._forward(x, np.zeros((len(x), self.config.latent_dim), np.float32))
-        heads = self.executor.download(buffers["heads"])
-        z = self.config.latent_dim
-        return heads[:, :z].copy(), heads[:, z:].copy()
+        return split_heads(self.executor.download(buffers["heads"]), self.config.latent_dim)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         return decode_on_host(self.params(), z)

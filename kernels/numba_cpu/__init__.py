@@ -21,6 +21,7 @@ from vae_ref.evaluate import EvalResult
 from vae_ref.params import Params
 
 from ..base import Availability, BackendUnavailable, BatchLoss, StepOutputs
+from ..fused_buffers import split_heads, step_outputs
 from ..inputs import (
     checked_images,
     checked_indices,
@@ -284,21 +285,11 @@ class NumbaBackend:
             float(self.config.beta),
             ws,
         )
-        z = self.config.latent_dim
-        beta = self.config.beta
-        return StepOutputs(
-            reconstruction=ws.bce.copy(),
-            kl=ws.kl.copy(),
-            loss=float(np.mean(ws.bce.astype(np.float64) + beta * ws.kl.astype(np.float64))),
-            intermediates={
-                "h": ws.h.copy(),
-                "mu": ws.heads[:, :z].copy(),
-                "logvar": ws.heads[:, z:].copy(),
-                "z": ws.z.copy(),
-                "dec_h": ws.dech.copy(),
-                "logits": ws.logits.copy(),
-            },
-            grads=self.layout.unpack(self.grads),
+        buffers = {
+            name: getattr(ws, name) for name in ("bce", "kl", "h", "heads", "z", "dech", "logits")
+        }
+        return step_outputs(
+            buffers, self.config.latent_dim, self.config.beta, self.layout.unpack(self.grads)
         )
 
     def train_step(
@@ -345,8 +336,7 @@ class NumbaBackend:
         self._step.forward(
             self.flat, self.flat16, self.layout.slot_offsets, ws.xb, eps, ws
         )  # no backward
-        z = self.config.latent_dim
-        return ws.heads[:, :z].copy(), ws.heads[:, z:].copy()
+        return split_heads(ws.heads, self.config.latent_dim)
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         return decode_on_host(self.params(), z)
