@@ -1,23 +1,95 @@
 """The backend interface: every registered backend honours it; the torch backends pass the
 gate; bad input is refused with a clear message; training through the interface learns."""
 
+import inspect
+
 import numpy as np
 import pytest
 
 from bench.agreement import check
 from bench.training import train_backend
 from kernels import BACKENDS, Backend, create_backend
+from kernels.base import (
+    DeviceInfo,
+    EpochRunner,
+    LaunchFloor,
+    MemoryReport,
+    MixedPrecision,
+    StageBreakdown,
+)
 from vae_ref import VAEConfig, build_model, export_params
 from vae_ref.oracle import build_cases, expectation
+
+PROTOCOLS = (
+    Backend,
+    EpochRunner,
+    StageBreakdown,
+    LaunchFloor,
+    DeviceInfo,
+    MemoryReport,
+    MixedPrecision,
+)
+
+
+def protocol_problems(obj, protocol) -> list[str]:
+    """Where ``obj`` does not honour ``protocol`` as a caller uses it: an attribute missing,
+    or a method that cannot be called as the protocol's signature allows (every parameter by
+    its kind, keyword-only ones by name). isinstance on a runtime-checkable protocol sees
+    only that the names exist."""
+    problems = []
+    for name in sorted(
+        getattr(protocol, "__protocol_attrs__", None) or typing_protocol_members(protocol)
+    ):
+        if not hasattr(obj, name):
+            problems.append(f"no {name}")
+            continue
+        declared = getattr(protocol, name, None)
+        if not callable(declared):
+            continue
+        wanted = list(inspect.signature(declared).parameters.values())[1:]  # less self
+        positional = [object() for p in wanted if p.kind is p.POSITIONAL_OR_KEYWORD]
+        keywords = {p.name: object() for p in wanted if p.kind is p.KEYWORD_ONLY}
+        try:
+            inspect.signature(getattr(obj, name)).bind(*positional, **keywords)
+        except TypeError as error:
+            problems.append(f"{name}: {error}")
+    return problems
+
+
+def typing_protocol_members(protocol) -> set[str]:
+    """The members a protocol declares (Python < 3.12 has no __protocol_attrs__)."""
+    from typing import _get_protocol_attrs  # type: ignore[attr-defined]
+
+    return set(_get_protocol_attrs(protocol))
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))
 def test_every_backend_implements_the_protocol_and_reports_availability(name):
     backend = create_backend(name)
-    assert isinstance(backend, Backend)
+    assert protocol_problems(backend, Backend) == []
+    for protocol in PROTOCOLS[1:]:
+        if isinstance(backend, protocol):
+            assert protocol_problems(backend, protocol) == [], protocol.__name__
     status = backend.availability()
     assert isinstance(status.available, bool)
     assert status.available or status.reason
+
+
+def test_the_protocol_check_sees_a_signature_isinstance_does_not():
+    class Torch(type(create_backend("torch"))):
+        def train_step(self, data, indices, eps=None):  # no want_loss
+            return super().train_step(data, indices, eps)
+
+        def evaluate(self, x, seed=0):  # no batch_size
+            return super().evaluate(x, seed=seed)
+
+    wrong = Torch()
+    assert isinstance(wrong, Backend)  # the names are all there
+    assert [p.split(":")[0] for p in protocol_problems(wrong, Backend)] == [
+        "evaluate",
+        "train_step",
+    ]
+    assert protocol_problems(create_backend("torch"), Backend) == []
 
 
 CUDA = create_backend("torch-cuda").availability()
