@@ -295,10 +295,8 @@ def _throughput_frame(timed: pd.DataFrame) -> pd.DataFrame:
                 "samples/s": f"{r.samples_per_s:,.0f}",
                 "windows min–max": f"{r.samples_per_s_min:,.0f}–{r.samples_per_s_max:,.0f}",
                 "windows": len(windows) or tables.NOT_COMPUTED,
-                "speed-up vs eager": tables.NOT_COMPUTED if math.isnan(s) else f"{s:.2f}x",
-                "per-window speed-up": (
-                    f"{w.min():.2f}–{w.max():.2f}" if len(w) > 1 else tables.NOT_COMPUTED
-                ),
+                "speed-up vs eager": tables.speedup_text(s),
+                "per-window speed-up": tables.spread_text(w),
                 "ms/step": f"{r.ms_per_step:.3f}",
                 "% peak": f"{r.pct_peak:.1f}%",
             }
@@ -405,9 +403,7 @@ def _history_group(history: pd.DataFrame, title: str) -> list[str]:
         )
         parts.append(
             _html_table(
-                wide[[c for c in labels if c in wide]]
-                .map(lambda v: tables.NOT_COMPUTED if pd.isna(v) else f"{v:.2f}x")
-                .reset_index()
+                wide[[c for c in labels if c in wide]].map(tables.speedup_text).reset_index()
             )
         )
     elbo = history.dropna(subset=["elbo"])

@@ -353,13 +353,24 @@ def throughput_table(table: pd.DataFrame, gates: dict[str, str] | None = None) -
     return lines
 
 
+def speedup_text(ratio: float) -> str:
+    """'1.62x', the one way every table writes a speed-up (NOT_COMPUTED where there is none)."""
+    return NOT_COMPUTED if pd.isna(ratio) else f"{ratio:.2f}x"
+
+
+def spread_text(windows: np.ndarray) -> str:
+    """'1.55–1.70': the range of the per-window speed-ups (window i over the peer's window
+    i); NOT_COMPUTED with fewer than two windows."""
+    return f"{windows.min():.2f}–{windows.max():.2f}" if len(windows) > 1 else NOT_COMPUTED
+
+
 def _speedup_cell(ratio: float, windows: np.ndarray) -> str:
-    """'1.62x (1.55–1.70)': the speed-up and the range of its per-window speed-ups (window i
-    over the peer's window i), where the windows were kept."""
+    """'1.62x (1.55–1.70)': the speed-up and the range of its per-window speed-ups, where
+    the windows were kept."""
     if math.isnan(ratio):
         return NOT_COMPUTED
-    spread = f" ({windows.min():.2f}–{windows.max():.2f})" if len(windows) > 1 else ""
-    return f"{ratio:.2f}x{spread}"
+    spread = f" ({spread_text(windows)})" if len(windows) > 1 else ""
+    return f"{speedup_text(ratio)}{spread}"
 
 
 # A backend's settings (Backend.settings) that are measurements of one process, not how it
