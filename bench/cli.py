@@ -286,6 +286,8 @@ def _add_check(commands, known: tuple[str, ...]) -> None:
 
 
 def _add_profile(commands, known: tuple[str, ...]) -> None:
+    from .run_presets import PROFILE_WINDOW_STEPS, PROFILE_WINDOWS
+
     prof = commands.add_parser(
         "profile",
         help="training throughput of backends, interleaved, with a breakdown",
@@ -307,13 +309,15 @@ def _add_profile(commands, known: tuple[str, ...]) -> None:
     )
     prof.add_argument("--batch-size", type=_positive_int, default=128, help="batch size timed")
     _add_hidden_dim(prof)
-    prof.add_argument("--repeats", type=_positive_int, default=7, help="windows per backend")
+    prof.add_argument(
+        "--repeats", type=_positive_int, default=PROFILE_WINDOWS, help="windows per backend"
+    )
     prof.add_argument(
         "--window-steps",
         "--steps",
         type=_positive_int,
-        default=50,
-        help="training steps per timed window (default 50)",
+        default=PROFILE_WINDOW_STEPS,
+        help=f"training steps per timed window (default {PROFILE_WINDOW_STEPS})",
     )
     _add_adam_steps(prof, default=GATE_ADAM_STEPS)
     prof.add_argument(

@@ -44,6 +44,7 @@ from vae_ref.training_outcome import EpochRecord, TrainResult, fixed_test_set
 from . import machine_load
 from .agreement import check
 from .progress import time_left
+from .run_presets import RUN_WINDOW_STEPS, RUN_WINDOWS
 from .tables import ResultRow
 from .tensor_comparison import Comparison
 from .throughput import Measurement, measure
@@ -229,8 +230,8 @@ class Selection:
 
     stages: tuple[str, ...]
     batch_sizes: tuple[int, ...] = (128,)  # time: each of them; train: the first
-    repeats: int = 5  # timed windows per backend and batch size
-    window_steps: int = 30  # training steps per timed window
+    repeats: int = RUN_WINDOWS  # timed windows per backend and batch size
+    window_steps: int = RUN_WINDOW_STEPS  # training steps per timed window
     backend_noise: bool = False  # timed steps draw their own noise (on a GPU: in the step)
     force: bool = False  # time and train backends that failed the gate anyway
     iwae_k: int = 0  # importance samples of the evaluation's bound (0: none)

@@ -22,6 +22,7 @@ from .digits import GATE_IMAGES
 from .profile_text import profile_text
 from .provenance import as_markdown, collect
 from .results_dir import claim_file
+from .run_presets import PROFILE_WINDOW_STEPS, PROFILE_WINDOWS
 from .throughput import device_peaks
 
 REPORT_MARKS = ("# vae-bench profile", "$ vae-bench profile")  # a report's first line
@@ -39,8 +40,8 @@ class ProfileSpec:
     latent: int = 20
     batch_size: int = 128
     hidden_dim: int = DEFAULT_HIDDEN
-    repeats: int = 7  # windows per backend
-    window_steps: int = 50  # training steps per window
+    repeats: int = PROFILE_WINDOWS  # windows per backend
+    window_steps: int = PROFILE_WINDOW_STEPS  # training steps per window
     threads: int | None = None
     backend_noise: bool = False
     force: bool = False  # time backends that fail the gate too

@@ -29,6 +29,7 @@ from . import file_names as files
 from .digits import GATE_IMAGES
 from .progress import eta_text
 from .results_dir import claim
+from .run_presets import RUN_WINDOW_STEPS, RUN_WINDOWS
 from .store import ResultsStore, StoreError, read_json_object
 from .throughput import device_peaks, peak_key
 
@@ -47,8 +48,8 @@ class RunSpec:
     latents: tuple[int, ...] = DEFAULT_LATENTS
     batch_sizes: tuple[int, ...] = (128,)  # throughput rows; the first also trains the ELBO
     epochs: int = 5
-    repeats: int = 5  # timed windows per backend and batch size
-    steps: int = 30  # training steps per timed window
+    repeats: int = RUN_WINDOWS  # timed windows per backend and batch size
+    steps: int = RUN_WINDOW_STEPS  # training steps per timed window
     gate_steps: int = GATE_ADAM_STEPS  # Adam steps compared by the agreement gate
     iwae_k: int = 100
     seed: int = 0

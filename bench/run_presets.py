@@ -4,9 +4,16 @@ Apart from bench/run.py so that the command line lists them without loading what
 needs (PyTorch, pandas, matplotlib: seconds, for ``vae-bench --help``).
 """
 
+# How many timed windows per backend, and steps per window, unless told: a run's (its quick
+# preset's: minutes in all) and a profile's (the closer look at one setting, longer windows).
+RUN_WINDOWS, RUN_WINDOW_STEPS = 5, 30
+PROFILE_WINDOWS, PROFILE_WINDOW_STEPS = 7, 50
+
 PRESETS = {
     # The default of `nox -s bench`: the embedded digits, a few epochs, minutes on 2 cores.
-    "quick": dict(dataset="mnist-5k", epochs=5, repeats=5, steps=30, iwae_k=100),
+    "quick": dict(
+        dataset="mnist-5k", epochs=5, repeats=RUN_WINDOWS, steps=RUN_WINDOW_STEPS, iwae_k=100
+    ),
     # The report's setting: 50 epochs on the full dataset, the literature's k where affordable.
     "full": dict(dataset="fashion-mnist", epochs=50, repeats=9, steps=50, iwae_k=1000),
     # A GPU machine: the fused CUDA backend beside PyTorch on CUDA, batch 128 to 4096. Noise

@@ -26,6 +26,7 @@ from kernels.timing import interleaved_times
 from vae_ref import VAEConfig, build_model, export_params
 
 from . import tables
+from .run_presets import PROFILE_WINDOW_STEPS, PROFILE_WINDOWS
 
 
 def step_flops(config: VAEConfig, batch: int) -> int:
@@ -217,8 +218,8 @@ def measure(
     data: np.ndarray,
     *,
     batch: int,
-    repeats: int = 7,
-    steps: int = 50,
+    repeats: int = PROFILE_WINDOWS,
+    steps: int = PROFILE_WINDOW_STEPS,
     warmup_steps: int = 20,
     settle_seconds: float = 0.3,
     seed: int = 0,
