@@ -869,6 +869,7 @@ def _without_repeats(args: argparse.Namespace) -> None:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from vae_ref.data import load_dataset
 
+    from . import tables
     from .experiment import ExperimentSpec, default_out_dir, run_experiment
 
     log = _setup(args)
@@ -892,7 +893,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     out = args.out = args.out or default_out_dir(spec)
     table = run_experiment(spec, data, out, force=args.retrain, progress=not args.quiet, log=log)
     if not args.quiet:
-        print((out / files.TABLE_MD).read_text().split("\n## Provenance")[0])
+        print(tables.before_section((out / files.TABLE_MD).read_text(), tables.PROVENANCE_HEADING))
     return 0 if len(table) else EXIT_FAILED
 
 
@@ -948,6 +949,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kernels import backend_names, create_backend
     from vae_ref.data import load_dataset
 
+    from . import tables
     from .machine_load import busy_stages
     from .run import RunSpec, default_out_dir, load_cells, parse_shard, run
     from .run_presets import PRESETS
@@ -992,7 +994,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for stage in busy_stages(load_cells(out)):
         _say("warning", f"the machine was busy while timing {stage}; rerun on an idle machine")
     if not args.quiet:
-        print((out / files.SUMMARY).read_text().split("\n## Environment")[0])
+        summary = (out / files.SUMMARY).read_text()
+        print(tables.before_section(summary, tables.ENVIRONMENT_HEADING))
     print(f"results: {out}")
     return 0
 

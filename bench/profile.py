@@ -23,6 +23,7 @@ from .profile_text import profile_text
 from .provenance import as_markdown, collect
 from .results_dir import claim_file
 from .run_presets import PROFILE_WINDOW_STEPS, PROFILE_WINDOWS
+from .tables import PROVENANCE_HEADING
 from .throughput import device_peaks
 
 REPORT_MARKS = ("# vae-bench profile", "$ vae-bench profile")  # a report's first line
@@ -187,5 +188,7 @@ def _publish(text: str, spec: ProfileSpec, data: Dataset, out: Path | None) -> N
     )
     if out:
         command = shlex.join(["vae-bench", "profile", *spec.words()])
-        atomic_write_text(out, f"# {command}\n{text}\n\n## Provenance\n\n{as_markdown(record)}\n")
+        atomic_write_text(
+            out, f"# {command}\n{text}\n\n{PROVENANCE_HEADING}\n\n{as_markdown(record)}\n"
+        )
         print(f"wrote {out}")

@@ -22,6 +22,10 @@ from vae_ref.config import DEFAULT_HIDDEN
 from .provenance import as_markdown
 
 RESULTS_SCHEMA = 1
+# The last section of a run's summary.md and of an experiment's table.md (and of a profile
+# report): the machine and the versions, which the command line leaves out when it prints them.
+ENVIRONMENT_HEADING = "## Environment"
+PROVENANCE_HEADING = "## Provenance"
 NAN = math.nan
 
 
@@ -353,6 +357,11 @@ def throughput_table(table: pd.DataFrame, gates: dict[str, str] | None = None) -
     return lines
 
 
+def before_section(markdown: str, heading: str) -> str:
+    """``markdown`` up to the section that ``heading`` opens (all of it where there is none)."""
+    return markdown.split(f"\n{heading}")[0]
+
+
 def speedup_text(ratio: float) -> str:
     """'1.62x', the one way every table writes a speed-up (NOT_COMPUTED where there is none)."""
     return NOT_COMPUTED if pd.isna(ratio) else f"{ratio:.2f}x"
@@ -424,7 +433,7 @@ def run_summary(
             *_precision_cost_section(gate),
             *_settings_section(settings),
             "",
-            "## Environment",
+            ENVIRONMENT_HEADING,
             "",
             as_markdown(record),
             "",
@@ -664,5 +673,5 @@ def experiment_table(table: pd.DataFrame, spec: dict, described_data: str, recor
             f"| {iwae} | {terms} | {fmt(row.train_test_gap, '+.2f', nan=NOT_COMPUTED)} "
             f"| {active} | {row.epochs} | {row.train_seconds:.1f} | {row.seconds_per_epoch:.2f} |"
         )
-    lines += ["", "## Provenance", "", as_markdown(record), ""]
+    lines += ["", PROVENANCE_HEADING, "", as_markdown(record), ""]
     return "\n".join(lines)
