@@ -309,16 +309,7 @@ def _add_profile(commands, known: tuple[str, ...]) -> None:
     )
     prof.add_argument("--batch-size", type=_positive_int, default=128, help="batch size timed")
     _add_hidden_dim(prof)
-    prof.add_argument(
-        "--repeats", type=_positive_int, default=PROFILE_WINDOWS, help="windows per backend"
-    )
-    prof.add_argument(
-        "--window-steps",
-        "--steps",
-        type=_positive_int,
-        default=PROFILE_WINDOW_STEPS,
-        help=f"training steps per timed window (default {PROFILE_WINDOW_STEPS})",
-    )
+    _add_windows(prof, PROFILE_WINDOWS, PROFILE_WINDOW_STEPS)
     _add_adam_steps(prof, default=GATE_ADAM_STEPS)
     prof.add_argument(
         "--threads", type=_positive_int, help="threads for every backend (default: all cores)"
@@ -347,6 +338,19 @@ def _add_profile(commands, known: tuple[str, ...]) -> None:
         "--quiet", action="store_true", help="no progress lines: the report (and refusals) only"
     )
     prof.set_defaults(handler=cmd_profile)
+
+
+def _add_windows(parser, repeats: int | None = None, window_steps: int | None = None) -> None:
+    parser.add_argument(
+        "--repeats", type=_positive_int, default=repeats, help="timed windows per backend"
+    )
+    parser.add_argument(
+        "--window-steps",
+        "--steps",
+        type=_positive_int,
+        default=window_steps,
+        help="training steps per timed window",
+    )
 
 
 def _add_adam_steps(parser, default: int | None) -> None:
@@ -405,13 +409,7 @@ def _add_run(commands, datasets: tuple[str, ...], presets: tuple[str, ...]) -> N
         help="directory holding the IDX files (flat, or torchvision's <dir>/MNIST/raw)",
     )
     runp.add_argument("--epochs", type=_positive_int, help="override the preset's epochs")
-    runp.add_argument("--repeats", type=_positive_int, help="timed windows per backend")
-    runp.add_argument(
-        "--window-steps",
-        "--steps",
-        type=_positive_int,
-        help="training steps per timed window",
-    )
+    _add_windows(runp)  # the preset's by default
     runp.add_argument(
         "--iwae-k",
         type=_non_negative_int,
@@ -1163,44 +1161,13 @@ def _main(argv: list[str]) -> int:
         _say("error", unwritable)
         return EXIT_USAGE
 
-    from kernels import BackendFailed, BackendUnavailable, UnknownBackendError
-    from vae_ref.data import DatasetError
-    from vae_ref.fixture import FixtureError
-    from vae_ref.idx import IDXFormatError
+    from kernels import BackendFailed
     from vae_ref.training_outcome import TrainingDiverged
 
-    from .archive import ArchiveError
-    from .experiment import ExperimentError
-    from .export import ExportError
-    from .profile import ProfileError
-    from .report import ReportError
-    from .result_files import ResultsFileError
-    from .results_dir import ResultsDirError
-    from .run import RunError
-    from .run_comparison import CompareError
-    from .seeds import SeedsError
-    from .store import StoreError
-
+    refusals = _refusals()
     try:
         return args.handler(args)
-    except (
-        DatasetError,
-        IDXFormatError,
-        ExperimentError,
-        FixtureError,
-        UnknownBackendError,
-        BackendUnavailable,
-        RunError,
-        CompareError,
-        ResultsDirError,
-        StoreError,
-        SeedsError,
-        ProfileError,
-        ReportError,
-        ArchiveError,
-        ResultsFileError,
-        ExportError,
-    ) as error:
+    except refusals as error:
         _say("error", str(error))
         return EXIT_USAGE
     except TrainingDiverged as error:
@@ -1221,6 +1188,47 @@ def _main(argv: list[str]) -> int:
         hint = _resume_hint(args, argv)
         print(f"vae-bench: interrupted{': ' + hint if hint else ''}", file=sys.stderr)
         return 130
+
+
+def _refusals() -> tuple[type[Exception], ...]:
+    """The errors that are the user's to fix (bad input; a results directory, fixture or data
+    set that cannot be used as it is): one line and exit 2. Imported once the command line is
+    parsed, so that --help and usage errors load none of them."""
+    from kernels import BackendUnavailable, UnknownBackendError
+    from vae_ref.data import DatasetError
+    from vae_ref.fixture import FixtureError
+    from vae_ref.idx import IDXFormatError
+
+    from .archive import ArchiveError
+    from .experiment import ExperimentError
+    from .export import ExportError
+    from .profile import ProfileError
+    from .report import ReportError
+    from .result_files import ResultsFileError
+    from .results_dir import ResultsDirError
+    from .run import RunError
+    from .run_comparison import CompareError
+    from .seeds import SeedsError
+    from .store import StoreError
+
+    return (
+        DatasetError,
+        IDXFormatError,
+        ExperimentError,
+        FixtureError,
+        UnknownBackendError,
+        BackendUnavailable,
+        RunError,
+        CompareError,
+        ResultsDirError,
+        StoreError,
+        SeedsError,
+        ProfileError,
+        ReportError,
+        ArchiveError,
+        ResultsFileError,
+        ExportError,
+    )
 
 
 if __name__ == "__main__":

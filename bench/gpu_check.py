@@ -365,21 +365,14 @@ def gpu_check(
                     records.append(StageRecord(stage, "skipped", why=skip))
                     log(f"stage {number}/{len(plan)} {stage.name}: skipped, {skip}")
                     continue
+                budget = "" if time_budget is None else f"; {left():.0f} s of the budget left"
                 log(
-                    f"stage {number}/{len(plan)} {stage.name}: {stage.what} (expected "
-                    f"~{stage.seconds} s"
-                    + ("" if time_budget is None else f"; {left():.0f} s of the budget left")
-                    + ")"
+                    f"stage {number}/{len(plan)} {stage.name}: {stage.what} "
+                    f"(expected ~{stage.seconds} s{budget})"
                 )
                 begun = time.monotonic()
                 if stage.name == "smoke":
-                    lines, broken = smoke(names, data, log)
-                    atomic_write_text(out / files.SMOKE, "\n".join(lines) + "\n")
-                    record = StageRecord(
-                        stage,
-                        "failed" if broken else "done",
-                        why="; ".join(f"{n}: {w}" for n, w in broken.items()),
-                    )
+                    record, broken = _smoke_stage(stage, names, out, data, log)
                 elif stage.name == "tests":
                     tests, tests_failed = run_gpu_tests(out, log, min(TEST_SECONDS, left()))
                     record = StageRecord(stage, "failed" if tests_failed else "done")
@@ -387,14 +380,35 @@ def gpu_check(
                     record = _run_stage(stage, names, out, data, resume, progress, log)
                 record.seconds = time.monotonic() - begun
                 records.append(record)
-                write_targets(out, data, records, tests)
-                if archive is not None:
-                    _archive(out, archive, log)
+                _save(out, data, records, tests, archive, log)
         finally:  # an interrupted stage's rows so far, too
-            write_targets(out, data, records, tests)
-            if archive is not None:
-                _archive(out, archive, log)
+            _save(out, data, records, tests, archive, log)
     return _exit_status(records, log)
+
+
+def _save(
+    out: Path,
+    data: Dataset,
+    records: list[StageRecord],
+    tests: str,
+    archive: Path | None,
+    log: Callable[[str], None],
+) -> None:
+    """targets.md as the stages so far left it, and the archive of the whole check."""
+    write_targets(out, data, records, tests)
+    if archive is not None:
+        _archive(out, archive, log)
+
+
+def _smoke_stage(
+    stage: Stage, names: list[str], out: Path, data: Dataset, log: Callable[[str], None]
+) -> tuple[StageRecord, dict[str, str]]:
+    """The smoke step of each backend, its lines in smoke.txt: the stage's record, and the
+    backends it found broken (left out of the later stages) with why."""
+    lines, broken = smoke(names, data, log)
+    atomic_write_text(out / files.SMOKE, "\n".join(lines) + "\n")
+    why = "; ".join(f"{n}: {w}" for n, w in broken.items())
+    return StageRecord(stage, "failed" if broken else "done", why=why), broken
 
 
 def _requested(

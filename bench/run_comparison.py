@@ -466,14 +466,11 @@ def _throughput_verdict(
     u_test = f"one-sided Mann-Whitney U, {test.describe()}"
     if ratio >= gate:
         if test.verdict == "slower":
-            return (
-                "slower",
-                "note",
-                [
-                    f"{moved}: significantly slower ({u_test} < "
-                    f"{test.alpha:g}), within the gate ({gate:.2f}x)"
-                ],
+            said = (
+                f"{moved}: significantly slower ({u_test} < {test.alpha:g}), "
+                f"within the gate ({gate:.2f}x)"
             )
+            return "slower", "note", [said]
         return test.verdict, "note", []
     drop = f"{moved} (gate: {gate:.2f}x)"
     if threshold_only:
@@ -483,25 +480,16 @@ def _throughput_verdict(
             [f"{drop}; decided by the threshold alone (--threshold-only)"],
         )
     if not test.decided:
-        return (
-            "undecided",
-            "undecided",
-            [
-                f"{drop}, but undecided: {test.why_undecided}; time more windows (--repeats) or "
-                "decide by the threshold alone (--threshold-only)"
-            ],
+        said = (
+            f"{drop}, but undecided: {test.why_undecided}; time more windows (--repeats) or "
+            "decide by the threshold alone (--threshold-only)"
         )
+        return "undecided", "undecided", [said]
     if test.verdict == "slower":
-        return (
-            "slower",
-            "regression",
-            [f"{drop}; significant over the windows ({u_test} < {test.alpha:g})"],
-        )
-    return (
-        test.verdict,
-        "note",
-        [
-            f"{drop}, but not significant over the windows ({u_test} >= "
-            f"{test.alpha:g}): within the noise, not a regression"
-        ],
+        said = f"{drop}; significant over the windows ({u_test} < {test.alpha:g})"
+        return "slower", "regression", [said]
+    said = (
+        f"{drop}, but not significant over the windows ({u_test} >= "
+        f"{test.alpha:g}): within the noise, not a regression"
     )
+    return test.verdict, "note", [said]

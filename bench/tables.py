@@ -329,12 +329,6 @@ def throughput_table(table: pd.DataFrame, gates: dict[str, str] | None = None) -
         "|" + "---|" * text_columns + "---:|" * (len(head) - text_columns),
     ]
     for i, (r, device) in enumerate(zip(timed.itertuples(), devices(timed))):
-        floor = r.launch_floor_ms
-        floor_text = (
-            f"{floor:.3f} ({r.ms_per_step / floor:.1f}x)"
-            if isinstance(floor, float) and not math.isnan(floor)
-            else NOT_COMPUTED
-        )
         cells = (
             [r.backend, device]
             + ([r.precision] if mixed else [])
@@ -349,12 +343,19 @@ def throughput_table(table: pd.DataFrame, gates: dict[str, str] | None = None) -
                 f"{r.pct_peak:.1f}%",
                 *(_speedup_cell(ratios[peer].iloc[i], spreads[peer].iloc[i]) for peer in peers),
                 fmt(r.peak_memory_mb, ".1f", nan=NOT_COMPUTED),
-                floor_text,
+                _floor_cell(r.launch_floor_ms, r.ms_per_step),
                 f"{r.warmup_s:.2f}",
             ]
         )
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _floor_cell(floor: float, ms_per_step: float) -> str:
+    """'0.412 (3.1x)': a step graph's launch-latency floor, and the step's time in floors."""
+    if isinstance(floor, float) and not math.isnan(floor):
+        return f"{floor:.3f} ({ms_per_step / floor:.1f}x)"
+    return NOT_COMPUTED
 
 
 def before_section(markdown: str, heading: str) -> str:
