@@ -240,12 +240,27 @@ def scaling(rows: pd.DataFrame, path: Path) -> None:
     save(fig, path)
 
 
-def _by_beta(vaes: pd.DataFrame, value: str):
-    """Per beta (in order), the latent sizes and the mean, lowest and highest of ``value``
-    over the seeds at each."""
-    for beta, rows in vaes.groupby("beta", sort=True):
+def _by_beta(ax, vaes: pd.DataFrame, value: str, seeds_in_label: bool) -> None:
+    """A line per beta (in order) of ``value`` against the latent size: its mean over the
+    seeds at each size, the bar their range; the latent sizes on a log axis, each named."""
+    for i, (beta, rows) in enumerate(vaes.groupby("beta", sort=True)):
         stats = rows.groupby("latent_dim")[value].agg(["mean", "min", "max", "count"])
-        yield beta, stats
+        seeds = int(stats["count"].max())
+        label = f"beta = {beta:g}" + (
+            f" ({seeds} seed{'s' if seeds != 1 else ''})" if seeds_in_label else ""
+        )
+        ax.errorbar(
+            stats.index,
+            stats["mean"],
+            yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
+            marker="o",
+            capsize=3,
+            color=f"C{i}",
+            label=label,
+        )
+    sizes = sorted(vaes.latent_dim.unique())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(z) for z in sizes])
 
 
 def elbo_by_latent(table: pd.DataFrame, path: Path, dataset: str) -> None:
@@ -254,21 +269,7 @@ def elbo_by_latent(table: pd.DataFrame, path: Path, dataset: str) -> None:
     vaes = table[table.model == "vae"].dropna(subset=["final_test_elbo"])
     fig = Figure(figsize=(7.5, 4.8))
     ax = fig.add_subplot()
-    for i, (beta, stats) in enumerate(_by_beta(vaes, "final_test_elbo")):
-        seeds = int(stats["count"].max())
-        ax.errorbar(
-            stats.index,
-            stats["mean"],
-            yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-            marker="o",
-            capsize=3,
-            color=f"C{i}",
-            label=f"beta = {beta:g} ({seeds} seed{'s' if seeds != 1 else ''})",
-        )
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(
-        sorted(vaes.latent_dim.unique()), [str(z) for z in sorted(vaes.latent_dim.unique())]
-    )
+    _by_beta(ax, vaes, "final_test_elbo", seeds_in_label=True)
     _finish(
         fig,
         ax,
@@ -288,18 +289,7 @@ def active_units_by_latent(table: pd.DataFrame, path: Path, dataset: str) -> Non
     ax = fig.add_subplot()
     sizes = sorted(vaes.latent_dim.unique())
     ax.plot(sizes, sizes, "k:", label="every unit active")
-    for i, (beta, stats) in enumerate(_by_beta(vaes, "active_units")):
-        ax.errorbar(
-            stats.index,
-            stats["mean"],
-            yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
-            marker="o",
-            capsize=3,
-            color=f"C{i}",
-            label=f"beta = {beta:g}",
-        )
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sizes, [str(z) for z in sizes])
+    _by_beta(ax, vaes, "active_units", seeds_in_label=False)
     _finish(
         fig,
         ax,
