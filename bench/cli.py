@@ -1161,10 +1161,13 @@ def _main(argv: list[str]) -> int:
         _say("error", unwritable)
         return EXIT_USAGE
 
-    from kernels import BackendFailed
-    from vae_ref.training_outcome import TrainingDiverged
+    from kernels.library_loading import interrupts_held
 
-    refusals = _refusals()
+    with interrupts_held():  # PyTorch loads here
+        from kernels import BackendFailed
+        from vae_ref.training_outcome import TrainingDiverged
+
+        refusals = _refusals()
     try:
         return args.handler(args)
     except refusals as error:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .base import Availability, Backend, BackendFailed, BackendUnavailable, BatchLoss, StepOutputs
+from .library_loading import interrupts_held
 
 
 class UnknownBackendError(ValueError):
@@ -209,11 +210,12 @@ def create_backend(name: str, **options) -> Backend:
     known = registrations()
     if name not in known:
         raise UnknownBackendError(f"unknown backend {name!r}; available: {', '.join(known)}")
-    try:
-        factory = known[name].factory()
-    except BackendUnavailable as error:
-        return UnloadableBackend(name, str(error))
-    return factory(**options)
+    with interrupts_held():  # importing and making it loads its native libraries
+        try:
+            factory = known[name].factory()
+        except BackendUnavailable as error:
+            return UnloadableBackend(name, str(error))
+        return factory(**options)
 
 
 __all__ = [

@@ -432,6 +432,97 @@ def test_ctrl_c_at_any_moment_is_one_line_and_leaves_nothing_half_written(delay,
         assert not out.exists() or not any(p.name.endswith(".tmp") for p in out.rglob("*"))
 
 
+# Sends SIGINT at the moment the test above once hit by chance (and CI with it): inside
+# torch._C._c10d_init(), which `import torch` calls from torch/distributed/__init__.py and which
+# calls back into Python (importlib's module locks) from pybind11 code. The profile hook sees the
+# C call begin, and the first Python call inside it; the handler then runs in that call.
+INTERRUPT_INSIDE_TORCHS_INITIALISER = """
+import os, signal, sys, types
+inside = []
+def at(frame, event, arg):
+    if event.startswith("c_") and type(arg) is types.BuiltinFunctionType \\
+            and arg.__name__ == "_c10d_init":
+        inside[:] = [1] if event == "c_call" else []
+    elif inside and event == "call":
+        sys.setprofile(None)
+        print("sent", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+sys.setprofile(at)
+"""
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_a_ctrl_c_inside_torchs_initialiser_is_held_until_torch_has_loaded(held, tmp_path):
+    """It aborted the process (pybind11 std::terminate, SIGABRT) with no line of ours; held, it is
+    the one line and exit 130. Unheld (the mutation) shows the moment is the one that aborts."""
+    import signal
+    import subprocess
+    import sys
+
+    unheld = (
+        ""
+        if held
+        else (
+            "import contextlib, kernels.library_loading as loading\n"
+            "loading.interrupts_held = contextlib.nullcontext\n"
+        )
+    )
+    committed = Path(__file__).parents[1] / "results" / "run-full-mnist-5k"
+    out = tmp_path / "report"
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            INTERRUPT_INSIDE_TORCHS_INITIALISER + unheld + PAST_PYTHONS_START,
+            *("report", str(committed), "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        timeout=300,
+    )
+    assert child.stderr.startswith("started\nsent\n"), child.stderr
+    if held:
+        assert (child.returncode, child.stderr) == (130, "started\nsent\nvae-bench: interrupted\n")
+        assert not out.exists()
+    else:
+        assert child.returncode == -signal.SIGABRT, child.stderr
+
+
+def test_a_ctrl_c_while_a_backend_is_made_comes_once_it_is_made():
+    """create_backend imports the backend's package and makes it (JAX's initialisers crashed
+    with SIGSEGV, or swallowed the interrupt, when one landed inside them): a SIGINT meanwhile
+    is raised when that is done, and the backend is whole."""
+    import signal
+    import subprocess
+    import sys
+
+    script = """
+import os, signal, sys
+import kernels
+made = []
+def factory(**options):
+    os.kill(os.getpid(), signal.SIGINT)
+    made.append("after the signal")
+    return made
+kernels.BACKENDS["interrupted"] = factory
+try:
+    kernels.create_backend("interrupted")
+except KeyboardInterrupt:
+    print(made, signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+"""
+    child = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        timeout=120,
+    )
+    assert (child.returncode, child.stdout) == (0, "['after the signal'] True\n"), child.stderr
+
+
 # What `--help` must not load: the libraries that take seconds to import.
 HEAVY = ("torch", "pandas", "matplotlib", "scipy", "jax", "numba")
 HELP = """import sys
