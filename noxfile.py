@@ -90,6 +90,7 @@ def tests(session: nox.Session) -> None:
         str(usable_cpus()),
         "--dist",
         "worksteal",
+        "--durations=25",  # the CI log names the slowest tests: CI must stay under 20 minutes
         *session.posargs,
         env=bf16,
     )
