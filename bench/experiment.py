@@ -5,7 +5,7 @@ The stages of ``pipeline.py`` per model (train, evaluate), then the tables and f
 finished model is a unit of the results store (``store.py``: its record and its weights),
 saved as soon as it finishes, so an interrupted run keeps what it finished; a re-run reuses
 a model made with the same settings and data and refuses one made otherwise, unless
-``force`` retrains it. The VAEs are trained by ``spec.backend`` (the reference, ``torch``,
+``retrain`` retrains it. The VAEs are trained by ``spec.backend`` (the reference, ``torch``,
 by default), the AE always by the reference.
 
 What it writes into the results directory (default ``results/experiment-<dataset>-<N>ep``):
@@ -297,7 +297,7 @@ def run_experiment(
     data: Dataset,
     out: Path,
     *,
-    force: bool = False,
+    retrain: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> pd.DataFrame:
@@ -317,7 +317,7 @@ def run_experiment(
         log(f"results: {out}")
         configs = spec.configs()
         earlier = {
-            spec.model_name(c): None if force else _load_finished(store, c, spec, data)
+            spec.model_name(c): None if retrain else _load_finished(store, c, spec, data)
             for c in configs
         }
         todo = sum(done is None for done in earlier.values())

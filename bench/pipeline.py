@@ -233,7 +233,7 @@ class Selection:
     repeats: int = RUN_WINDOWS  # timed windows per backend and batch size
     window_steps: int = RUN_WINDOW_STEPS  # training steps per timed window
     backend_noise: bool = False  # timed steps draw their own noise (on a GPU: in the step)
-    force: bool = False  # time and train backends that failed the gate anyway
+    include_failed: bool = False  # time and train backends that failed the gate anyway
     iwae_k: int = 0  # importance samples of the evaluation's bound (0: none)
     seed: int = 0  # of the timed batches and their noise
 
@@ -274,12 +274,12 @@ class Outcome:
         ]
 
 
-def admitted(record: GateRecord | None, force: bool) -> bool:
+def admitted(record: GateRecord | None, include_failed: bool) -> bool:
     """Whether a backend goes on past the gate: it passed (or no gate ran), or it failed and
     the selection forces it. An unavailable backend never does."""
     if record is None:
         return True
-    return record.verdict == "pass" or force and record.verdict == "fail"
+    return record.verdict == "pass" or include_failed and record.verdict == "fail"
 
 
 def execute(
@@ -304,63 +304,91 @@ def execute(
         if cases is None:
             raise ValueError("the gate needs its cases")
         outcome.gates = gate(backends, cases, log)
-    outcome.admitted = [b for b in backends if admitted(outcome.gates.get(b.name), selection.force)]
+    outcome.admitted = [
+        b for b in backends if admitted(outcome.gates.get(b.name), selection.include_failed)
+    ]
     on_stage("gate", outcome)
     if (selection.runs("time") or selection.runs("train")) and (config is None or data is None):
         raise ValueError("timing and training need a config and data")
 
     if selection.runs("time") and outcome.admitted:
         assert config is not None and data is not None  # refused above otherwise
-        for batch in selection.batch_sizes:
-            log(f"batch {batch}: timing {', '.join(b.name for b in outcome.admitted)}")
-
-            def timed(done: int, of: int, each: float, batch: int = batch) -> None:
-                log(
-                    f"batch {batch}: {done} of {of} rounds of windows timed; "
-                    f"{time_left(each * (of - done))}"
-                )
-
-            watch = machine_load.Watch()
-            outcome.measurements[batch] = {
-                m.backend: m
-                for m in measure(
-                    outcome.admitted,
-                    config.replace(batch_size=batch),
-                    data.train_x,
-                    batch=batch,
-                    repeats=selection.repeats,
-                    steps=selection.window_steps,
-                    seed=selection.seed,
-                    backend_noise=selection.backend_noise,
-                    on_round=timed,
-                )
-            }
-            outcome.machine_load[batch] = watch.result()
-            if machine_load.busy(outcome.machine_load[batch]):
-                log(
-                    f"batch {batch}: warning: the machine was busy while timing: "
-                    f"{machine_load.describe(outcome.machine_load[batch])}"
-                )
-            on_stage("time", outcome)
-
+        _time_stage(selection, outcome, config, data, log, on_stage)
     if selection.runs("train"):
         assert config is not None and data is not None  # refused above otherwise
-        train_config = config.replace(batch_size=selection.batch_sizes[0])
-        for backend in outcome.admitted:
-            log(f"training {backend.name} for {train_config.epochs} epochs on {data.name}")
-            result = train_backend(
-                backend,
-                train_config,
-                data.train_x,
-                data.test_x,
-                progress=progress,
-                on_epoch=on_epoch,
-            )
-            outcome.trained[backend.name] = result
-            if selection.runs("evaluate"):
-                outcome.evaluations[backend.name] = evaluate(result, data, iwae_k=selection.iwae_k)
-            on_stage("train", outcome)
+        _train_stage(selection, outcome, config, data, log, progress, on_epoch, on_stage)
     return outcome
+
+
+def _time_stage(
+    selection: Selection,
+    outcome: Outcome,
+    config: VAEConfig,
+    data: Dataset,
+    log: Callable[[str], None],
+    on_stage: Callable[[str, Outcome], None],
+) -> None:
+    """The admitted backends timed together, interleaved, at each batch size of the selection,
+    with the machine's load watched meanwhile."""
+    for batch in selection.batch_sizes:
+        log(f"batch {batch}: timing {', '.join(b.name for b in outcome.admitted)}")
+
+        def timed(done: int, of: int, each: float, batch: int = batch) -> None:
+            log(
+                f"batch {batch}: {done} of {of} rounds of windows timed; "
+                f"{time_left(each * (of - done))}"
+            )
+
+        watch = machine_load.Watch()
+        outcome.measurements[batch] = {
+            m.backend: m
+            for m in measure(
+                outcome.admitted,
+                config.replace(batch_size=batch),
+                data.train_x,
+                batch=batch,
+                repeats=selection.repeats,
+                steps=selection.window_steps,
+                seed=selection.seed,
+                backend_noise=selection.backend_noise,
+                on_round=timed,
+            )
+        }
+        outcome.machine_load[batch] = watch.result()
+        if machine_load.busy(outcome.machine_load[batch]):
+            log(
+                f"batch {batch}: warning: the machine was busy while timing: "
+                f"{machine_load.describe(outcome.machine_load[batch])}"
+            )
+        on_stage("time", outcome)
+
+
+def _train_stage(
+    selection: Selection,
+    outcome: Outcome,
+    config: VAEConfig,
+    data: Dataset,
+    log: Callable[[str], None],
+    progress: bool,
+    on_epoch: Callable[[EpochRecord], None] | None,
+    on_stage: Callable[[str, Outcome], None],
+) -> None:
+    """Each admitted backend trained at the selection's first batch size, then evaluated."""
+    train_config = config.replace(batch_size=selection.batch_sizes[0])
+    for backend in outcome.admitted:
+        log(f"training {backend.name} for {train_config.epochs} epochs on {data.name}")
+        result = train_backend(
+            backend,
+            train_config,
+            data.train_x,
+            data.test_x,
+            progress=progress,
+            on_epoch=on_epoch,
+        )
+        outcome.trained[backend.name] = result
+        if selection.runs("evaluate"):
+            outcome.evaluations[backend.name] = evaluate(result, data, iwae_k=selection.iwae_k)
+        on_stage("train", outcome)
 
 
 class _RowIdentity(TypedDict):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernels import create_backend
+from kernels import Backend, create_backend
 from vae_ref import VAEConfig
 from vae_ref.atomic import atomic_write_text
 from vae_ref.config import DEFAULT_HIDDEN, GATE_ADAM_STEPS
@@ -45,7 +45,7 @@ class ProfileSpec:
     window_steps: int = PROFILE_WINDOW_STEPS  # training steps per window
     threads: int | None = None
     backend_noise: bool = False
-    force: bool = False  # time backends that fail the gate too
+    include_failed: bool = False  # time backends that fail the gate too
     adam_steps: int = GATE_ADAM_STEPS  # the gate's K-step case (0: single-step cases only)
 
     def words(self) -> list[str]:
@@ -72,7 +72,7 @@ class ProfileSpec:
             flag
             for flag, on in (
                 ("--backend-noise", self.backend_noise),
-                ("--include-failed", self.force),
+                ("--include-failed", self.include_failed),
             )
             if on
         ]
@@ -98,8 +98,6 @@ def profile(
     of every backend not timed for failing the gate; returns whether there was one.
     ``log``: the progress (each backend's gate, each round of windows timed); the report
     names every backend's verdict, an unavailable one's reason included."""
-    import torch
-
     backends = [create_backend(name, threads=spec.threads) for name in spec.backends]
     holding = (
         claim_file(out, ours=is_profile_report, what="a profile report")
@@ -107,60 +105,11 @@ def profile(
         else contextlib.nullcontext()
     )
     with holding:
-        # The timing needs mnist-5k, so the gate takes its images from it (gate_images' fallback
-        # to the fixture's copy would only load the same digits twice).
-        data = load_dataset("mnist-5k")
-        images = data.train_x[:GATE_IMAGES]
-        if spec.batch_size > len(data.train_x):
-            # Timed batches are drawn with replacement: it runs, but it is not an epoch's
-            # batch (run refuses it for the batch that trains).
-            print(
-                f"note: batch size {spec.batch_size} exceeds the {len(data.train_x)} "
-                f"training images of {data.name}: each timed batch repeats images",
-                flush=True,
-            )
-        steps = f" and {spec.adam_steps} Adam steps" if spec.adam_steps else " only"
-        log(
-            f"agreement gate at z {spec.latent}, single-step cases{steps} (mnist-5k "
-            f"images): {', '.join(spec.backends)} ..."
-        )
-
-        def after(stage: str, outcome: pipeline.Outcome) -> None:
-            if stage != "gate":
-                return
-            for name in outcome.refused:
-                refuse(
-                    f"{name} failed the agreement gate: {outcome.gates[name].summary()}; "
-                    "not timed (--include-failed times it anyway)"
-                )
-            if outcome.admitted:
-                log(
-                    f"profiling on {data.name} ({len(data.train_x)} images), torch threads "
-                    f"{torch.get_num_threads()}; warming up "
-                    f"{', '.join(b.name for b in outcome.admitted)} ..."
-                )
-
+        data = _timing_data(spec.batch_size)
         config = VAEConfig(
             latent_dim=spec.latent, hidden_dim=spec.hidden_dim, batch_size=spec.batch_size
         )
-        outcome = pipeline.execute(
-            pipeline.Selection(
-                stages=("gate", "time"),
-                batch_sizes=(spec.batch_size,),
-                repeats=spec.repeats,
-                window_steps=spec.window_steps,
-                backend_noise=spec.backend_noise,
-                force=spec.force,
-            ),
-            backends,
-            config=config,
-            data=data,
-            on_stage=after,
-            log=log,
-            cases=pipeline.gate_cases(
-                images, spec.latent, steps=spec.adam_steps, hidden=spec.hidden_dim
-            ),
-        )
+        outcome = _gate_and_time(spec, config, backends, data, refuse, log)
         if not outcome.admitted:
             if outcome.refused:
                 return True  # each refusal has said why
@@ -174,6 +123,75 @@ def profile(
         )
         _publish(text, spec, data, out)
     return bool(outcome.refused)
+
+
+def _timing_data(batch_size: int) -> Dataset:
+    """mnist-5k, which the timing needs; a batch larger than it is noted."""
+    data = load_dataset("mnist-5k")
+    if batch_size > len(data.train_x):
+        # Timed batches are drawn with replacement: it runs, but it is not an epoch's
+        # batch (run refuses it for the batch that trains).
+        print(
+            f"note: batch size {batch_size} exceeds the {len(data.train_x)} "
+            f"training images of {data.name}: each timed batch repeats images",
+            flush=True,
+        )
+    return data
+
+
+def _gate_and_time(
+    spec: ProfileSpec,
+    config: VAEConfig,
+    backends: list[Backend],
+    data: Dataset,
+    refuse: Callable[[str], None],
+    log: Callable[[str], None],
+) -> pipeline.Outcome:
+    """The gate at the profile's latent size on mnist-5k's digits, then the timing of the
+    backends it admitted; ``refuse`` told of each it did not."""
+    import torch
+
+    steps = f" and {spec.adam_steps} Adam steps" if spec.adam_steps else " only"
+    log(
+        f"agreement gate at z {spec.latent}, single-step cases{steps} (mnist-5k "
+        f"images): {', '.join(spec.backends)} ..."
+    )
+
+    def after(stage: str, outcome: pipeline.Outcome) -> None:
+        if stage != "gate":
+            return
+        for name in outcome.refused:
+            refuse(
+                f"{name} failed the agreement gate: {outcome.gates[name].summary()}; "
+                "not timed (--include-failed times it anyway)"
+            )
+        if outcome.admitted:
+            log(
+                f"profiling on {data.name} ({len(data.train_x)} images), torch threads "
+                f"{torch.get_num_threads()}; warming up "
+                f"{', '.join(b.name for b in outcome.admitted)} ..."
+            )
+
+    return pipeline.execute(
+        pipeline.Selection(
+            stages=("gate", "time"),
+            batch_sizes=(spec.batch_size,),
+            repeats=spec.repeats,
+            window_steps=spec.window_steps,
+            backend_noise=spec.backend_noise,
+            include_failed=spec.include_failed,
+        ),
+        backends,
+        config=config,
+        data=data,
+        on_stage=after,
+        log=log,
+        # The gate takes its images from the timing's mnist-5k (gate_images' fallback to the
+        # fixture's copy would only load the same digits twice).
+        cases=pipeline.gate_cases(
+            data.train_x[:GATE_IMAGES], spec.latent, steps=spec.adam_steps, hidden=spec.hidden_dim
+        ),
+    )
 
 
 def _publish(text: str, spec: ProfileSpec, data: Dataset, out: Path | None) -> None:

@@ -54,7 +54,9 @@ class RunSpec:
     iwae_k: int = 100
     seed: int = 0
     threads: int | None = None
-    force: bool = False  # time and train backends that failed the gate anyway
+    # time and train backends that failed the gate anyway (--include-failed; the name is
+    # recorded in every run's env.json, which resuming and merging compare)
+    force: bool = False
     backend_noise: bool = False  # timed steps draw their own noise (on a GPU: in the step)
     # Latent sizes (of ``latents``) where only the gate runs, for these backends (all when
     # empty): the GPU check gates the fused kernels at every size and times one.
@@ -157,7 +159,7 @@ def selection(spec: RunSpec, latent: int) -> pipeline.Selection:
         repeats=spec.repeats,
         window_steps=spec.steps,
         backend_noise=spec.backend_noise,
-        force=spec.force,
+        include_failed=spec.force,
         iwae_k=spec.iwae_k,
         seed=spec.seed,
     )
@@ -180,39 +182,9 @@ def run_latent(
     names = spec.gate_only_backends if gate_only and spec.gate_only_backends else spec.backends
     backends = [create_backend(name, threads=spec.threads) for name in names]
 
-    def cell(outcome: pipeline.Outcome, *, complete: bool) -> dict:
-        rows = pipeline.result_rows(
-            outcome,
-            chosen,
-            latent=latent,
-            dataset=data.name,
-            seed=spec.seed,
-            peaks=peaks,
-            complete=complete,
-        )
-        curves = [
-            dict(backend=name, latent_dim=latent, **r.to_dict())
-            for name, result in outcome.trained.items()
-            for r in result.history
-        ]
-        # Each backend's settings as it was timed (the first batch size's; they hold for all).
-        settings: dict[str, Any] = {}  # JSON, by backend name
-        for measured in outcome.measurements.values():
-            for name, m in measured.items():
-                settings.setdefault(name, json.loads(json.dumps(m.settings, default=str)))
-        return {
-            "latent": latent,
-            "rows": [asdict(r) for r in rows],
-            "curves": curves,
-            "gate": tables.gate_records(outcome.gates.values(), latent),
-            "settings": settings,
-            # JSON keys are text: the batch size as one.
-            "machine_load": {str(b): r for b, r in outcome.machine_load.items()},
-        }
-
     def checkpoint(_stage: str, outcome: pipeline.Outcome) -> None:
         if save is not None:
-            save(cell(outcome, complete=False))
+            save(_cell(outcome, chosen, spec, data, latent, peaks, complete=False))
 
     outcome = pipeline.execute(
         chosen,
@@ -230,7 +202,49 @@ def run_latent(
         progress=progress,
         on_stage=checkpoint,
     )
-    return cell(outcome, complete=True)
+    return _cell(outcome, chosen, spec, data, latent, peaks, complete=True)
+
+
+def _cell(
+    outcome: pipeline.Outcome,
+    chosen: pipeline.Selection,
+    spec: RunSpec,
+    data: Dataset,
+    latent: int,
+    peaks: dict[str, float],
+    *,
+    complete: bool,
+) -> dict:
+    """The cell record of one latent size as ``outcome`` stands: its rows, curves, gate,
+    each backend's settings and the machine's load while timing."""
+    rows = pipeline.result_rows(
+        outcome,
+        chosen,
+        latent=latent,
+        dataset=data.name,
+        seed=spec.seed,
+        peaks=peaks,
+        complete=complete,
+    )
+    curves = [
+        dict(backend=name, latent_dim=latent, **r.to_dict())
+        for name, result in outcome.trained.items()
+        for r in result.history
+    ]
+    # Each backend's settings as it was timed (the first batch size's; they hold for all).
+    settings: dict[str, Any] = {}  # JSON, by backend name
+    for measured in outcome.measurements.values():
+        for name, m in measured.items():
+            settings.setdefault(name, json.loads(json.dumps(m.settings, default=str)))
+    return {
+        "latent": latent,
+        "rows": [asdict(r) for r in rows],
+        "curves": curves,
+        "gate": tables.gate_records(outcome.gates.values(), latent),
+        "settings": settings,
+        # JSON keys are text: the batch size as one.
+        "machine_load": {str(b): r for b, r in outcome.machine_load.items()},
+    }
 
 
 def _key(latent: int) -> str:
@@ -312,27 +326,7 @@ def run(
     identity = {"spec": asdict(spec), "data_sha256": data.fingerprint}
     with claim(out, "run"):
         store = ResultsStore(out)
-        held = bool(load_cells(out, partial=True))
-        if held and not resume:
-            raise RunError(
-                f"{out} already holds a run; pass --resume to continue it, or choose another --out"
-            )
-        if held:
-            env = read_env(out)
-            _check_resumable(out, env, identity, data)
-        else:  # nothing finished: nothing to resume, whatever an earlier start left
-            log("measuring this machine's GEMM peak (the % peak columns' yardstick)")
-            env = environment(data, spec) | {"shard": list(shard) if shard else None}
-        log(f"dataset: {data.describe()}")
-        gpu = (
-            f"; GPU {env['gpu']}, GEMM peak {env['gpu_gemm_peak_gflops']:.0f} GFLOP/s"
-            if "gpu" in env
-            else ""
-        )
-        log(
-            f"device: CPU {env['cpu']}, GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s{gpu}; "
-            f"results: {out}"
-        )
+        held, env = _run_environment(out, spec, data, identity, shard, resume, log)
 
         def save(cell: dict, *, partial: bool) -> None:
             nonlocal held
@@ -362,6 +356,41 @@ def run(
             save(cell, partial=False)
             spent.append(time.monotonic() - started)
         return write_outputs(out)
+
+
+def _run_environment(
+    out: Path,
+    spec: RunSpec,
+    data: Dataset,
+    identity: dict,
+    shard: tuple[int, int] | None,
+    resume: bool,
+    log: Callable[[str], None],
+) -> tuple[bool, dict]:
+    """Whether ``out`` already holds (part of) this run, and the run's environment: the one
+    recorded there when it is resumed, this machine's (its GEMM peak measured) when new."""
+    held = bool(load_cells(out, partial=True))
+    if held and not resume:
+        raise RunError(
+            f"{out} already holds a run; pass --resume to continue it, or choose another --out"
+        )
+    if held:
+        env = read_env(out)
+        _check_resumable(out, env, identity, data)
+    else:  # nothing finished: nothing to resume, whatever an earlier start left
+        log("measuring this machine's GEMM peak (the % peak columns' yardstick)")
+        env = environment(data, spec) | {"shard": list(shard) if shard else None}
+    log(f"dataset: {data.describe()}")
+    gpu = (
+        f"; GPU {env['gpu']}, GEMM peak {env['gpu_gemm_peak_gflops']:.0f} GFLOP/s"
+        if "gpu" in env
+        else ""
+    )
+    log(
+        f"device: CPU {env['cpu']}, GEMM peak {env['gemm_peak_gflops']:.0f} GFLOP/s{gpu}; "
+        f"results: {out}"
+    )
+    return held, env
 
 
 def _check_resumable(out: Path, env: dict, identity: dict, data: Dataset) -> None:
@@ -441,9 +470,9 @@ def write_outputs(out: Path) -> pd.DataFrame:
     return table
 
 
-def merge(parts: list[Path], out: Path, *, force: bool = False) -> pd.DataFrame:
+def merge(parts: list[Path], out: Path, *, allow_differences: bool = False) -> pd.DataFrame:
     """Join shard directories into one new run directory. Parts whose environment (CPU,
-    versions, threads), settings or data differ are refused unless ``force``; overlapping or
+    versions, threads), settings or data differ are refused unless ``allow_differences``; overlapping or
     damaged parts always. Everything is read and checked before anything is written, ``out``
     must be new or empty, and a merge that fails leaves nothing there."""
     envs = [read_env(part) for part in parts]
@@ -462,7 +491,7 @@ def merge(parts: list[Path], out: Path, *, force: bool = False) -> pd.DataFrame:
     first = envs[0]
     for part, env in zip(parts[1:], envs[1:]):
         differing = [k for k in keys if env.get(k) != first.get(k)]
-        if differing and not force:
+        if differing and not allow_differences:
             raise RunError(
                 f"{part} differs from {parts[0]} in {', '.join(differing)}; "
                 "refusing to merge (pass --allow-differences to merge anyway)"

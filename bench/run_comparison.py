@@ -319,11 +319,7 @@ def compare_runs(
     ``threshold_only`` decides by the threshold alone (runs recorded before windows were
     kept)."""
     throughput, notes, refusals = _machines(old, new, allow_machine_change)
-    regressions = [
-        f"{side} {r.source}: {r.cut_short}; the rows after it are missing"
-        for side, r in (("OLD", old), ("NEW", new))
-        if r.cut_short
-    ]
+    regressions = _results_cut_short(old, new)
     merged, gated_speedup = _merged(old, new, absolute, throughput)
     for r, speedup_gated in zip(merged.itertuples(), gated_speedup):
         key = _key(r)
@@ -336,21 +332,8 @@ def compare_runs(
         if r.presence != "both":
             continue
         regressions += _lost_values(r, key)
-        if (
-            throughput
-            and not absolute
-            and speedup_gated
-            and _finite(r.speedup_old)
-            and not _finite(r.speedup_new)
-            and _finite(r.samples_per_s_new)
-            and r.samples_per_s_new > 0
-        ):
-            yardstick = tables.YARDSTICK.get(r.device_new, "the eager PyTorch")
-            refusals.append(
-                f"{key}: no speed-up in NEW: its {yardstick} row at z={r.latent_dim} "
-                f"batch={r.batch_size} (the yardstick) is missing or untimed; keep it in the "
-                "run, or gate raw samples/s with --absolute"
-            )
+        if throughput and not absolute and speedup_gated:
+            refusals += _lost_yardstick(r, key)
         if _finite(r.throughput_ratio):
             test = change(r.windows_old, r.windows_new, alpha)
             verdict, kind, said = _throughput_verdict(
@@ -361,10 +344,7 @@ def compare_runs(
                 ["verdict", "regression", "p_value", "ratio_estimate", "ratio_low", "ratio_high"],
             ] = (verdict, kind == "regression", test.p_value, test.estimate, test.low, test.high)
             {"regression": regressions, "undecided": refusals, "note": notes}[kind].extend(said)
-        if _finite(r.elbo_change) and r.elbo_change < -fail_elbo:
-            regressions.append(f"{key}: test ELBO {r.elbo_change:+.2f} nats (gate: -{fail_elbo:g})")
-        if r.agreement_old == "pass" and r.agreement_new != "pass":
-            regressions.append(f"{key}: agreement {r.agreement_old} -> {r.agreement_new}")
+        regressions += _quality_regressions(r, key, fail_elbo)
     if not (merged.presence == "both").any():
         regressions.append(
             f"nothing compared: {old.source} and {new.source} have no row "
@@ -379,6 +359,44 @@ def compare_runs(
     return RunComparison(
         merged, regressions, notes, refusals, geometric_means(merged), 1 - 2 * alpha
     )
+
+
+def _results_cut_short(old: Results, new: Results) -> list[str]:
+    """A results file whose end is missing (a run killed as it wrote): a regression."""
+    return [
+        f"{side} {r.source}: {r.cut_short}; the rows after it are missing"
+        for side, r in (("OLD", old), ("NEW", new))
+        if r.cut_short
+    ]
+
+
+def _lost_yardstick(r, key: str) -> list[str]:
+    """A NEW row timed but without the speed-up OLD had: its yardstick (the same run's eager
+    PyTorch row) is gone, and the speed-up cannot be judged (undecided, not passed)."""
+    if not (
+        _finite(r.speedup_old)
+        and not _finite(r.speedup_new)
+        and _finite(r.samples_per_s_new)
+        and r.samples_per_s_new > 0
+    ):
+        return []
+    yardstick = tables.YARDSTICK.get(r.device_new, "the eager PyTorch")
+    return [
+        f"{key}: no speed-up in NEW: its {yardstick} row at z={r.latent_dim} "
+        f"batch={r.batch_size} (the yardstick) is missing or untimed; keep it in the "
+        "run, or gate raw samples/s with --absolute"
+    ]
+
+
+def _quality_regressions(r, key: str, fail_elbo: float) -> list[str]:
+    """The test ELBO dropped beyond the gate, or a backend that passed the agreement gate no
+    longer does."""
+    found = []
+    if _finite(r.elbo_change) and r.elbo_change < -fail_elbo:
+        found.append(f"{key}: test ELBO {r.elbo_change:+.2f} nats (gate: -{fail_elbo:g})")
+    if r.agreement_old == "pass" and r.agreement_new != "pass":
+        found.append(f"{key}: agreement {r.agreement_old} -> {r.agreement_new}")
+    return found
 
 
 def _merged(

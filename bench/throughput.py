@@ -267,29 +267,42 @@ def measure(
         for i, (backend, result) in enumerate(zip(backends, results)):
             # Inputs are drawn before the clock starts: the window times the steps alone.
             window = [(rng.integers(0, len(data), batch), noise()) for _ in range(steps)]
-            result.ms_per_step.append(
-                _settled_ms(
-                    (
-                        lambda k, b=backend, w=window: (  # type: ignore[misc]  # mypy issue 15459 (defaults)
-                            b.train_step(data, *w[k], want_loss=False)
-                        )
-                    ),
-                    steps,
-                    settle_seconds,
-                    backend.synchronize,
-                )
-            )
+            result.ms_per_step.append(_window_ms(backend, data, window, settle_seconds))
             if asking[i]:
-                assert isinstance(backend, StageBreakdown)  # asking[i] says so (set above)
-                sample = _diagnostic(
-                    result, "stage breakdown", backend.stage_times, data, batch, repeats=rounds
-                )
-                if sample:
-                    breakdowns[i].append(sample)
-                else:  # failed (the reason kept), or nothing to measure here: ask no more
-                    asking[i] = False
+                asking[i] = _sample_breakdown(backend, result, data, batch, rounds, breakdowns[i])
     _add_diagnostics(backends, results, breakdowns, gemm_ms, data, batch)
     return results
+
+
+def _window_ms(backend: Backend, data: np.ndarray, window: list, settle_seconds: float) -> float:
+    """One timed window: ``backend``'s training steps on the batches and noise of ``window``
+    (drawn before), in ms per step, the device finished at its end."""
+    return _settled_ms(
+        lambda k: backend.train_step(data, *window[k], want_loss=False),
+        len(window),
+        settle_seconds,
+        backend.synchronize,
+    )
+
+
+def _sample_breakdown(
+    backend: Backend,
+    result: Measurement,
+    data: np.ndarray,
+    batch: int,
+    rounds: int,
+    samples: list[dict[str, float]],
+) -> bool:
+    """One sample of ``backend``'s stage breakdown, right after its window, into ``samples``;
+    whether to ask it again (not after it failed, the reason kept, or had nothing to
+    measure here)."""
+    assert isinstance(backend, StageBreakdown)  # asked only of those that give one
+    sample = _diagnostic(
+        result, "stage breakdown", backend.stage_times, data, batch, repeats=rounds
+    )
+    if sample:
+        samples.append(sample)
+    return bool(sample)
 
 
 def _warm_up(

@@ -55,15 +55,7 @@ def train_backend(
     n = len(train_x)
     steps_per_epoch = math.ceil(n / config.batch_size)
     history = []
-    bar = progress_bar(
-        total=config.epochs * steps_per_epoch,
-        desc=f"{config.name} [{backend.name}]",
-        unit="step",
-        disable=not progress,
-        leave=False,
-        # Redrawn often on a terminal; rarely in a log file (nox, CI).
-        mininterval=0.1 if sys.stderr.isatty() else 15.0,
-    )
+    bar = _steps_bar(config, backend.name, config.epochs * steps_per_epoch, progress)
     # Each batch binarized afresh on the host cannot come from a device-side epoch.
     train_epoch = (
         backend.train_epoch if isinstance(backend, EpochRunner) and not config.binarize else None
@@ -82,21 +74,13 @@ def train_backend(
                 )
             backend.synchronize()
             seconds = time.perf_counter() - started
-            test = backend.evaluate(test_x, seed=config.seed)
-            check_finite_model(backend.params(), test, epoch, steps_per_epoch - 1)
-            reconstruction, kl = (float(v) for v in sums / n)
-            record = EpochRecord(
-                epoch,
-                -(reconstruction + kl),
-                reconstruction,
-                kl,
-                test.elbo,
-                test.reconstruction,
-                test.kl,
-                seconds,
+            record = _epoch_record(
+                backend, config, test_x, sums / n, epoch, steps_per_epoch - 1, seconds
             )
             history.append(record)
-            bar.set_postfix(epoch=epoch, train=f"{record.train_elbo:.1f}", test=f"{test.elbo:.1f}")
+            bar.set_postfix(
+                epoch=epoch, train=f"{record.train_elbo:.1f}", test=f"{record.test_elbo:.1f}"
+            )
             if on_epoch is not None:
                 on_epoch(record)
     finally:
@@ -104,6 +88,44 @@ def train_backend(
     model = build_model(config)
     import_params(model, backend.params())
     return TrainResult(config=config, model=model.eval(), history=history)
+
+
+def _steps_bar(config: VAEConfig, backend: str, total: int, progress: bool):
+    return progress_bar(
+        total=total,
+        desc=f"{config.name} [{backend}]",
+        unit="step",
+        disable=not progress,
+        leave=False,
+        # Redrawn often on a terminal; rarely in a log file (nox, CI).
+        mininterval=0.1 if sys.stderr.isatty() else 15.0,
+    )
+
+
+def _epoch_record(
+    backend: Backend,
+    config: VAEConfig,
+    test_x: np.ndarray,
+    train_means: np.ndarray,
+    epoch: int,
+    last_step: int,
+    seconds: float,
+) -> EpochRecord:
+    """The epoch's record: the training means (reconstruction, KL) and the test set's ELBO,
+    the model checked finite after its ``last_step`` (NonFiniteModelError otherwise)."""
+    test = backend.evaluate(test_x, seed=config.seed)
+    check_finite_model(backend.params(), test, epoch, last_step)
+    reconstruction, kl = (float(v) for v in train_means)
+    return EpochRecord(
+        epoch,
+        -(reconstruction + kl),
+        reconstruction,
+        kl,
+        test.elbo,
+        test.reconstruction,
+        test.kl,
+        seconds,
+    )
 
 
 def _check_images(config: VAEConfig, **images: np.ndarray) -> None:

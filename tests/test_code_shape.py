@@ -1,11 +1,9 @@
-"""The harness stays readable: no function in bench/ is longer than a screen, 60 lines (its
-signature, docstring and body together, as the files are laid out).
+"""The code stays readable: no function in bench/, kernels/ or vae_ref/ is longer than a
+screen, 60 lines (its signature, docstring and body together, as the files are laid out by
+ruff format, which `nox -s lint` enforces).
 
-ruff format, which `nox -s lint` enforces, puts each argument of a call that does not fit
-in 100 columns on a line of its own, and the functions below grew past 60 lines when the
-checkout was first formatted (they were within it, split by hand, the commit before). Until
-each is split again, the check holds the line: no other function may pass 60 lines, and a
-function split to fit must leave the list (a stale entry fails too)."""
+One is exempt: pooled_step.backward_update, the Numba backend's timed backward pass and Adam
+update, three parallel regions compiled as one call."""
 
 import ast
 from pathlib import Path
@@ -13,20 +11,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LONGEST = 60
 
-# Over 60 lines since the first formatting (their lengths then), to be split (issue 39).
-STILL_TOO_LONG = {
-    "cli.py:_add_experiment",  # 114: the experiment command's arguments
-    "cli.py:_add_check",  # 73
-    "cli.py:_add_run",  # 89
-    "cli.py:_add_compare",  # 72
-    "pipeline.py:execute",  # 79
-    "profile.py:profile",  # 87
-    "run.py:run_latent",  # 68
-    "run.py:run",  # 72
-    "run_comparison.py:compare_runs",  # 78
-    "throughput.py:measure",  # 78
-    "training.py:train_backend",  # 71
-}
+PACKAGES = ("bench", "kernels", "vae_ref")
+# The timed step itself: split, it is another compiled program, to be measured against this
+# one interleaved (nox -s bench), not reshaped for a line count.
+LONG_ON_PURPOSE = {"kernels/numba_cpu/pooled_step.py:backward_update"}
 
 
 def long_functions(source: str, longest: int = LONGEST) -> dict[str, int]:
@@ -40,14 +28,15 @@ def long_functions(source: str, longest: int = LONGEST) -> dict[str, int]:
     }
 
 
-def test_no_function_in_the_harness_is_longer_than_a_screen():
+def test_no_function_is_longer_than_a_screen():
     found = {
-        f"{path.name}:{name}": length
-        for path in sorted((ROOT / "bench").glob("*.py"))
+        f"{path.relative_to(ROOT).as_posix()}:{name}": length
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
         for name, length in long_functions(path.read_text()).items()
     }
-    assert {name: n for name, n in found.items() if name not in STILL_TOO_LONG} == {}
-    assert STILL_TOO_LONG - set(found) == set(), "split to fit: take it off STILL_TOO_LONG"
+    assert {name: n for name, n in found.items() if name not in LONG_ON_PURPOSE} == {}
+    assert LONG_ON_PURPOSE <= set(found), "within 60 lines now: take it off LONG_ON_PURPOSE"
 
 
 def test_the_length_check_counts_a_function_whole():

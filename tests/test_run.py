@@ -208,7 +208,7 @@ def test_two_shards_merged_equal_the_unsharded_rows(full_run, tmp_path, mnist5k)
     (parts[1] / "env.json").write_text(json.dumps(env))
     with pytest.raises(RunError, match="differs .* in spec"):
         merge(parts, tmp_path / "refused")
-    merge(parts, tmp_path / "forced", force=True)
+    merge(parts, tmp_path / "forced", allow_differences=True)
     # So are parts timed on CPUs with other instruction sets: their speeds are not one run's.
     env["spec"]["epochs"] = json.loads((parts[0] / "env.json").read_text())["spec"]["epochs"]
     env["cpu_isa"] = [*env["cpu_isa"], "amx_tile"] if "amx_tile" not in env["cpu_isa"] else []

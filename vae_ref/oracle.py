@@ -83,9 +83,6 @@ def build_cases(
     def noise(*shape):
         return rng.standard_normal(shape).astype(np.float32)
 
-    extreme = dict(params)
-    signs = np.where(np.arange(config.input_dim) % 2 == 0, 1.0, -1.0).astype(np.float32)
-    extreme["dec.out.bias"] = (params["dec.out.bias"] + EXTREME_LOGIT * signs).astype(np.float32)
     eps = noise(batch, latent)
     prefix = f"z{latent}/"
     cases = [
@@ -97,28 +94,51 @@ def build_cases(
             np.ascontiguousarray(train_x[batch : batch + 37], dtype=np.float32),
             noise(37, latent),
         ),
-        Case(prefix + "extreme-logits", config, extreme, x, eps),
+        Case(prefix + "extreme-logits", config, _extreme_logits(params), x, eps),
         Case(prefix + f"beta{beta:g}", replace(config, beta=beta), params, x, eps),
     ]
     if steps > 0:
-        data = np.ascontiguousarray(train_x, dtype=np.float32)
-        epochs = -(-steps * batch // len(data))  # as training does: reshuffle each epoch
-        order = np.concatenate([rng.permutation(len(data)) for _ in range(epochs)])
-        order = order[: steps * batch]
-        cases.append(
-            Case(
-                prefix + "adam-steps",
-                config,
-                params,
-                x,
-                eps,
-                steps=steps,
-                data=data,
-                step_indices=order.reshape(steps, batch),
-                step_eps=noise(steps, batch, latent),
-            )
-        )
+        cases.append(_adam_steps_case(prefix, config, params, x, eps, train_x, steps, rng))
     return cases
+
+
+def _extreme_logits(params: Params) -> Params:
+    """``params`` with output biases of +-EXTREME_LOGIT added, alternating by pixel."""
+    extreme = dict(params)
+    bias = params["dec.out.bias"]
+    signs = np.where(np.arange(len(bias)) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    extreme["dec.out.bias"] = (bias + EXTREME_LOGIT * signs).astype(np.float32)
+    return extreme
+
+
+def _adam_steps_case(
+    prefix: str,
+    config: VAEConfig,
+    params: Params,
+    x: np.ndarray,
+    eps: np.ndarray,
+    train_x: np.ndarray,
+    steps: int,
+    rng: np.random.Generator,
+) -> Case:
+    """``steps`` Adam steps over batches of ``train_x`` shuffled as training does (reshuffled
+    each epoch), with their noise, drawn from ``rng`` after the single-step cases'."""
+    batch, latent = config.batch_size, config.latent_dim
+    data = np.ascontiguousarray(train_x, dtype=np.float32)
+    epochs = -(-steps * batch // len(data))
+    order = np.concatenate([rng.permutation(len(data)) for _ in range(epochs)])
+    order = order[: steps * batch]
+    return Case(
+        prefix + "adam-steps",
+        config,
+        params,
+        x,
+        eps,
+        steps=steps,
+        data=data,
+        step_indices=order.reshape(steps, batch),
+        step_eps=rng.standard_normal((steps, batch, latent)).astype(np.float32),
+    )
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:

@@ -12,6 +12,7 @@ import functools
 import importlib.util
 import time
 import tracemalloc
+from collections.abc import Callable
 
 import numpy as np
 
@@ -61,6 +62,24 @@ def float32_step_form() -> tuple[str, str]:
             f"is {vendor or 'an unknown vendor'}'s"
         )
     return "pooled", f"oneMKL is installed and the CPU is {vendor}'s"
+
+
+def _stages(median: dict[str, float]) -> dict[str, float]:
+    """stage_times' parts from the medians of the step's parts: the fused kernels are forward +
+    backward less the GEMMs; Adam, where it runs inside the backward pass, the step less
+    forward + backward and the gather."""
+    adam = (
+        median["adam"]
+        if "adam" in median
+        else max(median["step"] - median["forward+backward"] - median["gather"], 0.0)
+    )
+    return {
+        "step": median["step"],
+        "gemms": median["gemms"],
+        "fused kernels": max(median["forward+backward"] - median["gemms"], 0.0),
+        "adam": adam,
+        "gather": median["gather"],
+    }
 
 
 class NumbaBackend:
@@ -360,14 +379,21 @@ class NumbaBackend:
         the gather. Where Adam runs inside the backward pass (``ADAM_FUSED``: pooled_step),
         its part is the step less forward + backward and the gather. Parameters and
         optimizer state are restored afterwards."""
-        c, off = self.config, self.layout.slot_offsets
         data = self._images(data)
         ws = self._workspace(batch)
         indices = np.arange(batch) % len(data)
         eps = self._noise(batch, None)
         saved = (self.flat.copy(), self.m.copy(), self.v.copy())
-        s = self._step
         self._claim_onemkl()
+        times = interleaved_times(self._step_parts(data, indices, eps, ws), repeats)
+        self.flat[:], self.m[:], self.v[:] = saved
+        self._round_weights()
+        return _stages({name: float(np.median(t)) for name, t in times.items()})
+
+    def _step_parts(self, data, indices, eps, ws) -> dict[str, Callable[[], object]]:
+        """The compiled step and its parts as calls without arguments, for stage_times."""
+        c, off = self.config, self.layout.slot_offsets
+        s = self._step
         beta, lr = float(c.beta), float(c.lr)
         parts = {
             "step": lambda: s.train_step(
@@ -408,22 +434,7 @@ class NumbaBackend:
                 10.0,
                 self.flat16,
             )
-        times = interleaved_times(parts, repeats)
-        self.flat[:], self.m[:], self.v[:] = saved
-        self._round_weights()
-        median = {name: float(np.median(t)) for name, t in times.items()}
-        adam = (
-            median["adam"]
-            if "adam" in median
-            else max(median["step"] - median["forward+backward"] - median["gather"], 0.0)
-        )
-        return {
-            "step": median["step"],
-            "gemms": median["gemms"],
-            "fused kernels": max(median["forward+backward"] - median["gemms"], 0.0),
-            "adam": adam,
-            "gather": median["gather"],
-        }
+        return parts
 
     def peak_memory_bytes(self, data: np.ndarray, batch: int) -> int:
         """The four flat buffers (parameters, gradients, Adam's two moments) and the batch's
