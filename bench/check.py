@@ -11,9 +11,9 @@ from kernels.base import Backend, gemm_inputs_of
 from vae_ref.fixture import FixtureError, read_fixture
 
 from . import pipeline
-from .digits import gate_images
+from .gate import gate_images
+from .gate.comparison import HEADER
 from .tables import settings_text
-from .tensor_comparison import HEADER
 
 
 def sources(

@@ -522,7 +522,7 @@ def _add_merge(commands) -> None:
 
 
 def _add_compare(commands) -> None:
-    from .comparison_formats import FORMATS
+    from .compare.formats import FORMATS
 
     cmp_ = commands.add_parser(
         "compare",
@@ -563,7 +563,7 @@ def _add_compare(commands) -> None:
 
 def _add_compare_gates(cmp_) -> None:
     """When a change is a regression: the thresholds and the significance test."""
-    from .significance import ALPHA, DEFAULT_FAIL_ELBO, DEFAULT_FAIL_THROUGHPUT
+    from .compare.significance import ALPHA, DEFAULT_FAIL_ELBO, DEFAULT_FAIL_THROUGHPUT
 
     cmp_.add_argument(
         "--fail-throughput",
@@ -1024,7 +1024,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_gpu_check(args: argparse.Namespace) -> int:
     import socket
 
-    from .digits import real_digits
+    from .gate import real_digits
     from .gpu_check import gpu_check
     from .progress import write
 
@@ -1061,8 +1061,9 @@ def cmd_seeds(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .comparison_formats import render
-    from .run_comparison import compare_runs, load_results, parse_fraction
+    from .compare.formats import render
+    from .compare.runs import compare_runs, parse_fraction
+    from .results_table import load_results
 
     result = compare_runs(
         load_results(args.old),
@@ -1113,7 +1114,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_fixture(args: argparse.Namespace) -> int:
     from vae_ref.fixture import make_fixture
 
-    from .digits import GATE_IMAGES, gate_images
+    from .gate import GATE_IMAGES, gate_images
     from .results_dir import claim_file
 
     with claim_file(args.out):  # before the oracle's work: a refusal comes at once
@@ -1226,14 +1227,15 @@ def _refusals() -> tuple[type[Exception], ...]:
     from vae_ref.idx import IDXFormatError
 
     from .archive import ArchiveError
+    from .compare.runs import CompareError
     from .experiment import ExperimentError
     from .export import ExportError
     from .profile import ProfileError
     from .report import ReportError
     from .result_files import ResultsFileError
     from .results_dir import ResultsDirError
+    from .results_table import ResultsTableError
     from .run import RunError
-    from .run_comparison import CompareError
     from .seeds import SeedsError
     from .store import StoreError
 
@@ -1246,6 +1248,7 @@ def _refusals() -> tuple[type[Exception], ...]:
         BackendUnavailable,
         RunError,
         CompareError,
+        ResultsTableError,
         ResultsDirError,
         StoreError,
         SeedsError,

@@ -230,7 +230,7 @@ def load_run(path: Path) -> dict:
 
     from . import tables
     from .result_files import read_gate
-    from .run_comparison import load_results
+    from .results_table import load_results
 
     results = load_results(path)
     if results.cut_short:

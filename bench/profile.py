@@ -18,7 +18,7 @@ from vae_ref.config import DEFAULT_HIDDEN, GATE_ADAM_STEPS
 from vae_ref.data import Dataset, load_dataset
 
 from . import pipeline
-from .digits import GATE_IMAGES
+from .gate import GATE_IMAGES
 from .profile_text import profile_text
 from .provenance import as_markdown, collect
 from .results_dir import claim_file

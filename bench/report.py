@@ -28,7 +28,7 @@ from vae_ref.atomic import atomic_write_text
 from . import file_names as files
 from . import machine_load, tables
 from .result_files import ResultsFileError, read_experiment_table, read_gate
-from .run_comparison import load_results
+from .results_table import load_results
 from .store import ResultsStore, StoreError, read_json_object
 
 REPORT_NAME = files.REPORT
@@ -90,7 +90,7 @@ def read_results(path: Path) -> ResultsDirectory:
         gate = read_gate(path / files.GATE) if (path / files.GATE).exists() else None
     except ResultsFileError:  # names the file, the line and what to do
         raise
-    except (ValueError, OSError, pd.errors.ParserError) as error:  # CompareError included
+    except (ValueError, OSError, pd.errors.ParserError) as error:  # ResultsTableError included
         raise ReportError(f"{path}: damaged results ({error})") from None
     if results is not None and results.cut_short:
         raise ReportError(

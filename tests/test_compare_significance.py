@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.cli import main
-from bench.significance import MIN_WINDOWS, change, u_null_cdf
+from bench.compare.significance import MIN_WINDOWS, change, u_null_cdf
 from bench.tables import window_speedups, windows_text
 
 COMMITTED = Path(__file__).parents[1] / "results" / "run-full-mnist-5k"

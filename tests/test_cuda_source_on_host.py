@@ -11,7 +11,7 @@ import pytest
 from gpu_verification import twins
 from gpu_verification.cuda_on_host import HostModule, LaunchFailed, unavailable_reason
 
-from bench.agreement import check
+from bench.gate import judge
 from kernels import create_backend
 from kernels.cupy_gpu import CudaExecutor, CupyBackend, launch, program
 from kernels.cupy_gpu.launch import NVRTC_OPTIONS, kernel_source
@@ -214,7 +214,7 @@ def cuda_source(monkeypatch):
 def test_the_kernel_source_passes_the_gate(cuda_source):
     backend = create_backend("cupy")
     for case, expected in read_fixture(FIXTURE):
-        failed = [r.line() for r in check(backend, case, expected) if not r.passed]
+        failed = [r.line() for r in judge(backend, case, expected) if not r.passed]
         assert not failed
 
 

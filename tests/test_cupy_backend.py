@@ -17,7 +17,7 @@ from gpu_verification.cuda_on_host import C_DTYPES
 from gpu_verification.numpy_executor import emulated_backend
 from gpu_verification.philox import normal_noise
 
-from bench.agreement import check
+from bench.gate import judge
 from kernels import create_backend
 from kernels.cupy_gpu import CupyBackend, cuda_availability, launch, program
 from kernels.cupy_gpu.gemm import GemmShapeError, plan_gemm
@@ -336,7 +336,7 @@ def test_twins_catch_launches_that_would_be_wrong_on_the_gpu():
 def test_emulated_step_matches_the_committed_fixture(graph):
     backend = emulated_backend(graph=graph)
     for case, expected in read_fixture(FIXTURE):
-        results = check(backend, case, expected)
+        results = judge(backend, case, expected)
         failed = [r.line() for r in results if not r.passed]
         assert not failed
 
@@ -344,7 +344,7 @@ def test_emulated_step_matches_the_committed_fixture(graph):
 def test_emulated_step_passes_every_gate_case_at_latent_2(mnist5k):
     backend = emulated_backend()
     for case in build_cases(mnist5k.train_x[:256], 2, steps=4):
-        failed = [r.line() for r in check(backend, case, expectation(case)) if not r.passed]
+        failed = [r.line() for r in judge(backend, case, expectation(case)) if not r.passed]
         assert not failed, case.name
 
 
@@ -498,7 +498,7 @@ def test_the_emulated_backend_describes_its_stand_in_device():
 def test_gpu_step_matches_the_committed_fixture(name):
     backend = create_backend(name)
     for case, expected in read_fixture(FIXTURE):
-        failed = [r.line() for r in check(backend, case, expected) if not r.passed]
+        failed = [r.line() for r in judge(backend, case, expected) if not r.passed]
         assert not failed
 
 
@@ -647,7 +647,7 @@ def test_cuda_executor_passes_the_gate_on_a_simulated_cupy(simulated_cuda, name)
     backend = create_backend(name)
     assert backend.availability().available
     for case, expected in read_fixture(FIXTURE):
-        failed = [r.line() for r in check(backend, case, expected) if not r.passed]
+        failed = [r.line() for r in judge(backend, case, expected) if not r.passed]
         assert not failed
     assert backend.settings()["gpu"].startswith("Simulated GPU")
 

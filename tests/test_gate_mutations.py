@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels.torch_ref as torch_ref
-from bench.agreement import check
+from bench.gate import judge
 from kernels import create_backend
 from vae_ref.oracle import build_cases, expectation
 
@@ -25,7 +25,7 @@ def cases(gate_digits):
 
 
 def failed_tensors(backend, case_and_truth) -> set[str]:
-    return {r.tensor for r in check(backend, *case_and_truth) if not r.passed}
+    return {r.tensor for r in judge(backend, *case_and_truth) if not r.passed}
 
 
 def available(name: str):

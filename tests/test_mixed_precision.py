@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import require_onemkl
 
-from bench.agreement import check
 from bench.cli import main
+from bench.gate import judge
 from kernels import create_backend
 from kernels.base import gemm_inputs_of
 from kernels.cpu_features import bf16_dot_hardware
@@ -221,7 +221,7 @@ def bf16_cases(gate_digits):
 
 
 def failed_tensors(backend, case, expected) -> set[str]:
-    return {r.tensor for r in check(backend, case, expected) if not r.passed}
+    return {r.tensor for r in judge(backend, case, expected) if not r.passed}
 
 
 @pytest.mark.slow
@@ -339,7 +339,7 @@ def test_cupy_tf32_is_gated_by_the_tf32_calibration(monkeypatch, gate_digits):
         return [
             r.line()
             for case, e in zip(cases, expected)
-            for r in check(backend, case, e)
+            for r in judge(backend, case, e)
             if not r.passed
         ]
 

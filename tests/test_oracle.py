@@ -1,13 +1,13 @@
 """The reference owns the truth: its oracle, run today on any CPU, reproduces the committed
 fixture: the float64 truth exactly, the float32 calibration within the band that
-``bench.tolerances`` states (a measurement of the machine, not a constant)."""
+``bench.gate.tolerances`` states (a measurement of the machine, not a constant)."""
 
 import numpy as np
 import pytest
 from cpu_verification.calibration import outside_band
 
-from bench.digits import gate_images
-from bench.tolerances import EPS32
+from bench.gate import gate_images
+from bench.gate.tolerances import EPS32
 from vae_ref.fixture import read_fixture
 from vae_ref.fixtures import COMMITTED_FIXTURE as FIXTURE
 from vae_ref.oracle import build_cases, expectation

@@ -137,7 +137,7 @@ def test_plugin_is_timed_and_trained_by_run(plugin_site, tmp_path):
 
 def test_the_gate_catches_a_broken_plugin(monkeypatch):
     """The example is really checked: a wrong Adam beta in it fails the gate."""
-    from bench.agreement import check
+    from bench.gate import judge
     from vae_ref.data import load_dataset
     from vae_ref.oracle import build_cases, expectation
 
@@ -149,9 +149,9 @@ def test_the_gate_catches_a_broken_plugin(monkeypatch):
     case = build_cases(load_dataset("mnist-5k").train_x[:512], 2, steps=5)[-1]
     assert case.steps == 5
     expected = expectation(case)
-    assert all(r.passed for r in check(module.NumpyBackend(), case, expected))
+    assert all(r.passed for r in judge(module.NumpyBackend(), case, expected))
     monkeypatch.setattr(module, "BETAS", (0.8, 0.999))
-    assert not all(r.passed for r in check(module.NumpyBackend(), case, expected))
+    assert not all(r.passed for r in judge(module.NumpyBackend(), case, expected))
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from test_seeds import runs as seed_runs
 
-from bench import run_comparison
+from bench import results_table
 from bench.cli import main
 
 RUN = Path(__file__).parents[1] / "results" / "run-scaling-bf16-fashion-mnist"
@@ -198,7 +198,7 @@ def test_the_fuzzer_fails_a_reader_whose_validation_is_removed(monkeypatch, tmp_
     """Without load_results' check of each row's windows and sizes, a garbage cell reaches
     the code that trusts it: the fuzzer must find it (a traceback, not one line). Only
     compare, the reader's command, on results.csv's cells, where that check stands guard."""
-    monkeypatch.setattr(run_comparison, "_check_rows", lambda table, csv_path: None)
+    monkeypatch.setattr(results_table, "_check_rows", lambda table, csv_path: None)
 
     tried = []
 

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from bench import pipeline
+from bench.gate import TOLERANCES
 from bench.tables import ADDED_COLUMNS, RESULT_COLUMNS, ResultRow, results_frame
-from bench.tolerances import TOLERANCES
 from vae_ref.gate_tensors import KINDS, kind_of
 
 ROW = dict(

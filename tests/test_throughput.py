@@ -68,7 +68,7 @@ def test_profile_command_lists_an_unknown_backend_error(capsys):
 
 @pytest.mark.parametrize("batch", [1, 37])
 def test_numba_handles_tiny_and_odd_batches(mnist5k, batch):
-    from bench.agreement import check
+    from bench.gate import judge
     from vae_ref import build_model, export_params
     from vae_ref.oracle import Case, expectation
 
@@ -82,7 +82,7 @@ def test_numba_handles_tiny_and_odd_batches(mnist5k, batch):
         rng.standard_normal((batch, 3)).astype(np.float32),
     )
     bad = [
-        r.line() for r in check(create_backend("numba"), case, expectation(case)) if not r.passed
+        r.line() for r in judge(create_backend("numba"), case, expectation(case)) if not r.passed
     ]
     assert not bad, bad
 

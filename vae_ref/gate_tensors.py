@@ -1,7 +1,7 @@
 """The gate's tensors by name, built here and only here: the float64 oracle and float32
-calibration (``oracle.py``) and every backend's outputs (``bench/agreement.py``) name their
-tensors through these two functions, and the gate's tolerances (``bench/tolerances.py``) tell
-a tensor's kind through ``kind_of``.
+calibration (``oracle.py``) and every backend's outputs (``bench/gate/judge.py``) name
+their tensors through these two functions, and the gate's tolerances
+(``bench/gate/tolerances.py``) tell a tensor's kind through ``kind_of``.
 
     one forward/backward   loss.reconstruction, loss.kl (per image), loss, the intermediates
                            (h, mu, logvar, z, dec_h, logits), grad.<parameter>

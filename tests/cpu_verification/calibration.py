@@ -1,11 +1,11 @@
-"""Which tensors' float32 calibration moved out of the band (``bench.tolerances``) between the
+"""Which tensors' float32 calibration moved out of the band (``bench.gate.tolerances``) between the
 committed fixture and a calibration measured here."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from bench.tolerances import calibrations_agree
+from bench.gate.tolerances import calibrations_agree
 from vae_ref.oracle import Expectation
 
 

@@ -30,7 +30,7 @@ def judgements(
     draws: int = 200,
 ):
     """(fraction of the tolerance, tensor) of each run judged by ``r`` of the others."""
-    from bench.tolerances import TOLERANCES
+    from bench.gate import TOLERANCES
     from vae_ref.gate_tensors import kind_of
     from vae_ref.oracle import calibration_error
 
@@ -58,7 +58,7 @@ def judgements(
 def main(n: int, sizes: list[int]) -> None:
     import torch
 
-    from bench.digits import gate_images
+    from bench.gate import gate_images
     from vae_ref.oracle import build_cases, calibrations, outputs
 
     images = gate_images()[0]

@@ -77,8 +77,7 @@ def sweep(
     """The sweep's rows and the backends unavailable here; ``steps_swept``: the numbers of
     Adam steps (default SWEEP_STEPS and the gate's own), the single-step cases judged with
     the first; ``mkl_only``: the backends whose GEMMs are MKL's only (``mkl_backed``)."""
-    from bench.agreement import check
-    from bench.digits import gate_images
+    from bench.gate import gate_images, judge
     from kernels.base import gemm_inputs_of
     from vae_ref.config import DEFAULT_LATENTS, GATE_ADAM_STEPS
     from vae_ref.fixture import read_fixture
@@ -104,7 +103,7 @@ def sweep(
                     ]
                 single, k_step = [], []
                 for case, expected in calibrated[precision]:
-                    (k_step if case.steps else single).extend(check(backend, case, expected))
+                    (k_step if case.steps else single).extend(judge(backend, case, expected))
                 if single:
                     rows.append(row(backend, "mnist-5k", latent, 0, single))
                 rows.append(row(backend, "mnist-5k", latent, steps, k_step))
@@ -115,7 +114,7 @@ def sweep(
             continue  # the fixture holds float32 calibrations only (check --fixture says so)
         by_kind: dict[int, list] = {}
         for case, expected in stored:
-            by_kind.setdefault(case.steps, []).extend(check(backend, case, expected))
+            by_kind.setdefault(case.steps, []).extend(judge(backend, case, expected))
         for steps, comparisons in by_kind.items():
             rows.append(row(backend, "fixture", stored[0][0].config.latent_dim, steps, comparisons))
     return {"rows": rows, "unavailable": unavailable}

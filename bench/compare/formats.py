@@ -1,4 +1,4 @@
-"""A comparison (``bench.run_comparison.RunComparison``) written out: ``text`` for a terminal
+"""A comparison (``runs.RunComparison``) written out: ``text`` for a terminal
 (the table, then notes, regressions and what was not judged), ``markdown`` for a pull-request
 comment (the outcome first, then the rows that moved), ``json`` for a program (every row and
 number; NaN as null). One place for each: the columns below."""
@@ -10,7 +10,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .run_comparison import RunComparison
+    from .runs import RunComparison
 
 # What --format takes. This module loads bench.tables (pandas) only when it writes, so that
 # the command line lists these without it.
@@ -50,13 +50,13 @@ def render(result: RunComparison, form: str) -> str:
 
 
 def _num(value, spec: str) -> str:
-    from . import tables
+    from .. import tables
 
     return tables.fmt(value, spec, nan=tables.NOT_COMPUTED)
 
 
 def _not_computed() -> str:
-    from . import tables
+    from .. import tables
 
     return tables.NOT_COMPUTED
 
@@ -168,7 +168,7 @@ def markdown(result: RunComparison) -> str:
 
 
 def as_json(result: RunComparison) -> str:
-    from .export import json_value
+    from ..export import json_value
 
     rows = [
         {JSON_NAMES.get(column, column): json_value(getattr(r, column)) for column in JSON_COLUMNS}

@@ -1,69 +1,24 @@
-"""``vae-bench compare OLD NEW``: row by row, did anything get slower, less accurate, or stop
-agreeing with the reference, by how much and how surely? Exit status 0 no regression, 1 a
-regression beyond the gate, 3 undecided (nothing beyond the gate, but something it could not
-judge), 2 unusable input.
-
-Each gated row's speed-up ratio NEW/OLD comes with its interval and a verdict (faster, slower,
-``~`` for no significant change, undecided), both from the per-window values
-(``bench.significance``); each backend has a geometric mean over its rows. How a comparison
-is written out (text, Markdown, JSON): ``bench.comparison_formats``.
-
-Throughput is compared as each backend's speed-up over PyTorch eager *measured in the same
-run* on the same device (``bench.tables``: torch on the CPU, torch-cuda on a GPU), the
-ratio the harness's interleaving makes trustworthy, not as raw samples/s: two runs of the same
-code minutes apart on this 2-core VM moved raw medians by up to 26% (every backend at one
-latent size at once), while same-run speed-ups moved far less. The yardstick rows are
-therefore not gated unless --absolute. Default gates: a 25% drop in speed-up that is also
-significant over the timed windows (``bench.significance``: a one-sided Mann-Whitney U test on
-the per-window speed-ups, p < 0.05; identical code measured 0.6-1.5x against itself on shared
-runners, so a threshold alone cries wolf; too few windows to test is undecided, not a pass);
-an ELBO drop of more than 1 nat (the same seed reproduces the ELBO exactly on one machine,
-and seeds differ by up to 1.6 nats SD at z = 2). Tighten both on quiet machines.
-
-The gate fails closed: what it cannot compare is never a pass. A regression: a row of OLD
-missing from NEW (unless --allow-removed), a table cut short mid-row, a number in OLD that is
-NaN, infinite or (samples/s) zero in NEW, and two runs with no row in common. Undecided: a
-drop beyond the threshold with too few windows to test, and a speed-up NEW cannot compute
-because its yardstick row is missing or untimed (gate raw samples/s with --absolute
-instead). Input that is not a results table at all (unreadable, a directory, a cell that
-is not a number, a key twice) is refused with exit status 2.
-
-Speed-ups over eager are a property of the CPU as well as of the code (the same Numba code:
-1.75x eager on an AMD EPYC, 1.32x on a Xeon with AMX). When the env.json beside each table
-says the runs are from different CPUs (``provenance.cpu_difference``: model or instruction
-sets), the throughput verdict is refused (undecided, said apart from the regressions)
-unless --allow-machine-change; ELBO and agreement are compared either way.
-"""
+"""Two runs compared row by row (backend, latent size, batch size): each row's verdicts and
+the regressions, undecided rows and notes that decide compare's exit status."""
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import file_names as files
-from . import provenance, tables
-from .result_files import numeric_column
-from .significance import (  # noqa: F401  (the defaults, read as run_comparison's)
-    ALPHA,
-    DEFAULT_FAIL_ELBO,
-    DEFAULT_FAIL_THROUGHPUT,
-    Change,
-    change,
-)
-from .store import read_json_object
-from .tables import ADDED_COLUMNS, KEYS, RESULT_COLUMNS, TEXT_COLUMNS
+from .. import provenance, tables
+from ..results_table import Results, row_key
+from ..tables import KEYS
+from .significance import ALPHA, Change, change
 
 GATED = (("samples_per_s", "samples/s"), ("final_test_elbo", "test ELBO"))
 
 
 class CompareError(ValueError):
-    """Input that cannot be compared (missing file, other schema)."""
+    """A compare setting that cannot be used (a throughput gate that is not a fraction)."""
 
 
 def parse_fraction(text: str) -> float:
@@ -75,141 +30,6 @@ def parse_fraction(text: str) -> float:
     if not 0 <= value < 1:
         raise CompareError(f"a throughput gate must lie in [0%, 100%), got {text!r}")
     return value
-
-
-@dataclass(frozen=True)
-class Results:
-    """One run's results table as read for comparison."""
-
-    source: Path  # the results.csv read
-    table: pd.DataFrame  # its complete rows
-    cut_short: str | None = None  # where the file ends mid-row, if it does
-    env: dict | None = None  # the run's provenance (env.json beside the table); None if none
-
-
-def _read_text(csv_path: Path) -> str:
-    if not csv_path.exists():
-        raise CompareError(
-            f"{csv_path}: no such results file (give a run directory or its results.csv)"
-        )
-    if csv_path.is_dir():
-        raise CompareError(f"{csv_path}: a directory, not a results table")
-    try:
-        return csv_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise CompareError(f"{csv_path}: not a readable results table ({error})") from None
-
-
-def _cut_short(text: str) -> tuple[str, str | None]:
-    """The text without a last row cut off mid-row, and where it was cut (None if not)."""
-    lines = text.splitlines(keepends=True)
-    if len(lines) < 2 or text.endswith("\n"):
-        return text, None
-    header = next(csv.reader([lines[0]]))
-    last = next(csv.reader([lines[-1]]), [])
-    if len(last) >= len(header):
-        return text, None
-    return "".join(lines[:-1]), (
-        f"cut short: line {len(lines)} ends after {len(last)} of {len(header)} fields"
-    )
-
-
-def load_results(path: Path) -> Results:
-    path = Path(path)
-    csv_path = path / files.RESULTS if path.is_dir() else path
-    text, cut = _cut_short(_read_text(csv_path))
-    try:
-        table = pd.read_csv(io.StringIO(text), dtype={c: str for c in TEXT_COLUMNS})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise CompareError(f"{csv_path}: not a readable results table ({error})") from None
-    absent = [c for c in ADDED_COLUMNS if c not in table]
-    if absent and set(table.columns) | set(absent) == set(RESULT_COLUMNS):
-        # A table written before these columns existed: fill in what it implies.
-        table = table.assign(**{c: ADDED_COLUMNS[c] for c in absent})[list(RESULT_COLUMNS)]
-    if tuple(table.columns) != RESULT_COLUMNS:
-        missing = [c for c in RESULT_COLUMNS if c not in table.columns]
-        extra = [c for c in table.columns if c not in RESULT_COLUMNS]
-        raise CompareError(
-            f"{csv_path}: not a results table of this schema (missing columns: "
-            f"{', '.join(missing) or 'none'}; unexpected: "
-            f"{', '.join(extra) or 'none'})"
-        )
-    for column in RESULT_COLUMNS:
-        if column in TEXT_COLUMNS:
-            continue
-        table[column] = numeric_column(table, column, str(csv_path), CompareError).astype(float)
-    for column in KEYS:
-        if table[column].isna().any():
-            row = int(table[column].isna().to_numpy().argmax())
-            raise CompareError(f"{csv_path}: line {row + 2}: no {column}")
-    _check_rows(table, csv_path)
-    twice = table[table.duplicated(KEYS, keep=False)]
-    if len(twice):
-        r = twice.iloc[0]
-        raise CompareError(
-            f"{csv_path}: {_key(r)} appears {len(twice[_same_key(twice, r)])} "
-            "times; a results table has one row per (backend, latent size, "
-            "batch size)"
-        )
-    table = table.astype({"latent_dim": int, "batch_size": int})
-    return Results(csv_path, table, cut, _read_env(csv_path.parent / files.ENV))
-
-
-SIZE_LIMIT = 2**31  # a latent or batch size at or above it is no size (nor fits an index)
-
-
-def _check_rows(table: pd.DataFrame, csv_path: Path) -> None:
-    """What each row's numbers must be beyond numbers (CompareError naming the line): the
-    sizes positive integers, the windows non-negative samples/s separated by spaces."""
-    for column in ("latent_dim", "batch_size"):
-        values = table[column].to_numpy()
-        with np.errstate(invalid="ignore"):
-            bad = (
-                ~np.isfinite(values)
-                | (values < 1)
-                | (values >= SIZE_LIMIT)
-                | (values != np.round(values))
-            )
-        if bad.any():
-            row = int(bad.argmax())
-            raise CompareError(
-                f"{csv_path}: line {row + 2}: {column} is "
-                f"{table[column].iloc[row]:g}, not a positive integer below "
-                "2^31"
-            )
-    for row, text in enumerate(table.window_samples_per_s):
-        try:
-            windows = tables.windows_of(text)
-        except ValueError:
-            windows = np.array([math.nan])
-        if not (np.isfinite(windows).all() and (windows >= 0).all()):
-            raise CompareError(
-                f"{csv_path}: line {row + 2}: window_samples_per_s is "
-                f"{text!r}, not samples/s per window separated by spaces"
-            )
-
-
-def _read_env(path: Path) -> dict | None:
-    """The provenance beside a results table: None where there is none (a loose CSV);
-    CompareError where it is damaged."""
-    if not path.exists():
-        return None
-    try:
-        env = read_json_object(path)
-    except ValueError as error:
-        raise CompareError(f"{path}: not a run environment ({error})") from None
-    problem = provenance.env_problem(env)
-    if problem:
-        raise CompareError(f"{path}: not a run environment ({problem})")
-    return env
-
-
-def _key(row) -> str:
-    return f"{row.backend} z={int(row.latent_dim)} batch={int(row.batch_size)}"
-
-
-def _same_key(table: pd.DataFrame, row) -> pd.Series:
-    return (table[KEYS] == [row[k] for k in KEYS]).all(axis=1)
 
 
 EXIT_REGRESSION = 1
@@ -314,7 +134,7 @@ def compare_runs(
     threshold_only: bool = False,
 ) -> RunComparison:
     """OLD against NEW, row by row. A throughput drop beyond ``fail_throughput`` is a
-    regression only if the windows say it is not noise (``bench.significance``: p below
+    regression only if the windows say it is not noise (``significance``: p below
     ``alpha``); where they are too few to say, the row is refused as undecided, not passed.
     ``threshold_only`` decides by the threshold alone (runs recorded before windows were
     kept)."""
@@ -322,7 +142,7 @@ def compare_runs(
     regressions = _results_cut_short(old, new)
     merged, gated_speedup = _merged(old, new, absolute, throughput)
     for r, speedup_gated in zip(merged.itertuples(), gated_speedup):
-        key = _key(r)
+        key = row_key(r)
         if r.presence == "left_only":
             if not allow_removed:
                 regressions.append(

@@ -1,12 +1,6 @@
-"""The agreement gate: does a backend compute what the reference computes?
-
-The reference owns the truth (``vae_ref.oracle``: the gate's cases on real data, the float64
-oracle's tensors and float32 PyTorch's error on each; ``vae_ref.fixture``: the same, stored).
-Here each backend is run on a case and every intermediate, loss term and gradient, then the
-losses and parameters over K Adam steps, is judged by the one comparison helper
-(``tensor_comparison.py``) against a tolerance calibrated by float32 PyTorch's own error
-(``tolerances.py``).
-"""
+"""A backend judged on one of the gate's cases: run on it, and every tensor the case holds
+the truth of (every intermediate, loss term and gradient; or the losses and parameters over K
+Adam steps) compared by ``comparison.compare``."""
 
 from __future__ import annotations
 
@@ -16,7 +10,7 @@ from kernels.base import Backend
 from vae_ref.gate_tensors import adam_step_tensors, step_tensors
 from vae_ref.oracle import Case, Expectation
 
-from .tensor_comparison import Comparison, compare
+from .comparison import Comparison, compare
 
 
 def outputs(backend: Backend, case: Case) -> dict[str, np.ndarray]:
@@ -36,7 +30,9 @@ def outputs(backend: Backend, case: Case) -> dict[str, np.ndarray]:
     return step_tensors(out.reconstruction, out.kl, out.loss, out.intermediates, out.grads)
 
 
-def check(backend: Backend, case: Case, expected: Expectation) -> list[Comparison]:
+def judge(backend: Backend, case: Case, expected: Expectation) -> list[Comparison]:
+    """``backend``'s outputs on ``case`` against ``expected``, tensor by tensor; a tensor the
+    backend did not give is a failure."""
     got = outputs(backend, case)
     results = []
     for tensor, truth in expected.truth.items():
