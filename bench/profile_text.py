@@ -48,7 +48,7 @@ def _mixed_precision_lines(
     peaks: dict[str, tuple[float, str, str]],
 ) -> list[str]:
     """Each reduced-precision row against what it competes with, from this run's medians:
-    its float32 twin (the same backend's name without the precision suffix), every other row
+    its float32 twin (``kernels.FLOAT32_TWINS``), every other row
     of its precision (the best of them named), and the physical limit (its step's FLOPs at
     that precision's GEMM peak, measured in this run)."""
     speed = dict(zip(table.backend, table.samples_per_s))

@@ -16,7 +16,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 import numpy as np
 import pandas as pd
 
-from kernels import REFERENCE_BACKEND
+from kernels import FLOAT32_TWINS, REFERENCE_BACKEND
 from vae_ref.config import DEFAULT_HIDDEN
 
 from .provenance import as_markdown
@@ -582,10 +582,9 @@ def _settings_section(settings: dict[str, dict] | None) -> list[str]:
 
 
 def float32_twin(backend: str, precision: str) -> str | None:
-    """The float32 backend a reduced-precision one is the twin of (its name without the
-    precision's suffix: numba-bf16 -> numba), or None."""
-    twin = backend.removesuffix(f"-{precision}")
-    return None if precision == "float32" or twin == backend else twin
+    """The float32 backend a reduced-precision one is the twin of (the registry's
+    ``kernels.FLOAT32_TWINS``: numba-bf16 -> numba), or None."""
+    return None if precision == "float32" else FLOAT32_TWINS.get(backend)
 
 
 def precision_cost(table: pd.DataFrame) -> pd.DataFrame:

@@ -140,6 +140,16 @@ BACKENDS: dict[str, Callable[..., Backend]] = {
     "jax-cuda": _jax_cuda,
 }
 
+# Each reduced-precision built-in (kernels.base.MixedPrecision) and its float32 twin, the same
+# backend computing its GEMMs in float32: what its speed and its ELBO are set beside.
+FLOAT32_TWINS: dict[str, str] = {
+    "numba-bf16": "numba",
+    "torch-bf16": REFERENCE_BACKEND,
+    "torch-compile-bf16": "torch-compile",
+    "jax-bf16": "jax",
+    "cupy-tf32": "cupy",
+}
+
 
 ENTRY_POINT_GROUP = "vae_kernel_bench.backends"
 
@@ -227,6 +237,7 @@ __all__ = [
     "BatchLoss",
     "StepOutputs",
     "ENTRY_POINT_GROUP",
+    "FLOAT32_TWINS",
     "REFERENCE_BACKEND",
     "Registration",
     "UnknownBackendError",

@@ -8,7 +8,7 @@ import pytest
 
 from bench.gate import judge
 from bench.training import train_backend
-from kernels import BACKENDS, Backend, create_backend
+from kernels import BACKENDS, FLOAT32_TWINS, Backend, create_backend
 from kernels.base import (
     DeviceInfo,
     EpochRunner,
@@ -16,6 +16,7 @@ from kernels.base import (
     MemoryReport,
     MixedPrecision,
     StageBreakdown,
+    gemm_inputs_of,
 )
 from vae_ref import VAEConfig, build_model, export_params
 from vae_ref.oracle import build_cases, expectation
@@ -73,6 +74,17 @@ def test_every_backend_implements_the_protocol_and_reports_availability(name):
     status = backend.availability()
     assert isinstance(status.available, bool)
     assert status.available or status.reason
+
+
+def test_every_reduced_precision_backend_has_a_float32_twin_of_its_own_kind():
+    """precision_cost and the profile set a bf16 or TF32 row beside its twin, found in the
+    registry (a name's suffix once stood for it: a plugin's "foo-bf16" became "foo")."""
+    made = {name: create_backend(name) for name in BACKENDS}
+    reduced = {name for name, backend in made.items() if gemm_inputs_of(backend) != "float32"}
+    assert set(FLOAT32_TWINS) == reduced
+    for name, twin in FLOAT32_TWINS.items():
+        assert gemm_inputs_of(made[twin]) == "float32", twin
+        assert type(made[twin]) is type(made[name]), (name, twin)
 
 
 def test_the_protocol_check_sees_a_signature_isinstance_does_not():
