@@ -270,11 +270,15 @@ def _worst_per_backend(gate: pd.DataFrame) -> pd.DataFrame:
 
 
 def _throughput_frame(timed: pd.DataFrame) -> pd.DataFrame:
+    """The run's throughput table: the columns every throughput table shows
+    (``tables.SHOWN_COLUMNS``), with the speed-up over eager and its per-window spread."""
     speedups = tables.speedup(timed)
     spreads = tables.window_speedups(timed)
+    header = tables.shown_cells(["speed-up vs eager", "per-window speed-up"])
     rows = []
     for r, s, w in zip(timed.itertuples(), speedups, spreads):
         windows = tables.windows_of(r.window_samples_per_s)
+        cells = tables.shown_cells([tables.speedup_text(s), tables.spread_text(w)], r)
         rows.append(
             {
                 "backend": r.backend,
@@ -283,13 +287,8 @@ def _throughput_frame(timed: pd.DataFrame) -> pd.DataFrame:
                 "z": r.latent_dim,
                 "batch": r.batch_size,
                 "gate": r.agreement,
-                "samples/s": f"{r.samples_per_s:,.0f}",
-                "windows min–max": f"{r.samples_per_s_min:,.0f}–{r.samples_per_s_max:,.0f}",
                 "windows": len(windows) or tables.NOT_COMPUTED,
-                "speed-up vs eager": tables.speedup_text(s),
-                "per-window speed-up": tables.spread_text(w),
-                "ms/step": f"{r.ms_per_step:.3f}",
-                "% peak": f"{r.pct_peak:.1f}%",
+                **dict(zip(header, cells)),
             }
         )
     return pd.DataFrame(rows)

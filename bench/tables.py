@@ -11,7 +11,9 @@ with their CUDA twins. Comparing a GPU kernel with CPU PyTorch would say nothing
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +31,29 @@ PROVENANCE_HEADING = "## Provenance"
 NAN = math.nan
 
 
+@dataclass(frozen=True)
+class Shown:
+    """How the throughput tables (a run's summary.md, the profile's text, the HTML report)
+    show a results column: its header, and its cell made from the whole row (a cell may read
+    two columns, as min–max does)."""
+
+    label: str
+    cell: Callable[[Any], str]
+    also_reads: tuple[str, ...] = ()  # the other columns its cell is made of
+
+    def columns(self, column: str) -> tuple[str, ...]:
+        """``column`` and the others its cell reads: the values compare's JSON gives."""
+        return (column, *self.also_reads)
+
+
+def shown(label: str, cell: Callable[[Any], str], also_reads: tuple[str, ...] = ()) -> Any:
+    """A ResultRow field the throughput tables show (``Shown``). Declaring it is all a new
+    column needs to appear in results.csv, the markdown and HTML tables, the profile's text
+    and compare's JSON; its value comes from where it is measured (for a timing column,
+    ``throughput.Measurement.columns``)."""
+    return field(default=math.nan, metadata={"shown": Shown(label, cell, also_reads)})
+
+
 @dataclass(kw_only=True)
 class ResultRow:
     """One row of a run's results.csv: a backend at one latent size and batch size, with its
@@ -44,20 +69,31 @@ class ResultRow:
     agreement: str  # the gate's verdict: "pass", "fail" or "unavailable"
     worst_fraction: float = NAN  # the worst tensor's error as a fraction of its tolerance
     # -- timing (throughput.Measurement.columns); NaN: not timed
-    samples_per_s: float = NAN
-    samples_per_s_min: float = NAN
+    samples_per_s: float = shown("samples/s", lambda r: f"{r.samples_per_s:,.0f}")
+    samples_per_s_min: float = shown(
+        "min–max",
+        lambda r: f"{r.samples_per_s_min:,.0f}–{r.samples_per_s_max:,.0f}",
+        ("samples_per_s_max",),
+    )
     samples_per_s_max: float = NAN
     # samples/s of every timed window, in the order they ran (space-separated): window i of
     # each backend ran in round i of the same rotation, so window i of a row and of its
     # yardstick form a same-conditions pair (what compare's significance test is built on)
     window_samples_per_s: str = ""
-    ms_per_step: float = NAN
-    gflops: float = NAN
-    pct_peak: float = NAN  # of the device's GEMM peak at the row's precision
-    launch_floor_ms: float = NAN
-    warmup_s: float = NAN
-    peak_memory_mb: float = NAN
-    gemm_only_ms: float = NAN
+    ms_per_step: float = shown("ms/step", lambda r: f"{r.ms_per_step:.3f}")
+    gflops: float = shown("GFLOP/s", lambda r: f"{r.gflops:.1f}")
+    # of the device's GEMM peak at the row's precision
+    pct_peak: float = shown("% peak", lambda r: f"{r.pct_peak:.1f}%")
+    launch_floor_ms: float = shown(
+        "launch floor ms (x)",
+        lambda r: _floor_cell(r.launch_floor_ms, r.ms_per_step),
+        ("ms_per_step",),
+    )
+    warmup_s: float = shown("warm-up s", lambda r: f"{r.warmup_s:.2f}")
+    peak_memory_mb: float = shown(
+        "memory MB", lambda r: fmt(r.peak_memory_mb, ".1f", nan=NOT_COMPUTED)
+    )
+    gemm_only_ms: float = NAN  # shown in a table of its own, the GEMMs-alone ceiling
     # -- training and evaluation (pipeline.Evaluation); NaN: not trained
     final_train_elbo: float = NAN
     average_train_elbo: float = NAN
@@ -84,6 +120,27 @@ class ResultRow:
 
 # A run's results.csv: one row per (backend, latent size, batch size), these columns in order.
 RESULT_COLUMNS = tuple(f.name for f in fields(ResultRow))
+# The columns the throughput tables show, in the order they show them: where the speed-ups
+# over each peer go (SPEEDUPS), then any shown column this list does not name, in the order
+# of ResultRow (a new column needs no entry here).
+SPEEDUPS = "speed-ups"
+SHOWN_ORDER = (
+    "samples_per_s",
+    "samples_per_s_min",
+    "ms_per_step",
+    "gflops",
+    "pct_peak",
+    SPEEDUPS,
+    "peak_memory_mb",
+    "launch_floor_ms",
+    "warmup_s",
+)
+SHOWN: dict[str, Shown] = {
+    f.name: f.metadata["shown"] for f in fields(ResultRow) if "shown" in f.metadata
+}
+SHOWN_COLUMNS = tuple(c for c in SHOWN_ORDER if c in SHOWN or c == SPEEDUPS) + tuple(
+    c for c in SHOWN if c not in SHOWN_ORDER
+)
 REQUIRED_COLUMNS = frozenset(f.name for f in fields(ResultRow) if f.default is MISSING)
 # Columns added after tables were first committed, with the value older tables imply.
 ADDED_COLUMNS = {
@@ -102,15 +159,7 @@ def results_frame(rows) -> pd.DataFrame:
 
 
 # the rest are numbers
-TEXT_COLUMNS = (
-    "backend",
-    "device",
-    "precision",
-    "agreement",
-    "dataset",
-    "note",
-    "window_samples_per_s",
-)
+TEXT_COLUMNS = tuple(f.name for f in fields(ResultRow) if f.type == "str")
 
 
 def windows_text(samples_per_s) -> str:
@@ -309,19 +358,8 @@ def throughput_table(table: pd.DataFrame, gates: dict[str, str] | None = None) -
         ["backend", "device"]
         + (["precision"] if mixed else [])
         + (["gate"] if gates is not None else [])
-        + [
-            "z",
-            "batch",
-            "samples/s",
-            "min–max",
-            "ms/step",
-            "GFLOP/s",
-            "% peak",
-            *(f"speed-up vs {peer}" for peer in peers),
-            "memory MB",
-            "launch floor ms (x)",
-            "warm-up s",
-        ]
+        + ["z", "batch"]
+        + shown_cells([f"speed-up vs {peer}" for peer in peers])
     )
     text_columns = 2 + mixed + (gates is not None)
     lines = [
@@ -333,22 +371,27 @@ def throughput_table(table: pd.DataFrame, gates: dict[str, str] | None = None) -
             [r.backend, device]
             + ([r.precision] if mixed else [])
             + ([gates.get(r.backend, NOT_COMPUTED)] if gates is not None else [])
-            + [
-                f"{r.latent_dim}",
-                f"{r.batch_size}",
-                f"{r.samples_per_s:,.0f}",
-                f"{r.samples_per_s_min:,.0f}–{r.samples_per_s_max:,.0f}",
-                f"{r.ms_per_step:.3f}",
-                f"{r.gflops:.1f}",
-                f"{r.pct_peak:.1f}%",
-                *(_speedup_cell(ratios[peer].iloc[i], spreads[peer].iloc[i]) for peer in peers),
-                fmt(r.peak_memory_mb, ".1f", nan=NOT_COMPUTED),
-                _floor_cell(r.launch_floor_ms, r.ms_per_step),
-                f"{r.warmup_s:.2f}",
-            ]
+            + [f"{r.latent_dim}", f"{r.batch_size}"]
+            + shown_cells(
+                [_speedup_cell(ratios[peer].iloc[i], spreads[peer].iloc[i]) for peer in peers], r
+            )
         )
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def shown_cells(speedups: list[str], row: Any = None) -> list[str]:
+    """The shown columns' headers (without ``row``) or ``row``'s cells, in SHOWN_COLUMNS'
+    order, ``speedups`` (headers or cells) where it puts them."""
+    return [
+        part
+        for column in SHOWN_COLUMNS
+        for part in (
+            speedups
+            if column == SPEEDUPS
+            else [SHOWN[column].label if row is None else SHOWN[column].cell(row)]
+        )
+    ]
 
 
 def _floor_cell(floor: float, ms_per_step: float) -> str:

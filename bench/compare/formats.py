@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 FORMATS = ("text", "markdown", "json")
 
 # The JSON rows' fields: the comparison table's columns, each under its own name but the
-# device, which is NEW's (a row's device is part of what it is, not of what changed).
+# device, which is NEW's (a row's device is part of what it is, not of what changed); then
+# OLD's and NEW's value of every column the throughput tables show (_shown_values).
 JSON_COLUMNS = (
     "backend",
     "device_new",
@@ -43,6 +44,20 @@ JSON_COLUMNS = (
     "agreement_new",
 )
 JSON_NAMES = {"device_new": "device"}
+
+
+def _shown_values() -> tuple[str, ...]:
+    """OLD's and NEW's value of every column the throughput tables show (``tables.SHOWN``)
+    that JSON_COLUMNS does not already give."""
+    from .. import tables
+
+    pairs = (
+        f"{column}_{side}"
+        for name, shown in tables.SHOWN.items()
+        for column in shown.columns(name)
+        for side in ("old", "new")
+    )
+    return tuple(column for column in dict.fromkeys(pairs) if column not in JSON_COLUMNS)
 
 
 def render(result: RunComparison, form: str) -> str:
@@ -170,8 +185,9 @@ def markdown(result: RunComparison) -> str:
 def as_json(result: RunComparison) -> str:
     from ..export import json_value
 
+    columns = JSON_COLUMNS + _shown_values()
     rows = [
-        {JSON_NAMES.get(column, column): json_value(getattr(r, column)) for column in JSON_COLUMNS}
+        {JSON_NAMES.get(column, column): json_value(getattr(r, column)) for column in columns}
         for r in result.table.itertuples()
     ]
     document = {
