@@ -6,8 +6,8 @@ calibration), each case's worst fraction of its tolerance recorded.
 Run as ``python -m cpu_verification.gate_sweep OUT.json [--mkl-only] [K ...]`` (tests/ on
 the path), natively or in a child with MKL held below this CPU's instruction set
 (``restricted_isa.restrictions``): tests/test_cross_isa.py runs it both ways (below the ISA,
-at the gate's own K only, and only the backends whose GEMMs MKL does). A correct backend that fails here is a gate that depends on the
-CPU.
+at the gate's own K only, one backend per MKL GEMM path: ``mkl_backed``). A correct backend
+that fails here is a gate that depends on the CPU.
 
 The single-step cases do not depend on K and are judged once per latent size (``steps`` 0).
 numba-bf16 runs oneMKL's emulated path where the CPU has no bf16 hardware (its numbers are
@@ -27,11 +27,15 @@ SWEEP_STEPS = (1, 10)  # and the gate's default (vae_ref.config.GATE_ADAM_STEPS)
 
 
 def mkl_backed(backend) -> bool:
-    """Whether ``backend``'s GEMMs are MKL's, which a restriction of MKL's instruction sets
-    (restricted_isa) changes: PyTorch's on x86-64 (the restriction is chosen by its bits) and
-    Numba's pooled step (oneMKL); not JAX's (XLA's Eigen) nor Numba's serial step (NumPy's
-    BLAS), whose numbers below this CPU's instruction set are its numbers on it."""
-    return backend.name.startswith("torch") or bool(getattr(backend, "pooled", False))
+    """Whether ``backend`` is swept below this CPU's instruction set: one backend per MKL GEMM
+    path, those whose numbers a restriction of MKL (restricted_isa) changes. PyTorch eager
+    (torch) for ATen's MKL GEMMs, which torch-fused-adam and torch-compile call as it does,
+    differing from it only where the restriction does not reach (a fused Adam; Inductor's
+    kernels, generated for this CPU whatever MKL is told), so their numbers below it move as
+    torch's do; and Numba's pooled step (oneMKL). Not JAX (XLA's Eigen) nor Numba's serial
+    step (NumPy's BLAS), whose numbers below this CPU's instruction set are their numbers on
+    it."""
+    return backend.name == "torch" or bool(getattr(backend, "pooled", False))
 
 
 def backends(mkl_only: bool = False) -> tuple[list, dict[str, str]]:
@@ -76,7 +80,7 @@ def sweep(
 ) -> dict:
     """The sweep's rows and the backends unavailable here; ``steps_swept``: the numbers of
     Adam steps (default SWEEP_STEPS and the gate's own), the single-step cases judged with
-    the first; ``mkl_only``: the backends whose GEMMs are MKL's only (``mkl_backed``)."""
+    the first; ``mkl_only``: one backend per MKL GEMM path only (``mkl_backed``)."""
     from bench.gate import gate_images, judge
     from kernels.base import gemm_inputs_of
     from vae_ref.config import DEFAULT_LATENTS, GATE_ADAM_STEPS
