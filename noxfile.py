@@ -1,6 +1,6 @@
-"""nox sessions: ``nox -s bench`` (the main job) and ``nox -s tests`` (CI: the tests, then the
-simulated CuPy checked against CuPy 13 and 14, ``drift``); ``nox -s lint`` (CI too: ruff and
-mypy).
+"""nox sessions: ``nox -s bench`` (the main job) and ``nox -s tests`` (CI: ``lint``'s ruff and
+mypy, the tests, then the simulated CuPy checked against CuPy 13 and 14, ``drift``);
+``nox -s lint`` (the linters alone).
 
 Which torch to install is chosen by the environment variable VAE_BENCH_TORCH (a pip
 requirement). The default, ``torch==2.13.0``, is the CPU build on our machines (pip finds it
@@ -47,9 +47,13 @@ LINTERS = ("ruff==0.17.6", "mypy==2.4.1")
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff's rules and formatting over the whole checkout, and mypy over the harness, the
-    reference and the backend interface (both configured in pyproject.toml): CI runs it
-    before the tests. ``ruff format .`` writes the formatting it asks for."""
+    reference and the backend interface (both configured in pyproject.toml); ``tests`` runs
+    them first too. ``ruff format .`` writes the formatting it asks for."""
     install_project(session)  # mypy reads the types of torch, NumPy and matplotlib
+    run_linters(session)
+
+
+def run_linters(session: nox.Session) -> None:
     session.install(*LINTERS)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
@@ -64,15 +68,18 @@ CUPY_NAMES = [wheel.split("==")[0] for wheel in CUPY_WHEELS.values()]
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Correctness tests on the CPU (what CI runs), after nvcc compile-checks every CUDA
-    source (``python -m tests.gpu_verification.nvcc_check``; skipped with a note where nvcc
-    is missing); then the drift tests in the same environment, once per CuPy version (see
-    ``drift``), CuPy removed again after them. Extra arguments go to the first pytest."""
+    """Correctness tests on the CPU (what CI runs): first the linters (``lint``'s, in this
+    environment: a second one with its own torch and project install cost CI two minutes),
+    and nvcc compile-checks every CUDA source (``python -m tests.gpu_verification.nvcc_check``;
+    skipped with a note where nvcc is missing); then the tests; then the drift tests in the
+    same environment, once per CuPy version (see ``drift``), CuPy removed again after them.
+    Extra arguments go to the first pytest."""
     # [jax]: the JAX backend's agreement gate runs in CI too (the CPU build: no CUDA pulled).
     # [bf16]: oneMKL, so the bf16 step's numbers are checked on every x86-64 CPU (emulated
     # where the CPU has no bf16 hardware); VAE_BENCH_REQUIRE_BF16 makes its tests fail, not
     # skip, where it could not be installed.
     install_project(session, "[test,jax,bf16]")
+    run_linters(session)
     # No GPU here, so no test runs the kernels: compiling them is what catches a broken .cu.
     # Run on its own (not only inside pytest) so the compiler's warnings and per-kernel
     # register and shared-memory use show in the CI log.
