@@ -23,19 +23,19 @@ class UnknownBackendError(ValueError):
 
 
 def _torch(**options) -> Backend:
-    from .torch_ref import TorchBackend
+    from .pytorch import TorchBackend
 
     return TorchBackend()
 
 
 def _torch_fused(**options) -> Backend:
-    from .torch_ref import TorchBackend
+    from .pytorch import TorchBackend
 
     return TorchBackend(fused_adam=True)
 
 
 def _torch_compile(**options) -> Backend:
-    from .torch_ref import TorchBackend
+    from .pytorch import TorchBackend
 
     return TorchBackend(compile=True)
 
@@ -65,13 +65,13 @@ def _jax_bf16(threads: int | None = None, **options) -> Backend:
 
 
 def _torch_bf16(**options) -> Backend:
-    from .torch_ref import TorchBackend
+    from .pytorch import TorchBackend
 
     return TorchBackend(autocast_bf16=True)
 
 
 def _torch_compile_bf16(**options) -> Backend:
-    from .torch_ref import TorchBackend
+    from .pytorch import TorchBackend
 
     return TorchBackend(compile=True, autocast_bf16=True)
 
@@ -83,13 +83,13 @@ def _jax_cuda(threads: int | None = None, **options) -> Backend:
 
 
 def _torch_cuda(**options) -> Backend:
-    from .torch_ref import TorchBackend
+    from .pytorch import TorchBackend
 
     return TorchBackend(device="cuda")
 
 
 def _torch_cuda_compile(**options) -> Backend:
-    from .torch_ref import TorchBackend
+    from .pytorch import TorchBackend
 
     return TorchBackend(device="cuda", compile=True)
 
@@ -141,7 +141,8 @@ BACKENDS: dict[str, Callable[..., Backend]] = {
 }
 
 # Each reduced-precision built-in (kernels.base.MixedPrecision) and its float32 twin, the same
-# backend computing its GEMMs in float32: what its speed and its ELBO are set beside.
+# backend computing its GEMMs in float32: what its speed and its ELBO are set beside. (A
+# plugin's reduced-precision backend has no twin here: its rows stand alone.)
 FLOAT32_TWINS: dict[str, str] = {
     "numba-bf16": "numba",
     "torch-bf16": REFERENCE_BACKEND,

@@ -258,14 +258,14 @@ def test_torch_compile_fails_loudly_at_its_variant_limit_instead_of_running_eage
     import torch._dynamo
     import torch._dynamo.config as dynamo
 
-    from kernels import BackendFailed, torch_ref
+    from kernels import BackendFailed, pytorch
 
     torch._dynamo.reset()  # variants other tests compiled count toward the limit too
     limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
     flags = [
         n for n in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit") if hasattr(dynamo, n)
     ]
-    monkeypatch.setattr(torch_ref, "RECOMPILE_LIMIT", 2)
+    monkeypatch.setattr(pytorch, "RECOMPILE_LIMIT", 2)
     data = np.random.default_rng(0).random((64, 784), dtype=np.float32)
     config = VAEConfig(latent_dim=3)
     # dynamo's own patch restores its settings afterwards (loading sets the flags).

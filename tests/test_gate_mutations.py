@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels.torch_ref as torch_ref
+import kernels.pytorch as pytorch
 from bench.gate import judge
 from kernels import create_backend
 from vae_ref.oracle import build_cases, expectation
@@ -52,9 +52,9 @@ def build_model_mutated(monkeypatch):
     ``when()`` holds (the oracle builds its own model, untouched)."""
 
     def mutate(when):
-        real = torch_ref.build_model
+        real = pytorch.build_model
         monkeypatch.setattr(
-            torch_ref, "build_model", lambda *a, **k: output_bias_left_out(real(*a, **k), when=when)
+            pytorch, "build_model", lambda *a, **k: output_bias_left_out(real(*a, **k), when=when)
         )
 
     return mutate
@@ -85,7 +85,7 @@ def test_compile_gate_fails_a_compiled_graph_without_the_output_bias(build_model
     "name", ["torch", "torch-fused-adam", pytest.param("torch-compile", marks=pytest.mark.slow)]
 )
 def test_torch_gate_fails_adam_with_the_wrong_second_moment_decay(monkeypatch, cases, name):
-    monkeypatch.setattr(torch_ref, "ADAM_BETAS", (0.9, 0.99))
+    monkeypatch.setattr(pytorch, "ADAM_BETAS", (0.9, 0.99))
     backend = create_backend(name)
     assert not failed_tensors(backend, cases["batch"])
     assert failed_tensors(backend, cases["adam-steps"])
@@ -150,7 +150,7 @@ def test_gate_fails_adam_with_eps_ten_times_too_large(monkeypatch, k_steps, name
 
     backend = available(name)
     assert not failed_tensors(backend, k_steps)  # unmutated, it passes
-    monkeypatch.setattr(numba_cpu if name == "numba" else torch_ref, "ADAM_EPS", 1e-7)
+    monkeypatch.setattr(numba_cpu if name == "numba" else pytorch, "ADAM_EPS", 1e-7)
     assert failed_tensors(backend, k_steps)
 
 

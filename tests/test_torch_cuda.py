@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kernels import BackendUnavailable, BatchLoss, create_backend
-from kernels.torch_ref import TorchBackend
+from kernels.pytorch import TorchBackend
 from vae_ref import VAEConfig, build_model, evaluate_elbo, export_params
 
 NO_CUDA_REASONS = (

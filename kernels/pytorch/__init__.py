@@ -1,4 +1,5 @@
-"""The PyTorch reference as a backend: what users would pick instead of a fused kernel.
+"""PyTorch as a backend, the reference's model trained by PyTorch itself: what users would
+pick instead of a fused kernel (the reference, the truth, is vae_ref/).
 
 Three configurations: eager with Adam's default implementation ("torch"), eager with
 ``Adam(fused=True)`` ("torch-fused-adam"), and ``torch.compile`` of the same model and loss with
@@ -324,7 +325,7 @@ class TorchBackend:
                 raise BackendFailed(
                     f"{self.name}: torch.compile reached its limit of compiled variants (one "
                     f"per batch size; RECOMPILE_LIMIT = {RECOMPILE_LIMIT} in "
-                    f"kernels/torch_ref): time fewer batch sizes per run, or raise it"
+                    f"kernels/pytorch): time fewer batch sizes per run, or raise it"
                 ) from error
             return losses
 
