@@ -312,6 +312,9 @@ def run_experiment(
             f"{len(data.train_x)}"
         )
     with claim(out, "experiment"):
+        # The code's commit as this call found it: its own writes into a results directory
+        # inside the checkout (tables after each model, figures) must not make it "+dirty".
+        commit = provenance.git_commit()
         store = ResultsStore(out, redo="--retrain to retrain it", arrays_are="weights")
         log(f"dataset: {data.describe()}")
         log(f"results: {out}")
@@ -339,14 +342,20 @@ def run_experiment(
                 spent.append(time.monotonic() - started)
             finished.append(done)
             # Rewrite the tables after every model: an interruption keeps every finished row.
-            table = write_tables(finished, spec, data, out)
+            table = write_tables(finished, spec, data, out, commit)
         write_figures(finished, data, out, log)
         return table
 
 
 def write_tables(
-    finished: list[FinishedModel], spec: ExperimentSpec, data: Dataset, out: Path
+    finished: list[FinishedModel],
+    spec: ExperimentSpec,
+    data: Dataset,
+    out: Path,
+    commit: str,
 ) -> pd.DataFrame:
+    """table.csv, curves.csv, provenance.json and table.md of ``finished``, the code's
+    ``commit`` recorded as the call that writes them found it."""
     table = pd.DataFrame([f.summary for f in finished], columns=list(tables.TABLE_COLUMNS))
     curves = pd.DataFrame(
         [
@@ -366,6 +375,7 @@ def write_tables(
         data=data,
         seed=spec.seeds[0] if len(spec.seeds) == 1 else list(spec.seeds),
         spec=asdict(spec),
+        git_commit=commit,
     )
     # Reused models were trained by an earlier invocation: say by which.
     record["models_trained"] = {

@@ -267,6 +267,39 @@ def test_the_log_says_which_model_of_how_many_and_the_time_left(mnist5k, tmp_pat
     assert sum("already finished" in s for s in said) == 2
 
 
+def test_an_experiment_records_the_commit_it_found_not_its_own_writes(
+    mnist5k, tmp_path, monkeypatch
+):
+    """Resumed in a results directory inside the checkout, an experiment's own writes (the
+    tables after each model, then the figures) left the checkout modified, and the tables
+    written after them recorded the commit as "+dirty"."""
+    from bench import provenance
+
+    spec = ExperimentSpec(
+        dataset="mnist-5k",
+        latents=(2, 3),
+        ae_latents=(),
+        epochs=1,
+        batch_size=1000,
+        iwae_k=0,
+        hidden_dim=16,
+    )
+    run_experiment(spec, mnist5k, tmp_path, progress=False, log=lambda _: None)
+    asked = []
+
+    def commit_as_git_sees_it() -> str:  # clean until the experiment first writes
+        asked.append(1)
+        return "abc1234" if (tmp_path / "table.md").stat().st_mtime_ns == first else "abc1234+dirty"
+
+    first = (tmp_path / "table.md").stat().st_mtime_ns
+    monkeypatch.setattr(provenance, "git_commit", commit_as_git_sees_it)
+    run_experiment(spec, mnist5k, tmp_path, progress=False, log=lambda _: None)
+    assert (
+        asked and json.loads((tmp_path / "provenance.json").read_text())["git_commit"] == "abc1234"
+    )
+    assert "abc1234+dirty" not in (tmp_path / "table.md").read_text()
+
+
 def test_each_vae_says_how_much_of_its_latent_space_it_uses(finished_run):
     """Issue 41's columns: the test ELBO's terms, the train-test gap, the active units and
     the KL of each dimension, which sum to the KL term."""
