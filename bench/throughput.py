@@ -239,8 +239,8 @@ def measure(
     A backend's stage breakdown is sampled right after each of its windows (a few rounds of
     its parts each time, ``BREAKDOWN_ROUNDS`` in all) and its medians taken over the windows,
     so the breakdown's step and the table's are measured under the same conditions (taken in
-    one burst after the last window, a busy stretch of the machine once put a breakdown's
-    step at 4.507 ms beside the table's 1.839)."""
+    one burst after the last window, a busy stretch of the machine put a breakdown's step at
+    2.5 times the table's)."""
     rng = np.random.default_rng(seed)
 
     def noise():

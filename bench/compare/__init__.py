@@ -10,15 +10,15 @@ is written out (text, Markdown, JSON): ``formats``.
 
 Throughput is compared as each backend's speed-up over PyTorch eager *measured in the same
 run* on the same device (``bench.tables``: torch on the CPU, torch-cuda on a GPU), the
-ratio the harness's interleaving makes trustworthy, not as raw samples/s: two runs of the same
-code minutes apart on this 2-core VM moved raw medians by up to 26% (every backend at one
-latent size at once), while same-run speed-ups moved far less. The yardstick rows are
-therefore not gated unless --absolute. Default gates: a 25% drop in speed-up that is also
-significant over the timed windows (``significance``: a one-sided Mann-Whitney U test on
-the per-window speed-ups, p < 0.05; identical code measured 0.6-1.5x against itself on shared
-runners, so a threshold alone cries wolf; too few windows to test is undecided, not a pass);
-an ELBO drop of more than 1 nat (the same seed reproduces the ELBO exactly on one machine,
-and seeds differ by up to 1.6 nats SD at z = 2). Tighten both on quiet machines.
+ratio the harness's interleaving makes trustworthy, not as raw samples/s: on a shared machine
+raw medians move with every backend at once, same-run speed-ups far less. The yardstick rows
+are therefore not gated unless --absolute. Default gates: a 25% drop in speed-up that is also
+significant over the timed windows (``significance``: a one-sided Mann-Whitney U test on the
+per-window speed-ups, p < 0.05; a threshold alone cries wolf on shared machines; too few
+windows to test is undecided, not a pass); an ELBO drop of more than 1 nat (the same seed
+reproduces the ELBO exactly on one machine; seeds differ by more). Tighten both on quiet
+machines. The measurements behind these choices: results/README.md, "Does compare tell a
+slowdown from noise?".
 
 The gate fails closed: what it cannot compare is never a pass. A regression: a row of OLD
 missing from NEW (unless --allow-removed), a table cut short mid-row, a number in OLD that is
@@ -28,8 +28,8 @@ because its yardstick row is missing or untimed (gate raw samples/s with --absol
 instead). Input that is not a results table at all (unreadable, a directory, a cell that
 is not a number, a key twice) is refused with exit status 2.
 
-Speed-ups over eager are a property of the CPU as well as of the code (the same Numba code:
-1.75x eager on an AMD EPYC, 1.32x on a Xeon with AMX). When the env.json beside each table
+Speed-ups over eager are a property of the CPU as well as of the code (results/README.md has
+the same Numba code's on AMD and Intel CPUs). When the env.json beside each table
 says the runs are from different CPUs (``provenance.cpu_difference``: model or instruction
 sets), the throughput verdict is refused (undecided, said apart from the regressions)
 unless --allow-machine-change; ELBO and agreement are compared either way.
