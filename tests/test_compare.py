@@ -254,3 +254,16 @@ def test_an_env_json_missing_or_mistyping_a_field_is_refused_by_each_reader(
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert main(["merge", str(damaged), "--out", str(tmp_path / "merged")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_text_table_s_headers_stand_over_their_columns(capsys):
+    """The interval column's header was 7 characters short of its cells: every column after
+    it stood under the wrong header."""
+    noise = Path(__file__).parents[1] / "results" / "compare-noise-intel-xeon"
+    assert main(["compare", str(noise / "base"), str(noise / "rerun")]) == 0
+    table = capsys.readouterr().out.split("\n\n")[0].splitlines()
+    header, rows = table[0], table[1:]
+    assert rows and {len(row) for row in rows} == {len(header)}
+    for label in ("windows (90% CI)", "verdict", "change", "agreement"):
+        end = header.index(label) + len(label)  # right-aligned: the cells end where it ends
+        assert all(row[end - 1] != " " and row[end : end + 1] in (" ", "") for row in rows), label

@@ -92,7 +92,7 @@ def text(result: RunComparison) -> str:
     level = f"windows ({result.level:.0%} CI)"
     lines = [
         f"{'backend':<18} {'z':>3} {'batch':>5} {'samples/s old':>13} {'new':>10} "
-        f"{'raw':>5} {'speed-up old':>12} {'new':>6} {'gated':>6} {level:>11} "
+        f"{'raw':>5} {'speed-up old':>12} {'new':>6} {'gated':>6} {level:>18} "
         f"{'p':>7} {'verdict':>9} "
         f"{'test ELBO old':>13} {'new':>9} {'change':>7} {'agreement':>16}"
     ]
