@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).parents[1]
 # One small suite: the fused sigmoid-BCE kernel in Numba, a few short rounds.
 SMALL = [
-    str(ROOT / "tests" / "test_bench_kernels.py"),
+    str(ROOT / "tests" / "benchmarks" / "test_bench_kernels.py"),
     "-k",
     "sigmoid_bce and numba",
     "-p",
@@ -92,7 +92,7 @@ def test_a_timing_option_under_xdist_is_refused_in_one_line(tmp_path):
             sys.executable,
             "-m",
             "pytest",
-            "tests/test_bench_kernels.py",
+            "tests/benchmarks/test_bench_kernels.py",
             "-n",
             "2",
             f"--benchmark-json={tmp_path / 'x.json'}",
