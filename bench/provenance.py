@@ -199,6 +199,21 @@ def as_markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
+def read_env(path: Path) -> dict:
+    """The run environment (env.json) in ``path``: ValueError "not a run environment (why)"
+    where the file is not one (unreadable, not a JSON object, a field missing or mistyped)."""
+    from .store import read_json_object  # here: the store loads NumPy, which collect avoids
+
+    try:
+        env = read_json_object(path)
+    except ValueError as error:
+        raise ValueError(f"not a run environment ({error})") from None
+    problem = env_problem(env)
+    if problem:
+        raise ValueError(f"not a run environment ({problem})")
+    return env
+
+
 # What env.json must hold, by the type of each value: what the summary, the peaks and resume
 # read. A GPU's fields come together; the bf16 and TF32 peaks where such a backend ran; the
 # usable CPUs in runs made since they were recorded.

@@ -18,7 +18,6 @@ import pandas as pd
 from . import file_names as files
 from . import provenance, tables
 from .result_files import numeric_column
-from .store import read_json_object
 from .tables import ADDED_COLUMNS, KEYS, RESULT_COLUMNS, TEXT_COLUMNS
 
 
@@ -146,13 +145,9 @@ def _read_env(path: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        env = read_json_object(path)
+        return provenance.read_env(path)
     except ValueError as error:
-        raise ResultsTableError(f"{path}: not a run environment ({error})") from None
-    problem = provenance.env_problem(env)
-    if problem:
-        raise ResultsTableError(f"{path}: not a run environment ({problem})")
-    return env
+        raise ResultsTableError(f"{path}: {error}") from None
 
 
 def row_key(row) -> str:

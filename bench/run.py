@@ -30,7 +30,7 @@ from .gate import GATE_IMAGES
 from .progress import eta_text
 from .results_dir import claim
 from .run_presets import RUN_WINDOW_STEPS, RUN_WINDOWS
-from .store import ResultsStore, StoreError, read_json_object
+from .store import ResultsStore, StoreError
 from .throughput import device_peaks, peak_key
 
 
@@ -260,13 +260,9 @@ def read_env(out: Path) -> dict:
     if not path.exists():
         raise RunError(f"{out} is not a run directory (no env.json)")
     try:
-        env = read_json_object(path)
+        return provenance.read_env(path)
     except ValueError as error:
-        raise RunError(f"{path}: not a run environment ({error}); {_DAMAGED_ENV}") from None
-    problem = provenance.env_problem(env)
-    if problem:
-        raise RunError(f"{path}: not a run environment ({problem}); {_DAMAGED_ENV}")
-    return env
+        raise RunError(f"{path}: {error}; {_DAMAGED_ENV}") from None
 
 
 def _check_runnable(
