@@ -234,20 +234,24 @@ def test_repeated_latents_and_too_many_threads(finished_experiment):
     assert provenance["torch_threads"] == cpus and provenance["spec"]["threads"] == cpus
 
 
+# Two VAEs trained in seconds (one epoch, a 16-unit hidden layer, no importance sampling).
+TWO_SMALL_VAES = dict(
+    dataset="mnist-5k",
+    latents=(2, 3),
+    ae_latents=(),
+    epochs=1,
+    batch_size=1000,
+    iwae_k=0,
+    hidden_dim=16,
+)
+
+
 def test_the_log_says_which_model_of_how_many_and_the_time_left(mnist5k, tmp_path):
     """An experiment said 'training 50 epochs' per model and nothing of how many were left
     (issue 40, part 6); a resumed one counts only the models it still trains."""
     import re
 
-    spec = ExperimentSpec(
-        dataset="mnist-5k",
-        latents=(2, 3),
-        ae_latents=(),
-        epochs=1,
-        batch_size=1000,
-        iwae_k=0,
-        hidden_dim=16,
-    )
+    spec = ExperimentSpec(**TWO_SMALL_VAES)
     said: list[str] = []
     run_experiment(spec, mnist5k, tmp_path, progress=False, log=said.append)
     starts = [s for s in said if "to train" in s]
@@ -275,15 +279,7 @@ def test_an_experiment_records_the_commit_it_found_not_its_own_writes(
     written after them recorded the commit as "+dirty"."""
     from bench import provenance
 
-    spec = ExperimentSpec(
-        dataset="mnist-5k",
-        latents=(2, 3),
-        ae_latents=(),
-        epochs=1,
-        batch_size=1000,
-        iwae_k=0,
-        hidden_dim=16,
-    )
+    spec = ExperimentSpec(**TWO_SMALL_VAES)
     run_experiment(spec, mnist5k, tmp_path, progress=False, log=lambda _: None)
     asked = []
 
