@@ -129,7 +129,7 @@ def run_drift_tests(session: nox.Session, *pytest_args: str) -> None:
             "pytest",
             "-m",
             "drift",
-            "tests/test_cupy_drift.py",
+            "tests/kernels/cupy_gpu/test_cupy_drift.py",
             *pytest_args,
             env={"VAE_BENCH_REQUIRE_CUPY": "1"},
         )

@@ -12,7 +12,7 @@ trained has only the measures it has.
 
 - ``bmf``: Bencher Metric Format, ``{benchmark: {measure: {value, lower_value,
   upper_value}}}`` (https://bencher.dev/docs/reference/bencher-metric-format, whose JSON schema
-  tests/test_export.py holds). ``throughput`` is Bencher's built-in measure (operations per
+  tests/bench/test_export.py holds). ``throughput`` is Bencher's built-in measure (operations per
   second); the others are created by Bencher on first use, by slug.
 - ``github-action-benchmark``: its ``customBiggerIsBetter`` tool's input, a list of
   ``{name, unit, value, range, extra}`` (benchmark-action/github-action-benchmark,

@@ -14,7 +14,7 @@
 # says which). Throughput is compared as each backend's speed-up over PyTorch eager in the
 # same run, which cancels most of what the machine does between the two runs.
 #
-# GitHub Actions (tests/test_regression_check.py runs this script on two commits):
+# GitHub Actions (tests/bench/test_regression_check.py runs this script on two commits):
 #
 #   on: pull_request
 #   jobs:

@@ -7,7 +7,7 @@ whose pybind11 code then throws ``pybind11::error_already_set`` where it cannot 
 the process aborts (``terminate called ...``, SIGABRT, no message of ours). ``import jax``
 interrupted the same way crashed with SIGSEGV, or swallowed the interrupt and went on (exit 0).
 Both were seen on this project's CI and reproduced by sending SIGINT at random moments of the
-import (tests/test_cli_errors.py). Holding the interrupt makes it arrive once the libraries
+import (tests/bench/test_cli_errors.py). Holding the interrupt makes it arrive once the libraries
 are whole, where it is an ordinary KeyboardInterrupt.
 """
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from checkout import ROOT
 
-ROOT = Path(__file__).parents[1]
 # One small suite: the fused sigmoid-BCE kernel in Numba, a few short rounds.
 SMALL = [
     str(ROOT / "tests" / "benchmarks" / "test_bench_kernels.py"),

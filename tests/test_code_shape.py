@@ -6,9 +6,9 @@ One is exempt: pooled_step.backward_update, the Numba backend's timed backward p
 update, three parallel regions compiled as one call."""
 
 import ast
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from checkout import ROOT
+
 LONGEST = 60
 
 PACKAGES = ("bench", "kernels", "vae_ref")

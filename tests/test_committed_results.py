@@ -4,11 +4,10 @@ command exactly as its provenance records it."""
 
 import json
 import re
-from pathlib import Path
 
 import pytest
+from checkout import RESULTS
 
-RESULTS = Path(__file__).resolve().parent.parent / "results"
 # Every run's record, the runs inside a results directory (the seeds' experiments) included.
 PROVENANCE_FILES = sorted([*RESULTS.rglob("env.json"), *RESULTS.rglob("provenance.json")])
 # The results directories' own records, whose commands results/README.md gives.

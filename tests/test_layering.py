@@ -3,12 +3,12 @@ bench; kernels never imports bench; bench reaches backends only through the regi
 kernels.base (no backend package, no probing of a backend's attributes by name)."""
 
 import ast
+import importlib
 from collections.abc import Container
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from checkout import ROOT
 
 
 def modules(package: str) -> list[Path]:
@@ -225,3 +225,11 @@ def test_the_tests_folder_check_sees_a_path_into_it():
     ) == ["tests"]
     assert names_the_tests_folder('open("tests/fixtures/f.npz")') == ["tests/fixtures/f.npz"]
     assert names_the_tests_folder('"""As tests/test_x.py shows."""\nStage("tests", "x")') == []
+
+
+@pytest.mark.parametrize("package", ["bench", "kernels", "vae_ref"])
+def test_the_test_folder_named_like_a_package_does_not_stand_in_for_it(package):
+    """tests/<package>/ holds that package's tests; imported by that name, it would be an empty
+    namespace package and every import from the package would fail with 'unknown location'."""
+    imported = importlib.import_module(package)
+    assert imported.__file__ == str(ROOT / package / "__init__.py")

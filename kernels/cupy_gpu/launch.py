@@ -51,7 +51,8 @@ COMPILE_OPTIONS = (
 )
 
 # What CuPy adds to every RawModule compile besides include paths and the target architecture,
-# in 13.6 and 14.2 alike (tests/test_cupy_drift.py checks it against the installed CuPy):
+# in 13.6 and 14.2 alike (tests/kernels/cupy_gpu/test_cupy_drift.py checks it against the
+# installed CuPy):
 #   -ftz=true      cupy/cuda/compiler.py, _compile_with_cache_cuda. Single-precision denormal
 #                  inputs and results are flushed to zero (nvcc --help: "--ftz=true flushes
 #                  denormal values to zero"; it does not touch double). vae_kernels.cu says

@@ -17,7 +17,7 @@ needs a tolerance of its own):
 - LLVM contracts a multiply and an add into one FMA wherever it can: XLA's CPU compiler always
   allows it (``CompilerTargetOptions`` in xla/service/cpu/cpu_compiler.cc). One rounding
   instead of two: Adam's second moment lands a few ulps from PyTorch's and the weights within
-  a thousandth of a learning rate (``tests/test_jax_backend.py``);
+  a thousandth of a learning rate (``tests/kernels/jax_xla/test_jax_backend.py``);
 - the KL's constant -1/2 is folded into beta (``(beta * -0.5) * sum``): exact, -0.5 being a
   power of two;
 - the 784-term BCE row sums and the bias gradients' batch sums are YNNPACK reductions, and the

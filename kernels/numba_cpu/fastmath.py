@@ -5,7 +5,7 @@ become scalar libm calls: about 4.5x slower than this. exp is the classic constr
 (Cody-Waite range reduction, a polynomial, the exponent set through the float's bits), log1p
 on [0, 1] one fitted polynomial, written so that each loop body is straight-line arithmetic,
 selects and one bitcast. Their error is a few float32 ulp, checked against float64 in
-tests/test_numba_kernels.py and, through the whole model, by the agreement gate.
+tests/kernels/numba_cpu/test_numba_kernels.py and, through the whole model, by the agreement gate.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _E5, _E6, _E7 = f32(1 / 120), f32(1 / 720), f32(1 / 5040)
 # in Chebyshev polynomials on [0, 1] (numpy.polynomial.Chebyshev.fit, 200,001 points),
 # converted to powers of u and rounded to float32 (the constant term rounds to exactly 1).
 # Truncation error 1.2e-8, below half a float32 ulp of the result; with float32 Horner
-# steps the result is within 2 ulp (tests/test_numba_kernels.py).
+# steps the result is within 2 ulp (tests/kernels/numba_cpu/test_numba_kernels.py).
 _Q1, _Q2, _Q3 = f32(-0.4999985098838806), f32(0.3332909941673279), f32(-0.24947808682918549)
 _Q4, _Q5, _Q6 = f32(0.19651491940021515), f32(-0.1525145173072815), f32(0.10533228516578674)
 _Q7, _Q8, _Q9 = f32(-0.056435029953718185), f32(0.019649166613817215), f32(-0.0032140363473445177)

@@ -5,13 +5,14 @@ calibration), each case's worst fraction of its tolerance recorded.
 
 Run as ``python -m cpu_verification.gate_sweep OUT.json [--mkl-only] [K ...]`` (tests/ on
 the path), natively or in a child with MKL held below this CPU's instruction set
-(``restricted_isa.restrictions``): tests/test_cross_isa.py runs it both ways (below the ISA,
-at the gate's own K only, one backend per MKL GEMM path: ``mkl_backed``). A correct backend
-that fails here is a gate that depends on the CPU.
+(``restricted_isa.restrictions``): tests/bench/test_gate_cross_isa.py runs it both ways
+(below the ISA, at the gate's own K only, one backend per MKL GEMM path: ``mkl_backed``). A
+correct backend that fails here is a gate that depends on the CPU.
 
 The single-step cases do not depend on K and are judged once per latent size (``steps`` 0).
 numba-bf16 runs oneMKL's emulated path where the CPU has no bf16 hardware (its numbers are
-the hardware's, tests/test_mixed_precision.py); a backend unavailable here is listed as such.
+the hardware's, tests/kernels/numba_cpu/test_mixed_precision.py); a backend unavailable here
+is listed as such.
 """
 
 from __future__ import annotations

@@ -52,8 +52,8 @@ def gemm_digest() -> str:
 
 # Backends that fail the gate on every CPU, for a reason of their own and not of the CPU's
 # kernels: PyTorch's CPU autocast rounds every linear layer's output to bf16, which loses the
-# extreme-logits case (tests/test_mixed_precision.py shows them failing natively). Whether
-# they pass below this CPU's instruction set is not a question.
+# extreme-logits case (tests/kernels/numba_cpu/test_mixed_precision.py shows them failing
+# natively). Whether they pass below this CPU's instruction set is not a question.
 FAIL_ON_EVERY_CPU = ("torch-bf16", "torch-compile-bf16")
 
 

@@ -9,8 +9,8 @@ tests/ on the path as pytest puts it), and the nvcc check also runs on its own.
 - ``cuda_on_host.py`` + ``cuda_on_host.h``: the kernel source itself built for the host, with
   enough of CUDA's execution model (blocks, threads as fibers, barriers) to run it.
 - ``fake_cupy.py``: the slice of CuPy the CUDA executor calls, simulated on the host (each
-  behaviour citing the CuPy source it mirrors; ``tests/test_cupy_drift.py`` holds it to the
-  installed CuPy), kernels run as twins or as the host-built source.
+  behaviour citing the CuPy source it mirrors; ``tests/kernels/cupy_gpu/test_cupy_drift.py``
+  holds it to the installed CuPy), kernels run as twins or as the host-built source.
 - ``nvcc_check.py``: every .cu compiled by nvcc for sm_80 and sm_90, warnings as errors
   (``python -m tests.gpu_verification.nvcc_check``); ``nvrtc_check.py``: the runtime source
   compiled by NVRTC, as CuPy compiles it on a GPU.

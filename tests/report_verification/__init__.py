@@ -1,3 +1,3 @@
 """How the HTML report is checked in a real browser: headless Chromium driven over the
-DevTools protocol (``headless_chromium.py``), by tests/test_report.py and by the command that
+DevTools protocol (``headless_chromium.py``), by tests/bench/test_report.py and by the command that
 takes the committed runs' screenshot."""

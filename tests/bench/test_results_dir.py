@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from checkout import ROOT
 
 from bench.cli import main
 
-ROOT = Path(__file__).parents[1]
 COMMITTED = ROOT / "results" / "run-full-mnist-5k"
 RUN = [
     "run",

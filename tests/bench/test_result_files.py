@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from checkout import RESULTS
 
 from bench.cli import main
 from bench.result_files import (
@@ -17,7 +18,6 @@ from bench.result_files import (
     read_gate,
 )
 
-RESULTS = Path(__file__).parents[1] / "results"
 EXPERIMENT = RESULTS / "experiment-mnist-5k-50ep"
 RUN = RESULTS / "run-scaling-bf16-fashion-mnist"  # a run with its gate.csv
 

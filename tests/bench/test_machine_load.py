@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from checkout import RESULTS
 
 from bench import machine_load
 
@@ -153,7 +154,7 @@ def test_a_quiet_run_has_no_warning(tmp_path):
 
     from bench.run import write_outputs
 
-    committed = os.path.join(os.path.dirname(__file__), "..", "results", "run-full-mnist-5k")
+    committed = RESULTS / "run-full-mnist-5k"
     out = shutil.copytree(committed, tmp_path / "run")
     write_outputs(out)
     assert "busy" not in (out / "summary.md").read_text()

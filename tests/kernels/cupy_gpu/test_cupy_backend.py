@@ -8,10 +8,10 @@ twins of the kernels through the same agreement gate as every backend. The tests
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 import numpy as np
 import pytest
+from checkout import ROOT
 from gpu_verification import twins
 from gpu_verification.cuda_on_host import C_DTYPES
 from gpu_verification.numpy_executor import emulated_backend
@@ -70,7 +70,7 @@ def test_the_runtime_imports_no_verification_code_and_no_cupy():
         check=True,
         capture_output=True,
         text=True,
-        cwd=Path(__file__).parents[1],
+        cwd=ROOT,
     ).stdout.split()
     assert "kernels.cupy_gpu.backend" in loaded
     assert not [

@@ -222,7 +222,7 @@ def test_the_false_failure_of_numba_at_z10_over_ten_steps_is_gone(capsys):
     digits): Numba and JAX stood 0.70 lr from the truth in 8 weights of one unit, float32
     PyTorch within 0.01 lr, and the gate failed them at 518%. Calibrated by runs in other
     summation orders, the same command passes wherever they fall. (Every backend, z and K
-    of the sweep: tests/test_cross_isa.py.)"""
+    of the sweep: tests/bench/test_gate_cross_isa.py.)"""
     assert (
         main(["check", "--backend", "numba", "--latents", "10", "--adam-steps", "10", "--quiet"])
         == 0

@@ -5,11 +5,11 @@ OLD is the committed mnist-5k run given windows; NEW is a copy whose numba windo
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from checkout import RESULTS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +17,7 @@ from bench.cli import main
 from bench.compare.significance import MIN_WINDOWS, change, u_null_cdf
 from bench.tables import window_speedups, windows_text
 
-COMMITTED = Path(__file__).parents[1] / "results" / "run-full-mnist-5k"
+COMMITTED = RESULTS / "run-full-mnist-5k"
 NUMBA_Z2 = "numba z=2 batch=128"
 
 

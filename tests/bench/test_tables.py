@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from checkout import ROOT
 
 DECLARED = '    steps_per_ms: float = shown("steps/ms", lambda r: f"{r.steps_per_ms:.4f}")\n'
 VALUE = '            "steps_per_ms": 1 / ms,\n'

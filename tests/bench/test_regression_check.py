@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from checkout import ROOT
 
-ROOT = Path(__file__).parents[1]
 SHORT = [
     "--backends",
     "torch",

@@ -3,15 +3,15 @@ unless a flag says the change is intended, and input that is not a results table
 with one line (exit 2). OLD is the committed mnist-5k run; NEW is a damaged copy of it."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from checkout import RESULTS
 
 from bench.cli import main
 
-COMMITTED = Path(__file__).parents[1] / "results" / "run-full-mnist-5k"
+COMMITTED = RESULTS / "run-full-mnist-5k"
 
 
 @pytest.fixture
@@ -259,7 +259,7 @@ def test_an_env_json_missing_or_mistyping_a_field_is_refused_by_each_reader(
 def test_the_text_table_s_headers_stand_over_their_columns(capsys):
     """The interval column's header was 7 characters short of its cells: every column after
     it stood under the wrong header."""
-    noise = Path(__file__).parents[1] / "results" / "compare-noise-intel-xeon"
+    noise = RESULTS / "compare-noise-intel-xeon"
     assert main(["compare", str(noise / "base"), str(noise / "rerun")]) == 0
     table = capsys.readouterr().out.split("\n\n")[0].splitlines()
     header, rows = table[0], table[1:]

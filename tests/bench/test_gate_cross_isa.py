@@ -8,15 +8,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from checkout import ROOT, TESTS
 from cpu_verification.calibration import outside_band
 from cpu_verification.restricted_isa import FIXTURE, cpu_flags, gemm_digest, restrictions
 
 from vae_ref.fixture import read_fixture
-
-TESTS = Path(__file__).resolve().parent
 
 
 def child(
@@ -25,7 +23,7 @@ def child(
     env = {
         **os.environ,
         **restriction,
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]),
     }
     return subprocess.run(
         [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=1200

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from checkout import ROOT
 
-README = Path(__file__).parents[1] / "README.md"
+README = ROOT / "README.md"
 FULL = "--preset full"
 # Four latent sizes for four array tasks; the cheapest settings that still gate, time, train.
 SHORT = (

@@ -1,15 +1,15 @@
 """The JAX backend: availability and its reasons, PyTorch's Adam to rounding, its own seeded
 noise, the data set kept on the device, donation that never touches the caller's arrays,
 full-precision GEMMs, the thread pool it records, and bad input refused before XLA sees it.
-(Its agreement gate runs with the other compiled backends' in test_agreement.py.)"""
+(Its agreement gate runs with the other compiled backends' in tests/bench/test_gate.py.)"""
 
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from checkout import ROOT
 
 from kernels import BackendUnavailable, BatchLoss, create_backend
 from vae_ref import VAEConfig, build_model, export_params
@@ -250,7 +250,7 @@ def _in_a_fresh_process(script: str) -> str:
         capture_output=True,
         text=True,
         env=env,
-        cwd=Path(__file__).parent.parent,
+        cwd=ROOT,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr

@@ -4,17 +4,17 @@ results.csv, its names the same in every run of a row."""
 
 import json
 import shutil
-from pathlib import Path
 
 import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
+from checkout import RESULTS
 
 from bench.cli import main
 from bench.export import document_json_schema
 
-NOISE = Path(__file__).parents[1] / "results" / "compare-noise-intel-xeon"
+NOISE = RESULTS / "compare-noise-intel-xeon"
 BASE, RERUN = NOISE / "base", NOISE / "rerun"  # 9 windows a row, torch jax numba, z 2 and 20
 
 # Bencher Metric Format's JSON Schema as bencher.dev publishes it ("$id":
@@ -155,7 +155,7 @@ def test_json_is_results_json_of_the_run(capsys):
         float(v) for v in table.window_samples_per_s[0].split()
     ]
     assert document["gate"] == []  # recorded before the gate's tensors were kept
-    gated = Path(__file__).parents[1] / "results" / "run-scaling-bf16-fashion-mnist"
+    gated = RESULTS / "run-scaling-bf16-fashion-mnist"
     document = export(capsys, gated, "json")
     jsonschema.validate(document, document_json_schema())
     gate = pd.read_csv(gated / "gate.csv")

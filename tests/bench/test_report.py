@@ -4,15 +4,14 @@ table without asking the network for anything."""
 
 import os
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from checkout import RESULTS
 
 from bench.cli import main
 from bench.report import write_report
 
-RESULTS = Path(__file__).parents[1] / "results"
 RUNS = [RESULTS / "run-full-mnist-5k", RESULTS / "run-full-bf16-mnist-5k"]
 EXPERIMENT = RESULTS / "experiment-mnist-5k-50ep"
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from checkout import ROOT, TESTS
 
-ROOT = Path(__file__).resolve().parent.parent
-PLUGIN_SOURCE = Path(__file__).resolve().parent / "example_plugin"
+PLUGIN_SOURCE = TESTS / "example_plugin"
 
 
 @pytest.fixture(scope="module")

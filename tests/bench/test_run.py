@@ -3,11 +3,11 @@ exit status on identical runs, injected regressions and malformed input."""
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from checkout import RESULTS
 
 from bench.cli import main
 from bench.run import RunError, RunSpec, merge, parse_shard, run, shard_latents
@@ -337,7 +337,7 @@ def test_speedups_are_over_eager_pytorch_on_the_same_device():
 
 
 def test_compare_reads_tables_written_before_the_gpu_columns(capsys):
-    committed = Path(__file__).parents[1] / "results" / "run-full-mnist-5k"
+    committed = RESULTS / "run-full-mnist-5k"
     assert main(["compare", str(committed), str(committed)]) == 0
     assert "no regression" in capsys.readouterr().out
 

@@ -3,7 +3,7 @@ fails the gate. No backend is gated by its own arithmetic: the gate's truth is t
 oracle and its calibration the reference run in float32 (``vae_ref.oracle``), while each
 backend is run through its own step (eager autograd, torch.compile's compiled graph and
 backward, the Numba kernels, the JAX program). Unmutated, the same backends pass
-(test_backends.py, test_agreement.py)."""
+(tests/kernels/test_backends.py, tests/bench/test_gate.py)."""
 
 import numpy as np
 import pytest

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from checkout import RESULTS
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from test_seeds import runs as seed_runs
+from seed_experiments import runs as seed_runs
 
 from bench import results_table
 from bench.cli import main
 
-RUN = Path(__file__).parents[1] / "results" / "run-scaling-bf16-fashion-mnist"
+RUN = RESULTS / "run-scaling-bf16-fashion-mnist"
 FUZZ_EXAMPLES = int(os.environ.get("VAE_BENCH_FUZZ_EXAMPLES", "20"))
 BAD_VALUES = ["garbage", "nan", "inf", "-inf", "-1", "1e308", "", "0", "True", "[1, 2]"]
 JSON_VALUES = [None, "text", 1.5, -1, [], {}, True]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from checkout import RESULTS, ROOT
 
 from bench.cli import main
 from vae_ref.fixtures import COMMITTED_FIXTURE as FIXTURE
@@ -341,7 +342,7 @@ def test_a_path_that_is_not_utf8_is_refused_before_any_work(words, tmp_path, cap
     """`run --out $'bad\\xffname'` failed writing summary.md after its first stage's work
     (UnicodeEncodeError: surrogates not allowed), and merge and experiment the same."""
     bad = tmp_path / os.fsdecode(b"bad\xffname")
-    committed = Path(__file__).parents[1] / "results" / "run-full-mnist-5k"
+    committed = RESULTS / "run-full-mnist-5k"
     words = [w.format(bad=bad, committed=committed) for w in words]
     assert main(words) == 2
     err = capsys.readouterr().err
@@ -403,14 +404,14 @@ def test_ctrl_c_at_any_moment_is_one_line_and_leaves_nothing_half_written(delay,
     import sys
     import time
 
-    committed = Path(__file__).parents[1] / "results" / "run-full-mnist-5k"
+    committed = RESULTS / "run-full-mnist-5k"
     out = tmp_path / "report"
     child = subprocess.Popen(
         [sys.executable, "-c", PAST_PYTHONS_START, "report", str(committed), "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).parents[1],
+        cwd=ROOT,
         # A shell's background job ignores SIGINT, and Python then keeps ignoring it.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
@@ -467,7 +468,7 @@ def test_a_ctrl_c_inside_torchs_initialiser_is_held_until_torch_has_loaded(held,
             "loading.interrupts_held = contextlib.nullcontext\n"
         )
     )
-    committed = Path(__file__).parents[1] / "results" / "run-full-mnist-5k"
+    committed = RESULTS / "run-full-mnist-5k"
     out = tmp_path / "report"
     child = subprocess.run(
         [
@@ -478,7 +479,7 @@ def test_a_ctrl_c_inside_torchs_initialiser_is_held_until_torch_has_loaded(held,
         ],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).parents[1],
+        cwd=ROOT,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         timeout=300,
     )
@@ -516,7 +517,7 @@ except KeyboardInterrupt:
         [sys.executable, "-c", script],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).parents[1],
+        cwd=ROOT,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         timeout=120,
     )
@@ -547,7 +548,7 @@ def test_help_loads_no_heavy_library():
         [sys.executable, "-c", HELP.format(heavy=HEAVY)],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).parents[1],
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     assert "usage: vae-bench run" in result.stdout and "--preset" in result.stdout

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from checkout import ROOT
 
 from bench import archive, gpu_check, pipeline
 from bench.cli import main
 from kernels.cupy_gpu import CupyBackend
 
-README = Path(__file__).parents[1] / "kernels" / "cupy_gpu" / "README.md"
+README = ROOT / "kernels" / "cupy_gpu" / "README.md"
 SMALL = {
     "batch_sizes": (16, 32),
     "epochs": 1,
