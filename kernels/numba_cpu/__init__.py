@@ -1,6 +1,6 @@
 """The Numba CPU backend: the reference VAE as float32 compiled kernels, no PyTorch at run time,
-and its bf16 mixed-precision mode (``numba-bf16``: bf16 GEMM inputs through oneMKL on AMX or
-AVX512_BF16, float32 everywhere else; ``step.py`` says what is rounded where).
+and its bf16 mixed-precision mode (``numba-bf16``: bf16 GEMM inputs through oneMKL on an Intel
+CPU's AMX or AVX512_BF16, float32 everywhere else; ``step.py`` says what is rounded where).
 
 Import is cheap and never fails: numba is imported when the backend is first used, so the
 harness can list this backend (and say why it is unavailable) on any machine.

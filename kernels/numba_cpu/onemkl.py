@@ -26,6 +26,7 @@ import functools
 import sys
 from pathlib import Path
 
+from .. import cpu_features
 from ..cpu_features import bf16_emulated_reason
 
 # oneMKL's CBLAS enums (mkl_cblas.h: CBLAS_LAYOUT, CBLAS_TRANSPOSE, CBLAS_STORAGE,
@@ -35,6 +36,11 @@ NO_TRANS = 111
 TRANS = 112
 PACKED = 151
 B_MATRIX = 162
+# The CPU vendors on which oneMKL's bf16 GEMMs were measured to gain on float32 in the step.
+# On an AMD Zen 4 (AVX512_BF16, no AMX) they did not: numba-bf16 ran 1.03x float32 numba at
+# batch 128 and 0.73x at 1024, its bf16 GEMMs 0.97-1.02x its float32 ones (results/README.md,
+# "numba-bf16 on AMD Zen 4"), where bf16 hardware at work gives 1.25x or more.
+BF16_HARDWARE_VENDORS = ("GenuineIntel",)
 GEMM_SYMBOL = "cblas_gemm_bf16bf16f32"
 SGEMM_SYMBOL = "cblas_sgemm"
 # The packed-operand API (mkl_cblas.h): one operand packed once into oneMKL's internal layout,
@@ -105,11 +111,25 @@ def _library() -> tuple[ctypes.CDLL, Path] | str:
     return "oneMKL could not be loaded: " + "; ".join(errors)
 
 
-def unavailable_reason(flags: list[str] | None = None) -> str | None:
-    """Why bf16 GEMMs cannot run at bf16 speed here (None: they can). ``flags``: the CPU's
-    instruction sets, default this CPU's. Whether the library's bf16 GEMMs then beat float32
-    is measured with the numbers (bench.profile_text, BF16_GEMM_GAIN_FLOOR)."""
-    return bf16_emulated_reason(flags) or library_problem()
+def unavailable_reason(flags: list[str] | None = None, vendor: str | None = None) -> str | None:
+    """Why bf16 GEMMs cannot run at bf16 speed here (None: they can). ``flags`` and
+    ``vendor``: the CPU's instruction sets and vendor, default this CPU's. Whether the
+    library's bf16 GEMMs then beat float32 is measured with the numbers (bench.profile_text,
+    BF16_GEMM_GAIN_FLOOR)."""
+    return bf16_emulated_reason(flags) or vendor_problem(vendor) or library_problem()
+
+
+def vendor_problem(vendor: str | None = None) -> str | None:
+    """Why oneMKL's bf16 GEMMs would not run at bf16 speed on this CPU though it has the
+    hardware (None: they would): it is not one of BF16_HARDWARE_VENDORS' CPUs."""
+    vendor = cpu_features.cpu_vendor() if vendor is None else vendor
+    if vendor in BF16_HARDWARE_VENDORS:
+        return None
+    return (
+        f"oneMKL's bf16 GEMMs gain on float32 on {', '.join(BF16_HARDWARE_VENDORS)} CPUs "
+        f"only, this is {vendor or 'an unknown vendor'}'s (on an AMD Zen 4 numba-bf16 ran "
+        "0.73x float32 numba at batch 1024): not timed as if it were the real thing"
+    )
 
 
 def library_problem() -> str | None:

@@ -16,7 +16,7 @@ from bench.cli import main
 from bench.gate import judge
 from kernels import create_backend
 from kernels.base import gemm_inputs_of
-from kernels.cpu_features import bf16_dot_hardware
+from kernels.cpu_features import bf16_dot_hardware, cpu_vendor
 from kernels.numba_cpu import NumbaBackend, onemkl
 from kernels.numba_cpu.bf16 import round_into, widen
 from vae_ref import VAEConfig
@@ -183,8 +183,33 @@ def test_bf16_unavailable_without_bf16_hardware_says_why():
     assert reason and "no bf16 dot-product hardware" in reason and "emulated" in reason
     assert bf16_dot_hardware(["avx512f", "amx_bf16"]) == ["amx_bf16"]
     assert bf16_dot_hardware([]) == []
-    # With the hardware, what is left to say is only about the library.
-    assert onemkl.unavailable_reason(flags=["amx_bf16"]) == onemkl.library_problem()
+    # With the hardware, on an Intel CPU, what is left to say is only about the library.
+    intel = onemkl.unavailable_reason(flags=["amx_bf16"], vendor="GenuineIntel")
+    assert intel == onemkl.library_problem()
+    assert onemkl.unavailable_reason(flags=["avx512_bf16"], vendor="GenuineIntel") == intel
+
+
+@pytest.mark.parametrize("vendor", ["AuthenticAMD", ""])
+def test_numba_bf16_is_refused_where_onemkl_leaves_the_bf16_hardware_unused(monkeypatch, vendor):
+    """An AMD Zen 4 has AVX512_BF16, but oneMKL picks its kernels by vendor and runs its bf16
+    GEMMs as float32 there: numba-bf16 would be timed slower than numba, so it is refused with
+    the reason; the peers whose engines use the hardware (jax-bf16: XNNPACK) are not, and the
+    gate's checks may still run the step (allow_emulated)."""
+    zen4 = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16"]
+    monkeypatch.setattr("kernels.cpu_features.cpu_isa", lambda: zen4)
+    monkeypatch.setattr("kernels.cpu_features.cpu_vendor", lambda: vendor or None)
+    status = create_backend("numba-bf16").availability()
+    assert not status.available
+    assert f"this is {vendor or 'an unknown vendor'}'s" in status.reason
+    assert "gain on float32 on GenuineIntel CPUs only" in status.reason
+    assert create_backend("numba").availability().available
+    if onemkl.library_problem() is None:
+        checked = NumbaBackend(precision="bf16", allow_emulated=True)
+        assert checked.availability().available
+        assert checked.settings()["bf16_emulated"] is True
+    monkeypatch.setattr("kernels.cpu_features.cpu_vendor", lambda: "GenuineIntel")
+    intel = create_backend("numba-bf16").availability()
+    assert intel.available == (onemkl.library_problem() is None), intel.reason
 
 
 @pytest.mark.parametrize("name", ["numba-bf16", "torch-bf16", "torch-compile-bf16", "jax-bf16"])
@@ -206,7 +231,9 @@ def test_numba_bf16_names_its_precision_and_engine():
     assert settings["precision"] == "bf16"
     assert settings["gemm_engine"] == "oneMKL cblas_gemm_bf16bf16f32"
     assert settings["gemm_version"].count(".") == 2 and settings["gemm_isa"]
-    assert settings["bf16_emulated"] == (not bf16_dot_hardware())
+    # Emulated: no bf16 hardware, or a CPU on which oneMKL leaves it unused (an AMD Zen 4).
+    unused = cpu_vendor() not in onemkl.BF16_HARDWARE_VENDORS
+    assert settings["bf16_emulated"] == (not bf16_dot_hardware() or unused)
     assert settings["adam_gradients"].startswith("blocks of 128 rows")
 
 
