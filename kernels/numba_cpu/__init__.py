@@ -36,32 +36,37 @@ PRECISIONS = ("float32", "bf16")
 # Which step runs: "pooled" (pooled_step.py: one thread pool, oneMKL sequential per share),
 # "serial" (step.py: one thread runs the kernels, NumPy's BLAS threads each GEMM), or "auto".
 STEP_FORMS = ("auto", "pooled", "serial")
-# The CPU vendors on which the pooled float32 step was measured faster than the serial one
-# (see float32_step_form). Elsewhere "auto" keeps the serial step until measured there.
-POOLED_FLOAT32_VENDORS = ("GenuineIntel",)
+# Where "auto" runs the float32 step pooled: the CPUs on which it was measured faster than
+# the serial step (results/README.md, "The float32 step's form per CPU"), as (vendor, AVX-512:
+# required True, excluded False, either None, where it was measured). Elsewhere (an AMD Zen 4
+# with AVX-512, an Arm CPU) the serial step stays until measured there.
+POOLED_FLOAT32_CPUS = (
+    ("GenuineIntel", None, "an Intel Xeon with AVX-512 and AMX"),
+    ("AuthenticAMD", False, "an AMD EPYC Zen 3 (AVX2, no AVX-512)"),
+)
 
 
-def float32_step_form() -> tuple[str, str]:
-    """The float32 step "auto" picks on this machine, and why. Pooled where oneMKL is
-    installed and the CPU is Intel's: there its sequential ``sgemm`` on each worker's half ran
-    the step's GEMMs 1.5x faster than NumPy's OpenBLAS on two threads (2-core Xeon with
-    AVX-512/AMX, batch 128, z 20: 1.67 vs 2.53 ms), and the fused kernels and Adam are split
-    too. On AMD it is not measured yet (oneMKL's float32 code paths there are its generic
-    ones), so the serial step stays."""
-    from ..cpu_features import cpu_vendor
+def float32_step_form(vendor: str | None = None, flags: list[str] | None = None) -> tuple[str, str]:
+    """The float32 step "auto" picks on this machine (``vendor``, ``flags``: default this
+    CPU's), and why: pooled where oneMKL is installed and the CPU matches POOLED_FLOAT32_CPUS,
+    serial elsewhere."""
+    from .. import cpu_features
     from . import onemkl
 
     problem = onemkl.library_problem()
     if problem:
         return "serial", problem
-    vendor = cpu_vendor()
-    if vendor not in POOLED_FLOAT32_VENDORS:
-        measured = ", ".join(POOLED_FLOAT32_VENDORS)
-        return "serial", (
-            f"the pooled oneMKL step is measured on {measured} CPUs only, this "
-            f"is {vendor or 'an unknown vendor'}'s"
-        )
-    return "pooled", f"oneMKL is installed and the CPU is {vendor}'s"
+    vendor = cpu_features.cpu_vendor() if vendor is None else vendor
+    flags = (cpu_features.cpu_isa() or []) if flags is None else flags
+    avx512 = "avx512f" in flags
+    for measured_vendor, needs_avx512, measured_on in POOLED_FLOAT32_CPUS:
+        if vendor == measured_vendor and needs_avx512 in (None, avx512):
+            return "pooled", f"oneMKL is installed; the pooled step ran faster on {measured_on}"
+    places = "; ".join(place for _, _, place in POOLED_FLOAT32_CPUS)
+    return "serial", (
+        f"the pooled oneMKL step is measured faster on {places} only; this CPU is "
+        f"{vendor or 'an unknown vendor'}'s, {'with' if avx512 else 'without'} AVX-512"
+    )
 
 
 def _stages(median: dict[str, float]) -> dict[str, float]:
