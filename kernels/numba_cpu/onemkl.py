@@ -9,9 +9,9 @@ extra). SciPy's OpenBLAS has no ``sbgemm`` in the wheels, and torch links its MK
 (no symbol to call).
 
 Why oneMKL's ``sgemm`` for the pooled float32 step: called sequentially from each of Numba's
-two workers on half of each output, the step's 11 GEMMs took 1.67 ms at batch 128 against
-2.53 ms through NumPy's OpenBLAS on its own two threads and 1.77 ms through oneMKL's own two
-threads (2-core Intel Xeon with AVX-512 and AMX, z 20, medians of 7 runs per shape).
+workers on its share of each output, the step's GEMMs ran faster than through NumPy's
+OpenBLAS or oneMKL on their own threads, on the CPUs ``POOLED_FLOAT32_CPUS`` lists
+(results/README.md, "The float32 step's form per CPU").
 
 The library is loaded into LLVM's symbol table (``llvmlite.binding.load_library_permanently``)
 before the step compiles, so the step calls the C function directly, with no Python or ctypes
@@ -37,9 +37,8 @@ TRANS = 112
 PACKED = 151
 B_MATRIX = 162
 # The CPU vendors on which oneMKL's bf16 GEMMs were measured to gain on float32 in the step.
-# On an AMD Zen 4 (AVX512_BF16, no AMX) they did not: numba-bf16 ran 1.03x float32 numba at
-# batch 128 and 0.73x at 1024, its bf16 GEMMs 0.97-1.02x its float32 ones (results/README.md,
-# "numba-bf16 on AMD Zen 4"), where bf16 hardware at work gives 1.25x or more.
+# On an AMD Zen 4 (AVX512_BF16, no AMX) they gained nothing, and numba-bf16 ran slower than
+# float32 numba (results/README.md, "numba-bf16 on AMD Zen 4").
 BF16_HARDWARE_VENDORS = ("GenuineIntel",)
 GEMM_SYMBOL = "cblas_gemm_bf16bf16f32"
 SGEMM_SYMBOL = "cblas_sgemm"

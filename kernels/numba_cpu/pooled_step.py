@@ -89,9 +89,8 @@ def output_block(t, shares, m, n):
     """The block rows [r0, r1) x columns [c0, c1) of an m x n GEMM output that share ``t`` of
     ``shares`` computes: a slice of the columns when m < n, else of the rows. oneMKL packs
     the operand it does not split in every call, so each share re-packs the other one: the
-    split is along the larger dimension, which duplicates the smaller operand (measured on a
-    2-core Intel Xeon with AMX, bf16: 128 x 784 x 512 columns split 220 us, rows split 270;
-    at 1024 rows the column split loses to oneMKL's own two threads, 1.54 vs 1.42 ms)."""
+    split is along the larger dimension, which duplicates the smaller operand: the cheaper
+    re-pack."""
     if m < n:
         c0, c1 = share(t, shares, n)
         return 0, m, c0, c1
@@ -347,9 +346,8 @@ def weight_rows_update(
 ):
     """The rows c0..c1 of one weight's gradient, then (``update``) Adam on exactly them.
     Split by rows, the share re-packs ``rows_of`` (batch x the weight's width), a cost both
-    splits of the larger weights share at these sizes (measured as above: 784 x 512 from a
-    batch of 1024, 1.32 ms split against 1.13 for oneMKL's own two threads; 512 x 784, 1.35
-    both), and a share's rows are contiguous in the flat buffer for its Adam.
+    splits of the larger weights share at these sizes, and a share's rows are contiguous in
+    the flat buffer for its Adam.
 
     With a non-empty ``block`` (scratch of whole rows; ``update`` only), the gradient goes
     there a block of rows at a time and Adam takes each block while it is in cache: the
@@ -357,10 +355,10 @@ def weight_rows_update(
     saved. Every block's GEMM multiplies by the same operand, ``rows_of``, so the share packs
     it into oneMKL's internal layout once (``packed``, gemm.pack_b) and each block's GEMM
     reads it from there: a plain GEMM per block re-packed it every time, which stopped paying
-    at batch 256 (measured on the 2-core Intel Xeon with AMX, bf16, this region against whole
-    shares: 256 0.87 vs 0.90 ms, 512 1.38 vs 1.30). Packed once, blocks pay at every batch
-    from 64 (whole training steps: step.GRAD_BLOCKS_MIN_BATCH). The numbers are the plain
-    GEMM's, bit for bit (measured: parameters after a step identical at batches 32-4096)."""
+    at batch 256. Packed once, blocks pay at every batch from step.GRAD_BLOCKS_MIN_BATCH
+    (results/README.md, "numba-bf16 on the Intel Xeon"). The numbers are the plain GEMM's, bit
+    for bit (tests/kernels/numba_cpu/test_pooled_step.py holds the blocked update to the
+    serial step's)."""
     width = g_weight.shape[1]
     if block.size >= width:
         rows = block.size // width

@@ -61,11 +61,10 @@ SHARE_FIELDS = ("bce_parts", "bias_parts", "grad_blocks", "grad_packed")
 BIAS_PARTS = 4  # the four biases: pooled_step.HEADS_BIAS, HIDDEN_BIAS, OUT_BIAS, DEC_BIAS
 GRAD_BLOCK_ROWS = 128  # rows of a weight gradient per block (pooled_step.weight_rows_update)
 # The smallest batch whose bf16 step takes weight gradients in blocks (the scratch above exists
-# only from there): measured on the 2-core Intel Xeon with AMX, z 20, whole training steps
-# interleaved in one process, blocks against none: batch 32 0.96x (the packing costs more
-# than the gradients' round trip through memory saves), 64 1.21x, 128 1.15x, 256 1.07x,
-# 512 1.13x, 1024 1.05x, 2048 1.06x, 4096 1.00x. Float32 never gains (0.98x at 64-1024:
-# sgemm's packed operand is twice the bytes), so it has no scratch.
+# only from there): below it the packing costs more than the gradients' round trip through
+# memory saves. Float32 never gains (sgemm's packed operand is twice the bytes), so it has no
+# scratch. Measured per batch on the Intel Xeon with AMX: results/README.md, "numba-bf16 on
+# the Intel Xeon".
 GRAD_BLOCKS_MIN_BATCH = 64
 
 # Per-batch-size scratch arrays, allocated once (outside any timed region) and reused. The

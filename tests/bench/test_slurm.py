@@ -22,7 +22,7 @@ FULL = "--preset full"
 # Four latent sizes for four array tasks; the cheapest settings that still gate, time, train.
 SHORT = (
     "--preset quick --backends torch --latents 2 3 4 5 --batch-sizes 64 --epochs 1 "
-    "--repeats 1 --window-steps 2 --iwae-k 0 --adam-steps 2 --threads 1 --quiet"
+    "--repeats 1 --window-steps 2 --iwae-k 0 --adam-steps 2 --hidden-dim 64 --threads 1 --quiet"
 )
 KEY = ["backend", "latent_dim", "batch_size"]
 
