@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 from .. import cpu_features
-from ..cpu_features import bf16_emulated_reason
 
 # oneMKL's CBLAS enums (mkl_cblas.h: CBLAS_LAYOUT, CBLAS_TRANSPOSE, CBLAS_STORAGE,
 # CBLAS_IDENTIFIER).
@@ -115,7 +114,7 @@ def unavailable_reason(flags: list[str] | None = None, vendor: str | None = None
     ``vendor``: the CPU's instruction sets and vendor, default this CPU's. Whether the
     library's bf16 GEMMs then beat float32 is measured with the numbers (bench.profile_text,
     BF16_GEMM_GAIN_FLOOR)."""
-    return bf16_emulated_reason(flags) or vendor_problem(vendor) or library_problem()
+    return cpu_features.bf16_emulated_reason(flags) or vendor_problem(vendor) or library_problem()
 
 
 def vendor_problem(vendor: str | None = None) -> str | None:

@@ -15,8 +15,8 @@ fails loudly.
 A simulation is a set of beliefs about the real library. Each behaviour below names the file
 and function of CuPy (read in the sources of v13.6.0 and v14.2.0, which agree unless said),
 or of CUDA's documentation, that it mirrors. tests/kernels/cupy_gpu/test_cupy_drift.py checks
-them against the installed CuPy (``nox -s drift`` installs 13.6 and 14.2 in turn); what only a GPU could
-check is listed as unverified in kernels/cupy_gpu/README.md.
+them against the installed CuPy (``nox -s drift`` installs 13.6 and 14.2 in turn); what only a
+GPU could check is listed as unverified in kernels/cupy_gpu/README.md.
 """
 
 from __future__ import annotations

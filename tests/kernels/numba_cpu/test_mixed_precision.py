@@ -191,10 +191,10 @@ def test_bf16_unavailable_without_bf16_hardware_says_why():
 
 @pytest.mark.parametrize("vendor", ["AuthenticAMD", ""])
 def test_numba_bf16_is_refused_where_onemkl_leaves_the_bf16_hardware_unused(monkeypatch, vendor):
-    """An AMD Zen 4 has AVX512_BF16, but oneMKL picks its kernels by vendor and runs its bf16
-    GEMMs as float32 there: numba-bf16 would be timed slower than numba, so it is refused with
-    the reason; the peers whose engines use the hardware (jax-bf16: XNNPACK) are not, and the
-    gate's checks may still run the step (allow_emulated)."""
+    """An AMD Zen 4 has AVX512_BF16, but oneMKL's bf16 GEMMs gained nothing there: numba-bf16
+    would be timed slower than numba, so it is refused with the reason; the peers whose
+    engines use the hardware (jax-bf16: XNNPACK) are not refused for it, and the gate's checks
+    may still run the step (allow_emulated)."""
     zen4 = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16"]
     monkeypatch.setattr("kernels.cpu_features.cpu_isa", lambda: zen4)
     monkeypatch.setattr("kernels.cpu_features.cpu_vendor", lambda: vendor or None)
@@ -203,6 +203,7 @@ def test_numba_bf16_is_refused_where_onemkl_leaves_the_bf16_hardware_unused(monk
     assert f"this is {vendor or 'an unknown vendor'}'s" in status.reason
     assert "gain on float32 on GenuineIntel CPUs only" in status.reason
     assert create_backend("numba").availability().available
+    assert "oneMKL" not in (create_backend("jax-bf16").availability().reason or "")
     if onemkl.library_problem() is None:
         checked = NumbaBackend(precision="bf16", allow_emulated=True)
         assert checked.availability().available
