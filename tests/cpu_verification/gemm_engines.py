@@ -66,10 +66,10 @@ def operands(batch: int, seed: int = 0) -> list[tuple]:
 def _onemkl() -> dict[str, Callable] | str:
     from kernels.numba_cpu import onemkl
 
-    candidates = onemkl.library_candidates()
-    if not candidates:
-        return "oneMKL is not installed (pip install mkl)"
-    lib = ctypes.CDLL(str(candidates[0]))
+    problem = onemkl.library_problem()
+    if problem:
+        return problem
+    lib = ctypes.CDLL(onemkl.load()["library"])  # the library the pooled step calls
     lib.MKL_Set_Num_Threads(1)
     c_int, c_float, ptr = ctypes.c_int, ctypes.c_float, ctypes.c_void_p
     args = [c_int] * 6 + [c_float, ptr, c_int, ptr, c_int, c_float, ptr, c_int]
@@ -175,20 +175,20 @@ def compare(batch: int, repeats: int) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    import argparse
+
     from threadpoolctl import threadpool_limits
 
     from kernels.cpu_features import cpu_isa, cpu_vendor
 
-    repeats = 9
-    if "--repeats" in argv:
-        at = argv.index("--repeats")
-        repeats = int(argv[at + 1])
-        argv = argv[:at] + argv[at + 2 :]
-    batches = [int(b) for b in argv] or [128, 1024]
+    parser = argparse.ArgumentParser(prog="python -m cpu_verification.gemm_engines")
+    parser.add_argument("batches", nargs="*", type=int, default=[128, 1024], metavar="BATCH")
+    parser.add_argument("--repeats", type=int, default=9, help="rounds of every engine")
+    args = parser.parse_args(argv)
     print(f"# {cpu_vendor()}, {' '.join(cpu_isa() or [])}; one thread per engine, z 20")
     with threadpool_limits(1):
-        for batch in batches:
-            print("\n".join(compare(batch, repeats)), flush=True)
+        for batch in args.batches:
+            print("\n".join(compare(batch, args.repeats)), flush=True)
     return 0
 
 

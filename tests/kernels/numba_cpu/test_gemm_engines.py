@@ -3,7 +3,19 @@ engine per CPU: every engine that loads multiplies correctly at the step's shape
 column shows a wrong one), and one that cannot run here is listed with its reason."""
 
 import numpy as np
+import pytest
 from cpu_verification import gemm_engines
+
+from bench.throughput import step_flops
+from vae_ref import VAEConfig
+
+
+@pytest.mark.parametrize("batch", [8, 128, 1024])
+def test_its_shapes_are_the_steps_gemms(batch):
+    """The harness counts the step's FLOPs once (bench.throughput.step_flops, itself checked
+    against PyTorch's counter); the engines' 11 shapes must multiply to the same count."""
+    flops = sum(2 * m * k * n for m, k, n in gemm_engines.step_shapes(batch))
+    assert flops == step_flops(VAEConfig(latent_dim=20), batch)
 
 
 def parse(lines):
