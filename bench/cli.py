@@ -10,7 +10,9 @@ import argparse
 import errno
 import math
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -1165,13 +1167,30 @@ def _resume_hint(args: argparse.Namespace, argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """``vae-bench``: every outcome one line on stderr and an exit status (0 done, 1 the work
     failed, 2 bad input, 130 interrupted), Ctrl-C included at any moment: while the libraries
-    load (seconds, before the command is known) as while it runs."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    load (seconds, before the command is known), while it runs, and as Python shuts down."""
+    the_program = argv is None  # it reads the process's own command line: the process ends with it
     try:
-        return _main(argv)
-    except KeyboardInterrupt:  # before the command was parsed, or while it printed its end
-        print("vae-bench: interrupted", file=sys.stderr)
-        return 130
+        try:
+            return _main(list(sys.argv[1:] if argv is None else argv))
+        except KeyboardInterrupt:  # before the command was parsed, or while it printed its end
+            print("vae-bench: interrupted", file=sys.stderr)
+            return 130
+    finally:
+        if the_program:
+            _ignore_interrupts_until_exit()
+
+
+def _ignore_interrupts_until_exit() -> None:
+    """The command has said how it ended; what is left is Python shutting down. A Ctrl-C there
+    lands in an atexit callback (torch/library.py's ``_del_library``, through weakref.finalize)
+    and Python prints "Exception ignored in atexit callback" and a traceback under the finished
+    command's last line (seen on CI). Only Python's own handler is replaced, and only in the main
+    thread, as in kernels.library_loading.interrupts_held."""
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _main(argv: list[str]) -> int:
