@@ -102,7 +102,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 
 
 # The Numba step's forms compiled ahead by the xdist controller, one child per group, the
-# groups of about equal compile time (two minutes each cold, on one core).
+# groups of about equal compile time (40-45 s each cold, on one core).
 COMPILED_AHEAD = (("pooled", "serial"), ("pooled-bf16",))
 
 
@@ -115,17 +115,12 @@ def pytest_sessionstart(session):
     ):
         return
     import subprocess
-    import sys
-    from pathlib import Path
 
-    tests = Path(__file__).parent
+    from cpu_verification import numba_cache
+
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "cpu_verification.numba_cache", *forms],
-            cwd=tests,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            **numba_cache.child(forms), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         for forms in COMPILED_AHEAD
     ]

@@ -1,23 +1,42 @@
 """Numba's on-disk cache filled before a parallel test session: each form of the Numba step
 compiled once, ahead, so that every pytest-xdist worker and every command a test starts loads
-it (3 s) instead of compiling it again (about two minutes for each pooled form on one core:
-Numba's own passes over the inlined, parallel step, not LLVM's, take the time).
+it (3 s) instead of compiling it again (about 40 s for each pooled form on one core, more
+when the workers compile at once; results/README.md, "The pooled step's compile time").
 
 Run as ``python -m cpu_verification.numba_cache FORM ...`` (tests/ on the path), a FORM being
 ``serial``, ``pooled`` (float32) or ``pooled-bf16``; a form that cannot run here (no oneMKL)
-is left out with a line saying why. tests/conftest.py starts one child per group of forms.
+is left out with a line saying why. tests/conftest.py starts one child per group of forms,
+each with ``child``.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from typing import Any
+
+from checkout import ROOT, TESTS
 
 FORMS = {
     "serial": dict(step_form="serial"),
     "pooled": dict(step_form="pooled"),
     "pooled-bf16": dict(precision="bf16", allow_emulated=True),
 }
+
+
+def child(forms: tuple[str, ...]) -> dict[str, Any]:
+    """The child that compiles ``forms``, as subprocess's arguments (args, cwd, env). Started in
+    the checkout's root with the checkout first on its path: started in tests/ (as it once
+    was), the test folders that mirror the packages (tests/kernels/) stood in for them, every
+    import failed, and each worker compiled the pooled step cold again (CI took four minutes
+    longer)."""
+    path = [str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]
+    return dict(
+        args=[sys.executable, "-m", "cpu_verification.numba_cache", *forms],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(path)},
+    )
 
 
 def compile_ahead(form: str) -> str:

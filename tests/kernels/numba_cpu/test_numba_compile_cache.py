@@ -33,3 +33,22 @@ def test_the_compiled_step_caches_under_the_keyed_directory():
     expected = str(compile_cache.cache_directory())
     for dispatcher in (step.train_step, step.forward, bf16.round_into):
         assert dispatcher._cache._cache_path.startswith(expected), dispatcher
+
+
+def test_the_cache_filled_ahead_of_a_parallel_session_is_filled():
+    """tests/conftest.py fills the cache through this very child before pytest-xdist's workers
+    start. Started in tests/ with nothing on its path (as it was), its imports failed, each worker
+    compiled the pooled step cold, and CI took four minutes longer without a failure."""
+    import subprocess
+
+    from checkout import TESTS
+    from cpu_verification.numba_cache import child
+
+    spec = child(("serial",))
+    done = subprocess.run(**spec, capture_output=True, text=True, timeout=600)
+    assert (done.returncode, done.stdout.startswith("numba serial: ready in ")) == (0, True), (
+        done.stdout + done.stderr
+    )
+    spec.update(cwd=TESTS, env={k: v for k, v in spec["env"].items() if k != "PYTHONPATH"})
+    where_it_was = subprocess.run(**spec, capture_output=True, text=True, timeout=600)
+    assert where_it_was.returncode != 0 and "ImportError" in where_it_was.stderr
