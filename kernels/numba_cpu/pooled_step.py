@@ -71,7 +71,10 @@ key_cache_to_sources()  # before the cache=True decorators below
 f32 = np.float32
 _ZERO = f32(0.0)
 POOL_JIT = dict(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True)
-INLINE = dict(fastmath=FASTMATH, error_model="numpy", inline="always")
+# A share's work is a function its parallel region calls, not one inlined into it: Numba's
+# parfor passes over the whole inlined step were most of a cold compile, and the step runs
+# as fast either way (results/README.md, "The pooled step's compile time").
+SHARE_JIT = dict(fastmath=FASTMATH, error_model="numpy")
 
 # Adam is part of the weight-gradient region here, not a pass of its own: the profile's
 # "adam" is the step less its forward, backward and gather (NumbaBackend.stage_times).
@@ -102,7 +105,7 @@ def output_block(t, shares, m, n):
 # operands (every operand here is C-contiguous), in the operands' precision ------------------
 
 
-@njit(**INLINE)
+@njit(**SHARE_JIT)
 def nt_block(a16, b16, c, r0, r1, c0, c1):
     """c[r0:r1, c0:c1] = a[r0:r1] @ b[c0:c1].T (a: m x k, b: n x k, c: m x n)."""
     k = a16.shape[1]
@@ -125,7 +128,7 @@ def nt_block(a16, b16, c, r0, r1, c0, c1):
         )
 
 
-@njit(**INLINE)
+@njit(**SHARE_JIT)
 def nn_block(a16, b16, c, r0, r1, c0, c1):
     """c[r0:r1, c0:c1] = a[r0:r1] @ b[:, c0:c1] (a: m x k, b: k x n, c: m x n)."""
     k = a16.shape[1]
@@ -148,7 +151,7 @@ def nn_block(a16, b16, c, r0, r1, c0, c1):
         )
 
 
-@njit(**INLINE)
+@njit(**SHARE_JIT)
 def tn_rows(a16, b16, c, c0, c1):
     """c[c0:c1] = a[:, c0:c1].T @ b (a: k x m, b: k x n, c: m x n): a weight gradient's rows."""
     k, m = a16.shape
@@ -163,7 +166,7 @@ def tn_rows(a16, b16, c, c0, c1):
 # split.
 
 
-@njit(**INLINE)
+@njit(**SHARE_JIT)
 def bias_relu_block(a, bias, out16, r0, r1, c0, c1):
     """a[r0:r1, c0:c1] = max(a + bias, 0), with its bf16 copy (none in float32)."""
     b = bias[c0:c1]
@@ -175,7 +178,7 @@ def bias_relu_block(a, bias, out16, r0, r1, c0, c1):
             store_bf16(copies, j, value)
 
 
-@njit(**INLINE)
+@njit(**SHARE_JIT)
 def bias_sigmoid_bce_block(
     logits, bias, x, inv_batch, dlogits, out16, bce_part, bias_part, r0, r1, c0, c1
 ):
@@ -200,14 +203,14 @@ def bias_sigmoid_bce_block(
         bce_part[r] = total
 
 
-@njit(**INLINE)
+@njit(**SHARE_JIT)
 def relu_backward_block(grad, act, out16, bias_part, r0, r1, c0, c1):
     """fused.relu_backward_column_sum on a block; bias_part its part of the column sums."""
     bias_part[:] = _ZERO
     relu_backward_column_sum(grad[r0:r1], act[r0:r1], bias_part, c0, c1, out16[r0:r1])
 
 
-@njit(**INLINE)
+@njit(**SHARE_JIT)
 def add_up_shares(parts, out):
     """out = the sum over shares (rows of ``parts``) of each column."""
     out[:] = _ZERO
@@ -224,14 +227,14 @@ HEADS_BIAS, HIDDEN_BIAS, OUT_BIAS, DEC_BIAS = 0, 1, 2, 3
 # -- the stages ------------------------------------------------------------------------------
 
 
-@njit(**INLINE)
+@njit(**SHARE_JIT)
 def encoder_share(ws, w1_16, b1, t, shares):
     r0, r1, c0, c1 = output_block(t, shares, ws.h.shape[0], ws.h.shape[1])
     nt_block(ws.xb16, w1_16, ws.h, r0, r1, c0, c1)
     bias_relu_block(ws.h, b1, ws.h16, r0, r1, c0, c1)
 
 
-@njit(**INLINE)
+@njit(**SHARE_JIT)
 def latent_share(ws, eps, w_heads16, b_heads, w_dec16, b_dec, t, shares):
     # Rows: these GEMMs are small (width 2z) and what is between them is row-local.
     r0, r1 = share(t, shares, ws.h.shape[0])
@@ -244,7 +247,7 @@ def latent_share(ws, eps, w_heads16, b_heads, w_dec16, b_dec, t, shares):
     bias_relu(ws.dech, b_dec, r0, r1, ws.dech16)
 
 
-@njit(**INLINE)
+@njit(**SHARE_JIT)
 def decoder_share(ws, w_out16, b_out, inv_batch, t, shares):
     r0, r1, c0, c1 = output_block(t, shares, ws.logits.shape[0], ws.logits.shape[1])
     nt_block(ws.dech16, w_out16, ws.logits, r0, r1, c0, c1)
@@ -283,7 +286,7 @@ def forward(params, params16, off, xb, eps, ws):
     add_up_shares(ws.bce_parts, ws.bce)
 
 
-@njit(**INLINE)
+@njit(**SHARE_JIT)
 def decoder_backward_share(ws, w_out16, t, shares):
     r0, r1, c0, c1 = output_block(t, shares, ws.d_dech.shape[0], ws.d_dech.shape[1])
     nn_block(ws.dlogits16, w_out16, ws.d_dech, r0, r1, c0, c1)
@@ -299,7 +302,7 @@ def decoder_backward_share(ws, w_out16, t, shares):
     )
 
 
-@njit(**INLINE)
+@njit(**SHARE_JIT)
 def latent_backward_share(ws, eps, w_dec16, w_heads16, beta_over_batch, t, shares):
     r0, r1 = share(t, shares, ws.h.shape[0])
     nn_block(ws.d_dech16, w_dec16, ws.dz, r0, r1, 0, ws.dz.shape[1])
@@ -326,7 +329,7 @@ def latent_backward_share(ws, eps, w_dec16, w_heads16, beta_over_batch, t, share
     )
 
 
-@njit(**INLINE)
+@njit(**SHARE_JIT)
 def weight_rows_update(
     grad16,
     rows_of,
@@ -379,7 +382,7 @@ def weight_rows_update(
         adam_update(params[i0:i1], grads[i0:i1], m[i0:i1], v[i0:i1], params16[i0:i1], constants)
 
 
-@njit(**INLINE)
+@njit(**SHARE_JIT)
 def biases_update(ws, off, grads_views, params, grads, m, v, params16, constants, update):
     """The bias gradients added up over shares, then (``update``) Adam on the four biases."""
     _, g_b1, _, g_bheads, _, g_bdec, _, g_bout = grads_views
@@ -503,12 +506,12 @@ def backward(params, params16, grads, off, xb, eps, beta, ws):
         eps,
         beta,
         adam_constants(0.0, 0.0, 0.0, 0.0, 1.0),
-        False,
+        bool(False),  # a run-time flag: see train_step
         ws,
     )
 
 
-@njit(**INLINE)
+@njit(**SHARE_JIT)
 def gather_share(data, indices, ws, t, shares):
     r0, r1 = share(t, shares, indices.shape[0])
     gather_rows(data, indices[r0:r1], ws.xb[r0:r1], ws.xb16[r0:r1])
@@ -555,13 +558,16 @@ def train_step(
         eps,
         beta,
         adam_constants(lr, beta1, beta2, adam_eps, step),
-        True,
+        # bool(): a run-time flag, not a literal, so that the training step and the gradient
+        # check (backward) share one compiled backward_update: literal True and False
+        # compiled it twice, each a third of the pooled step's cold compile.
+        bool(True),
         ws,
     )
     return batch_loss(ws.bce, ws.kl, beta)
 
 
-@njit(**INLINE)
+@njit(**SHARE_JIT)
 def gemm_shares(
     ws, eps, w1_16, w_heads16, w_dec16, w_out16, g_w1, g_heads, g_wdec, g_wout, region, t, shares
 ):
