@@ -5,12 +5,11 @@ backend passes the gate at every latent size and K of the sweep (``gate_sweep``)
 margin printed."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
-from checkout import ROOT, TESTS
+from checkout import child_env
 from cpu_verification.calibration import outside_band
 from cpu_verification.restricted_isa import FIXTURE, cpu_flags, gemm_digest, restrictions
 
@@ -20,13 +19,12 @@ from vae_ref.fixture import read_fixture
 def child(
     args: list[str], restriction: dict[str, str], module: str = "cpu_verification.restricted_isa"
 ) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        **restriction,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]),
-    }
     return subprocess.run(
-        [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=1200
+        [sys.executable, "-m", module, *args],
+        env=child_env(restriction),
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
 
 

@@ -11,12 +11,11 @@ each with ``child``.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Any
 
-from checkout import ROOT, TESTS
+from checkout import ROOT, child_env
 
 FORMS = {
     "serial": dict(step_form="serial"),
@@ -31,11 +30,10 @@ def child(forms: tuple[str, ...]) -> dict[str, Any]:
     was), the test folders that mirror the packages (tests/kernels/) stood in for them, every
     import failed, and each worker compiled the pooled step cold again (CI took four minutes
     longer)."""
-    path = [str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]
     return dict(
         args=[sys.executable, "-m", "cpu_verification.numba_cache", *forms],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(path)},
+        env=child_env(),
     )
 
 
