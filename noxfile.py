@@ -11,19 +11,49 @@ index for your CUDA. ``VAE_BENCH_TORCH=none`` installs no torch beyond what the 
 import importlib.util
 import os
 import platform
+import shutil
 from pathlib import Path
 
 import nox
 
 
-def usable_cpus() -> int:
-    """The CPUs nox may use: kernels/cpu_features.py's usable_cpus, loaded by its path (it
-    needs only the standard library; the kernels package needs NumPy, which nox lacks)."""
+def cpu_features():
+    """kernels/cpu_features.py, loaded by its path (it needs only the standard library; the
+    kernels package needs NumPy, which nox lacks)."""
     path = Path(__file__).parent / "kernels" / "cpu_features.py"
     spec = importlib.util.spec_from_file_location("cpu_features", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.usable_cpus()
+    return module
+
+
+def usable_cpus() -> int:
+    """The CPUs nox may use (kernels/cpu_features.py's usable_cpus)."""
+    return cpu_features().usable_cpus()
+
+
+# oneDNN, numba-bf16's GEMM engine on CPUs with AVX512_BF16 that are not Intel's (AMD Zen 4;
+# kernels/numba_cpu/engines.py): no wheel on PyPI without SYCL and TBB runtimes, so Debian's.
+ONEDNN_PACKAGE, ONEDNN_LIBRARY = "libdnnl2", Path("/usr/lib/x86_64-linux-gnu/libdnnl.so.2")
+
+
+def install_onednn(session: nox.Session) -> None:
+    """Debian's oneDNN where numba-bf16 runs on it and it is missing: installed with apt where
+    nox runs as root, else a note saying how (numba-bf16 is then unavailable, with the same
+    reason, in the summary)."""
+    features = cpu_features()
+    flags = features.cpu_isa() or []
+    if "avx512_bf16" not in flags or features.cpu_vendor() == "GenuineIntel":
+        return
+    if ONEDNN_LIBRARY.exists():
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        try:
+            session.run("apt-get", "install", "-y", "-qq", ONEDNN_PACKAGE, external=True)
+            return
+        except nox.command.CommandFailed:
+            pass  # the bench runs on; numba-bf16 says it is unavailable, and why
+    session.warn(f"numba-bf16 runs on oneDNN on this CPU: apt-get install {ONEDNN_PACKAGE}")
 
 
 nox.options.sessions = ["tests"]
@@ -142,9 +172,11 @@ def bench(session: nox.Session) -> None:
     results under results/<time>-<host>/ and the summary printed. Extra arguments go to
     ``vae-bench run``, e.g. ``nox -s bench -- --preset full --backends numba torch``. JAX
     (the CPU build) and oneMKL (``[bf16]``) are installed so that ``jax`` and, on a CPU with
-    bf16 hardware, the bf16 backends are timed beside the others.
+    bf16 hardware, the bf16 backends are timed beside the others; on an AMD Zen 4, oneDNN
+    too (``install_onednn``).
     """
     install_project(session, "[jax,bf16]")
+    install_onednn(session)
     # --preset quick unless the extra arguments name one (vae-bench refuses a flag given twice).
     named = any(a.split("=")[0] in ("--preset", "--profile") for a in session.posargs)
     session.run("vae-bench", "run", *([] if named else ["--preset", "quick"]), *session.posargs)

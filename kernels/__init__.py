@@ -122,9 +122,9 @@ BACKENDS: dict[str, Callable[..., Backend]] = {
     "torch-fused-adam": _torch_fused,
     "torch-compile": _torch_compile,
     "numba": _numba,
-    # bf16 GEMM inputs: needs the [bf16] extra (oneMKL) and AMX or AVX512_BF16 on a CPU whose
-    # vendor oneMKL runs them fast on (onemkl.BF16_HARDWARE_VENDORS); unavailable, with the
-    # reason, elsewhere.
+    # bf16 GEMM inputs: needs AMX or AVX512_BF16 and the engine that runs them there
+    # (numba_cpu/engines.py: oneMKL, the [bf16] extra, on Intel; oneDNN, Debian's libdnnl2, on
+    # AMD Zen 4); unavailable, with the reason, elsewhere.
     "numba-bf16": _numba_bf16,
     "jax": _jax,  # needs the [jax] extra; unavailable, with the reason, without it
     # bf16 GEMM inputs, float32 everywhere else (kernels.base.MixedPrecision): the peers of

@@ -148,6 +148,19 @@ def require_onemkl() -> None:
         pytest.skip(problem)
 
 
+def require_onednn() -> None:
+    """Skip where oneDNN (Debian's libdnnl2) cannot be loaded, or fail where
+    VAE_BENCH_REQUIRE_ONEDNN says it must be (.ci/run, where apt installed it): for the tests of
+    the pooled step on oneDNN, the engine of numba-bf16 on AMD Zen 4."""
+    from kernels.numba_cpu import onednn
+
+    problem = onednn.library_problem()
+    if problem:
+        if os.environ.get("VAE_BENCH_REQUIRE_ONEDNN"):
+            pytest.fail(f"VAE_BENCH_REQUIRE_ONEDNN is set, but {problem}")
+        pytest.skip(problem)
+
+
 def pytest_report_header(config):
     from bench.provenance import cpu_model, package_versions
 

@@ -1,6 +1,7 @@
 """The Numba CPU backend: the reference VAE as float32 compiled kernels, no PyTorch at run time,
-and its bf16 mixed-precision mode (``numba-bf16``: bf16 GEMM inputs through oneMKL on an Intel
-CPU's AMX or AVX512_BF16, float32 everywhere else; ``step.py`` says what is rounded where).
+and its bf16 mixed-precision mode (``numba-bf16``: bf16 GEMM inputs, float32 everywhere else,
+``step.py`` says what is rounded where; its GEMMs run on an Intel CPU's AMX or AVX512_BF16
+through oneMKL, on another vendor's AVX512_BF16 through oneDNN, ``engines.py``).
 
 Import is cheap and never fails: numba is imported when the backend is first used, so the
 harness can list this backend (and say why it is unavailable) on any machine.
@@ -51,9 +52,13 @@ def float32_step_form(vendor: str | None = None, flags: list[str] | None = None)
     CPU's), and why: pooled where oneMKL is installed and the CPU matches POOLED_FLOAT32_CPUS,
     serial elsewhere."""
     from .. import cpu_features
-    from . import onemkl
+    from . import engines
 
-    problem = onemkl.library_problem()
+    try:
+        engine = engines.chosen("float32")[0]
+    except ValueError as error:
+        return "serial", str(error)
+    problem = engines.module(engine).library_problem()
     if problem:
         return "serial", problem
     vendor = cpu_features.cpu_vendor() if vendor is None else vendor
@@ -61,7 +66,7 @@ def float32_step_form(vendor: str | None = None, flags: list[str] | None = None)
     avx512 = "avx512f" in flags
     for measured_vendor, needs_avx512, measured_on in POOLED_FLOAT32_CPUS:
         if vendor == measured_vendor and needs_avx512 in (None, avx512):
-            return "pooled", f"oneMKL is installed; the pooled step ran faster on {measured_on}"
+            return "pooled", f"{engine} is installed; the pooled step ran faster on {measured_on}"
     places = "; ".join(place for _, _, place in POOLED_FLOAT32_CPUS)
     return "serial", (
         f"the pooled oneMKL step is measured faster on {places} only; this CPU is "
@@ -85,6 +90,17 @@ def _stages(median: dict[str, float]) -> dict[str, float]:
         "adam": adam,
         "gather": median["gather"],
     }
+
+
+def _threading_layer() -> str | None:
+    """Numba's threading layer in this process (omp, tbb, workqueue), None before its first
+    parallel region ran."""
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None
 
 
 class NumbaBackend:
@@ -117,8 +133,8 @@ class NumbaBackend:
         self.step_form_asked = step_form
         self.compile_seconds: float | None = None
         self.description = (
-            "Numba JIT, bf16 GEMM inputs (oneMKL, float32 accumulation), float32 master "
-            "weights, fused kernels and Adam"
+            "Numba JIT, bf16 GEMM inputs (oneMKL or oneDNN by CPU, float32 accumulation), "
+            "float32 master weights, fused kernels and Adam"
             if self.bf16
             else "Numba JIT, fused float32 kernels, BLAS GEMMs (oneMKL in one thread pool where "
             "the step runs pooled), flat-buffer Adam"
@@ -157,18 +173,29 @@ class NumbaBackend:
         for module in ("numba", "scipy", "threadpoolctl"):
             if importlib.util.find_spec(module) is None:
                 return Availability(False, f"{module} is not installed (pip install {module})")
-        if self.bf16 or self.step_form_asked == "pooled":
-            from . import onemkl
+        from . import engines
 
+        try:
+            engine = engines.chosen(self.precision)[0]
+        except ValueError as error:  # an engine asked for that does not exist
+            return Availability(False, str(error))
+        if self.bf16 or self.step_form_asked == "pooled":
             # bf16 also needs bf16 hardware, unless its emulation is asked for (checks only).
             reason = (
-                onemkl.unavailable_reason()
+                engines.bf16_unavailable_reason()
                 if self.bf16 and not self.allow_emulated
-                else onemkl.library_problem()
+                else engines.module(engine).library_problem()
             )
             if reason:
                 return Availability(False, reason)
         return Availability(True)
+
+    @property
+    def engine(self) -> str:
+        """The GEMM engine of this process's pooled step in this precision (engines.py)."""
+        from . import engines
+
+        return engines.in_process(self.precision)
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -180,9 +207,9 @@ class NumbaBackend:
 
         if not self.pooled:
             return step
-        from . import onemkl
+        from . import engines
 
-        onemkl.load()  # before any pooled step compiles or loads from Numba's cache
+        engines.module(self.engine).load()  # before any pooled step compiles or loads
         from . import pooled_step
 
         return pooled_step
@@ -201,10 +228,11 @@ class NumbaBackend:
         self.flat16 = None
         self.gemm_engine = None
         if self.pooled:
-            from . import onemkl
+            from . import engines
 
-            self.gemm_engine = {**onemkl.load(), "engine": onemkl.engine_for(self.precision)}
-            self._claim_onemkl()
+            engine = engines.module(self.engine)
+            self.gemm_engine = {**engine.load(), "engine": engine.engine_for(self.precision)}
+            self._claim_engine()
             self.flat16 = np.zeros(self.flat.shape, np.uint16) if self.bf16 else self.flat
         self._round_weights()
         self.grads = np.zeros_like(self.flat)
@@ -233,13 +261,15 @@ class NumbaBackend:
         self._workspaces.clear()
         return time.perf_counter() - started
 
-    def _claim_onemkl(self) -> None:
-        """oneMKL to one thread, before the pooled step runs: Numba's workers split the step
-        and each calls oneMKL on its share, so oneMKL's own pool would only oversubscribe the
-        cores. Set again on every entry (a call of well under a microsecond), since another
-        backend in the process may have set it since (``configure_threads`` of the serial
-        step sets every BLAS, oneMKL too, to its thread count)."""
-        if self.pooled:
+    def _claim_engine(self) -> None:
+        """oneMKL to one thread, before the pooled step runs on it: Numba's workers split the
+        step and each calls oneMKL on its share, so oneMKL's own pool would only oversubscribe
+        the cores. Set again on every entry (a call of well under a microsecond), since
+        another backend in the process may have set it since (``configure_threads`` of the
+        serial step sets every BLAS, oneMKL too, to its thread count). oneDNN needs nothing:
+        its GNU OpenMP runs a call made inside Numba's OpenMP region on the calling thread
+        (nested regions are inactive by default, OMP_MAX_ACTIVE_LEVELS)."""
+        if self.pooled and self.engine == "onemkl":
             from . import onemkl
 
             onemkl.set_threads(1)
@@ -297,7 +327,7 @@ class NumbaBackend:
         eps = self._noise(len(x), eps)
         ws = self._workspace(len(x))
         self._set_batch(ws, x)
-        self._claim_onemkl()
+        self._claim_engine()
         self._step.forward(self.flat, self.flat16, self.layout.slot_offsets, ws.xb, eps, ws)
         self._step.backward(
             self.flat,
@@ -329,7 +359,7 @@ class NumbaBackend:
         eps = self._noise(len(indices), eps)
         self.steps_taken += 1
         c = self.config
-        self._claim_onemkl()
+        self._claim_engine()
         return BatchLoss(
             *self._step.train_step(
                 data,
@@ -356,7 +386,7 @@ class NumbaBackend:
         ws = self._workspace(len(x))
         self._set_batch(ws, x)
         eps = np.zeros((len(x), self.config.latent_dim), np.float32)
-        self._claim_onemkl()
+        self._claim_engine()
         self._step.forward(
             self.flat, self.flat16, self.layout.slot_offsets, ws.xb, eps, ws
         )  # no backward
@@ -369,7 +399,7 @@ class NumbaBackend:
         def terms(xb: np.ndarray, eps: np.ndarray):
             ws = self._workspace(len(xb))
             self._set_batch(ws, xb)
-            self._claim_onemkl()
+            self._claim_engine()
             self._step.forward(self.flat, self.flat16, self.layout.slot_offsets, ws.xb, eps, ws)
             return ws.bce, ws.kl
 
@@ -389,7 +419,7 @@ class NumbaBackend:
         indices = np.arange(batch) % len(data)
         eps = self._noise(batch, None)
         saved = (self.flat.copy(), self.m.copy(), self.v.copy())
-        self._claim_onemkl()
+        self._claim_engine()
         times = interleaved_times(self._step_parts(data, indices, eps, ws), repeats)
         self.flat[:], self.m[:], self.v[:] = saved
         self._round_weights()
@@ -495,17 +525,22 @@ class NumbaBackend:
             )
             settings["step_shares"] = (
                 self.threads_in_use if hasattr(self, "threads_in_use") else None
-            )  # pooled_step: Numba workers, oneMKL sequential in each
+            )  # pooled_step: Numba workers, the engine sequential in each
+            # oneDNN runs a call on its calling thread inside Numba's OpenMP ("omp") workers
+            # only; under another layer each call would start an OpenMP team of its own.
+            settings["threading_layer"] = _threading_layer()
         else:
             settings["gemm_engine"] = "NumPy BLAS sgemm (np.dot, on its own threads)"
         if self.bf16:
-            from . import onemkl
+            from . import engines
             from .step import GRAD_BLOCK_ROWS, GRAD_BLOCKS_MIN_BATCH
 
-            settings["bf16_emulated"] = onemkl.unavailable_reason() is not None
+            settings["bf16_emulated"] = engines.bf16_unavailable_reason() is not None
             # pooled_step.weight_rows_update: where Adam takes its gradients from.
             settings["adam_gradients"] = (
                 f"blocks of {GRAD_BLOCK_ROWS} rows in cache, their GEMMs' shared operand "
                 f"packed once, at batches >= {GRAD_BLOCKS_MIN_BATCH}; else memory"
+                if engines.packs_b(self.engine)
+                else "memory (the engine cannot pack the blocks' shared operand once)"
             )
         return settings

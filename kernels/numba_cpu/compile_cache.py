@@ -7,6 +7,9 @@ step.py's cached machine code in use: a benchmark of code that no longer exists 
 gate passed in 0.06 s of "compile" after fused.py changed). Pointing ``numba.config.CACHE_DIR``
 (read by numba/core/caching.py: UserProvidedCacheLocator, the first locator Numba tries) at a
 directory named by a hash of all the package's sources makes any edit a cache miss.
+The directory is named by the process's GEMM engines too (``engines.cache_tag``): the pooled
+step calls its engine's functions by symbol, chosen as it compiles, so a step compiled for
+oneMKL must not be loaded where oneDNN was asked for.
 The setting is the process's: a cache=True function of another package decorated after this
 one is cached in that directory too, still under its own key.
 """
@@ -29,12 +32,17 @@ def sources_digest(package: Path = PACKAGE) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_directory(package: Path = PACKAGE) -> Path:
+def cache_directory(package: Path = PACKAGE, engines: str | None = None) -> Path:
     """Where this package's compiled kernels are cached: under the user's NUMBA_CACHE_DIR if
-    set, else the package's __pycache__, in a directory named by the sources' hash."""
+    set, else the package's __pycache__, in a directory named by the sources' hash and the
+    GEMM engines (``engines``: default this process's, engines.cache_tag)."""
+    if engines is None:
+        from .engines import cache_tag
+
+        engines = cache_tag()
     user = os.environ.get("NUMBA_CACHE_DIR")
     base = Path(user) if user else package / "__pycache__"
-    return base / f"numba-{sources_digest(package)}"
+    return base / f"numba-{sources_digest(package)}-{engines}"
 
 
 @functools.cache

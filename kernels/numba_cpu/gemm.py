@@ -3,24 +3,32 @@
 ``gemm_nt(a, a16, b, b16, c)`` is c = a @ b.T, ``gemm_nn`` c = a @ b, ``gemm_tn`` c = a.T @ b,
 into the float32 ``c``. ``a16``/``b16`` are the operands' bf16 copies (uint16 bits, written by
 the kernels that produced ``a`` and ``b``) or None: None compiles to NumPy's float32 ``np.dot``
-(BLAS ``sgemm``), arrays to oneMKL's ``cblas_gemm_bf16bf16f32`` (bf16 inputs, float32
-accumulation and output). Choosing by type (``numba.extending.overload``) rather than by an
-``if`` means the float32 step holds no bf16 code at all, and the bf16 step no float32 GEMM.
+(BLAS ``sgemm``), arrays to the bf16 GEMM (bf16 inputs, float32 accumulation and output) of
+``gemm_block``. Choosing by type (``numba.extending.overload``) rather than by an ``if`` means
+the float32 step holds no bf16 code at all, and the bf16 step no float32 GEMM.
 
-``gemm_block`` is one oneMKL call on blocks of row-major operands (the pooled step's shares);
-``pack_b`` and ``gemm_packed_b`` pack a B operand once for many such GEMMs.
+``gemm_block`` is one call of the engine on blocks of row-major operands (the pooled step's
+shares): oneMKL's ``cblas_gemm_bf16bf16f32`` / ``cblas_sgemm`` or oneDNN's
+``dnnl_gemm_bf16bf16f32`` / ``dnnl_sgemm``, the process's engine for that precision
+(``engines.in_process``, read as the call is typed). ``pack_b`` and ``gemm_packed_b`` pack a B
+operand once for many such GEMMs where the engine can (oneMKL).
 
 Operands are C-contiguous (slices of the flat buffers and workspace rows), so each leading
-dimension is its row length. The oneMKL symbols must be in LLVM's symbol table
-(``onemkl.load``) before a step that calls them is compiled or loaded from Numba's cache.
+dimension is its row length. The engine's symbols must be in LLVM's symbol table
+(``onemkl.load``, ``onednn.load``) before a step that calls them is compiled or loaded from
+Numba's cache.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import types
+from numba import njit, types
 from numba.extending import overload
 
+from . import engines
+from .onednn import GEMM_SYMBOL as DNNL_GEMM_SYMBOL
+from .onednn import NO_TRANS_CHAR, TRANS_CHAR
+from .onednn import SGEMM_SYMBOL as DNNL_SGEMM_SYMBOL
 from .onemkl import (
     B_MATRIX,
     GEMM_SYMBOL,
@@ -73,7 +81,29 @@ _compute_f32 = types.ExternalFunction(
     PACK_SYMBOLS["float32"][2],
     types.void(_i32, _i32, _i32, _i32, _i32, _i32, _ptr, _i32, _ptr, _i32, _f32, _ptr, _i32),
 )
+# oneDNN (include/oneapi/dnnl/dnnl.h): dnnl_status_t dnnl_sgemm(char transa, char transb,
+#   dnnl_dim_t M, N, K, float alpha, const float *A, dnnl_dim_t lda, const float *B,
+#   dnnl_dim_t ldb, float beta, float *C, dnnl_dim_t ldc), row-major, dnnl_dim_t int64_t;
+#   dnnl_gemm_bf16bf16f32 (src/common/gemm.cpp) the same with bf16 A and B. The transposes are
+#   passed as 32-bit ints: the callee reads the char from the register's low byte, and a
+#   zero-extended value is right whichever compiler built it (clang's callees assume the
+#   extension, LLVM's i8 arguments do not promise it).
+_i64 = types.int64
+_dnnl_sgemm = types.ExternalFunction(
+    DNNL_SGEMM_SYMBOL,
+    types.int32(_i32, _i32, _i64, _i64, _i64, _f32, _ptr, _i64, _ptr, _i64, _f32, _ptr, _i64),
+)
+_dnnl_gemm_bf16 = types.ExternalFunction(
+    DNNL_GEMM_SYMBOL,
+    types.int32(_i32, _i32, _i64, _i64, _i64, _f32, _ptr, _i64, _ptr, _i64, _f32, _ptr, _i64),
+)
 _ZERO, _ONE = np.float32(0.0), np.float32(1.0)
+
+
+@njit(inline="always")
+def dnnl_trans(trans):
+    """oneMKL's transpose enum (the step's NO_TRANS, TRANS) as oneDNN's character."""
+    return TRANS_CHAR if trans == TRANS else NO_TRANS_CHAR
 
 
 def gemm_nt(a, a16, b, b16, c):
@@ -103,22 +133,7 @@ def _gemm_nt(a, a16, b, b16, c):
     def bf16(a, a16, b, b16, c):
         m, k = a.shape
         n = b.shape[0]
-        _gemm_bf16(
-            ROW_MAJOR,
-            NO_TRANS,
-            TRANS,
-            m,
-            n,
-            k,
-            _ONE,
-            a16.ctypes.data,
-            k,
-            b16.ctypes.data,
-            k,
-            _ZERO,
-            c.ctypes.data,
-            n,
-        )
+        gemm_block(NO_TRANS, TRANS, m, n, k, a16, 0, k, b16, 0, k, c, 0, n)
 
     return bf16
 
@@ -131,22 +146,7 @@ def _gemm_nn(a, a16, b, b16, c):
     def bf16(a, a16, b, b16, c):
         m, k = a.shape
         n = b.shape[1]
-        _gemm_bf16(
-            ROW_MAJOR,
-            NO_TRANS,
-            NO_TRANS,
-            m,
-            n,
-            k,
-            _ONE,
-            a16.ctypes.data,
-            k,
-            b16.ctypes.data,
-            n,
-            _ZERO,
-            c.ctypes.data,
-            n,
-        )
+        gemm_block(NO_TRANS, NO_TRANS, m, n, k, a16, 0, k, b16, 0, n, c, 0, n)
 
     return bf16
 
@@ -159,22 +159,7 @@ def _gemm_tn(a, a16, b, b16, c):
     def bf16(a, a16, b, b16, c):
         k, m = a.shape
         n = b.shape[1]
-        _gemm_bf16(
-            ROW_MAJOR,
-            TRANS,
-            NO_TRANS,
-            m,
-            n,
-            k,
-            _ONE,
-            a16.ctypes.data,
-            m,
-            b16.ctypes.data,
-            n,
-            _ZERO,
-            c.ctypes.data,
-            n,
-        )
+        gemm_block(TRANS, NO_TRANS, m, n, k, a16, 0, m, b16, 0, n, c, 0, n)
 
     return bf16
 
@@ -190,59 +175,66 @@ def gemm_block(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc
 def _gemm_block(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc):
     if a.dtype != b.dtype or c.dtype != types.float32:
         return None  # no such GEMM: a typing error where it is called
-    if a.dtype == types.uint16:
+    if a.dtype not in (types.uint16, types.float32):
+        return None
+    bf16 = a.dtype == types.uint16
+    size = 2 if bf16 else 4  # bytes per operand element
+    if engines.in_process("bf16" if bf16 else "float32") == "onednn":
+        dnnl = _dnnl_gemm_bf16 if bf16 else _dnnl_sgemm
 
-        def bf16(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc):
-            _gemm_bf16(
-                ROW_MAJOR,
-                transa,
-                transb,
+        def onednn(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc):
+            dnnl(
+                dnnl_trans(transa),
+                dnnl_trans(transb),
                 m,
                 n,
                 k,
                 _ONE,
-                a.ctypes.data + 2 * a_at,
+                a.ctypes.data + size * a_at,
                 lda,
-                b.ctypes.data + 2 * b_at,
+                b.ctypes.data + size * b_at,
                 ldb,
                 _ZERO,
                 c.ctypes.data + 4 * c_at,
                 ldc,
             )
 
-        return bf16
-    if a.dtype == types.float32:
+        return onednn
+    cblas = _gemm_bf16 if bf16 else _sgemm
 
-        def float32(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc):
-            _sgemm(
-                ROW_MAJOR,
-                transa,
-                transb,
-                m,
-                n,
-                k,
-                _ONE,
-                a.ctypes.data + 4 * a_at,
-                lda,
-                b.ctypes.data + 4 * b_at,
-                ldb,
-                _ZERO,
-                c.ctypes.data + 4 * c_at,
-                ldc,
-            )
+    def onemkl(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc):
+        cblas(
+            ROW_MAJOR,
+            transa,
+            transb,
+            m,
+            n,
+            k,
+            _ONE,
+            a.ctypes.data + size * a_at,
+            lda,
+            b.ctypes.data + size * b_at,
+            ldb,
+            _ZERO,
+            c.ctypes.data + 4 * c_at,
+            ldc,
+        )
 
-        return float32
-    return None
+    return onemkl
 
 
 def pack_b(m, b, packed):
     """Pack the C-contiguous k x n ``b`` (bf16 bits or float32) into ``packed`` (bytes, as many
     as onemkl.packed_b_bytes asks for) as the B operand of GEMMs of up to ``m`` output rows
-    (``gemm_packed_b``): oneMKL lays it out for its kernels once, not in every GEMM."""
+    (``gemm_packed_b``): oneMKL lays it out for its kernels once, not in every GEMM. Nothing
+    where the engine has no packing (engines.packs_b: oneDNN packs in every GEMM)."""
 
 
 @overload(pack_b, inline="always")
 def _pack_b(m, b, packed):
+    precision = "bf16" if b.dtype == types.uint16 else "float32"
+    if not engines.packs_b(engines.in_process(precision)):
+        return lambda m, b, packed: None
     if b.dtype == types.uint16:
 
         def bf16(m, b, packed):
@@ -262,19 +254,27 @@ def _pack_b(m, b, packed):
     return None
 
 
-def gemm_packed_b(transa, m, n, k, a, a_at, lda, packed, c):
-    """c[:m] = op(a) @ B, B the k x n operand that ``pack_b`` packed into ``packed``; ``a`` as
-    in ``gemm_block`` (the element its block starts at, its leading dimension), ``c`` a
-    C-contiguous float32 array of rows of n."""
+def gemm_packed_b(transa, m, n, k, a, a_at, lda, b, packed, c):
+    """c[:m] = op(a) @ b, b the C-contiguous k x n operand that ``pack_b`` packed into
+    ``packed`` (read from there; from ``b`` itself where the engine packs in every GEMM);
+    ``a`` as in ``gemm_block`` (the element its block starts at, its leading dimension), ``c``
+    a C-contiguous float32 array of rows of n."""
 
 
 @overload(gemm_packed_b, inline="always")
-def _gemm_packed_b(transa, m, n, k, a, a_at, lda, packed, c):
+def _gemm_packed_b(transa, m, n, k, a, a_at, lda, b, packed, c):
     if c.dtype != types.float32:
         return None
+    precision = "bf16" if a.dtype == types.uint16 else "float32"
+    if not engines.packs_b(engines.in_process(precision)):
+
+        def unpacked(transa, m, n, k, a, a_at, lda, b, packed, c):
+            gemm_block(transa, NO_TRANS, m, n, k, a, a_at, lda, b, 0, n, c, 0, n)
+
+        return unpacked
     if a.dtype == types.uint16:
 
-        def bf16(transa, m, n, k, a, a_at, lda, packed, c):
+        def bf16(transa, m, n, k, a, a_at, lda, b, packed, c):
             _compute_bf16(
                 ROW_MAJOR,
                 transa,
@@ -295,7 +295,7 @@ def _gemm_packed_b(transa, m, n, k, a, a_at, lda, packed, c):
         return bf16
     if a.dtype == types.float32:
 
-        def float32(transa, m, n, k, a, a_at, lda, packed, c):
+        def float32(transa, m, n, k, a, a_at, lda, b, packed, c):
             _compute_f32(
                 ROW_MAJOR,
                 transa,

@@ -1,6 +1,7 @@
 """oneMKL, the GEMM engine of the pooled Numba step (``pooled_step.py``), called by symbol from
 the compiled step: ``cblas_gemm_bf16bf16f32`` (bf16 inputs, float32 accumulation and output)
-for ``numba-bf16``, ``cblas_sgemm`` for float32 ``numba`` where it runs pooled.
+for ``numba-bf16`` on Intel CPUs, ``cblas_sgemm`` for float32 ``numba`` where it runs pooled
+(``engines.py`` chooses; ``onednn.py`` is the other engine).
 
 Why oneMKL: on a Xeon with AMX it runs the bf16 GEMMs on the tile unit (measured: several
 times its float32 GEMMs at the step's shapes, where MKL's float32 ``sgemm`` is only about
@@ -26,7 +27,7 @@ import functools
 import sys
 from pathlib import Path
 
-from .. import cpu_features
+from .native import first_loadable
 
 # oneMKL's CBLAS enums (mkl_cblas.h: CBLAS_LAYOUT, CBLAS_TRANSPOSE, CBLAS_STORAGE,
 # CBLAS_IDENTIFIER).
@@ -35,10 +36,6 @@ NO_TRANS = 111
 TRANS = 112
 PACKED = 151
 B_MATRIX = 162
-# The CPU vendors on which oneMKL's bf16 GEMMs were measured to gain on float32 in the step.
-# On an AMD Zen 4 (AVX512_BF16, no AMX) they gained nothing, and numba-bf16 ran slower than
-# float32 numba (results/README.md, "numba-bf16 on AMD Zen 4").
-BF16_HARDWARE_VENDORS = ("GenuineIntel",)
 GEMM_SYMBOL = "cblas_gemm_bf16bf16f32"
 SGEMM_SYMBOL = "cblas_sgemm"
 # The packed-operand API (mkl_cblas.h): one operand packed once into oneMKL's internal layout,
@@ -81,57 +78,16 @@ class _Version(ctypes.Structure):
 @functools.cache
 def _library() -> tuple[ctypes.CDLL, Path] | str:
     """The loaded libmkl_rt and its path, or why there is none."""
-    candidates = library_candidates()
-    if not candidates:
-        return "oneMKL is not installed (pip install mkl, or the [bf16] extra)"
-    errors = []
-    for path in candidates:
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as error:
-            errors.append(f"{path}: {error}")
-            continue
-        missing = [
-            name
-            for name in (
-                GEMM_SYMBOL,
-                SGEMM_SYMBOL,
-                "MKL_Get_Version",
-                "MKL_Set_Num_Threads_Local",
-                *(n for names in PACK_SYMBOLS.values() for n in names),
-            )
-            if not hasattr(lib, name)
-        ]
-        if missing:
-            errors.append(f"{path} has no {', '.join(missing)}")
-            continue
-        return lib, path
-    return "oneMKL could not be loaded: " + "; ".join(errors)
-
-
-def unavailable_reason(flags: list[str] | None = None, vendor: str | None = None) -> str | None:
-    """Why bf16 GEMMs cannot run at bf16 speed here (None: they can). ``flags`` and
-    ``vendor``: the CPU's instruction sets and vendor, default this CPU's. Whether the
-    library's bf16 GEMMs then beat float32 is measured with the numbers (bench.profile_text,
-    BF16_GEMM_GAIN_FLOOR)."""
-    return cpu_features.bf16_emulated_reason(flags) or vendor_problem(vendor) or library_problem()
-
-
-def vendor_problem(vendor: str | None = None) -> str | None:
-    """Why oneMKL's bf16 GEMMs would not run at bf16 speed on this CPU though it has the
-    hardware (None: they would): it is not one of BF16_HARDWARE_VENDORS' CPUs."""
-    vendor = cpu_features.cpu_vendor() if vendor is None else vendor
-    if vendor in BF16_HARDWARE_VENDORS:
-        return None
-    return (
-        f"oneMKL's bf16 GEMMs gain on float32 on {', '.join(BF16_HARDWARE_VENDORS)} CPUs "
-        f"only, this is {vendor or 'an unknown vendor'}'s (on an AMD Zen 4 numba-bf16 ran "
-        "0.73x float32 numba at batch 1024): not timed as if it were the real thing"
+    symbols = (GEMM_SYMBOL, SGEMM_SYMBOL, "MKL_Get_Version", "MKL_Set_Num_Threads_Local")
+    packing = (name for names in PACK_SYMBOLS.values() for name in names)
+    return first_loadable(
+        "oneMKL", library_candidates(), (*symbols, *packing), "pip install mkl, or the [bf16] extra"
     )
 
 
 def library_problem() -> str | None:
-    """Why oneMKL's bf16 GEMM cannot be called here (None: it can), whatever the CPU."""
+    """Why oneMKL's GEMMs cannot be called here (None: they can), whatever the CPU (whether
+    its bf16 GEMMs run at bf16 speed on this CPU: engines.bf16_problem)."""
     library = _library()
     return library if isinstance(library, str) else None
 
@@ -142,7 +98,8 @@ def load() -> dict:
     the library's path, its version and the code path it says it dispatches to on this CPU
     (``engine_for`` names the function a precision calls).
     Needs only the library: whether the CPU runs bf16 at bf16 speed is the caller's question
-    (``unavailable_reason``; tests check the step's numbers on any CPU, emulated or not)."""
+    (``engines.bf16_unavailable_reason``; tests check the step's numbers on any CPU, emulated
+    or not)."""
     library = _library()
     if isinstance(library, str):
         raise RuntimeError(library)

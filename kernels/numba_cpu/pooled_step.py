@@ -1,8 +1,10 @@
 """The training step in one thread pool: Numba's workers split every stage, and each calls
-oneMKL sequentially (oneMKL set to one thread) on its share. It runs in both precisions,
-chosen by type when it compiles (``gemm.gemm_block``): with bf16 GEMM operands
-(``numba-bf16``: uint16 copies in ``params16`` and the workspace's ``*16`` fields, oneMKL's
-``cblas_gemm_bf16bf16f32``) and with float32 ones (``numba`` where oneMKL is installed:
+its GEMM engine sequentially (oneMKL set to one thread; oneDNN, on GNU OpenMP, inside
+Numba's OpenMP region) on its share. It runs in both precisions, chosen by type when it
+compiles (``gemm.gemm_block``; the engine per precision by ``engines.py``): with bf16 GEMM
+operands (``numba-bf16``: uint16 copies in ``params16`` and the workspace's ``*16`` fields,
+oneMKL's ``cblas_gemm_bf16bf16f32`` or oneDNN's ``dnnl_gemm_bf16bf16f32``) and with float32
+ones (``numba`` where oneMKL is installed:
 ``params16`` is ``params`` itself and each ``*16`` field its float32 array, so the GEMMs are
 ``cblas_sgemm`` and the copies' stores compile to nothing, ``bf16.store_bf16``).
 
@@ -370,7 +372,7 @@ def weight_rows_update(
             pack_b(rows, rows_of, packed)
         for b0 in range(c0, c1, rows):
             b1 = min(b0 + rows, c1)
-            gemm_packed_b(TRANS, b1 - b0, width, batch, grad16, b0, m_all, packed, block)
+            gemm_packed_b(TRANS, b1 - b0, width, batch, grad16, b0, m_all, rows_of, packed, block)
             i0, i1 = flat_offset + b0 * width, flat_offset + b1 * width
             adam_update(
                 params[i0:i1], block[: i1 - i0], m[i0:i1], v[i0:i1], params16[i0:i1], constants

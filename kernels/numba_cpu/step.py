@@ -30,6 +30,7 @@ from numba.extending import overload
 
 from .bf16 import store_bf16
 from .compile_cache import key_cache_to_sources
+from .engines import in_process, packs_b
 from .fused import (
     FASTMATH,
     bias_add,
@@ -122,7 +123,8 @@ def make_workspace(
         ws = ws._replace(**{name + "16": getattr(ws, name) for name in BF16_OPERANDS})
     if shares:
         widest = max(input_dim, hidden, 2 * latent)
-        blocks = bf16 and batch >= GRAD_BLOCKS_MIN_BATCH
+        # Blocks pay only where the engine packs their shared operand once (engines.packs_b).
+        blocks = bf16 and batch >= GRAD_BLOCKS_MIN_BATCH and packs_b(in_process("bf16"))
         packed = packed_bytes(batch, input_dim, hidden, latent) if blocks else 0
         ws = ws._replace(
             bce_parts=e(shares, batch),

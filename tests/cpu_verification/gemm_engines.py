@@ -7,8 +7,8 @@ path). Engines, each where it can be loaded, else listed with the reason:
 - ``onemkl`` / ``onemkl-bf16``: ``cblas_sgemm`` / ``cblas_gemm_bf16bf16f32`` of the ``mkl``
   wheel (the ``[bf16]`` extra), the pooled Numba step's engine (``kernels/numba_cpu/onemkl.py``);
 - ``onednn`` / ``onednn-bf16``: ``dnnl_sgemm`` / ``dnnl_gemm_bf16bf16f32`` of Debian's
-  ``libdnnl2`` (oneDNN 2.6, ``include/oneapi/dnnl/dnnl.h``: row-major, 64-bit sizes; the bf16
-  one is exported but declared only in oneDNN's tests). A status other than dnnl_success (0)
+  ``libdnnl2`` (oneDNN 2.6), the bf16 step's engine on AMD Zen 4
+  (``kernels/numba_cpu/onednn.py`` says how they are called). A status other than dnnl_success (0)
   is reported, not timed: oneDNN 2.6 has no bf16 GEMM below AVX-512 (status 3,
   dnnl_unimplemented, on an AVX2 CPU).
 
@@ -29,7 +29,6 @@ from collections.abc import Callable
 import numpy as np
 
 ROW_MAJOR, NO_TRANS = 101, 111  # mkl_cblas.h: CBLAS_LAYOUT, CBLAS_TRANSPOSE
-ONEDNN_PATHS = ("/usr/lib/x86_64-linux-gnu/libdnnl.so.2", "libdnnl.so.2")
 
 
 def step_shapes(batch: int, input_dim: int = 784, hidden: int = 512, latent: int = 20):
@@ -91,21 +90,15 @@ def _onemkl() -> dict[str, Callable] | str:
 
 
 def _onednn() -> dict[str, Callable] | str:
-    lib = None
-    for path in ONEDNN_PATHS:
-        try:
-            lib = ctypes.CDLL(path)
-            break
-        except OSError:
-            continue
-    if lib is None:
-        return "oneDNN is not installed (Debian: apt-get install libdnnl2)"
+    from kernels.numba_cpu import onednn
+
+    problem = onednn.library_problem()
+    if problem:
+        return problem
+    lib = onednn.library()  # the library the pooled step calls, its GEMMs declared
     gomp = ctypes.util.find_library("gomp")
     if gomp:  # Debian's oneDNN threads with GNU OpenMP
         ctypes.CDLL(gomp).omp_set_num_threads(1)
-    i64, c_float, ptr, char = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_char
-    args = [char, char, i64, i64, i64, c_float, ptr, i64, ptr, i64, c_float, ptr, i64]
-    lib.dnnl_sgemm.argtypes = lib.dnnl_gemm_bf16bf16f32.argtypes = args
 
     def call(gemm, bf16):
         def run(ops):

@@ -10,14 +10,14 @@ only the speed is not, and the harness itself refuses to time it."""
 import numpy as np
 import pytest
 import torch
-from conftest import require_onemkl
+from conftest import require_onednn, require_onemkl
 
 from bench.cli import main
 from bench.gate import judge
 from kernels import create_backend
 from kernels.base import gemm_inputs_of
-from kernels.cpu_features import bf16_dot_hardware, cpu_vendor
-from kernels.numba_cpu import NumbaBackend, onemkl
+from kernels.cpu_features import bf16_dot_hardware
+from kernels.numba_cpu import NumbaBackend, engines, onemkl
 from kernels.numba_cpu.bf16 import round_into, widen
 from vae_ref import VAEConfig
 from vae_ref.fixtures import COMMITTED_FIXTURE
@@ -33,8 +33,13 @@ from vae_ref.params import export_params
 
 
 def numba_bf16(cls=NumbaBackend) -> NumbaBackend:
+    """The bf16 step on this CPU's engine (engines.py), emulated where the CPU has no bf16
+    hardware."""
     require_onemkl()
-    return cls(precision="bf16", allow_emulated=True)
+    backend = cls(precision="bf16", allow_emulated=True)
+    if backend.engine == "onednn":
+        require_onednn()
+    return backend
 
 
 # -- rounding ---------------------------------------------------------------------------------
@@ -178,26 +183,29 @@ def test_the_narrow_calibrations_are_looser_than_float32_and_share_the_truth(gat
 # -- the Numba bf16 step ----------------------------------------------------------------------
 
 
-def test_bf16_unavailable_without_bf16_hardware_says_why():
-    reason = onemkl.unavailable_reason(flags=["sse4_2", "avx", "avx2", "fma", "avx512f"])
+def test_bf16_unavailable_without_bf16_hardware_says_why(monkeypatch):
+    monkeypatch.delenv(engines.ENGINE_VARIABLE, raising=False)
+    reason = engines.bf16_unavailable_reason(flags=["sse4_2", "avx", "avx2", "fma", "avx512f"])
     assert reason and "no bf16 dot-product hardware" in reason and "emulated" in reason
     assert bf16_dot_hardware(["avx512f", "amx_bf16"]) == ["amx_bf16"]
     assert bf16_dot_hardware([]) == []
     # With the hardware, on an Intel CPU, what is left to say is only about the library.
-    intel = onemkl.unavailable_reason(flags=["amx_bf16"], vendor="GenuineIntel")
+    intel = engines.bf16_unavailable_reason(flags=["amx_bf16"], vendor="GenuineIntel")
     assert intel == onemkl.library_problem()
-    assert onemkl.unavailable_reason(flags=["avx512_bf16"], vendor="GenuineIntel") == intel
+    assert engines.bf16_unavailable_reason(flags=["avx512_bf16"], vendor="GenuineIntel") == intel
 
 
 @pytest.mark.parametrize("vendor", ["AuthenticAMD", ""])
 def test_numba_bf16_is_refused_where_onemkl_leaves_the_bf16_hardware_unused(monkeypatch, vendor):
     """An AMD Zen 4 has AVX512_BF16, but oneMKL's bf16 GEMMs gained nothing there: numba-bf16
-    would be timed slower than numba, so it is refused with the reason; the peers whose
-    engines use the hardware (jax-bf16: XNNPACK) are not refused for it, and the gate's checks
-    may still run the step (allow_emulated)."""
+    on oneMKL would be timed slower than numba, so, asked for, it is refused with the reason
+    (the CPU's own engine there is oneDNN, tests/kernels/numba_cpu/test_engines.py); the peers
+    whose engines use the hardware (jax-bf16: XNNPACK) are not refused for it, and the gate's
+    checks may still run the step (allow_emulated)."""
     zen4 = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16"]
     monkeypatch.setattr("kernels.cpu_features.cpu_isa", lambda: zen4)
     monkeypatch.setattr("kernels.cpu_features.cpu_vendor", lambda: vendor or None)
+    monkeypatch.setenv(engines.ENGINE_VARIABLE, "onemkl")
     status = create_backend("numba-bf16").availability()
     assert not status.available
     assert f"this is {vendor or 'an unknown vendor'}'s" in status.reason
@@ -230,12 +238,16 @@ def test_numba_bf16_names_its_precision_and_engine():
     backend.load(config, export_params(build_model(config)))
     settings = backend.settings()
     assert settings["precision"] == "bf16"
-    assert settings["gemm_engine"] == "oneMKL cblas_gemm_bf16bf16f32"
+    assert settings["gemm_engine"] == engines.module(backend.engine).engine_for("bf16")
+    assert settings["gemm_engine"].endswith("gemm_bf16bf16f32")
     assert settings["gemm_version"].count(".") == 2 and settings["gemm_isa"]
-    # Emulated: no bf16 hardware, or a CPU on which oneMKL leaves it unused (an AMD Zen 4).
-    unused = cpu_vendor() not in onemkl.BF16_HARDWARE_VENDORS
-    assert settings["bf16_emulated"] == (not bf16_dot_hardware() or unused)
-    assert settings["adam_gradients"].startswith("blocks of 128 rows")
+    # Emulated: no bf16 hardware, or an engine that cannot use it here.
+    assert settings["bf16_emulated"] == (engines.bf16_unavailable_reason() is not None)
+    assert settings["bf16_emulated"] == (
+        not bf16_dot_hardware() or bool(engines.bf16_problem(backend.engine))
+    )
+    blocks = settings["adam_gradients"].startswith("blocks of 128 rows")
+    assert blocks == engines.packs_b(backend.engine)
 
 
 @pytest.fixture(scope="module")
@@ -283,8 +295,8 @@ def test_the_bf16_gate_fails_a_step_with_stale_bf16_weights(bf16_cases):
 
 
 def test_numba_bf16_is_checked_against_the_live_oracle_not_the_fixture(capsys):
-    if onemkl.unavailable_reason():
-        pytest.skip(onemkl.unavailable_reason())
+    if engines.bf16_unavailable_reason():
+        pytest.skip(engines.bf16_unavailable_reason())
     assert main(["check", "--backend", "numba-bf16", "--fixture", str(COMMITTED_FIXTURE)]) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "float32 calibrations only" in err

@@ -1,0 +1,76 @@
+"""The gate on Numba's pooled step with a GEMM engine that is not this CPU's own: oneDNN
+where oneMKL is the default (kernels/numba_cpu/engines.py), so that the engine of an AMD Zen 4
+is checked on every CPU that can run it, float32 everywhere and bf16 on AVX-512.
+
+The engine is the process's (the step chooses its calls as it compiles), so the gate runs in a
+child started by ``child(engine, precision)``: ``python -m cpu_verification.engine_gate
+PRECISION [--mutant]`` (tests/ on the path), which prints one JSON line: the engine the step
+ran and the tensors that failed per case, or why the backend is unavailable.
+
+``--mutant`` runs a wrong binding of the engine: every GEMM adds onto what its output held
+(beta 1 for 0), which is right where the output was zeros and wrong everywhere else. It
+compiles with its own Numba cache (``child``), so the wrong step is never stored where the
+right one is looked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from checkout import ROOT, child_env
+
+LATENT, ADAM_STEPS = 10, 5
+
+
+def child(engine: str, precision: str, mutant_cache: Path | None = None) -> dict[str, Any]:
+    """The child that gates the pooled step in ``precision`` on ``engine``, as subprocess's
+    arguments; with ``mutant_cache`` (an empty folder) the mutant, cached there."""
+    from kernels.numba_cpu.engines import ENGINE_VARIABLE
+
+    extra = {ENGINE_VARIABLE: engine}
+    if mutant_cache is not None:
+        extra["NUMBA_CACHE_DIR"] = str(mutant_cache)
+    args = [sys.executable, "-m", "cpu_verification.engine_gate", precision]
+    return dict(args=args + (["--mutant"] if mutant_cache else []), cwd=ROOT, env=child_env(extra))
+
+
+def gate(precision: str) -> dict[str, Any]:
+    """The gate's cases at z = LATENT, ADAM_STEPS Adam steps, on the pooled step in
+    ``precision`` with this process's engine: {"engine": ..., "failed": {case: [tensor]}}."""
+    from bench.gate import gate_images, judge
+    from kernels.numba_cpu import NumbaBackend
+    from vae_ref.oracle import build_cases, expectation
+
+    backend = NumbaBackend(precision=precision, step_form="pooled")
+    status = backend.availability()
+    if not status.available:
+        return {"unavailable": status.reason}
+    failed = {}
+    for case in build_cases(gate_images()[0], LATENT, steps=ADAM_STEPS):
+        truth = expectation(case)
+        expected = truth if precision == "float32" else expectation(case, "bf16", truth=truth)
+        failed[case.name] = sorted(r.tensor for r in judge(backend, case, expected) if not r.passed)
+    return {"engine": backend.settings()["gemm_engine"], "failed": failed}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cpu_verification.engine_gate")
+    parser.add_argument("precision", choices=("float32", "bf16"))
+    parser.add_argument("--mutant", action="store_true", help="every GEMM adds onto its output")
+    args = parser.parse_args(argv)
+    if args.mutant:
+        import numpy as np
+
+        from kernels.numba_cpu import gemm
+
+        gemm._ZERO = np.float32(1.0)  # read as beta by every engine's call, as the step compiles
+    print(json.dumps(gate(args.precision)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,150 @@
+"""The GEMM engine of Numba's pooled step: which one each CPU gets (kernels/numba_cpu/engines.py),
+what the backend says where it cannot run, and oneDNN's path through the gate, right and wrong.
+
+oneDNN's path runs here in float32 on any x86-64 CPU and in bf16 where oneDNN has a bf16 GEMM
+(AVX-512: Intel CPUs in CI, AMD Zen 4); each is held to the gate in a child that asks for the
+engine (cpu_verification/engine_gate.py), and a mutant of the binding fails it."""
+
+import json
+import subprocess
+
+import pytest
+from conftest import require_onednn, require_onemkl
+from cpu_verification.engine_gate import child
+
+from bench.cli import main
+from kernels import create_backend
+from kernels.cpu_features import bf16_dot_hardware
+from kernels.numba_cpu import NumbaBackend, compile_cache, engines, onednn
+
+ZEN4 = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16"]
+SAPPHIRE_RAPIDS = ZEN4 + ["amx_tile", "amx_bf16", "amx_int8"]
+ZEN3 = ["sse4_2", "avx", "avx2", "fma"]
+
+
+@pytest.fixture(autouse=True)
+def no_engine_asked(monkeypatch):
+    monkeypatch.delenv(engines.ENGINE_VARIABLE, raising=False)
+
+
+@pytest.mark.parametrize(
+    "vendor, flags, bf16_engine",
+    [
+        ("GenuineIntel", SAPPHIRE_RAPIDS, "onemkl"),
+        ("GenuineIntel", ZEN4, "onemkl"),  # Cooper Lake: oneMKL's bf16 on an Intel CPU
+        ("AuthenticAMD", ZEN4, "onednn"),
+        ("HygonGenuine", ZEN4, "onednn"),
+        ("AuthenticAMD", ZEN3, "onemkl"),  # no bf16 hardware: oneMKL's emulation, checks only
+        (None, [], "onemkl"),
+    ],
+)
+def test_each_cpu_gets_the_engine_that_runs_its_bf16_hardware(vendor, flags, bf16_engine):
+    engine, why = engines.chosen("bf16", vendor, flags)
+    assert engine == bf16_engine and why
+    assert engines.chosen("float32", vendor, flags)[0] == "onemkl"
+
+
+def test_the_engine_variable_sets_both_precisions_and_a_wrong_value_is_refused(monkeypatch, capsys):
+    monkeypatch.setenv(engines.ENGINE_VARIABLE, "oneDNN")
+    for precision in ("float32", "bf16"):
+        assert engines.chosen(precision, "GenuineIntel", SAPPHIRE_RAPIDS)[0] == "onednn"
+    monkeypatch.setenv(engines.ENGINE_VARIABLE, "openblas")
+    with pytest.raises(ValueError, match="is not a GEMM engine: set it to one of onemkl, onednn"):
+        engines.chosen("float32")
+    for backend in (NumbaBackend(step_form="pooled"), NumbaBackend(precision="bf16")):
+        status = backend.availability()
+        assert not status.available and "'openblas' is not a GEMM engine" in status.reason
+    assert not NumbaBackend(step_form="serial").availability().available  # asked, not ignored
+    assert main(["check", "--backend", "numba", "--latents", "2", "--adam-steps", "0"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'openblas' is not a GEMM engine" in err
+
+
+def test_each_engine_has_its_own_numba_cache():
+    """A step compiled for one engine calls its functions by symbol: the other engine's process
+    must not load it."""
+    mkl = compile_cache.cache_directory(engines="onemkl-onemkl")
+    dnnl = compile_cache.cache_directory(engines="onemkl-onednn")
+    assert mkl != dnnl and mkl.parent == dnnl.parent
+    assert compile_cache.cache_directory().name.endswith(engines.cache_tag())
+
+
+def on_a_zen4(monkeypatch):
+    monkeypatch.setattr("kernels.cpu_features.cpu_isa", lambda: ZEN4)
+    monkeypatch.setattr("kernels.cpu_features.cpu_vendor", lambda: "AuthenticAMD")
+
+
+def test_numba_bf16_on_a_zen4_without_onednn_says_how_to_install_it(monkeypatch):
+    on_a_zen4(monkeypatch)
+    monkeypatch.setattr(onednn, "library_candidates", lambda: [])
+    onednn._library.cache_clear()
+    onednn.bf16_problem.cache_clear()
+    try:
+        status = create_backend("numba-bf16").availability()
+    finally:
+        onednn._library.cache_clear()
+        onednn.bf16_problem.cache_clear()
+    assert not status.available
+    assert status.reason == "oneDNN is not installed (Debian, Ubuntu: apt-get install libdnnl2)"
+
+
+def test_numba_bf16_on_a_zen4_runs_where_onednn_does_and_asked_for_onemkl_is_refused(
+    monkeypatch,
+):
+    """With a Zen 4's flags, numba-bf16 is as available as oneDNN's bf16 GEMM is on this very
+    CPU (asked of the library: below AVX-512 it answers dnnl_unimplemented). oneMKL, asked for
+    there, is refused: on a Zen 4 it left the bf16 hardware unused."""
+    require_onednn()
+    on_a_zen4(monkeypatch)
+    status = create_backend("numba-bf16").availability()
+    assert status.available == (onednn.bf16_problem() is None), status.reason
+    if not status.available:
+        assert "answered dnnl_unimplemented" in status.reason and "AVX-512" in status.reason
+    monkeypatch.setenv(engines.ENGINE_VARIABLE, "onemkl")
+    refused = create_backend("numba-bf16").availability()
+    assert not refused.available
+    assert (
+        "this is AuthenticAMD's" in refused.reason
+        and "unset VAE_BENCH_GEMM_ENGINE" in refused.reason
+    )
+    assert create_backend("numba").availability().available
+
+
+def run_gate(engine: str, precision: str, mutant_cache=None) -> dict:
+    done = subprocess.run(
+        **child(engine, precision, mutant_cache), capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def failures(result: dict) -> dict:
+    return {case: tensors for case, tensors in result["failed"].items() if tensors}
+
+
+@pytest.mark.slow
+def test_the_pooled_float32_step_on_onednn_passes_the_gate_and_a_wrong_binding_fails(tmp_path):
+    require_onemkl()
+    require_onednn()
+    result = run_gate("onednn", "float32")
+    assert result["engine"] == "oneDNN dnnl_sgemm"
+    assert not failures(result)
+    mutant = run_gate("onednn", "float32", mutant_cache=tmp_path)
+    assert mutant["engine"] == "oneDNN dnnl_sgemm"
+    assert "z10/adam-steps" in failures(mutant)
+
+
+@pytest.mark.slow
+def test_numba_bf16_on_onednn_passes_the_bf16_gate_and_a_wrong_binding_fails(tmp_path):
+    """Where oneDNN has a bf16 GEMM (AVX-512): the engine of an AMD Zen 4, on the real
+    instructions where the CPU has AVX512_BF16 (oneDNN's own emulation on AVX-512 without)."""
+    require_onednn()
+    if not bf16_dot_hardware():
+        pytest.skip("no bf16 dot-product hardware: numba-bf16 is refused on this CPU")
+    if onednn.bf16_problem():
+        pytest.skip(onednn.bf16_problem())
+    result = run_gate("onednn", "bf16")
+    assert result["engine"] == "oneDNN dnnl_gemm_bf16bf16f32"
+    assert not failures(result)
+    mutant = run_gate("onednn", "bf16", mutant_cache=tmp_path)
+    assert "z10/adam-steps" in failures(mutant)
