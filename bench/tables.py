@@ -11,7 +11,7 @@ with their CUDA twins. Comparing a GPU kernel with CPU PyTorch would say nothing
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
@@ -527,6 +527,52 @@ def _agreement_section(gate: pd.DataFrame) -> list[str]:
     return lines
 
 
+def slower_than_twin(table: pd.DataFrame) -> pd.DataFrame:
+    """The reduced-precision rows timed slower than their float32 twin (``float32_twin``) at
+    the same latent and batch size in this run: backend, twin, latent_dim, batch_size and
+    ratio (the row's samples/s over the twin's, below 1)."""
+    if "precision" not in table:
+        return pd.DataFrame()
+    timed = table[table.samples_per_s.notna()]
+    twins = timed.set_index(["backend", "latent_dim", "batch_size"]).samples_per_s
+    rows = []
+    for r, twin, key in beside_twins(timed):
+        ratio = r.samples_per_s / float(twins.loc[key])
+        if ratio < 1:
+            rows.append(
+                dict(
+                    backend=r.backend,
+                    twin=twin,
+                    latent_dim=r.latent_dim,
+                    batch_size=r.batch_size,
+                    ratio=ratio,
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def slower_than_twin_warning(table: pd.DataFrame) -> list[str]:
+    """The summary's warning for each reduced-precision row slower than its float32 twin:
+    the precision bought nothing here (no bf16 hardware at work, or an engine that leaves it
+    unused), and the row is not to be read as what that precision gains."""
+    slower = slower_than_twin(table)
+    if not len(slower):
+        return []
+    return [
+        "",
+        "> **Warning: reduced precision ran slower than float32 here**; its GEMMs gain "
+        "nothing on this CPU's bf16 path (see the backend's engine under \"Backends as they "
+        'ran"), so these rows do not show what the precision gains where the hardware is '
+        "used.",
+        ">",
+        *(
+            f"> - {r.backend}: {r.ratio:.2f}x {r.twin}'s samples/s at z = {r.latent_dim}, "
+            f"batch {r.batch_size}"
+            for r in slower.itertuples()
+        ),
+    ]
+
+
 def _throughput_section(table: pd.DataFrame) -> list[str]:
     lines = [
         "",
@@ -539,6 +585,7 @@ def _throughput_section(table: pd.DataFrame) -> list[str]:
         "floor is the step graph's nodes times the replay cost of one empty CUDA Graph node.",
         "",
         *throughput_table(table),
+        *slower_than_twin_warning(table),
     ]
     ceilings = table.dropna(subset=["gemm_only_ms"]).drop_duplicates(["latent_dim", "batch_size"])
     if len(ceilings):
@@ -630,6 +677,18 @@ def float32_twin(backend: str, precision: str) -> str | None:
     return None if precision == "float32" else FLOAT32_TWINS.get(backend)
 
 
+def beside_twins(rows: pd.DataFrame) -> Iterator[tuple[Any, str, tuple]]:
+    """(row, its float32 twin's name, the twin's row key: backend, latent_dim, batch_size) for
+    each reduced-precision row of ``rows`` whose twin is among ``rows`` at its latent and batch
+    size."""
+    keys = set(zip(rows.backend, rows.latent_dim, rows.batch_size))
+    for r in rows.itertuples():
+        twin = float32_twin(r.backend, r.precision) if isinstance(r.precision, str) else None
+        key = (twin, r.latent_dim, r.batch_size)
+        if twin is not None and key in keys:
+            yield r, twin, key
+
+
 def precision_cost(table: pd.DataFrame) -> pd.DataFrame:
     """Per reduced-precision row trained beside its float32 twin (same latent and batch size):
     the test ELBO and importance-weighted bound of each, and the row's minus the twin's."""
@@ -638,11 +697,7 @@ def precision_cost(table: pd.DataFrame) -> pd.DataFrame:
     trained = table[table.final_test_elbo.notna()]
     twins = trained.set_index(["backend", "latent_dim", "batch_size"])
     rows = []
-    for r in trained.itertuples():
-        twin = float32_twin(r.backend, r.precision) if isinstance(r.precision, str) else None
-        key = (twin, r.latent_dim, r.batch_size)
-        if twin is None or key not in twins.index:
-            continue
+    for r, twin, key in beside_twins(trained):
         other = twins.loc[key]
         rows.append(
             dict(

@@ -132,3 +132,34 @@ def test_the_cost_of_reduced_precision_is_each_row_minus_its_float32_twin():
     assert cost.elbo_difference.tolist() == pytest.approx([-0.5, 1.0])
     assert cost.iwae_difference.tolist() == pytest.approx([-0.1, 0.5])
     assert precision_cost(table[table.precision == "float32"]).empty
+
+
+def test_a_reduced_precision_slower_than_its_float32_twin_is_named_in_the_summary():
+    """Issue 42: numba-bf16 timed at 0.73x numba on an AMD Zen 4 was only a WARNING in a
+    profile. Now the run's summary says it, per row, and says nothing where bf16 gains."""
+    from bench.tables import slower_than_twin, slower_than_twin_warning
+
+    def timed(backend, precision, batch, samples_per_s):
+        return ResultRow(
+            **ROW | dict(backend=backend, precision=precision, latent_dim=20, batch_size=batch),
+            samples_per_s=samples_per_s,
+        )
+
+    table = results_frame(
+        [
+            timed("numba", "float32", 128, 40000.0),
+            timed("numba-bf16", "bf16", 128, 60000.0),  # gains: not named
+            timed("numba", "float32", 1024, 50000.0),
+            timed("numba-bf16", "bf16", 1024, 36500.0),
+            timed("jax-bf16", "bf16", 1024, 10000.0),  # its twin not timed here
+        ]
+    )
+    slower = slower_than_twin(table)
+    assert list(zip(slower.backend, slower.twin, slower.batch_size)) == [
+        ("numba-bf16", "numba", 1024)
+    ]
+    assert slower.ratio.tolist() == pytest.approx([0.73])
+    warning = "\n".join(slower_than_twin_warning(table))
+    assert "ran slower than float32" in warning
+    assert "- numba-bf16: 0.73x numba's samples/s at z = 20, batch 1024" in warning
+    assert slower_than_twin_warning(table[table.batch_size == 128]) == []
