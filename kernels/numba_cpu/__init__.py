@@ -180,12 +180,15 @@ class NumbaBackend:
         except ValueError as error:  # an engine asked for that does not exist
             return Availability(False, str(error))
         if self.bf16 or self.step_form_asked == "pooled":
-            # bf16 also needs bf16 hardware, unless its emulation is asked for (checks only).
-            reason = (
-                engines.bf16_unavailable_reason()
-                if self.bf16 and not self.allow_emulated
-                else engines.module(engine).library_problem()
-            )
+            # bf16 also needs bf16 hardware, unless its emulation is asked for (checks only:
+            # oneMKL emulates on any x86-64 CPU, oneDNN on AVX-512 only, and below it would
+            # leave every output as it was).
+            if self.bf16 and not self.allow_emulated:
+                reason = engines.bf16_unavailable_reason()
+            elif self.bf16 and engine == "onednn":
+                reason = engines.bf16_problem(engine)
+            else:
+                reason = engines.module(engine).library_problem()
             if reason:
                 return Availability(False, reason)
         return Availability(True)

@@ -110,6 +110,21 @@ def test_numba_bf16_on_a_zen4_runs_where_onednn_does_and_asked_for_onemkl_is_ref
     assert create_backend("numba").availability().available
 
 
+def test_onednn_asked_for_below_avx512_refuses_bf16_even_for_checks(monkeypatch):
+    """oneMKL emulates bf16 on any x86-64 CPU, so the gate's checks may run its step there
+    (allow_emulated); oneDNN has no bf16 GEMM below AVX-512 and would leave each output as it
+    was: refused, not run."""
+    require_onednn()
+    if onednn.bf16_problem() is None:
+        pytest.skip("oneDNN runs bf16 GEMMs on this CPU")
+    monkeypatch.setenv(engines.ENGINE_VARIABLE, "onednn")
+    status = NumbaBackend(precision="bf16", allow_emulated=True).availability()
+    assert not status.available and "answered dnnl_unimplemented" in status.reason
+    monkeypatch.setenv(engines.ENGINE_VARIABLE, "onemkl")
+    require_onemkl()
+    assert NumbaBackend(precision="bf16", allow_emulated=True).availability().available
+
+
 def run_gate(engine: str, precision: str, mutant_cache=None) -> dict:
     done = subprocess.run(
         **child(engine, precision, mutant_cache), capture_output=True, text=True, timeout=900
