@@ -8,9 +8,12 @@ PRECISION [--mutant]`` (tests/ on the path), which prints one JSON line: the eng
 ran and the tensors that failed per case, or why the backend is unavailable.
 
 ``--mutant`` runs a wrong binding of the engine: every GEMM adds onto what its output held
-(beta 1 for 0), which is right where the output was zeros and wrong everywhere else. It
-compiles with its own Numba cache (``child``), so the wrong step is never stored where the
-right one is looked for.
+(beta 1 for 0), which is right where the output was zeros and wrong everywhere else.
+``--simulated`` links the step to cpu_verification/simulated_onednn.py's GEMMs instead of
+libdnnl's, so that oneDNN's bf16 path runs on a CPU whose oneDNN has no bf16 GEMM (below
+AVX-512; bf16 is then emulated, as oneMKL's is there, for its numbers only). Either compiles
+with its own Numba cache (``child``), so its step is never stored where the real one is looked
+for.
 """
 
 from __future__ import annotations
@@ -26,26 +29,29 @@ from checkout import ROOT, child_env
 LATENT, ADAM_STEPS = 10, 5
 
 
-def child(engine: str, precision: str, mutant_cache: Path | None = None) -> dict[str, Any]:
-    """The child that gates the pooled step in ``precision`` on ``engine``, as subprocess's
-    arguments; with ``mutant_cache`` (an empty folder) the mutant, cached there."""
+def child(engine: str, precision: str, *options: str, cache: Path | None = None) -> dict[str, Any]:
+    """The child that gates the pooled step in ``precision`` on ``engine`` (``options``:
+    ``--mutant``, ``--simulated``), as subprocess's arguments; ``cache``: an empty folder for
+    its Numba cache, which a mutant or simulated step must have."""
     from kernels.numba_cpu.engines import ENGINE_VARIABLE
 
     extra = {ENGINE_VARIABLE: engine}
-    if mutant_cache is not None:
-        extra["NUMBA_CACHE_DIR"] = str(mutant_cache)
-    args = [sys.executable, "-m", "cpu_verification.engine_gate", precision]
-    return dict(args=args + (["--mutant"] if mutant_cache else []), cwd=ROOT, env=child_env(extra))
+    if options and cache is None:
+        raise ValueError(f"{' '.join(options)} needs a cache of its own")
+    if cache is not None:
+        extra["NUMBA_CACHE_DIR"] = str(cache)
+    args = [sys.executable, "-m", "cpu_verification.engine_gate", precision, *options]
+    return dict(args=args, cwd=ROOT, env=child_env(extra))
 
 
-def gate(precision: str) -> dict[str, Any]:
+def gate(precision: str, allow_emulated: bool = False) -> dict[str, Any]:
     """The gate's cases at z = LATENT, ADAM_STEPS Adam steps, on the pooled step in
     ``precision`` with this process's engine: {"engine": ..., "failed": {case: [tensor]}}."""
     from bench.gate import gate_images, judge
     from kernels.numba_cpu import NumbaBackend
     from vae_ref.oracle import build_cases, expectation
 
-    backend = NumbaBackend(precision=precision, step_form="pooled")
+    backend = NumbaBackend(precision=precision, step_form="pooled", allow_emulated=allow_emulated)
     status = backend.availability()
     if not status.available:
         return {"unavailable": status.reason}
@@ -57,18 +63,33 @@ def gate(precision: str) -> dict[str, Any]:
     return {"engine": backend.settings()["gemm_engine"], "failed": failed}
 
 
+def simulate_onednn() -> None:
+    """The step's oneDNN symbols linked to the simulation, and the backend told that oneDNN is
+    there and runs bf16 (it asks the real library otherwise)."""
+    from cpu_verification import simulated_onednn
+    from kernels.numba_cpu import onednn
+
+    provenance = simulated_onednn.install()
+    onednn.load = lambda: provenance
+    onednn.library_problem = lambda: None
+    onednn.bf16_problem = lambda: None
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m cpu_verification.engine_gate")
     parser.add_argument("precision", choices=("float32", "bf16"))
     parser.add_argument("--mutant", action="store_true", help="every GEMM adds onto its output")
+    parser.add_argument("--simulated", action="store_true", help="oneDNN's GEMMs simulated")
     args = parser.parse_args(argv)
+    if args.simulated:
+        simulate_onednn()
     if args.mutant:
         import numpy as np
 
         from kernels.numba_cpu import gemm
 
         gemm._ZERO = np.float32(1.0)  # read as beta by every engine's call, as the step compiles
-    print(json.dumps(gate(args.precision)))
+    print(json.dumps(gate(args.precision, allow_emulated=args.simulated)))
     return 0
 
 

@@ -1,13 +1,16 @@
 """The GEMM engine of Numba's pooled step: which one each CPU gets (kernels/numba_cpu/engines.py),
 what the backend says where it cannot run, and oneDNN's path through the gate, right and wrong.
 
-oneDNN's path runs here in float32 on any x86-64 CPU and in bf16 where oneDNN has a bf16 GEMM
-(AVX-512: Intel CPUs in CI, AMD Zen 4); each is held to the gate in a child that asks for the
-engine (cpu_verification/engine_gate.py), and a mutant of the binding fails it."""
+oneDNN's path runs with the real library in float32 on any x86-64 CPU and in bf16 where oneDNN
+has a bf16 GEMM (AVX-512: Intel CPUs in CI, AMD Zen 4), and in bf16 on every CPU with its GEMMs
+simulated (cpu_verification/simulated_onednn.py, held here to the real ones); each is held to
+the gate in a child that asks for the engine (cpu_verification/engine_gate.py), and a mutant of
+the binding fails it."""
 
 import json
 import subprocess
 
+import numpy as np
 import pytest
 from conftest import require_onednn, require_onemkl
 from cpu_verification.engine_gate import child
@@ -16,6 +19,7 @@ from bench.cli import main
 from kernels import create_backend
 from kernels.cpu_features import bf16_dot_hardware
 from kernels.numba_cpu import NumbaBackend, compile_cache, engines, onednn
+from kernels.numba_cpu.bf16 import widen
 
 ZEN4 = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16"]
 SAPPHIRE_RAPIDS = ZEN4 + ["amx_tile", "amx_bf16", "amx_int8"]
@@ -125,9 +129,12 @@ def test_onednn_asked_for_below_avx512_refuses_bf16_even_for_checks(monkeypatch)
     assert NumbaBackend(precision="bf16", allow_emulated=True).availability().available
 
 
-def run_gate(engine: str, precision: str, mutant_cache=None) -> dict:
+def run_gate(engine: str, precision: str, *options: str, cache=None) -> dict:
     done = subprocess.run(
-        **child(engine, precision, mutant_cache), capture_output=True, text=True, timeout=900
+        **child(engine, precision, *options, cache=cache),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -138,15 +145,13 @@ def failures(result: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_the_pooled_float32_step_on_onednn_passes_the_gate_and_a_wrong_binding_fails(tmp_path):
-    require_onemkl()
+def test_the_pooled_float32_step_on_onednn_passes_the_gate(tmp_path):
+    """oneDNN's dnnl_sgemm, the real one, in the float32 step (any x86-64 CPU): the binding
+    the bf16 step shares, but for the operands' type. (Its mutant is the bf16 one's below.)"""
     require_onednn()
     result = run_gate("onednn", "float32")
     assert result["engine"] == "oneDNN dnnl_sgemm"
     assert not failures(result)
-    mutant = run_gate("onednn", "float32", mutant_cache=tmp_path)
-    assert mutant["engine"] == "oneDNN dnnl_sgemm"
-    assert "z10/adam-steps" in failures(mutant)
 
 
 @pytest.mark.slow
@@ -161,5 +166,82 @@ def test_numba_bf16_on_onednn_passes_the_bf16_gate_and_a_wrong_binding_fails(tmp
     result = run_gate("onednn", "bf16")
     assert result["engine"] == "oneDNN dnnl_gemm_bf16bf16f32"
     assert not failures(result)
-    mutant = run_gate("onednn", "bf16", mutant_cache=tmp_path)
+    mutant = run_gate("onednn", "bf16", "--mutant", cache=tmp_path)
     assert "z10/adam-steps" in failures(mutant)
+
+
+@pytest.mark.slow
+def test_numba_bf16_on_simulated_onednn_passes_the_bf16_gate_and_a_wrong_binding_fails(tmp_path):
+    """oneDNN's bf16 path on every CPU: the step compiled for oneDNN, linked to its GEMMs as
+    cpu_verification/simulated_onednn.py simulates them (held to the real ones below), with
+    the bf16 operands the step writes. Where the real bf16 GEMM runs, the test above gates it."""
+    result = run_gate("onednn", "bf16", "--simulated", cache=tmp_path / "simulated")
+    assert result["engine"] == "oneDNN dnnl_gemm_bf16bf16f32"
+    assert not failures(result)
+    mutant = run_gate("onednn", "bf16", "--simulated", "--mutant", cache=tmp_path / "mutant")
+    assert "z10/adam-steps" in failures(mutant)
+
+
+def gemm_cases(rng):
+    """Every transpose pair, odd sizes, leading dimensions past the row, alpha and beta not 1
+    and 0, and an empty product: (transa, transb, m, n, k, alpha, a, b, beta, c)."""
+    for ta in "NT":
+        for tb in "nt":
+            for m, n, k in ((7, 5, 3), (1, 9, 4), (33, 17, 65), (0, 3, 2)):
+                a = rng.standard_normal((k, m + 2) if ta == "T" else (m, k + 2), np.float32)
+                b = rng.standard_normal((n, k + 3) if tb == "t" else (k, n + 3), np.float32)
+                c = rng.standard_normal((m, n + 1), np.float32)
+                yield ta, tb, m, n, k, 0.5, a, b, 0.25, c
+
+
+def top_half(x: np.ndarray) -> np.ndarray:
+    """A float32 array's bf16 truncation, as bits."""
+    return (x.view(np.uint32) >> 16).astype(np.uint16)
+
+
+def call(gemm, ta, tb, m, n, k, alpha, a, b, beta, c) -> tuple[int, np.ndarray]:
+    out = c.copy()
+    status = gemm(ta.encode(), tb.encode(), m, n, k, alpha, a.ctypes.data, a.shape[1],
+                  b.ctypes.data, b.shape[1], beta, out.ctypes.data, out.shape[1])  # fmt: skip
+    return status, out
+
+
+def test_the_simulated_onednn_gemms_are_the_real_ones():
+    """cpu_verification/simulated_onednn.py against libdnnl: sgemm here (any x86-64 CPU), the
+    bf16 GEMM where oneDNN runs it (AVX-512); both against float64 NumPy of the same operands,
+    and the arguments the real one refuses refused alike."""
+    import ctypes
+
+    from cpu_verification import simulated_onednn
+
+    require_onednn()
+    lib = onednn.library()
+    prototype = ctypes.CFUNCTYPE(ctypes.c_int, *lib.dnnl_sgemm.argtypes)
+    simulated = {
+        "sgemm": prototype(simulated_onednn.sgemm.address),
+        "bf16": prototype(simulated_onednn.gemm_bf16bf16f32.address),
+    }
+    real = {"sgemm": lib.dnnl_sgemm, "bf16": lib.dnnl_gemm_bf16bf16f32}
+    real_bf16 = onednn.bf16_problem() is None
+    for ta, tb, m, n, k, alpha, a32, b32, beta, c in gemm_cases(np.random.default_rng(0)):
+        for kind in ("sgemm", "bf16"):
+            # bf16 operands: the top halves of the float32 ones; their values, widened.
+            a, b = (a32, b32) if kind == "sgemm" else (top_half(a32), top_half(b32))
+            wa, wb = (a32, b32) if kind == "sgemm" else (widen(a), widen(b))
+            op_a = wa.T[:m, :k] if ta == "T" else wa[:m, :k]
+            op_b = wb.T[:k, :n] if tb == "t" else wb[:k, :n]
+            truth = alpha * (op_a.astype(np.float64) @ op_b) + beta * c[:, :n]
+            status, out = call(simulated[kind], ta, tb, m, n, k, alpha, a, b, beta, c)
+            assert status == 0
+            assert np.allclose(out[:, :n], truth, rtol=1e-5, atol=1e-4), (kind, ta, tb, m, n, k)
+            assert np.array_equal(out[:, n:], c[:, n:])  # past the row: untouched
+            if kind == "sgemm" or real_bf16:
+                real_status, real_out = call(real[kind], ta, tb, m, n, k, alpha, a, b, beta, c)
+                assert real_status == 0
+                assert np.allclose(out, real_out, rtol=1e-5, atol=1e-5), (kind, ta, tb, m, n, k)
+    square = np.ones((4, 4), np.float32)
+    for bad in ((b"X", b"N", 4, 4, 4), (b"N", b"N", 4, 4, 8), (b"N", b"N", -1, 4, 4)):
+        for gemm in (simulated["sgemm"], real["sgemm"]):
+            status = gemm(*bad, 1.0, square.ctypes.data, 4, square.ctypes.data, 4, 0.0,
+                          square.ctypes.data, 4)  # fmt: skip
+            assert status == simulated_onednn.INVALID_ARGUMENTS, bad
