@@ -66,7 +66,8 @@ def float32_step_form(vendor: str | None = None, flags: list[str] | None = None)
     avx512 = "avx512f" in flags
     for measured_vendor, needs_avx512, measured_on in POOLED_FLOAT32_CPUS:
         if vendor == measured_vendor and needs_avx512 in (None, avx512):
-            return "pooled", f"{engine} is installed; the pooled step ran faster on {measured_on}"
+            name = engines.module(engine).NAME
+            return "pooled", f"{name} is installed; the pooled step ran faster on {measured_on}"
     places = "; ".join(place for _, _, place in POOLED_FLOAT32_CPUS)
     return "serial", (
         f"the pooled oneMKL step is measured faster on {places} only; this CPU is "
@@ -519,6 +520,8 @@ class NumbaBackend:
         form, why = self.step_form
         settings["step"] = f"{form} ({why})"
         if self.pooled:
+            from . import engines
+
             engine = getattr(self, "gemm_engine", None) or {}
             settings.update(
                 {
@@ -526,6 +529,7 @@ class NumbaBackend:
                     for key in ("engine", "version", "build", "isa", "library")
                 }
             )
+            settings["gemm_choice"] = engines.why_in_process(self.precision)
             settings["step_shares"] = (
                 self.threads_in_use if hasattr(self, "threads_in_use") else None
             )  # pooled_step: Numba workers, the engine sequential in each

@@ -58,27 +58,25 @@ def chosen(
         return "onemkl", "oneMKL's sgemm is the float32 engine on every CPU measured"
     vendor = cpu_features.cpu_vendor() if vendor is None else vendor
     flags = (cpu_features.cpu_isa() or []) if flags is None else flags
-    if vendor in ONEMKL_BF16_VENDORS or "avx512_bf16" not in flags:
-        return "onemkl", (
-            f"oneMKL runs bf16 GEMMs on the bf16 hardware of {vendor}'s CPUs"
-            if vendor in ONEMKL_BF16_VENDORS
-            else "no AVX512_BF16: oneMKL's emulated bf16 GEMM, for checking numbers only"
-        )
+    if vendor in ONEMKL_BF16_VENDORS:
+        return "onemkl", f"oneMKL runs bf16 GEMMs on the bf16 hardware of {vendor}'s CPUs"
+    if "avx512_bf16" not in flags:
+        return "onemkl", "no AVX512_BF16: oneMKL's emulated bf16 GEMM, for checking numbers only"
     return "onednn", (
         f"AVX512_BF16 on {vendor or 'an unknown vendor'}'s CPU: oneMKL leaves it unused, "
         "oneDNN dispatches by instruction set"
     )
 
 
-def _process_engines() -> dict[str, str]:
-    """Each precision's engine in this process: this CPU's choice and ``ENGINE_VARIABLE`` as
-    they were when this module was imported. oneMKL where the variable is not a valid engine:
-    the backend then refuses to run with that variable's error (``availability``), and
-    nothing is compiled."""
+def _process_engines() -> dict[str, tuple[str, str]]:
+    """Each precision's engine in this process, and why: this CPU's choice and
+    ``ENGINE_VARIABLE`` as they were when this module was imported. oneMKL where the variable
+    is not a valid engine: the backend then refuses to run with that variable's error
+    (``availability``), and nothing is compiled."""
     try:
-        return {precision: chosen(precision)[0] for precision in ("float32", "bf16")}
-    except ValueError:
-        return {"float32": "onemkl", "bf16": "onemkl"}
+        return {precision: chosen(precision) for precision in ("float32", "bf16")}
+    except ValueError as error:
+        return {precision: ("onemkl", str(error)) for precision in ("float32", "bf16")}
 
 
 # Read once, at import: a step compiled with one engine cannot change it, and the choice must
@@ -88,7 +86,12 @@ _IN_PROCESS = _process_engines()
 
 def in_process(precision: str) -> str:
     """The engine of the step compiled in this process for ``precision``."""
-    return _IN_PROCESS[precision]
+    return _IN_PROCESS[precision][0]
+
+
+def why_in_process(precision: str) -> str:
+    """Why ``in_process(precision)`` is that engine (recorded with the backend's settings)."""
+    return _IN_PROCESS[precision][1]
 
 
 def cache_tag() -> str:

@@ -32,6 +32,8 @@ from pathlib import Path
 
 from .native import first_loadable
 
+NAME = "oneDNN"  # as messages and the provenance name it
+
 SGEMM_SYMBOL = "dnnl_sgemm"
 GEMM_SYMBOL = "dnnl_gemm_bf16bf16f32"
 INSTALL = "apt-get install libdnnl2"
@@ -95,7 +97,7 @@ def _library() -> tuple[ctypes.CDLL, Path] | str:
     """The loaded libdnnl and its path, its functions declared for ctypes, or why there is
     none."""
     symbols = (SGEMM_SYMBOL, GEMM_SYMBOL, "dnnl_version", "dnnl_get_effective_cpu_isa")
-    loaded = first_loadable("oneDNN", library_candidates(), symbols, f"Debian, Ubuntu: {INSTALL}")
+    loaded = first_loadable(NAME, library_candidates(), symbols, f"Debian, Ubuntu: {INSTALL}")
     if not isinstance(loaded, str):
         _declare(loaded[0])
     return loaded
@@ -166,4 +168,4 @@ def load() -> dict:
 
 def engine_for(precision: str) -> str:
     """The oneDNN function the pooled step calls for its GEMMs in ``precision``."""
-    return f"oneDNN {GEMM_SYMBOL if precision == 'bf16' else SGEMM_SYMBOL}"
+    return f"{NAME} {GEMM_SYMBOL if precision == 'bf16' else SGEMM_SYMBOL}"

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from .native import first_loadable
 
+NAME = "oneMKL"  # as messages and the provenance name it
+
 # oneMKL's CBLAS enums (mkl_cblas.h: CBLAS_LAYOUT, CBLAS_TRANSPOSE, CBLAS_STORAGE,
 # CBLAS_IDENTIFIER).
 ROW_MAJOR = 101
@@ -81,7 +83,7 @@ def _library() -> tuple[ctypes.CDLL, Path] | str:
     symbols = (GEMM_SYMBOL, SGEMM_SYMBOL, "MKL_Get_Version", "MKL_Set_Num_Threads_Local")
     packing = (name for names in PACK_SYMBOLS.values() for name in names)
     return first_loadable(
-        "oneMKL", library_candidates(), (*symbols, *packing), "pip install mkl, or the [bf16] extra"
+        NAME, library_candidates(), (*symbols, *packing), "pip install mkl, or the [bf16] extra"
     )
 
 
@@ -122,7 +124,7 @@ def load() -> dict:
 
 def engine_for(precision: str) -> str:
     """The oneMKL function the pooled step calls for its GEMMs in ``precision``."""
-    return f"oneMKL {GEMM_SYMBOL if precision == 'bf16' else SGEMM_SYMBOL}"
+    return f"{NAME} {GEMM_SYMBOL if precision == 'bf16' else SGEMM_SYMBOL}"
 
 
 def packed_b_bytes(precision: str, m: int, n: int, k: int) -> int:

@@ -291,6 +291,7 @@ def test_numba_records_its_step_form_and_gemm_engine(form):
         assert settings["gemm_engine"] == "oneMKL cblas_sgemm"
         assert settings["step_shares"] == settings["threads"]
         assert settings["threading_layer"] in ("omp", "tbb", "workqueue")  # after its warm-up
+        assert settings["gemm_choice"] == engines.why_in_process("float32")
         assert backend.flat16 is backend.flat  # the GEMMs read the float32 weights
     else:
         assert settings["gemm_engine"].startswith("NumPy BLAS")
