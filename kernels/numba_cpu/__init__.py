@@ -67,8 +67,9 @@ def float32_step_form(vendor: str | None = None, flags: list[str] | None = None)
     for measured_vendor, needs_avx512, measured_on in POOLED_FLOAT32_CPUS:
         if vendor == measured_vendor and needs_avx512 in (None, avx512):
             name = engines.module(engine).NAME
+            measured = "" if engine == "onemkl" else " (on oneMKL)"
             return "pooled", (
-                f"{name} is installed; the pooled step (on oneMKL) ran faster on {measured_on}"
+                f"{name} is installed; the pooled step{measured} ran faster on {measured_on}"
             )
     places = "; ".join(place for _, _, place in POOLED_FLOAT32_CPUS)
     return "serial", (
