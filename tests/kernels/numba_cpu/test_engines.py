@@ -13,11 +13,11 @@ import subprocess
 import numpy as np
 import pytest
 from conftest import require_onednn, require_onemkl
-from cpu_verification.engine_gate import child
+from cpu_verification.engine_gate import ZEN4_ONEDNN_ISA, child
 
 from bench.cli import main
 from kernels import create_backend
-from kernels.cpu_features import bf16_dot_hardware
+from kernels.cpu_features import bf16_dot_hardware, cpu_isa
 from kernels.numba_cpu import NumbaBackend, compile_cache, engines, onednn
 from kernels.numba_cpu.bf16 import widen
 
@@ -157,7 +157,8 @@ def test_the_pooled_float32_step_on_onednn_passes_the_gate(tmp_path):
 @pytest.mark.slow
 def test_numba_bf16_on_onednn_passes_the_bf16_gate_and_a_wrong_binding_fails(tmp_path):
     """Where oneDNN has a bf16 GEMM (AVX-512): the engine of an AMD Zen 4, on the real
-    instructions where the CPU has AVX512_BF16 (oneDNN's own emulation on AVX-512 without)."""
+    instructions where the CPU has AVX512_BF16 (oneDNN's own emulation on AVX-512 without),
+    held to a Zen 4's kernel on an Intel CPU with AMX too (engine_gate.ZEN4_ONEDNN_ISA)."""
     require_onednn()
     if not bf16_dot_hardware():
         pytest.skip("no bf16 dot-product hardware: numba-bf16 is refused on this CPU")
@@ -165,6 +166,8 @@ def test_numba_bf16_on_onednn_passes_the_bf16_gate_and_a_wrong_binding_fails(tmp
         pytest.skip(onednn.bf16_problem())
     result = run_gate("onednn", "bf16")
     assert result["engine"] == "oneDNN dnnl_gemm_bf16bf16f32"
+    if "avx512_bf16" in (cpu_isa() or []):  # the kernel of a Zen 4, not oneDNN's emulation
+        assert result["isa"] == ZEN4_ONEDNN_ISA.lower()
     assert not failures(result)
     mutant = run_gate("onednn", "bf16", "--mutant", cache=tmp_path)
     assert "z10/adam-steps" in failures(mutant)
