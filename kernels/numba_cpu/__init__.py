@@ -58,7 +58,7 @@ def float32_step_form(vendor: str | None = None, flags: list[str] | None = None)
         engine = engines.chosen("float32")[0]
     except ValueError as error:
         return "serial", str(error)
-    problem = engines.module(engine).library_problem()
+    problem = engines.module(engine).problem("float32")
     if problem:
         return "serial", problem
     vendor = cpu_features.cpu_vendor() if vendor is None else vendor
@@ -184,15 +184,13 @@ class NumbaBackend:
         except ValueError as error:  # an engine asked for that does not exist
             return Availability(False, str(error))
         if self.bf16 or self.step_form_asked == "pooled":
-            # bf16 also needs bf16 hardware, unless its emulation is asked for (checks only:
-            # oneMKL emulates on any x86-64 CPU, oneDNN on AVX-512 only, and below it would
-            # leave every output as it was).
-            if self.bf16 and not self.allow_emulated:
-                reason = engines.bf16_unavailable_reason()
-            elif self.bf16 and engine == "onednn":
-                reason = engines.bf16_problem(engine)
-            else:
-                reason = engines.module(engine).library_problem()
+            # bf16 also needs bf16 hardware, unless its emulation is asked for (checks only,
+            # where the engine has one: engine.problem).
+            reason = (
+                engines.bf16_unavailable_reason()
+                if self.bf16 and not self.allow_emulated
+                else engines.module(engine).problem(self.precision)
+            )
             if reason:
                 return Availability(False, reason)
         return Availability(True)

@@ -101,7 +101,7 @@ def cache_tag() -> str:
 
 
 def module(engine: str) -> ModuleType:
-    """The module that loads ``engine`` and describes it (``load``, ``library_problem``,
+    """The module that loads ``engine`` and describes it (``load``, ``problem``,
     ``engine_for``)."""
     from . import onednn, onemkl
 
@@ -112,21 +112,15 @@ def bf16_problem(engine: str, vendor: str | None = None) -> str | None:
     """Why ``engine``'s bf16 GEMMs would not run at bf16 speed on this CPU, which has bf16
     hardware (None: they would): oneMKL on another vendor's CPU than ONEMKL_BF16_VENDORS', or
     the library missing or refusing."""
-    if engine == "onednn":
-        from . import onednn
-
-        return onednn.bf16_problem()
-    from . import onemkl
-
     vendor = cpu_features.cpu_vendor() if vendor is None else vendor
-    if vendor not in ONEMKL_BF16_VENDORS:
+    if engine == "onemkl" and vendor not in ONEMKL_BF16_VENDORS:
         return (
             f"oneMKL's bf16 GEMMs gain on float32 on {', '.join(ONEMKL_BF16_VENDORS)} CPUs "
             f"only, this is {vendor or 'an unknown vendor'}'s (on an AMD Zen 4 numba-bf16 ran "
             f"0.73x float32 numba at batch 1024): not timed as if it were the real thing "
             f"(unset {ENGINE_VARIABLE} for oneDNN, this CPU's engine)"
         )
-    return onemkl.library_problem()
+    return module(engine).problem("bf16")
 
 
 def bf16_unavailable_reason(

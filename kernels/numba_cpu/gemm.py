@@ -100,6 +100,17 @@ _dnnl_gemm_bf16 = types.ExternalFunction(
 _ZERO, _ONE = np.float32(0.0), np.float32(1.0)
 
 
+def _packs(dtype) -> bool:
+    """Whether the engine of GEMMs on operands of ``dtype`` (uint16: bf16 bits) packs an
+    operand once for many GEMMs (engines.packs_b), as their call is typed."""
+    return engines.packs_b(engines.in_process(_precision(dtype)))
+
+
+def _precision(dtype) -> str:
+    """The precision of GEMM operands of Numba ``dtype``: uint16 bf16 bits, or float32."""
+    return "bf16" if dtype == types.uint16 else "float32"
+
+
 @njit(inline="always")
 def dnnl_trans(trans):
     """oneMKL's transpose enum (the step's NO_TRANS, TRANS) as oneDNN's character."""
@@ -179,7 +190,7 @@ def _gemm_block(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ld
         return None
     bf16 = a.dtype == types.uint16
     size = 2 if bf16 else 4  # bytes per operand element
-    if engines.in_process("bf16" if bf16 else "float32") == "onednn":
+    if engines.in_process(_precision(a.dtype)) == "onednn":
         dnnl = _dnnl_gemm_bf16 if bf16 else _dnnl_sgemm
 
         def onednn(transa, transb, m, n, k, a, a_at, lda, b, b_at, ldb, c, c_at, ldc):
@@ -232,8 +243,7 @@ def pack_b(m, b, packed):
 
 @overload(pack_b, inline="always")
 def _pack_b(m, b, packed):
-    precision = "bf16" if b.dtype == types.uint16 else "float32"
-    if not engines.packs_b(engines.in_process(precision)):
+    if not _packs(b.dtype):
         return lambda m, b, packed: None
     if b.dtype == types.uint16:
 
@@ -265,8 +275,7 @@ def gemm_packed_b(transa, m, n, k, a, a_at, lda, b, packed, c):
 def _gemm_packed_b(transa, m, n, k, a, a_at, lda, b, packed, c):
     if c.dtype != types.float32:
         return None
-    precision = "bf16" if a.dtype == types.uint16 else "float32"
-    if not engines.packs_b(engines.in_process(precision)):
+    if not _packs(a.dtype):
 
         def unpacked(transa, m, n, k, a, a_at, lda, b, packed, c):
             gemm_block(transa, NO_TRANS, m, n, k, a, a_at, lda, b, 0, n, c, 0, n)

@@ -118,6 +118,12 @@ def library_problem() -> str | None:
     return library if isinstance(library, str) else None
 
 
+def problem(precision: str) -> str | None:
+    """Why the step's GEMMs in ``precision`` cannot run on oneDNN here, not even to check
+    their numbers (None: they can): oneDNN emulates no bf16 below AVX-512 (``bf16_problem``)."""
+    return bf16_problem() if precision == "bf16" else library_problem()
+
+
 @functools.cache
 def bf16_problem() -> str | None:
     """Why oneDNN's bf16 GEMM cannot run here (None: it can): no library, or the library says

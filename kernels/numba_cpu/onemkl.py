@@ -94,6 +94,13 @@ def library_problem() -> str | None:
     return library if isinstance(library, str) else None
 
 
+def problem(precision: str) -> str | None:
+    """Why the step's GEMMs in ``precision`` cannot run on oneMKL here, not even to check their
+    numbers (None: they can): only the library's absence, since oneMKL emulates bf16 on any
+    x86-64 CPU (whether that is bf16 speed: engines.bf16_problem)."""
+    return library_problem()
+
+
 @functools.cache
 def load() -> dict:
     """Load oneMKL for the compiled step (idempotent); returns what the provenance records:

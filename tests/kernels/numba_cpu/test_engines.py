@@ -145,7 +145,7 @@ def failures(result: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_the_pooled_float32_step_on_onednn_passes_the_gate(tmp_path):
+def test_the_pooled_float32_step_on_onednn_passes_the_gate():
     """oneDNN's dnnl_sgemm, the real one, in the float32 step (any x86-64 CPU): the binding
     the bf16 step shares, but for the operands' type. (Its mutant is the bf16 one's below.)"""
     require_onednn()
